@@ -1,0 +1,3 @@
+"""cartag: tags vehicle-listing photos with image type and vehicle color."""
+
+__version__ = "0.1.0"

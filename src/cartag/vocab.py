@@ -1,0 +1,102 @@
+"""The label vocabulary shared by the API, the store and the models.
+
+The order of each tuple is the order of the score vectors the models emit,
+so it must never be reordered (append only).
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+ImageType = Literal["Dealer", "Stock", "Placeholder"]
+Color = Literal[
+    "Black",
+    "Blue",
+    "Brown",
+    "Burgundy",
+    "Green",
+    "Grey",
+    "Orange",
+    "Pink",
+    "Purple",
+    "Red",
+    "White",
+    "Yellow",
+]
+
+IMAGE_TYPES: Final[tuple[str, ...]] = ("Dealer", "Stock", "Placeholder")
+COLORS: Final[tuple[str, ...]] = (
+    "Black",
+    "Blue",
+    "Brown",
+    "Burgundy",
+    "Green",
+    "Grey",
+    "Orange",
+    "Pink",
+    "Purple",
+    "Red",
+    "White",
+    "Yellow",
+)
+
+# Spellings seen in scraper feeds and legacy rows, mapped onto the vocabulary.
+_COLOR_ALIASES: Final[dict[str, str]] = {
+    "silver": "Grey",
+    "gray": "Grey",
+    "maroon": "Burgundy",
+    "violet": "Purple",
+    "gold": "Yellow",
+    "beige": "Brown",
+    "tan": "Brown",
+}
+
+# Legacy rows store "no color" as one of these strings; they read as null.
+_NULL_COLORS: Final[frozenset[str]] = frozenset({"", "n/a", "na", "none", "null", "unknown"})
+
+
+def normalize_color(value: str | None) -> str | None:
+    """Map a color string onto the vocabulary.
+
+    Args:
+        value: A color name in any case, an alias such as "silver", or a legacy
+            null marker such as "N/A".
+
+    Returns:
+        The canonical color name, or None for null markers.
+
+    Raises:
+        ValueError: If the value is neither a known color nor a null marker.
+    """
+    if value is None:
+        return None
+    key = value.strip().lower()
+    if key in _NULL_COLORS:
+        return None
+    for color in COLORS:
+        if color.lower() == key:
+            return color
+    if key in _COLOR_ALIASES:
+        return _COLOR_ALIASES[key]
+    raise ValueError(f"unknown color {value!r}; expected one of {', '.join(COLORS)}")
+
+
+def read_stored_color(value: str | None) -> str | None:
+    """Read a color column leniently: legacy 'N/A' and unknown strings become None."""
+    try:
+        return normalize_color(value)
+    except ValueError:
+        return None
+
+
+def normalize_image_type(value: str) -> str:
+    """Map an image type string (any case) onto the vocabulary.
+
+    Raises:
+        ValueError: If the value is not Dealer, Stock or Placeholder.
+    """
+    key = value.strip().lower()
+    for image_type in IMAGE_TYPES:
+        if image_type.lower() == key:
+            return image_type
+    raise ValueError(f"unknown image type {value!r}; expected one of {', '.join(IMAGE_TYPES)}")
