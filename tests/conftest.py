@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from cartag.models.classifier import Classifier, load_classifier
+from cartag.settings import Settings
+from cartag.store.db import Database
+from tests.support.db import fresh_database
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vcr-train"
 
@@ -15,3 +22,38 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real images not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings for a test: private data dir, loopback allowed (the local image server)."""
+    return Settings(
+        data_dir=tmp_path / "data",
+        allowed_networks=[ipaddress.ip_network("127.0.0.0/8")],
+        retries=1,
+        retry_backoff_s=0.01,
+        connect_timeout_s=2,
+        read_timeout_s=2,
+    )
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)],
+)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A fresh, migrated database per test, on SQLite and on the real PostgreSQL."""
+    with fresh_database(request.param, tmp_path) as database:
+        yield database
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[Database]:
+    """A fresh SQLite database, for tests whose subject is not the backend."""
+    with fresh_database("sqlite", tmp_path) as database:
+        yield database
+
+
+@pytest.fixture(scope="session")
+def classifier() -> Classifier:
+    """The bundled model, loaded once per test session."""
+    return load_classifier(Settings())

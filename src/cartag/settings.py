@@ -39,6 +39,10 @@ class Settings(BaseSettings):
         "Use postgresql+psycopg://user@host/db for PostgreSQL.",
     )
 
+    auto_migrate: bool = Field(
+        default=True, description="Apply database migrations when the server starts."
+    )
+
     # --- downloads -------------------------------------------------------------
     allowed_networks: Annotated[list[IPNetwork], NoDecode] = Field(
         default_factory=list,

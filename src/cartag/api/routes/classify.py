@@ -1,0 +1,37 @@
+"""POST /v1/classify: an inventory in, one result per image out."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from fastapi import APIRouter
+
+from cartag.api.deps import ClassifierDep, StateDep
+from cartag.api.schemas import ClassifyIn, ClassifyOut, ResultOut
+from cartag.errors import InputError
+from cartag.pipeline.results import ImageRequest
+
+router = APIRouter(prefix="/v1", tags=["classify"])
+
+
+@router.post("/classify", response_model=ClassifyOut)
+async def classify(body: ClassifyIn, state: StateDep, _: ClassifierDep) -> ClassifyOut:
+    """Classify up to ``CARTAG_MAX_IMAGES_PER_REQUEST`` images (default 1,000), in order.
+
+    Unchanged images are answered from the cache after a conditional request;
+    an image that can't be fetched or decoded is ``skipped`` with a ``reason``.
+    """
+    limit = state.settings.max_images_per_request
+    if len(body.images) > limit:
+        raise InputError(
+            f"{len(body.images)} images in one request; the limit is {limit}. "
+            "Split the inventory or submit it as a job with POST /v1/jobs.",
+            field="images",
+        )
+    requests = [ImageRequest(i.url, i.scrape_color) for i in body.images]
+    results = await state.service.classify(body.advertiser_id, requests)
+    return ClassifyOut(
+        advertiser_id=body.advertiser_id,
+        results=[ResultOut.model_validate(r.to_dict()) for r in results],
+        counts=dict(Counter(r.status for r in results)),
+    )

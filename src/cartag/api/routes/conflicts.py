@@ -1,0 +1,43 @@
+"""GET /v1/conflicts: images whose advertisers (or the global fix) disagree."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+
+from cartag.api.deps import PrincipalDep, StateDep
+from cartag.api.schemas import ConflictLabelOut, ConflictOut, ConflictsOut
+from cartag.store import fixes as fix_repo
+
+router = APIRouter(prefix="/v1", tags=["fixes"])
+
+
+@router.get("/conflicts", response_model=ConflictsOut)
+def list_conflicts(
+    state: StateDep,
+    _: PrincipalDep,
+    limit: int = Query(default=100, ge=1, le=1000),
+    offset: int = Query(default=0, ge=0),
+) -> ConflictsOut:
+    """Images with manual labels that disagree, most recently fixed first."""
+    with state.db.read() as session:
+        total, page = fix_repo.conflicts(session, limit=limit, offset=offset)
+        items = [
+            ConflictOut(
+                image_key=c.image.image_key,
+                url=c.image.url,
+                fields=c.fields,
+                labels=[
+                    ConflictLabelOut(
+                        scope=f.scope,
+                        advertiser_id=f.scope_key or None,
+                        image_type=f.image_type,
+                        color=f.color,
+                        updated_by=f.updated_by,
+                        updated_at=f.updated_at,
+                    )
+                    for f in c.fixes
+                ],
+            )
+            for c in page
+        ]
+    return ConflictsOut(total=total, items=items)

@@ -1,0 +1,193 @@
+"""The ``cartag`` command line (Typer). It only translates; the work lives elsewhere."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from cartag.errors import CartagError
+from cartag.settings import Settings, get_settings
+
+app = typer.Typer(
+    help="cartag: tag vehicle-listing photos with type and color.", no_args_is_help=True
+)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
+
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except Exception as exc:  # noqa: BLE001 - pydantic's message names the variable
+        err.print(f"[red]error:[/red] invalid CARTAG_* setting: {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _fail(exc: CartagError) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc.message}")
+    return typer.Exit(2)
+
+
+def _database(settings: Settings):  # type: ignore[no-untyped-def]
+    from cartag.store.db import Database, upgrade
+
+    db = Database(settings.resolved_database_url)
+    upgrade(db)
+    return db
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Run the HTTP API (embedded SQLite + in-process worker unless configured otherwise)."""
+    import uvicorn
+
+    from cartag.api.app import create_app
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        application = create_app(settings)
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    uvicorn.run(application, host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def predict(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive).")],
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per line.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
+) -> None:
+    """Classify image files with the bundled (or CARTAG_MODEL_DIR) model."""
+    from cartag.models.classifier import load_classifier
+    from cartag.pipeline.files import find_images, predict_files
+
+    settings = _settings()
+    try:
+        files = find_images(paths)
+        classifier = load_classifier(settings)
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    counts: Counter[str] = Counter()
+    table = Table("path", "type", "color", "confidence")
+    with Progress(console=err, transient=True, disable=len(files) < 20) as progress:
+        task = progress.add_task("classifying", total=len(files))
+        for record in predict_files(
+            classifier, files, max_pixels=settings.max_image_pixels, batch_size=batch_size
+        ):
+            progress.advance(task)
+            counts[record["image_type"] or "error"] += 1
+            if jsonl:
+                sys.stdout.write(json.dumps(record) + "\n")
+            else:
+                table.add_row(
+                    record["path"],
+                    record["image_type"] or f"error: {record.get('error')}",
+                    record["color"] or "-",
+                    f"{record.get('confidence', 0):.3f}" if record["image_type"] else "-",
+                )
+    if not jsonl:
+        Console().print(table)
+    err.print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[
+        list[str], typer.Option("--role", help="classifier, fixer, reviewer or admin (repeat).")
+    ],
+    name: Annotated[str, typer.Option(help="Who or what uses the key.")] = "default",
+) -> None:
+    """Create an API key. The key is printed once, alone on the last line."""
+    from cartag.store import apikeys
+
+    settings = _settings()
+    try:
+        db = _database(settings)
+        with db.write() as session:
+            row, key = apikeys.create_key(
+                session, name=name, roles=role, now=dt.datetime.now(dt.UTC)
+            )
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    err.print(f"created key {row.prefix} ({row.name}) with roles {row.roles}; store it now:")
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (never their secrets)."""
+    from cartag.store import apikeys
+
+    db = _database(_settings())
+    table = Table("prefix", "name", "roles", "created", "revoked")
+    with db.read() as session:
+        for row in apikeys.list_keys(session):
+            table.add_row(
+                row.prefix,
+                row.name,
+                row.roles,
+                row.created_at.isoformat(timespec="seconds"),
+                row.revoked_at.isoformat(timespec="seconds") if row.revoked_at else "",
+            )
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    prefix: Annotated[str, typer.Argument(help="The key's prefix (see list).")],
+) -> None:
+    """Revoke an API key."""
+    from cartag.store import apikeys
+
+    db = _database(_settings())
+    try:
+        with db.write() as session:
+            row = apikeys.revoke_key(session, prefix, dt.datetime.now(dt.UTC))
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    err.print(f"revoked key {row.prefix} ({row.name})")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Apply migrations to CARTAG_DATABASE_URL (default: SQLite in CARTAG_DATA_DIR)."""
+    from cartag.store.db import Database, current_revision, upgrade
+
+    settings = _settings()
+    try:
+        db = Database(settings.resolved_database_url)
+        upgrade(db, revision)
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    except Exception as exc:  # noqa: BLE001 - e.g. the server is unreachable
+        err.print(f"[red]error:[/red] could not migrate {db.url}: {exc}")
+        raise typer.Exit(2) from exc
+    err.print(f"database at revision {current_revision(db)}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,379 @@
+"""Classify an advertiser's inventory: revalidate, fetch, key, decode, run the model, resolve fixes.
+
+This is the one function behind ``POST /v1/classify``, the job worker and the
+benchmarks. It never raises for a bad image: each one becomes a ``skipped``
+result with a machine-readable reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from PIL import Image
+from sqlalchemy.orm import Session
+
+from cartag.clock import Clock
+from cartag.errors import DecodeError, NotFoundError
+from cartag.models.classifier import Classifier, Prediction
+from cartag.pipeline.decode import decode_image
+from cartag.pipeline.fetch import Failed, Fetched, Fetcher, FetchRequest, NotModified
+from cartag.pipeline.keys import choose_image_key, content_sha256, normalize_url, phash
+from cartag.pipeline.results import (
+    ClassifyResult,
+    ImageRequest,
+    Source,
+    overall_source,
+    skipped,
+)
+from cartag.settings import Settings
+from cartag.store import fixes as fix_repo
+from cartag.store import images as image_repo
+from cartag.store.db import Database
+from cartag.store.tables import FixRow, ImageRow
+from cartag.vocab import read_stored_color
+
+
+@dataclass
+class _Cached:
+    """A URL answered by a stored image; ``fresh`` when the model ran for it just now."""
+
+    image: ImageRow
+    fresh: bool = False
+
+
+@dataclass
+class _New:
+    """A downloaded image the model has to classify."""
+
+    fetched: Fetched
+    key: str
+    sha256: str
+    image: Image.Image | None = None
+    width: int | None = None
+    height: int | None = None
+    phash: str | None = None
+
+
+@dataclass
+class _Skip:
+    reason: str
+
+
+_Outcome = _Cached | _New | _Skip
+
+
+@dataclass
+class ClassifyStats:
+    """Counters of one call, for logs, metrics and benchmarks."""
+
+    fetched: int = 0
+    not_modified: int = 0
+    model_runs: int = 0
+    skipped: int = 0
+
+
+class ClassifyService:
+    """Owns the fetcher, the classifier and a small thread pool for CPU work.
+
+    Args:
+        settings: Runtime settings.
+        db: The store.
+        fetcher: Downloads (injected so tests can point it at a local server).
+        classifier: The model behind the answers.
+        clock: Time source for stored timestamps.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        fetcher: Fetcher,
+        classifier: Classifier,
+        clock: Clock,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.fetcher = fetcher
+        self.classifier = classifier
+        self.clock = clock
+        # Decoding and inference are CPU-bound; keep them off the event loop.
+        self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cartag-decode")
+        self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cartag-model")
+
+    def close(self) -> None:
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._model_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def classify(
+        self,
+        advertiser_id: str,
+        requests: Sequence[ImageRequest],
+        stats: ClassifyStats | None = None,
+    ) -> list[ClassifyResult]:
+        """Classify images in request order.
+
+        Args:
+            advertiser_id: Whose overrides apply.
+            requests: The inventory's images; duplicates are fetched once.
+            stats: Optional counters to fill.
+
+        Returns:
+            One result per request, in order.
+        """
+        stats = stats if stats is not None else ClassifyStats()
+        urls = [normalize_url(r.url) for r in requests]
+        unique = list(dict.fromkeys(urls))
+        outcomes = await self._resolve_urls(unique, stats)
+        await self._classify_new(
+            [o for o in outcomes.values() if isinstance(o, _New)], outcomes, stats
+        )
+        return self._answer(advertiser_id, requests, urls, outcomes, stats)
+
+    async def _resolve_urls(self, urls: list[str], stats: ClassifyStats) -> dict[str, _Outcome]:
+        with self.db.read() as session:
+            known_urls = image_repo.get_urls(session, urls)
+            known_images = image_repo.get_images(
+                session, {u.image_key for u in known_urls.values()}
+            )
+        fetch_requests = []
+        for url in urls:
+            row = known_urls.get(url)
+            if row is not None and row.image_key in known_images:
+                fetch_requests.append(FetchRequest(url, row.etag, row.last_modified))
+            else:
+                fetch_requests.append(FetchRequest(url))
+        fetched = await self.fetcher.fetch_many(fetch_requests)
+
+        outcomes: dict[str, _Outcome] = {}
+        new: list[_New] = []
+        revalidated: list[str] = []
+        for url, outcome in zip(urls, fetched, strict=True):
+            if isinstance(outcome, NotModified):
+                stats.not_modified += 1
+                outcomes[url] = _Cached(known_images[known_urls[url].image_key])
+                revalidated.append(url)
+            elif isinstance(outcome, Failed):
+                outcomes[url] = _Skip(outcome.reason)
+            else:
+                stats.fetched += 1
+                sha = content_sha256(outcome.content)
+                v = outcome.validators
+                key = choose_image_key(
+                    url,
+                    v.etag,
+                    v.last_modified,
+                    v.content_length,
+                    sha,
+                    content_hash_hosts=self.settings.content_hash_hosts,
+                )
+                item = _New(outcome, key, sha)
+                outcomes[url] = item
+                new.append(item)
+
+        now = self.clock.now()
+        with self.db.write() as session:
+            image_repo.touch_urls(session, revalidated, now)
+            by_key = image_repo.get_images(session, {n.key for n in new})
+            by_sha = image_repo.get_images_by_sha(
+                session, {n.sha256 for n in new if n.key not in by_key}
+            )
+            for item in new:
+                cached = by_key.get(item.key)
+                if cached is None and item.sha256 in by_sha:
+                    # The same bytes are cached under another key: reuse that answer.
+                    cached = _copy_answer(session, by_sha[item.sha256], item, now)
+                    by_key[item.key] = cached
+                if cached is not None:
+                    self._save_url(session, item, now)
+                    outcomes[item.fetched.url] = _Cached(cached)
+        return outcomes
+
+    async def _classify_new(
+        self, new: list[_New], outcomes: dict[str, _Outcome], stats: ClassifyStats
+    ) -> None:
+        if not new:
+            return
+        loop = asyncio.get_running_loop()
+        decoded = await asyncio.gather(
+            *(loop.run_in_executor(self._decode_pool, self._decode, item) for item in new)
+        )
+        ready = [item for item, error in zip(new, decoded, strict=True) if error is None]
+        for item, error in zip(new, decoded, strict=True):
+            if error is not None:
+                outcomes[item.fetched.url] = _Skip(error)
+        if not ready:
+            return
+        images = [item.image for item in ready if item.image is not None]
+        predictions = await loop.run_in_executor(self._model_pool, self.classifier.predict, images)
+        stats.model_runs += len(predictions)
+        now = self.clock.now()
+        with self.db.write() as session:
+            for item, prediction in zip(ready, predictions, strict=True):
+                image_repo.save_image(session, self._new_image(item, prediction), now)
+                self._save_url(session, item, now)
+            saved = image_repo.get_images(session, {item.key for item in ready})
+        for item in ready:
+            outcomes[item.fetched.url] = _Cached(saved[item.key], fresh=True)
+            item.image = None  # release pixels early; the batch may be large
+
+    def _decode(self, item: _New) -> str | None:
+        try:
+            decoded = decode_image(item.fetched.content, max_pixels=self.settings.max_image_pixels)
+        except DecodeError as exc:
+            return exc.reason
+        item.image = decoded.image
+        item.width, item.height = decoded.width, decoded.height
+        item.phash = phash(decoded.image)
+        return None
+
+    def _new_image(self, item: _New, prediction: Prediction) -> image_repo.NewImage:
+        return image_repo.NewImage(
+            image_key=item.key,
+            url=item.fetched.url,
+            content_sha256=item.sha256,
+            phash=item.phash,
+            width=item.width,
+            height=item.height,
+            byte_size=len(item.fetched.content),
+            image_type=prediction.image_type,
+            color=prediction.color,
+            type_scores=prediction.type_scores,
+            color_scores=prediction.color_scores,
+            confidence=prediction.confidence,
+            model_version=self.classifier.version,
+        )
+
+    @staticmethod
+    def _save_url(session: Session, item: _New, now: dt.datetime) -> None:
+        v = item.fetched.validators
+        image_repo.save_url(
+            session,
+            item.fetched.url,
+            item.key,
+            etag=v.etag,
+            last_modified=v.last_modified,
+            content_length=v.content_length,
+            now=now,
+        )
+
+    def _answer(
+        self,
+        advertiser_id: str,
+        requests: Sequence[ImageRequest],
+        urls: list[str],
+        outcomes: dict[str, _Outcome],
+        stats: ClassifyStats,
+    ) -> list[ClassifyResult]:
+        cached = {o.image.image_key: o.image for o in outcomes.values() if isinstance(o, _Cached)}
+        with self.db.read() as session:
+            fixes = fix_repo.find_fixes(
+                session, advertiser_id, [(key, row.phash) for key, row in cached.items()]
+            )
+        results = []
+        for request, url in zip(requests, urls, strict=True):
+            outcome = outcomes[url]
+            if isinstance(outcome, _Skip):
+                stats.skipped += 1
+                results.append(skipped(request.url, outcome.reason))
+                continue
+            # Every downloaded image is cached, classified or skipped by now.
+            assert isinstance(outcome, _Cached)
+            image = outcome.image
+            results.append(
+                resolve(
+                    image,
+                    fixes.get(image.image_key),
+                    request.scrape_color,
+                    request.url,
+                    outcome.fresh,
+                )
+            )
+        return results
+
+
+def resolve(
+    row: ImageRow,
+    labels: fix_repo.FixLabels | None,
+    scrape_color: str | None,
+    url: str,
+    fresh: bool,
+) -> ClassifyResult:
+    """Combine the model's answer, the fixes and the scraper's color into one result.
+
+    Field by field: advertiser override, then global fix, then (color only) the
+    scraper's color, then the model. A Placeholder never has a color.
+    """
+    base: Source = "model" if fresh else "cache"
+    image_type, type_source = row.image_type, base
+    color, color_source = read_stored_color(row.color), base
+    if scrape_color is not None:
+        color, color_source = scrape_color, "scrape"
+    if labels is not None:
+        layers: tuple[tuple[FixRow | None, Source], ...] = (
+            (labels.global_fix, "fix"),
+            (labels.override, "override"),
+        )
+        for fix, source in layers:
+            if fix is None:
+                continue
+            if fix.image_type is not None:
+                image_type, type_source = fix.image_type, source
+            if fix.color is not None:
+                color, color_source = fix.color, source
+    color_src: Source | None = color_source
+    if image_type == "Placeholder":
+        color, color_src = None, None
+    return ClassifyResult(
+        url=url,
+        image_key=row.image_key,
+        status="classified" if fresh else "cached",
+        image_type=image_type,
+        color=color,
+        source=overall_source(type_source, color_src),
+        type_source=type_source,
+        color_source=color_src,
+        confidence=row.confidence,
+        model_version=row.model_version,
+    )
+
+
+def _copy_answer(session: Session, source: ImageRow, item: _New, now: dt.datetime) -> ImageRow:
+    """Store the answer of ``source`` (same bytes) under the new key of ``item``."""
+    image_repo.save_image(
+        session,
+        image_repo.NewImage(
+            image_key=item.key,
+            url=item.fetched.url,
+            content_sha256=item.sha256,
+            phash=source.phash,
+            width=source.width,
+            height=source.height,
+            byte_size=len(item.fetched.content),
+            image_type=source.image_type,
+            color=read_stored_color(source.color),
+            type_scores=source.type_scores,
+            color_scores=source.color_scores,
+            confidence=source.confidence,
+            model_version=source.model_version,
+        ),
+        now,
+    )
+    return image_repo.get_images(session, [item.key])[item.key]
+
+
+def current_answer(db: Database, advertiser_id: str, image_key: str) -> ClassifyResult:
+    """What a classify would answer now for a stored image, for this advertiser.
+
+    Raises:
+        NotFoundError: No image has this key.
+    """
+    with db.read() as session:
+        row = image_repo.get_images(session, [image_key]).get(image_key)
+        if row is None:
+            raise NotFoundError(f"no image with key {image_key!r}")
+        labels = fix_repo.find_fixes(session, advertiser_id, [(image_key, row.phash)])
+    return resolve(row, labels.get(image_key), None, row.url, fresh=False)

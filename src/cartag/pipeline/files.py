@@ -1,0 +1,92 @@
+"""Classify image files on disk (``cartag predict``, evaluation)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from cartag.errors import DecodeError, InputError
+from cartag.models.classifier import Classifier
+from cartag.pipeline.decode import decode_image
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+
+
+def find_images(paths: Sequence[Path]) -> list[Path]:
+    """Expand files and folders (recursively) into a sorted list of image files.
+
+    Raises:
+        InputError: A path does not exist, or nothing was found.
+    """
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise InputError(f"{path} does not exist", field="path")
+    if not found:
+        raise InputError(
+            f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under "
+            + ", ".join(str(p) for p in paths),
+            field="path",
+        )
+    return found
+
+
+def predict_files(
+    classifier: Classifier,
+    files: Iterable[Path],
+    *,
+    max_pixels: int,
+    batch_size: int = 32,
+) -> Iterator[dict[str, Any]]:
+    """Yield one record per file, in order.
+
+    Records are ``{"path", "image_type", "color", "type_scores", "color_scores",
+    "confidence"}``; a file that can't be read yields ``image_type`` None and an
+    ``error`` reason instead of stopping the run.
+    """
+    batch: list[tuple[Path, Image.Image]] = []
+    for path in files:
+        try:
+            decoded = decode_image(path.read_bytes(), max_pixels=max_pixels)
+        except (DecodeError, OSError) as exc:
+            yield from _flush(classifier, batch)
+            batch = []
+            reason = exc.reason if isinstance(exc, DecodeError) else "unreadable"
+            yield {
+                "path": str(path),
+                "image_type": None,
+                "color": None,
+                "type_scores": {},
+                "color_scores": {},
+                "error": reason,
+            }
+            continue
+        batch.append((path, decoded.image))
+        if len(batch) >= batch_size:
+            yield from _flush(classifier, batch)
+            batch = []
+    yield from _flush(classifier, batch)
+
+
+def _flush(
+    classifier: Classifier, batch: list[tuple[Path, Image.Image]]
+) -> Iterator[dict[str, Any]]:
+    if not batch:
+        return
+    predictions = classifier.predict([image for _, image in batch])
+    for (path, _), p in zip(batch, predictions, strict=True):
+        yield {
+            "path": str(path),
+            "image_type": p.image_type,
+            "color": p.color,
+            "type_scores": {k: round(v, 6) for k, v in p.type_scores.items()},
+            "color_scores": {k: round(v, 6) for k, v in p.color_scores.items()},
+            "confidence": round(p.confidence, 6),
+        }

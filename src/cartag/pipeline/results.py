@@ -1,0 +1,57 @@
+"""The classify result contract shared by the API, jobs and callbacks."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Status = Literal["classified", "cached", "skipped"]
+Source = Literal["model", "cache", "fix", "override", "scrape"]
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One image of an inventory, as the scraper sends it."""
+
+    url: str
+    scrape_color: str | None = None
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    """The answer for one image.
+
+    ``source`` names where the answer came from overall (the most specific of
+    ``type_source`` and ``color_source``: override > fix > scrape > cache > model).
+    """
+
+    url: str
+    image_key: str | None
+    status: Status
+    image_type: str | None = None
+    color: str | None = None
+    source: Source | None = None
+    type_source: Source | None = None
+    color_source: Source | None = None
+    confidence: float | None = None
+    reason: str | None = None
+    model_version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_PRECEDENCE: tuple[Source, ...] = ("override", "fix", "scrape", "cache", "model")
+
+
+def overall_source(type_source: Source | None, color_source: Source | None) -> Source | None:
+    """The most specific of two field sources."""
+    present = {type_source, color_source}
+    for source in _PRECEDENCE:
+        if source in present:
+            return source
+    return None
+
+
+def skipped(url: str, reason: str) -> ClassifyResult:
+    return ClassifyResult(url=url, image_key=None, status="skipped", reason=reason)

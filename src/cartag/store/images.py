@@ -1,0 +1,121 @@
+"""Repository functions for the image cache: images and the URLs that point at them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cartag.store.tables import ImageRow, UrlRow
+from cartag.store.upsert import upsert
+
+# Keeps IN (...) lists well under SQLite's and PostgreSQL's parameter limits.
+_CHUNK = 500
+
+
+def _chunks(values: Collection[str]) -> Iterable[list[str]]:
+    items = list(values)
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """What the pipeline learned about an image it has just classified."""
+
+    image_key: str
+    url: str
+    content_sha256: str | None
+    phash: str | None
+    width: int | None
+    height: int | None
+    byte_size: int | None
+    image_type: str | None
+    color: str | None
+    type_scores: dict[str, float] | None
+    color_scores: dict[str, float] | None
+    confidence: float | None
+    model_version: str | None
+
+
+def get_images(session: Session, keys: Collection[str]) -> dict[str, ImageRow]:
+    """Images by key; keys not in the cache are absent from the result."""
+    found: dict[str, ImageRow] = {}
+    for chunk in _chunks(set(keys)):
+        for row in session.scalars(select(ImageRow).where(ImageRow.image_key.in_(chunk))):
+            found[row.image_key] = row
+    return found
+
+
+def get_images_by_sha(session: Session, shas: Collection[str]) -> dict[str, ImageRow]:
+    """One cached image per content SHA-256 (the same bytes under another URL/key)."""
+    found: dict[str, ImageRow] = {}
+    for chunk in _chunks(set(shas)):
+        stmt = select(ImageRow).where(ImageRow.content_sha256.in_(chunk))
+        for row in session.scalars(stmt):
+            if row.content_sha256 is not None:
+                found.setdefault(row.content_sha256, row)
+    return found
+
+
+def get_urls(session: Session, urls: Collection[str]) -> dict[str, UrlRow]:
+    """Known URLs with their last validators."""
+    found: dict[str, UrlRow] = {}
+    for chunk in _chunks(set(urls)):
+        for row in session.scalars(select(UrlRow).where(UrlRow.url.in_(chunk))):
+            found[row.url] = row
+    return found
+
+
+def save_image(session: Session, image: NewImage, now: dt.datetime) -> None:
+    """Insert or refresh the cached answer for an image key (safe under concurrency)."""
+    values = {
+        "image_key": image.image_key,
+        "url": image.url,
+        "content_sha256": image.content_sha256,
+        "phash": image.phash,
+        "width": image.width,
+        "height": image.height,
+        "byte_size": image.byte_size,
+        "image_type": image.image_type,
+        "color": image.color,
+        "type_scores": image.type_scores,
+        "color_scores": image.color_scores,
+        "confidence": image.confidence,
+        "model_version": image.model_version,
+        "created_at": now,
+        "updated_at": now,
+    }
+    update = [c for c in values if c not in ("image_key", "created_at")]
+    upsert(session, ImageRow, values, index_elements=["image_key"], update=update)
+
+
+def save_url(
+    session: Session,
+    url: str,
+    image_key: str,
+    *,
+    etag: str | None,
+    last_modified: str | None,
+    content_length: int | None,
+    now: dt.datetime,
+) -> None:
+    """Remember which image a URL served last, with the validators to revalidate it."""
+    values = {
+        "url": url,
+        "image_key": image_key,
+        "etag": etag,
+        "last_modified": last_modified,
+        "content_length": content_length,
+        "checked_at": now,
+    }
+    upsert(session, UrlRow, values, index_elements=["url"])
+
+
+def touch_urls(session: Session, urls: Collection[str], now: dt.datetime) -> None:
+    """Record that these URLs were revalidated (304) just now."""
+    for row in get_urls(session, urls).values():
+        row.checked_at = now

@@ -1,0 +1,183 @@
+"""SQLAlchemy 2 table definitions (declarative, typed).
+
+The Alembic migrations under ``migrations/versions`` must produce exactly this
+schema; ``tests/store/test_migrations.py`` compares the two.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    SQLite drops the offset, so values are stored as naive UTC and re-tagged on read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; use Clock.now()")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class ImageRow(Base):
+    """One distinct image (by image_key) and the model's answer for it."""
+
+    __tablename__ = "images"
+
+    image_key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    content_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    phash: Mapped[str | None] = mapped_column(String(16), index=True)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    byte_size: Mapped[int | None] = mapped_column(BigInteger)
+    image_type: Mapped[str | None] = mapped_column(String(16))
+    # Legacy rows may hold 'N/A' here: always read through vocab.read_stored_color.
+    color: Mapped[str | None] = mapped_column(String(16))
+    type_scores: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    color_scores: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    model_version: Mapped[str | None] = mapped_column(String(80))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class UrlRow(Base):
+    """The last validators seen for a URL, so the next fetch can be conditional."""
+
+    __tablename__ = "urls"
+
+    url: Mapped[str] = mapped_column(String(2048), primary_key=True)
+    image_key: Mapped[str] = mapped_column(ForeignKey("images.image_key"), index=True)
+    etag: Mapped[str | None] = mapped_column(String(512))
+    last_modified: Mapped[str | None] = mapped_column(String(64))
+    content_length: Mapped[int | None] = mapped_column(BigInteger)
+    checked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class FixRow(Base):
+    """The current manual label of an image in one scope.
+
+    ``scope_key`` is ``""`` for the global fix and the advertiser id for an
+    advertiser override, so one unique constraint covers both.
+    """
+
+    __tablename__ = "fixes"
+    __table_args__ = (UniqueConstraint("image_key", "scope_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_key: Mapped[str] = mapped_column(ForeignKey("images.image_key"), index=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    scope_key: Mapped[str] = mapped_column(String(128), index=True)
+    # Copied from the image so a re-upload under a new key finds the fix by pHash.
+    phash: Mapped[str | None] = mapped_column(String(16), index=True)
+    image_type: Mapped[str | None] = mapped_column(String(16))
+    color: Mapped[str | None] = mapped_column(String(16))
+    updated_by: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class FixAuditRow(Base):
+    """One row per fix request: who changed what, from what, to what, when."""
+
+    __tablename__ = "fix_audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_key: Mapped[str] = mapped_column(ForeignKey("images.image_key"), index=True)
+    advertiser_id: Mapped[str] = mapped_column(String(128), index=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    user: Mapped[str] = mapped_column(String(128))
+    # {"image_type": {"from": "Stock", "to": "Dealer"}, "color": {...}}
+    changes: Mapped[dict[str, dict[str, str | None]]] = mapped_column(JSON)
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class ApiKeyRow(Base):
+    """An API key, stored as a SHA-256 of its secret (keys are random, so no KDF needed)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    roles: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class JobRow(Base):
+    """A classify job submitted with POST /v1/jobs; its state survives restarts."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    advertiser_id: Mapped[str] = mapped_column(String(128), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    total: Mapped[int] = mapped_column(Integer)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    callback_status: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class JobItemRow(Base):
+    """One image of a job; ``result`` is filled once, which makes re-runs idempotent."""
+
+    __tablename__ = "job_items"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    scrape_color: Mapped[str | None] = mapped_column(String(16))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))

@@ -1,0 +1,43 @@
+"""Dialect-aware INSERT ... ON CONFLICT, so concurrent writers never collide on a key."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from cartag.store.tables import Base
+
+
+def upsert(
+    session: Session,
+    model: type[Base],
+    values: dict[str, Any],
+    *,
+    index_elements: Sequence[str],
+    update: Sequence[str] | None = None,
+) -> None:
+    """Insert a row, or update ``update`` columns (all but the keys) when it exists.
+
+    Args:
+        session: Session in a write transaction.
+        model: The mapped class of the table.
+        values: Column values of the row.
+        index_elements: Columns of the unique constraint to resolve conflicts on.
+        update: Columns to overwrite on conflict; None means every non-key column,
+            an empty sequence means "insert if absent, else leave it".
+    """
+    dialect = session.get_bind().dialect.name
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    stmt = module.insert(model).values(**values)
+    columns = [c for c in values if c not in index_elements] if update is None else list(update)
+    if columns:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(index_elements),
+            set_={c: stmt.excluded[c] for c in columns},
+        )
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(index_elements))
+    session.execute(stmt)

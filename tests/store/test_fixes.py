@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from tests.support.factories import NOW, add_image
+
+from cartag.errors import InputError, NotFoundError
+from cartag.pipeline.classify import current_answer
+from cartag.store import fixes as fix_repo
+from cartag.store.db import Database
+
+
+def _fix(db: Database, key: str, *, minute: int = 0, **kwargs: object) -> None:
+    values: dict[str, object] = {
+        "advertiser_id": "adv-1",
+        "user": "alice",
+        "scope": "global",
+        "image_type": None,
+        "color": None,
+        "comment": None,
+    }
+    values.update(kwargs)
+    with db.write() as session:
+        fix_repo.apply_fix(
+            session,
+            image_key=key,
+            now=NOW + dt.timedelta(minutes=minute),
+            **values,  # type: ignore[arg-type]
+        )
+
+
+def test_resolution_order_override_then_global_then_model(db: Database) -> None:
+    image = add_image(db, image_type="Stock", color="Red")
+    _fix(db, image.image_key, image_type="Dealer", color="Blue", scope="global")
+    _fix(db, image.image_key, color="Green", scope="advertiser", advertiser_id="adv-2", minute=1)
+
+    adv1 = current_answer(db, "adv-1", image.image_key)
+    assert (adv1.image_type, adv1.color, adv1.source) == ("Dealer", "Blue", "fix")
+    adv2 = current_answer(db, "adv-2", image.image_key)
+    assert (adv2.image_type, adv2.type_source) == ("Dealer", "fix")
+    assert (adv2.color, adv2.color_source, adv2.source) == ("Green", "override", "override")
+    other = current_answer(db, "adv-3", image.image_key)
+    assert other.color == "Blue"
+
+
+def test_audit_records_from_to_who_scope(db: Database) -> None:
+    image = add_image(db, image_type="Dealer", color="Red")
+    _fix(db, image.image_key, color="Burgundy", comment="dark red", user="bob")
+    _fix(db, image.image_key, color="Red", minute=1, scope="advertiser", advertiser_id="adv-9")
+    with db.read() as session:
+        entries = fix_repo.history(session, image.image_key)
+    assert [e.changes for e in entries] == [
+        {"color": {"from": "Red", "to": "Burgundy"}},
+        {"color": {"from": "Burgundy", "to": "Red"}},
+    ]
+    assert entries[0].user == "bob" and entries[0].comment == "dark red"
+    assert entries[1].scope == "advertiser" and entries[1].advertiser_id == "adv-9"
+
+
+def test_placeholder_fix_clears_color(db: Database) -> None:
+    image = add_image(db, image_type="Dealer", color="Red")
+    _fix(db, image.image_key, image_type="Placeholder")
+    answer = current_answer(db, "adv-1", image.image_key)
+    assert answer.image_type == "Placeholder" and answer.color is None
+    with db.read() as session:
+        (entry,) = fix_repo.history(session, image.image_key)
+    assert entry.changes["color"] == {"from": "Red", "to": None}
+
+
+def test_fix_found_through_phash_for_a_new_key(db: Database) -> None:
+    original = add_image(db, image_type="Stock", phash="ffff0000ffff0000")
+    _fix(db, original.image_key, image_type="Dealer")
+    reupload = add_image(db, image_type="Stock", phash="ffff0000ffff0000")
+    with db.read() as session:
+        found = fix_repo.find_fixes(session, "adv-1", [(reupload.image_key, reupload.phash)])
+    assert found[reupload.image_key].global_fix is not None
+    assert current_answer(db, "adv-1", reupload.image_key).image_type == "Dealer"
+
+
+def test_bad_fixes_are_refused(db: Database) -> None:
+    image = add_image(db)
+    with pytest.raises(NotFoundError):
+        _fix(db, "v1:nope", color="Red")
+    with pytest.raises(InputError) as exc:
+        _fix(db, image.image_key)
+    assert exc.value.field == "image_type"
+    with db.read() as session, pytest.raises(NotFoundError):
+        fix_repo.history(session, "v1:nope")
+
+
+def test_conflicts_list_images_whose_advertisers_disagree(db: Database) -> None:
+    agreed = add_image(db)
+    disputed = add_image(db)
+    _fix(db, agreed.image_key, color="Blue", scope="advertiser", advertiser_id="a")
+    _fix(db, agreed.image_key, color="Blue", scope="advertiser", advertiser_id="b")
+    _fix(db, disputed.image_key, color="Blue", scope="advertiser", advertiser_id="a")
+    _fix(db, disputed.image_key, color="Grey", scope="advertiser", advertiser_id="b")
+    with db.read() as session:
+        total, page = fix_repo.conflicts(session)
+    assert total == 1
+    assert page[0].image.image_key == disputed.image_key
+    assert page[0].fields == ["color"]
+    assert {f.scope_key for f in page[0].fixes} == {"a", "b"}
+
+
+def test_fifty_concurrent_fixes_lose_none(db: Database) -> None:
+    image = add_image(db, color="Red")
+    colors = ["Blue", "Green", "Grey", "White", "Black"]
+
+    def fix(i: int) -> None:
+        _fix(db, image.image_key, color=colors[i % len(colors)], user=f"user-{i}", minute=i)
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        list(pool.map(fix, range(50)))
+    with db.read() as session:
+        entries = fix_repo.history(session, image.image_key)
+    assert len(entries) == 50
+    assert {e.user for e in entries} == {f"user-{i}" for i in range(50)}
+    # Serialised: each entry starts where the one committed before it ended.
+    by_commit = sorted(entries, key=lambda e: e.id)
+    assert by_commit[0].changes["color"]["from"] == "Red"
+    for before, after in zip(by_commit, by_commit[1:], strict=False):
+        assert after.changes["color"]["from"] == before.changes["color"]["to"]

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from sqlalchemy import update
+from tests.support.factories import NOW, add_image, new_image
+
+from cartag.pipeline.classify import current_answer
+from cartag.store import images as image_repo
+from cartag.store.db import Database
+from cartag.store.tables import ImageRow
+
+
+def test_save_image_upserts_and_keeps_created_at(db: Database) -> None:
+    image = add_image(db, color="Blue")
+    later = NOW.replace(hour=13)
+    with db.write() as session:
+        image_repo.save_image(session, new_image(image_key=image.image_key, color="Green"), later)
+    with db.read() as session:
+        row = image_repo.get_images(session, [image.image_key])[image.image_key]
+    assert row.color == "Green"
+    assert row.created_at == NOW
+    assert row.updated_at == later
+
+
+def test_images_found_by_sha_and_urls_by_url(db: Database) -> None:
+    image = add_image(db)
+    with db.write() as session:
+        image_repo.save_url(
+            session,
+            image.url,
+            image.image_key,
+            etag='"abc"',
+            last_modified=None,
+            content_length=10,
+            now=NOW,
+        )
+    with db.read() as session:
+        assert image_repo.get_images_by_sha(session, [image.content_sha256 or ""])
+        url = image_repo.get_urls(session, [image.url])[image.url]
+    assert url.etag == '"abc"' and url.image_key == image.image_key
+
+
+def test_legacy_na_color_reads_as_null(db: Database) -> None:
+    image = add_image(db)
+    with db.write() as session:
+        session.execute(
+            update(ImageRow).where(ImageRow.image_key == image.image_key).values(color="N/A")
+        )
+    answer = current_answer(db, "adv-1", image.image_key)
+    assert answer.color is None
+    assert answer.image_type == "Dealer"
+
+
+def test_many_keys_are_looked_up_in_chunks(db: Database) -> None:
+    keys = [add_image(db).image_key for _ in range(3)]
+    with db.read() as session:
+        found = image_repo.get_images(session, keys + [f"missing-{i}" for i in range(1200)])
+    assert set(found) == set(keys)

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from tests.support.factories import NOW
+
+from cartag.store import jobs as job_repo
+from cartag.store.db import Database
+
+
+def test_job_items_store_results_once(db: Database) -> None:
+    with db.write() as session:
+        job = job_repo.create_job(
+            session,
+            advertiser_id="adv",
+            items=[("https://a/1.jpg", None), ("https://a/2.jpg", "Red")],
+            callback_url=None,
+            now=NOW,
+        )
+    with db.write() as session:
+        claimed = job_repo.claim_next_job(session, NOW)
+        assert claimed is not None and claimed.id == job.id
+        assert job_repo.claim_next_job(session, NOW) is None
+    with db.write() as session:
+        items = job_repo.pending_items(session, job.id, 10)
+        assert [i.scrape_color for i in items] == [None, "Red"]
+        assert job_repo.save_item_results(session, job.id, {0: {"n": 1}}) == 1
+        # A second worker re-running item 0 must not overwrite it.
+        assert job_repo.save_item_results(session, job.id, {0: {"n": 2}, 1: {"n": 3}}) == 2
+    with db.read() as session:
+        assert job_repo.job_results(session, job.id) == [{"n": 1}, {"n": 3}]
+        assert job_repo.get_job(session, job.id).done == 2
+
+
+def test_running_jobs_are_requeued_after_a_restart(db: Database) -> None:
+    with db.write() as session:
+        job = job_repo.create_job(
+            session,
+            advertiser_id="a",
+            items=[("https://a/1.jpg", None)],
+            callback_url=None,
+            now=NOW,
+        )
+        job_repo.claim_next_job(session, NOW)
+    with db.write() as session:
+        assert job_repo.requeue_running(session) == 1
+    with db.read() as session:
+        assert job_repo.get_job(session, job.id).status == job_repo.QUEUED
