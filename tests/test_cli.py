@@ -107,3 +107,5 @@ def test_serve_starts_the_api_on_the_embedded_default(env: dict[str, str]) -> No
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -1,0 +1,360 @@
+"""The SSRF guard: name resolution and the "may we connect to this address?" check.
+
+cartag downloads URLs that users hand it, so without a guard anyone could make
+the service read its own cloud metadata endpoint (``169.254.169.254``), an admin
+port on ``127.0.0.1`` or a database on the private network. The rules:
+
+* Only globally routable unicast addresses may be contacted, unless the address
+  lies in one of ``Settings.allowed_networks`` (the explicit allow-list).
+* Every address a name resolves to is checked, not just the first, so a name
+  with one public and one private record is refused outright.
+* The caller must connect to an address it checked (the fetcher pins the request
+  to it) so that a second, different DNS answer cannot slip in between the check
+  and the connect (DNS rebinding).
+
+Resolution goes through :class:`Resolver`, a boundary injected into the fetcher,
+so tests map names to addresses with :class:`StaticResolver` instead of patching.
+Also here: the URL syntax check (:func:`parse_target`) and
+:class:`SniPoolTransport`, which keeps TLS verification per host name once
+requests are pinned to addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import re
+import socket
+import ssl
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from cartag.errors import BlockedAddressError, FetchError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Checked in addition to the ipaddress flags: what those flags mean has changed
+# between Python releases, and these ranges must stay blocked whatever they say.
+_ALWAYS_BLOCKED: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(cidr)
+    for cidr in (
+        "0.0.0.0/8",  # "this network"; 0.0.0.0 reaches localhost on Linux
+        "10.0.0.0/8",
+        "100.64.0.0/10",  # carrier-grade NAT
+        "127.0.0.0/8",
+        "169.254.0.0/16",  # link-local, including cloud metadata 169.254.169.254
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, including broadcast
+        "::/128",
+        "::1/128",
+        "fc00::/7",  # unique-local
+        "fe80::/10",  # link-local
+        "ff00::/8",  # multicast
+    )
+)
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# One DNS label after IDNA encoding; underscores occur in real CDN names.
+_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+
+# NAT64 gateways translate 64:ff9b::a.b.c.d to a.b.c.d, so judge the IPv4 part.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+class Resolver:
+    """Turns a host name into the IP addresses to try (the DNS boundary).
+
+    Subclasses raise :class:`~cartag.errors.FetchError` with ``reason="dns_error"``
+    when the name does not resolve.
+    """
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """Return the IP address strings ``host`` resolves to, best first.
+
+        Args:
+            host: An ASCII (IDNA-encoded) host name.
+            port: The port that will be connected to (some resolvers care).
+
+        Returns:
+            At least one address string such as ``"93.184.216.34"`` or ``"::1"``.
+
+        Raises:
+            FetchError: ``reason="dns_error"`` when the name cannot be resolved.
+        """
+        raise NotImplementedError
+
+
+class SystemResolver(Resolver):
+    """Resolves with the operating system's resolver (``getaddrinfo``), off the event loop."""
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            # UnicodeError: the idna codec rejects over-long labels before any lookup.
+            raise FetchError(f"cannot resolve host {host!r}: {exc}", "dns_error") from exc
+        addresses: list[str] = []
+        for _family, _type, _proto, _canonname, sockaddr in infos:
+            address = str(sockaddr[0])
+            if address not in addresses:
+                addresses.append(address)
+        if not addresses:
+            raise FetchError(f"host {host!r} has no addresses", "dns_error")
+        return addresses
+
+
+class StaticResolver(Resolver):
+    """Resolves from a fixed table; for tests and pinned deployments.
+
+    Example:
+        ``StaticResolver({"cdn.example": ["127.0.0.1"]})``
+
+    Args:
+        table: Host name (case-insensitive, trailing dot ignored) to addresses.
+    """
+
+    def __init__(self, table: Mapping[str, Sequence[str]]) -> None:
+        self._table = {_normalize_host(host): list(ips) for host, ips in table.items()}
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        addresses = self._table.get(_normalize_host(host))
+        if not addresses:
+            raise FetchError(f"cannot resolve host {host!r}: not in the static table", "dns_error")
+        return list(addresses)
+
+
+def check_ip(ip: str, allowed: Sequence[IPNetwork]) -> None:
+    """Refuse an address that is not globally routable, unless it is allow-listed.
+
+    Blocked: private, loopback, link-local (with cloud metadata), multicast,
+    reserved, unspecified, carrier-grade NAT, ``0.0.0.0/8``, IPv6 unique-local,
+    and IPv6 forms that embed such an IPv4 address (``::ffff:127.0.0.1``, NAT64
+    ``64:ff9b::/96``, 6to4 ``2002::/16``).
+
+    Args:
+        ip: The address as a string; an IPv6 zone (``fe80::1%eth0``) is accepted.
+        allowed: Networks that may be contacted even though they are not public.
+            An IPv4-mapped or NAT64 address is allowed if its IPv4 form is.
+
+    Raises:
+        BlockedAddressError: The address is not allowed, or is not an IP address.
+    """
+    try:
+        address: IPAddress = ipaddress.ip_address(ip)
+    except ValueError:
+        # Fail closed: whatever this is, it is not an address we checked.
+        raise BlockedAddressError(f"{ip!r} is not an IP address") from None
+    # ::ffff:a.b.c.d and 64:ff9b::a.b.c.d end up at a.b.c.d: judge that address.
+    address = _translated_ipv4(address) or address
+    if _in_networks(address, allowed):
+        return
+    # A 6to4 address 2002:a.b.c.d:: is routed towards a.b.c.d as well.
+    tunnelled = address.sixtofour if isinstance(address, ipaddress.IPv6Address) else None
+    if not _is_public(address) or (tunnelled is not None and not _is_public(tunnelled)):
+        raise BlockedAddressError(
+            f"address {ip} is not publicly routable; add its network to "
+            "CARTAG_ALLOWED_NETWORKS to allow it"
+        )
+
+
+def is_ip_literal(host: str) -> bool:
+    """Tell whether ``host`` is an IP address rather than a name.
+
+    Args:
+        host: A URL host without brackets (``"::1"``, not ``"[::1]"``).
+    """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Target:
+    """A URL that passed the syntax checks, with its host and port spelled out.
+
+    Attributes:
+        url: The URL as given (not pinned to an address).
+        host: ASCII (IDNA) host, lower case, without trailing dot or brackets.
+        port: Explicit or default port.
+    """
+
+    url: httpx.URL
+    host: str
+    port: int
+
+
+def parse_target(url: str | httpx.URL) -> Target:
+    """Check that ``url`` is an absolute http(s) URL with a sane host and port.
+
+    Raises:
+        FetchError: ``reason="invalid_url"`` otherwise.
+    """
+    try:
+        parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise FetchError(f"invalid URL {url!r}: {exc}", "invalid_url") from None
+    if parsed.scheme not in _DEFAULT_PORTS:
+        raise FetchError(f"invalid URL {url!r}: only http and https are fetched", "invalid_url")
+    host = _normalize_host(parsed.raw_host.decode("ascii"))
+    if not host or not (is_ip_literal(host) or _is_hostname(host)):
+        raise FetchError(f"invalid URL {url!r}: missing or malformed host", "invalid_url")
+    port = parsed.port or _DEFAULT_PORTS[parsed.scheme]
+    if not 0 < port < 65536:
+        raise FetchError(f"invalid URL {url!r}: port out of range", "invalid_url")
+    return Target(url=parsed, host=host, port=port)
+
+
+class SniPoolTransport(httpx.AsyncBaseTransport):
+    """An httpx transport with one connection pool per TLS server name.
+
+    Requests pinned to an IP address are pooled by httpx under (scheme, IP,
+    port). Sharing one pool, a TLS connection verified for ``a.example`` would
+    be reused for ``b.example`` on the same CDN address: b's certificate would
+    never be checked, and many CDNs answer 421 to the mismatch. So each
+    ``sni_hostname`` gets its own pool; plain HTTP shares one (there only the
+    ``Host`` header matters). Idle pools beyond ``max_pools`` are closed,
+    least recently used first.
+
+    Args:
+        limits: Connection limits of each pool.
+        max_pools: Pools kept before idle ones are closed.
+        factory: Makes a pool (tests); default ``httpx.AsyncHTTPTransport``.
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: httpx.Limits | None = None,
+        max_pools: int = 64,
+        factory: Callable[[], httpx.AsyncBaseTransport] | None = None,
+    ) -> None:
+        self._limits = limits or httpx.Limits()
+        self._max_pools = max_pools
+        self._factory = factory or self._default_pool
+        self._pools: OrderedDict[str, httpx.AsyncBaseTransport] = OrderedDict()
+        self._busy: Counter[str] = Counter()
+
+    @property
+    def pool_names(self) -> list[str]:
+        """Server names with an open pool, least recently used first (``""``: plain HTTP)."""
+        return list(self._pools)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        name = request.extensions.get("sni_hostname") or ""
+        key = name.decode("ascii") if isinstance(name, bytes) else str(name)
+        created = key not in self._pools
+        if created:
+            self._pools[key] = self._factory()
+        pool = self._pools[key]
+        self._pools.move_to_end(key)
+        # Counted as busy before any await, so a concurrent eviction spares it.
+        self._busy[key] += 1
+        try:
+            if created:
+                await self._close_idle()
+            response = await pool.handle_async_request(request)
+        except BaseException:
+            self._release(key)
+            raise
+        if not isinstance(response.stream, httpx.AsyncByteStream):
+            self._release(key)
+            raise TypeError("SniPoolTransport needs pools that return async streams")
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_ReleasingStream(response.stream, lambda: self._release(key)),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        pools = list(self._pools.values())
+        self._pools.clear()
+        for pool in pools:
+            await pool.aclose()
+
+    def _default_pool(self) -> httpx.AsyncBaseTransport:
+        return httpx.AsyncHTTPTransport(verify=_ssl_context(), trust_env=False, limits=self._limits)
+
+    def _release(self, key: str) -> None:
+        self._busy[key] -= 1
+        if self._busy[key] <= 0:
+            del self._busy[key]
+
+    async def _close_idle(self) -> None:
+        for key in list(self._pools):
+            if len(self._pools) <= self._max_pools:
+                return
+            # Another task may have closed it while this one awaited.
+            if key in self._pools and not self._busy[key]:
+                await self._pools.pop(key).aclose()
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    """Wraps a response body and reports when it is closed, exactly once."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release: Callable[[], None] | None = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    # Loading the CA bundle takes tens of milliseconds: once per process is enough.
+    return httpx.create_ssl_context(trust_env=False)
+
+
+def _is_hostname(host: str) -> bool:
+    return len(host) <= 253 and all(_LABEL.match(label) for label in host.split("."))
+
+
+def _is_public(address: IPAddress) -> bool:
+    if any(address.version == net.version and address in net for net in _ALWAYS_BLOCKED):
+        return False
+    return bool(
+        address.is_global
+        and not address.is_private
+        and not address.is_loopback
+        and not address.is_link_local
+        and not address.is_multicast
+        and not address.is_reserved
+        and not address.is_unspecified
+    )
+
+
+def _translated_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.ipv4_mapped
+
+
+def _in_networks(address: IPAddress, networks: Sequence[IPNetwork]) -> bool:
+    # Comparing an IPv4 address with an IPv6 network raises TypeError, hence the version test.
+    return any(address.version == net.version and address in net for net in networks)
+
+
+def _normalize_host(host: str) -> str:
+    return host.lower().rstrip(".")

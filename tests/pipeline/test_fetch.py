@@ -1,0 +1,398 @@
+"""The download layer against a real local HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from http.server import BaseHTTPRequestHandler
+from ipaddress import ip_network
+from typing import Any, TypeVar
+
+import pytest
+
+from cartag.errors import FetchError
+from cartag.pipeline.fetch import (
+    Failed,
+    Fetched,
+    Fetcher,
+    FetchOutcome,
+    FetchRequest,
+    NotModified,
+    Validators,
+)
+from cartag.pipeline.netguard import StaticResolver
+from cartag.settings import Settings
+from tests.support.http_server import DEFAULT_LAST_MODIFIED, ImageServer
+from tests.support.images import jpeg_bytes
+
+T = TypeVar("T")
+LOOPBACK = [ip_network("127.0.0.0/8")]
+JPEG = jpeg_bytes(16, 12)
+HOSTS = StaticResolver({name: ["127.0.0.1"] for name in ("a.test", "b.test", "c.test")})
+
+
+def _settings(**overrides: Any) -> Settings:
+    """Loopback allowed (the server is on 127.0.0.1), short timeouts, no backoff."""
+    defaults = {"connect_timeout_s": 1.0, "read_timeout_s": 1.0, "retry_backoff_s": 0.0}
+    return Settings(**({"allowed_networks": LOOPBACK} | defaults | overrides))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _use(action: Callable[[Fetcher], Awaitable[T]], settings: Settings | None = None) -> T:
+    """Run ``action`` with a fresh Fetcher (loopback allowed, resolving *.test to it)."""
+
+    async def go() -> T:
+        async with Fetcher(settings or _settings(), resolver=HOSTS) as fetcher:
+            return await action(fetcher)
+
+    return asyncio.run(go())
+
+
+def _fetch(url: str, settings: Settings | None = None, **request: str) -> FetchOutcome:
+    return _use(lambda fetcher: fetcher.fetch(FetchRequest(url, **request)), settings)
+
+
+def _fetch_counting(url: str, settings: Settings | None = None) -> tuple[FetchOutcome, int]:
+    """Fetch ``url``; also return how many body bytes the Fetcher received."""
+
+    async def action(fetcher: Fetcher) -> tuple[FetchOutcome, int]:
+        return await fetcher.fetch(FetchRequest(url)), fetcher.bytes_downloaded
+
+    return _use(action, settings)
+
+
+def _failed(outcome: FetchOutcome) -> Failed:
+    assert isinstance(outcome, Failed), outcome
+    return outcome
+
+
+def _fetched(outcome: FetchOutcome) -> Fetched:
+    assert isinstance(outcome, Fetched), outcome
+    return outcome
+
+
+@pytest.fixture
+def server() -> Iterator[ImageServer]:
+    with ImageServer() as srv:
+        yield srv
+        assert srv.errors == []
+
+
+# --- plain downloads ---------------------------------------------------------------
+
+
+def test_fetch_returns_body_validators_and_content_type(server: ImageServer) -> None:
+    server.add_file("/a.jpg", JPEG, etag='"v1"')
+    result = _fetched(_fetch(server.url("/a.jpg")))
+    assert result.content == JPEG
+    assert result.url == result.final_url == server.url("/a.jpg")
+    assert result.validators == Validators('"v1"', DEFAULT_LAST_MODIFIED, len(JPEG))
+    assert result.content_type == "image/jpeg"
+
+
+def test_missing_validators_are_none(server: ImageServer) -> None:
+    server.add_file("/a.jpg", JPEG, etag=False, last_modified=False, content_length=False)
+    result = _fetched(_fetch(server.url("/a.jpg")))
+    assert result.content == JPEG
+    assert result.validators == Validators(None, None, None)
+
+
+def test_sends_user_agent_and_asks_for_uncompressed_bodies(server: ImageServer) -> None:
+    server.add_file("/a.jpg", JPEG)
+    _fetched(_fetch(server.url("/a.jpg"), _settings(user_agent="cartag-test/9")))
+    (request,) = server.requests("/a.jpg")
+    assert request.headers["user-agent"] == "cartag-test/9"
+    assert request.headers["accept-encoding"] == "identity"
+    assert "if-none-match" not in request.headers
+
+
+def test_compressed_body_is_refused(server: ImageServer) -> None:
+    server.add_file("/a.jpg", b"\x1f\x8b not really gzip", headers={"Content-Encoding": "gzip"})
+    assert _failed(_fetch(server.url("/a.jpg"))).reason == "unsupported_encoding"
+
+
+def test_cookies_are_not_kept_between_requests(server: ImageServer) -> None:
+    server.add_file("/a.jpg", JPEG, headers={"Set-Cookie": "session=secret; Path=/"})
+
+    async def twice(fetcher: Fetcher) -> list[FetchOutcome]:
+        return [await fetcher.fetch(FetchRequest(server.url("/a.jpg"))) for _ in range(2)]
+
+    assert all(isinstance(outcome, Fetched) for outcome in _use(twice))
+    assert all("cookie" not in r.headers for r in server.requests("/a.jpg"))
+
+
+def test_bytes_downloaded_counts_bodies(server: ImageServer) -> None:
+    server.add_file("/a.jpg", JPEG)
+
+    async def three(fetcher: Fetcher) -> int:
+        for path in ("/a.jpg", "/missing.jpg", "/a.jpg"):
+            await fetcher.fetch(FetchRequest(server.url(path)))
+        return fetcher.bytes_downloaded
+
+    assert _use(three) == 2 * len(JPEG)
+
+
+def test_fetch_many_keeps_input_order(server: ImageServer) -> None:
+    red, blue = jpeg_bytes(8, 8, (255, 0, 0)), jpeg_bytes(8, 8, (0, 0, 255))
+    server.add_file("/red.jpg", red)
+    server.add_file("/blue.jpg", blue)
+    requests = [
+        FetchRequest(server.url("/red.jpg")),
+        FetchRequest(server.url("/missing.jpg")),
+        FetchRequest("gopher://example.com/"),
+        FetchRequest(server.url("/blue.jpg")),
+    ]
+
+    outcomes = _use(lambda fetcher: fetcher.fetch_many(requests))
+    assert [o.url for o in outcomes] == [r.url for r in requests]
+    assert _fetched(outcomes[0]).content == red
+    assert _failed(outcomes[1]).reason == "http_404"
+    assert _failed(outcomes[2]).reason == "invalid_url"
+    assert _fetched(outcomes[3]).content == blue
+
+
+# --- conditional requests ----------------------------------------------------------
+
+
+def test_matching_etag_gives_not_modified_without_body(server: ImageServer) -> None:
+    server.add_file("/a.jpg", JPEG, etag='"v1"')
+
+    outcome = _fetch(server.url("/a.jpg"), etag='"v1"')
+    assert outcome == NotModified(url=server.url("/a.jpg"))
+    assert server.bytes_sent == 0
+    assert server.requests("/a.jpg")[0].headers["if-none-match"] == '"v1"'
+
+
+def test_last_modified_gives_not_modified(server: ImageServer) -> None:
+    server.add_file("/a.jpg", JPEG, etag=False)
+    outcome = _fetch(server.url("/a.jpg"), last_modified=DEFAULT_LAST_MODIFIED)
+    assert isinstance(outcome, NotModified)
+    assert server.requests("/a.jpg")[0].headers["if-modified-since"] == DEFAULT_LAST_MODIFIED
+
+
+def test_stale_validators_download_the_new_version(server: ImageServer) -> None:
+    server.add_file("/a.jpg", JPEG, etag='"v2"')
+    result = _fetched(
+        _fetch(server.url("/a.jpg"), etag='"v1"', last_modified=DEFAULT_LAST_MODIFIED)
+    )
+    assert result.content == JPEG
+    assert result.validators.etag == '"v2"'
+
+
+def test_unsendable_validators_are_dropped(server: ImageServer) -> None:
+    server.add_file("/a.jpg", JPEG)
+    result = _fetch(server.url("/a.jpg"), etag='"caf\u00e9"', last_modified="x\r\nX-Evil: 1")
+    assert _fetched(result).content == JPEG
+    (request,) = server.requests("/a.jpg")
+    assert "if-none-match" not in request.headers
+    assert "if-modified-since" not in request.headers
+    assert "x-evil" not in request.headers
+
+
+# --- size limit ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("claimed", [None, 10])
+def test_bodies_within_the_limit_are_accepted(server: ImageServer, claimed: int | None) -> None:
+    if claimed is None:
+        server.add_file("/a.jpg", b"x" * 1000)  # exactly the limit
+    else:  # an HTTP/1.1 client never reads past the declared length
+        server.add_lying_length("/a.jpg", b"x" * 50_000, claimed_length=claimed)
+    outcome = _fetch(server.url("/a.jpg"), _settings(max_image_bytes=1000))
+    assert _fetched(outcome).content == b"x" * (claimed or 1000)
+
+
+def test_declared_length_over_limit_is_refused_before_reading(server: ImageServer) -> None:
+    server.add_file("/big.jpg", b"x" * 5000)
+    outcome, downloaded = _fetch_counting(server.url("/big.jpg"), _settings(max_image_bytes=1000))
+    assert _failed(outcome).reason == "too_large"
+    assert downloaded == 0
+    assert server.requests_for("/big.jpg") == 1  # not retried
+
+
+@pytest.mark.parametrize("route", ["chunked", "until_close"])
+def test_streamed_body_over_limit_is_cut_off(server: ImageServer, route: str) -> None:
+    data = b"x" * 400_000
+    if route == "chunked":
+        server.add_chunked("/big.jpg", data, chunk_size=1024)
+    else:
+        server.add_lying_length("/big.jpg", data)  # no Content-Length, ends at close
+    outcome, downloaded = _fetch_counting(server.url("/big.jpg"), _settings(max_image_bytes=1000))
+    assert _failed(outcome).reason == "too_large"
+    assert 1000 < downloaded < len(data)
+
+
+# --- timeouts, retries and connection errors ---------------------------------------
+
+
+@pytest.mark.parametrize("stall", ["headers", "body"])
+def test_read_timeout_fails_after_retries(server: ImageServer, stall: str) -> None:
+    server.add_slow("/slow.jpg", 5.0, JPEG, stall=stall)  # type: ignore[arg-type]
+    outcome = _fetch(server.url("/slow.jpg"), _settings(read_timeout_s=0.2, retries=1))
+    assert _failed(outcome).reason == "timeout"
+    assert server.requests_for("/slow.jpg") == 2
+
+
+def test_trickling_server_hits_the_overall_deadline(server: ImageServer) -> None:
+    def trickle(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "1000")
+        handler.end_headers()
+        for _ in range(60):  # one byte per 0.1 s: each read is well within its timeout
+            handler.wfile.write(b"x")
+            handler.wfile.flush()
+            time.sleep(0.1)
+
+    server.add_handler("/trickle.jpg", trickle)
+    started = time.monotonic()
+    settings = _settings(connect_timeout_s=0.1, read_timeout_s=0.3, retries=0)
+    outcome = _fetch(server.url("/trickle.jpg"), settings)
+    assert _failed(outcome).reason == "timeout"
+    assert time.monotonic() - started < 3.0
+
+
+def test_connect_timeout() -> None:
+    # A listener with a full accept queue: the kernel drops further SYNs.
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(socket.create_server(("127.0.0.1", 0), backlog=0))
+        port = listener.getsockname()[1]
+        for filler in [stack.enter_context(socket.socket()) for _ in range(4)]:
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        time.sleep(0.05)
+        outcome = _fetch(f"http://127.0.0.1:{port}/a.jpg", _settings(connect_timeout_s=0.2))
+    assert _failed(outcome).reason == "timeout"
+
+
+@pytest.mark.parametrize(("failures", "retries"), [(2, 2), (3, 2), (1, 0)])
+def test_5xx_is_retried(server: ImageServer, failures: int, retries: int) -> None:
+    server.add_file("/a.jpg", JPEG)
+    server.add_status("/a.jpg", 502, times=failures)
+    outcome = _fetch(server.url("/a.jpg"), _settings(retries=retries))
+    if failures <= retries:
+        assert _fetched(outcome).content == JPEG
+    else:
+        assert _failed(outcome).reason == "http_502"
+    assert server.requests_for("/a.jpg") == min(failures, retries) + 1
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 410, 429])
+def test_4xx_is_never_retried(server: ImageServer, status: int) -> None:
+    server.add_status("/a.jpg", status)
+    assert _failed(_fetch(server.url("/a.jpg"), _settings(retries=3))).reason == f"http_{status}"
+    assert server.requests_for("/a.jpg") == 1
+
+
+def test_retries_back_off_exponentially(server: ImageServer) -> None:
+    server.add_status("/a.jpg", 503)
+    started = time.monotonic()
+    _failed(_fetch(server.url("/a.jpg"), _settings(retries=2, retry_backoff_s=0.1)))
+    assert time.monotonic() - started >= 0.1 + 0.2
+    assert server.requests_for("/a.jpg") == 3
+
+
+def test_connection_refused_is_connection_error() -> None:
+    outcome = _fetch(f"http://127.0.0.1:{_free_port()}/a.jpg", _settings(retries=1))
+    assert _failed(outcome).reason == "connection_error"
+
+
+# --- redirects -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_redirects_are_followed(server: ImageServer, status: int) -> None:
+    server.add_file("/img/a.jpg", JPEG)
+    server.add_redirect("/img/r2", "a.jpg", status=status)  # relative
+    server.add_redirect("/r1", server.url("/img/r2"), status=status)  # absolute
+    result = _fetched(_fetch(server.url("/r1")))
+    assert result.url == server.url("/r1")
+    assert result.final_url == server.url("/img/a.jpg")
+    assert result.content == JPEG
+
+
+def test_redirect_limit(server: ImageServer) -> None:
+    server.add_file("/a.jpg", JPEG)
+    server.add_redirect("/r1", "/r2")
+    server.add_redirect("/r2", "/r3")
+    server.add_redirect("/r3", "/a.jpg")
+    assert _fetched(_fetch(server.url("/r1"), _settings(max_redirects=3))).content == JPEG
+    outcome = _fetch(server.url("/r1"), _settings(max_redirects=2))
+    assert _failed(outcome).reason == "too_many_redirects"
+    assert _failed(_fetch(server.url("/r3"), _settings(max_redirects=0))).reason == (
+        "too_many_redirects"
+    )
+
+
+def test_redirect_loop_stops(server: ImageServer) -> None:
+    server.add_redirect("/loop", "/loop")
+    outcome = _fetch(server.url("/loop"), _settings(max_redirects=4))
+    assert _failed(outcome).reason == "too_many_redirects"
+    assert server.requests_for("/loop") == 5
+
+
+def test_redirect_to_other_scheme_is_invalid_url(server: ImageServer) -> None:
+    server.add_redirect("/r", "file:///etc/passwd")
+    assert _failed(_fetch(server.url("/r"))).reason == "invalid_url"
+
+
+# --- concurrency -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hosts", "per_host", "overall", "expected"),
+    [
+        (["a.test"], 2, 10, 2),
+        (["a.test", "b.test"], 2, 10, 4),
+        (["a.test", "b.test", "c.test"], 10, 3, 3),
+    ],
+    ids=["per-host-limit", "limit-is-per-host", "overall-limit"],
+)
+def test_concurrency_limits(
+    server: ImageServer, hosts: list[str], per_host: int, overall: int, expected: int
+) -> None:
+    server.add_slow("/slow.jpg", 0.15, JPEG)
+    requests = [FetchRequest(server.url("/slow.jpg", host=h)) for h in hosts] * 4
+    settings = _settings(per_host_concurrency=per_host, download_concurrency=overall)
+    outcomes = _use(lambda fetcher: fetcher.fetch_many(requests), settings)
+    assert all(isinstance(o, Fetched) for o in outcomes)
+    assert server.max_concurrent == expected
+
+
+# --- callbacks -------------------------------------------------------------------------
+
+
+def test_post_json_delivers_payload(server: ImageServer) -> None:
+    server.add_json_sink("/hook")
+    assert _use(lambda fetcher: fetcher.post_json(server.url("/hook"), {"job": "j1"})) == 200
+    assert server.received("/hook") == [{"job": "j1"}]
+    assert server.requests("/hook")[0].headers["content-type"] == "application/json"
+
+
+def test_post_json_returns_error_status_without_retrying(server: ImageServer) -> None:
+    server.add_json_sink("/hook")
+    server.add_status("/hook", 500)
+    assert _use(lambda fetcher: fetcher.post_json(server.url("/hook"), {})) == 500
+    assert server.requests_for("/hook") == 1
+
+
+def test_post_json_is_guarded(server: ImageServer) -> None:
+    server.add_json_sink("/hook")
+    cases = [
+        (server.url("/hook"), _settings(allowed_networks=[]), "blocked_address"),
+        ("ftp://example.com/hook", None, "invalid_url"),
+        (f"http://127.0.0.1:{_free_port()}/hook", None, "connection_error"),
+    ]
+    for url, settings, reason in cases:
+        with pytest.raises(FetchError) as info:
+            _use(lambda fetcher, url=url: fetcher.post_json(url, {}), settings)  # type: ignore[misc]
+        assert info.value.reason == reason
+    assert isinstance(info.value, FetchError)
+    assert server.received("/hook") == []
