@@ -69,10 +69,11 @@ class Settings(BaseSettings):
         default=64_000_000, gt=0, description="Decompression-bomb limit (width x height)."
     )
     phash_max_distance: int = Field(
-        default=4,
+        default=3,
         ge=0,
-        le=16,
-        description="Hamming distance under which a new image inherits the fix of a fixed one.",
+        le=3,
+        description="An image inherits the fix of a fixed image whose 64-bit pHash is at most "
+        "this many bits away (re-encoded/resized copies); 0 = identical pHash only.",
     )
 
     # --- model -----------------------------------------------------------------

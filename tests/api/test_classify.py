@@ -176,6 +176,13 @@ def _png_of(jpeg: bytes) -> bytes:
     return out.getvalue()
 
 
+def _reencoded(jpeg: bytes) -> bytes:
+    image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    out = io.BytesIO()
+    image.resize((image.width * 3 // 4, image.height * 3 // 4)).save(out, "JPEG", quality=70)
+    return out.getvalue()
+
+
 def test_fix_survives_a_reupload_under_a_new_url(
     client: TestClient,
     classify_headers: dict[str, str],
@@ -188,13 +195,21 @@ def test_fix_survives_a_reupload_under_a_new_url(
     old = _classify(client, classify_headers, [server.url("/old.jpg")])["results"][0]
     response = client.put(
         f"/v1/images/{old['image_key']}/fix",
-        json={"advertiser_id": "adv-1", "user": "alice", "scope": "global", "color": "Orange"},
+        json={
+            "advertiser_id": "adv-1",
+            "user": "alice",
+            "scope": "global",
+            "image_type": "Dealer",
+            "color": "Orange",
+        },
         headers=fixer_headers,
     )
     assert response.status_code == 200, response.text
     # Same pixels, different file format and URL: a different key, the same pHash.
     server.add_file("/new.png", _png_of(photo), content_type="image/png")
-    new = _classify(client, classify_headers, [server.url("/new.png")])["results"][0]
-    assert new["image_key"] != old["image_key"]
-    if new["image_type"] != "Placeholder":
-        assert (new["color"], new["source"]) == ("Orange", "fix")
+    # Re-encoded at another quality and size: a nearby pHash.
+    server.add_file("/recoded.jpg", _reencoded(photo))
+    for path in ("/new.png", "/recoded.jpg"):
+        new = _classify(client, classify_headers, [server.url(path)])["results"][0]
+        assert new["image_key"] != old["image_key"]
+        assert (new["image_type"], new["color"], new["source"]) == ("Dealer", "Orange", "fix")

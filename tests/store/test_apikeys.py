@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import pytest
-from tests.support.factories import NOW
 
 from cartag.errors import AuthError, InputError, NotFoundError, PermissionDeniedError
 from cartag.store import apikeys
 from cartag.store.db import Database
+from tests.support.factories import NOW
 
 
 def test_key_roundtrip_roles_and_revocation(db: Database) -> None:

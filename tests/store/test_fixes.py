@@ -4,12 +4,12 @@ import datetime as dt
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from tests.support.factories import NOW, add_image
 
 from cartag.errors import InputError, NotFoundError
 from cartag.pipeline.classify import current_answer
 from cartag.store import fixes as fix_repo
 from cartag.store.db import Database
+from tests.support.factories import NOW, add_image
 
 
 def _fix(db: Database, key: str, *, minute: int = 0, **kwargs: object) -> None:
@@ -123,3 +123,22 @@ def test_fifty_concurrent_fixes_lose_none(db: Database) -> None:
     assert by_commit[0].changes["color"]["from"] == "Red"
     for before, after in zip(by_commit, by_commit[1:], strict=False):
         assert after.changes["color"]["from"] == before.changes["color"]["to"]
+
+
+def test_near_duplicate_phash_inherits_the_fix(db: Database) -> None:
+    original = add_image(db, image_type="Stock", phash="ffff0000ffff0000")
+    _fix(db, original.image_key, image_type="Dealer")
+    close = add_image(db, image_type="Stock", phash="fffe0000ffff0001")  # 2 bits away
+    far = add_image(db, image_type="Stock", phash="ff000000ffff00ff")  # 16 bits away
+    pairs = [(close.image_key, close.phash), (far.image_key, far.phash)]
+    with db.read() as session:
+        exact_only = fix_repo.find_fixes(session, "adv-1", pairs)
+        near = fix_repo.find_fixes(session, "adv-1", pairs, max_distance=3)
+    assert exact_only == {}
+    assert set(near) == {close.image_key}
+    assert near[close.image_key].global_fix is not None
+
+
+def test_phash_bands_split_the_hash() -> None:
+    assert fix_repo.phash_bands("0001000200030004") == [1, 2, 3, 4]
+    assert fix_repo.phash_bands(None) == [None] * 4

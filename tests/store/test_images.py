@@ -1,12 +1,12 @@
 from __future__ import annotations
 
 from sqlalchemy import update
-from tests.support.factories import NOW, add_image, new_image
 
 from cartag.pipeline.classify import current_answer
 from cartag.store import images as image_repo
 from cartag.store.db import Database
 from cartag.store.tables import ImageRow
+from tests.support.factories import NOW, add_image, new_image
 
 
 def test_save_image_upserts_and_keeps_created_at(db: Database) -> None:

@@ -1,9 +1,8 @@
 from __future__ import annotations
 
-from tests.support.factories import NOW
-
 from cartag.store import jobs as job_repo
 from cartag.store.db import Database
+from tests.support.factories import NOW
 
 
 def test_job_items_store_results_once(db: Database) -> None:

@@ -271,7 +271,10 @@ class ClassifyService:
         cached = {o.image.image_key: o.image for o in outcomes.values() if isinstance(o, _Cached)}
         with self.db.read() as session:
             fixes = fix_repo.find_fixes(
-                session, advertiser_id, [(key, row.phash) for key, row in cached.items()]
+                session,
+                advertiser_id,
+                [(key, row.phash) for key, row in cached.items()],
+                max_distance=self.settings.phash_max_distance,
             )
         results = []
         for request, url in zip(requests, urls, strict=True):
@@ -365,7 +368,9 @@ def _copy_answer(session: Session, source: ImageRow, item: _New, now: dt.datetim
     return image_repo.get_images(session, [item.key])[item.key]
 
 
-def current_answer(db: Database, advertiser_id: str, image_key: str) -> ClassifyResult:
+def current_answer(
+    db: Database, advertiser_id: str, image_key: str, *, max_distance: int = 0
+) -> ClassifyResult:
     """What a classify would answer now for a stored image, for this advertiser.
 
     Raises:
@@ -375,5 +380,7 @@ def current_answer(db: Database, advertiser_id: str, image_key: str) -> Classify
         row = image_repo.get_images(session, [image_key]).get(image_key)
         if row is None:
             raise NotFoundError(f"no image with key {image_key!r}")
-        labels = fix_repo.find_fixes(session, advertiser_id, [(image_key, row.phash)])
+        labels = fix_repo.find_fixes(
+            session, advertiser_id, [(image_key, row.phash)], max_distance=max_distance
+        )
     return resolve(row, labels.get(image_key), None, row.url, fresh=False)

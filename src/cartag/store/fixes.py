@@ -20,6 +20,8 @@ from cartag.store.tables import FixAuditRow, FixRow, ImageRow
 from cartag.store.upsert import upsert
 from cartag.vocab import read_stored_color
 
+# Near-duplicate search is exact up to this many differing bits (see FixRow.phash_b0).
+MAX_PHASH_DISTANCE = 3
 GLOBAL = "global"
 ADVERTISER = "advertiser"
 FIELDS = ("image_type", "color")
@@ -31,6 +33,17 @@ class FixLabels:
 
     override: FixRow | None
     global_fix: FixRow | None
+
+
+def phash_bands(phash: str | None) -> list[int | None]:
+    """The four 16-bit quarters of a 64-bit hex pHash (None for a missing hash)."""
+    if not phash or len(phash) != 16:
+        return [None] * 4
+    return [int(phash[i : i + 4], 16) for i in range(0, 16, 4)]
+
+
+def _distance(a: str, b: str) -> int:
+    return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
 def scope_key(scope: str, advertiser_id: str) -> str:
@@ -114,6 +127,7 @@ def apply_fix(
             "scope": scope,
             "scope_key": key,
             "phash": image.phash,
+            **{f"phash_b{i}": band for i, band in enumerate(phash_bands(image.phash))},
             "image_type": new_type,
             "color": new_color,
             "updated_by": user,
@@ -144,6 +158,8 @@ def find_fixes(
     session: Session,
     advertiser_id: str,
     images: Sequence[tuple[str, str | None]],
+    *,
+    max_distance: int = 0,
 ) -> dict[str, FixLabels]:
     """The fixes that apply to each image for this advertiser.
 
@@ -151,42 +167,55 @@ def find_fixes(
         session: Any session.
         advertiser_id: Whose overrides count.
         images: ``(image_key, phash)`` pairs.
+        max_distance: Also take the fix of an image whose pHash is at most this
+            many bits away (a re-encoded or resized copy); 0 = identical pHash only.
 
     Returns:
         Image key -> its override and global fix; images with neither are absent.
-        A fix recorded on the key itself wins over one found through the pHash.
+        A fix recorded on the key itself wins over one found through the pHash;
+        among pHash matches the nearest wins, then the latest.
     """
-    keys = {key for key, _ in images}
-    phashes = {ph for _, ph in images if ph}
-    if not keys:
+    if not images:
         return {}
+    max_distance = min(max_distance, MAX_PHASH_DISTANCE)
     by_key: dict[tuple[str, str], FixRow] = {}
-    by_phash: dict[tuple[str, str], FixRow] = {}
-    key_list, phash_list = list(keys), list(phashes)
-    for start in range(0, max(len(key_list), len(phash_list)), 400):
-        k, p = key_list[start : start + 400], phash_list[start : start + 400]
-        conditions = []
-        if k:
-            conditions.append(FixRow.image_key.in_(k))
-        if p:
-            conditions.append(FixRow.phash.in_(p))
+    near: list[FixRow] = []
+    scopes = ["", advertiser_id]
+    for start in range(0, len(images), 250):
+        chunk = images[start : start + 250]
+        keys = [key for key, _ in chunk]
+        phashes = [ph for _, ph in chunk if ph]
+        conditions = [FixRow.image_key.in_(keys)]
+        if phashes and max_distance == 0:
+            conditions.append(FixRow.phash.in_(phashes))
+        elif phashes:
+            bands = [phash_bands(ph) for ph in phashes]
+            columns = (FixRow.phash_b0, FixRow.phash_b1, FixRow.phash_b2, FixRow.phash_b3)
+            for i, column in enumerate(columns):
+                conditions.append(column.in_({b[i] for b in bands}))
         stmt = (
             select(FixRow)
-            .where(or_(*conditions), FixRow.scope_key.in_(["", advertiser_id]))
+            .where(or_(*conditions), FixRow.scope_key.in_(scopes))
             .order_by(FixRow.updated_at)
         )
         for row in session.scalars(stmt):
             by_key[(row.image_key, row.scope_key)] = row
             if row.phash:
-                # Latest fix wins among several images sharing a pHash.
-                by_phash[(row.phash, row.scope_key)] = row
+                near.append(row)
     found: dict[str, FixLabels] = {}
     for key, ph in images:
         labels: list[FixRow | None] = []
         for scope in (advertiser_id, ""):
             fix = by_key.get((key, scope))
             if fix is None and ph:
-                fix = by_phash.get((ph, scope))
+                candidates = [
+                    (_distance(ph, row.phash), -i, row)
+                    for i, row in enumerate(near)
+                    if row.scope_key == scope and row.phash
+                ]
+                close = [c for c in candidates if c[0] <= max_distance]
+                if close:
+                    fix = min(close, key=lambda c: (c[0], c[1]))[2]
             labels.append(fix)
         if labels[0] is not None or labels[1] is not None:
             found[key] = FixLabels(override=labels[0], global_fix=labels[1])

@@ -116,6 +116,12 @@ class FixRow(Base):
     scope_key: Mapped[str] = mapped_column(String(128), index=True)
     # Copied from the image so a re-upload under a new key finds the fix by pHash.
     phash: Mapped[str | None] = mapped_column(String(16), index=True)
+    # The pHash's four 16-bit quarters: two hashes within 3 bits share at least one
+    # quarter exactly (pigeonhole), so near duplicates are found with index lookups.
+    phash_b0: Mapped[int | None] = mapped_column(Integer, index=True)
+    phash_b1: Mapped[int | None] = mapped_column(Integer, index=True)
+    phash_b2: Mapped[int | None] = mapped_column(Integer, index=True)
+    phash_b3: Mapped[int | None] = mapped_column(Integer, index=True)
     image_type: Mapped[str | None] = mapped_column(String(16))
     color: Mapped[str | None] = mapped_column(String(16))
     updated_by: Mapped[str] = mapped_column(String(128))

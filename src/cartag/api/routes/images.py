@@ -48,7 +48,9 @@ def fix_image(image_key: str, body: FixIn, state: StateDep, _: FixerDep) -> FixO
             now=state.clock.now(),
         )
         audit_out = _audit_out(audit)
-    answer = current_answer(state.db, body.advertiser_id, image_key)
+    answer = current_answer(
+        state.db, body.advertiser_id, image_key, max_distance=state.settings.phash_max_distance
+    )
     return FixOut(audit=audit_out, result=ResultOut.model_validate(answer.to_dict()))
 
 
@@ -60,7 +62,10 @@ def get_image(
     advertiser_id: str = Query(default="", description="Whose overrides to apply."),
 ) -> ResultOut:
     """The current answer for a stored image."""
-    return ResultOut.model_validate(current_answer(state.db, advertiser_id, image_key).to_dict())
+    answer = current_answer(
+        state.db, advertiser_id, image_key, max_distance=state.settings.phash_max_distance
+    )
+    return ResultOut.model_validate(answer.to_dict())
 
 
 @router.get("/{image_key}/history", response_model=HistoryOut)

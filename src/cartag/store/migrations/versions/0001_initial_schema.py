@@ -103,6 +103,10 @@ def upgrade() -> None:
         sa.Column("scope", sa.String(length=16), nullable=False),
         sa.Column("scope_key", sa.String(length=128), nullable=False),
         sa.Column("phash", sa.String(length=16), nullable=True),
+        sa.Column("phash_b0", sa.Integer(), nullable=True),
+        sa.Column("phash_b1", sa.Integer(), nullable=True),
+        sa.Column("phash_b2", sa.Integer(), nullable=True),
+        sa.Column("phash_b3", sa.Integer(), nullable=True),
         sa.Column("image_type", sa.String(length=16), nullable=True),
         sa.Column("color", sa.String(length=16), nullable=True),
         sa.Column("updated_by", sa.String(length=128), nullable=False),
@@ -116,6 +120,10 @@ def upgrade() -> None:
     with op.batch_alter_table("fixes", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_fixes_image_key"), ["image_key"], unique=False)
         batch_op.create_index(batch_op.f("ix_fixes_phash"), ["phash"], unique=False)
+        for band in range(4):
+            batch_op.create_index(
+                batch_op.f(f"ix_fixes_phash_b{band}"), [f"phash_b{band}"], unique=False
+            )
         batch_op.create_index(batch_op.f("ix_fixes_scope_key"), ["scope_key"], unique=False)
 
     op.create_table(
@@ -159,6 +167,8 @@ def downgrade() -> None:
     with op.batch_alter_table("fixes", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_fixes_scope_key"))
         batch_op.drop_index(batch_op.f("ix_fixes_phash"))
+        for band in range(4):
+            batch_op.drop_index(batch_op.f(f"ix_fixes_phash_b{band}"))
         batch_op.drop_index(batch_op.f("ix_fixes_image_key"))
 
     op.drop_table("fixes")
