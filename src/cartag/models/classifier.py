@@ -1,0 +1,262 @@
+"""The classifier interface the service uses, and its backbone + linear-heads implementation.
+
+A model directory holds ``config.json`` and one head per task (``.npz`` +
+``.json``, see :mod:`cartag.models.heads`)::
+
+    config.json        {"format": "cartag-model/1", "version": ..., "backbone": {...},
+                        "heads": {"image_type": "type_head", "color": "color_head"}}
+    type_head.npz/json
+    color_head.npz/json
+
+The bundled model lives in ``src/cartag/models/bundled/``; ``CARTAG_MODEL_DIR``
+points at another one.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from PIL import Image
+
+from cartag.errors import ModelError
+from cartag.models.backbone import PREPROCESS_ID, Backbone
+from cartag.models.heads import LinearHead
+from cartag.settings import Settings
+from cartag.vocab import COLORS, IMAGE_TYPES
+
+MODEL_FORMAT: Final[str] = "cartag-model/1"
+BUNDLED_DIR: Final[Path] = Path(__file__).resolve().parent / "bundled"
+CONFIG_NAME: Final[str] = "config.json"
+
+_FIX_HINT = (
+    "reinstall cartag to restore the bundled model, or set CARTAG_MODEL_DIR to a folder "
+    "made by `python -m cartag.training.bundled --out <dir>`"
+)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's answer for one image.
+
+    Attributes:
+        image_type: One of ``IMAGE_TYPES``.
+        type_scores: A probability for every ``IMAGE_TYPES`` entry; sums to 1.
+        color: One of ``COLORS``, or None when ``image_type`` is Placeholder
+            (there is no vehicle to have a color).
+        color_scores: A probability for every ``COLORS`` entry; sums to 1. Kept
+            for Placeholder too (useful when a reviewer overrides the type).
+        confidence: ``max(type_scores.values())``.
+    """
+
+    image_type: str
+    type_scores: dict[str, float]
+    color: str | None
+    color_scores: dict[str, float]
+    confidence: float
+
+
+class Classifier(abc.ABC):
+    """What the service needs from a model. Implementations must be thread-safe.
+
+    Attributes:
+        version: Identifies the weights, stored with every result, e.g.
+            ``bundled-2026.11.26-1a2b3c4d``.
+    """
+
+    version: str
+
+    @abc.abstractmethod
+    def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        """Classify images.
+
+        Args:
+            images: Decoded PIL images of any size and mode; any number.
+
+        Returns:
+            One prediction per image, in order.
+        """
+
+
+def make_prediction(type_probs: np.ndarray, color_probs: np.ndarray) -> Prediction:
+    """Build a :class:`Prediction` from score vectors in vocabulary order.
+
+    Args:
+        type_probs: (len(IMAGE_TYPES),) probabilities.
+        color_probs: (len(COLORS),) probabilities.
+    """
+    type_p = np.asarray(type_probs, dtype=np.float64)
+    color_p = np.asarray(color_probs, dtype=np.float64)
+    # Renormalise in float64 so the scores sum to 1 to within 1e-12 after the float32 heads.
+    type_p = type_p / type_p.sum()
+    color_p = color_p / color_p.sum()
+    type_scores = {label: float(p) for label, p in zip(IMAGE_TYPES, type_p, strict=True)}
+    color_scores = {label: float(p) for label, p in zip(COLORS, color_p, strict=True)}
+    image_type = IMAGE_TYPES[int(type_p.argmax())]
+    color = None if image_type == "Placeholder" else COLORS[int(color_p.argmax())]
+    return Prediction(
+        image_type=image_type,
+        type_scores=type_scores,
+        color=color,
+        color_scores=color_scores,
+        confidence=float(type_p.max()),
+    )
+
+
+class EmbeddingClassifier(Classifier):
+    """A frozen :class:`Backbone` followed by linear type and color heads.
+
+    Args:
+        backbone: The feature extractor.
+        type_head: Head whose labels are exactly ``IMAGE_TYPES``.
+        color_head: Head whose labels are exactly ``COLORS``.
+        version: Model version string.
+        batch_size: Images per backbone call; bounds peak memory.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        type_head: LinearHead,
+        color_head: LinearHead,
+        version: str,
+        *,
+        batch_size: int = 16,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        for name, head, expected in (
+            ("image_type", type_head, IMAGE_TYPES),
+            ("color", color_head, COLORS),
+        ):
+            if head.labels != tuple(expected):
+                raise ModelError(
+                    f"the {name} head has labels {list(head.labels)}, expected "
+                    f"{list(expected)} in that order; retrain it; {_FIX_HINT}"
+                )
+            if head.embedding_dim != backbone.embedding_dim:
+                raise ModelError(
+                    f"the {name} head expects {head.embedding_dim}-d embeddings but "
+                    f"{backbone.backbone_id} makes {backbone.embedding_dim}-d ones; {_FIX_HINT}"
+                )
+            if head.backbone_id not in (None, backbone.backbone_id):
+                raise ModelError(
+                    f"the {name} head was trained on {head.backbone_id} but the installed "
+                    f"backbone is {backbone.backbone_id}; {_FIX_HINT}"
+                )
+        self.backbone = backbone
+        self.type_head = type_head
+        self.color_head = color_head
+        self.version = version
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_dir(cls, path: Path, *, threads: int = 0, batch_size: int = 16) -> EmbeddingClassifier:
+        """Load a model directory (``config.json`` + heads).
+
+        Args:
+            path: The directory.
+            threads: torch intra-op threads (0 = torch default).
+            batch_size: Images per backbone call.
+
+        Raises:
+            ModelError: If files are missing, corrupt or inconsistent.
+        """
+        config = read_config(path)
+        backbone_cfg = config["backbone"]
+        if backbone_cfg.get("preprocess", PREPROCESS_ID) != PREPROCESS_ID:
+            raise ModelError(
+                f"{path / CONFIG_NAME} was made with preprocessing {backbone_cfg['preprocess']!r}, "
+                f"this cartag uses {PREPROCESS_ID!r}; {_FIX_HINT}"
+            )
+        heads = config["heads"]
+        type_head = LinearHead.load(path / str(heads["image_type"]))
+        color_head = LinearHead.load(path / str(heads["color"]))
+        backbone = Backbone.load(str(backbone_cfg["variant"]), threads=threads)
+        if backbone_cfg.get("backbone_id", backbone.backbone_id) != backbone.backbone_id:
+            raise ModelError(
+                f"{path / CONFIG_NAME} needs backbone {backbone_cfg['backbone_id']} but the "
+                f"installed weights are {backbone.backbone_id}; {_FIX_HINT}"
+            )
+        if not config.get("version"):
+            digest = hashlib.sha256((type_head.digest() + color_head.digest()).encode())
+            config["version"] = f"custom-{digest.hexdigest()[:8]}"
+        version = str(config["version"])
+        return cls(backbone, type_head, color_head, version, batch_size=batch_size)
+
+    def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        """Classify images in chunks of ``batch_size``.
+
+        Args:
+            images: Decoded PIL images of any size and mode.
+
+        Returns:
+            One prediction per image, in order.
+        """
+        predictions: list[Prediction] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            # Preprocessing runs outside the backbone lock so threads overlap it.
+            emb = self.backbone.embed(self.backbone.preprocess(chunk))
+            type_probs = self.type_head.predict_proba(emb)
+            color_probs = self.color_head.predict_proba(emb)
+            predictions.extend(
+                make_prediction(t, c) for t, c in zip(type_probs, color_probs, strict=True)
+            )
+        return predictions
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """Read and check a model directory's ``config.json``.
+
+    Raises:
+        ModelError: If the folder or file is missing or malformed.
+    """
+    if not path.is_dir():
+        raise ModelError(f"model folder {path} does not exist; {_FIX_HINT}")
+    config_path = path / CONFIG_NAME
+    if not config_path.is_file():
+        raise ModelError(f"{config_path} is missing; {_FIX_HINT}")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{config_path} is not valid JSON ({exc}); {_FIX_HINT}") from exc
+    if (
+        not isinstance(config, dict)
+        or config.get("format") != MODEL_FORMAT
+        or not isinstance(config.get("backbone"), dict)
+        or "variant" not in config["backbone"]
+        or not isinstance(config.get("heads"), dict)
+        or not {"image_type", "color"} <= set(config["heads"])
+    ):
+        raise ModelError(
+            f"{config_path} is not a {MODEL_FORMAT} config (needs backbone.variant and "
+            f"heads.image_type/heads.color); {_FIX_HINT}"
+        )
+    return config
+
+
+def load_classifier(settings: Settings) -> Classifier:
+    """Load the configured model: ``settings.model_dir`` or the bundled one.
+
+    Args:
+        settings: Uses ``model_dir``, ``torch_threads`` and ``inference_batch_size``.
+
+    Raises:
+        ModelError: With a how-to-fix message if the model cannot be loaded.
+    """
+    path = settings.model_dir if settings.model_dir is not None else BUNDLED_DIR
+    if settings.model_dir is not None and not path.is_dir():
+        raise ModelError(
+            f"CARTAG_MODEL_DIR={path} does not exist; unset it to use the bundled model "
+            "or point it at a folder with config.json and the head files"
+        )
+    return EmbeddingClassifier.from_dir(
+        path, threads=settings.torch_threads, batch_size=settings.inference_batch_size
+    )

@@ -1,0 +1,196 @@
+"""Linear classification heads on backbone embeddings, run with numpy.
+
+A head is two files side by side: ``<name>.npz`` with the arrays and
+``<name>.json`` with human-readable metadata (labels, the backbone it was
+trained on, preprocessing, training-data hash, metrics, date), in the spirit
+of timm's ``pretrained_cfg``. Training lives in :mod:`cartag.training.fit`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cartag.errors import ModelError
+
+HEAD_FORMAT = "cartag-linear-head/1"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable for large logits.
+
+    Args:
+        logits: (B, K).
+
+    Returns:
+        (B, K) rows summing to 1.
+    """
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+
+
+class LinearHead:
+    """Multinomial logistic regression on standardised embeddings.
+
+    ``p = softmax(((emb - feature_mean) / feature_std) @ W + b)``
+
+    Attributes:
+        labels: K class names, in score order.
+        weight: float32 (D, K).
+        bias: float32 (K,).
+        feature_mean: float32 (D,) training-set embedding mean.
+        feature_std: float32 (D,) training-set embedding std (no zeros).
+        metadata: JSON-serialisable dict written to ``<name>.json``.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        weight: np.ndarray,
+        bias: np.ndarray,
+        feature_mean: np.ndarray,
+        feature_std: np.ndarray,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.labels = tuple(labels)
+        self.weight = np.asarray(weight, dtype=np.float32)
+        self.bias = np.asarray(bias, dtype=np.float32)
+        self.feature_mean = np.asarray(feature_mean, dtype=np.float32)
+        self.feature_std = np.asarray(feature_std, dtype=np.float32)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        k = len(self.labels)
+        d = self.weight.shape[0] if self.weight.ndim == 2 else -1
+        if (
+            self.weight.shape != (d, k)
+            or self.bias.shape != (k,)
+            or self.feature_mean.shape != (d,)
+            or self.feature_std.shape != (d,)
+        ):
+            raise ValueError(
+                f"inconsistent head shapes: W {self.weight.shape}, b {self.bias.shape}, "
+                f"mean {self.feature_mean.shape}, std {self.feature_std.shape}, {k} labels"
+            )
+        if not np.all(np.isfinite(self.weight)) or not np.all(self.feature_std > 0):
+            raise ValueError("head weights are not finite or feature_std has non-positive values")
+
+    @property
+    def embedding_dim(self) -> int:
+        """Length D of the embeddings this head expects."""
+        return int(self.weight.shape[0])
+
+    @property
+    def backbone_id(self) -> str | None:
+        """The ``Backbone.backbone_id`` the head was trained on, if recorded."""
+        value = self.metadata.get("backbone_id")
+        return str(value) if value is not None else None
+
+    def logits(self, emb: np.ndarray) -> np.ndarray:
+        """Unnormalised class scores.
+
+        Args:
+            emb: (B, D) embeddings.
+
+        Returns:
+            float32 (B, K).
+        """
+        if emb.ndim != 2 or emb.shape[1] != self.embedding_dim:
+            raise ValueError(f"expected (B, {self.embedding_dim}) embeddings, got {emb.shape}")
+        z = (emb.astype(np.float32, copy=False) - self.feature_mean) / self.feature_std
+        return z @ self.weight + self.bias
+
+    def predict_proba(self, emb: np.ndarray) -> np.ndarray:
+        """Class probabilities.
+
+        Args:
+            emb: (B, D) embeddings.
+
+        Returns:
+            float32 (B, K), rows summing to 1, columns in ``labels`` order.
+        """
+        return softmax(self.logits(emb).astype(np.float64)).astype(np.float32)
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "weight": self.weight,
+            "bias": self.bias,
+            "feature_mean": self.feature_mean,
+            "feature_std": self.feature_std,
+            "labels": np.asarray(self.labels, dtype=np.str_),
+        }
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the labels and arrays: equal heads, equal digest."""
+        digest = hashlib.sha256()
+        for key, array in self._arrays().items():
+            digest.update(key.encode())
+            digest.update(str(array.dtype).encode() + str(array.shape).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
+    def save(self, path: Path) -> tuple[Path, Path]:
+        """Write ``<path>.npz`` and ``<path>.json`` (any suffix on ``path`` is replaced).
+
+        Returns:
+            The two paths written (npz, json).
+        """
+        npz_path = path.with_suffix(".npz")
+        json_path = path.with_suffix(".json")
+        npz_path.parent.mkdir(parents=True, exist_ok=True)
+        # Written by hand rather than np.savez_compressed so that equal weights
+        # give byte-identical files (numpy stamps each member with the time).
+        with zipfile.ZipFile(npz_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for key, array in self._arrays().items():
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with archive.open(info, "w") as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
+        extra = {k: v for k, v in self.metadata.items() if k not in ("format", "labels")}
+        meta = {"format": HEAD_FORMAT, "labels": list(self.labels), **extra}
+        json_path.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        return npz_path, json_path
+
+    @classmethod
+    def load(cls, path: Path) -> LinearHead:
+        """Read a head written by :meth:`save`.
+
+        Args:
+            path: ``<name>.npz``, ``<name>.json`` or ``<name>`` without suffix.
+
+        Raises:
+            ModelError: If a file is missing, unreadable, or the two disagree.
+        """
+        npz_path = path.with_suffix(".npz")
+        json_path = path.with_suffix(".json")
+        for required in (npz_path, json_path):
+            if not required.is_file():
+                raise ModelError(f"head file {required} is missing")
+        try:
+            meta = json.loads(json_path.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError("metadata is not a JSON object")
+            # Open the file ourselves: np.load leaks its handle when the zip is truncated.
+            with npz_path.open("rb") as fh, np.load(fh, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+            labels = [str(label) for label in arrays["labels"].tolist()]
+            if meta.get("labels") != labels:
+                raise ValueError(f"labels in {json_path.name} differ from {npz_path.name}")
+            if meta.pop("format", None) != HEAD_FORMAT:
+                raise ValueError(f"{json_path.name} is not a {HEAD_FORMAT} file")
+            meta.pop("labels")
+            return cls(
+                labels,
+                arrays["weight"],
+                arrays["bias"],
+                arrays["feature_mean"],
+                arrays["feature_std"],
+                metadata=meta,
+            )
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            raise ModelError(f"head {npz_path} is corrupt: {exc}") from exc

@@ -1,0 +1,292 @@
+"""Train the bundled model: linear type and color heads on frozen EfficientNet-Lite embeddings.
+
+Usage::
+
+    python -m cartag.training.bundled --data /work/shared/data/vcr-train \\
+        --out src/cartag/models/bundled
+
+Embeddings are cached under ``--cache-dir`` (keyed by image content, backbone and
+preprocessing), so reruns take seconds. The held-out 20% (rule in
+:mod:`cartag.training.dataset`) is never used for fitting or model selection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cartag.clock import Clock, SystemClock
+from cartag.models.backbone import PREPROCESS_ID, Backbone
+from cartag.models.classifier import CONFIG_NAME, MODEL_FORMAT
+from cartag.models.heads import LinearHead
+from cartag.training.card import render_card
+from cartag.training.dataset import (
+    SPLIT_RULE,
+    EmbeddingCache,
+    data_hash,
+    holdout_mask,
+    image_key,
+    read_labels,
+    split_key,
+)
+from cartag.training.fit import fit_linear_head, select_l2
+from cartag.training.metrics import classification_report
+from cartag.training.placeholders import FAMILIES, generate_placeholders
+from cartag.vocab import COLORS, IMAGE_TYPES
+
+L2_GRID = (3e-3, 1e-2, 3e-2, 0.1, 0.3)
+SOURCE = (
+    "vcr-train: 2,883 web-scraped car photos from the public GitHub repository "
+    "DananauRazvan/Vehicle-Color-Recognition (dataset/train/), color folders mapped to the "
+    "cartag vocabulary (silver -> Grey). The repository states no licence: research and "
+    "evaluation use only; the images are not redistributed, only these head weights."
+)
+TYPE_NOTE = (
+    "Image-type labels for real photos are the dataset's weak_type rule (white-border "
+    "fraction > 0.25 -> Stock, < 0.05 -> Dealer); rows where the rule abstains are not used "
+    "for the type head. The rule is wrong for some images (toys/cartoons on white, studio "
+    "shots on grey), so type metrics on real photos measure agreement with the rule. "
+    "Placeholder examples are synthetic (cartag.training.placeholders)."
+)
+
+
+@dataclass
+class Corpus:
+    """Everything embedded once.
+
+    Attributes:
+        keys: N split keys (labels.csv path or placeholder id).
+        strata: N split strata (color or placeholder family).
+        emb: float32 (N, D) embeddings.
+        type_idx: (N,) index into IMAGE_TYPES, -1 where unknown.
+        color_idx: (N,) index into COLORS, -1 for placeholders.
+        family: N placeholder families ("" for real photos).
+        holdout: bool (N,).
+        data_hash: SHA-256 of labels + image content.
+    """
+
+    keys: list[str]
+    strata: list[str]
+    emb: np.ndarray
+    type_idx: np.ndarray
+    color_idx: np.ndarray
+    family: list[str]
+    holdout: np.ndarray
+    data_hash: str
+
+
+def build_corpus(
+    data_dir: Path, backbone: Backbone, cache_dir: Path, n_placeholders: int, seed: int
+) -> Corpus:
+    """Read labels, generate placeholders, embed everything (through the cache)."""
+    samples = read_labels(data_dir)
+    placeholders = generate_placeholders(n_placeholders, seed=seed)
+    cache = EmbeddingCache(cache_dir, backbone.backbone_id, PREPROCESS_ID)
+
+    def load_real(i: int) -> Image.Image:
+        with Image.open(samples[i].file) as image:
+            return image.convert("RGB")
+
+    real_emb = cache.get_or_compute(
+        [s.sha256 for s in samples], load_real, lambda ims: backbone.embed_images(ims)
+    )
+    ph_keys = [image_key(p.image) for p in placeholders]
+    ph_emb = cache.get_or_compute(
+        ph_keys, lambda i: placeholders[i].image, lambda ims: backbone.embed_images(ims)
+    )
+    keys = [s.path for s in samples] + [p.id for p in placeholders]
+    strata = [s.color for s in samples] + [p.family for p in placeholders]
+    unknown = -1
+    type_idx = [IMAGE_TYPES.index(s.weak_type) if s.weak_type else unknown for s in samples]
+    type_idx += [IMAGE_TYPES.index("Placeholder")] * len(placeholders)
+    color_idx = [COLORS.index(s.color) for s in samples] + [unknown] * len(placeholders)
+    lines = [f"{s.path}\t{s.color}\t{s.weak_type or ''}\t{s.sha256}" for s in samples]
+    lines += [f"{p.id}\t{p.family}\t{k}" for p, k in zip(placeholders, ph_keys, strict=True)]
+    return Corpus(
+        keys=keys,
+        strata=strata,
+        emb=np.concatenate([real_emb, ph_emb]),
+        type_idx=np.asarray(type_idx, dtype=np.int64),
+        color_idx=np.asarray(color_idx, dtype=np.int64),
+        family=[""] * len(samples) + [p.family for p in placeholders],
+        holdout=holdout_mask(keys, strata),
+        data_hash=data_hash(lines),
+    )
+
+
+def _cv_order(keys: Sequence[str], rows: np.ndarray) -> np.ndarray:
+    # Cross-validation folds are taken by position, so shuffle by a key hash first.
+    return rows[np.argsort([split_key("cv:" + keys[i]) for i in rows])]
+
+
+def fit_and_evaluate(
+    corpus: Corpus, labels: Sequence[str], y: np.ndarray, l2: float | None
+) -> tuple[LinearHead, dict[str, Any], np.ndarray]:
+    """Fit one head on the training split and report on the held-out split.
+
+    Args:
+        corpus: The embedded data.
+        labels: Head labels.
+        y: (N,) target index per corpus row, -1 = not used.
+        l2: Penalty, or None to choose it by 4-fold CV on the training split.
+
+    Returns:
+        The head, its metrics dict, and the held-out rows it was scored on.
+    """
+    train = _cv_order(corpus.keys, np.flatnonzero(~corpus.holdout & (y >= 0)))
+    test = np.flatnonzero(corpus.holdout & (y >= 0))
+    cv_scores: dict[str, float] = {}
+    if l2 is None:
+        l2, cv_scores = select_l2(corpus.emb[train], y[train], labels, L2_GRID)
+    head = fit_linear_head(corpus.emb[train], y[train], labels, l2=l2)
+    report = classification_report(y[test], head.predict_proba(corpus.emb[test]), labels)
+    metrics: dict[str, Any] = {"held_out": report}
+    if cv_scores:
+        metrics["l2_cv_balanced_accuracy"] = cv_scores
+    return head, metrics, test
+
+
+def placeholder_metrics(corpus: Corpus, head: LinearHead, l2: float) -> dict[str, Any]:
+    """Placeholder precision over every held-out image, and recall on unseen designs.
+
+    Precision counts every held-out real photo (with or without a weak type) as a
+    negative. "Unseen design" recall refits the type head without one generator
+    family and scores that family: a proxy for designs the generator never made.
+    """
+    ph = IMAGE_TYPES.index("Placeholder")
+    test = np.flatnonzero(corpus.holdout)
+    pred = head.predict_proba(corpus.emb[test]).argmax(axis=1)
+    is_ph = corpus.type_idx[test] == ph
+    flagged = pred == ph
+    precision = float((flagged & is_ph).sum() / max(1, flagged.sum()))
+    real_flagged = [corpus.keys[i] for i in test[flagged & ~is_ph]]
+    unseen: dict[str, float] = {}
+    for family in FAMILIES:
+        in_family = np.asarray([f == family for f in corpus.family])
+        train = np.flatnonzero(~corpus.holdout & (corpus.type_idx >= 0) & ~in_family)
+        refit = fit_linear_head(corpus.emb[train], corpus.type_idx[train], IMAGE_TYPES, l2=l2)
+        scored = refit.predict_proba(corpus.emb[in_family]).argmax(axis=1)
+        unseen[family] = round(float((scored == ph).mean()), 4)
+    return {
+        "placeholder_precision_all_held_out": round(precision, 4),
+        "n_held_out_scored": int(len(test)),
+        "real_photos_called_placeholder": real_flagged,
+        "placeholder_recall_leave_one_family_out": unseen,
+    }
+
+
+def train_bundled(
+    data_dir: Path,
+    out_dir: Path,
+    cache_dir: Path,
+    *,
+    variant: str = "efficientnet-lite0",
+    n_placeholders: int = 420,
+    seed: int = 0,
+    l2: float | None = None,
+    threads: int = 0,
+    clock: Clock | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate and write a model directory (config, heads, card).
+
+    Returns:
+        The config dict that was written.
+    """
+    now = (clock or SystemClock()).now()
+    backbone = Backbone.load(variant, threads=threads)
+    corpus = build_corpus(data_dir, backbone, cache_dir, n_placeholders, seed)
+
+    type_head, type_metrics, _ = fit_and_evaluate(corpus, IMAGE_TYPES, corpus.type_idx, l2)
+    type_metrics.update(
+        placeholder_metrics(corpus, type_head, float(type_head.metadata["fit"]["l2"]))
+    )
+    color_head, color_metrics, _ = fit_and_evaluate(corpus, COLORS, corpus.color_idx, l2)
+
+    common = {
+        "backbone_id": backbone.backbone_id,
+        "input_size": backbone.input_size,
+        "mean": list(backbone.mean),
+        "std": list(backbone.std),
+        "preprocess": PREPROCESS_ID,
+        "training_data_sha256": corpus.data_hash,
+        "split_rule": SPLIT_RULE,
+        "created": now.isoformat(timespec="seconds"),
+    }
+    type_head.metadata.update({**common, "task": "image_type", "metrics": type_metrics})
+    type_head.metadata["label_note"] = TYPE_NOTE
+    color_head.metadata.update({**common, "task": "color", "metrics": color_metrics})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    type_head.save(out_dir / "type_head")
+    color_head.save(out_dir / "color_head")
+
+    digest = hashlib.sha256((type_head.digest() + color_head.digest()).encode()).hexdigest()
+    config: dict[str, Any] = {
+        "format": MODEL_FORMAT,
+        "version": f"bundled-{now:%Y.%m.%d}-{digest[:8]}",
+        "backbone": {
+            "variant": variant,
+            "backbone_id": backbone.backbone_id,
+            "input_size": backbone.input_size,
+            "mean": list(backbone.mean),
+            "std": list(backbone.std),
+            "preprocess": PREPROCESS_ID,
+            "embedding": "global average pool of extract_features()",
+        },
+        "heads": {"image_type": "type_head", "color": "color_head"},
+        "training": {
+            "source": SOURCE,
+            "data_sha256": corpus.data_hash,
+            "n_real": int(sum(1 for f in corpus.family if not f)),
+            "placeholders": {
+                "generator": "cartag.training.placeholders",
+                "n": n_placeholders,
+                "seed": seed,
+                "families": list(FAMILIES),
+            },
+            "split_rule": SPLIT_RULE,
+            "type_label_note": TYPE_NOTE,
+            "command": "python -m cartag.training.bundled --data <vcr-train> --out <dir>",
+        },
+        "created": now.isoformat(timespec="seconds"),
+    }
+    (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "MODEL_CARD.md").write_text(render_card(out_dir), encoding="utf-8")
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--data", type=Path, required=True, help="the vcr-train folder")
+    parser.add_argument("--out", type=Path, required=True, help="model folder to write")
+    parser.add_argument("--cache-dir", type=Path, default=Path("cartag-data/cache"))
+    parser.add_argument("--variant", default="efficientnet-lite0")
+    parser.add_argument("--placeholders", type=int, default=420)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--l2", type=float, default=None, help="skip the CV choice of l2")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    config = train_bundled(
+        args.data,
+        args.out,
+        args.cache_dir,
+        variant=args.variant,
+        n_placeholders=args.placeholders,
+        seed=args.seed,
+        l2=args.l2,
+        threads=args.threads,
+    )
+    print(f"wrote {args.out} ({config['version']})")
+    print((args.out / "MODEL_CARD.md").read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    main()

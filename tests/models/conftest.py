@@ -1,0 +1,21 @@
+"""Model fixtures: the bundled classifier is loaded once per session (root ``classifier``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cartag.models.backbone import Backbone
+from cartag.models.classifier import Classifier, EmbeddingClassifier
+
+
+@pytest.fixture(scope="session")
+def embedding_classifier(classifier: Classifier) -> EmbeddingClassifier:
+    """The session's bundled model, typed as the concrete implementation."""
+    assert isinstance(classifier, EmbeddingClassifier)
+    return classifier
+
+
+@pytest.fixture(scope="session")
+def backbone(embedding_classifier: EmbeddingClassifier) -> Backbone:
+    """The bundled model's backbone (shared, so loaded once)."""
+    return embedding_classifier.backbone

@@ -1,0 +1,87 @@
+"""Backbone loading, preprocessing and embedding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cartag.errors import ModelError
+from cartag.models.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone, to_rgb
+from tests.support.images import real_photos
+
+pytestmark = pytest.mark.slow
+
+# ImageNet classes a car photo's top-5 should hit: sports car, convertible, cab,
+# minivan, jeep, pickup, racer, beach wagon, limousine, grille, car wheel, ...
+CAR_CLASSES = {817, 511, 468, 656, 609, 717, 751, 436, 627, 581, 479, 661, 705, 734, 867, 864}
+
+
+def _expected(value: float) -> np.ndarray:
+    return (value - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
+
+
+def test_identity(backbone: Backbone) -> None:
+    assert backbone.backbone_id == "efficientnet-lite0@57934424"
+    assert backbone.input_size == 224
+    assert backbone.embedding_dim == 1280
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "CMYK", "I;16", "RGBA", "LA", "1", "F"])
+def test_preprocess_any_mode(backbone: Backbone, mode: str) -> None:
+    image = Image.new("RGB", (333, 120), (200, 40, 40)).convert(mode)
+    batch = backbone.preprocess([image, image])
+    assert batch.shape == (2, 3, 224, 224) and batch.dtype == np.float32
+    assert np.isfinite(batch).all()
+
+
+def test_preprocess_normalisation(backbone: Backbone) -> None:
+    white = Image.new("RGB", (640, 480), (255, 255, 255))
+    black = Image.new("RGB", (100, 300), (0, 0, 0))
+    batch = backbone.preprocess([white, black])
+    np.testing.assert_allclose(batch[0, :, 5, 7], _expected(1.0), rtol=1e-5)
+    np.testing.assert_allclose(batch[1, :, 100, 100], _expected(0.0), rtol=1e-5)
+
+
+def test_preprocess_keeps_borders(backbone: Backbone) -> None:
+    # A white frame must survive preprocessing (a centre crop would cut it away).
+    image = Image.new("RGB", (400, 300), (255, 255, 255))
+    image.paste((0, 0, 0), (60, 60, 340, 240))
+    batch = backbone.preprocess([image])
+    np.testing.assert_allclose(batch[0, :, 2, 2], _expected(1.0), rtol=1e-5)
+    np.testing.assert_allclose(batch[0, :, 112, 112], _expected(0.0), rtol=1e-5)
+
+
+def test_transparency_is_composited_on_white() -> None:
+    clear = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
+    assert to_rgb(clear).getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_embed_shapes(backbone: Backbone) -> None:
+    images = [Image.new("RGB", (300, 200), (i * 40, 90, 200)) for i in range(3)]
+    emb = backbone.embed_images(images)
+    assert emb.shape == (3, 1280) and emb.dtype == np.float32
+    np.testing.assert_allclose(backbone.embed_images(images[:1])[0], emb[0], rtol=1e-4, atol=1e-5)
+    assert backbone.embed(np.zeros((0, 3, 224, 224), dtype=np.float32)).shape == (0, 1280)
+    with pytest.raises(ValueError, match="batch"):
+        backbone.embed(np.zeros((1, 3, 100, 100), dtype=np.float32))
+
+
+def test_imagenet_logits_see_cars(backbone: Backbone, shared_data: Path) -> None:
+    # Guards the weight loading: wrong or partly loaded weights still give embeddings.
+    files = real_photos(shared_data, 6)
+    images = [Image.open(f) for f in files]
+    x = torch.from_numpy(backbone.preprocess(images))
+    with torch.inference_mode():
+        logits = backbone._model(x)
+    top5 = logits.topk(5).indices.tolist()
+    hits = sum(bool(set(row) & CAR_CLASSES) for row in top5)
+    assert hits >= 5, top5
+
+
+def test_unknown_variant() -> None:
+    with pytest.raises(ModelError, match="unknown backbone"):
+        Backbone.load("efficientnet-b7")

@@ -1,0 +1,213 @@
+"""The classifier interface, model-directory loading and the bundled model's behaviour."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import warnings
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from cartag.errors import ModelError
+from cartag.models.classifier import (
+    BUNDLED_DIR,
+    EmbeddingClassifier,
+    Prediction,
+    load_classifier,
+    make_prediction,
+    read_config,
+)
+from cartag.settings import Settings
+from cartag.training.placeholders import FAMILIES, generate_placeholders
+from cartag.vocab import COLORS, IMAGE_TYPES
+from tests.support.images import placeholder_png, real_photos
+
+WARM = ("Red", "Pink", "Orange", "Burgundy", "Brown")
+COOL = ("Blue", "Green", "Purple")
+
+
+def _check(prediction: Prediction) -> None:
+    assert list(prediction.type_scores) == list(IMAGE_TYPES)
+    assert list(prediction.color_scores) == list(COLORS)
+    assert sum(prediction.type_scores.values()) == pytest.approx(1.0, abs=1e-9)
+    assert sum(prediction.color_scores.values()) == pytest.approx(1.0, abs=1e-9)
+    assert prediction.confidence == max(prediction.type_scores.values())
+    if prediction.image_type == "Placeholder":
+        assert prediction.color is None
+    else:
+        assert prediction.color == max(prediction.color_scores, key=prediction.color_scores.get)
+
+
+def _copy_bundled(tmp_path: Path) -> Path:
+    target = tmp_path / "model"
+    shutil.copytree(BUNDLED_DIR, target)
+    return target
+
+
+# --- fast: no backbone -----------------------------------------------------------------------
+
+
+def test_make_prediction_placeholder_keeps_color_scores() -> None:
+    color = np.full(len(COLORS), 1.0 / len(COLORS))
+    prediction = make_prediction(np.array([0.1, 0.2, 0.7]), color)
+    assert prediction.image_type == "Placeholder" and prediction.color is None
+    assert prediction.confidence == pytest.approx(0.7)
+    _check(prediction)
+
+
+def test_make_prediction_dealer_has_color() -> None:
+    color = np.zeros(len(COLORS))
+    color[COLORS.index("Red")] = 1.0
+    prediction = make_prediction(np.array([0.8, 0.15, 0.05]), color)
+    assert (prediction.image_type, prediction.color) == ("Dealer", "Red")
+    _check(prediction)
+
+
+def test_bundled_files_are_small_and_consistent() -> None:
+    total = sum(p.stat().st_size for p in BUNDLED_DIR.iterdir())
+    assert total < 1_000_000
+    config = read_config(BUNDLED_DIR)
+    assert config["version"].startswith("bundled-")
+    assert (BUNDLED_DIR / "MODEL_CARD.md").is_file()
+
+
+def test_missing_model_dir(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="CARTAG_MODEL_DIR"):
+        load_classifier(Settings(model_dir=tmp_path / "nope"))
+
+
+def test_missing_config(tmp_path: Path) -> None:
+    model = _copy_bundled(tmp_path)
+    (model / "config.json").unlink()
+    with pytest.raises(ModelError, match="config.json is missing"):
+        load_classifier(Settings(model_dir=model))
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"format": "other"}', "[]"])
+def test_bad_config(tmp_path: Path, content: str) -> None:
+    model = _copy_bundled(tmp_path)
+    (model / "config.json").write_text(content)
+    with pytest.raises(ModelError, match="config"):
+        EmbeddingClassifier.from_dir(model)
+
+
+def test_missing_head(tmp_path: Path) -> None:
+    model = _copy_bundled(tmp_path)
+    (model / "color_head.npz").unlink()
+    with pytest.raises(ModelError, match="color_head.npz is missing"):
+        load_classifier(Settings(model_dir=model))
+
+
+def test_corrupt_head(tmp_path: Path) -> None:
+    model = _copy_bundled(tmp_path)
+    data = (model / "type_head.npz").read_bytes()
+    (model / "type_head.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="corrupt"):
+        load_classifier(Settings(model_dir=model))
+
+
+# --- slow: loads the backbone ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_loading_emits_no_warnings() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = EmbeddingClassifier.from_dir(BUNDLED_DIR, batch_size=4)
+    assert model.version == read_config(BUNDLED_DIR)["version"]
+
+
+@pytest.mark.slow
+def test_backbone_mismatch(tmp_path: Path) -> None:
+    model = _copy_bundled(tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    config["backbone"]["backbone_id"] = "efficientnet-lite0@deadbeef"
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="deadbeef"):
+        EmbeddingClassifier.from_dir(model)
+
+
+@pytest.mark.slow
+def test_real_photos_are_not_placeholders(
+    embedding_classifier: EmbeddingClassifier, shared_data: Path
+) -> None:
+    images = [Image.open(f) for f in real_photos(shared_data, 10, seed=1)]
+    predictions = embedding_classifier.predict(images)
+    assert len(predictions) == 10
+    for prediction in predictions:
+        _check(prediction)
+    assert sum(p.image_type != "Placeholder" for p in predictions) >= 8
+
+
+@pytest.mark.slow
+def test_placeholders_are_recognised(embedding_classifier: EmbeddingClassifier) -> None:
+    # A seed the bundled model was not trained on, plus two designs the generator
+    # does not make (the test-suite's own card and a "broken image" icon).
+    generated = [p.image for p in generate_placeholders(len(FAMILIES), seed=2024)]
+    unseen = Image.open(BytesIO(placeholder_png()))
+    icon = Image.new("RGB", (640, 480), (238, 238, 238))
+    draw = ImageDraw.Draw(icon)
+    draw.rectangle((220, 140, 420, 300), outline=(150, 150, 150), width=6)
+    draw.polygon([(230, 290), (290, 210), (340, 270), (410, 290)], fill=(150, 150, 150))
+    predictions = embedding_classifier.predict([*generated, unseen, icon])
+    for prediction in predictions:
+        _check(prediction)
+    types = [p.image_type for p in predictions]
+    assert types[len(generated) :] == ["Placeholder", "Placeholder"]
+    assert types.count("Placeholder") >= len(types) - 1
+    assert all(p.color is None for p in predictions if p.image_type == "Placeholder")
+
+
+@pytest.mark.slow
+def test_red_photos_score_warm(
+    embedding_classifier: EmbeddingClassifier, shared_data: Path
+) -> None:
+    files = sorted((shared_data / "Red").glob("*.jpg"))[::60][:6]
+    predictions = embedding_classifier.predict([Image.open(f) for f in files])
+    warm = [sum(p.color_scores[c] for c in WARM) for p in predictions]
+    cool = [sum(p.color_scores[c] for c in COOL) for p in predictions]
+    assert sum(w > c for w, c in zip(warm, cool, strict=True)) >= 5
+    assert np.mean(warm) > 0.6
+    assert sum(p.color in WARM for p in predictions) >= 4
+
+
+@pytest.mark.slow
+def test_batching_and_threads_agree(
+    embedding_classifier: EmbeddingClassifier, shared_data: Path
+) -> None:
+    images = [Image.open(f).convert("RGB") for f in real_photos(shared_data, 7, seed=5)]
+    images += [p.image for p in generate_placeholders(3, seed=77)]
+    small = EmbeddingClassifier(
+        embedding_classifier.backbone,
+        embedding_classifier.type_head,
+        embedding_classifier.color_head,
+        embedding_classifier.version,
+        batch_size=3,
+    )
+    reference = embedding_classifier.predict(images)
+    assert embedding_classifier.predict([]) == []
+
+    def scores(predictions: list[Prediction]) -> np.ndarray:
+        return np.array(
+            [list(p.type_scores.values()) + list(p.color_scores.values()) for p in predictions]
+        )
+
+    np.testing.assert_allclose(scores(small.predict(images)), scores(reference), atol=1e-4)
+    results: list[list[Prediction]] = [[] for _ in range(4)]
+
+    def work(slot: int) -> None:
+        results[slot] = small.predict(images)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for result in results:
+        assert [p.image_type for p in result] == [p.image_type for p in reference]
+        np.testing.assert_allclose(scores(result), scores(reference), atol=1e-4)
