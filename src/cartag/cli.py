@@ -7,15 +7,18 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from cartag.errors import CartagError
+from cartag.errors import CartagError, InputError
 from cartag.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from cartag.training.evaluate import Evaluation
 
 app = typer.Typer(
     help="cartag: tag vehicle-listing photos with type and color.", no_args_is_help=True
@@ -106,6 +109,117 @@ def predict(
     if not jsonl:
         Console().print(table)
     err.print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+
+
+@app.command("evaluate")
+def evaluate_command(
+    path: Annotated[Path, typer.Argument(help="Folder of labelled images.")],
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="CSV with a path column plus image_type and/or color."),
+    ] = None,
+    folders: Annotated[
+        bool, typer.Option("--folders", help="Each image's folder name is its label.")
+    ] = False,
+    report: Annotated[Path, typer.Option(help="HTML report to write.")] = Path(
+        "evaluation-report.html"
+    ),
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write every metric and mistake as JSON.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="At most N images, spread evenly over the set.")
+    ] = None,
+    mistakes: Annotated[
+        int, typer.Option(min=0, help="Worst mistakes shown per task in the report.")
+    ] = 24,
+) -> None:
+    """Measure the model on labelled images: metrics, confusion matrices, HTML report."""
+    from cartag.models.classifier import load_classifier
+    from cartag.training.evaluate import evaluate, labels_from_csv, labels_from_folders
+    from cartag.training.report import write_report
+
+    if (labels is None) == (not folders):
+        err.print("[red]error:[/red] give exactly one of --labels CSV or --folders")
+        raise typer.Exit(2)
+    settings = _settings()
+    try:
+        if not path.exists():
+            raise InputError(f"{path} does not exist", field="path")
+        if labels is not None:
+            if not labels.is_file():
+                raise InputError(f"labels file {labels} does not exist", field="labels")
+            truth = labels_from_csv(labels, path).limited(limit)
+        else:
+            truth = labels_from_folders(path).limited(limit)
+        truth.require_images()  # before the model takes seconds to load
+        classifier = load_classifier(settings)
+        with Progress(console=err, transient=True, disable=len(truth.images) < 20) as progress:
+            task = progress.add_task("evaluating", total=len(truth.images))
+            result = evaluate(
+                classifier,
+                truth,
+                max_pixels=settings.max_image_pixels,
+                batch_size=batch_size,
+                on_record=lambda: progress.advance(task),
+            )
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    _print_evaluation(result)
+    source = f"{path}" + (f" · labels {labels}" if labels is not None else " · folder labels")
+    try:
+        write_report(
+            result,
+            report,
+            source=source,
+            max_mistakes=mistakes,
+            max_pixels=settings.max_image_pixels,
+        )
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot write {exc.filename}: {exc.strerror}")
+        raise typer.Exit(2) from exc
+    err.print(f"report: {report}" + (f", metrics: {json_path}" if json_path else ""))
+
+
+def _print_evaluation(result: Evaluation) -> None:
+    out = Console(soft_wrap=True)
+    for name, task in result.tasks.items():
+        r = task.report
+        out.print(
+            f"[bold]{name}[/bold]: accuracy {r['accuracy']:.3f}, top-2 accuracy "
+            f"{r['top2_accuracy']:.3f}, macro recall {r['macro_recall']:.3f} ({r['n']} images, "
+            f"{len(task.mistakes)} mistakes)"
+        )
+        if name == "color" and task.colorless:
+            out.print(f"  {task.colorless} typed Placeholder (the service answers no color)")
+        per_class = Table("class", title=f"{name} per class")
+        for column in ("precision", "recall", "support"):
+            per_class.add_column(column, justify="right")
+        for label, row in r["per_class"].items():
+            per_class.add_row(
+                label,
+                *("-" if row[k] is None else f"{row[k]:.3f}" for k in ("precision", "recall")),
+                str(row["support"]),
+            )
+        out.print(per_class)
+        names = r["confusion"]["labels"]
+        matrix = Table("true", title=f"{name} confusion matrix (rows true, columns predicted)")
+        for label in names:
+            matrix.add_column(label, justify="right")
+        for label, counts in zip(names, r["confusion"]["rows_true_cols_pred"], strict=True):
+            matrix.add_row(label, *(str(c) if c else "." for c in counts))
+        out.print(matrix)
+    skipped = [
+        f"{len(result.unreadable)} unreadable" if result.unreadable else "",
+        f"{len(result.missing)} missing" if result.missing else "",
+        f"{result.unlabelled} without a label" if result.unlabelled else "",
+    ]
+    if any(skipped):
+        err.print("[yellow]not evaluated:[/yellow] " + ", ".join(s for s in skipped if s))
 
 
 @keys_app.command("create")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -80,14 +80,79 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(
         default=None, description="Folder with a model (heads + config.json); default: bundled."
     )
-    inference_batch_size: int = Field(default=16, gt=0)
-    torch_threads: int = Field(default=0, ge=0, description="0 = torch default.")
+    engine: Literal["onnx", "torch"] = Field(
+        default="onnx",
+        description="What runs the backbone: onnx (ONNX Runtime on the same weights, exported "
+        "once to data_dir/cache/onnx; falls back to torch if it cannot be used) or torch (eager).",
+    )
+    inference_batch_size: int = Field(
+        default=16, gt=0, description="Images per backbone call (micro-batch size)."
+    )
+    max_batch_delay_ms: float = Field(
+        default=10,
+        ge=0,
+        description="How long a micro-batch waits for images of concurrent requests before "
+        "it runs anyway.",
+    )
+    torch_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Intra-op threads of the backbone engine; 0 = one per physical core.",
+    )
 
     # --- API -------------------------------------------------------------------
     max_images_per_request: int = Field(default=1000, gt=0)
     max_images_per_job: int = Field(default=100_000, gt=0)
     job_workers: int = Field(default=1, gt=0, description="In-process job worker threads.")
     callback_timeout_s: float = Field(default=10.0, gt=0)
+
+    # --- color provider ----------------------------------------------------------
+    # Checked at startup by cartag.models.color_providers.check_color_settings.
+    color_provider: Literal["builtin", "http"] = Field(
+        default="builtin",
+        description="Who names the vehicle color of newly classified images: the built-in "
+        "model, or a vendor's HTTP API configured by the CARTAG_COLOR_HTTP_* settings.",
+    )
+    color_http_url: str | None = Field(
+        default=None,
+        description="The vendor endpoint, POSTed once per image, e.g. "
+        "https://colors.vendor.example/v1/color. Its address passes the download guard: "
+        "a private one needs CARTAG_ALLOWED_NETWORKS.",
+    )
+    color_http_auth_header: SecretStr | None = Field(
+        default=None,
+        description="One header as 'Name: value', e.g. 'Authorization: Bearer <token>' or "
+        "'X-Api-Key: <key>'. Never logged.",
+    )
+    color_http_timeout_s: float = Field(
+        default=10.0, gt=0, description="Limit of one attempt, connect to last byte."
+    )
+    color_http_mode: Literal["url", "bytes"] = Field(
+        default="url",
+        description="url: POST JSON naming the image URL (color_http_body_template); "
+        "bytes: POST the decoded image as image/jpeg.",
+    )
+    color_http_body_template: str = Field(
+        default='{"image_url": "{url}"}',
+        description="url mode: the JSON body; every {url} inside its strings becomes the "
+        "image URL.",
+    )
+    color_http_color_path: str = Field(
+        default="color",
+        description="Dotted path to the color label in the JSON answer, e.g. data.color.name "
+        "(list items by index: results.0.label).",
+    )
+    color_http_confidence_path: str | None = Field(
+        default=None, description="Dotted path to the vendor's confidence, e.g. data.color.score."
+    )
+    color_http_label_map: str | None = Field(
+        default=None,
+        description="JSON object from vendor labels (any case) to cartag colors, e.g. "
+        '{"anthracite": "Grey"}. Other labels map by name and common aliases (silver -> Grey).',
+    )
+    color_http_concurrency: int = Field(
+        default=8, gt=0, description="Vendor requests in flight at once."
+    )
 
     @field_validator("allowed_networks", mode="before")
     @classmethod

@@ -6,7 +6,7 @@ so it must never be reordered (append only).
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 ImageType = Literal["Dealer", "Stock", "Placeholder"]
 Color = Literal[
@@ -24,21 +24,9 @@ Color = Literal[
     "Yellow",
 ]
 
-IMAGE_TYPES: Final[tuple[str, ...]] = ("Dealer", "Stock", "Placeholder")
-COLORS: Final[tuple[str, ...]] = (
-    "Black",
-    "Blue",
-    "Brown",
-    "Burgundy",
-    "Green",
-    "Grey",
-    "Orange",
-    "Pink",
-    "Purple",
-    "Red",
-    "White",
-    "Yellow",
-)
+# Derived from the Literals so the two can never disagree.
+IMAGE_TYPES: Final[tuple[str, ...]] = get_args(ImageType)
+COLORS: Final[tuple[str, ...]] = get_args(Color)
 
 # Spellings seen in scraper feeds and legacy rows, mapped onto the vocabulary.
 _COLOR_ALIASES: Final[dict[str, str]] = {

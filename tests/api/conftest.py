@@ -12,6 +12,7 @@ from cartag.models.classifier import Classifier
 from cartag.settings import Settings
 from cartag.store import apikeys
 from cartag.store.db import Database
+from tests.support.db import before_dispose
 from tests.support.factories import NOW
 from tests.support.http_server import ImageServer
 
@@ -35,19 +36,29 @@ AppFactory = Callable[..., TestClient]
 @pytest.fixture
 def make_client(settings: Settings, classifier: Classifier) -> Iterator[Callable[..., TestClient]]:
     """Build a started TestClient; keyword arguments go to ``create_app``."""
-    clients: list[TestClient] = []
+    closers: list[Callable[[], None]] = []
 
     def build(db: Database, **kwargs: object) -> TestClient:
         kwargs.setdefault("classifier", classifier)
         app = create_app(kwargs.pop("settings", settings), db=db, **kwargs)  # type: ignore[arg-type]
         client = TestClient(app, raise_server_exceptions=False)
         client.__enter__()
-        clients.append(client)
+        closed = False
+
+        def close() -> None:
+            nonlocal closed
+            if not closed:
+                closed = True
+                client.__exit__(None, None, None)
+
+        # The app must stop (job worker, pooled connections) before its database goes.
+        before_dispose(db, close)
+        closers.append(close)
         return client
 
     yield build
-    for client in clients:
-        client.__exit__(None, None, None)
+    for close in closers:
+        close()
 
 
 @pytest.fixture

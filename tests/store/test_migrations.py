@@ -16,4 +16,4 @@ def test_migrations_match_the_tables(db: Database) -> None:
 def test_upgrade_is_idempotent(db: Database) -> None:
     before = current_revision(db)
     upgrade(db)
-    assert current_revision(db) == before == "0001"
+    assert current_revision(db) == before == "0002"

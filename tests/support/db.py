@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,6 +12,21 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from cartag.store.db import Database, upgrade
+
+# Callbacks run before a test database is disposed (e.g. stopping an app that uses
+# it), whatever order pytest tears fixtures down in.
+_BEFORE_DISPOSE: dict[int, list[Callable[[], None]]] = {}
+
+
+def before_dispose(db: Database, callback: Callable[[], None]) -> None:
+    """Run ``callback`` when ``db``'s fixture ends, before its connections are closed."""
+    _BEFORE_DISPOSE.setdefault(id(db), []).append(callback)
+
+
+def _run_before_dispose(db: Database) -> None:
+    for callback in reversed(_BEFORE_DISPOSE.pop(id(db), [])):
+        callback()
+
 
 PG_URL = os.environ.get(
     "CARTAG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -47,6 +62,7 @@ def fresh_database(kind: str, tmp_path: Path) -> Iterator[Database]:
         try:
             yield db
         finally:
+            _run_before_dispose(db)
             db.dispose()
         return
     require_postgres()
@@ -59,6 +75,7 @@ def fresh_database(kind: str, tmp_path: Path) -> Iterator[Database]:
         upgrade(db)
         yield db
     finally:
+        _run_before_dispose(db)
         db.dispose()
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))

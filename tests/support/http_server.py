@@ -311,6 +311,19 @@ class ImageServer:
         """Escape hatch: ``handler(request_handler)`` writes the whole response itself."""
         self._add(path, lambda h, _b: handler(h))
 
+    def add_responder(
+        self, path: str, respond: Callable[[RecordedRequest], tuple[int, bytes, dict[str, str]]]
+    ) -> None:
+        """Answer with ``respond(request)``: (status, body, headers), e.g. a fake vendor API."""
+
+        def serve(handler: _RequestHandler, body: bytes) -> None:
+            headers = {name.lower(): value for name, value in handler.headers.items()}
+            request = RecordedRequest(handler.command, handler.path, headers, body)
+            status, data, extra = respond(request)
+            handler.respond(status, data, extra)
+
+        self._add(path, serve)
+
     def received(self, path: str) -> list[Any]:
         """JSON bodies POSTed to the sink at ``path``, oldest first."""
         with self._lock:

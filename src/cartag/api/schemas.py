@@ -7,22 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cartag.vocab import ImageType, normalize_color, normalize_image_type
+from cartag.vocab import Color, ImageType, normalize_color, normalize_image_type
 
-ColorName = Literal[
-    "Black",
-    "Blue",
-    "Brown",
-    "Burgundy",
-    "Green",
-    "Grey",
-    "Orange",
-    "Pink",
-    "Purple",
-    "Red",
-    "White",
-    "Yellow",
-]
+ColorName = Color
 SourceName = Literal["model", "cache", "fix", "override", "scrape"]
 
 _ID = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")
@@ -94,6 +81,11 @@ class ResultOut(BaseModel):
     confidence: float | None
     reason: str | None
     model_version: str | None
+    color_reason: str | None = Field(
+        default=None,
+        description="Why color is null when the color provider failed, e.g. "
+        "color_provider_timeout or color_unmapped:<vendor label>.",
+    )
 
 
 class ClassifyOut(BaseModel):

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, cast
@@ -21,6 +22,9 @@ import torch
 from PIL import Image
 
 from cartag.errors import ModelError
+from cartag.models.engine import Engine, EngineName, TorchEngine, load_onnx_engine
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN: Final[tuple[float, float, float]] = (0.485, 0.456, 0.406)
 IMAGENET_STD: Final[tuple[float, float, float]] = (0.229, 0.224, 0.225)
@@ -104,8 +108,8 @@ def _file_id(path: Path) -> str:
 class Backbone:
     """A frozen EfficientNet-Lite feature extractor in eval mode.
 
-    ``embed`` is serialised by a lock: torch already uses every intra-op thread
-    for one batch, so concurrent calls would only thrash.
+    ``embed`` is serialised by a lock: the engine already uses every intra-op
+    thread for one batch, so concurrent calls would only thrash.
 
     Attributes:
         variant: Model name, e.g. ``efficientnet-lite0``.
@@ -115,30 +119,49 @@ class Backbone:
         mean: Per-channel RGB normalisation mean (ImageNet).
         std: Per-channel RGB normalisation std (ImageNet).
         embedding_dim: Length D of one embedding.
+        engine: What runs the network; :class:`TorchEngine` unless another is given.
     """
 
-    def __init__(self, model: torch.nn.Module, variant: str, backbone_id: str) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        variant: str,
+        backbone_id: str,
+        engine: Engine | None = None,
+    ) -> None:
         self._model = model.eval()
         self.variant = variant
         self.backbone_id = backbone_id
         self.input_size = _VARIANTS[variant].input_size
         self.mean = IMAGENET_MEAN
         self.std = IMAGENET_STD
-        # The library's modules are untyped (Module.__getattr__), hence the casts.
+        # The library's modules are untyped (Module.__getattr__), hence the cast.
         self.embedding_dim = int(cast(torch.nn.Conv2d, model._conv_head).out_channels)
-        self._extract = cast(Callable[[torch.Tensor], torch.Tensor], model.extract_features)
+        self.engine: Engine = engine if engine is not None else TorchEngine(self._model)
         self._lock = threading.Lock()
         self._mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(1, 1, 3)
         self._std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(1, 1, 3)
 
     @classmethod
-    def load(cls, variant: str = "efficientnet-lite0", threads: int = 0) -> Backbone:
+    def load(
+        cls,
+        variant: str = "efficientnet-lite0",
+        threads: int = 0,
+        engine: EngineName = "torch",
+        cache_dir: Path | None = None,
+    ) -> Backbone:
         """Build the network and load its pretrained weights from the installed package.
 
         Args:
             variant: ``efficientnet-lite0``, ``-lite1`` or ``-lite2``.
-            threads: torch intra-op threads; 0 keeps torch's default. This is a
-                process-wide torch setting.
+            threads: torch (and ONNX Runtime) intra-op threads; 0 keeps torch's
+                default and gives ONNX Runtime one per physical core. The torch
+                setting is process-wide.
+            engine: ``torch`` (eager) or ``onnx`` (ONNX Runtime, exported from
+                the same weights). If the ONNX engine cannot be built or does not
+                match torch, the backbone falls back to torch with a warning.
+            cache_dir: The exported ONNX model is kept in ``<cache_dir>/onnx/``;
+                None exports it to memory on every load.
 
         Raises:
             ModelError: If the variant is unknown or its weights are missing or corrupt.
@@ -166,7 +189,27 @@ class Backbone:
             ) from exc
         for param in model.parameters():
             param.requires_grad_(False)
-        return cls(model, variant, backbone_id)
+        backbone = cls(model, variant, backbone_id)
+        if engine == "onnx":
+            backbone.engine = backbone._onnx_engine(threads, cache_dir)
+        return backbone
+
+    def _onnx_engine(self, threads: int, cache_dir: Path | None) -> Engine:
+        """The ONNX engine, or the torch one (with a warning) if it cannot be had."""
+        cache_path = None
+        if cache_dir is not None:
+            cache_path = cache_dir / "onnx" / f"{self.backbone_id}-{PREPROCESS_ID}.onnx"
+        try:
+            return load_onnx_engine(
+                self._model,
+                self.input_size,
+                reference=self.engine,
+                cache_path=cache_path,
+                threads=threads,
+            )
+        except ModelError as exc:
+            log.warning("ONNX engine unavailable (%s); running the backbone with torch", exc)
+            return self.engine
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Turn images into a normalised network input batch.
@@ -208,11 +251,8 @@ class Backbone:
             )
         if batch.shape[0] == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        with self._lock, torch.inference_mode():
-            features = self._extract(x)  # (B, D, h, w)
-            pooled = features.mean(dim=(2, 3))
-        return np.asarray(pooled.numpy(), dtype=np.float32)
+        with self._lock:
+            return self.engine.embed(batch)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Preprocess and embed images in one call.

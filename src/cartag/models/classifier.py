@@ -27,6 +27,7 @@ from PIL import Image
 
 from cartag.errors import ModelError
 from cartag.models.backbone import PREPROCESS_ID, Backbone
+from cartag.models.engine import EngineName
 from cartag.models.heads import LinearHead
 from cartag.settings import Settings
 from cartag.vocab import COLORS, IMAGE_TYPES
@@ -157,13 +158,23 @@ class EmbeddingClassifier(Classifier):
         self.batch_size = batch_size
 
     @classmethod
-    def from_dir(cls, path: Path, *, threads: int = 0, batch_size: int = 16) -> EmbeddingClassifier:
+    def from_dir(
+        cls,
+        path: Path,
+        *,
+        threads: int = 0,
+        batch_size: int = 16,
+        engine: EngineName = "torch",
+        cache_dir: Path | None = None,
+    ) -> EmbeddingClassifier:
         """Load a model directory (``config.json`` + heads).
 
         Args:
             path: The directory.
-            threads: torch intra-op threads (0 = torch default).
+            threads: Intra-op threads of the backbone engine (0 = its default).
             batch_size: Images per backbone call.
+            engine: ``torch`` or ``onnx``; see :meth:`Backbone.load`.
+            cache_dir: Model caches (the exported ONNX backbone); None = none.
 
         Raises:
             ModelError: If files are missing, corrupt or inconsistent.
@@ -178,7 +189,9 @@ class EmbeddingClassifier(Classifier):
         heads = config["heads"]
         type_head = LinearHead.load(path / str(heads["image_type"]))
         color_head = LinearHead.load(path / str(heads["color"]))
-        backbone = Backbone.load(str(backbone_cfg["variant"]), threads=threads)
+        backbone = Backbone.load(
+            str(backbone_cfg["variant"]), threads=threads, engine=engine, cache_dir=cache_dir
+        )
         if backbone_cfg.get("backbone_id", backbone.backbone_id) != backbone.backbone_id:
             raise ModelError(
                 f"{path / CONFIG_NAME} needs backbone {backbone_cfg['backbone_id']} but the "
@@ -246,7 +259,8 @@ def load_classifier(settings: Settings) -> Classifier:
     """Load the configured model: ``settings.model_dir`` or the bundled one.
 
     Args:
-        settings: Uses ``model_dir``, ``torch_threads`` and ``inference_batch_size``.
+        settings: Uses ``model_dir``, ``torch_threads``, ``inference_batch_size``,
+            ``engine`` and ``data_dir`` (the ONNX backbone is cached in ``<data_dir>/cache``).
 
     Raises:
         ModelError: With a how-to-fix message if the model cannot be loaded.
@@ -258,5 +272,9 @@ def load_classifier(settings: Settings) -> Classifier:
             "or point it at a folder with config.json and the head files"
         )
     return EmbeddingClassifier.from_dir(
-        path, threads=settings.torch_threads, batch_size=settings.inference_batch_size
+        path,
+        threads=settings.torch_threads,
+        batch_size=settings.inference_batch_size,
+        engine=settings.engine,
+        cache_dir=settings.data_dir / "cache",
     )

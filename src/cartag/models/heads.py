@@ -79,11 +79,31 @@ class LinearHead:
             )
         if not np.all(np.isfinite(self.weight)) or not np.all(self.feature_std > 0):
             raise ValueError("head weights are not finite or feature_std has non-positive values")
+        # Read once here so a bad stored value fails at load time, not per request.
+        _ = self.temperature
 
     @property
     def embedding_dim(self) -> int:
         """Length D of the embeddings this head expects."""
         return int(self.weight.shape[0])
+
+    @property
+    def temperature(self) -> float:
+        """Softmax temperature from ``metadata["temperature"]``; 1.0 when absent.
+
+        Fitted on out-of-fold logits (:mod:`cartag.training.calibration`) so that
+        ``max(predict_proba)`` is a calibrated confidence. Heads saved before
+        calibration existed have no key and keep their original probabilities.
+
+        Raises:
+            ValueError: The stored value is not a finite positive number.
+        """
+        value = self.metadata.get("temperature", 1.0)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"temperature must be a number, got {value!r}")
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"temperature must be finite and positive, got {value!r}")
+        return float(value)
 
     @property
     def backbone_id(self) -> str | None:
@@ -106,7 +126,7 @@ class LinearHead:
         return z @ self.weight + self.bias
 
     def predict_proba(self, emb: np.ndarray) -> np.ndarray:
-        """Class probabilities.
+        """Class probabilities, ``softmax(logits / temperature)``.
 
         Args:
             emb: (B, D) embeddings.
@@ -114,7 +134,8 @@ class LinearHead:
         Returns:
             float32 (B, K), rows summing to 1, columns in ``labels`` order.
         """
-        return softmax(self.logits(emb).astype(np.float64)).astype(np.float32)
+        scaled = self.logits(emb).astype(np.float64) / self.temperature
+        return softmax(scaled).astype(np.float32)
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -126,12 +147,15 @@ class LinearHead:
         }
 
     def digest(self) -> str:
-        """SHA-256 (hex) of the labels and arrays: equal heads, equal digest."""
+        """SHA-256 (hex) of the labels, arrays and temperature: equal heads, equal digest."""
         digest = hashlib.sha256()
         for key, array in self._arrays().items():
             digest.update(key.encode())
             digest.update(str(array.dtype).encode() + str(array.shape).encode())
             digest.update(np.ascontiguousarray(array).tobytes())
+        if self.temperature != 1.0:
+            # Only when set, so digests of uncalibrated heads stay what they were.
+            digest.update(f"temperature:{self.temperature!r}".encode())
         return digest.hexdigest()
 
     def save(self, path: Path) -> tuple[Path, Path]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +19,14 @@ from sqlalchemy.orm import Session
 
 from cartag.clock import Clock
 from cartag.errors import DecodeError, NotFoundError
+from cartag.models.batching import MicroBatcher
 from cartag.models.classifier import Classifier, Prediction
+from cartag.models.color_providers import (
+    BuiltinColorProvider,
+    ColorAnswer,
+    ColorProvider,
+    ColorQuery,
+)
 from cartag.pipeline.decode import decode_image
 from cartag.pipeline.fetch import Failed, Fetched, Fetcher, FetchRequest, NotModified
 from cartag.pipeline.keys import choose_image_key, content_sha256, normalize_url, phash
@@ -35,6 +43,8 @@ from cartag.store import images as image_repo
 from cartag.store.db import Database
 from cartag.store.tables import FixRow, ImageRow
 from cartag.vocab import read_stored_color
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,6 +95,8 @@ class ClassifyService:
         fetcher: Downloads (injected so tests can point it at a local server).
         classifier: The model behind the answers.
         clock: Time source for stored timestamps.
+        color_provider: Names the color of newly classified images; default: the
+            built-in model's color. The caller closes it.
     """
 
     def __init__(
@@ -94,19 +106,26 @@ class ClassifyService:
         fetcher: Fetcher,
         classifier: Classifier,
         clock: Clock,
+        color_provider: ColorProvider | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.fetcher = fetcher
         self.classifier = classifier
         self.clock = clock
+        self.color_provider = color_provider or BuiltinColorProvider()
         # Decoding and inference are CPU-bound; keep them off the event loop.
         self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cartag-decode")
-        self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cartag-model")
+        # Inference runs in the batcher's one thread, merging concurrent requests.
+        self._batcher = MicroBatcher(
+            classifier,
+            max_batch=settings.inference_batch_size,
+            max_delay_s=settings.max_batch_delay_ms / 1000,
+        )
 
     def close(self) -> None:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
-        self._model_pool.shutdown(wait=False, cancel_futures=True)
+        self._batcher.close()
 
     async def classify(
         self,
@@ -208,17 +227,36 @@ class ClassifyService:
         if not ready:
             return
         images = [item.image for item in ready if item.image is not None]
-        predictions = await loop.run_in_executor(self._model_pool, self.classifier.predict, images)
+        predictions = await self._batcher.predict(images)
         stats.model_runs += len(predictions)
+        answers = await self._colors(ready, predictions)
         now = self.clock.now()
         with self.db.write() as session:
-            for item, prediction in zip(ready, predictions, strict=True):
-                image_repo.save_image(session, self._new_image(item, prediction), now)
+            for item, prediction, answer in zip(ready, predictions, answers, strict=True):
+                image_repo.save_image(session, self._new_image(item, prediction, answer), now)
                 self._save_url(session, item, now)
             saved = image_repo.get_images(session, {item.key for item in ready})
         for item in ready:
             outcomes[item.fetched.url] = _Cached(saved[item.key], fresh=True)
             item.image = None  # release pixels early; the batch may be large
+
+    async def _colors(
+        self, ready: list[_New], predictions: Sequence[Prediction]
+    ) -> list[ColorAnswer]:
+        """Ask the color provider about the new images; its failures never fail the batch."""
+        queries = [
+            ColorQuery(item.fetched.url, item.image, prediction)
+            for item, prediction in zip(ready, predictions, strict=True)
+        ]
+        name = self.color_provider.name
+        try:
+            answers = await self.color_provider.colors(queries)
+            if len(answers) != len(queries):
+                raise RuntimeError(f"{len(answers)} answers to {len(queries)} queries")
+        except Exception:
+            log.exception("color provider %s failed; the new images get no color", name)
+            return [ColorAnswer(None, reason="color_provider_error")] * len(queries)
+        return answers
 
     def _decode(self, item: _New) -> str | None:
         try:
@@ -230,7 +268,9 @@ class ClassifyService:
         item.phash = phash(decoded.image)
         return None
 
-    def _new_image(self, item: _New, prediction: Prediction) -> image_repo.NewImage:
+    def _new_image(
+        self, item: _New, prediction: Prediction, answer: ColorAnswer
+    ) -> image_repo.NewImage:
         return image_repo.NewImage(
             image_key=item.key,
             url=item.fetched.url,
@@ -240,11 +280,12 @@ class ClassifyService:
             height=item.height,
             byte_size=len(item.fetched.content),
             image_type=prediction.image_type,
-            color=prediction.color,
+            color=answer.color,
             type_scores=prediction.type_scores,
-            color_scores=prediction.color_scores,
+            color_scores=answer.scores,
             confidence=prediction.confidence,
             model_version=self.classifier.version,
+            color_reason=answer.reason,
         )
 
     @staticmethod
@@ -330,6 +371,8 @@ def resolve(
     color_src: Source | None = color_source
     if image_type == "Placeholder":
         color, color_src = None, None
+    # The stored reason explains only the machine's own null color.
+    color_reason = row.color_reason if color is None and color_src == base else None
     return ClassifyResult(
         url=url,
         image_key=row.image_key,
@@ -341,6 +384,7 @@ def resolve(
         color_source=color_src,
         confidence=row.confidence,
         model_version=row.model_version,
+        color_reason=color_reason,
     )
 
 
@@ -362,6 +406,7 @@ def _copy_answer(session: Session, source: ImageRow, item: _New, now: dt.datetim
             color_scores=source.color_scores,
             confidence=source.confidence,
             model_version=source.model_version,
+            color_reason=source.color_reason,
         ),
         now,
     )

@@ -36,6 +36,8 @@ class ClassifyResult:
     confidence: float | None = None
     reason: str | None = None
     model_version: str | None = None
+    # Why ``color`` is null when the color provider failed (a Placeholder has none).
+    color_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

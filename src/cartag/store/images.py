@@ -39,6 +39,7 @@ class NewImage:
     color_scores: dict[str, float] | None
     confidence: float | None
     model_version: str | None
+    color_reason: str | None = None
 
 
 def get_images(session: Session, keys: Collection[str]) -> dict[str, ImageRow]:
@@ -86,6 +87,7 @@ def save_image(session: Session, image: NewImage, now: dt.datetime) -> None:
         "color_scores": image.color_scores,
         "confidence": image.confidence,
         "model_version": image.model_version,
+        "color_reason": image.color_reason,
         "created_at": now,
         "updated_at": now,
     }

@@ -85,6 +85,8 @@ class ImageRow(Base):
     model_version: Mapped[str | None] = mapped_column(String(80))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # Why color is null when the color provider failed (e.g. color_provider_timeout).
+    color_reason: Mapped[str | None] = mapped_column(String(100))
 
 
 class UrlRow(Base):

@@ -40,6 +40,7 @@ from cartag.training.dataset import (
 from cartag.training.fit import fit_linear_head, select_l2
 from cartag.training.metrics import classification_report
 from cartag.training.placeholders import FAMILIES, generate_placeholders
+from cartag.training.type_head import TYPE_LABELS_PATH, train_type_head
 from cartag.vocab import COLORS, IMAGE_TYPES
 
 L2_GRID = (3e-3, 1e-2, 3e-2, 0.1, 0.3)
@@ -50,11 +51,13 @@ SOURCE = (
     "evaluation use only; the images are not redistributed, only these head weights."
 )
 TYPE_NOTE = (
-    "Image-type labels for real photos are the dataset's weak_type rule (white-border "
-    "fraction > 0.25 -> Stock, < 0.05 -> Dealer); rows where the rule abstains are not used "
-    "for the type head. The rule is wrong for some images (toys/cartoons on white, studio "
-    "shots on grey), so type metrics on real photos measure agreement with the rule. "
-    "Placeholder examples are synthetic (cartag.training.placeholders)."
+    "Image-type labels for real photos are cleaned labels (cartag/training/type_labels.csv): "
+    "the dataset's weak_type rule (white-border fraction > 0.25 -> Stock, < 0.05 -> Dealer), "
+    "ranked by confident learning on out-of-fold predictions, reviewed by eye (all held-out "
+    "photos and the most suspicious training ones) and completed where the rule abstains; "
+    "held-out type metrics are against these cleaned labels. Placeholder examples are "
+    "synthetic (cartag.training.placeholders); placeholder recall is measured on independent "
+    "designs (cartag.training.placeholders_eval) that are never trained on."
 )
 
 
@@ -154,35 +157,6 @@ def fit_and_evaluate(
     return head, metrics, test
 
 
-def placeholder_metrics(corpus: Corpus, head: LinearHead, l2: float) -> dict[str, Any]:
-    """Placeholder precision over every held-out image, and recall on unseen designs.
-
-    Precision counts every held-out real photo (with or without a weak type) as a
-    negative. "Unseen design" recall refits the type head without one generator
-    family and scores that family: a proxy for designs the generator never made.
-    """
-    ph = IMAGE_TYPES.index("Placeholder")
-    test = np.flatnonzero(corpus.holdout)
-    pred = head.predict_proba(corpus.emb[test]).argmax(axis=1)
-    is_ph = corpus.type_idx[test] == ph
-    flagged = pred == ph
-    precision = float((flagged & is_ph).sum() / max(1, flagged.sum()))
-    real_flagged = [corpus.keys[i] for i in test[flagged & ~is_ph]]
-    unseen: dict[str, float] = {}
-    for family in FAMILIES:
-        in_family = np.asarray([f == family for f in corpus.family])
-        train = np.flatnonzero(~corpus.holdout & (corpus.type_idx >= 0) & ~in_family)
-        refit = fit_linear_head(corpus.emb[train], corpus.type_idx[train], IMAGE_TYPES, l2=l2)
-        scored = refit.predict_proba(corpus.emb[in_family]).argmax(axis=1)
-        unseen[family] = round(float((scored == ph).mean()), 4)
-    return {
-        "placeholder_precision_all_held_out": round(precision, 4),
-        "n_held_out_scored": int(len(test)),
-        "real_photos_called_placeholder": real_flagged,
-        "placeholder_recall_leave_one_family_out": unseen,
-    }
-
-
 def train_bundled(
     data_dir: Path,
     out_dir: Path,
@@ -204,10 +178,13 @@ def train_bundled(
     backbone = Backbone.load(variant, threads=threads)
     corpus = build_corpus(data_dir, backbone, cache_dir, n_placeholders, seed)
 
-    type_head, type_metrics, _ = fit_and_evaluate(corpus, IMAGE_TYPES, corpus.type_idx, l2)
-    type_metrics.update(
-        placeholder_metrics(corpus, type_head, float(type_head.metadata["fit"]["l2"]))
-    )
+    cache = EmbeddingCache(cache_dir, backbone.backbone_id, PREPROCESS_ID)
+
+    def embed(images: list[Image.Image]) -> np.ndarray:
+        keys = [image_key(image) for image in images]
+        return cache.get_or_compute(keys, lambda i: images[i], backbone.embed_images)
+
+    type_head, type_metrics = train_type_head(corpus, data_dir, embed, l2=l2)
     color_head, color_metrics, _ = fit_and_evaluate(corpus, COLORS, corpus.color_idx, l2)
 
     common = {
@@ -253,6 +230,7 @@ def train_bundled(
             },
             "split_rule": SPLIT_RULE,
             "type_label_note": TYPE_NOTE,
+            "type_labels_sha256": hashlib.sha256(TYPE_LABELS_PATH.read_bytes()).hexdigest(),
             "command": "python -m cartag.training.bundled --data <vcr-train> --out <dir>",
         },
         "created": now.isoformat(timespec="seconds"),

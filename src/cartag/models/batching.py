@@ -1,0 +1,256 @@
+"""Micro-batching: images of concurrent requests share backbone calls.
+
+On CPU a backbone call costs a fixed overhead plus a per-image part, so eight
+one-image requests are served faster as one batch of eight than as eight
+calls. :class:`MicroBatcher` queues the images of every caller and feeds them
+to the classifier in batches of up to ``max_batch``, from one worker thread:
+
+- a batch runs as soon as it is full, or ``max_delay_s`` after its first image
+  arrived, whichever comes first; while the worker is busy, images simply
+  queue up and the next batch starts right after the current one, so the
+  delay is only ever paid by an idle worker waiting for company;
+- a large request (1,000 images) is cut into full batches that run back to back;
+- callers are served first come, first served; each gets its predictions in
+  its own order;
+- if the classifier raises, exactly the callers with images in that batch get
+  the exception.
+
+The worker is a plain thread fed by a thread-safe queue, not an asyncio task,
+so callers may live in different event loops (the API's, a job runner's) or
+in no loop at all (:meth:`MicroBatcher.submit`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from cartag.models.classifier import Classifier, Prediction
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Request:
+    """One caller's images and where their predictions go."""
+
+    images: Sequence[Image.Image]
+    arrived: float  # time.monotonic() when queued
+    future: concurrent.futures.Future[list[Prediction]] = field(
+        default_factory=concurrent.futures.Future
+    )
+    results: list[Prediction] = field(default_factory=list)
+    next: int = 0  # index of the first image not yet put in a batch
+
+    @property
+    def remaining(self) -> int:
+        return len(self.images) - self.next
+
+
+class BatcherClosedError(RuntimeError):
+    """The batcher was closed before the request was answered."""
+
+
+class MicroBatcher:
+    """Merges the images of concurrent callers into batches for one classifier.
+
+    Args:
+        classifier: What runs the batches; ``predict`` is only ever called from
+            the batcher's worker thread, with at most ``max_batch`` images.
+        max_batch: Most images per ``predict`` call.
+        max_delay_s: Longest time the first image of a batch waits for more.
+
+    Attributes:
+        batches: Number of ``predict`` calls made so far.
+    """
+
+    def __init__(self, classifier: Classifier, *, max_batch: int, max_delay_s: float) -> None:
+        if max_batch <= 0:
+            raise ValueError("max_batch must be positive")
+        if max_delay_s < 0:
+            raise ValueError("max_delay_s must not be negative")
+        self.classifier = classifier
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.batches = 0
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        # Guards _closed against a submit racing close(): nothing may be queued
+        # behind the stop sentinel, or its caller would wait forever.
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="cartag-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, images: Sequence[Image.Image]) -> concurrent.futures.Future[list[Prediction]]:
+        """Queue images; thread-safe, returns at once.
+
+        Args:
+            images: Decoded PIL images, any number.
+
+        Returns:
+            A future of one prediction per image, in order. Cancelling it drops
+            the images not yet in a batch.
+
+        Raises:
+            BatcherClosedError: After :meth:`close`.
+        """
+        request = _Request(list(images), time.monotonic())
+        if not request.images:
+            request.future.set_result([])
+            return request.future
+        with self._lock:
+            if self._closed:
+                raise BatcherClosedError("the micro-batcher is closed")
+            self._queue.put(request)
+        return request.future
+
+    async def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        """Classify images, batched with those of concurrent callers.
+
+        Args:
+            images: Decoded PIL images, any number.
+
+        Returns:
+            One prediction per image, in order.
+
+        Raises:
+            BatcherClosedError: The batcher is or gets closed.
+            Exception: Whatever the classifier raised for a batch holding one of
+                these images.
+        """
+        return await asyncio.wrap_future(self.submit(images))
+
+    def close(self, timeout_s: float | None = 30.0) -> None:
+        """Stop the worker after its current batch; queued requests fail.
+
+        Args:
+            timeout_s: Longest wait for the current batch to finish.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join(timeout_s)
+
+    # --- worker thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        pending: collections.deque[_Request] = collections.deque()
+        stopping = False
+        while not stopping:
+            if not pending:
+                request = self._queue.get()
+                if request is None:
+                    break
+                pending.append(request)
+            stopping = self._fill(pending)
+            if self._closed:
+                break
+            self._run_batch(self._take_batch(pending))
+        self._fail_all(pending)
+
+    def _fill(self, pending: collections.deque[_Request]) -> bool:
+        """Add queued requests until a batch is full or its deadline passes.
+
+        Returns:
+            True if the stop sentinel was read.
+        """
+        deadline = pending[0].arrived + self.max_delay_s
+        queued = sum(r.remaining for r in pending)
+        while queued < self.max_batch:
+            wait = deadline - time.monotonic()
+            try:
+                # Past the deadline, still take what is already queued: requests
+                # that arrived during the previous batch share this one for free.
+                request = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if request is None:
+                return True
+            pending.append(request)
+            queued += request.remaining
+        return False
+
+    def _take_batch(self, pending: collections.deque[_Request]) -> list[tuple[_Request, int]]:
+        """Pop up to ``max_batch`` images off the front of ``pending``.
+
+        Returns:
+            (request, count) pairs: ``count`` images of ``request`` from its ``next``.
+        """
+        batch: list[tuple[_Request, int]] = []
+        room = self.max_batch
+        while pending and room > 0:
+            request = pending[0]
+            if request.future.cancelled() or request.remaining == 0:
+                pending.popleft()
+                continue
+            count = min(room, request.remaining)
+            batch.append((request, count))
+            room -= count
+            if count == request.remaining:
+                pending.popleft()
+        return batch
+
+    def _run_batch(self, batch: list[tuple[_Request, int]]) -> None:
+        if not batch:
+            return
+        images: list[Image.Image] = []
+        for request, count in batch:
+            images.extend(request.images[request.next : request.next + count])
+            request.next += count
+        try:
+            self.batches += 1
+            predictions = self.classifier.predict(images)
+            if len(predictions) != len(images):
+                raise RuntimeError(
+                    f"the classifier returned {len(predictions)} predictions for "
+                    f"{len(images)} images"
+                )
+        except Exception as exc:
+            log.warning("a batch of %d images failed: %r", len(images), exc)
+            for request, _ in batch:
+                request.next = len(request.images)  # its other images are not worth running
+                _settle(request.future, exc)
+            return
+        start = 0
+        for request, count in batch:
+            request.results.extend(predictions[start : start + count])
+            start += count
+            if len(request.results) == len(request.images):
+                _settle(request.future, request.results)
+
+    def _fail_all(self, pending: collections.deque[_Request]) -> None:
+        error = BatcherClosedError("the micro-batcher was closed before answering")
+        for request in pending:
+            _settle(request.future, error)
+        while True:
+            try:
+                queued = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if queued is not None:
+                _settle(queued.future, error)
+
+
+def _settle(
+    future: concurrent.futures.Future[list[Prediction]],
+    outcome: list[Prediction] | BaseException,
+) -> None:
+    # set_running_or_notify_cancel() marks the future as ours to complete; it is
+    # False when the caller cancelled it, which then needs nothing from us.
+    if future.done() or not future.set_running_or_notify_cancel():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -1,0 +1,276 @@
+"""The image-type head: cleaned labels, synthetic placeholders, calibrated confidence.
+
+Labels for real photos come from ``type_labels.csv`` (next to this module):
+the vcr-train weak rule, corrected and completed by review with the tools of
+:mod:`cartag.training.cleaning` (columns ``path,weak_type,type,source,note``;
+``source`` is ``weak_rule``, ``reviewed`` or ``model_confident``). Placeholder
+examples are the synthetic ones of :mod:`cartag.training.placeholders`.
+
+Only the training split is used for fitting, choosing ``l2`` and fitting the
+temperature; the held-out split (rule in :mod:`cartag.training.dataset`) and
+the independent placeholder designs of :mod:`cartag.training.placeholders_eval`
+are only scored.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import numpy as np
+from PIL import Image
+
+from cartag.models.heads import LinearHead
+from cartag.pipeline.keys import phash
+from cartag.training import calibration, cleaning
+from cartag.training.fit import balanced_accuracy, fit_linear_head
+from cartag.training.metrics import classification_report
+from cartag.training.placeholders_eval import EVAL_FAMILIES, generate_eval_placeholders
+from cartag.vocab import IMAGE_TYPES
+
+TYPE_LABELS_PATH: Final[Path] = Path(__file__).resolve().parent / "type_labels.csv"
+LABEL_SOURCES: Final[tuple[str, ...]] = ("weak_rule", "reviewed", "model_confident")
+L2_GRID: Final[tuple[float, ...]] = (0.01, 0.03, 0.1, 0.3, 1.0)
+CV_FOLDS: Final[int] = 5
+# pHash links at 6 bits still catch re-encoded/cropped copies in vcr-train; a
+# false link only keeps two images in one fold, so erring wide is cheap.
+DUPLICATE_MAX_DISTANCE: Final[int] = 6
+CONFIDENCE_THRESHOLDS: Final[tuple[float, ...]] = (0.5, 0.6, 0.7, 0.8, 0.9)
+PLACEHOLDER: Final[int] = IMAGE_TYPES.index("Placeholder")
+
+
+@dataclass(frozen=True)
+class TypeLabel:
+    """One row of ``type_labels.csv``.
+
+    Attributes:
+        path: labels.csv path (``vcr-train/<Color>/<file>.jpg``).
+        weak_type: The weak rule's answer, None where it abstained.
+        type: The label used for training and evaluation.
+        source: ``weak_rule`` (kept), ``reviewed`` (a person looked) or
+            ``model_confident`` (filled by a confident out-of-fold prediction).
+        note: Free text (why, or the prediction's probability).
+    """
+
+    path: str
+    weak_type: str | None
+    type: str
+    source: str
+    note: str
+
+
+class TypeCorpus(Protocol):
+    """What :func:`train_type_head` needs from :class:`cartag.training.bundled.Corpus`."""
+
+    keys: list[str]
+    emb: np.ndarray
+    family: list[str]
+    holdout: np.ndarray
+
+
+def read_type_labels(path: Path = TYPE_LABELS_PATH) -> dict[str, TypeLabel]:
+    """Read and check ``type_labels.csv``.
+
+    Raises:
+        ValueError: A row has an unknown type or source, or a path repeats.
+    """
+    labels: dict[str, TypeLabel] = {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        for n, row in enumerate(csv.DictReader(fh), start=2):
+            label = TypeLabel(
+                row["path"], row["weak_type"] or None, row["type"], row["source"], row["note"]
+            )
+            if label.type not in IMAGE_TYPES or label.source not in LABEL_SOURCES:
+                raise ValueError(f"{path}:{n}: bad type {label.type!r} or source {label.source!r}")
+            if label.path in labels:
+                raise ValueError(f"{path}:{n}: {label.path} appears twice")
+            labels[label.path] = label
+    return labels
+
+
+def cleaning_counts(labels: Mapping[str, TypeLabel]) -> dict[str, Any]:
+    """Kept / corrected / filled counts of a cleaned label set.
+
+    Returns:
+        ``kept`` (weak label confirmed or left), ``corrected`` (reviewed and
+        changed, with ``corrections`` by ``"weak->new"``), ``filled_reviewed`` and
+        ``filled_model`` (rows the weak rule left empty), ``reviewed`` (all rows
+        a person looked at) and ``n``.
+    """
+    values = list(labels.values())
+    corrected = [v for v in values if v.weak_type and v.type != v.weak_type]
+    filled = [v for v in values if not v.weak_type]
+    kinds = Counter(f"{v.weak_type}->{v.type}" for v in corrected)
+    return {
+        "n": len(values),
+        "kept": sum(1 for v in values if v.weak_type and v.type == v.weak_type),
+        "corrected": len(corrected),
+        "corrections": dict(sorted(kinds.items())),
+        "filled_reviewed": sum(1 for v in filled if v.source == "reviewed"),
+        "filled_model": sum(1 for v in filled if v.source == "model_confident"),
+        "reviewed": sum(1 for v in values if v.source == "reviewed"),
+    }
+
+
+def file_phashes(data_dir: Path, paths: Sequence[str]) -> list[str]:
+    """pHash of each labels.csv path (relative to ``data_dir.parent``)."""
+    hashes = []
+    for path in paths:
+        with Image.open(data_dir.parent / path) as image:
+            hashes.append(phash(image.convert("RGB")))
+    return hashes
+
+
+def _choose_l2(
+    X: np.ndarray, y: np.ndarray, fold: np.ndarray, grid: Sequence[float]
+) -> tuple[float, np.ndarray, dict[str, float]]:
+    """Best l2 by out-of-fold balanced accuracy (ties: the larger); its OOF logits."""
+    best: tuple[float, float, np.ndarray] | None = None
+    scores: dict[str, float] = {}
+    for l2 in sorted(grid, reverse=True):
+        logits = cleaning.out_of_fold_logits(X, y, IMAGE_TYPES, fold, l2=l2)
+        score = balanced_accuracy(y, logits.argmax(axis=1))
+        scores[repr(l2)] = round(score, 4)
+        if best is None or score > best[1] + 1e-9:
+            best = (l2, score, logits)
+    assert best is not None
+    return best[0], best[2], scores
+
+
+def _placeholder_metrics(
+    corpus: TypeCorpus,
+    pred: np.ndarray,
+    eval_pred: np.ndarray,
+    eval_family: Sequence[str],
+) -> dict[str, Any]:
+    """Placeholder precision against every held-out real photo; recall on unseen designs."""
+    held = corpus.holdout
+    real = np.asarray([not f for f in corpus.family])
+    called = pred == PLACEHOLDER
+    false_pos = np.flatnonzero(held & real & called)
+    synthetic_tp = int((held & ~real & called).sum())
+    eval_tp = int((eval_pred == PLACEHOLDER).sum())
+
+    def precision(tp: int) -> float:
+        return round(tp / max(1, tp + len(false_pos)), 4)
+
+    families = np.asarray(eval_family)
+    per_family = {
+        family: round(float((eval_pred[families == family] == PLACEHOLDER).mean()), 4)
+        for family in EVAL_FAMILIES
+        if family in eval_family
+    }
+    return {
+        "n_real_held_out": int((held & real).sum()),
+        "real_held_out_called_placeholder": [corpus.keys[i] for i in false_pos],
+        "precision_held_out": precision(synthetic_tp),
+        "precision_eval_designs_vs_real": precision(eval_tp),
+        "n_eval_designs": len(eval_family),
+        "recall_eval_designs": round(eval_tp / max(1, len(eval_family)), 4),
+        "recall_eval_designs_by_family": per_family,
+        "eval_generator": "cartag.training.placeholders_eval",
+    }
+
+
+def train_type_head(
+    corpus: TypeCorpus,
+    data_dir: Path,
+    embed: Callable[[list[Image.Image]], np.ndarray],
+    *,
+    labels_path: Path = TYPE_LABELS_PATH,
+    l2: float | None = None,
+    n_eval_placeholders: int = 320,
+    eval_seed: int = 0,
+    hashes: Sequence[str] | None = None,
+) -> tuple[LinearHead, dict[str, Any]]:
+    """Fit, calibrate and evaluate the image-type head.
+
+    Args:
+        corpus: Embedded rows; real photos have ``family == ""`` and a labels.csv
+            path as key, synthetic placeholders a non-empty family.
+        data_dir: The vcr-train folder (its images are pHashed for duplicates).
+        embed: Maps images to (B, D) embeddings (through the cache).
+        labels_path: Cleaned labels.
+        l2: Fixed penalty, or None to choose from :data:`L2_GRID` by out-of-fold
+            balanced accuracy on the training split.
+        n_eval_placeholders: Independent placeholder designs to score.
+        eval_seed: Seed of those designs.
+        hashes: pHashes of the real rows in corpus order (default: computed).
+
+    Returns:
+        The head (temperature in ``metadata``) and its metrics dict.
+    """
+    labels = read_type_labels(labels_path)
+    real_rows = [i for i, f in enumerate(corpus.family) if not f]
+    y = np.full(len(corpus.keys), cleaning.UNLABELLED, dtype=np.int64)
+    for i, key in enumerate(corpus.keys):
+        if corpus.family[i]:
+            y[i] = PLACEHOLDER
+        elif key in labels:
+            y[i] = IMAGE_TYPES.index(labels[key].type)
+
+    real_keys = [corpus.keys[i] for i in real_rows]
+    real_hashes = list(hashes) if hashes is not None else file_phashes(data_dir, real_keys)
+    groups = [
+        [real_rows[j] for j in g]
+        for g in cleaning.phash_groups(real_hashes, DUPLICATE_MAX_DISTANCE)
+    ]
+    dropped = cleaning.straddling_rows(groups, corpus.holdout)
+    train_mask = ~corpus.holdout & (y >= 0)
+    train_mask[dropped] = False
+    train = np.flatnonzero(train_mask)
+    group_of = cleaning.group_keys(len(corpus.keys), groups, corpus.keys)
+    fold = cleaning.fold_assignment([group_of[i] for i in train], CV_FOLDS)
+
+    X, y_train = corpus.emb[train], y[train]
+    chosen, oof_logits, cv_scores = _choose_l2(X, y_train, fold, L2_GRID if l2 is None else [l2])
+    temperature = calibration.fit_temperature(oof_logits, y_train)
+    head = fit_linear_head(X, y_train, IMAGE_TYPES, l2=chosen)
+    head.metadata["temperature"] = temperature
+    head.metadata["calibration"] = {
+        "method": "temperature scaling (NLL, golden-section search)",
+        "fit_on": f"{CV_FOLDS}-fold out-of-fold logits of the training split",
+    }
+
+    test = np.flatnonzero(corpus.holdout & (y >= 0))
+    raw = calibration.calibrated_proba(head.logits(corpus.emb[test]), 1.0)
+    cal = head.predict_proba(corpus.emb[test]).astype(np.float64)
+    pred = np.full(len(corpus.keys), -1, dtype=np.int64)
+    held = np.flatnonzero(corpus.holdout)
+    pred[held] = head.predict_proba(corpus.emb[held]).argmax(axis=1)
+
+    eval_set = generate_eval_placeholders(n_eval_placeholders, seed=eval_seed)
+    eval_pred = head.predict_proba(embed([p.image for p in eval_set])).argmax(axis=1)
+
+    split = corpus.holdout.copy()
+    metrics: dict[str, Any] = {
+        "held_out": classification_report(y[test], cal, IMAGE_TYPES),
+        "label_source": "cleaned type_labels.csv (+ synthetic placeholders)",
+        "label_cleaning": cleaning_counts(labels),
+        "class_balance": cleaning.class_balance(y, IMAGE_TYPES, split),
+        "near_duplicates": {
+            "max_distance": DUPLICATE_MAX_DISTANCE,
+            "groups": len(groups),
+            "rows_in_groups": sum(len(g) for g in groups),
+            "train_rows_dropped_for_held_out_twin": len(dropped),
+        },
+        "calibration": {
+            "temperature": temperature,
+            "ece_held_out_before": round(calibration.expected_calibration_error(raw, y[test]), 4),
+            "ece_held_out_after": round(calibration.expected_calibration_error(cal, y[test]), 4),
+            "nll_held_out_before": round(calibration.nll(np.log(raw + 1e-12), y[test], 1.0), 4),
+            "nll_held_out_after": round(calibration.nll(np.log(cal + 1e-12), y[test], 1.0), 4),
+            "bins": 15,
+        },
+        "low_confidence_held_out": calibration.confidence_table(
+            cal, y[test], CONFIDENCE_THRESHOLDS
+        ),
+        "placeholder": _placeholder_metrics(corpus, pred, eval_pred, [p.family for p in eval_set]),
+    }
+    if cv_scores and l2 is None:
+        metrics["l2_cv_balanced_accuracy"] = cv_scores
+    return head, metrics
