@@ -93,7 +93,11 @@ def predict(
     with Progress(console=err, transient=True, disable=len(files) < 20) as progress:
         task = progress.add_task("classifying", total=len(files))
         for record in predict_files(
-            classifier, files, max_pixels=settings.max_image_pixels, batch_size=batch_size
+            classifier,
+            files,
+            max_pixels=settings.max_image_pixels,
+            batch_size=batch_size,
+            low_confidence_threshold=settings.low_confidence_threshold,
         ):
             progress.advance(task)
             counts[record["image_type"] or "error"] += 1

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Chosen on out-of-fold predictions of the bundled type head (model card table):
+# flags ~13% of answers, which hold ~70% of the errors; the rest are ~98% right.
+DEFAULT_LOW_CONFIDENCE_THRESHOLD: Final[float] = 0.8
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -80,13 +84,15 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(
         default=None, description="Folder with a model (heads + config.json); default: bundled."
     )
+    # Defaults of engine and inference_batch_size: the fastest measured on CPU, see
+    # benchmarks/RESULTS.md ("Engines").
     engine: Literal["onnx", "torch"] = Field(
         default="onnx",
         description="What runs the backbone: onnx (ONNX Runtime on the same weights, exported "
         "once to data_dir/cache/onnx; falls back to torch if it cannot be used) or torch (eager).",
     )
     inference_batch_size: int = Field(
-        default=16, gt=0, description="Images per backbone call (micro-batch size)."
+        default=8, gt=0, description="Images per backbone call (micro-batch size)."
     )
     max_batch_delay_ms: float = Field(
         default=10,
@@ -98,6 +104,13 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         description="Intra-op threads of the backbone engine; 0 = one per physical core.",
+    )
+    low_confidence_threshold: float = Field(
+        default=DEFAULT_LOW_CONFIDENCE_THRESHOLD,
+        ge=0,
+        le=1,
+        description="Results whose model-decided image type has a (calibrated) confidence "
+        "below this are marked low_confidence, for review.",
     )
 
     # --- API -------------------------------------------------------------------

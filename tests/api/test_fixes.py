@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from cartag.store.db import Database
+from tests.support.factories import add_image
 from tests.support.http_server import ImageServer
 from tests.support.images import jpeg_bytes
 
@@ -99,6 +101,39 @@ def test_placeholder_never_has_a_color(
         None,
         None,
     )
+
+
+def test_low_confidence_is_cleared_by_a_type_fix(
+    client: TestClient,
+    db: Database,
+    classify_headers: dict[str, str],
+    fixer_headers: dict[str, str],
+) -> None:
+    unsure = add_image(db, image_type="Stock", confidence=0.4).image_key
+    sure = add_image(db, image_type="Dealer", confidence=0.95).image_key
+
+    def answer(key: str, advertiser: str) -> dict[str, Any]:
+        response = client.get(
+            f"/v1/images/{key}", params={"advertiser_id": advertiser}, headers=classify_headers
+        )
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    assert answer(unsure, "a")["low_confidence"] is True
+    assert answer(sure, "a")["low_confidence"] is False
+    color_only = _fix(client, fixer_headers, unsure, advertiser_id="a", scope="global", color="Red")
+    # The model still decided the type, so the result still needs a look.
+    assert color_only.json()["result"]["low_confidence"] is True
+    typed = _fix(
+        client, fixer_headers, unsure, advertiser_id="a", scope="advertiser", image_type="Dealer"
+    )
+    assert typed.json()["result"]["low_confidence"] is False
+    assert (answer(unsure, "a")["type_source"], answer(unsure, "a")["low_confidence"]) == (
+        "override",
+        False,
+    )
+    assert answer(unsure, "b")["low_confidence"] is True  # another advertiser: no override
 
 
 def test_fix_errors_name_the_field(

@@ -7,11 +7,21 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from cartag.clock import SystemClock
 from cartag.models.batching import BatcherClosedError, MicroBatcher
-from cartag.models.classifier import Classifier, Prediction
+from cartag.models.classifier import Classifier, Prediction, make_prediction
+from cartag.pipeline.classify import ClassifyService
+from cartag.pipeline.fetch import Fetcher
+from cartag.pipeline.results import ImageRequest
+from cartag.settings import Settings
+from cartag.store.db import Database
+from cartag.vocab import COLORS, IMAGE_TYPES
+from tests.support.http_server import ImageServer
+from tests.support.images import jpeg_bytes
 
 POISON = 999
 
@@ -239,3 +249,50 @@ def test_invalid_arguments(model: CountingClassifier) -> None:
         MicroBatcher(model, max_batch=0, max_delay_s=0)
     with pytest.raises(ValueError):
         MicroBatcher(model, max_batch=1, max_delay_s=-1)
+
+
+class WidthClassifier(Classifier):
+    """A valid model answer whose confidence encodes the image width; records batch sizes."""
+
+    version = "test-width"
+
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+
+    def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        self.batch_sizes.append(len(images))
+        out = []
+        for image in images:
+            type_p = np.full(len(IMAGE_TYPES), 1.0)
+            type_p[0] = image.width  # Dealer, confidence width / (width + 2)
+            out.append(make_prediction(type_p, np.ones(len(COLORS))))
+        return out
+
+
+def test_classify_service_runs_a_large_request_in_pipelined_chunks(
+    settings: Settings, sqlite_db: Database
+) -> None:
+    settings = settings.model_copy(update={"inference_batch_size": 2, "max_batch_delay_ms": 5})
+    model = WidthClassifier()
+    n = 23  # several chunks of 4 batches of 2, the last one short
+
+    async def go(server: ImageServer) -> list[float | None]:
+        fetcher = Fetcher(settings)
+        service = ClassifyService(settings, sqlite_db, fetcher, model, SystemClock())
+        try:
+            requests = [ImageRequest(url=server.url(f"/{i}.jpg")) for i in range(n)]
+            results = await service.classify("adv", requests)
+        finally:
+            service.close()
+            await fetcher.aclose()
+        assert [r.url for r in results] == [q.url for q in requests]
+        assert {r.status for r in results} == {"classified"}
+        return [r.confidence for r in results]
+
+    with ImageServer() as server:
+        for i in range(n):
+            server.add_file(f"/{i}.jpg", jpeg_bytes(width=40 + i, height=30))
+        confidences = asyncio.run(go(server))
+    # Every answer went back to its own image, in request order.
+    assert confidences == pytest.approx([(40 + i) / (42 + i) for i in range(n)], abs=1e-6)
+    assert sum(model.batch_sizes) == n and max(model.batch_sizes) <= 2

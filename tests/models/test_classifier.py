@@ -22,6 +22,8 @@ from cartag.models.classifier import (
     make_prediction,
     read_config,
 )
+from cartag.models.color_features import FEATURE_DIM, FEATURE_ID
+from cartag.models.heads import LinearHead, MLPHead
 from cartag.settings import Settings
 from cartag.training.placeholders import FAMILIES, generate_placeholders
 from cartag.vocab import COLORS, IMAGE_TYPES
@@ -73,6 +75,10 @@ def test_bundled_files_are_small_and_consistent() -> None:
     assert total < 1_000_000
     config = read_config(BUNDLED_DIR)
     assert config["version"].startswith("bundled-")
+    assert config["color_features"] == FEATURE_ID
+    color_meta = json.loads((BUNDLED_DIR / "color_head.json").read_text())
+    assert color_meta["features"]["color_features"] == FEATURE_ID
+    assert color_meta["metrics"]["held_out"]["accuracy"] >= 0.9
     assert (BUNDLED_DIR / "MODEL_CARD.md").is_file()
 
 
@@ -188,6 +194,7 @@ def test_batching_and_threads_agree(
         embedding_classifier.color_head,
         embedding_classifier.version,
         batch_size=3,
+        color_features=embedding_classifier.color_features,
     )
     reference = embedding_classifier.predict(images)
     assert embedding_classifier.predict([]) == []
@@ -211,3 +218,39 @@ def test_batching_and_threads_agree(
     for result in results:
         assert [p.image_type for p in result] == [p.image_type for p in reference]
         np.testing.assert_allclose(scores(result), scores(reference), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_bundled_color_head_reads_color_features(
+    embedding_classifier: EmbeddingClassifier,
+) -> None:
+    assert embedding_classifier.color_features == FEATURE_ID
+    head = embedding_classifier.color_head
+    assert isinstance(head, MLPHead)
+    assert head.embedding_dim == embedding_classifier.backbone.embedding_dim + FEATURE_DIM
+
+
+@pytest.mark.slow
+def test_color_features_must_match_the_color_head(
+    embedding_classifier: EmbeddingClassifier, tmp_path: Path
+) -> None:
+    model = embedding_classifier
+    with pytest.raises(ModelError, match="color features 'vehicle-hsv-v0'"):
+        EmbeddingClassifier(
+            model.backbone, model.type_head, model.color_head, "x", color_features="vehicle-hsv-v0"
+        )
+    # Without the features the color head's input width no longer fits.
+    with pytest.raises(ModelError, match="inputs"):
+        EmbeddingClassifier(
+            model.backbone, model.type_head, LinearHead(
+                COLORS, np.zeros((FEATURE_DIM + 1280, 12)), np.zeros(12),
+                np.zeros(FEATURE_DIM + 1280), np.ones(FEATURE_DIM + 1280),
+            ), "x",
+        )  # fmt: skip
+    # A model folder whose config drops the key is refused the same way.
+    target = _copy_bundled(tmp_path)
+    config = json.loads((target / "config.json").read_text())
+    del config["color_features"]
+    (target / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="color"):
+        EmbeddingClassifier.from_dir(target)

@@ -51,7 +51,7 @@ def _hue_bin(rgb: RGB) -> int:
 
 def test_layout_adds_up() -> None:
     assert sum(n for _, n in cf.FEATURE_LAYOUT) == cf.FEATURE_DIM
-    assert cf.FEATURE_DIM == 98
+    assert cf.FEATURE_DIM == 97
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P"])
@@ -85,13 +85,15 @@ def test_red_car_on_white_is_red_dominant_and_background_down_weighted() -> None
     vector = cf.color_features(image)
     hue = _hue_mass(vector)
     assert int(hue.argmax()) in {_hue_bin((200, 20, 20)), (_hue_bin((200, 20, 20)) + 1) % 12}
-    assert hue.max() > 0.5
+    # Soft hue binning shares the red between two neighbouring bins.
+    assert np.sort(hue)[-2:].sum() > 0.5
     # White is most of the picture but a minority of the vehicle-weighted mass.
     pixels = np.asarray(image)
     white_fraction = float((pixels.min(axis=2) > 240).mean())
     white_mass = float(vector[PARTS["fg_achromatic_hist"]][-2:].sum())
     assert white_fraction > 0.5
-    assert white_mass < 0.5 * white_fraction
+    assert white_mass < 0.6 * white_fraction
+    assert np.sort(hue)[-2:].sum() > white_mass
     # The ring, by contrast, is all white.
     ring = vector[PARTS["ring_hist"]]
     assert ring[-1] > 0.95

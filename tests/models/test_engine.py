@@ -16,6 +16,7 @@ import cartag.models.engine as engine_module
 from cartag.errors import ModelError
 from cartag.models.backbone import PREPROCESS_ID, Backbone
 from cartag.models.classifier import EmbeddingClassifier, load_classifier
+from cartag.models.color_features import color_features_batch
 from cartag.models.engine import (
     OnnxEngine,
     TorchEngine,
@@ -78,15 +79,24 @@ def test_onnx_matches_torch_on_real_photos(
     shared_data: Path,
 ) -> None:
     backbone = embedding_classifier.backbone
-    batch = backbone.preprocess([Image.open(p) for p in real_photos(shared_data, 24)])
+    images = [Image.open(p) for p in real_photos(shared_data, 24)]
+    batch = backbone.preprocess(images)
     onnx = OnnxEngine(onnx_bytes)
     want, got = torch_engine.embed(batch), onnx.embed(batch)
     assert got.shape == want.shape == (24, backbone.embedding_dim) and got.dtype == np.float32
     assert float(np.abs(got - want).max()) < 1e-3
     # The heads see the same thing: every type and color decision is unchanged.
-    for head in (embedding_classifier.type_head, embedding_classifier.color_head):
+    features = color_features_batch(images)  # the color head reads [embedding, color features]
+    for head, a, b in (
+        (embedding_classifier.type_head, got, want),
+        (
+            embedding_classifier.color_head,
+            np.concatenate([got, features], axis=1),
+            np.concatenate([want, features], axis=1),
+        ),
+    ):
         np.testing.assert_array_equal(
-            head.predict_proba(got).argmax(axis=1), head.predict_proba(want).argmax(axis=1)
+            head.predict_proba(a).argmax(axis=1), head.predict_proba(b).argmax(axis=1)
         )
     # Dynamic batch axis: one image alone gives the same embedding as inside a batch.
     np.testing.assert_allclose(onnx.embed(batch[3:4])[0], got[3], atol=1e-4)
@@ -207,6 +217,7 @@ def test_settings_select_the_engine_and_cache(
         classifier.type_head,
         classifier.color_head,
         classifier.version,
+        color_features=classifier.color_features,
     )
     assert torch_classifier.backbone.engine.name == "torch"
     images = [Image.new("RGB", (320, 240), (20 * i, 80, 160)) for i in range(5)]

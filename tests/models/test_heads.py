@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from cartag.errors import ModelError
-from cartag.models.heads import HEAD_FORMAT, LinearHead
+from cartag.models.heads import HEAD_FORMAT, MLP_HEAD_FORMAT, LinearHead, MLPHead, load_head
+from cartag.training.color import MLPConfig, fit_color_head
 from cartag.training.fit import balanced_accuracy, class_weights, fit_linear_head
 
 LABELS = ("a", "b", "c", "d")
@@ -124,3 +125,106 @@ def test_absent_label_scores_near_zero() -> None:
     assert proba.shape == (90, 4)
     assert proba[:, 2].max() < 1e-3
     assert head.metadata["absent_labels"] == ["c"]
+
+
+def _random_mlp(d: int = 8, k: int = 3, start: int = 5, hidden: int = 4) -> MLPHead:
+    rng = np.random.default_rng(3)
+    linear = _random_head(d, k)
+    return MLPHead(
+        linear.labels,
+        linear.weight,
+        linear.bias,
+        linear.feature_mean,
+        linear.feature_std,
+        rng.normal(size=(d - start, hidden)),
+        rng.normal(size=hidden),
+        rng.normal(size=(hidden, k)),
+        mlp_start=start,
+        metadata={"backbone_id": "test@00000000", "features": {"color_features": "x"}},
+    )
+
+
+def test_mlp_logits_are_linear_plus_mlp_on_trailing_columns() -> None:
+    head = _random_mlp()
+    emb = np.random.default_rng(1).normal(size=(6, 8)).astype(np.float32)
+    z = (emb - head.feature_mean) / head.feature_std
+    hidden = np.maximum(z[:, 5:] @ head.hidden_weight + head.hidden_bias, 0)
+    expected = z @ head.weight + head.bias + hidden @ head.out_weight
+    np.testing.assert_allclose(head.logits(emb), expected, rtol=1e-5, atol=1e-5)
+    proba = head.predict_proba(emb)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="embeddings"):
+        head.predict_proba(np.zeros((2, 7), dtype=np.float32))
+
+
+def test_mlp_inconsistent_shapes_are_rejected() -> None:
+    head = _random_mlp()
+    with pytest.raises(ValueError, match="inconsistent MLP"):
+        MLPHead(
+            head.labels,
+            head.weight,
+            head.bias,
+            head.feature_mean,
+            head.feature_std,
+            head.hidden_weight,
+            head.hidden_bias,
+            head.out_weight,
+            mlp_start=4,
+        )
+
+
+def test_mlp_save_load_roundtrip_and_load_head_dispatch(tmp_path: Path) -> None:
+    head = _random_mlp()
+    first = head.save(tmp_path / "color_head")[0].read_bytes()
+    assert head.save(tmp_path / "again")[0].read_bytes() == first
+    assert json.loads((tmp_path / "color_head.json").read_text())["format"] == MLP_HEAD_FORMAT
+    loaded = load_head(tmp_path / "color_head")
+    assert isinstance(loaded, MLPHead) and loaded.mlp_start == 5
+    assert loaded.digest() == head.digest() and loaded.metadata == head.metadata
+    emb = np.random.default_rng(2).normal(size=(3, 8)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict_proba(emb), head.predict_proba(emb))
+    _random_head().save(tmp_path / "type_head")
+    assert type(load_head(tmp_path / "type_head")) is LinearHead
+    # A linear head is not an MLP head, and vice versa.
+    with pytest.raises(ModelError, match="corrupt"):
+        MLPHead.load(tmp_path / "type_head")
+    with pytest.raises(ModelError, match="corrupt"):
+        LinearHead.load(tmp_path / "color_head")
+
+
+def test_load_head_rejects_unknown_format(tmp_path: Path) -> None:
+    _random_head().save(tmp_path / "h")
+    meta = json.loads((tmp_path / "h.json").read_text())
+    meta["format"] = "cartag-forest/9"
+    (tmp_path / "h.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="cartag-forest/9"):
+        load_head(tmp_path / "h")
+    (tmp_path / "h.json").unlink()
+    with pytest.raises(ModelError, match="missing"):
+        load_head(tmp_path / "h")
+
+
+def test_fit_color_head_learns_from_trailing_features_and_keeps_absent_labels() -> None:
+    # The trailing 4 columns hold the class signal in a non-linear (XOR-like) form
+    # the linear part cannot use; the leading 6 columns are noise.
+    rng = np.random.default_rng(0)
+    n = 240
+    y = rng.integers(0, 2, size=n)
+    sign = rng.choice([-1.0, 1.0], size=n)
+    signal = np.stack([sign, sign * np.where(y == 1, -1.0, 1.0)], axis=1)
+    X = np.concatenate(
+        [rng.normal(size=(n, 6)), signal * 2 + rng.normal(scale=0.3, size=(n, 2)),
+         rng.normal(size=(n, 2))],
+        axis=1,
+    )  # fmt: skip
+    y = np.where(y == 1, 2, 0)  # label "b" (index 1) never occurs
+    config = MLPConfig(hidden=16, seeds=2, epoch_grid=(40,), lr=1e-2)
+    (head,) = fit_color_head(X, y, LABELS[:3], mlp_start=6, l2=1e-2, epochs=(40,), config=config)
+    (again,) = fit_color_head(X, y, LABELS[:3], mlp_start=6, l2=1e-2, epochs=(40,), config=config)
+    assert head.digest() == again.digest()
+    assert head.hidden_weight.shape == (4, 32)
+    proba = head.predict_proba(X)
+    assert balanced_accuracy(y, proba.argmax(axis=1)) > 0.9
+    assert proba[:, 1].max() < 1e-3
+    linear_only = fit_linear_head(X, y, LABELS[:3], l2=1e-2)
+    assert balanced_accuracy(y, linear_only.predict_proba(X).argmax(axis=1)) < 0.75

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import numpy as np
 from sqlalchemy import update
 
 from cartag.pipeline.classify import current_answer
 from cartag.store import images as image_repo
 from cartag.store.db import Database
+from cartag.store.embeddings import load_embeddings, save_embeddings
 from cartag.store.tables import ImageRow
 from tests.support.factories import NOW, add_image, new_image
 
@@ -55,3 +57,16 @@ def test_many_keys_are_looked_up_in_chunks(db: Database) -> None:
     with db.read() as session:
         found = image_repo.get_images(session, keys + [f"missing-{i}" for i in range(1200)])
     assert set(found) == set(keys)
+
+
+def test_embeddings_roundtrip_by_content_and_backbone(db: Database) -> None:
+    vector = np.linspace(-3, 3, 1280, dtype=np.float32)
+    with db.write() as session:
+        save_embeddings(session, "lite0@x", {"a" * 64: vector}, NOW)
+        save_embeddings(session, "lite0@x", {"a" * 64: vector * 0}, NOW)  # first one is kept
+    with db.read() as session:
+        found = load_embeddings(session, "lite0@x", ["a" * 64, "b" * 64])
+        other = load_embeddings(session, "lite2@y", ["a" * 64])
+    assert set(found) == {"a" * 64} and other == {}
+    assert found["a" * 64].dtype == np.float32
+    np.testing.assert_allclose(found["a" * 64], vector, atol=2e-3)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from cartag.store.db import Database, current_revision, upgrade
+from cartag.store.db import Database, current_revision, downgrade, head_revision, upgrade
 from cartag.store.tables import Base
 
 
@@ -16,4 +16,11 @@ def test_migrations_match_the_tables(db: Database) -> None:
 def test_upgrade_is_idempotent(db: Database) -> None:
     before = current_revision(db)
     upgrade(db)
-    assert current_revision(db) == before == "0002"
+    assert current_revision(db) == before == head_revision()
+
+
+def test_downgrade_to_base_and_back(db: Database) -> None:
+    downgrade(db, "base")
+    assert current_revision(db) is None
+    upgrade(db)
+    assert current_revision(db) == head_revision()

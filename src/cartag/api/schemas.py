@@ -86,6 +86,12 @@ class ResultOut(BaseModel):
         description="Why color is null when the color provider failed, e.g. "
         "color_provider_timeout or color_unmapped:<vendor label>.",
     )
+    low_confidence: bool = Field(
+        default=False,
+        description="The model decided image_type with a calibrated confidence below the "
+        "server's low_confidence_threshold: worth a human look. Always false when a fix or "
+        "override decided the type.",
+    )
 
 
 class ClassifyOut(BaseModel):

@@ -1,12 +1,17 @@
-"""The classifier interface the service uses, and its backbone + linear-heads implementation.
+"""The classifier interface the service uses, and its backbone + heads implementation.
 
 A model directory holds ``config.json`` and one head per task (``.npz`` +
 ``.json``, see :mod:`cartag.models.heads`)::
 
     config.json        {"format": "cartag-model/1", "version": ..., "backbone": {...},
-                        "heads": {"image_type": "type_head", "color": "color_head"}}
+                        "heads": {"image_type": "type_head", "color": "color_head"},
+                        "color_features": "vehicle-lab-v1"}
     type_head.npz/json
     color_head.npz/json
+
+With ``color_features`` set, the color head's input is the embedding followed
+by :func:`cartag.models.color_features.color_features` of the image; without
+it, the embedding alone (models trained before the color features existed).
 
 The bundled model lives in ``src/cartag/models/bundled/``; ``CARTAG_MODEL_DIR``
 points at another one.
@@ -27,8 +32,9 @@ from PIL import Image
 
 from cartag.errors import ModelError
 from cartag.models.backbone import PREPROCESS_ID, Backbone
+from cartag.models.color_features import FEATURE_DIM, FEATURE_ID, color_features_batch
 from cartag.models.engine import EngineName
-from cartag.models.heads import LinearHead
+from cartag.models.heads import LinearHead, load_head
 from cartag.settings import Settings
 from cartag.vocab import COLORS, IMAGE_TYPES
 
@@ -111,7 +117,7 @@ def make_prediction(type_probs: np.ndarray, color_probs: np.ndarray) -> Predicti
 
 
 class EmbeddingClassifier(Classifier):
-    """A frozen :class:`Backbone` followed by linear type and color heads.
+    """A frozen :class:`Backbone` followed by type and color heads.
 
     Args:
         backbone: The feature extractor.
@@ -119,6 +125,8 @@ class EmbeddingClassifier(Classifier):
         color_head: Head whose labels are exactly ``COLORS``.
         version: Model version string.
         batch_size: Images per backbone call; bounds peak memory.
+        color_features: Feature id (:data:`cartag.models.color_features.FEATURE_ID`)
+            appended to the embedding for the color head, or None for none.
     """
 
     def __init__(
@@ -129,22 +137,37 @@ class EmbeddingClassifier(Classifier):
         version: str,
         *,
         batch_size: int = 16,
+        color_features: str | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
-        for name, head, expected in (
-            ("image_type", type_head, IMAGE_TYPES),
-            ("color", color_head, COLORS),
+        if color_features not in (None, FEATURE_ID):
+            raise ModelError(
+                f"the color head needs color features {color_features!r}, this cartag computes "
+                f"{FEATURE_ID!r}; {_FIX_HINT}"
+            )
+        recorded = color_head.metadata.get("features", {}).get("color_features")
+        if recorded not in (None, color_features):
+            raise ModelError(
+                f"the color head was trained with color features {recorded!r} but the model "
+                f"config says {color_features!r}; {_FIX_HINT}"
+            )
+        extra = FEATURE_DIM if color_features else 0
+        for name, head, expected, width in (
+            ("image_type", type_head, IMAGE_TYPES, backbone.embedding_dim),
+            ("color", color_head, COLORS, backbone.embedding_dim + extra),
         ):
             if head.labels != tuple(expected):
                 raise ModelError(
                     f"the {name} head has labels {list(head.labels)}, expected "
                     f"{list(expected)} in that order; retrain it; {_FIX_HINT}"
                 )
-            if head.embedding_dim != backbone.embedding_dim:
+            if head.embedding_dim != width:
                 raise ModelError(
-                    f"the {name} head expects {head.embedding_dim}-d embeddings but "
-                    f"{backbone.backbone_id} makes {backbone.embedding_dim}-d ones; {_FIX_HINT}"
+                    f"the {name} head expects {head.embedding_dim}-d inputs but "
+                    f"{backbone.backbone_id} makes {backbone.embedding_dim}-d embeddings"
+                    f"{f' (+ {extra} color features)' if name == 'color' and extra else ''}; "
+                    f"{_FIX_HINT}"
                 )
             if head.backbone_id not in (None, backbone.backbone_id):
                 raise ModelError(
@@ -156,6 +179,7 @@ class EmbeddingClassifier(Classifier):
         self.color_head = color_head
         self.version = version
         self.batch_size = batch_size
+        self.color_features = color_features
 
     @classmethod
     def from_dir(
@@ -188,7 +212,7 @@ class EmbeddingClassifier(Classifier):
             )
         heads = config["heads"]
         type_head = LinearHead.load(path / str(heads["image_type"]))
-        color_head = LinearHead.load(path / str(heads["color"]))
+        color_head = load_head(path / str(heads["color"]))
         backbone = Backbone.load(
             str(backbone_cfg["variant"]), threads=threads, engine=engine, cache_dir=cache_dir
         )
@@ -201,7 +225,15 @@ class EmbeddingClassifier(Classifier):
             digest = hashlib.sha256((type_head.digest() + color_head.digest()).encode())
             config["version"] = f"custom-{digest.hexdigest()[:8]}"
         version = str(config["version"])
-        return cls(backbone, type_head, color_head, version, batch_size=batch_size)
+        color_features = config.get("color_features")
+        return cls(
+            backbone,
+            type_head,
+            color_head,
+            version,
+            batch_size=batch_size,
+            color_features=None if color_features is None else str(color_features),
+        )
 
     def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
         """Classify images in chunks of ``batch_size``.
@@ -218,7 +250,10 @@ class EmbeddingClassifier(Classifier):
             # Preprocessing runs outside the backbone lock so threads overlap it.
             emb = self.backbone.embed(self.backbone.preprocess(chunk))
             type_probs = self.type_head.predict_proba(emb)
-            color_probs = self.color_head.predict_proba(emb)
+            color_in = emb
+            if self.color_features:
+                color_in = np.concatenate([emb, color_features_batch(chunk)], axis=1)
+            color_probs = self.color_head.predict_proba(color_in)
             predictions.extend(
                 make_prediction(t, c) for t, c in zip(type_probs, color_probs, strict=True)
             )

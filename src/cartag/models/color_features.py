@@ -33,6 +33,8 @@ from PIL import Image
 
 from cartag.models.backbone import to_rgb
 
+# Heads, model configs and feature caches key on this id: bump it whenever the
+# output of color_features() changes.
 FEATURE_ID: Final[str] = "vehicle-lab-v1"
 SIZE: Final[int] = 64
 HUE_BINS: Final[int] = 12
@@ -81,14 +83,28 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     Returns:
         float32 (..., 3): L in [0, 100], a and b roughly in [-110, 110].
     """
-    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    return _linear_to_lab(_srgb_to_linear(np.asarray(rgb, dtype=np.float32)))
+
+
+def _srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
+    out: np.ndarray = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    return out.astype(np.float32, copy=False)
+
+
+# uint8 sRGB -> linear light: a table lookup instead of a power per pixel.
+_LINEAR_LUT: Final[np.ndarray] = _srgb_to_linear(np.arange(256, dtype=np.float32) / 255.0)
+
+
+def _linear_to_lab(linear: np.ndarray) -> np.ndarray:
+    """(..., 3) linear-light RGB -> float32 (..., 3) Lab."""
     xyz = (linear @ _SRGB_TO_XYZ.T) / _WHITE_D65
     f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
     lab = np.empty_like(f)
     lab[..., 0] = 116.0 * f[..., 1] - 16.0
     lab[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
     lab[..., 2] = 200.0 * (f[..., 1] - f[..., 2])
-    return lab.astype(np.float32, copy=False)
+    out: np.ndarray = lab.astype(np.float32, copy=False)
+    return out
 
 
 def _ring_weights(size: int) -> np.ndarray:
@@ -115,8 +131,9 @@ def _centre_prior(size: int) -> np.ndarray:
     coords = (np.arange(size, dtype=np.float32) + 0.5) / size
     gy = np.exp(-0.5 * ((coords - 0.55) / 0.2) ** 2)
     gx = np.exp(-0.5 * ((coords - 0.5) / 0.25) ** 2)
-    prior = np.outer(gy, gx)
-    return (prior / prior.sum()).astype(np.float32)
+    prior: np.ndarray = np.outer(gy, gx)
+    prior = (prior / prior.sum()).astype(np.float32)
+    return prior
 
 
 _RING_IDX: Final[np.ndarray] = np.flatnonzero(_ring_weights(SIZE).ravel() > 0)
@@ -132,11 +149,12 @@ def reduce_image(image: Image.Image, size: int = SIZE) -> np.ndarray:
         size: Output side.
 
     Returns:
-        float32 (size, size, 3) sRGB in [0, 1].
+        uint8 (size, size, 3) sRGB.
     """
-    # reducing_gap lets PIL box-reduce big photos first: much faster, same result.
+    # reducing_gap lets PIL box-reduce big photos first: much faster, nearly the same
+    # result (and exactly the same for the 224 px training photos).
     small = to_rgb(image).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-    return np.asarray(small, dtype=np.float32) / 255.0
+    return np.asarray(small, dtype=np.uint8)
 
 
 def _soft_hue(hue: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -172,14 +190,14 @@ def features_from_rgb(rgb: np.ndarray) -> np.ndarray:
     """Color features of one reduced image (see :func:`color_features`).
 
     Args:
-        rgb: float32 (SIZE, SIZE, 3) sRGB in [0, 1] from :func:`reduce_image`.
+        rgb: uint8 (SIZE, SIZE, 3) sRGB from :func:`reduce_image`.
 
     Returns:
         float32 (FEATURE_DIM,).
     """
-    if rgb.shape != (SIZE, SIZE, 3):
-        raise ValueError(f"expected a ({SIZE}, {SIZE}, 3) image, got {rgb.shape}")
-    lab = rgb_to_lab(rgb).reshape(-1, 3)
+    if rgb.shape != (SIZE, SIZE, 3) or rgb.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 ({SIZE}, {SIZE}, 3) image, got {rgb.dtype} {rgb.shape}")
+    lab = _linear_to_lab(_LINEAR_LUT[rgb.reshape(-1, 3)])
     weights = _PRIOR  # sums to 1, so the histograms below are shares of the vehicle
     light = lab[:, 0]
     chroma = np.hypot(lab[:, 1], lab[:, 2])

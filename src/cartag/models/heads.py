@@ -1,9 +1,11 @@
-"""Linear classification heads on backbone embeddings, run with numpy.
+"""Classification heads on backbone embeddings, run with numpy.
 
 A head is two files side by side: ``<name>.npz`` with the arrays and
 ``<name>.json`` with human-readable metadata (labels, the backbone it was
 trained on, preprocessing, training-data hash, metrics, date), in the spirit
-of timm's ``pretrained_cfg``. Training lives in :mod:`cartag.training.fit`.
+of timm's ``pretrained_cfg``. The JSON ``format`` names the head type
+(:class:`LinearHead` or :class:`MLPHead`); :func:`load_head` reads either.
+Training lives in :mod:`cartag.training.fit` and :mod:`cartag.training.color`.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import json
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
 from cartag.errors import ModelError
 
 HEAD_FORMAT = "cartag-linear-head/1"
+MLP_HEAD_FORMAT = "cartag-mlp-head/1"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -49,6 +52,8 @@ class LinearHead:
         feature_std: float32 (D,) training-set embedding std (no zeros).
         metadata: JSON-serialisable dict written to ``<name>.json``.
     """
+
+    FORMAT: ClassVar[str] = HEAD_FORMAT
 
     def __init__(
         self,
@@ -176,12 +181,12 @@ class LinearHead:
                 with archive.open(info, "w") as member:
                     np.lib.format.write_array(member, array, allow_pickle=False)
         extra = {k: v for k, v in self.metadata.items() if k not in ("format", "labels")}
-        meta = {"format": HEAD_FORMAT, "labels": list(self.labels), **extra}
+        meta = {"format": self.FORMAT, "labels": list(self.labels), **extra}
         json_path.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         return npz_path, json_path
 
     @classmethod
-    def load(cls, path: Path) -> LinearHead:
+    def load(cls, path: Path) -> Self:
         """Read a head written by :meth:`save`.
 
         Args:
@@ -191,30 +196,171 @@ class LinearHead:
             ModelError: If a file is missing, unreadable, or the two disagree.
         """
         npz_path = path.with_suffix(".npz")
-        json_path = path.with_suffix(".json")
-        for required in (npz_path, json_path):
-            if not required.is_file():
-                raise ModelError(f"head file {required} is missing")
         try:
-            meta = json.loads(json_path.read_text(encoding="utf-8"))
-            if not isinstance(meta, dict):
-                raise ValueError("metadata is not a JSON object")
-            # Open the file ourselves: np.load leaks its handle when the zip is truncated.
-            with npz_path.open("rb") as fh, np.load(fh, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-            labels = [str(label) for label in arrays["labels"].tolist()]
-            if meta.get("labels") != labels:
-                raise ValueError(f"labels in {json_path.name} differ from {npz_path.name}")
-            if meta.pop("format", None) != HEAD_FORMAT:
-                raise ValueError(f"{json_path.name} is not a {HEAD_FORMAT} file")
-            meta.pop("labels")
-            return cls(
-                labels,
-                arrays["weight"],
-                arrays["bias"],
-                arrays["feature_mean"],
-                arrays["feature_std"],
-                metadata=meta,
-            )
+            labels, arrays, meta = _read_head_files(path, cls.FORMAT)
+            return cls._from_arrays(labels, arrays, meta)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
             raise ModelError(f"head {npz_path} is corrupt: {exc}") from exc
+
+    @classmethod
+    def _from_arrays(
+        cls, labels: list[str], arrays: dict[str, np.ndarray], meta: dict[str, Any]
+    ) -> Self:
+        return cls(
+            labels,
+            arrays["weight"],
+            arrays["bias"],
+            arrays["feature_mean"],
+            arrays["feature_std"],
+            metadata=meta,
+        )
+
+
+def _read_head_files(
+    path: Path, expected_format: str
+) -> tuple[list[str], dict[str, np.ndarray], dict[str, Any]]:
+    """Read ``<path>.npz`` and ``<path>.json``: labels, arrays, and metadata without format/labels.
+
+    Raises:
+        ModelError: If a file is missing.
+        ValueError: If the files disagree or the format is not ``expected_format``.
+    """
+    npz_path = path.with_suffix(".npz")
+    json_path = path.with_suffix(".json")
+    for required in (npz_path, json_path):
+        if not required.is_file():
+            raise ModelError(f"head file {required} is missing")
+    meta = json.loads(json_path.read_text(encoding="utf-8"))
+    if not isinstance(meta, dict):
+        raise ValueError("metadata is not a JSON object")
+    # Open the file ourselves: np.load leaks its handle when the zip is truncated.
+    with npz_path.open("rb") as fh, np.load(fh, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    labels = [str(label) for label in arrays["labels"].tolist()]
+    if meta.get("labels") != labels:
+        raise ValueError(f"labels in {json_path.name} differ from {npz_path.name}")
+    if meta.pop("format", None) != expected_format:
+        raise ValueError(f"{json_path.name} is not a {expected_format} file")
+    meta.pop("labels")
+    return labels, arrays, meta
+
+
+class MLPHead(LinearHead):
+    """A linear head plus a one-hidden-layer MLP on the trailing input columns.
+
+    ``logits = z @ W + b + relu(z[:, s:] @ W1 + b1) @ W2``, ``z = (x - mean) / std``,
+    then softmax(logits / temperature) as for :class:`LinearHead`. The color head
+    uses it with x = [embedding, color features] and s = the embedding length, so
+    the MLP sees only the hand-made color features (adding the two parts' logits
+    is a product of experts of the linear and the MLP model).
+
+    Attributes:
+        hidden_weight: float32 (D - s, H).
+        hidden_bias: float32 (H,).
+        out_weight: float32 (H, K).
+        mlp_start: s, the first input column the MLP reads.
+    """
+
+    FORMAT: ClassVar[str] = MLP_HEAD_FORMAT
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        weight: np.ndarray,
+        bias: np.ndarray,
+        feature_mean: np.ndarray,
+        feature_std: np.ndarray,
+        hidden_weight: np.ndarray,
+        hidden_bias: np.ndarray,
+        out_weight: np.ndarray,
+        *,
+        mlp_start: int,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(labels, weight, bias, feature_mean, feature_std, metadata)
+        self.hidden_weight = np.asarray(hidden_weight, dtype=np.float32)
+        self.hidden_bias = np.asarray(hidden_bias, dtype=np.float32)
+        self.out_weight = np.asarray(out_weight, dtype=np.float32)
+        self.mlp_start = int(mlp_start)
+        d, k = self.weight.shape
+        h = self.hidden_bias.shape[0] if self.hidden_bias.ndim == 1 else -1
+        if (
+            not 0 <= self.mlp_start < d
+            or self.hidden_weight.shape != (d - self.mlp_start, h)
+            or self.out_weight.shape != (h, k)
+        ):
+            raise ValueError(
+                f"inconsistent MLP shapes: W1 {self.hidden_weight.shape}, b1 "
+                f"{self.hidden_bias.shape}, W2 {self.out_weight.shape}, start {self.mlp_start}, "
+                f"{d} inputs, {k} labels"
+            )
+        if not all(np.all(np.isfinite(a)) for a in (self.hidden_weight, self.out_weight)):
+            raise ValueError("MLP weights are not finite")
+
+    def logits(self, emb: np.ndarray) -> np.ndarray:
+        """Unnormalised class scores.
+
+        Args:
+            emb: (B, D) inputs.
+
+        Returns:
+            float32 (B, K).
+        """
+        if emb.ndim != 2 or emb.shape[1] != self.embedding_dim:
+            raise ValueError(f"expected (B, {self.embedding_dim}) embeddings, got {emb.shape}")
+        z = (emb.astype(np.float32, copy=False) - self.feature_mean) / self.feature_std
+        hidden = np.maximum(z[:, self.mlp_start :] @ self.hidden_weight + self.hidden_bias, 0.0)
+        return z @ self.weight + self.bias + hidden @ self.out_weight
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {
+            **super()._arrays(),
+            "hidden_weight": self.hidden_weight,
+            "hidden_bias": self.hidden_bias,
+            "out_weight": self.out_weight,
+            "mlp_start": np.asarray(self.mlp_start, dtype=np.int64),
+        }
+
+    @classmethod
+    def _from_arrays(
+        cls, labels: list[str], arrays: dict[str, np.ndarray], meta: dict[str, Any]
+    ) -> Self:
+        return cls(
+            labels,
+            arrays["weight"],
+            arrays["bias"],
+            arrays["feature_mean"],
+            arrays["feature_std"],
+            arrays["hidden_weight"],
+            arrays["hidden_bias"],
+            arrays["out_weight"],
+            mlp_start=int(arrays["mlp_start"]),
+            metadata=meta,
+        )
+
+
+_HEAD_TYPES: dict[str, type[LinearHead]] = {HEAD_FORMAT: LinearHead, MLP_HEAD_FORMAT: MLPHead}
+
+
+def load_head(path: Path) -> LinearHead:
+    """Read a head of any type, chosen by the ``format`` in ``<path>.json``.
+
+    Args:
+        path: ``<name>.npz``, ``<name>.json`` or ``<name>`` without suffix.
+
+    Raises:
+        ModelError: If a file is missing or corrupt, or the format is unknown.
+    """
+    json_path = path.with_suffix(".json")
+    if not json_path.is_file():
+        raise ModelError(f"head file {json_path} is missing")
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"head {json_path} is corrupt: {exc}") from exc
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if fmt not in _HEAD_TYPES:
+        raise ModelError(
+            f"head {json_path} has format {fmt!r}; expected one of {', '.join(_HEAD_TYPES)}"
+        )
+    return _HEAD_TYPES[fmt].load(path)

@@ -37,7 +37,7 @@ from cartag.pipeline.results import (
     overall_source,
     skipped,
 )
-from cartag.settings import Settings
+from cartag.settings import DEFAULT_LOW_CONFIDENCE_THRESHOLD, Settings
 from cartag.store import fixes as fix_repo
 from cartag.store import images as image_repo
 from cartag.store.db import Database
@@ -74,6 +74,11 @@ class _Skip:
 
 
 _Outcome = _Cached | _New | _Skip
+
+# A large inventory is resolved in chunks of this many model batches, this many
+# chunks at a time (see ClassifyService.classify).
+_CHUNK_BATCHES = 4
+_CHUNKS_IN_FLIGHT = 3
 
 
 @dataclass
@@ -146,10 +151,33 @@ class ClassifyService:
         stats = stats if stats is not None else ClassifyStats()
         urls = [normalize_url(r.url) for r in requests]
         unique = list(dict.fromkeys(urls))
-        outcomes = await self._resolve_urls(unique, stats)
-        await self._classify_new(
-            [o for o in outcomes.values() if isinstance(o, _New)], outcomes, stats
-        )
+        outcomes: dict[str, _Outcome] = {}
+        # Chunks flow through fetch -> decode -> model -> store as a pipeline: the
+        # downloads and store writes of some chunks overlap the model's work on
+        # another, and only the chunks in flight hold image bytes and pixels.
+        window = asyncio.Semaphore(_CHUNKS_IN_FLIGHT)
+
+        async def run(chunk: list[str]) -> None:
+            async with window:
+                found = await self._resolve_urls(chunk, stats)
+                await self._classify_new(
+                    [o for o in found.values() if isinstance(o, _New)], found, stats
+                )
+                outcomes.update(found)
+
+        size = _CHUNK_BATCHES * self._batcher.max_batch
+        tasks = [
+            asyncio.create_task(run(unique[start : start + size]))
+            for start in range(0, len(unique), size)
+        ]
+        try:
+            # gather, not a TaskGroup: the caller gets the error itself (a ModelError
+            # is a 503), not an ExceptionGroup.
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
         return self._answer(advertiser_id, requests, urls, outcomes, stats)
 
     async def _resolve_urls(self, urls: list[str], stats: ClassifyStats) -> dict[str, _Outcome]:
@@ -334,6 +362,7 @@ class ClassifyService:
                     request.scrape_color,
                     request.url,
                     outcome.fresh,
+                    low_confidence_threshold=self.settings.low_confidence_threshold,
                 )
             )
         return results
@@ -345,11 +374,15 @@ def resolve(
     scrape_color: str | None,
     url: str,
     fresh: bool,
+    *,
+    low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE_THRESHOLD,
 ) -> ClassifyResult:
     """Combine the model's answer, the fixes and the scraper's color into one result.
 
     Field by field: advertiser override, then global fix, then (color only) the
     scraper's color, then the model. A Placeholder never has a color.
+    ``low_confidence`` is set when the model (not a person) decided the type and
+    its stored confidence is below ``low_confidence_threshold``.
     """
     base: Source = "model" if fresh else "cache"
     image_type, type_source = row.image_type, base
@@ -371,6 +404,11 @@ def resolve(
     color_src: Source | None = color_source
     if image_type == "Placeholder":
         color, color_src = None, None
+    low_confidence = (
+        type_source == base
+        and row.confidence is not None
+        and row.confidence < low_confidence_threshold
+    )
     # The stored reason explains only the machine's own null color.
     color_reason = row.color_reason if color is None and color_src == base else None
     return ClassifyResult(
@@ -385,6 +423,7 @@ def resolve(
         confidence=row.confidence,
         model_version=row.model_version,
         color_reason=color_reason,
+        low_confidence=low_confidence,
     )
 
 
@@ -414,7 +453,12 @@ def _copy_answer(session: Session, source: ImageRow, item: _New, now: dt.datetim
 
 
 def current_answer(
-    db: Database, advertiser_id: str, image_key: str, *, max_distance: int = 0
+    db: Database,
+    advertiser_id: str,
+    image_key: str,
+    *,
+    max_distance: int = 0,
+    low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE_THRESHOLD,
 ) -> ClassifyResult:
     """What a classify would answer now for a stored image, for this advertiser.
 
@@ -428,4 +472,11 @@ def current_answer(
         labels = fix_repo.find_fixes(
             session, advertiser_id, [(image_key, row.phash)], max_distance=max_distance
         )
-    return resolve(row, labels.get(image_key), None, row.url, fresh=False)
+    return resolve(
+        row,
+        labels.get(image_key),
+        None,
+        row.url,
+        fresh=False,
+        low_confidence_threshold=low_confidence_threshold,
+    )

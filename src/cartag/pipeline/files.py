@@ -11,6 +11,7 @@ from PIL import Image
 from cartag.errors import DecodeError, InputError
 from cartag.models.classifier import Classifier
 from cartag.pipeline.decode import decode_image
+from cartag.settings import DEFAULT_LOW_CONFIDENCE_THRESHOLD
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
@@ -44,19 +45,21 @@ def predict_files(
     *,
     max_pixels: int,
     batch_size: int = 32,
+    low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE_THRESHOLD,
 ) -> Iterator[dict[str, Any]]:
     """Yield one record per file, in order.
 
     Records are ``{"path", "image_type", "color", "type_scores", "color_scores",
-    "confidence"}``; a file that can't be read yields ``image_type`` None and an
-    ``error`` reason instead of stopping the run.
+    "confidence", "low_confidence"}`` (``low_confidence``: confidence below
+    ``low_confidence_threshold``); a file that can't be read yields
+    ``image_type`` None and an ``error`` reason instead of stopping the run.
     """
     batch: list[tuple[Path, Image.Image]] = []
     for path in files:
         try:
             decoded = decode_image(path.read_bytes(), max_pixels=max_pixels)
         except (DecodeError, OSError) as exc:
-            yield from _flush(classifier, batch)
+            yield from _flush(classifier, batch, low_confidence_threshold)
             batch = []
             reason = exc.reason if isinstance(exc, DecodeError) else "unreadable"
             yield {
@@ -70,13 +73,13 @@ def predict_files(
             continue
         batch.append((path, decoded.image))
         if len(batch) >= batch_size:
-            yield from _flush(classifier, batch)
+            yield from _flush(classifier, batch, low_confidence_threshold)
             batch = []
-    yield from _flush(classifier, batch)
+    yield from _flush(classifier, batch, low_confidence_threshold)
 
 
 def _flush(
-    classifier: Classifier, batch: list[tuple[Path, Image.Image]]
+    classifier: Classifier, batch: list[tuple[Path, Image.Image]], low_confidence_threshold: float
 ) -> Iterator[dict[str, Any]]:
     if not batch:
         return
@@ -89,4 +92,5 @@ def _flush(
             "type_scores": {k: round(v, 6) for k, v in p.type_scores.items()},
             "color_scores": {k: round(v, 6) for k, v in p.color_scores.items()},
             "confidence": round(p.confidence, 6),
+            "low_confidence": p.confidence < low_confidence_threshold,
         }

@@ -38,6 +38,10 @@ class ClassifyResult:
     model_version: str | None = None
     # Why ``color`` is null when the color provider failed (a Placeholder has none).
     color_reason: str | None = None
+    # The model decided the image type with a confidence below
+    # ``Settings.low_confidence_threshold``: worth a human look. Never set when a
+    # fix or override decided the type.
+    low_confidence: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

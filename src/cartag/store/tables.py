@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -144,6 +145,21 @@ class FixAuditRow(Base):
     changes: Mapped[dict[str, dict[str, str | None]]] = mapped_column(JSON)
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class EmbeddingRow(Base):
+    """A backbone embedding of an image's bytes, so heads can be retrained without
+    re-running the backbone. Keyed by content, not URL: the same bytes anywhere
+    share one row per backbone."""
+
+    __tablename__ = "embeddings"
+
+    content_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    backbone_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    # float16, little-endian: half the space of float32 and plenty for linear heads.
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
 class ApiKeyRow(Base):

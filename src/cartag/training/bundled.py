@@ -1,4 +1,7 @@
-"""Train the bundled model: linear type and color heads on frozen EfficientNet-Lite embeddings.
+"""Train the bundled model: type and color heads on frozen EfficientNet-Lite embeddings.
+
+The color head also reads hand-made color features of the vehicle region
+(:mod:`cartag.training.color`).
 
 Usage::
 
@@ -26,8 +29,10 @@ from PIL import Image
 from cartag.clock import Clock, SystemClock
 from cartag.models.backbone import PREPROCESS_ID, Backbone
 from cartag.models.classifier import CONFIG_NAME, MODEL_FORMAT
+from cartag.models.color_features import FEATURE_ID
 from cartag.models.heads import LinearHead
 from cartag.training.card import render_card
+from cartag.training.color import train_bundled_color_head
 from cartag.training.dataset import (
     SPLIT_RULE,
     EmbeddingCache,
@@ -185,7 +190,7 @@ def train_bundled(
         return cache.get_or_compute(keys, lambda i: images[i], backbone.embed_images)
 
     type_head, type_metrics = train_type_head(corpus, data_dir, embed, l2=l2)
-    color_head, color_metrics, _ = fit_and_evaluate(corpus, COLORS, corpus.color_idx, l2)
+    color_head, color_metrics = train_bundled_color_head(corpus, data_dir, cache_dir, l2=l2)
 
     common = {
         "backbone_id": backbone.backbone_id,
@@ -218,6 +223,7 @@ def train_bundled(
             "embedding": "global average pool of extract_features()",
         },
         "heads": {"image_type": "type_head", "color": "color_head"},
+        "color_features": FEATURE_ID,
         "training": {
             "source": SOURCE,
             "data_sha256": corpus.data_hash,

@@ -70,6 +70,91 @@ def _head_section(title: str, meta: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _type_headline(tm: dict[str, Any]) -> list[str]:
+    """Headline type lines; heads trained before label cleaning have the old metric keys."""
+    report = tm["held_out"]
+    if "placeholder" not in tm:
+        return [
+            f"- Image type macro recall: {report['macro_recall']:.3f}",
+            f"- Placeholder precision (all {tm['n_held_out_scored']} held-out images): "
+            f"{tm['placeholder_precision_all_held_out']:.3f}",
+        ]
+    ph, cal = tm["placeholder"], tm["calibration"]
+    recalls = ", ".join(f"{k} {v['recall']:.3f}" for k, v in report["per_class"].items())
+    families = ", ".join(f"{k} {v:.2f}" for k, v in ph["recall_eval_designs_by_family"].items())
+    called = len(ph["real_held_out_called_placeholder"])
+    return [
+        f"- Image type macro recall (against the cleaned labels): {report['macro_recall']:.3f} "
+        f"({recalls})",
+        f"- Placeholder precision: {called} of {ph['n_real_held_out']} held-out real photos "
+        f"called Placeholder; precision {ph['precision_held_out']:.3f} on the held-out split "
+        f"(real photos + synthetic placeholders), {ph['precision_eval_designs_vs_real']:.3f} "
+        "with the independent designs as positives",
+        f"- Placeholder recall on {ph['n_eval_designs']} independent designs "
+        f"(`{ph['eval_generator']}`, never trained on): {ph['recall_eval_designs']:.3f} "
+        f"({families})",
+        f"- Type confidence: temperature {cal['temperature']} (fitted on out-of-fold logits of "
+        f"the training split); held-out ECE {cal['ece_held_out_before']:.3f} before, "
+        f"{cal['ece_held_out_after']:.3f} after",
+    ]
+
+
+def _label_section(tm: dict[str, Any]) -> list[str]:
+    if "label_cleaning" not in tm:
+        return []
+    lc, dup = tm["label_cleaning"], tm["near_duplicates"]
+    kinds = ", ".join(f"{k} {v}" for k, v in lc["corrections"].items())
+    lines = [
+        "## Image-type labels",
+        "",
+        f"- {lc['n']} real photos: {lc['kept']} weak labels kept, {lc['corrected']} corrected "
+        f"({kinds}), {lc['filled_reviewed'] + lc['filled_model']} filled where the rule "
+        f"abstained ({lc['filled_reviewed']} by review, {lc['filled_model']} by a confident "
+        f"out-of-fold prediction); {lc['reviewed']} images reviewed by eye in all.",
+        f"- Near-duplicates (pHash within {dup['max_distance']} bits): {dup['groups']} groups, "
+        f"{dup['rows_in_groups']} images, kept in one cross-validation fold; "
+        f"{dup['train_rows_dropped_for_held_out_twin']} training images with a held-out twin "
+        "left out of training.",
+        "",
+        "| label | train | held-out |",
+        "|---|---|---|",
+    ]
+    for label, row in tm["class_balance"].items():
+        lines.append(f"| {label} | {row.get('train', '-')} | {row.get('held_out', '-')} |")
+    lines += [
+        "",
+        "Low-confidence cut-off (out-of-fold, training split): share of predictions below it "
+        "and accuracy above / below.",
+        "",
+        "| threshold | share low | accuracy confident | accuracy low |",
+        "|---|---|---|---|",
+    ]
+    for row in tm["low_confidence_out_of_fold"]:
+        lines.append(
+            f"| {row['threshold']} | {_fmt(row['share_low'])} | "
+            f"{_fmt(row['accuracy_confident'])} | {_fmt(row['accuracy_low'])} |"
+        )
+    return [*lines, ""]
+
+
+def _heads_line(config: dict[str, Any], color_meta: dict[str, Any]) -> str:
+    if not config.get("color_features"):
+        return (
+            "- Heads: linear (multinomial logistic regression on standardised embeddings), "
+            "one for image type, one for color. Color is reported as null when the type is "
+            "Placeholder."
+        )
+    features = color_meta.get("features", {})
+    return (
+        "- Heads: image type: linear (multinomial logistic regression on standardised "
+        f"embeddings); color: {color_meta['fit']['method']}. The color input is the embedding "
+        f"followed by {features.get('color_features_dim', '?')} color features "
+        f"`{config['color_features']}` (centre-weighted Lab histograms and moments of the "
+        "vehicle region plus a border-ring histogram, `cartag.models.color_features`). Color "
+        "is reported as null when the type is Placeholder."
+    )
+
+
 def render_card(model_dir: Path) -> str:
     """Build the Markdown model card of ``model_dir``.
 
@@ -98,9 +183,7 @@ def render_card(model_dir: Path) -> str:
         f"{backbone['input_size']}x{backbone['input_size']} (bilinear, aspect not kept, "
         "transparency on white), RGB scaled to [0, 1], normalised with mean "
         f"{backbone['mean']} and std {backbone['std']}.",
-        "- Heads: linear (multinomial logistic regression on standardised embeddings), "
-        "one for image type, one for color. Color is reported as null when the type is "
-        "Placeholder.",
+        _heads_line(config, heads["color"]),
         "",
         "## Training data",
         "",
@@ -114,23 +197,20 @@ def render_card(model_dir: Path) -> str:
         "",
         "## Headline held-out metrics",
         "",
-        f"- Image type macro recall: {tm['held_out']['macro_recall']:.3f}",
-        f"- Placeholder precision (all {tm['n_held_out_scored']} held-out images, including "
-        f"real photos without a weak type): {tm['placeholder_precision_all_held_out']:.3f}",
-        "- Placeholder recall on a design family left out of training: "
-        + ", ".join(
-            f"{k} {v:.2f}" for k, v in tm["placeholder_recall_leave_one_family_out"].items()
-        ),
+        *_type_headline(tm),
         f"- Color top-1 accuracy: {heads['color']['metrics']['held_out']['accuracy']:.3f} "
         f"(top-2 {heads['color']['metrics']['held_out']['top2_accuracy']:.3f})",
         "",
+        *_label_section(tm),
         *_head_section("Image type head", type_meta),
         *_head_section("Color head", heads["color"]),
         "## Limitations",
         "",
-        "- Type labels of real photos are a weak rule, so Stock/Dealer numbers measure agreement "
-        "with that rule, not with human judgement.",
-        "- Placeholder examples are synthetic; real placeholder designs may differ.",
+        "- Type labels of real photos were cleaned by one reviewer; borderline cases (press "
+        "photos on a plain backdrop vs studio shots, toys photographed outdoors) are judgement "
+        "calls, see the note column of type_labels.csv.",
+        "- Placeholder examples are synthetic (training and evaluation generators are written "
+        "independently); real placeholder designs may still differ.",
         "- The color set is web-scraped and has no Burgundy, Orange or Purple examples.",
         "",
     ]

@@ -26,24 +26,14 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 RGB = tuple[int, int, int]
 Size = tuple[int, int]
 
-WORDS: Final[tuple[str, ...]] = (
-    "NO IMAGE AVAILABLE",
-    "IMAGE NOT FOUND",
-    "NO PHOTO",
-    "PHOTOS PENDING",
-    "VEHICLE PHOTO PENDING",
-    "AWAITING IMAGES",
-    "PICTURES SOON",
-    "IMAGE UNAVAILABLE",
+WORDS: Final[tuple[str, ...]] = tuple(
+    "NO IMAGE AVAILABLE|IMAGE NOT FOUND|NO PHOTO|PHOTOS PENDING|VEHICLE PHOTO PENDING|"
+    "AWAITING IMAGES|PICTURES SOON|IMAGE UNAVAILABLE".split("|")
 )
 RIBBON_WORDS: Final[tuple[str, ...]] = ("SOLD", "COMING SOON", "RESERVED", "JUST ARRIVED", "NEW")
-DEALERS: Final[tuple[str, ...]] = (
-    "NORTHGATE AUTO",
-    "BLUE RIDGE CARS",
-    "HARBOR MOTOR CO",
-    "SUMMIT AUTOMOTIVE",
-    "OAKWOOD DEALS",
-    "LAKESIDE VEHICLES",
+DEALERS: Final[tuple[str, ...]] = tuple(
+    "NORTHGATE AUTO|BLUE RIDGE CARS|HARBOR MOTOR CO|SUMMIT AUTOMOTIVE|OAKWOOD DEALS|"
+    "LAKESIDE VEHICLES".split("|")
 )
 # Sizes the training generator does not use.
 EVAL_SIZES: Final[tuple[Size, ...]] = (

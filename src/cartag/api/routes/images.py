@@ -49,7 +49,11 @@ def fix_image(image_key: str, body: FixIn, state: StateDep, _: FixerDep) -> FixO
         )
         audit_out = _audit_out(audit)
     answer = current_answer(
-        state.db, body.advertiser_id, image_key, max_distance=state.settings.phash_max_distance
+        state.db,
+        body.advertiser_id,
+        image_key,
+        max_distance=state.settings.phash_max_distance,
+        low_confidence_threshold=state.settings.low_confidence_threshold,
     )
     return FixOut(audit=audit_out, result=ResultOut.model_validate(answer.to_dict()))
 
@@ -63,7 +67,11 @@ def get_image(
 ) -> ResultOut:
     """The current answer for a stored image."""
     answer = current_answer(
-        state.db, advertiser_id, image_key, max_distance=state.settings.phash_max_distance
+        state.db,
+        advertiser_id,
+        image_key,
+        max_distance=state.settings.phash_max_distance,
+        low_confidence_threshold=state.settings.low_confidence_threshold,
     )
     return ResultOut.model_validate(answer.to_dict())
 
