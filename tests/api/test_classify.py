@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from cartag.models.classifier import Classifier
 from cartag.store.db import Database
+from cartag.store.embeddings import load_embeddings
 from cartag.vocab import COLORS, IMAGE_TYPES
 from tests.api.conftest import AppFactory, make_headers
 from tests.support.http_server import ImageServer
@@ -213,3 +217,26 @@ def test_fix_survives_a_reupload_under_a_new_url(
         new = _classify(client, classify_headers, [server.url(path)])["results"][0]
         assert new["image_key"] != old["image_key"]
         assert (new["image_type"], new["color"], new["source"]) == ("Dealer", "Orange", "fix")
+
+
+def test_embeddings_are_cached_by_content_and_backbone(
+    client: TestClient,
+    classify_headers: dict[str, str],
+    server: ImageServer,
+    shared_data: Path,
+    db: Database,
+    classifier: Classifier,
+) -> None:
+    paths = real_photos(shared_data, 3)  # the photos _serve_photos serves
+    urls = _serve_photos(server, shared_data, 3)
+    _classify(client, classify_headers, urls)
+    shas = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    assert classifier.backbone_id is not None
+    with db.read() as session:
+        stored = load_embeddings(session, classifier.backbone_id, shas)
+    assert set(stored) == set(shas)
+    images = [Image.open(p).convert("RGB") for p in paths]
+    direct = classifier.predict(images)
+    for sha, prediction in zip(shas, direct, strict=True):
+        assert prediction.embedding is not None
+        np.testing.assert_allclose(stored[sha], prediction.embedding, atol=0.02, rtol=0.01)

@@ -23,7 +23,7 @@ import abc
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -60,6 +60,8 @@ class Prediction:
         color_scores: A probability for every ``COLORS`` entry; sums to 1. Kept
             for Placeholder too (useful when a reviewer overrides the type).
         confidence: ``max(type_scores.values())``.
+        embedding: The backbone embedding, shape (D,) float32, when the model has
+            one; the service caches it so heads can be retrained without the backbone.
     """
 
     image_type: str
@@ -67,6 +69,7 @@ class Prediction:
     color: str | None
     color_scores: dict[str, float]
     confidence: float
+    embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 class Classifier(abc.ABC):
@@ -78,6 +81,8 @@ class Classifier(abc.ABC):
     """
 
     version: str
+    # Which backbone made Prediction.embedding (None: the model has no embeddings).
+    backbone_id: str | None = None
 
     @abc.abstractmethod
     def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
@@ -91,12 +96,15 @@ class Classifier(abc.ABC):
         """
 
 
-def make_prediction(type_probs: np.ndarray, color_probs: np.ndarray) -> Prediction:
+def make_prediction(
+    type_probs: np.ndarray, color_probs: np.ndarray, embedding: np.ndarray | None = None
+) -> Prediction:
     """Build a :class:`Prediction` from score vectors in vocabulary order.
 
     Args:
         type_probs: (len(IMAGE_TYPES),) probabilities.
         color_probs: (len(COLORS),) probabilities.
+        embedding: (D,) backbone embedding, kept on the prediction.
     """
     type_p = np.asarray(type_probs, dtype=np.float64)
     color_p = np.asarray(color_probs, dtype=np.float64)
@@ -113,6 +121,7 @@ def make_prediction(type_probs: np.ndarray, color_probs: np.ndarray) -> Predicti
         color=color,
         color_scores=color_scores,
         confidence=float(type_p.max()),
+        embedding=None if embedding is None else np.asarray(embedding, dtype=np.float32),
     )
 
 
@@ -175,6 +184,7 @@ class EmbeddingClassifier(Classifier):
                     f"backbone is {backbone.backbone_id}; {_FIX_HINT}"
                 )
         self.backbone = backbone
+        self.backbone_id = backbone.backbone_id
         self.type_head = type_head
         self.color_head = color_head
         self.version = version
@@ -255,7 +265,8 @@ class EmbeddingClassifier(Classifier):
                 color_in = np.concatenate([emb, color_features_batch(chunk)], axis=1)
             color_probs = self.color_head.predict_proba(color_in)
             predictions.extend(
-                make_prediction(t, c) for t, c in zip(type_probs, color_probs, strict=True)
+                make_prediction(t, c, e)
+                for t, c, e in zip(type_probs, color_probs, emb, strict=True)
             )
         return predictions
 

@@ -38,6 +38,7 @@ from cartag.pipeline.results import (
     skipped,
 )
 from cartag.settings import DEFAULT_LOW_CONFIDENCE_THRESHOLD, Settings
+from cartag.store import embeddings as embedding_repo
 from cartag.store import fixes as fix_repo
 from cartag.store import images as image_repo
 from cartag.store.db import Database
@@ -263,6 +264,18 @@ class ClassifyService:
             for item, prediction, answer in zip(ready, predictions, answers, strict=True):
                 image_repo.save_image(session, self._new_image(item, prediction, answer), now)
                 self._save_url(session, item, now)
+            backbone_id = self.classifier.backbone_id
+            if backbone_id is not None:
+                embedding_repo.save_embeddings(
+                    session,
+                    backbone_id,
+                    {
+                        item.sha256: p.embedding
+                        for item, p in zip(ready, predictions, strict=True)
+                        if p.embedding is not None
+                    },
+                    now,
+                )
             saved = image_repo.get_images(session, {item.key for item in ready})
         for item in ready:
             outcomes[item.fetched.url] = _Cached(saved[item.key], fresh=True)
