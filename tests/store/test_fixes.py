@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from cartag.errors import InputError, NotFoundError
-from cartag.pipeline.classify import current_answer
+from cartag.pipeline.resolve import current_answer
 from cartag.store import fixes as fix_repo
 from cartag.store.db import Database
 from tests.support.factories import NOW, add_image

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 from sqlalchemy import update
 
-from cartag.pipeline.classify import current_answer
+from cartag.pipeline.resolve import current_answer
 from cartag.store import images as image_repo
 from cartag.store.db import Database
 from cartag.store.embeddings import load_embeddings, save_embeddings

@@ -18,7 +18,7 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from cartag.clock import Clock
-from cartag.errors import DecodeError, NotFoundError
+from cartag.errors import DecodeError
 from cartag.models.batching import MicroBatcher
 from cartag.models.classifier import Classifier, Prediction
 from cartag.models.color_providers import (
@@ -30,19 +30,14 @@ from cartag.models.color_providers import (
 from cartag.pipeline.decode import decode_image
 from cartag.pipeline.fetch import Failed, Fetched, Fetcher, FetchRequest, NotModified
 from cartag.pipeline.keys import choose_image_key, content_sha256, normalize_url, phash
-from cartag.pipeline.results import (
-    ClassifyResult,
-    ImageRequest,
-    Source,
-    overall_source,
-    skipped,
-)
-from cartag.settings import DEFAULT_LOW_CONFIDENCE_THRESHOLD, Settings
+from cartag.pipeline.resolve import resolve
+from cartag.pipeline.results import ClassifyResult, ImageRequest, skipped
+from cartag.settings import Settings
 from cartag.store import embeddings as embedding_repo
 from cartag.store import fixes as fix_repo
 from cartag.store import images as image_repo
 from cartag.store.db import Database
-from cartag.store.tables import FixRow, ImageRow
+from cartag.store.tables import ImageRow
 from cartag.vocab import read_stored_color
 
 log = logging.getLogger(__name__)
@@ -381,65 +376,6 @@ class ClassifyService:
         return results
 
 
-def resolve(
-    row: ImageRow,
-    labels: fix_repo.FixLabels | None,
-    scrape_color: str | None,
-    url: str,
-    fresh: bool,
-    *,
-    low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE_THRESHOLD,
-) -> ClassifyResult:
-    """Combine the model's answer, the fixes and the scraper's color into one result.
-
-    Field by field: advertiser override, then global fix, then (color only) the
-    scraper's color, then the model. A Placeholder never has a color.
-    ``low_confidence`` is set when the model (not a person) decided the type and
-    its stored confidence is below ``low_confidence_threshold``.
-    """
-    base: Source = "model" if fresh else "cache"
-    image_type, type_source = row.image_type, base
-    color, color_source = read_stored_color(row.color), base
-    if scrape_color is not None:
-        color, color_source = scrape_color, "scrape"
-    if labels is not None:
-        layers: tuple[tuple[FixRow | None, Source], ...] = (
-            (labels.global_fix, "fix"),
-            (labels.override, "override"),
-        )
-        for fix, source in layers:
-            if fix is None:
-                continue
-            if fix.image_type is not None:
-                image_type, type_source = fix.image_type, source
-            if fix.color is not None:
-                color, color_source = fix.color, source
-    color_src: Source | None = color_source
-    if image_type == "Placeholder":
-        color, color_src = None, None
-    low_confidence = (
-        type_source == base
-        and row.confidence is not None
-        and row.confidence < low_confidence_threshold
-    )
-    # The stored reason explains only the machine's own null color.
-    color_reason = row.color_reason if color is None and color_src == base else None
-    return ClassifyResult(
-        url=url,
-        image_key=row.image_key,
-        status="classified" if fresh else "cached",
-        image_type=image_type,
-        color=color,
-        source=overall_source(type_source, color_src),
-        type_source=type_source,
-        color_source=color_src,
-        confidence=row.confidence,
-        model_version=row.model_version,
-        color_reason=color_reason,
-        low_confidence=low_confidence,
-    )
-
-
 def _copy_answer(session: Session, source: ImageRow, item: _New, now: dt.datetime) -> ImageRow:
     """Store the answer of ``source`` (same bytes) under the new key of ``item``."""
     image_repo.save_image(
@@ -463,33 +399,3 @@ def _copy_answer(session: Session, source: ImageRow, item: _New, now: dt.datetim
         now,
     )
     return image_repo.get_images(session, [item.key])[item.key]
-
-
-def current_answer(
-    db: Database,
-    advertiser_id: str,
-    image_key: str,
-    *,
-    max_distance: int = 0,
-    low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE_THRESHOLD,
-) -> ClassifyResult:
-    """What a classify would answer now for a stored image, for this advertiser.
-
-    Raises:
-        NotFoundError: No image has this key.
-    """
-    with db.read() as session:
-        row = image_repo.get_images(session, [image_key]).get(image_key)
-        if row is None:
-            raise NotFoundError(f"no image with key {image_key!r}")
-        labels = fix_repo.find_fixes(
-            session, advertiser_id, [(image_key, row.phash)], max_distance=max_distance
-        )
-    return resolve(
-        row,
-        labels.get(image_key),
-        None,
-        row.url,
-        fresh=False,
-        low_confidence_threshold=low_confidence_threshold,
-    )

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query
 
 from cartag.api.deps import FixerDep, PrincipalDep, StateDep
 from cartag.api.schemas import AuditOut, FixIn, FixOut, HistoryOut, ResultOut
-from cartag.pipeline.classify import current_answer
+from cartag.pipeline.resolve import current_answer
 from cartag.store import fixes as fix_repo
 from cartag.store import images as image_repo
 from cartag.store.tables import FixAuditRow
