@@ -43,9 +43,8 @@ from cartag.pipeline.netguard import (
     SniPoolTransport,
     SystemResolver,
     Target,
-    check_ip,
-    is_ip_literal,
     parse_target,
+    pin_target,
 )
 from cartag.settings import Settings
 
@@ -261,7 +260,13 @@ class Fetcher:
         """Send one pinned request within the limits and yield the streaming response."""
         # Per-host first: waiting for a busy host must not hold a global slot.
         async with self._hosts.hold(target.host), self._global:
-            pinned, headers, extensions = await self._pin(target, attempt)
+            pinned, headers, extensions = await pin_target(
+                target,
+                attempt,
+                self._resolver,
+                self._allowed,
+                dns_timeout_s=self._settings.connect_timeout_s,
+            )
             headers.update(kwargs.pop("headers", {}))
             with _translate_errors(target):
                 async with (
@@ -271,34 +276,6 @@ class Fetcher:
                     ) as response,
                 ):
                     yield response
-
-    async def _pin(
-        self, target: Target, attempt: int
-    ) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
-        """Resolve and check the host; return the URL, headers and extensions to send."""
-        if is_ip_literal(target.host):
-            check_ip(target.host, self._allowed)
-            return target.url, {}, {}
-        try:
-            async with asyncio.timeout(self._settings.connect_timeout_s):
-                addresses = await self._resolver.resolve(target.host, target.port)
-        except TimeoutError:
-            raise FetchError(f"resolving {target.host} timed out", "dns_error") from None
-        if not addresses:
-            raise FetchError(f"host {target.host} has no addresses", "dns_error")
-        for address in addresses:
-            check_ip(address, self._allowed)
-        # Rotating through the addresses lets a retry get past one dead address.
-        address = addresses[attempt % len(addresses)]
-        headers = {"Host": target.url.netloc.decode("ascii")}
-        extensions: dict[str, Any] = {}
-        if target.url.scheme == "https":
-            extensions["sni_hostname"] = target.host
-        try:
-            pinned = target.url.copy_with(host=address)
-        except httpx.InvalidURL:  # e.g. an allowed link-local address with a zone
-            raise FetchError(f"cannot connect to {address!r}", "dns_error") from None
-        return pinned, headers, extensions
 
     async def _read(
         self, url: str, target: Target, response: httpx.Response

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any, Final
+from typing import Final
 
 import httpx
 
@@ -28,9 +28,8 @@ from cartag.pipeline.netguard import (
     SniPoolTransport,
     SystemResolver,
     Target,
-    check_ip,
-    is_ip_literal,
     parse_target,
+    pin_target,
 )
 from cartag.settings import Settings
 
@@ -126,7 +125,9 @@ class GuardedPoster:
     ) -> bytes:
         try:
             async with asyncio.timeout(self._timeout_s):
-                pinned, pin_headers, extensions = await self._pin(target, attempt)
+                pinned, pin_headers, extensions = await pin_target(
+                    target, attempt, self._resolver, self._allowed, dns_timeout_s=self._timeout_s
+                )
                 async with self._client.stream(
                     "POST",
                     pinned,
@@ -142,30 +143,6 @@ class GuardedPoster:
         except httpx.TransportError as exc:
             detail = str(exc) or type(exc).__name__
             raise FetchError(f"{target.url}: {detail}", "connection_error") from None
-
-    async def _pin(
-        self, target: Target, attempt: int
-    ) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
-        """Resolve and check the host; return the URL, headers and extensions to send."""
-        if is_ip_literal(target.host):
-            check_ip(target.host, self._allowed)
-            return target.url, {}, {}
-        addresses = await self._resolver.resolve(target.host, target.port)
-        if not addresses:
-            raise FetchError(f"host {target.host} has no addresses", "dns_error")
-        for address in addresses:
-            check_ip(address, self._allowed)
-        # Rotating through the addresses lets a retry get past one dead address.
-        address = addresses[attempt % len(addresses)]
-        headers = {"Host": target.url.netloc.decode("ascii")}
-        extensions: dict[str, Any] = {}
-        if target.url.scheme == "https":
-            extensions["sni_hostname"] = target.host
-        try:
-            pinned = target.url.copy_with(host=address)
-        except httpx.InvalidURL:  # e.g. an allowed link-local address with a zone
-            raise FetchError(f"cannot connect to {address!r}", "dns_error") from None
-        return pinned, headers, extensions
 
     async def _read(self, target: Target, response: httpx.Response) -> bytes:
         status = response.status_code

@@ -30,6 +30,7 @@ import ssl
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -358,3 +359,46 @@ def _in_networks(address: IPAddress, networks: Sequence[IPNetwork]) -> bool:
 
 def _normalize_host(host: str) -> str:
     return host.lower().rstrip(".")
+
+
+async def pin_target(
+    target: Target,
+    attempt: int,
+    resolver: Resolver,
+    allowed: Sequence[IPNetwork],
+    *,
+    dns_timeout_s: float,
+) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
+    """Resolve and check a host; return the URL to connect to, headers and extensions.
+
+    The URL's host is replaced by the address that was checked, so a second DNS
+    answer can't swap in a forbidden one; the real name travels in ``Host`` and,
+    for https, as the TLS server name.
+
+    Raises:
+        BlockedAddressError: An address of the host is not allowed.
+        FetchError: ``dns_error`` when the name doesn't resolve in time.
+    """
+    if is_ip_literal(target.host):
+        check_ip(target.host, allowed)
+        return target.url, {}, {}
+    try:
+        async with asyncio.timeout(dns_timeout_s):
+            addresses = await resolver.resolve(target.host, target.port)
+    except TimeoutError:
+        raise FetchError(f"resolving {target.host} timed out", "dns_error") from None
+    if not addresses:
+        raise FetchError(f"host {target.host} has no addresses", "dns_error")
+    for address in addresses:
+        check_ip(address, allowed)
+    # Rotating through the addresses lets a retry get past one dead address.
+    address = addresses[attempt % len(addresses)]
+    headers = {"Host": target.url.netloc.decode("ascii")}
+    extensions: dict[str, Any] = {}
+    if target.url.scheme == "https":
+        extensions["sni_hostname"] = target.host
+    try:
+        pinned = target.url.copy_with(host=address)
+    except httpx.InvalidURL:  # e.g. an allowed link-local address with a zone
+        raise FetchError(f"cannot connect to {address!r}", "dns_error") from None
+    return pinned, headers, extensions
