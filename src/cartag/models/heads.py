@@ -125,10 +125,14 @@ class LinearHead:
         Returns:
             float32 (B, K).
         """
+        return self._standardise(emb) @ self.weight + self.bias
+
+    def _standardise(self, emb: np.ndarray) -> np.ndarray:
+        """Check the shape of (B, D) inputs and standardise them with the stored statistics."""
         if emb.ndim != 2 or emb.shape[1] != self.embedding_dim:
             raise ValueError(f"expected (B, {self.embedding_dim}) embeddings, got {emb.shape}")
-        z = (emb.astype(np.float32, copy=False) - self.feature_mean) / self.feature_std
-        return z @ self.weight + self.bias
+        z: np.ndarray = (emb.astype(np.float32, copy=False) - self.feature_mean) / self.feature_std
+        return z
 
     def predict_proba(self, emb: np.ndarray) -> np.ndarray:
         """Class probabilities, ``softmax(logits / temperature)``.
@@ -306,11 +310,10 @@ class MLPHead(LinearHead):
         Returns:
             float32 (B, K).
         """
-        if emb.ndim != 2 or emb.shape[1] != self.embedding_dim:
-            raise ValueError(f"expected (B, {self.embedding_dim}) embeddings, got {emb.shape}")
-        z = (emb.astype(np.float32, copy=False) - self.feature_mean) / self.feature_std
+        z = self._standardise(emb)
         hidden = np.maximum(z[:, self.mlp_start :] @ self.hidden_weight + self.hidden_bias, 0.0)
-        return z @ self.weight + self.bias + hidden @ self.out_weight
+        out: np.ndarray = z @ self.weight + self.bias + hidden @ self.out_weight
+        return out
 
     def _arrays(self) -> dict[str, np.ndarray]:
         return {
