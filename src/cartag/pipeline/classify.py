@@ -37,7 +37,7 @@ from cartag.store import embeddings as embedding_repo
 from cartag.store import fixes as fix_repo
 from cartag.store import images as image_repo
 from cartag.store.db import Database
-from cartag.store.tables import ImageRow
+from cartag.store.tables import ImageRow, UrlRow
 from cartag.vocab import read_stored_color
 
 log = logging.getLogger(__name__)
@@ -177,11 +177,8 @@ class ClassifyService:
         return self._answer(advertiser_id, requests, urls, outcomes, stats)
 
     async def _resolve_urls(self, urls: list[str], stats: ClassifyStats) -> dict[str, _Outcome]:
-        with self.db.read() as session:
-            known_urls = image_repo.get_urls(session, urls)
-            known_images = image_repo.get_images(
-                session, {u.image_key for u in known_urls.values()}
-            )
+        # Short indexed reads/writes stay on the loop: a thread hop costs more than they do.
+        known_urls, known_images = self._lookup_urls(urls)
         fetch_requests = []
         for url in urls:
             row = known_urls.get(url)
@@ -217,6 +214,26 @@ class ClassifyService:
                 outcomes[url] = item
                 new.append(item)
 
+        known = self._match_known(new, revalidated)
+        for item in new:
+            if item.key in known:
+                outcomes[item.fetched.url] = _Cached(known[item.key])
+        return outcomes
+
+    def _lookup_urls(self, urls: list[str]) -> tuple[dict[str, UrlRow], dict[str, ImageRow]]:
+        """Known URLs and their images."""
+        with self.db.read() as session:
+            known_urls = image_repo.get_urls(session, urls)
+            known_images = image_repo.get_images(
+                session, {u.image_key for u in known_urls.values()}
+            )
+        return known_urls, known_images
+
+    def _match_known(self, new: list[_New], revalidated: list[str]) -> dict[str, ImageRow]:
+        """Record 304s; find downloaded images already cached by key or by bytes.
+
+        Returns the cached row of each such image's key.
+        """
         now = self.clock.now()
         with self.db.write() as session:
             image_repo.touch_urls(session, revalidated, now)
@@ -224,16 +241,16 @@ class ClassifyService:
             by_sha = image_repo.get_images_by_sha(
                 session, {n.sha256 for n in new if n.key not in by_key}
             )
+            known: list[_New] = []
             for item in new:
                 cached = by_key.get(item.key)
                 if cached is None and item.sha256 in by_sha:
                     # The same bytes are cached under another key: reuse that answer.
-                    cached = _copy_answer(session, by_sha[item.sha256], item, now)
-                    by_key[item.key] = cached
-                if cached is not None:
-                    self._save_url(session, item, now)
-                    outcomes[item.fetched.url] = _Cached(cached)
-        return outcomes
+                    by_key[item.key] = _copy_answer(session, by_sha[item.sha256], item, now)
+                if item.key in by_key:
+                    known.append(item)
+            image_repo.save_urls(session, [_url_entry(item) for item in known], now)
+        return {item.key: by_key[item.key] for item in known}
 
     async def _classify_new(
         self, new: list[_New], outcomes: dict[str, _Outcome], stats: ClassifyStats
@@ -254,24 +271,7 @@ class ClassifyService:
         predictions = await self._batcher.predict(images)
         stats.model_runs += len(predictions)
         answers = await self._colors(ready, predictions)
-        now = self.clock.now()
-        with self.db.write() as session:
-            for item, prediction, answer in zip(ready, predictions, answers, strict=True):
-                image_repo.save_image(session, self._new_image(item, prediction, answer), now)
-                self._save_url(session, item, now)
-            backbone_id = self.classifier.backbone_id
-            if backbone_id is not None:
-                embedding_repo.save_embeddings(
-                    session,
-                    backbone_id,
-                    {
-                        item.sha256: p.embedding
-                        for item, p in zip(ready, predictions, strict=True)
-                        if p.embedding is not None
-                    },
-                    now,
-                )
-            saved = image_repo.get_images(session, {item.key for item in ready})
+        saved = await asyncio.to_thread(self._store_new, ready, predictions, answers)
         for item in ready:
             outcomes[item.fetched.url] = _Cached(saved[item.key], fresh=True)
             item.image = None  # release pixels early; the batch may be large
@@ -324,18 +324,31 @@ class ClassifyService:
             color_reason=answer.reason,
         )
 
-    @staticmethod
-    def _save_url(session: Session, item: _New, now: dt.datetime) -> None:
-        v = item.fetched.validators
-        image_repo.save_url(
-            session,
-            item.fetched.url,
-            item.key,
-            etag=v.etag,
-            last_modified=v.last_modified,
-            content_length=v.content_length,
-            now=now,
-        )
+    def _store_new(
+        self,
+        ready: list[_New],
+        predictions: Sequence[Prediction],
+        answers: Sequence[ColorAnswer],
+    ) -> dict[str, ImageRow]:
+        """Store new answers, URLs and embeddings in one transaction (in a worker thread).
+
+        Returns:
+            The stored row of each image key.
+        """
+        now = self.clock.now()
+        triples = list(zip(ready, predictions, answers, strict=True))
+        with self.db.write() as session:
+            image_repo.save_images(
+                session, [self._new_image(item, p, a) for item, p, a in triples], now
+            )
+            image_repo.save_urls(session, [_url_entry(item) for item in ready], now)
+            backbone_id = self.classifier.backbone_id
+            if backbone_id is not None:
+                vectors = {
+                    item.sha256: p.embedding for item, p, _ in triples if p.embedding is not None
+                }
+                embedding_repo.save_embeddings(session, backbone_id, vectors, now)
+            return image_repo.get_images(session, {item.key for item in ready})
 
     def _answer(
         self,
@@ -374,6 +387,13 @@ class ClassifyService:
                 )
             )
         return results
+
+
+def _url_entry(item: _New) -> image_repo.UrlEntry:
+    v = item.fetched.validators
+    return image_repo.UrlEntry(
+        item.fetched.url, item.key, v.etag, v.last_modified, v.content_length
+    )
 
 
 def _copy_answer(session: Session, source: ImageRow, item: _New, now: dt.datetime) -> ImageRow:

@@ -19,21 +19,19 @@ def save_embeddings(
     session: Session, backbone_id: str, vectors: Mapping[str, np.ndarray], now: dt.datetime
 ) -> None:
     """Store embeddings (each shape (D,)) by content SHA-256; existing rows are kept."""
+    rows = []
     for sha, vector in vectors.items():
         flat = np.asarray(vector, dtype=np.float32).reshape(-1)
-        upsert(
-            session,
-            EmbeddingRow,
+        rows.append(
             {
                 "content_sha256": sha,
                 "backbone_id": backbone_id,
                 "dim": int(flat.shape[0]),
                 "vector": flat.astype(_STORED).tobytes(),
                 "created_at": now,
-            },
-            index_elements=["content_sha256", "backbone_id"],
-            update=[],
+            }
         )
+    upsert(session, EmbeddingRow, rows, index_elements=["content_sha256", "backbone_id"], update=[])
 
 
 def load_embeddings(

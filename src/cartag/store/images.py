@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from cartag.store.tables import ImageRow, UrlRow
@@ -71,28 +71,64 @@ def get_urls(session: Session, urls: Collection[str]) -> dict[str, UrlRow]:
     return found
 
 
+def save_images(session: Session, images: Sequence[NewImage], now: dt.datetime) -> None:
+    """Insert or refresh the cached answers for image keys (safe under concurrency)."""
+    rows = [
+        {
+            "image_key": image.image_key,
+            "url": image.url,
+            "content_sha256": image.content_sha256,
+            "phash": image.phash,
+            "width": image.width,
+            "height": image.height,
+            "byte_size": image.byte_size,
+            "image_type": image.image_type,
+            "color": image.color,
+            "type_scores": image.type_scores,
+            "color_scores": image.color_scores,
+            "confidence": image.confidence,
+            "model_version": image.model_version,
+            "color_reason": image.color_reason,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for image in images
+    ]
+    if rows:
+        update = [c for c in rows[0] if c not in ("image_key", "created_at")]
+        upsert(session, ImageRow, rows, index_elements=["image_key"], update=update)
+
+
 def save_image(session: Session, image: NewImage, now: dt.datetime) -> None:
-    """Insert or refresh the cached answer for an image key (safe under concurrency)."""
-    values = {
-        "image_key": image.image_key,
-        "url": image.url,
-        "content_sha256": image.content_sha256,
-        "phash": image.phash,
-        "width": image.width,
-        "height": image.height,
-        "byte_size": image.byte_size,
-        "image_type": image.image_type,
-        "color": image.color,
-        "type_scores": image.type_scores,
-        "color_scores": image.color_scores,
-        "confidence": image.confidence,
-        "model_version": image.model_version,
-        "color_reason": image.color_reason,
-        "created_at": now,
-        "updated_at": now,
-    }
-    update = [c for c in values if c not in ("image_key", "created_at")]
-    upsert(session, ImageRow, values, index_elements=["image_key"], update=update)
+    """:func:`save_images` for one image."""
+    save_images(session, [image], now)
+
+
+@dataclass(frozen=True)
+class UrlEntry:
+    """Which image a URL served last, with the validators to revalidate it."""
+
+    url: str
+    image_key: str
+    etag: str | None
+    last_modified: str | None
+    content_length: int | None
+
+
+def save_urls(session: Session, entries: Sequence[UrlEntry], now: dt.datetime) -> None:
+    """Remember the image and validators of each URL."""
+    rows = [
+        {
+            "url": e.url,
+            "image_key": e.image_key,
+            "etag": e.etag,
+            "last_modified": e.last_modified,
+            "content_length": e.content_length,
+            "checked_at": now,
+        }
+        for e in entries
+    ]
+    upsert(session, UrlRow, rows, index_elements=["url"])
 
 
 def save_url(
@@ -105,19 +141,11 @@ def save_url(
     content_length: int | None,
     now: dt.datetime,
 ) -> None:
-    """Remember which image a URL served last, with the validators to revalidate it."""
-    values = {
-        "url": url,
-        "image_key": image_key,
-        "etag": etag,
-        "last_modified": last_modified,
-        "content_length": content_length,
-        "checked_at": now,
-    }
-    upsert(session, UrlRow, values, index_elements=["url"])
+    """:func:`save_urls` for one URL."""
+    save_urls(session, [UrlEntry(url, image_key, etag, last_modified, content_length)], now)
 
 
 def touch_urls(session: Session, urls: Collection[str], now: dt.datetime) -> None:
     """Record that these URLs were revalidated (304) just now."""
-    for row in get_urls(session, urls).values():
-        row.checked_at = now
+    for chunk in _chunks(set(urls)):
+        session.execute(update(UrlRow).where(UrlRow.url.in_(chunk)).values(checked_at=now))

@@ -14,25 +14,29 @@ from cartag.store.tables import Base
 def upsert(
     session: Session,
     model: type[Base],
-    values: dict[str, Any],
+    values: dict[str, Any] | Sequence[dict[str, Any]],
     *,
     index_elements: Sequence[str],
     update: Sequence[str] | None = None,
 ) -> None:
-    """Insert a row, or update ``update`` columns (all but the keys) when it exists.
+    """Insert rows, or update ``update`` columns (all but the keys) of those that exist.
 
     Args:
         session: Session in a write transaction.
         model: The mapped class of the table.
-        values: Column values of the row.
+        values: Column values of one row, or of many rows with the same columns
+            (sent as one executemany, which is what makes a 1,000-image batch cheap).
         index_elements: Columns of the unique constraint to resolve conflicts on.
         update: Columns to overwrite on conflict; None means every non-key column,
             an empty sequence means "insert if absent, else leave it".
     """
+    rows = [values] if isinstance(values, dict) else list(values)
+    if not rows:
+        return
     dialect = session.get_bind().dialect.name
     module: Any = postgresql if dialect == "postgresql" else sqlite
-    stmt = module.insert(model).values(**values)
-    columns = [c for c in values if c not in index_elements] if update is None else list(update)
+    stmt = module.insert(model)
+    columns = [c for c in rows[0] if c not in index_elements] if update is None else list(update)
     if columns:
         stmt = stmt.on_conflict_do_update(
             index_elements=list(index_elements),
@@ -40,4 +44,4 @@ def upsert(
         )
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=list(index_elements))
-    session.execute(stmt)
+    session.execute(stmt, rows)
