@@ -26,14 +26,10 @@ def test_save_image_upserts_and_keeps_created_at(db: Database) -> None:
 def test_images_found_by_sha_and_urls_by_url(db: Database) -> None:
     image = add_image(db)
     with db.write() as session:
-        image_repo.save_url(
+        image_repo.save_urls(
             session,
-            image.url,
-            image.image_key,
-            etag='"abc"',
-            last_modified=None,
-            content_length=10,
-            now=NOW,
+            [image_repo.UrlEntry(image.url, image.image_key, '"abc"', None, 10)],
+            NOW,
         )
     with db.read() as session:
         assert image_repo.get_images_by_sha(session, [image.content_sha256 or ""])

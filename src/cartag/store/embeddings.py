@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cartag.store.tables import EmbeddingRow
-from cartag.store.upsert import upsert
+from cartag.store.upsert import chunked, upsert
 
 _STORED = np.dtype("<f2")
 
@@ -39,11 +39,10 @@ def load_embeddings(
 ) -> dict[str, np.ndarray]:
     """Embeddings by content SHA-256 as float32 arrays of shape (D,); missing ones are absent."""
     found: dict[str, np.ndarray] = {}
-    items = list(set(shas))
-    for start in range(0, len(items), 500):
+    for chunk in chunked(set(shas)):
         stmt = select(EmbeddingRow).where(
             EmbeddingRow.backbone_id == backbone_id,
-            EmbeddingRow.content_sha256.in_(items[start : start + 500]),
+            EmbeddingRow.content_sha256.in_(chunk),
         )
         for row in session.scalars(stmt):
             found[row.content_sha256] = np.frombuffer(row.vector, dtype=_STORED).astype(np.float32)

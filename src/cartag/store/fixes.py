@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from cartag.errors import InputError, NotFoundError
 from cartag.store.tables import FixAuditRow, FixRow, ImageRow
-from cartag.store.upsert import upsert
+from cartag.store.upsert import chunked, upsert
 from cartag.vocab import read_stored_color
 
 # Near-duplicate search is exact up to this many differing bits (see FixRow.phash_b0).
@@ -181,8 +181,7 @@ def find_fixes(
     by_key: dict[tuple[str, str], FixRow] = {}
     near: list[FixRow] = []
     scopes = ["", advertiser_id]
-    for start in range(0, len(images), 250):
-        chunk = images[start : start + 250]
+    for chunk in chunked(images, 250):
         keys = [key for key, _ in chunk]
         phashes = [ph for _, ph in chunk if ph]
         conditions = [FixRow.image_key.in_(keys)]
@@ -264,8 +263,7 @@ def conflicts(session: Session, *, limit: int = 100, offset: int = 0) -> tuple[i
         row[0] for row in session.execute(select(multi.c.image_key).order_by(multi.c.last.desc()))
     ]
     rows_by_key: dict[str, list[FixRow]] = defaultdict(list)
-    for chunk_start in range(0, len(keys), 400):
-        chunk = keys[chunk_start : chunk_start + 400]
+    for chunk in chunked(keys):
         for row in session.scalars(select(FixRow).where(FixRow.image_key.in_(chunk))):
             rows_by_key[row.image_key].append(row)
     conflicting: list[tuple[str, list[str]]] = []

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from cartag.store.tables import ImageRow, UrlRow
-from cartag.store.upsert import upsert
-
-# Keeps IN (...) lists well under SQLite's and PostgreSQL's parameter limits.
-_CHUNK = 500
-
-
-def _chunks(values: Collection[str]) -> Iterable[list[str]]:
-    items = list(values)
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
+from cartag.store.upsert import chunked, upsert
 
 
 @dataclass(frozen=True)
@@ -45,7 +36,7 @@ class NewImage:
 def get_images(session: Session, keys: Collection[str]) -> dict[str, ImageRow]:
     """Images by key; keys not in the cache are absent from the result."""
     found: dict[str, ImageRow] = {}
-    for chunk in _chunks(set(keys)):
+    for chunk in chunked(set(keys)):
         for row in session.scalars(select(ImageRow).where(ImageRow.image_key.in_(chunk))):
             found[row.image_key] = row
     return found
@@ -54,7 +45,7 @@ def get_images(session: Session, keys: Collection[str]) -> dict[str, ImageRow]:
 def get_images_by_sha(session: Session, shas: Collection[str]) -> dict[str, ImageRow]:
     """One cached image per content SHA-256 (the same bytes under another URL/key)."""
     found: dict[str, ImageRow] = {}
-    for chunk in _chunks(set(shas)):
+    for chunk in chunked(set(shas)):
         stmt = select(ImageRow).where(ImageRow.content_sha256.in_(chunk))
         for row in session.scalars(stmt):
             if row.content_sha256 is not None:
@@ -65,7 +56,7 @@ def get_images_by_sha(session: Session, shas: Collection[str]) -> dict[str, Imag
 def get_urls(session: Session, urls: Collection[str]) -> dict[str, UrlRow]:
     """Known URLs with their last validators."""
     found: dict[str, UrlRow] = {}
-    for chunk in _chunks(set(urls)):
+    for chunk in chunked(set(urls)):
         for row in session.scalars(select(UrlRow).where(UrlRow.url.in_(chunk))):
             found[row.url] = row
     return found
@@ -131,21 +122,7 @@ def save_urls(session: Session, entries: Sequence[UrlEntry], now: dt.datetime) -
     upsert(session, UrlRow, rows, index_elements=["url"])
 
 
-def save_url(
-    session: Session,
-    url: str,
-    image_key: str,
-    *,
-    etag: str | None,
-    last_modified: str | None,
-    content_length: int | None,
-    now: dt.datetime,
-) -> None:
-    """:func:`save_urls` for one URL."""
-    save_urls(session, [UrlEntry(url, image_key, etag, last_modified, content_length)], now)
-
-
 def touch_urls(session: Session, urls: Collection[str], now: dt.datetime) -> None:
     """Record that these URLs were revalidated (304) just now."""
-    for chunk in _chunks(set(urls)):
+    for chunk in chunked(set(urls)):
         session.execute(update(UrlRow).where(UrlRow.url.in_(chunk)).values(checked_at=now))

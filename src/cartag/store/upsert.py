@@ -1,14 +1,28 @@
-"""Dialect-aware INSERT ... ON CONFLICT, so concurrent writers never collide on a key."""
+"""SQL helpers the repositories share.
+
+``upsert``: dialect-aware INSERT ... ON CONFLICT, so concurrent writers never
+collide on a key. ``chunked``: keeps IN (...) lists well under SQLite's and
+PostgreSQL's parameter limits.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from cartag.store.tables import Base
+
+_T = TypeVar("_T")
+
+
+def chunked(values: Iterable[_T], size: int = 500) -> Iterator[list[_T]]:
+    """Split values into lists of at most ``size``, in order."""
+    items = list(values)
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def upsert(
