@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -205,3 +206,146 @@ class JobItemRow(Base):
     url: Mapped[str] = mapped_column(Text)
     scrape_color: Mapped[str | None] = mapped_column(String(16))
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+
+
+# --- The retraining loop (datasets, review, registry) --------------------------------
+
+
+class DatasetVersionRow(Base):
+    """One version of a training dataset. A draft can still change; a frozen version is
+    immutable and its manifest hash fixed.
+
+    ``ref`` is ``NAME@NUMBER`` (e.g. ``cars@3``): what the CLI and other rows name.
+    """
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (UniqueConstraint("name", "number"),)
+
+    ref: Mapped[str] = mapped_column(String(160), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    parent_ref: Mapped[str | None] = mapped_column(ForeignKey("dataset_versions.ref"))
+    # draft | frozen
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(128))
+    frozen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # Fixes made after this instant were added (None: none were added).
+    fixes_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # SHA-256 of the canonical manifest (sorted items); set when frozen.
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Filter counts, class balance, label-issue summary: {"filters": {...}, ...}
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Declared ad-hoc test sets, e.g. [{"name": "advertiser=42", "advertiser_id": "42"}]
+    test_sets: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    notes: Mapped[str | None] = mapped_column(Text)
+
+
+class DatasetItemRow(Base):
+    """One image of a dataset version: its blob, label(s), split and provenance."""
+
+    __tablename__ = "dataset_items"
+    __table_args__ = (UniqueConstraint("version_ref", "content_sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version_ref: Mapped[str] = mapped_column(
+        ForeignKey("dataset_versions.ref", ondelete="CASCADE"), index=True
+    )
+    content_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    # Relative to the blob store's root, e.g. sha256/ab/cd/abcd....jpg
+    blob_path: Mapped[str] = mapped_column(String(300))
+    image_type: Mapped[str | None] = mapped_column(String(16))
+    color: Mapped[str | None] = mapped_column(String(16))
+    # train | test | test:<set name> (e.g. test:advertiser=42)
+    split: Mapped[str | None] = mapped_column(String(160))
+    # Near-duplicates and same-listing images share a group and so a split side.
+    group_key: Mapped[str | None] = mapped_column(String(160))
+    phash: Mapped[str | None] = mapped_column(String(16))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    # included | excluded | flagged (flagged: needs a human decision, never trained on)
+    status: Mapped[str] = mapped_column(String(16))
+    # too_small | unreadable | duplicate | near_duplicate | conflict | review | ...
+    reason: Mapped[str | None] = mapped_column(String(64))
+    # {"source": "fix"|"import"|"version", "fix_audit_id": 7, "advertiser_id": "42",
+    #  "user": "alice", "from_version": "cars@2", "url": "..."}
+    provenance: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Label-issue ranking (confident learning on out-of-fold probabilities).
+    suspicion: Mapped[float | None] = mapped_column(Float)
+    model_label: Mapped[str | None] = mapped_column(String(16))
+    model_confidence: Mapped[float | None] = mapped_column(Float)
+
+
+class ReviewDecisionRow(Base):
+    """A reviewer's decision on a draft dataset item (accept / relabel / exclude)."""
+
+    __tablename__ = "review_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version_ref: Mapped[str] = mapped_column(
+        ForeignKey("dataset_versions.ref", ondelete="CASCADE"), index=True
+    )
+    item_id: Mapped[int] = mapped_column(
+        ForeignKey("dataset_items.id", ondelete="CASCADE"), index=True
+    )
+    action: Mapped[str] = mapped_column(String(16))
+    field: Mapped[str] = mapped_column(String(16))
+    from_label: Mapped[str | None] = mapped_column(String(16))
+    to_label: Mapped[str | None] = mapped_column(String(16))
+    user: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class ModelVersionRow(Base):
+    """A registered model: a folder of heads + config.json under ``<data_dir>/models``."""
+
+    __tablename__ = "model_versions"
+
+    version: Mapped[str] = mapped_column(String(80), primary_key=True)
+    # Relative to <data_dir>/models (or absolute for models registered in place).
+    path: Mapped[str] = mapped_column(Text)
+    files_sha256: Mapped[str] = mapped_column(String(64))
+    dataset_ref: Mapped[str | None] = mapped_column(String(160))
+    # registered | refused | archived
+    status: Mapped[str] = mapped_column(String(16))
+    card: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # {"<eval set>": {"accuracy": ..., "per_class": {...}, ...}, ...}
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(128))
+
+
+class ModelAliasRow(Base):
+    """``production`` / ``candidate`` → a model version. Servers follow ``production``."""
+
+    __tablename__ = "model_aliases"
+
+    alias: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[str] = mapped_column(ForeignKey("model_versions.version"))
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_by: Mapped[str] = mapped_column(String(128))
+
+
+class DeploymentRow(Base):
+    """History: which version an alias pointed to, from when to when, and why."""
+
+    __tablename__ = "model_deployments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alias: Mapped[str] = mapped_column(String(32), index=True)
+    version: Mapped[str] = mapped_column(ForeignKey("model_versions.version"), index=True)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    by: Mapped[str] = mapped_column(String(128))
+    # promote | rollback | initial
+    reason: Mapped[str] = mapped_column(String(32))
+
+
+class AdvertiserSettingRow(Base):
+    """Per-advertiser switches (re-classification after a promotion is opt-in)."""
+
+    __tablename__ = "advertiser_settings"
+
+    advertiser_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    reclassify_on_promote: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
