@@ -14,6 +14,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from cartag.commands import dataset
+from cartag.commands.advertisers import app as advertisers_app
+from cartag.commands.models import app as models_app
+from cartag.commands.monitor import app as monitor_app
+from cartag.commands.train import app as train_app
+from cartag.commands.worker import app as worker_app
 from cartag.errors import CartagError, InputError
 from cartag.settings import Settings, get_settings
 
@@ -27,6 +33,12 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
+app.add_typer(models_app, name="models")
+app.add_typer(advertisers_app, name="advertisers")
+app.add_typer(worker_app, name="worker")
+app.add_typer(dataset.app, name="dataset")
+app.add_typer(train_app, name="train")
+app.add_typer(monitor_app, name="monitor")
 
 err = Console(stderr=True, soft_wrap=True)
 
@@ -62,14 +74,20 @@ def serve(
     import uvicorn
 
     from cartag.api.app import create_app
+    from cartag.ops.logs import configure_logging
 
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
+        configure_logging(settings.log_format, log_level)
         application = create_app(settings)
     except CartagError as exc:
         raise _fail(exc) from exc
-    uvicorn.run(application, host=host, port=port, log_level=log_level)
+    # Logging is configured above (CARTAG_LOG_FORMAT); the app's middleware writes the
+    # access log, with the request id, so uvicorn's own is off.
+    uvicorn.run(
+        application, host=host, port=port, log_level=log_level, log_config=None, access_log=False
+    )
 
 
 @app.command()

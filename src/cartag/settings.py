@@ -167,6 +167,178 @@ class Settings(BaseSettings):
         default=8, gt=0, description="Vendor requests in flight at once."
     )
 
+    # --- training sweeps and promotion gates -------------------------------------
+    training_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="`cartag train` raises its nice value by this much so serving keeps "
+        "priority on shared cores.",
+    )
+    training_cpu_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Fraction of the CPU cores `cartag train` may use for its threads "
+        "(torch, ONNX Runtime, BLAS); at least one thread.",
+    )
+    gate_recall_tolerance: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Promotion gate: a candidate may lower no class's recall on any test set "
+        "shared with production by more than this.",
+    )
+    gate_recall_tolerance_by_field: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description="Per-task tolerances overriding gate_recall_tolerance, e.g. "
+        "'color=0.05,image_type=0.01'.",
+    )
+    gate_min_support: int = Field(
+        default=10,
+        ge=0,
+        description="Promotion gate: classes with fewer test examples than this on a set are "
+        "not compared there (too few to measure a recall drop).",
+    )
+
+    @field_validator("gate_recall_tolerance_by_field", mode="before")
+    @classmethod
+    def _parse_tolerances(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        parsed: dict[str, float] = {}
+        for part in (p.strip() for p in value.split(",") if p.strip()):
+            name, sep, number = part.partition("=")
+            if not sep:
+                raise ValueError(f"expected FIELD=TOLERANCE, got {part!r}")
+            parsed[name.strip()] = float(number)
+        return parsed
+
+    # --- model registry and hot-swap ---------------------------------------------
+    model_poll_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often a server checks the registry's production alias and hot-swaps "
+        "to a newly promoted model (one single-row read).",
+    )
+    reclassify_on_promote: bool = Field(
+        default=True,
+        description="After a promotion through the API, re-classify the images of advertisers "
+        "that opted in (`cartag advertisers set ID --reclassify-on-promote`) in the background.",
+    )
+
+    # --- scale-out: Celery workers, Redis read-through cache ---------------------
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker, e.g. redis://127.0.0.1:6379/0. Set: jobs run on "
+        "`cartag worker` processes sharing the PostgreSQL database; unset: in-process.",
+    )
+    broker_visibility_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A chunk task not acknowledged this long after delivery (its worker died) "
+        "is delivered again to another worker. Longer than a chunk takes to classify.",
+    )
+    celery_queue: str = Field(default="cartag-jobs", min_length=1, description="Task queue.")
+    job_chunk_size: int = Field(
+        default=50,
+        gt=0,
+        description="Job items per task/step: a killed worker loses at most this many.",
+    )
+    job_chunk_retries: int = Field(
+        default=3, ge=0, description="Retries of a chunk whose classification failed."
+    )
+    redis_cache_url: str | None = Field(
+        default=None,
+        description="Redis URL of an optional read-through cache of URL lookups in front of "
+        "the database, e.g. redis://127.0.0.1:6379/1.",
+    )
+    redis_cache_ttl_s: int = Field(default=3600, gt=0, description="Lifetime of cache entries.")
+    redis_cache_prefix: str = Field(default="cartag:", description="Prefix of the cache's keys.")
+    revalidate_after_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="A URL revalidated (conditional request) less than this many seconds ago "
+        "is answered from the cache without asking its server again; 0 = always revalidate.",
+    )
+
+    # --- operations: metrics, logs, monitoring ------------------------------------
+    metrics_require_key: bool = Field(
+        default=False,
+        description="Require an API key (any role) on /metrics; off by default so Prometheus "
+        "can scrape without one.",
+    )
+    metrics_top_hosts: int = Field(
+        default=20,
+        ge=0,
+        description="Download-failure metrics label only this many of the most frequent hosts; "
+        "the rest are counted as 'other' (keeps the number of series bounded).",
+    )
+    metrics_top_advertisers: int = Field(
+        default=50,
+        ge=0,
+        description="Fix-count metrics label only this many of the most active advertisers.",
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="`cartag serve` logs: json (one object per line, with request_id) or text.",
+    )
+    monitor_recent_days: int = Field(
+        default=2, gt=0, description="Monitor: days of the recent window of the jump rule."
+    )
+    monitor_baseline_days: int = Field(
+        default=28, gt=0, description="Monitor: days before the recent window that form the "
+        "advertiser's baseline fix rate.",
+    )
+    monitor_min_volume: int = Field(
+        default=200,
+        ge=1,
+        description="Monitor: answers an advertiser needs in a window for its fix rate to be "
+        "judged (and for its own baseline to be used rather than all advertisers').",
+    )
+    monitor_jump_ratio: float = Field(
+        default=2.0, ge=1, description="Monitor: recent fix rate ÷ baseline that counts as a jump."
+    )
+    monitor_jump_min_increase: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Monitor: and the recent fix rate must exceed the baseline by at least this "
+        "(0.02 = 2 points).",
+    )
+    monitor_flush_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="Monitor: seconds between writes of the daily answer counts (kept in "
+        "memory meanwhile, so the cached path does no write); 0 = write on every request.",
+    )
+
+    # --- datasets (cartag dataset ...) ---------------------------------------------
+    dataset_min_side: int = Field(
+        default=64,
+        ge=1,
+        description="Dataset filter: images whose shorter side is below this many pixels are "
+        "excluded as too_small.",
+    )
+    dataset_near_duplicate_distance: int = Field(
+        default=4,
+        ge=0,
+        le=16,
+        description="Dataset filter and split: images whose 64-bit pHashes differ in at most "
+        "this many bits are near-duplicates (dropped or flagged; kept on one split side).",
+    )
+    dataset_test_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="Share of each class put into the test split."
+    )
+    dataset_crop: Literal["letterbox", "none"] = Field(
+        default="letterbox",
+        description="Crop step of new dataset images: letterbox (trim uniform non-white bars) "
+        "or none.",
+    )
+    dataset_cv_folds: int = Field(
+        default=5, ge=2, description="Folds of the out-of-fold label-issue ranking."
+    )
+
     @field_validator("allowed_networks", mode="before")
     @classmethod
     def _parse_networks(cls, value: object) -> object:

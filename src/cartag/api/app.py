@@ -6,28 +6,41 @@ anything not given is built from the settings when the app starts.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from cartag import __version__
 from cartag.api.errors import install_error_handlers
 from cartag.api.routes import classify, conflicts, health, images, jobs
+from cartag.api.routes import metrics as metrics_routes
+from cartag.api.routes import models as models_routes
+from cartag.api.routes import monitor as monitor_routes
+from cartag.api.routes import review as review_routes
 from cartag.api.state import AppState
 from cartag.clock import Clock, SystemClock
-from cartag.jobs.runner import JobRunner
-from cartag.models.classifier import Classifier, load_classifier
+from cartag.jobs.dispatch import ChunkSender, build_dispatcher, check_broker_settings
+from cartag.models.classifier import Classifier
 from cartag.models.color_providers import (
     ColorProvider,
     build_color_provider,
     check_color_settings,
 )
+from cartag.models.hotswap import ModelWatcher, startup_model
+from cartag.ops.metrics import PrometheusTelemetry
+from cartag.ops.middleware import RequestContextMiddleware
 from cartag.pipeline.classify import ClassifyService
 from cartag.pipeline.fetch import Fetcher
 from cartag.settings import Settings
+from cartag.store.blobs import BlobStore, LocalBlobStore
+from cartag.store.cache import LookupCache, build_lookup_cache
 from cartag.store.db import Database, upgrade
+from cartag.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +54,33 @@ def create_app(
     clock: Clock | None = None,
     color_provider: ColorProvider | None = None,
     run_jobs: bool = True,
+    chunk_sender: ChunkSender | None = None,
+    telemetry: Telemetry | None = None,
+    blobs: BlobStore | None = None,
+    lookup_cache: LookupCache | None = None,
 ) -> FastAPI:
     """Build the cartag HTTP API.
 
     Args:
         settings: Runtime settings.
         db: The store; default is built from ``settings.resolved_database_url``.
-        classifier: The model; default is the bundled one (or ``settings.model_dir``).
+        classifier: The model served at start; default: the registry's ``production``
+            model (on a first start the bundled one, or ``settings.model_dir``, is
+            registered as production). Either way the app then follows the alias.
         fetcher: Downloads; default is a real HTTP fetcher.
         clock: Time source; default is the system clock.
         color_provider: Names the colors of new images; default per
             ``settings.color_provider``. The app closes it on shutdown, injected or not:
             its connections belong to the app's event loop.
         run_jobs: Start the in-process job worker (tests may drive it themselves).
+        telemetry: Receives metrics; default: Prometheus metrics in a registry of this
+            app's own, exposed at ``/metrics``.
+        chunk_sender: Where job chunks go for Celery workers; default: the broker of
+            ``settings.broker_url`` if set, else jobs run in-process.
+        blobs: Dataset images (the review page's thumbnails); default: files under
+            ``<data_dir>/blobs``.
+        lookup_cache: Read-through cache of classify's URL lookups; default: Redis at
+            ``settings.redis_cache_url`` if set, else none.
 
     Raises:
         ConfigError: The color-provider settings are invalid (checked here, before
@@ -61,6 +88,11 @@ def create_app(
     """
     if color_provider is None:
         check_color_settings(settings)
+    observer = telemetry or PrometheusTelemetry(
+        top_hosts=settings.metrics_top_hosts, top_advertisers=settings.metrics_top_advertisers
+    )
+    if db is None and chunk_sender is None:
+        check_broker_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,13 +100,26 @@ def create_app(
         database = db or Database(settings.resolved_database_url)
         if settings.auto_migrate:
             upgrade(database)
-        model = classifier or load_classifier(settings)
-        http = fetcher or Fetcher(settings)
         clk = clock or SystemClock()
+        # The registry's production model (registering the bundled one on a first start).
+        model = await asyncio.to_thread(
+            startup_model, database, settings, clock=clk, classifier=classifier
+        )
+        http = fetcher or Fetcher(settings)
         colors = color_provider or build_color_provider(settings)
-        service = ClassifyService(settings, database, http, model, clk, colors)
-        runner = JobRunner(database, service, clk)
-        app.state.cartag = AppState(settings, database, clk, service, runner)
+        cache = lookup_cache or build_lookup_cache(settings)
+        service = ClassifyService(
+            settings, database, http, model, clk, colors, telemetry=observer, lookup_cache=cache
+        )
+        runner = build_dispatcher(settings, database, service, clk, sender=chunk_sender)
+        app.state.cartag = AppState(settings, database, clk, service, runner, telemetry=observer)
+        observer.model_loaded(model.version)
+        if isinstance(observer, PrometheusTelemetry):
+            observer.add_queue_source(lambda: metrics_routes.job_queue_depth(database))
+        watcher = ModelWatcher(database, settings, service)
+        watcher.prime()
+        app.state.cartag.watcher = watcher
+        polling = asyncio.create_task(watcher.run(), name="cartag-model-watcher")
         if run_jobs:
             runner.start()
         log.info(
@@ -86,8 +131,15 @@ def create_app(
         try:
             yield
         finally:
+            polling.cancel()
+            for task in (polling, *app.state.cartag.background):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await runner.stop()
             service.close()
+            if lookup_cache is None:
+                cache.close()
             await colors.aclose()
             if fetcher is None:
                 await http.aclose()
@@ -102,6 +154,14 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (health, classify, images, conflicts, jobs):
+    app.add_middleware(RequestContextMiddleware, telemetry=observer)
+    for module in (health, classify, images, conflicts, jobs, metrics_routes, monitor_routes):
         app.include_router(module.router)
+    app.include_router(models_routes.router)
+    app.include_router(models_routes.advertisers_router)
+    app.include_router(review_routes.router)
+    app.include_router(review_routes.pages)
+    app.state.blobs = blobs or LocalBlobStore(settings.data_dir / "blobs")
+    # The pages' scripts and styles (web/static), shipped as package data.
+    app.mount("/static", StaticFiles(directory=review_routes.STATIC_DIR), name="static")
     return app

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
 
 from cartag.clock import Clock
-from cartag.jobs.runner import JobRunner
+from cartag.jobs.dispatch import JobDispatcher
+from cartag.models.hotswap import ModelWatcher
 from cartag.pipeline.classify import ClassifyService
 from cartag.settings import Settings
 from cartag.store.db import Database
+from cartag.telemetry import Telemetry
 
 
 @dataclass
@@ -17,4 +21,11 @@ class AppState:
     db: Database
     clock: Clock
     service: ClassifyService
-    jobs: JobRunner
+    jobs: JobDispatcher
+    # Metrics (cartag.ops.metrics.PrometheusTelemetry in a served app).
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    # Follows the registry's production alias and hot-swaps the model (None: not started).
+    watcher: ModelWatcher | None = None
+    # Background work started by requests (re-classification after a promotion); the
+    # lifespan cancels what is still running at shutdown.
+    background: set[asyncio.Task[Any]] = field(default_factory=set)

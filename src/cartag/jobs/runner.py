@@ -9,13 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
-from typing import Any
 
 from cartag.clock import Clock
-from cartag.errors import FetchError
+from cartag.jobs import execute
+from cartag.jobs.dispatch import JobDispatcher
 from cartag.pipeline.classify import ClassifyService
-from cartag.pipeline.results import ImageRequest
 from cartag.store import jobs as job_repo
 from cartag.store.db import Database
 from cartag.store.tables import JobRow
@@ -23,8 +21,8 @@ from cartag.store.tables import JobRow
 log = logging.getLogger(__name__)
 
 
-class JobRunner:
-    """Claims queued jobs and classifies them chunk by chunk.
+class JobRunner(JobDispatcher):
+    """Claims queued jobs and classifies them chunk by chunk (see :mod:`cartag.jobs.execute`).
 
     Args:
         db: The store.
@@ -45,32 +43,16 @@ class JobRunner:
         poll_interval_s: float = 1.0,
         callback_results_limit: int = 1000,
     ) -> None:
-        self.db = db
+        super().__init__(db, clock)
         self.service = service
-        self.clock = clock
         self.chunk_size = chunk_size
         self.poll_interval_s = poll_interval_s
         self.callback_results_limit = callback_results_limit
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def submit(
-        self,
-        advertiser_id: str,
-        items: Sequence[tuple[str, str | None]],
-        callback_url: str | None,
-    ) -> JobRow:
-        """Store a new job and wake the worker; returns at once."""
-        with self.db.write() as session:
-            job = job_repo.create_job(
-                session,
-                advertiser_id=advertiser_id,
-                items=items,
-                callback_url=callback_url,
-                now=self.clock.now(),
-            )
+    def _dispatch(self, job_id: str, total: int) -> None:
         self._wake.set()
-        return job
 
     def start(self) -> None:
         """Requeue jobs a previous process left running, then start the worker task."""
@@ -119,47 +101,28 @@ class JobRunner:
                     session, job.id, status=job_repo.FAILED, now=self.clock.now(), error=str(exc)
                 )
         else:
-            with self.db.write() as session:
-                job_repo.finish_job(session, job.id, status=job_repo.DONE, now=self.clock.now())
+            if not execute.finish_if_complete(self.db, self.clock, job.id):
+                return True  # finished by someone else, or failed meanwhile
         await self._callback(job.id)
         return True
 
     async def _process(self, job: JobRow) -> None:
         while True:
-            with self.db.read() as session:
-                items = job_repo.pending_items(session, job.id, self.chunk_size)
-            if not items:
-                return
-            requests = [ImageRequest(item.url, item.scrape_color) for item in items]
-            results = await self.service.classify(job.advertiser_id, requests)
-            with self.db.write() as session:
-                job_repo.save_item_results(
-                    session,
-                    job.id,
-                    {item.idx: r.to_dict() for item, r in zip(items, results, strict=True)},
+            held = 0
+            for start, stop in execute.chunk_bounds(job.total, self.chunk_size):
+                report = await execute.run_job_chunk(
+                    self.db, self.service, self.clock, job.id, start, stop
                 )
+                if report.job_status in (job_repo.DONE, job_repo.FAILED):
+                    return
+                held += report.held_elsewhere
+            if not held:
+                return
+            # Another process holds some items (PostgreSQL row locks): they are stored
+            # when it finishes, or free again if it dies.
+            await asyncio.sleep(self.poll_interval_s)
 
     async def _callback(self, job_id: str) -> None:
-        with self.db.read() as session:
-            job = job_repo.get_job(session, job_id)
-            if not job.callback_url:
-                return
-            payload: dict[str, Any] = {
-                "job_id": job.id,
-                "advertiser_id": job.advertiser_id,
-                "status": job.status,
-                "total": job.total,
-                "done": job.done,
-                "error": job.error,
-                "results_url": f"/v1/jobs/{job.id}",
-            }
-            if job.total <= self.callback_results_limit:
-                payload["results"] = job_repo.job_results(session, job.id)
-            url = job.callback_url
-        try:
-            status = await self.service.fetcher.post_json(url, payload)
-            outcome = f"delivered:{status}" if status < 400 else f"failed:http_{status}"
-        except FetchError as exc:
-            outcome = f"failed:{exc.reason}"
-        with self.db.write() as session:
-            job_repo.set_callback_status(session, job_id, outcome)
+        await execute.send_callback(
+            self.db, self.service.fetcher, job_id, results_limit=self.callback_results_limit
+        )

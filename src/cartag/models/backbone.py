@@ -139,8 +139,13 @@ class Backbone:
         self.embedding_dim = int(cast(torch.nn.Conv2d, model._conv_head).out_channels)
         self.engine: Engine = engine if engine is not None else TorchEngine(self._model)
         self._lock = threading.Lock()
-        self._mean = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(1, 1, 3)
-        self._std = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(1, 1, 3)
+        mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
+        std = np.asarray(IMAGENET_STD, dtype=np.float32)
+        # (256, 3): the normalised value of every 8-bit level per channel, so that
+        # preprocessing is one table lookup per pixel instead of three array passes.
+        self._lut = np.ascontiguousarray(
+            (np.arange(256, dtype=np.float32)[:, None] / 255.0 - mean) / std, dtype=np.float32
+        ).T.copy()
 
     @classmethod
     def load(
@@ -226,14 +231,32 @@ class Backbone:
         Returns:
             float32 array (B, 3, S, S), ImageNet-normalised RGB.
         """
+        return self.normalize(np.stack([self.resize(image) for image in images]))
+
+    def resize(self, image: Image.Image) -> np.ndarray:
+        """The first half of :meth:`preprocess`: the image at network size.
+
+        Returns:
+            uint8 array (S, S, 3) RGB; a quarter of the memory of the float input.
+        """
         size = self.input_size
-        out = np.empty((len(images), 3, size, size), dtype=np.float32)
-        for i, image in enumerate(images):
-            # PIL's bilinear resize filters with a support scaled to the
-            # reduction, so large photos are antialiased, not aliased.
-            rgb = to_rgb(image).resize((size, size), Image.Resampling.BILINEAR)
-            arr = np.asarray(rgb, dtype=np.float32) / 255.0
-            out[i] = ((arr - self._mean) / self._std).transpose(2, 0, 1)
+        # PIL's bilinear resize filters with a support scaled to the
+        # reduction, so large photos are antialiased, not aliased.
+        rgb = to_rgb(image).resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """The second half of :meth:`preprocess`.
+
+        Args:
+            pixels: uint8 (B, S, S, 3) from :meth:`resize`.
+
+        Returns:
+            float32 (B, 3, S, S), ImageNet-normalised.
+        """
+        out = np.empty((pixels.shape[0], 3, *pixels.shape[1:3]), dtype=np.float32)
+        for channel in range(3):
+            np.take(self._lut[channel], pixels[..., channel], out=out[:, channel])
         return out
 
     def embed(self, batch: np.ndarray) -> np.ndarray:

@@ -13,7 +13,10 @@ to the classifier in batches of up to ``max_batch``, from one worker thread:
 - callers are served first come, first served; each gets its predictions in
   its own order;
 - if the classifier raises, exactly the callers with images in that batch get
-  the exception.
+  the exception;
+- :meth:`MicroBatcher.swap` replaces the classifier atomically (a model
+  promotion): the batch running finishes with the old model, every later batch
+  uses the new one, and each prediction carries the version that made it.
 
 The worker is a plain thread fed by a thread-safe queue, not an asyncio task,
 so callers may live in different event loops (the API's, a job runner's) or
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import dataclasses
 import logging
 import queue
 import threading
@@ -32,9 +36,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from PIL import Image
-
-from cartag.models.classifier import Classifier, Prediction
+from cartag.models.classifier import Classifier, ModelInput, Prediction
+from cartag.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ log = logging.getLogger(__name__)
 class _Request:
     """One caller's images and where their predictions go."""
 
-    images: Sequence[Image.Image]
+    images: Sequence[ModelInput]
     arrived: float  # time.monotonic() when queued
     future: concurrent.futures.Future[list[Prediction]] = field(
         default_factory=concurrent.futures.Future
@@ -68,12 +71,20 @@ class MicroBatcher:
             the batcher's worker thread, with at most ``max_batch`` images.
         max_batch: Most images per ``predict`` call.
         max_delay_s: Longest time the first image of a batch waits for more.
+        telemetry: Told the size and duration of every successful batch.
 
     Attributes:
         batches: Number of ``predict`` calls made so far.
     """
 
-    def __init__(self, classifier: Classifier, *, max_batch: int, max_delay_s: float) -> None:
+    def __init__(
+        self,
+        classifier: Classifier,
+        *,
+        max_batch: int,
+        max_delay_s: float,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         if max_batch <= 0:
             raise ValueError("max_batch must be positive")
         if max_delay_s < 0:
@@ -81,6 +92,7 @@ class MicroBatcher:
         self.classifier = classifier
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
+        self.telemetry = telemetry or Telemetry()
         self.batches = 0
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         # Guards _closed against a submit racing close(): nothing may be queued
@@ -90,11 +102,11 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._run, name="cartag-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, images: Sequence[Image.Image]) -> concurrent.futures.Future[list[Prediction]]:
+    def submit(self, images: Sequence[ModelInput]) -> concurrent.futures.Future[list[Prediction]]:
         """Queue images; thread-safe, returns at once.
 
         Args:
-            images: Decoded PIL images, any number.
+            images: Decoded PIL images or their Classifier.prepare() output, any number.
 
         Returns:
             A future of one prediction per image, in order. Cancelling it drops
@@ -113,11 +125,24 @@ class MicroBatcher:
             self._queue.put(request)
         return request.future
 
-    async def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
+    def swap(self, classifier: Classifier) -> Classifier:
+        """Run every batch that starts from now on with ``classifier``; thread-safe.
+
+        Nothing waits and nothing fails: a batch already running finishes with the
+        old classifier (each batch reads the attribute once), queued images go to
+        the new one.
+
+        Returns:
+            The classifier that was in use.
+        """
+        old, self.classifier = self.classifier, classifier
+        return old
+
+    async def predict(self, images: Sequence[ModelInput]) -> list[Prediction]:
         """Classify images, batched with those of concurrent callers.
 
         Args:
-            images: Decoded PIL images, any number.
+            images: Decoded PIL images or their Classifier.prepare() output, any number.
 
         Returns:
             One prediction per image, in order.
@@ -204,24 +229,37 @@ class MicroBatcher:
     def _run_batch(self, batch: list[tuple[_Request, int]]) -> None:
         if not batch:
             return
-        images: list[Image.Image] = []
+        images: list[ModelInput] = []
         for request, count in batch:
             images.extend(request.images[request.next : request.next + count])
             request.next += count
+        # Read once: a swap during this batch must not mix two models in one answer.
+        classifier = self.classifier
+        started = time.monotonic()
         try:
             self.batches += 1
-            predictions = self.classifier.predict(images)
+            predictions = classifier.predict(images)
             if len(predictions) != len(images):
                 raise RuntimeError(
                     f"the classifier returned {len(predictions)} predictions for "
                     f"{len(images)} images"
                 )
+            predictions = [
+                p
+                if p.model_version is not None
+                else dataclasses.replace(p, model_version=classifier.version)
+                for p in predictions
+            ]
         except Exception as exc:
             log.warning("a batch of %d images failed: %r", len(images), exc)
             for request, _ in batch:
                 request.next = len(request.images)  # its other images are not worth running
                 _settle(request.future, exc)
             return
+        try:
+            self.telemetry.batch_ran(len(images), time.monotonic() - started)
+        except Exception:  # noqa: BLE001 - metrics must never fail a batch
+            log.exception("telemetry failed on a batch")
         start = 0
         for request, count in batch:
             request.results.extend(predictions[start : start + count])

@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image
 from sqlalchemy.orm import Session
@@ -20,13 +20,14 @@ from sqlalchemy.orm import Session
 from cartag.clock import Clock
 from cartag.errors import DecodeError
 from cartag.models.batching import MicroBatcher
-from cartag.models.classifier import Classifier, Prediction
+from cartag.models.classifier import Classifier, ModelInput, Prediction
 from cartag.models.color_providers import (
     BuiltinColorProvider,
     ColorAnswer,
     ColorProvider,
     ColorQuery,
 )
+from cartag.ops.daily import RollupBuffer
 from cartag.pipeline.decode import decode_image
 from cartag.pipeline.fetch import Failed, Fetched, Fetcher, FetchRequest, NotModified
 from cartag.pipeline.keys import choose_image_key, content_sha256, normalize_url, phash
@@ -36,8 +37,11 @@ from cartag.settings import Settings
 from cartag.store import embeddings as embedding_repo
 from cartag.store import fixes as fix_repo
 from cartag.store import images as image_repo
+from cartag.store import registry as registry_repo
+from cartag.store.cache import LookupCache, UrlLookup
 from cartag.store.db import Database
-from cartag.store.tables import ImageRow, UrlRow
+from cartag.store.tables import ImageRow
+from cartag.telemetry import Telemetry, host_of
 from cartag.vocab import read_stored_color
 
 log = logging.getLogger(__name__)
@@ -45,9 +49,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Cached:
-    """A URL answered by a stored image; ``fresh`` when the model ran for it just now."""
+    """A URL answered by a stored image; ``fresh`` when the model ran for it just now.
 
-    image: ImageRow
+    ``image`` is the stored row, or for a known URL its lookup (the answer fields only).
+    """
+
+    image: ImageRow | UrlLookup
     fresh: bool = False
 
 
@@ -59,6 +66,8 @@ class _New:
     key: str
     sha256: str
     image: Image.Image | None = None
+    # The model's per-image work, done in the decode threads (see Classifier.prepare).
+    prepared: ModelInput | None = None
     width: int | None = None
     height: int | None = None
     phash: str | None = None
@@ -75,6 +84,8 @@ _Outcome = _Cached | _New | _Skip
 # chunks at a time (see ClassifyService.classify).
 _CHUNK_BATCHES = 4
 _CHUNKS_IN_FLIGHT = 3
+# Bound on the in-process set of (advertiser, image) pairs recorded today.
+_SEEN_LIMIT = 2_000_000
 
 
 @dataclass
@@ -98,6 +109,9 @@ class ClassifyService:
         clock: Time source for stored timestamps.
         color_provider: Names the color of newly classified images; default: the
             built-in model's color. The caller closes it.
+        telemetry: Told about answers, download failures and model batches (metrics);
+            default: nobody.
+        lookup_cache: Read-through cache of URL lookups (Redis); default: none.
     """
 
     def __init__(
@@ -108,25 +122,50 @@ class ClassifyService:
         classifier: Classifier,
         clock: Clock,
         color_provider: ColorProvider | None = None,
+        *,
+        telemetry: Telemetry | None = None,
+        lookup_cache: LookupCache | None = None,
     ) -> None:
         self.settings = settings
+        self.telemetry = telemetry or Telemetry()
+        self.lookup_cache = lookup_cache or LookupCache()
         self.db = db
         self.fetcher = fetcher
         self.classifier = classifier
         self.clock = clock
         self.color_provider = color_provider or BuiltinColorProvider()
+        self._rollup = RollupBuffer(db, interval_s=settings.monitor_flush_s)
         # Decoding and inference are CPU-bound; keep them off the event loop.
         self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cartag-decode")
+        # (advertiser, image key) pairs recorded today, so known inventories cost no write.
+        self._seen: set[tuple[str, str]] = set()
+        self._seen_day: dt.date | None = None
         # Inference runs in the batcher's one thread, merging concurrent requests.
         self._batcher = MicroBatcher(
             classifier,
             max_batch=settings.inference_batch_size,
             max_delay_s=settings.max_batch_delay_ms / 1000,
+            telemetry=self.telemetry,
         )
 
     def close(self) -> None:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._batcher.close()
+        self._rollup.close()
+
+    def swap_classifier(self, classifier: Classifier) -> Classifier:
+        """Serve ``classifier`` from now on (a hot-swap after a promotion).
+
+        Images already in a running batch get the old model's answer, tagged with the
+        old version; later ones the new model's. No request fails or waits.
+
+        Returns:
+            The classifier that was in use.
+        """
+        old = self._batcher.swap(classifier)
+        self.classifier = classifier
+        self.telemetry.model_loaded(classifier.version)
+        return old
 
     async def classify(
         self,
@@ -148,6 +187,18 @@ class ClassifyService:
         urls = [normalize_url(r.url) for r in requests]
         unique = list(dict.fromkeys(urls))
         outcomes: dict[str, _Outcome] = {}
+        known = self._lookup_urls(unique)
+        # URLs revalidated less than revalidate_after_s ago are answered from their
+        # lookup alone: no request to their server, no chunk.
+        fresh_for = self.settings.revalidate_after_s
+        fresh_since = self.clock.now().timestamp() - fresh_for if fresh_for else None
+        pending = []
+        for url in unique:
+            row = known.get(url)
+            if row is not None and fresh_since is not None and row.checked_at >= fresh_since:
+                outcomes[url] = _Cached(row)
+            else:
+                pending.append(url)
         # Chunks flow through fetch -> decode -> model -> store as a pipeline: the
         # downloads and store writes of some chunks overlap the model's work on
         # another, and only the chunks in flight hold image bytes and pixels.
@@ -155,7 +206,7 @@ class ClassifyService:
 
         async def run(chunk: list[str]) -> None:
             async with window:
-                found = await self._resolve_urls(chunk, stats)
+                found = await self._resolve_urls(chunk, known, stats)
                 await self._classify_new(
                     [o for o in found.values() if isinstance(o, _New)], found, stats
                 )
@@ -163,8 +214,8 @@ class ClassifyService:
 
         size = _CHUNK_BATCHES * self._batcher.max_batch
         tasks = [
-            asyncio.create_task(run(unique[start : start + size]))
-            for start in range(0, len(unique), size)
+            asyncio.create_task(run(pending[start : start + size]))
+            for start in range(0, len(pending), size)
         ]
         try:
             # gather, not a TaskGroup: the caller gets the error itself (a ModelError
@@ -174,15 +225,63 @@ class ClassifyService:
             for task in tasks:
                 task.cancel()
             raise
-        return self._answer(advertiser_id, requests, urls, outcomes, stats)
+        results = self._answer(advertiser_id, requests, urls, outcomes, stats)
+        await self._remember_advertiser(advertiser_id, outcomes)
+        await self._record_answers(advertiser_id, results)
+        return results
 
-    async def _resolve_urls(self, urls: list[str], stats: ClassifyStats) -> dict[str, _Outcome]:
+    async def _record_answers(self, advertiser_id: str, results: list[ClassifyResult]) -> None:
+        """Report the answers to telemetry and add them to the daily monitoring rollup."""
+        try:
+            self.telemetry.images_answered(results)
+        except Exception:  # noqa: BLE001 - metrics must never fail an answered request
+            log.exception("telemetry failed on %d answers", len(results))
+        day = self.clock.now().astimezone(dt.UTC).date()
+        try:
+            if self._rollup.interval_s > 0:
+                self._rollup.add(day, advertiser_id, results)  # in memory: no write here
+            else:
+                await asyncio.to_thread(self._rollup.add, day, advertiser_id, results)
+        except Exception:  # noqa: BLE001 - monitoring must never fail an answered request
+            log.exception("could not add the answers of %s to the daily rollup", advertiser_id)
+
+    def flush_rollup(self) -> int:
+        """Write the monitoring counts kept in memory now (tests, shutdown)."""
+        return self._rollup.flush()
+
+    async def _remember_advertiser(self, advertiser_id: str, outcomes: dict[str, _Outcome]) -> None:
+        """Record which images this advertiser uses (re-classification after a promotion).
+
+        Written at most once per advertiser, image and day per process: the cached path
+        stays free of writes once an inventory has been seen today.
+        """
+        today = self.clock.now().date()
+        if today != self._seen_day or len(self._seen) > _SEEN_LIMIT:
+            self._seen.clear()
+            self._seen_day = today
+        keys = {o.image.image_key for o in outcomes.values() if isinstance(o, _Cached)}
+        new = [key for key in keys if (advertiser_id, key) not in self._seen]
+        if not new:
+            return
+        try:
+            await asyncio.to_thread(self._record_advertiser_images, advertiser_id, new)
+        except Exception:  # noqa: BLE001 - bookkeeping must never fail an answered request
+            log.exception("could not record the images of advertiser %s", advertiser_id)
+            return
+        self._seen.update((advertiser_id, key) for key in new)
+
+    def _record_advertiser_images(self, advertiser_id: str, keys: list[str]) -> None:
+        with self.db.write() as session:
+            registry_repo.record_advertiser_images(session, advertiser_id, keys, self.clock.now())
+
+    async def _resolve_urls(
+        self, urls: list[str], known_urls: dict[str, UrlLookup], stats: ClassifyStats
+    ) -> dict[str, _Outcome]:
         # Short indexed reads/writes stay on the loop: a thread hop costs more than they do.
-        known_urls, known_images = self._lookup_urls(urls)
         fetch_requests = []
         for url in urls:
             row = known_urls.get(url)
-            if row is not None and row.image_key in known_images:
+            if row is not None:
                 fetch_requests.append(FetchRequest(url, row.etag, row.last_modified))
             else:
                 fetch_requests.append(FetchRequest(url))
@@ -194,10 +293,11 @@ class ClassifyService:
         for url, outcome in zip(urls, fetched, strict=True):
             if isinstance(outcome, NotModified):
                 stats.not_modified += 1
-                outcomes[url] = _Cached(known_images[known_urls[url].image_key])
+                outcomes[url] = _Cached(known_urls[url])
                 revalidated.append(url)
             elif isinstance(outcome, Failed):
                 outcomes[url] = _Skip(outcome.reason)
+                self._download_failed(outcome)
             else:
                 stats.fetched += 1
                 sha = content_sha256(outcome.content)
@@ -215,25 +315,40 @@ class ClassifyService:
                 new.append(item)
 
         known = self._match_known(new, revalidated)
+        if revalidated:
+            checked = self.clock.now().timestamp()
+            self.lookup_cache.set_many(
+                [replace(known_urls[url], checked_at=checked) for url in revalidated]
+            )
         for item in new:
             if item.key in known:
                 outcomes[item.fetched.url] = _Cached(known[item.key])
         return outcomes
 
-    def _lookup_urls(self, urls: list[str]) -> tuple[dict[str, UrlRow], dict[str, ImageRow]]:
-        """Known URLs and their images."""
-        with self.db.read() as session:
-            known_urls = image_repo.get_urls(session, urls)
-            known_images = image_repo.get_images(
-                session, {u.image_key for u in known_urls.values()}
-            )
-        return known_urls, known_images
+    def _download_failed(self, failed: Failed) -> None:
+        try:
+            self.telemetry.download_failed(failed.reason, host_of(failed.url))
+        except Exception:  # noqa: BLE001 - metrics must never fail a classify
+            log.exception("telemetry failed on a download failure")
+
+    def _lookup_urls(self, urls: list[str]) -> dict[str, UrlLookup]:
+        """Known URLs with their image's answer: from the lookup cache, else the database."""
+        found = self.lookup_cache.get_many(urls)
+        missing = [url for url in urls if url not in found] if found else urls
+        if missing:
+            with self.db.read() as session:
+                loaded = image_repo.lookup_urls(session, missing)
+            self.lookup_cache.set_many(loaded)
+            found.update((entry.url, entry) for entry in loaded)
+        return found
 
     def _match_known(self, new: list[_New], revalidated: list[str]) -> dict[str, ImageRow]:
         """Record 304s; find downloaded images already cached by key or by bytes.
 
         Returns the cached row of each such image's key.
         """
+        if not new and not revalidated:
+            return {}  # no write transaction on the cached path
         now = self.clock.now()
         with self.db.write() as session:
             image_repo.touch_urls(session, revalidated, now)
@@ -250,6 +365,8 @@ class ClassifyService:
                 if item.key in by_key:
                     known.append(item)
             image_repo.save_urls(session, [_url_entry(item) for item in known], now)
+        # These URLs may serve another image now.
+        self.lookup_cache.invalidate([item.fetched.url for item in known])
         return {item.key: by_key[item.key] for item in known}
 
     async def _classify_new(
@@ -267,7 +384,7 @@ class ClassifyService:
                 outcomes[item.fetched.url] = _Skip(error)
         if not ready:
             return
-        images = [item.image for item in ready if item.image is not None]
+        images = [item.prepared for item in ready if item.prepared is not None]
         predictions = await self._batcher.predict(images)
         stats.model_runs += len(predictions)
         answers = await self._colors(ready, predictions)
@@ -302,6 +419,7 @@ class ClassifyService:
         item.image = decoded.image
         item.width, item.height = decoded.width, decoded.height
         item.phash = phash(decoded.image)
+        item.prepared = self.classifier.prepare(decoded.image)
         return None
 
     def _new_image(
@@ -320,7 +438,7 @@ class ClassifyService:
             type_scores=prediction.type_scores,
             color_scores=answer.scores,
             confidence=prediction.confidence,
-            model_version=self.classifier.version,
+            model_version=prediction.model_version or self.classifier.version,
             color_reason=answer.reason,
         )
 
@@ -342,13 +460,34 @@ class ClassifyService:
                 session, [self._new_image(item, p, a) for item, p, a in triples], now
             )
             image_repo.save_urls(session, [_url_entry(item) for item in ready], now)
-            backbone_id = self.classifier.backbone_id
-            if backbone_id is not None:
-                vectors = {
-                    item.sha256: p.embedding for item, p, _ in triples if p.embedding is not None
-                }
-                embedding_repo.save_embeddings(session, backbone_id, vectors, now)
+            self.lookup_cache.invalidate(
+                [item.fetched.url for item in ready], [item.key for item in ready]
+            )
+            self._save_embeddings(session, triples, now)
             return image_repo.get_images(session, {item.key for item in ready})
+
+    def _save_embeddings(
+        self,
+        session: Session,
+        triples: list[tuple[_New, Prediction, ColorAnswer]],
+        now: dt.datetime,
+    ) -> None:
+        """Cache embeddings (and color features) by content, for retraining and re-classifying.
+
+        Only predictions of the model served now: across a hot-swap to another backbone,
+        an old batch's vectors must not be stored under the new backbone's id.
+        """
+        model = self.classifier
+        current = [(item, p) for item, p, _ in triples if p.model_version in (None, model.version)]
+        if model.backbone_id is not None:
+            vectors = {item.sha256: p.embedding for item, p in current if p.embedding is not None}
+            embedding_repo.save_embeddings(session, model.backbone_id, vectors, now)
+        features_id = getattr(model, "color_features", None)
+        if isinstance(features_id, str):
+            extra = {
+                item.sha256: p.color_features for item, p in current if p.color_features is not None
+            }
+            embedding_repo.save_embeddings(session, features_id, extra, now)
 
     def _answer(
         self,

@@ -6,18 +6,37 @@ fix, then (color only) the scraper's color, then the model.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from cartag.errors import NotFoundError
 from cartag.pipeline.results import ClassifyResult, Source, overall_source
 from cartag.settings import DEFAULT_LOW_CONFIDENCE_THRESHOLD
 from cartag.store import fixes as fix_repo
 from cartag.store import images as image_repo
 from cartag.store.db import Database
-from cartag.store.tables import FixRow, ImageRow
+from cartag.store.tables import FixRow
 from cartag.vocab import read_stored_color
 
 
+class StoredAnswer(Protocol):
+    """What resolving needs of a stored image: an ImageRow, or a cached lookup of one."""
+
+    @property
+    def image_key(self) -> str: ...
+    @property
+    def image_type(self) -> str | None: ...
+    @property
+    def color(self) -> str | None: ...
+    @property
+    def confidence(self) -> float | None: ...
+    @property
+    def model_version(self) -> str | None: ...
+    @property
+    def color_reason(self) -> str | None: ...
+
+
 def resolve(
-    row: ImageRow,
+    row: StoredAnswer,
     labels: fix_repo.FixLabels | None,
     scrape_color: str | None,
     url: str,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 Status = Literal["classified", "cached", "skipped"]
@@ -44,8 +44,12 @@ class ClassifyResult:
     low_confidence: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Every field is a scalar: a shallow copy equals asdict(), which deep-copies
+        # each value and cost more than the rest of a cached answer.
+        return {name: getattr(self, name) for name in _FIELDS}
 
+
+_FIELDS = tuple(f.name for f in fields(ClassifyResult))
 
 _PRECEDENCE: tuple[Source, ...] = ("override", "fix", "scrape", "cache", "model")
 

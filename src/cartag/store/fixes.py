@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from cartag.errors import InputError, NotFoundError
 from cartag.store.tables import FixAuditRow, FixRow, ImageRow
-from cartag.store.upsert import chunked, upsert
+from cartag.store.upsert import chunked, in_values, upsert
 from cartag.vocab import read_stored_color
 
 # Near-duplicate search is exact up to this many differing bits (see FixRow.phash_b0).
@@ -184,14 +184,14 @@ def find_fixes(
     for chunk in chunked(images, 250):
         keys = [key for key, _ in chunk]
         phashes = [ph for _, ph in chunk if ph]
-        conditions = [FixRow.image_key.in_(keys)]
+        conditions = [in_values(session, FixRow.image_key, keys)]
         if phashes and max_distance == 0:
-            conditions.append(FixRow.phash.in_(phashes))
+            conditions.append(in_values(session, FixRow.phash, phashes))
         elif phashes:
             bands = [phash_bands(ph) for ph in phashes]
             columns = (FixRow.phash_b0, FixRow.phash_b1, FixRow.phash_b2, FixRow.phash_b3)
             for i, column in enumerate(columns):
-                conditions.append(column.in_({b[i] for b in bands}))
+                conditions.append(in_values(session, column, {b[i] for b in bands}))
         stmt = (
             select(FixRow)
             .where(or_(*conditions), FixRow.scope_key.in_(scopes))

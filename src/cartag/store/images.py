@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from cartag.store.cache import UrlLookup
 from cartag.store.tables import ImageRow, UrlRow
-from cartag.store.upsert import chunked, upsert
+from cartag.store.upsert import chunked, in_values, upsert
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,60 @@ def get_images_by_sha(session: Session, shas: Collection[str]) -> dict[str, Imag
         for row in session.scalars(stmt):
             if row.content_sha256 is not None:
                 found.setdefault(row.content_sha256, row)
+    return found
+
+
+_LOOKUP_COLUMNS = (
+    UrlRow.url,
+    UrlRow.image_key,
+    UrlRow.etag,
+    UrlRow.last_modified,
+    UrlRow.content_length,
+    UrlRow.checked_at,
+    ImageRow.url,
+    ImageRow.content_sha256,
+    ImageRow.phash,
+    ImageRow.image_type,
+    ImageRow.color,
+    ImageRow.confidence,
+    ImageRow.model_version,
+    ImageRow.color_reason,
+)
+
+
+def lookup_urls(session: Session, urls: Collection[str]) -> list[UrlLookup]:
+    """Known URLs with their validators and their image's stored answer.
+
+    One joined query per chunk of URLs, returning plain tuples: the cached path of
+    classify reads a whole inventory here, and ORM objects cost several times more.
+    """
+    found: list[UrlLookup] = []
+    for chunk in chunked(set(urls)):
+        stmt = (
+            select(*_LOOKUP_COLUMNS)
+            .join(ImageRow, ImageRow.image_key == UrlRow.image_key)
+            .where(in_values(session, UrlRow.url, chunk))
+        )
+        for url, key, etag, modified, length, checked, *answer in session.execute(stmt):
+            image_url, sha, ph, image_type, color, confidence, version, reason = answer
+            found.append(
+                UrlLookup(
+                    url,
+                    key,
+                    etag,
+                    modified,
+                    length,
+                    checked.timestamp(),
+                    image_url,
+                    sha,
+                    ph,
+                    image_type,
+                    color,
+                    confidence,
+                    version,
+                    reason,
+                )
+            )
     return found
 
 

@@ -132,3 +132,95 @@ def finish_job(
 
 def set_callback_status(session: Session, job_id: str, status: str) -> None:
     session.execute(update(JobRow).where(JobRow.id == job_id).values(callback_status=status))
+
+
+# --- Chunked execution shared by the in-process runner and Celery workers ------------
+
+
+def mark_running(session: Session, job_id: str, now: dt.datetime) -> None:
+    """A queued job whose first chunk starts becomes running (no-op otherwise)."""
+    session.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.status == QUEUED)
+        .values(status=RUNNING, started_at=func.coalesce(JobRow.started_at, now))
+    )
+
+
+def claim_items(
+    session: Session, job_id: str, start: int, stop: int, *, lock: bool
+) -> list[JobItemRow]:
+    """Items ``start <= idx < stop`` without a result, in order.
+
+    With ``lock`` (PostgreSQL) the rows stay locked until the caller's transaction
+    ends and rows another worker holds are skipped: two workers never classify the
+    same item at once, and a killed worker's locks go with its connection.
+    """
+    stmt = (
+        select(JobItemRow)
+        .where(
+            JobItemRow.job_id == job_id,
+            JobItemRow.idx >= start,
+            JobItemRow.idx < stop,
+            JobItemRow.result.is_(None),
+        )
+        .order_by(JobItemRow.idx)
+    )
+    if lock:
+        stmt = stmt.with_for_update(skip_locked=True)
+    return list(session.scalars(stmt))
+
+
+def count_pending(session: Session, job_id: str, start: int = 0, stop: int | None = None) -> int:
+    """Items of ``[start, stop)`` still without a result (locked or not)."""
+    stmt = (
+        select(func.count())
+        .select_from(JobItemRow)
+        .where(JobItemRow.job_id == job_id, JobItemRow.idx >= start, JobItemRow.result.is_(None))
+    )
+    if stop is not None:
+        stmt = stmt.where(JobItemRow.idx < stop)
+    return int(session.scalar(stmt) or 0)
+
+
+def store_results(session: Session, job_id: str, results: dict[int, dict[str, Any]]) -> int:
+    """Store results of items that have none yet; returns how many were stored.
+
+    Each item is a conditional UPDATE (``result IS NULL``), and the job's ``done``
+    grows by exactly the rows that changed, so concurrent chunks keep it exact.
+    """
+    stored = 0
+    for idx, result in results.items():
+        outcome = session.execute(
+            update(JobItemRow)
+            .where(
+                JobItemRow.job_id == job_id,
+                JobItemRow.idx == idx,
+                JobItemRow.result.is_(None),
+            )
+            .values(result=result)
+        )
+        stored += int(getattr(outcome, "rowcount", 0) or 0)
+    if stored:
+        session.execute(update(JobRow).where(JobRow.id == job_id).values(done=JobRow.done + stored))
+    return stored
+
+
+def finish_if_complete(session: Session, job_id: str, now: dt.datetime) -> bool:
+    """Mark the job done if no item is pending; True only for the caller that did it."""
+    pending = (
+        select(JobItemRow.idx)
+        .where(JobItemRow.job_id == job_id, JobItemRow.result.is_(None))
+        .exists()
+    )
+    outcome = session.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.status.in_([QUEUED, RUNNING]), ~pending)
+        .values(status=DONE, finished_at=now)
+    )
+    return int(getattr(outcome, "rowcount", 0) or 0) == 1
+
+
+def unfinished_jobs(session: Session) -> list[JobRow]:
+    """Queued or running jobs, oldest first (to dispatch again after a restart)."""
+    stmt = select(JobRow).where(JobRow.status.in_([QUEUED, RUNNING])).order_by(JobRow.created_at)
+    return list(session.scalars(stmt))

@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -288,12 +289,19 @@ class ReviewDecisionRow(Base):
     item_id: Mapped[int] = mapped_column(
         ForeignKey("dataset_items.id", ondelete="CASCADE"), index=True
     )
+    # accept | relabel | exclude, about the label of field image_type | color
     action: Mapped[str] = mapped_column(String(16))
     field: Mapped[str] = mapped_column(String(16))
     from_label: Mapped[str | None] = mapped_column(String(16))
     to_label: Mapped[str | None] = mapped_column(String(16))
     user: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # The item as it was before the decision, so that an undo restores it exactly:
+    # {"status": ..., "reason": ..., "image_type": ..., "color": ...}
+    before: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Set when the decision was undone (the row stays: the audit keeps every decision).
+    undone_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    undone_by: Mapped[str | None] = mapped_column(String(128))
 
 
 class ModelVersionRow(Base):
@@ -349,3 +357,42 @@ class AdvertiserSettingRow(Base):
     advertiser_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     reclassify_on_promote: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class AdvertiserImageRow(Base):
+    """Which images an advertiser's requests named, so a promotion can re-classify them.
+
+    Written by the classify path (at most once per advertiser, image and day per process);
+    no foreign key, so the bulk upsert never waits on the images table.
+    """
+
+    __tablename__ = "advertiser_images"
+
+    advertiser_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    image_key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+# --- Operations: the monitoring rollup ---------------------------------------------------
+
+
+class ClassifyDailyRow(Base):
+    """How many answers of each kind an advertiser got per UTC day and model version.
+
+    Images are shared between advertisers, so this rollup is the only record of who asked
+    for what when; the monitor's mix and fix-rate figures come from it. One bulk upsert
+    per classify call adds to ``count``. Missing values (no color) are stored as ``""``.
+    """
+
+    __tablename__ = "classify_daily"
+
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    advertiser_id: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
+    model_version: Mapped[str] = mapped_column(String(80), primary_key=True)
+    # classified (the model ran) | cached
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    image_type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    color: Mapped[str] = mapped_column(String(16), primary_key=True)
+    # override | fix | scrape | cache | model
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)

@@ -2,7 +2,8 @@
 
 ``upsert``: dialect-aware INSERT ... ON CONFLICT, so concurrent writers never
 collide on a key. ``chunked``: keeps IN (...) lists well under SQLite's and
-PostgreSQL's parameter limits.
+PostgreSQL's parameter limits. ``in_values``: a membership test that costs one
+parameter on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from sqlalchemy import ColumnElement, any_, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from cartag.store.tables import Base
 
@@ -23,6 +25,22 @@ def chunked(values: Iterable[_T], size: int = 500) -> Iterator[list[_T]]:
     items = list(values)
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def in_values(
+    session: Session, column: InstrumentedAttribute[Any], values: Iterable[Any]
+) -> ColumnElement[bool]:
+    """``column IN (values)``; on PostgreSQL ``column = ANY(:array)``, one parameter.
+
+    An IN list binds one parameter per value, and for the hundreds of values of a
+    classify request, rendering and parsing them cost more than the indexed lookup
+    itself (the psycopg driver re-parses the statement for every list length).
+    """
+    items = list(values)
+    if session.get_bind().dialect.name == "postgresql":
+        array = bindparam(None, items, type_=postgresql.ARRAY(column.type))
+        return column == any_(array)
+    return column.in_(items)
 
 
 def upsert(

@@ -48,6 +48,7 @@ def fix_image(image_key: str, body: FixIn, state: StateDep, _: FixerDep) -> FixO
             now=state.clock.now(),
         )
         audit_out = _audit_out(audit)
+    state.telemetry.fix_applied(body.advertiser_id, body.scope)
     answer = current_answer(
         state.db,
         body.advertiser_id,

@@ -86,6 +86,9 @@ def upgrade() -> None:
         sa.Column("to_label", sa.String(length=16), nullable=True),
         sa.Column("user", sa.String(length=128), nullable=False),
         sa.Column("created_at", _TS, nullable=False),
+        sa.Column("before", sa.JSON(), nullable=False),
+        sa.Column("undone_at", _TS, nullable=True),
+        sa.Column("undone_by", sa.String(length=128), nullable=True),
         sa.ForeignKeyConstraint(
             ["item_id"],
             ["dataset_items.id"],
@@ -153,9 +156,17 @@ def upgrade() -> None:
         sa.Column("updated_at", _TS, nullable=False),
         sa.PrimaryKeyConstraint("advertiser_id", name=op.f("pk_advertiser_settings")),
     )
+    op.create_table(
+        "advertiser_images",
+        sa.Column("advertiser_id", sa.String(length=128), nullable=False),
+        sa.Column("image_key", sa.String(length=80), nullable=False),
+        sa.Column("last_seen_at", _TS, nullable=False),
+        sa.PrimaryKeyConstraint("advertiser_id", "image_key", name=op.f("pk_advertiser_images")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("advertiser_images")
     op.drop_table("advertiser_settings")
     op.drop_index(op.f("ix_model_deployments_version"), table_name="model_deployments")
     op.drop_index(op.f("ix_model_deployments_alias"), table_name="model_deployments")

@@ -1,0 +1,59 @@
+"""GET /metrics: the app's Prometheus metrics (text exposition format).
+
+Unauthenticated by default, as Prometheus scrapers expect; with
+``CARTAG_METRICS_REQUIRE_KEY=true`` it needs ``Authorization: Bearer <key>`` (any role).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from sqlalchemy import func, select
+
+from cartag.api.deps import StateDep
+from cartag.errors import AuthError, NotFoundError
+from cartag.ops.metrics import PrometheusTelemetry
+from cartag.store import apikeys
+from cartag.store.db import Database
+from cartag.store.tables import JobRow
+
+router = APIRouter(tags=["operations"])
+
+_WAITING = ("queued", "running")
+
+
+def job_queue_depth(db: Database) -> dict[str, float]:
+    """Jobs waiting to run, and images of unfinished jobs not yet classified.
+
+    Two indexed aggregate reads, run at scrape time.
+    """
+    with db.read() as session:
+        queued = session.scalar(select(func.count()).where(JobRow.status == "queued"))
+        pending = session.scalar(
+            select(func.coalesce(func.sum(JobRow.total - JobRow.done), 0)).where(
+                JobRow.status.in_(_WAITING)
+            )
+        )
+    return {"jobs": float(queued or 0), "job_images": float(pending or 0)}
+
+
+def _check_key(request: Request, state: StateDep) -> None:
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise AuthError(
+            "/metrics needs an API key (CARTAG_METRICS_REQUIRE_KEY is on); "
+            "send 'Authorization: Bearer <key>'"
+        )
+    with state.db.read() as session:
+        apikeys.authenticate(session, key.strip())
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(request: Request, state: StateDep) -> Response:
+    """Prometheus metrics of this process (see cartag.ops.metrics for the list)."""
+    if state.settings.metrics_require_key:
+        _check_key(request, state)
+    telemetry = state.telemetry
+    if not isinstance(telemetry, PrometheusTelemetry):
+        raise NotFoundError("this app was built with a telemetry that keeps no metrics")
+    body, content_type = telemetry.exposition()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,288 @@
+"""The model registry over HTTP: list versions, promote, roll back, re-classify; advertisers.
+
+Promotion and rollback do what ``cartag models promote|rollback`` do, then make the
+receiving server reload at once (the others follow within ``CARTAG_MODEL_POLL_S``),
+and start a background re-classification of opted-in advertisers' images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from cartag.api.deps import PrincipalDep, StateDep, require
+from cartag.api.state import AppState
+from cartag.jobs.reclassify import advertisers_to_run, reclassify
+from cartag.models import registry
+from cartag.store import registry as repo
+from cartag.store.apikeys import Principal
+from cartag.store.tables import AdvertiserSettingRow, DeploymentRow, ModelVersionRow
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+advertisers_router = APIRouter(prefix="/v1/advertisers", tags=["advertisers"])
+
+AdminDep = Annotated[Principal, Depends(require("admin"))]
+
+
+class VersionOut(BaseModel):
+    version: str
+    status: str
+    created_at: dt.datetime
+    created_by: str
+    dataset_ref: str | None
+    files_sha256: str
+    aliases: list[str]
+    metrics: dict[str, Any]
+    card: dict[str, Any] | None = None
+
+
+class ModelsOut(BaseModel):
+    serving: str = Field(description="The model version this server answers with now.")
+    aliases: dict[str, str]
+    versions: list[VersionOut]
+
+
+class DeploymentOut(BaseModel):
+    alias: str
+    version: str
+    started_at: dt.datetime
+    ended_at: dt.datetime | None
+    by: str
+    reason: str
+
+
+class PromoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str = "production"
+    force: bool = Field(default=False, description="Skip the promotion gates.")
+
+
+class RollbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str = "production"
+
+
+class DeployOut(BaseModel):
+    deployment: DeploymentOut
+    serving: str = Field(description="The version this server answers with after the reload.")
+    reclassify: str = Field(description="started | off | no opted-in advertisers")
+    refused: str | None = Field(
+        default=None, description="Why this server could not switch to the version, if so."
+    )
+
+
+class ReclassifyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    advertiser_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class AdvertiserIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reclassify_on_promote: bool
+
+
+class AdvertiserOut(BaseModel):
+    advertiser_id: str
+    reclassify_on_promote: bool
+    updated_at: dt.datetime
+
+
+def _version_out(
+    row: ModelVersionRow, aliases: dict[str, list[str]], *, card: bool = False
+) -> VersionOut:
+    return VersionOut(
+        version=row.version,
+        status=row.status,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        dataset_ref=row.dataset_ref,
+        files_sha256=row.files_sha256,
+        aliases=aliases.get(row.version, []),
+        metrics=row.metrics,
+        card=row.card if card else None,
+    )
+
+
+def _deployment_out(row: DeploymentRow) -> DeploymentOut:
+    return DeploymentOut(
+        alias=row.alias,
+        version=row.version,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        by=row.by,
+        reason=row.reason,
+    )
+
+
+def _advertiser_out(row: AdvertiserSettingRow) -> AdvertiserOut:
+    return AdvertiserOut(
+        advertiser_id=row.advertiser_id,
+        reclassify_on_promote=row.reclassify_on_promote,
+        updated_at=row.updated_at,
+    )
+
+
+def _serving(state: AppState) -> str:
+    return state.service.classifier.version
+
+
+@router.get("", response_model=ModelsOut)
+def list_models(state: StateDep, _: PrincipalDep) -> ModelsOut:
+    """Registered versions (newest first), the aliases, and the version this server serves."""
+    with state.db.read() as session:
+        aliases = repo.aliases_by_version(session)
+        versions = [_version_out(row, aliases) for row in repo.list_versions(session)]
+    by_alias = {alias: version for version, names in aliases.items() for alias in names}
+    return ModelsOut(serving=_serving(state), aliases=by_alias, versions=versions)
+
+
+@router.get("/history", response_model=list[DeploymentOut])
+def model_history(state: StateDep, _: PrincipalDep, alias: str = "production") -> list[Any]:
+    """Which version the alias pointed to, from when to when, and why (oldest first)."""
+    repo.check_alias(alias)
+    with state.db.read() as session:
+        return [_deployment_out(row) for row in repo.history(session, alias)]
+
+
+@router.get("/{version}", response_model=VersionOut)
+def get_model(version: str, state: StateDep, _: PrincipalDep) -> VersionOut:
+    """One version with its card (config and heads' metadata) and metrics."""
+    with state.db.read() as session:
+        row = repo.get_version(session, version)
+        return _version_out(row, repo.aliases_by_version(session), card=True)
+
+
+async def _deployed(state: AppState, deployment: DeploymentRow) -> DeployOut:
+    production = deployment.alias == repo.PRODUCTION
+    if production and state.watcher is not None:
+        await state.watcher.check()
+    started, refused = "off", None
+    if production and _serving(state) != deployment.version:
+        with state.db.read() as session:
+            row = repo.get_version(session, deployment.version)
+        refused = (
+            f"{deployment.version} failed to load here and is {row.status}"
+            f" ({row.card.get('status_reason', 'see the server log')}); "
+            f"{_serving(state)} keeps serving"
+        )
+    elif production and state.settings.reclassify_on_promote:
+        started = start_reclassify(state, None)
+    return DeployOut(
+        deployment=_deployment_out(deployment),
+        serving=_serving(state),
+        reclassify=started,
+        refused=refused,
+    )
+
+
+@router.post("/{version}/promote", response_model=DeployOut)
+async def promote_model(
+    version: str, state: StateDep, principal: AdminDep, body: PromoteIn | None = None
+) -> DeployOut:
+    """Point an alias (default production) at a version, after the promotion gates.
+
+    409 ``promotion_gated`` names every failing gate; ``force: true`` skips them.
+    """
+    body = body or PromoteIn()
+    deployment = await asyncio.to_thread(
+        registry.promote,
+        state.db,
+        state.settings,
+        version,
+        by=principal.name,
+        clock=state.clock,
+        alias=body.alias,
+        force=body.force,
+    )
+    return await _deployed(state, deployment)
+
+
+@router.post("/rollback", response_model=DeployOut)
+async def rollback_model(
+    state: StateDep, principal: AdminDep, body: RollbackIn | None = None
+) -> DeployOut:
+    """Point an alias back at the version it had before (409 when there is none)."""
+    body = body or RollbackIn()
+    deployment = await asyncio.to_thread(
+        registry.rollback,
+        state.db,
+        state.settings,
+        by=principal.name,
+        clock=state.clock,
+        alias=body.alias,
+    )
+    return await _deployed(state, deployment)
+
+
+@router.post("/reclassify", status_code=status.HTTP_202_ACCEPTED)
+async def reclassify_images(
+    state: StateDep, _: AdminDep, body: ReclassifyIn | None = None
+) -> dict[str, str]:
+    """Re-classify opted-in advertisers' images with the served model, in the background."""
+    body = body or ReclassifyIn()
+    return {"reclassify": start_reclassify(state, body.advertiser_id)}
+
+
+def start_reclassify(state: AppState, advertiser_id: str | None) -> str:
+    """Start a background re-classification with the served model.
+
+    Returns:
+        ``started``, or ``no opted-in advertisers``.
+
+    Raises:
+        ConflictError: ``advertiser_id`` has not opted in.
+    """
+    if not advertisers_to_run(state.db, advertiser_id):
+        return "no opted-in advertisers"
+
+    async def run() -> None:
+        try:
+            await reclassify(
+                state.db,
+                state.settings,
+                state.service.classifier,
+                state.service.fetcher,
+                state.clock,
+                advertiser_id=advertiser_id,
+                lookup_cache=state.service.lookup_cache,
+            )
+        except Exception:  # noqa: BLE001 - a background task has nobody else to tell
+            log.exception("re-classification failed")
+
+    task = asyncio.get_running_loop().create_task(run(), name="cartag-reclassify")
+    state.background.add(task)
+    task.add_done_callback(state.background.discard)
+    return "started"
+
+
+@advertisers_router.get("", response_model=list[AdvertiserOut])
+def list_advertisers(state: StateDep, _: PrincipalDep) -> list[AdvertiserOut]:
+    """Advertisers with settings."""
+    with state.db.read() as session:
+        return [_advertiser_out(row) for row in repo.list_advertisers(session)]
+
+
+@advertisers_router.put("/{advertiser_id}", response_model=AdvertiserOut)
+def set_advertiser(
+    advertiser_id: str, body: AdvertiserIn, state: StateDep, _: AdminDep
+) -> AdvertiserOut:
+    """Opt an advertiser in to (or out of) re-classification after each promotion."""
+    with state.db.write() as session:
+        row = repo.set_advertiser(
+            session,
+            advertiser_id,
+            reclassify_on_promote=body.reclassify_on_promote,
+            now=state.clock.now(),
+        )
+        return _advertiser_out(row)

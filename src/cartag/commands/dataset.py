@@ -1,0 +1,444 @@
+"""``cartag dataset``: versioned training datasets (import, extend with fixes, freeze, export).
+
+Only translation lives here; the work is in :mod:`cartag.training.dataset_build`
+and :mod:`cartag.store.datasets`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.table import Table
+
+from cartag.errors import CartagError
+from cartag.settings import Settings, get_settings
+
+app = typer.Typer(
+    help="Versioned training datasets: import, extend with fixes, review stats, freeze, export.",
+    no_args_is_help=True,
+)
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+_FILTER_HELP = {
+    "duplicate": "same bytes as another image (merged)",
+    "unreadable": "not a decodable image",
+    "too_small": "shorter side below CARTAG_DATASET_MIN_SIDE",
+    "near_duplicate": "pHash within CARTAG_DATASET_NEAR_DUPLICATE_DISTANCE of a kept image",
+    "conflict": "same/near-duplicate image with disagreeing labels: flagged for review",
+    "relabelled": "a global fix corrected the parent's label",
+}
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except Exception as exc:  # noqa: BLE001 - pydantic's message names the variable
+        err.print(f"[red]error:[/red] invalid CARTAG_* setting: {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _fail(exc: CartagError) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc.message}")
+    return typer.Exit(2)
+
+
+def _database(settings: Settings):  # type: ignore[no-untyped-def]
+    from cartag.store.db import Database, upgrade
+
+    db = Database(settings.resolved_database_url)
+    upgrade(db)
+    return db
+
+
+class _RichProgress:
+    """BuildProgress drawn as rich bars on stderr (one bar per stage)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._task: TaskID | None = None
+
+    def begin(self, stage: str, total: int) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, visible=False)
+        self._task = self._progress.add_task(stage, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, n)
+
+
+def _builder(settings: Settings, db: Any, progress: _RichProgress, rank: bool) -> Any:
+    from cartag.store.blobs import LocalBlobStore
+    from cartag.training.dataset_build import DatasetBuilder
+
+    embedder = None
+    if rank:
+        from cartag.models.backbone import Backbone
+        from cartag.models.classifier import BUNDLED_DIR, read_config
+
+        config = read_config(settings.model_dir or BUNDLED_DIR)
+        embedder = Backbone.load(
+            str(config["backbone"]["variant"]),
+            threads=settings.torch_threads,
+            engine=settings.engine,
+            cache_dir=settings.data_dir / "cache",
+        )
+    return DatasetBuilder(
+        settings,
+        db,
+        LocalBlobStore(settings.data_dir / "blobs"),
+        embedder=embedder,
+        progress=progress,  # type: ignore[arg-type]
+    )
+
+
+def _run_build(settings: Settings, rank: bool, build: Any) -> None:
+    db = _database(settings)
+    try:
+        with Progress(
+            TextColumn("{task.description:>10}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=err,
+            transient=True,
+        ) as bars:
+            report = build(_builder(settings, db, _RichProgress(bars), rank))
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    finally:
+        db.dispose()
+    out.print(f"created [bold]{report.ref}[/bold] (draft)")
+    _print_stats(report.stats, top=10)
+    err.print(
+        f"next: review it, then `cartag dataset freeze {report.ref}`; "
+        f"`cartag dataset show {report.ref}` prints this again"
+    )
+
+
+def _test_sets(values: list[str]) -> list[str]:
+    from cartag.training.dataset_inputs import parse_test_set
+
+    return [parse_test_set(v) for v in values]
+
+
+@app.command("import")
+def import_command(
+    name: Annotated[str, typer.Argument(help="Dataset name, e.g. cars.")],
+    folder: Annotated[Path, typer.Option("--folder", help="Folder of images (recursive).")],
+    labels: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--labels",
+            help="CSV with path + image_type/type and/or color (+ listing_id); repeatable. "
+            "Folder names that are a type or color label the images first.",
+        ),
+    ] = None,
+    test_set: Annotated[
+        list[str] | None, typer.Option("--test-set", help="advertiser=ID; repeatable.")
+    ] = None,
+    crop: Annotated[
+        str | None, typer.Option(help="letterbox or none (default CARTAG_DATASET_CROP).")
+    ] = None,
+    rank: Annotated[
+        bool, typer.Option("--rank/--no-rank", help="Rank label issues (runs the backbone).")
+    ] = True,
+    placeholders: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Add this many generated Placeholder cards (real photo folders have none; "
+            "a model trained without them never predicts Placeholder).",
+        ),
+    ] = 0,
+    placeholder_seed: Annotated[
+        int, typer.Option(help="Seed of the generated cards (same seed, same images).")
+    ] = 0,
+    user: Annotated[str, typer.Option(help="Recorded as the creator.")] = "cli",
+) -> None:
+    """Create the first version of a dataset from a folder of images."""
+    from cartag.training.dataset_build import BuildOptions
+
+    settings = _settings()
+    try:
+        options = BuildOptions(
+            name=name,
+            user=user,
+            test_advertisers=_test_sets(test_set or []),
+            crop=crop,
+            rank=rank,
+            placeholders=placeholders,
+            placeholder_seed=placeholder_seed,
+        )
+        _check_crop(crop)
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    _run_build(settings, rank, lambda b: b.import_folder(options, folder, labels or []))
+
+
+@app.command("create")
+def create_command(
+    name: Annotated[str, typer.Argument(help="Dataset name (usually the parent's).")],
+    from_ref: Annotated[str, typer.Option("--from", help="Frozen parent version, e.g. cars@1.")],
+    add_fixes_since: Annotated[
+        str | None,
+        typer.Option(
+            "--add-fixes-since",
+            help="last-retrain (when the production model's data was made) or a date "
+            "(2026-11-30); without it no fixes are added.",
+        ),
+    ] = None,
+    test_set: Annotated[
+        list[str] | None, typer.Option("--test-set", help="advertiser=ID; repeatable.")
+    ] = None,
+    crop: Annotated[
+        str | None, typer.Option(help="letterbox or none (default CARTAG_DATASET_CROP).")
+    ] = None,
+    rank: Annotated[
+        bool, typer.Option("--rank/--no-rank", help="Rank label issues (runs the backbone).")
+    ] = True,
+    placeholders: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Add this many generated Placeholder cards (real photo folders have none; "
+            "a model trained without them never predicts Placeholder).",
+        ),
+    ] = 0,
+    placeholder_seed: Annotated[
+        int, typer.Option(help="Seed of the generated cards (same seed, same images).")
+    ] = 0,
+    user: Annotated[str, typer.Option(help="Recorded as the creator.")] = "cli",
+) -> None:
+    """Extend a frozen version with the manual fixes made since a cutoff."""
+    from cartag.training.dataset_build import BuildOptions
+    from cartag.training.dataset_inputs import parse_cutoff
+
+    settings = _settings()
+    try:
+        cutoff = parse_cutoff(add_fixes_since) if add_fixes_since is not None else None
+        options = BuildOptions(
+            name=name,
+            user=user,
+            test_advertisers=_test_sets(test_set or []),
+            crop=crop,
+            rank=rank,
+            placeholders=placeholders,
+            placeholder_seed=placeholder_seed,
+        )
+        _check_crop(crop)
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    _run_build(settings, rank, lambda b: b.create(options, parent_ref=from_ref, fixes_since=cutoff))
+
+
+def _check_crop(crop: str | None) -> None:
+    from cartag.errors import InputError
+    from cartag.training.crop import CROPPERS
+
+    if crop is not None and crop not in CROPPERS:
+        raise InputError(f"--crop {crop!r}: use one of {', '.join(CROPPERS)}", field="crop")
+
+
+@app.command("list")
+def list_command(
+    name: Annotated[str | None, typer.Argument(help="Only this dataset.")] = None,
+) -> None:
+    """List dataset versions with their item counts."""
+    from cartag.store import datasets as repo
+
+    settings = _settings()
+    db = _database(settings)
+    try:
+        with db.read() as session:
+            versions = repo.list_versions(session, name)
+            counts = repo.item_counts(session, [v.ref for v in versions])
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    finally:
+        db.dispose()
+    table = Table("ref", "status", "parent", "created", "included", "flagged", "excluded")
+    for v in versions:
+        c = counts.get(v.ref, {})
+        table.add_row(
+            v.ref,
+            v.status,
+            v.parent_ref or "-",
+            v.created_at.strftime("%Y-%m-%d %H:%M"),
+            str(c.get("included", 0)),
+            str(c.get("flagged", 0)),
+            str(c.get("excluded", 0)),
+        )
+    out.print(table)
+    if not versions:
+        err.print("no dataset versions yet: `cartag dataset import NAME --folder PATH`")
+
+
+@app.command("show")
+def show_command(
+    ref: Annotated[str, typer.Argument(help="NAME@N, or NAME for its latest version.")],
+    top: Annotated[int, typer.Option(min=0, help="Most suspicious items to list.")] = 15,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the stats as JSON.")] = False,
+) -> None:
+    """Stats of a version: filter counts, split, class balance, most suspicious labels."""
+    from cartag.store import datasets as repo
+
+    settings = _settings()
+    db = _database(settings)
+    try:
+        with db.read() as session:
+            version = repo.get_version(session, ref)
+            counts = repo.item_counts(session, [version.ref])[version.ref]
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    finally:
+        db.dispose()
+    if as_json:
+        payload = {
+            "ref": version.ref,
+            "status": version.status,
+            "parent": version.parent_ref,
+            "manifest_sha256": version.manifest_sha256,
+            "items": counts,
+            "test_sets": version.test_sets,
+            "stats": version.stats,
+        }
+        out.print_json(json.dumps(payload))
+        return
+    out.print(
+        f"[bold]{version.ref}[/bold] {version.status}"
+        + (f", from {version.parent_ref}" if version.parent_ref else "")
+        + f", created {version.created_at:%Y-%m-%d %H:%M} by {version.created_by}"
+        + (f", manifest sha256 {version.manifest_sha256}" if version.manifest_sha256 else "")
+    )
+    out.print("items: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if version.test_sets:
+        out.print("test sets: " + ", ".join(str(t.get("name")) for t in version.test_sets))
+    _print_stats(version.stats, top=top)
+
+
+def _print_stats(stats: dict[str, Any], *, top: int) -> None:
+    downloads = stats.get("downloads")
+    if downloads:
+        out.print(
+            f"fixes since {stats.get('fixes', {}).get('since')}: {stats['fixes']['fixes']} fixes "
+            f"of {downloads['images']} images; download failed {downloads['failed']}, "
+            f"image changed since the fix {downloads['changed_since_fix']}"
+        )
+    filters = stats.get("filters", {})
+    if filters:
+        table = Table("filter", "count", "meaning", title="filters")
+        for key, value in filters.items():
+            table.add_row(key, str(value), _FILTER_HELP.get(key, ""))
+        out.print(table)
+    generated = stats.get("placeholders")
+    if generated:
+        out.print(
+            f"generated {generated['generated']} placeholder cards (seed {generated['seed']}, "
+            "cartag.training.placeholders)"
+        )
+    if "added" in stats:
+        crop = stats.get("crop", {})
+        out.print(
+            f"added {stats['added']} new images, kept {stats.get('copied', 0)} from the parent; "
+            f"crop {crop.get('method')}: {crop.get('cropped', 0)} cropped"
+        )
+    split = stats.get("split", {})
+    if split:
+        out.print(
+            "split: "
+            + ", ".join(f"{k} {v}" for k, v in split.get("counts", {}).items())
+            + f" ({split.get('groups')} groups, {split.get('multi_item_groups')} with 2+ images)"
+        )
+    for task, balance in stats.get("class_balance", {}).items():
+        if not balance:
+            continue
+        table = Table("label", "n", "share", "train", "held out", title=f"class balance: {task}")
+        for label, row in balance.items():
+            table.add_row(
+                label,
+                str(row["n"]),
+                f"{row['share']:.1%}",
+                str(row.get("train", "")),
+                str(row.get("held_out", "")),
+            )
+        out.print(table)
+    ranking = stats.get("ranking", {})
+    if "skipped" in ranking:
+        out.print(f"label-issue ranking: skipped ({ranking['skipped']})")
+    for task, info in ranking.get("tasks", {}).items():
+        if "skipped" in info:
+            out.print(f"ranking {task}: skipped ({info['skipped']})")
+        else:
+            out.print(
+                f"ranking {task}: {info['scored']} scored, {info['flagged']} likely label errors "
+                f"(confident learning, {info['folds']}-fold out-of-fold)"
+            )
+    suspicious = stats.get("top_suspicious", [])[:top]
+    if suspicious:
+        table = Table(title="most suspicious")
+        for column in ("suspicion", "type", "color", "task", "model says", "conf"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("image", overflow="fold")
+        for row in suspicious:
+            table.add_row(
+                f"{row['suspicion']:.3f}",
+                row["image_type"] or "-",
+                row["color"] or "-",
+                row.get("task") or "-",
+                row["model_label"] or "-",
+                f"{row['model_confidence']:.2f}",
+                str(row.get("origin") or row["content_sha256"][:12]),
+            )
+        out.print(table)
+
+
+@app.command("freeze")
+def freeze_command(
+    ref: Annotated[str, typer.Argument(help="Draft version NAME@N (or NAME: latest).")],
+) -> None:
+    """Freeze a draft: its manifest hash is fixed and it can no longer change."""
+    from cartag.clock import SystemClock
+    from cartag.store import datasets as repo
+
+    settings = _settings()
+    db = _database(settings)
+    try:
+        with db.write() as session:
+            version = repo.freeze(session, ref, SystemClock().now())
+            ref_done, sha = version.ref, version.manifest_sha256
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    finally:
+        db.dispose()
+    out.print(f"froze {ref_done}: manifest sha256 {sha}")
+
+
+@app.command("export")
+def export_command(
+    ref: Annotated[str, typer.Argument(help="NAME@N (or NAME: latest).")],
+    out_path: Annotated[Path, typer.Option("--out", help="Manifest JSON file to write.")],
+) -> None:
+    """Write a version's manifest (items, labels, splits, provenance, hash) as JSON."""
+    from cartag.store import datasets as repo
+
+    settings = _settings()
+    db = _database(settings)
+    try:
+        with db.read() as session:
+            document = repo.export_manifest(session, ref)
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    finally:
+        db.dispose()
+    try:
+        out_path.write_text(json.dumps(document, indent=1, sort_keys=True), encoding="utf-8")
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot write {out_path}: {exc}")
+        raise typer.Exit(2) from exc
+    out.print(f"wrote {out_path}: {len(document['items'])} items of {document['ref']}")

@@ -1,0 +1,294 @@
+"""``cartag models``: the model registry — list, register, promote, rollback, history, reclassify.
+
+Running servers follow the ``production`` alias within ``CARTAG_MODEL_POLL_S``, so a
+promotion or rollback from here hot-swaps every server without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cartag.errors import CartagError, InputError
+from cartag.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from cartag.jobs.reclassify import ReclassifyReport
+    from cartag.store.db import Database
+    from cartag.store.tables import ModelVersionRow
+
+app = typer.Typer(
+    help="The model registry: list, register, promote, rollback.", no_args_is_help=True
+)
+err = Console(stderr=True, soft_wrap=True)
+
+AliasOpt = Annotated[str, typer.Option(help="production or candidate.")]
+ByOpt = Annotated[str | None, typer.Option("--by", help="Who does it (default: your user).")]
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except Exception as exc:  # noqa: BLE001 - pydantic's message names the variable
+        err.print(f"[red]error:[/red] invalid CARTAG_* setting: {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _fail(exc: CartagError) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc.message}")
+    return typer.Exit(2)
+
+
+def _user(by: str | None) -> str:
+    if by:
+        return by
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _registry(settings: Settings) -> Database:
+    """The migrated store, with the bundled model registered on a first use."""
+    from cartag.clock import SystemClock
+    from cartag.models.registry import ensure_initial
+    from cartag.store.db import Database, upgrade
+
+    db = Database(settings.resolved_database_url)
+    upgrade(db)
+    ensure_initial(db, settings, clock=SystemClock())
+    return db
+
+
+def key_metrics(row: ModelVersionRow) -> str:
+    """A short summary: accuracy and macro recall per task on the first evaluation set,
+    or the held-out figures of the model's own card when it has no recorded metrics."""
+    if row.metrics:
+        name = sorted(row.metrics)[0]
+        tasks: dict[str, Any] = row.metrics[name]
+        source = name
+    else:
+        heads = row.card.get("heads") or {}
+        tasks = {
+            task: ((meta or {}).get("metrics") or {}).get("held_out") or {}
+            for task, meta in heads.items()
+        }
+        source = "card held-out"
+    parts = []
+    for task, short in (("image_type", "type"), ("color", "color")):
+        report = tasks.get(task) or {}
+        if isinstance(report, dict) and report.get("accuracy") is not None:
+            recall = report.get("macro_recall")
+            parts.append(
+                f"{short} acc {report['accuracy']:.3f}"
+                + (f" / recall {recall:.3f}" if recall is not None else "")
+            )
+    if not parts:
+        return "-"
+    more = f" (+{len(row.metrics) - 1} sets)" if len(row.metrics) > 1 else ""
+    return f"{source}: " + ", ".join(parts) + more
+
+
+@app.command("list")
+def list_models() -> None:
+    """Registered versions, newest first, with their aliases and key metrics."""
+    from cartag.store import registry as repo
+
+    settings = _settings()
+    try:
+        db = _registry(settings)
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    table = Table("version", "status", "created", "dataset", "aliases", "key metrics")
+    with db.read() as session:
+        aliases = repo.aliases_by_version(session)
+        for row in repo.list_versions(session):
+            table.add_row(
+                row.version,
+                row.status,
+                row.created_at.isoformat(timespec="seconds"),
+                row.dataset_ref or "-",
+                ", ".join(aliases.get(row.version, [])) or "-",
+                key_metrics(row),
+            )
+    Console(width=200).print(table)
+
+
+@app.command("register")
+def register(
+    path: Annotated[Path, typer.Argument(help="A model folder: config.json + head files.")],
+    dataset: Annotated[
+        str | None, typer.Option(help="The dataset version it was trained on, e.g. cars@3.")
+    ] = None,
+    metrics: Annotated[
+        Path | None, typer.Option(help="A JSON file of evaluation metrics to record with it.")
+    ] = None,
+    by: ByOpt = None,
+) -> None:
+    """Copy a model into the registry after a load and smoke check (refused if it fails)."""
+    from cartag.clock import SystemClock
+    from cartag.models.registry import register_model
+
+    settings = _settings()
+    try:
+        if not path.is_dir():
+            raise InputError(f"{path} is not a folder", field="path")
+        recorded = None
+        if metrics is not None:
+            try:
+                recorded = json.loads(metrics.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise InputError(f"cannot read metrics {metrics}: {exc}", "metrics") from exc
+            if not isinstance(recorded, dict):
+                raise InputError(f"{metrics} must hold a JSON object", "metrics")
+        db = _registry(settings)
+        row = register_model(
+            db,
+            settings,
+            path,
+            created_by=_user(by),
+            clock=SystemClock(),
+            dataset_ref=dataset,
+            metrics=recorded,
+        )
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    err.print(f"registered {row.version} ({row.files_sha256[:12]}); promote it with:")
+    typer.echo(f"cartag models promote {row.version}")
+
+
+@app.command("promote")
+def promote(
+    version: Annotated[str, typer.Argument(help="A registered version.")],
+    force: Annotated[bool, typer.Option("--force", help="Skip the promotion gates.")] = False,
+    alias: AliasOpt = "production",
+    by: ByOpt = None,
+    reclassify: Annotated[
+        bool,
+        typer.Option(
+            "--reclassify/--no-reclassify",
+            help="Then re-classify opted-in advertisers' images with it.",
+        ),
+    ] = True,
+) -> None:
+    """Point an alias at a version; servers hot-swap to it. Exits 2 when a gate fails."""
+    from cartag.clock import SystemClock
+    from cartag.models import registry
+
+    settings = _settings()
+    try:
+        db = _registry(settings)
+        deployment = registry.promote(
+            db, settings, version, by=_user(by), clock=SystemClock(), alias=alias, force=force
+        )
+    except registry.PromotionGatedError as exc:
+        err.print(f"[red]refused:[/red] {version} fails {len(exc.failures)} promotion gate(s):")
+        for failure in exc.failures:
+            err.print(f"  - {failure}")
+        err.print("fix the candidate, or promote anyway with --force")
+        raise typer.Exit(2) from exc
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    err.print(f"{alias} -> {deployment.version}; servers switch within {settings.model_poll_s:g} s")
+    if alias == "production" and reclassify:
+        _reclassify(settings, db, None, quiet_if_none=True)
+
+
+@app.command("rollback")
+def rollback(alias: AliasOpt = "production", by: ByOpt = None) -> None:
+    """Point an alias back at the version it had before its current one."""
+    from cartag.clock import SystemClock
+    from cartag.models import registry
+
+    settings = _settings()
+    try:
+        db = _registry(settings)
+        deployment = registry.rollback(db, settings, by=_user(by), clock=SystemClock(), alias=alias)
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    err.print(f"{alias} rolled back to {deployment.version}")
+
+
+@app.command("history")
+def history(alias: AliasOpt = "production") -> None:
+    """Which version served when, and why (promote, rollback, initial)."""
+    from cartag.store import registry as repo
+
+    settings = _settings()
+    try:
+        repo.check_alias(alias)
+        db = _registry(settings)
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    table = Table("version", "from", "until", "reason", "by", title=f"{alias} history")
+    with db.read() as session:
+        for row in repo.history(session, alias):
+            table.add_row(
+                row.version,
+                row.started_at.isoformat(timespec="seconds"),
+                row.ended_at.isoformat(timespec="seconds") if row.ended_at else "(serving)",
+                row.reason,
+                row.by,
+            )
+    Console(width=160).print(table)
+
+
+@app.command("reclassify")
+def reclassify(
+    advertiser: Annotated[
+        str | None, typer.Option(help="Only this advertiser (it must have opted in).")
+    ] = None,
+) -> None:
+    """Re-classify opted-in advertisers' images with the production model (fixes untouched)."""
+    settings = _settings()
+    try:
+        db = _registry(settings)
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    _reclassify(settings, db, advertiser, quiet_if_none=False)
+
+
+def _reclassify(
+    settings: Settings, db: Database, advertiser: str | None, *, quiet_if_none: bool
+) -> None:
+    from cartag.clock import SystemClock
+    from cartag.jobs.reclassify import advertisers_to_run
+    from cartag.jobs.reclassify import reclassify as run
+    from cartag.models.hotswap import load_production
+    from cartag.pipeline.fetch import Fetcher
+
+    try:
+        if not advertisers_to_run(db, advertiser):
+            if not quiet_if_none:
+                err.print("no advertiser opted in; see `cartag advertisers set --help`")
+            return
+        model = load_production(db, settings)
+        if model is None:
+            err.print("[red]error:[/red] the production model cannot be loaded; see the log")
+            raise typer.Exit(2)
+
+        async def main() -> ReclassifyReport:
+            fetcher = Fetcher(settings)
+            try:
+                return await run(
+                    db, settings, model, fetcher, SystemClock(), advertiser_id=advertiser
+                )
+            finally:
+                await fetcher.aclose()
+
+        report = asyncio.run(main())
+    except CartagError as exc:
+        raise _fail(exc) from exc
+    err.print(
+        f"re-classified with {report.model_version} for {', '.join(report.advertisers)}: "
+        f"{report.images} images, {report.from_cache} from cached embeddings, "
+        f"{report.downloaded} downloaded, {report.failed} failed, {report.current} already "
+        f"current, {report.changed} changed answers (manual fixes still apply)"
+    )

@@ -1,0 +1,161 @@
+"""``cartag monitor report``: the figures of the /monitor page, as Rich tables or JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cartag.errors import CartagError, InputError
+from cartag.settings import Settings, get_settings
+
+app = typer.Typer(help="Monitoring: answer mix and manual-fix rates.", no_args_is_help=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except Exception as exc:  # noqa: BLE001 - pydantic's message names the variable
+        err.print(f"[red]error:[/red] invalid CARTAG_* setting: {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _pct(rate: float | None) -> str:
+    return "—" if rate is None else f"{rate * 100:.2f}%"
+
+
+def _mix(counts: dict[str, int], top: int = 4) -> str:
+    total = sum(counts.values())
+    if not total:
+        return ""
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return " ".join(f"{name} {n / total * 100:.0f}%" for name, n in ranked)
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if hasattr(value, "rate") and isinstance(value.rate, float | None):
+            out["rate"] = value.rate
+        return out
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+def _parse_until(text: str | None) -> dt.datetime:
+    if text is None:
+        return dt.datetime.now(dt.UTC)
+    try:
+        day = dt.date.fromisoformat(text.strip())
+    except ValueError:
+        raise InputError(
+            f"--until {text!r} is not a date; use e.g. 2026-11-30", field="until"
+        ) from None
+    return dt.datetime.combine(day, dt.time(23, 59, 59), dt.UTC)
+
+
+@app.command("report")
+def report(
+    since: Annotated[
+        str, typer.Option(help="First day: a period back from --until (24h, 7d, 2w) or a date.")
+    ] = "7d",
+    until: Annotated[str | None, typer.Option(help="Last day (UTC date); default: today.")] = None,
+    advertiser: Annotated[
+        str | None, typer.Option(help="Restrict the per-version figures to one advertiser.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Advertisers listed at most.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Answer mix and manual-fix rate per model version, day and advertiser; flags jumps."""
+    from cartag.ops.monitor import report_since
+    from cartag.store.db import Database, upgrade
+
+    settings = _settings()
+    try:
+        now = _parse_until(until)
+        db = Database(settings.resolved_database_url)
+        upgrade(db)
+        try:
+            with db.read() as session:
+                result = report_since(session, settings, since, now, advertiser=advertiser)
+        finally:
+            db.dispose()
+    except CartagError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from exc
+
+    if as_json:
+        payload = _jsonable(result)
+        payload["advertisers"] = payload["advertisers"][:limit]
+        payload["rule"] = result.thresholds.explain()
+        typer.echo(json.dumps(payload, indent=2))
+        return
+
+    out = Console()
+    scope = f" · advertiser {advertiser}" if advertiser else ""
+    out.print(
+        f"[bold]cartag monitor[/bold] {result.since} → {result.until} (UTC){scope}: "
+        f"{result.total.classified} answers, {result.total.fixes} fixes, "
+        f"fix rate {_pct(result.total.rate)}, {len(result.jumped)} advertiser(s) flagged"
+    )
+
+    versions = Table(title="Per model version and day")
+    for column in ("model version", "day", "answers", "fixes", "fix rate", "types", "colors"):
+        versions.add_column(
+            column, justify="left" if column in ("model version", "day") else "right"
+        )
+    for vd in result.version_days:
+        versions.add_row(
+            vd.version,
+            vd.day.isoformat(),
+            str(vd.rate.classified),
+            str(vd.rate.fixes),
+            _pct(vd.rate.rate),
+            _mix(vd.types),
+            _mix(vd.colors),
+        )
+    out.print(versions)
+
+    advertisers = Table(title="Per advertiser (flagged first)")
+    for column in (
+        "advertiser",
+        "answers",
+        "fixes",
+        "fix rate",
+        "recent answers",
+        "recent rate",
+        "baseline rate",
+        "verdict",
+    ):
+        advertisers.add_column(
+            column, justify="left" if column in ("advertiser", "verdict") else "right"
+        )
+    for a in result.advertisers[:limit]:
+        name = f"[bold red]▲ {a.advertiser_id}[/bold red]" if a.jumped else a.advertiser_id
+        advertisers.add_row(
+            name,
+            str(a.total.classified),
+            str(a.total.fixes),
+            _pct(a.total.rate),
+            str(a.recent.classified),
+            _pct(a.recent.rate),
+            _pct(a.baseline.rate)
+            if a.baseline_source == "own"
+            else f"{_pct(result.fleet_baseline.rate)} (all)",
+            a.verdict,
+        )
+    out.print(advertisers)
+    if len(result.advertisers) > limit:
+        out.print(f"… {len(result.advertisers) - limit} more advertisers (raise --limit)")
+    out.print(f"Flagged: {result.thresholds.explain()}.")

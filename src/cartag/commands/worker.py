@@ -1,0 +1,86 @@
+"""``cartag worker``: a Celery worker process that runs job chunks.
+
+It loads the model once, then takes one chunk task at a time from the broker
+(``CARTAG_BROKER_URL``) and writes results to the shared PostgreSQL database.
+Run as many as the machine has cores for the model; kill one and its chunk is
+delivered to another after ``CARTAG_BROKER_VISIBILITY_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from cartag.errors import CartagError
+from cartag.settings import Settings, get_settings
+
+app = typer.Typer(help="Run a Celery worker for jobs (needs CARTAG_BROKER_URL).")
+err = Console(stderr=True, soft_wrap=True)
+log = logging.getLogger(__name__)
+
+
+@app.callback(invoke_without_command=True)
+def worker(
+    loglevel: Annotated[str, typer.Option(help="Log level: debug, info, warning.")] = "info",
+    hostname: Annotated[
+        str | None, typer.Option(help="Worker name, e.g. w1@%h (default: Celery's).")
+    ] = None,
+) -> None:
+    """Take job chunks from the broker and classify them (one at a time per process)."""
+    from cartag.jobs.dispatch import check_broker_settings
+
+    settings = _settings()
+    if not settings.broker_url:
+        err.print(
+            "[red]error:[/red] CARTAG_BROKER_URL is not set; a worker needs the broker the API "
+            "sends jobs to, e.g. CARTAG_BROKER_URL=redis://127.0.0.1:6379/0"
+        )
+        raise typer.Exit(2)
+    try:
+        check_broker_settings(settings)
+    except CartagError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from exc
+    run_worker(settings, loglevel=loglevel, hostname=hostname)
+
+
+def run_worker(settings: Settings, *, loglevel: str = "info", hostname: str | None = None) -> None:
+    """Load the model, register the chunk task and consume until stopped."""
+    from cartag.jobs.celery_app import make_celery
+    from cartag.jobs.tasks import register_tasks
+    from cartag.jobs.worker import WorkerContext
+
+    try:
+        context = WorkerContext.from_settings(settings)
+    except CartagError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from exc
+    celery = make_celery(settings)
+    register_tasks(celery, lambda: context)
+    argv = [
+        "worker",
+        "--pool=solo",  # the model and its event loop live in this process
+        "--concurrency=1",
+        f"--loglevel={loglevel.upper()}",
+        f"--queues={settings.celery_queue}",
+        "--without-gossip",
+        "--without-mingle",
+        "--prefetch-multiplier=1",
+    ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    try:
+        celery.worker_main(argv)
+    finally:
+        context.close()
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except Exception as exc:  # noqa: BLE001 - pydantic's message names the variable
+        err.print(f"[red]error:[/red] invalid CARTAG_* setting: {exc}")
+        raise typer.Exit(2) from exc

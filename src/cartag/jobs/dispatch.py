@@ -1,0 +1,190 @@
+"""Where submitted jobs run: the :class:`JobDispatcher` boundary and its Celery side.
+
+``CARTAG_BROKER_URL`` unset (the default): :class:`~cartag.jobs.runner.JobRunner`
+runs jobs inside the API process. Set: :class:`CeleryDispatcher` stores the job and
+sends one task per chunk of items to the broker, and ``cartag worker`` processes run
+them against the same PostgreSQL database. Celery is imported only in that case.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import make_url
+
+from cartag.clock import Clock
+from cartag.errors import ConfigError
+from cartag.jobs.execute import chunk_bounds
+from cartag.settings import Settings
+from cartag.store import jobs as job_repo
+from cartag.store.db import Database
+from cartag.store.tables import JobRow
+
+if TYPE_CHECKING:
+    from cartag.pipeline.classify import ClassifyService
+
+log = logging.getLogger(__name__)
+
+
+class JobDispatcher:
+    """Takes submitted jobs; runs them itself or hands them to workers.
+
+    Args:
+        db: The store the job and its items are written to.
+        clock: Time source.
+    """
+
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    def submit(
+        self,
+        advertiser_id: str,
+        items: Sequence[tuple[str, str | None]],
+        callback_url: str | None,
+    ) -> JobRow:
+        """Store a job of ``(url, scrape_color)`` items and get it going; returns at once."""
+        with self.db.write() as session:
+            job = job_repo.create_job(
+                session,
+                advertiser_id=advertiser_id,
+                items=items,
+                callback_url=callback_url,
+                now=self.clock.now(),
+            )
+        self._dispatch(job.id, job.total)
+        return job
+
+    def _dispatch(self, job_id: str, total: int) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Pick up jobs a previous process left unfinished."""
+
+    async def stop(self) -> None:
+        """Stop whatever :meth:`start` started."""
+
+
+class ChunkSender:
+    """Sends ``(job_id, start, stop)`` chunk tasks to the workers."""
+
+    def send(self, job_id: str, start: int, stop: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class InMemoryChunkSender(ChunkSender):
+    """Keeps the chunks it is given, in order (tests drive them through ``execute``)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, int]] = []
+
+    def send(self, job_id: str, start: int, stop: int) -> None:
+        self.sent.append((job_id, start, stop))
+
+
+class CelerySender(ChunkSender):
+    """Publishes chunk tasks by name, so the API never imports the tasks or the model."""
+
+    def __init__(self, settings: Settings) -> None:
+        from cartag.jobs.celery_app import CHUNK_TASK, make_celery
+
+        self._app: Any = make_celery(settings)
+        self._task = CHUNK_TASK
+        self._queue = settings.celery_queue
+
+    def send(self, job_id: str, start: int, stop: int) -> None:
+        self._app.send_task(self._task, args=[job_id, start, stop], queue=self._queue)
+
+    def close(self) -> None:
+        self._app.close()
+
+
+class CeleryDispatcher(JobDispatcher):
+    """Stores jobs and sends one task per ``chunk_size`` items to the workers.
+
+    Args:
+        db: The store shared with the workers (PostgreSQL).
+        clock: Time source.
+        sender: Where chunk tasks go.
+        chunk_size: Items per task; a killed worker loses (and the broker redelivers)
+            at most this many.
+    """
+
+    def __init__(self, db: Database, clock: Clock, sender: ChunkSender, chunk_size: int) -> None:
+        super().__init__(db, clock)
+        self.sender = sender
+        self.chunk_size = chunk_size
+
+    def _dispatch(self, job_id: str, total: int) -> None:
+        for start, stop in chunk_bounds(total, self.chunk_size):
+            self.sender.send(job_id, start, stop)
+
+    def start(self) -> None:
+        """Send again the pending chunks of unfinished jobs.
+
+        Covers a job stored by an API process that stopped before its tasks were
+        sent; a chunk sent twice is harmless (its items are stored once).
+        """
+        with self.db.read() as session:
+            jobs = job_repo.unfinished_jobs(session)
+            pending = {job.id: job.total for job in jobs if job_repo.count_pending(session, job.id)}
+        for job_id, total in pending.items():
+            self._dispatch(job_id, total)
+        if pending:
+            log.info("sent the chunks of %d unfinished job(s) again", len(pending))
+
+    async def stop(self) -> None:
+        self.sender.close()
+
+
+def build_dispatcher(
+    settings: Settings,
+    db: Database,
+    service: ClassifyService,
+    clock: Clock,
+    *,
+    sender: ChunkSender | None = None,
+) -> JobDispatcher:
+    """The dispatcher the settings ask for: Celery with ``CARTAG_BROKER_URL``, else in-process.
+
+    Raises:
+        ConfigError: A broker is configured but the database is not PostgreSQL
+            (an injected ``sender`` skips the check: tests drive chunks themselves).
+    """
+    if not settings.broker_url and sender is None:
+        from cartag.jobs.runner import JobRunner
+
+        return JobRunner(db, service, clock, chunk_size=settings.job_chunk_size)
+    if sender is None:
+        check_shared_database(db)
+    return CeleryDispatcher(db, clock, sender or CelerySender(settings), settings.job_chunk_size)
+
+
+def check_broker_settings(settings: Settings) -> None:
+    """With ``CARTAG_BROKER_URL`` set, the configured database must be PostgreSQL.
+
+    Raises:
+        ConfigError: It is not (checked before anything starts).
+    """
+    if settings.broker_url:
+        _require_postgresql(make_url(settings.resolved_database_url).get_backend_name())
+
+
+def check_shared_database(db: Database) -> None:
+    """Celery workers and the API must share one PostgreSQL database."""
+    _require_postgresql(db.dialect)
+
+
+def _require_postgresql(dialect: str) -> None:
+    if dialect != "postgresql":
+        raise ConfigError(
+            f"CARTAG_BROKER_URL is set but the database is {dialect}: Celery workers and "
+            "the API must share a PostgreSQL database. Set CARTAG_DATABASE_URL="
+            "postgresql+psycopg://user@host/db, or unset CARTAG_BROKER_URL to run jobs in-process."
+        )

@@ -1,0 +1,278 @@
+"""Re-classification after a promotion: new model answers for opted-in advertisers' images.
+
+Only advertisers that opted in (``cartag advertisers set ID --reclassify-on-promote``)
+are re-classified. An image's new answer is computed from its cached backbone
+embedding (and cached color features) when the new model has the same backbone, so
+no image is downloaded; otherwise the image is downloaded again through the
+:class:`~cartag.pipeline.fetch.Fetcher` and run through the whole model.
+
+Only the model's fields of ``images`` rows change (type, scores, confidence, model
+version; the color too when the built-in model names colors). Manual fixes live in
+``fixes`` and are never touched: they still win when an answer is resolved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import update
+
+from cartag.clock import Clock
+from cartag.errors import ConflictError
+from cartag.models.classifier import Classifier, EmbeddingClassifier, Prediction, make_prediction
+from cartag.pipeline.decode import decode_image
+from cartag.pipeline.fetch import Fetched, Fetcher, FetchRequest
+from cartag.settings import Settings
+from cartag.store import embeddings as embedding_repo
+from cartag.store import images as image_repo
+from cartag.store import registry as registry_repo
+from cartag.store.cache import LookupCache, build_lookup_cache
+from cartag.store.db import Database
+from cartag.store.tables import ImageRow
+from cartag.store.upsert import chunked
+
+log = logging.getLogger(__name__)
+
+# Images per store read / model step / store write.
+_CHUNK = 500
+
+
+@dataclass
+class ReclassifyReport:
+    """What one run did.
+
+    Attributes:
+        advertisers: The opted-in advertisers covered.
+        images: Distinct images of theirs found in the cache.
+        current: Already answered by this model version (left alone).
+        from_cache: Re-classified from cached embeddings, without a download.
+        downloaded: Re-classified after downloading the image again.
+        failed: Could not be downloaded or decoded; their old answer stays.
+        changed: Re-classified images whose type or color changed.
+    """
+
+    model_version: str
+    advertisers: list[str] = field(default_factory=list)
+    images: int = 0
+    current: int = 0
+    from_cache: int = 0
+    downloaded: int = 0
+    failed: int = 0
+    changed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def advertisers_to_run(db: Database, advertiser_id: str | None) -> list[str]:
+    """The opted-in advertisers a run covers (one, or all that opted in).
+
+    Raises:
+        ConflictError: ``advertiser_id`` has not opted in.
+    """
+    with db.read() as session:
+        if advertiser_id is None:
+            return registry_repo.reclassify_advertisers(session)
+        if not registry_repo.opted_in(session, advertiser_id):
+            raise ConflictError(
+                f"advertiser {advertiser_id} has not opted in to re-classification; run "
+                f"`cartag advertisers set {advertiser_id} --reclassify-on-promote` first"
+            )
+    return [advertiser_id]
+
+
+async def reclassify(
+    db: Database,
+    settings: Settings,
+    classifier: Classifier,
+    fetcher: Fetcher,
+    clock: Clock,
+    *,
+    advertiser_id: str | None = None,
+    lookup_cache: LookupCache | None = None,
+) -> ReclassifyReport:
+    """Recompute the model answer of the images of opted-in advertisers with ``classifier``.
+
+    Args:
+        db: The store.
+        settings: ``color_provider`` (colors are recomputed only for ``builtin``) and
+            ``max_image_pixels``.
+        classifier: The newly promoted model.
+        fetcher: Downloads images whose embeddings are not cached.
+        clock: Time source for ``updated_at``.
+        advertiser_id: One advertiser (must have opted in); None = all that opted in.
+        lookup_cache: Read-through cache of classify lookups to invalidate for every
+            updated image; default: the one the settings configure (Redis or none).
+
+    Returns:
+        Counts of what was done.
+
+    Raises:
+        ConflictError: ``advertiser_id`` has not opted in.
+    """
+    report = ReclassifyReport(classifier.version)
+    report.advertisers = advertisers_to_run(db, advertiser_id)
+    keys: set[str] = set()
+    with db.read() as session:
+        for advertiser in report.advertisers:
+            keys |= registry_repo.advertiser_image_keys(session, advertiser)
+    cache = lookup_cache or build_lookup_cache(settings)
+    try:
+        for chunk in chunked(sorted(keys), _CHUNK):
+            await _run_chunk(db, settings, classifier, fetcher, clock, chunk, report, cache)
+    finally:
+        if lookup_cache is None:
+            cache.close()
+    log.info("re-classification with %s: %s", classifier.version, report.to_dict())
+    return report
+
+
+async def _run_chunk(
+    db: Database,
+    settings: Settings,
+    classifier: Classifier,
+    fetcher: Fetcher,
+    clock: Clock,
+    keys: Sequence[str],
+    report: ReclassifyReport,
+    cache: LookupCache,
+) -> None:
+    with db.read() as session:
+        rows = list(image_repo.get_images(session, keys).values())
+    report.images += len(rows)
+    todo = [row for row in rows if row.model_version != classifier.version]
+    report.current += len(rows) - len(todo)
+    if not todo:
+        return
+    predictions = await asyncio.to_thread(_from_cache, db, classifier, todo)
+    report.from_cache += len(predictions)
+    missing = [row for row in todo if row.image_key not in predictions]
+    if missing:
+        fresh = await _from_downloads(settings, classifier, fetcher, missing)
+        report.downloaded += len(fresh)
+        report.failed += len(missing) - len(fresh)
+        predictions.update(fresh)
+        shas = {row.image_key: row.content_sha256 for row in missing if row.content_sha256}
+        await asyncio.to_thread(_cache_vectors, db, classifier, fresh, shas, clock)
+    by_key = {row.image_key: row for row in todo}
+    values = []
+    for key, prediction in predictions.items():
+        row = by_key[key]
+        new = _model_fields(settings, prediction, classifier.version)
+        if new["image_type"] != row.image_type or ("color" in new and new["color"] != row.color):
+            report.changed += 1
+        values.append({"image_key": key, **new, "updated_at": clock.now()})
+    if values:
+        await asyncio.to_thread(_save, db, values)
+        # Servers answering from the cache must see the new answers at once.
+        cache.invalidate(image_keys=[v["image_key"] for v in values])
+
+
+def _from_cache(
+    db: Database, classifier: Classifier, rows: Sequence[ImageRow]
+) -> dict[str, Prediction]:
+    """Predictions from cached embeddings (+ color features) for the rows that have them."""
+    if not isinstance(classifier, EmbeddingClassifier) or classifier.backbone_id is None:
+        return {}
+    shas = {row.content_sha256 for row in rows if row.content_sha256}
+    with db.read() as session:
+        vectors = embedding_repo.load_embeddings(session, classifier.backbone_id, shas)
+        features: dict[str, np.ndarray] = {}
+        if classifier.color_features:
+            features = embedding_repo.load_embeddings(session, classifier.color_features, shas)
+    usable = [
+        row
+        for row in rows
+        if row.content_sha256 in vectors
+        and (not classifier.color_features or row.content_sha256 in features)
+        and vectors[row.content_sha256].shape[0] == classifier.type_head.embedding_dim
+    ]
+    if not usable:
+        return {}
+    emb = np.stack([vectors[str(row.content_sha256)] for row in usable])  # (N, D)
+    color_in = emb
+    if classifier.color_features:
+        extra = np.stack([features[str(row.content_sha256)] for row in usable])  # (N, F)
+        color_in = np.concatenate([emb, extra], axis=1)
+    type_probs = classifier.type_head.predict_proba(emb)
+    color_probs = classifier.color_head.predict_proba(color_in)
+    return {
+        row.image_key: make_prediction(t, c)
+        for row, t, c in zip(usable, type_probs, color_probs, strict=True)
+    }
+
+
+async def _from_downloads(
+    settings: Settings, classifier: Classifier, fetcher: Fetcher, rows: Sequence[ImageRow]
+) -> dict[str, Prediction]:
+    """Download, decode and classify images whose embeddings are not cached."""
+    fetched = await fetcher.fetch_many([FetchRequest(row.url) for row in rows])
+    images = {}
+    for row, outcome in zip(rows, fetched, strict=True):
+        if not isinstance(outcome, Fetched):
+            log.warning("re-classification: %s not downloaded (%r)", row.url, outcome)
+            continue
+        try:
+            images[row.image_key] = decode_image(
+                outcome.content, max_pixels=settings.max_image_pixels
+            ).image
+        except Exception as exc:  # noqa: BLE001 - one bad image never stops the run
+            log.warning("re-classification: %s not decoded (%r)", row.url, exc)
+    if not images:
+        return {}
+    keys = list(images)
+    predictions = await asyncio.to_thread(classifier.predict, [images[k] for k in keys])
+    return dict(zip(keys, predictions, strict=True))
+
+
+def _cache_vectors(
+    db: Database,
+    classifier: Classifier,
+    predictions: dict[str, Prediction],
+    shas: dict[str, str],
+    clock: Clock,
+) -> None:
+    """Cache the embeddings (and color features) of re-downloaded images for the next run."""
+    embeddings = {
+        shas[key]: p.embedding
+        for key, p in predictions.items()
+        if key in shas and p.embedding is not None
+    }
+    features = {
+        shas[key]: p.color_features
+        for key, p in predictions.items()
+        if key in shas and p.color_features is not None
+    }
+    features_id = classifier.color_features if isinstance(classifier, EmbeddingClassifier) else None
+    with db.write() as session:
+        if classifier.backbone_id is not None and embeddings:
+            embedding_repo.save_embeddings(session, classifier.backbone_id, embeddings, clock.now())
+        if features_id and features:
+            embedding_repo.save_embeddings(session, features_id, features, clock.now())
+
+
+def _model_fields(settings: Settings, prediction: Prediction, version: str) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "image_type": prediction.image_type,
+        "type_scores": prediction.type_scores,
+        "confidence": prediction.confidence,
+        "model_version": version,
+    }
+    if settings.color_provider == "builtin":
+        # A vendor's colors are kept: this model did not name them.
+        fields["color"] = None if prediction.image_type == "Placeholder" else prediction.color
+        fields["color_scores"] = prediction.color_scores
+        fields["color_reason"] = None
+    return fields
+
+
+def _save(db: Database, values: list[dict[str, Any]]) -> None:
+    with db.write() as session:
+        for chunk in chunked(values, _CHUNK):
+            # ORM bulk UPDATE by primary key: only the model's columns, never fixes.
+            session.execute(update(ImageRow), chunk)

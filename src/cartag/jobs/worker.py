@@ -1,0 +1,99 @@
+"""What one worker process holds: the database, the model and an event loop, built once.
+
+``cartag worker`` builds a :class:`WorkerContext` before it starts consuming tasks,
+so the model is loaded once per process and every chunk task reuses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from cartag.clock import Clock, SystemClock
+from cartag.models.classifier import Classifier
+from cartag.models.color_providers import build_color_provider, check_color_settings
+from cartag.models.hotswap import ModelWatcher, startup_model
+from cartag.pipeline.classify import ClassifyService
+from cartag.pipeline.fetch import Fetcher
+from cartag.settings import Settings
+from cartag.store.cache import build_lookup_cache
+from cartag.store.db import Database, upgrade
+
+_T = TypeVar("_T")
+
+log = logging.getLogger(__name__)
+
+
+class WorkerContext:
+    """The classify service of a worker process and the loop its coroutines run on.
+
+    Args:
+        settings: Runtime settings.
+        db: The shared store.
+        classifier: The model; default: the registry's production model (or the
+            configured one), loaded once; :meth:`follow_production` keeps it current.
+        clock: Time source; default: the system clock.
+        fetcher: Downloads; default: a real fetcher.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        *,
+        classifier: Classifier | None = None,
+        clock: Clock | None = None,
+        fetcher: Fetcher | None = None,
+    ) -> None:
+        check_color_settings(settings)
+        self.settings = settings
+        self.db = db
+        self.clock = clock or SystemClock()
+        # The fetcher's connections and the color provider belong to this loop.
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        model = startup_model(db, settings, clock=self.clock, classifier=classifier)
+        self.fetcher = fetcher or Fetcher(settings)
+        self._colors = build_color_provider(settings)
+        self._cache = build_lookup_cache(settings)
+        self.service = ClassifyService(
+            settings, db, self.fetcher, model, self.clock, self._colors, lookup_cache=self._cache
+        )
+        # Workers follow the production alias like servers do, between chunks.
+        self.watcher = ModelWatcher(db, settings, self.service)
+        self.watcher.prime()
+        self._checked = time.monotonic()
+
+    def follow_production(self) -> None:
+        """Hot-swap to the production model if it changed (checked at most every
+        ``model_poll_s`` seconds; a failed check keeps the current model)."""
+        if time.monotonic() - self._checked < self.settings.model_poll_s:
+            return
+        self._checked = time.monotonic()
+        try:
+            self.run(self.watcher.check())
+        except Exception:  # noqa: BLE001 - a registry hiccup must not fail the chunk
+            log.exception("checking the production model failed; keeping %s", self.watcher.serving)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerContext:
+        """Open (and migrate, if allowed) the database, load the model."""
+        db = Database(settings.resolved_database_url)
+        if settings.auto_migrate:
+            upgrade(db)
+        return cls(settings, db)
+
+    def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Run a coroutine to completion on this worker's loop."""
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        self.service.close()
+        self._cache.close()
+        self.run(self._colors.aclose())
+        self.run(self.fetcher.aclose())
+        self.loop.close()
+        self.db.dispose()

@@ -1,0 +1,130 @@
+"""Structured logs: one JSON object per line, carrying the id of the request being served.
+
+The request id lives in a context variable set by the HTTP middleware
+(:mod:`cartag.ops.middleware`); asyncio tasks and ``asyncio.to_thread`` inherit it, so
+the pipeline's log lines carry the id of the request they work for without passing it.
+
+``CARTAG_LOG_FORMAT=json`` (default of ``cartag serve``) or ``text``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import sys
+import uuid
+from contextvars import ContextVar
+from typing import Any, Final, Literal
+
+from cartag.errors import InputError
+
+request_id_var: ContextVar[str | None] = ContextVar("cartag_request_id", default=None)
+
+# A client's X-Request-ID is kept when it looks like an id, so it can't inject log
+# lines or huge values: letters, digits and . _ : - only, at most 128 characters.
+_SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+# Attributes every LogRecord has; anything else was passed with ``extra=``.
+_STANDARD: Final[frozenset[str]] = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
+    | {"message", "asctime", "color_message"}  # uvicorn's ANSI-colored copy of msg
+)
+
+LogFormat = Literal["json", "text"]
+_LEVELS: Final[frozenset[str]] = frozenset({"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"})
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def accept_request_id(value: str | None) -> str:
+    """The client's request id if it is sane, else a fresh one."""
+    if value and _SANE_ID.fullmatch(value):
+        return value
+    return new_request_id()
+
+
+def current_request_id() -> str | None:
+    return request_id_var.get()
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON line.
+
+    Keys: ``ts`` (UTC, ISO 8601, milliseconds), ``level``, ``logger``, ``msg`` (the
+    formatted message), ``request_id`` (or null), every ``extra=`` field, and ``exc``
+    (the traceback) when there is one. Values JSON can't hold are written with ``str``.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = dt.datetime.fromtimestamp(record.created, dt.UTC)
+        payload: dict[str, Any] = {
+            "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "request_id": getattr(record, "request_id", None) or request_id_var.get(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and key not in payload:
+                payload[key] = value
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            payload["exc"] = record.exc_text
+        if record.stack_info:
+            payload["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(payload, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """A human-readable line with the request id in brackets when there is one."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s%(rid)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        rid = getattr(record, "request_id", None) or request_id_var.get()
+        record.rid = f" [{rid}]" if rid else ""
+        return super().format(record)
+
+
+def make_handler(fmt: LogFormat, stream: Any = None) -> logging.Handler:
+    """A stream handler (stderr by default) with the formatter for ``fmt``."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.set_name("cartag")
+    return handler
+
+
+def configure_logging(fmt: LogFormat, level: str = "info") -> None:
+    """Send every logger's records (cartag's, uvicorn's, libraries') to one handler.
+
+    Replaces the handlers of the root logger and makes uvicorn's loggers propagate to
+    it, so a JSON deployment gets JSON everywhere. Call once, at process start.
+
+    Raises:
+        InputError: ``level`` is not a log level.
+    """
+    name = "DEBUG" if level.upper() == "TRACE" else level.upper()  # uvicorn's extra level
+    if name not in _LEVELS:
+        raise InputError(
+            f"unknown log level {level!r}; use one of {', '.join(sorted(_LEVELS)).lower()}",
+            field="log_level",
+        )
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(make_handler(fmt))
+    root.setLevel(name)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        # A logging.config call elsewhere (uvicorn's own config, Celery, Alembic's
+        # fileConfig) may have disabled it or given it a level: the root's level rules.
+        logger.disabled = False
+        logger.setLevel(logging.NOTSET)

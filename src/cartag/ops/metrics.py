@@ -1,0 +1,264 @@
+"""Prometheus metrics: :class:`PrometheusTelemetry` implements the telemetry boundary.
+
+Each instance owns its own ``CollectorRegistry`` (an app = a registry), so several apps
+in one process (tests) never collide, and ``/metrics`` shows only its app's figures.
+
+Label cardinality is bounded: route labels are route templates, and host / advertiser
+labels go through :class:`TopLabels`, which gives only the most frequent values their own
+series and counts the rest as ``other``.
+
+Multi-process deployments (several uvicorn workers, Celery workers): every process
+exposes its own registry; scrape each one and aggregate in Prometheus (``sum by``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from cartag.telemetry import AnsweredImage, Telemetry
+
+log = logging.getLogger(__name__)
+
+OTHER = "other"
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+_REQUEST_IMAGES_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 5000)
+
+
+class TopLabels:
+    """Maps an unbounded label value (a host, an advertiser) onto a bounded set.
+
+    Frequencies are tracked with the Space-Saving algorithm in ``4 * top_n`` slots; a
+    value is its own label while it is among the ``top_n`` most frequent, else
+    :data:`OTHER`. A value that drops out of the top keeps its (frozen) series and its
+    later counts go to ``other``, so each series stays monotonic and the sum over all
+    labels is exact. At most ``max_series`` values ever get their own label.
+
+    Args:
+        top_n: How many values may be their own label at a time.
+        max_series: Most distinct values ever labelled (default ``2 * top_n``).
+    """
+
+    def __init__(self, top_n: int, max_series: int | None = None) -> None:
+        if top_n < 0:
+            raise ValueError("top_n must not be negative")
+        self.top_n = top_n
+        self.max_series = 2 * top_n if max_series is None else max_series
+        self._capacity = max(4 * top_n, 1)
+        self._counts: dict[str, int] = {}
+        self._labelled: set[str] = set()
+        self._lock = threading.Lock()
+
+    def label(self, value: str) -> str:
+        """Count one occurrence of ``value``; returns the label to use for it."""
+        if self.top_n == 0:
+            return OTHER
+        with self._lock:
+            counts = self._counts
+            if value in counts:
+                counts[value] += 1
+            elif len(counts) < self._capacity:
+                counts[value] = 1
+            else:
+                # Space-Saving: the newcomer takes the least frequent slot and inherits
+                # its count (an over-estimate that makes heavy hitters win their slot).
+                smallest = min(counts, key=counts.__getitem__)
+                counts[value] = counts.pop(smallest) + 1
+            top = heapq.nlargest(self.top_n, counts, key=counts.__getitem__)
+            if value not in top:
+                return OTHER
+            if value in self._labelled:
+                return value
+            if len(self._labelled) >= self.max_series:
+                return OTHER
+            self._labelled.add(value)
+            return value
+
+
+class _QueueDepth(Collector):
+    """``cartag_queue_depth{queue}``, read at scrape time from functions the app registers."""
+
+    def __init__(self) -> None:
+        self._sources: list[Callable[[], dict[str, float]]] = []
+
+    def add(self, read: Callable[[], dict[str, float]]) -> None:
+        self._sources.append(read)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "cartag_queue_depth", "Items waiting, by queue (read at scrape time).", labels=["queue"]
+        )
+        values: dict[str, float] = {}
+        for read in self._sources:
+            try:
+                values.update(read())
+            except Exception:  # noqa: BLE001 - a failing source must not break the scrape
+                log.exception("a queue-depth source failed")
+        for queue, value in sorted(values.items()):
+            family.add_metric([queue], value)
+        yield family
+
+
+class PrometheusTelemetry(Telemetry):
+    """Telemetry recorded as Prometheus metrics in a private registry.
+
+    Args:
+        top_hosts: Hosts with their own ``host`` label on download failures.
+        top_advertisers: Advertisers with their own label on the fix counter.
+    """
+
+    def __init__(self, *, top_hosts: int = 20, top_advertisers: int = 50) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._hosts = TopLabels(top_hosts)
+        self._advertisers = TopLabels(top_advertisers)
+        self.requests = Counter(
+            "cartag_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "cartag_http_request_duration_seconds",
+            "HTTP request latency, by route template and method.",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.images = Counter(
+            "cartag_images",
+            "Images answered by classify (requests and jobs), by status and answer source "
+            "(source is 'none' for skipped images).",
+            ["status", "source"],
+            registry=r,
+        )
+        self.skipped = Counter(
+            "cartag_images_skipped",
+            "Images skipped, by machine-readable reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.download_failures = Counter(
+            "cartag_download_failures",
+            "Image downloads that failed, by reason and host (the most frequent hosts; "
+            "the rest are 'other').",
+            ["reason", "host"],
+            registry=r,
+        )
+        self.cache_lookups = Counter(
+            "cartag_cache_lookups",
+            "Answered images by cache result: hit (answered from the store) or miss "
+            "(the model ran).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_hit_ratio = Gauge(
+            "cartag_cache_hit_ratio",
+            "Cache hits / (hits + misses) since the process started; for a window use "
+            "rate(cartag_cache_lookups_total{result='hit'}[5m]) / "
+            "rate(cartag_cache_lookups_total[5m]).",
+            registry=r,
+        )
+        self.request_images = Histogram(
+            "cartag_classify_images",
+            "Images per classify call (an API request or a job chunk).",
+            buckets=_REQUEST_IMAGES_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "cartag_inference_batch_size",
+            "Images per model call (micro-batch size).",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_duration = Histogram(
+            "cartag_inference_batch_duration_seconds",
+            "Wall time of one model call.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fixes = Counter(
+            "cartag_fixes",
+            "Manual fixes, by advertiser (the most active; the rest are 'other') and scope.",
+            ["advertiser", "scope"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "cartag_model_info",
+            "The model version in service (value 1).",
+            ["version"],
+            registry=r,
+        )
+        self._queues = _QueueDepth()
+        r.register(self._queues)
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+
+    # --- exposition ----------------------------------------------------------------
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The registry in the Prometheus text format, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def add_queue_source(self, read: Callable[[], dict[str, float]]) -> None:
+        """Report ``read()`` (queue name → depth) as ``cartag_queue_depth`` at every scrape."""
+        self._queues.add(read)
+
+    # --- Telemetry -------------------------------------------------------------------
+
+    def request_finished(self, method: str, route: str, status: int, duration_s: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, method).observe(duration_s)
+
+    def images_answered(self, results: Sequence[AnsweredImage]) -> None:
+        hits = misses = 0
+        for result in results:
+            self.images.labels(result.status, result.source or "none").inc()
+            if result.status == "skipped":
+                self.skipped.labels(result.reason or "unknown").inc()
+            elif result.status == "cached":
+                hits += 1
+            else:
+                misses += 1
+        self.request_images.observe(len(results))
+        if hits:
+            self.cache_lookups.labels("hit").inc(hits)
+        if misses:
+            self.cache_lookups.labels("miss").inc(misses)
+        with self._lock:
+            self._hits += hits
+            self._misses += misses
+            total = self._hits + self._misses
+            if total:
+                self.cache_hit_ratio.set(self._hits / total)
+
+    def download_failed(self, reason: str, host: str) -> None:
+        self.download_failures.labels(reason, self._hosts.label(host)).inc()
+
+    def batch_ran(self, size: int, duration_s: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_duration.observe(duration_s)
+
+    def fix_applied(self, advertiser_id: str, scope: str) -> None:
+        self.fixes.labels(self._advertisers.label(advertiser_id), scope).inc()
+
+    def model_loaded(self, version: str) -> None:
+        # One version at a time: a hot swap replaces the series rather than adding one.
+        self.model_info.clear()
+        self.model_info.labels(version).set(1)

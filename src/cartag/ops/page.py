@@ -1,0 +1,202 @@
+"""Render a :class:`~cartag.ops.monitor.MonitorReport` as the ``/monitor`` HTML page.
+
+Server-rendered: the charts are inline SVG from :mod:`cartag.ops.svg`, no scripts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import jinja2
+from markupsafe import Markup
+
+from cartag.ops import svg
+from cartag.ops.monitor import NO_COLOR, AdvertiserStats, MonitorReport, Rate
+from cartag.vocab import COLORS, IMAGE_TYPES
+
+TEMPLATE_DIR: Final[Path] = Path(__file__).resolve().parents[1] / "web" / "templates"
+
+TYPE_COLORS: Final[dict[str, str]] = {
+    "Dealer": "#0d6efd",
+    "Stock": "#20c997",
+    "Placeholder": "#adb5bd",
+}
+# Swatches close to the vehicle colors they stand for.
+COLOR_SWATCHES: Final[dict[str, str]] = {
+    "Black": "#212529",
+    "Blue": "#1f5fbf",
+    "Brown": "#7b4a26",
+    "Burgundy": "#800020",
+    "Green": "#2e8b57",
+    "Grey": "#9aa0a6",
+    "Orange": "#f28c28",
+    "Pink": "#f4a6c0",
+    "Purple": "#7d3c98",
+    "Red": "#d62728",
+    "White": "#f8f9fa",
+    "Yellow": "#f2d21b",
+    NO_COLOR: "#e9ecef",
+}
+# Advertisers drawn in the per-advertiser fix-rate chart (flagged ones first).
+MAX_ADVERTISER_LINES: Final = 8
+# Rows of the advertiser table (flagged first); the rest are counted, and reachable with
+# the advertiser filter or `cartag monitor report --limit`.
+MAX_ADVERTISER_ROWS: Final = 200
+
+
+@dataclass
+class VersionCharts:
+    version: str
+    answers: int
+    fixes: int
+    types_svg: Markup
+    colors_svg: Markup
+
+
+def _pct(rate: float | None) -> str:
+    return "—" if rate is None else f"{rate * 100:.2f}%"
+
+
+def _day_label(day: dt.date) -> str:
+    return day.strftime("%m-%d")
+
+
+def _version_charts(report: MonitorReport) -> list[VersionCharts]:
+    charts = []
+    for version in report.versions:
+        type_cols: list[tuple[str, dict[str, float]]] = []
+        color_cols: list[tuple[str, dict[str, float]]] = []
+        answers = fixes = 0
+        for day in report.days:
+            cell = report.cell(version, day)
+            types = {k: float(v) for k, v in cell.types.items()} if cell else {}
+            colors = {k: float(v) for k, v in cell.colors.items()} if cell else {}
+            type_cols.append((_day_label(day), types))
+            color_cols.append((_day_label(day), colors))
+            if cell:
+                answers += cell.rate.classified
+                fixes += cell.rate.fixes
+        charts.append(
+            VersionCharts(
+                version=version,
+                answers=answers,
+                fixes=fixes,
+                types_svg=Markup(
+                    svg.stacked_bars(
+                        type_cols, IMAGE_TYPES, TYPE_COLORS, title=f"type mix of {version} per day"
+                    )
+                ),
+                colors_svg=Markup(
+                    svg.stacked_bars(
+                        color_cols,
+                        (*COLORS, NO_COLOR),
+                        COLOR_SWATCHES,
+                        title=f"color mix of {version} per day",
+                    )
+                ),
+            )
+        )
+    return charts
+
+
+def _daily_rates(report: MonitorReport, daily: dict[dt.date, Rate]) -> list[float | None]:
+    return [daily[d].rate if d in daily else None for d in report.days]
+
+
+def _version_rate_chart(report: MonitorReport) -> Markup:
+    series: dict[str, list[float | None]] = {}
+    for version in report.versions:
+        values: list[float | None] = []
+        for day in report.days:
+            cell = report.cell(version, day)
+            values.append(cell.rate.rate if cell else None)
+        series[version] = values
+    return Markup(
+        svg.line_chart(
+            [_day_label(d) for d in report.days],
+            series,
+            title="manual-fix rate (fixes ÷ answered images) per model version and day",
+        )
+    )
+
+
+def _advertiser_rate_chart(report: MonitorReport) -> Markup:
+    chosen: list[AdvertiserStats] = report.jumped[:MAX_ADVERTISER_LINES]
+    rest = sorted(
+        (a for a in report.advertisers if not a.jumped),
+        key=lambda a: -a.total.classified,
+    )
+    chosen += rest[: MAX_ADVERTISER_LINES - len(chosen)]
+    series = {a.advertiser_id: _daily_rates(report, a.daily) for a in chosen}
+    return Markup(
+        svg.line_chart(
+            [_day_label(d) for d in report.days],
+            series,
+            title="manual-fix rate per advertiser and day (flagged advertisers drawn thick)",
+            highlight=[a.advertiser_id for a in report.jumped],
+        )
+    )
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["pct"] = _pct
+    return env
+
+
+def render_monitor(
+    report: MonitorReport,
+    *,
+    since_text: str,
+    generated: dt.datetime,
+    max_rows: int = MAX_ADVERTISER_ROWS,
+) -> str:
+    """The monitor page for ``report``.
+
+    Args:
+        report: What to show.
+        since_text: The ``since`` the user asked for (kept in links and the form).
+        generated: When the page was made (shown in the header).
+        max_rows: Most advertisers listed in the table.
+    """
+    rows = report.advertisers[:max_rows]
+    sparklines = {
+        a.advertiser_id: Markup(
+            svg.sparkline(
+                _daily_rates(report, a.daily),
+                color="#dc3545" if a.jumped else "#0d6efd",
+                title=f"daily fix rate of {a.advertiser_id}",
+            )
+        )
+        for a in rows
+    }
+    return (
+        _environment()
+        .get_template("monitor.html")
+        .render(
+            report=report,
+            since_text=since_text,
+            generated=generated.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            version_charts=_version_charts(report),
+            version_rate_svg=_version_rate_chart(report),
+            advertiser_rate_svg=_advertiser_rate_chart(report) if report.advertisers else None,
+            sparklines=sparklines,
+            rows=rows,
+            hidden=len(report.advertisers) - len(rows),
+            rule=report.thresholds.explain(),
+        )
+    )
+
+
+def render_login(*, error: str | None = None, next_url: str = "/monitor") -> str:
+    """The login form: an API key with the reviewer (or admin) role."""
+    return _environment().get_template("monitor_login.html").render(error=error, next=next_url)

@@ -1,0 +1,301 @@
+"""Repository functions for the model registry and per-advertiser settings.
+
+The registry has three tables: ``model_versions`` (one row per registered model
+folder), ``model_aliases`` (``production`` / ``candidate`` -> a version) and
+``model_deployments`` (the history: which version an alias pointed to, from when
+to when, and why). Servers poll :func:`alias_version` (one primary-key read).
+The file-level work (copying, hashing, loading, smoke checks) lives in
+:mod:`cartag.models.registry`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Collection, Iterable
+from typing import Any, Final
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from cartag.errors import ConflictError, InputError, NotFoundError
+from cartag.store.tables import (
+    AdvertiserImageRow,
+    AdvertiserSettingRow,
+    DeploymentRow,
+    FixAuditRow,
+    JobItemRow,
+    JobRow,
+    ModelAliasRow,
+    ModelVersionRow,
+)
+from cartag.store.upsert import chunked, upsert
+
+PRODUCTION: Final[str] = "production"
+CANDIDATE: Final[str] = "candidate"
+ALIASES: Final[tuple[str, ...]] = (PRODUCTION, CANDIDATE)
+
+REGISTERED: Final[str] = "registered"
+REFUSED: Final[str] = "refused"
+ARCHIVED: Final[str] = "archived"
+
+
+def check_alias(alias: str) -> str:
+    """Return ``alias`` if it is a known alias name.
+
+    Raises:
+        InputError: Otherwise.
+    """
+    if alias not in ALIASES:
+        raise InputError(f"unknown alias {alias!r}; use one of {', '.join(ALIASES)}", "alias")
+    return alias
+
+
+# --- versions --------------------------------------------------------------------
+
+
+def find_version(session: Session, version: str) -> ModelVersionRow | None:
+    """The registered row of ``version``, or None."""
+    return session.get(ModelVersionRow, version)
+
+
+def get_version(session: Session, version: str) -> ModelVersionRow:
+    """The row of ``version``.
+
+    Raises:
+        NotFoundError: No model has this version.
+    """
+    row = find_version(session, version)
+    if row is None:
+        raise NotFoundError(
+            f"no model version {version!r} is registered; `cartag models list` shows them"
+        )
+    return row
+
+
+def list_versions(session: Session) -> list[ModelVersionRow]:
+    """Every registered model, newest first."""
+    stmt = select(ModelVersionRow).order_by(
+        ModelVersionRow.created_at.desc(), ModelVersionRow.version
+    )
+    return list(session.scalars(stmt))
+
+
+def count_versions(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(ModelVersionRow)) or 0)
+
+
+def add_version(
+    session: Session,
+    *,
+    version: str,
+    path: str,
+    files_sha256: str,
+    status: str,
+    card: dict[str, Any],
+    metrics: dict[str, Any],
+    dataset_ref: str | None,
+    created_by: str,
+    now: dt.datetime,
+) -> ModelVersionRow:
+    """Insert a version row, or replace a refused one with the same version."""
+    row = find_version(session, version)
+    if row is None:
+        row = ModelVersionRow(version=version, created_at=now)
+        session.add(row)
+    row.path = path
+    row.files_sha256 = files_sha256
+    row.status = status
+    row.card = card
+    row.metrics = metrics
+    row.dataset_ref = dataset_ref
+    row.created_by = created_by
+    session.flush()
+    return row
+
+
+def set_status(session: Session, version: str, status: str, reason: str | None = None) -> None:
+    """Change a version's status; ``reason`` is kept in its card as ``status_reason``."""
+    row = get_version(session, version)
+    row.status = status
+    if reason is not None:
+        row.card = {**row.card, "status_reason": reason}
+
+
+def merge_metrics(session: Session, version: str, metrics: dict[str, Any]) -> ModelVersionRow:
+    """Merge evaluation sets into a version's metrics (a set given again replaces the old)."""
+    row = get_version(session, version)
+    # A new dict, so the JSON column is seen as changed; round-tripped so it is plain JSON.
+    row.metrics = {**row.metrics, **json.loads(json.dumps(metrics))}
+    return row
+
+
+# --- aliases and history ------------------------------------------------------------
+
+
+def alias_version(session: Session, alias: str) -> str | None:
+    """The version an alias points to: the cheap read servers poll."""
+    return session.scalar(select(ModelAliasRow.version).where(ModelAliasRow.alias == alias))
+
+
+def get_alias(session: Session, alias: str) -> ModelVersionRow | None:
+    """The model an alias points to, or None when the alias is not set."""
+    version = alias_version(session, alias)
+    return None if version is None else find_version(session, version)
+
+
+def aliases_by_version(session: Session) -> dict[str, list[str]]:
+    """Version -> the aliases pointing at it."""
+    found: dict[str, list[str]] = {}
+    for row in session.scalars(select(ModelAliasRow).order_by(ModelAliasRow.alias)):
+        found.setdefault(row.version, []).append(row.alias)
+    return found
+
+
+def history(session: Session, alias: str) -> list[DeploymentRow]:
+    """Every deployment of an alias, oldest first (the last one is current)."""
+    stmt = (
+        select(DeploymentRow)
+        .where(DeploymentRow.alias == alias)
+        .order_by(DeploymentRow.started_at, DeploymentRow.id)
+    )
+    return list(session.scalars(stmt))
+
+
+def point_alias(
+    session: Session, alias: str, version: str, *, by: str, reason: str, now: dt.datetime
+) -> DeploymentRow:
+    """Point ``alias`` at ``version``, closing the current deployment row and opening one.
+
+    Raises:
+        ConflictError: The alias already points at this version.
+    """
+    current = session.get(ModelAliasRow, alias, with_for_update=True)
+    if current is not None and current.version == version:
+        raise ConflictError(f"{alias} already serves {version}; nothing to do")
+    session.execute(
+        update(DeploymentRow)
+        .where(DeploymentRow.alias == alias, DeploymentRow.ended_at.is_(None))
+        .values(ended_at=now)
+    )
+    if current is None:
+        session.add(ModelAliasRow(alias=alias, version=version, updated_at=now, updated_by=by))
+    else:
+        current.version = version
+        current.updated_at = now
+        current.updated_by = by
+    deployment = DeploymentRow(
+        alias=alias, version=version, started_at=now, ended_at=None, by=by, reason=reason
+    )
+    session.add(deployment)
+    session.flush()
+    return deployment
+
+
+def rollback_target(deployments: Iterable[DeploymentRow]) -> str | None:
+    """The version a rollback returns to, replaying the history as a stack.
+
+    A promotion (or the initial deployment) pushes its version, a rollback pops one, so
+    promoting B then C and rolling back twice returns to B then to the version before B.
+
+    Returns:
+        The version below the current one, or None when there is none.
+    """
+    stack: list[str] = []
+    for row in deployments:
+        if row.reason == "rollback":
+            if stack:
+                stack.pop()
+            # The row records where the rollback landed, which is now on top.
+            if not stack or stack[-1] != row.version:
+                stack.append(row.version)
+        else:
+            stack.append(row.version)
+    return stack[-2] if len(stack) >= 2 else None
+
+
+# --- advertisers ----------------------------------------------------------------------
+
+
+def set_advertiser(
+    session: Session, advertiser_id: str, *, reclassify_on_promote: bool, now: dt.datetime
+) -> AdvertiserSettingRow:
+    """Create or change an advertiser's settings."""
+    upsert(
+        session,
+        AdvertiserSettingRow,
+        {
+            "advertiser_id": advertiser_id,
+            "reclassify_on_promote": reclassify_on_promote,
+            "updated_at": now,
+        },
+        index_elements=["advertiser_id"],
+    )
+    row = session.get(AdvertiserSettingRow, advertiser_id, populate_existing=True)
+    assert row is not None
+    return row
+
+
+def list_advertisers(session: Session) -> list[AdvertiserSettingRow]:
+    """Every advertiser with settings, by id."""
+    stmt = select(AdvertiserSettingRow).order_by(AdvertiserSettingRow.advertiser_id)
+    return list(session.scalars(stmt))
+
+
+def reclassify_advertisers(session: Session) -> list[str]:
+    """Advertisers that opted in to re-classification after a promotion."""
+    stmt = (
+        select(AdvertiserSettingRow.advertiser_id)
+        .where(AdvertiserSettingRow.reclassify_on_promote.is_(True))
+        .order_by(AdvertiserSettingRow.advertiser_id)
+    )
+    return list(session.scalars(stmt))
+
+
+def opted_in(session: Session, advertiser_id: str) -> bool:
+    row = session.get(AdvertiserSettingRow, advertiser_id)
+    return bool(row is not None and row.reclassify_on_promote)
+
+
+def record_advertiser_images(
+    session: Session, advertiser_id: str, image_keys: Collection[str], now: dt.datetime
+) -> None:
+    """Remember that an advertiser's request named these images (bulk upsert)."""
+    rows = [
+        {"advertiser_id": advertiser_id, "image_key": key, "last_seen_at": now}
+        for key in sorted(set(image_keys))
+    ]
+    for chunk in chunked(rows, 1000):
+        upsert(
+            session,
+            AdvertiserImageRow,
+            chunk,
+            index_elements=["advertiser_id", "image_key"],
+            update=["last_seen_at"],
+        )
+
+
+def advertiser_image_keys(session: Session, advertiser_id: str) -> set[str]:
+    """Every image key an advertiser is known to use: classify requests, jobs and fixes."""
+    keys = set(
+        session.scalars(
+            select(AdvertiserImageRow.image_key).where(
+                AdvertiserImageRow.advertiser_id == advertiser_id
+            )
+        )
+    )
+    keys.update(
+        session.scalars(
+            select(FixAuditRow.image_key).where(FixAuditRow.advertiser_id == advertiser_id)
+        )
+    )
+    results = session.scalars(
+        select(JobItemRow.result)
+        .join(JobRow, JobRow.id == JobItemRow.job_id)
+        .where(JobRow.advertiser_id == advertiser_id, JobItemRow.result.is_not(None))
+    )
+    for result in results:
+        key = result.get("image_key") if isinstance(result, dict) else None
+        if key:
+            keys.add(str(key))
+    return keys

@@ -1,0 +1,68 @@
+"""The telemetry boundary: what the pipeline, the models and the API report as they work.
+
+Code that does the work calls a :class:`Telemetry`; the base class does nothing, so
+tests, the CLI and benchmarks can ignore it. :class:`cartag.ops.metrics.PrometheusTelemetry`
+turns the calls into Prometheus metrics. Nothing here imports prometheus_client: the
+pipeline stays free of any metrics library.
+
+Every method must be cheap and must never raise into the caller (implementations swallow
+their own errors: a metrics bug must not fail a classify). Methods may be called from any
+thread (the micro-batcher's worker, decode pools, the event loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+from urllib.parse import urlsplit
+
+
+class AnsweredImage(Protocol):
+    """What telemetry reads from a classify result (see ``pipeline.results.ClassifyResult``)."""
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def source(self) -> str | None: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+
+class Telemetry:
+    """Observer of cartag's work. Every method is a no-op here; override the ones you need."""
+
+    def request_finished(self, method: str, route: str, status: int, duration_s: float) -> None:
+        """An HTTP request was answered.
+
+        Args:
+            method: HTTP method.
+            route: The route template (``/v1/images/{image_key}``), never the raw path.
+            status: HTTP status code sent.
+            duration_s: Wall time from the first byte in to the last byte out.
+        """
+
+    def images_answered(self, results: Sequence[AnsweredImage]) -> None:
+        """One classify call (request or job chunk) produced these results."""
+
+    def download_failed(self, reason: str, host: str) -> None:
+        """An image could not be downloaded (``reason`` as in ``pipeline.fetch.Failed``)."""
+
+    def batch_ran(self, size: int, duration_s: float) -> None:
+        """The model ran on a micro-batch of ``size`` images in ``duration_s`` seconds."""
+
+    def fix_applied(self, advertiser_id: str, scope: str) -> None:
+        """A person fixed an image for ``advertiser_id`` (``scope``: global or advertiser)."""
+
+    def model_loaded(self, version: str) -> None:
+        """``version`` is the model now in service."""
+
+
+def host_of(url: str) -> str:
+    """The lower-case host of a URL (for metric labels), ``invalid`` when it has none."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        host = None
+    return host.lower() if host else "invalid"

@@ -1,0 +1,446 @@
+"""``cartag train --sweep``: an Optuna study of head configurations on a frozen dataset.
+
+The study lives in the project's database (Optuna's RDB storage on
+``settings.resolved_database_url``, same schema), so several processes or machines
+can run trials of one sweep, and re-running the same command resumes it: the study
+name is derived from the dataset ref and the sweep file's hash (without
+``n_trials``), completed trials are never re-run and a trial whose process died is
+marked failed by its missing heartbeat and replaced.
+
+Each trial (:mod:`cartag.training.candidates`) fits heads on cached embeddings
+(:mod:`cartag.training.sweep_data`), maximises the validation fold's macro recall,
+writes a model folder under ``<data_dir>/candidates/<study>/<trial>/``, scores it on
+every test set of the dataset and registers it with those metrics. The production
+model is scored on the same sets in the same run. The best trial gets the
+``candidate`` alias; nothing is ever promoted here (gates:
+:mod:`cartag.training.gates`, promotion: ``cartag models promote``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from sqlalchemy import text
+
+from cartag.clock import Clock
+from cartag.errors import ConfigError, ConflictError
+from cartag.models.classifier import BUNDLED_DIR, read_config
+from cartag.models.heads import LinearHead, load_head
+from cartag.settings import Settings
+from cartag.store.db import Database, current_revision
+from cartag.training.candidates import (
+    Heads,
+    TrialParams,
+    evaluate_heads,
+    macro_recall,
+    train_candidate,
+    write_candidate,
+)
+from cartag.training.sweep_config import BACKBONE_VARIANTS, Range, SweepConfig, check_backbones
+from cartag.training.sweep_data import (
+    DatasetView,
+    Features,
+    FeatureSource,
+    Progress,
+    blob_store,
+    check_type_classes,
+    load_view,
+)
+
+if TYPE_CHECKING:
+    import optuna
+
+# Optuna's heartbeat: a RUNNING trial silent this long belongs to a dead process.
+HEARTBEAT_S: Final[int] = 30
+GRACE_S: Final[int] = 120
+CREATED_BY: Final[str] = "cartag train"
+
+
+def study_name(ref: str, config: SweepConfig) -> str:
+    """``<ref>:sweep-<12 hex of the sweep hash>``, e.g. ``cars@3:sweep-1a2b3c4d5e6f``."""
+    return f"{ref}:sweep-{config.digest()[:12]}"
+
+
+def folder_name(study: str) -> str:
+    """A study name made safe for a folder or file name (``cars@3_sweep-1a2b…``)."""
+    return re.sub(r"[^A-Za-z0-9._@-]+", "_", study)
+
+
+def optuna_storage(db: Database) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage on the project's database (and PostgreSQL schema).
+
+    Optuna shares the database's ``alembic_version`` table with cartag's migrations,
+    so the database must be migrated first; Optuna then leaves that table alone
+    (its own schema check is skipped; its tables are created if missing).
+
+    Raises:
+        ConfigError: The database has not been migrated.
+    """
+    import optuna
+
+    if current_revision(db) is None:
+        raise ConfigError("the database is not initialised; run `cartag db upgrade` first")
+    connect_args: dict[str, Any] = {}
+    if db.dialect == "postgresql":
+        # Follow the Database's schema (tests isolate themselves with search_path).
+        with db.engine.connect() as conn:
+            schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+        connect_args["options"] = f"-csearch_path={schema}"
+    else:
+        connect_args["timeout"] = 30
+    with warnings.catch_warnings():
+        # heartbeat_interval is marked experimental; the warning is not for our users.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            db.url,
+            engine_kwargs={"connect_args": connect_args, "pool_pre_ping": True},
+            skip_compatibility_check=True,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+        )
+
+
+def close_storage(storage: optuna.storages.RDBStorage) -> None:
+    """Release the storage's connections."""
+    storage.remove_session()
+    storage.engine.dispose()
+
+
+@dataclass
+class SweepCallbacks:
+    """Progress hooks for the CLI.
+
+    Attributes:
+        on_stage: Embedding/feature computation progress ``(stage, done, total)``.
+        on_trial_start: ``(trial number, params)``.
+        on_trial_end: ``(trial number, validation objective, seconds)``.
+    """
+
+    on_stage: Progress | None = None
+    on_trial_start: Callable[[int, dict[str, Any]], None] | None = None
+    on_trial_end: Callable[[int, float, float], None] | None = None
+
+
+@dataclass
+class SweepResult:
+    """What a run did.
+
+    Attributes:
+        study: The study name.
+        new_trials: Trials completed by this run.
+        completed: Completed trials of the study in all.
+        best_version: The model version of the best trial (alias ``candidate``).
+        production: ``{"version", "registered", "metrics"}`` of the model compared against.
+    """
+
+    study: str
+    new_trials: int
+    completed: int
+    best_version: str | None
+    production: dict[str, Any] | None = field(default=None)
+
+
+def production_model(db: Database, settings: Settings, clock: Clock) -> tuple[Path, str, bool]:
+    """Where production's model is: ``(folder, version, registered)``.
+
+    The registry's ``production`` alias. On a registry that is still empty, the model a
+    first server start would register (``CARTAG_MODEL_DIR`` or the bundled one) is
+    registered as production first, as that start would do.
+    """
+    from cartag.models.registry import ensure_initial, production_model_dir
+    from cartag.store.registry import find_version
+
+    path = production_model_dir(db, settings)
+    if path is None:
+        ensure_initial(db, settings, clock=clock)
+        path = production_model_dir(db, settings)
+    if path is None:
+        # Versions exist but none is production: compare with what a server would load.
+        path = settings.model_dir if settings.model_dir is not None else BUNDLED_DIR
+    version = str(read_config(path).get("version") or path.name)
+    with db.read() as session:
+        registered = find_version(session, version) is not None
+    return path, version, registered
+
+
+def load_heads(model_dir: Path) -> tuple[Heads, str]:
+    """A model folder's heads and backbone variant (the backbone itself is not loaded)."""
+    config = read_config(model_dir)
+    heads = config["heads"]
+    type_head = LinearHead.load(model_dir / str(heads["image_type"]))
+    color_head = load_head(model_dir / str(heads["color"]))
+    return Heads(type_head, color_head), str(config["backbone"]["variant"])
+
+
+def evaluate_model_dir(model_dir: Path, view: DatasetView, source: FeatureSource) -> dict[str, Any]:
+    """Metrics of a model folder on every test set of ``view`` (cached embeddings)."""
+    heads, variant = load_heads(model_dir)
+    features = source.features(view, variant)
+    return {
+        name: evaluate_heads(heads, features, view, rows) for name, rows in view.test_sets.items()
+    }
+
+
+def covering_params(config: SweepConfig) -> list[dict[str, str]]:
+    """Choices for the first trials so that every listed choice is tried at least once.
+
+    With 4-8 trials a sampler may never draw, say, ``head_type: linear``; the first
+    ``max(len(choices))`` trials take the choices round-robin (ranges are still sampled).
+    """
+    lists = {n: p for n, p in config.space.items() if isinstance(p, tuple) and len(p) > 1}
+    if not lists:
+        return []
+    rounds = min(config.n_trials, max(len(p) for p in lists.values()))
+    return [{n: p[i % len(p)] for n, p in lists.items()} for i in range(rounds)]
+
+
+def _suggest(trial: optuna.Trial, config: SweepConfig) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name, space in config.space.items():
+        if isinstance(space, Range):
+            params[name] = trial.suggest_float(name, space.low, space.high, log=space.log)
+        else:
+            params[name] = trial.suggest_categorical(name, list(space))
+    return params
+
+
+def _register(
+    db: Database,
+    settings: Settings,
+    model_dir: Path,
+    version: str,
+    *,
+    view: DatasetView,
+    metrics: dict[str, Any],
+    clock: Clock,
+) -> None:
+    from cartag.models.registry import record_metrics, register_model
+    from cartag.store.registry import find_version
+
+    with db.read() as session:
+        known = find_version(session, version) is not None
+    if known:
+        # A trial re-run after a crash between registering and completing.
+        record_metrics(db, version, metrics)
+        return
+    register_model(
+        db,
+        settings,
+        model_dir,
+        created_by=CREATED_BY,
+        clock=clock,
+        dataset_ref=view.ref,
+        metrics=metrics,
+    )
+
+
+def _point_candidate(db: Database, version: str, clock: Clock) -> None:
+    from cartag.store.registry import CANDIDATE, point_alias
+
+    try:
+        with db.write() as session:
+            point_alias(session, CANDIDATE, version, by=CREATED_BY, reason="sweep", now=clock.now())
+    except ConflictError:
+        pass  # already the candidate
+
+
+def run_sweep(
+    db: Database,
+    settings: Settings,
+    ref: str,
+    config: SweepConfig,
+    *,
+    clock: Clock,
+    threads: int = 0,
+    callbacks: SweepCallbacks | None = None,
+) -> SweepResult:
+    """Run (or resume) the sweep of ``config`` on the frozen dataset ``ref``.
+
+    Args:
+        db: The project's database (the study is stored there too).
+        settings: ``data_dir`` (candidates, blobs), backbone engine, model dir.
+        ref: Dataset version (``NAME@N`` or ``NAME`` for the latest).
+        config: The sweep; ``n_trials`` is the study's total.
+        clock: Timestamps.
+        threads: Backbone threads (training's CPU share); 0 = leave the process's setting.
+        callbacks: Progress hooks.
+
+    Returns:
+        What was done; the leaderboard (:mod:`cartag.training.leaderboard`) shows the rest.
+
+    Raises:
+        NotFoundError: No such dataset version.
+        ConflictError: The version is a draft.
+        InputError: The version has no train or test items, its train split lacks an
+            image type (e.g. no Placeholder: add ``--placeholders``), or the sweep names a
+            backbone whose weights are not installed.
+    """
+    import optuna
+
+    # A failed trial is re-raised with its message; Optuna would also log its traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    with _torch_threads(threads):
+        return _run_sweep(db, settings, ref, config, clock=clock, threads=threads, hooks=callbacks)
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """Cap torch's intra-op threads for the block (0: leave them), then restore them.
+
+    The heads are small; on a busy machine, extra threads only add synchronisation.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_sweep(
+    db: Database,
+    settings: Settings,
+    ref: str,
+    config: SweepConfig,
+    *,
+    clock: Clock,
+    threads: int,
+    hooks: SweepCallbacks | None,
+) -> SweepResult:
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    hooks = hooks or SweepCallbacks()
+    check_backbones(config)
+    view = load_view(db, ref)
+    check_type_classes(view)
+    name = study_name(view.ref, config)
+    source = FeatureSource(
+        db, blob_store(settings), settings, clock, threads=threads, progress=hooks.on_stage
+    )
+    storage = optuna_storage(db)
+    try:
+        study = optuna.create_study(
+            study_name=name, storage=storage, direction="maximize", load_if_exists=True
+        )
+        # Seeded by the number of trials so far: a resumed run does not replay the
+        # first run's random draws.
+        study.sampler = optuna.samplers.TPESampler(
+            seed=config.seed + len(study.trials), n_startup_trials=max(2, config.n_trials // 2)
+        )
+        if not study.trials:
+            for params in covering_params(config):
+                study.enqueue_trial(params, skip_if_exists=True)
+        study.set_user_attr("dataset_ref", view.ref)
+        study.set_user_attr("manifest_sha256", view.manifest_sha256)
+        study.set_user_attr("sweep_sha256", config.digest())
+
+        production = _evaluate_production(db, settings, view, source, clock)
+        study.set_user_attr("production", production)
+
+        validation = view.validation_mask(config.validation_fraction, config.seed)
+        cache: dict[tuple[str, bool], Features] = {}
+
+        def objective(trial: optuna.Trial) -> float:
+            started = time.monotonic()
+            params = TrialParams.from_dict(_suggest(trial, config))
+            if hooks.on_trial_start:
+                hooks.on_trial_start(trial.number, dict(trial.params))
+            variant = BACKBONE_VARIANTS[params.backbone]
+            flip = params.augmentation == "flip"
+            if (variant, flip) not in cache:
+                cache[(variant, flip)] = source.features(view, variant, flipped=flip)
+            features = cache[(variant, flip)]
+            heads, val_metrics = train_candidate(
+                features,
+                view,
+                params,
+                validation=validation,
+                mlp_epochs=config.mlp_epochs,
+                noise_std=config.noise_std,
+                seed=config.seed + trial.number,
+            )
+            test_metrics = {
+                set_name: evaluate_heads(heads, features, view, rows)
+                for set_name, rows in view.test_sets.items()
+            }
+            out_dir = settings.data_dir / "candidates" / folder_name(name) / str(trial.number)
+            written = write_candidate(
+                out_dir,
+                heads,
+                source.backbone(variant),
+                view=view,
+                params=params,
+                study=name,
+                trial=trial.number,
+                validation_fraction=config.validation_fraction,
+                validation_metrics=val_metrics,
+                test_metrics=test_metrics,
+                now=clock.now(),
+            )
+            version = str(written["version"])
+            _register(db, settings, out_dir, version, view=view, metrics=test_metrics, clock=clock)
+            value = macro_recall(val_metrics)
+            seconds = time.monotonic() - started
+            trial.set_user_attr("version", version)
+            trial.set_user_attr("model_dir", str(out_dir))
+            trial.set_user_attr("validation", val_metrics)
+            trial.set_user_attr("metrics", test_metrics)
+            trial.set_user_attr("seconds", round(seconds, 2))
+            if hooks.on_trial_end:
+                hooks.on_trial_end(trial.number, value, seconds)
+            return value
+
+        counted = (TrialState.COMPLETE, TrialState.RUNNING)
+        before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        remaining = config.n_trials - len(study.get_trials(deepcopy=False, states=counted))
+        if remaining > 0:
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                callbacks=[MaxTrialsCallback(config.n_trials, states=counted)],
+            )
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        best_version = None
+        if complete:
+            best = max(complete, key=lambda t: (t.value or 0.0, -t.number))
+            best_version = str(best.user_attrs["version"])
+            _point_candidate(db, best_version, clock)
+        return SweepResult(
+            study=name,
+            new_trials=len(complete) - before,
+            completed=len(complete),
+            best_version=best_version,
+            production=production,
+        )
+    finally:
+        close_storage(storage)
+
+
+def _evaluate_production(
+    db: Database, settings: Settings, view: DatasetView, source: FeatureSource, clock: Clock
+) -> dict[str, Any]:
+    """Score the production model on the view's test sets and record it in the registry."""
+    from cartag.models.registry import record_metrics
+
+    model_dir, version, registered = production_model(db, settings, clock)
+    metrics = evaluate_model_dir(model_dir, view, source)
+    if registered:
+        record_metrics(db, version, metrics)
+    return {
+        "version": version,
+        "registered": registered,
+        "model_dir": str(model_dir),
+        "metrics": metrics,
+    }

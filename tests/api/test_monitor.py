@@ -1,0 +1,100 @@
+"""GET /monitor: key or login cookie with the reviewer role, charts, flagged advertisers."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from fastapi.testclient import TestClient
+
+from cartag.clock import FakeClock
+from cartag.store.db import Database
+from tests.api.conftest import AppFactory, make_headers
+from tests.ops.seed import TODAY, seed_monitoring
+
+pytestmark = pytest.mark.slow
+
+NOW = dt.datetime.combine(TODAY, dt.time(15), dt.UTC)
+
+
+@pytest.fixture
+def monitor(make_client: AppFactory, db: Database) -> TestClient:
+    seed_monitoring(db)
+    return make_client(db, clock=FakeClock(NOW))
+
+
+def test_the_page_shows_charts_and_flags_jumps(monitor: TestClient, db: Database) -> None:
+    headers = make_headers(db, "reviewer")
+    page = monitor.get("/monitor?since=7d", headers=headers)
+    assert page.status_code == 200, page.text
+    assert page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert html.count("<svg") >= 4  # version rates, advertiser rates, type and color mix
+    assert "Model <code>m2</code>" in html
+    jumped_rows = html.count('<tr class="num jumped">')
+    assert jumped_rows == 2
+    assert html.index(">jumpy<") < html.index(">steady<")  # flagged advertisers come first
+    assert "baseline is its own rate over the 28 days before" in html
+    one = monitor.get("/monitor?since=2w&advertiser=steady", headers=headers)
+    assert one.status_code == 200 and ">jumpy<" not in one.text and ">steady<" in one.text
+    assert "Model <code>m1</code>" in one.text  # two weeks reach back before the switch
+
+
+def test_roles_and_bad_input(monitor: TestClient, db: Database) -> None:
+    classifier = monitor.get("/monitor", headers=make_headers(db, "classifier"))
+    assert classifier.status_code == 403
+    assert classifier.json()["error"]["code"] == "forbidden"
+    unknown = monitor.get("/monitor", headers={"Authorization": "Bearer ctg_0000_nope"})
+    assert unknown.status_code == 401
+    admin = make_headers(db, "admin")
+    assert monitor.get("/monitor", headers=admin).status_code == 200
+    bad = monitor.get("/monitor?since=lastweek", headers=admin)
+    assert bad.status_code == 422
+    assert bad.json()["error"]["field"] == "since" and "7d" in bad.json()["error"]["message"]
+
+
+def test_browser_login_sets_an_httponly_cookie(monitor: TestClient, db: Database) -> None:
+    anonymous = monitor.get("/monitor?since=24h", follow_redirects=False)
+    assert anonymous.status_code == 303
+    assert anonymous.headers["location"] == "/monitor/login?next=%2Fmonitor%3Fsince%3D24h"
+    form = monitor.get("/monitor/login?next=/monitor%3Fsince%3D24h")
+    assert form.status_code == 200 and 'name="key"' in form.text
+
+    wrong = monitor.post("/monitor/login", data={"key": "ctg_0000_nope"}, follow_redirects=False)
+    assert wrong.status_code == 401 and "unknown API key" in wrong.text
+    empty = monitor.post("/monitor/login", data={"key": ""}, follow_redirects=False)
+    assert empty.status_code == 422
+    classifier_key = make_headers(db, "classifier")["Authorization"].split()[1]
+    denied = monitor.post("/monitor/login", data={"key": classifier_key}, follow_redirects=False)
+    assert denied.status_code == 403 and "reviewer" in denied.text
+
+    key = make_headers(db, "reviewer")["Authorization"].split()[1]
+    login = monitor.post(
+        "/monitor/login",
+        data={"key": key, "next": "/monitor?since=24h"},
+        follow_redirects=False,
+    )
+    assert login.status_code == 303 and login.headers["location"] == "/monitor?since=24h"
+    cookie = login.headers["set-cookie"].lower()
+    assert "cartag_key=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    page = monitor.get("/monitor?since=24h", follow_redirects=False)
+    assert page.status_code == 200 and "<svg" in page.text
+
+    out = monitor.post("/monitor/logout", follow_redirects=False)
+    assert out.status_code == 303
+    assert monitor.get("/monitor", follow_redirects=False).status_code == 303
+
+
+def test_login_never_redirects_off_site(monitor: TestClient, db: Database) -> None:
+    key = make_headers(db, "reviewer")["Authorization"].split()[1]
+    for target in ("https://evil.example/", "//evil.example/monitor", "/v1/classify"):
+        response = monitor.post(
+            "/monitor/login", data={"key": key, "next": target}, follow_redirects=False
+        )
+        assert response.status_code == 303 and response.headers["location"] == "/monitor"
+
+
+def test_login_form_with_extra_fields_is_a_422(monitor: TestClient) -> None:
+    response = monitor.post("/monitor/login", content="a=1&b=2&c=3&d=4&e=5&key=x")
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "key"

@@ -1,0 +1,34 @@
+"""``cartag worker`` refuses a configuration it cannot serve, with a message and exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from cartag.cli import app
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    base = {"CARTAG_DATA_DIR": str(tmp_path / "data"), "CARTAG_BROKER_URL": ""}
+    return {**base, "CARTAG_DATABASE_URL": "", **extra}
+
+
+def test_worker_needs_a_broker(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["worker"], env=_env(tmp_path))
+    assert result.exit_code == 2
+    assert "CARTAG_BROKER_URL is not set" in result.output
+
+
+def test_worker_needs_a_shared_postgresql_database(tmp_path: Path) -> None:
+    env = _env(tmp_path, CARTAG_BROKER_URL="redis://127.0.0.1:6379/13")
+    result = CliRunner().invoke(app, ["worker"], env=env)
+    assert result.exit_code == 2
+    assert "must share a PostgreSQL database" in result.output
+
+
+def test_serve_refuses_a_broker_with_sqlite(tmp_path: Path) -> None:
+    env = _env(tmp_path, CARTAG_BROKER_URL="redis://127.0.0.1:6379/13")
+    result = CliRunner().invoke(app, ["serve", "--port", "1"], env=env)
+    assert result.exit_code == 2
+    assert "must share a PostgreSQL database" in result.output

@@ -1,0 +1,343 @@
+"""The model registry: register + smoke check, promotion gates, rollback, the watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cartag.clock import FakeClock
+from cartag.errors import ConflictError, ModelError, NotFoundError
+from cartag.models import hotswap, registry
+from cartag.models.batching import MicroBatcher
+from cartag.models.classifier import (
+    BUNDLED_DIR,
+    Classifier,
+    ModelInput,
+    Prediction,
+    make_prediction,
+    read_config,
+)
+from cartag.pipeline.classify import ClassifyService
+from cartag.pipeline.fetch import Fetcher
+from cartag.settings import Settings
+from cartag.store import registry as repo
+from cartag.store.db import Database
+from tests.support.models import make_model_dir, type_metrics
+
+BUNDLED_VERSION = str(read_config(BUNDLED_DIR)["version"])
+GOOD = {"Dealer": 0.95, "Stock": 0.9, "Placeholder": 0.99}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def initial(
+    sqlite_db: Database, settings: Settings, clock: FakeClock, classifier: Classifier
+) -> str:
+    """A registry holding the bundled model as production; returns its version."""
+    row = registry.ensure_initial(sqlite_db, settings, clock=clock, reuse=classifier)
+    assert row is not None
+    return row.version
+
+
+def _register(
+    db: Database,
+    settings: Settings,
+    clock: FakeClock,
+    classifier: Classifier,
+    folder: Path,
+    **kwargs: object,
+) -> str:
+    row = registry.register_model(
+        db, settings, folder, created_by="test", clock=clock, reuse=classifier, **kwargs
+    )
+    return row.version
+
+
+def test_smoke_check_passes_the_bundled_model(classifier: Classifier) -> None:
+    registry.smoke_check(classifier)
+
+
+def test_first_start_registers_the_bundled_model_as_production(
+    sqlite_db: Database, settings: Settings, clock: FakeClock, initial: str
+) -> None:
+    assert initial == BUNDLED_VERSION
+    assert registry.ensure_initial(sqlite_db, settings, clock=clock) is None  # only once
+    with sqlite_db.read() as session:
+        row = registry.get_alias(session, "production")
+        assert row is not None and row.version == BUNDLED_VERSION
+        assert row.status == "registered" and row.card["config"]["version"] == BUNDLED_VERSION
+        [deployment] = registry.history(session, "production")
+    assert deployment.reason == "initial" and deployment.ended_at is None
+    folder = registry.production_model_dir(sqlite_db, settings)
+    assert folder == settings.data_dir / "models" / BUNDLED_VERSION
+    assert (folder / "config.json").is_file() and (folder / "type_head.npz").is_file()
+
+
+def test_register_copies_hashes_and_is_idempotent(
+    sqlite_db: Database,
+    settings: Settings,
+    clock: FakeClock,
+    classifier: Classifier,
+    tmp_path: Path,
+    initial: str,
+) -> None:
+    source = make_model_dir(tmp_path / "m2", "test-2")
+    version = _register(
+        sqlite_db, settings, clock, classifier, source, dataset_ref="cars@1", metrics={"a": {}}
+    )
+    assert version == "test-2"
+    assert (settings.data_dir / "models" / "test-2" / "type_head.json").is_file()
+    again = _register(sqlite_db, settings, clock, classifier, source)
+    assert again == version
+    with sqlite_db.read() as session:
+        versions = [r.version for r in registry.list_versions(session)]
+        row = repo.get_version(session, "test-2")
+    assert sorted(versions) == sorted([initial, "test-2"])
+    assert row.dataset_ref == "cars@1" and row.metrics == {"a": {}} and row.status == "registered"
+
+    # The same version with other files is refused.
+    other = make_model_dir(tmp_path / "m2b", "test-2", temperature_scale=1.3)
+    with pytest.raises(ConflictError, match="different files"):
+        _register(sqlite_db, settings, clock, classifier, other)
+
+
+@pytest.mark.parametrize(
+    ("broken", "reason"),
+    [("truncated", "corrupt"), ("labels", "labels"), ("nan", "probabilities")],
+)
+def test_a_broken_model_is_refused_at_register(
+    sqlite_db: Database,
+    settings: Settings,
+    clock: FakeClock,
+    classifier: Classifier,
+    tmp_path: Path,
+    initial: str,
+    broken: str,
+    reason: str,
+) -> None:
+    source = make_model_dir(tmp_path / "bad", f"bad-{broken}", broken=broken)
+    with pytest.raises(ModelError, match=reason):
+        _register(sqlite_db, settings, clock, classifier, source)
+    with sqlite_db.read() as session:
+        row = repo.get_version(session, f"bad-{broken}")
+    assert row.status == "refused" and reason in row.card["status_reason"]
+    with pytest.raises(ConflictError, match="refused"):
+        registry.promote(sqlite_db, settings, f"bad-{broken}", by="t", clock=clock, force=True)
+    # A fixed model may take the refused version's place.
+    fixed = make_model_dir(tmp_path / "fixed", f"bad-{broken}")
+    assert _register(sqlite_db, settings, clock, classifier, fixed) == f"bad-{broken}"
+
+
+def test_a_folder_without_a_version_is_refused(
+    sqlite_db: Database, settings: Settings, clock: FakeClock, tmp_path: Path
+) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        registry.register_model(sqlite_db, settings, tmp_path / "nope", created_by="t", clock=clock)
+    source = make_model_dir(tmp_path / "m", "has spaces")
+    with pytest.raises(ModelError, match="needs a version"):
+        registry.register_model(sqlite_db, settings, source, created_by="t", clock=clock)
+
+
+def test_promotion_gates_and_force(
+    sqlite_db: Database,
+    settings: Settings,
+    clock: FakeClock,
+    classifier: Classifier,
+    tmp_path: Path,
+    initial: str,
+) -> None:
+    registry.record_metrics(sqlite_db, initial, type_metrics(GOOD))
+    worse = {**GOOD, "Stock": 0.80}  # a 0.10 recall drop on Stock
+    _register(
+        sqlite_db,
+        settings,
+        clock,
+        classifier,
+        make_model_dir(tmp_path / "w", "worse"),
+        metrics=type_metrics(worse),
+    )
+    with pytest.raises(registry.PromotionGatedError) as gated:
+        registry.promote(sqlite_db, settings, "worse", by="alice", clock=clock)
+    assert len(gated.value.failures) == 1 and "Stock" in gated.value.failures[0]
+    assert gated.value.status_code == 409
+
+    # No shared evaluation set: gated too, while production has metrics.
+    _register(sqlite_db, settings, clock, classifier, make_model_dir(tmp_path / "u", "unevaluated"))
+    with pytest.raises(registry.PromotionGatedError, match="no evaluation set in common"):
+        registry.promote(sqlite_db, settings, "unevaluated", by="alice", clock=clock)
+
+    better = {**GOOD, "Stock": 0.93}
+    _register(
+        sqlite_db,
+        settings,
+        clock,
+        classifier,
+        make_model_dir(tmp_path / "b", "better"),
+        metrics=type_metrics(better),
+    )
+    clock.advance(60)
+    deployment = registry.promote(sqlite_db, settings, "better", by="alice", clock=clock)
+    assert (deployment.version, deployment.reason, deployment.by) == ("better", "promote", "alice")
+    with pytest.raises(ConflictError, match="already serves"):
+        registry.promote(sqlite_db, settings, "better", by="alice", clock=clock)
+
+    clock.advance(60)
+    forced = registry.promote(sqlite_db, settings, "worse", by="bob", clock=clock, force=True)
+    assert forced.version == "worse"
+    with sqlite_db.read() as session:
+        rows = registry.history(session, "production")
+    assert [(r.version, r.reason) for r in rows] == [
+        (initial, "initial"),
+        ("better", "promote"),
+        ("worse", "promote"),
+    ]
+    assert rows[0].ended_at == rows[1].started_at and rows[-1].ended_at is None
+    with pytest.raises(NotFoundError):
+        registry.promote(sqlite_db, settings, "nope", by="bob", clock=clock)
+
+
+def test_candidate_alias_and_record_metrics(
+    sqlite_db: Database,
+    settings: Settings,
+    clock: FakeClock,
+    classifier: Classifier,
+    tmp_path: Path,
+    initial: str,
+) -> None:
+    _register(sqlite_db, settings, clock, classifier, make_model_dir(tmp_path / "c", "cand"))
+    registry.promote(sqlite_db, settings, "cand", by="t", clock=clock, alias="candidate")
+    registry.record_metrics(sqlite_db, "cand", type_metrics(GOOD))
+    registry.record_metrics(sqlite_db, "cand", {"other:test": {"color": {"accuracy": 0.5}}})
+    with sqlite_db.read() as session:
+        candidate = registry.get_alias(session, "candidate")
+        production = registry.get_alias(session, "production")
+    assert candidate is not None and candidate.version == "cand"
+    assert set(candidate.metrics) == {"cars@1:test", "other:test"}
+    assert production is not None and production.version == initial
+
+
+def test_rollback_walks_back_through_the_promotions(
+    sqlite_db: Database,
+    settings: Settings,
+    clock: FakeClock,
+    classifier: Classifier,
+    tmp_path: Path,
+    initial: str,
+) -> None:
+    with pytest.raises(ConflictError, match="no earlier version"):
+        registry.rollback(sqlite_db, settings, by="t", clock=clock)
+    for name in ("b", "c"):
+        _register(sqlite_db, settings, clock, classifier, make_model_dir(tmp_path / name, name))
+        clock.advance(1)
+        registry.promote(sqlite_db, settings, name, by="t", clock=clock)
+    clock.advance(1)
+    assert registry.rollback(sqlite_db, settings, by="t", clock=clock).version == "b"
+    clock.advance(1)
+    back = registry.rollback(sqlite_db, settings, by="t", clock=clock)
+    assert (back.version, back.reason) == (initial, "rollback")
+    with pytest.raises(ConflictError, match="no earlier version"):
+        registry.rollback(sqlite_db, settings, by="t", clock=clock)
+
+
+def test_watcher_swaps_to_a_promoted_model_and_refuses_a_broken_one(
+    sqlite_db: Database,
+    settings: Settings,
+    clock: FakeClock,
+    classifier: Classifier,
+    tmp_path: Path,
+    initial: str,
+) -> None:
+    async def scenario() -> None:
+        fetcher = Fetcher(settings)
+        service = ClassifyService(settings, sqlite_db, fetcher, classifier, clock)
+        try:
+            watcher = hotswap.ModelWatcher(sqlite_db, settings, service)
+            watcher.prime()
+            assert await watcher.check() is None  # nothing changed
+            _register(sqlite_db, settings, clock, classifier, make_model_dir(tmp_path / "n", "new"))
+            registry.promote(sqlite_db, settings, "new", by="t", clock=clock)
+            assert await watcher.check() == "new"
+            assert service.classifier.version == "new"
+            # The heads are new, the backbone is shared with the model it replaced.
+            assert service.classifier.backbone is classifier.backbone  # type: ignore[attr-defined]
+            [prediction] = await service._batcher.predict(registry.smoke_images()[:1])
+            assert prediction.model_version == "new"
+
+            # Registered fine, then its files got damaged: refused at swap time.
+            _register(sqlite_db, settings, clock, classifier, make_model_dir(tmp_path / "d", "dmg"))
+            npz = settings.data_dir / "models" / "dmg" / "type_head.npz"
+            npz.write_bytes(npz.read_bytes()[:100])
+            registry.promote(sqlite_db, settings, "dmg", by="t", clock=clock)
+            assert await watcher.check() is None
+            assert service.classifier.version == "new"
+            assert "dmg" in watcher.refused
+            assert await watcher.check() is None  # not retried
+            with sqlite_db.read() as session:
+                row = repo.get_version(session, "dmg")
+            assert row.status == "refused" and "changed" in row.card["status_reason"]
+        finally:
+            service.close()
+            await fetcher.aclose()
+
+    asyncio.run(scenario())
+
+
+class _Gated(Classifier):
+    """A model whose predict waits for a signal, to hold a batch open across a swap."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def predict(self, images: Sequence[ModelInput]) -> list[Prediction]:
+        self.entered.set()
+        self.release.wait(10)
+        return [make_prediction(np.array([0.6, 0.3, 0.1]), np.ones(12) / 12) for _ in images]
+
+
+def test_a_swap_lets_the_running_batch_finish_with_the_old_model() -> None:
+    old, new = _Gated("old"), _Gated("new")
+    new.release.set()
+    batcher = MicroBatcher(old, max_batch=1, max_delay_s=0)
+    try:
+        image = Image.new("RGB", (8, 8))
+        running = batcher.submit([image])
+        assert old.entered.wait(5)
+        queued = batcher.submit([image])  # waits behind the running batch
+        assert batcher.swap(new) is old
+        old.release.set()
+        assert [p.model_version for p in running.result(5)] == ["old"]
+        assert [p.model_version for p in queued.result(5)] == ["new"]
+    finally:
+        batcher.close()
+
+
+def test_startup_falls_back_to_the_bundled_model_when_production_cannot_load(
+    sqlite_db: Database,
+    settings: Settings,
+    clock: FakeClock,
+    classifier: Classifier,
+    tmp_path: Path,
+    initial: str,
+) -> None:
+    settings = settings.model_copy(update={"engine": "torch"})
+    _register(sqlite_db, settings, clock, classifier, make_model_dir(tmp_path / "p", "prod-2"))
+    registry.promote(sqlite_db, settings, "prod-2", by="t", clock=clock)
+    started = hotswap.startup_model(sqlite_db, settings, clock=clock)
+    assert started.version == "prod-2"
+
+    npz = settings.data_dir / "models" / "prod-2" / "color_head.npz"
+    npz.write_bytes(npz.read_bytes()[:10])
+    fallback = hotswap.startup_model(sqlite_db, settings, clock=clock)
+    assert fallback.version == BUNDLED_VERSION
