@@ -287,7 +287,9 @@ class Settings(BaseSettings):
         default=2, gt=0, description="Monitor: days of the recent window of the jump rule."
     )
     monitor_baseline_days: int = Field(
-        default=28, gt=0, description="Monitor: days before the recent window that form the "
+        default=28,
+        gt=0,
+        description="Monitor: days before the recent window that form the "
         "advertiser's baseline fix rate.",
     )
     monitor_min_volume: int = Field(
