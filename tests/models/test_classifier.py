@@ -18,7 +18,6 @@ from cartag.models.classifier import (
     BUNDLED_DIR,
     EmbeddingClassifier,
     Prediction,
-    PreparedImage,
     load_classifier,
     make_prediction,
     read_config,
@@ -219,36 +218,6 @@ def test_batching_and_threads_agree(
     for result in results:
         assert [p.image_type for p in result] == [p.image_type for p in reference]
         np.testing.assert_allclose(scores(result), scores(reference), atol=1e-4)
-
-
-def test_prepared_images_give_the_same_answers(
-    embedding_classifier: EmbeddingClassifier, shared_data: Path
-) -> None:
-    images = [Image.open(f).convert("RGB") for f in real_photos(shared_data, 5, seed=9)]
-    images.append(generate_placeholders(1, seed=3)[0].image)
-    reference = embedding_classifier.predict(images)
-    prepared = [embedding_classifier.prepare(image) for image in images]
-    assert all(p.owner is embedding_classifier for p in prepared)
-    assert prepared[0].pixels.shape == (224, 224, 3)
-    assert prepared[0].color_features is not None
-    other = EmbeddingClassifier(
-        embedding_classifier.backbone,
-        embedding_classifier.type_head,
-        embedding_classifier.color_head,
-        "other-version",
-        color_features=embedding_classifier.color_features,
-    )
-    # A swapped-in model redoes another model's preparation from the image instead of
-    # trusting tensors made for different weights or preprocessing.
-    bogus = [
-        PreparedImage(p.image, other, np.zeros_like(p.pixels), p.color_features) for p in prepared
-    ]
-    mixed: list[Image.Image | PreparedImage] = [*prepared[:3], *bogus[3:]]
-    for result in (embedding_classifier.predict(prepared), embedding_classifier.predict(mixed)):
-        assert [p.image_type for p in result] == [p.image_type for p in reference]
-        for got, want in zip(result, reference, strict=True):
-            assert got.type_scores == pytest.approx(want.type_scores, abs=1e-6)
-            assert got.color_scores == pytest.approx(want.color_scores, abs=1e-6)
 
 
 @pytest.mark.slow

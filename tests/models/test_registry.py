@@ -18,7 +18,6 @@ from cartag.models.batching import MicroBatcher
 from cartag.models.classifier import (
     BUNDLED_DIR,
     Classifier,
-    ModelInput,
     Prediction,
     make_prediction,
     read_config,
@@ -300,7 +299,7 @@ class _Gated(Classifier):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def predict(self, images: Sequence[ModelInput]) -> list[Prediction]:
+    def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
         self.entered.set()
         self.release.wait(10)
         return [make_prediction(np.array([0.6, 0.3, 0.1]), np.ones(12) / 12) for _ in images]

@@ -36,7 +36,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cartag.models.classifier import Classifier, ModelInput, Prediction
+from PIL import Image
+
+from cartag.models.classifier import Classifier, Prediction
 from cartag.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 class _Request:
     """One caller's images and where their predictions go."""
 
-    images: Sequence[ModelInput]
+    images: Sequence[Image.Image]
     arrived: float  # time.monotonic() when queued
     future: concurrent.futures.Future[list[Prediction]] = field(
         default_factory=concurrent.futures.Future
@@ -102,11 +104,11 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._run, name="cartag-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, images: Sequence[ModelInput]) -> concurrent.futures.Future[list[Prediction]]:
+    def submit(self, images: Sequence[Image.Image]) -> concurrent.futures.Future[list[Prediction]]:
         """Queue images; thread-safe, returns at once.
 
         Args:
-            images: Decoded PIL images or their Classifier.prepare() output, any number.
+            images: Decoded PIL images, any number.
 
         Returns:
             A future of one prediction per image, in order. Cancelling it drops
@@ -138,11 +140,11 @@ class MicroBatcher:
         old, self.classifier = self.classifier, classifier
         return old
 
-    async def predict(self, images: Sequence[ModelInput]) -> list[Prediction]:
+    async def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
         """Classify images, batched with those of concurrent callers.
 
         Args:
-            images: Decoded PIL images or their Classifier.prepare() output, any number.
+            images: Decoded PIL images, any number.
 
         Returns:
             One prediction per image, in order.
@@ -229,7 +231,7 @@ class MicroBatcher:
     def _run_batch(self, batch: list[tuple[_Request, int]]) -> None:
         if not batch:
             return
-        images: list[ModelInput] = []
+        images: list[Image.Image] = []
         for request, count in batch:
             images.extend(request.images[request.next : request.next + count])
             request.next += count

@@ -32,8 +32,7 @@ from PIL import Image
 
 from cartag.errors import ModelError
 from cartag.models.backbone import PREPROCESS_ID, Backbone
-from cartag.models.color_features import FEATURE_DIM, FEATURE_ID
-from cartag.models.color_features import color_features as vehicle_color_features
+from cartag.models.color_features import FEATURE_DIM, FEATURE_ID, color_features_batch
 from cartag.models.engine import EngineName
 from cartag.models.heads import LinearHead, load_head
 from cartag.settings import Settings
@@ -80,29 +79,6 @@ class Prediction:
     model_version: str | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True, eq=False)
-class PreparedImage:
-    """An image preprocessed by one model, ready for its network.
-
-    Attributes:
-        image: The decoded image (kept: another model may need to redo the work).
-        owner: The classifier that prepared it; any other one starts again from ``image``.
-        pixels: uint8 (S, S, 3): the image resized to the network input (normalising
-            is left to the inference thread: a float copy would take 4x the memory
-            while it waits for a batch).
-        color_features: float32 (F,) color features, or None if the model uses none.
-    """
-
-    image: Image.Image
-    owner: Classifier
-    pixels: np.ndarray = field(repr=False)
-    color_features: np.ndarray | None = field(default=None, repr=False)
-
-
-# What Classifier.predict accepts: a decoded image or what prepare() made of it.
-ModelInput = Image.Image | PreparedImage
-
-
 class Classifier(abc.ABC):
     """What the service needs from a model. Implementations must be thread-safe.
 
@@ -115,28 +91,12 @@ class Classifier(abc.ABC):
     # Which backbone made Prediction.embedding (None: the model has no embeddings).
     backbone_id: str | None = None
 
-    def prepare(self, image: Image.Image) -> ModelInput:
-        """Do this model's per-image work that needs no model weights.
-
-        The service calls it in its decode threads, so that the one inference
-        thread only runs the network (measured: preprocessing and color features
-        inside it left the backbone idle ~20 % of the time). The default does nothing.
-
-        Args:
-            image: A decoded PIL image.
-
-        Returns:
-            What :meth:`predict` accepts for this image.
-        """
-        return image
-
     @abc.abstractmethod
-    def predict(self, images: Sequence[ModelInput]) -> list[Prediction]:
+    def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
         """Classify images.
 
         Args:
-            images: Decoded PIL images of any size and mode, or what
-                :meth:`prepare` made of them (by this or another model); any number.
+            images: Decoded PIL images of any size and mode; any number.
 
         Returns:
             One prediction per image, in order.
@@ -304,40 +264,25 @@ class EmbeddingClassifier(Classifier):
             color_features=None if color_features is None else str(color_features),
         )
 
-    def prepare(self, image: Image.Image) -> PreparedImage:
-        """Resize ``image`` for the network and compute its color features.
-
-        Returns:
-            The image with its (S, S, 3) uint8 network-size pixels and (F,) color features.
-        """
-        return PreparedImage(
-            image=image,
-            owner=self,
-            pixels=self.backbone.resize(image),
-            color_features=vehicle_color_features(image) if self.color_features else None,
-        )
-
-    def predict(self, images: Sequence[ModelInput]) -> list[Prediction]:
+    def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
         """Classify images in chunks of ``batch_size``.
 
         Args:
-            images: Decoded PIL images of any size and mode, or :meth:`prepare`'s
-                output (by this model; another model's is redone from its image).
+            images: Decoded PIL images of any size and mode.
 
         Returns:
             One prediction per image, in order.
         """
         predictions: list[Prediction] = []
         for start in range(0, len(images), self.batch_size):
-            prepared = [self._prepared(item) for item in images[start : start + self.batch_size]]
-            emb = self.backbone.embed(
-                self.backbone.normalize(np.stack([p.pixels for p in prepared]))
-            )
+            chunk = images[start : start + self.batch_size]
+            # Preprocessing runs outside the backbone lock so threads overlap it.
+            emb = self.backbone.embed(self.backbone.preprocess(chunk))
             type_probs = self.type_head.predict_proba(emb)
             color_in = emb
-            features: list[np.ndarray | None] = [None] * len(prepared)
+            features: list[np.ndarray | None] = [None] * len(chunk)
             if self.color_features:
-                extra = np.stack([_features(p) for p in prepared])
+                extra = color_features_batch(chunk)
                 features = list(extra)
                 color_in = np.concatenate([emb, extra], axis=1)
             color_probs = self.color_head.predict_proba(color_in)
@@ -346,19 +291,6 @@ class EmbeddingClassifier(Classifier):
                 for t, c, e, f in zip(type_probs, color_probs, emb, features, strict=True)
             )
         return predictions
-
-    def _prepared(self, item: ModelInput) -> PreparedImage:
-        if isinstance(item, PreparedImage):
-            if item.owner is self:
-                return item
-            item = item.image
-        return self.prepare(item)
-
-
-def _features(prepared: PreparedImage) -> np.ndarray:
-    if prepared.color_features is None:
-        raise ModelError("a prepared image has no color features; prepare it with this model")
-    return prepared.color_features
 
 
 def read_config(path: Path) -> dict[str, Any]:

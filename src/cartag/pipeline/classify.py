@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from cartag.clock import Clock
 from cartag.errors import DecodeError
 from cartag.models.batching import MicroBatcher
-from cartag.models.classifier import Classifier, ModelInput, Prediction
+from cartag.models.classifier import Classifier, Prediction
 from cartag.models.color_providers import (
     BuiltinColorProvider,
     ColorAnswer,
@@ -66,8 +66,6 @@ class _New:
     key: str
     sha256: str
     image: Image.Image | None = None
-    # The model's per-image work, done in the decode threads (see Classifier.prepare).
-    prepared: ModelInput | None = None
     width: int | None = None
     height: int | None = None
     phash: str | None = None
@@ -384,7 +382,7 @@ class ClassifyService:
                 outcomes[item.fetched.url] = _Skip(error)
         if not ready:
             return
-        images = [item.prepared for item in ready if item.prepared is not None]
+        images = [item.image for item in ready if item.image is not None]
         predictions = await self._batcher.predict(images)
         stats.model_runs += len(predictions)
         answers = await self._colors(ready, predictions)
@@ -419,7 +417,6 @@ class ClassifyService:
         item.image = decoded.image
         item.width, item.height = decoded.width, decoded.height
         item.phash = phash(decoded.image)
-        item.prepared = self.classifier.prepare(decoded.image)
         return None
 
     def _new_image(
