@@ -76,6 +76,10 @@ class JobRunner(JobDispatcher):
             ran += 1
         return ran
 
+    def _claim(self) -> JobRow | None:
+        with self.db.write() as session:
+            return job_repo.claim_next_job(session, self.clock.now())
+
     async def _run_forever(self) -> None:
         while True:
             try:
@@ -88,8 +92,8 @@ class JobRunner(JobDispatcher):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
 
     async def _run_one(self) -> bool:
-        with self.db.write() as session:
-            job = job_repo.claim_next_job(session, self.clock.now())
+        # A write transaction: off the event loop, or every poll stalls the requests.
+        job = await asyncio.to_thread(self._claim)
         if job is None:
             return False
         try:

@@ -115,8 +115,8 @@ class ModelWatcher:
             The version swapped to, or None when nothing changed or the load failed.
         """
         async with self._lock:
-            with self.db.read() as session:
-                version = repo.alias_version(session, self.alias)
+            # Off the event loop: a database round trip would stall every request.
+            version = await asyncio.to_thread(self._alias_version)
             if version is None or version == self.seen or version in self.refused:
                 return None
             if version == self.serving:
@@ -142,6 +142,10 @@ class ModelWatcher:
             self.swaps += 1
             log.info("hot-swapped model %s -> %s", old.version, version)
             return version
+
+    def _alias_version(self) -> str | None:
+        with self.db.read() as session:
+            return repo.alias_version(session, self.alias)
 
     def _mark_refused(self, version: str, reason: str) -> None:
         try:
