@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from cartag.api.schemas import ClassifyOut
 from cartag.models.classifier import Classifier
 from cartag.store.db import Database
 from cartag.store.embeddings import load_embeddings
@@ -33,7 +34,11 @@ def _classify(
     body = {"advertiser_id": advertiser, "images": [{"url": u} for u in urls], **extra}
     response = client.post("/v1/classify", json=body, headers=headers)
     assert response.status_code == 200, response.text
-    return response.json()
+    answer: dict[str, Any] = response.json()
+    # The route serialises the pipeline's dicts without pydantic (speed): every answer
+    # must still be exactly the documented ClassifyOut, no field more or less.
+    assert ClassifyOut.model_validate(answer).model_dump(mode="json") == answer
+    return answer
 
 
 def _serve_photos(server: ImageServer, shared_data: Path, n: int) -> list[str]:
