@@ -16,12 +16,12 @@ from rich.table import Table
 
 from cartag.commands import dataset
 from cartag.commands.advertisers import app as advertisers_app
+from cartag.commands.common import err, fail, load_settings, open_database
 from cartag.commands.models import app as models_app
 from cartag.commands.monitor import app as monitor_app
 from cartag.commands.train import app as train_app
 from cartag.commands.worker import app as worker_app
 from cartag.errors import CartagError, InputError
-from cartag.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from cartag.training.evaluate import Evaluation
@@ -40,29 +40,6 @@ app.add_typer(dataset.app, name="dataset")
 app.add_typer(train_app, name="train")
 app.add_typer(monitor_app, name="monitor")
 
-err = Console(stderr=True, soft_wrap=True)
-
-
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except Exception as exc:  # noqa: BLE001 - pydantic's message names the variable
-        err.print(f"[red]error:[/red] invalid CARTAG_* setting: {exc}")
-        raise typer.Exit(2) from exc
-
-
-def _fail(exc: CartagError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc.message}")
-    return typer.Exit(2)
-
-
-def _database(settings: Settings):  # type: ignore[no-untyped-def]
-    from cartag.store.db import Database, upgrade
-
-    db = Database(settings.resolved_database_url)
-    upgrade(db)
-    return db
-
 
 @app.command()
 def serve(
@@ -76,13 +53,13 @@ def serve(
     from cartag.api.app import create_app
     from cartag.ops.logs import configure_logging
 
-    settings = _settings()
+    settings = load_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         configure_logging(settings.log_format, log_level)
         application = create_app(settings)
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     # Logging is configured above (CARTAG_LOG_FORMAT); the app's middleware writes the
     # access log, with the request id, so uvicorn's own is off.
     uvicorn.run(
@@ -100,12 +77,12 @@ def predict(
     from cartag.models.classifier import load_classifier
     from cartag.pipeline.files import find_images, predict_files
 
-    settings = _settings()
+    settings = load_settings()
     try:
         files = find_images(paths)
         classifier = load_classifier(settings)
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     counts: Counter[str] = Counter()
     table = Table("path", "type", "color", "confidence")
     with Progress(console=err, transient=True, disable=len(files) < 20) as progress:
@@ -165,7 +142,7 @@ def evaluate_command(
     if (labels is None) == (not folders):
         err.print("[red]error:[/red] give exactly one of --labels CSV or --folders")
         raise typer.Exit(2)
-    settings = _settings()
+    settings = load_settings()
     try:
         if not path.exists():
             raise InputError(f"{path} does not exist", field="path")
@@ -187,7 +164,7 @@ def evaluate_command(
                 on_record=lambda: progress.advance(task),
             )
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     _print_evaluation(result)
     source = f"{path}" + (f" · labels {labels}" if labels is not None else " · folder labels")
     try:
@@ -254,15 +231,15 @@ def keys_create(
     """Create an API key. The key is printed once, alone on the last line."""
     from cartag.store import apikeys
 
-    settings = _settings()
+    settings = load_settings()
     try:
-        db = _database(settings)
+        db = open_database(settings)
         with db.write() as session:
             row, key = apikeys.create_key(
                 session, name=name, roles=role, now=dt.datetime.now(dt.UTC)
             )
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     err.print(f"created key {row.prefix} ({row.name}) with roles {row.roles}; store it now:")
     typer.echo(key)
 
@@ -272,7 +249,7 @@ def keys_list() -> None:
     """List API keys (never their secrets)."""
     from cartag.store import apikeys
 
-    db = _database(_settings())
+    db = open_database(load_settings())
     table = Table("prefix", "name", "roles", "created", "revoked")
     with db.read() as session:
         for row in apikeys.list_keys(session):
@@ -293,12 +270,12 @@ def keys_revoke(
     """Revoke an API key."""
     from cartag.store import apikeys
 
-    db = _database(_settings())
+    db = open_database(load_settings())
     try:
         with db.write() as session:
             row = apikeys.revoke_key(session, prefix, dt.datetime.now(dt.UTC))
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     err.print(f"revoked key {row.prefix} ({row.name})")
 
 
@@ -309,12 +286,12 @@ def db_upgrade(
     """Apply migrations to CARTAG_DATABASE_URL (default: SQLite in CARTAG_DATA_DIR)."""
     from cartag.store.db import Database, current_revision, upgrade
 
-    settings = _settings()
+    settings = load_settings()
     try:
         db = Database(settings.resolved_database_url)
         upgrade(db, revision)
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     except Exception as exc:  # noqa: BLE001 - e.g. the server is unreachable
         err.print(f"[red]error:[/red] could not migrate {db.url}: {exc}")
         raise typer.Exit(2) from exc

@@ -9,19 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cartag.commands.common import err, load_settings
 from cartag.errors import CartagError, InputError
-from cartag.settings import Settings, get_settings
 
 app = typer.Typer(help="Per-advertiser settings.", no_args_is_help=True)
-err = Console(stderr=True, soft_wrap=True)
-
-
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except Exception as exc:  # noqa: BLE001 - pydantic's message names the variable
-        err.print(f"[red]error:[/red] invalid CARTAG_* setting: {exc}")
-        raise typer.Exit(2) from exc
 
 
 @app.command("set")
@@ -39,7 +30,7 @@ def set_advertiser(
     from cartag.store import registry as repo
     from cartag.store.db import Database, upgrade
 
-    settings = _settings()
+    settings = load_settings()
     try:
         if not advertiser_id.strip() or len(advertiser_id) > 128:
             raise InputError("the advertiser id must be 1-128 characters", "advertiser_id")
@@ -70,7 +61,7 @@ def list_advertisers() -> None:
     from cartag.store import registry as repo
     from cartag.store.db import Database, upgrade
 
-    settings = _settings()
+    settings = load_settings()
     try:
         db = Database(settings.resolved_database_url)
         upgrade(db)

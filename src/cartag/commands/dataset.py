@@ -15,14 +15,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
+from cartag.commands.common import err, fail, load_settings, open_database
 from cartag.errors import CartagError
-from cartag.settings import Settings, get_settings
+from cartag.settings import Settings
 
 app = typer.Typer(
     help="Versioned training datasets: import, extend with fixes, review stats, freeze, export.",
     no_args_is_help=True,
 )
-err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 _FILTER_HELP = {
@@ -33,27 +33,6 @@ _FILTER_HELP = {
     "conflict": "same/near-duplicate image with disagreeing labels: flagged for review",
     "relabelled": "a global fix corrected the parent's label",
 }
-
-
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except Exception as exc:  # noqa: BLE001 - pydantic's message names the variable
-        err.print(f"[red]error:[/red] invalid CARTAG_* setting: {exc}")
-        raise typer.Exit(2) from exc
-
-
-def _fail(exc: CartagError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc.message}")
-    return typer.Exit(2)
-
-
-def _database(settings: Settings):  # type: ignore[no-untyped-def]
-    from cartag.store.db import Database, upgrade
-
-    db = Database(settings.resolved_database_url)
-    upgrade(db)
-    return db
 
 
 class _RichProgress:
@@ -99,7 +78,7 @@ def _builder(settings: Settings, db: Any, progress: _RichProgress, rank: bool) -
 
 
 def _run_build(settings: Settings, rank: bool, build: Any) -> None:
-    db = _database(settings)
+    db = open_database(settings)
     try:
         with Progress(
             TextColumn("{task.description:>10}"),
@@ -110,7 +89,7 @@ def _run_build(settings: Settings, rank: bool, build: Any) -> None:
         ) as bars:
             report = build(_builder(settings, db, _RichProgress(bars), rank))
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         db.dispose()
     out.print(f"created [bold]{report.ref}[/bold] (draft)")
@@ -164,7 +143,7 @@ def import_command(
     """Create the first version of a dataset from a folder of images."""
     from cartag.training.dataset_build import BuildOptions
 
-    settings = _settings()
+    settings = load_settings()
     try:
         options = BuildOptions(
             name=name,
@@ -177,7 +156,7 @@ def import_command(
         )
         _check_crop(crop)
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     _run_build(settings, rank, lambda b: b.import_folder(options, folder, labels or []))
 
 
@@ -219,7 +198,7 @@ def create_command(
     from cartag.training.dataset_build import BuildOptions
     from cartag.training.dataset_inputs import parse_cutoff
 
-    settings = _settings()
+    settings = load_settings()
     try:
         cutoff = parse_cutoff(add_fixes_since) if add_fixes_since is not None else None
         options = BuildOptions(
@@ -233,7 +212,7 @@ def create_command(
         )
         _check_crop(crop)
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     _run_build(settings, rank, lambda b: b.create(options, parent_ref=from_ref, fixes_since=cutoff))
 
 
@@ -252,14 +231,14 @@ def list_command(
     """List dataset versions with their item counts."""
     from cartag.store import datasets as repo
 
-    settings = _settings()
-    db = _database(settings)
+    settings = load_settings()
+    db = open_database(settings)
     try:
         with db.read() as session:
             versions = repo.list_versions(session, name)
             counts = repo.item_counts(session, [v.ref for v in versions])
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         db.dispose()
     table = Table("ref", "status", "parent", "created", "included", "flagged", "excluded")
@@ -288,14 +267,14 @@ def show_command(
     """Stats of a version: filter counts, split, class balance, most suspicious labels."""
     from cartag.store import datasets as repo
 
-    settings = _settings()
-    db = _database(settings)
+    settings = load_settings()
+    db = open_database(settings)
     try:
         with db.read() as session:
             version = repo.get_version(session, ref)
             counts = repo.item_counts(session, [version.ref])[version.ref]
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         db.dispose()
     if as_json:
@@ -406,14 +385,14 @@ def freeze_command(
     from cartag.clock import SystemClock
     from cartag.store import datasets as repo
 
-    settings = _settings()
-    db = _database(settings)
+    settings = load_settings()
+    db = open_database(settings)
     try:
         with db.write() as session:
             version = repo.freeze(session, ref, SystemClock().now())
             ref_done, sha = version.ref, version.manifest_sha256
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         db.dispose()
     out.print(f"froze {ref_done}: manifest sha256 {sha}")
@@ -427,13 +406,13 @@ def export_command(
     """Write a version's manifest (items, labels, splits, provenance, hash) as JSON."""
     from cartag.store import datasets as repo
 
-    settings = _settings()
-    db = _database(settings)
+    settings = load_settings()
+    db = open_database(settings)
     try:
         with db.read() as session:
             document = repo.export_manifest(session, ref)
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         db.dispose()
     try:

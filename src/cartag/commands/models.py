@@ -16,8 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cartag.commands.common import err, fail, load_settings, open_database
 from cartag.errors import CartagError, InputError
-from cartag.settings import Settings, get_settings
+from cartag.settings import Settings
 
 if TYPE_CHECKING:
     from cartag.jobs.reclassify import ReclassifyReport
@@ -27,23 +28,9 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="The model registry: list, register, promote, rollback.", no_args_is_help=True
 )
-err = Console(stderr=True, soft_wrap=True)
 
 AliasOpt = Annotated[str, typer.Option(help="production or candidate.")]
 ByOpt = Annotated[str | None, typer.Option("--by", help="Who does it (default: your user).")]
-
-
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except Exception as exc:  # noqa: BLE001 - pydantic's message names the variable
-        err.print(f"[red]error:[/red] invalid CARTAG_* setting: {exc}")
-        raise typer.Exit(2) from exc
-
-
-def _fail(exc: CartagError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc.message}")
-    return typer.Exit(2)
 
 
 def _user(by: str | None) -> str:
@@ -59,10 +46,8 @@ def _registry(settings: Settings) -> Database:
     """The migrated store, with the bundled model registered on a first use."""
     from cartag.clock import SystemClock
     from cartag.models.registry import ensure_initial
-    from cartag.store.db import Database, upgrade
 
-    db = Database(settings.resolved_database_url)
-    upgrade(db)
+    db = open_database(settings)
     ensure_initial(db, settings, clock=SystemClock())
     return db
 
@@ -101,11 +86,11 @@ def list_models() -> None:
     """Registered versions, newest first, with their aliases and key metrics."""
     from cartag.store import registry as repo
 
-    settings = _settings()
+    settings = load_settings()
     try:
         db = _registry(settings)
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     table = Table("version", "status", "created", "dataset", "aliases", "key metrics")
     with db.read() as session:
         aliases = repo.aliases_by_version(session)
@@ -136,7 +121,7 @@ def register(
     from cartag.clock import SystemClock
     from cartag.models.registry import register_model
 
-    settings = _settings()
+    settings = load_settings()
     try:
         if not path.is_dir():
             raise InputError(f"{path} is not a folder", field="path")
@@ -159,7 +144,7 @@ def register(
             metrics=recorded,
         )
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     err.print(f"registered {row.version} ({row.files_sha256[:12]}); promote it with:")
     typer.echo(f"cartag models promote {row.version}")
 
@@ -182,7 +167,7 @@ def promote(
     from cartag.clock import SystemClock
     from cartag.models import registry
 
-    settings = _settings()
+    settings = load_settings()
     try:
         db = _registry(settings)
         deployment = registry.promote(
@@ -195,7 +180,7 @@ def promote(
         err.print("fix the candidate, or promote anyway with --force")
         raise typer.Exit(2) from exc
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     err.print(f"{alias} -> {deployment.version}; servers switch within {settings.model_poll_s:g} s")
     if alias == "production" and reclassify:
         _reclassify(settings, db, None, quiet_if_none=True)
@@ -207,12 +192,12 @@ def rollback(alias: AliasOpt = "production", by: ByOpt = None) -> None:
     from cartag.clock import SystemClock
     from cartag.models import registry
 
-    settings = _settings()
+    settings = load_settings()
     try:
         db = _registry(settings)
         deployment = registry.rollback(db, settings, by=_user(by), clock=SystemClock(), alias=alias)
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     err.print(f"{alias} rolled back to {deployment.version}")
 
 
@@ -221,12 +206,12 @@ def history(alias: AliasOpt = "production") -> None:
     """Which version served when, and why (promote, rollback, initial)."""
     from cartag.store import registry as repo
 
-    settings = _settings()
+    settings = load_settings()
     try:
         repo.check_alias(alias)
         db = _registry(settings)
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     table = Table("version", "from", "until", "reason", "by", title=f"{alias} history")
     with db.read() as session:
         for row in repo.history(session, alias):
@@ -247,11 +232,11 @@ def reclassify(
     ] = None,
 ) -> None:
     """Re-classify opted-in advertisers' images with the production model (fixes untouched)."""
-    settings = _settings()
+    settings = load_settings()
     try:
         db = _registry(settings)
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     _reclassify(settings, db, advertiser, quiet_if_none=False)
 
 
@@ -285,7 +270,7 @@ def _reclassify(
 
         report = asyncio.run(main())
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     err.print(
         f"re-classified with {report.model_version} for {', '.join(report.advertisers)}: "
         f"{report.images} images, {report.from_cache} from cached embeddings, "

@@ -11,19 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cartag.commands.common import err, load_settings
 from cartag.errors import CartagError, InputError
-from cartag.settings import Settings, get_settings
 
 app = typer.Typer(help="Monitoring: answer mix and manual-fix rates.", no_args_is_help=True)
-err = Console(stderr=True, soft_wrap=True)
-
-
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except Exception as exc:  # noqa: BLE001 - pydantic's message names the variable
-        err.print(f"[red]error:[/red] invalid CARTAG_* setting: {exc}")
-        raise typer.Exit(2) from exc
 
 
 def _pct(rate: float | None) -> str:
@@ -81,7 +72,7 @@ def report(
     from cartag.ops.monitor import report_since
     from cartag.store.db import Database, upgrade
 
-    settings = _settings()
+    settings = load_settings()
     try:
         now = _parse_until(until)
         db = Database(settings.resolved_database_url)

@@ -19,8 +19,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cartag.commands.common import err, fail, load_settings, open_database
 from cartag.errors import CartagError
-from cartag.settings import Settings, get_settings
+from cartag.settings import Settings
 
 if TYPE_CHECKING:
     from cartag.store.db import Database
@@ -31,28 +32,6 @@ app = typer.Typer(
     no_args_is_help=False,
 )
 out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except Exception as exc:  # noqa: BLE001 - pydantic's message names the variable
-        err.print(f"[red]error:[/red] invalid CARTAG_* setting: {exc}")
-        raise typer.Exit(2) from exc
-
-
-def _fail(exc: CartagError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc.message}")
-    return typer.Exit(2)
-
-
-def _database(settings: Settings) -> Database:
-    from cartag.store.db import Database, upgrade
-
-    db = Database(settings.resolved_database_url)
-    upgrade(db)
-    return db
 
 
 def _sweep(path: Path, trials: int | None, *, to_train: bool = True) -> SweepConfig:
@@ -86,18 +65,18 @@ def train(
             "(e.g. cartag train --dataset cars@3 --sweep examples/sweep.yaml)"
         )
         raise typer.Exit(2)
-    settings = _settings()
+    settings = load_settings()
     # Everything that can be wrong with the arguments is checked before training starts.
     try:
         config = _sweep(sweep, trials)
-        db = _database(settings)
+        db = open_database(settings)
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     try:
         _check_frozen(db, dataset)
     except CartagError as exc:
         db.dispose()
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     from cartag.training.cpu_share import apply_cpu_share
 
     share = apply_cpu_share(settings)
@@ -108,7 +87,7 @@ def train(
     try:
         _run(db, settings, dataset, config, share.threads)
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         db.dispose()
 
@@ -192,17 +171,17 @@ def leaderboard(
     from cartag.clock import SystemClock
     from cartag.training.leaderboard import load_leaderboard, rich_table, write_leaderboard
 
-    settings = _settings()
+    settings = load_settings()
     try:
         config = _sweep(sweep, None, to_train=False) if sweep is not None else None
-        db = _database(settings)
+        db = open_database(settings)
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     try:
         board = load_leaderboard(db, settings, dataset, config)
         out.print(rich_table(board))
         out.print(f"report: {write_leaderboard(board, settings, now=SystemClock().now())}")
     except CartagError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     finally:
         db.dispose()

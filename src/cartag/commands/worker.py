@@ -12,13 +12,12 @@ import logging
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from cartag.commands.common import err, load_settings
 from cartag.errors import CartagError
-from cartag.settings import Settings, get_settings
+from cartag.settings import Settings
 
 app = typer.Typer(help="Run a Celery worker for jobs (needs CARTAG_BROKER_URL).")
-err = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +31,7 @@ def worker(
     """Take job chunks from the broker and classify them (one at a time per process)."""
     from cartag.jobs.dispatch import check_broker_settings
 
-    settings = _settings()
+    settings = load_settings()
     if not settings.broker_url:
         err.print(
             "[red]error:[/red] CARTAG_BROKER_URL is not set; a worker needs the broker the API "
@@ -76,11 +75,3 @@ def run_worker(settings: Settings, *, loglevel: str = "info", hostname: str | No
         celery.worker_main(argv)
     finally:
         context.close()
-
-
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except Exception as exc:  # noqa: BLE001 - pydantic's message names the variable
-        err.print(f"[red]error:[/red] invalid CARTAG_* setting: {exc}")
-        raise typer.Exit(2) from exc
