@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.table import Table
 from cartag.commands.common import err, fail, load_settings, open_database
 from cartag.errors import CartagError
 from cartag.settings import Settings
+
+if TYPE_CHECKING:
+    from cartag.training.dataset_build import BuildOptions
 
 app = typer.Typer(
     help="Versioned training datasets: import, extend with fixes, review stats, freeze, export.",
@@ -100,10 +103,52 @@ def _run_build(settings: Settings, rank: bool, build: Any) -> None:
     )
 
 
-def _test_sets(values: list[str]) -> list[str]:
+# Options shared by `import` and `create`.
+_TestSets = Annotated[
+    list[str] | None, typer.Option("--test-set", help="advertiser=ID; repeatable.")
+]
+_Crop = Annotated[str | None, typer.Option(help="letterbox or none (default CARTAG_DATASET_CROP).")]
+_Rank = Annotated[
+    bool, typer.Option("--rank/--no-rank", help="Rank label issues (runs the backbone).")
+]
+_Placeholders = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Add this many generated Placeholder cards (real photo folders have none; "
+        "a model trained without them never predicts Placeholder).",
+    ),
+]
+_PlaceholderSeed = Annotated[
+    int, typer.Option(help="Seed of the generated cards (same seed, same images).")
+]
+_User = Annotated[str, typer.Option(help="Recorded as the creator.")]
+
+
+def _build_options(
+    name: str,
+    user: str,
+    test_set: list[str] | None,
+    crop: str | None,
+    rank: bool,
+    placeholders: int,
+    placeholder_seed: int,
+) -> BuildOptions:
+    """The options of a build, checked (InputError names the bad one)."""
+    from cartag.training.dataset_build import BuildOptions
     from cartag.training.dataset_inputs import parse_test_set
 
-    return [parse_test_set(v) for v in values]
+    options = BuildOptions(
+        name=name,
+        user=user,
+        test_advertisers=[parse_test_set(v) for v in test_set or []],
+        crop=crop,
+        rank=rank,
+        placeholders=placeholders,
+        placeholder_seed=placeholder_seed,
+    )
+    _check_crop(crop)
+    return options
 
 
 @app.command("import")
@@ -118,43 +163,18 @@ def import_command(
             "Folder names that are a type or color label the images first.",
         ),
     ] = None,
-    test_set: Annotated[
-        list[str] | None, typer.Option("--test-set", help="advertiser=ID; repeatable.")
-    ] = None,
-    crop: Annotated[
-        str | None, typer.Option(help="letterbox or none (default CARTAG_DATASET_CROP).")
-    ] = None,
-    rank: Annotated[
-        bool, typer.Option("--rank/--no-rank", help="Rank label issues (runs the backbone).")
-    ] = True,
-    placeholders: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            help="Add this many generated Placeholder cards (real photo folders have none; "
-            "a model trained without them never predicts Placeholder).",
-        ),
-    ] = 0,
-    placeholder_seed: Annotated[
-        int, typer.Option(help="Seed of the generated cards (same seed, same images).")
-    ] = 0,
-    user: Annotated[str, typer.Option(help="Recorded as the creator.")] = "cli",
+    test_set: _TestSets = None,
+    crop: _Crop = None,
+    rank: _Rank = True,
+    placeholders: _Placeholders = 0,
+    placeholder_seed: _PlaceholderSeed = 0,
+    user: _User = "cli",
 ) -> None:
     """Create the first version of a dataset from a folder of images."""
-    from cartag.training.dataset_build import BuildOptions
 
     settings = load_settings()
     try:
-        options = BuildOptions(
-            name=name,
-            user=user,
-            test_advertisers=_test_sets(test_set or []),
-            crop=crop,
-            rank=rank,
-            placeholders=placeholders,
-            placeholder_seed=placeholder_seed,
-        )
-        _check_crop(crop)
+        options = _build_options(name, user, test_set, crop, rank, placeholders, placeholder_seed)
     except CartagError as exc:
         raise fail(exc) from exc
     _run_build(settings, rank, lambda b: b.import_folder(options, folder, labels or []))
@@ -172,45 +192,20 @@ def create_command(
             "(2026-11-30); without it no fixes are added.",
         ),
     ] = None,
-    test_set: Annotated[
-        list[str] | None, typer.Option("--test-set", help="advertiser=ID; repeatable.")
-    ] = None,
-    crop: Annotated[
-        str | None, typer.Option(help="letterbox or none (default CARTAG_DATASET_CROP).")
-    ] = None,
-    rank: Annotated[
-        bool, typer.Option("--rank/--no-rank", help="Rank label issues (runs the backbone).")
-    ] = True,
-    placeholders: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            help="Add this many generated Placeholder cards (real photo folders have none; "
-            "a model trained without them never predicts Placeholder).",
-        ),
-    ] = 0,
-    placeholder_seed: Annotated[
-        int, typer.Option(help="Seed of the generated cards (same seed, same images).")
-    ] = 0,
-    user: Annotated[str, typer.Option(help="Recorded as the creator.")] = "cli",
+    test_set: _TestSets = None,
+    crop: _Crop = None,
+    rank: _Rank = True,
+    placeholders: _Placeholders = 0,
+    placeholder_seed: _PlaceholderSeed = 0,
+    user: _User = "cli",
 ) -> None:
     """Extend a frozen version with the manual fixes made since a cutoff."""
-    from cartag.training.dataset_build import BuildOptions
     from cartag.training.dataset_inputs import parse_cutoff
 
     settings = load_settings()
     try:
         cutoff = parse_cutoff(add_fixes_since) if add_fixes_since is not None else None
-        options = BuildOptions(
-            name=name,
-            user=user,
-            test_advertisers=_test_sets(test_set or []),
-            crop=crop,
-            rank=rank,
-            placeholders=placeholders,
-            placeholder_seed=placeholder_seed,
-        )
-        _check_crop(crop)
+        options = _build_options(name, user, test_set, crop, rank, placeholders, placeholder_seed)
     except CartagError as exc:
         raise fail(exc) from exc
     _run_build(settings, rank, lambda b: b.create(options, parent_ref=from_ref, fixes_since=cutoff))
