@@ -21,6 +21,7 @@ from cartag.ops.logs import (
     configure_logging,
     current_request_id,
     make_handler,
+    request_id_scope,
     request_id_var,
 )
 from cartag.ops.middleware import UNMATCHED, RequestContextMiddleware
@@ -167,3 +168,16 @@ def test_configure_logging_sends_everything_through_one_json_handler(
         uvicorn.propagate = saved_uvicorn[1]
         uvicorn.disabled = saved_uvicorn[2]
         uvicorn.setLevel(saved_uvicorn[3])
+
+
+def test_request_id_scope_reaches_threads_and_is_restored() -> None:
+    async def in_thread() -> str | None:
+        return await asyncio.to_thread(current_request_id)
+
+    assert current_request_id() is None
+    with request_id_scope("job:42"):
+        assert asyncio.run(in_thread()) == "job:42"
+        with request_id_scope("job:43"):
+            assert current_request_id() == "job:43"
+        assert current_request_id() == "job:42"
+    assert current_request_id() is None

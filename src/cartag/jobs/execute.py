@@ -25,6 +25,7 @@ from typing import Any
 
 from cartag.clock import Clock
 from cartag.errors import FetchError
+from cartag.ops.logs import request_id_scope
 from cartag.pipeline.classify import ClassifyService, ClassifyStats
 from cartag.pipeline.fetch import Fetcher
 from cartag.pipeline.results import ImageRequest
@@ -74,10 +75,24 @@ async def run_job_chunk(
 ) -> ChunkReport:
     """Classify the pending items ``start <= idx < stop`` of a job and store their results.
 
+    Logs made meanwhile carry ``request_id = job:<job_id>``.
+
     Raises:
         NotFoundError: No job has this id.
         ModelError: The model failed (nothing of the chunk is stored; run it again).
     """
+    with request_id_scope(f"job:{job_id}"):
+        return await _run_job_chunk(db, service, clock, job_id, start, stop)
+
+
+async def _run_job_chunk(
+    db: Database,
+    service: ClassifyService,
+    clock: Clock,
+    job_id: str,
+    start: int,
+    stop: int,
+) -> ChunkReport:
     with db.write() as session:
         job = job_repo.get_job(session, job_id)
         if job.status in (job_repo.DONE, job_repo.FAILED):

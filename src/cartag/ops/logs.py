@@ -9,18 +9,34 @@ the pipeline's log lines carry the id of the request they work for without passi
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import re
 import sys
 import uuid
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any, Final, Literal
 
 from cartag.errors import InputError
 
 request_id_var: ContextVar[str | None] = ContextVar("cartag_request_id", default=None)
+
+
+@contextlib.contextmanager
+def request_id_scope(request_id: str) -> Iterator[None]:
+    """Tag every log record made inside the block (and its threads) with ``request_id``.
+
+    Jobs use ``job:<id>``, so a job's logs can be followed like a request's.
+    """
+    token = request_id_var.set(request_id)
+    try:
+        yield
+    finally:
+        request_id_var.reset(token)
+
 
 # A client's X-Request-ID is kept when it looks like an id, so it can't inject log
 # lines or huge values: letters, digits and . _ : - only, at most 128 characters.
