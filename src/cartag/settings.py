@@ -279,6 +279,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Fix-count metrics label only this many of the most active advertisers.",
     )
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="cartag worker: serve this process's Prometheus metrics (images, skips, "
+        "download failures, batches, model version) on http://<host>:<port>/metrics; "
+        "unset = none. Each worker needs its own port.",
+    )
     log_format: Literal["json", "text"] = Field(
         default="json",
         description="`cartag serve` logs: json (one object per line, with request_id) or text.",

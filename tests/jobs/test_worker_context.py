@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
+
 from cartag.clock import SystemClock
 from cartag.jobs.worker import WorkerContext
 from cartag.models import registry
@@ -42,5 +44,18 @@ def test_worker_swaps_to_a_promoted_model_between_chunks(
             target.write_bytes(target.read_bytes()[:100])
         ctx.follow_production()
         assert ctx.service.classifier.version == "worker-test-2"
+    finally:
+        ctx.close()
+
+
+def test_worker_serves_its_metrics(
+    settings: Settings, sqlite_db: Database, classifier: Classifier
+) -> None:
+    ctx = WorkerContext(settings, sqlite_db, classifier=classifier)
+    try:
+        port = ctx.serve_metrics(0, host="127.0.0.1")
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert f'cartag_model_info{{version="{classifier.version}"}} 1.0' in text
+        assert "cartag_images_total" in text or "# TYPE cartag_images counter" in text
     finally:
         ctx.close()

@@ -57,6 +57,9 @@ def run_worker(settings: Settings, *, loglevel: str = "info", hostname: str | No
     except CartagError as exc:
         err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(2) from exc
+    if settings.worker_metrics_port is not None:
+        port = context.serve_metrics(settings.worker_metrics_port)
+        err.print(f"worker metrics on http://0.0.0.0:{port}/metrics")
     celery = make_celery(settings)
     register_tasks(celery, lambda: context)
     argv = [

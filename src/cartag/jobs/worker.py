@@ -16,6 +16,7 @@ from cartag.clock import Clock, SystemClock
 from cartag.models.classifier import Classifier
 from cartag.models.color_providers import build_color_provider, check_color_settings
 from cartag.models.hotswap import ModelWatcher, startup_model
+from cartag.ops.metrics import PrometheusTelemetry
 from cartag.pipeline.classify import ClassifyService
 from cartag.pipeline.fetch import Fetcher
 from cartag.settings import Settings
@@ -59,13 +60,38 @@ class WorkerContext:
         self.fetcher = fetcher or Fetcher(settings)
         self._colors = build_color_provider(settings)
         self._cache = build_lookup_cache(settings)
-        self.service = ClassifyService(
-            settings, db, self.fetcher, model, self.clock, self._colors, lookup_cache=self._cache
+        # Metrics of what this worker classifies, in a registry of its own (served by
+        # serve_metrics() when CARTAG_WORKER_METRICS_PORT is set).
+        self.telemetry = PrometheusTelemetry(
+            top_hosts=settings.metrics_top_hosts, top_advertisers=settings.metrics_top_advertisers
         )
+        self.service = ClassifyService(
+            settings,
+            db,
+            self.fetcher,
+            model,
+            self.clock,
+            self._colors,
+            lookup_cache=self._cache,
+            telemetry=self.telemetry,
+        )
+        self.telemetry.model_loaded(model.version)
         # Workers follow the production alias like servers do, between chunks.
         self.watcher = ModelWatcher(db, settings, self.service)
         self.watcher.prime()
         self._checked = time.monotonic()
+
+    def serve_metrics(self, port: int, host: str = "0.0.0.0") -> int:
+        """Serve this worker's metrics at ``http://host:port/metrics`` (a daemon thread).
+
+        Returns:
+            The port (useful with ``port=0``: a free one).
+        """
+        from prometheus_client import start_http_server
+
+        server, _thread = start_http_server(port, addr=host, registry=self.telemetry.registry)
+        self._metrics_server = server
+        return int(server.server_port)
 
     def follow_production(self) -> None:
         """Hot-swap to the production model if it changed (checked at most every
@@ -91,6 +117,10 @@ class WorkerContext:
         return self.loop.run_until_complete(coro)
 
     def close(self) -> None:
+        server = getattr(self, "_metrics_server", None)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
         self.service.close()
         self._cache.close()
         self.run(self._colors.aclose())
