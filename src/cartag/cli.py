@@ -52,8 +52,10 @@ def serve(
 
     from cartag.api.app import create_app
     from cartag.ops.logs import configure_logging
+    from cartag.ops.memory import limit_malloc_arenas
 
     settings = load_settings()
+    limit_malloc_arenas(settings.malloc_arenas)  # before the model's threads start
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         configure_logging(settings.log_format, log_level)

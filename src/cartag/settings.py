@@ -279,6 +279,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Fix-count metrics label only this many of the most active advertisers.",
     )
+    malloc_arenas: int = Field(
+        default=2,
+        ge=0,
+        description="cartag serve / worker: most glibc malloc arenas (threads share them; "
+        "lower peak memory at the same speed); 0 = the C library's default.",
+    )
     worker_metrics_port: int | None = Field(
         default=None,
         ge=0,

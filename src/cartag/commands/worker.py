@@ -51,7 +51,9 @@ def run_worker(settings: Settings, *, loglevel: str = "info", hostname: str | No
     from cartag.jobs.celery_app import make_celery
     from cartag.jobs.tasks import register_tasks
     from cartag.jobs.worker import WorkerContext
+    from cartag.ops.memory import limit_malloc_arenas
 
+    limit_malloc_arenas(settings.malloc_arenas)  # before the model's threads start
     try:
         context = WorkerContext.from_settings(settings)
     except CartagError as exc:
