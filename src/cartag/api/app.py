@@ -41,6 +41,7 @@ from cartag.store.blobs import BlobStore, LocalBlobStore
 from cartag.store.cache import LookupCache, build_lookup_cache
 from cartag.store.db import Database, upgrade
 from cartag.telemetry import Telemetry
+from cartag.web import STATIC_DIR
 
 log = logging.getLogger(__name__)
 
@@ -163,5 +164,5 @@ def create_app(
     app.include_router(review_routes.pages)
     app.state.blobs = blobs or LocalBlobStore(settings.data_dir / "blobs")
     # The pages' scripts and styles (web/static), shipped as package data.
-    app.mount("/static", StaticFiles(directory=review_routes.STATIC_DIR), name="static")
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

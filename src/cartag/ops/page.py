@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 import jinja2
@@ -16,8 +15,7 @@ from markupsafe import Markup
 from cartag.ops import svg
 from cartag.ops.monitor import NO_COLOR, AdvertiserStats, MonitorReport, Rate
 from cartag.vocab import COLORS, IMAGE_TYPES
-
-TEMPLATE_DIR: Final[Path] = Path(__file__).resolve().parents[1] / "web" / "templates"
+from cartag.web import environment as web_environment
 
 TYPE_COLORS: Final[dict[str, str]] = {
     "Dealer": "#0d6efd",
@@ -142,13 +140,7 @@ def _advertiser_rate_chart(report: MonitorReport) -> Markup:
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = web_environment()
     env.filters["pct"] = _pct
     return env
 

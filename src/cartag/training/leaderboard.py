@@ -19,7 +19,6 @@ from html import escape
 from pathlib import Path
 from typing import Any, Final
 
-import jinja2
 from markupsafe import Markup
 from rich.table import Table
 
@@ -28,9 +27,10 @@ from cartag.settings import Settings
 from cartag.store import datasets
 from cartag.store.db import Database
 from cartag.training.gates import gate_status
-from cartag.training.report import TASK_TITLES, TEMPLATE_DIR, confusion_png
+from cartag.training.report import TASK_TITLES, confusion_png
 from cartag.training.sweep import close_storage, folder_name, optuna_storage, study_name
 from cartag.training.sweep_config import SweepConfig, describe
+from cartag.web import environment as web_environment
 
 TEMPLATE_NAME: Final[str] = "leaderboard.html"
 # Bar colours: production first (grey), then candidates.
@@ -298,13 +298,7 @@ def _confusion_uri(task_metrics: dict[str, Any]) -> str:
 
 def render_html(lb: Leaderboard, *, now: dt.datetime) -> str:
     """The leaderboard as one self-contained HTML page."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = web_environment()
     legend = [
         {"label": e.label, "colour": _PALETTE[i % len(_PALETTE)]} for i, e in enumerate(lb.entries)
     ]

@@ -14,14 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-import jinja2
 from PIL import Image, ImageDraw, ImageFont
 
 from cartag.errors import CartagError
 from cartag.pipeline.decode import decode_image
 from cartag.training.evaluate import Evaluation, TaskResult
+from cartag.web import environment as web_environment
 
-TEMPLATE_DIR: Final[Path] = Path(__file__).resolve().parents[1] / "web" / "templates"
 TEMPLATE_NAME: Final[str] = "evaluation.html"
 TASK_TITLES: Final[dict[str, str]] = {"image_type": "Image type", "color": "Color"}
 
@@ -181,13 +180,7 @@ def render_report(
         max_mistakes: Worst mistakes shown per task.
         max_pixels: Decompression-bomb limit for the thumbnails.
     """
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = web_environment()
     return env.get_template(TEMPLATE_NAME).render(
         evaluation=evaluation,
         source=source,

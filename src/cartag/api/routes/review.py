@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import parse_qs, urlencode
 
-import jinja2
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,12 +38,11 @@ from cartag.store import review as review_repo
 from cartag.store.blobs import BlobStore
 from cartag.store.tables import DatasetItemRow, ReviewDecisionRow
 from cartag.vocab import COLORS, IMAGE_TYPES
+from cartag.web import environment as web_environment
 
 router = APIRouter(prefix="/v1/datasets", tags=["review"])
 pages = APIRouter(prefix="/review", include_in_schema=False)
 
-TEMPLATE_DIR: Final[Path] = Path(__file__).resolve().parents[2] / "web" / "templates"
-STATIC_DIR: Final[Path] = TEMPLATE_DIR.parent / "static"
 SESSION_MAX_AGE_S: Final[int] = 12 * 3600
 _MAX_FORM_BYTES: Final[int] = 4096
 THUMB_SIZE: Final[int] = 128  # shorter side >= 128, longer side <= 256
@@ -71,13 +68,7 @@ _PAGE_HEADERS: Final[dict[str, str]] = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-_templates = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+_templates = web_environment()
 
 Status = Literal["included", "excluded", "flagged"]
 
