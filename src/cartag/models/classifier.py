@@ -293,6 +293,20 @@ class EmbeddingClassifier(Classifier):
         return predictions
 
 
+def backbone_config(backbone: Backbone) -> dict[str, Any]:
+    """The ``backbone`` block of a model's config.json: what :meth:`EmbeddingClassifier.from_dir`
+    loads and checks (variant, weights id, input size, normalisation, preprocessing)."""
+    return {
+        "variant": backbone.variant,
+        "backbone_id": backbone.backbone_id,
+        "input_size": backbone.input_size,
+        "mean": list(backbone.mean),
+        "std": list(backbone.std),
+        "preprocess": PREPROCESS_ID,
+        "embedding": "global average pool of extract_features()",
+    }
+
+
 def read_config(path: Path) -> dict[str, Any]:
     """Read and check a model directory's ``config.json``.
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from cartag.clock import Clock, SystemClock
 from cartag.models.backbone import PREPROCESS_ID, Backbone
-from cartag.models.classifier import CONFIG_NAME, MODEL_FORMAT
+from cartag.models.classifier import CONFIG_NAME, MODEL_FORMAT, backbone_config
 from cartag.models.color_features import FEATURE_ID
 from cartag.models.heads import LinearHead
 from cartag.training.card import render_card
@@ -213,15 +213,7 @@ def train_bundled(
     config: dict[str, Any] = {
         "format": MODEL_FORMAT,
         "version": f"bundled-{now:%Y.%m.%d}-{digest[:8]}",
-        "backbone": {
-            "variant": variant,
-            "backbone_id": backbone.backbone_id,
-            "input_size": backbone.input_size,
-            "mean": list(backbone.mean),
-            "std": list(backbone.std),
-            "preprocess": PREPROCESS_ID,
-            "embedding": "global average pool of extract_features()",
-        },
+        "backbone": backbone_config(backbone),
         "heads": {"image_type": "type_head", "color": "color_head"},
         "color_features": FEATURE_ID,
         "training": {

@@ -25,7 +25,7 @@ from typing import Any, Final, Literal
 import numpy as np
 
 from cartag.models.backbone import PREPROCESS_ID, Backbone
-from cartag.models.classifier import CONFIG_NAME, MODEL_FORMAT
+from cartag.models.classifier import CONFIG_NAME, MODEL_FORMAT, backbone_config
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID
 from cartag.models.heads import LinearHead
 from cartag.training.calibration import fit_temperature
@@ -326,15 +326,7 @@ def write_candidate(
     config: dict[str, Any] = {
         "format": MODEL_FORMAT,
         "version": f"sweep-{now:%Y.%m.%d}-{digest[:10]}",
-        "backbone": {
-            "variant": backbone.variant,
-            "backbone_id": backbone.backbone_id,
-            "input_size": backbone.input_size,
-            "mean": list(backbone.mean),
-            "std": list(backbone.std),
-            "preprocess": PREPROCESS_ID,
-            "embedding": "global average pool of extract_features()",
-        },
+        "backbone": backbone_config(backbone),
         "heads": {"image_type": "type_head", "color": "color_head"},
         "color_features": FEATURE_ID,
         "training": {
