@@ -1,6 +1,6 @@
 """Monitoring data for tests: a month of daily answers and fixes of four advertisers.
 
-Written through the real rollup writer (``ops.daily.record_answers``) and as real
+Written through the real rollup writer (``ops.daily.record_counts``) and as real
 ``fix_audit`` rows, so the report reads what production would have stored.
 
 Advertisers (``TODAY`` is the last day; 300 answers a day unless said otherwise):
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from cartag.ops.daily import record_answers
+from cartag.ops.daily import record_counts, rollup
 from cartag.pipeline.results import ClassifyResult
 from cartag.store.db import Database
 from cartag.store.tables import FixAuditRow
@@ -83,7 +83,7 @@ def seed_monitoring(db: Database) -> None:
             version = "m1" if day < SWITCH else "m2"
             noon = dt.datetime.combine(day, dt.time(12), dt.UTC)
             for advertiser, (n, fixes) in _plan(day).items():
-                record_answers(session, day, advertiser, answers(n, version))
+                record_counts(session, day, advertiser, rollup(answers(n, version)))
                 audits += [
                     FixAuditRow(
                         image_key=keys[version],

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from cartag.errors import InputError
-from cartag.ops.daily import RollupBuffer, record_answers, rollup
+from cartag.ops.daily import RollupBuffer, record_counts, rollup
 from cartag.ops.monitor import Thresholds, build_report, parse_since
 from cartag.pipeline.results import ClassifyResult, skipped
 from cartag.store.db import Database
@@ -70,13 +70,13 @@ def test_rollup_buffer_without_interval_writes_at_once(db: Database) -> None:
     buffer.close()
 
 
-def test_record_answers_adds_up(db: Database) -> None:
+def test_record_counts_adds_up(db: Database) -> None:
     day = TODAY
     with db.write() as session:
-        assert record_answers(session, day, "a", answers(6, "m1")) == 6
+        assert record_counts(session, day, "a", rollup(answers(6, "m1"))) == 6
     with db.write() as session:
-        record_answers(session, day, "a", answers(3, "m1"))
-        assert record_answers(session, day, "a", [skipped("u", "timeout")]) == 0
+        record_counts(session, day, "a", rollup(answers(3, "m1")))
+        assert record_counts(session, day, "a", rollup([skipped("u", "timeout")])) == 0
     with db.read() as session:
         rows = session.query(ClassifyDailyRow).all()
     by_key = {(r.status, r.image_type, r.color): r.count for r in rows}
@@ -157,6 +157,6 @@ def test_empty_store_gives_an_empty_report(db: Database) -> None:
 def test_a_day_answered_only_by_skips_writes_nothing(db: Database) -> None:
     results: list[ClassifyResult] = [skipped("https://x/1.jpg", "http_404")]
     with db.write() as session:
-        assert record_answers(session, TODAY, "a", results) == 0
+        assert record_counts(session, TODAY, "a", rollup(results)) == 0
     with db.read() as session:
         assert session.query(ClassifyDailyRow).count() == 0

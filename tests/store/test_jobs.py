@@ -19,11 +19,11 @@ def test_job_items_store_results_once(db: Database) -> None:
         assert claimed is not None and claimed.id == job.id
         assert job_repo.claim_next_job(session, NOW) is None
     with db.write() as session:
-        items = job_repo.pending_items(session, job.id, 10)
+        items = job_repo.claim_items(session, job.id, 0, 10, lock=False)
         assert [i.scrape_color for i in items] == [None, "Red"]
-        assert job_repo.save_item_results(session, job.id, {0: {"n": 1}}) == 1
-        # A second worker re-running item 0 must not overwrite it.
-        assert job_repo.save_item_results(session, job.id, {0: {"n": 2}, 1: {"n": 3}}) == 2
+        assert job_repo.store_results(session, job.id, {0: {"n": 1}}) == 1
+        # A second worker re-running item 0 must not overwrite it: only item 1 is stored.
+        assert job_repo.store_results(session, job.id, {0: {"n": 2}, 1: {"n": 3}}) == 1
     with db.read() as session:
         assert job_repo.job_results(session, job.id) == [{"n": 1}, {"n": 3}]
         assert job_repo.get_job(session, job.id).done == 2

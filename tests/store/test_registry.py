@@ -123,7 +123,7 @@ def test_advertiser_images_come_from_classify_jobs_and_fixes(db: Database) -> No
         job = job_repo.create_job(
             session, advertiser_id="42", items=[(in_job.url, None)], callback_url=None, now=NOW
         )
-        job_repo.save_item_results(session, job.id, {0: {"image_key": in_job.image_key}})
+        job_repo.store_results(session, job.id, {0: {"image_key": in_job.image_key}})
     with db.read() as session:
         keys = repo.advertiser_image_keys(session, "42")
     assert keys == {seen.image_key, fixed.image_key, in_job.image_key}

@@ -58,23 +58,6 @@ def rollup(answers: Iterable[Answer]) -> Counter[tuple[str, str, str, str, str]]
     return counts
 
 
-def record_answers(
-    session: Session, day: dt.date, advertiser_id: str, answers: Iterable[Answer]
-) -> int:
-    """Add one classify call's answers to the day's rollup.
-
-    Args:
-        session: A session in a write transaction.
-        day: The UTC day the answers were given.
-        advertiser_id: Who asked.
-        answers: The call's results; skipped ones are not counted.
-
-    Returns:
-        How many answers were counted.
-    """
-    return record_counts(session, day, advertiser_id, rollup(answers))
-
-
 def record_counts(
     session: Session,
     day: dt.date,

@@ -88,38 +88,6 @@ def requeue_running(session: Session) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def pending_items(session: Session, job_id: str, limit: int) -> list[JobItemRow]:
-    """The next items without a result, in order."""
-    stmt = (
-        select(JobItemRow)
-        .where(JobItemRow.job_id == job_id, JobItemRow.result.is_(None))
-        .order_by(JobItemRow.idx)
-        .limit(limit)
-    )
-    return list(session.scalars(stmt))
-
-
-def save_item_results(session: Session, job_id: str, results: dict[int, dict[str, Any]]) -> int:
-    """Store results of items that have none yet; returns the job's new done count."""
-    for idx, result in results.items():
-        session.execute(
-            update(JobItemRow)
-            .where(
-                JobItemRow.job_id == job_id,
-                JobItemRow.idx == idx,
-                JobItemRow.result.is_(None),
-            )
-            .values(result=result)
-        )
-    done = session.scalar(
-        select(func.count())
-        .select_from(JobItemRow)
-        .where(JobItemRow.job_id == job_id, JobItemRow.result.is_not(None))
-    )
-    session.execute(update(JobRow).where(JobRow.id == job_id).values(done=int(done or 0)))
-    return int(done or 0)
-
-
 def finish_job(
     session: Session, job_id: str, *, status: str, now: dt.datetime, error: str | None = None
 ) -> None:
