@@ -82,6 +82,36 @@ def test_first_start_registers_the_bundled_model_as_production(
     assert (folder / "config.json").is_file() and (folder / "type_head.npz").is_file()
 
 
+def test_processes_starting_together_register_the_first_model_once(
+    db: Database, settings: Settings, clock: FakeClock, classifier: Classifier
+) -> None:
+    # A server and its workers start at the same moment on an empty registry (the
+    # Celery end-to-end test does): each registers the bundled model; none may fail.
+    start = threading.Barrier(3)
+    rows: list[str] = []
+    errors: list[BaseException] = []
+
+    def first_start() -> None:
+        start.wait()
+        try:
+            registry.ensure_initial(db, settings, clock=clock, reuse=classifier)
+            rows.append(str(registry.production_model_dir(db, settings)))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_start) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert rows == [str(settings.data_dir / "models" / BUNDLED_VERSION)] * 3
+    with db.read() as session:
+        assert [r.version for r in registry.list_versions(session)] == [BUNDLED_VERSION]
+        assert len(registry.history(session, "production")) == 1
+    assert not list((settings.data_dir / "models").glob(".incoming-*"))
+
+
 def test_register_copies_hashes_and_is_idempotent(
     sqlite_db: Database,
     settings: Settings,

@@ -282,25 +282,33 @@ def register_model(
             f"model version {version} is registered already with different files; "
             "give the new model another version in its config.json"
         )
-    target = _copy_in(settings, source_dir, version)
+    target = _copy_in(settings, source_dir, version, digest)
     reason: str | None = None
     try:
         smoke_check(load_model(settings, target, reuse=reuse))
     except ModelError as exc:
         reason = exc.message
-    with db.write() as session:
-        row = repo.add_version(
-            session,
-            version=version,
-            path=version,
-            files_sha256=digest,
-            status=REGISTERED if reason is None else REFUSED,
-            card={**_card(target, config), **({"status_reason": reason} if reason else {})},
-            metrics=json.loads(json.dumps(metrics or {})),
-            dataset_ref=dataset_ref,
-            created_by=created_by,
-            now=clock.now(),
-        )
+    try:
+        with db.write() as session:
+            row = repo.add_version(
+                session,
+                version=version,
+                path=version,
+                files_sha256=digest,
+                status=REGISTERED if reason is None else REFUSED,
+                card={**_card(target, config), **({"status_reason": reason} if reason else {})},
+                metrics=json.loads(json.dumps(metrics or {})),
+                dataset_ref=dataset_ref,
+                created_by=created_by,
+                now=clock.now(),
+            )
+    except IntegrityError:
+        # Another process (servers and workers starting together) registered it first.
+        with db.read() as session:
+            raced = repo.find_version(session, version)
+        if raced is None or raced.files_sha256 != digest:
+            raise
+        return raced
     if reason is not None:
         log.error("model %s refused: %s", version, reason)
         raise ModelError(f"model {version} refused: {reason}")
@@ -308,8 +316,12 @@ def register_model(
     return row
 
 
-def _copy_in(settings: Settings, source_dir: Path, version: str) -> Path:
-    """Copy a folder to ``<models root>/<version>`` through a temporary name."""
+def _copy_in(settings: Settings, source_dir: Path, version: str, digest: str) -> Path:
+    """Copy a folder to ``<models root>/<version>`` through a temporary name.
+
+    A folder already there with the same files (another process registering the same
+    model at the same moment) is kept as it is: it may be being loaded.
+    """
     root = models_root(settings)
     root.mkdir(parents=True, exist_ok=True)
     target = root / version
@@ -317,10 +329,20 @@ def _copy_in(settings: Settings, source_dir: Path, version: str) -> Path:
         return target
     incoming = root / f".incoming-{version}-{uuid.uuid4().hex[:8]}"
     shutil.copytree(source_dir, incoming)
+    # Folders only ever appear here whole (renamed in), so one that is there is complete.
+    if target.is_dir() and files_digest(target) == digest:
+        shutil.rmtree(incoming, ignore_errors=True)
+        return target
     if target.exists():
         # Left by a refused or interrupted registration of this version: replaced.
-        shutil.rmtree(target)
-    incoming.rename(target)
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        incoming.rename(target)
+    except OSError:
+        # Another process put the same version in place meanwhile.
+        shutil.rmtree(incoming, ignore_errors=True)
+        if not (target.is_dir() and files_digest(target) == digest):
+            raise
     return target
 
 
@@ -452,7 +474,7 @@ def ensure_initial(
                 repo.point_alias(
                     session, PRODUCTION, row.version, by="cartag", reason="initial", now=clock.now()
                 )
-    except IntegrityError:
-        # Another server starting at the same moment set it first.
+    except (IntegrityError, ConflictError):
+        # Another server or worker starting at the same moment set it first.
         log.info("production was set by another process")
     return row
