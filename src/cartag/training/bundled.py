@@ -60,7 +60,12 @@ TYPE_NOTE = (
     "the dataset's weak_type rule (white-border fraction > 0.25 -> Stock, < 0.05 -> Dealer), "
     "ranked by confident learning on out-of-fold predictions, reviewed by eye (all held-out "
     "photos and the most suspicious training ones) and completed where the rule abstains; "
-    "held-out type metrics are against these cleaned labels. Placeholder examples are "
+    "held-out type metrics are against these cleaned labels. Convention: Stock is a real "
+    "vehicle design shown whole on a plain or seamless backdrop (studio shot, press cut-out "
+    "or computer render, white, grey or dark); Dealer is a real photo in a real setting, and "
+    "also toys, scale models, ride-ons and cartoons, which the data README lists among the "
+    "weak rule's errors on white (303 such images were moved from Stock to Dealer on "
+    "2026-12-02 after a review of every Stock-labelled image). Placeholder examples are "
     "synthetic (cartag.training.placeholders); placeholder recall is measured on independent "
     "designs (cartag.training.placeholders_eval) that are never trained on."
 )

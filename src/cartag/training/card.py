@@ -207,8 +207,9 @@ def render_card(model_dir: Path) -> str:
         "## Limitations",
         "",
         "- Type labels of real photos were cleaned by one reviewer; borderline cases (press "
-        "photos on a plain backdrop vs studio shots, toys photographed outdoors) are judgement "
-        "calls, see the note column of type_labels.csv.",
+        "photos on a plain backdrop vs studio shots, die-cast scale models on white vs "
+        "studio renders of the real car) are judgement calls and make up most held-out "
+        "Dealer/Stock confusions, see the note column of type_labels.csv.",
         "- Placeholder examples are synthetic (training and evaluation generators are written "
         "independently); real placeholder designs may still differ.",
         "- The color set is web-scraped and has no Burgundy, Orange or Purple examples.",
