@@ -65,6 +65,27 @@ def test_shape_dtype_and_any_mode(mode: str) -> None:
     assert cf.color_features_batch([]).shape == (0, cf.FEATURE_DIM)
 
 
+def test_a_batch_gives_each_image_its_own_vector() -> None:
+    # Images of different colors (one without any chromatic pixel) in one batch:
+    # per-image sums must not leak across images.
+    images = [
+        _car_on((255, 255, 255), (200, 20, 20)),
+        _car_on((40, 40, 40), (128, 128, 128)),
+        _car_on((90, 140, 210), (30, 120, 40), size=(200, 300)),
+    ]
+    batch = cf.color_features_batch(images)
+    for image, row in zip(images, batch, strict=True):
+        np.testing.assert_array_equal(cf.color_features(image), row)
+    assert not np.array_equal(batch[0], batch[2])
+
+
+def test_batch_input_shape_is_checked() -> None:
+    with pytest.raises(ValueError, match="batch"):
+        cf.features_from_rgb_batch(np.zeros((cf.SIZE, cf.SIZE, 3), dtype=np.uint8))
+    empty = cf.features_from_rgb_batch(np.zeros((0, cf.SIZE, cf.SIZE, 3), dtype=np.uint8))
+    assert empty.shape == (0, cf.FEATURE_DIM)
+
+
 def test_deterministic() -> None:
     image = _car_on((90, 140, 210), (30, 120, 40))
     np.testing.assert_array_equal(cf.color_features(image), cf.color_features(image.copy()))
