@@ -8,25 +8,34 @@ from ../shared/data/vcr-train when present, else seeded noise) for:
 - ``onnx``: ONNX Runtime, CPU provider, all graph optimisations, no spinning
   (:class:`OnnxEngine`, the service's engine),
 - ``onnx-spin``: the same with spinning intra-op threads (ORT's default),
+- ``onnx-par``: ``--threads`` single-threaded ONNX Runtime runs at once, each
+  on its own batch of the given size (the service's default plan,
+  :func:`cartag.models.engine.inference_plan`),
 - ``compile``: ``torch.compile`` (inductor, dynamic batch), only with
   ``--compile``: it compiles for minutes on a small machine.
 
 Engines are measured round-robin inside every repeat, so that load from other
 processes hits them alike; each cell is the best of the repeats. Both torch and
 ONNX Runtime get ``--threads`` intra-op threads (default: physical cores).
+``--busy N`` keeps N extra threads doing numpy work meanwhile, standing in for
+the service's downloads, decoding and storage on the same cores.
 
 Usage::
 
     .venv/bin/python -m benchmarks.engines [--variants efficientnet-lite0 ...]
         [--batch-sizes 1 4 8 16 32] [--repeats 3] [--images 64] [--compile] [--markdown]
+        [--engines torch onnx onnx-par] [--busy 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +73,44 @@ class CompiledEngine(Engine):
         return np.asarray(out.numpy(), dtype=np.float32)
 
 
+class ParallelEngine(Engine):
+    """``copies`` runs of one engine at once, each on the batch; returns the first output."""
+
+    name = "parallel"
+
+    def __init__(self, inner: Engine, copies: int) -> None:
+        self.inner = inner
+        self.copies = copies
+        self._pool = ThreadPoolExecutor(max_workers=copies)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        outputs = list(self._pool.map(self.inner.embed, [batch] * self.copies))
+        return outputs[0]
+
+
+@contextlib.contextmanager
+def busy(threads: int) -> Iterator[None]:
+    """Keep ``threads`` threads doing numpy work (matrix products, short sleeps)."""
+    stop = threading.Event()
+
+    def work() -> None:
+        a = np.random.default_rng(0).random((160, 160))
+        while not stop.is_set():
+            for _ in range(20):
+                a = a @ a.T / 160.0
+            time.sleep(0.002)
+
+    workers = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+
+
 def inputs(backbone: Backbone, n: int, data: Path) -> np.ndarray:
     """float32 (n, 3, S, S): real photos if available, else seeded noise."""
     if data.is_dir():
@@ -75,11 +122,12 @@ def inputs(backbone: Backbone, n: int, data: Path) -> np.ndarray:
 
 def rate(engine: Engine, batch: np.ndarray, images: int) -> float:
     """Images/s of ``engine`` embedding ``batch`` over and over (at least ``images``)."""
-    calls = max(2, math.ceil(images / len(batch)))
+    per_call = len(batch) * (engine.copies if isinstance(engine, ParallelEngine) else 1)
+    calls = max(2, math.ceil(images / per_call))
     start = time.perf_counter()
     for _ in range(calls):
         engine.embed(batch)
-    return calls * len(batch) / (time.perf_counter() - start)
+    return calls * per_call / (time.perf_counter() - start)
 
 
 def build_engines(
@@ -101,6 +149,11 @@ def build_engines(
             if onnx_bytes is None:
                 onnx_bytes = export_onnx(model, backbone.input_size)
             engines[name] = OnnxEngine(onnx_bytes, threads=threads, spin=name == "onnx-spin")
+        elif name == "onnx-par":
+            if onnx_bytes is None:
+                onnx_bytes = export_onnx(model, backbone.input_size)
+            copies = threads or physical_cores()
+            engines[name] = ParallelEngine(OnnxEngine(onnx_bytes, threads=1), copies)
         elif name == "compile":
             engines[name] = CompiledEngine(model)
             engines[name].embed(np.zeros((2, 3, backbone.input_size, backbone.input_size), "f"))
@@ -120,6 +173,7 @@ def measure(
     threads: int,
     data: Path,
     log: Callable[[str], None],
+    busy_threads: int = 0,
 ) -> dict[tuple[str, int], float]:
     """Best images/s for every (engine, batch size) of one variant."""
     backbone = Backbone.load(variant, threads=threads)
@@ -130,12 +184,13 @@ def measure(
         for bs in batch_sizes:
             engine.embed(x[:bs])
     best: dict[tuple[str, int], float] = {}
-    for r in range(repeats):
-        for bs in batch_sizes:
-            for name, engine in engines.items():
-                value = rate(engine, x[:bs], images)
-                best[name, bs] = max(best.get((name, bs), 0.0), value)
-        log(f"{variant}: repeat {r + 1}/{repeats} done")
+    with busy(busy_threads):
+        for r in range(repeats):
+            for bs in batch_sizes:
+                for name, engine in engines.items():
+                    value = rate(engine, x[:bs], images)
+                    best[name, bs] = max(best.get((name, bs), 0.0), value)
+            log(f"{variant}: repeat {r + 1}/{repeats} done")
     return best
 
 
@@ -169,19 +224,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=list(BATCH_SIZES))
-    parser.add_argument("--engines", nargs="+", default=["torch", "torch-cl", "onnx", "onnx-spin"])
+    parser.add_argument(
+        "--engines", nargs="+", default=["torch", "torch-cl", "onnx", "onnx-spin", "onnx-par"]
+    )
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=64, help="images per measurement")
     parser.add_argument("--threads", type=int, default=0, help="0 = physical cores")
     parser.add_argument("--data", type=Path, default=SHARED)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--busy", type=int, default=0, help="extra busy threads meanwhile")
     args = parser.parse_args()
 
     threads = args.threads or physical_cores()
     torch.set_num_threads(threads)
     names = list(args.engines) + (["compile"] if args.compile else [])
-    print(f"torch {torch.__version__}, {threads} intra-op threads, engines: {', '.join(names)}")
+    print(
+        f"torch {torch.__version__}, {threads} intra-op threads, engines: {', '.join(names)}, "
+        f"{args.busy} busy thread(s)"
+    )
     results = {
         variant: measure(
             variant,
@@ -192,6 +253,7 @@ def main() -> None:
             threads,
             args.data,
             lambda line: print(line, flush=True),
+            args.busy,
         )
         for variant in args.variants
     }

@@ -84,15 +84,17 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(
         default=None, description="Folder with a model (heads + config.json); default: bundled."
     )
-    # Defaults of engine and inference_batch_size: the fastest measured on CPU, see
-    # benchmarks/RESULTS.md ("Engines").
+    # Defaults of engine, inference_batch_size and inference_workers: the fastest
+    # measured on CPU within the memory target, see benchmarks/RESULTS.md ("Engines",
+    # "End to end"): two single-threaded runs of 4 images hold as many activations
+    # as one run of 8.
     engine: Literal["onnx", "torch"] = Field(
         default="onnx",
         description="What runs the backbone: onnx (ONNX Runtime on the same weights, exported "
         "once to data_dir/cache/onnx; falls back to torch if it cannot be used) or torch (eager).",
     )
     inference_batch_size: int = Field(
-        default=8, gt=0, description="Images per backbone call (micro-batch size)."
+        default=4, gt=0, description="Images per backbone call (micro-batch size)."
     )
     max_batch_delay_ms: float = Field(
         default=10,
@@ -103,7 +105,14 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         default=0,
         ge=0,
-        description="Intra-op threads of the backbone engine; 0 = one per physical core.",
+        description="Threads of the backbone engine in all, shared by the inference workers; "
+        "0 = one per physical core.",
+    )
+    inference_workers: int = Field(
+        default=0,
+        ge=0,
+        description="Micro-batches that run at once; 0 = one single-threaded run per physical "
+        "core with the onnx engine, one run on all cores with torch.",
     )
     low_confidence_threshold: float = Field(
         default=DEFAULT_LOW_CONFIDENCE_THRESHOLD,

@@ -72,8 +72,12 @@ def make_batcher(model: CountingClassifier) -> Iterator[type[MicroBatcher]]:
     made: list[MicroBatcher] = []
 
     class Tracked(MicroBatcher):
-        def __init__(self, classifier: Classifier, *, max_batch: int, max_delay_s: float) -> None:
-            super().__init__(classifier, max_batch=max_batch, max_delay_s=max_delay_s)
+        def __init__(
+            self, classifier: Classifier, *, max_batch: int, max_delay_s: float, workers: int = 1
+        ) -> None:
+            super().__init__(
+                classifier, max_batch=max_batch, max_delay_s=max_delay_s, workers=workers
+            )
             made.append(self)
 
     yield Tracked
@@ -98,7 +102,7 @@ def test_concurrent_callers_share_one_batch(
     )
     assert [_tags(a) for a in answers] == [[10 * c, 10 * c + 1] for c in range(5)]
     # Inference ran in the batcher's thread, not in the event loop's.
-    assert model.threads == {"cartag-batcher"}
+    assert model.threads == {"cartag-infer-0"}
 
 
 def test_full_batch_runs_without_waiting(
@@ -249,6 +253,61 @@ def test_invalid_arguments(model: CountingClassifier) -> None:
         MicroBatcher(model, max_batch=0, max_delay_s=0)
     with pytest.raises(ValueError):
         MicroBatcher(model, max_batch=1, max_delay_s=-1)
+    with pytest.raises(ValueError, match="workers"):
+        MicroBatcher(model, max_batch=1, max_delay_s=0, workers=0)
+
+
+class OutOfOrderClassifier(CountingClassifier):
+    """The batch starting with image 0 only returns once another batch has finished."""
+
+    def __init__(self, wait_s: float = 5.0) -> None:
+        super().__init__()
+        self.wait_s = wait_s
+        self.other_finished = threading.Event()
+        self.overlapped = False
+
+    def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        if images[0].width - 1 == 0:
+            self.overlapped = self.other_finished.wait(self.wait_s)
+            return super().predict(images)
+        try:
+            return super().predict(images)
+        finally:
+            self.other_finished.set()
+
+
+def test_batches_run_side_by_side_and_answers_keep_request_order(
+    make_batcher: type[MicroBatcher],
+) -> None:
+    model = OutOfOrderClassifier()
+    batcher = make_batcher(model, max_batch=2, max_delay_s=0.01, workers=2)
+    answer = batcher.submit([_image(i) for i in range(6)]).result(10)
+    # The first batch finished after a later one, yet the answer is in request order.
+    assert model.overlapped
+    assert _tags(answer) == list(range(6))
+    assert sorted(len(c) for c in model.calls) == [2, 2, 2]
+    assert model.threads <= {"cartag-infer-0", "cartag-infer-1"}
+
+
+def test_one_runner_never_overlaps_batches(make_batcher: type[MicroBatcher]) -> None:
+    model = OutOfOrderClassifier(wait_s=0.5)
+    batcher = make_batcher(model, max_batch=2, max_delay_s=0.01, workers=1)
+    started = time.monotonic()
+    answer = batcher.submit([_image(i) for i in range(4)]).result(10)
+    # Image 0's batch waited its full 0.5 s for a batch that could not start meanwhile.
+    assert not model.overlapped and time.monotonic() - started >= 0.45
+    assert _tags(answer) == list(range(4))
+
+
+def test_a_failing_batch_among_parallel_ones_fails_its_callers_once(
+    model: CountingClassifier, make_batcher: type[MicroBatcher]
+) -> None:
+    batcher = make_batcher(model, max_batch=2, max_delay_s=0.01, workers=2)
+    bad = batcher.submit([_image(0), _image(1), _image(POISON), _image(3), _image(4)])
+    with pytest.raises(ValueError, match="poisoned"):
+        bad.result(10)
+    good = batcher.submit([_image(7), _image(8)]).result(10)
+    assert _tags(good) == [7, 8]
 
 
 class WidthClassifier(Classifier):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +21,13 @@ from cartag.models.backbone import PREPROCESS_ID, Backbone
 from cartag.models.classifier import EmbeddingClassifier, load_classifier
 from cartag.models.color_features import color_features_batch
 from cartag.models.engine import (
+    Engine,
+    InferencePlan,
     OnnxEngine,
     TorchEngine,
     check_parity,
     export_onnx,
+    inference_plan,
     load_onnx_engine,
     physical_cores,
 )
@@ -228,3 +234,48 @@ def test_settings_select_the_engine_and_cache(
 
 def test_physical_cores() -> None:
     assert physical_cores() >= 1
+
+
+def test_inference_plan() -> None:
+    cores = physical_cores()
+    # ONNX: one single-threaded run per core; torch: one run on the default threads.
+    assert inference_plan("onnx") == (InferencePlan(cores, 1) if cores > 1 else InferencePlan(1, 0))
+    assert inference_plan("torch") == InferencePlan(1, 0)
+    assert inference_plan("onnx", workers=1) == InferencePlan(1, 0)
+    assert inference_plan("onnx", workers=1, threads=3) == InferencePlan(1, 3)
+    assert inference_plan("onnx", workers=2, threads=4) == InferencePlan(2, 2)
+    assert inference_plan("torch", workers=3, threads=2) == InferencePlan(3, 1)
+
+
+class _SlowEngine(Engine):
+    """Counts how many embed calls overlap."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.most = 0
+        self._lock = threading.Lock()
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.05)
+        with self._lock:
+            self.running -= 1
+        return np.zeros((batch.shape[0], 4), dtype=np.float32)
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_backbone_bounds_concurrent_embeds(backbone: Backbone, concurrency: int) -> None:
+    engine = _SlowEngine()
+    limited = Backbone(
+        backbone._model, backbone.variant, backbone.backbone_id, engine, concurrency=concurrency
+    )
+    batch = np.zeros((1, 3, 224, 224), dtype=np.float32)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda _: limited.embed(batch), range(8)))
+    assert engine.most == concurrency
+    with pytest.raises(ValueError, match="concurrency"):
+        Backbone(backbone._model, backbone.variant, backbone.backbone_id, engine, concurrency=0)

@@ -108,8 +108,10 @@ def _file_id(path: Path) -> str:
 class Backbone:
     """A frozen EfficientNet-Lite feature extractor in eval mode.
 
-    ``embed`` is serialised by a lock: the engine already uses every intra-op
-    thread for one batch, so concurrent calls would only thrash.
+    At most ``concurrency`` ``embed`` calls run at once (default 1): an engine
+    that uses every intra-op thread for one batch would only thrash with two,
+    while single-threaded ONNX Runtime runs are meant to overlap (see
+    :func:`cartag.models.engine.inference_plan`).
 
     Attributes:
         variant: Model name, e.g. ``efficientnet-lite0``.
@@ -128,7 +130,11 @@ class Backbone:
         variant: str,
         backbone_id: str,
         engine: Engine | None = None,
+        *,
+        concurrency: int = 1,
     ) -> None:
+        if concurrency <= 0:
+            raise ValueError("concurrency must be positive")
         self._model = model.eval()
         self.variant = variant
         self.backbone_id = backbone_id
@@ -138,7 +144,8 @@ class Backbone:
         # The library's modules are untyped (Module.__getattr__), hence the cast.
         self.embedding_dim = int(cast(torch.nn.Conv2d, model._conv_head).out_channels)
         self.engine: Engine = engine if engine is not None else TorchEngine(self._model)
-        self._lock = threading.Lock()
+        self.concurrency = concurrency
+        self._slots = threading.BoundedSemaphore(concurrency)
         mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
         std = np.asarray(IMAGENET_STD, dtype=np.float32)
         # (256, 3): the normalised value of every 8-bit level per channel, so that
@@ -154,6 +161,7 @@ class Backbone:
         threads: int = 0,
         engine: EngineName = "torch",
         cache_dir: Path | None = None,
+        concurrency: int = 1,
     ) -> Backbone:
         """Build the network and load its pretrained weights from the installed package.
 
@@ -167,6 +175,7 @@ class Backbone:
                 match torch, the backbone falls back to torch with a warning.
             cache_dir: The exported ONNX model is kept in ``<cache_dir>/onnx/``;
                 None exports it to memory on every load.
+            concurrency: ``embed`` calls that may run at once.
 
         Raises:
             ModelError: If the variant is unknown or its weights are missing or corrupt.
@@ -194,7 +203,7 @@ class Backbone:
             ) from exc
         for param in model.parameters():
             param.requires_grad_(False)
-        backbone = cls(model, variant, backbone_id)
+        backbone = cls(model, variant, backbone_id, concurrency=concurrency)
         if engine == "onnx":
             backbone.engine = backbone._onnx_engine(threads, cache_dir)
         return backbone
@@ -274,7 +283,7 @@ class Backbone:
             )
         if batch.shape[0] == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
-        with self._lock:
+        with self._slots:
             return self.engine.embed(batch)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:

@@ -33,7 +33,7 @@ from PIL import Image
 from cartag.errors import ModelError
 from cartag.models.backbone import PREPROCESS_ID, Backbone
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID, color_features_batch
-from cartag.models.engine import EngineName
+from cartag.models.engine import EngineName, inference_plan
 from cartag.models.heads import LinearHead, load_head
 from cartag.settings import Settings
 from cartag.vocab import COLORS, IMAGE_TYPES
@@ -216,12 +216,14 @@ class EmbeddingClassifier(Classifier):
         engine: EngineName = "torch",
         cache_dir: Path | None = None,
         backbone: Backbone | None = None,
+        concurrency: int = 1,
     ) -> EmbeddingClassifier:
         """Load a model directory (``config.json`` + heads).
 
         Args:
             path: The directory.
             threads: Intra-op threads of the backbone engine (0 = its default).
+            concurrency: Backbone calls that may run at once (see :meth:`Backbone.load`).
             batch_size: Images per backbone call.
             engine: ``torch`` or ``onnx``; see :meth:`Backbone.load`.
             cache_dir: Model caches (the exported ONNX backbone); None = none.
@@ -243,7 +245,11 @@ class EmbeddingClassifier(Classifier):
         color_head = load_head(path / str(heads["color"]))
         if backbone is None or backbone.variant != str(backbone_cfg["variant"]):
             backbone = Backbone.load(
-                str(backbone_cfg["variant"]), threads=threads, engine=engine, cache_dir=cache_dir
+                str(backbone_cfg["variant"]),
+                threads=threads,
+                engine=engine,
+                cache_dir=cache_dir,
+                concurrency=concurrency,
             )
         if backbone_cfg.get("backbone_id", backbone.backbone_id) != backbone.backbone_id:
             raise ModelError(
@@ -341,7 +347,8 @@ def load_classifier(settings: Settings) -> Classifier:
     """Load the configured model: ``settings.model_dir`` or the bundled one.
 
     Args:
-        settings: Uses ``model_dir``, ``torch_threads``, ``inference_batch_size``,
+        settings: Uses ``model_dir``, ``torch_threads``, ``inference_workers``,
+            ``inference_batch_size``,
             ``engine`` and ``data_dir`` (the ONNX backbone is cached in ``<data_dir>/cache``).
 
     Raises:
@@ -353,9 +360,11 @@ def load_classifier(settings: Settings) -> Classifier:
             f"CARTAG_MODEL_DIR={path} does not exist; unset it to use the bundled model "
             "or point it at a folder with config.json and the head files"
         )
+    plan = inference_plan(settings.engine, settings.inference_workers, settings.torch_threads)
     return EmbeddingClassifier.from_dir(
         path,
-        threads=settings.torch_threads,
+        threads=plan.threads,
+        concurrency=plan.workers,
         batch_size=settings.inference_batch_size,
         engine=settings.engine,
         cache_dir=settings.data_dir / "cache",

@@ -20,6 +20,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
@@ -68,6 +69,45 @@ def physical_cores() -> int:
     return max(1, len(cores) or (os.cpu_count() or 1))
 
 
+@dataclass(frozen=True)
+class InferencePlan:
+    """How the service splits the backbone's CPU.
+
+    Attributes:
+        workers: Batches that run at once (micro-batcher runner threads).
+        threads: Intra-op threads of each run; 0 = the engine's default.
+    """
+
+    workers: int
+    threads: int
+
+
+def inference_plan(engine: str, workers: int = 0, threads: int = 0) -> InferencePlan:
+    """Choose how many batches run at once and with how many threads each.
+
+    ONNX Runtime gets one single-threaded run per core by default: its
+    intra-op threads meet at a barrier after every operator, so on a machine
+    whose cores also decode, download and store, one run spread over all cores
+    keeps waiting for its slowest thread, while independent runs do not (on
+    2 shared cores: +10 % quiet, +20 % with a third busy thread, see
+    ``benchmarks/RESULTS.md``). Eager torch keeps one run on every core.
+
+    Args:
+        engine: ``onnx`` or ``torch``.
+        workers: Batches at once; 0 = one per physical core for ONNX, 1 for torch.
+        threads: Threads for the backbone in all (0 = one per physical core),
+            shared evenly by the workers.
+
+    Returns:
+        The plan; ``threads`` stays 0 (engine default) for a single worker given 0.
+    """
+    if workers <= 0:
+        workers = physical_cores() if engine == "onnx" else 1
+    if workers == 1:
+        return InferencePlan(1, threads)
+    return InferencePlan(workers, max(1, (threads or physical_cores()) // workers))
+
+
 class PooledFeatures(torch.nn.Module):
     """Wraps an EfficientNet so that ``forward`` returns the pooled embedding.
 
@@ -87,7 +127,11 @@ class PooledFeatures(torch.nn.Module):
 
 
 class Engine(abc.ABC):
-    """Runs the backbone on preprocessed batches. Not thread-safe: callers serialise.
+    """Runs the backbone on preprocessed batches.
+
+    ``embed`` may be called from several threads at once (the backbone bounds how
+    many): an ONNX Runtime session's ``run`` is thread-safe, and the eager network
+    is in eval mode under ``inference_mode``, so a forward pass mutates nothing.
 
     Attributes:
         name: ``torch`` or ``onnx``.

@@ -36,6 +36,7 @@ from cartag.models.classifier import (
     EmbeddingClassifier,
     read_config,
 )
+from cartag.models.engine import inference_plan
 from cartag.settings import Settings
 from cartag.store import registry as repo
 from cartag.store.db import Database
@@ -188,10 +189,12 @@ def load_model(settings: Settings, folder: Path, *, reuse: Classifier | None = N
         ModelError: The files are missing, corrupt or inconsistent.
     """
     backbone = reuse.backbone if isinstance(reuse, EmbeddingClassifier) else None
+    plan = inference_plan(settings.engine, settings.inference_workers, settings.torch_threads)
     try:
         return EmbeddingClassifier.from_dir(
             folder,
-            threads=settings.torch_threads,
+            threads=plan.threads,
+            concurrency=plan.workers,
             batch_size=settings.inference_batch_size,
             engine=settings.engine,
             cache_dir=settings.data_dir / "cache",

@@ -27,6 +27,7 @@ from cartag.models.color_providers import (
     ColorProvider,
     ColorQuery,
 )
+from cartag.models.engine import inference_plan
 from cartag.ops.daily import RollupBuffer
 from cartag.pipeline.decode import decode_image
 from cartag.pipeline.fetch import Failed, Fetched, Fetcher, FetchRequest, NotModified
@@ -138,12 +139,15 @@ class ClassifyService:
         # (advertiser, image key) pairs recorded today, so known inventories cost no write.
         self._seen: set[tuple[str, str]] = set()
         self._seen_day: dt.date | None = None
-        # Inference runs in the batcher's one thread, merging concurrent requests.
+        # Inference runs in the batcher's runner threads, merging concurrent requests;
+        # as many batches run at once as the backbone was loaded to allow.
+        plan = inference_plan(settings.engine, settings.inference_workers, settings.torch_threads)
         self._batcher = MicroBatcher(
             classifier,
             max_batch=settings.inference_batch_size,
             max_delay_s=settings.max_batch_delay_ms / 1000,
             telemetry=self.telemetry,
+            workers=plan.workers,
         )
 
     def close(self) -> None:
