@@ -144,7 +144,6 @@ class Backbone:
         # The library's modules are untyped (Module.__getattr__), hence the cast.
         self.embedding_dim = int(cast(torch.nn.Conv2d, model._conv_head).out_channels)
         self.engine: Engine = engine if engine is not None else TorchEngine(self._model)
-        self.concurrency = concurrency
         self._slots = threading.BoundedSemaphore(concurrency)
         mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
         std = np.asarray(IMAGENET_STD, dtype=np.float32)

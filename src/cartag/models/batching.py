@@ -59,7 +59,7 @@ class _Request:
     future: concurrent.futures.Future[list[Prediction]] = field(
         default_factory=concurrent.futures.Future
     )
-    results: list[Prediction | None] = field(default_factory=list)
+    results: list[Prediction | None] = field(init=False)  # by image index, None until run
     done: int = 0  # predictions received so far
     next: int = 0  # index of the first image not yet put in a batch
 
@@ -114,7 +114,6 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.telemetry = telemetry or Telemetry()
-        self.workers = workers
         self.batches = 0
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         # Guards _closed against a submit racing close(): nothing may be queued

@@ -223,12 +223,12 @@ class EmbeddingClassifier(Classifier):
         Args:
             path: The directory.
             threads: Intra-op threads of the backbone engine (0 = its default).
-            concurrency: Backbone calls that may run at once (see :meth:`Backbone.load`).
             batch_size: Images per backbone call.
             engine: ``torch`` or ``onnx``; see :meth:`Backbone.load`.
             cache_dir: Model caches (the exported ONNX backbone); None = none.
             backbone: An already loaded backbone to share when it is the variant the
                 config names (a hot-swap of heads then loads no network weights).
+            concurrency: Backbone calls that may run at once (see :meth:`Backbone.load`).
 
         Raises:
             ModelError: If files are missing, corrupt or inconsistent.
@@ -348,8 +348,8 @@ def load_classifier(settings: Settings) -> Classifier:
 
     Args:
         settings: Uses ``model_dir``, ``torch_threads``, ``inference_workers``,
-            ``inference_batch_size``,
-            ``engine`` and ``data_dir`` (the ONNX backbone is cached in ``<data_dir>/cache``).
+            ``inference_batch_size``, ``engine`` and ``data_dir`` (the ONNX backbone is
+            cached in ``<data_dir>/cache``).
 
     Raises:
         ModelError: With a how-to-fix message if the model cannot be loaded.
