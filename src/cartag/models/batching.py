@@ -92,6 +92,7 @@ class MicroBatcher:
         workers: Batches that may run at once.
 
     Attributes:
+        workers: Batches that may run at once.
         batches: Number of ``predict`` calls made so far.
     """
 
@@ -114,6 +115,7 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.telemetry = telemetry or Telemetry()
+        self.workers = workers
         self.batches = 0
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         # Guards _closed against a submit racing close(): nothing may be queued

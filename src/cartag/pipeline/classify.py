@@ -79,8 +79,8 @@ class _Skip:
 
 _Outcome = _Cached | _New | _Skip
 
-# A large inventory is resolved in chunks of this many model batches, this many
-# chunks at a time (see ClassifyService.classify).
+# A large inventory is resolved in chunks of this many model batches per runner,
+# this many chunks at a time (see ClassifyService.classify).
 _CHUNK_BATCHES = 4
 _CHUNKS_IN_FLIGHT = 3
 # Bound on the in-process set of (advertiser, image) pairs recorded today.
@@ -214,7 +214,7 @@ class ClassifyService:
                 )
                 outcomes.update(found)
 
-        size = _CHUNK_BATCHES * self._batcher.max_batch
+        size = _CHUNK_BATCHES * self._batcher.max_batch * self._batcher.workers
         tasks = [
             asyncio.create_task(run(pending[start : start + size]))
             for start in range(0, len(pending), size)
