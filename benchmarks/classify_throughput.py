@@ -43,8 +43,7 @@ import httpx
 from PIL import Image
 
 from cartag.models.backbone import Backbone
-from cartag.models.classifier import BUNDLED_DIR, read_config
-from cartag.models.engine import inference_plan
+from cartag.models.classifier import BUNDLED_DIR, read_config, settings_plan
 from cartag.settings import Settings
 from tests.support.http_server import ImageServer
 from tests.support.images import real_photos
@@ -67,9 +66,7 @@ class RawBackbone:
 
     def __init__(self, paths: list[Path], settings: Settings) -> None:
         variant = str(read_config(settings.model_dir or BUNDLED_DIR)["backbone"]["variant"])
-        self.plan = inference_plan(
-            settings.engine, settings.inference_workers, settings.torch_threads
-        )
+        self.plan = settings_plan(settings)
         self.backbone = Backbone.load(
             variant,
             threads=self.plan.threads,

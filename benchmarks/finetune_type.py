@@ -33,6 +33,7 @@ from PIL import Image
 
 from cartag.models.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from cartag.training.dataset import holdout_mask, read_labels
+from cartag.training.fit import balanced_accuracy
 from cartag.training.placeholders import generate_placeholders
 from cartag.training.type_head import read_type_labels
 from cartag.vocab import IMAGE_TYPES
@@ -86,11 +87,6 @@ def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         pixels = np.asarray(crop.resize((SIZE, SIZE), Image.Resampling.BILINEAR))
         out[k] = pixels[:, ::-1] if rng.random() < 0.5 else pixels
     return out
-
-
-def macro_recall(pred: np.ndarray, y: np.ndarray) -> tuple[float, list[float]]:
-    recalls = [float(np.mean(pred[y == k] == k)) for k in range(len(IMAGE_TYPES))]
-    return float(np.mean(recalls)), recalls
 
 
 def main() -> None:
@@ -152,7 +148,9 @@ def main() -> None:
                     for i in range(0, len(test), 64)
                 ]
             )
-        mr, recalls = macro_recall(pred, y[test])
+        truth = y[test]
+        mr = balanced_accuracy(truth, pred)
+        recalls = [float(np.mean(pred[truth == k] == k)) for k in range(len(IMAGE_TYPES))]
         print(
             f"epoch {epoch + 1}: {time.time() - started:.0f} s, held-out type macro recall "
             f"{mr:.4f} ({', '.join(f'{r:.3f}' for r in recalls)})",

@@ -33,7 +33,7 @@ from PIL import Image
 from cartag.errors import ModelError
 from cartag.models.backbone import PREPROCESS_ID, Backbone
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID, color_features_batch
-from cartag.models.engine import EngineName, inference_plan
+from cartag.models.engine import EngineName, InferencePlan, inference_plan
 from cartag.models.heads import LinearHead, load_head
 from cartag.settings import Settings
 from cartag.vocab import COLORS, IMAGE_TYPES
@@ -343,6 +343,12 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def settings_plan(settings: Settings) -> InferencePlan:
+    """The inference plan of ``settings`` (``engine``, ``inference_workers``, ``torch_threads``):
+    what the backbone is loaded with and how many batches the service runs at once."""
+    return inference_plan(settings.engine, settings.inference_workers, settings.torch_threads)
+
+
 def load_classifier(settings: Settings) -> Classifier:
     """Load the configured model: ``settings.model_dir`` or the bundled one.
 
@@ -360,7 +366,7 @@ def load_classifier(settings: Settings) -> Classifier:
             f"CARTAG_MODEL_DIR={path} does not exist; unset it to use the bundled model "
             "or point it at a folder with config.json and the head files"
         )
-    plan = inference_plan(settings.engine, settings.inference_workers, settings.torch_threads)
+    plan = settings_plan(settings)
     return EmbeddingClassifier.from_dir(
         path,
         threads=plan.threads,

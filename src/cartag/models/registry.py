@@ -35,8 +35,8 @@ from cartag.models.classifier import (
     Classifier,
     EmbeddingClassifier,
     read_config,
+    settings_plan,
 )
-from cartag.models.engine import inference_plan
 from cartag.settings import Settings
 from cartag.store import registry as repo
 from cartag.store.db import Database
@@ -189,7 +189,7 @@ def load_model(settings: Settings, folder: Path, *, reuse: Classifier | None = N
         ModelError: The files are missing, corrupt or inconsistent.
     """
     backbone = reuse.backbone if isinstance(reuse, EmbeddingClassifier) else None
-    plan = inference_plan(settings.engine, settings.inference_workers, settings.torch_threads)
+    plan = settings_plan(settings)
     try:
         return EmbeddingClassifier.from_dir(
             folder,

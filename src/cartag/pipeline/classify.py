@@ -20,14 +20,13 @@ from sqlalchemy.orm import Session
 from cartag.clock import Clock
 from cartag.errors import DecodeError
 from cartag.models.batching import MicroBatcher
-from cartag.models.classifier import Classifier, Prediction
+from cartag.models.classifier import Classifier, Prediction, settings_plan
 from cartag.models.color_providers import (
     BuiltinColorProvider,
     ColorAnswer,
     ColorProvider,
     ColorQuery,
 )
-from cartag.models.engine import inference_plan
 from cartag.ops.daily import RollupBuffer
 from cartag.pipeline.decode import decode_image
 from cartag.pipeline.fetch import Failed, Fetched, Fetcher, FetchRequest, NotModified
@@ -141,7 +140,7 @@ class ClassifyService:
         self._seen_day: dt.date | None = None
         # Inference runs in the batcher's runner threads, merging concurrent requests;
         # as many batches run at once as the backbone was loaded to allow.
-        plan = inference_plan(settings.engine, settings.inference_workers, settings.torch_threads)
+        plan = settings_plan(settings)
         self._batcher = MicroBatcher(
             classifier,
             max_batch=settings.inference_batch_size,
