@@ -43,7 +43,7 @@ import httpx
 from PIL import Image
 
 from cartag.models.backbone import Backbone
-from cartag.models.classifier import BUNDLED_DIR, read_config, settings_plan
+from cartag.models.classifier import BUNDLED_DIR, backbone_spec, settings_plan
 from cartag.settings import Settings
 from tests.support.http_server import ImageServer
 from tests.support.images import real_photos
@@ -65,14 +65,15 @@ class RawBackbone:
     """The backbone alone, configured like the server, on pre-processed batches."""
 
     def __init__(self, paths: list[Path], settings: Settings) -> None:
-        variant = str(read_config(settings.model_dir or BUNDLED_DIR)["backbone"]["variant"])
+        spec = backbone_spec(settings.model_dir or BUNDLED_DIR)
         self.plan = settings_plan(settings)
         self.backbone = Backbone.load(
-            variant,
+            spec.variant,
             threads=self.plan.threads,
             engine=settings.engine,
             cache_dir=settings.data_dir / "cache",
             concurrency=self.plan.workers,
+            weights=spec.weights,
         )
         size = settings.inference_batch_size
         images = [Image.open(p).convert("RGB") for p in paths[: max(size * 8, 64)]]

@@ -32,7 +32,7 @@ SWEEP = {
     "search_space": {
         "head_type": ["linear", "mlp"],
         "augmentation": ["none", "noise"],
-        "backbone": "lite0",
+        "backbone": "production",
     },
 }
 

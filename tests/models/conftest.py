@@ -19,3 +19,9 @@ def embedding_classifier(classifier: Classifier) -> EmbeddingClassifier:
 def backbone(embedding_classifier: EmbeddingClassifier) -> Backbone:
     """The bundled model's backbone (shared, so loaded once)."""
     return embedding_classifier.backbone
+
+
+@pytest.fixture(scope="session")
+def packaged_backbone() -> Backbone:
+    """EfficientNet-Lite0 with its pip package's ImageNet weights (not fine-tuned)."""
+    return Backbone.load("efficientnet-lite0")

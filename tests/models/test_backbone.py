@@ -11,6 +11,7 @@ from PIL import Image
 
 from cartag.errors import ModelError
 from cartag.models.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone, to_rgb
+from cartag.models.weights_delta import encode_delta
 from tests.support.images import real_photos
 
 pytestmark = pytest.mark.slow
@@ -24,8 +25,10 @@ def _expected(value: float) -> np.ndarray:
     return (value - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
 
 
-def test_identity(backbone: Backbone) -> None:
+def test_identity(packaged_backbone: Backbone) -> None:
+    backbone = packaged_backbone
     assert backbone.backbone_id == "efficientnet-lite0@57934424"
+    assert backbone.weights_path is None
     assert backbone.input_size == 224
     assert backbone.embedding_dim == 1280
 
@@ -70,13 +73,13 @@ def test_embed_shapes(backbone: Backbone) -> None:
         backbone.embed(np.zeros((1, 3, 100, 100), dtype=np.float32))
 
 
-def test_imagenet_logits_see_cars(backbone: Backbone, shared_data: Path) -> None:
+def test_imagenet_logits_see_cars(packaged_backbone: Backbone, shared_data: Path) -> None:
     # Guards the weight loading: wrong or partly loaded weights still give embeddings.
     files = real_photos(shared_data, 6)
     images = [Image.open(f) for f in files]
-    x = torch.from_numpy(backbone.preprocess(images))
+    x = torch.from_numpy(packaged_backbone.preprocess(images))
     with torch.inference_mode():
-        logits = backbone._model(x)
+        logits = packaged_backbone._model(x)
     top5 = logits.topk(5).indices.tolist()
     hits = sum(bool(set(row) & CAR_CLASSES) for row in top5)
     assert hits >= 5, top5
@@ -85,3 +88,48 @@ def test_imagenet_logits_see_cars(backbone: Backbone, shared_data: Path) -> None
 def test_unknown_variant() -> None:
     with pytest.raises(ModelError, match="unknown backbone"):
         Backbone.load("efficientnet-b7")
+
+
+def _delta_file(
+    backbone: Backbone, path: Path, *, base_id: str | None = None, bump: str = "_conv_head.weight"
+) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A delta file that adds 0.01 to one weight tensor; returns it and the tuned state."""
+    base = backbone._model.state_dict()
+    tuned = {name: tensor.clone() for name, tensor in base.items()}
+    tuned[bump] = tuned[bump] + 0.01
+    path.write_bytes(encode_delta(base, tuned, base_id or backbone.backbone_id))
+    return path, tuned
+
+
+def test_finetuned_weights_load_with_their_own_id(
+    packaged_backbone: Backbone, tmp_path: Path
+) -> None:
+    path, tuned = _delta_file(packaged_backbone, tmp_path / "backbone.npz")
+    loaded = Backbone.load("efficientnet-lite0", weights=path)
+    assert loaded.backbone_id.startswith("efficientnet-lite0-ft@")
+    assert loaded.backbone_id != packaged_backbone.backbone_id
+    assert loaded.weights_path == path
+    state = loaded._model.state_dict()
+    torch.testing.assert_close(state["_conv_head.weight"], tuned["_conv_head.weight"])
+    torch.testing.assert_close(state["_fc.weight"], tuned["_fc.weight"])
+    images = [Image.new("RGB", (300, 200), (200, 40 * i, 90)) for i in range(2)]
+    assert not np.allclose(
+        loaded.embed_images(images), packaged_backbone.embed_images(images), atol=1e-4
+    )
+
+
+def test_finetuned_weights_missing_or_wrong(packaged_backbone: Backbone, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="file is missing"):
+        Backbone.load("efficientnet-lite0", weights=tmp_path / "none.npz")
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip file")
+    with pytest.raises(ModelError, match="finetune"):
+        Backbone.load("efficientnet-lite0", weights=garbage)
+    other_base, _ = _delta_file(
+        packaged_backbone, tmp_path / "other.npz", base_id="efficientnet-lite0@00000000"
+    )
+    with pytest.raises(ModelError, match="patches efficientnet-lite0@00000000"):
+        Backbone.load("efficientnet-lite0", weights=other_base)
+    lite0, _ = _delta_file(packaged_backbone, tmp_path / "lite0.npz")
+    with pytest.raises(ModelError, match="cannot be used"):
+        Backbone.load("efficientnet-lite1", weights=lite0)

@@ -14,10 +14,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from cartag.errors import ModelError
+from cartag.models.backbone import Backbone
 from cartag.models.classifier import (
     BUNDLED_DIR,
+    WEIGHTS_NAME,
     EmbeddingClassifier,
     Prediction,
+    backbone_spec,
     load_classifier,
     make_prediction,
     read_config,
@@ -71,9 +74,16 @@ def test_make_prediction_dealer_has_color() -> None:
 
 
 def test_bundled_files_are_small_and_consistent() -> None:
-    total = sum(p.stat().st_size for p in BUNDLED_DIR.iterdir())
-    assert total < 1_000_000
+    weights = BUNDLED_DIR / WEIGHTS_NAME
+    heads = sum(p.stat().st_size for p in BUNDLED_DIR.iterdir() if p != weights)
+    assert heads < 1_000_000
+    # The fine-tuning's change to the lite0 package weights, int8 per channel.
+    assert weights.stat().st_size < 4_000_000
     config = read_config(BUNDLED_DIR)
+    assert config["backbone"]["weights"] == WEIGHTS_NAME
+    assert config["backbone"]["backbone_id"].startswith("efficientnet-lite0-ft@")
+    finetune = config["training"]["backbone_finetune"]
+    assert finetune["backbone_id"] == config["backbone"]["backbone_id"]
     assert config["version"].startswith("bundled-")
     assert config["color_features"] == FEATURE_ID
     color_meta = json.loads((BUNDLED_DIR / "color_head.json").read_text())
@@ -117,7 +127,47 @@ def test_corrupt_head(tmp_path: Path) -> None:
         load_classifier(Settings(model_dir=model))
 
 
+@pytest.mark.parametrize("name", ["../backbone.npz", "/tmp/backbone.npz", "", 3])
+def test_weights_must_be_a_file_in_the_folder(tmp_path: Path, name: object) -> None:
+    model = _copy_bundled(tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    config["backbone"]["weights"] = name
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="backbone.weights must be a file name"):
+        EmbeddingClassifier.from_dir(model)
+
+
+def test_backbone_spec_of_a_folder(tmp_path: Path) -> None:
+    model = _copy_bundled(tmp_path)
+    spec = backbone_spec(model)
+    assert (spec.variant, spec.weights) == ("efficientnet-lite0", model / WEIGHTS_NAME)
+    config = json.loads((model / "config.json").read_text())
+    del config["backbone"]["weights"]
+    (model / "config.json").write_text(json.dumps(config))
+    assert backbone_spec(model).weights is None
+
+
 # --- slow: loads the backbone ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_backbone_is_shared_only_with_the_same_weights(
+    embedding_classifier: EmbeddingClassifier, packaged_backbone: Backbone
+) -> None:
+    shared = EmbeddingClassifier.from_dir(BUNDLED_DIR, backbone=embedding_classifier.backbone)
+    assert shared.backbone is embedding_classifier.backbone
+    # Same variant, other weights: the folder's own network is loaded, not refused.
+    own = EmbeddingClassifier.from_dir(BUNDLED_DIR, backbone=packaged_backbone)
+    assert own.backbone is not packaged_backbone
+    assert own.backbone_id == embedding_classifier.backbone_id
+
+
+@pytest.mark.slow
+def test_missing_weights_file(tmp_path: Path) -> None:
+    model = _copy_bundled(tmp_path)
+    (model / WEIGHTS_NAME).unlink()
+    with pytest.raises(ModelError, match="file is missing"):
+        load_classifier(Settings(model_dir=model))
 
 
 @pytest.mark.slow

@@ -216,7 +216,8 @@ def test_settings_select_the_engine_and_cache(
     assert isinstance(classifier, EmbeddingClassifier)
     assert classifier.backbone.engine.name == "onnx" and classifier.batch_size == 4
     cached = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
-    assert [p.name for p in cached] == [f"efficientnet-lite0@57934424-{PREPROCESS_ID}.onnx"]
+    bundled_id = embedding_classifier.backbone_id
+    assert [p.name for p in cached] == [f"{bundled_id}-{PREPROCESS_ID}.onnx"]
     torch_backbone = embedding_classifier.backbone
     torch_classifier = EmbeddingClassifier(
         Backbone(torch_backbone._model, torch_backbone.variant, torch_backbone.backbone_id),

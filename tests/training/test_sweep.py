@@ -39,7 +39,7 @@ TINY: dict[str, Any] = {
         "l2": {"low": 0.03, "high": 0.3, "log": True},
         "class_weights": ["none", "balanced"],
         "augmentation": ["none", "noise"],
-        "backbone": "lite0",
+        "backbone": "production",
     },
 }
 
@@ -55,7 +55,7 @@ TINY: dict[str, Any] = {
         ({"n_trials": "six"}, "n_trials", "whole number"),
         ({"search_space": {"learning_rate": 0.1}}, "search_space.learning_rate", "not a parameter"),
         ({"search_space": {"head_type": ["linear", "cnn"]}}, "search_space.head_type.1", "'cnn'"),
-        ({"search_space": {"backbone": "lite9"}}, "search_space.backbone", "lite0, lite1, lite2"),
+        ({"search_space": {"backbone": "lite9"}}, "search_space.backbone", "production, lite0"),
         ({"search_space": {"lr": {"low": 0.1, "high": 0.01}}}, "search_space.lr.low", "above"),
         ({"search_space": {"lr": {"low": 0.001}}}, "search_space.lr.high", "missing"),
         ({"search_space": {"lr": {"low": 1, "hi": 2}}}, "search_space.lr.hi", "range key"),
@@ -213,6 +213,9 @@ def test_tiny_sweep_registers_candidates_and_resumes(
     best_dir = sweep_settings.data_dir / "models" / str(candidate)
     model = EmbeddingClassifier.from_dir(best_dir, engine="torch")
     assert model.version == candidate
+    # backbone "production": the bundled model's fine-tuned network, copied in.
+    assert model.backbone_id == classifier.backbone_id
+    assert (best_dir / "backbone.npz").is_file()
     config_json = json.loads((best_dir / "config.json").read_text(encoding="utf-8"))
     with db.read() as session:
         from cartag.store.datasets import get_version

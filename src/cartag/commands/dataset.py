@@ -62,14 +62,15 @@ def _builder(settings: Settings, db: Any, progress: _RichProgress, rank: bool) -
     embedder = None
     if rank:
         from cartag.models.backbone import Backbone
-        from cartag.models.classifier import BUNDLED_DIR, read_config
+        from cartag.models.classifier import BUNDLED_DIR, backbone_spec
 
-        config = read_config(settings.model_dir or BUNDLED_DIR)
+        spec = backbone_spec(settings.model_dir or BUNDLED_DIR)
         embedder = Backbone.load(
-            str(config["backbone"]["variant"]),
+            spec.variant,
             threads=settings.torch_threads,
             engine=settings.engine,
             cache_dir=settings.data_dir / "cache",
+            weights=spec.weights,
         )
     return DatasetBuilder(
         settings,

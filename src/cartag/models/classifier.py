@@ -8,6 +8,9 @@ A model directory holds ``config.json`` and one head per task (``.npz`` +
                         "color_features": "vehicle-lab-v1"}
     type_head.npz/json
     color_head.npz/json
+    backbone.npz/json  only with "backbone": {"weights": "backbone.npz", ...}: fine-tuned
+                       network weights (cartag.training.finetune); without it the
+                       variant's pip package supplies the ImageNet weights
 
 With ``color_features`` set, the color head's input is the embedding followed
 by :func:`cartag.models.color_features.color_features` of the image; without
@@ -22,6 +25,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from cartag.errors import ModelError
-from cartag.models.backbone import PREPROCESS_ID, Backbone
+from cartag.models.backbone import PREPROCESS_ID, Backbone, BackboneSpec
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID, color_features_batch
 from cartag.models.engine import EngineName, InferencePlan, inference_plan
 from cartag.models.heads import LinearHead, load_head
@@ -41,6 +45,7 @@ from cartag.vocab import COLORS, IMAGE_TYPES
 MODEL_FORMAT: Final[str] = "cartag-model/1"
 BUNDLED_DIR: Final[Path] = Path(__file__).resolve().parent / "bundled"
 CONFIG_NAME: Final[str] = "config.json"
+WEIGHTS_NAME: Final[str] = "backbone.npz"
 
 _FIX_HINT = (
     "reinstall cartag to restore the bundled model, or set CARTAG_MODEL_DIR to a folder "
@@ -226,7 +231,7 @@ class EmbeddingClassifier(Classifier):
             batch_size: Images per backbone call.
             engine: ``torch`` or ``onnx``; see :meth:`Backbone.load`.
             cache_dir: Model caches (the exported ONNX backbone); None = none.
-            backbone: An already loaded backbone to share when it is the variant the
+            backbone: An already loaded backbone to share when it has the weights the
                 config names (a hot-swap of heads then loads no network weights).
             concurrency: Backbone calls that may run at once (see :meth:`Backbone.load`).
 
@@ -243,18 +248,21 @@ class EmbeddingClassifier(Classifier):
         heads = config["heads"]
         type_head = LinearHead.load(path / str(heads["image_type"]))
         color_head = load_head(path / str(heads["color"]))
-        if backbone is None or backbone.variant != str(backbone_cfg["variant"]):
+        spec = backbone_spec(path, config)
+        if backbone is None or not _same_weights(backbone, spec, backbone_cfg):
             backbone = Backbone.load(
-                str(backbone_cfg["variant"]),
+                spec.variant,
                 threads=threads,
                 engine=engine,
                 cache_dir=cache_dir,
                 concurrency=concurrency,
+                weights=spec.weights,
             )
         if backbone_cfg.get("backbone_id", backbone.backbone_id) != backbone.backbone_id:
             raise ModelError(
                 f"{path / CONFIG_NAME} needs backbone {backbone_cfg['backbone_id']} but the "
-                f"installed weights are {backbone.backbone_id}; {_FIX_HINT}"
+                f"{'weights file' if spec.weights else 'installed weights'} are "
+                f"{backbone.backbone_id}; {_FIX_HINT}"
             )
         if not config.get("version"):
             digest = hashlib.sha256((type_head.digest() + color_head.digest()).encode())
@@ -299,10 +307,41 @@ class EmbeddingClassifier(Classifier):
         return predictions
 
 
+def _same_weights(backbone: Backbone, spec: BackboneSpec, backbone_cfg: dict[str, Any]) -> bool:
+    """Whether a loaded backbone is the network a config asks for (and may be shared)."""
+    if "backbone_id" in backbone_cfg:
+        return bool(backbone.backbone_id == backbone_cfg["backbone_id"])
+    # An old config without an id: only the package's weights of the same variant match.
+    packaged = spec.weights is None and backbone.weights_path is None
+    return packaged and backbone.variant == spec.variant
+
+
+def backbone_spec(path: Path, config: dict[str, Any] | None = None) -> BackboneSpec:
+    """The network a model folder runs on: its variant, and its weights file if fine-tuned.
+
+    Raises:
+        ModelError: The config names a weights file that is not a plain name in the folder.
+    """
+    backbone_cfg = (config or read_config(path))["backbone"]
+    weights = backbone_cfg.get("weights")
+    if weights is None:
+        return BackboneSpec(str(backbone_cfg["variant"]))
+    if not isinstance(weights, str) or Path(weights).name != weights or weights in ("", ".", ".."):
+        raise ModelError(
+            f"{path / CONFIG_NAME}: backbone.weights must be a file name in the model folder "
+            f"(like {WEIGHTS_NAME!r}), got {weights!r}; {_FIX_HINT}"
+        )
+    return BackboneSpec(str(backbone_cfg["variant"]), path / weights)
+
+
 def backbone_config(backbone: Backbone) -> dict[str, Any]:
     """The ``backbone`` block of a model's config.json: what :meth:`EmbeddingClassifier.from_dir`
-    loads and checks (variant, weights id, input size, normalisation, preprocessing)."""
-    return {
+    loads and checks (variant, weights id and file, input size, normalisation, preprocessing).
+
+    A fine-tuned backbone's weights must be written beside the config with
+    :func:`copy_backbone_weights`.
+    """
+    block: dict[str, Any] = {
         "variant": backbone.variant,
         "backbone_id": backbone.backbone_id,
         "input_size": backbone.input_size,
@@ -311,6 +350,25 @@ def backbone_config(backbone: Backbone) -> dict[str, Any]:
         "preprocess": PREPROCESS_ID,
         "embedding": "global average pool of extract_features()",
     }
+    if backbone.weights_path is not None:
+        block["weights"] = WEIGHTS_NAME
+    return block
+
+
+def copy_backbone_weights(backbone: Backbone, out_dir: Path) -> None:
+    """Put a fine-tuned backbone's weights (and their JSON sidecar) into a model folder.
+
+    Does nothing for a backbone with its pip package's weights.
+    """
+    source = backbone.weights_path
+    if source is None:
+        return
+    target = out_dir / WEIGHTS_NAME
+    if source.resolve() != target.resolve():
+        shutil.copyfile(source, target)
+        sidecar = source.with_suffix(".json")
+        if sidecar.is_file():
+            shutil.copyfile(sidecar, target.with_suffix(".json"))
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -1,12 +1,17 @@
 """Train the bundled model: type and color heads on frozen EfficientNet-Lite embeddings.
 
 The color head also reads hand-made color features of the vehicle region
-(:mod:`cartag.training.color`).
+(:mod:`cartag.training.color`). The embeddings come from the variant's ImageNet
+weights, or with ``--backbone-weights`` from a network fine-tuned on the same
+training split (:mod:`cartag.training.finetune`); those weights are then copied
+into the model folder.
 
 Usage::
 
+    python -m cartag.training.finetune --data /work/shared/data/vcr-train \\
+        --out cartag-data/finetune/backbone.npz
     python -m cartag.training.bundled --data /work/shared/data/vcr-train \\
-        --out src/cartag/models/bundled
+        --backbone-weights cartag-data/finetune/backbone.npz --out src/cartag/models/bundled
 
 Embeddings are cached under ``--cache-dir`` (keyed by image content, backbone and
 preprocessing), so reruns take seconds. The held-out 20% (rule in
@@ -28,7 +33,12 @@ from PIL import Image
 
 from cartag.clock import Clock, SystemClock
 from cartag.models.backbone import PREPROCESS_ID, Backbone
-from cartag.models.classifier import CONFIG_NAME, MODEL_FORMAT, backbone_config
+from cartag.models.classifier import (
+    CONFIG_NAME,
+    MODEL_FORMAT,
+    backbone_config,
+    copy_backbone_weights,
+)
 from cartag.models.color_features import FEATURE_ID
 from cartag.models.heads import LinearHead
 from cartag.training.card import render_card
@@ -177,15 +187,24 @@ def train_bundled(
     seed: int = 0,
     l2: float | None = None,
     threads: int = 0,
+    weights: Path | None = None,
     clock: Clock | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate and write a model directory (config, heads, card).
 
+    Args:
+        weights: Fine-tuned weights of ``variant`` (:mod:`cartag.training.finetune`),
+            trained on this split's training rows only; None = the ImageNet weights.
+
     Returns:
         The config dict that was written.
+
+    Raises:
+        ValueError: The weights were fine-tuned with another split rule or variant.
     """
     now = (clock or SystemClock()).now()
-    backbone = Backbone.load(variant, threads=threads)
+    finetune = None if weights is None else check_finetune(weights, variant)
+    backbone = Backbone.load(variant, threads=threads, weights=weights)
     corpus = build_corpus(data_dir, backbone, cache_dir, n_placeholders, seed)
 
     cache = EmbeddingCache(cache_dir, backbone.backbone_id, PREPROCESS_ID)
@@ -213,8 +232,11 @@ def train_bundled(
     out_dir.mkdir(parents=True, exist_ok=True)
     type_head.save(out_dir / "type_head")
     color_head.save(out_dir / "color_head")
+    copy_backbone_weights(backbone, out_dir)
 
-    digest = hashlib.sha256((type_head.digest() + color_head.digest()).encode()).hexdigest()
+    digest = hashlib.sha256(
+        (type_head.digest() + color_head.digest() + backbone.backbone_id).encode()
+    ).hexdigest()
     config: dict[str, Any] = {
         "format": MODEL_FORMAT,
         "version": f"bundled-{now:%Y.%m.%d}-{digest[:8]}",
@@ -234,13 +256,41 @@ def train_bundled(
             "split_rule": SPLIT_RULE,
             "type_label_note": TYPE_NOTE,
             "type_labels_sha256": hashlib.sha256(TYPE_LABELS_PATH.read_bytes()).hexdigest(),
-            "command": "python -m cartag.training.bundled --data <vcr-train> --out <dir>",
+            "command": "python -m cartag.training.bundled --data <vcr-train> --out <dir>"
+            + ("" if finetune is None else " --backbone-weights <finetune .npz>"),
+            **({} if finetune is None else {"backbone_finetune": finetune}),
         },
         "created": now.isoformat(timespec="seconds"),
     }
     (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (out_dir / "MODEL_CARD.md").write_text(render_card(out_dir), encoding="utf-8")
     return config
+
+
+def check_finetune(weights: Path, variant: str) -> dict[str, Any]:
+    """The sidecar of fine-tuned weights, checked to be usable for the bundled split.
+
+    Raises:
+        ValueError: No sidecar, another variant, or another split rule (its training
+            rows could include this split's held-out photos).
+    """
+    sidecar = weights.with_suffix(".json")
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"{sidecar} (written beside the weights by cartag.training.finetune) is missing "
+            f"or unreadable: {exc}"
+        ) from exc
+    if meta.get("variant") != variant:
+        raise ValueError(f"{weights} fine-tunes {meta.get('variant')!r}, not {variant!r}")
+    if meta.get("split_rule") != SPLIT_RULE:
+        raise ValueError(
+            f"{weights} was fine-tuned with another held-out split; its held-out figures "
+            "would not be honest. Fine-tune again with this cartag."
+        )
+    keep = ("backbone_id", "base_backbone_id", "recipe", "training_data_sha256", "n_train", "log")
+    return {key: meta[key] for key in keep if key in meta}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -254,7 +304,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--l2", type=float, default=None, help="skip the CV choice of l2")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument(
+        "--backbone-weights",
+        type=Path,
+        default=None,
+        help="fine-tuned weights (.npz)",
+    )
     args = parser.parse_args(argv)
+    if args.backbone_weights is not None and not args.backbone_weights.is_file():
+        raise SystemExit(f"error: --backbone-weights {args.backbone_weights} does not exist")
     config = train_bundled(
         args.data,
         args.out,
@@ -264,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
         l2=args.l2,
         threads=args.threads,
+        weights=args.backbone_weights,
     )
     print(f"wrote {args.out} ({config['version']})")
     print((args.out / "MODEL_CARD.md").read_text(encoding="utf-8"))

@@ -25,7 +25,12 @@ from typing import Any, Final, Literal
 import numpy as np
 
 from cartag.models.backbone import PREPROCESS_ID, Backbone
-from cartag.models.classifier import CONFIG_NAME, MODEL_FORMAT, backbone_config
+from cartag.models.classifier import (
+    CONFIG_NAME,
+    MODEL_FORMAT,
+    backbone_config,
+    copy_backbone_weights,
+)
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID
 from cartag.models.heads import LinearHead
 from cartag.training.calibration import fit_temperature
@@ -320,8 +325,14 @@ def write_candidate(
     out_dir.mkdir(parents=True, exist_ok=True)
     heads.image_type.save(out_dir / "type_head")
     heads.color.save(out_dir / "color_head")
+    copy_backbone_weights(backbone, out_dir)
     digest = hashlib.sha256(
-        (heads.image_type.digest() + heads.color.digest() + view.manifest_sha256).encode()
+        (
+            heads.image_type.digest()
+            + heads.color.digest()
+            + view.manifest_sha256
+            + backbone.backbone_id
+        ).encode()
     ).hexdigest()
     config: dict[str, Any] = {
         "format": MODEL_FORMAT,

@@ -155,6 +155,29 @@ def _heads_line(config: dict[str, Any], color_meta: dict[str, Any]) -> str:
     )
 
 
+def _backbone_line(backbone: dict[str, Any], finetune: dict[str, Any] | None) -> str:
+    if finetune is None:
+        return (
+            f"- Backbone: `{backbone['backbone_id']}` (ImageNet-pretrained EfficientNet-Lite, "
+            f"frozen), embedding = {backbone['embedding']}."
+        )
+    recipe = finetune.get("recipe", {})
+    held_out = finetune.get("log", {}).get("held_out", {})
+    return (
+        f"- Backbone: `{backbone['backbone_id']}`, weights `{backbone.get('weights')}` in this "
+        f"folder: EfficientNet-Lite `{finetune.get('base_backbone_id')}` (ImageNet) with every "
+        f"layer fine-tuned on the {finetune.get('n_train')} training-split images for image "
+        f"type and color together (`cartag.training.finetune`: {recipe.get('epochs')} epochs, "
+        f"AdamW, random crops and flips, label smoothing {recipe.get('label_smoothing')}, "
+        "ImageNet batch-norm statistics kept; stored as its int8 change to the package weights, "
+        "`cartag.models.weights_delta`), then frozen; the heads below "
+        f"are fitted on its embeddings = {backbone['embedding']}. The fine-tuning's own linear "
+        f"heads scored type macro recall {_fmt(held_out.get('type_macro_recall'))} and color "
+        f"accuracy {_fmt(held_out.get('color_accuracy'))} on the held-out split (reported "
+        "only; nothing was chosen on it)."
+    )
+
+
 def render_card(model_dir: Path) -> str:
     """Build the Markdown model card of ``model_dir``.
 
@@ -177,8 +200,7 @@ def render_card(model_dir: Path) -> str:
         "",
         "## Model",
         "",
-        f"- Backbone: `{backbone['backbone_id']}` (ImageNet-pretrained EfficientNet-Lite, frozen), "
-        f"embedding = {backbone['embedding']}.",
+        _backbone_line(backbone, training.get("backbone_finetune")),
         f"- Preprocessing `{backbone['preprocess']}`: whole image resized to "
         f"{backbone['input_size']}x{backbone['input_size']} (bilinear, aspect not kept, "
         "transparency on white), RGB scaled to [0, 1], normalised with mean "
@@ -213,6 +235,19 @@ def render_card(model_dir: Path) -> str:
         "- Placeholder examples are synthetic (training and evaluation generators are written "
         "independently); real placeholder designs may still differ.",
         "- The color set is web-scraped and has no Burgundy, Orange or Purple examples.",
+        *_finetune_limitation(training.get("backbone_finetune")),
         "",
     ]
     return "\n".join(lines)
+
+
+def _finetune_limitation(finetune: dict[str, Any] | None) -> list[str]:
+    if finetune is None:
+        return []
+    return [
+        "- The fine-tuned backbone has seen only the training generator's placeholder "
+        "families: on the independent designs its placeholder recall is lower than frozen "
+        "ImageNet features gave (the misses are mostly called Dealer, most of them with low "
+        "confidence), while real Dealer photos are recognised better; see "
+        '`benchmarks/RESULTS.md`, "Type head: frozen features vs fine-tuning".',
+    ]

@@ -31,7 +31,8 @@ from sqlalchemy import text
 
 from cartag.clock import Clock
 from cartag.errors import ConfigError, ConflictError
-from cartag.models.classifier import BUNDLED_DIR, read_config
+from cartag.models.backbone import BackboneSpec
+from cartag.models.classifier import BUNDLED_DIR, backbone_spec, read_config
 from cartag.models.heads import LinearHead, load_head
 from cartag.settings import Settings
 from cartag.store.db import Database, current_revision
@@ -170,19 +171,19 @@ def production_model(db: Database, settings: Settings, clock: Clock) -> tuple[Pa
     return path, version, registered
 
 
-def load_heads(model_dir: Path) -> tuple[Heads, str]:
-    """A model folder's heads and backbone variant (the backbone itself is not loaded)."""
+def load_heads(model_dir: Path) -> tuple[Heads, BackboneSpec]:
+    """A model folder's heads and the network they run on (which is not loaded here)."""
     config = read_config(model_dir)
     heads = config["heads"]
     type_head = LinearHead.load(model_dir / str(heads["image_type"]))
     color_head = load_head(model_dir / str(heads["color"]))
-    return Heads(type_head, color_head), str(config["backbone"]["variant"])
+    return Heads(type_head, color_head), backbone_spec(model_dir, config)
 
 
 def evaluate_model_dir(model_dir: Path, view: DatasetView, source: FeatureSource) -> dict[str, Any]:
     """Metrics of a model folder on every test set of ``view`` (cached embeddings)."""
-    heads, variant = load_heads(model_dir)
-    features = source.features(view, variant)
+    heads, spec = load_heads(model_dir)
+    features = source.features(view, spec)
     return {
         name: evaluate_heads(heads, features, view, rows) for name, rows in view.test_sets.items()
     }
@@ -350,18 +351,23 @@ def _run_sweep(
         study.set_user_attr("production", production)
 
         validation = view.validation_mask(config.validation_fraction, config.seed)
-        cache: dict[tuple[str, bool], Features] = {}
+        production_spec = backbone_spec(Path(production["model_dir"]))
+        cache: dict[tuple[BackboneSpec, bool], Features] = {}
 
         def objective(trial: optuna.Trial) -> float:
             started = time.monotonic()
             params = TrialParams.from_dict(_suggest(trial, config))
             if hooks.on_trial_start:
                 hooks.on_trial_start(trial.number, dict(trial.params))
-            variant = BACKBONE_VARIANTS[params.backbone]
+            spec = (
+                production_spec
+                if params.backbone == "production"
+                else BackboneSpec(BACKBONE_VARIANTS[params.backbone])
+            )
             flip = params.augmentation == "flip"
-            if (variant, flip) not in cache:
-                cache[(variant, flip)] = source.features(view, variant, flipped=flip)
-            features = cache[(variant, flip)]
+            if (spec, flip) not in cache:
+                cache[(spec, flip)] = source.features(view, spec, flipped=flip)
+            features = cache[(spec, flip)]
             heads, val_metrics = train_candidate(
                 features,
                 view,
@@ -379,7 +385,7 @@ def _run_sweep(
             written = write_candidate(
                 out_dir,
                 heads,
-                source.backbone(variant),
+                source.backbone(spec),
                 view=view,
                 params=params,
                 study=name,

@@ -12,7 +12,7 @@ Example (``examples/sweep.yaml``)::
       l2: {low: 1.0e-2, high: 1.0, log: true}        # L2 penalty of the linear parts
       class_weights: [none, balanced]
       augmentation: [none, noise, flip]
-      backbone: [lite0]
+      backbone: [production]
 
 A parameter is either a fixed value, a list of choices, or ``{low, high, log}``
 (a range; ``log`` defaults to false). Every mistake raises
@@ -41,7 +41,9 @@ CHOICES: Final[dict[str, tuple[str, ...]]] = {
     "head_type": ("linear", "mlp"),
     "class_weights": ("none", "balanced"),
     "augmentation": ("none", "noise", "flip"),
-    "backbone": ("lite0", "lite1", "lite2"),
+    # production: the network the production model runs on (fine-tuned or not);
+    # liteN: that variant's ImageNet weights from its pip package.
+    "backbone": ("production", "lite0", "lite1", "lite2"),
 }
 # name -> (default range, smallest allowed, largest allowed)
 RANGES: Final[dict[str, tuple[tuple[float, float, bool], float, float]]] = {
@@ -270,6 +272,8 @@ def check_backbones(config: SweepConfig, installed: Callable[[str], bool] = _ins
     """
     space = config.space["backbone"]
     for name in space if isinstance(space, tuple) else ():
+        if name not in BACKBONE_PACKAGES:
+            continue  # production: checked when its model folder loads
         package = BACKBONE_PACKAGES[name]
         if not installed(package):
             pip_name = package.replace("_", "-")

@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 
 from cartag.clock import Clock
 from cartag.errors import ConflictError, InputError
-from cartag.models.backbone import Backbone, to_rgb
+from cartag.models.backbone import Backbone, BackboneSpec, to_rgb
 from cartag.models.color_features import FEATURE_ID, color_features_batch
 from cartag.pipeline.decode import decode_image
 from cartag.settings import Settings
@@ -227,22 +227,24 @@ class FeatureSource:
         self.clock = clock
         self.threads = threads
         self.progress = progress
-        self._backbones: dict[str, Backbone] = {}
+        self._backbones: dict[BackboneSpec, Backbone] = {}
 
-    def backbone(self, variant: str) -> Backbone:
-        """The loaded backbone of ``variant`` (``efficientnet-lite0`` ...), loaded once."""
-        if variant not in self._backbones:
-            self._backbones[variant] = Backbone.load(
-                variant,
+    def backbone(self, spec: BackboneSpec) -> Backbone:
+        """The loaded backbone of ``spec`` (a variant, fine-tuned or not), loaded once."""
+        if spec not in self._backbones:
+            self._backbones[spec] = Backbone.load(
+                spec.variant,
                 threads=self.threads,
                 engine=self.settings.engine,
                 cache_dir=self.settings.data_dir / "cache",
+                weights=spec.weights,
             )
-        return self._backbones[variant]
+        return self._backbones[spec]
 
-    def features(self, view: DatasetView, variant: str, *, flipped: bool = False) -> Features:
+    def features(self, view: DatasetView, spec: BackboneSpec, *, flipped: bool = False) -> Features:
         """Embeddings (and color features, flipped embeddings) of every row of ``view``."""
-        backbone = self.backbone(variant)
+        backbone = self.backbone(spec)
+        variant = spec.variant
         emb = self._cached(
             view, backbone.backbone_id, f"embeddings {variant}", backbone.embed_images
         )
