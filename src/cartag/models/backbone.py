@@ -187,6 +187,7 @@ class Backbone:
         engine: Engine | None = None,
         *,
         concurrency: int = 1,
+        weights_path: Path | None = None,
     ) -> None:
         if concurrency <= 0:
             raise ValueError("concurrency must be positive")
@@ -200,7 +201,7 @@ class Backbone:
         self.embedding_dim = int(cast(torch.nn.Conv2d, model._conv_head).out_channels)
         self.engine: Engine = engine if engine is not None else TorchEngine(self._model)
         self._slots = threading.BoundedSemaphore(concurrency)
-        self.weights_path: Path | None = None
+        self.weights_path = weights_path
         mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
         std = np.asarray(IMAGENET_STD, dtype=np.float32)
         # (256, 3): the normalised value of every 8-bit level per channel, so that
@@ -250,8 +251,7 @@ class Backbone:
             model, backbone_id = _load_packaged(variant)
         for param in model.parameters():
             param.requires_grad_(False)
-        backbone = cls(model, variant, backbone_id, concurrency=concurrency)
-        backbone.weights_path = weights
+        backbone = cls(model, variant, backbone_id, concurrency=concurrency, weights_path=weights)
         if engine == "onnx":
             backbone.engine = backbone._onnx_engine(threads, cache_dir)
         return backbone
