@@ -43,13 +43,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import numpy as np
 import torch
 from PIL import Image
 
-from cartag.models.backbone import IMAGENET_MEAN, IMAGENET_STD, Backbone, weights_file_id
+from cartag.models.backbone import Backbone, weights_file_id
+from cartag.models.engine import PooledFeatures
 from cartag.models.weights_delta import encode_delta
 from cartag.training.dataset import SPLIT_RULE, data_hash, holdout_mask, read_labels
 from cartag.training.fit import balanced_accuracy
@@ -139,14 +140,6 @@ def load_training_images(
     )
 
 
-def to_tensor(batch: np.ndarray) -> torch.Tensor:
-    """uint8 (B, S, S, 3) -> float32 (B, 3, S, S), ImageNet-normalised."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float()
-    return (x / 255 - mean) / std
-
-
 def augment(images: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """A random ``size``..S px crop of each image resized to ``size``, flipped half the time.
 
@@ -174,11 +167,6 @@ class _Heads(torch.nn.Module):
         self.color = torch.nn.Linear(dim, len(COLORS))
 
 
-def _pooled(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    extract = cast(Callable[[torch.Tensor], torch.Tensor], model.extract_features)
-    return extract(x).mean(dim=(2, 3))  # (B, D)
-
-
 def finetune(
     backbone: Backbone,
     data: TrainingImages,
@@ -196,6 +184,7 @@ def finetune(
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
     model = backbone._model
+    pooled = PooledFeatures(model)
     for param in model.parameters():
         param.requires_grad_(True)
     heads = _Heads(backbone.embedding_dim)
@@ -230,8 +219,9 @@ def finetune(
         losses = []
         for start in range(0, len(order), recipe.batch_size):
             rows = order[start : start + recipe.batch_size]
-            x = to_tensor(augment(data.pixels[rows], backbone.input_size, rng))
-            features = torch.nn.functional.dropout(_pooled(model, x), recipe.dropout, True)
+            crops = augment(data.pixels[rows], backbone.input_size, rng)
+            x = torch.from_numpy(backbone.normalize(crops))
+            features = torch.nn.functional.dropout(pooled(x), recipe.dropout, True)
             loss = type_loss(heads.image_type(features), torch.from_numpy(data.type_idx[rows]))
             has_color = data.color_idx[rows] >= 0
             if has_color.any():
@@ -256,7 +246,7 @@ def finetune(
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
-    log["held_out"] = _held_out(model, heads, data, backbone.input_size)
+    log["held_out"] = _held_out(backbone, heads, data)
     return log
 
 
@@ -268,15 +258,15 @@ def _renew_placeholders(data: TrainingImages, train: np.ndarray, seed: int) -> N
         data.pixels[row] = square(placeholder.image, side)
 
 
-def _held_out(
-    model: torch.nn.Module, heads: _Heads, data: TrainingImages, size: int
-) -> dict[str, float]:
+def _held_out(backbone: Backbone, heads: _Heads, data: TrainingImages) -> dict[str, float]:
     test = np.flatnonzero(data.holdout)
-    pixels = np.stack([square(Image.fromarray(data.pixels[i]), size) for i in test])
+    # Held-out images as the service sees them: the whole image at network size.
+    pixels = np.stack([backbone.resize(Image.fromarray(data.pixels[i])) for i in test])
+    pooled = PooledFeatures(backbone._model)
     type_pred, color_pred = [], []
     with torch.inference_mode():
         for start in range(0, len(test), 64):
-            features = _pooled(model, to_tensor(pixels[start : start + 64]))
+            features = pooled(torch.from_numpy(backbone.normalize(pixels[start : start + 64])))
             type_pred.append(heads.image_type(features).argmax(1).numpy())
             color_pred.append(heads.color(features).argmax(1).numpy())
     types, colors = np.concatenate(type_pred), np.concatenate(color_pred)
