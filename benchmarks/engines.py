@@ -43,15 +43,9 @@ import torch
 from PIL import Image
 
 from cartag.models.backbone import Backbone
-from cartag.models.engine import (
-    Engine,
-    OnnxEngine,
-    PooledFeatures,
-    TorchEngine,
-    check_parity,
-    export_onnx,
-    physical_cores,
-)
+from cartag.models.engine import Engine, OnnxEngine, check_parity, physical_cores
+from cartag.models.networks import PooledFeatures, TorchEngine
+from cartag.models.onnx_export import export_onnx
 from tests.support.images import real_photos
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "vcr-train"
@@ -134,7 +128,7 @@ def build_engines(
     backbone: Backbone, names: list[str], threads: int
 ) -> tuple[dict[str, Engine], dict[str, float]]:
     """The engines to compare and the seconds each took to build (export, compile)."""
-    model = backbone._model
+    model = backbone.network
     engines: dict[str, Engine] = {}
     setup: dict[str, float] = {}
     reference = TorchEngine(model)

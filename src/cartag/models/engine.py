@@ -1,35 +1,33 @@
-"""Inference engines for the frozen backbone: torch eager and ONNX Runtime.
+"""Inference engines for the backbone: the interface, ONNX Runtime, and its cache.
 
 An engine maps a preprocessed batch to pooled embeddings; it knows nothing about
-images or heads. :class:`TorchEngine` runs the PyTorch module as it is;
-:class:`OnnxEngine` runs the same weights exported to ONNX under ONNX Runtime's
-CPU provider, which folds batch norms into the convolutions, fuses the ReLU6
-clips and picks faster depthwise kernels: several times the throughput of
-eager torch on CPU (see ``benchmarks/RESULTS.md``).
+images or heads. :class:`OnnxEngine` runs the network exported to ONNX under ONNX
+Runtime's CPU provider, which folds batch norms into the convolutions, fuses the
+ReLU6 clips and picks faster depthwise kernels: several times the throughput of
+eager torch on CPU (see ``benchmarks/RESULTS.md``). The eager engine,
+:class:`cartag.models.networks.TorchEngine`, lives with the torch code.
 
-The ONNX file is exported from the torch weights on first use and cached under
-``<data_dir>/cache/onnx/``; every load checks it against torch on a fixed input
-before trusting it.
+This module does not import torch. The ONNX file is exported once (by
+:mod:`cartag.models.onnx_export`, in a child process) and cached under
+``<data_dir>/cache/onnx/``; it records torch's output on a fixed input, and
+every load checks ONNX Runtime's output against it before trusting the file
+(:func:`load_cached_onnx`).
 """
 
 from __future__ import annotations
 
 import abc
-import logging
+import base64
+import binascii
 import os
 import tempfile
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal
 
 import numpy as np
-import torch
 
 from cartag.errors import ModelError
-
-log = logging.getLogger(__name__)
 
 EngineName = Literal["onnx", "torch"]
 
@@ -39,17 +37,11 @@ ONNX_OPSET: Final[int] = 17
 # activations averaged over the map (values 0..6), so 1e-3 is far above float
 # reassociation noise (~1e-5) and far below anything that moves a head's argmax.
 PARITY_ATOL: Final[float] = 1e-3
-_INPUT: Final[str] = "images"
-_OUTPUT: Final[str] = "embedding"
-
-# Exactly the warnings the (deprecated, but dependency-free) TorchScript exporter
-# emits for this network; anything else still reaches the caller.
-_EXPORT_WARNINGS: Final[tuple[tuple[str, type[Warning]], ...]] = (
-    ("You are using the legacy TorchScript-based ONNX export", DeprecationWarning),
-    ("The feature will be removed", DeprecationWarning),
-    # ZeroPad2d's asymmetric "same" padding; onnxruntime folds it when loading.
-    ("Constant folding - Only steps=1 can be constant folded", UserWarning),
-)
+ONNX_INPUT: Final[str] = "images"
+ONNX_OUTPUT: Final[str] = "embedding"
+# Metadata of an exported model (see cartag.models.onnx_export).
+METADATA_NETWORK: Final[str] = "cartag.network"
+METADATA_REFERENCE: Final[str] = "cartag.reference"
 
 
 def physical_cores() -> int:
@@ -108,24 +100,6 @@ def inference_plan(engine: str, workers: int = 0, threads: int = 0) -> Inference
     return InferencePlan(workers, max(1, (threads or physical_cores()) // workers))
 
 
-class PooledFeatures(torch.nn.Module):
-    """Wraps an EfficientNet so that ``forward`` returns the pooled embedding.
-
-    Args:
-        model: An ``efficientnet_lite_pytorch.EfficientNet`` in eval mode.
-    """
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) float32 -> (B, D) mean of the final conv map."""
-        # The library is untyped (Module.__getattr__), hence the cast.
-        extract = cast(Callable[[torch.Tensor], torch.Tensor], self.model.extract_features)
-        return extract(x).mean(dim=(2, 3))  # (B, D, h, w) -> (B, D)
-
-
 class Engine(abc.ABC):
     """Runs the backbone on preprocessed batches.
 
@@ -149,34 +123,6 @@ class Engine(abc.ABC):
         Returns:
             float32 (B, D).
         """
-
-
-class TorchEngine(Engine):
-    """Eager PyTorch under ``inference_mode``.
-
-    Args:
-        model: The EfficientNet (eval mode, frozen).
-        channels_last: Run in NHWC memory format. Off by default: measured no
-            faster than NCHW on this network (``benchmarks/RESULTS.md``).
-    """
-
-    name = "torch"
-
-    def __init__(self, model: torch.nn.Module, *, channels_last: bool = False) -> None:
-        self.module = PooledFeatures(model).eval()
-        self.channels_last = channels_last
-        if channels_last:
-            # torch's stubs omit Module.to(memory_format=...), which it accepts.
-            self.module = self.module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-
-    def embed(self, batch: np.ndarray) -> np.ndarray:
-        """See :meth:`Engine.embed`."""
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            pooled = self.module(x)
-        return np.asarray(pooled.numpy(), dtype=np.float32)
 
 
 class OnnxEngine(Engine):
@@ -222,57 +168,16 @@ class OnnxEngine(Engine):
         except Exception as exc:
             raise ModelError(f"onnxruntime cannot load the backbone model: {exc}") from exc
 
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The model's custom metadata (ONNX ``metadata_props``)."""
+        return dict(self._session.get_modelmeta().custom_metadata_map)
+
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """See :meth:`Engine.embed`."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        (out,) = self._session.run([_OUTPUT], {_INPUT: x})
+        (out,) = self._session.run([ONNX_OUTPUT], {ONNX_INPUT: x})
         return np.asarray(out, dtype=np.float32)
-
-
-def export_onnx(model: torch.nn.Module, input_size: int) -> bytes:
-    """Export the pooled-embedding network to ONNX with a dynamic batch axis.
-
-    Args:
-        model: The EfficientNet (eval mode).
-        input_size: Side S of the network input.
-
-    Returns:
-        The serialized ONNX model: input ``images`` (B, 3, S, S), output
-        ``embedding`` (B, D).
-
-    Raises:
-        ModelError: The export failed.
-    """
-    module = PooledFeatures(model).eval()
-    dummy = torch.zeros(1, 3, input_size, input_size)
-    try:
-        with tempfile.TemporaryDirectory(prefix="cartag-onnx-") as tmp:
-            path = Path(tmp) / "backbone.onnx"
-            with warnings.catch_warnings():
-                for message, category in _EXPORT_WARNINGS:
-                    warnings.filterwarnings("ignore", message=message, category=category)
-                # dynamo=False: the torch.export-based exporter needs onnxscript,
-                # which cartag does not depend on.
-                torch.onnx.export(
-                    module,
-                    (dummy,),
-                    path,
-                    input_names=[_INPUT],
-                    output_names=[_OUTPUT],
-                    dynamic_axes={_INPUT: {0: "batch"}, _OUTPUT: {0: "batch"}},
-                    opset_version=ONNX_OPSET,
-                    do_constant_folding=True,
-                    dynamo=False,
-                )
-            return path.read_bytes()
-    except (
-        OSError,
-        RuntimeError,
-        ValueError,
-        TypeError,
-        torch.onnx.errors.OnnxExporterError,
-    ) as exc:
-        raise ModelError(f"cannot export the backbone to ONNX: {exc}") from exc
 
 
 def smoke_input(input_size: int) -> np.ndarray:
@@ -284,8 +189,14 @@ def smoke_input(input_size: int) -> np.ndarray:
     return rng.standard_normal((2, 3, input_size, input_size)).astype(np.float32)
 
 
-def check_parity(engine: Engine, reference: Engine, input_size: int) -> float:
-    """Compare two engines on :func:`smoke_input`.
+def check_parity(engine: Engine, reference: Engine | np.ndarray, input_size: int) -> float:
+    """Compare an engine with a reference on :func:`smoke_input`.
+
+    Args:
+        engine: The engine to check.
+        reference: Another engine (torch), or its float32 (2, D) embeddings of the
+            smoke input, as recorded in an exported model.
+        input_size: Side S of the network input.
 
     Returns:
         The largest absolute difference of their embeddings.
@@ -294,7 +205,7 @@ def check_parity(engine: Engine, reference: Engine, input_size: int) -> float:
         ModelError: Shapes differ or the difference is at least ``PARITY_ATOL``.
     """
     x = smoke_input(input_size)
-    want = reference.embed(x)
+    want = reference.embed(x) if isinstance(reference, Engine) else reference
     try:
         got = engine.embed(x)
     # A loadable but wrong model fails inside onnxruntime (unknown output name,
@@ -311,7 +222,12 @@ def check_parity(engine: Engine, reference: Engine, input_size: int) -> float:
     return diff
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see no file or the whole file.
+
+    Raises:
+        OSError: The folder or file cannot be written.
+    """
     # Temp file in the same folder + rename: a concurrent reader (another server
     # process) sees either no file or a whole one, never a half-written model.
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -328,45 +244,33 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def load_onnx_engine(
-    model: torch.nn.Module,
-    input_size: int,
-    *,
-    reference: Engine,
-    cache_path: Path | None,
-    threads: int = 0,
+def load_cached_onnx(
+    model: bytes | Path, network: str, input_size: int, *, threads: int = 0
 ) -> OnnxEngine:
-    """An :class:`OnnxEngine` for ``model``: from the cache if valid, else freshly exported.
+    """An exported model, checked against what its export recorded.
 
     Args:
-        model: The EfficientNet whose weights to run.
+        model: The file written by :mod:`cartag.models.onnx_export` (or its bytes).
+        network: The identity it must record (``cartag.network``).
         input_size: Side S of the network input.
-        reference: The torch engine the result must agree with.
-        cache_path: Where the exported model is kept; None = export to memory only.
         threads: Intra-op threads (0 = physical cores).
 
     Raises:
-        ModelError: Export, load or the parity check failed (on a fresh export).
+        ModelError: Unloadable, exported from another network or without the
+            metadata (a cache written by an older cartag), or its output on the
+            smoke input differs from the recorded torch output.
     """
-    if cache_path is not None and cache_path.is_file():
-        try:
-            engine = OnnxEngine(cache_path, threads=threads)
-            check_parity(engine, reference, input_size)
-            return engine
-        except ModelError as exc:
-            log.warning(
-                "cached ONNX backbone %s is unusable (%s); exporting it again", cache_path, exc
-            )
-    data = export_onnx(model, input_size)
-    engine = OnnxEngine(data, threads=threads)
-    diff = check_parity(engine, reference, input_size)
-    if cache_path is not None:
-        try:
-            _write_atomic(cache_path, data)
-        except OSError as exc:
-            log.warning(
-                "cannot cache the ONNX backbone at %s (%s); using it from memory", cache_path, exc
-            )
-        else:
-            log.info("exported the ONNX backbone to %s (max diff to torch %.1e)", cache_path, diff)
+    engine = OnnxEngine(model, threads=threads)
+    metadata = engine.metadata
+    if metadata.get(METADATA_NETWORK) != network:
+        raise ModelError(
+            f"the model was exported from {metadata.get(METADATA_NETWORK) or 'an unknown network'}"
+            f", not {network}"
+        )
+    try:
+        raw = base64.b64decode(metadata[METADATA_REFERENCE], validate=True)
+        reference = np.frombuffer(raw, dtype="<f4").reshape(2, -1).astype(np.float32)
+    except (KeyError, ValueError, binascii.Error) as exc:
+        raise ModelError(f"the model has no usable {METADATA_REFERENCE} ({exc})") from exc
+    check_parity(engine, reference, input_size)
     return engine

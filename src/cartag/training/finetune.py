@@ -49,8 +49,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cartag.models.backbone import Backbone, weights_file_id
-from cartag.models.engine import PooledFeatures
+from cartag.models.backbone import Backbone
+from cartag.models.networks import PooledFeatures
+from cartag.models.variants import weights_file_id
 from cartag.models.weights_delta import encode_delta
 from cartag.training.dataset import SPLIT_RULE, data_hash, holdout_mask, read_labels
 from cartag.training.fit import balanced_accuracy
@@ -183,7 +184,7 @@ def finetune(
     """
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
-    model = backbone._model
+    model = backbone.network
     pooled = PooledFeatures(model)
     for param in model.parameters():
         param.requires_grad_(True)
@@ -262,7 +263,7 @@ def _held_out(backbone: Backbone, heads: _Heads, data: TrainingImages) -> dict[s
     test = np.flatnonzero(data.holdout)
     # Held-out images as the service sees them: the whole image at network size.
     pixels = np.stack([backbone.resize(Image.fromarray(data.pixels[i])) for i in test])
-    pooled = PooledFeatures(backbone._model)
+    pooled = PooledFeatures(backbone.network)
     type_pred, color_pred = [], []
     with torch.inference_mode():
         for start in range(0, len(test), 64):
@@ -300,7 +301,7 @@ def save_weights(
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(encode_delta(base, backbone._model.state_dict(), base_id))
+    tmp.write_bytes(encode_delta(base, backbone.network.state_dict(), base_id))
     tmp.replace(path)
     backbone_id = f"{backbone.variant}-ft@{weights_file_id(path)}"
     sidecar = {"format": FINETUNE_FORMAT, "backbone_id": backbone_id, **metadata}
@@ -327,7 +328,7 @@ def run(
         torch.set_num_threads(threads)
     backbone = Backbone.load(variant, threads=threads)
     base_id = backbone.backbone_id
-    base = {name: tensor.clone() for name, tensor in backbone._model.state_dict().items()}
+    base = {name: tensor.clone() for name, tensor in backbone.network.state_dict().items()}
     data = load_training_images(data_dir, store_size=recipe.store_size, seed=recipe.seed)
     if progress:
         n_held_out = int(data.holdout.sum())
