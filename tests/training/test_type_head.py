@@ -107,5 +107,5 @@ def test_train_type_head_end_to_end_on_a_toy_corpus(tmp_path: Path) -> None:
     assert metrics["held_out"]["n"] == int(corpus.holdout.sum())
     assert metrics["label_cleaning"]["n"] == n_real
     assert metrics["placeholder"]["n_real_held_out"] == int(corpus.holdout[:n_real].sum())
-    assert set(metrics["l2_cv_balanced_accuracy"]) == {"0.03", "0.1", "0.3"}
+    assert set(metrics["l2_cv_balanced_accuracy"]) == {"0.03", "0.1", "0.3", "1.0", "3.0", "10.0"}
     assert len(metrics["low_confidence_out_of_fold"]) == len(metrics["low_confidence_held_out"])

@@ -183,7 +183,7 @@ def train_bundled(
     cache_dir: Path,
     *,
     variant: str = "efficientnet-lite0",
-    n_placeholders: int = 420,
+    n_placeholders: int = 840,
     seed: int = 0,
     l2: float | None = None,
     threads: int = 0,
@@ -300,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--cache-dir", type=Path, default=Path("cartag-data/cache"))
     parser.add_argument("--variant", default="efficientnet-lite0")
-    parser.add_argument("--placeholders", type=int, default=420)
+    parser.add_argument("--placeholders", type=int, default=840)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--l2", type=float, default=None, help="skip the CV choice of l2")
     parser.add_argument("--threads", type=int, default=0)

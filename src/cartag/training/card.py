@@ -246,8 +246,8 @@ def _finetune_limitation(finetune: dict[str, Any] | None) -> list[str]:
         return []
     return [
         "- The fine-tuned backbone has seen only the training generator's placeholder "
-        "families: on the independent designs its placeholder recall is lower than frozen "
-        "ImageNet features gave (the misses are mostly called Dealer, most of them with low "
+        "families: on the independent designs its placeholder recall is a little lower than "
+        "frozen ImageNet features gave (the misses are called Dealer, most of them with low "
         "confidence), while real Dealer photos are recognised better; see "
         '`benchmarks/RESULTS.md`, "Type head: frozen features vs fine-tuning".',
     ]
