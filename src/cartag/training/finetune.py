@@ -355,17 +355,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="weights file to write (.npz)")
     parser.add_argument("--variant", default="efficientnet-lite0")
     parser.add_argument("--epochs", type=int, default=Recipe.epochs)
+    parser.add_argument(
+        "--color-weight",
+        type=float,
+        default=Recipe.color_weight,
+        help="weight of the color loss beside the type loss (0 = type only)",
+    )
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
     if not (args.data / "labels.csv").is_file():
         raise SystemExit(f"error: {args.data} has no labels.csv; pass --data <vcr-train folder>")
     if args.epochs <= 0:
         raise SystemExit("error: --epochs must be at least 1")
+    if not 0 <= args.color_weight <= 10:
+        raise SystemExit("error: --color-weight must be between 0 and 10")
     metadata = run(
         args.data,
         args.out,
         variant=args.variant,
-        recipe=Recipe(epochs=args.epochs),
+        recipe=Recipe(epochs=args.epochs, color_weight=args.color_weight),
         threads=args.threads,
         progress=lambda line: print(line, flush=True),
     )
