@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import subprocess
@@ -27,15 +26,18 @@ from cartag.models.classifier import EmbeddingClassifier, load_classifier
 from cartag.models.color_features import color_features_batch
 from cartag.models.engine import (
     METADATA_NETWORK,
+    METADATA_REFERENCE,
     Engine,
     InferencePlan,
     OnnxEngine,
     check_parity,
+    decode_reference,
+    encode_reference,
     inference_plan,
     load_cached_onnx,
     physical_cores,
 )
-from cartag.models.onnx_export import export_onnx, reference_of
+from cartag.models.onnx_export import export_onnx
 from cartag.settings import Settings
 from tests.support.images import real_photos
 
@@ -155,7 +157,7 @@ def test_export_records_the_network_and_torch_output(
     engine = OnnxEngine(onnx_bytes)
     assert engine.metadata[METADATA_NETWORK] == network
     assert network.startswith("efficientnet-lite0-ft@") and " on efficientnet-lite0@" in network
-    reference = reference_of(onnx_bytes)
+    reference = decode_reference(engine.metadata[METADATA_REFERENCE])
     np.testing.assert_array_equal(reference, torch_engine.embed(engine_module.smoke_input(224)))
     assert check_parity(engine, reference, 224) < 1e-3
 
@@ -176,9 +178,8 @@ def test_export_is_cached_and_reused(
 
 
 def _corruptions(onnx_bytes: bytes, network: str) -> dict[str, tuple[bytes, str]]:
-    reference = reference_of(onnx_bytes)
-    ours = base64.b64encode(reference.astype("<f4").tobytes()).decode()
-    doubled = base64.b64encode((reference * 2).astype("<f4").tobytes()).decode()
+    reference = decode_reference(OnnxEngine(onnx_bytes).metadata[METADATA_REFERENCE])
+    ours, doubled = encode_reference(reference), encode_reference(reference * 2)
     wrong = export_onnx(_WrongNetwork().eval(), 224, network)
     return {
         "empty": (b"", "cannot load"),
@@ -270,8 +271,8 @@ def test_backbone_falls_back_to_torch(
 def test_child_export_then_parity_failure_falls_back(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    # The real child process exports (its own limit is untouched); this process's
-    # check then refuses the model, and nothing is cached.
+    # The real child process exports; this process checks what it wrote, refuses it,
+    # and caches nothing.
     monkeypatch.setattr(engine_module, "PARITY_ATOL", 0.0)
     with caplog.at_level(logging.WARNING, logger="cartag.models.backbone"):
         backbone = Backbone.load(engine="onnx", cache_dir=tmp_path)

@@ -274,8 +274,7 @@ class Backbone:
         Raises:
             ModelError: If the variant is unknown or its weights are missing or corrupt.
         """
-        get_variant(variant)
-        ident = backbone_id(variant, weights)
+        ident = backbone_id(variant, weights)  # also checks the variant and the file's presence
         if engine == "onnx":
             try:
                 onnx = _onnx_engine(variant, weights, ident, threads, cache_dir)
@@ -291,9 +290,12 @@ class Backbone:
 
         if threads > 0:
             torch.set_num_threads(threads)
-        model, ident = load_network(variant, weights)
         return cls(
-            variant, ident, TorchEngine(model), concurrency=concurrency, weights_path=weights
+            variant,
+            ident,
+            TorchEngine(load_network(variant, weights)),
+            concurrency=concurrency,
+            weights_path=weights,
         )
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:

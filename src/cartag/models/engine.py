@@ -244,6 +244,27 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def encode_reference(embeddings: np.ndarray) -> str:
+    """The ``cartag.reference`` value: float32 (2, D) embeddings as little-endian base64."""
+    return base64.b64encode(np.asarray(embeddings, dtype="<f4").tobytes()).decode("ascii")
+
+
+def decode_reference(value: str) -> np.ndarray:
+    """Inverse of :func:`encode_reference`.
+
+    Returns:
+        float32 (2, D).
+
+    Raises:
+        ValueError: Not base64, or not a whole number of float32 pairs.
+    """
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"not base64 ({exc})") from exc
+    return np.frombuffer(raw, dtype="<f4").reshape(2, -1).astype(np.float32)
+
+
 def load_cached_onnx(
     model: bytes | Path, network: str, input_size: int, *, threads: int = 0
 ) -> OnnxEngine:
@@ -268,9 +289,8 @@ def load_cached_onnx(
             f", not {network}"
         )
     try:
-        raw = base64.b64decode(metadata[METADATA_REFERENCE], validate=True)
-        reference = np.frombuffer(raw, dtype="<f4").reshape(2, -1).astype(np.float32)
-    except (KeyError, ValueError, binascii.Error) as exc:
+        reference = decode_reference(metadata[METADATA_REFERENCE])
+    except (KeyError, ValueError) as exc:
         raise ModelError(f"the model has no usable {METADATA_REFERENCE} ({exc})") from exc
     check_parity(engine, reference, input_size)
     return engine

@@ -20,7 +20,6 @@ import torch
 from cartag.errors import ModelError
 from cartag.models.engine import Engine
 from cartag.models.variants import (
-    backbone_id,
     finetune_hint,
     get_variant,
     package_hint,
@@ -73,8 +72,8 @@ def load_finetuned(variant: str, path: Path) -> torch.nn.Module:
     return model
 
 
-def load_network(variant: str, weights: Path | None = None) -> tuple[torch.nn.Module, str]:
-    """The frozen network in eval mode, and its backbone id.
+def load_network(variant: str, weights: Path | None = None) -> torch.nn.Module:
+    """The frozen network in eval mode.
 
     Args:
         variant: ``efficientnet-lite0``, ``-lite1`` or ``-lite2``.
@@ -86,7 +85,7 @@ def load_network(variant: str, weights: Path | None = None) -> tuple[torch.nn.Mo
     model = load_packaged(variant) if weights is None else load_finetuned(variant, weights)
     for param in model.parameters():
         param.requires_grad_(False)
-    return model.eval(), backbone_id(variant, weights)
+    return model.eval()
 
 
 class PooledFeatures(torch.nn.Module):
