@@ -48,7 +48,13 @@ def test_a_short_finetune_changes_the_network_and_saves_it(tmp_path: Path) -> No
     backbone = Backbone.load("efficientnet-lite0", threads=2)
     base_id = backbone.backbone_id
     before = {k: v.clone() for k, v in backbone.network.state_dict().items()}
-    log = finetune(backbone, _images(), Recipe(epochs=1, batch_size=3, store_size=232))
+    images = _images()
+    # Row 1 (Stock, Blue) becomes a studio shot on white, which the recipe restages.
+    images.pixels[1] = 250
+    images.pixels[1, 60:170, 40:190] = (20, 40, 160)
+    recipe = Recipe(epochs=1, batch_size=3, store_size=232, restage_stock=1.0)
+    log = finetune(backbone, images, recipe)
+    assert log["restageable_stock"] == 1
     assert [e["epoch"] for e in log["epochs"]] == [1]
     assert np.isfinite(log["epochs"][0]["loss"])
     assert set(log["held_out"]) == {"type_macro_recall", "color_accuracy"}
@@ -122,6 +128,7 @@ def test_check_finetune_needs_the_sidecar(tmp_path: Path) -> None:
         (["--data", "{tmp}"], "has no labels.csv"),
         (["--data", "{data}", "--epochs", "0"], "--epochs must be at least 1"),
         (["--data", "{data}", "--color-weight", "-1"], "--color-weight must be between"),
+        (["--data", "{data}", "--restage-stock", "1.5"], "--restage-stock must be between"),
     ],
 )
 def test_cli_refuses_bad_arguments(
