@@ -3,10 +3,12 @@
 The data README names "studio shots on grey" among the weak type rule's errors,
 and cartag's label convention calls a vehicle shown whole on any plain or
 seamless backdrop Stock. Most Stock photos in vcr-train are on white, though,
-so a model trained on them alone learns "white surroundings" as much as "studio
-shot": held-out Stock photos on grey or dark backdrops were its most frequent
-Stock mistake. Restaging a white-backdrop Stock photo swaps only the backdrop;
-the vehicle, and the shadow it casts (carried over as shading), stay.
+so a model trained on them alone may learn "white surroundings" as much as
+"studio shot". Restaging a white-backdrop Stock photo swaps only the backdrop;
+the vehicle, and the shadow it casts (carried over as shading), stay. On
+vcr-train's held-out split it did not raise Stock recall (its misses there are
+mostly press photos in real settings and artwork; ``benchmarks/RESULTS.md``),
+so fine-tuning uses it only when asked (``--restage-stock``).
 
 The backdrop is the near-white region connected to the image border; photos
 where that region is small (no white backdrop) or covers nearly everything (a
