@@ -29,6 +29,7 @@ from cartag.models.color_features import FEATURE_DIM, FEATURE_ID
 from cartag.models.heads import LinearHead, MLPHead
 from cartag.settings import Settings
 from cartag.training.placeholders import FAMILIES, generate_placeholders
+from cartag.training.recolor import recolor
 from cartag.vocab import COLORS, IMAGE_TYPES
 from tests.support.images import placeholder_png, real_photos
 
@@ -89,6 +90,11 @@ def test_bundled_files_are_small_and_consistent() -> None:
     color_meta = json.loads((BUNDLED_DIR / "color_head.json").read_text())
     assert color_meta["features"]["color_features"] == FEATURE_ID
     assert color_meta["metrics"]["held_out"]["accuracy"] >= 0.9
+    # Every color has training examples: recolored ones for those vcr-train lacks.
+    assert not color_meta.get("absent_labels")
+    recolored = color_meta["metrics"]["recolored"]["train_counts"]
+    assert set(recolored) == {"Burgundy", "Orange", "Purple"}
+    assert config["training"]["recolored"]["per_color"] == min(recolored.values())
     assert (BUNDLED_DIR / "MODEL_CARD.md").is_file()
 
 
@@ -230,6 +236,27 @@ def test_red_photos_score_warm(
     assert sum(w > c for w, c in zip(warm, cool, strict=True)) >= 5
     assert np.mean(warm) > 0.6
     assert sum(p.color in WARM for p in predictions) >= 4
+
+
+@pytest.mark.slow
+def test_recolored_cars_get_the_colors_vcr_train_lacks(
+    embedding_classifier: EmbeddingClassifier, shared_data: Path
+) -> None:
+    # Photos recolored with a seed the bundled build did not use (it used 0 and 1).
+    rng = np.random.default_rng(2024)
+    cases = [("Red", "Orange"), ("Red", "Burgundy"), ("Blue", "Purple")]
+    for source, target in cases:
+        images = []
+        for file in sorted((shared_data / source).glob("*.jpg"))[::23]:
+            with Image.open(file) as photo:
+                painted = recolor(photo, source, target, rng)
+            if painted is not None:
+                images.append(painted)
+            if len(images) == 8:
+                break
+        predictions = embedding_classifier.predict(images)
+        called = [p.color for p in predictions]
+        assert called.count(target) >= 6, (target, called)
 
 
 @pytest.mark.slow

@@ -42,7 +42,7 @@ from cartag.models.classifier import (
 from cartag.models.color_features import FEATURE_ID
 from cartag.models.heads import LinearHead
 from cartag.training.card import render_card
-from cartag.training.color import train_bundled_color_head
+from cartag.training.color import RECOLORED_PER_COLOR, train_bundled_color_head
 from cartag.training.dataset import (
     SPLIT_RULE,
     EmbeddingCache,
@@ -184,6 +184,7 @@ def train_bundled(
     *,
     variant: str = "efficientnet-lite0",
     n_placeholders: int = 840,
+    recolored_per_color: int = RECOLORED_PER_COLOR,
     seed: int = 0,
     l2: float | None = None,
     threads: int = 0,
@@ -195,6 +196,8 @@ def train_bundled(
     Args:
         weights: Fine-tuned weights of ``variant`` (:mod:`cartag.training.finetune`),
             trained on this split's training rows only; None = the ImageNet weights.
+        recolored_per_color: Recolored training photos for each color vcr-train has
+            no photos of (:mod:`cartag.training.recolor`).
 
     Returns:
         The config dict that was written.
@@ -214,7 +217,15 @@ def train_bundled(
         return cache.get_or_compute(keys, lambda i: images[i], backbone.embed_images)
 
     type_head, type_metrics = train_type_head(corpus, data_dir, embed, l2=l2)
-    color_head, color_metrics = train_bundled_color_head(corpus, data_dir, cache_dir, l2=l2)
+    color_head, color_metrics = train_bundled_color_head(
+        corpus,
+        data_dir,
+        cache_dir,
+        embed,
+        l2=l2,
+        recolored_per_color=recolored_per_color,
+        seed=seed,
+    )
 
     common = {
         "backbone_id": backbone.backbone_id,
@@ -252,6 +263,11 @@ def train_bundled(
                 "n": n_placeholders,
                 "seed": seed,
                 "families": list(FAMILIES),
+            },
+            "recolored": {
+                "generator": "cartag.training.recolor",
+                "per_color": recolored_per_color,
+                "seed": seed,
             },
             "split_rule": SPLIT_RULE,
             "type_label_note": TYPE_NOTE,
@@ -302,6 +318,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--variant", default="efficientnet-lite0")
     parser.add_argument("--placeholders", type=int, default=840)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--recolored-per-color",
+        type=int,
+        default=RECOLORED_PER_COLOR,
+        help="recolored training photos per color the set lacks (0 = none)",
+    )
     parser.add_argument("--l2", type=float, default=None, help="skip the CV choice of l2")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument(
@@ -311,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="fine-tuned weights (.npz)",
     )
     args = parser.parse_args(argv)
+    if args.recolored_per_color < 0:
+        raise SystemExit("error: --recolored-per-color must be 0 or more")
     if args.backbone_weights is not None and not args.backbone_weights.is_file():
         raise SystemExit(f"error: --backbone-weights {args.backbone_weights} does not exist")
     config = train_bundled(
@@ -319,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.cache_dir,
         variant=args.variant,
         n_placeholders=args.placeholders,
+        recolored_per_color=args.recolored_per_color,
         seed=args.seed,
         l2=args.l2,
         threads=args.threads,

@@ -214,6 +214,7 @@ def render_card(model_dir: Path) -> str:
         f"`{training['placeholders']['generator']}` (seed {training['placeholders']['seed']}; "
         f"families: {', '.join(training['placeholders']['families'])}).",
         f"- {training['type_label_note']}",
+        *_recolored_data(heads["color"]["metrics"].get("recolored")),
         f"- Training data SHA-256: `{training['data_sha256']}`.",
         f"- Held-out split (never used for fitting or choosing l2): {training['split_rule']}.",
         "",
@@ -222,6 +223,7 @@ def render_card(model_dir: Path) -> str:
         *_type_headline(tm),
         f"- Color top-1 accuracy: {heads['color']['metrics']['held_out']['accuracy']:.3f} "
         f"(top-2 {heads['color']['metrics']['held_out']['top2_accuracy']:.3f})",
+        *_recolored_recall(heads["color"]["metrics"].get("recolored")),
         "",
         *_label_section(tm),
         *_head_section("Image type head", type_meta),
@@ -234,11 +236,45 @@ def render_card(model_dir: Path) -> str:
         "Dealer/Stock confusions, see the note column of type_labels.csv.",
         "- Placeholder examples are synthetic (training and evaluation generators are written "
         "independently); real placeholder designs may still differ.",
-        "- The color set is web-scraped and has no Burgundy, Orange or Purple examples.",
+        _color_limitation(heads["color"]["metrics"].get("recolored")),
         *_finetune_limitation(training.get("backbone_finetune")),
         "",
     ]
     return "\n".join(lines)
+
+
+def _recolored_data(recolored: dict[str, Any] | None) -> list[str]:
+    if not recolored:
+        return []
+    made = ", ".join(
+        f"{color} {n} (from {', '.join(recolored['sources'][color])})"
+        for color, n in recolored["train_counts"].items()
+    )
+    return [
+        f"- Colors without photos in the set: recolored training-split photos from "
+        f"`{recolored['generator']}` (the car body repainted): {made}.",
+    ]
+
+
+def _recolored_recall(recolored: dict[str, Any] | None) -> list[str]:
+    if not recolored or not recolored["held_out_recall"]:
+        return []
+    recall = ", ".join(f"{c} {r:.2f}" for c, r in recolored["held_out_recall"].items())
+    return [
+        f"- Recall on recolored held-out photos (the same generator, so optimistic): {recall}",
+    ]
+
+
+def _color_limitation(recolored: dict[str, Any] | None) -> str:
+    if not recolored:
+        return "- The color set is web-scraped and has no Burgundy, Orange or Purple examples."
+    return (
+        f"- The color set is web-scraped and has no photos of "
+        f"{', '.join(recolored['train_counts'])}: the head learnt them from recolored photos "
+        "only, and its recall on real cars of those colors is unmeasured. Real dark-red, "
+        "copper or orange-yellow cars labelled Red, Brown or Yellow in the set may be called "
+        "Burgundy or Orange, which the held-out accuracy counts as errors."
+    )
 
 
 def _finetune_limitation(finetune: dict[str, Any] | None) -> list[str]:

@@ -16,7 +16,8 @@ split (:mod:`cartag.training.dataset`) is only scored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,12 +31,16 @@ from cartag.models.heads import LinearHead, MLPHead
 from cartag.training.dataset import EmbeddingCache, Sample, read_labels, split_key
 from cartag.training.fit import balanced_accuracy, class_weights, fit_linear_head, select_l2
 from cartag.training.metrics import classification_report
+from cartag.training.recolor import TARGETS, Recolored, synthesize
 from cartag.vocab import COLORS
 
 if TYPE_CHECKING:
     from cartag.training.bundled import Corpus
 
 COLOR_L2_GRID = (1e-2, 3e-2, 0.1, 0.3)
+# Recolored training photos per color vcr-train lacks: about as many as its
+# rarest real colors have (Green 124, Brown 136 in the training split).
+RECOLORED_PER_COLOR = 150
 # Same rule as cartag.training.fit: a label without examples scores this many
 # nats below the weakest winning logit seen in training (probability < ~1e-4).
 _ABSENT_MARGIN = float(np.log(1e4))
@@ -318,15 +323,30 @@ def train_color_head(
 
 
 def train_bundled_color_head(
-    corpus: Corpus, data_dir: Path, cache_dir: Path, *, l2: float | None = None
+    corpus: Corpus,
+    data_dir: Path,
+    cache_dir: Path,
+    embed: Callable[[list[Image.Image]], np.ndarray],
+    *,
+    l2: float | None = None,
+    recolored_per_color: int = RECOLORED_PER_COLOR,
+    seed: int = 0,
 ) -> tuple[MLPHead, dict[str, Any]]:
     """The bundled model's color head, from :func:`cartag.training.bundled.build_corpus` rows.
+
+    The colors vcr-train has no photos of get recolored training photos
+    (:mod:`cartag.training.recolor`), made from training-split photos only. The
+    held-out report is on real photos only; recolored held-out photos are scored
+    separately (``recolored.held_out_recall``: the same generator, so optimistic).
 
     Args:
         corpus: Embedded corpus; rows with ``color_idx >= 0`` are the labels.csv photos.
         data_dir: The vcr-train folder (for the color features of those photos).
         cache_dir: Embedding/feature cache folder.
+        embed: Maps images to (B, D) embeddings (through the cache).
         l2: Linear penalty, or None to choose it by CV.
+        recolored_per_color: Recolored photos per missing color (0 = none).
+        seed: Seed of the recoloring.
 
     Returns:
         The head (input: embedding then color features) and its metrics.
@@ -338,8 +358,59 @@ def train_bundled_color_head(
     dim = corpus.emb.shape[1]
     X = np.zeros((len(corpus.keys), dim + FEATURE_DIM), dtype=np.float32)
     X[rows] = np.concatenate([corpus.emb[rows], build_color_features(samples, cache_dir)], axis=1)
-    train = np.flatnonzero(~corpus.holdout & (corpus.color_idx >= 0))
+    held = corpus.holdout[rows]
+    made = synthesize(
+        [s for s, h in zip(samples, held, strict=True) if not h], recolored_per_color, seed
+    )
+    checks = synthesize(
+        [s for s, h in zip(samples, held, strict=True) if h], recolored_per_color // 3, seed + 1
+    )
+    y = corpus.color_idx
+    keys = list(corpus.keys)
+    if made:
+        X = np.concatenate([X, _recolored_inputs(made, embed)])
+        y = np.concatenate([y, [COLORS.index(r.color) for r in made]])
+        keys += [f"recolor:{r.color}:{r.source}" for r in made]
+    n_real = len(corpus.keys)
+    train = np.concatenate(
+        [np.flatnonzero(~corpus.holdout & (corpus.color_idx >= 0)), n_real + np.arange(len(made))]
+    )
     # CV folds are taken by position, so order by a key hash (as for the type head).
-    train = train[np.argsort([split_key("cv:" + corpus.keys[i]) for i in train])]
+    train = train[np.argsort([split_key("cv:" + keys[i]) for i in train])]
     test = np.flatnonzero(corpus.holdout & (corpus.color_idx >= 0))
-    return train_color_head(X, corpus.color_idx, train, test, COLORS, mlp_start=dim, l2=l2)
+    head, metrics = train_color_head(X, y, train, test, COLORS, mlp_start=dim, l2=l2)
+    if made:
+        metrics["recolored"] = _recolored_metrics(head, made, checks, embed)
+    return head, metrics
+
+
+def _recolored_inputs(
+    made: Sequence[Recolored], embed: Callable[[list[Image.Image]], np.ndarray]
+) -> np.ndarray:
+    """(N, D + F) head inputs of recolored photos: embeddings then color features."""
+    images = [r.image for r in made]
+    return np.concatenate([embed(images), color_features_batch(images)], axis=1)
+
+
+def _recolored_metrics(
+    head: MLPHead,
+    made: Sequence[Recolored],
+    checks: Sequence[Recolored],
+    embed: Callable[[list[Image.Image]], np.ndarray],
+) -> dict[str, Any]:
+    """What was generated, and the head's recall on recolored held-out photos."""
+    recall: dict[str, float] = {}
+    if checks:
+        pred = head.predict_proba(_recolored_inputs(checks, embed)).argmax(axis=1)
+        truth = np.asarray([COLORS.index(r.color) for r in checks])
+        for color in TARGETS:
+            picked = truth == COLORS.index(color)
+            if picked.any():
+                recall[color] = round(float((pred[picked] == truth[picked]).mean()), 4)
+    return {
+        "generator": "cartag.training.recolor",
+        "train_counts": dict(Counter(r.color for r in made)),
+        "sources": {color: list(spec.sources) for color, spec in TARGETS.items()},
+        "held_out_counts": dict(Counter(r.color for r in checks)),
+        "held_out_recall": recall,
+    }
