@@ -93,6 +93,20 @@ def test_recolored_photos_teach_the_missing_colors(tmp_path: Path) -> None:
     assert (head.predict_proba(x).argmax(axis=1) == COLORS.index("Orange")).all()
 
 
+def test_colors_with_real_photos_are_not_recolored(tmp_path: Path) -> None:
+    data_dir, corpus = _data(tmp_path)
+    # Call the Blue photos Purple: Purple now has real training photos.
+    purple = COLORS.index("Purple")
+    corpus.color_idx = np.where(corpus.color_idx == COLORS.index("Blue"), purple, corpus.color_idx)
+    labels = (data_dir / "labels.csv").read_text().replace(",Blue,", ",Purple,")
+    (data_dir / "labels.csv").write_text(labels)
+    head, metrics = train_bundled_color_head(
+        corpus, data_dir, tmp_path / "cache", _mean_color, recolored_per_color=6
+    )
+    assert metrics["recolored"]["train_counts"] == {"Orange": 6, "Burgundy": 6}
+    assert head.metadata["train_counts"]["Purple"] == 16
+
+
 def test_no_recolored_photos_leaves_the_missing_colors_absent(tmp_path: Path) -> None:
     data_dir, corpus = _data(tmp_path)
     head, metrics = train_bundled_color_head(

@@ -86,3 +86,5 @@ def test_synthesize_makes_each_target_from_its_sources(tmp_path: Path) -> None:
     again = synthesize(samples, per_color=2, seed=0)
     assert [r.source for r in again] == [r.source for r in made]
     assert synthesize(samples, per_color=0, seed=0) == []
+    only = synthesize(samples, per_color=2, seed=0, colors=["Purple"])
+    assert {r.color for r in only} == {"Purple"} and len(only) == 2

@@ -334,8 +334,9 @@ def train_bundled_color_head(
 ) -> tuple[MLPHead, dict[str, Any]]:
     """The bundled model's color head, from :func:`cartag.training.bundled.build_corpus` rows.
 
-    The colors vcr-train has no photos of get recolored training photos
-    (:mod:`cartag.training.recolor`), made from training-split photos only. The
+    The colors of :data:`cartag.training.recolor.TARGETS` that have no training
+    photo get recolored ones (:mod:`cartag.training.recolor`), made from
+    training-split photos only. The
     held-out report is on real photos only; recolored held-out photos are scored
     separately (``recolored.held_out_recall``: the same generator, so optimistic).
 
@@ -359,11 +360,15 @@ def train_bundled_color_head(
     X = np.zeros((len(corpus.keys), dim + FEATURE_DIM), dtype=np.float32)
     X[rows] = np.concatenate([corpus.emb[rows], build_color_features(samples, cache_dir)], axis=1)
     held = corpus.holdout[rows]
-    made = synthesize(
-        [s for s, h in zip(samples, held, strict=True) if not h], recolored_per_color, seed
-    )
+    training = [s for s, h in zip(samples, held, strict=True) if not h]
+    # Only colors without a real training photo: real photos beat repainted ones.
+    missing = [c for c in TARGETS if c not in {s.color for s in training}]
+    made = synthesize(training, recolored_per_color, seed, missing)
     checks = synthesize(
-        [s for s, h in zip(samples, held, strict=True) if h], recolored_per_color // 3, seed + 1
+        [s for s, h in zip(samples, held, strict=True) if h],
+        recolored_per_color // 3,
+        seed + 1,
+        missing,
     )
     y = corpus.color_idx
     keys = list(corpus.keys)

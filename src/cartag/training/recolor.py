@@ -150,19 +150,33 @@ class Recolored:
     source: str
 
 
-def synthesize(samples: Sequence[Sample], per_color: int, seed: int) -> list[Recolored]:
+def synthesize(
+    samples: Sequence[Sample],
+    per_color: int,
+    seed: int,
+    colors: Sequence[str] | None = None,
+) -> list[Recolored]:
     """Up to ``per_color`` recolored photos of each target color, from ``samples``.
 
     Sources are drawn in a seeded random order; a photo with too little body is
     skipped. Pass only training photos: a recolored held-out photo in training
     would leak that photo's scene.
 
+    Args:
+        samples: Labelled photos to recolor.
+        per_color: Photos to make per target color.
+        seed: Seed of the source order and of the colors drawn.
+        colors: Target colors to make (default: every key of :data:`TARGETS`).
+
     Returns:
         Recolored photos, grouped by target color in :data:`TARGETS` order.
     """
     rng = np.random.default_rng(seed)
     made: list[Recolored] = []
+    wanted = TARGETS.keys() if colors is None else set(colors)
     for target, spec in TARGETS.items():
+        if target not in wanted:
+            continue
         candidates = [s for s in samples if s.color in spec.sources]
         count = 0
         for index in rng.permutation(len(candidates)):
