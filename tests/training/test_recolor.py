@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import colorsys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cartag.training.dataset import Sample
-from cartag.training.recolor import SOURCES, TARGETS, body_weight, recolor, synthesize
+from cartag.training.recolor import (
+    SOURCES,
+    TARGETS,
+    body_weight,
+    missing_targets,
+    recolor,
+    synthesize,
+)
 
 SIDE = 48
 RED, GREY, BLACK, WHITE = (200, 20, 25), (120, 120, 120), (10, 10, 10), (250, 250, 250)
@@ -68,23 +73,35 @@ def test_body_weight_skips_grey_white_and_black() -> None:
     assert weight[2, 2] == 0.0 and weight[32, 12] == 0.0 and weight[15, 25] == 0.0
 
 
-def test_synthesize_makes_each_target_from_its_sources(tmp_path: Path) -> None:
-    samples = []
-    for i, (color, body) in enumerate(
-        [("Red", RED), ("Red", (180, 30, 40)), ("Blue", (20, 40, 200)), ("Green", (20, 160, 40))]
-    ):
-        file = tmp_path / f"{i}.png"
-        _car(body).save(file)
-        samples.append(Sample(f"vcr-train/{color}/{i}.png", file, color, None, "0" * 64))
-    made = synthesize(samples, per_color=2, seed=0)
+def test_synthesize_makes_each_target_from_its_sources() -> None:
+    photos = [
+        ("Red", RED),
+        ("Red", (180, 30, 40)),
+        ("Blue", (20, 40, 200)),
+        ("Green", (20, 160, 40)),
+    ]
+    colors = [color for color, _ in photos]
+    loaded: list[int] = []
+
+    def load(i: int) -> Image.Image:
+        loaded.append(i)
+        return _car(photos[i][1])
+
+    made = synthesize(colors, load, per_color=2, seed=0)
     by_color = {c: [r for r in made if r.color == c] for c in TARGETS}
     assert len(by_color["Orange"]) == 2 and len(by_color["Burgundy"]) == 2
-    assert {r.source for r in by_color["Orange"]} == {samples[0].path, samples[1].path}
+    assert {r.source for r in by_color["Orange"]} == {0, 1}
     # Purple comes from blue, red and pink cars: three photos here qualify, two are taken.
     assert len(by_color["Purple"]) == 2
-    assert not any("Green" in r.source for r in made)
-    again = synthesize(samples, per_color=2, seed=0)
-    assert [r.source for r in again] == [r.source for r in made]
-    assert synthesize(samples, per_color=0, seed=0) == []
-    only = synthesize(samples, per_color=2, seed=0, colors=["Purple"])
+    assert 3 not in loaded and all(r.source != 3 for r in made)  # green is no source
+    again = synthesize(colors, load, per_color=2, seed=0)
+    assert [(r.color, r.source) for r in again] == [(r.color, r.source) for r in made]
+    assert synthesize(colors, load, per_color=0, seed=0) == []
+    only = synthesize(colors, load, per_color=2, seed=0, targets=["Purple"])
     assert {r.color for r in only} == {"Purple"} and len(only) == 2
+
+
+def test_missing_targets_are_the_colors_without_a_photo() -> None:
+    assert missing_targets(["Red", "Blue"]) == ["Orange", "Burgundy", "Purple"]
+    assert missing_targets(["Red", "Orange", "Purple"]) == ["Burgundy"]
+    assert missing_targets(iter(TARGETS)) == []

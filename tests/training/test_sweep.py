@@ -19,8 +19,11 @@ from cartag.settings import Settings
 from cartag.store import registry as registry_repo
 from cartag.store.db import Database
 from cartag.store.tables import EmbeddingRow
+from cartag.training.candidates import TrialParams, fit_heads
 from cartag.training.sweep import SweepCallbacks, covering_params, run_sweep, study_name
 from cartag.training.sweep_config import MAX_TRIALS, check_backbones, load_sweep, parse_sweep
+from cartag.training.sweep_data import DatasetView, Features, RecoloredRows
+from cartag.vocab import COLORS
 from tests.support.sweep_data import (
     Example,
     cache_embeddings,
@@ -180,8 +183,9 @@ def test_tiny_sweep_registers_candidates_and_resumes(
     assert result.study == study_name(ref, config)
     assert (result.new_trials, result.completed) == (4, 4)
     assert sorted(ended) == [0, 1, 2, 3]
-    # Embeddings were cached already: only the color features were computed.
-    assert {s for s, _, _ in stages} == {"color features"}
+    # Embeddings were cached already: only the color features were computed, and the
+    # recolored copies for the colors the tiny dataset has no photo of.
+    assert {s for s, _, _ in stages} == {"color features", "recolored photos"}
 
     with db.read() as session:
         versions = {v.version: v for v in registry_repo.list_versions(session)}
@@ -224,6 +228,13 @@ def test_tiny_sweep_registers_candidates_and_resumes(
     assert config_json["training"]["dataset_ref"] == ref
     assert config_json["training"]["manifest_sha256"] == manifest
     assert ref in (best_dir / "MODEL_CARD.md").read_text(encoding="utf-8")
+    # The colors the dataset has no photo of were learnt from recolored photos.
+    made = config_json["training"]["recolored"]["train_counts"]
+    assert made and set(made) <= {"Orange", "Burgundy", "Purple"}
+    assert not set(made) & {e.color for e in tiny_examples}
+    color_meta = json.loads((best_dir / "color_head.json").read_text(encoding="utf-8"))
+    assert not set(made) & set(color_meta.get("absent_labels", []))
+    assert "recolored train-split photos" in (best_dir / "MODEL_CARD.md").read_text()
     image = decode_image(tiny_examples[0].data, max_pixels=64_000_000).image
     assert model.predict([image])[0].image_type in ("Dealer", "Stock", "Placeholder")
 
@@ -323,3 +334,43 @@ def test_sweep_refuses_placeholders_only_in_the_test_split(
     ref = make_frozen_dataset(sqlite_db, sweep_settings, clock, items)
     with pytest.raises(InputError, match="Placeholder"):
         run_sweep(sqlite_db, sweep_settings, ref, parse_sweep(TINY), clock=clock, threads=1)
+
+
+def test_fit_heads_uses_only_the_recolored_copies_of_its_rows() -> None:
+    rng = np.random.default_rng(0)
+    n, dim, feats = 24, 4, 3
+    colors = ["Red", "Blue", "Black"] * 8
+    view = DatasetView(
+        ref="cars@1",
+        manifest_sha256="0" * 64,
+        shas=[f"{i:064x}" for i in range(n)],
+        blob_paths=[f"b/{i}" for i in range(n)],
+        type_idx=np.asarray([i % 2 for i in range(n)], dtype=np.int64),
+        color_idx=np.asarray([COLORS.index(c) for c in colors], dtype=np.int64),
+        splits=["train"] * n,
+        groups=[str(i) for i in range(n)],
+    )
+    # One Orange copy of each Red row; its features are the source's shifted away.
+    red = np.flatnonzero(view.color_idx == COLORS.index("Red"))
+    emb = rng.normal(size=(n, dim)).astype(np.float32)
+    color = rng.normal(size=(n, feats)).astype(np.float32)
+    recolored = RecoloredRows(
+        source=red,
+        emb=emb[red] + 3,
+        color=color[red] + 3,
+        color_idx=np.full(len(red), COLORS.index("Orange"), dtype=np.int64),
+    )
+    features = Features("bb", emb, color, recolored=recolored)
+    params = TrialParams.from_dict(
+        {"head_type": "linear", "lr": 1e-3, "weight_decay": 1e-2, "l2": 0.1,
+         "class_weights": "balanced", "augmentation": "none", "backbone": "production"}
+    )  # fmt: skip
+    rows = np.arange(12)  # the copies of Red rows 0, 3, 6, 9 are in, the other four out
+    heads = fit_heads(features, view, rows, params, mlp_epochs=1, noise_std=0.1, seed=0)
+    assert heads.color.metadata["recolored"]["train_counts"] == {"Orange": 4}
+    assert heads.color.metadata["train_counts"]["Orange"] == 4
+    none = fit_heads(
+        Features("bb", emb, color), view, rows, params, mlp_epochs=1, noise_std=0.1, seed=0
+    )
+    assert "recolored" not in none.color.metadata
+    assert "Orange" in none.color.metadata["absent_labels"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -37,10 +38,9 @@ from cartag.training.calibration import fit_temperature
 from cartag.training.color import MLPConfig, fit_color_head
 from cartag.training.fit import fit_linear_head
 from cartag.training.metrics import classification_report
-from cartag.training.sweep_data import DatasetView, Features
+from cartag.training.sweep_data import PLACEHOLDER, DatasetView, Features
 from cartag.vocab import COLORS, IMAGE_TYPES
 
-PLACEHOLDER: Final[int] = IMAGE_TYPES.index("Placeholder")
 TASKS: Final[tuple[str, ...]] = ("image_type", "color")
 # Seeds of the color MLP averaged into one head (the bundled model uses 3; 2 halves the cost).
 _MLP_SEEDS: Final[int] = 2
@@ -185,6 +185,14 @@ def fit_heads(
         noise_std,
         rng,
     )
+    extra = features.recolored
+    recolored: dict[str, int] = {}
+    if extra is not None:
+        # Only the copies of these rows: the validation fold's stay out of its fit.
+        use = np.isin(extra.source, colored)
+        x = np.concatenate([x, np.concatenate([extra.emb[use], extra.color[use]], axis=1)])
+        y = np.concatenate([y, extra.color_idx[use]])
+        recolored = {COLORS[i]: int(n) for i, n in Counter(extra.color_idx[use]).items()}
     dim = features.emb.shape[1]
     color_head: LinearHead
     if params.head_type == "mlp":
@@ -200,6 +208,11 @@ def fit_heads(
         "color_features": FEATURE_ID,
         "color_features_dim": FEATURE_DIM,
     }
+    if recolored:
+        color_head.metadata["recolored"] = {
+            "generator": "cartag.training.recolor",
+            "train_counts": dict(sorted(recolored.items())),
+        }
     return Heads(type_head, color_head)
 
 
@@ -274,6 +287,7 @@ def render_candidate_card(config: dict[str, Any], metrics: dict[str, Any]) -> st
         f"- Validation fold ({training['validation_fraction']:.0%} of the train split's "
         f"groups): macro recall {training['validation_objective']:.4f} "
         "(mean of the two tasks).",
+        *_recolored_line(training.get("recolored")),
         "",
         "## Test sets",
         "",
@@ -293,6 +307,17 @@ def render_candidate_card(config: dict[str, Any], metrics: dict[str, Any]) -> st
         "",
     ]
     return "\n".join(lines)
+
+
+def _recolored_line(recolored: dict[str, Any] | None) -> list[str]:
+    if not recolored:
+        return []
+    counts = ", ".join(f"{c} {n}" for c, n in recolored["train_counts"].items())
+    return [
+        f"- Colors with no photo in the train split, learnt from recolored train-split "
+        f"photos (`{recolored['generator']}`, the car body repainted): {counts}. Their "
+        "recall on real cars is unmeasured until the dataset has photos of them.",
+    ]
 
 
 def write_candidate(
@@ -352,6 +377,8 @@ def write_candidate(
         },
         "created": now.isoformat(timespec="seconds"),
     }
+    if "recolored" in heads.color.metadata:
+        config["training"]["recolored"] = heads.color.metadata["recolored"]
     (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (out_dir / "MODEL_CARD.md").write_text(
         render_candidate_card(config, test_metrics), encoding="utf-8"

@@ -31,7 +31,7 @@ from cartag.models.heads import LinearHead, MLPHead
 from cartag.training.dataset import EmbeddingCache, Sample, read_labels, split_key
 from cartag.training.fit import balanced_accuracy, class_weights, fit_linear_head, select_l2
 from cartag.training.metrics import classification_report
-from cartag.training.recolor import TARGETS, Recolored, synthesize
+from cartag.training.recolor import TARGETS, Recolored, missing_targets, synthesize
 from cartag.vocab import COLORS
 
 if TYPE_CHECKING:
@@ -361,21 +361,20 @@ def train_bundled_color_head(
     X[rows] = np.concatenate([corpus.emb[rows], build_color_features(samples, cache_dir)], axis=1)
     held = corpus.holdout[rows]
     training = [s for s, h in zip(samples, held, strict=True) if not h]
-    # Only colors without a real training photo: real photos beat repainted ones.
-    missing = [c for c in TARGETS if c not in {s.color for s in training}]
-    made = synthesize(training, recolored_per_color, seed, missing)
+    checked = [s for s, h in zip(samples, held, strict=True) if h]
+    missing = missing_targets(s.color for s in training)
+    made = synthesize(
+        [s.color for s in training], _opener(training), recolored_per_color, seed, missing
+    )
     checks = synthesize(
-        [s for s, h in zip(samples, held, strict=True) if h],
-        recolored_per_color // 3,
-        seed + 1,
-        missing,
+        [s.color for s in checked], _opener(checked), recolored_per_color // 3, seed + 1, missing
     )
     y = corpus.color_idx
     keys = list(corpus.keys)
     if made:
         X = np.concatenate([X, _recolored_inputs(made, embed)])
         y = np.concatenate([y, [COLORS.index(r.color) for r in made]])
-        keys += [f"recolor:{r.color}:{r.source}" for r in made]
+        keys += [f"recolor:{r.color}:{training[r.source].path}" for r in made]
     n_real = len(corpus.keys)
     train = np.concatenate(
         [np.flatnonzero(~corpus.holdout & (corpus.color_idx >= 0)), n_real + np.arange(len(made))]
@@ -387,6 +386,14 @@ def train_bundled_color_head(
     if made:
         metrics["recolored"] = _recolored_metrics(head, made, checks, embed)
     return head, metrics
+
+
+def _opener(samples: Sequence[Sample]) -> Callable[[int], Image.Image]:
+    def load(i: int) -> Image.Image:
+        with Image.open(samples[i].file) as image:
+            return image.convert("RGB")
+
+    return load
 
 
 def _recolored_inputs(

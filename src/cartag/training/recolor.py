@@ -17,14 +17,12 @@ red ones, Purple from blue, red and pink ones.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 from PIL import Image
-
-from cartag.training.dataset import Sample
 
 
 @dataclass(frozen=True)
@@ -142,50 +140,61 @@ class Recolored:
     Attributes:
         image: The recolored RGB image.
         color: Its label (a key of :data:`TARGETS`).
-        source: The labels.csv path of the photo it was made from.
+        source: Index of the photo it was made from, in the ``colors`` passed to
+            :func:`synthesize`.
     """
 
     image: Image.Image
     color: str
-    source: str
+    source: int
+
+
+def missing_targets(colors: Iterable[str]) -> list[str]:
+    """The target colors (in :data:`TARGETS` order) not among ``colors``.
+
+    Real photos beat repainted ones: a color with any real training photo is not made.
+    """
+    present = set(colors)
+    return [color for color in TARGETS if color not in present]
 
 
 def synthesize(
-    samples: Sequence[Sample],
+    colors: Sequence[str],
+    load: Callable[[int], Image.Image],
     per_color: int,
     seed: int,
-    colors: Sequence[str] | None = None,
+    targets: Sequence[str] | None = None,
 ) -> list[Recolored]:
-    """Up to ``per_color`` recolored photos of each target color, from ``samples``.
+    """Up to ``per_color`` recolored photos of each target color.
 
     Sources are drawn in a seeded random order; a photo with too little body is
     skipped. Pass only training photos: a recolored held-out photo in training
     would leak that photo's scene.
 
     Args:
-        samples: Labelled photos to recolor.
+        colors: The color label of each candidate photo.
+        load: Opens candidate photo ``i``.
         per_color: Photos to make per target color.
         seed: Seed of the source order and of the colors drawn.
-        colors: Target colors to make (default: every key of :data:`TARGETS`).
+        targets: Target colors to make (default: every key of :data:`TARGETS`).
 
     Returns:
         Recolored photos, grouped by target color in :data:`TARGETS` order.
     """
     rng = np.random.default_rng(seed)
     made: list[Recolored] = []
-    wanted = TARGETS.keys() if colors is None else set(colors)
+    wanted = TARGETS.keys() if targets is None else set(targets)
     for target, spec in TARGETS.items():
         if target not in wanted:
             continue
-        candidates = [s for s in samples if s.color in spec.sources]
+        candidates = [i for i, color in enumerate(colors) if color in spec.sources]
         count = 0
         for index in rng.permutation(len(candidates)):
             if count >= per_color:
                 break
-            sample = candidates[int(index)]
-            with Image.open(sample.file) as image:
-                painted = recolor(image, sample.color, target, rng)
+            source = candidates[int(index)]
+            painted = recolor(load(source), colors[source], target, rng)
             if painted is not None:
-                made.append(Recolored(painted, target, sample.path))
+                made.append(Recolored(painted, target, source))
                 count += 1
     return made

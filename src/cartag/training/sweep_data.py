@@ -31,10 +31,12 @@ from cartag.store.blobs import BlobStore, LocalBlobStore
 from cartag.store.db import Database
 from cartag.store.embeddings import load_embeddings, save_embeddings
 from cartag.store.tables import DatasetItemRow
+from cartag.training.recolor import missing_targets, synthesize
 from cartag.vocab import COLORS, IMAGE_TYPES
 
 COLOR_FEATURES_ID: Final[str] = f"color-features:{FEATURE_ID}"
 FLIP_SUFFIX: Final[str] = "+hflip"
+PLACEHOLDER: Final[int] = IMAGE_TYPES.index("Placeholder")
 _BATCH: Final[int] = 16
 
 # (stage, done, total): e.g. ("embeddings efficientnet-lite0", 32, 2883)
@@ -183,6 +185,25 @@ def check_type_classes(view: DatasetView) -> None:
 
 
 @dataclass
+class RecoloredRows:
+    """Recolored copies of training photos, for colors the train split has no photo of
+    (:mod:`cartag.training.recolor`).
+
+    Attributes:
+        source: int64 (M,) the view row each copy was made from (a head fitted on
+            some rows uses only the copies of those rows).
+        emb: float32 (M, D) embeddings.
+        color: float32 (M, F) color features.
+        color_idx: int64 (M,) index into COLORS.
+    """
+
+    source: np.ndarray
+    emb: np.ndarray
+    color: np.ndarray
+    color_idx: np.ndarray
+
+
+@dataclass
 class Features:
     """Model inputs of every row of a view.
 
@@ -191,12 +212,14 @@ class Features:
         emb: float32 (N, D) embeddings.
         color: float32 (N, F) color features.
         flipped: float32 (N, D) embeddings of the mirrored images, or None.
+        recolored: Recolored training copies, or None when none were made.
     """
 
     backbone_id: str
     emb: np.ndarray
     color: np.ndarray
     flipped: np.ndarray | None = None
+    recolored: RecoloredRows | None = None
 
 
 class FeatureSource:
@@ -241,8 +264,20 @@ class FeatureSource:
             )
         return self._backbones[spec]
 
-    def features(self, view: DatasetView, spec: BackboneSpec, *, flipped: bool = False) -> Features:
-        """Embeddings (and color features, flipped embeddings) of every row of ``view``."""
+    def features(
+        self,
+        view: DatasetView,
+        spec: BackboneSpec,
+        *,
+        flipped: bool = False,
+        recolored_per_color: int = 0,
+    ) -> Features:
+        """Embeddings (and color features, flipped embeddings) of every row of ``view``.
+
+        With ``recolored_per_color``, also that many recolored copies of train-split
+        photos for each color of :data:`cartag.training.recolor.TARGETS` that the
+        train split has no photo of (made afresh, not cached: a few seconds).
+        """
         backbone = self.backbone(spec)
         variant = spec.variant
         emb = self._cached(
@@ -261,7 +296,41 @@ class FeatureSource:
                 f"flipped embeddings {variant}",
                 embed_mirrored,
             )
-        return Features(backbone.backbone_id, emb, color, mirrored)
+        recolored = self._recolored(view, backbone, recolored_per_color)
+        return Features(backbone.backbone_id, emb, color, mirrored, recolored)
+
+    def _recolored(
+        self, view: DatasetView, backbone: Backbone, per_color: int
+    ) -> RecoloredRows | None:
+        rows = view.train
+        rows = rows[(view.color_idx[rows] >= 0) & (view.type_idx[rows] != PLACEHOLDER)]
+        colors = [COLORS[i] for i in view.color_idx[rows]]
+        targets = missing_targets(colors)
+        if per_color <= 0 or not targets:
+            return None
+        made = synthesize(
+            colors,
+            lambda i: self._image(view.blob_paths[rows[i]]),
+            per_color,
+            seed=0,
+            targets=targets,
+        )
+        if not made:
+            return None
+        if self.progress:
+            self.progress("recolored photos", 0, len(made))
+        images = [r.image for r in made]
+        emb = np.concatenate(
+            [backbone.embed_images(images[i : i + _BATCH]) for i in range(0, len(images), _BATCH)]
+        )
+        if self.progress:
+            self.progress("recolored photos", len(made), len(made))
+        return RecoloredRows(
+            source=np.asarray([rows[r.source] for r in made], dtype=np.int64),
+            emb=emb.astype(np.float32),
+            color=color_features_batch(images),
+            color_idx=np.asarray([COLORS.index(r.color) for r in made], dtype=np.int64),
+        )
 
     def _cached(
         self,
