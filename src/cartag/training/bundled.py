@@ -50,6 +50,7 @@ from cartag.training.dataset import (
     holdout_mask,
     image_key,
     read_labels,
+    sample_loader,
     split_key,
 )
 from cartag.training.fit import fit_linear_head, select_l2
@@ -114,12 +115,8 @@ def build_corpus(
     placeholders = generate_placeholders(n_placeholders, seed=seed)
     cache = EmbeddingCache(cache_dir, backbone.backbone_id, PREPROCESS_ID)
 
-    def load_real(i: int) -> Image.Image:
-        with Image.open(samples[i].file) as image:
-            return image.convert("RGB")
-
     real_emb = cache.get_or_compute(
-        [s.sha256 for s in samples], load_real, lambda ims: backbone.embed_images(ims)
+        [s.sha256 for s in samples], sample_loader(samples), lambda ims: backbone.embed_images(ims)
     )
     ph_keys = [image_key(p.image) for p in placeholders]
     ph_emb = cache.get_or_compute(

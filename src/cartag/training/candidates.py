@@ -189,6 +189,7 @@ def fit_heads(
     recolored: dict[str, int] = {}
     if extra is not None:
         # Only the copies of these rows: the validation fold's stay out of its fit.
+        # Not augmented: they are an augmentation already.
         use = np.isin(extra.source, colored)
         x = np.concatenate([x, np.concatenate([extra.emb[use], extra.color[use]], axis=1)])
         y = np.concatenate([y, extra.color_idx[use]])

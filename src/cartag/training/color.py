@@ -28,7 +28,13 @@ from PIL import Image
 
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID, SIZE, color_features_batch
 from cartag.models.heads import LinearHead, MLPHead
-from cartag.training.dataset import EmbeddingCache, Sample, read_labels, split_key
+from cartag.training.dataset import (
+    EmbeddingCache,
+    Sample,
+    read_labels,
+    sample_loader,
+    split_key,
+)
 from cartag.training.fit import balanced_accuracy, class_weights, fit_linear_head, select_l2
 from cartag.training.metrics import classification_report
 from cartag.training.recolor import TARGETS, Recolored, missing_targets, synthesize
@@ -83,11 +89,9 @@ def build_color_features(samples: Sequence[Sample], cache_dir: Path) -> np.ndarr
     """
     cache = EmbeddingCache(cache_dir, FEATURE_ID, f"to-rgb-bilinear-{SIZE}")
 
-    def load(i: int) -> Image.Image:
-        with Image.open(samples[i].file) as image:
-            return image.convert("RGB")
-
-    return cache.get_or_compute([s.sha256 for s in samples], load, color_features_batch)
+    return cache.get_or_compute(
+        [s.sha256 for s in samples], sample_loader(samples), color_features_batch
+    )
 
 
 def _train_mlps(
@@ -364,10 +368,14 @@ def train_bundled_color_head(
     checked = [s for s, h in zip(samples, held, strict=True) if h]
     missing = missing_targets(s.color for s in training)
     made = synthesize(
-        [s.color for s in training], _opener(training), recolored_per_color, seed, missing
+        [s.color for s in training], sample_loader(training), recolored_per_color, seed, missing
     )
     checks = synthesize(
-        [s.color for s in checked], _opener(checked), recolored_per_color // 3, seed + 1, missing
+        [s.color for s in checked],
+        sample_loader(checked),
+        recolored_per_color // 3,
+        seed + 1,
+        missing,
     )
     y = corpus.color_idx
     keys = list(corpus.keys)
@@ -386,14 +394,6 @@ def train_bundled_color_head(
     if made:
         metrics["recolored"] = _recolored_metrics(head, made, checks, embed)
     return head, metrics
-
-
-def _opener(samples: Sequence[Sample]) -> Callable[[int], Image.Image]:
-    def load(i: int) -> Image.Image:
-        with Image.open(samples[i].file) as image:
-            return image.convert("RGB")
-
-    return load
 
 
 def _recolored_inputs(

@@ -76,6 +76,16 @@ def read_labels(data_dir: Path) -> list[Sample]:
     return samples
 
 
+def sample_loader(samples: Sequence[Sample]) -> Callable[[int], Image.Image]:
+    """Opens ``samples[i]`` as an RGB image (for :meth:`EmbeddingCache.get_or_compute`)."""
+
+    def load(i: int) -> Image.Image:
+        with Image.open(samples[i].file) as image:
+            return image.convert("RGB")
+
+    return load
+
+
 def split_key(key: str) -> str:
     """The hex digest that orders ``key`` within its stratum."""
     return hashlib.sha256((SPLIT_SALT + key).encode()).hexdigest()
