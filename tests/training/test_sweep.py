@@ -70,6 +70,8 @@ TINY: dict[str, Any] = {
         ({"search_space": {"weight_decay": "lots"}}, "search_space.weight_decay", "number"),
         ({"validation_fraction": 0.9}, "validation_fraction", "between"),
         ({"search_space": ["head_type"]}, "search_space", "mapping"),
+        ({"recolored_per_color": -1}, "recolored_per_color", "whole number 0-1000"),
+        ({"recolored_per_color": 2.5}, "recolored_per_color", "whole number 0-1000"),
     ],
 )
 def test_bad_sweep_documents_name_the_key(document: dict[str, Any], field: str, words: str) -> None:
@@ -119,6 +121,10 @@ def test_example_sweep_parses_and_hash_ignores_trial_count() -> None:
     assert config.with_trials(8).digest() == config.digest()
     changed = parse_sweep({**TINY, "seed": 1})
     assert changed.digest() != parse_sweep(TINY).digest()
+    assert config.recolored_per_color == 150
+    assert config.with_trials(8).recolored_per_color == 150
+    fewer = parse_sweep({**TINY, "recolored_per_color": 0})
+    assert fewer.digest() != parse_sweep(TINY).digest()
     with pytest.raises(InputError, match="--trials"):
         config.with_trials(20)
 
@@ -268,7 +274,9 @@ def test_sweep_computes_missing_embeddings_into_the_cache(
     partial = dict(list(precomputed.items())[: len(precomputed) // 2])
     ref, clock = _prepare(sqlite_db, sweep_settings, classifier, items, partial)
     stages: list[tuple[str, int, int]] = []
-    config = parse_sweep({**TINY, "search_space": {**TINY["search_space"], "head_type": "linear"}})
+    # recolored_per_color 0: no recolored copies either.
+    space = {**TINY["search_space"], "head_type": "linear"}
+    config = parse_sweep({**TINY, "search_space": space, "recolored_per_color": 0})
     run_sweep(
         sqlite_db,
         sweep_settings,
@@ -278,6 +286,7 @@ def test_sweep_computes_missing_embeddings_into_the_cache(
         threads=1,
         callbacks=SweepCallbacks(on_stage=lambda s, d, t: stages.append((s, d, t))),
     )
+    assert "recolored photos" not in {s for s, _, _ in stages}
     missing = len(precomputed) - len(partial)
     embedding_stages = [(d, t) for s, d, t in stages if s.startswith("embeddings")]
     assert embedding_stages[0] == (0, missing) and embedding_stages[-1] == (missing, missing)

@@ -42,7 +42,7 @@ from cartag.models.classifier import (
 from cartag.models.color_features import FEATURE_ID
 from cartag.models.heads import LinearHead
 from cartag.training.card import render_card
-from cartag.training.color import RECOLORED_PER_COLOR, train_bundled_color_head
+from cartag.training.color import train_bundled_color_head
 from cartag.training.dataset import (
     SPLIT_RULE,
     EmbeddingCache,
@@ -56,6 +56,7 @@ from cartag.training.dataset import (
 from cartag.training.fit import fit_linear_head, select_l2
 from cartag.training.metrics import classification_report
 from cartag.training.placeholders import FAMILIES, generate_placeholders
+from cartag.training.recolor import RECOLORED_PER_COLOR
 from cartag.training.type_head import TYPE_LABELS_PATH, train_type_head
 from cartag.vocab import COLORS, IMAGE_TYPES
 

@@ -37,16 +37,19 @@ from cartag.training.dataset import (
 )
 from cartag.training.fit import balanced_accuracy, class_weights, fit_linear_head, select_l2
 from cartag.training.metrics import classification_report
-from cartag.training.recolor import TARGETS, Recolored, missing_targets, synthesize
+from cartag.training.recolor import (
+    RECOLORED_PER_COLOR,
+    TARGETS,
+    Recolored,
+    missing_targets,
+    synthesize,
+)
 from cartag.vocab import COLORS
 
 if TYPE_CHECKING:
     from cartag.training.bundled import Corpus
 
 COLOR_L2_GRID = (1e-2, 3e-2, 0.1, 0.3)
-# Recolored training photos per color vcr-train lacks: about as many as its
-# rarest real colors have (Green 124, Brown 136 in the training split).
-RECOLORED_PER_COLOR = 150
 # Same rule as cartag.training.fit: a label without examples scores this many
 # nats below the weakest winning logit seen in training (probability < ~1e-4).
 _ABSENT_MARGIN = float(np.log(1e4))

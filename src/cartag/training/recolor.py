@@ -67,6 +67,9 @@ TARGETS: Final[dict[str, Target]] = {
     "Burgundy": Target((335, 352), (0.6, 0.9), (0.38, 0.55), ("Red",)),
     "Purple": Target((265, 290), (0.45, 0.8), (0.55, 0.85), ("Blue", "Red", "Pink")),
 }
+# Recolored training photos per missing color (bundled build and sweeps): about as
+# many as vcr-train's rarest real colors have (Green 124, Brown 136 in its training split).
+RECOLORED_PER_COLOR: Final[int] = 150
 # A photo whose body covers less than this share of the image is skipped.
 MIN_BODY: Final[float] = 0.03
 # Only this share of a pixel's hue offset from the source centre is kept.

@@ -44,7 +44,6 @@ from cartag.training.candidates import (
     train_candidate,
     write_candidate,
 )
-from cartag.training.color import RECOLORED_PER_COLOR
 from cartag.training.sweep_config import BACKBONE_VARIANTS, Range, SweepConfig, check_backbones
 from cartag.training.sweep_data import (
     DatasetView,
@@ -368,7 +367,7 @@ def _run_sweep(
             flip = params.augmentation == "flip"
             if (spec, flip) not in cache:
                 cache[(spec, flip)] = source.features(
-                    view, spec, flipped=flip, recolored_per_color=RECOLORED_PER_COLOR
+                    view, spec, flipped=flip, recolored_per_color=config.recolored_per_color
                 )
             features = cache[(spec, flip)]
             heads, val_metrics = train_candidate(

@@ -13,6 +13,7 @@ Example (``examples/sweep.yaml``)::
       class_weights: [none, balanced]
       augmentation: [none, noise, flip]
       backbone: [production]
+    recolored_per_color: 150    # recolored photos per color the train split lacks (0 = none)
 
 A parameter is either a fixed value, a list of choices, or ``{low, high, log}``
 (a range; ``log`` defaults to false). Every mistake raises
@@ -34,6 +35,7 @@ import yaml
 
 from cartag.errors import InputError
 from cartag.models.variants import VARIANTS
+from cartag.training.recolor import RECOLORED_PER_COLOR
 
 MIN_TRIALS: Final[int] = 4
 MAX_TRIALS: Final[int] = 8
@@ -62,8 +64,17 @@ BACKBONE_PACKAGES: Final[dict[str, str]] = {
     name: VARIANTS[variant].package for name, variant in BACKBONE_VARIANTS.items()
 }
 _TOP_KEYS: Final[frozenset[str]] = frozenset(
-    {"n_trials", "seed", "validation_fraction", "search_space", "mlp_epochs", "noise_std"}
+    {
+        "n_trials",
+        "seed",
+        "validation_fraction",
+        "search_space",
+        "mlp_epochs",
+        "noise_std",
+        "recolored_per_color",
+    }
 )
+MAX_RECOLORED: Final[int] = 1000
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,8 @@ class SweepConfig:
         mlp_epochs: AdamW epochs of the color MLP (head_type mlp).
         noise_std: Noise augmentation: Gaussian noise of this many feature stds.
         space: Parameter name -> choices or range; every name of CHOICES and RANGES.
+        recolored_per_color: Recolored train-split photos per color the train split
+            has no photo of (:mod:`cartag.training.recolor`); 0 = none.
     """
 
     n_trials: int
@@ -97,6 +110,7 @@ class SweepConfig:
     mlp_epochs: int
     noise_std: float
     space: dict[str, Param]
+    recolored_per_color: int = RECOLORED_PER_COLOR
 
     def digest(self) -> str:
         """SHA-256 of everything that defines the trials except ``n_trials``.
@@ -109,6 +123,7 @@ class SweepConfig:
             "validation_fraction": self.validation_fraction,
             "mlp_epochs": self.mlp_epochs,
             "noise_std": self.noise_std,
+            "recolored_per_color": self.recolored_per_color,
             "space": {
                 name: list(p) if isinstance(p, tuple) else [p.low, p.high, p.log]
                 for name, p in sorted(self.space.items())
@@ -125,6 +140,7 @@ class SweepConfig:
             self.mlp_epochs,
             self.noise_std,
             self.space,
+            self.recolored_per_color,
         )
 
 
@@ -224,6 +240,16 @@ def parse_sweep(data: object) -> SweepConfig:
     noise = _number(data.get("noise_std", 0.1), "noise_std")
     if not 0 < noise <= 2:
         raise InputError(f"noise_std must be in (0, 2], got {noise:g}", field="noise_std")
+    recolored = data.get("recolored_per_color", RECOLORED_PER_COLOR)
+    if (
+        isinstance(recolored, bool)
+        or not isinstance(recolored, int)
+        or not 0 <= recolored <= MAX_RECOLORED
+    ):
+        raise InputError(
+            f"recolored_per_color must be a whole number 0-{MAX_RECOLORED}, got {recolored!r}",
+            field="recolored_per_color",
+        )
     space_doc = data.get("search_space", {})
     if not isinstance(space_doc, dict):
         raise InputError("search_space must be a mapping of parameters", field="search_space")
@@ -239,7 +265,7 @@ def parse_sweep(data: object) -> SweepConfig:
         space[name] = _choices(name, space_doc.get(name, list(CHOICES[name][:1])))
     for name, (default, _, _) in RANGES.items():
         space[name] = _range(name, space_doc[name]) if name in space_doc else Range(*default)
-    return SweepConfig(n_trials, seed, fraction, epochs, noise, space)
+    return SweepConfig(n_trials, seed, fraction, epochs, noise, space, recolored)
 
 
 def load_sweep(path: Path) -> SweepConfig:
