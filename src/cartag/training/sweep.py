@@ -367,7 +367,11 @@ def _run_sweep(
             flip = params.augmentation == "flip"
             if (spec, flip) not in cache:
                 cache[(spec, flip)] = source.features(
-                    view, spec, flipped=flip, recolored_per_color=config.recolored_per_color
+                    view,
+                    spec,
+                    flipped=flip,
+                    recolored_per_color=config.recolored_per_color,
+                    seed=config.seed,
                 )
             features = cache[(spec, flip)]
             heads, val_metrics = train_candidate(

@@ -271,12 +271,13 @@ class FeatureSource:
         *,
         flipped: bool = False,
         recolored_per_color: int = 0,
+        seed: int = 0,
     ) -> Features:
         """Embeddings (and color features, flipped embeddings) of every row of ``view``.
 
         With ``recolored_per_color``, also that many recolored copies of train-split
         photos for each color of :data:`cartag.training.recolor.TARGETS` that the
-        train split has no photo of (made afresh, not cached: a few seconds).
+        train split has no photo of (made afresh with ``seed``, not cached: a few seconds).
         """
         backbone = self.backbone(spec)
         variant = spec.variant
@@ -296,11 +297,11 @@ class FeatureSource:
                 f"flipped embeddings {variant}",
                 embed_mirrored,
             )
-        recolored = self._recolored(view, backbone, recolored_per_color)
+        recolored = self._recolored(view, backbone, recolored_per_color, seed)
         return Features(backbone.backbone_id, emb, color, mirrored, recolored)
 
     def _recolored(
-        self, view: DatasetView, backbone: Backbone, per_color: int
+        self, view: DatasetView, backbone: Backbone, per_color: int, seed: int
     ) -> RecoloredRows | None:
         rows = view.train
         rows = rows[(view.color_idx[rows] >= 0) & (view.type_idx[rows] != PLACEHOLDER)]
@@ -312,7 +313,7 @@ class FeatureSource:
             colors,
             lambda i: self._image(view.blob_paths[rows[i]]),
             per_color,
-            seed=0,
+            seed=seed,
             targets=targets,
         )
         if not made:
