@@ -343,9 +343,9 @@ def train_bundled_color_head(
 
     The colors of :data:`cartag.training.recolor.TARGETS` that have no training
     photo get recolored ones (:mod:`cartag.training.recolor`), made from
-    training-split photos only. The
-    held-out report is on real photos only; recolored held-out photos are scored
-    separately (``recolored.held_out_recall``: the same generator, so optimistic).
+    training-split photos only. The held-out report is on real photos only;
+    recolored held-out photos are scored separately (``recolored.held_out_recall``:
+    the same generator, so optimistic).
 
     Args:
         corpus: Embedded corpus; rows with ``color_idx >= 0`` are the labels.csv photos.

@@ -118,8 +118,9 @@ def recolor(
         KeyError: ``source`` or ``target`` is not known.
     """
     src, dst = SOURCES[source], TARGETS[target]
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    hsv = np.asarray(image.convert("RGB").convert("HSV"), dtype=np.float32) / 255.0
+    image = image.convert("RGB")
+    rgb = np.asarray(image, dtype=np.float32)
+    hsv = np.asarray(image.convert("HSV"), dtype=np.float32) / 255.0
     weight = body_weight(hsv, src)
     if float(weight.mean()) < MIN_BODY:
         return None

@@ -31,7 +31,7 @@ from cartag.store.blobs import BlobStore, LocalBlobStore
 from cartag.store.db import Database
 from cartag.store.embeddings import load_embeddings, save_embeddings
 from cartag.store.tables import DatasetItemRow
-from cartag.training.recolor import missing_targets, synthesize
+from cartag.training.recolor import Recolored, missing_targets, synthesize
 from cartag.vocab import COLORS, IMAGE_TYPES
 
 COLOR_FEATURES_ID: Final[str] = f"color-features:{FEATURE_ID}"
@@ -251,6 +251,9 @@ class FeatureSource:
         self.threads = threads
         self.progress = progress
         self._backbones: dict[BackboneSpec, Backbone] = {}
+        # Recolored copies depend on the view, count and seed, not on the backbone:
+        # made and color-featured once, embedded once per backbone.
+        self._made: dict[tuple[str, int, int], tuple[np.ndarray, list[Recolored], np.ndarray]] = {}
 
     def backbone(self, spec: BackboneSpec) -> Backbone:
         """The loaded backbone of ``spec`` (a variant, fine-tuned or not), loaded once."""
@@ -303,19 +306,23 @@ class FeatureSource:
     def _recolored(
         self, view: DatasetView, backbone: Backbone, per_color: int, seed: int
     ) -> RecoloredRows | None:
-        rows = view.train
-        rows = rows[(view.color_idx[rows] >= 0) & (view.type_idx[rows] != PLACEHOLDER)]
-        colors = [COLORS[i] for i in view.color_idx[rows]]
-        targets = missing_targets(colors)
-        if per_color <= 0 or not targets:
+        if per_color <= 0:
             return None
-        made = synthesize(
-            colors,
-            lambda i: self._image(view.blob_paths[rows[i]]),
-            per_color,
-            seed=seed,
-            targets=targets,
-        )
+        key = (view.manifest_sha256, per_color, seed)
+        if key not in self._made:
+            rows = view.train
+            rows = rows[(view.color_idx[rows] >= 0) & (view.type_idx[rows] != PLACEHOLDER)]
+            colors = [COLORS[i] for i in view.color_idx[rows]]
+            made = synthesize(
+                colors,
+                lambda i: self._image(view.blob_paths[rows[i]]),
+                per_color,
+                seed=seed,
+                targets=missing_targets(colors),
+            )
+            features = color_features_batch([r.image for r in made]) if made else np.empty(0)
+            self._made[key] = (rows, made, features)
+        rows, made, color = self._made[key]
         if not made:
             return None
         if self.progress:
@@ -329,7 +336,7 @@ class FeatureSource:
         return RecoloredRows(
             source=np.asarray([rows[r.source] for r in made], dtype=np.int64),
             emb=emb.astype(np.float32),
-            color=color_features_batch(images),
+            color=color,
             color_idx=np.asarray([COLORS.index(r.color) for r in made], dtype=np.int64),
         )
 
