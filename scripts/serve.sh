@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export CARTAG_DATA_DIR=${CARTAG_DATA_DIR:-$PWD/cartag-data}
-mkdir -p "$CARTAG_DATA_DIR"
+# Creates the data dir; a read-only or full one (or an unreachable database) stops here
+# with what is wrong and how to fix it (exit 2).
+.venv/bin/cartag db check
 if [ ! -f "$CARTAG_DATA_DIR/admin.key" ]; then
   .venv/bin/cartag keys create --role admin --name local-admin | tail -n 1 > "$CARTAG_DATA_DIR/admin.key"
   chmod 600 "$CARTAG_DATA_DIR/admin.key"

@@ -110,3 +110,36 @@ def test_serve_starts_the_api_on_the_embedded_default(env: dict[str, str]) -> No
         proc.wait(timeout=20)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_serve_on_an_unwritable_data_dir_says_why_and_exits_2(tmp_path: Path) -> None:
+    # Issue 13 item 14. Tests run as root, where chmod blocks no write: the failures are
+    # ones root gets too — a file where the folder should be, and a full disk (the
+    # write-check file is /dev/full, whose writes fail with ENOSPC).
+    runner = CliRunner()
+    blocked = tmp_path / "data"
+    blocked.write_text("a file")
+    result = runner.invoke(app, ["serve"], env={"CARTAG_DATA_DIR": str(blocked)})
+    assert result.exit_code == 2, result.output
+    assert str(blocked) in result.output and "not a folder" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / ".cartag-write-check").symlink_to("/dev/full")
+    result = runner.invoke(app, ["serve"], env={"CARTAG_DATA_DIR": str(full)})
+    assert result.exit_code == 2, result.output
+    assert "no space left" in result.output and str(full) in result.output
+    assert not (full / "cartag.db").exists()  # stopped before touching the database
+
+
+def test_db_check_is_what_serve_sh_runs_first(env: dict[str, str], tmp_path: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(app, ["db", "check"], env=env)
+    assert ok.exit_code == 0 and "take writes" in ok.output
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / ".cartag-write-check").symlink_to("/dev/full")
+    refused = runner.invoke(app, ["db", "check"], env={"CARTAG_DATA_DIR": str(full)})
+    assert refused.exit_code == 2 and "no space left" in refused.output

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from cartag.commands import dataset
 from cartag.commands.advertisers import app as advertisers_app
+from cartag.commands.callbacks import app as callbacks_app
 from cartag.commands.common import err, fail, load_settings, open_database
 from cartag.commands.models import app as models_app
 from cartag.commands.monitor import app as monitor_app
@@ -39,6 +40,7 @@ app.add_typer(worker_app, name="worker")
 app.add_typer(dataset.app, name="dataset")
 app.add_typer(train_app, name="train")
 app.add_typer(monitor_app, name="monitor")
+app.add_typer(callbacks_app, name="callbacks")
 
 
 @app.command()
@@ -53,11 +55,14 @@ def serve(
     from cartag.api.app import create_app
     from cartag.ops.logs import configure_logging
     from cartag.ops.memory import limit_malloc_arenas
+    from cartag.store.health import check_store
 
     settings = load_settings()
     limit_malloc_arenas(settings.malloc_arenas)  # before the model's threads start
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
+        # A read-only or full data dir or database: say so and how to fix it, rather
+        # than a traceback from deep inside the startup.
+        check_store(settings, migrate=settings.auto_migrate)
         configure_logging(settings.log_format, log_level)
         application = create_app(settings)
     except CartagError as exc:
@@ -279,6 +284,19 @@ def keys_revoke(
     except CartagError as exc:
         raise fail(exc) from exc
     err.print(f"revoked key {row.prefix} ({row.name})")
+
+
+@db_app.command("check")
+def db_check() -> None:
+    """Check that the data dir and the database take writes (what `cartag serve` checks first)."""
+    from cartag.store.health import check_store
+
+    settings = load_settings()
+    try:
+        check_store(settings, migrate=False)
+    except CartagError as exc:
+        raise fail(exc) from exc
+    err.print(f"data dir {settings.data_dir} and the database take writes")
 
 
 @db_app.command("upgrade")

@@ -9,11 +9,14 @@ Messages say how to fix the problem.
     CartagError
     ├── ConfigError                 bad settings / missing files          (500, CLI exit 2)
     ├── InputError                  a request field is wrong              (422) .field names it
+    │   └── BodyTooLargeError       request body over the size limit      (413) body_too_large
     ├── AuthError                   no or unknown API key                 (401)
     │   └── PermissionDeniedError   key lacks the role                    (403)
     ├── NotFoundError               unknown image key / job id            (404)
     ├── ConflictError               state forbids the operation           (409)
+    │   └── ModelUnloadableError    promote: its files no longer load     (409)
     ├── ModelError                  model files missing or broken         (503)
+    ├── StorageError                disk full, read-only or database down (503) storage_unavailable
     ├── FetchError                  one image could not be downloaded     (per image: skipped)
     │   ├── BlockedAddressError     URL points at a forbidden network     reason=blocked_address
     │   ├── HTTPStatusError         server answered 4xx/5xx               reason=http_<code>
@@ -60,6 +63,16 @@ class InputError(CartagError):
         self.field = field
 
 
+class BodyTooLargeError(InputError):
+    """The request body is larger than the server accepts; rejected before it is parsed."""
+
+    status_code = 413
+    code = "body_too_large"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="body")
+
+
 class AuthError(CartagError):
     """No API key, or one that is unknown or revoked."""
 
@@ -93,6 +106,23 @@ class ModelError(CartagError):
 
     status_code = 503
     code = "model_unavailable"
+
+
+class ModelUnloadableError(ConflictError):
+    """A model version cannot be promoted: its registered files no longer load."""
+
+    code = "model_unloadable"
+
+
+class StorageError(CartagError):
+    """The store cannot be written or reached: disk full, read-only, database down.
+
+    Not a bug in the request: the API answers 503 ``storage_unavailable`` and the CLI
+    names the path or database and what to do.
+    """
+
+    status_code = 503
+    code = "storage_unavailable"
 
 
 class FetchError(CartagError):

@@ -64,13 +64,38 @@ class Settings(BaseSettings):
     max_redirects: int = Field(default=5, ge=0)
     retries: int = Field(default=2, ge=0, description="Retries on 5xx and timeouts only.")
     retry_backoff_s: float = Field(default=0.25, ge=0)
-    download_concurrency: int = Field(default=32, gt=0)
-    per_host_concurrency: int = Field(default=8, gt=0)
+    download_deadline_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="Most connection time one image URL may take, all attempts, redirects and "
+        "backoff together (time waiting for a free download slot is not counted); past it "
+        "the image is skipped with reason timeout. A body arriving too slowly is not retried.",
+    )
+    download_concurrency: int = Field(
+        default=32,
+        gt=0,
+        description="Full downloads at once. Conditional requests that revalidate cached "
+        "images have as many slots again of their own, so slow downloads never delay them.",
+    )
+    per_host_concurrency: int = Field(
+        default=8,
+        gt=0,
+        description="Downloads at once from one server, keyed on the IP address the host "
+        "resolves to (127.0.0.2, 2130706434 and 127.2 are one server); revalidations count apart.",
+    )
     user_agent: str = "cartag/0.1 (+https://github.com/cartag/cartag)"
 
     # --- decoding --------------------------------------------------------------
     max_image_pixels: int = Field(
         default=64_000_000, gt=0, description="Decompression-bomb limit (width x height)."
+    )
+    max_decode_mb: int = Field(
+        default=192,
+        gt=0,
+        description="Most memory (MiB) one image's decode may need, estimated from its header "
+        "(baseline JPEGs are decoded at reduced size; PNG, WebP, GIF, BMP, AVIF and progressive "
+        "JPEG are not): more is skipped as too_many_pixels. Also the most all decodes running "
+        "in a process hold together: one that does not fit waits.",
     )
     phash_max_distance: int = Field(
         default=3,
@@ -125,8 +150,34 @@ class Settings(BaseSettings):
     # --- API -------------------------------------------------------------------
     max_images_per_request: int = Field(default=1000, gt=0)
     max_images_per_job: int = Field(default=100_000, gt=0)
+    # Checked before a body is parsed (cartag.api.limits): parsing is what costs, e.g.
+    # 7 s and 1 GB of memory for a 68 MB classify body that the image limit then refuses.
+    max_body_bytes: int = Field(
+        default=3 * 1024 * 1024,
+        gt=0,
+        description="Largest request body (bytes) except POST /v1/jobs: 1,000 images with "
+        "2,048-character URLs fit. Larger ones are refused with 413 before they are read.",
+    )
+    max_job_body_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        gt=0,
+        description="Largest body (bytes) of POST /v1/jobs: 100,000 images with URLs of about "
+        "300 characters fit. Larger ones are refused with 413 before they are read.",
+    )
     job_workers: int = Field(default=1, gt=0, description="In-process job worker threads.")
     callback_timeout_s: float = Field(default=10.0, gt=0)
+    callback_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs job callbacks (HMAC-SHA256, header X-Cartag-Signature). Unset: a "
+        "secret generated once per deployment and kept in the database "
+        "(`cartag callbacks secret` prints it).",
+    )
+    session_ttl_s: int = Field(
+        default=8 * 3600,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="Lifetime of a browser login (/review, /monitor); logout ends it sooner.",
+    )
 
     # --- color provider ----------------------------------------------------------
     # Checked at startup by cartag.models.color_providers.check_color_settings.

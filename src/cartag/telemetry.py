@@ -58,6 +58,19 @@ class Telemetry:
     def model_loaded(self, version: str) -> None:
         """``version`` is the model now in service."""
 
+    def model_fallback(self, wanted: str | None, serving: str) -> None:
+        """The ``production`` alias names ``wanted`` but it cannot serve here: ``serving``
+        answers instead. ``wanted=None``: production is served again (no fallback)."""
+
+    def storage_failed(self, operation: str) -> None:
+        """A write failed because the store is full, read-only or unreachable.
+
+        Args:
+            operation: What could not be written: ``request`` (answered 503),
+                ``revalidation`` (cached answers served anyway), ``advertiser_images``,
+                ``job_chunk`` (retried), ``last_loaded_model``.
+        """
+
 
 def host_of(url: str) -> str:
     """The lower-case host of a URL (for metric labels), ``invalid`` when it has none."""

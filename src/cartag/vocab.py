@@ -69,6 +69,24 @@ def normalize_color(value: str | None) -> str | None:
     raise ValueError(f"unknown color {value!r}; expected one of {', '.join(COLORS)}")
 
 
+# Why a scraper's color was ignored (the result's color_reason).
+UNKNOWN_SCRAPE_COLOR: Final[str] = "scrape_color_unknown"
+
+
+def parse_scrape_color(value: str | None) -> tuple[str | None, str | None]:
+    """Read a scraper's color leniently: one unknown name must not fail its batch.
+
+    Returns:
+        ``(color, reason)``: the canonical color and None; None and None for a null
+        marker such as "N/A"; None and :data:`UNKNOWN_SCRAPE_COLOR` for anything else
+        ("Rouge", an emoji): the color is then ignored, as a null marker is.
+    """
+    try:
+        return normalize_color(value), None
+    except ValueError:
+        return None, UNKNOWN_SCRAPE_COLOR
+
+
 def read_stored_color(value: str | None) -> str | None:
     """Read a color column leniently: legacy 'N/A' and unknown strings become None."""
     try:

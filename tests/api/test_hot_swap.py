@@ -25,6 +25,7 @@ import uvicorn
 
 from cartag.api.app import create_app
 from cartag.clock import SystemClock
+from cartag.errors import ModelUnloadableError
 from cartag.models import registry
 from cartag.models.classifier import BUNDLED_DIR, Classifier, read_config
 from cartag.settings import Settings
@@ -165,20 +166,31 @@ def test_promotion_under_load_drops_no_request(
                     sqlite_db, settings, folder, created_by="t", clock=clock, reuse=classifier
                 )
                 promoted_at = time.monotonic()
-                registry.promote(sqlite_db, settings, "hot-2", by="t", clock=clock)
+                registry.promote(
+                    sqlite_db, settings, "hot-2", by="t", clock=clock, reuse=classifier
+                )
                 swapped_at = _wait_for(
                     lambda: http.get("/v1/models").json()["serving"] == "hot-2", 30, "the swap"
                 )
                 time.sleep(2)
 
-                # A version whose files broke after registration: refused, hot-2 keeps serving.
+                # A version whose files broke after registration: promote refuses it.
                 damaged = make_model_dir(tmp_path / "m3", "hot-3")
                 registry.register_model(
                     sqlite_db, settings, damaged, created_by="t", clock=clock, reuse=classifier
                 )
                 npz = settings.data_dir / "models" / "hot-3" / "type_head.npz"
                 npz.write_bytes(npz.read_bytes()[:64])
-                registry.promote(sqlite_db, settings, "hot-3", by="t", clock=clock)
+                with pytest.raises(ModelUnloadableError):
+                    registry.promote(
+                        sqlite_db, settings, "hot-3", by="t", clock=clock, reuse=classifier
+                    )
+                # Should the alias name it anyway (files broken between a promotion and
+                # the servers' poll): the server refuses it and hot-2 keeps serving.
+                with sqlite_db.write() as session:
+                    repo.point_alias(
+                        session, "production", "hot-3", by="t", reason="promote", now=clock.now()
+                    )
 
                 def refused() -> bool:
                     with sqlite_db.read() as session:

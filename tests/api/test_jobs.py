@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import time
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from sqlalchemy import select
 
 from cartag.api.app import create_app
+from cartag.jobs import callbacks
 from cartag.models.classifier import Classifier
 from cartag.settings import Settings
+from cartag.store import jobs as job_repo
+from cartag.store import secrets as secret_repo
 from cartag.store.db import Database
+from cartag.store.tables import ImageRow, JobItemRow, UrlRow
 from tests.api.conftest import AppFactory, make_headers
+from tests.support.factories import NOW
 from tests.support.http_server import ImageServer
 from tests.support.images import jpeg_bytes
 
@@ -87,23 +97,135 @@ def test_job_survives_a_restart(
     assert job["status"] == "done" and len(job["results"]) == 3
 
 
-def test_callback_to_a_blocked_address_is_refused(
+def test_callback_to_a_blocked_address_is_refused_at_submit(
     client: TestClient, classify_headers: dict[str, str], server: ImageServer
 ) -> None:
-    body = {
-        "advertiser_id": "a",
-        "images": _serve(server, 1),
-        "callback_url": "http://169.254.169.254/hook",
-    }
-    job_id = client.post("/v1/jobs", json=body, headers=classify_headers).json()["id"]
-    _wait_done(client, classify_headers, job_id)
+    for hook in ("http://169.254.169.254/hook", "http://10.1.2.3/hook", "http://[::1]:80/x"):
+        body = {"advertiser_id": "a", "images": _serve(server, 1), "callback_url": hook}
+        response = client.post("/v1/jobs", json=body, headers=classify_headers)
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["field"] == "callback_url" and "blocked_address" in error["message"]
+
+
+def _wait_callback(client: TestClient, headers: dict[str, str], job_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + 10
-    status = None
     while time.monotonic() < deadline:
-        status = client.get(f"/v1/jobs/{job_id}", headers=classify_headers).json()[
-            "callback_status"
-        ]
-        if status:
-            break
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        if job["callback_status"]:
+            return job
         time.sleep(0.05)
-    assert status == "failed:blocked_address"
+    raise AssertionError(f"job {job_id} sent no callback")
+
+
+def test_a_job_is_readable_by_its_key_and_admins_only(
+    client: TestClient, db: Database, server: ImageServer
+) -> None:
+    owner, other, admin = (make_headers(db, r) for r in ("classifier", "classifier", "admin"))
+    body = {"advertiser_id": "a", "images": _serve(server, 1)}
+    job_id = client.post("/v1/jobs", json=body, headers=owner).json()["id"]
+    assert _wait_done(client, owner, job_id)["status"] == "done"
+    assert client.get(f"/v1/jobs/{job_id}", headers=admin).status_code == 200
+    hidden = client.get(f"/v1/jobs/{job_id}", headers=other)
+    unknown = client.get("/v1/jobs/00000000-0000-0000-0000-000000000000", headers=other)
+    assert hidden.status_code == unknown.status_code == 404
+    assert job_id in hidden.json()["error"]["message"]  # the same words as for an unknown id
+    # A job made before owners were recorded: admins only.
+    with db.write() as session:
+        legacy = job_repo.create_job(
+            session,
+            advertiser_id="a",
+            items=[("https://cdn.example/a.jpg", None)],
+            callback_url=None,
+            now=NOW,
+        ).id
+    assert client.get(f"/v1/jobs/{legacy}", headers=owner).status_code == 404
+    assert client.get(f"/v1/jobs/{legacy}", headers=admin).status_code == 200
+
+
+def test_callbacks_are_signed_and_tokens_are_not_kept(
+    client: TestClient, classify_headers: dict[str, str], server: ImageServer, db: Database
+) -> None:
+    server.add_json_sink("/hook")
+    hook = server.url("/hook") + "?token=s3cr3t&id=7"
+    body = {"advertiser_id": "a", "images": _serve(server, 2), "callback_url": hook}
+    submitted = client.post("/v1/jobs", json=body, headers=classify_headers).json()
+    assert submitted["callback_url"].endswith("/hook?token=***&id=7")
+    job = _wait_callback(client, classify_headers, submitted["id"])
+    assert job["callback_status"] == "delivered:200"
+
+    (request,) = server.requests("/hook")
+    assert request.path == "/hook?token=s3cr3t&id=7"  # the receiver got its token
+    with db.write() as session:
+        secret = secret_repo.get_or_create_secret(session, callbacks.SECRET_NAME, NOW)
+        stored = job_repo.get_job(session, submitted["id"]).callback_url
+    assert stored is not None and "s3cr3t" not in stored
+    timestamp = request.headers["x-cartag-timestamp"]
+    signature = request.headers["x-cartag-signature"]
+    assert abs(int(timestamp) - time.time()) < 60 and signature.startswith("sha256=")
+    assert callbacks.verify(secret, request.body, timestamp, signature, now=time.time())
+    assert not callbacks.verify(secret, request.body + b" ", timestamp, signature, time.time())
+    # A replay later than the tolerance is refused.
+    assert not callbacks.verify(secret, request.body, timestamp, signature, time.time() + 301)
+    # The receiver's recipe from the README.
+    expected = hmac.new(
+        secret.encode(), timestamp.encode() + b"." + request.body, hashlib.sha256
+    ).hexdigest()
+    assert hmac.compare_digest(signature, f"sha256={expected}")
+
+
+def test_a_configured_secret_signs_callbacks(
+    make_client: AppFactory, sqlite_db: Database, server: ImageServer, settings: Settings
+) -> None:
+    configured = settings.model_copy(update={"callback_secret": SecretStr("shared-secret")})
+    client = make_client(sqlite_db, settings=configured)
+    headers = make_headers(sqlite_db, "classifier")
+    server.add_json_sink("/hook")
+    body = {"advertiser_id": "a", "images": _serve(server, 1), "callback_url": server.url("/hook")}
+    job_id = client.post("/v1/jobs", json=body, headers=headers).json()["id"]
+    assert _wait_callback(client, headers, job_id)["callback_status"] == "delivered:200"
+    (request,) = server.requests("/hook")
+    assert callbacks.verify(
+        "shared-secret",
+        request.body,
+        request.headers["x-cartag-timestamp"],
+        request.headers["x-cartag-signature"],
+        now=time.time(),
+    )
+
+
+def test_a_redirecting_callback_is_not_delivered(
+    client: TestClient, classify_headers: dict[str, str], server: ImageServer
+) -> None:
+    server.add_json_sink("/elsewhere")
+    server.add_redirect("/hook", server.url("/elsewhere"), status=307)
+    body = {"advertiser_id": "a", "images": _serve(server, 1), "callback_url": server.url("/hook")}
+    job_id = client.post("/v1/jobs", json=body, headers=classify_headers).json()["id"]
+    assert _wait_callback(client, classify_headers, job_id)["callback_status"] == "failed:redirect"
+    assert server.requests("/elsewhere") == []
+
+
+def test_url_passwords_serve_the_download_only(
+    client: TestClient, classify_headers: dict[str, str], server: ImageServer, db: Database
+) -> None:
+    server.add_file("/private.jpg", jpeg_bytes(color=(200, 30, 30)))
+    url = server.url("/private.jpg").replace("http://", "http://alice:pa55word@")
+    body = {"advertiser_id": "a", "images": [{"url": url}]}
+    job_id = client.post("/v1/jobs", json=body, headers=classify_headers).json()["id"]
+    job = _wait_done(client, classify_headers, job_id)
+    (result,) = job["results"]
+    assert result["status"] == "classified" and "alice:***@" in result["url"]
+    (request,) = server.requests("/private.jpg")
+    assert (
+        request.headers["authorization"] == "Basic " + base64.b64encode(b"alice:pa55word").decode()
+    )
+    with db.read() as session:
+        for table, column in (
+            (JobItemRow, JobItemRow.url),
+            (UrlRow, UrlRow.url),
+            (ImageRow, ImageRow.url),
+        ):
+            (stored,) = session.scalars(select(column))
+            assert "pa55word" not in stored and "alice:***@" in stored, table
+        (stored_result,) = session.scalars(select(JobItemRow.result))
+        assert stored_result is not None and "pa55word" not in str(stored_result)

@@ -127,7 +127,7 @@ def test_errors_roles_and_gates(
     assert forced.status_code == 200 and forced.json()["serving"] == "worse"
 
 
-def test_a_model_that_fails_to_load_is_refused_and_the_old_one_keeps_serving(
+def test_a_model_whose_files_broke_is_not_promoted_and_the_old_one_keeps_serving(
     client: TestClient,
     db: Database,
     settings: Settings,
@@ -139,13 +139,15 @@ def test_a_model_that_fails_to_load_is_refused_and_the_old_one_keeps_serving(
     version = _register(db, settings, classifier, make_model_dir(tmp_path / "m", "damaged"))
     npz = settings.data_dir / "models" / version / "color_head.npz"
     npz.write_bytes(npz.read_bytes()[:200])
-    response = client.post(f"/v1/models/{version}/promote", headers=admin)
-    assert response.status_code == 200 and response.json()["serving"] == BUNDLED_VERSION
-    assert "changed since it was registered" in response.json()["refused"]
-    assert response.json()["reclassify"] == "off"
+    for body in ({}, {"force": True}):
+        response = client.post(f"/v1/models/{version}/promote", headers=admin, json=body)
+        assert response.status_code == 409, response.text
+        error = response.json()["error"]
+        assert error["code"] == "model_unloadable"
+        assert "changed since it was registered" in error["message"]
     listed = client.get("/v1/models", headers=admin).json()
-    [row] = [v for v in listed["versions"] if v["version"] == version]
-    assert row["status"] == "refused"
+    assert listed["serving"] == BUNDLED_VERSION
+    assert listed["aliases"] == {"production": BUNDLED_VERSION}
     server.add_file("/x.jpg", jpeg_bytes())
     [result] = _classify(client, admin, "a", [server.url("/x.jpg")])
     assert result["status"] == "classified" and result["model_version"] == BUNDLED_VERSION

@@ -11,6 +11,7 @@ from cartag.clock import FakeClock
 from cartag.store.db import Database
 from tests.api.conftest import AppFactory, make_headers
 from tests.ops.seed import TODAY, seed_monitoring
+from tests.support.browser import form_csrf, log_in
 
 pytestmark = pytest.mark.slow
 
@@ -53,34 +54,44 @@ def test_roles_and_bad_input(monitor: TestClient, db: Database) -> None:
     assert bad.json()["error"]["field"] == "since" and "7d" in bad.json()["error"]["message"]
 
 
-def test_browser_login_sets_an_httponly_cookie(monitor: TestClient, db: Database) -> None:
+def test_browser_login_opens_a_session_in_an_httponly_cookie(
+    monitor: TestClient, db: Database
+) -> None:
     anonymous = monitor.get("/monitor?since=24h", follow_redirects=False)
     assert anonymous.status_code == 303
     assert anonymous.headers["location"] == "/monitor/login?next=%2Fmonitor%3Fsince%3D24h"
     form = monitor.get("/monitor/login?next=/monitor%3Fsince%3D24h")
     assert form.status_code == 200 and 'name="key"' in form.text
+    csrf = form_csrf(form.text)
 
-    wrong = monitor.post("/monitor/login", data={"key": "ctg_0000_nope"}, follow_redirects=False)
+    wrong = monitor.post(
+        "/monitor/login", data={"key": "ctg_0000_nope", "csrf": csrf}, follow_redirects=False
+    )
     assert wrong.status_code == 401 and "unknown API key" in wrong.text
-    empty = monitor.post("/monitor/login", data={"key": ""}, follow_redirects=False)
+    empty = monitor.post("/monitor/login", data={"key": "", "csrf": csrf}, follow_redirects=False)
     assert empty.status_code == 422
     classifier_key = make_headers(db, "classifier")["Authorization"].split()[1]
-    denied = monitor.post("/monitor/login", data={"key": classifier_key}, follow_redirects=False)
+    denied = monitor.post(
+        "/monitor/login", data={"key": classifier_key, "csrf": csrf}, follow_redirects=False
+    )
     assert denied.status_code == 403 and "reviewer" in denied.text
 
     key = make_headers(db, "reviewer")["Authorization"].split()[1]
     login = monitor.post(
         "/monitor/login",
-        data={"key": key, "next": "/monitor?since=24h"},
+        data={"key": key, "next": "/monitor?since=24h", "csrf": csrf},
         follow_redirects=False,
     )
     assert login.status_code == 303 and login.headers["location"] == "/monitor?since=24h"
     cookie = login.headers["set-cookie"].lower()
-    assert "cartag_key=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    assert "cartag_session=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    assert key.lower() not in cookie
     page = monitor.get("/monitor?since=24h", follow_redirects=False)
     assert page.status_code == 200 and "<svg" in page.text
 
-    out = monitor.post("/monitor/logout", follow_redirects=False)
+    out = monitor.post(
+        "/monitor/logout", data={"csrf": form_csrf(page.text)}, follow_redirects=False
+    )
     assert out.status_code == 303
     assert monitor.get("/monitor", follow_redirects=False).status_code == 303
 
@@ -88,9 +99,7 @@ def test_browser_login_sets_an_httponly_cookie(monitor: TestClient, db: Database
 def test_login_never_redirects_off_site(monitor: TestClient, db: Database) -> None:
     key = make_headers(db, "reviewer")["Authorization"].split()[1]
     for target in ("https://evil.example/", "//evil.example/monitor", "/v1/classify"):
-        response = monitor.post(
-            "/monitor/login", data={"key": key, "next": target}, follow_redirects=False
-        )
+        response = log_in(monitor, "/monitor", key, next_url=target)
         assert response.status_code == 303 and response.headers["location"] == "/monitor"
 
 

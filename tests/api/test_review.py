@@ -15,6 +15,7 @@ from cartag.store.blobs import MemoryBlobStore
 from cartag.store.db import Database
 from cartag.store.tables import DatasetVersionRow
 from tests.api.conftest import AppFactory, make_headers
+from tests.support.browser import form_csrf, log_in
 from tests.support.factories import NOW
 from tests.web.seed import add_item, add_version, seed_review
 
@@ -249,27 +250,27 @@ def test_cookie_login_and_csrf_header(seeded: Seeded, db: Database) -> None:
     form = client.get("/review/login?next=/review/" + ref)
     assert form.status_code == 200 and 'name="key"' in form.text
     assert "default-src 'self'" in form.headers["content-security-policy"]
+    csrf = form_csrf(form.text)
 
-    bad = client.post("/review/login", data={"key": "ctg_nope_x", "next": "/review"})
+    bad = client.post("/review/login", data={"key": "ctg_nope_x", "next": "/review", "csrf": csrf})
     assert bad.status_code == 401 and "unknown API key" in bad.text
     classifier_key = _key(db, "scraper", "classifier")
-    denied = client.post("/review/login", data={"key": classifier_key})
+    denied = client.post("/review/login", data={"key": classifier_key, "csrf": csrf})
     assert denied.status_code == 403 and "reviewer" in denied.text
-    assert "set-cookie" not in denied.headers
+    assert "cartag_session=" not in denied.headers.get("set-cookie", "")
 
     login = client.post(
         "/review/login",
-        data={"key": key, "next": f"/review/{ref}"},
+        data={"key": key, "next": f"/review/{ref}", "csrf": csrf},
         follow_redirects=False,
     )
     assert login.status_code == 303
     assert login.headers["location"] == f"/review/{ref}"
     cookie = login.headers["set-cookie"].lower()
-    assert "cartag_key=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    assert "cartag_session=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    assert key.lower() not in cookie
     # An open redirect is refused.
-    evil = client.post(
-        "/review/login", data={"key": key, "next": "//evil.example/x"}, follow_redirects=False
-    )
+    evil = log_in(client, "/review", key, next_url="//evil.example/x")
     assert evil.headers["location"] == "/review"
 
     # The cookie now authenticates the API; a change needs the CSRF header too.
@@ -286,14 +287,16 @@ def test_cookie_login_and_csrf_header(seeded: Seeded, db: Database) -> None:
     drafts = client.get("/review")
     assert drafts.status_code == 200
     assert f'href="/review/{ref}"' in drafts.text and "cars@1" not in drafts.text
-    logout = client.post("/review/logout", follow_redirects=False)
+    logout = client.post(
+        "/review/logout", data={"csrf": form_csrf(drafts.text)}, follow_redirects=False
+    )
     assert logout.status_code == 303
     assert client.get(f"/v1/datasets/{ref}/review/items").status_code == 401
 
 
 def test_grid_page_and_static_files(seeded: Seeded, db: Database) -> None:
     client, ref, ids = seeded
-    client.cookies.set("cartag_key", _key(db, "rita", "reviewer"))
+    assert log_in(client, "/review", _key(db, "rita", "reviewer")).status_code == 303
     page = client.get(f"/review/{ref}")
     assert page.status_code == 200, page.text
     order = [page.text.index(f'id="item-{ids[n]}"') for n in ("stock", "flagged", "calm")]
@@ -309,8 +312,10 @@ def test_grid_page_and_static_files(seeded: Seeded, db: Database) -> None:
     assert 'data-csrf-header="X-Cartag-CSRF"' in page.text
     assert client.get("/static/review.css").status_code == 200
 
-    client.cookies.set("cartag_key", _key(db, "scraper", "classifier"))
-    assert client.get(f"/review/{ref}").status_code == 403
+    client.cookies.clear()
+    # A classifier key gets no session.
+    scraper = _key(db, "scraper", "classifier")
+    assert log_in(client, "/review", scraper).status_code == 403
 
 
 def test_thumbnails(seeded: Seeded, db: Database, blobs: MemoryBlobStore) -> None:

@@ -17,9 +17,12 @@ from tests.support.images import jpeg_bytes
     [
         ({"images": [{"url": "http://a/x.jpg"}]}, "advertiser_id"),
         ({"advertiser_id": "a", "images": []}, "images"),
-        ({"advertiser_id": "a", "images": [{"url": "ftp://a/x.jpg"}]}, "images.0.url"),
+        # The shape is checked (a bad value in one image is that image's skip, see
+        # test_per_image_values.py): a URL or color that is not a string is a 422.
+        ({"advertiser_id": "a", "images": [{"url": 5}]}, "images.0.url"),
+        ({"advertiser_id": "a", "images": [{"scrape_color": "Red"}]}, "images.0.url"),
         (
-            {"advertiser_id": "a", "images": [{"url": "http://a/x", "scrape_color": "Teal"}]},
+            {"advertiser_id": "a", "images": [{"url": "http://a/x", "scrape_color": 3}]},
             "images.0.scrape_color",
         ),
         (

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cartag.cli import app
+from cartag.clock import FakeClock
 from cartag.pipeline.decode import decode_image
 from cartag.pipeline.keys import content_sha256, phash
 from cartag.store import fixes as fix_repo
@@ -89,7 +90,7 @@ def test_walkthrough_import_freeze_export_create(
     with db.write() as session:
         fix_repo.apply_fix(
             session, image_key=image.image_key, advertiser_id="d1", user="alice",
-            scope="global", image_type="Stock", color="Red", comment=None, now=NOW,
+            scope="global", image_type="Stock", color="Red", comment=None, clock=FakeClock(NOW),
         )  # fmt: skip
     db.dispose()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from cartag.clock import FakeClock
-from cartag.errors import ConflictError, ModelError, NotFoundError
+from cartag.errors import ConflictError, ModelError, ModelUnloadableError, NotFoundError
 from cartag.models import hotswap, registry
 from cartag.models.batching import MicroBatcher
 from cartag.models.classifier import (
@@ -22,6 +23,7 @@ from cartag.models.classifier import (
     make_prediction,
     read_config,
 )
+from cartag.ops.metrics import PrometheusTelemetry
 from cartag.pipeline.classify import ClassifyService
 from cartag.pipeline.fetch import Fetcher
 from cartag.settings import Settings
@@ -161,7 +163,9 @@ def test_a_broken_model_is_refused_at_register(
         row = repo.get_version(session, f"bad-{broken}")
     assert row.status == "refused" and reason in row.card["status_reason"]
     with pytest.raises(ConflictError, match="refused"):
-        registry.promote(sqlite_db, settings, f"bad-{broken}", by="t", clock=clock, force=True)
+        registry.promote(
+            sqlite_db, settings, f"bad-{broken}", by="t", clock=clock, force=True, reuse=classifier
+        )
     # A fixed model may take the refused version's place.
     fixed = make_model_dir(tmp_path / "fixed", f"bad-{broken}")
     assert _register(sqlite_db, settings, clock, classifier, fixed) == f"bad-{broken}"
@@ -196,14 +200,16 @@ def test_promotion_gates_and_force(
         metrics=type_metrics(worse),
     )
     with pytest.raises(registry.PromotionGatedError) as gated:
-        registry.promote(sqlite_db, settings, "worse", by="alice", clock=clock)
+        registry.promote(sqlite_db, settings, "worse", by="alice", clock=clock, reuse=classifier)
     assert len(gated.value.failures) == 1 and "Stock" in gated.value.failures[0]
     assert gated.value.status_code == 409
 
     # No shared evaluation set: gated too, while production has metrics.
     _register(sqlite_db, settings, clock, classifier, make_model_dir(tmp_path / "u", "unevaluated"))
     with pytest.raises(registry.PromotionGatedError, match="no evaluation set in common"):
-        registry.promote(sqlite_db, settings, "unevaluated", by="alice", clock=clock)
+        registry.promote(
+            sqlite_db, settings, "unevaluated", by="alice", clock=clock, reuse=classifier
+        )
 
     better = {**GOOD, "Stock": 0.93}
     _register(
@@ -215,13 +221,17 @@ def test_promotion_gates_and_force(
         metrics=type_metrics(better),
     )
     clock.advance(60)
-    deployment = registry.promote(sqlite_db, settings, "better", by="alice", clock=clock)
+    deployment = registry.promote(
+        sqlite_db, settings, "better", by="alice", clock=clock, reuse=classifier
+    )
     assert (deployment.version, deployment.reason, deployment.by) == ("better", "promote", "alice")
     with pytest.raises(ConflictError, match="already serves"):
-        registry.promote(sqlite_db, settings, "better", by="alice", clock=clock)
+        registry.promote(sqlite_db, settings, "better", by="alice", clock=clock, reuse=classifier)
 
     clock.advance(60)
-    forced = registry.promote(sqlite_db, settings, "worse", by="bob", clock=clock, force=True)
+    forced = registry.promote(
+        sqlite_db, settings, "worse", by="bob", clock=clock, force=True, reuse=classifier
+    )
     assert forced.version == "worse"
     with sqlite_db.read() as session:
         rows = registry.history(session, "production")
@@ -232,7 +242,7 @@ def test_promotion_gates_and_force(
     ]
     assert rows[0].ended_at == rows[1].started_at and rows[-1].ended_at is None
     with pytest.raises(NotFoundError):
-        registry.promote(sqlite_db, settings, "nope", by="bob", clock=clock)
+        registry.promote(sqlite_db, settings, "nope", by="bob", clock=clock, reuse=classifier)
 
 
 def test_candidate_alias_and_record_metrics(
@@ -244,7 +254,9 @@ def test_candidate_alias_and_record_metrics(
     initial: str,
 ) -> None:
     _register(sqlite_db, settings, clock, classifier, make_model_dir(tmp_path / "c", "cand"))
-    registry.promote(sqlite_db, settings, "cand", by="t", clock=clock, alias="candidate")
+    registry.promote(
+        sqlite_db, settings, "cand", by="t", clock=clock, alias="candidate", reuse=classifier
+    )
     registry.record_metrics(sqlite_db, "cand", type_metrics(GOOD))
     registry.record_metrics(sqlite_db, "cand", {"other:test": {"color": {"accuracy": 0.5}}})
     with sqlite_db.read() as session:
@@ -268,7 +280,7 @@ def test_rollback_walks_back_through_the_promotions(
     for name in ("b", "c"):
         _register(sqlite_db, settings, clock, classifier, make_model_dir(tmp_path / name, name))
         clock.advance(1)
-        registry.promote(sqlite_db, settings, name, by="t", clock=clock)
+        registry.promote(sqlite_db, settings, name, by="t", clock=clock, reuse=classifier)
     clock.advance(1)
     assert registry.rollback(sqlite_db, settings, by="t", clock=clock).version == "b"
     clock.advance(1)
@@ -294,7 +306,7 @@ def test_watcher_swaps_to_a_promoted_model_and_refuses_a_broken_one(
             watcher.prime()
             assert await watcher.check() is None  # nothing changed
             _register(sqlite_db, settings, clock, classifier, make_model_dir(tmp_path / "n", "new"))
-            registry.promote(sqlite_db, settings, "new", by="t", clock=clock)
+            registry.promote(sqlite_db, settings, "new", by="t", clock=clock, reuse=classifier)
             assert await watcher.check() == "new"
             assert service.classifier.version == "new"
             # The heads are new, the backbone is shared with the model it replaced.
@@ -302,11 +314,12 @@ def test_watcher_swaps_to_a_promoted_model_and_refuses_a_broken_one(
             [prediction] = await service._batcher.predict(registry.smoke_images()[:1])
             assert prediction.model_version == "new"
 
-            # Registered fine, then its files got damaged: refused at swap time.
+            # Registered and promoted fine, then its files got damaged before this server
+            # loaded it: refused at swap time.
             _register(sqlite_db, settings, clock, classifier, make_model_dir(tmp_path / "d", "dmg"))
+            registry.promote(sqlite_db, settings, "dmg", by="t", clock=clock, reuse=classifier)
             npz = settings.data_dir / "models" / "dmg" / "type_head.npz"
             npz.write_bytes(npz.read_bytes()[:100])
-            registry.promote(sqlite_db, settings, "dmg", by="t", clock=clock)
             assert await watcher.check() is None
             assert service.classifier.version == "new"
             assert "dmg" in watcher.refused
@@ -352,7 +365,7 @@ def test_a_swap_lets_the_running_batch_finish_with_the_old_model() -> None:
         batcher.close()
 
 
-def test_startup_falls_back_to_the_bundled_model_when_production_cannot_load(
+def test_promote_refuses_a_version_whose_files_broke_after_registration(
     sqlite_db: Database,
     settings: Settings,
     clock: FakeClock,
@@ -360,13 +373,120 @@ def test_startup_falls_back_to_the_bundled_model_when_production_cannot_load(
     tmp_path: Path,
     initial: str,
 ) -> None:
+    # Issue 13 item 13: promote used to check only the status, so servers were told to
+    # switch to a model none of them could load.
+    _register(sqlite_db, settings, clock, classifier, make_model_dir(tmp_path / "d", "dmg"))
+    npz = settings.data_dir / "models" / "dmg" / "color_head.npz"
+    npz.write_bytes(npz.read_bytes()[:200])
+    for force in (False, True):
+        with pytest.raises(ModelUnloadableError, match="changed since it was registered") as exc:
+            registry.promote(
+                sqlite_db, settings, "dmg", by="t", clock=clock, force=force, reuse=classifier
+            )
+        assert exc.value.status_code == 409 and exc.value.code == "model_unloadable"
+    with sqlite_db.read() as session:
+        assert repo.alias_version(session, "production") == initial
+        assert len(registry.history(session, "production")) == 1
+    # The folder is gone altogether: refused the same way.
+    _register(sqlite_db, settings, clock, classifier, make_model_dir(tmp_path / "g", "gone"))
+    shutil.rmtree(settings.data_dir / "models" / "gone")
+    with pytest.raises(ModelUnloadableError, match="missing"):
+        registry.promote(sqlite_db, settings, "gone", by="t", clock=clock, reuse=classifier)
+
+
+def test_startup_serves_the_last_model_that_loaded_when_production_cannot_load(
+    sqlite_db: Database,
+    settings: Settings,
+    clock: FakeClock,
+    classifier: Classifier,
+    tmp_path: Path,
+    initial: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     settings = settings.model_copy(update={"engine": "torch"})
     _register(sqlite_db, settings, clock, classifier, make_model_dir(tmp_path / "p", "prod-2"))
-    registry.promote(sqlite_db, settings, "prod-2", by="t", clock=clock)
+    registry.promote(sqlite_db, settings, "prod-2", by="t", clock=clock, reuse=classifier)
     started = hotswap.startup_model(sqlite_db, settings, clock=clock)
     assert started.version == "prod-2"
+    with sqlite_db.read() as session:
+        assert repo.alias_version(session, repo.LAST_LOADED) == "prod-2"
+        # Bookkeeping, not an alias: never listed with them.
+        assert repo.aliases_by_version(session) == {"prod-2": ["production"]}
 
+    # prod-3 passes the promotion's load check, then its files break before any
+    # server loaded it: a restarted server serves prod-2, not the bundled model.
+    _register(sqlite_db, settings, clock, classifier, make_model_dir(tmp_path / "q", "prod-3"))
+    registry.promote(sqlite_db, settings, "prod-3", by="t", clock=clock, reuse=classifier)
+    npz = settings.data_dir / "models" / "prod-3" / "color_head.npz"
+    npz.write_bytes(npz.read_bytes()[:10])
+    caplog.clear()
+    fallback = hotswap.startup_model(sqlite_db, settings, clock=clock)
+    assert fallback.version == "prod-2"
+    assert (
+        "serving prod-2, the last model that loaded as production, instead of production "
+        "prod-3" in caplog.text
+    )
+
+    # It says so in /metrics: the watcher primed on this server reports the fallback.
+    fetcher = Fetcher(settings)
+    telemetry = PrometheusTelemetry()
+    service = ClassifyService(settings, sqlite_db, fetcher, fallback, clock, telemetry=telemetry)
+    try:
+        hotswap.ModelWatcher(sqlite_db, settings, service).prime()
+        exposition = telemetry.exposition()[0].decode()
+        assert 'cartag_model_fallback{serving="prod-2",wanted="prod-3"} 1.0' in exposition
+    finally:
+        service.close()
+        asyncio.run(fetcher.aclose())
+
+    # Neither production nor the last model that loaded: the bundled one, as before.
     npz = settings.data_dir / "models" / "prod-2" / "color_head.npz"
     npz.write_bytes(npz.read_bytes()[:10])
-    fallback = hotswap.startup_model(sqlite_db, settings, clock=clock)
-    assert fallback.version == BUNDLED_VERSION
+    assert hotswap.startup_model(sqlite_db, settings, clock=clock).version == BUNDLED_VERSION
+
+
+def test_the_fallback_metric_clears_when_production_serves_again(
+    sqlite_db: Database,
+    settings: Settings,
+    clock: FakeClock,
+    classifier: Classifier,
+    tmp_path: Path,
+    initial: str,
+) -> None:
+    async def scenario() -> None:
+        fetcher = Fetcher(settings)
+        telemetry = PrometheusTelemetry()
+        service = ClassifyService(
+            settings, sqlite_db, fetcher, classifier, clock, telemetry=telemetry
+        )
+
+        def fallback_series() -> list[str]:
+            text = telemetry.exposition()[0].decode()
+            return [line for line in text.splitlines() if line.startswith("cartag_model_fallback{")]
+
+        try:
+            watcher = hotswap.ModelWatcher(sqlite_db, settings, service)
+            watcher.prime()
+            assert fallback_series() == []
+            _register(sqlite_db, settings, clock, classifier, make_model_dir(tmp_path / "d", "dmg"))
+            registry.promote(sqlite_db, settings, "dmg", by="t", clock=clock, reuse=classifier)
+            npz = settings.data_dir / "models" / "dmg" / "type_head.npz"
+            npz.write_bytes(npz.read_bytes()[:100])
+            assert await watcher.check() is None
+            assert fallback_series() == [
+                f'cartag_model_fallback{{serving="{initial}",wanted="dmg"}} 1.0'
+            ]
+            clock.advance(1)
+            registry.rollback(sqlite_db, settings, by="t", clock=clock)
+            assert await watcher.check() is None  # already serving it
+            assert fallback_series() == []
+            _register(sqlite_db, settings, clock, classifier, make_model_dir(tmp_path / "n", "new"))
+            registry.promote(sqlite_db, settings, "new", by="t", clock=clock, reuse=classifier)
+            assert await watcher.check() == "new"
+            with sqlite_db.read() as session:
+                assert repo.alias_version(session, repo.LAST_LOADED) == "new"
+        finally:
+            service.close()
+            await fetcher.aclose()
+
+    asyncio.run(scenario())

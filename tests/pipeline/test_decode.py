@@ -6,7 +6,9 @@ import dataclasses
 import io
 import random
 import struct
+import threading
 import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +16,9 @@ import pytest
 from PIL import Image, features
 
 from cartag.errors import DecodeError
+from cartag.pipeline import decode as decode_module
 from cartag.pipeline.decode import DecodedImage, decode_image
+from cartag.settings import Settings
 from tests.support.images import (
     bomb_png_bytes,
     cmyk_jpeg_bytes,
@@ -390,6 +394,69 @@ def test_truncated_files(fmt: str, keep: float) -> None:
     assert reason_of(data[: max(16, int(len(data) * keep))]) == "truncated"
 
 
+# --- JPEG scan cut short (libjpeg fills the rest with grey) ------------------------------
+
+
+def _cut_keeping_end_marker(data: bytes, keep: float) -> bytes:
+    return data[: int(len(data) * keep)] + b"\xff\xd9"
+
+
+def _photo_jpeg(shared_data: Path, index: int = 0, **params: object) -> bytes:
+    with Image.open(real_photos(shared_data, index + 1)[index]) as photo:
+        return encode(photo.convert("RGB"), "JPEG", quality=90, **params)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"progressive": True}, {"restart_marker_rows": 1}, {"subsampling": 0}],
+    ids=["baseline", "progressive", "restart-markers", "4:4:4"],
+)
+@pytest.mark.parametrize("keep", [0.1, 0.5])
+def test_jpeg_cut_short_but_ending_with_end_marker_is_truncated(
+    shared_data: Path, params: dict[str, object], keep: float
+) -> None:
+    data = _photo_jpeg(shared_data, **params)
+
+    assert reason_of(_cut_keeping_end_marker(data, keep)) == "truncated"
+
+
+def test_noise_jpeg_cut_short_but_ending_with_end_marker_is_truncated() -> None:
+    data = noise_jpeg_bytes()
+
+    assert reason_of(data[: len(data) // 10] + b"\xff\xd9") == "truncated"
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_declaring_more_rows_than_its_scan_holds_is_truncated(progressive: bool) -> None:
+    data = encode(Image.new("RGB", (64, 48), RED), "JPEG", progressive=progressive)
+    sof = data.index(b"\xff\xc2" if progressive else b"\xff\xc0")
+
+    assert reason_of(_patch(data, sof + 5, ">HH", 2000, 2000)) == "truncated"
+    if not progressive:  # a progressive one that size is refused for its memory first
+        assert reason_of(_patch(data, sof + 5, ">HH", 8000, 8000)) == "truncated"
+
+
+def test_mid_grey_corner_is_not_mistaken_for_a_cut_scan() -> None:
+    # libjpeg fills missing blocks with exactly this grey; a real one must still decode.
+    image = Image.new("RGB", (96, 64), (128, 128, 128))
+    image.paste(RED, (0, 0, 48, 32))
+    decoded = decode(encode(image, "JPEG", quality=95))
+
+    assert decoded.image.getpixel((95, 63)) == (128, 128, 128)
+    assert close(decoded.image.getpixel((10, 10)), RED)
+
+
+@pytest.mark.parametrize(
+    "params", [{}, {"progressive": True}, {"progressive": True, "subsampling": 0}]
+)
+def test_complete_photos_are_not_mistaken_for_cut_ones(
+    shared_data: Path, params: dict[str, object]
+) -> None:
+    for index in range(8):
+        decoded = decode(_photo_jpeg(shared_data, index, **params))
+        assert decoded.format == "JPEG"
+
+
 # --- too_many_pixels --------------------------------------------------------------------
 
 
@@ -475,6 +542,81 @@ def test_header_bombs_in_every_format(make: object) -> None:
         warnings.simplefilter("always")
         assert reason_of(data) == "too_many_pixels"
     assert caught == []
+
+
+# --- decode memory ----------------------------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def _png_header_only(width: int, height: int, colour_type: int = 6, depth: int = 8) -> bytes:
+    """A PNG that declares a size but holds no pixels: refused before decoding, or truncated."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        body = kind + payload
+        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_png_whose_decode_needs_more_memory_than_the_limit_is_refused() -> None:
+    # 7000x7000 RGBA is under the pixel limit but would take ~500 MB to decode.
+    with pytest.raises(DecodeError) as raised:
+        decode(_png_header_only(7000, 7000))
+
+    assert raised.value.reason == "too_many_pixels"
+    assert "CARTAG_MAX_DECODE_MB" in raised.value.message
+
+
+def test_one_bit_png_just_under_the_pixel_limit_fits_the_default_memory_limit() -> None:
+    # ~8 kB on disk. Grey/1-bit PNGs stay one byte per pixel while they are shrunk
+    # (~130 MB at the peak; before, ~330 MB: they were converted to RGB at full size).
+    data = bomb_png_bytes(7999, 7999)
+
+    assert decode(data).image.size == (640, 640)
+    assert reason_of(data, max_decode_bytes=128 * MIB) == "too_many_pixels"
+
+
+def test_setting_default_matches_the_decode_default() -> None:
+    default = Settings.model_fields["max_decode_mb"].default
+    assert default * MIB == decode_module.DEFAULT_MAX_DECODE_BYTES
+
+
+def test_memory_limit_is_a_parameter() -> None:
+    data = png_bytes(64, 48)
+
+    assert decode(data, max_decode_bytes=MIB).width == 64
+    assert reason_of(data, max_decode_bytes=1000) == "too_many_pixels"
+
+
+def test_baseline_jpeg_is_decoded_at_reduced_size_but_progressive_needs_full_size() -> None:
+    image = Image.new("RGB", (4000, 3000), RED)
+    baseline, progressive = encode(image, "JPEG"), encode(image, "JPEG", progressive=True)
+
+    # Draft mode: 1/8 scale, a few MB; progressive: 2 bytes per coefficient, ~36 MB.
+    assert decode(baseline, max_decode_bytes=16 * MIB).width == 4000
+    assert reason_of(progressive, max_decode_bytes=16 * MIB) == "too_many_pixels"
+    assert decode(progressive, max_decode_bytes=64 * MIB).width == 4000
+
+
+def test_concurrent_decodes_share_the_memory_limit() -> None:
+    # Another decode holds the whole limit (reached through the private budget:
+    # a real one would finish before the test could look).
+    started, finished = threading.Event(), threading.Event()
+
+    def decode_later() -> None:
+        started.set()
+        decode(png_bytes(64, 48), max_decode_bytes=MIB)
+        finished.set()
+
+    with decode_module._IN_FLIGHT.hold(MIB, MIB):
+        thread = threading.Thread(target=decode_later)
+        thread.start()
+        assert started.wait(5)
+        assert not finished.wait(0.2)
+    assert finished.wait(5)
+    thread.join()
 
 
 # --- threads ----------------------------------------------------------------------------

@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from ipaddress import ip_network
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 
 from cartag.errors import FetchError
@@ -23,7 +24,7 @@ from cartag.pipeline.fetch import (
     NotModified,
     Validators,
 )
-from cartag.pipeline.netguard import StaticResolver
+from cartag.pipeline.netguard import StaticResolver, SystemResolver
 from cartag.settings import Settings
 from tests.support.http_server import DEFAULT_LAST_MODIFIED, ImageServer
 from tests.support.images import jpeg_bytes
@@ -233,12 +234,52 @@ def test_streamed_body_over_limit_is_cut_off(server: ImageServer, route: str) ->
 # --- timeouts, retries and connection errors ---------------------------------------
 
 
-@pytest.mark.parametrize("stall", ["headers", "body"])
-def test_read_timeout_fails_after_retries(server: ImageServer, stall: str) -> None:
-    server.add_slow("/slow.jpg", 5.0, JPEG, stall=stall)  # type: ignore[arg-type]
+def test_read_timeout_before_the_answer_is_retried(server: ImageServer) -> None:
+    server.add_slow("/slow.jpg", 5.0, JPEG, stall="headers")
     outcome = _fetch(server.url("/slow.jpg"), _settings(read_timeout_s=0.2, retries=1))
     assert _failed(outcome).reason == "timeout"
     assert server.requests_for("/slow.jpg") == 2
+
+
+def test_read_timeout_in_the_body_is_not_retried(server: ImageServer) -> None:
+    # A server that answered, then stalled its body, would only stall it again.
+    server.add_slow("/slow.jpg", 5.0, JPEG, stall="body")
+    outcome = _fetch(server.url("/slow.jpg"), _settings(read_timeout_s=0.2, retries=2))
+    assert _failed(outcome).reason == "timeout"
+    assert server.requests_for("/slow.jpg") == 1
+
+
+def _trickle(handler: BaseHTTPRequestHandler, interval_s: float = 0.05) -> None:
+    """Answer at once, then send a byte every ``interval_s`` (each read well within its timeout)."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", "1000")
+    handler.end_headers()
+    for _ in range(1000):
+        handler.wfile.write(b"x")
+        handler.wfile.flush()
+        time.sleep(interval_s)
+
+
+def test_trickling_body_gets_one_attempt_within_the_download_deadline(
+    server: ImageServer,
+) -> None:
+    server.add_handler("/drip.jpg", _trickle)
+    settings = _settings(read_timeout_s=1.0, retries=2, download_deadline_s=0.5)
+    started = time.monotonic()
+    outcome = _fetch(server.url("/drip.jpg"), settings)
+    assert _failed(outcome).reason == "timeout"
+    assert time.monotonic() - started < 1.2  # before: 3 attempts of 1 + 4 x 1 s each
+    assert server.requests_for("/drip.jpg") == 1
+
+
+def test_download_deadline_covers_all_attempts(server: ImageServer) -> None:
+    server.add_slow("/slow.jpg", 5.0, JPEG, stall="headers")
+    settings = _settings(read_timeout_s=0.3, retries=5, download_deadline_s=0.8)
+    started = time.monotonic()
+    outcome = _fetch(server.url("/slow.jpg"), settings)
+    assert _failed(outcome).reason == "timeout"
+    assert time.monotonic() - started < 1.3  # before: 6 attempts of 0.3 s
+    assert server.requests_for("/slow.jpg") == 3  # 0.3 + 0.3 + the 0.2 s left
 
 
 def test_trickling_server_hits_the_overall_deadline(server: ImageServer) -> None:
@@ -350,10 +391,10 @@ def test_redirect_to_other_scheme_is_invalid_url(server: ImageServer) -> None:
     ("hosts", "per_host", "overall", "expected"),
     [
         (["a.test"], 2, 10, 2),
-        (["a.test", "b.test"], 2, 10, 4),
+        (["a.test", "b.test"], 2, 10, 2),
         (["a.test", "b.test", "c.test"], 10, 3, 3),
     ],
-    ids=["per-host-limit", "limit-is-per-host", "overall-limit"],
+    ids=["per-host-limit", "names-of-one-address-share-it", "overall-limit"],
 )
 def test_concurrency_limits(
     server: ImageServer, hosts: list[str], per_host: int, overall: int, expected: int
@@ -364,6 +405,91 @@ def test_concurrency_limits(
     outcomes = _use(lambda fetcher: fetcher.fetch_many(requests), settings)
     assert all(isinstance(o, Fetched) for o in outcomes)
     assert server.max_concurrent == expected
+
+
+def test_per_host_limit_is_per_address() -> None:
+    # Bound to every address so that 127.0.0.2 reaches it too.
+    with ImageServer(host="0.0.0.0") as server:
+        server.add_slow("/slow.jpg", 0.15, JPEG)
+        resolver = StaticResolver({"a.test": ["127.0.0.1"], "b.test": ["127.0.0.2"]})
+        requests = [FetchRequest(server.url("/slow.jpg", host=h)) for h in ("a.test", "b.test")]
+        settings = _settings(per_host_concurrency=2, download_concurrency=10)
+
+        async def go() -> list[FetchOutcome]:
+            async with Fetcher(settings, resolver=resolver) as fetcher:
+                return await fetcher.fetch_many(requests * 4)
+
+        assert all(isinstance(o, Fetched) for o in asyncio.run(go()))
+        assert server.max_concurrent == 4
+        assert server.errors == []
+
+
+def test_per_host_limit_keys_on_the_resolved_address(server: ImageServer) -> None:
+    # Four spellings of 127.0.0.1, resolved by the system resolver: one server.
+    server.add_slow("/slow.jpg", 0.15, JPEG)
+    spellings = ["127.0.0.1", "2130706433", "0x7f000001", "127.1"]
+    requests = [FetchRequest(f"http://{h}:{server.port}/slow.jpg") for h in spellings] * 2
+    settings = _settings(per_host_concurrency=1, download_concurrency=10)
+
+    async def go() -> list[FetchOutcome]:
+        async with Fetcher(settings, resolver=SystemResolver()) as fetcher:
+            return await fetcher.fetch_many(requests)
+
+    outcomes = asyncio.run(go())
+    assert all(isinstance(o, Fetched) for o in outcomes), outcomes
+    assert server.max_concurrent == 1
+
+
+class _Drip(httpx.AsyncByteStream):
+    """A body of ``size`` bytes sent one byte every ``interval_s``."""
+
+    def __init__(self, size: int, interval_s: float) -> None:
+        self._size, self._interval_s = size, interval_s
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for _ in range(self._size):
+            await asyncio.sleep(self._interval_s)
+            yield b"x"
+
+
+def test_revalidation_is_not_queued_behind_slow_downloads() -> None:
+    # Every download slot, overall and for the host, is held by a dripping body;
+    # the conditional request for a cached image must not wait for them.
+    in_flight: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("if-none-match") == '"v1"':
+            return httpx.Response(304)
+        in_flight.append(request.url.path)
+        return httpx.Response(200, headers={"Content-Length": "1000"}, stream=_Drip(1000, 0.05))
+
+    settings = _settings(
+        allowed_networks=[],
+        download_concurrency=2,
+        per_host_concurrency=2,
+        read_timeout_s=1.0,
+        download_deadline_s=1.5,
+    )
+    resolver = StaticResolver({"cdn.example": ["93.184.216.34"]})
+
+    async def go() -> tuple[FetchOutcome, float, list[FetchOutcome]]:
+        transport = httpx.MockTransport(handler)
+        async with Fetcher(settings, transport=transport, resolver=resolver) as fetcher:
+            slow = asyncio.gather(
+                *(fetcher.fetch(FetchRequest(f"http://cdn.example/{i}.jpg")) for i in range(3))
+            )
+            while len(in_flight) < 2:
+                await asyncio.sleep(0.01)
+            started = time.monotonic()
+            cached = await fetcher.fetch(FetchRequest("http://cdn.example/c.jpg", etag='"v1"'))
+            waited = time.monotonic() - started
+            assert in_flight == ["/0.jpg", "/1.jpg"]  # the third download waits for a slot
+            return cached, waited, await slow
+
+    cached, waited, slow = asyncio.run(go())
+    assert isinstance(cached, NotModified)
+    assert waited < 0.5  # before: until a dripping download gave up its slot
+    assert [_failed(o).reason for o in slow] == ["timeout"] * 3
 
 
 # --- callbacks -------------------------------------------------------------------------

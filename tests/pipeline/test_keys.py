@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
+from cartag.errors import FetchError
 from cartag.pipeline.decode import decode_image
 from cartag.pipeline.keys import (
     choose_image_key,
@@ -19,6 +20,7 @@ from cartag.pipeline.keys import (
     hamming,
     normalize_url,
     phash,
+    request_url,
     validators_key,
 )
 from tests.support.images import real_photos
@@ -272,3 +274,29 @@ def test_hamming() -> None:
 def test_hamming_rejects_bad_input(a: str, b: str) -> None:
     with pytest.raises(ValueError):
         hamming(a, b)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://[::1/", "invalid_url"),  # urllib raises "Invalid IPv6 URL"
+        ("http://[127.0.0.1]/", "invalid_url"),
+        ("ftp://cdn.example/a.jpg", "invalid_url"),
+        ("file:///etc/passwd", "invalid_url"),
+        ("data:image/png;base64,AAAA", "invalid_url"),
+        ("//cdn.example/a.jpg", "invalid_url"),
+        ("http://", "invalid_url"),
+        ("", "invalid_url"),
+        ("https://cdn.example/" + "a" * 2029, "url_too_long"),  # 2,049 characters
+    ],
+)
+def test_request_url_refuses_what_cannot_be_fetched_or_stored(url: str, reason: str) -> None:
+    with pytest.raises(FetchError) as caught:
+        request_url(url)
+    assert caught.value.reason == reason
+
+
+def test_request_url_normalizes_a_good_url() -> None:
+    assert request_url(" HTTPS://CDN.Example.com:443/A.jpg#x ") == "https://cdn.example.com/A.jpg"
+    longest = "https://cdn.example/" + "a" * 2028  # 2,048 characters: accepted
+    assert request_url(longest) == longest

@@ -208,7 +208,7 @@ def test_classify_reads_through_the_cache_and_a_fix_shows_at_once(
                 image_type="Stock",
                 color="Purple",
                 comment=None,
-                now=NOW,
+                clock=FakeClock(NOW),
             )
         fixed = _classify(loop, service, urls)[0]
         assert (fixed.image_type, fixed.color, fixed.source) == ("Stock", "Purple", "override")

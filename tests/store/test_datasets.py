@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 
+from cartag.clock import FakeClock
 from cartag.errors import ConflictError, InputError, NotFoundError
 from cartag.store import datasets as repo
 from cartag.store import fixes as fix_repo
@@ -172,7 +173,7 @@ def test_fixed_images_since_gives_labels_urls_and_audit(db: Database) -> None:
             image_type="Dealer",
             color=None,
             comment=None,
-            now=NOW,
+            clock=FakeClock(NOW),
         )
         fix_repo.apply_fix(
             session,
@@ -183,7 +184,7 @@ def test_fixed_images_since_gives_labels_urls_and_audit(db: Database) -> None:
             image_type="Dealer",
             color=None,
             comment=None,
-            now=NOW + dt.timedelta(hours=2),
+            clock=FakeClock(NOW + dt.timedelta(hours=2)),
         )
         audit = fix_repo.apply_fix(
             session,
@@ -194,7 +195,7 @@ def test_fixed_images_since_gives_labels_urls_and_audit(db: Database) -> None:
             image_type=None,
             color="Burgundy",
             comment=None,
-            now=NOW + dt.timedelta(hours=3),
+            clock=FakeClock(NOW + dt.timedelta(hours=3)),
         )
     with db.read() as session:
         found = repo.fixed_images_since(session, NOW + dt.timedelta(hours=1))

@@ -1,14 +1,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from cartag.clock import FakeClock, SystemClock
 from cartag.errors import InputError, NotFoundError
 from cartag.pipeline.resolve import current_answer
 from cartag.store import fixes as fix_repo
 from cartag.store.db import Database
+from tests.support.db import fresh_database
 from tests.support.factories import NOW, add_image
 
 
@@ -26,7 +31,7 @@ def _fix(db: Database, key: str, *, minute: int = 0, **kwargs: object) -> None:
         fix_repo.apply_fix(
             session,
             image_key=key,
-            now=NOW + dt.timedelta(minutes=minute),
+            clock=FakeClock(NOW + dt.timedelta(minutes=minute)),
             **values,  # type: ignore[arg-type]
         )
 
@@ -123,6 +128,54 @@ def test_fifty_concurrent_fixes_lose_none(db: Database) -> None:
     assert by_commit[0].changes["color"]["from"] == "Red"
     for before, after in zip(by_commit, by_commit[1:], strict=False):
         assert after.changes["color"]["from"] == before.changes["color"]["to"]
+
+
+@pytest.fixture
+def pg_db(tmp_path: Path) -> Iterator[Database]:
+    with fresh_database("postgresql", tmp_path) as database:
+        yield database
+
+
+@pytest.mark.services
+def test_history_is_in_commit_order_under_fifty_concurrent_writers(pg_db: Database) -> None:
+    # Issue 13 item 10: each writer has its own session and reads the real clock; the
+    # history must list the fixes in the order they took effect, so its last entry is
+    # the fix in effect (the time used to be read before the image row was locked).
+    image = add_image(pg_db, color="Red")
+    colors = ["Blue", "Green", "Grey", "White", "Black", "Yellow", "Orange"]
+    start = threading.Barrier(50)
+    clock = SystemClock()
+
+    def fix(i: int) -> None:
+        start.wait()
+        with pg_db.write() as session:
+            fix_repo.apply_fix(
+                session,
+                image_key=image.image_key,
+                advertiser_id="adv-1",
+                user=f"user-{i}",
+                scope="global",
+                image_type=None,
+                color=colors[i % len(colors)],
+                comment=None,
+                clock=clock,
+            )
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        list(pool.map(fix, range(50)))
+    with pg_db.read() as session:
+        entries = fix_repo.history(session, image.image_key)
+    assert len(entries) == 50
+    assert entries[0].changes["color"]["from"] == "Red"
+    inversions = [
+        (before.user, after.user)
+        for before, after in zip(entries, entries[1:], strict=False)
+        if after.changes["color"]["from"] != before.changes["color"]["to"]
+        or after.created_at < before.created_at
+    ]
+    assert inversions == []
+    in_effect = current_answer(pg_db, "adv-1", image.image_key)
+    assert in_effect.color == entries[-1].changes["color"]["to"]
 
 
 def test_near_duplicate_phash_inherits_the_fix(db: Database) -> None:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import datetime as dt
+
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -24,3 +27,62 @@ def test_downgrade_to_base_and_back(db: Database) -> None:
     assert current_revision(db) is None
     upgrade(db)
     assert current_revision(db) == head_revision()
+
+
+def test_0006_redacts_the_url_passwords_already_stored(db: Database) -> None:
+    downgrade(db, "0005")
+    now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    secret_url = "https://alice:pa55@cdn.example/a.jpg?w=1"
+    hook = "https://hooks.example/cb?token=t0k&id=7"
+    images = sa.table(
+        "images",
+        sa.column("image_key"),
+        sa.column("url"),
+        sa.column("created_at"),
+        sa.column("updated_at"),
+    )
+    urls = sa.table("urls", sa.column("url"), sa.column("image_key"), sa.column("checked_at"))
+    jobs = sa.table(
+        "jobs",
+        *(sa.column(c) for c in ("id", "advertiser_id", "status", "total", "done", "created_at")),
+        sa.column("callback_url"),
+        sa.column("callback_status"),
+    )
+    items = sa.table(
+        "job_items",
+        sa.column("job_id"),
+        sa.column("idx"),
+        sa.column("url"),
+        sa.column("result", sa.JSON(none_as_null=True)),
+    )
+    job = {"advertiser_id": "a", "status": "done", "total": 1, "done": 1, "created_at": now}
+    with db.engine.begin() as conn:
+        conn.execute(
+            images.insert().values(image_key="k", url=secret_url, created_at=now, updated_at=now)
+        )
+        conn.execute(urls.insert().values(url=secret_url, image_key="k", checked_at=now))
+        conn.execute(
+            urls.insert().values(url="https://cdn.example/b.jpg", image_key="k", checked_at=now)
+        )
+        conn.execute(
+            jobs.insert().values(
+                id="sent", callback_url=hook, callback_status="delivered:200", **job
+            )
+        )
+        conn.execute(
+            jobs.insert().values(id="pending", callback_url=hook, callback_status=None, **job)
+        )
+        conn.execute(
+            items.insert().values(job_id="sent", idx=0, url=secret_url, result={"url": secret_url})
+        )
+        conn.execute(items.insert().values(job_id="pending", idx=0, url=secret_url, result=None))
+    upgrade(db)
+    redacted = "https://alice:***@cdn.example/a.jpg?w=1"
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.select(images.c.url)).scalar_one() == redacted
+        assert conn.execute(sa.select(urls.c.url)).scalars().all() == ["https://cdn.example/b.jpg"]
+        callbacks = dict(conn.execute(sa.select(jobs.c.id, jobs.c.callback_url)).all())
+        assert callbacks == {"sent": "https://hooks.example/cb?token=***&id=7", "pending": hook}
+        stored = {r.job_id: (r.url, r.result) for r in conn.execute(sa.select(items))}
+        # A pending item keeps its password until it is downloaded.
+        assert stored == {"sent": (redacted, {"url": redacted}), "pending": (secret_url, None)}

@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 
+from cartag.clock import FakeClock
 from cartag.errors import ConflictError, InputError, NotFoundError
 from cartag.store import fixes as fix_repo
 from cartag.store import jobs as job_repo
@@ -118,7 +119,7 @@ def test_advertiser_images_come_from_classify_jobs_and_fixes(db: Database) -> No
             image_type=None,
             color="Blue",
             comment=None,
-            now=NOW,
+            clock=FakeClock(NOW),
         )
         job = job_repo.create_job(
             session, advertiser_id="42", items=[(in_job.url, None)], callback_url=None, now=NOW

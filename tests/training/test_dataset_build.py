@@ -89,7 +89,7 @@ def _serve_fixed(
             image_type=image_type,
             color=color,
             comment=None,
-            now=when,
+            clock=FakeClock(when),
         )
         return audit.id
 

@@ -16,7 +16,8 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from cartag import __version__
-from cartag.api.errors import install_error_handlers
+from cartag.api.errors import index_route_methods, install_error_handlers
+from cartag.api.limits import BodyLimit, BodyLimitMiddleware
 from cartag.api.routes import classify, conflicts, health, images, jobs
 from cartag.api.routes import metrics as metrics_routes
 from cartag.api.routes import models as models_routes
@@ -40,6 +41,7 @@ from cartag.settings import Settings
 from cartag.store.blobs import BlobStore, LocalBlobStore
 from cartag.store.cache import LookupCache, build_lookup_cache
 from cartag.store.db import Database, upgrade
+from cartag.store.health import StorageHealth
 from cartag.telemetry import Telemetry
 from cartag.web import STATIC_DIR
 
@@ -113,7 +115,15 @@ def create_app(
             settings, database, http, model, clk, colors, telemetry=observer, lookup_cache=cache
         )
         runner = build_dispatcher(settings, database, service, clk, sender=chunk_sender)
-        app.state.cartag = AppState(settings, database, clk, service, runner, telemetry=observer)
+        app.state.cartag = AppState(
+            settings,
+            database,
+            clk,
+            service,
+            runner,
+            telemetry=observer,
+            storage=StorageHealth(database, settings.data_dir, clk),
+        )
         observer.model_loaded(model.version)
         if isinstance(observer, PrometheusTelemetry):
             observer.add_queue_source(lambda: metrics_routes.job_queue_depth(database))
@@ -155,13 +165,36 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # Inside the request context (so a 413 is logged and counted), before any parsing.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default=BodyLimit(
+            settings.max_body_bytes,
+            "CARTAG_MAX_BODY_BYTES",
+            "send fewer images per request, or large inventories as a job (POST /v1/jobs)",
+        ),
+        paths={
+            "/v1/jobs": BodyLimit(
+                settings.max_job_body_bytes,
+                "CARTAG_MAX_JOB_BODY_BYTES",
+                "split the inventory into several jobs",
+            )
+        },
+    )
     app.add_middleware(RequestContextMiddleware, telemetry=observer)
-    for module in (health, classify, images, conflicts, jobs, metrics_routes, monitor_routes):
-        app.include_router(module.router)
-    app.include_router(models_routes.router)
-    app.include_router(models_routes.advertisers_router)
-    app.include_router(review_routes.router)
-    app.include_router(review_routes.pages)
+    routers = [
+        module.router
+        for module in (health, classify, images, conflicts, jobs, metrics_routes, monitor_routes)
+    ]
+    routers += [
+        models_routes.router,
+        models_routes.advertisers_router,
+        review_routes.router,
+        review_routes.pages,
+    ]
+    for router in routers:
+        app.include_router(router)
+    index_route_methods(app, routers)
     app.state.blobs = blobs or LocalBlobStore(settings.data_dir / "blobs")
     # The pages' scripts and styles (web/static), shipped as package data.
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -11,22 +11,24 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBea
 from cartag.api.state import AppState
 from cartag.errors import AuthError, PermissionDeniedError
 from cartag.store import apikeys
+from cartag.store import sessions as session_repo
 from cartag.store.apikeys import Principal
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `cartag keys create`.")
 
-# Browser pages (/review, /monitor) log in once: the API key goes into an HttpOnly,
-# SameSite=Strict cookie that the /v1 API accepts in place of the Bearer header.
-KEY_COOKIE = "cartag_key"
+# Browser pages (/review, /monitor) log in once (cartag.api.browser): a server-side
+# session's random token goes into an HttpOnly, SameSite=Strict cookie that the /v1 API
+# accepts in place of the Bearer header. The API key itself never reaches the browser.
+SESSION_COOKIE = "cartag_session"
 # A request authenticated by the cookie that changes something must carry this header
 # (value "1"). Another site can neither send the SameSite=Strict cookie nor set a custom
 # header on a cross-site request without a CORS preflight, which cartag never grants.
 CSRF_HEADER = "X-Cartag-CSRF"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _cookie = APIKeyCookie(
-    name=KEY_COOKIE,
+    name=SESSION_COOKIE,
     auto_error=False,
-    description="The API key, set by a page's login form (browsers only).",
+    description="A login session, opened by a page's login form (browsers only).",
 )
 
 
@@ -42,28 +44,28 @@ def get_principal(
     request: Request,
     state: StateDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    cookie_key: Annotated[str | None, Depends(_cookie)],
+    session_token: Annotated[str | None, Depends(_cookie)],
 ) -> Principal:
-    """The caller, from ``Authorization: Bearer`` or else the browser login cookie.
+    """The caller, from ``Authorization: Bearer`` or else the browser's login session.
 
     Raises:
-        AuthError: No key, or an unknown/revoked one.
+        AuthError: No key, or an unknown/revoked one; an unknown, expired or revoked
+            session.
         PermissionDeniedError: A cookie-authenticated request that changes something
             lacks the :data:`CSRF_HEADER`.
     """
     if credentials is not None and credentials.scheme.lower() == "bearer":
-        key = credentials.credentials
-    elif cookie_key:
-        if request.method not in _SAFE_METHODS and request.headers.get(CSRF_HEADER) != "1":
-            raise PermissionDeniedError(
-                f"a browser request that changes something must send the header "
-                f"'{CSRF_HEADER}: 1' (or authenticate with 'Authorization: Bearer <key>')"
-            )
-        key = cookie_key
-    else:
+        with state.db.read() as session:
+            return apikeys.authenticate(session, credentials.credentials)
+    if not session_token:
         raise AuthError("missing API key; send 'Authorization: Bearer <key>'")
+    if request.method not in _SAFE_METHODS and request.headers.get(CSRF_HEADER) != "1":
+        raise PermissionDeniedError(
+            f"a browser request that changes something must send the header "
+            f"'{CSRF_HEADER}: 1' (or authenticate with 'Authorization: Bearer <key>')"
+        )
     with state.db.read() as session:
-        return apikeys.authenticate(session, key)
+        return session_repo.authenticate_session(session, session_token, state.clock.now())
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
@@ -85,14 +87,14 @@ ReviewerDep = Annotated[Principal, Depends(require("reviewer"))]
 
 
 def browser_principal(
-    state: StateDep, cookie_key: Annotated[str | None, Depends(_cookie)]
+    state: StateDep, session_token: Annotated[str | None, Depends(_cookie)]
 ) -> Principal | None:
-    """The caller of an HTML page, from the login cookie; None sends it to the login form."""
-    if not cookie_key:
+    """The caller of an HTML page, from its login session; None sends it to the login form."""
+    if not session_token:
         return None
     try:
         with state.db.read() as session:
-            return apikeys.authenticate(session, cookie_key)
+            return session_repo.authenticate_session(session, session_token, state.clock.now())
     except AuthError:
         return None
 
@@ -100,16 +102,16 @@ def browser_principal(
 BrowserPrincipalDep = Annotated[Principal | None, Depends(browser_principal)]
 
 
-def set_key_cookie(response: Response, request: Request, key: str, max_age_s: int) -> None:
-    """Log a browser in: the API key in an HttpOnly, SameSite=Strict cookie.
+def set_session_cookie(response: Response, request: Request, token: str, max_age_s: int) -> None:
+    """Log a browser in: the session token in an HttpOnly, SameSite=Strict cookie.
 
     The cookie is ``Secure`` when the page was served over HTTPS (directly or, as the
     ``X-Forwarded-Proto`` a proxy sets says, behind one).
     """
     https = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
     response.set_cookie(
-        KEY_COOKIE,
-        key,
+        SESSION_COOKIE,
+        token,
         max_age=max_age_s,
         path="/",
         httponly=True,
@@ -118,6 +120,9 @@ def set_key_cookie(response: Response, request: Request, key: str, max_age_s: in
     )
 
 
-def clear_key_cookie(response: Response) -> None:
-    """Log a browser out."""
-    response.delete_cookie(KEY_COOKIE, path="/", httponly=True, samesite="strict")
+def clear_session_cookie(response: Response) -> None:
+    """Forget the browser's session cookie.
+
+    :func:`cartag.api.browser.log_out` revokes the session itself first.
+    """
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")

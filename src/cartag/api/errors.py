@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
-from cartag.errors import AuthError, CartagError, InputError
+from cartag.errors import AuthError, CartagError, InputError, StorageError
+from cartag.store.health import as_storage_error
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +35,18 @@ def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
-async def _cartag_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, CartagError)
+def error_response(exc: CartagError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The JSON answer for ``exc``: its status and ``{"error": {code, message, field}}``."""
     field = exc.field if isinstance(exc, InputError) else None
-    headers = {"WWW-Authenticate": "Bearer"} if type(exc) is AuthError else None
     return JSONResponse(
         _body(exc.code, exc.message, field), status_code=exc.status_code, headers=headers
     )
+
+
+async def _cartag_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CartagError)
+    headers = {"WWW-Authenticate": "Bearer"} if type(exc) is AuthError else None
+    return error_response(exc, headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -52,10 +62,42 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def index_route_methods(app: FastAPI, routers: Iterable[APIRouter]) -> None:
+    """Record the path pattern and methods of every route, for the ``Allow`` of a 405.
+
+    Starlette's 405 names only the first route whose path matched: that misses a path
+    served by several routes (GET and POST .../review/decisions), and for
+    /v1/models/rollback it names GET, of /v1/models/{version}.
+    """
+    app.state.route_methods = [
+        (route.path_regex, len(route.param_convertors), frozenset(route.methods))
+        for router in routers
+        for route in router.routes
+        if isinstance(route, Route) and route.methods
+    ]
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """The methods of the routes of the request's path; the most literal path wins.
+
+    (Fewest path parameters, as in the OpenAPI schema: /v1/models/rollback is POST only.)
+    """
+    path, root = request.scope["path"], request.scope.get("root_path", "")
+    path = path.removeprefix(root) if root and path.startswith(root + "/") else path
+    found: dict[int, set[str]] = {}
+    for regex, params, methods in getattr(request.app.state, "route_methods", ()):
+        if regex.match(path):
+            found.setdefault(params, set()).update(methods)
+    return ", ".join(sorted(found[min(found)])) if found else None
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    headers = exc.headers
+    if exc.status_code == 405 and (allow := _allowed_methods(request)) is not None:
+        headers = {**(headers or {}), "Allow": allow}
     return JSONResponse(
-        _body("http_error", str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        _body("http_error", str(exc.detail)), status_code=exc.status_code, headers=headers
     )
 
 
@@ -67,8 +109,30 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+    """A full disk, a read-only or unreachable database: 503 ``storage_unavailable``.
+
+    Database errors that are not about storage (a constraint, a bug) stay 500s.
+    """
+    error = as_storage_error(exc)
+    if error is None:
+        return await _unexpected(request, exc)
+    # The driver's message only (str(exc) would log the SQL and its parameters).
+    cause = getattr(exc, "orig", None) or exc
+    log.warning("%s on %s: %s (%r)", error.code, request.url.path, error.message, cause)
+    state = getattr(request.app.state, "cartag", None)
+    if state is not None:
+        if state.storage is not None:
+            state.storage.failed(error.message)
+        state.telemetry.storage_failed("request")
+    return error_response(error, {"Retry-After": "30"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CartagError, _cartag_error)
+    app.add_exception_handler(StorageError, _storage_error)
+    app.add_exception_handler(DBAPIError, _storage_error)
+    app.add_exception_handler(PoolTimeoutError, _storage_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -12,6 +12,7 @@ from cartag.models.hotswap import ModelWatcher
 from cartag.pipeline.classify import ClassifyService
 from cartag.settings import Settings
 from cartag.store.db import Database
+from cartag.store.health import StorageHealth
 from cartag.telemetry import Telemetry
 
 
@@ -29,3 +30,5 @@ class AppState:
     # Background work started by requests (re-classification after a promotion); the
     # lifespan cancels what is still running at shutdown.
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Write probes and storage failures seen by requests, for /healthz and /readyz.
+    storage: StorageHealth | None = None

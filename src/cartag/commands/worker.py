@@ -48,6 +48,8 @@ def worker(
 
 def run_worker(settings: Settings, *, loglevel: str = "info", hostname: str | None = None) -> None:
     """Load the model, register the chunk task and consume until stopped."""
+    from celery.signals import after_setup_logger
+
     from cartag.jobs.celery_app import make_celery
     from cartag.jobs.tasks import register_tasks
     from cartag.jobs.worker import WorkerContext
@@ -64,6 +66,8 @@ def run_worker(settings: Settings, *, loglevel: str = "info", hostname: str | No
         err.print(f"worker metrics on http://0.0.0.0:{port}/metrics")
     celery = make_celery(settings)
     register_tasks(celery, lambda: context)
+    # Celery installs log handlers of its own: they redact URL passwords and tokens too.
+    after_setup_logger.connect(_redact_celery_logs, weak=False)
     argv = [
         "worker",
         "--pool=solo",  # the model and its event loop live in this process
@@ -80,3 +84,9 @@ def run_worker(settings: Settings, *, loglevel: str = "info", hostname: str | No
         celery.worker_main(argv)
     finally:
         context.close()
+
+
+def _redact_celery_logs(logger: logging.Logger, **_: object) -> None:
+    from cartag.redaction import redact_handlers
+
+    redact_handlers(logger)

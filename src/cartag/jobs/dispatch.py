@@ -45,8 +45,13 @@ class JobDispatcher:
         advertiser_id: str,
         items: Sequence[tuple[str, str | None]],
         callback_url: str | None,
+        *,
+        owner_key_id: int | None = None,
     ) -> JobRow:
-        """Store a job of ``(url, scrape_color)`` items and get it going; returns at once."""
+        """Store a job of ``(url, scrape_color)`` items and get it going; returns at once.
+
+        ``owner_key_id`` is the submitting API key: the one that may read the job.
+        """
         with self.db.write() as session:
             job = job_repo.create_job(
                 session,
@@ -54,6 +59,7 @@ class JobDispatcher:
                 items=items,
                 callback_url=callback_url,
                 now=self.clock.now(),
+                owner_key_id=owner_key_id,
             )
         self._dispatch(job.id, job.total)
         return job
@@ -160,7 +166,13 @@ def build_dispatcher(
     if not settings.broker_url and sender is None:
         from cartag.jobs.runner import JobRunner
 
-        return JobRunner(db, service, clock, chunk_size=settings.job_chunk_size)
+        return JobRunner(
+            db,
+            service,
+            clock,
+            chunk_size=settings.job_chunk_size,
+            chunk_retries=settings.job_chunk_retries,
+        )
     if sender is None:
         check_shared_database(db)
     return CeleryDispatcher(db, clock, sender or CelerySender(settings), settings.job_chunk_size)

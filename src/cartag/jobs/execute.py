@@ -23,12 +23,16 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import SecretStr
+
 from cartag.clock import Clock
 from cartag.errors import FetchError
+from cartag.jobs import callbacks
 from cartag.ops.logs import request_id_scope
 from cartag.pipeline.classify import ClassifyService, ClassifyStats
 from cartag.pipeline.fetch import Fetcher
 from cartag.pipeline.results import ImageRequest
+from cartag.redaction import redact_url, strip_password
 from cartag.store import jobs as job_repo
 from cartag.store.db import Database
 from cartag.store.tables import JobItemRow
@@ -105,14 +109,14 @@ async def _run_job_chunk(
         with db.write() as session:
             items = job_repo.claim_items(session, job_id, start, stop, lock=True)
             results = await _classify(service, advertiser_id, items, stats)
-            stored = job_repo.store_results(session, job_id, results)
+            stored = job_repo.store_results(session, job_id, results, urls=_stored_urls(items))
             held = job_repo.count_pending(session, job_id, start, stop)
     else:
         with db.read() as session:
             items = job_repo.claim_items(session, job_id, start, stop, lock=False)
         results = await _classify(service, advertiser_id, items, stats)
         with db.write() as session:
-            stored = job_repo.store_results(session, job_id, results)
+            stored = job_repo.store_results(session, job_id, results, urls=_stored_urls(items))
             held = job_repo.count_pending(session, job_id, start, stop)
     log.info(
         "job %s chunk [%d, %d): %d claimed, %d stored, %d model runs, %d held elsewhere",
@@ -137,7 +141,18 @@ async def _classify(
         return {}
     requests = [ImageRequest(item.url, item.scrape_color) for item in items]
     results = await service.classify(advertiser_id, requests, stats)
-    return {item.idx: r.to_dict() for item, r in zip(items, results, strict=True)}
+    stored = {}
+    for item, result in zip(items, results, strict=True):
+        # Stored results (read back by GET /v1/jobs and the callback) keep no password.
+        answer = result.to_dict()
+        answer["url"] = strip_password(result.url)
+        stored[item.idx] = answer
+    return stored
+
+
+def _stored_urls(items: list[JobItemRow]) -> dict[int, str]:
+    """The URLs to keep once the items' results are stored: without their passwords."""
+    return {item.idx: strip_password(item.url) for item in items if "@" in item.url}
 
 
 def finish_if_complete(db: Database, clock: Clock, job_id: str) -> bool:
@@ -157,11 +172,22 @@ def fail_job(db: Database, clock: Clock, job_id: str, error: str) -> None:
 
 
 async def send_callback(
-    db: Database, fetcher: Fetcher, job_id: str, *, results_limit: int = 1000
+    db: Database,
+    fetcher: Fetcher,
+    job_id: str,
+    *,
+    clock: Clock,
+    secret: SecretStr | None = None,
+    results_limit: int = 1000,
 ) -> str | None:
     """POST the job's outcome to its callback URL, if it has one; records and returns how it went.
 
-    Jobs of up to ``results_limit`` items carry their results in the payload.
+    The body is signed (:mod:`cartag.jobs.callbacks`) with ``secret``, or the deployment's
+    secret when it is None. Jobs of up to ``results_limit`` items carry their results in
+    the payload. Outcomes: ``delivered:<status>`` for a 2xx, ``failed:redirect`` for a 3xx
+    (not followed: the signed body would go elsewhere), ``failed:http_<status>``, or
+    ``failed:<reason>`` (``blocked_address``, ``timeout``...). Afterwards the stored
+    callback URL keeps no password or token.
     """
     with db.read() as session:
         job = job_repo.get_job(session, job_id)
@@ -179,11 +205,20 @@ async def send_callback(
         if job.total <= results_limit:
             payload["results"] = job_repo.job_results(session, job.id)
         url = job.callback_url
+    body = callbacks.encode_payload(payload)
+    key = callbacks.callback_secret(db, secret, clock)
+    headers = callbacks.signed_headers(key, int(clock.now().timestamp()), body)
     try:
-        status = await fetcher.post_json(url, payload)
-        outcome = f"delivered:{status}" if status < 400 else f"failed:http_{status}"
+        status = await fetcher.post_body(url, body, headers)
+        if 200 <= status < 300:
+            outcome = f"delivered:{status}"
+        elif 300 <= status < 400:
+            outcome = "failed:redirect"
+        else:
+            outcome = f"failed:http_{status}"
     except FetchError as exc:
         outcome = f"failed:{exc.reason}"
+    log.info("job %s callback to %s: %s", job_id, redact_url(url), outcome)
     with db.write() as session:
-        job_repo.set_callback_status(session, job_id, outcome)
+        job_repo.set_callback_status(session, job_id, outcome, callback_url=redact_url(url))
     return outcome

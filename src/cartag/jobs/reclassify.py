@@ -219,7 +219,9 @@ async def _from_downloads(
             continue
         try:
             images[row.image_key] = decode_image(
-                outcome.content, max_pixels=settings.max_image_pixels
+                outcome.content,
+                max_pixels=settings.max_image_pixels,
+                max_decode_bytes=settings.max_decode_mb * 1024 * 1024,
             ).image
         except Exception as exc:  # noqa: BLE001 - one bad image never stops the run
             log.warning("re-classification: %s not decoded (%r)", row.url, exc)

@@ -2,6 +2,12 @@
 
 Job state lives in the store, so a restarted server picks up where it stopped:
 jobs left ``running`` are queued again and only their unfinished items run.
+
+A storage failure (full disk, read-only or unreachable database) never leaves a job
+``running`` for nobody: a chunk whose results could not be stored is run again with
+backoff; if the store still refuses, the job goes back to the queue with the reason in
+its ``error``, and when even that write fails the runner keeps the job's id and requeues
+it as soon as the store takes writes again, without a restart.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from cartag.jobs.dispatch import JobDispatcher
 from cartag.pipeline.classify import ClassifyService
 from cartag.store import jobs as job_repo
 from cartag.store.db import Database
+from cartag.store.health import storage_problem
 from cartag.store.tables import JobRow
 
 log = logging.getLogger(__name__)
@@ -31,6 +38,9 @@ class JobRunner(JobDispatcher):
         chunk_size: Images classified (and committed) per step; progress moves by this.
         poll_interval_s: How often to look for jobs submitted by other processes.
         callback_results_limit: Jobs up to this size carry their results in the callback.
+        chunk_retries: Runs again of a chunk whose results could not be stored (storage
+            failure) before the job is put back in the queue.
+        retry_backoff_s: Wait before the first of those runs; doubles each time.
     """
 
     def __init__(
@@ -42,14 +52,22 @@ class JobRunner(JobDispatcher):
         chunk_size: int = 100,
         poll_interval_s: float = 1.0,
         callback_results_limit: int = 1000,
+        chunk_retries: int = 3,
+        retry_backoff_s: float = 1.0,
     ) -> None:
         super().__init__(db, clock)
         self.service = service
         self.chunk_size = chunk_size
         self.poll_interval_s = poll_interval_s
         self.callback_results_limit = callback_results_limit
+        self.chunk_retries = chunk_retries
+        self.retry_backoff_s = retry_backoff_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Jobs this runner let go of after a storage failure but could not put back in
+        # the queue (that write failed too): they are requeued at the next poll.
+        self.stranded: set[str] = set()
+        self._idle_failures = 0
 
     def _dispatch(self, job_id: str, total: int) -> None:
         self._wake.set()
@@ -82,41 +100,134 @@ class JobRunner(JobDispatcher):
 
     async def _run_forever(self) -> None:
         while True:
+            delay = self.poll_interval_s
             try:
                 if await self._run_one():
+                    self._idle_failures = 0
                     continue
-            except Exception:  # noqa: BLE001 - the worker must outlive any one job
-                log.exception("job worker step failed")
+                self._idle_failures = 0
+            except Exception as exc:  # noqa: BLE001 - the worker must outlive any one job
+                problem = storage_problem(exc)
+                if problem is None:
+                    log.exception("job worker step failed")
+                else:
+                    # The store refuses writes (claiming a job is one): wait longer and
+                    # longer (up to 30 s) instead of logging a traceback every poll.
+                    self._idle_failures += 1
+                    delay = min(self.poll_interval_s * 2**self._idle_failures, 30.0)
+                    log.warning("job worker: %s; next try in %.0f s", problem, delay)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+                await asyncio.wait_for(self._wake.wait(), delay)
 
     async def _run_one(self) -> bool:
+        """Requeue stranded jobs, then claim and run one job.
+
+        Returns:
+            True when a job ran to its end (done or failed); False when there was none,
+            or when a storage failure sent it back to the queue (try again after a pause).
+        """
+        if self.stranded:
+            await asyncio.to_thread(self.requeue_stranded)
         # A write transaction: off the event loop, or every poll stalls the requests.
         job = await asyncio.to_thread(self._claim)
         if job is None:
             return False
         try:
             await self._process(job)
-        except Exception as exc:  # noqa: BLE001 - recorded on the job, never lost
-            log.exception("job %s failed", job.id)
-            with self.db.write() as session:
-                job_repo.finish_job(
-                    session, job.id, status=job_repo.FAILED, now=self.clock.now(), error=str(exc)
-                )
-        else:
-            if not execute.finish_if_complete(self.db, self.clock, job.id):
+            if not await asyncio.to_thread(execute.finish_if_complete, self.db, self.clock, job.id):
                 return True  # finished by someone else, or failed meanwhile
+        except Exception as exc:  # noqa: BLE001 - recorded on the job, never lost
+            problem = storage_problem(exc)
+            if problem is not None:
+                await asyncio.to_thread(self._release, job.id, problem)
+                return False
+            log.exception("job %s failed", job.id)
+            try:
+                execute.fail_job(self.db, self.clock, job.id, str(exc))
+            except Exception as write_exc:
+                problem = storage_problem(write_exc)
+                if problem is None:
+                    raise
+                await asyncio.to_thread(self._release, job.id, problem)
+                return False
         await self._callback(job.id)
         return True
+
+    def _release(self, job_id: str, problem: str) -> None:
+        """Put a job that a storage failure interrupted back in the queue, or keep it stranded."""
+        try:
+            with self.db.write() as session:
+                job_repo.requeue_job(session, job_id, error=f"waiting to retry: {problem}")
+        except Exception as exc:  # noqa: BLE001 - any failure here: try again later
+            self.stranded.add(job_id)
+            log.error(
+                "job %s: %s; it could not be put back in the queue either (%r): it is "
+                "requeued as soon as the store takes writes again",
+                job_id,
+                problem,
+                getattr(exc, "orig", None) or exc,
+            )
+            return
+        self.stranded.discard(job_id)
+        log.warning("job %s: %s; back in the queue, retried at the next poll", job_id, problem)
+
+    def requeue_stranded(self) -> int:
+        """Requeue the jobs a storage failure left ``running``; returns how many were."""
+        requeued = 0
+        for job_id in sorted(self.stranded):
+            try:
+                with self.db.write() as session:
+                    job_repo.requeue_job(
+                        session, job_id, error="waiting to retry: interrupted by a storage failure"
+                    )
+            except Exception as exc:  # noqa: BLE001 - still failing: next poll
+                log.warning("job %s is still stranded: %r", job_id, getattr(exc, "orig", exc))
+                continue
+            self.stranded.discard(job_id)
+            requeued += 1
+            log.info("job %s requeued after a storage failure", job_id)
+        return requeued
+
+    async def _run_chunk(self, job_id: str, start: int, stop: int) -> execute.ChunkReport:
+        """Run a chunk; one whose results could not be stored (storage failure) runs again.
+
+        Running a chunk twice is safe: results are stored once, and images classified
+        before the failure are answered from the image cache when it took them.
+        """
+        attempt = 0
+        while True:
+            try:
+                return await execute.run_job_chunk(
+                    self.db, self.service, self.clock, job_id, start, stop
+                )
+            except Exception as exc:
+                problem = storage_problem(exc)
+                if problem is None or attempt >= self.chunk_retries:
+                    raise
+                delay = self.retry_backoff_s * 2**attempt
+                attempt += 1
+                log.warning(
+                    "job %s chunk [%d, %d): results not stored: %s; run %d of %d again in %.1f s",
+                    job_id,
+                    start,
+                    stop,
+                    problem,
+                    attempt,
+                    self.chunk_retries,
+                    delay,
+                )
+                try:
+                    self.service.telemetry.storage_failed("job_chunk")
+                except Exception:  # noqa: BLE001 - metrics must never stop a job
+                    log.exception("telemetry failed on a storage failure")
+                await asyncio.sleep(delay)
 
     async def _process(self, job: JobRow) -> None:
         while True:
             held = 0
             for start, stop in execute.chunk_bounds(job.total, self.chunk_size):
-                report = await execute.run_job_chunk(
-                    self.db, self.service, self.clock, job.id, start, stop
-                )
+                report = await self._run_chunk(job.id, start, stop)
                 if report.job_status in (job_repo.DONE, job_repo.FAILED):
                     return
                 held += report.held_elsewhere
@@ -128,5 +239,10 @@ class JobRunner(JobDispatcher):
 
     async def _callback(self, job_id: str) -> None:
         await execute.send_callback(
-            self.db, self.service.fetcher, job_id, results_limit=self.callback_results_limit
+            self.db,
+            self.service.fetcher,
+            job_id,
+            clock=self.clock,
+            secret=self.service.settings.callback_secret,
+            results_limit=self.callback_results_limit,
         )

@@ -66,4 +66,6 @@ def register_tasks(app: Any, context: Callable[[], WorkerContext]) -> Any:
 
 
 async def _callback(ctx: WorkerContext, job_id: str) -> None:
-    await execute.send_callback(ctx.db, ctx.fetcher, job_id)
+    await execute.send_callback(
+        ctx.db, ctx.fetcher, job_id, clock=ctx.clock, secret=ctx.settings.callback_secret
+    )

@@ -1,25 +1,31 @@
 """Serving follows the registry: the start-up model and the hot-swap to a promoted one.
 
-:func:`startup_model` picks what a server starts with (the ``production`` model,
-falling back to the bundled one); :class:`ModelWatcher` polls the alias and swaps a
-newly promoted model into the running service without dropping a request. The
-registry operations themselves live in :mod:`cartag.models.registry`.
+:func:`startup_model` picks what a server starts with: the ``production`` model; if that
+cannot load, the last version that did load as production (recorded in the registry
+under :data:`~cartag.store.registry.LAST_LOADED` by every server and worker that loads
+one), and only then the bundled one. :class:`ModelWatcher` polls the alias and swaps a
+newly promoted model into the running service without dropping a request, and reports
+a server that serves another model than production (logs, ``cartag_model_fallback``).
+The registry operations themselves live in :mod:`cartag.models.registry`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from typing import Any
 
-from cartag.clock import Clock
+from cartag.clock import Clock, SystemClock
 from cartag.errors import ModelError
 from cartag.models.classifier import Classifier, load_classifier
 from cartag.models.registry import ensure_initial, load_registered
 from cartag.settings import Settings
 from cartag.store import registry as repo
 from cartag.store.db import Database
-from cartag.store.registry import PRODUCTION, REFUSED, get_alias
+from cartag.store.registry import LAST_LOADED, PRODUCTION, REFUSED, get_alias
+from cartag.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +37,10 @@ def startup_model(
 
     On a first start the bundled model (or ``CARTAG_MODEL_DIR``) is registered as
     production. Then: ``classifier`` if given (tests inject one), else the production
-    model; if that cannot load, the bundled / ``CARTAG_MODEL_DIR`` model, with an error
-    logged, so a broken registry entry never keeps a server down.
+    model; if that cannot load, the last version that loaded as production
+    (:func:`load_last_loaded`), else the bundled / ``CARTAG_MODEL_DIR`` model, each
+    fallback logged as an error, so a broken registry entry never keeps a server down
+    nor silently takes it back to the bundled model.
 
     Raises:
         ModelError: Neither the production nor the configured model can be loaded.
@@ -44,30 +52,89 @@ def startup_model(
             # Load the network once: registration and serving share its backbone.
             classifier = load_classifier(settings)
             ensure_initial(db, settings, clock=clock, reuse=classifier)
-            return load_production(db, settings, reuse=classifier) or classifier
-        model = load_production(db, settings)
-        return model if model is not None else load_classifier(settings)
+            return load_production(db, settings, reuse=classifier, clock=clock) or classifier
+        model = load_production(db, settings, clock=clock) or load_last_loaded(db, settings)
+        if model is not None:
+            return model
+        configured = load_classifier(settings)
+        log.error(
+            "serving the configured model %s (bundled or CARTAG_MODEL_DIR): neither production "
+            "nor the last version that loaded can; fix or roll back production",
+            configured.version,
+        )
+        return configured
     ensure_initial(db, settings, clock=clock, reuse=classifier)
     return classifier
 
 
 def load_production(
-    db: Database, settings: Settings, *, reuse: Classifier | None = None
+    db: Database,
+    settings: Settings,
+    *,
+    reuse: Classifier | None = None,
+    clock: Clock | None = None,
 ) -> Classifier | None:
-    """The loaded, smoke-checked production model; None (logged) when unset or broken."""
+    """The loaded, smoke-checked production model; None (logged) when unset or broken.
+
+    With ``clock``, a model that loads is recorded as the last that did
+    (:func:`record_last_loaded`).
+    """
     with db.read() as session:
         row = get_alias(session, PRODUCTION)
     if row is None:
         return None
     try:
-        return load_registered(settings, row, reuse=reuse)
+        model = load_registered(settings, row, reuse=reuse)
+    except ModelError as exc:
+        log.error("production model %s cannot serve here: %s", row.version, exc.message)
+        return None
+    if clock is not None:
+        record_last_loaded(db, row.version, clock=clock)
+    return model
+
+
+def load_last_loaded(
+    db: Database, settings: Settings, *, reuse: Classifier | None = None
+) -> Classifier | None:
+    """The last version that loaded as production, loaded and smoke-checked.
+
+    Returns:
+        The model, or None (logged) when none was recorded, it is production itself
+        (which just failed), or it cannot load either.
+    """
+    with db.read() as session:
+        wanted = repo.alias_version(session, PRODUCTION)
+        last = get_alias(session, LAST_LOADED)
+    if last is None or last.version == wanted:
+        return None
+    try:
+        model = load_registered(settings, last, reuse=reuse)
     except ModelError as exc:
         log.error(
-            "production model %s cannot serve (%s); using the configured model instead",
-            row.version,
-            exc.message,
+            "the last model that loaded, %s, cannot serve either: %s", last.version, exc.message
         )
         return None
+    log.error(
+        "serving %s, the last model that loaded as production, instead of production %s, "
+        "which cannot serve here; fix production or roll it back (cartag models rollback)",
+        last.version,
+        wanted,
+    )
+    return model
+
+
+def record_last_loaded(db: Database, version: str, *, clock: Clock) -> None:
+    """Remember ``version`` as the last production model that loaded (best effort: logged)."""
+    by = f"{socket.gethostname()}:{os.getpid()}"[:128]
+    try:
+        with db.write() as session:
+            repo.record_last_loaded(session, version, by=by, now=clock.now())
+    except Exception as exc:  # noqa: BLE001 - serving must not depend on this bookkeeping
+        log.warning(
+            "could not record %s as the last model that loaded: %r",
+            version,
+            getattr(exc, "orig", None) or exc,
+        )
 
 
 class ModelWatcher:
@@ -77,7 +144,9 @@ class ModelWatcher:
     this server has not acted on yet, the model is loaded and smoke-checked in a
     worker thread, then swapped into the service: requests never wait on the load.
     A version that fails is marked refused, logged, and not tried again by this
-    process; the old model keeps serving.
+    process; the old model keeps serving. While the served model is not the one the
+    alias names, ``telemetry.model_fallback(wanted, serving)`` says so
+    (``cartag_model_fallback``); a model swapped in is recorded as the last that loaded.
 
     Args:
         db: The store.
@@ -85,15 +154,26 @@ class ModelWatcher:
         service: Anything with ``classifier`` and ``swap_classifier(new)``
             (:class:`cartag.pipeline.classify.ClassifyService`).
         alias: The alias to follow.
+        telemetry: Told about fallbacks; default: the service's ``telemetry``, if any.
+        clock: Time source; default: the service's ``clock``, else the system clock.
     """
 
     def __init__(
-        self, db: Database, settings: Settings, service: Any, *, alias: str = PRODUCTION
+        self,
+        db: Database,
+        settings: Settings,
+        service: Any,
+        *,
+        alias: str = PRODUCTION,
+        telemetry: Telemetry | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.service = service
         self.alias = alias
+        self.telemetry = telemetry or getattr(service, "telemetry", None) or Telemetry()
+        self.clock = clock or getattr(service, "clock", None) or SystemClock()
         self.seen: str | None = None
         self.refused: set[str] = set()
         self.swaps = 0
@@ -103,6 +183,17 @@ class ModelWatcher:
         """Take the alias as it is now as already acted on (the model served at start)."""
         with self.db.read() as session:
             self.seen = repo.alias_version(session, self.alias)
+        self._report(self.seen)
+
+    def _report(self, wanted: str | None) -> None:
+        """Tell telemetry whether this server serves the version the alias names."""
+        if self.alias != PRODUCTION:
+            return
+        fallback = wanted is not None and wanted != self.serving
+        try:
+            self.telemetry.model_fallback(wanted if fallback else None, self.serving)
+        except Exception:  # noqa: BLE001 - metrics must never stop the watcher
+            log.exception("telemetry failed on a model fallback")
 
     @property
     def serving(self) -> str:
@@ -118,9 +209,11 @@ class ModelWatcher:
             # Off the event loop: a database round trip would stall every request.
             version = await asyncio.to_thread(self._alias_version)
             if version is None or version == self.seen or version in self.refused:
+                self._report(version)  # e.g. a rollback to the model served: no more fallback
                 return None
             if version == self.serving:
                 self.seen = version
+                self._report(version)
                 return None
             with self.db.read() as session:
                 row = repo.find_version(session, version)
@@ -136,11 +229,15 @@ class ModelWatcher:
                     "model %s refused, still serving %s: %s", version, self.serving, exc.message
                 )
                 await asyncio.to_thread(self._mark_refused, version, exc.message)
+                self._report(version)
                 return None
             old = self.service.swap_classifier(model)
             self.seen = version
             self.swaps += 1
             log.info("hot-swapped model %s -> %s", old.version, version)
+            self._report(version)
+            if self.alias == PRODUCTION:
+                await asyncio.to_thread(record_last_loaded, self.db, version, clock=self.clock)
             return version
 
     def _alias_version(self) -> str | None:

@@ -26,9 +26,10 @@ from typing import Any, Final
 import numpy as np
 from PIL import Image, ImageDraw
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from cartag.clock import Clock
-from cartag.errors import ConflictError, InputError, ModelError
+from cartag.errors import ConflictError, InputError, ModelError, ModelUnloadableError
 from cartag.models.classifier import (
     BUNDLED_DIR,
     CONFIG_NAME,
@@ -379,12 +380,26 @@ def promote(
     clock: Clock,
     alias: str = PRODUCTION,
     force: bool = False,
+    reuse: Classifier | None = None,
 ) -> DeploymentRow:
     """Point an alias at a version, after the promotion gates unless ``force``.
 
     The gates (:func:`cartag.training.gates.check_promotion`) compare the version's
     metrics with production's on the sets both have. When production has metrics,
-    the candidate must share at least one set with it.
+    the candidate must share at least one set with it. Then the version's files are
+    load-checked as at registration (:func:`load_registered`: hash, load, smoke check),
+    ``force`` or not: files damaged since registration would make every server refuse
+    the version, and a restarted one serve another model.
+
+    Args:
+        db: The store.
+        settings: Gate tolerances and the loading settings.
+        version: A registered version.
+        by: Who promotes.
+        clock: Time source.
+        alias: The alias to move.
+        force: Skip the gates (never the load check).
+        reuse: A loaded model whose backbone the load check may share (a server's).
 
     Returns:
         The new deployment-history row (reason ``promote``).
@@ -393,29 +408,52 @@ def promote(
         NotFoundError: Unknown version.
         ConflictError: The version is refused/archived or already holds the alias.
         PromotionGatedError: A gate fails (a :class:`ConflictError`).
+        ModelUnloadableError: Its files no longer load (a :class:`ConflictError`).
     """
+    repo.check_alias(alias)
+    with db.read() as session:
+        row = repo.get_version(session, version)
+        _check_promotable(session, settings, row, alias=alias, force=force)
+    # Outside any write transaction: loading takes a while and must not hold the lock.
+    try:
+        load_registered(settings, row, reuse=reuse)
+    except ModelError as exc:
+        log.error("promotion of %s refused: %s", version, exc.message)
+        raise ModelUnloadableError(
+            f"model {version} cannot be promoted: {exc.message}. {alias} is unchanged"
+        ) from exc
+    with db.write() as session:
+        # Checked again: another promotion may have happened during the load.
+        row = repo.get_version(session, version)
+        _check_promotable(session, settings, row, alias=alias, force=force)
+        return repo.point_alias(session, alias, version, by=by, reason="promote", now=clock.now())
+
+
+def _check_promotable(
+    session: Session, settings: Settings, row: ModelVersionRow, *, alias: str, force: bool
+) -> None:
+    """Raise unless ``row`` may take ``alias``: its status, the alias, the gates."""
     from cartag.training.gates import check_promotion
 
-    repo.check_alias(alias)
-    with db.write() as session:
-        row = repo.get_version(session, version)
-        if row.status != REGISTERED:
-            raise ConflictError(
-                f"model {version} is {row.status}"
-                + (f" ({row.card['status_reason']})" if row.card.get("status_reason") else "")
-                + "; register a working model under a new version"
+    version = row.version
+    if row.status != REGISTERED:
+        raise ConflictError(
+            f"model {version} is {row.status}"
+            + (f" ({row.card['status_reason']})" if row.card.get("status_reason") else "")
+            + "; register a working model under a new version"
+        )
+    if repo.alias_version(session, alias) == version:
+        raise ConflictError(f"{alias} already serves {version}; nothing to do")
+    production = get_alias(session, PRODUCTION)
+    if not force and production is not None and production.version != version:
+        failures = check_promotion(row.metrics, production.metrics, settings)
+        if production.metrics and not set(row.metrics) & set(production.metrics):
+            failures.append(
+                f"{version} has no evaluation set in common with {production.version} "
+                f"(it has {sorted(row.metrics) or 'none'}); evaluate both on the same set"
             )
-        production = get_alias(session, PRODUCTION)
-        if not force and production is not None and production.version != version:
-            failures = check_promotion(row.metrics, production.metrics, settings)
-            if production.metrics and not set(row.metrics) & set(production.metrics):
-                failures.append(
-                    f"{version} has no evaluation set in common with {production.version} "
-                    f"(it has {sorted(row.metrics) or 'none'}); evaluate both on the same set"
-                )
-            if failures:
-                raise PromotionGatedError(version, failures)
-        return repo.point_alias(session, alias, version, by=by, reason="promote", now=clock.now())
+        if failures:
+            raise PromotionGatedError(version, failures)
 
 
 def rollback(

@@ -21,6 +21,7 @@ from contextvars import ContextVar
 from typing import Any, Final, Literal
 
 from cartag.errors import InputError
+from cartag.redaction import RedactingFilter
 
 request_id_var: ContextVar[str | None] = ContextVar("cartag_request_id", default=None)
 
@@ -87,10 +88,11 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _STANDARD and key not in payload:
                 payload[key] = value
-        if record.exc_info:
-            payload["exc"] = self.formatException(record.exc_info)
-        elif record.exc_text:
+        # exc_text first: a RedactingFilter leaves the redacted traceback there.
+        if record.exc_text:
             payload["exc"] = record.exc_text
+        elif record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
             payload["stack"] = self.formatStack(record.stack_info)
         return json.dumps(payload, default=str, ensure_ascii=False)
@@ -109,9 +111,14 @@ class TextFormatter(logging.Formatter):
 
 
 def make_handler(fmt: LogFormat, stream: Any = None) -> logging.Handler:
-    """A stream handler (stderr by default) with the formatter for ``fmt``."""
+    """A stream handler (stderr by default) with the formatter for ``fmt``.
+
+    Its :class:`~cartag.redaction.RedactingFilter` keeps URL passwords and tokens out of
+    every line, whichever logger wrote it (httpx logs each request's URL at INFO).
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RedactingFilter())
     handler.set_name("cartag")
     return handler
 

@@ -204,6 +204,21 @@ class PrometheusTelemetry(Telemetry):
             ["version"],
             registry=r,
         )
+        self.model_fallback_info = Gauge(
+            "cartag_model_fallback",
+            "1 while the production model cannot serve here: 'wanted' is the version the "
+            "production alias names, 'serving' the one answering instead (the last version "
+            "that loaded, else the bundled model). No series: production is served.",
+            ["wanted", "serving"],
+            registry=r,
+        )
+        self.storage_errors = Counter(
+            "cartag_storage_errors",
+            "Writes that failed because the store is full, read-only or unreachable, by "
+            "operation (request: answered 503; revalidation: cached answers served anyway).",
+            ["operation"],
+            registry=r,
+        )
         self._queues = _QueueDepth()
         r.register(self._queues)
         self._lock = threading.Lock()
@@ -262,3 +277,11 @@ class PrometheusTelemetry(Telemetry):
         # One version at a time: a hot swap replaces the series rather than adding one.
         self.model_info.clear()
         self.model_info.labels(version).set(1)
+
+    def model_fallback(self, wanted: str | None, serving: str) -> None:
+        self.model_fallback_info.clear()
+        if wanted is not None:
+            self.model_fallback_info.labels(wanted, serving).set(1)
+
+    def storage_failed(self, operation: str) -> None:
+        self.storage_errors.labels(operation).inc()

@@ -151,6 +151,7 @@ def render_monitor(
     since_text: str,
     generated: dt.datetime,
     max_rows: int = MAX_ADVERTISER_ROWS,
+    csrf: str = "",
 ) -> str:
     """The monitor page for ``report``.
 
@@ -159,6 +160,7 @@ def render_monitor(
         since_text: The ``since`` the user asked for (kept in links and the form).
         generated: When the page was made (shown in the header).
         max_rows: Most advertisers listed in the table.
+        csrf: The logout form's CSRF token (see :mod:`cartag.api.browser`).
     """
     rows = report.advertisers[:max_rows]
     sparklines = {
@@ -185,10 +187,18 @@ def render_monitor(
             rows=rows,
             hidden=len(report.advertisers) - len(rows),
             rule=report.thresholds.explain(),
+            csrf=csrf,
         )
     )
 
 
-def render_login(*, error: str | None = None, next_url: str = "/monitor") -> str:
-    """The login form: an API key with the reviewer (or admin) role."""
-    return _environment().get_template("monitor_login.html").render(error=error, next=next_url)
+def render_login(*, error: str | None = None, next_url: str = "/monitor", csrf: str = "") -> str:
+    """The login form: an API key with the reviewer (or admin) role.
+
+    ``csrf`` is the form's CSRF token (see :mod:`cartag.api.browser`).
+    """
+    return (
+        _environment()
+        .get_template("monitor_login.html")
+        .render(error=error, next=next_url, csrf=csrf)
+    )

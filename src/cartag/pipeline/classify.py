@@ -18,7 +18,7 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from cartag.clock import Clock
-from cartag.errors import DecodeError
+from cartag.errors import DecodeError, FetchError
 from cartag.models.batching import MicroBatcher
 from cartag.models.classifier import Classifier, Prediction, settings_plan
 from cartag.models.color_providers import (
@@ -30,9 +30,10 @@ from cartag.models.color_providers import (
 from cartag.ops.daily import RollupBuffer
 from cartag.pipeline.decode import decode_image
 from cartag.pipeline.fetch import Failed, Fetched, Fetcher, FetchRequest, NotModified
-from cartag.pipeline.keys import choose_image_key, content_sha256, normalize_url, phash
+from cartag.pipeline.keys import choose_image_key, content_sha256, phash, request_url
 from cartag.pipeline.resolve import resolve
 from cartag.pipeline.results import ClassifyResult, ImageRequest, skipped
+from cartag.redaction import has_password, strip_password
 from cartag.settings import Settings
 from cartag.store import embeddings as embedding_repo
 from cartag.store import fixes as fix_repo
@@ -40,9 +41,10 @@ from cartag.store import images as image_repo
 from cartag.store import registry as registry_repo
 from cartag.store.cache import LookupCache, UrlLookup
 from cartag.store.db import Database
+from cartag.store.health import storage_problem
 from cartag.store.tables import ImageRow
 from cartag.telemetry import Telemetry, host_of
-from cartag.vocab import read_stored_color
+from cartag.vocab import parse_scrape_color, read_stored_color
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +187,17 @@ class ClassifyService:
             One result per request, in order.
         """
         stats = stats if stats is not None else ClassifyStats()
-        urls = [normalize_url(r.url) for r in requests]
-        unique = list(dict.fromkeys(urls))
         outcomes: dict[str, _Outcome] = {}
+        urls: list[str] = []
+        for request in requests:
+            try:
+                urls.append(request_url(request.url))
+            except FetchError as exc:
+                # A URL that can't be fetched or stored is this image's skip, never the
+                # batch's failure; its key is no URL, so it is never looked up or fetched.
+                urls.append(f"\0{exc.reason}")
+                outcomes[urls[-1]] = _Skip(exc.reason)
+        unique = [url for url in dict.fromkeys(urls) if url not in outcomes]
         known = self._lookup_urls(unique)
         # URLs revalidated less than revalidate_after_s ago are answered from their
         # lookup alone: no request to their server, no chunk.
@@ -196,10 +206,22 @@ class ClassifyService:
         pending = []
         for url in unique:
             row = known.get(url)
-            if row is not None and fresh_since is not None and row.checked_at >= fresh_since:
+            # A URL with a password is always revalidated: only its server can tell
+            # whether this password may see the image (the store keeps no password).
+            if (
+                row is not None
+                and fresh_since is not None
+                and row.checked_at >= fresh_since
+                and not has_password(url)
+            ):
                 outcomes[url] = _Cached(row)
             else:
                 pending.append(url)
+        # Revalidations (URLs with a cached answer) first, so that they fill chunks of
+        # their own: a chunk waits for its slowest download, and a cached answer must
+        # not wait behind a slow server's fresh image. (The fetcher gives conditional
+        # requests their own connection slots too.)
+        pending.sort(key=lambda url: url not in known)
         # Chunks flow through fetch -> decode -> model -> store as a pipeline: the
         # downloads and store writes of some chunks overlap the model's work on
         # another, and only the chunks in flight hold image bytes and pixels.
@@ -266,10 +288,26 @@ class ClassifyService:
             return
         try:
             await asyncio.to_thread(self._record_advertiser_images, advertiser_id, new)
-        except Exception:  # noqa: BLE001 - bookkeeping must never fail an answered request
-            log.exception("could not record the images of advertiser %s", advertiser_id)
+        except Exception as exc:  # noqa: BLE001 - bookkeeping must never fail an answered request
+            if storage_problem(exc) is not None:
+                self._bookkeeping_failed("advertiser_images", exc)
+            else:
+                log.exception("could not record the images of advertiser %s", advertiser_id)
             return
         self._seen.update((advertiser_id, key) for key in new)
+
+    def _bookkeeping_failed(self, operation: str, exc: BaseException) -> None:
+        """A bookkeeping write failed on a storage problem: warn and count; answers still go out."""
+        log.warning(
+            "could not record %s: %s (%r); the answers are served anyway",
+            operation,
+            storage_problem(exc),
+            getattr(exc, "orig", None) or exc,
+        )
+        try:
+            self.telemetry.storage_failed(operation)
+        except Exception:  # noqa: BLE001 - metrics must never fail a classify
+            log.exception("telemetry failed on a storage failure")
 
     def _record_advertiser_images(self, advertiser_id: str, keys: list[str]) -> None:
         with self.db.write() as session:
@@ -333,15 +371,21 @@ class ClassifyService:
             log.exception("telemetry failed on a download failure")
 
     def _lookup_urls(self, urls: list[str]) -> dict[str, UrlLookup]:
-        """Known URLs with their image's answer: from the lookup cache, else the database."""
-        found = self.lookup_cache.get_many(urls)
-        missing = [url for url in urls if url not in found] if found else urls
+        """Known URLs with their image's answer: from the lookup cache, else the database.
+
+        Returns them by the URL as fetched; they are stored (and cached) without the
+        URL's password (:func:`~cartag.redaction.strip_password`).
+        """
+        stored = {url: strip_password(url) for url in urls}
+        keys = list(dict.fromkeys(stored.values()))
+        found = self.lookup_cache.get_many(keys)
+        missing = [key for key in keys if key not in found] if found else keys
         if missing:
             with self.db.read() as session:
                 loaded = image_repo.lookup_urls(session, missing)
             self.lookup_cache.set_many(loaded)
             found.update((entry.url, entry) for entry in loaded)
-        return found
+        return {url: found[key] for url, key in stored.items() if key in found}
 
     def _match_known(self, new: list[_New], revalidated: list[str]) -> dict[str, ImageRow]:
         """Record 304s; find downloaded images already cached by key or by bytes.
@@ -351,23 +395,31 @@ class ClassifyService:
         if not new and not revalidated:
             return {}  # no write transaction on the cached path
         now = self.clock.now()
-        with self.db.write() as session:
-            image_repo.touch_urls(session, revalidated, now)
-            by_key = image_repo.get_images(session, {n.key for n in new})
-            by_sha = image_repo.get_images_by_sha(
-                session, {n.sha256 for n in new if n.key not in by_key}
-            )
-            known: list[_New] = []
-            for item in new:
-                cached = by_key.get(item.key)
-                if cached is None and item.sha256 in by_sha:
-                    # The same bytes are cached under another key: reuse that answer.
-                    by_key[item.key] = _copy_answer(session, by_sha[item.sha256], item, now)
-                if item.key in by_key:
-                    known.append(item)
-            image_repo.save_urls(session, [_url_entry(item) for item in known], now)
+        known: list[_New] = []
+        try:
+            with self.db.write() as session:
+                image_repo.touch_urls(session, [strip_password(url) for url in revalidated], now)
+                by_key = image_repo.get_images(session, {n.key for n in new})
+                by_sha = image_repo.get_images_by_sha(
+                    session, {n.sha256 for n in new if n.key not in by_key}
+                )
+                for item in new:
+                    cached = by_key.get(item.key)
+                    if cached is None and item.sha256 in by_sha:
+                        # The same bytes are cached under another key: reuse that answer.
+                        by_key[item.key] = _copy_answer(session, by_sha[item.sha256], item, now)
+                    if item.key in by_key:
+                        known.append(item)
+                image_repo.save_urls(session, [_url_entry(item) for item in known], now)
+        except Exception as exc:
+            if new or storage_problem(exc) is None:
+                raise  # new images must be stored: the caller answers 503
+            # Only 304s: the cached answers are still right. When they were revalidated
+            # is bookkeeping, and a full or read-only store must not fail them.
+            self._bookkeeping_failed("revalidation", exc)
+            return {}
         # These URLs may serve another image now.
-        self.lookup_cache.invalidate([item.fetched.url for item in known])
+        self.lookup_cache.invalidate([strip_password(item.fetched.url) for item in known])
         return {item.key: by_key[item.key] for item in known}
 
     async def _classify_new(
@@ -414,7 +466,11 @@ class ClassifyService:
 
     def _decode(self, item: _New) -> str | None:
         try:
-            decoded = decode_image(item.fetched.content, max_pixels=self.settings.max_image_pixels)
+            decoded = decode_image(
+                item.fetched.content,
+                max_pixels=self.settings.max_image_pixels,
+                max_decode_bytes=self.settings.max_decode_mb * 1024 * 1024,
+            )
         except DecodeError as exc:
             return exc.reason
         item.image = decoded.image
@@ -427,7 +483,7 @@ class ClassifyService:
     ) -> image_repo.NewImage:
         return image_repo.NewImage(
             image_key=item.key,
-            url=item.fetched.url,
+            url=strip_password(item.fetched.url),
             content_sha256=item.sha256,
             phash=item.phash,
             width=item.width,
@@ -461,7 +517,7 @@ class ClassifyService:
             )
             image_repo.save_urls(session, [_url_entry(item) for item in ready], now)
             self.lookup_cache.invalidate(
-                [item.fetched.url for item in ready], [item.key for item in ready]
+                [strip_password(item.fetched.url) for item in ready], [item.key for item in ready]
             )
             self._save_embeddings(session, triples, now)
             return image_repo.get_images(session, {item.key for item in ready})
@@ -515,23 +571,27 @@ class ClassifyService:
             # Every downloaded image is cached, classified or skipped by now.
             assert isinstance(outcome, _Cached)
             image = outcome.image
-            results.append(
-                resolve(
-                    image,
-                    fixes.get(image.image_key),
-                    request.scrape_color,
-                    request.url,
-                    outcome.fresh,
-                    low_confidence_threshold=self.settings.low_confidence_threshold,
-                )
+            # An unknown scrape color is ignored (as "N/A" is), never the batch's failure.
+            scrape_color, scrape_reason = parse_scrape_color(request.scrape_color)
+            result = resolve(
+                image,
+                fixes.get(image.image_key),
+                scrape_color,
+                request.url,
+                outcome.fresh,
+                low_confidence_threshold=self.settings.low_confidence_threshold,
             )
+            if scrape_reason is not None and result.color_reason is None:
+                result = replace(result, color_reason=scrape_reason)
+            results.append(result)
         return results
 
 
 def _url_entry(item: _New) -> image_repo.UrlEntry:
     v = item.fetched.validators
+    # Stored without the URL's password: it is needed for the download only.
     return image_repo.UrlEntry(
-        item.fetched.url, item.key, v.etag, v.last_modified, v.content_length
+        strip_password(item.fetched.url), item.key, v.etag, v.last_modified, v.content_length
     )
 
 
@@ -541,7 +601,7 @@ def _copy_answer(session: Session, source: ImageRow, item: _New, now: dt.datetim
         session,
         image_repo.NewImage(
             image_key=item.key,
-            url=item.fetched.url,
+            url=strip_password(item.fetched.url),
             content_sha256=item.sha256,
             phash=source.phash,
             width=source.width,

@@ -8,7 +8,8 @@ raises, it becomes a ``Failed`` with a machine-readable ``reason``:
 * ``dns_error``: the host name does not resolve.
 * ``blocked_address``: the URL (or a redirect) points at a non-public network.
 * ``connection_error``: refused, reset, TLS failure, protocol garbage.
-* ``timeout``: connect or read timeout, or the attempt took too long in total.
+* ``timeout``: connect or read timeout, an attempt took too long, or the URL used
+  up ``download_deadline_s`` (all attempts and redirects together).
 * ``too_large``: body over ``max_image_bytes`` (declared or streamed).
 * ``too_many_redirects``: more than ``max_redirects`` hops.
 * ``unsupported_encoding``: server compressed the body although asked not to.
@@ -18,8 +19,15 @@ Safety: every hop is resolved once, every resolved address is checked by
 :func:`~cartag.pipeline.netguard.check_ip`, and the request is sent to the checked
 address (URL host rewritten to the IP, original ``Host`` header, TLS server name
 via the ``sni_hostname`` extension), so DNS rebinding cannot redirect it.
-Concurrency is bounded overall and per host; 5xx answers, timeouts and connection
-errors are retried with exponential backoff, nothing else is.
+Concurrency is bounded overall and per server address (the address a host name
+resolves to, so that ``127.0.0.2``, ``2130706434`` and ``127.2`` are one server).
+Conditional requests (revalidating a cached image) have slots of their own, so
+that slow full downloads never hold up the answers for cached images. 5xx
+answers, timeouts and connection errors are retried with exponential backoff,
+nothing else is, and not a timeout on a body that had started arriving: a
+server that trickles its body would only trickle it again. Each URL gets
+``download_deadline_s`` of connection time in all; time spent waiting for a
+free slot is not counted.
 
 A Fetcher owns an ``httpx.AsyncClient``: create it, use it and close it within
 one event loop.
@@ -30,7 +38,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+import ipaddress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, TypeVar
@@ -131,8 +140,9 @@ class Fetcher:
         self._settings = settings
         self._resolver = resolver or SystemResolver()
         self._allowed = list(settings.allowed_networks)
-        self._global = asyncio.Semaphore(settings.download_concurrency)
-        self._hosts = _HostLimiter(settings.per_host_concurrency)
+        # Full downloads, and conditional requests (mostly bodyless 304s) apart.
+        self._downloads = _Slots(settings.download_concurrency, settings.per_host_concurrency)
+        self._revalidations = _Slots(settings.download_concurrency, settings.per_host_concurrency)
         connect, read = settings.connect_timeout_s, settings.read_timeout_s
         self._deadline = connect + _ATTEMPT_READ_TIMEOUTS * read
         if transport is None:
@@ -218,15 +228,61 @@ class Fetcher:
         ) as response:
             return response.status_code
 
+    async def post_body(self, url: str, content: bytes, headers: Mapping[str, str]) -> int:
+        """POST ``content`` as is (signed job callbacks), like :meth:`post_json`.
+
+        Args:
+            url: An absolute http(s) URL.
+            content: The exact bytes to send (a signature covers them).
+            headers: ``Content-Type`` and any others (signature, timestamp).
+
+        Returns:
+            The HTTP status of the answer, whatever it is (a 3xx is not followed).
+
+        Raises:
+            FetchError: As :meth:`post_json`.
+        """
+        timeout = self._settings.callback_timeout_s
+        target = parse_target(url)
+        async with self._exchange(
+            "POST",
+            target,
+            0,
+            2 * timeout,
+            content=content,
+            headers=dict(headers),
+            timeout=httpx.Timeout(timeout),
+        ) as response:
+            return response.status_code
+
+    async def check_address(self, url: str) -> None:
+        """Check ``url`` with the address guard now, without sending anything.
+
+        A job's callback URL is checked when the job is submitted, so a forbidden one
+        is refused at once instead of failing when the job is done.
+
+        Raises:
+            FetchError: ``invalid_url``, ``dns_error`` or ``blocked_address``.
+        """
+        await pin_target(
+            parse_target(url),
+            0,
+            self._resolver,
+            self._allowed,
+            dns_timeout_s=self._settings.connect_timeout_s,
+        )
+
     async def _fetch(self, request: FetchRequest) -> FetchOutcome:
         target = parse_target(request.url)
         validators = {"If-None-Match": request.etag, "If-Modified-Since": request.last_modified}
         # A validator httpx cannot send (non-ASCII, line breaks) would crash the
         # request; without it the download is merely unconditional.
         conditional = {k: v for k, v in validators.items() if v and v.isprintable() and v.isascii()}
+        budget = _Budget(self._settings.download_deadline_s)
+        slots = self._revalidations if conditional else self._downloads
         for _hop in range(self._settings.max_redirects + 1):
-            get = functools.partial(self._get, request.url, target, conditional)
-            result = await self._retrying(get)
+            get = functools.partial(self._get, request.url, target, conditional, slots, budget)
+            result = await self._retrying(get, budget)
             if not isinstance(result, _Redirect):
                 return result
             target = parse_target(result.location)
@@ -234,32 +290,79 @@ class Fetcher:
             f"more than {self._settings.max_redirects} redirects", "too_many_redirects"
         )
 
-    async def _retrying(self, attempt: Callable[[int], Awaitable[_T]]) -> _T:
+    async def _retrying(self, attempt: Callable[[int], Awaitable[_T]], budget: _Budget) -> _T:
         number = 0
         while True:
             try:
                 return await attempt(number)
             except FetchError as exc:
-                if number >= self._settings.retries or not _is_transient(exc):
+                backoff = self._settings.retry_backoff_s * 2**number
+                if (
+                    number >= self._settings.retries
+                    or not _is_transient(exc)
+                    or budget.left <= backoff
+                ):
                     raise
-            await asyncio.sleep(self._settings.retry_backoff_s * 2**number)
+            await asyncio.sleep(backoff)
+            budget.spend(backoff)
             number += 1
 
     async def _get(
-        self, url: str, target: Target, conditional: dict[str, str], attempt: int
+        self,
+        url: str,
+        target: Target,
+        conditional: dict[str, str],
+        slots: _Slots,
+        budget: _Budget,
+        attempt: int,
     ) -> Fetched | NotModified | _Redirect:
-        async with self._exchange(
-            "GET", target, attempt, self._deadline, headers=conditional
-        ) as response:
-            return await self._read(url, target, response)
+        answered = False
+        try:
+            async with self._exchange(
+                "GET",
+                target,
+                attempt,
+                self._deadline,
+                headers=conditional,
+                slots=slots,
+                budget=budget,
+            ) as response:
+                answered = True
+                return await self._read(url, target, response)
+        except FetchTimeoutError as exc:
+            if not answered:
+                raise
+            raise _SlowBodyError(exc.message) from None
 
     @contextlib.asynccontextmanager
     async def _exchange(
-        self, method: str, target: Target, attempt: int, deadline: float, **kwargs: Any
+        self,
+        method: str,
+        target: Target,
+        attempt: int,
+        deadline: float,
+        *,
+        slots: _Slots | None = None,
+        budget: _Budget | None = None,
+        **kwargs: Any,
     ) -> AsyncIterator[httpx.Response]:
-        """Send one pinned request within the limits and yield the streaming response."""
-        # Per-host first: waiting for a busy host must not hold a global slot.
-        async with self._hosts.hold(target.host), self._global:
+        """Send one pinned request within the limits and yield the streaming response.
+
+        Args:
+            method: HTTP method.
+            target: Where to send it.
+            attempt: Number of the attempt (picks one of the host's addresses).
+            deadline: Most seconds this exchange may take, connect to last byte.
+            slots: The concurrency limits to hold; default: those of full downloads.
+            budget: The URL's remaining connection time; the exchange spends from it.
+            **kwargs: Passed to ``httpx.AsyncClient.stream`` (``headers`` merged).
+        """
+        slots = slots or self._downloads
+        # Resolved before the connection slots are taken: the per-server limit
+        # keys on the address, however the URL spells the host. Lookups have a
+        # bound of their own, so that a large batch does not queue a thousand of
+        # them in the resolver's threads (each would count its wait as DNS time).
+        async with slots.resolving:
             pinned, headers, extensions = await pin_target(
                 target,
                 attempt,
@@ -267,15 +370,26 @@ class Fetcher:
                 self._allowed,
                 dns_timeout_s=self._settings.connect_timeout_s,
             )
-            headers.update(kwargs.pop("headers", {}))
-            with _translate_errors(target):
-                async with (
-                    asyncio.timeout(deadline),
-                    self._client.stream(
-                        method, pinned, headers=headers, extensions=extensions, **kwargs
-                    ) as response,
-                ):
-                    yield response
+        headers.update(kwargs.pop("headers", {}))
+        # Per-server first: waiting for a busy server must not hold a global slot.
+        async with slots.hosts.hold(_server_key(pinned)), slots.overall:
+            if budget is not None:
+                if budget.left <= 0:
+                    raise FetchTimeoutError(f"{target.url}: download_deadline_s used up")
+                deadline = min(deadline, budget.left)
+            started = asyncio.get_running_loop().time()
+            try:
+                with _translate_errors(target):
+                    async with (
+                        asyncio.timeout(deadline),
+                        self._client.stream(
+                            method, pinned, headers=headers, extensions=extensions, **kwargs
+                        ) as response,
+                    ):
+                        yield response
+            finally:
+                if budget is not None:
+                    budget.spend(asyncio.get_running_loop().time() - started)
 
     async def _read(
         self, url: str, target: Target, response: httpx.Response
@@ -325,6 +439,41 @@ class Fetcher:
         )
 
 
+class _SlowBodyError(FetchTimeoutError):
+    """The server answered, then sent its body too slowly: not worth another attempt."""
+
+
+class _Budget:
+    """Connection time left to one URL, over all its attempts and redirects (seconds)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
+
+    def spend(self, seconds: float) -> None:
+        self.left -= seconds
+
+
+class _Slots:
+    """Concurrency limits of one kind of request: DNS lookups, overall and per server."""
+
+    def __init__(self, overall: int, per_server: int) -> None:
+        self.resolving = asyncio.Semaphore(overall)
+        self.overall = asyncio.Semaphore(overall)
+        self.hosts = _HostLimiter(per_server)
+
+
+def _server_key(pinned: httpx.URL) -> str:
+    """The address a pinned URL connects to, in one canonical spelling."""
+    host = pinned.host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower()  # not reached: pin_target always yields an address
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
 class _HostLimiter:
     """A semaphore per host, created on demand and dropped when nobody uses it."""
 
@@ -364,6 +513,8 @@ def _translate_errors(target: Target) -> Iterator[None]:
 
 
 def _is_transient(exc: FetchError) -> bool:
+    if isinstance(exc, _SlowBodyError):
+        return False
     if isinstance(exc, HTTPStatusError):
         return exc.status >= 500
     return exc.reason in ("timeout", "connection_error")

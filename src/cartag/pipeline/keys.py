@@ -26,10 +26,14 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from cartag.errors import FetchError
+
 VALIDATORS_KEY_PREFIX = "v1:"
 CONTENT_KEY_PREFIX = "sha256:"
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# Longest image URL accepted, as sent and normalized (the length of urls.url).
+MAX_URL_LENGTH = 2048
 
 _PHASH_SIZE = 32  # side of the grayscale thumbnail the DCT runs on
 _PHASH_LOW = 8  # side of the low-frequency block the bits come from
@@ -105,6 +109,36 @@ def normalize_url(url: str) -> str:
     port = _normalize_port(scheme, port)
     netloc = userinfo + host.lower() + (f":{port}" if port is not None else "")
     return urlunsplit((scheme, netloc, parts.path, parts.query, ""))
+
+
+def request_url(url: str) -> str:
+    """Check an image URL a client sent and return its :func:`normalize_url` form.
+
+    Runs before anything else looks at the URL, so that one bad URL is that image's
+    ``skipped`` result and never fails its batch or reaches the store.
+
+    Raises:
+        FetchError: ``reason="url_too_long"`` over :data:`MAX_URL_LENGTH` characters;
+            ``reason="invalid_url"`` when it is not an absolute http(s) URL with a host
+            or cannot be parsed at all (``http://[::1/``).
+    """
+    if len(url) > MAX_URL_LENGTH:
+        raise FetchError(
+            f"the URL has {len(url):,} characters; at most {MAX_URL_LENGTH:,} are accepted",
+            "url_too_long",
+        )
+    try:
+        parts = urlsplit(url.strip())
+        normalized = normalize_url(url)
+    except ValueError as exc:  # urllib: "Invalid IPv6 URL", bad characters in the host
+        raise FetchError(f"invalid URL: {exc}", "invalid_url") from None
+    if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.netloc:
+        raise FetchError("invalid URL: an absolute http:// or https:// URL", "invalid_url")
+    if len(normalized) > MAX_URL_LENGTH:
+        raise FetchError(
+            f"the normalized URL is over {MAX_URL_LENGTH:,} characters", "url_too_long"
+        )
+    return normalized
 
 
 def url_host(url: str) -> str:

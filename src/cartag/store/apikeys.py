@@ -12,11 +12,11 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from cartag.errors import AuthError, InputError, NotFoundError, PermissionDeniedError
-from cartag.store.tables import ApiKeyRow
+from cartag.store.tables import ApiKeyRow, BrowserSessionRow
 
 # "admin" may do everything; the others are what the API checks.
 ROLES = ("classifier", "fixer", "reviewer", "admin")
@@ -89,6 +89,11 @@ def authenticate(session: Session, key: str) -> Principal:
         raise AuthError("unknown API key; create one with `cartag keys create --role ...`")
     if row.revoked_at is not None:
         raise AuthError(f"API key {row.name!r} was revoked; create a new one")
+    return principal_of(row)
+
+
+def principal_of(row: ApiKeyRow) -> Principal:
+    """The principal of a key's row (checked by the caller)."""
     return Principal(key_id=row.id, name=row.name, roles=frozenset(row.roles.split(",")))
 
 
@@ -99,6 +104,8 @@ def list_keys(session: Session) -> list[ApiKeyRow]:
 def revoke_key(session: Session, prefix: str, now: dt.datetime) -> ApiKeyRow:
     """Revoke a key by its prefix (the 8 hex characters after ``ctg_``).
 
+    Its browser sessions end with it.
+
     Raises:
         NotFoundError: No key has this prefix.
     """
@@ -106,4 +113,9 @@ def revoke_key(session: Session, prefix: str, now: dt.datetime) -> ApiKeyRow:
     if row is None:
         raise NotFoundError(f"no API key with prefix {prefix!r}; see `cartag keys list`")
     row.revoked_at = now
+    session.execute(
+        update(BrowserSessionRow)
+        .where(BrowserSessionRow.key_id == row.id, BrowserSessionRow.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
     return row

@@ -7,7 +7,6 @@ hash, so a re-uploaded identical photo under a new URL keeps its fix.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from cartag.clock import Clock
 from cartag.errors import InputError, NotFoundError
 from cartag.store.tables import FixAuditRow, FixRow, ImageRow
 from cartag.store.upsert import chunked, in_values, upsert
@@ -79,12 +79,15 @@ def apply_fix(
     image_type: str | None,
     color: str | None,
     comment: str | None,
-    now: dt.datetime,
+    clock: Clock,
 ) -> FixAuditRow:
     """Record a manual fix and its audit entry in the caller's write transaction.
 
     Concurrent fixes of one image are serialised on the image row, so each audit
-    entry's "from" is exactly the previous fix's "to".
+    entry's "from" is exactly the previous fix's "to". The time is read from ``clock``
+    once the row is locked: a time taken before would order concurrent fixes by when
+    they were sent rather than when they took effect, and the history could end with a
+    fix that is not the one in effect.
 
     Raises:
         NotFoundError: No image has this key.
@@ -101,6 +104,7 @@ def apply_fix(
         raise NotFoundError(
             f"no image with key {image_key!r}; use the image_key of a classify result"
         )
+    now = clock.now()
     rows = {
         row.scope_key: row
         for row in session.scalars(
@@ -222,18 +226,17 @@ def find_fixes(
 
 
 def history(session: Session, image_key: str) -> list[FixAuditRow]:
-    """The audit trail of an image, oldest first.
+    """The audit trail of an image in the order the fixes took effect (the last is in effect).
+
+    Ordered by id: fixes of one image are serialised on its row and each gets its id
+    inside that lock, so ids follow the commits even where the servers' clocks disagree.
 
     Raises:
         NotFoundError: No image has this key.
     """
     if session.get(ImageRow, image_key) is None:
         raise NotFoundError(f"no image with key {image_key!r}")
-    stmt = (
-        select(FixAuditRow)
-        .where(FixAuditRow.image_key == image_key)
-        .order_by(FixAuditRow.created_at, FixAuditRow.id)
-    )
+    stmt = select(FixAuditRow).where(FixAuditRow.image_key == image_key).order_by(FixAuditRow.id)
     return list(session.scalars(stmt))
 
 

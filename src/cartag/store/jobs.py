@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -28,8 +28,12 @@ def create_job(
     items: Sequence[tuple[str, str | None]],
     callback_url: str | None,
     now: dt.datetime,
+    owner_key_id: int | None = None,
 ) -> JobRow:
-    """Store a job and its ``(url, scrape_color)`` items, queued."""
+    """Store a job and its ``(url, scrape_color)`` items, queued.
+
+    ``owner_key_id`` is the API key that submitted it (the one that may read it).
+    """
     job = JobRow(
         id=str(uuid.uuid4()),
         advertiser_id=advertiser_id,
@@ -38,6 +42,7 @@ def create_job(
         done=0,
         callback_url=callback_url,
         created_at=now,
+        owner_key_id=owner_key_id,
     )
     session.add(job)
     session.flush()
@@ -88,6 +93,25 @@ def requeue_running(session: Session) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+def requeue_job(session: Session, job_id: str, *, error: str | None) -> bool:
+    """Put one running job back in the queue, e.g. after a storage failure interrupted it.
+
+    Args:
+        session: The write transaction.
+        job_id: The job.
+        error: Why it waits (shown with the job until it finishes); None clears it.
+
+    Returns:
+        True if the job was running (done and failed jobs are left alone).
+    """
+    result = session.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.status == RUNNING)
+        .values(status=QUEUED, error=error)
+    )
+    return int(getattr(result, "rowcount", 0) or 0) == 1
+
+
 def finish_job(
     session: Session, job_id: str, *, status: str, now: dt.datetime, error: str | None = None
 ) -> None:
@@ -98,8 +122,14 @@ def finish_job(
     )
 
 
-def set_callback_status(session: Session, job_id: str, status: str) -> None:
-    session.execute(update(JobRow).where(JobRow.id == job_id).values(callback_status=status))
+def set_callback_status(
+    session: Session, job_id: str, status: str, *, callback_url: str | None = None
+) -> None:
+    """Record how the callback went; ``callback_url`` replaces the stored URL (redacted)."""
+    values: dict[str, Any] = {"callback_status": status}
+    if callback_url is not None:
+        values["callback_url"] = callback_url
+    session.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
 
 
 # --- Chunked execution shared by the in-process runner and Celery workers ------------
@@ -150,14 +180,31 @@ def count_pending(session: Session, job_id: str, start: int = 0, stop: int | Non
     return int(session.scalar(stmt) or 0)
 
 
-def store_results(session: Session, job_id: str, results: dict[int, dict[str, Any]]) -> int:
+def store_results(
+    session: Session,
+    job_id: str,
+    results: dict[int, dict[str, Any]],
+    *,
+    urls: Mapping[int, str] | None = None,
+) -> int:
     """Store results of items that have none yet; returns how many were stored.
 
     Each item is a conditional UPDATE (``result IS NULL``), and the job's ``done``
     grows by exactly the rows that changed, so concurrent chunks keep it exact.
+
+    Args:
+        session: The transaction.
+        job_id: The job.
+        results: Result per item index.
+        urls: A new URL per item index, stored with its result (the submitted URL
+            without its password, which only the download needed).
     """
     stored = 0
+    urls = urls or {}
     for idx, result in results.items():
+        values: dict[str, Any] = {"result": result}
+        if idx in urls:
+            values["url"] = urls[idx]
         outcome = session.execute(
             update(JobItemRow)
             .where(
@@ -165,7 +212,7 @@ def store_results(session: Session, job_id: str, results: dict[int, dict[str, An
                 JobItemRow.idx == idx,
                 JobItemRow.result.is_(None),
             )
-            .values(result=result)
+            .values(**values)
         )
         stored += int(getattr(outcome, "rowcount", 0) or 0)
     if stored:
@@ -183,7 +230,8 @@ def finish_if_complete(session: Session, job_id: str, now: dt.datetime) -> bool:
     outcome = session.execute(
         update(JobRow)
         .where(JobRow.id == job_id, JobRow.status.in_([QUEUED, RUNNING]), ~pending)
-        .values(status=DONE, finished_at=now)
+        # A "waiting to retry" note left by a storage failure is over once it is done.
+        .values(status=DONE, finished_at=now, error=None)
     )
     return int(getattr(outcome, "rowcount", 0) or 0) == 1
 

@@ -34,6 +34,10 @@ from cartag.store.upsert import chunked, upsert
 PRODUCTION: Final[str] = "production"
 CANDIDATE: Final[str] = "candidate"
 ALIASES: Final[tuple[str, ...]] = (PRODUCTION, CANDIDATE)
+# Not an alias anyone points: the last version a server or worker loaded as production,
+# kept in the alias table so that a server that cannot load production serves it
+# rather than the bundled model. Never listed with the aliases, never in the history.
+LAST_LOADED: Final[str] = "last-loaded"
 
 REGISTERED: Final[str] = "registered"
 REFUSED: Final[str] = "refused"
@@ -147,9 +151,23 @@ def get_alias(session: Session, alias: str) -> ModelVersionRow | None:
 def aliases_by_version(session: Session) -> dict[str, list[str]]:
     """Version -> the aliases pointing at it."""
     found: dict[str, list[str]] = {}
-    for row in session.scalars(select(ModelAliasRow).order_by(ModelAliasRow.alias)):
+    stmt = (
+        select(ModelAliasRow).where(ModelAliasRow.alias.in_(ALIASES)).order_by(ModelAliasRow.alias)
+    )
+    for row in session.scalars(stmt):
         found.setdefault(row.version, []).append(row.alias)
     return found
+
+
+def record_last_loaded(session: Session, version: str, *, by: str, now: dt.datetime) -> None:
+    """Remember ``version`` as the last production model that loaded (see :data:`LAST_LOADED`)."""
+    row = session.get(ModelAliasRow, LAST_LOADED, with_for_update=True)
+    if row is None:
+        session.add(
+            ModelAliasRow(alias=LAST_LOADED, version=version, updated_at=now, updated_by=by)
+        )
+    elif row.version != version:
+        row.version, row.updated_at, row.updated_by = version, now, by
 
 
 def history(session: Session, alias: str) -> list[DeploymentRow]:

@@ -178,6 +178,35 @@ class ApiKeyRow(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
+class BrowserSessionRow(Base):
+    """A browser login (/review, /monitor): the cookie holds a random token, this row its hash.
+
+    A session ends at ``expires_at``, when it is revoked (logout) or when its key is.
+    """
+
+    __tablename__ = "browser_sessions"
+
+    # SHA-256 of the cookie's token: a copy of the database logs nobody in.
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class DeploymentSecretRow(Base):
+    """A secret generated once per deployment, shared by every API process and worker.
+
+    ``callback`` signs job callbacks when ``CARTAG_CALLBACK_SECRET`` is not set.
+    """
+
+    __tablename__ = "deployment_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
 class JobRow(Base):
     """A classify job submitted with POST /v1/jobs; its state survives restarts."""
 
@@ -189,12 +218,17 @@ class JobRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     total: Mapped[int] = mapped_column(Integer)
     done: Mapped[int] = mapped_column(Integer, default=0)
+    # As submitted until the callback is sent, then a redacted copy (no tokens).
     callback_url: Mapped[str | None] = mapped_column(Text)
     callback_status: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # The API key that submitted the job: only it (and admins) may read the job. None
+    # for jobs made before owners were recorded (admins only). No foreign key: keys are
+    # revoked, never deleted.
+    owner_key_id: Mapped[int | None] = mapped_column(Integer, index=True)
 
 
 class JobItemRow(Base):
@@ -204,6 +238,8 @@ class JobItemRow(Base):
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # As submitted (a password included) until the item's result is stored, then
+    # without its password: the download needs it, nothing after.
     url: Mapped[str] = mapped_column(Text)
     scrape_color: Mapped[str | None] = mapped_column(String(16))
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))

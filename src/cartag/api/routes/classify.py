@@ -8,14 +8,18 @@ from fastapi import APIRouter, Response
 from pydantic_core import to_json
 
 from cartag.api.deps import ClassifierDep, StateDep
-from cartag.api.schemas import ClassifyIn, ClassifyOut
+from cartag.api.schemas import ClassifyIn, ClassifyOut, error_responses
 from cartag.errors import InputError
 from cartag.pipeline.results import ImageRequest
 
 router = APIRouter(prefix="/v1", tags=["classify"])
 
 
-@router.post("/classify", response_model=ClassifyOut)
+@router.post(
+    "/classify",
+    response_model=ClassifyOut,
+    responses=error_responses(400, 401, 403, 413, 422, 503),
+)
 async def classify(body: ClassifyIn, state: StateDep, _: ClassifierDep) -> Response:
     """Classify up to ``CARTAG_MAX_IMAGES_PER_REQUEST`` images (default 1,000), in order.
 

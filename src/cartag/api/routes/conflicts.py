@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from cartag.api.deps import PrincipalDep, StateDep
-from cartag.api.schemas import ConflictLabelOut, ConflictOut, ConflictsOut
+from cartag.api.schemas import MAX_ID, ConflictLabelOut, ConflictOut, ConflictsOut, error_responses
 from cartag.store import fixes as fix_repo
 
-router = APIRouter(prefix="/v1", tags=["fixes"])
+router = APIRouter(prefix="/v1", tags=["fixes"], responses=error_responses(401, 403, 422))
 
 
 @router.get("/conflicts", response_model=ConflictsOut)
@@ -16,7 +16,8 @@ def list_conflicts(
     state: StateDep,
     _: PrincipalDep,
     limit: int = Query(default=100, ge=1, le=1000),
-    offset: int = Query(default=0, ge=0),
+    # Bounded: past 2**63 - 1 the database driver raises (a 500), so it is a 422 here.
+    offset: int = Query(default=0, ge=0, le=MAX_ID),
 ) -> ConflictsOut:
     """Images with manual labels that disagree, most recently fixed first."""
     with state.db.read() as session:

@@ -1,26 +1,90 @@
-"""Liveness and what is being served."""
+"""Liveness (/healthz), readiness (/readyz) and what is being served.
+
+``/healthz`` answers 200 while the process serves requests, whatever the state of the
+store: restarting a server does not free a disk. It reports the store's last known state
+(``status: degraded`` with the problem) and starts a write probe in the background when
+that state is stale, so it never waits on the database. ``/readyz`` runs the write probe
+(a committed no-op write to the database and a file written in the data dir) and answers
+503 ``storage_unavailable`` when the store cannot take writes.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from cartag import __version__
 from cartag.api.deps import StateDep
+from cartag.api.errors import error_response
+from cartag.api.schemas import error_responses
+from cartag.errors import StorageError
+from cartag.store.health import FAILED, storage_problem
 
 router = APIRouter(tags=["health"])
 
+# /healthz starts a background probe when the last result is older than this.
+HEALTHZ_PROBE_AGE_S = 10.0
 
-@router.get("/healthz")
-def healthz(state: StateDep) -> dict[str, Any]:
-    """200 when the database answers and a model is loaded."""
-    with state.db.read() as session:
-        session.execute(text("SELECT 1"))
-    return {
-        "status": "ok",
-        "version": __version__,
-        "model_version": state.service.classifier.version,
-        "database": state.db.dialect,
-    }
+
+class StorageOut(BaseModel):
+    ok: bool
+    problem: str | None = Field(description="What is wrong with the store (None when ok).")
+    checked_at: str | None = Field(description="When this was learnt (ISO 8601, UTC).")
+
+
+class HealthOut(BaseModel):
+    status: str = Field(description="ok, or degraded when the store has a problem.")
+    version: str
+    model_version: str
+    database: str
+    storage: StorageOut
+
+
+class ReadyOut(BaseModel):
+    status: str = Field(description="ready")
+    storage: StorageOut
+
+
+@router.get("/healthz", response_model=HealthOut)
+def healthz(state: StateDep) -> HealthOut:
+    """Liveness: 200 while the process serves; ``status`` says whether the store is usable."""
+    storage = state.storage
+    if storage is not None:
+        storage.refresh_soon(HEALTHZ_PROBE_AGE_S)
+        try:
+            with state.db.read() as session:
+                session.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - reported in the body, never a 500
+            storage.failed(storage_problem(exc) or FAILED)
+        known = storage.state().to_dict()
+    else:
+        known = {"ok": True, "problem": None, "checked_at": None}
+    return HealthOut(
+        status="ok" if known["ok"] else "degraded",
+        version=__version__,
+        model_version=state.service.classifier.version,
+        database=state.db.dialect,
+        storage=StorageOut.model_validate(known),
+    )
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadyOut,
+    responses=error_responses(503),
+)
+def readyz(state: StateDep) -> Any:
+    """Readiness: 200 when the database and the data dir take a write, else 503."""
+    if state.storage is None:
+        return ReadyOut(status="ready", storage=StorageOut(ok=True, problem=None, checked_at=None))
+    checked = state.storage.check()
+    if not checked.ok:
+        response: JSONResponse = error_response(
+            StorageError(f"storage unavailable: {checked.problem}"), {"Retry-After": "30"}
+        )
+        return response
+    return ReadyOut(status="ready", storage=StorageOut.model_validate(checked.to_dict()))

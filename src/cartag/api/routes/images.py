@@ -5,14 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from cartag.api.deps import FixerDep, PrincipalDep, StateDep
-from cartag.api.schemas import AuditOut, FixIn, FixOut, HistoryOut, ResultOut
+from cartag.api.schemas import AuditOut, FixIn, FixOut, HistoryOut, ResultOut, error_responses
 from cartag.pipeline.resolve import current_answer
 from cartag.store import fixes as fix_repo
 from cartag.store import images as image_repo
 from cartag.store.tables import FixAuditRow
 from cartag.vocab import read_stored_color
 
-router = APIRouter(prefix="/v1/images", tags=["fixes"])
+router = APIRouter(
+    prefix="/v1/images", tags=["fixes"], responses=error_responses(401, 403, 404, 422)
+)
 
 
 def _audit_out(row: FixAuditRow) -> AuditOut:
@@ -28,7 +30,7 @@ def _audit_out(row: FixAuditRow) -> AuditOut:
     )
 
 
-@router.put("/{image_key}/fix", response_model=FixOut)
+@router.put("/{image_key}/fix", response_model=FixOut, responses=error_responses(400, 413))
 def fix_image(image_key: str, body: FixIn, state: StateDep, _: FixerDep) -> FixOut:
     """Correct an image's type and/or color, globally or for one advertiser.
 
@@ -45,7 +47,7 @@ def fix_image(image_key: str, body: FixIn, state: StateDep, _: FixerDep) -> FixO
             image_type=body.image_type,
             color=body.color,
             comment=body.comment,
-            now=state.clock.now(),
+            clock=state.clock,
         )
         audit_out = _audit_out(audit)
     state.telemetry.fix_applied(body.advertiser_id, body.scope)
@@ -64,7 +66,7 @@ def get_image(
     image_key: str,
     state: StateDep,
     _: PrincipalDep,
-    advertiser_id: str = Query(default="", description="Whose overrides to apply."),
+    advertiser_id: str = Query(default="", max_length=128, description="Whose overrides to apply."),
 ) -> ResultOut:
     """The current answer for a stored image."""
     answer = current_answer(

@@ -1,16 +1,35 @@
-"""Large inventories: POST /v1/jobs returns at once; GET /v1/jobs/{id} shows progress."""
+"""Large inventories: POST /v1/jobs returns at once; GET /v1/jobs/{id} shows progress.
+
+A job is readable by the API key that submitted it and by admin keys; to any other key
+it does not exist (404). Jobs made before owners were recorded are for admins only.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 from fastapi import APIRouter, status
 
 from cartag.api.deps import ClassifierDep, StateDep
-from cartag.api.schemas import JobIn, JobOut, ResultOut
-from cartag.errors import InputError
+from cartag.api.schemas import JobIn, JobOut, ResultOut, error_responses
+from cartag.errors import FetchError, InputError, NotFoundError
+from cartag.redaction import redact_url
 from cartag.store import jobs as job_repo
+from cartag.store.apikeys import Principal
 from cartag.store.tables import JobRow
+from cartag.vocab import parse_scrape_color
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 403, 422))
+
+# Stored for a scrape color that is no color: job_items.scrape_color holds 16 characters,
+# and the pipeline ignores this one (color_reason scrape_color_unknown) as it would the
+# color the scraper sent.
+_UNKNOWN_COLOR = "?"
+
+
+def _stored_color(value: str | None) -> str | None:
+    color, reason = parse_scrape_color(value)
+    return _UNKNOWN_COLOR if reason is not None else color
 
 
 def _job_out(job: JobRow, results: list[ResultOut] | None = None) -> JobOut:
@@ -21,7 +40,8 @@ def _job_out(job: JobRow, results: list[ResultOut] | None = None) -> JobOut:
         total=job.total,
         done=job.done,
         progress=round(job.done / job.total, 4) if job.total else 1.0,
-        callback_url=job.callback_url,
+        # The stored URL may still hold a token (until the callback is sent): never shown.
+        callback_url=redact_url(job.callback_url) if job.callback_url else None,
         callback_status=job.callback_status,
         error=job.error,
         created_at=job.created_at,
@@ -31,23 +51,56 @@ def _job_out(job: JobRow, results: list[ResultOut] | None = None) -> JobOut:
     )
 
 
-@router.post("", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED)
-def submit_job(body: JobIn, state: StateDep, _: ClassifierDep) -> JobOut:
-    """Queue an inventory for classification; poll GET /v1/jobs/{id} or wait for the callback."""
+@router.post(
+    "",
+    response_model=JobOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=error_responses(400, 413),
+)
+async def submit_job(body: JobIn, state: StateDep, principal: ClassifierDep) -> JobOut:
+    """Queue an inventory for classification; poll GET /v1/jobs/{id} or wait for the callback.
+
+    The callback URL must pass the download address guard now (422 otherwise).
+    """
     limit = state.settings.max_images_per_job
     if len(body.images) > limit:
         raise InputError(f"{len(body.images)} images; a job takes at most {limit}", field="images")
-    job = state.jobs.submit(
-        body.advertiser_id, [(i.url, i.scrape_color) for i in body.images], body.callback_url
+    if body.callback_url is not None:
+        try:
+            await state.service.fetcher.check_address(body.callback_url)
+        except FetchError as exc:
+            raise InputError(
+                f"callback_url is refused ({exc.reason}): {redact_url(exc.message)}",
+                field="callback_url",
+            ) from exc
+    # Off the event loop, as when this route was synchronous: a big job is a big insert.
+    job = await asyncio.to_thread(
+        state.jobs.submit,
+        body.advertiser_id,
+        [(i.url, _stored_color(i.scrape_color)) for i in body.images],
+        body.callback_url,
+        owner_key_id=principal.key_id,
     )
     return _job_out(job)
 
 
-@router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, state: StateDep, _: ClassifierDep) -> JobOut:
-    """Progress of a job, and its results in request order once it is done."""
+def _may_read(principal: Principal, job: JobRow) -> bool:
+    return "admin" in principal.roles or (
+        job.owner_key_id is not None and job.owner_key_id == principal.key_id
+    )
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=error_responses(404))
+def get_job(job_id: str, state: StateDep, principal: ClassifierDep) -> JobOut:
+    """Progress of a job, and its results in request order once it is done.
+
+    Only for the key that submitted it (and admins): to others, it does not exist.
+    """
     with state.db.read() as session:
         job = job_repo.get_job(session, job_id)
+        if not _may_read(principal, job):
+            # The same answer as for an unknown id: another key's job ids stay secret.
+            raise NotFoundError(f"no job with id {job_id!r}")
         results = None
         if job.status == job_repo.DONE:
             results = [

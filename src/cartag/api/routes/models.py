@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, status
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Path, Query, status
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from cartag.api.deps import PrincipalDep, StateDep, require
+from cartag.api.schemas import error_responses
 from cartag.api.state import AppState
 from cartag.jobs.reclassify import advertisers_to_run, reclassify
 from cartag.models import registry
@@ -25,10 +26,13 @@ from cartag.store.tables import AdvertiserSettingRow, DeploymentRow, ModelVersio
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
-advertisers_router = APIRouter(prefix="/v1/advertisers", tags=["advertisers"])
+_ERRORS = error_responses(401, 403, 422)
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=_ERRORS)
+advertisers_router = APIRouter(prefix="/v1/advertisers", tags=["advertisers"], responses=_ERRORS)
 
 AdminDep = Annotated[Principal, Depends(require("admin"))]
+# The aliases of cartag.store.registry.ALIASES (check_alias), stated in the schema.
+Alias = Literal["production", "candidate"]
 
 
 class VersionOut(BaseModel):
@@ -61,14 +65,14 @@ class DeploymentOut(BaseModel):
 class PromoteIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    alias: str = "production"
-    force: bool = Field(default=False, description="Skip the promotion gates.")
+    alias: Alias = "production"
+    force: StrictBool = Field(default=False, description="Skip the promotion gates.")
 
 
 class RollbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    alias: str = "production"
+    alias: Alias = "production"
 
 
 class DeployOut(BaseModel):
@@ -89,7 +93,7 @@ class ReclassifyIn(BaseModel):
 class AdvertiserIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reclassify_on_promote: bool
+    reclassify_on_promote: StrictBool
 
 
 class AdvertiserOut(BaseModel):
@@ -148,14 +152,16 @@ def list_models(state: StateDep, _: PrincipalDep) -> ModelsOut:
 
 
 @router.get("/history", response_model=list[DeploymentOut])
-def model_history(state: StateDep, _: PrincipalDep, alias: str = "production") -> list[Any]:
+def model_history(
+    state: StateDep, _: PrincipalDep, alias: Annotated[Alias, Query()] = "production"
+) -> list[Any]:
     """Which version the alias pointed to, from when to when, and why (oldest first)."""
     repo.check_alias(alias)
     with state.db.read() as session:
         return [_deployment_out(row) for row in repo.history(session, alias)]
 
 
-@router.get("/{version}", response_model=VersionOut)
+@router.get("/{version}", response_model=VersionOut, responses=error_responses(404))
 def get_model(version: str, state: StateDep, _: PrincipalDep) -> VersionOut:
     """One version with its card (config and heads' metadata) and metrics."""
     with state.db.read() as session:
@@ -186,13 +192,16 @@ async def _deployed(state: AppState, deployment: DeploymentRow) -> DeployOut:
     )
 
 
-@router.post("/{version}/promote", response_model=DeployOut)
+@router.post(
+    "/{version}/promote", response_model=DeployOut, responses=error_responses(400, 404, 409, 413)
+)
 async def promote_model(
     version: str, state: StateDep, principal: AdminDep, body: PromoteIn | None = None
 ) -> DeployOut:
     """Point an alias (default production) at a version, after the promotion gates.
 
-    409 ``promotion_gated`` names every failing gate; ``force: true`` skips them.
+    409 ``promotion_gated`` names every failing gate; ``force: true`` skips them. 409
+    ``model_unloadable``: the version's files no longer load (checked even with force).
     """
     body = body or PromoteIn()
     deployment = await asyncio.to_thread(
@@ -204,11 +213,12 @@ async def promote_model(
         clock=state.clock,
         alias=body.alias,
         force=body.force,
+        reuse=state.service.classifier,
     )
     return await _deployed(state, deployment)
 
 
-@router.post("/rollback", response_model=DeployOut)
+@router.post("/rollback", response_model=DeployOut, responses=error_responses(400, 409, 413))
 async def rollback_model(
     state: StateDep, principal: AdminDep, body: RollbackIn | None = None
 ) -> DeployOut:
@@ -225,7 +235,9 @@ async def rollback_model(
     return await _deployed(state, deployment)
 
 
-@router.post("/reclassify", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/reclassify", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(400, 409, 413)
+)
 async def reclassify_images(
     state: StateDep, _: AdminDep, body: ReclassifyIn | None = None
 ) -> dict[str, str]:
@@ -273,9 +285,16 @@ def list_advertisers(state: StateDep, _: PrincipalDep) -> list[AdvertiserOut]:
         return [_advertiser_out(row) for row in repo.list_advertisers(session)]
 
 
-@advertisers_router.put("/{advertiser_id}", response_model=AdvertiserOut)
+@advertisers_router.put(
+    "/{advertiser_id}", response_model=AdvertiserOut, responses=error_responses(400, 413)
+)
 def set_advertiser(
-    advertiser_id: str, body: AdvertiserIn, state: StateDep, _: AdminDep
+    advertiser_id: Annotated[
+        str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")
+    ],
+    body: AdvertiserIn,
+    state: StateDep,
+    _: AdminDep,
 ) -> AdvertiserOut:
     """Opt an advertiser in to (or out of) re-classification after each promotion."""
     with state.db.write() as session:

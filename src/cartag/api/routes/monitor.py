@@ -1,26 +1,24 @@
 """The monitoring page: GET /monitor (HTML), and its login form.
 
 Needs a key with the ``reviewer`` role (or ``admin``): sent as ``Authorization: Bearer``
-(scripts, curl) or, for browsers, entered once in the login form, which keeps it in an
-HttpOnly cookie. Query: ``since`` (``24h``, ``7d``, ``2w`` or a date; default ``7d``) and
-``advertiser`` (optional).
+(scripts, curl) or, for browsers, entered once in the login form, which opens a session
+(:mod:`cartag.api.browser`). Every page carries the security headers of /review.
+Query: ``since`` (``24h``, ``7d``, ``2w`` or a date; default ``7d``) and ``advertiser``
+(optional).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from cartag.api.deps import (
-    BrowserPrincipalDep,
-    StateDep,
-    clear_key_cookie,
-    set_key_cookie,
-)
+from cartag.api import browser
+from cartag.api.deps import BrowserPrincipalDep, StateDep
+from cartag.api.schemas import ERROR_SCHEMA_REF, error_responses
 from cartag.errors import AuthError, InputError, PermissionDeniedError
 from cartag.ops.monitor import report_since
 from cartag.ops.page import render_login, render_monitor
@@ -30,8 +28,21 @@ router = APIRouter(tags=["operations"])
 
 _bearer = HTTPBearer(auto_error=False, description="An API key with the reviewer role.")
 _ROLE = "reviewer"
-_LOGIN_MAX_AGE_S = 12 * 3600
 _MAX_FORM_BYTES = 4096
+
+
+def _html(content: str, status_code: int = 200) -> HTMLResponse:
+    return HTMLResponse(content, status_code=status_code, headers=browser.PAGE_HEADERS)
+
+
+def _login_page(
+    request: Request, status_code: int = 200, *, error: str | None = None, next_url: str
+) -> HTMLResponse:
+    # The form's CSRF token travels in the page and in a cookie (see cartag.api.browser).
+    token = browser.login_csrf_token(request)
+    response = _html(render_login(error=error, next_url=next_url, csrf=token), status_code)
+    browser.set_login_csrf_cookie(response, request, token)
+    return response
 
 
 def _safe_next(value: str | None) -> str:
@@ -41,13 +52,77 @@ def _safe_next(value: str | None) -> str:
     return "/monitor"
 
 
-@router.get("/monitor", response_class=HTMLResponse)
+# What the pages answer besides their HTML: stated in the schema (schemathesis checks it).
+_Responses = dict[int | str, dict[str, Any]]
+_TO_LOGIN: _Responses = {303: {"description": "To the login form (no key, no session)."}}
+_JSON_OR_HTML = {
+    "application/json": {"schema": {"$ref": ERROR_SCHEMA_REF}},
+    "text/html": {"schema": {"type": "string"}},
+}
+_HTML_OR_JSON_403: _Responses = {
+    403: {
+        "description": "The key lacks the reviewer role (a browser gets the login page).",
+        "content": _JSON_OR_HTML,
+    }
+}
+_LOGIN_ANSWERS: _Responses = {
+    303: {"description": "Logged in: to the page the form came from."},
+    **{
+        status: {"description": text, "content": {"text/html": {"schema": {"type": "string"}}}}
+        for status, text in (
+            (401, "Unknown or revoked key: the form again."),
+            (403, "The key lacks the reviewer role, or the form's CSRF token is wrong."),
+        )
+    },
+    422: {
+        "description": "No key (the form again), or a malformed form (JSON).",
+        "content": _JSON_OR_HTML,
+    },
+}
+_LOGIN_FORM: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "required": ["key", browser.CSRF_FIELD],
+                    "additionalProperties": False,
+                    "properties": {
+                        "key": {"type": "string", "pattern": r"\S", "maxLength": 512},
+                        "next": {"type": "string", "maxLength": 512},
+                        browser.CSRF_FIELD: {"type": "string", "maxLength": 512},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.get(
+    "/monitor",
+    response_class=HTMLResponse,
+    responses={**_TO_LOGIN, **error_responses(401, 422, html_route=True), **_HTML_OR_JSON_403},
+)
 def monitor_page(
     request: Request,
     state: StateDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    browser: BrowserPrincipalDep,
-    since: Annotated[str, Query(max_length=32, description="24h, 7d, 2w or a date.")] = "7d",
+    user: BrowserPrincipalDep,
+    since: Annotated[
+        str,
+        Query(
+            max_length=32,
+            # The form parse_since reads, stated in the schema; parse_since checks it (its
+            # 422 says what to write) and the range (a past day at most MAX_DAYS ago),
+            # which depends on today, so that no schema can state it.
+            json_schema_extra={
+                "pattern": r"^\s*([0-9]{1,4}[hHdDwW]|[0-9]{4}-[0-9]{2}-[0-9]{2})\s*$"
+            },
+            description="24h, 7d, 2w or a date (YYYY-MM-DD), at most 400 days back.",
+        ),
+    ] = "7d",
     advertiser: Annotated[str | None, Query(max_length=128)] = None,
 ) -> Response:
     """Answer mix and manual-fix rate per model version, day and advertiser."""
@@ -55,29 +130,41 @@ def monitor_page(
         with state.db.read() as session:
             principal = apikeys.authenticate(session, credentials.credentials)
         principal.require(_ROLE)
-    elif browser is not None:
+    elif user is not None:
         try:
-            browser.require(_ROLE)
+            user.require(_ROLE)
         except PermissionDeniedError as exc:
-            return HTMLResponse(render_login(error=exc.message), status_code=403)
+            return _login_page(request, 403, error=exc.message, next_url="/monitor")
     else:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"/monitor/login?next={quote(target, safe='')}", status_code=303)
+        return RedirectResponse(
+            f"/monitor/login?next={quote(target, safe='')}",
+            status_code=303,
+            headers=browser.PAGE_HEADERS,
+        )
     now = state.clock.now()
     with state.db.read() as session:
         report = report_since(session, state.settings, since, now, advertiser=advertiser or None)
-    return HTMLResponse(render_monitor(report, since_text=since, generated=now))
+    csrf = browser.session_csrf_token(request)
+    return _html(render_monitor(report, since_text=since, generated=now, csrf=csrf))
 
 
 @router.get("/monitor/login", response_class=HTMLResponse)
-def login_form(next: Annotated[str | None, Query(max_length=512)] = None) -> HTMLResponse:
+def login_form(
+    request: Request, next: Annotated[str | None, Query(max_length=512)] = None
+) -> HTMLResponse:
     """The login form of the monitor page."""
-    return HTMLResponse(render_login(next_url=_safe_next(next)))
+    return _login_page(request, next_url=_safe_next(next))
 
 
-@router.post("/monitor/login", response_class=HTMLResponse)
+@router.post(
+    "/monitor/login",
+    response_class=HTMLResponse,
+    responses={**_LOGIN_ANSWERS, **error_responses(413, html_route=True)},
+    openapi_extra=_LOGIN_FORM,
+)
 async def login(request: Request, state: StateDep) -> Response:
-    """Check the key of the form; on success keep it in an HttpOnly cookie and go on."""
+    """Check the key of the form; on success open a session and go on."""
     raw = await request.body()
     if len(raw) > _MAX_FORM_BYTES:
         raise InputError("the login form is too large", field="key")
@@ -87,24 +174,34 @@ async def login(request: Request, state: StateDep) -> Response:
         raise InputError("the login form has unexpected fields", field="key") from exc
     key = (form.get("key") or [""])[0].strip()
     next_url = _safe_next((form.get("next") or [""])[0])
+    if not browser.login_csrf_ok(request, (form.get(browser.CSRF_FIELD) or [""])[0]):
+        # Another site's form, or one older than its cookie: show a fresh one.
+        message = "the login form expired or came from another site; log in again"
+        return _login_page(request, 403, error=message, next_url=next_url)
     if not key:
-        return HTMLResponse(render_login(error="enter an API key", next_url=next_url), 422)
+        return _login_page(request, 422, error="enter an API key", next_url=next_url)
     try:
         with state.db.read() as session:
             principal = apikeys.authenticate(session, key)
         principal.require(_ROLE)
     except AuthError as exc:
-        return HTMLResponse(
-            render_login(error=exc.message, next_url=next_url), status_code=exc.status_code
-        )
-    response = RedirectResponse(next_url, status_code=303)
-    set_key_cookie(response, request, key, _LOGIN_MAX_AGE_S)
+        return _login_page(request, exc.status_code, error=exc.message, next_url=next_url)
+    response = RedirectResponse(next_url, status_code=303, headers=browser.PAGE_HEADERS)
+    browser.log_in(state, request, response, principal)
     return response
 
 
-@router.post("/monitor/logout")
-def logout() -> Response:
-    """Forget the browser's key."""
-    response = RedirectResponse("/monitor/login", status_code=303)
-    clear_key_cookie(response)
+@router.post(
+    "/monitor/logout",
+    responses={
+        303: {"description": "Logged out: to the login form."},
+        **error_responses(403, 413),
+    },
+)
+async def logout(request: Request, state: StateDep) -> Response:
+    """End the browser's session (revoked in the database, not only forgotten)."""
+    if not await browser.logout_form_ok(request):
+        raise PermissionDeniedError("the logout form lacks this session's CSRF token")
+    response = RedirectResponse("/monitor/login", status_code=303, headers=browser.PAGE_HEADERS)
+    browser.log_out(state, request, response)
     return response

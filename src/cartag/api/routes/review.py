@@ -7,7 +7,7 @@ The API (role ``reviewer`` or ``admin``; ``Authorization: Bearer`` or the login 
 * ``GET  /v1/datasets/{ref}/review/decisions`` — every decision (who, when), undone ones too;
 * ``POST /v1/datasets/{ref}/review/items/{item_id}/undo`` — undo an item's last decision.
 
-The pages: ``/review/login`` (paste an API key; sets the HttpOnly, SameSite=Strict cookie),
+The pages: ``/review/login`` (paste an API key; opens a session, see :mod:`cartag.api.browser`),
 ``/review`` (pick a draft version), ``/review/{ref}`` (the keyboard-driven grid; its script
 is ``web/static/review.js``) and ``/review/{ref}/thumb/{item_id}`` (a small JPEG).
 """
@@ -16,22 +16,17 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import parse_qs, urlencode
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from cartag.api.deps import (
-    CSRF_HEADER,
-    BrowserPrincipalDep,
-    ReviewerDep,
-    StateDep,
-    clear_key_cookie,
-    set_key_cookie,
-)
-from cartag.errors import AuthError, DecodeError, InputError, NotFoundError
+from cartag.api import browser
+from cartag.api.deps import CSRF_HEADER, BrowserPrincipalDep, ReviewerDep, StateDep
+from cartag.api.schemas import MAX_ID, error_responses
+from cartag.errors import AuthError, DecodeError, InputError, NotFoundError, PermissionDeniedError
 from cartag.pipeline.decode import decode_image
 from cartag.store import apikeys
 from cartag.store import review as review_repo
@@ -40,10 +35,11 @@ from cartag.store.tables import DatasetItemRow, ReviewDecisionRow
 from cartag.vocab import COLORS, IMAGE_TYPES
 from cartag.web import environment as web_environment
 
-router = APIRouter(prefix="/v1/datasets", tags=["review"])
+router = APIRouter(
+    prefix="/v1/datasets", tags=["review"], responses=error_responses(401, 403, 404, 422)
+)
 pages = APIRouter(prefix="/review", include_in_schema=False)
 
-SESSION_MAX_AGE_S: Final[int] = 12 * 3600
 _MAX_FORM_BYTES: Final[int] = 4096
 THUMB_SIZE: Final[int] = 128  # shorter side >= 128, longer side <= 256
 # Keys that relabel a color after "c" (letters chosen so that none is ambiguous).
@@ -62,15 +58,15 @@ COLOR_KEYS: Final[dict[str, str]] = {
     "Yellow": "y",
 }
 # Pages load nothing from elsewhere and run no inline script.
-_PAGE_HEADERS: Final[dict[str, str]] = {
-    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
+_PAGE_HEADERS: Final[dict[str, str]] = browser.PAGE_HEADERS
 _templates = web_environment()
 
 Status = Literal["included", "excluded", "flagged"]
+# Bounds of the integers a request names: past 2**63 - 1 the database driver raises (a
+# 500), so they are 422s. A page beyond MAX_PAGE (of up to MAX_LIMIT items) is past any
+# dataset's end.
+MAX_PAGE: Final[int] = 1_000_000
+ItemId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 class DecisionOut(BaseModel):
@@ -123,11 +119,29 @@ class ItemsOut(BaseModel):
 
 
 class DecisionIn(BaseModel):
-    """Body of POST .../review/decisions."""
+    """Body of POST .../review/decisions: ``label`` with ``relabel``, and only then."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        # The rule record_decision enforces, stated in the schema.
+        json_schema_extra={
+            "anyOf": [
+                {
+                    "required": ["action", "label"],
+                    "properties": {"action": {"const": "relabel"}, "label": {"type": "string"}},
+                },
+                {
+                    "required": ["action"],
+                    "properties": {
+                        "action": {"enum": ["accept", "exclude"]},
+                        "label": {"type": "null"},
+                    },
+                },
+            ]
+        },
+    )
 
-    item_id: int = Field(ge=1)
+    item_id: int = Field(ge=1, le=MAX_ID)
     action: Literal["accept", "relabel", "exclude"]
     field: Literal["image_type", "color"] = "image_type"
     label: str | None = Field(default=None, min_length=1, max_length=32)
@@ -194,7 +208,7 @@ def review_items(
     flagged: bool = Query(default=False, description="Only flagged items (wins over status)."),
     image_type: str | None = Query(default=None, max_length=32),
     color: str | None = Query(default=None, max_length=32),
-    page: int = Query(default=1, ge=1),
+    page: int = Query(default=1, ge=1, le=MAX_PAGE),
     limit: int = Query(default=60, ge=1, le=review_repo.MAX_LIMIT),
 ) -> ItemsOut:
     """A draft's review queue: most suspicious first (unranked items last)."""
@@ -202,7 +216,11 @@ def review_items(
     return _list(state, ref, filters, page, limit)
 
 
-@router.post("/{ref}/review/decisions", response_model=DecisionResult)
+@router.post(
+    "/{ref}/review/decisions",
+    response_model=DecisionResult,
+    responses=error_responses(400, 409, 413),
+)
 def decide(ref: str, body: DecisionIn, state: StateDep, principal: ReviewerDep) -> DecisionResult:
     """Accept, relabel or exclude one item of a draft; stored and applied at once.
 
@@ -222,8 +240,12 @@ def decide(ref: str, body: DecisionIn, state: StateDep, principal: ReviewerDep) 
         return DecisionResult(decision=_decision_out(decision), item=_item_out(ref, item, decision))
 
 
-@router.post("/{ref}/review/items/{item_id}/undo", response_model=DecisionResult)
-def undo(ref: str, item_id: int, state: StateDep, principal: ReviewerDep) -> DecisionResult:
+@router.post(
+    "/{ref}/review/items/{item_id}/undo",
+    response_model=DecisionResult,
+    responses=error_responses(409),
+)
+def undo(ref: str, item_id: ItemId, state: StateDep, principal: ReviewerDep) -> DecisionResult:
     """Undo the item's latest decision: the item is restored, the decision marked undone."""
     with state.db.write() as session:
         decision, item = review_repo.undo_last(
@@ -239,7 +261,7 @@ def list_decisions(
     ref: str,
     state: StateDep,
     _: ReviewerDep,
-    item_id: int | None = Query(default=None, ge=1),
+    item_id: int | None = Query(default=None, ge=1, le=MAX_ID),
 ) -> list[DecisionOut]:
     """Every decision on the version (or one item), oldest first, undone ones included."""
     with state.db.read() as session:
@@ -266,14 +288,24 @@ def _to_login(request: Request) -> RedirectResponse:
     return RedirectResponse(f"/review/login?{urlencode({'next': target})}", status_code=303)
 
 
-def _forbidden(user: str) -> HTMLResponse:
+def _login_page(
+    request: Request, status_code: int = 200, *, error: str | None, next: str
+) -> HTMLResponse:
+    # The form's CSRF token travels in the page and in a cookie (see cartag.api.browser).
+    token = browser.login_csrf_token(request)
+    response = _page("review_login.html", status_code, error=error, next=next, csrf=token)
+    browser.set_login_csrf_cookie(response, request, token)
+    return response
+
+
+def _forbidden(request: Request, user: str) -> HTMLResponse:
     message = f"The API key {user!r} lacks the reviewer role; log in with a reviewer or admin key."
-    return _page("review_login.html", 403, error=message, next="/review")
+    return _login_page(request, 403, error=message, next="/review")
 
 
 @pages.get("/login")
-def login_form(next: str | None = None) -> HTMLResponse:
-    return _page("review_login.html", error=None, next=_safe_next(next))
+def login_form(request: Request, next: str | None = None) -> HTMLResponse:
+    return _login_page(request, error=None, next=_safe_next(next))
 
 
 @pages.post("/login", response_model=None)
@@ -288,23 +320,30 @@ async def login(request: Request, state: StateDep) -> Response:
         raise InputError("the login form has unexpected fields", field="key") from exc
     key = fields.get("key", [""])[0].strip()
     target = _safe_next(fields.get("next", [None])[0])
+    if not browser.login_csrf_ok(request, fields.get(browser.CSRF_FIELD, [None])[0]):
+        # Another site's form, or one older than its cookie: show a fresh one.
+        message = "The login form expired or came from another site; log in again."
+        return _login_page(request, 403, error=message, next=target)
     if not key:
-        return _page("review_login.html", 422, error="Paste an API key.", next=target)
+        return _login_page(request, 422, error="Paste an API key.", next=target)
     try:
         with state.db.read() as session:
             principal = apikeys.authenticate(session, key)
         principal.require("reviewer")
     except AuthError as exc:
-        return _page("review_login.html", exc.status_code, error=exc.message, next=target)
-    response = RedirectResponse(target, status_code=303)
-    set_key_cookie(response, request, key, SESSION_MAX_AGE_S)
+        return _login_page(request, exc.status_code, error=exc.message, next=target)
+    response = RedirectResponse(target, status_code=303, headers=_PAGE_HEADERS)
+    browser.log_in(state, request, response, principal)
     return response
 
 
 @pages.post("/logout")
-def logout() -> RedirectResponse:
-    response = RedirectResponse("/review/login", status_code=303)
-    clear_key_cookie(response)
+async def logout(request: Request, state: StateDep) -> Response:
+    """End the session (revoked in the database, not only forgotten by the browser)."""
+    if not await browser.logout_form_ok(request):
+        raise PermissionDeniedError("the logout form lacks this session's CSRF token")
+    response = RedirectResponse("/review/login", status_code=303, headers=_PAGE_HEADERS)
+    browser.log_out(state, request, response)
     return response
 
 
@@ -313,10 +352,11 @@ def index(request: Request, state: StateDep, principal: BrowserPrincipalDep) -> 
     if principal is None:
         return _to_login(request)
     if "reviewer" not in principal.roles and "admin" not in principal.roles:
-        return _forbidden(principal.name)
+        return _forbidden(request, principal.name)
     with state.db.read() as session:
         drafts = review_repo.draft_versions(session)
-    return _page("review_index.html", drafts=drafts, user=principal.name)
+    csrf = browser.session_csrf_token(request)
+    return _page("review_index.html", drafts=drafts, user=principal.name, csrf=csrf)
 
 
 @pages.get("/{ref}", response_model=None)
@@ -328,18 +368,21 @@ def grid(
     mode: Literal["image_type", "color"] = "image_type",
     status: Status | None = None,
     flagged: bool = False,
-    page: int = Query(default=1, ge=1),
+    page: int = Query(default=1, ge=1, le=MAX_PAGE),
     limit: int = Query(default=60, ge=1, le=review_repo.MAX_LIMIT),
 ) -> Response:
     if principal is None:
         return _to_login(request)
     if "reviewer" not in principal.roles and "admin" not in principal.roles:
-        return _forbidden(principal.name)
+        return _forbidden(request, principal.name)
     filters = review_repo.ItemFilter(status=status, flagged_only=flagged)
+    csrf = browser.session_csrf_token(request)
     try:
         listing = _list(state, ref, filters, page, limit)
     except NotFoundError as exc:
-        return _page("review_index.html", 404, drafts=[], user=principal.name, error=exc.message)
+        return _page(
+            "review_index.html", 404, drafts=[], user=principal.name, error=exc.message, csrf=csrf
+        )
     query = {"mode": mode, "status": status or "", "flagged": "1" if flagged else ""}
     return _page(
         "review.html",
@@ -352,6 +395,7 @@ def grid(
         type_keys=[(str(i + 1), t) for i, t in enumerate(IMAGE_TYPES)],
         color_keys=list(COLOR_KEYS.items()),
         csrf_header=CSRF_HEADER,
+        csrf=csrf,
         pages=max(1, -(-listing.total // limit)),
         query=lambda **kw: urlencode({k: v for k, v in {**query, **kw}.items() if v}),
     )
@@ -371,7 +415,7 @@ def thumbnail(blobs: BlobStore, blob_path: str, max_pixels: int) -> bytes:
 
 
 @pages.get("/{ref}/thumb/{item_id}", response_model=None)
-def thumb(request: Request, ref: str, item_id: int, state: StateDep, _: ReviewerDep) -> Response:
+def thumb(request: Request, ref: str, item_id: ItemId, state: StateDep, _: ReviewerDep) -> Response:
     with state.db.read() as session:
         item = review_repo.get_item(session, ref, item_id)
     # A blob path names its content: the thumbnail of an item never changes.

@@ -1,0 +1,137 @@
+"""Browser logins of /review and /monitor: server-side sessions, CSRF on the forms, headers."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from cartag.clock import FakeClock
+from cartag.store import apikeys
+from cartag.store.db import Database
+from cartag.store.tables import BrowserSessionRow
+from tests.api.conftest import AppFactory
+from tests.support.browser import form_csrf, log_in
+from tests.support.factories import NOW
+
+pytestmark = pytest.mark.slow
+
+PAGES = ("/review", "/monitor")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(NOW)
+
+
+@pytest.fixture
+def browser(make_client: AppFactory, db: Database, clock: FakeClock) -> TestClient:
+    return make_client(db, clock=clock, run_jobs=False)
+
+
+def _key(db: Database, *roles: str) -> str:
+    with db.write() as session:
+        _, key = apikeys.create_key(session, name="rita", roles=list(roles), now=NOW)
+    return key
+
+
+def _logged_in(client: TestClient, page: str, key: str) -> str:
+    """Log in through ``page``'s form; returns the session cookie's value."""
+    response = log_in(client, page, key)
+    assert response.status_code == 303, response.text
+    token = client.cookies.get("cartag_session")
+    assert token
+    return token
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_the_cookie_holds_a_session_stored_hashed_never_the_key(
+    browser: TestClient, db: Database, page: str
+) -> None:
+    key = _key(db, "reviewer")
+    token = _logged_in(browser, page, key)
+    assert key not in token and token != key
+    with db.read() as session:
+        (row,) = session.scalars(select(BrowserSessionRow))
+        assert token not in row.token_hash and len(row.token_hash) == 64
+        assert (row.expires_at - row.created_at).total_seconds() == 8 * 3600
+    assert browser.get(page, follow_redirects=False).status_code == 200
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_logout_revokes_the_session_on_the_server(
+    browser: TestClient, db: Database, page: str
+) -> None:
+    token = _logged_in(browser, page, _key(db, "reviewer"))
+    shown = browser.get(page)
+    assert browser.get("/v1/datasets/none@1/review/items").status_code == 404  # logged in
+
+    out = browser.post(f"{page}/logout", data={"csrf": form_csrf(shown.text)})
+    assert out.status_code == 200 and "/login" in str(out.url)
+    # A copy of the cookie (stolen, or kept by the browser) is worth nothing now.
+    browser.cookies.set("cartag_session", token)
+    assert browser.get("/v1/datasets/none@1/review/items").status_code == 401
+    assert browser.get(page, follow_redirects=False).status_code == 303
+
+
+def test_sessions_expire_after_the_ttl(browser: TestClient, db: Database, clock: FakeClock) -> None:
+    _logged_in(browser, "/review", _key(db, "reviewer"))
+    clock.advance(8 * 3600 - 1)
+    assert browser.get("/review", follow_redirects=False).status_code == 200
+    clock.advance(2)
+    assert browser.get("/review", follow_redirects=False).status_code == 303
+    refused = browser.get("/v1/datasets/none@1/review/items")
+    assert refused.status_code == 401 and "log in again" in refused.json()["error"]["message"]
+
+
+def test_revoking_the_key_ends_its_sessions(browser: TestClient, db: Database) -> None:
+    key = _key(db, "reviewer")
+    _logged_in(browser, "/monitor", key)
+    with db.write() as session:
+        apikeys.revoke_key(session, key.split("_")[1], NOW)
+    assert browser.get("/monitor", follow_redirects=False).status_code == 303
+    with db.read() as session:
+        (row,) = session.scalars(select(BrowserSessionRow))
+        assert row.revoked_at is not None
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_login_and_logout_forms_need_their_csrf_token(
+    browser: TestClient, db: Database, page: str
+) -> None:
+    key = _key(db, "reviewer")
+    # Another site's form: no token, or one that is not the browser's login cookie.
+    for data in ({"key": key}, {"key": key, "csrf": "x" * 43}):
+        forged = browser.post(f"{page}/login", data=data, follow_redirects=False)
+        assert forged.status_code == 403 and "another site" in forged.text
+        assert "cartag_session" not in browser.cookies
+    _logged_in(browser, page, key)
+    for data in ({}, {"csrf": "0" * 64}):
+        refused = browser.post(f"{page}/logout", data=data, follow_redirects=False)
+        assert refused.status_code == 403
+    assert browser.get(page, follow_redirects=False).status_code == 200  # still logged in
+
+
+@pytest.mark.parametrize(
+    "path", ["/monitor/login", "/monitor", "/review/login", "/review", "/monitor?since=2d"]
+)
+def test_pages_carry_the_security_headers(browser: TestClient, db: Database, path: str) -> None:
+    _logged_in(browser, "/review", _key(db, "reviewer"))
+    page = browser.get(path, follow_redirects=False)
+    assert page.status_code == 200, page.text
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["cache-control"] == "no-store"
+    assert "<style" not in page.text  # the CSP would block it: styles come from /static
+    assert browser.get("/static/monitor.css").status_code == 200
+
+
+def test_a_new_login_ends_the_previous_session(browser: TestClient, db: Database) -> None:
+    key = _key(db, "reviewer")
+    first = _logged_in(browser, "/review", key)
+    second = _logged_in(browser, "/review", key)
+    assert first != second
+    browser.cookies.clear()
+    browser.cookies.set("cartag_session", first)
+    assert browser.get("/review", follow_redirects=False).status_code == 303

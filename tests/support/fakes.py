@@ -1,0 +1,44 @@
+"""Plain fakes of the app's boundaries: a fixed classifier and an offline fetcher."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PIL import Image
+
+from cartag.models.classifier import Classifier, Prediction, make_prediction
+from cartag.pipeline.fetch import Fetched, Fetcher, FetchOutcome, FetchRequest, Validators
+from cartag.settings import Settings
+from tests.support.images import jpeg_bytes
+
+_JPEG = jpeg_bytes(64, 48, (200, 30, 30))
+
+
+class FixedClassifier(Classifier):
+    """Answers every image: a red Dealer photo (confidence 0.9), without a model."""
+
+    version = "fixed-test"
+
+    def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        return [make_prediction([0.9, 0.05, 0.05], [0.0] * 9 + [1.0, 0.0, 0.0]) for _ in images]
+
+
+class OneImageFetcher(Fetcher):
+    """Every URL serves the same small JPEG, and every address passes: no network.
+
+    ``fetched`` records the URLs asked for, in order.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.fetched: list[str] = []
+
+    async def fetch_many(self, requests: Sequence[FetchRequest]) -> list[FetchOutcome]:
+        self.fetched.extend(r.url for r in requests)
+        return [
+            Fetched(r.url, r.url, _JPEG, Validators(None, None, len(_JPEG)), "image/jpeg")
+            for r in requests
+        ]
+
+    async def check_address(self, url: str) -> None:
+        return None
