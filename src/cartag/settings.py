@@ -306,7 +306,9 @@ class Settings(BaseSettings):
         description="Job items per task/step: a killed worker loses at most this many.",
     )
     job_chunk_retries: int = Field(
-        default=3, ge=0, description="Retries of a chunk whose classification failed."
+        default=3,
+        ge=0,
+        description="Retries of a chunk whose classification or whose storage of results failed.",
     )
     redis_cache_url: str | None = Field(
         default=None,

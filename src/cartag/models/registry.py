@@ -14,6 +14,7 @@ live in :mod:`cartag.store.registry` and are re-exported here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -334,20 +335,24 @@ def _copy_in(settings: Settings, source_dir: Path, version: str, digest: str) ->
     incoming = root / f".incoming-{version}-{uuid.uuid4().hex[:8]}"
     shutil.copytree(source_dir, incoming)
     # Folders only ever appear here whole (renamed in), so one that is there is complete.
-    if target.is_dir() and files_digest(target) == digest:
-        shutil.rmtree(incoming, ignore_errors=True)
-        return target
-    if target.exists():
-        # Left by a refused or interrupted registration of this version: replaced.
-        shutil.rmtree(target, ignore_errors=True)
-    try:
-        incoming.rename(target)
-    except OSError:
-        # Another process put the same version in place meanwhile.
-        shutil.rmtree(incoming, ignore_errors=True)
-        if not (target.is_dir() and files_digest(target) == digest):
-            raise
-    return target
+    # The rename is the only test of "is it there": checking first and renaming after
+    # let a process remove the folder another had just renamed in and was loading.
+    for _ in range(3):
+        try:
+            incoming.rename(target)
+            return target
+        except OSError:
+            if target.is_dir() and files_digest(target) == digest:
+                shutil.rmtree(incoming, ignore_errors=True)
+                return target
+            # Left by a refused or interrupted registration of this version: moved
+            # aside in one step (so nobody sees it half removed), then replaced.
+            stale = root / f".stale-{version}-{uuid.uuid4().hex[:8]}"
+            with contextlib.suppress(OSError):
+                target.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+    shutil.rmtree(incoming, ignore_errors=True)
+    raise ModelError(f"could not put model {version} in place at {target}; retry the registration")
 
 
 def record_metrics(db: Database, version: str, metrics: dict[str, Any]) -> None:
