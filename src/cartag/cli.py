@@ -219,6 +219,10 @@ def _print_evaluation(result: Evaluation) -> None:
         for label, counts in zip(names, r["confusion"]["rows_true_cols_pred"], strict=True):
             matrix.add_row(label, *(str(c) if c else "." for c in counts))
         out.print(matrix)
+    if result.by_source:  # the labels CSV has a source column
+        from cartag.training.by_source import source_tables
+
+        out.print(source_tables(result.by_source))
     skipped = [
         f"{len(result.unreadable)} unreadable" if result.unreadable else "",
         f"{len(result.missing)} missing" if result.missing else "",

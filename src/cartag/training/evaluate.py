@@ -19,6 +19,7 @@ import numpy as np
 from cartag.errors import InputError
 from cartag.models.classifier import Classifier
 from cartag.pipeline.files import find_images, predict_files
+from cartag.training.by_source import BySource, by_source, reports_by_source
 from cartag.training.metrics import classification_report
 from cartag.vocab import COLORS, IMAGE_TYPES, normalize_color, normalize_image_type
 
@@ -43,12 +44,14 @@ class LabelledImage:
         origin: Where the labels came from, for messages (``labels.csv:12`` or the folder).
         image_type: True type, or None when this image has no type label.
         color: True color, or None when this image has no color label.
+        source: Where the image came from (a CSV ``source`` column), or None.
     """
 
     file: Path
     origin: str
     image_type: str | None = None
     color: str | None = None
+    source: str | None = None
 
     def label(self, task: str) -> str | None:
         """The true label for ``task`` (``image_type`` or ``color``)."""
@@ -140,6 +143,8 @@ class Evaluation:
         unreadable: ``(path, reason)`` of files the model could not read.
         tasks: Results per task that had at least one readable labelled image.
         unlabelled: Rows without any label.
+        by_source: Per source, per task reports (:mod:`cartag.training.by_source`);
+            empty unless the images have sources.
     """
 
     model_version: str
@@ -148,6 +153,7 @@ class Evaluation:
     unreadable: list[tuple[str, str]]
     tasks: dict[str, TaskResult]
     unlabelled: int = 0
+    by_source: BySource = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict of everything, mistakes included."""
@@ -166,6 +172,7 @@ class Evaluation:
                 }
                 for name, result in self.tasks.items()
             },
+            **({"by_source": self.by_source} if self.by_source else {}),
         }
 
 
@@ -181,10 +188,11 @@ def _parse_label(task: str, value: str) -> str | None:
 def labels_from_csv(csv_path: Path, root: Path) -> GroundTruth:
     """Read ground truth from a CSV with a ``path`` column and label columns.
 
-    Label columns are ``image_type`` (or ``type``) and/or ``color``; other columns
-    are ignored. An empty cell means "no label for that task". Relative paths are
-    tried against the CSV's folder, then ``root``, then the CSV folder's parent
-    (vcr-train's labels.csv writes ``vcr-train/<Color>/<file>``).
+    Label columns are ``image_type`` (or ``type``) and/or ``color``; an optional
+    ``source`` column names where each image came from (per-source figures); other
+    columns are ignored. An empty cell means "no label for that task". Relative
+    paths are tried against the CSV's folder, then ``root``, then the CSV folder's
+    parent (vcr-train's labels.csv writes ``vcr-train/<Color>/<file>``).
 
     Args:
         csv_path: The CSV file.
@@ -240,7 +248,8 @@ def labels_from_csv(csv_path: Path, root: Path) -> GroundTruth:
         if file is None:
             truth.missing.append(f"{origin}: {raw_path}")
             continue
-        image = LabelledImage(file, origin, labels.get("image_type"), labels.get("color"))
+        source = (row.get(columns["source"]) or "").strip() if "source" in columns else None
+        image = LabelledImage(file, origin, labels.get("image_type"), labels.get("color"), source)
         previous = seen.get(file.resolve())
         if previous is not None:
             if (previous.image_type, previous.color) != (image.image_type, image.color):
@@ -347,6 +356,7 @@ def score(
     """
     unreadable: list[tuple[str, str]] = []
     rows: dict[str, list[tuple[int, dict[str, float], str]]] = {task: [] for task in TASKS}
+    sources: dict[str, list[str]] = {task: [] for task in TASKS}
     colorless = 0
     for image, record in zip(images, records, strict=True):
         if record.get("error") or record.get("image_type") is None:
@@ -356,23 +366,33 @@ def score(
             true = image.label(task)
             if true is not None:
                 rows[task].append((vocab.index(true), record[scores_key], record["path"]))
+                sources[task].append(image.source or "")
         if image.color is not None and record["image_type"] == "Placeholder":
             colorless += 1
-    tasks = {}
+    tasks, per_source = {}, {}
     for task, (vocab, _) in TASKS.items():
-        if rows[task]:
-            result = _score_task(task, vocab, rows[task])
-            if task == "color":
-                result.colorless = colorless
-            tasks[task] = result
-    return Evaluation(model_version, len(images), [], unreadable, tasks)
+        if not rows[task]:
+            continue
+        tasks[task] = _score_task(task, vocab, rows[task], colorless if task == "color" else 0)
+        if any(image.source is not None for image in images):
+            per_source[task] = reports_by_source(*_arrays(vocab, rows[task]), sources[task], vocab)
+    return Evaluation(
+        model_version, len(images), [], unreadable, tasks, by_source=by_source(per_source)
+    )
+
+
+def _arrays(
+    vocab: tuple[str, ...], rows: list[tuple[int, dict[str, float], str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) true indices and (N, K) scores in vocabulary order."""
+    y_true = np.array([y for y, _, _ in rows], dtype=np.int64)
+    return y_true, np.array([[scores[label] for label in vocab] for _, scores, _ in rows])
 
 
 def _score_task(
-    task: str, vocab: tuple[str, ...], rows: list[tuple[int, dict[str, float], str]]
+    task: str, vocab: tuple[str, ...], rows: list[tuple[int, dict[str, float], str]], colorless: int
 ) -> TaskResult:
-    y_true = np.array([y for y, _, _ in rows], dtype=np.int64)
-    proba = np.array([[scores[label] for label in vocab] for _, scores, _ in rows])
+    y_true, proba = _arrays(vocab, rows)
     report = classification_report(y_true, proba, vocab)
     mistakes = []
     for (y, scores, path), p in zip(rows, proba.argmax(axis=1), strict=True):
@@ -382,4 +402,4 @@ def _score_task(
                 Mistake(path, true, predicted, float(scores[predicted]), float(scores[true]))
             )
     mistakes.sort(key=lambda m: (-m.confidence, m.path))
-    return TaskResult(task, report, mistakes)
+    return TaskResult(task, report, mistakes, colorless)

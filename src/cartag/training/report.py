@@ -22,6 +22,40 @@ from cartag.training.evaluate import Evaluation, TaskResult
 from cartag.web import environment as web_environment
 
 TEMPLATE_NAME: Final[str] = "evaluation.html"
+# The per-source section (labels CSV with a source column), inserted before </body>;
+# it reuses the page's table and figure styles.
+SOURCES_TEMPLATE: Final[str] = """
+<h2 id="by-source">By source</h2>
+<p class="note">The same metrics for each value of the labels file's <code>source</code>
+  column: a model can do well on one source and badly on another.</p>
+{% for task in source_tasks %}
+<h3>{{ task.title }} by source</h3>
+<table>
+  <thead><tr><th>source</th><th>images</th><th>accuracy</th><th>macro recall</th>
+  {% for label in task.classes %}<th>{{ label }}</th>{% endfor %}</tr></thead>
+  <tbody>
+  {% for row in task.rows %}
+    <tr class="num"><td>{{ row.source }}</td><td>{{ row.report.n }}</td>
+      <td>{{ "%.3f"|format(row.report.accuracy) }}</td>
+      <td>{{ "%.3f"|format(row.report.macro_recall) }}</td>
+      {% for recall in row.recalls %}
+      <td>{{ "—" if recall is none else "%.3f"|format(recall) }}</td>
+      {% endfor %}</tr>
+  {% endfor %}
+  </tbody>
+</table>
+<p class="note">Per-class columns are recall; — where the source has no image of that class.</p>
+<div class="side">
+  {% for row in task.rows %}
+  <figure style="border: none">
+    <img src="{{ row.confusion_uri }}" style="width: auto; height: auto"
+      alt="{{ task.title }} confusion matrix, {{ row.source }}">
+    <figcaption class="note">{{ row.source }}: rows true, columns predicted.</figcaption>
+  </figure>
+  {% endfor %}
+</div>
+{% endfor %}
+"""
 TASK_TITLES: Final[dict[str, str]] = {"image_type": "Image type", "color": "Color"}
 
 _CELL: Final[int] = 60
@@ -165,6 +199,32 @@ def _task_context(result: TaskResult, max_mistakes: int, max_pixels: int) -> dic
     }
 
 
+def _sources_html(evaluation: Evaluation) -> str:
+    """The per-source section (tables + confusion heatmaps), or "" without sources."""
+    if not evaluation.by_source:
+        return ""
+    tasks = []
+    for task in evaluation.tasks:
+        reports = {s: r[task] for s, r in evaluation.by_source.items() if task in r}
+        classes = list(dict.fromkeys(c for r in reports.values() for c in r["per_class"]))
+        rows = [
+            {
+                "source": source,
+                "report": report,
+                "recalls": [report["per_class"].get(c, {}).get("recall") for c in classes],
+                "confusion_uri": _data_uri(
+                    confusion_png(
+                        report["confusion"]["labels"], report["confusion"]["rows_true_cols_pred"]
+                    ),
+                    "image/png",
+                ),
+            }
+            for source, report in reports.items()
+        ]
+        tasks.append({"title": TASK_TITLES.get(task, task), "classes": classes, "rows": rows})
+    return web_environment().from_string(SOURCES_TEMPLATE).render(source_tasks=tasks)
+
+
 def render_report(
     evaluation: Evaluation,
     *,
@@ -181,13 +241,15 @@ def render_report(
         max_pixels: Decompression-bomb limit for the thumbnails.
     """
     env = web_environment()
-    return env.get_template(TEMPLATE_NAME).render(
+    html = env.get_template(TEMPLATE_NAME).render(
         evaluation=evaluation,
         source=source,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         n_evaluated=evaluation.n_labelled - len(evaluation.unreadable),
         tasks=[_task_context(r, max_mistakes, max_pixels) for r in evaluation.tasks.values()],
     )
+    head, body_end, tail = html.rpartition("</body>")
+    return head + _sources_html(evaluation) + body_end + tail if body_end else html
 
 
 def write_report(
