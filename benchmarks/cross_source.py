@@ -44,13 +44,15 @@ from cartag.models.backbone import PREPROCESS_ID, Backbone
 from cartag.models.classifier import BUNDLED_DIR, EmbeddingClassifier
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID, SIZE, color_features_batch
 from cartag.pipeline.keys import phash
+from cartag.training import all_sources
 from cartag.training import cross_source as cs
 from cartag.training.color import fit_color_head, select_color_head
-from cartag.training.dataset import EmbeddingCache, image_key, split_key
+from cartag.training.dataset import EmbeddingCache, holdout_mask, image_key, split_key
 from cartag.training.fit import fit_linear_head, select_l2
 from cartag.training.metrics import classification_report
 from cartag.training.placeholders import generate_placeholders
 from cartag.training.recolor import RECOLORED_PER_COLOR, missing_targets, synthesize
+from cartag.training.relabels import RELABELS_PATH
 from cartag.training.sources import (
     TYPE_TRAIN,
     VCOR,
@@ -66,7 +68,7 @@ from cartag.vocab import COLORS, IMAGE_TYPES
 # Repositories sharing an image within this pHash distance share a fold. Tighter
 # than the type head's 6 for vcr photos: type-train is mostly graphics and cut-outs
 # on white, whose pHashes are alike; at 4 a logo already links to car renders.
-DUPLICATE_MAX_DISTANCE = 2
+DUPLICATE_MAX_DISTANCE = all_sources.MAX_DISTANCE
 PLACEHOLDER = IMAGE_TYPES.index("Placeholder")
 
 
@@ -80,6 +82,8 @@ class Inputs:
         emb: float32 (N, D) shipped-backbone embeddings.
         features: float32 (N, F) color features (zeros where a row has no color label).
         placeholders: float32 (P, D) embeddings of the bundled recipe's placeholders.
+        placeholder_ids: P placeholder ids.
+        families: P placeholder design families.
         backbone: The shipped backbone (to embed recolored photos).
         shipped: The shipped classifier (its heads are scored as they are).
         cache: The embedding cache of that backbone.
@@ -90,6 +94,8 @@ class Inputs:
     emb: np.ndarray
     features: np.ndarray
     placeholders: np.ndarray
+    placeholder_ids: list[str]
+    families: list[str]
     backbone: Backbone
     shipped: EmbeddingClassifier
     cache: EmbeddingCache
@@ -133,7 +139,8 @@ def load_inputs(data_root: Path, cache_dir: Path, type_labels: Path, threads: in
         f"embedded {len(rows)} images + {len(made)} placeholders "
         f"in {time.monotonic() - started:.0f} s"
     )
-    return Inputs(rows, files, emb, features, placeholders, backbone, shipped, cache)
+    ids, families = [p.id for p in made], [p.family for p in made]
+    return Inputs(rows, files, emb, features, placeholders, ids, families, backbone, shipped, cache)
 
 
 def type_train_folds(inputs: Inputs, n_folds: int) -> np.ndarray:
@@ -174,19 +181,25 @@ class Table:
     holdout: np.ndarray
 
 
-def build_table(inputs: Inputs) -> Table:
-    """Stack the real rows and the placeholders."""
+def build_table(inputs: Inputs, fold: np.ndarray) -> Table:
+    """Stack the real rows and the placeholders; held-out rows by the bundled build's
+    per-source rule (:func:`cartag.training.all_sources.source_holdout`)."""
     n_ph = len(inputs.placeholders)
     emb = np.concatenate([inputs.emb, inputs.placeholders])
     features = np.concatenate(
         [inputs.features, np.zeros((n_ph, inputs.features.shape[1]), np.float32)]
     )
-    keys = [r.path for r in inputs.rows] + [f"placeholder/0/{i}" for i in range(n_ph)]
+    keys = [r.path for r in inputs.rows] + inputs.placeholder_ids
     sources = [r.source for r in inputs.rows] + [cs.PLACEHOLDER] * n_ph
     y_type = [IMAGE_TYPES.index(r.image_type) if r.image_type else -1 for r in inputs.rows]
     y_type += [PLACEHOLDER] * n_ph
     y_color = [COLORS.index(r.color) if r.color else -1 for r in inputs.rows] + [-1] * n_ph
     colors = np.asarray(y_color, dtype=np.int64)
+    n = len(inputs.rows)
+    holdout = np.concatenate([
+        all_sources.source_holdout(inputs.rows, fold[:n]),
+        holdout_mask(inputs.placeholder_ids, inputs.families),
+    ])  # fmt: skip
     return Table(
         keys,
         sources,
@@ -194,7 +207,7 @@ def build_table(inputs: Inputs) -> Table:
         np.concatenate([emb, features], axis=1),
         np.asarray(y_type, dtype=np.int64),
         colors,
-        cs.holdout_by_source(keys, sources, colors),
+        holdout,
     )
 
 
@@ -204,12 +217,18 @@ def _cv_order(keys: Sequence[str]) -> np.ndarray:
 
 
 def fit_color(
-    inputs: Inputs, table: Table, split: cs.Split, hp: dict[str, Any], select: bool
+    inputs: Inputs,
+    table: Table,
+    split: cs.Split,
+    hp: dict[str, Any],
+    select: bool,
+    min_real: int = 1,
 ) -> tuple[Any, dict[str, Any]]:
-    """The bundled color recipe on ``split.train`` (+ recolored photos of missing targets)."""
+    """The bundled color recipe on ``split.train`` (+ recolored photos of the target
+    colors with fewer than ``min_real`` real training photos)."""
     train = split.train
     colors = [COLORS[c] for c in table.y_color[train]]
-    missing = missing_targets(colors)
+    missing = missing_targets(colors, min_real)
     files = [inputs.files[i] for i in train]
     made = synthesize(colors, _opener(files), RECOLORED_PER_COLOR, 0, missing)
     images = [m.image for m in made]
@@ -253,13 +272,13 @@ def _train_info(table: Table, split: cs.Split) -> dict[str, Any]:
 
 
 def run_color(
-    inputs: Inputs, table: Table, hp: dict[str, Any], select: bool
+    inputs: Inputs, table: Table, hp: dict[str, Any], select: bool, min_real: int = 1
 ) -> list[dict[str, Any]]:
     """Every color protocol: fit, predict the test rows, score per source."""
     results = []
     for split in cs.color_splits(table.sources, table.y_color, table.holdout):
         started = time.monotonic()
-        head, info = fit_color(inputs, table, split, hp, select)
+        head, info = fit_color(inputs, table, split, hp, select, min_real)
         proba = head.predict_proba(table.color_in[split.test])
         y = table.y_color[split.test]
         scored = cs.score(y, proba, [table.sources[i] for i in split.test], COLORS)
@@ -278,11 +297,25 @@ def run_color(
 
 
 def run_type(
-    table: Table, fold: np.ndarray, hp: dict[str, Any], select: bool
+    table: Table, fold: np.ndarray, hp: dict[str, Any], select: bool, recipe: str = "all"
 ) -> list[dict[str, Any]]:
-    """vcr -> type-train, and leave-repo-out pooled over the folds."""
-    vcor = np.flatnonzero(np.asarray(table.sources) == VCOR)
-    first, *folds = cs.type_splits(table.sources, table.y_type, fold)
+    """vcr (+ vcor) -> type-train, and leave-repo-out pooled over the folds.
+
+    ``recipe`` ``all`` (the build on every source): vcr and vcor training splits and
+    the training placeholders train every split, and the vcr + vcor held-out photos
+    (real, none a placeholder, never trained on) count every Placeholder call as a
+    false positive. ``vcr``: vcr + all placeholders train; every vcor photo counts.
+    """
+    src = np.asarray(table.sources)
+    if recipe == "all":
+        base = np.isin(src, [VCR, VCOR, cs.PLACEHOLDER]) & ~table.holdout
+        vcor = np.flatnonzero(np.isin(src, [VCR, VCOR]) & table.holdout)
+        base_name, real_name = "vcr+vcor", "vcr+vcor held-out"
+    else:
+        base = np.isin(src, [VCR, cs.PLACEHOLDER])
+        vcor = np.flatnonzero(src == VCOR)
+        base_name, real_name = VCR, VCOR
+    first, *folds = cs.type_splits(table.sources, table.y_type, fold, base, base_name)
     results = []
     parts, real_preds, per_fold = [], [], []
     for split in (first, *folds):
@@ -294,6 +327,7 @@ def run_type(
         if split is first:
             sources = [table.sources[i] for i in split.test]
             result = cs.type_result(split.name, table.y_type[split.test], proba, sources, real)
+            result["placeholder"]["real_name"] = real_name
             results.append(
                 {**result, **_train_info(table, split), "l2": head.metadata["fit"]["l2"]}
             )
@@ -315,6 +349,7 @@ def run_type(
     name = f"type: leave-repo-out ({len(parts)} folds)"
     sources = [table.sources[i] for i in rows]
     pooled = cs.type_result(name, table.y_type[rows], proba, sources, real_preds[worst])
+    pooled["placeholder"]["real_name"] = real_name
     results.append({**pooled, "folds": per_fold})
     return results
 
@@ -367,22 +402,44 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--select", action="store_true", help="choose l2/epochs by CV per fit")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--type-labels", type=Path, default=TYPE_LABELS_PATH, help="vcr types")
+    parser.add_argument(
+        "--recipe",
+        choices=("all", "vcr"),
+        default="all",
+        help="type protocols: 'all' trains on vcr+vcor training splits too (the build on "
+        "every source); 'vcr' as the build on vcr-train alone",
+    )
+    parser.add_argument(
+        "--recolor-min-real",
+        type=int,
+        default=1,
+        help="recolor target colors with fewer real training photos than this (1 = none)",
+    )
+    parser.add_argument(
+        "--hp-from",
+        type=Path,
+        default=None,
+        help="model folder whose heads' l2/epochs to use (default: the shipped model)",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     inputs = load_inputs(args.data, args.cache_dir, args.type_labels, args.threads)
-    table = build_table(inputs)
+    fold = type_train_folds(inputs, args.folds)
+    table = build_table(inputs, fold)
+    hp_model = inputs.shipped
+    if args.hp_from is not None:
+        hp_model = EmbeddingClassifier.from_dir(args.hp_from, threads=args.threads)
     type_fit, color_fit = (
-        head.metadata["fit"] for head in (inputs.shipped.type_head, inputs.shipped.color_head)
+        head.metadata["fit"] for head in (hp_model.type_head, hp_model.color_head)
     )
     hp = {
         "type_l2": type_fit["l2"],
         "color_l2": color_fit["l2"],
         "color_epochs": color_fit["mlp"]["epochs"],
     }
-    fold = type_train_folds(inputs, args.folds)
     results = run_shipped(inputs, table)
-    results += run_color(inputs, table, hp, args.select)
-    results += run_type(table, fold, hp, args.select)
+    results += run_color(inputs, table, hp, args.select, args.recolor_min_real)
+    results += run_type(table, fold, hp, args.select, args.recipe)
     print(cs.markdown(results))
     if args.json is not None:
         folds: dict[str, set[str]] = {}
@@ -394,6 +451,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             "type_labels_sha256": hashlib.sha256(args.type_labels.read_bytes()).hexdigest(),
             "data": {s: int(n) for s, n in Counter(table.sources).items()},
             "hyper_parameters": "cv-selected per fit" if args.select else hp,
+            "hyper_parameters_from": str(args.hp_from or "shipped model"),
+            "recipe": args.recipe,
+            "recolor_min_real": args.recolor_min_real,
+            "relabels_sha256": hashlib.sha256(RELABELS_PATH.read_bytes()).hexdigest(),
             "type_train_folds": {k: sorted(v) for k, v in sorted(folds.items())},
             "results": results,
             "seconds": round(time.monotonic() - started, 1),

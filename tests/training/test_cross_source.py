@@ -93,6 +93,27 @@ def test_type_splits_test_every_type_train_row_once_with_its_fold_unseen() -> No
         assert len(split.train) == 46 + 9
 
 
+def test_type_splits_of_the_all_sources_recipe_train_on_vcr_and_vcor_training_rows() -> None:
+    keys, sources, _, kind, fold = make_rows()
+    src = np.asarray(sources)
+    kind[src == "vcor"] = IMAGE_TYPES.index("Dealer")  # reviewed, else Dealer
+    held = np.arange(len(keys)) % 5 == 0
+    base = np.isin(src, ["vcr", "vcor", cs.PLACEHOLDER, "type-train"]) & ~held
+
+    first, *folds = cs.type_splits(sources, kind, fold, base, "vcr+vcor")
+
+    assert first.name == "type: vcr+vcor -> type-train"
+    assert set(src[first.train]) == {"vcr", "vcor", cs.PLACEHOLDER}
+    assert not held[first.train].any() and len(first.train) == int(
+        (~held[:70]).sum() + (~held[82:]).sum()
+    )
+    for k, split in enumerate(folds):
+        # type-train rows of the other folds train, whatever the base mask says.
+        assert sorted(split.train[src[split.train] == "type-train"].tolist()) == sorted(
+            np.flatnonzero((src == "type-train") & (fold != k)).tolist()
+        )
+
+
 def test_pool_orders_out_of_fold_predictions_and_refuses_overlap() -> None:
     a = (np.array([5, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]))
     b = (np.array([3]), np.array([[0.5, 0.5]]))

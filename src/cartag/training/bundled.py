@@ -24,9 +24,9 @@ import argparse
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -39,10 +39,12 @@ from cartag.models.classifier import (
     backbone_config,
     copy_backbone_weights,
 )
-from cartag.models.color_features import FEATURE_ID
+from cartag.models.color_features import FEATURE_ID, SIZE, color_features_batch
 from cartag.models.heads import LinearHead
+from cartag.pipeline.keys import phash
+from cartag.training import all_sources
 from cartag.training.card import render_card
-from cartag.training.color import train_bundled_color_head
+from cartag.training.color import file_loader, train_bundled_color_head
 from cartag.training.dataset import (
     SPLIT_RULE,
     EmbeddingCache,
@@ -57,15 +59,40 @@ from cartag.training.fit import fit_linear_head, select_l2
 from cartag.training.metrics import classification_report
 from cartag.training.placeholders import FAMILIES, generate_placeholders
 from cartag.training.recolor import RECOLORED_PER_COLOR
+from cartag.training.relabels import RELABELS_PATH
+from cartag.training.sources import FOLDERS, read_sources
 from cartag.training.type_head import TYPE_LABELS_PATH, train_type_head
 from cartag.vocab import COLORS, IMAGE_TYPES
 
 L2_GRID = (3e-3, 1e-2, 3e-2, 0.1, 0.3)
+PLACEHOLDER_SOURCE = "placeholder"
 SOURCE = (
     "vcr-train: 2,883 web-scraped car photos from the public GitHub repository "
     "DananauRazvan/Vehicle-Color-Recognition (dataset/train/), color folders mapped to the "
     "cartag vocabulary (silver -> Grey). The repository states no licence: research and "
     "evaluation use only; the images are not redistributed, only these head weights."
+)
+SOURCES_TEXT = {
+    "vcr": SOURCE,
+    "vcor": (
+        "vcor-train: 4,018 web-sourced car photos (a copy of the VCoR dataset in the public "
+        "GitHub repository ndtands/CNN_Color_Car_Pytorch, dataset/train/), near-duplicates "
+        "of vcr-train removed; no licence stated: research and evaluation use only."
+    ),
+    "type-train": (
+        "type-train: 777 images with type labels (Dealer/Stock/Placeholder, including real "
+        "placeholders and logos) from 80+ public GitHub repositories of dealer, rental, "
+        "configurator and marketplace sites; mostly unlicensed, logos are trademarks: "
+        "training/evaluation only, never redistributed."
+    ),
+}
+TYPE_NOTE_ALL = (
+    "Image-type labels follow LABELS.md: vcr types from the reviewed "
+    "cartag/training/type_labels.csv, vcor photos Dealer unless reviewed (cut-outs on white: "
+    "Stock; relabels.csv), type-train's own labels (looked at, against LABELS.md). "
+    "Placeholder examples are type-train's real placeholders and logos plus synthetic ones "
+    "(cartag.training.placeholders); placeholder recall is also measured on independent "
+    "designs (cartag.training.placeholders_eval) that are never trained on."
 )
 TYPE_NOTE = (
     "Image-type labels for real photos are cleaned labels (cartag/training/type_labels.csv): "
@@ -96,6 +123,11 @@ class Corpus:
         family: N placeholder families ("" for real photos).
         holdout: bool (N,).
         data_hash: SHA-256 of labels + image content.
+        sources: N source names (``vcr``, ``vcor``, ``type-train``, ``placeholder``);
+            empty for the single-folder corpus of :func:`build_corpus`.
+        files: N image files (None for placeholders); empty for :func:`build_corpus`.
+        content: N content keys (file SHA-256, placeholder image key); likewise.
+        hashes: pHashes of the real rows in corpus order; likewise.
     """
 
     keys: list[str]
@@ -106,6 +138,10 @@ class Corpus:
     family: list[str]
     holdout: np.ndarray
     data_hash: str
+    sources: list[str] = field(default_factory=list)
+    files: list[Path | None] = field(default_factory=list)
+    content: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
 
 
 def build_corpus(
@@ -141,6 +177,117 @@ def build_corpus(
         holdout=holdout_mask(keys, strata),
         data_hash=data_hash(lines),
     )
+
+
+class Embedder(Protocol):
+    """What :func:`build_corpus_all` needs of a :class:`~cartag.models.backbone.Backbone`."""
+
+    @property
+    def backbone_id(self) -> str: ...
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray: ...
+
+
+def build_corpus_all(
+    data_root: Path,
+    sources: Sequence[str],
+    backbone: Embedder,
+    cache_dir: Path,
+    n_placeholders: int,
+    seed: int,
+    type_labels: Path = TYPE_LABELS_PATH,
+) -> Corpus:
+    """The reviewed table of ``sources`` (:func:`cartag.training.sources.read_sources`)
+    and the generated placeholders, embedded, with the per-source held-out split
+    (:mod:`cartag.training.all_sources`).
+
+    Raises:
+        FileNotFoundError: A requested source has no labels.csv under ``data_root``.
+    """
+    rows = [r for r in read_sources(data_root, type_labels) if r.source in sources]
+    missing = sorted(set(sources) - {r.source for r in rows})
+    if missing:
+        raise FileNotFoundError(f"no labels.csv for {', '.join(missing)} in {data_root}")
+    files = [data_root / r.path for r in rows]
+    content = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    hashes = [phash(file_loader(files)(i)) for i in range(len(files))]
+    fold = all_sources.type_train_folds(rows, hashes)
+    held = all_sources.source_holdout(rows, fold)
+    placeholders = generate_placeholders(n_placeholders, seed=seed)
+    cache = EmbeddingCache(cache_dir, backbone.backbone_id, PREPROCESS_ID)
+    real_emb = cache.get_or_compute(content, file_loader(files), backbone.embed_images)
+    ph_keys = [image_key(p.image) for p in placeholders]
+    ph_emb = cache.get_or_compute(
+        ph_keys, lambda i: placeholders[i].image, lambda ims: backbone.embed_images(ims)
+    )
+    ph_ids = [p.id for p in placeholders]
+    ph_family = [p.family for p in placeholders]
+    type_idx = [IMAGE_TYPES.index(r.image_type) if r.image_type else -1 for r in rows]
+    type_idx += [IMAGE_TYPES.index("Placeholder")] * len(placeholders)
+    color_idx = [COLORS.index(r.color) if r.color else -1 for r in rows]
+    color_idx += [-1] * len(placeholders)
+    lines = [
+        f"{r.source}\t{r.path}\t{r.image_type or ''}\t{r.color or ''}\t{c}"
+        for r, c in zip(rows, content, strict=True)
+    ]
+    lines += [f"{p.id}\t{p.family}\t{k}" for p, k in zip(placeholders, ph_keys, strict=True)]
+    return Corpus(
+        keys=[r.path for r in rows] + ph_ids,
+        strata=[all_sources.folder(r.path) or r.group for r in rows] + ph_family,
+        emb=np.concatenate([real_emb, ph_emb]),
+        type_idx=np.asarray(type_idx, dtype=np.int64),
+        color_idx=np.asarray(color_idx, dtype=np.int64),
+        family=[""] * len(rows) + ph_family,
+        holdout=np.concatenate([held, holdout_mask(ph_ids, ph_family)]),
+        data_hash=data_hash(lines),
+        sources=[r.source for r in rows] + [PLACEHOLDER_SOURCE] * len(placeholders),
+        files=[*files, *([None] * len(placeholders))],
+        content=content + ph_keys,
+        hashes=hashes,
+    )
+
+
+def per_source_metrics(
+    corpus: Corpus, type_head: LinearHead, color_head: LinearHead, color_in: np.ndarray
+) -> dict[str, Any]:
+    """Held-out figures per source: type report + Placeholder precision, color report.
+
+    Placeholder precision counts every held-out real image called Placeholder that
+    is not a labelled Placeholder as a false positive (generated placeholders are
+    reported as their own source).
+    """
+    placeholder = IMAGE_TYPES.index("Placeholder")
+    src = np.asarray(corpus.sources)
+    real = src != PLACEHOLDER_SOURCE
+    held = np.flatnonzero(corpus.holdout)
+    type_pred = np.full(len(corpus.keys), -1, dtype=np.int64)
+    type_proba = type_head.predict_proba(corpus.emb[held])
+    type_pred[held] = type_proba.argmax(axis=1)
+    proba_of = dict(zip(held.tolist(), type_proba, strict=True))
+    out: dict[str, Any] = {}
+    for source in dict.fromkeys(corpus.sources):
+        mine = np.flatnonzero(corpus.holdout & (src == source))
+        entry: dict[str, Any] = {"n_held_out": int(len(mine))}
+        typed = mine[corpus.type_idx[mine] >= 0]
+        if len(typed):
+            entry["image_type"] = classification_report(
+                corpus.type_idx[typed], np.stack([proba_of[i] for i in typed]), IMAGE_TYPES
+            )
+            entry["placeholder"] = all_sources.placeholder_precision(
+                corpus.type_idx[mine], type_pred[mine], placeholder, real[mine]
+            )
+        colored = mine[corpus.color_idx[mine] >= 0]
+        if len(colored):
+            entry["color"] = classification_report(
+                corpus.color_idx[colored], color_head.predict_proba(color_in[colored]), COLORS
+            )
+        out[source] = entry
+    out["all"] = {
+        "placeholder": all_sources.placeholder_precision(
+            corpus.type_idx[held], type_pred[held], placeholder, real[held]
+        )
+    }
+    return out
 
 
 def _cv_order(keys: Sequence[str], rows: np.ndarray) -> np.ndarray:
@@ -188,6 +335,8 @@ def train_bundled(
     threads: int = 0,
     weights: Path | None = None,
     clock: Clock | None = None,
+    sources: Sequence[str] | None = None,
+    recolor_min_real: int = 1,
 ) -> dict[str, Any]:
     """Train, evaluate and write a model directory (config, heads, card).
 
@@ -196,6 +345,12 @@ def train_bundled(
             trained on this split's training rows only; None = the ImageNet weights.
         recolored_per_color: Recolored training photos for each color vcr-train has
             no photos of (:mod:`cartag.training.recolor`).
+        sources: None = ``data_dir`` is the vcr-train folder (the original build);
+            else ``data_dir`` is the data root and these sources of
+            :mod:`cartag.training.all_sources` are used (reviewed labels, per-source
+            held-out split, per-source held-out figures).
+        recolor_min_real: Target colors with fewer real training photos than this
+            get recolored photos (1 = only colors with none).
 
     Returns:
         The config dict that was written.
@@ -206,7 +361,10 @@ def train_bundled(
     now = (clock or SystemClock()).now()
     finetune = None if weights is None else check_finetune(weights, variant)
     backbone = Backbone.load(variant, threads=threads, weights=weights)
-    corpus = build_corpus(data_dir, backbone, cache_dir, n_placeholders, seed)
+    if sources is None:
+        corpus = build_corpus(data_dir, backbone, cache_dir, n_placeholders, seed)
+    else:
+        corpus = build_corpus_all(data_dir, sources, backbone, cache_dir, n_placeholders, seed)
 
     cache = EmbeddingCache(cache_dir, backbone.backbone_id, PREPROCESS_ID)
 
@@ -214,7 +372,16 @@ def train_bundled(
         keys = [image_key(image) for image in images]
         return cache.get_or_compute(keys, lambda i: images[i], backbone.embed_images)
 
-    type_head, type_metrics = train_type_head(corpus, data_dir, embed, l2=l2)
+    if sources is None:
+        type_head, type_metrics = train_type_head(corpus, data_dir, embed, l2=l2)
+    else:
+        type_head, type_metrics = train_type_head(
+            corpus, data_dir, embed, l2=l2, hashes=corpus.hashes, targets=corpus.type_idx
+        )
+        type_metrics["label_source"] = (
+            "reviewed labels of every source (cartag.training.sources.read_sources) "
+            "+ synthetic placeholders"
+        )
     color_head, color_metrics = train_bundled_color_head(
         corpus,
         data_dir,
@@ -223,7 +390,26 @@ def train_bundled(
         l2=l2,
         recolored_per_color=recolored_per_color,
         seed=seed,
+        recolor_min_real=recolor_min_real,
     )
+    by_source: dict[str, Any] | None = None
+    if sources is not None:
+        color_in = np.zeros((len(corpus.keys), color_head.weight.shape[0]), dtype=np.float32)
+        colored = np.flatnonzero(corpus.color_idx >= 0)
+        feature_cache = EmbeddingCache(cache_dir, FEATURE_ID, f"to-rgb-bilinear-{SIZE}")
+        color_files = [Path(str(corpus.files[i])) for i in colored]
+        features = feature_cache.get_or_compute(
+            [corpus.content[i] for i in colored], file_loader(color_files), color_features_batch
+        )
+        color_in[colored] = np.concatenate([corpus.emb[colored], features], axis=1)
+        by_source = per_source_metrics(corpus, type_head, color_head, color_in)
+        type_metrics["held_out_by_source"] = {
+            k: {m: v[m] for m in ("image_type", "placeholder") if m in v}
+            for k, v in by_source.items()
+        }
+        color_metrics["held_out_by_source"] = {
+            k: v["color"] for k, v in by_source.items() if "color" in v
+        }
 
     common = {
         "backbone_id": backbone.backbone_id,
@@ -232,7 +418,7 @@ def train_bundled(
         "std": list(backbone.std),
         "preprocess": PREPROCESS_ID,
         "training_data_sha256": corpus.data_hash,
-        "split_rule": SPLIT_RULE,
+        "split_rule": SPLIT_RULE if sources is None else _split_rules(sources),
         "created": now.isoformat(timespec="seconds"),
     }
     type_head.metadata.update({**common, "task": "image_type", "metrics": type_metrics})
@@ -267,18 +453,68 @@ def train_bundled(
                 "per_color": recolored_per_color,
                 "seed": seed,
             },
-            "split_rule": SPLIT_RULE,
-            "type_label_note": TYPE_NOTE,
+            "split_rule": SPLIT_RULE if sources is None else _split_rules(sources),
+            "type_label_note": TYPE_NOTE if sources is None else TYPE_NOTE_ALL,
             "type_labels_sha256": hashlib.sha256(TYPE_LABELS_PATH.read_bytes()).hexdigest(),
-            "command": "python -m cartag.training.bundled --data <vcr-train> --out <dir>"
-            + ("" if finetune is None else " --backbone-weights <finetune .npz>"),
+            "command": _command(sources, finetune is not None, recolor_min_real),
             **({} if finetune is None else {"backbone_finetune": finetune}),
         },
         "created": now.isoformat(timespec="seconds"),
     }
+    if sources is not None:
+        config["training"].update(_all_sources_config(corpus, sources, recolor_min_real))
+        config["training"]["source"] = " ".join(SOURCES_TEXT[s] for s in sources)
     (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (out_dir / "MODEL_CARD.md").write_text(render_card(out_dir), encoding="utf-8")
     return config
+
+
+def _split_rules(sources: Sequence[str]) -> str:
+    rules = all_sources.SPLIT_RULES
+    return "; ".join(f"{s}: {rules[s]}" for s in [*sources, PLACEHOLDER_SOURCE])
+
+
+def _command(sources: Sequence[str] | None, finetuned: bool, recolor_min_real: int) -> str:
+    if sources is None:
+        command = "python -m cartag.training.bundled --data <vcr-train> --out <dir>"
+    else:
+        command = (
+            "python -m cartag.training.bundled --data <shared data root> "
+            f"--sources {','.join(sources)} --out <dir>"
+        )
+        if recolor_min_real != 1:
+            command += f" --recolor-min-real {recolor_min_real}"
+    return command + (" --backbone-weights <finetune .npz>" if finetuned else "")
+
+
+def _all_sources_config(
+    corpus: Corpus, sources: Sequence[str], recolor_min_real: int
+) -> dict[str, Any]:
+    """What a build on several sources records: sources, counts, label hashes, split."""
+    return {
+        "sources": {s: FOLDERS[s] for s in sources},
+        "n_real_by_source": {s: corpus.sources.count(s) for s in sources},
+        "counts": {
+            "image_type": all_sources.counts(
+                corpus.sources, corpus.holdout, corpus.type_idx, IMAGE_TYPES
+            ),
+            "color": all_sources.counts(corpus.sources, corpus.holdout, corpus.color_idx, COLORS),
+        },
+        "labels_sha256": {
+            "type_labels.csv": hashlib.sha256(TYPE_LABELS_PATH.read_bytes()).hexdigest(),
+            "relabels.csv": hashlib.sha256(RELABELS_PATH.read_bytes()).hexdigest(),
+        },
+        "labels": (
+            "cartag.training.sources.read_sources: vcr types from type_labels.csv, vcor types "
+            "reviewed else Dealer, type-train types from its labels.csv; vcr/vcor colors from "
+            "their folders with relabels.csv applied; type-train has no colors"
+        ),
+        "split_rules": {s: all_sources.SPLIT_RULES[s] for s in [*sources, PLACEHOLDER_SOURCE]},
+        "recolor_rule": (
+            f"target colors with fewer than {recolor_min_real} real training photo(s) get "
+            "recolored photos"
+        ),
+    }
 
 
 def check_finetune(weights: Path, variant: str) -> dict[str, Any]:
@@ -310,7 +546,24 @@ def check_finetune(weights: Path, variant: str) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--data", type=Path, required=True, help="the vcr-train folder")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="the vcr-train folder, or with --sources the data root holding the sets",
+    )
+    parser.add_argument(
+        "--sources",
+        default=None,
+        help="comma-separated sources of the data root (vcr,vcor,type-train); default: "
+        "all of them when --data has no labels.csv, else the single folder",
+    )
+    parser.add_argument(
+        "--recolor-min-real",
+        type=int,
+        default=1,
+        help="recolor target colors with fewer real training photos than this (1 = none)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--cache-dir", type=Path, default=Path("cartag-data/cache"))
     parser.add_argument("--variant", default="efficientnet-lite0")
@@ -333,6 +586,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.recolored_per_color < 0:
         raise SystemExit("error: --recolored-per-color must be 0 or more")
+    if args.recolor_min_real < 1:
+        raise SystemExit("error: --recolor-min-real must be 1 or more")
+    sources: list[str] | None = None
+    if args.sources is not None:
+        try:
+            sources = all_sources.parse_sources(args.sources)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from exc
+    elif not (args.data / "labels.csv").is_file():
+        sources = list(all_sources.ALL)
     if args.backbone_weights is not None and not args.backbone_weights.is_file():
         raise SystemExit(f"error: --backbone-weights {args.backbone_weights} does not exist")
     config = train_bundled(
@@ -346,6 +609,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         l2=args.l2,
         threads=args.threads,
         weights=args.backbone_weights,
+        sources=sources,
+        recolor_min_real=args.recolor_min_real,
     )
     print(f"wrote {args.out} ({config['version']})")
     print((args.out / "MODEL_CARD.md").read_text(encoding="utf-8"))

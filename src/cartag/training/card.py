@@ -225,6 +225,7 @@ def render_card(model_dir: Path) -> str:
         f"(top-2 {heads['color']['metrics']['held_out']['top2_accuracy']:.3f})",
         *_recolored_recall(heads["color"]["metrics"].get("recolored")),
         "",
+        *_by_source_section(tm, heads["color"]["metrics"]),
         *_label_section(tm),
         *_head_section("Image type head", type_meta),
         *_head_section("Color head", heads["color"]),
@@ -236,11 +237,57 @@ def render_card(model_dir: Path) -> str:
         "Dealer/Stock confusions, see the note column of type_labels.csv.",
         "- Placeholder examples are synthetic (training and evaluation generators are written "
         "independently); real placeholder designs may still differ.",
-        _color_limitation(heads["color"]["metrics"].get("recolored")),
+        _color_limitation(
+            heads["color"]["metrics"].get("recolored"),
+            heads["color"]["metrics"].get("recolor_rule"),
+        ),
         *_finetune_limitation(training.get("backbone_finetune")),
         "",
     ]
     return "\n".join(lines)
+
+
+def _by_source_section(type_metrics: dict[str, Any], color_metrics: dict[str, Any]) -> list[str]:
+    """Held-out figures per source (builds on several sources only)."""
+    types = type_metrics.get("held_out_by_source")
+    if not types:
+        return []
+    colors = color_metrics.get("held_out_by_source", {})
+    lines = [
+        "## Held-out metrics per source",
+        "",
+        "Placeholder precision counts every held-out real image called Placeholder that is "
+        "not a labelled Placeholder as a false positive.",
+        "",
+        "| source | n type | type macro recall | Dealer / Stock / Placeholder recall | "
+        "Placeholder precision (TP / FP) | n color | color top-1 | lowest color recall |",
+        "|---|---:|---:|---|---|---:|---:|---|",
+    ]
+    for source, entry in types.items():
+        report, ph = entry.get("image_type"), entry.get("placeholder")
+        color = colors.get(source)
+        recalls = (
+            " / ".join(
+                _fmt(report["per_class"].get(c, {}).get("recall"))
+                for c in ("Dealer", "Stock", "Placeholder")
+            )
+            if report
+            else ""
+        )
+        low = ""
+        if color:
+            pairs = [(r["recall"], c) for c, r in color["per_class"].items() if r["recall"]]
+            if pairs:
+                value, name = min(pairs)
+                low = f"{name} {value:.3f}"
+        lines.append(
+            f"| {source} | {report['n'] if report else ''} | "
+            f"{_fmt(report['macro_recall']) if report else ''} | {recalls} | "
+            + (f"{_fmt(ph['precision'])} ({ph['tp']} / {ph['false_positives']})" if ph else "")
+            + f" | {color['n'] if color else ''} | "
+            f"{_fmt(color['accuracy']) if color else ''} | {low} |"
+        )
+    return [*lines, ""]
 
 
 def _recolored_data(recolored: dict[str, Any] | None) -> list[str]:
@@ -265,7 +312,14 @@ def _recolored_recall(recolored: dict[str, Any] | None) -> list[str]:
     ]
 
 
-def _color_limitation(recolored: dict[str, Any] | None) -> str:
+def _color_limitation(recolored: dict[str, Any] | None, rule: dict[str, Any] | None = None) -> str:
+    if not recolored and rule and not rule.get("recolored_colors"):
+        real = rule.get("real_training_photos", {})
+        return (
+            "- The color sets are web-scraped; every color has real training photos, but "
+            + ", ".join(f"{c} only {n}" for c, n in real.items() if n < 100)
+            + ", so the held-out recall of the rarest colors rests on a handful of photos."
+        )
     if not recolored:
         return "- The color set is web-scraped and has no Burgundy, Orange or Purple examples."
     return (

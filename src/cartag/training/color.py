@@ -338,6 +338,7 @@ def train_bundled_color_head(
     l2: float | None = None,
     recolored_per_color: int = RECOLORED_PER_COLOR,
     seed: int = 0,
+    recolor_min_real: int = 1,
 ) -> tuple[MLPHead, dict[str, Any]]:
     """The bundled model's color head, from :func:`cartag.training.bundled.build_corpus` rows.
 
@@ -355,27 +356,44 @@ def train_bundled_color_head(
         l2: Linear penalty, or None to choose it by CV.
         recolored_per_color: Recolored photos per missing color (0 = none).
         seed: Seed of the recoloring.
+        recolor_min_real: Target colors with fewer real training photos than this
+            get recolored ones (1 = only colors with none).
 
     Returns:
         The head (input: embedding then color features) and its metrics.
     """
-    samples = read_labels(data_dir)
     rows = np.flatnonzero(corpus.color_idx >= 0)
-    if [corpus.keys[i] for i in rows] != [s.path for s in samples]:
-        raise ValueError("the corpus' color rows are not the labels.csv photos in file order")
+    if corpus.files:
+        # A corpus of several sources (build_corpus_all): files and hashes per row.
+        files = [Path(str(corpus.files[i])) for i in rows]
+        cache = EmbeddingCache(cache_dir, FEATURE_ID, f"to-rgb-bilinear-{SIZE}")
+        features = cache.get_or_compute(
+            [corpus.content[i] for i in rows], file_loader(files), color_features_batch
+        )
+    else:
+        samples = read_labels(data_dir)
+        if [corpus.keys[i] for i in rows] != [s.path for s in samples]:
+            raise ValueError("the corpus' color rows are not the labels.csv photos in file order")
+        files = [s.file for s in samples]
+        features = build_color_features(samples, cache_dir)
+    colors = [COLORS[int(corpus.color_idx[i])] for i in rows]
     dim = corpus.emb.shape[1]
     X = np.zeros((len(corpus.keys), dim + FEATURE_DIM), dtype=np.float32)
-    X[rows] = np.concatenate([corpus.emb[rows], build_color_features(samples, cache_dir)], axis=1)
+    X[rows] = np.concatenate([corpus.emb[rows], features], axis=1)
     held = corpus.holdout[rows]
-    training = [s for s, h in zip(samples, held, strict=True) if not h]
-    checked = [s for s, h in zip(samples, held, strict=True) if h]
-    missing = missing_targets(s.color for s in training)
+    train_at = [j for j, h in enumerate(held) if not h]
+    check_at = [j for j, h in enumerate(held) if h]
+    missing = missing_targets([colors[j] for j in train_at], recolor_min_real)
     made = synthesize(
-        [s.color for s in training], sample_loader(training), recolored_per_color, seed, missing
+        [colors[j] for j in train_at],
+        file_loader([files[j] for j in train_at]),
+        recolored_per_color,
+        seed,
+        missing,
     )
     checks = synthesize(
-        [s.color for s in checked],
-        sample_loader(checked),
+        [colors[j] for j in check_at],
+        file_loader([files[j] for j in check_at]),
         recolored_per_color // 3,
         seed + 1,
         missing,
@@ -385,7 +403,7 @@ def train_bundled_color_head(
     if made:
         X = np.concatenate([X, _recolored_inputs(made, embed)])
         y = np.concatenate([y, [COLORS.index(r.color) for r in made]])
-        keys += [f"recolor:{r.color}:{training[r.source].path}" for r in made]
+        keys += [f"recolor:{r.color}:{corpus.keys[rows[train_at[r.source]]]}" for r in made]
     n_real = len(corpus.keys)
     train = np.concatenate(
         [np.flatnonzero(~corpus.holdout & (corpus.color_idx >= 0)), n_real + np.arange(len(made))]
@@ -396,7 +414,22 @@ def train_bundled_color_head(
     head, metrics = train_color_head(X, y, train, test, COLORS, mlp_start=dim, l2=l2)
     if made:
         metrics["recolored"] = _recolored_metrics(head, made, checks, embed)
+    metrics["recolor_rule"] = {
+        "min_real_training_photos": recolor_min_real,
+        "real_training_photos": {c: sum(1 for j in train_at if colors[j] == c) for c in TARGETS},
+        "recolored_colors": missing,
+    }
     return head, metrics
+
+
+def file_loader(files: Sequence[Path]) -> Callable[[int], Image.Image]:
+    """Opens ``files[i]`` as an RGB image."""
+
+    def load(i: int) -> Image.Image:
+        with Image.open(files[i]) as image:
+            return image.convert("RGB")
+
+    return load
 
 
 def _recolored_inputs(

@@ -109,21 +109,32 @@ def color_splits(sources: Sequence[str], y: np.ndarray, holdout: np.ndarray) -> 
     ]
 
 
-def type_splits(sources: Sequence[str], y: np.ndarray, fold: np.ndarray) -> list[Split]:
+def type_splits(
+    sources: Sequence[str],
+    y: np.ndarray,
+    fold: np.ndarray,
+    base: np.ndarray | None = None,
+    base_name: str = VCR,
+) -> list[Split]:
     """``vcr -> type-train`` and one split per leave-repo-out fold.
 
     Args:
         sources: N source names (placeholders: :data:`PLACEHOLDER`).
         y: (N,) type index per row (-1: none).
         fold: (N,) type-train fold per row (-1 for other sources).
+        base: bool (N,) the rows outside type-train that train every split; None =
+            every vcr and placeholder row (the bundled recipe of vcr-train alone).
+        base_name: Names those rows in the first split's name.
 
     Returns:
         The cross-source split, then the folds in order (names end in ``fold k``).
     """
     src = np.asarray(sources)
-    base = np.isin(src, [VCR, PLACEHOLDER]) & (y >= 0)
+    if base is None:
+        base = np.isin(src, [VCR, PLACEHOLDER])
+    base = base & (src != TYPE_TRAIN) & (y >= 0)
     typed = (src == TYPE_TRAIN) & (y >= 0)
-    splits = [Split(f"type: vcr -> {TYPE_TRAIN}", "image_type", _rows(base), _rows(typed))]
+    splits = [Split(f"type: {base_name} -> {TYPE_TRAIN}", "image_type", _rows(base), _rows(typed))]
     for k in sorted(set(fold[typed].tolist())):
         splits.append(
             Split(
@@ -320,7 +331,7 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
             ph = r.get("placeholder") if judged else None
             precision = (
                 f"{_f(ph['precision'])} ({_f(ph['precision_with_real'])}: "
-                f"{ph['real_called_placeholder']} of {ph['n_real']} vcor)"
+                f"{ph['real_called_placeholder']} of {ph['n_real']} {ph.get('real_name', 'vcor')})"
                 if ph
                 else ""
             )

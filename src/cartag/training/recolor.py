@@ -17,6 +17,7 @@ red ones, Purple from blue, red and pink ones.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -153,13 +154,20 @@ class Recolored:
     source: int
 
 
-def missing_targets(colors: Iterable[str]) -> list[str]:
-    """The target colors (in :data:`TARGETS` order) not among ``colors``.
+def missing_targets(colors: Iterable[str], min_real: int = 1) -> list[str]:
+    """The target colors (in :data:`TARGETS` order) with fewer than ``min_real`` photos.
 
-    Real photos beat repainted ones: a color with any real training photo is not made.
+    Real photos beat repainted ones: by default (``min_real=1``) a color with any
+    real training photo is not made. A larger ``min_real`` is an explicit top-up
+    of rare colors (recorded in the model's config, and measured).
+
+    Raises:
+        ValueError: ``min_real`` is below 1.
     """
-    present = set(colors)
-    return [color for color in TARGETS if color not in present]
+    if min_real < 1:
+        raise ValueError(f"min_real must be 1 or more, not {min_real}")
+    counts = Counter(colors)
+    return [color for color in TARGETS if counts[color] < min_real]
 
 
 def synthesize(

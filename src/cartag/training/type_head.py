@@ -146,6 +146,7 @@ def _choose_l2(
 
 def _placeholder_metrics(
     corpus: TypeCorpus,
+    y: np.ndarray,
     pred: np.ndarray,
     eval_pred: np.ndarray,
     eval_family: Sequence[str],
@@ -154,8 +155,11 @@ def _placeholder_metrics(
     held = corpus.holdout
     real = np.asarray([not f for f in corpus.family])
     called = pred == PLACEHOLDER
-    false_pos = np.flatnonzero(held & real & called)
-    synthetic_tp = int((held & ~real & called).sum())
+    # Every held-out real image that is not a labelled Placeholder (type-train has
+    # real ones) counts as a false positive, labelled for type or not.
+    true_ph = y == PLACEHOLDER
+    false_pos = np.flatnonzero(held & real & called & ~true_ph)
+    synthetic_tp = int((held & called & true_ph).sum())
     eval_tp = int((eval_pred == PLACEHOLDER).sum())
 
     def precision(tp: int) -> float:
@@ -189,6 +193,7 @@ def train_type_head(
     n_eval_placeholders: int = 320,
     eval_seed: int = 0,
     hashes: Sequence[str] | None = None,
+    targets: np.ndarray | None = None,
 ) -> tuple[LinearHead, dict[str, Any]]:
     """Fit, calibrate and evaluate the image-type head.
 
@@ -203,6 +208,9 @@ def train_type_head(
         n_eval_placeholders: Independent placeholder designs to score.
         eval_seed: Seed of those designs.
         hashes: pHashes of the real rows in corpus order (default: computed).
+        targets: (N,) type index per corpus row (-1 = no label), for corpora of
+            several sources (:func:`cartag.training.bundled.build_corpus_all`);
+            None = real rows from ``labels_path``, synthetic rows Placeholder.
 
     Returns:
         The head (temperature in ``metadata``) and its metrics dict.
@@ -210,11 +218,14 @@ def train_type_head(
     labels = read_type_labels(labels_path)
     real_rows = [i for i, f in enumerate(corpus.family) if not f]
     y = np.full(len(corpus.keys), cleaning.UNLABELLED, dtype=np.int64)
-    for i, key in enumerate(corpus.keys):
-        if corpus.family[i]:
-            y[i] = PLACEHOLDER
-        elif key in labels:
-            y[i] = IMAGE_TYPES.index(labels[key].type)
+    if targets is not None:
+        y[:] = targets
+    else:
+        for i, key in enumerate(corpus.keys):
+            if corpus.family[i]:
+                y[i] = PLACEHOLDER
+            elif key in labels:
+                y[i] = IMAGE_TYPES.index(labels[key].type)
 
     real_keys = [corpus.keys[i] for i in real_rows]
     real_hashes = list(hashes) if hashes is not None else file_phashes(data_dir, real_keys)
@@ -276,7 +287,9 @@ def train_type_head(
         "low_confidence_held_out": calibration.confidence_table(
             cal, y[test], CONFIDENCE_THRESHOLDS
         ),
-        "placeholder": _placeholder_metrics(corpus, pred, eval_pred, [p.family for p in eval_set]),
+        "placeholder": _placeholder_metrics(
+            corpus, y, pred, eval_pred, [p.family for p in eval_set]
+        ),
     }
     if cv_scores and l2 is None:
         metrics["l2_cv_balanced_accuracy"] = cv_scores
