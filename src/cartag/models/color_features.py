@@ -201,7 +201,7 @@ def features_from_rgb(rgb: np.ndarray) -> np.ndarray:
     return vector
 
 
-def features_from_rgb_batch(rgb: np.ndarray) -> np.ndarray:
+def features_from_rgb_batch(rgb: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """Color features of B reduced images at once.
 
     One pass of numpy calls serves the whole batch (per-image sums are
@@ -212,6 +212,9 @@ def features_from_rgb_batch(rgb: np.ndarray) -> np.ndarray:
 
     Args:
         rgb: uint8 (B, SIZE, SIZE, 3) sRGB images from :func:`reduce_image`.
+        weights: float (B, SIZE*SIZE) per-image pixel weights, each row summing to 1,
+            in place of the fixed centred prior (an experiment's vehicle map,
+            :mod:`cartag.models.cam_color_features`); None: the prior (``vehicle-lab-v1``).
 
     Returns:
         float32 (B, FEATURE_DIM).
@@ -221,18 +224,22 @@ def features_from_rgb_batch(rgb: np.ndarray) -> np.ndarray:
             f"expected a uint8 (B, {SIZE}, {SIZE}, 3) batch, got {rgb.dtype} {rgb.shape}"
         )
     b, n = rgb.shape[0], SIZE * SIZE
+    if weights is not None and weights.shape != (b, n):
+        raise ValueError(f"expected ({b}, {n}) pixel weights, got {weights.shape}")
     if b == 0:
         return np.zeros((0, FEATURE_DIM), dtype=np.float32)
     lab = _linear_to_lab(_LINEAR_LUT[rgb.reshape(-1, 3)])  # (B*n, 3)
     image = np.repeat(np.arange(b, dtype=np.int64), n)  # (B*n,) image of each pixel
-    weights = np.tile(_PRIOR, b)  # per image sums to 1: histograms are shares of the vehicle
+    pixel = None if weights is None else np.asarray(weights, dtype=np.float64)
+    # Per image the weights sum to 1: histograms are shares of the vehicle.
+    w = np.tile(_PRIOR, b) if pixel is None else pixel.astype(np.float32).reshape(-1)
     light = lab[:, 0]
     chroma = np.hypot(lab[:, 1], lab[:, 2])
     chromatic = np.clip((chroma - _CHROMA_LO) * (1.0 / (_CHROMA_HI - _CHROMA_LO)), 0.0, 1.0)
     # Dark pixels' and low-chroma highlights' hue is noise: they go to the achromatic bins.
     chromatic[(light <= _DARK_L) | ((light > _SPECULAR_L) & (chroma < 25.0))] = 0.0
-    w_chrom = weights * chromatic
-    w_achrom = weights - w_chrom
+    w_chrom = w * chromatic
+    w_achrom = w - w_chrom
 
     # Only chromatic pixels enter the hue histogram (often a minority: grey, white, black cars).
     sel = np.flatnonzero(w_chrom > 0)
@@ -256,10 +263,15 @@ def features_from_rgb_batch(rgb: np.ndarray) -> np.ndarray:
 
     chrom_mass = np.bincount(image[sel], weights=ws, minlength=b)  # (B,)
     lab64 = lab.astype(np.float64)
-    prior64 = _PRIOR.astype(np.float64)
     per_image = lab64.reshape(b, n, 3)
-    mean_lab = prior64 @ per_image  # (B, 3)
-    std_lab = np.sqrt(np.maximum(prior64 @ (per_image * per_image) - mean_lab**2, 0.0))
+    if pixel is None:
+        prior64 = _PRIOR.astype(np.float64)
+        mean_lab = prior64 @ per_image  # (B, 3)
+        second = prior64 @ (per_image * per_image)
+    else:
+        mean_lab = np.einsum("bn,bnk->bk", pixel, per_image)
+        second = np.einsum("bn,bnk->bk", pixel, per_image * per_image)
+    std_lab = np.sqrt(np.maximum(second - mean_lab**2, 0.0))
     chrom_sum = np.stack(
         [np.bincount(image[sel], weights=ws * lab64[sel, k], minlength=b) for k in range(3)],
         axis=1,
