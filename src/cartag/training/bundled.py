@@ -60,7 +60,7 @@ from cartag.training.metrics import classification_report
 from cartag.training.placeholders import FAMILIES, generate_placeholders
 from cartag.training.recolor import RECOLORED_PER_COLOR
 from cartag.training.relabels import RELABELS_PATH
-from cartag.training.sources import FOLDERS, read_sources
+from cartag.training.sources import FOLDERS, TYPE_TRAIN, read_sources
 from cartag.training.type_head import TYPE_LABELS_PATH, train_type_head
 from cartag.vocab import COLORS, IMAGE_TYPES
 
@@ -128,6 +128,8 @@ class Corpus:
         files: N image files (None for placeholders); empty for :func:`build_corpus`.
         content: N content keys (file SHA-256, placeholder image key); likewise.
         hashes: pHashes of the real rows in corpus order; likewise.
+        cv_groups: N type-head CV group labels (``repo:<repository>`` for type-train,
+            ``family:<design family>`` for placeholders, ``""`` else); likewise.
     """
 
     keys: list[str]
@@ -142,6 +144,7 @@ class Corpus:
     files: list[Path | None] = field(default_factory=list)
     content: list[str] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
+    cv_groups: list[str] = field(default_factory=list)
 
 
 def build_corpus(
@@ -244,6 +247,8 @@ def build_corpus_all(
         files=[*files, *([None] * len(placeholders))],
         content=content + ph_keys,
         hashes=hashes,
+        cv_groups=[f"repo:{r.group}" if r.source == TYPE_TRAIN else "" for r in rows]
+        + [f"family:{f}" for f in ph_family],
     )
 
 
@@ -376,7 +381,13 @@ def train_bundled(
         type_head, type_metrics = train_type_head(corpus, data_dir, embed, l2=l2)
     else:
         type_head, type_metrics = train_type_head(
-            corpus, data_dir, embed, l2=l2, hashes=corpus.hashes, targets=corpus.type_idx
+            corpus,
+            data_dir,
+            embed,
+            l2=l2,
+            hashes=corpus.hashes,
+            targets=corpus.type_idx,
+            cv_groups=corpus.cv_groups,
         )
         type_metrics["label_source"] = (
             "reviewed labels of every source (cartag.training.sources.read_sources) "

@@ -128,6 +128,82 @@ def file_phashes(data_dir: Path, paths: Sequence[str]) -> list[str]:
     return hashes
 
 
+def grouped_folds(group_keys: Sequence[str], pinned: Sequence[str], folds: int) -> np.ndarray:
+    """CV folds that keep near-duplicates and whole named groups on one side.
+
+    Rows without a ``pinned`` label get :func:`cleaning.fold_assignment` of their
+    near-duplicate group key (the assignment used without groups). Rows sharing a
+    near-duplicate key or a ``pinned`` label (``"family:<design family>"``,
+    ``"repo:<repository>"``) form one component; each component holding a label
+    goes whole into one fold, largest first into the fold with the fewest rows of
+    its label's kind (the text before ``:``), so each kind is spread over the folds
+    and every held-out fold scores designs or sources its training folds lack.
+
+    Args:
+        group_keys: N near-duplicate group keys (:func:`cleaning.group_keys`).
+        pinned: N labels, ``""`` for none.
+        folds: Number of folds.
+
+    Returns:
+        int64 (N,) fold index in ``[0, folds)``.
+    """
+    if len(pinned) != len(group_keys):
+        raise ValueError("group_keys and pinned must have the same length")
+    fold = cleaning.fold_assignment(group_keys, folds)
+    parent = list(range(len(group_keys)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, (key, label) in enumerate(zip(group_keys, pinned, strict=True)):
+        for link in (f"dup\0{key}", f"pin\0{label}" if label else ""):
+            if not link:
+                continue
+            j = first.setdefault(link, i)
+            a, b = find(i), find(j)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    components: dict[int, list[int]] = {}
+    for i in range(len(group_keys)):
+        components.setdefault(find(i), []).append(i)
+    named = []
+    for rows in components.values():
+        labels = sorted(pinned[i] for i in rows if pinned[i])
+        if labels:
+            named.append((-len(rows), labels[0], rows))
+    load: dict[str, np.ndarray] = {}
+    total = np.zeros(folds, dtype=np.int64)
+    for size, label, rows in sorted(named, key=lambda c: (c[0], c[1])):
+        kind = load.setdefault(label.split(":", 1)[0], np.zeros(folds, dtype=np.int64))
+        best = min(range(folds), key=lambda f: (kind[f], total[f], f))
+        fold[rows] = best
+        kind[best] -= size
+        total[best] -= size
+    return fold
+
+
+def _fold_summary(fold: np.ndarray, pinned: Sequence[str], y: np.ndarray) -> dict[str, Any]:
+    """Rows per fold and class, and the labelled groups of each fold (for the metrics)."""
+    out: dict[str, Any] = {}
+    for f in np.unique(fold).tolist():
+        mine = np.flatnonzero(fold == f).tolist()
+        n = Counter(y[mine].tolist())
+        families = sorted(
+            {pinned[i].split(":", 1)[1] for i in mine if pinned[i].startswith("family:")}
+        )
+        out[str(f)] = {
+            "n": int(len(mine)),
+            "by_type": {IMAGE_TYPES[k]: n[k] for k in range(len(IMAGE_TYPES)) if n[k]},
+            "placeholder_families": families,
+            "repositories": len({pinned[i] for i in mine if pinned[i].startswith("repo:")}),
+        }
+    return out
+
+
 def _choose_l2(
     X: np.ndarray, y: np.ndarray, fold: np.ndarray, grid: Sequence[float]
 ) -> tuple[float, np.ndarray, dict[str, float]]:
@@ -194,6 +270,7 @@ def train_type_head(
     eval_seed: int = 0,
     hashes: Sequence[str] | None = None,
     targets: np.ndarray | None = None,
+    cv_groups: Sequence[str] | None = None,
 ) -> tuple[LinearHead, dict[str, Any]]:
     """Fit, calibrate and evaluate the image-type head.
 
@@ -211,6 +288,10 @@ def train_type_head(
         targets: (N,) type index per corpus row (-1 = no label), for corpora of
             several sources (:func:`cartag.training.bundled.build_corpus_all`);
             None = real rows from ``labels_path``, synthetic rows Placeholder.
+        cv_groups: N labels per corpus row (``"family:<design family>"``,
+            ``"repo:<repository>"``, ``""`` for none) whose rows CV keeps in one fold
+            (:func:`grouped_folds`), so the choice of ``l2`` rewards designs and
+            sources the fold did not train on; None = near-duplicate groups only.
 
     Returns:
         The head (temperature in ``metadata``) and its metrics dict.
@@ -238,7 +319,13 @@ def train_type_head(
     train_mask[dropped] = False
     train = np.flatnonzero(train_mask)
     group_of = cleaning.group_keys(len(corpus.keys), groups, corpus.keys)
-    fold = cleaning.fold_assignment([group_of[i] for i in train], CV_FOLDS)
+    if cv_groups is None:
+        fold = cleaning.fold_assignment([group_of[i] for i in train], CV_FOLDS)
+    else:
+        if len(cv_groups) != len(corpus.keys):
+            raise ValueError(f"cv_groups has {len(cv_groups)} rows, the corpus {len(corpus.keys)}")
+        pinned = [cv_groups[i] for i in train.tolist()]
+        fold = grouped_folds([group_of[i] for i in train], pinned, CV_FOLDS)
 
     X, y_train = corpus.emb[train], y[train]
     chosen, oof_logits, cv_scores = _choose_l2(X, y_train, fold, L2_GRID if l2 is None else [l2])
@@ -293,4 +380,12 @@ def train_type_head(
     }
     if cv_scores and l2 is None:
         metrics["l2_cv_balanced_accuracy"] = cv_scores
+    if cv_groups is not None:
+        metrics["cv_folds"] = {
+            "rule": (
+                "near-duplicate groups, placeholder design families and type-train "
+                "repositories each wholly in one fold (cartag.training.type_head.grouped_folds)"
+            ),
+            "folds": _fold_summary(fold, pinned, y_train),
+        }
     return head, metrics
