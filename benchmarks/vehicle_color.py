@@ -403,19 +403,7 @@ def report(results: dict[str, list[dict[str, Any]]]) -> str:
     lines += ["", "**Confusion matrices** (rows true, columns predicted)"]
     for p, protocol in enumerate(protocols):
         for name in names:
-            rep = results[name][p]["overall"]
-            labels = rep["confusion"]["labels"]
-            lines += [
-                "",
-                f"{protocol} · {name}",
-                "",
-                "| true \\ pred | " + " | ".join(labels) + " |",
-            ]
-            lines.append("|---|" + "---:|" * len(labels))
-            for label, counts in zip(labels, rep["confusion"]["rows_true_cols_pred"], strict=True):
-                lines.append(
-                    f"| {label} | " + " | ".join(str(c) if c else "." for c in counts) + " |"
-                )
+            lines += cs.confusion_markdown(f"{protocol} · {name}", results[name][p]["overall"])
     return "\n".join(lines)
 
 

@@ -370,16 +370,15 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
     lines += ["", "**Confusion matrices** (rows true, columns predicted)"]
     for r in results:
         for test, rep in r["by_source"].items():
-            names = rep["confusion"]["labels"]
-            lines += [
-                "",
-                f"{r['name']} · {test}",
-                "",
-                "| true \\ pred | " + " | ".join(names) + " |",
-            ]
-            lines.append("|---|" + "---:|" * len(names))
-            for label, counts in zip(names, rep["confusion"]["rows_true_cols_pred"], strict=True):
-                lines.append(
-                    f"| {label} | " + " | ".join(str(c) if c else "." for c in counts) + " |"
-                )
+            lines += confusion_markdown(f"{r['name']} · {test}", rep)
     return "\n".join(lines)
+
+
+def confusion_markdown(title: str, report: dict[str, Any]) -> list[str]:
+    """A report's confusion matrix as markdown lines (rows true, columns predicted)."""
+    names = report["confusion"]["labels"]
+    lines = ["", title, "", "| true \\ pred | " + " | ".join(names) + " |"]
+    lines.append("|---|" + "---:|" * len(names))
+    for label, counts in zip(names, report["confusion"]["rows_true_cols_pred"], strict=True):
+        lines.append(f"| {label} | " + " | ".join(str(c) if c else "." for c in counts) + " |")
+    return lines
