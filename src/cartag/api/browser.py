@@ -105,6 +105,20 @@ async def logout_form_ok(request: Request) -> bool:
     return session_csrf_ok(request, fields.get(CSRF_FIELD, [None])[0])
 
 
+def safe_next(target: str | None, area: str) -> str:
+    """Where a login form may send the browser: a page under ``area``, else ``area`` itself.
+
+    Only paths of this site: an open redirect would send a logged-in user anywhere.
+
+    Args:
+        target: The form's ``next`` value.
+        area: The pages' root, e.g. ``/review`` or ``/monitor``.
+    """
+    if target and target.startswith(area) and "//" not in target and "\\" not in target:
+        return target
+    return area
+
+
 def log_in(state: AppState, request: Request, response: Response, principal: Principal) -> None:
     """Open a session for ``principal`` and give its token to the browser.
 

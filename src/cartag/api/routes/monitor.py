@@ -45,13 +45,6 @@ def _login_page(
     return response
 
 
-def _safe_next(value: str | None) -> str:
-    # Only paths of this site: an open redirect would send a logged-in user anywhere.
-    if value and value.startswith("/monitor") and "//" not in value and "\\" not in value:
-        return value
-    return "/monitor"
-
-
 # What the pages answer besides their HTML: stated in the schema (schemathesis checks it).
 _Responses = dict[int | str, dict[str, Any]]
 _TO_LOGIN: _Responses = {303: {"description": "To the login form (no key, no session)."}}
@@ -154,7 +147,7 @@ def login_form(
     request: Request, next: Annotated[str | None, Query(max_length=512)] = None
 ) -> HTMLResponse:
     """The login form of the monitor page."""
-    return _login_page(request, next_url=_safe_next(next))
+    return _login_page(request, next_url=browser.safe_next(next, "/monitor"))
 
 
 @router.post(
@@ -173,7 +166,7 @@ async def login(request: Request, state: StateDep) -> Response:
     except ValueError as exc:  # more fields than the form has
         raise InputError("the login form has unexpected fields", field="key") from exc
     key = (form.get("key") or [""])[0].strip()
-    next_url = _safe_next((form.get("next") or [""])[0])
+    next_url = browser.safe_next((form.get("next") or [""])[0], "/monitor")
     if not browser.login_csrf_ok(request, (form.get(browser.CSRF_FIELD) or [""])[0]):
         # Another site's form, or one older than its cookie: show a fresh one.
         message = "the login form expired or came from another site; log in again"

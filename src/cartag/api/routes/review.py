@@ -276,13 +276,6 @@ def _page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     return HTMLResponse(html, status_code=status_code, headers=_PAGE_HEADERS)
 
 
-def _safe_next(target: str | None) -> str:
-    # Only a page of this site: an open redirect would send a logged-in user anywhere.
-    if target and target.startswith("/review") and "//" not in target and "\\" not in target:
-        return target
-    return "/review"
-
-
 def _to_login(request: Request) -> RedirectResponse:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/review/login?{urlencode({'next': target})}", status_code=303)
@@ -305,7 +298,7 @@ def _forbidden(request: Request, user: str) -> HTMLResponse:
 
 @pages.get("/login")
 def login_form(request: Request, next: str | None = None) -> HTMLResponse:
-    return _login_page(request, error=None, next=_safe_next(next))
+    return _login_page(request, error=None, next=browser.safe_next(next, "/review"))
 
 
 @pages.post("/login", response_model=None)
@@ -319,7 +312,7 @@ async def login(request: Request, state: StateDep) -> Response:
     except ValueError as exc:  # more fields than the form has
         raise InputError("the login form has unexpected fields", field="key") from exc
     key = fields.get("key", [""])[0].strip()
-    target = _safe_next(fields.get("next", [None])[0])
+    target = browser.safe_next(fields.get("next", [None])[0], "/review")
     if not browser.login_csrf_ok(request, fields.get(browser.CSRF_FIELD, [None])[0]):
         # Another site's form, or one older than its cookie: show a fresh one.
         message = "The login form expired or came from another site; log in again."
