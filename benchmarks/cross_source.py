@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cartag.imaging.keys import phash
 from cartag.models.backbone import PREPROCESS_ID, Backbone
 from cartag.models.classifier import BUNDLED_DIR, EmbeddingClassifier
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID, SIZE, color_features_batch
-from cartag.pipeline.keys import phash
 from cartag.training import all_sources
 from cartag.training import cross_source as cs
 from cartag.training.color import fit_color_head, select_color_head

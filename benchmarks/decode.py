@@ -34,7 +34,7 @@ from pathlib import Path
 from PIL import Image
 
 from cartag.errors import DecodeError
-from cartag.pipeline import decode
+from cartag.imaging import decode
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 _SIDE = 4000

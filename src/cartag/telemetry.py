@@ -47,7 +47,7 @@ class Telemetry:
         """One classify call (request or job chunk) produced these results."""
 
     def download_failed(self, reason: str, host: str) -> None:
-        """An image could not be downloaded (``reason`` as in ``pipeline.fetch.Failed``)."""
+        """An image could not be downloaded (``reason`` as in ``net.outcomes.Failed``)."""
 
     def batch_ran(self, size: int, duration_s: float) -> None:
         """The model ran on a micro-batch of ``size`` images in ``duration_s`` seconds."""

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from cartag.cli import app
 from cartag.clock import FakeClock
-from cartag.pipeline.decode import decode_image
-from cartag.pipeline.keys import content_sha256, phash
+from cartag.imaging.decode import decode_image
+from cartag.imaging.keys import content_sha256, phash
 from cartag.store import fixes as fix_repo
 from cartag.store.db import Database, upgrade
 from tests.support.factories import NOW, add_image

@@ -15,8 +15,8 @@ from cartag.jobs import execute
 from cartag.jobs.dispatch import CeleryDispatcher, InMemoryChunkSender, build_dispatcher
 from cartag.jobs.runner import JobRunner
 from cartag.models.classifier import Classifier
+from cartag.net.fetch import Fetcher
 from cartag.pipeline.classify import ClassifyService
-from cartag.pipeline.fetch import Fetcher
 from cartag.pipeline.results import ImageRequest
 from cartag.settings import Settings
 from cartag.store import jobs as job_repo

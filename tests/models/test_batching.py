@@ -14,8 +14,8 @@ from PIL import Image
 from cartag.clock import SystemClock
 from cartag.models.batching import BatcherClosedError, MicroBatcher
 from cartag.models.classifier import Classifier, Prediction, make_prediction
+from cartag.net.fetch import Fetcher
 from cartag.pipeline.classify import ClassifyService
-from cartag.pipeline.fetch import Fetcher
 from cartag.pipeline.results import ImageRequest
 from cartag.settings import Settings
 from cartag.store.db import Database

@@ -27,7 +27,7 @@ from cartag.models.color_providers import (
     build_color_provider,
     json_path,
 )
-from cartag.pipeline.netguard import Resolver, StaticResolver
+from cartag.net.guard import Resolver, StaticResolver
 from cartag.settings import Settings
 from cartag.vocab import COLORS
 from tests.support.color_vendor import COLOR_PATH, CONFIDENCE_PATH, ColorVendor

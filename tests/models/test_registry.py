@@ -23,9 +23,9 @@ from cartag.models.classifier import (
     make_prediction,
     read_config,
 )
+from cartag.net.fetch import Fetcher
 from cartag.ops.metrics import PrometheusTelemetry
 from cartag.pipeline.classify import ClassifyService
-from cartag.pipeline.fetch import Fetcher
 from cartag.settings import Settings
 from cartag.store import registry as repo
 from cartag.store.db import Database

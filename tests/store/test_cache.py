@@ -11,8 +11,8 @@ import pytest
 
 from cartag.clock import FakeClock
 from cartag.models.classifier import Classifier
+from cartag.net.fetch import Fetcher
 from cartag.pipeline.classify import ClassifyService
-from cartag.pipeline.fetch import Fetcher
 from cartag.pipeline.results import ClassifyResult, ImageRequest
 from cartag.settings import Settings
 from cartag.store import fixes as fix_repo

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from PIL import Image
 
 from cartag.models.classifier import Classifier, Prediction, make_prediction
-from cartag.pipeline.fetch import Fetched, Fetcher, FetchOutcome, FetchRequest, Validators
+from cartag.net.fetch import Fetcher
+from cartag.net.outcomes import Fetched, FetchOutcome, FetchRequest, Validators
 from cartag.settings import Settings
 from tests.support.images import jpeg_bytes
 

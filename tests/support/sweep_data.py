@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cartag.clock import Clock
+from cartag.imaging.decode import decode_image
 from cartag.models.classifier import Classifier, EmbeddingClassifier
-from cartag.pipeline.decode import decode_image
 from cartag.settings import Settings
 from cartag.store import datasets
 from cartag.store.blobs import LocalBlobStore

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cartag.imaging.keys import phash
 from cartag.training import all_sources
 from cartag.training.bundled import build_corpus_all
 from cartag.training.color import train_bundled_color_head
@@ -95,8 +96,6 @@ def _write(path: Path, header: list[str], rows: list[list[str]]) -> None:
 
 
 def _hashes(root: Path, paths: list[str]) -> list[str]:
-    from cartag.pipeline.keys import phash
-
     out = []
     for p in paths:
         with Image.open(root / p) as image:

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from cartag.pipeline.keys import hamming, phash
+from cartag.imaging.keys import hamming, phash
 from cartag.training import cleaning
 
 LABELS = ("a", "b", "c")

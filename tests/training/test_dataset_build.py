@@ -12,9 +12,9 @@ import pytest
 
 from cartag.clock import FakeClock
 from cartag.errors import ConflictError, InputError, NotFoundError
+from cartag.imaging.decode import decode_image
+from cartag.imaging.keys import content_sha256, phash
 from cartag.models.classifier import Classifier, EmbeddingClassifier
-from cartag.pipeline.decode import decode_image
-from cartag.pipeline.keys import content_sha256, phash
 from cartag.settings import Settings
 from cartag.store import datasets as repo
 from cartag.store import fixes as fix_repo

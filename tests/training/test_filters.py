@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cartag.pipeline.keys import content_sha256
+from cartag.imaging.keys import content_sha256
 from cartag.training.filters import Candidate, Existing, apply_filters
 from tests.support.images import jpeg_bytes, truncated_jpeg_bytes
 from tests.training.dataset_images import pattern_jpeg

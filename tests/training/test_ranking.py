@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from cartag.imaging.decode import decode_image
 from cartag.models.classifier import Classifier, EmbeddingClassifier
-from cartag.pipeline.decode import decode_image
 from cartag.store import embeddings as embedding_repo
 from cartag.store.blobs import MemoryBlobStore
 from cartag.store.db import Database

@@ -13,8 +13,8 @@ from sqlalchemy import inspect, select
 
 from cartag.clock import FakeClock
 from cartag.errors import ConflictError, InputError
+from cartag.imaging.decode import decode_image
 from cartag.models.classifier import Classifier, EmbeddingClassifier
-from cartag.pipeline.decode import decode_image
 from cartag.settings import Settings
 from cartag.store import registry as registry_repo
 from cartag.store.db import Database

@@ -33,10 +33,10 @@ from cartag.models.color_providers import (
     check_color_settings,
 )
 from cartag.models.hotswap import ModelWatcher, startup_model
+from cartag.net.fetch import Fetcher
 from cartag.ops.metrics import PrometheusTelemetry
 from cartag.ops.middleware import RequestContextMiddleware
 from cartag.pipeline.classify import ClassifyService
-from cartag.pipeline.fetch import Fetcher
 from cartag.settings import Settings
 from cartag.store.blobs import BlobStore, LocalBlobStore
 from cartag.store.cache import LookupCache, build_lookup_cache

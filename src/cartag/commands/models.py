@@ -247,7 +247,7 @@ def _reclassify(
     from cartag.jobs.reclassify import advertisers_to_run
     from cartag.jobs.reclassify import reclassify as run
     from cartag.models.hotswap import load_production
-    from cartag.pipeline.fetch import Fetcher
+    from cartag.net.fetch import Fetcher
 
     try:
         if not advertisers_to_run(db, advertiser):

@@ -24,9 +24,10 @@ from sqlalchemy import update
 
 from cartag.clock import Clock
 from cartag.errors import ConflictError
+from cartag.imaging.decode import decode_image
 from cartag.models.classifier import Classifier, EmbeddingClassifier, Prediction, make_prediction
-from cartag.pipeline.decode import decode_image
-from cartag.pipeline.fetch import Fetched, Fetcher, FetchRequest
+from cartag.net.fetch import Fetcher
+from cartag.net.outcomes import Fetched, FetchRequest
 from cartag.settings import Settings
 from cartag.store import embeddings as embedding_repo
 from cartag.store import images as image_repo

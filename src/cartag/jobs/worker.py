@@ -16,9 +16,9 @@ from cartag.clock import Clock, SystemClock
 from cartag.models.classifier import Classifier
 from cartag.models.color_providers import build_color_provider, check_color_settings
 from cartag.models.hotswap import ModelWatcher, startup_model
+from cartag.net.fetch import Fetcher
 from cartag.ops.metrics import PrometheusTelemetry
 from cartag.pipeline.classify import ClassifyService
-from cartag.pipeline.fetch import Fetcher
 from cartag.settings import Settings
 from cartag.store.cache import build_lookup_cache
 from cartag.store.db import Database, upgrade

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cartag.errors import ConfigError, FetchError
-from cartag.pipeline.netguard import check_ip, is_ip_literal, parse_target
+from cartag.net.guard import check_ip, is_ip_literal, parse_target
 from cartag.settings import Settings
 from cartag.vocab import COLORS, normalize_color
 

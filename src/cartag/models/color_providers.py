@@ -40,8 +40,8 @@ from PIL import Image
 from cartag.errors import FetchError
 from cartag.models.classifier import Prediction
 from cartag.models.color_config import HttpColorConfig, LabelMap, json_path
-from cartag.pipeline.guarded_post import GuardedPoster
-from cartag.pipeline.netguard import Resolver
+from cartag.net.guard import Resolver
+from cartag.net.post import GuardedPoster
 from cartag.settings import Settings
 
 __all__ = [
@@ -141,7 +141,7 @@ class HttpColorProvider(ColorProvider):
     POSTs the decoded image as ``image/jpeg``. The label at ``color_path`` of the JSON
     answer is mapped through the label map; the number at ``confidence_path``, if
     any, becomes the score. Placeholders are not sent. Requests go through the SSRF
-    guard of :class:`~cartag.pipeline.guarded_post.GuardedPoster`.
+    guard of :class:`~cartag.net.post.GuardedPoster`.
 
     Args:
         config: The parsed settings.

@@ -19,6 +19,8 @@ from sqlalchemy.orm import Session
 
 from cartag.clock import Clock
 from cartag.errors import DecodeError, FetchError
+from cartag.imaging.decode import decode_image
+from cartag.imaging.keys import choose_image_key, content_sha256, phash, request_url
 from cartag.models.batching import MicroBatcher
 from cartag.models.classifier import Classifier, Prediction, settings_plan
 from cartag.models.color_providers import (
@@ -27,10 +29,9 @@ from cartag.models.color_providers import (
     ColorProvider,
     ColorQuery,
 )
+from cartag.net.fetch import Fetcher
+from cartag.net.outcomes import Failed, Fetched, FetchRequest, NotModified
 from cartag.ops.daily import RollupBuffer
-from cartag.pipeline.decode import decode_image
-from cartag.pipeline.fetch import Failed, Fetched, Fetcher, FetchRequest, NotModified
-from cartag.pipeline.keys import choose_image_key, content_sha256, phash, request_url
 from cartag.pipeline.resolve import resolve
 from cartag.pipeline.results import ClassifyResult, ImageRequest, skipped
 from cartag.redaction import has_password, strip_password

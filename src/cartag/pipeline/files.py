@@ -9,8 +9,8 @@ from typing import Any
 from PIL import Image
 
 from cartag.errors import DecodeError, InputError
+from cartag.imaging.decode import decode_image
 from cartag.models.classifier import Classifier
-from cartag.pipeline.decode import decode_image
 from cartag.settings import DEFAULT_LOW_CONFIDENCE_THRESHOLD
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from cartag.clock import Clock, SystemClock
+from cartag.imaging.keys import phash
 from cartag.models.backbone import PREPROCESS_ID, Backbone
 from cartag.models.classifier import (
     CONFIG_NAME,
@@ -41,7 +42,6 @@ from cartag.models.classifier import (
 )
 from cartag.models.color_features import FEATURE_ID, SIZE, color_features_batch
 from cartag.models.heads import LinearHead
-from cartag.pipeline.keys import phash
 from cartag.training import all_sources
 from cartag.training.card import render_card
 from cartag.training.color import file_loader, train_bundled_color_head

@@ -5,7 +5,7 @@
 1. take the items to start from (the parent's included and flagged items, with
    ``provenance.from_version``; nothing for an import);
 2. collect candidates: the images fixed since the cutoff, downloaded through the
-   SSRF-guarded :class:`~cartag.pipeline.fetch.Fetcher` (labels and provenance
+   SSRF-guarded :class:`~cartag.net.fetch.Fetcher` (labels and provenance
    from the fix), or the files of a folder (labels from folder names and CSVs);
 3. filter them (:mod:`cartag.training.filters`), each filter counted;
 4. crop (:mod:`cartag.training.crop`): a cropped image is a new blob, its
@@ -35,10 +35,11 @@ from PIL import Image, ImageOps
 
 from cartag.clock import Clock, SystemClock
 from cartag.errors import ConflictError, DecodeError, InputError
-from cartag.pipeline.decode import decode_image
-from cartag.pipeline.fetch import Failed, Fetched, Fetcher, FetchOutcome, FetchRequest
+from cartag.imaging.decode import decode_image
+from cartag.imaging.keys import content_sha256, hamming, phash
+from cartag.net.fetch import Fetcher
+from cartag.net.outcomes import Failed, Fetched, FetchOutcome, FetchRequest
 from cartag.pipeline.files import find_images
-from cartag.pipeline.keys import content_sha256, hamming, phash
 from cartag.settings import Settings
 from cartag.store import datasets as repo
 from cartag.store.blobs import BlobStore

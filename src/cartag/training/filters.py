@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from cartag.errors import DecodeError
-from cartag.pipeline.decode import DecodedImage, decode_image
-from cartag.pipeline.keys import content_sha256, phash
+from cartag.imaging.decode import DecodedImage, decode_image
+from cartag.imaging.keys import content_sha256, phash
 from cartag.store.datasets import EXCLUDED, FLAGGED, INCLUDED
 from cartag.training.cleaning import phash_groups
 

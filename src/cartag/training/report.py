@@ -17,7 +17,7 @@ from typing import Any, Final
 from PIL import Image, ImageDraw, ImageFont
 
 from cartag.errors import CartagError
-from cartag.pipeline.decode import decode_image
+from cartag.imaging.decode import decode_image
 from cartag.training.evaluate import Evaluation, TaskResult
 from cartag.web import environment as web_environment
 

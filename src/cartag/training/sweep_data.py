@@ -22,9 +22,9 @@ from PIL import Image, ImageOps
 
 from cartag.clock import Clock
 from cartag.errors import ConflictError, InputError
+from cartag.imaging.decode import decode_image
 from cartag.models.backbone import Backbone, BackboneSpec, to_rgb
 from cartag.models.color_features import FEATURE_ID, color_features_batch
-from cartag.pipeline.decode import decode_image
 from cartag.settings import Settings
 from cartag.store import datasets
 from cartag.store.blobs import BlobStore, LocalBlobStore

@@ -24,8 +24,8 @@ from typing import Any, Final, Protocol
 import numpy as np
 from PIL import Image
 
+from cartag.imaging.keys import phash
 from cartag.models.heads import LinearHead
-from cartag.pipeline.keys import phash
 from cartag.training import calibration, cleaning
 from cartag.training.fit import balanced_accuracy, fit_linear_head
 from cartag.training.metrics import classification_report

@@ -27,7 +27,7 @@ from cartag.api import browser
 from cartag.api.deps import CSRF_HEADER, BrowserPrincipalDep, ReviewerDep, StateDep
 from cartag.api.schemas import MAX_ID, error_responses
 from cartag.errors import AuthError, DecodeError, InputError, NotFoundError, PermissionDeniedError
-from cartag.pipeline.decode import decode_image
+from cartag.imaging.decode import decode_image
 from cartag.store import apikeys
 from cartag.store import review as review_repo
 from cartag.store.blobs import BlobStore

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image, features
 
 from cartag.errors import DecodeError
-from cartag.pipeline import decode as decode_module
-from cartag.pipeline.decode import DecodedImage, decode_image
+from cartag.imaging import decode as decode_module
+from cartag.imaging.decode import DecodedImage, decode_image
 from cartag.settings import Settings
 from tests.support.images import (
     bomb_png_bytes,

@@ -1,8 +1,8 @@
 """POST to an operator-configured endpoint (a vendor API) under the SSRF guard.
 
-:class:`GuardedPoster` is the small sibling of :class:`~cartag.pipeline.fetch.Fetcher`
+:class:`GuardedPoster` is the small sibling of :class:`~cartag.net.fetch.Fetcher`
 for calls that send a body and need the answer's bytes. Each attempt resolves the
-host, checks every address with :func:`~cartag.pipeline.netguard.check_ip` (the
+host, checks every address with :func:`~cartag.net.guard.check_ip` (the
 allow-list is ``Settings.allowed_networks``) and connects to the checked address,
 exactly as downloads do. Redirects are not followed — a 3xx is an error — so
 headers such as an API key never travel to another host. 5xx answers, timeouts
@@ -23,14 +23,9 @@ from typing import Final
 import httpx
 
 from cartag.errors import FetchError, FetchTimeoutError, HTTPStatusError, TooLargeError
-from cartag.pipeline.netguard import (
-    Resolver,
-    SniPoolTransport,
-    SystemResolver,
-    Target,
-    parse_target,
-    pin_target,
-)
+from cartag.net.guard import Resolver, SystemResolver, Target, parse_target, pin_target
+from cartag.net.limits import is_transient
+from cartag.net.transport import SniPoolTransport
 from cartag.settings import Settings
 
 # Vendor answers are small JSON documents; anything bigger is a misbehaving server.
@@ -115,7 +110,7 @@ class GuardedPoster:
             try:
                 return await self._attempt(target, content, headers, attempt)
             except FetchError as exc:
-                if attempt >= self._retries or not _is_transient(exc):
+                if attempt >= self._retries or not is_transient(exc):
                     raise
             await asyncio.sleep(self._backoff_s * 2**attempt)
             attempt += 1
@@ -157,9 +152,3 @@ class GuardedPoster:
                 raise TooLargeError(f"{target.url} sent more than {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
-
-
-def _is_transient(exc: FetchError) -> bool:
-    if isinstance(exc, HTTPStatusError):
-        return exc.status >= 500
-    return exc.reason in ("timeout", "connection_error")

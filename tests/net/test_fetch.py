@@ -15,16 +15,9 @@ import httpx
 import pytest
 
 from cartag.errors import FetchError
-from cartag.pipeline.fetch import (
-    Failed,
-    Fetched,
-    Fetcher,
-    FetchOutcome,
-    FetchRequest,
-    NotModified,
-    Validators,
-)
-from cartag.pipeline.netguard import StaticResolver, SystemResolver
+from cartag.net.fetch import Fetcher
+from cartag.net.guard import StaticResolver, SystemResolver
+from cartag.net.outcomes import Failed, Fetched, FetchOutcome, FetchRequest, NotModified, Validators
 from cartag.settings import Settings
 from tests.support.http_server import DEFAULT_LAST_MODIFIED, ImageServer
 from tests.support.images import jpeg_bytes

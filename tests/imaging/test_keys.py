@@ -12,8 +12,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from cartag.errors import FetchError
-from cartag.pipeline.decode import decode_image
-from cartag.pipeline.keys import (
+from cartag.imaging.decode import decode_image
+from cartag.imaging.keys import (
     choose_image_key,
     content_key,
     content_sha256,

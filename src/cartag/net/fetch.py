@@ -1,22 +1,11 @@
 """The download layer: fetch image bytes by URL, safely and politely.
 
-:class:`Fetcher` turns :class:`FetchRequest` objects into outcomes
-(:class:`Fetched`, :class:`NotModified` or :class:`Failed`); a bad URL never
-raises, it becomes a ``Failed`` with a machine-readable ``reason``:
-
-* ``invalid_url``: not http(s), no or malformed host, bad port, bad redirect.
-* ``dns_error``: the host name does not resolve.
-* ``blocked_address``: the URL (or a redirect) points at a non-public network.
-* ``connection_error``: refused, reset, TLS failure, protocol garbage.
-* ``timeout``: connect or read timeout, an attempt took too long, or the URL used
-  up ``download_deadline_s`` (all attempts and redirects together).
-* ``too_large``: body over ``max_image_bytes`` (declared or streamed).
-* ``too_many_redirects``: more than ``max_redirects`` hops.
-* ``unsupported_encoding``: server compressed the body although asked not to.
-* ``http_<status>``: the final answer was not 2xx/304 (e.g. ``http_404``).
+:class:`Fetcher` turns :class:`~cartag.net.outcomes.FetchRequest` objects into
+outcomes; a bad URL never raises, it becomes a :class:`~cartag.net.outcomes.Failed`
+whose ``reason`` is one of those listed in :mod:`cartag.net.outcomes`.
 
 Safety: every hop is resolved once, every resolved address is checked by
-:func:`~cartag.pipeline.netguard.check_ip`, and the request is sent to the checked
+:func:`~cartag.net.guard.check_ip`, and the request is sent to the checked
 address (URL host rewritten to the IP, original ``Host`` header, TLS server name
 via the ``sni_hostname`` extension), so DNS rebinding cannot redirect it.
 Concurrency is bounded overall and per server address (the address a host name
@@ -27,10 +16,8 @@ answers, timeouts and connection errors are retried with exponential backoff,
 nothing else is, and not a timeout on a body that had started arriving: a
 server that trickles its body would only trickle it again. Each URL gets
 ``download_deadline_s`` of connection time in all; time spent waiting for a
-free slot is not counted.
-
-A Fetcher owns an ``httpx.AsyncClient``: create it, use it and close it within
-one event loop.
+free slot is not counted. A Fetcher owns an ``httpx.AsyncClient``: create it,
+use it and close it within one event loop.
 """
 
 from __future__ import annotations
@@ -38,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -47,14 +33,10 @@ from typing import Any, TypeVar
 import httpx
 
 from cartag.errors import FetchError, FetchTimeoutError, HTTPStatusError, TooLargeError
-from cartag.pipeline.netguard import (
-    Resolver,
-    SniPoolTransport,
-    SystemResolver,
-    Target,
-    parse_target,
-    pin_target,
-)
+from cartag.net.guard import Resolver, SystemResolver, Target, parse_target, pin_target
+from cartag.net.limits import Budget, Slots, is_transient, server_key
+from cartag.net.outcomes import Failed, Fetched, FetchOutcome, FetchRequest, NotModified, Validators
+from cartag.net.transport import SniPoolTransport
 from cartag.settings import Settings
 
 _T = TypeVar("_T")
@@ -63,54 +45,6 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # A server trickling a byte just within each read timeout would hold a slot
 # forever, so an attempt gets connect_timeout_s + this many read timeouts in all.
 _ATTEMPT_READ_TIMEOUTS = 4
-
-
-@dataclass(frozen=True)
-class Validators:
-    """Cache validators of a response, as the server sent them."""
-
-    etag: str | None
-    last_modified: str | None
-    content_length: int | None
-
-
-@dataclass(frozen=True)
-class FetchRequest:
-    """One URL to download, with the validators of a copy we may already have."""
-
-    url: str
-    etag: str | None = None
-    last_modified: str | None = None
-
-
-@dataclass(frozen=True)
-class Fetched:
-    """The body was downloaded. ``final_url`` is the URL after redirects."""
-
-    url: str
-    final_url: str
-    content: bytes
-    validators: Validators
-    content_type: str | None
-
-
-@dataclass(frozen=True)
-class NotModified:
-    """The server answered 304: our copy (per the request's validators) is current."""
-
-    url: str
-
-
-@dataclass(frozen=True)
-class Failed:
-    """The URL could not be downloaded; ``reason`` is machine-readable (see module doc)."""
-
-    url: str
-    reason: str
-    message: str
-
-
-FetchOutcome = Fetched | NotModified | Failed
 
 
 @dataclass(frozen=True)
@@ -141,8 +75,8 @@ class Fetcher:
         self._resolver = resolver or SystemResolver()
         self._allowed = list(settings.allowed_networks)
         # Full downloads, and conditional requests (mostly bodyless 304s) apart.
-        self._downloads = _Slots(settings.download_concurrency, settings.per_host_concurrency)
-        self._revalidations = _Slots(settings.download_concurrency, settings.per_host_concurrency)
+        self._downloads = Slots(settings.download_concurrency, settings.per_host_concurrency)
+        self._revalidations = Slots(settings.download_concurrency, settings.per_host_concurrency)
         connect, read = settings.connect_timeout_s, settings.read_timeout_s
         self._deadline = connect + _ATTEMPT_READ_TIMEOUTS * read
         if transport is None:
@@ -278,7 +212,7 @@ class Fetcher:
         # A validator httpx cannot send (non-ASCII, line breaks) would crash the
         # request; without it the download is merely unconditional.
         conditional = {k: v for k, v in validators.items() if v and v.isprintable() and v.isascii()}
-        budget = _Budget(self._settings.download_deadline_s)
+        budget = Budget(self._settings.download_deadline_s)
         slots = self._revalidations if conditional else self._downloads
         for _hop in range(self._settings.max_redirects + 1):
             get = functools.partial(self._get, request.url, target, conditional, slots, budget)
@@ -290,7 +224,7 @@ class Fetcher:
             f"more than {self._settings.max_redirects} redirects", "too_many_redirects"
         )
 
-    async def _retrying(self, attempt: Callable[[int], Awaitable[_T]], budget: _Budget) -> _T:
+    async def _retrying(self, attempt: Callable[[int], Awaitable[_T]], budget: Budget) -> _T:
         number = 0
         while True:
             try:
@@ -299,7 +233,8 @@ class Fetcher:
                 backoff = self._settings.retry_backoff_s * 2**number
                 if (
                     number >= self._settings.retries
-                    or not _is_transient(exc)
+                    or isinstance(exc, _SlowBodyError)
+                    or not is_transient(exc)
                     or budget.left <= backoff
                 ):
                     raise
@@ -312,8 +247,8 @@ class Fetcher:
         url: str,
         target: Target,
         conditional: dict[str, str],
-        slots: _Slots,
-        budget: _Budget,
+        slots: Slots,
+        budget: Budget,
         attempt: int,
     ) -> Fetched | NotModified | _Redirect:
         answered = False
@@ -342,8 +277,8 @@ class Fetcher:
         attempt: int,
         deadline: float,
         *,
-        slots: _Slots | None = None,
-        budget: _Budget | None = None,
+        slots: Slots | None = None,
+        budget: Budget | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[httpx.Response]:
         """Send one pinned request within the limits and yield the streaming response.
@@ -372,7 +307,7 @@ class Fetcher:
             )
         headers.update(kwargs.pop("headers", {}))
         # Per-server first: waiting for a busy server must not hold a global slot.
-        async with slots.hosts.hold(_server_key(pinned)), slots.overall:
+        async with slots.hosts.hold(server_key(pinned)), slots.overall:
             if budget is not None:
                 if budget.left <= 0:
                     raise FetchTimeoutError(f"{target.url}: download_deadline_s used up")
@@ -443,59 +378,6 @@ class _SlowBodyError(FetchTimeoutError):
     """The server answered, then sent its body too slowly: not worth another attempt."""
 
 
-class _Budget:
-    """Connection time left to one URL, over all its attempts and redirects (seconds)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.left = seconds
-
-    def spend(self, seconds: float) -> None:
-        self.left -= seconds
-
-
-class _Slots:
-    """Concurrency limits of one kind of request: DNS lookups, overall and per server."""
-
-    def __init__(self, overall: int, per_server: int) -> None:
-        self.resolving = asyncio.Semaphore(overall)
-        self.overall = asyncio.Semaphore(overall)
-        self.hosts = _HostLimiter(per_server)
-
-
-def _server_key(pinned: httpx.URL) -> str:
-    """The address a pinned URL connects to, in one canonical spelling."""
-    host = pinned.host
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host.lower()  # not reached: pin_target always yields an address
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(address)
-
-
-class _HostLimiter:
-    """A semaphore per host, created on demand and dropped when nobody uses it."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._slots: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, host: str) -> AsyncIterator[None]:
-        if host not in self._slots:
-            self._slots[host] = (asyncio.Semaphore(self._limit), [0])
-        semaphore, users = self._slots[host]
-        users[0] += 1
-        try:
-            async with semaphore:
-                yield
-        finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._slots[host]
-
-
 @contextlib.contextmanager
 def _translate_errors(target: Target) -> Iterator[None]:
     """Turn httpx and asyncio failures into the FetchError family."""
@@ -510,14 +392,6 @@ def _translate_errors(target: Target) -> Iterator[None]:
     except httpx.TransportError as exc:
         detail = str(exc) or type(exc).__name__
         raise FetchError(f"{target.url}: {detail}", "connection_error") from None
-
-
-def _is_transient(exc: FetchError) -> bool:
-    if isinstance(exc, _SlowBodyError):
-        return False
-    if isinstance(exc, HTTPStatusError):
-        return exc.status >= 500
-    return exc.reason in ("timeout", "connection_error")
 
 
 def _parse_length(value: str | None) -> int | None:
