@@ -34,7 +34,7 @@ from pathlib import Path
 from PIL import Image
 
 from cartag.errors import DecodeError
-from cartag.imaging import decode
+from cartag.imaging import decode, jpeg, limits, probe
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 _SIDE = 4000
@@ -69,7 +69,7 @@ def photos(per_folder: int) -> None:
     second = 0
     for path in files:
         data = path.read_bytes()
-        layout = decode._jpeg_layout(data)
+        layout = jpeg.jpeg_layout(data)
         try:
             decoded = decode.decode_image(data, max_pixels=64_000_000)
         except DecodeError as exc:
@@ -81,7 +81,7 @@ def photos(per_folder: int) -> None:
             image.draft("RGB", (320, 320))
             image.load()
             corner = image.getpixel((image.width - 1, image.height - 1))
-        if corner in decode._JPEG_EMPTY_BLOCK or not decode._scans_complete(layout):
+        if corner in jpeg.JPEG_EMPTY_BLOCK or not jpeg.scans_complete(layout):
             second += 1
     print(f"{len(files)} photos: {refused} refused, {second} needed the second decode")
 
@@ -139,7 +139,7 @@ def _samples() -> dict[str, bytes]:
 def _measure_one(path: str) -> None:
     """Child process: decode one file, print peak RSS growth and the estimate (bytes)."""
     data = Path(path).read_bytes()
-    estimate = decode._decode_bytes(decode._probe(data), 320)
+    estimate = limits.decode_bytes(probe.probe(data), 320)
     before = _peak_rss()
     decode.decode_image(data, max_pixels=64_000_000, max_decode_bytes=1 << 40)
     print(_peak_rss() - before, estimate)

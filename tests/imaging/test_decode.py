@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, features
 
 from cartag.errors import DecodeError
-from cartag.imaging import decode as decode_module
+from cartag.imaging import limits
 from cartag.imaging.decode import DecodedImage, decode_image
 from cartag.settings import Settings
 from tests.support.images import (
@@ -580,7 +580,7 @@ def test_one_bit_png_just_under_the_pixel_limit_fits_the_default_memory_limit() 
 
 def test_setting_default_matches_the_decode_default() -> None:
     default = Settings.model_fields["max_decode_mb"].default
-    assert default * MIB == decode_module.DEFAULT_MAX_DECODE_BYTES
+    assert default * MIB == limits.DEFAULT_MAX_DECODE_BYTES
 
 
 def test_memory_limit_is_a_parameter() -> None:
@@ -601,7 +601,7 @@ def test_baseline_jpeg_is_decoded_at_reduced_size_but_progressive_needs_full_siz
 
 
 def test_concurrent_decodes_share_the_memory_limit() -> None:
-    # Another decode holds the whole limit (reached through the private budget:
+    # Another decode holds the whole limit (reached through the process-wide budget:
     # a real one would finish before the test could look).
     started, finished = threading.Event(), threading.Event()
 
@@ -610,7 +610,7 @@ def test_concurrent_decodes_share_the_memory_limit() -> None:
         decode(png_bytes(64, 48), max_decode_bytes=MIB)
         finished.set()
 
-    with decode_module._IN_FLIGHT.hold(MIB, MIB):
+    with limits.IN_FLIGHT.hold(MIB, MIB):
         thread = threading.Thread(target=decode_later)
         thread.start()
         assert started.wait(5)
