@@ -12,6 +12,7 @@ An image is stored under one *image key*:
 
 The perceptual hash (:func:`phash`) is independent of either key: it lets a
 manual fix made on one image carry over to re-encoded or resized copies of it.
+:func:`hamming` is the distance between two such hashes.
 """
 
 from __future__ import annotations
