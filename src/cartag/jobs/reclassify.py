@@ -23,14 +23,14 @@ import numpy as np
 from sqlalchemy import update
 
 from cartag.clock import Clock
-from cartag.errors import ConflictError
+from cartag.deploy.followup import advertisers_to_run
 from cartag.models.classifier import Classifier, EmbeddingClassifier, Prediction, make_prediction
 from cartag.pipeline.decode import decode_image
 from cartag.pipeline.fetch import Fetched, Fetcher, FetchRequest
 from cartag.settings import Settings
+from cartag.store import advertisers as advertiser_repo
 from cartag.store import embeddings as embedding_repo
 from cartag.store import images as image_repo
-from cartag.store import registry as registry_repo
 from cartag.store.cache import LookupCache, build_lookup_cache
 from cartag.store.db import Database
 from cartag.store.tables import ImageRow
@@ -69,23 +69,6 @@ class ReclassifyReport:
         return asdict(self)
 
 
-def advertisers_to_run(db: Database, advertiser_id: str | None) -> list[str]:
-    """The opted-in advertisers a run covers (one, or all that opted in).
-
-    Raises:
-        ConflictError: ``advertiser_id`` has not opted in.
-    """
-    with db.read() as session:
-        if advertiser_id is None:
-            return registry_repo.reclassify_advertisers(session)
-        if not registry_repo.opted_in(session, advertiser_id):
-            raise ConflictError(
-                f"advertiser {advertiser_id} has not opted in to re-classification; run "
-                f"`cartag advertisers set {advertiser_id} --reclassify-on-promote` first"
-            )
-    return [advertiser_id]
-
-
 async def reclassify(
     db: Database,
     settings: Settings,
@@ -120,7 +103,7 @@ async def reclassify(
     keys: set[str] = set()
     with db.read() as session:
         for advertiser in report.advertisers:
-            keys |= registry_repo.advertiser_image_keys(session, advertiser)
+            keys |= advertiser_repo.advertiser_image_keys(session, advertiser)
     cache = lookup_cache or build_lookup_cache(settings)
     try:
         for chunk in chunked(sorted(keys), _CHUNK):
