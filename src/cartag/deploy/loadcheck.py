@@ -26,6 +26,9 @@ from cartag.vocab import COLORS, IMAGE_TYPES
 MODELS_DIRNAME: Final[str] = "models"
 
 
+# --- files ---------------------------------------------------------------------------------
+
+
 def models_root(settings: Settings) -> Path:
     """Where registered model folders are kept: ``<data_dir>/models``."""
     return settings.data_dir / MODELS_DIRNAME
