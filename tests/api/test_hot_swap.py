@@ -25,11 +25,12 @@ import uvicorn
 
 from cartag.api.app import create_app
 from cartag.clock import SystemClock
+from cartag.deploy import promote as promotion
+from cartag.deploy import registry
 from cartag.errors import ModelUnloadableError
-from cartag.models import registry
 from cartag.models.classifier import BUNDLED_DIR, Classifier, read_config
 from cartag.settings import Settings
-from cartag.store import registry as repo
+from cartag.store import model_versions as repo
 from cartag.store.db import Database
 from tests.api.conftest import make_headers
 from tests.support.http_server import ImageServer
@@ -166,7 +167,7 @@ def test_promotion_under_load_drops_no_request(
                     sqlite_db, settings, folder, created_by="t", clock=clock, reuse=classifier
                 )
                 promoted_at = time.monotonic()
-                registry.promote(
+                promotion.promote(
                     sqlite_db, settings, "hot-2", by="t", clock=clock, reuse=classifier
                 )
                 swapped_at = _wait_for(
@@ -182,7 +183,7 @@ def test_promotion_under_load_drops_no_request(
                 npz = settings.data_dir / "models" / "hot-3" / "type_head.npz"
                 npz.write_bytes(npz.read_bytes()[:64])
                 with pytest.raises(ModelUnloadableError):
-                    registry.promote(
+                    promotion.promote(
                         sqlite_db, settings, "hot-3", by="t", clock=clock, reuse=classifier
                     )
                 # Should the alias name it anyway (files broken between a promotion and

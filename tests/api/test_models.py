@@ -12,7 +12,7 @@ from sqlalchemy import delete, select
 
 from cartag.api.state import AppState
 from cartag.clock import SystemClock
-from cartag.models import registry
+from cartag.deploy import registry
 from cartag.models.classifier import BUNDLED_DIR, Classifier, read_config
 from cartag.settings import Settings
 from cartag.store import images as image_repo

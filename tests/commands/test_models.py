@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cartag.cli import app
-from cartag.models import registry
+from cartag.deploy import registry
 from cartag.models.classifier import BUNDLED_DIR, read_config
 from cartag.store.db import Database
 from tests.support.models import make_model_dir, type_metrics

@@ -7,8 +7,9 @@ from pathlib import Path
 import httpx
 
 from cartag.clock import SystemClock
+from cartag.deploy.promote import promote
+from cartag.deploy.registry import register_model
 from cartag.jobs.worker import WorkerContext
-from cartag.models import registry
 from cartag.models.classifier import Classifier
 from cartag.settings import Settings
 from cartag.store.db import Database
@@ -26,19 +27,19 @@ def test_worker_swaps_to_a_promoted_model_between_chunks(
         assert ctx.service.classifier.version == started  # nothing promoted yet
 
         folder = make_model_dir(tmp_path / "m2", "worker-test-2")
-        row = registry.register_model(
+        row = register_model(
             sqlite_db, settings, folder, created_by="t", clock=SystemClock(), reuse=classifier
         )
-        registry.promote(sqlite_db, settings, row.version, by="t", clock=SystemClock(), force=True)
+        promote(sqlite_db, settings, row.version, by="t", clock=SystemClock(), force=True)
         ctx.follow_production()
         assert ctx.service.classifier.version == "worker-test-2"
 
         # A broken promotion is refused and the worker keeps its model.
         broken = make_model_dir(tmp_path / "m3", "worker-test-3")
-        row3 = registry.register_model(
+        row3 = register_model(
             sqlite_db, settings, broken, created_by="t", clock=SystemClock(), reuse=classifier
         )
-        registry.promote(sqlite_db, settings, row3.version, by="t", clock=SystemClock(), force=True)
+        promote(sqlite_db, settings, row3.version, by="t", clock=SystemClock(), force=True)
         for name in ("type_head.npz",):
             target = settings.data_dir / "models" / row3.version / name
             target.write_bytes(target.read_bytes()[:100])

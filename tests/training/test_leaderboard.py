@@ -10,10 +10,10 @@ import pytest
 from rich.console import Console
 
 from cartag.clock import FakeClock
+from cartag.deploy.gates import gate_status
 from cartag.errors import NotFoundError
 from cartag.settings import Settings
 from cartag.store.db import Database
-from cartag.training.gates import gate_status
 from cartag.training.leaderboard import (
     Entry,
     Leaderboard,

@@ -16,7 +16,7 @@ from cartag.errors import ConflictError, InputError
 from cartag.imaging.decode import decode_image
 from cartag.models.classifier import Classifier, EmbeddingClassifier
 from cartag.settings import Settings
-from cartag.store import registry as registry_repo
+from cartag.store import model_versions as versions_repo
 from cartag.store.db import Database
 from cartag.store.tables import EmbeddingRow
 from cartag.training.candidates import TrialParams, fit_heads
@@ -194,9 +194,9 @@ def test_tiny_sweep_registers_candidates_and_resumes(
     assert {s for s, _, _ in stages} == {"color features", "recolored photos"}
 
     with db.read() as session:
-        versions = {v.version: v for v in registry_repo.list_versions(session)}
-        candidate = registry_repo.alias_version(session, registry_repo.CANDIDATE)
-        production = registry_repo.alias_version(session, registry_repo.PRODUCTION)
+        versions = {v.version: v for v in versions_repo.list_versions(session)}
+        candidate = versions_repo.alias_version(session, versions_repo.CANDIDATE)
+        production = versions_repo.alias_version(session, versions_repo.PRODUCTION)
     assert candidate == result.best_version
     assert production is not None and production != candidate  # never promoted
     sweep_versions = [v for v in versions.values() if v.version.startswith("sweep-")]
@@ -330,7 +330,7 @@ def test_sweep_refuses_a_dataset_without_placeholder_training_examples(
     assert "no training examples of image type Placeholder" in info.value.message
     assert f"--from {ref} --placeholders" in info.value.message
     with sqlite_db.read() as session:
-        assert registry_repo.list_versions(session) == []
+        assert versions_repo.list_versions(session) == []
 
 
 def test_sweep_refuses_placeholders_only_in_the_test_split(

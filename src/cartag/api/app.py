@@ -25,6 +25,7 @@ from cartag.api.routes import monitor as monitor_routes
 from cartag.api.routes import review as review_routes
 from cartag.api.state import AppState
 from cartag.clock import Clock, SystemClock
+from cartag.deploy.hotswap import ModelWatcher, startup_model
 from cartag.jobs.dispatch import ChunkSender, build_dispatcher, check_broker_settings
 from cartag.models.classifier import Classifier
 from cartag.models.color_providers import (
@@ -32,7 +33,6 @@ from cartag.models.color_providers import (
     build_color_provider,
     check_color_settings,
 )
-from cartag.models.hotswap import ModelWatcher, startup_model
 from cartag.net.fetch import Fetcher
 from cartag.ops.metrics import PrometheusTelemetry
 from cartag.ops.middleware import RequestContextMiddleware

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cartag.clock import Clock
+from cartag.deploy.hotswap import ModelWatcher
 from cartag.jobs.dispatch import JobDispatcher
-from cartag.models.hotswap import ModelWatcher
 from cartag.pipeline.classify import ClassifyService
 from cartag.settings import Settings
 from cartag.store.db import Database

@@ -27,7 +27,7 @@ def set_advertiser(
     ] = None,
 ) -> None:
     """Change an advertiser's settings."""
-    from cartag.store import registry as repo
+    from cartag.store import advertisers as repo
     from cartag.store.db import Database, upgrade
 
     settings = load_settings()
@@ -58,7 +58,7 @@ def set_advertiser(
 @app.command("list")
 def list_advertisers() -> None:
     """Advertisers with settings."""
-    from cartag.store import registry as repo
+    from cartag.store import advertisers as repo
     from cartag.store.db import Database, upgrade
 
     settings = load_settings()

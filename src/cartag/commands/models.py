@@ -1,7 +1,10 @@
 """``cartag models``: the model registry — list, register, promote, rollback, history, reclassify.
 
-Running servers follow the ``production`` alias within ``CARTAG_MODEL_POLL_S``, so a
-promotion or rollback from here hot-swaps every server without a restart.
+It only translates: the work is :mod:`cartag.deploy`'s (re-classification:
+:mod:`cartag.jobs.reclassify`). Imports stay inside the commands, as in every command
+module, so that ``cartag --help`` does not load the model stack. Running servers follow
+the ``production`` alias within ``CARTAG_MODEL_POLL_S``, so a promotion or rollback from
+here hot-swaps every server without a restart.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def _user(by: str | None) -> str:
 def _registry(settings: Settings) -> Database:
     """The migrated store, with the bundled model registered on a first use."""
     from cartag.clock import SystemClock
-    from cartag.models.registry import ensure_initial
+    from cartag.deploy.registry import ensure_initial
 
     db = open_database(settings)
     ensure_initial(db, settings, clock=SystemClock())
@@ -84,7 +87,7 @@ def key_metrics(row: ModelVersionRow) -> str:
 @app.command("list")
 def list_models() -> None:
     """Registered versions, newest first, with their aliases and key metrics."""
-    from cartag.store import registry as repo
+    from cartag.store import model_versions as repo
 
     settings = load_settings()
     try:
@@ -119,7 +122,7 @@ def register(
 ) -> None:
     """Copy a model into the registry after a load and smoke check (refused if it fails)."""
     from cartag.clock import SystemClock
-    from cartag.models.registry import register_model
+    from cartag.deploy.registry import register_model
 
     settings = load_settings()
     try:
@@ -165,15 +168,17 @@ def promote(
 ) -> None:
     """Point an alias at a version; servers hot-swap to it. Exits 2 when a gate fails."""
     from cartag.clock import SystemClock
-    from cartag.models import registry
+    from cartag.deploy import followup
+    from cartag.deploy import promote as promotion
+    from cartag.deploy.gates import PromotionGatedError
 
     settings = load_settings()
     try:
         db = _registry(settings)
-        deployment = registry.promote(
+        deployment = promotion.promote(
             db, settings, version, by=_user(by), clock=SystemClock(), alias=alias, force=force
         )
-    except registry.PromotionGatedError as exc:
+    except PromotionGatedError as exc:
         err.print(f"[red]refused:[/red] {version} fails {len(exc.failures)} promotion gate(s):")
         for failure in exc.failures:
             err.print(f"  - {failure}")
@@ -182,7 +187,7 @@ def promote(
     except CartagError as exc:
         raise fail(exc) from exc
     err.print(f"{alias} -> {deployment.version}; servers switch within {settings.model_poll_s:g} s")
-    if alias == "production" and reclassify:
+    if followup.reclassify_follows(deployment, reclassify):
         _reclassify(settings, db, None, quiet_if_none=True)
 
 
@@ -190,12 +195,14 @@ def promote(
 def rollback(alias: AliasOpt = "production", by: ByOpt = None) -> None:
     """Point an alias back at the version it had before its current one."""
     from cartag.clock import SystemClock
-    from cartag.models import registry
+    from cartag.deploy import promote as promotion
 
     settings = load_settings()
     try:
         db = _registry(settings)
-        deployment = registry.rollback(db, settings, by=_user(by), clock=SystemClock(), alias=alias)
+        deployment = promotion.rollback(
+            db, settings, by=_user(by), clock=SystemClock(), alias=alias
+        )
     except CartagError as exc:
         raise fail(exc) from exc
     err.print(f"{alias} rolled back to {deployment.version}")
@@ -204,7 +211,7 @@ def rollback(alias: AliasOpt = "production", by: ByOpt = None) -> None:
 @app.command("history")
 def history(alias: AliasOpt = "production") -> None:
     """Which version served when, and why (promote, rollback, initial)."""
-    from cartag.store import registry as repo
+    from cartag.store import model_versions as repo
 
     settings = load_settings()
     try:
@@ -244,9 +251,9 @@ def _reclassify(
     settings: Settings, db: Database, advertiser: str | None, *, quiet_if_none: bool
 ) -> None:
     from cartag.clock import SystemClock
-    from cartag.jobs.reclassify import advertisers_to_run
+    from cartag.deploy.followup import advertisers_to_run
+    from cartag.deploy.hotswap import load_production
     from cartag.jobs.reclassify import reclassify as run
-    from cartag.models.hotswap import load_production
     from cartag.net.fetch import Fetcher
 
     try:

@@ -4,7 +4,7 @@ Only advertisers that opted in (``cartag advertisers set ID --reclassify-on-prom
 are re-classified. An image's new answer is computed from its cached backbone
 embedding (and cached color features) when the new model has the same backbone, so
 no image is downloaded; otherwise the image is downloaded again through the
-:class:`~cartag.pipeline.fetch.Fetcher` and run through the whole model.
+:class:`~cartag.net.fetch.Fetcher` and run through the whole model.
 
 Only the model's fields of ``images`` rows change (type, scores, confidence, model
 version; the color too when the built-in model names colors). Manual fixes live in
@@ -23,15 +23,15 @@ import numpy as np
 from sqlalchemy import update
 
 from cartag.clock import Clock
-from cartag.errors import ConflictError
+from cartag.deploy.followup import advertisers_to_run
 from cartag.imaging.decode import decode_image
 from cartag.models.classifier import Classifier, EmbeddingClassifier, Prediction, make_prediction
 from cartag.net.fetch import Fetcher
 from cartag.net.outcomes import Fetched, FetchRequest
 from cartag.settings import Settings
+from cartag.store import advertisers as advertiser_repo
 from cartag.store import embeddings as embedding_repo
 from cartag.store import images as image_repo
-from cartag.store import registry as registry_repo
 from cartag.store.cache import LookupCache, build_lookup_cache
 from cartag.store.db import Database
 from cartag.store.tables import ImageRow
@@ -70,23 +70,6 @@ class ReclassifyReport:
         return asdict(self)
 
 
-def advertisers_to_run(db: Database, advertiser_id: str | None) -> list[str]:
-    """The opted-in advertisers a run covers (one, or all that opted in).
-
-    Raises:
-        ConflictError: ``advertiser_id`` has not opted in.
-    """
-    with db.read() as session:
-        if advertiser_id is None:
-            return registry_repo.reclassify_advertisers(session)
-        if not registry_repo.opted_in(session, advertiser_id):
-            raise ConflictError(
-                f"advertiser {advertiser_id} has not opted in to re-classification; run "
-                f"`cartag advertisers set {advertiser_id} --reclassify-on-promote` first"
-            )
-    return [advertiser_id]
-
-
 async def reclassify(
     db: Database,
     settings: Settings,
@@ -121,7 +104,7 @@ async def reclassify(
     keys: set[str] = set()
     with db.read() as session:
         for advertiser in report.advertisers:
-            keys |= registry_repo.advertiser_image_keys(session, advertiser)
+            keys |= advertiser_repo.advertiser_image_keys(session, advertiser)
     cache = lookup_cache or build_lookup_cache(settings)
     try:
         for chunk in chunked(sorted(keys), _CHUNK):

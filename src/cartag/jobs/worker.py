@@ -13,9 +13,9 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from cartag.clock import Clock, SystemClock
+from cartag.deploy.hotswap import ModelWatcher, startup_model
 from cartag.models.classifier import Classifier
 from cartag.models.color_providers import build_color_provider, check_color_settings
-from cartag.models.hotswap import ModelWatcher, startup_model
 from cartag.net.fetch import Fetcher
 from cartag.ops.metrics import PrometheusTelemetry
 from cartag.pipeline.classify import ClassifyService

@@ -36,10 +36,10 @@ from cartag.pipeline.resolve import resolve
 from cartag.pipeline.results import ClassifyResult, ImageRequest, skipped
 from cartag.redaction import has_password, strip_password
 from cartag.settings import Settings
+from cartag.store import advertisers as registry_repo
 from cartag.store import embeddings as embedding_repo
 from cartag.store import fixes as fix_repo
 from cartag.store import images as image_repo
-from cartag.store import registry as registry_repo
 from cartag.store.cache import LookupCache, UrlLookup
 from cartag.store.db import Database
 from cartag.store.health import storage_problem

@@ -80,7 +80,7 @@ class Heads:
 
 
 def task_metrics(y_true: np.ndarray, proba: np.ndarray, labels: tuple[str, ...]) -> dict[str, Any]:
-    """The registry's per-task metrics (module :mod:`cartag.training.gates` format).
+    """The registry's per-task metrics (module :mod:`cartag.deploy.gates` format).
 
     Args:
         y_true: (N,) int labels, N > 0.

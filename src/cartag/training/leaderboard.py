@@ -4,7 +4,7 @@ Rows come from the study in the project's database (each completed trial keeps i
 model version, validation score and test metrics) and from the production model's
 metrics recorded by the same run. Columns per test set: image-type macro recall,
 color accuracy, the worst per-class recall change against production, and the
-promotion gates' verdict (:mod:`cartag.training.gates`). Shown as a Rich table
+promotion gates' verdict (:mod:`cartag.deploy.gates`). Shown as a Rich table
 (``cartag train``, ``cartag train leaderboard``) and as a self-contained HTML report
 (inline SVG bar charts of per-class recall, confusion matrices as PNG data URIs)
 written to ``<data_dir>/reports/<study>.html``.
@@ -22,11 +22,12 @@ from typing import Any, Final
 from markupsafe import Markup
 from rich.table import Table
 
+from cartag.deploy.gates import gate_status
 from cartag.errors import NotFoundError
 from cartag.settings import Settings
 from cartag.store import datasets
 from cartag.store.db import Database
-from cartag.training.gates import gate_status
+from cartag.store.model_versions import CANDIDATE, alias_version
 from cartag.training.report import TASK_TITLES, confusion_png
 from cartag.training.sweep import close_storage, folder_name, optuna_storage, study_name
 from cartag.training.sweep_config import SweepConfig, describe
@@ -118,8 +119,6 @@ def load_leaderboard(
     """
     import optuna
     from optuna.trial import TrialState
-
-    from cartag.store.registry import CANDIDATE, alias_version
 
     with db.read() as session:
         resolved = datasets.get_version(session, ref).ref

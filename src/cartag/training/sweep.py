@@ -13,7 +13,7 @@ writes a model folder under ``<data_dir>/candidates/<study>/<trial>/``, scores i
 every test set of the dataset and registers it with those metrics. The production
 model is scored on the same sets in the same run. The best trial gets the
 ``candidate`` alias; nothing is ever promoted here (gates:
-:mod:`cartag.training.gates`, promotion: ``cartag models promote``).
+:mod:`cartag.deploy.gates`, promotion: ``cartag models promote``).
 """
 
 from __future__ import annotations
@@ -30,12 +30,20 @@ from typing import TYPE_CHECKING, Any, Final
 from sqlalchemy import text
 
 from cartag.clock import Clock
-from cartag.errors import ConfigError, ConflictError
+from cartag.deploy.promote import point_candidate
+from cartag.deploy.registry import (
+    ensure_initial,
+    production_model_dir,
+    record_metrics,
+    register_model,
+)
+from cartag.errors import ConfigError
 from cartag.models.backbone import BackboneSpec
 from cartag.models.classifier import BUNDLED_DIR, backbone_spec, read_config
 from cartag.models.heads import LinearHead, load_head
 from cartag.settings import Settings
 from cartag.store.db import Database, current_revision
+from cartag.store.model_versions import find_version
 from cartag.training.candidates import (
     Heads,
     TrialParams,
@@ -155,9 +163,6 @@ def production_model(db: Database, settings: Settings, clock: Clock) -> tuple[Pa
     first server start would register (``CARTAG_MODEL_DIR`` or the bundled one) is
     registered as production first, as that start would do.
     """
-    from cartag.models.registry import ensure_initial, production_model_dir
-    from cartag.store.registry import find_version
-
     path = production_model_dir(db, settings)
     if path is None:
         ensure_initial(db, settings, clock=clock)
@@ -222,9 +227,6 @@ def _register(
     metrics: dict[str, Any],
     clock: Clock,
 ) -> None:
-    from cartag.models.registry import record_metrics, register_model
-    from cartag.store.registry import find_version
-
     with db.read() as session:
         known = find_version(session, version) is not None
     if known:
@@ -240,16 +242,6 @@ def _register(
         dataset_ref=view.ref,
         metrics=metrics,
     )
-
-
-def _point_candidate(db: Database, version: str, clock: Clock) -> None:
-    from cartag.store.registry import CANDIDATE, point_alias
-
-    try:
-        with db.write() as session:
-            point_alias(session, CANDIDATE, version, by=CREATED_BY, reason="sweep", now=clock.now())
-    except ConflictError:
-        pass  # already the candidate
 
 
 def run_sweep(
@@ -428,7 +420,7 @@ def _run_sweep(
         if complete:
             best = max(complete, key=lambda t: (t.value or 0.0, -t.number))
             best_version = str(best.user_attrs["version"])
-            _point_candidate(db, best_version, clock)
+            point_candidate(db, best_version, by=CREATED_BY, reason="sweep", clock=clock)
         return SweepResult(
             study=name,
             new_trials=len(complete) - before,
@@ -444,8 +436,6 @@ def _evaluate_production(
     db: Database, settings: Settings, view: DatasetView, source: FeatureSource, clock: Clock
 ) -> dict[str, Any]:
     """Score the production model on the view's test sets and record it in the registry."""
-    from cartag.models.registry import record_metrics
-
     model_dir, version, registered = production_model(db, settings, clock)
     metrics = evaluate_model_dir(model_dir, view, source)
     if registered:

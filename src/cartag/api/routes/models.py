@@ -1,8 +1,9 @@
 """The model registry over HTTP: list versions, promote, roll back, re-classify; advertisers.
 
-Promotion and rollback do what ``cartag models promote|rollback`` do, then make the
-receiving server reload at once (the others follow within ``CARTAG_MODEL_POLL_S``),
-and start a background re-classification of opted-in advertisers' images.
+Promotion and rollback are :mod:`cartag.deploy.promote`'s, as for ``cartag models
+promote|rollback``; then the receiving server reloads at once (the others follow within
+``CARTAG_MODEL_POLL_S``) and, as :mod:`cartag.deploy.followup` says, a background
+re-classification of opted-in advertisers' images starts.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from cartag.api.deps import PrincipalDep, StateDep, require
 from cartag.api.schemas import error_responses
 from cartag.api.state import AppState
-from cartag.jobs.reclassify import advertisers_to_run, reclassify
-from cartag.models import registry
-from cartag.store import registry as repo
+from cartag.deploy import followup, promote
+from cartag.jobs.reclassify import reclassify
+from cartag.store import advertisers as advertiser_repo
+from cartag.store import model_versions as repo
 from cartag.store.apikeys import Principal
 from cartag.store.tables import AdvertiserSettingRow, DeploymentRow, ModelVersionRow
 
@@ -31,7 +33,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=_ERRORS)
 advertisers_router = APIRouter(prefix="/v1/advertisers", tags=["advertisers"], responses=_ERRORS)
 
 AdminDep = Annotated[Principal, Depends(require("admin"))]
-# The aliases of cartag.store.registry.ALIASES (check_alias), stated in the schema.
+# The aliases of cartag.store.model_versions.ALIASES (check_alias), stated in the schema.
 Alias = Literal["production", "candidate"]
 
 
@@ -170,19 +172,13 @@ def get_model(version: str, state: StateDep, _: PrincipalDep) -> VersionOut:
 
 
 async def _deployed(state: AppState, deployment: DeploymentRow) -> DeployOut:
-    production = deployment.alias == repo.PRODUCTION
-    if production and state.watcher is not None:
+    if deployment.alias == repo.PRODUCTION and state.watcher is not None:
         await state.watcher.check()
-    started, refused = "off", None
-    if production and _serving(state) != deployment.version:
-        with state.db.read() as session:
-            row = repo.get_version(session, deployment.version)
-        refused = (
-            f"{deployment.version} failed to load here and is {row.status}"
-            f" ({row.card.get('status_reason', 'see the server log')}); "
-            f"{_serving(state)} keeps serving"
-        )
-    elif production and state.settings.reclassify_on_promote:
+    refused = followup.refusal(state.db, deployment, _serving(state))
+    started = "off"
+    if refused is None and followup.reclassify_follows(
+        deployment, state.settings.reclassify_on_promote
+    ):
         started = start_reclassify(state, None)
     return DeployOut(
         deployment=_deployment_out(deployment),
@@ -205,7 +201,7 @@ async def promote_model(
     """
     body = body or PromoteIn()
     deployment = await asyncio.to_thread(
-        registry.promote,
+        promote.promote,
         state.db,
         state.settings,
         version,
@@ -225,7 +221,7 @@ async def rollback_model(
     """Point an alias back at the version it had before (409 when there is none)."""
     body = body or RollbackIn()
     deployment = await asyncio.to_thread(
-        registry.rollback,
+        promote.rollback,
         state.db,
         state.settings,
         by=principal.name,
@@ -255,7 +251,7 @@ def start_reclassify(state: AppState, advertiser_id: str | None) -> str:
     Raises:
         ConflictError: ``advertiser_id`` has not opted in.
     """
-    if not advertisers_to_run(state.db, advertiser_id):
+    if not followup.advertisers_to_run(state.db, advertiser_id):
         return "no opted-in advertisers"
 
     async def run() -> None:
@@ -282,7 +278,7 @@ def start_reclassify(state: AppState, advertiser_id: str | None) -> str:
 def list_advertisers(state: StateDep, _: PrincipalDep) -> list[AdvertiserOut]:
     """Advertisers with settings."""
     with state.db.read() as session:
-        return [_advertiser_out(row) for row in repo.list_advertisers(session)]
+        return [_advertiser_out(row) for row in advertiser_repo.list_advertisers(session)]
 
 
 @advertisers_router.put(
@@ -298,7 +294,7 @@ def set_advertiser(
 ) -> AdvertiserOut:
     """Opt an advertiser in to (or out of) re-classification after each promotion."""
     with state.db.write() as session:
-        row = repo.set_advertiser(
+        row = advertiser_repo.set_advertiser(
             session,
             advertiser_id,
             reclassify_on_promote=body.reclassify_on_promote,

@@ -1,35 +1,25 @@
-"""Repository functions for the model registry and per-advertiser settings.
+"""Repository functions for the model registry: versions, aliases and their history.
 
 The registry has three tables: ``model_versions`` (one row per registered model
 folder), ``model_aliases`` (``production`` / ``candidate`` -> a version) and
 ``model_deployments`` (the history: which version an alias pointed to, from when
 to when, and why). Servers poll :func:`alias_version` (one primary-key read).
-The file-level work (copying, hashing, loading, smoke checks) lives in
-:mod:`cartag.models.registry`.
+Registration, the load check, promotion and rollback live in :mod:`cartag.deploy`;
+per-advertiser settings in :mod:`cartag.store.advertisers`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from typing import Any, Final
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from cartag.errors import ConflictError, InputError, NotFoundError
-from cartag.store.tables import (
-    AdvertiserImageRow,
-    AdvertiserSettingRow,
-    DeploymentRow,
-    FixAuditRow,
-    JobItemRow,
-    JobRow,
-    ModelAliasRow,
-    ModelVersionRow,
-)
-from cartag.store.upsert import chunked, upsert
+from cartag.store.tables import DeploymentRow, ModelAliasRow, ModelVersionRow
 
 PRODUCTION: Final[str] = "production"
 CANDIDATE: Final[str] = "candidate"
@@ -230,90 +220,3 @@ def rollback_target(deployments: Iterable[DeploymentRow]) -> str | None:
         else:
             stack.append(row.version)
     return stack[-2] if len(stack) >= 2 else None
-
-
-# --- advertisers ----------------------------------------------------------------------
-
-
-def set_advertiser(
-    session: Session, advertiser_id: str, *, reclassify_on_promote: bool, now: dt.datetime
-) -> AdvertiserSettingRow:
-    """Create or change an advertiser's settings."""
-    upsert(
-        session,
-        AdvertiserSettingRow,
-        {
-            "advertiser_id": advertiser_id,
-            "reclassify_on_promote": reclassify_on_promote,
-            "updated_at": now,
-        },
-        index_elements=["advertiser_id"],
-    )
-    row = session.get(AdvertiserSettingRow, advertiser_id, populate_existing=True)
-    assert row is not None
-    return row
-
-
-def list_advertisers(session: Session) -> list[AdvertiserSettingRow]:
-    """Every advertiser with settings, by id."""
-    stmt = select(AdvertiserSettingRow).order_by(AdvertiserSettingRow.advertiser_id)
-    return list(session.scalars(stmt))
-
-
-def reclassify_advertisers(session: Session) -> list[str]:
-    """Advertisers that opted in to re-classification after a promotion."""
-    stmt = (
-        select(AdvertiserSettingRow.advertiser_id)
-        .where(AdvertiserSettingRow.reclassify_on_promote.is_(True))
-        .order_by(AdvertiserSettingRow.advertiser_id)
-    )
-    return list(session.scalars(stmt))
-
-
-def opted_in(session: Session, advertiser_id: str) -> bool:
-    row = session.get(AdvertiserSettingRow, advertiser_id)
-    return bool(row is not None and row.reclassify_on_promote)
-
-
-def record_advertiser_images(
-    session: Session, advertiser_id: str, image_keys: Collection[str], now: dt.datetime
-) -> None:
-    """Remember that an advertiser's request named these images (bulk upsert)."""
-    rows = [
-        {"advertiser_id": advertiser_id, "image_key": key, "last_seen_at": now}
-        for key in sorted(set(image_keys))
-    ]
-    for chunk in chunked(rows, 1000):
-        upsert(
-            session,
-            AdvertiserImageRow,
-            chunk,
-            index_elements=["advertiser_id", "image_key"],
-            update=["last_seen_at"],
-        )
-
-
-def advertiser_image_keys(session: Session, advertiser_id: str) -> set[str]:
-    """Every image key an advertiser is known to use: classify requests, jobs and fixes."""
-    keys = set(
-        session.scalars(
-            select(AdvertiserImageRow.image_key).where(
-                AdvertiserImageRow.advertiser_id == advertiser_id
-            )
-        )
-    )
-    keys.update(
-        session.scalars(
-            select(FixAuditRow.image_key).where(FixAuditRow.advertiser_id == advertiser_id)
-        )
-    )
-    results = session.scalars(
-        select(JobItemRow.result)
-        .join(JobRow, JobRow.id == JobItemRow.job_id)
-        .where(JobRow.advertiser_id == advertiser_id, JobItemRow.result.is_not(None))
-    )
-    for result in results:
-        key = result.get("image_key") if isinstance(result, dict) else None
-        if key:
-            keys.add(str(key))
-    return keys

@@ -2,11 +2,12 @@
 
 :func:`startup_model` picks what a server starts with: the ``production`` model; if that
 cannot load, the last version that did load as production (recorded in the registry
-under :data:`~cartag.store.registry.LAST_LOADED` by every server and worker that loads
+under :data:`~cartag.store.model_versions.LAST_LOADED` by every server and worker that loads
 one), and only then the bundled one. :class:`ModelWatcher` polls the alias and swaps a
 newly promoted model into the running service without dropping a request, and reports
 a server that serves another model than production (logs, ``cartag_model_fallback``).
-The registry operations themselves live in :mod:`cartag.models.registry`.
+Registration and the load check: :mod:`cartag.deploy.registry` and
+:mod:`cartag.deploy.loadcheck`.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import socket
 from typing import Any
 
 from cartag.clock import Clock, SystemClock
+from cartag.deploy.loadcheck import load_registered
+from cartag.deploy.registry import ensure_initial
 from cartag.errors import ModelError
 from cartag.models.classifier import Classifier, load_classifier
-from cartag.models.registry import ensure_initial, load_registered
 from cartag.settings import Settings
-from cartag.store import registry as repo
+from cartag.store import model_versions as repo
 from cartag.store.db import Database
-from cartag.store.registry import LAST_LOADED, PRODUCTION, REFUSED, get_alias
+from cartag.store.model_versions import LAST_LOADED, PRODUCTION, REFUSED, get_alias
 from cartag.telemetry import Telemetry
 
 log = logging.getLogger(__name__)

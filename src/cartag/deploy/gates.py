@@ -1,5 +1,8 @@
 """Promotion gates: a candidate may not lower any class's recall on any shared test set.
 
+:func:`check_promotion` compares metrics; :class:`PromotionGatedError` is how
+:func:`cartag.deploy.promote.promote` refuses a candidate that fails.
+
 Metrics are the registry's format (written by :mod:`cartag.training.sweep`)::
 
     {"<set name>": {"image_type": {"accuracy": f, "macro_recall": f, "labels": [...],
@@ -18,10 +21,29 @@ from __future__ import annotations
 
 from typing import Any
 
+from cartag.errors import ConflictError
 from cartag.settings import Settings
 
 # Recalls are rounded to 4 decimals in the metrics; a drop of exactly the tolerance passes.
 _EPSILON = 1e-9
+
+
+class PromotionGatedError(ConflictError):
+    """The candidate fails a promotion gate (409); ``--force`` promotes anyway.
+
+    Attributes:
+        failures: One readable message per failing (set, task, class).
+    """
+
+    code = "promotion_gated"
+
+    def __init__(self, version: str, failures: list[str]) -> None:
+        super().__init__(
+            f"{version} fails {len(failures)} promotion gate(s): "
+            + "; ".join(failures)
+            + ". Fix the candidate, or promote anyway with --force (API: force=true)."
+        )
+        self.failures = failures
 
 
 def tolerance_for(task: str, settings: Settings) -> float:

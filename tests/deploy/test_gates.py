@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from cartag.deploy.gates import check_promotion, gate_status
 from cartag.settings import Settings
-from cartag.training.gates import check_promotion, gate_status
 
 
 def _task(recalls: dict[str, tuple[float, int]]) -> dict[str, Any]:

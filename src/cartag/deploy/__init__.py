@@ -1,0 +1,12 @@
+"""Deployment: a model's way from a folder to serving, used by the API, the CLI and sweeps.
+
+- :mod:`cartag.deploy.registry`: register a model folder (copy, hash, load check, row).
+- :mod:`cartag.deploy.loadcheck`: the files of a registered version, loaded and smoke-checked.
+- :mod:`cartag.deploy.gates`: the promotion gates (no class's recall may drop).
+- :mod:`cartag.deploy.promote`: promotion, rollback, a sweep's candidate.
+- :mod:`cartag.deploy.followup`: what follows a promotion (whose images to re-classify).
+- :mod:`cartag.deploy.hotswap`: the model a server starts with, and the swap to a promoted one.
+
+The SQL lives in :mod:`cartag.store.model_versions`; running the re-classification is
+:mod:`cartag.jobs.reclassify` (above this package: callers start it).
+"""

@@ -1,0 +1,68 @@
+"""What follows a deployment: does this process serve it, and whose images to re-classify.
+
+After a promotion or rollback of ``production``, servers hot-swap to the version
+(:mod:`cartag.deploy.hotswap`) and, where the caller enables it, the images of the
+advertisers that opted in are re-classified with it. Deploy only says what should be
+re-classified; running it is :func:`cartag.jobs.reclassify.reclassify`, which the API
+starts in the background and the CLI runs in the foreground.
+"""
+
+from __future__ import annotations
+
+from cartag.errors import ConflictError
+from cartag.store import advertisers as advertiser_repo
+from cartag.store import model_versions as repo
+from cartag.store.db import Database
+from cartag.store.model_versions import PRODUCTION
+from cartag.store.tables import DeploymentRow
+
+
+def reclassify_follows(deployment: DeploymentRow, enabled: bool) -> bool:
+    """Whether a re-classification follows ``deployment``: one of ``production``, if enabled.
+
+    Args:
+        deployment: The deployment just made (a promotion or a rollback).
+        enabled: The caller's switch: ``settings.reclassify_on_promote`` for the API,
+            ``--reclassify/--no-reclassify`` for ``cartag models promote``.
+    """
+    return deployment.alias == PRODUCTION and enabled
+
+
+def refusal(db: Database, deployment: DeploymentRow, serving: str) -> str | None:
+    """Why this process does not serve the version a ``production`` deployment names.
+
+    Args:
+        db: The store (the version's status and the reason it was refused).
+        deployment: The deployment just made.
+        serving: The version this process serves, after its hot-swap check.
+
+    Returns:
+        A readable reason, or None when it serves the version or the alias is not
+        ``production``.
+    """
+    if deployment.alias != PRODUCTION or serving == deployment.version:
+        return None
+    with db.read() as session:
+        row = repo.get_version(session, deployment.version)
+    return (
+        f"{deployment.version} failed to load here and is {row.status}"
+        f" ({row.card.get('status_reason', 'see the server log')}); "
+        f"{serving} keeps serving"
+    )
+
+
+def advertisers_to_run(db: Database, advertiser_id: str | None) -> list[str]:
+    """The opted-in advertisers a re-classification covers (one, or all that opted in).
+
+    Raises:
+        ConflictError: ``advertiser_id`` has not opted in.
+    """
+    with db.read() as session:
+        if advertiser_id is None:
+            return advertiser_repo.reclassify_advertisers(session)
+        if not advertiser_repo.opted_in(session, advertiser_id):
+            raise ConflictError(
+                f"advertiser {advertiser_id} has not opted in to re-classification; run "
+                f"`cartag advertisers set {advertiser_id} --reclassify-on-promote` first"
+            )
+    return [advertiser_id]

@@ -1,0 +1,224 @@
+"""Registration: a model folder copied into the registry, load-checked, and given a row.
+
+A registered model is a copy of a model folder under ``<data_dir>/models/<version>/``
+(:mod:`cartag.deploy.loadcheck`), with a row in ``model_versions`` holding its files'
+hash, its card and its metrics (:mod:`cartag.store.model_versions`). A model that fails
+to load or fails the smoke check is refused, and whatever served before keeps serving.
+Promotion and rollback: :mod:`cartag.deploy.promote`; servers follow ``production``
+through :mod:`cartag.deploy.hotswap`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy.exc import IntegrityError
+
+from cartag.clock import Clock
+from cartag.deploy.loadcheck import files_digest, load_model, models_root, smoke_check, version_dir
+from cartag.errors import ConflictError, InputError, ModelError
+from cartag.models.classifier import BUNDLED_DIR, CONFIG_NAME, Classifier, read_config
+from cartag.settings import Settings
+from cartag.store import model_versions as repo
+from cartag.store.db import Database
+from cartag.store.model_versions import PRODUCTION, REFUSED, REGISTERED, get_alias
+from cartag.store.tables import ModelVersionRow
+
+log = logging.getLogger(__name__)
+
+_VERSION_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,79}$")
+
+
+def _card(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """What the registry shows about a model: its config and its heads' metadata."""
+    heads: dict[str, Any] = {}
+    for task, name in config.get("heads", {}).items():
+        meta_path = folder / f"{name}.json"
+        try:
+            heads[task] = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            heads[task] = None
+    return {"config": config, "heads": heads}
+
+
+def register_model(
+    db: Database,
+    settings: Settings,
+    source_dir: Path,
+    *,
+    created_by: str,
+    clock: Clock,
+    dataset_ref: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    reuse: Classifier | None = None,
+) -> ModelVersionRow:
+    """Copy a model folder into the registry, load it and smoke-check it.
+
+    Args:
+        db: The store.
+        settings: Supplies ``data_dir`` and the loading settings.
+        source_dir: A folder with ``config.json`` (naming the version) and the heads.
+        created_by: Who registers it.
+        clock: Time source.
+        dataset_ref: The dataset version it was trained on, if any.
+        metrics: Evaluation results (see :func:`record_metrics`).
+        reuse: A loaded model whose backbone may be shared (saves loading weights).
+
+    Returns:
+        The row, status ``registered``. Registering the same version with the same
+        files again returns the existing row.
+
+    Raises:
+        ModelError: The folder is not a model, fails to load or fails the smoke check
+            (a row with status ``refused`` records the attempt and its reason).
+        ConflictError: The version is registered already with different files.
+    """
+    source_dir = Path(source_dir)
+    config = read_config(source_dir)
+    version = str(config.get("version") or "")
+    if not _VERSION_RE.match(version):
+        raise ModelError(
+            f"{source_dir / CONFIG_NAME} needs a version of letters, digits and ._+- "
+            f"(at most 80), got {version!r}; set one before registering"
+        )
+    digest = files_digest(source_dir)
+    with db.read() as session:
+        existing = repo.find_version(session, version)
+    if existing is not None and existing.status != REFUSED:
+        if existing.files_sha256 == digest:
+            return existing
+        raise ConflictError(
+            f"model version {version} is registered already with different files; "
+            "give the new model another version in its config.json"
+        )
+    target = _copy_in(settings, source_dir, version, digest)
+    reason: str | None = None
+    try:
+        smoke_check(load_model(settings, target, reuse=reuse))
+    except ModelError as exc:
+        reason = exc.message
+    try:
+        with db.write() as session:
+            row = repo.add_version(
+                session,
+                version=version,
+                path=version,
+                files_sha256=digest,
+                status=REGISTERED if reason is None else REFUSED,
+                card={**_card(target, config), **({"status_reason": reason} if reason else {})},
+                metrics=json.loads(json.dumps(metrics or {})),
+                dataset_ref=dataset_ref,
+                created_by=created_by,
+                now=clock.now(),
+            )
+    except IntegrityError:
+        # Another process (servers and workers starting together) registered it first.
+        with db.read() as session:
+            raced = repo.find_version(session, version)
+        if raced is None or raced.files_sha256 != digest:
+            raise
+        return raced
+    if reason is not None:
+        log.error("model %s refused: %s", version, reason)
+        raise ModelError(f"model {version} refused: {reason}")
+    log.info("registered model %s (%s)", version, digest[:12])
+    return row
+
+
+def _copy_in(settings: Settings, source_dir: Path, version: str, digest: str) -> Path:
+    """Copy a folder to ``<models root>/<version>`` through a temporary name.
+
+    A folder already there with the same files (another process registering the same
+    model at the same moment) is kept as it is: it may be being loaded.
+    """
+    root = models_root(settings)
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / version
+    if source_dir.resolve() == target.resolve():
+        return target
+    incoming = root / f".incoming-{version}-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(source_dir, incoming)
+    # Folders only ever appear here whole (renamed in), so one that is there is complete.
+    # The rename is the only test of "is it there": checking first and renaming after
+    # let a process remove the folder another had just renamed in and was loading.
+    for _ in range(3):
+        try:
+            incoming.rename(target)
+            return target
+        except OSError:
+            if target.is_dir() and files_digest(target) == digest:
+                shutil.rmtree(incoming, ignore_errors=True)
+                return target
+            # Left by a refused or interrupted registration of this version: moved
+            # aside in one step (so nobody sees it half removed), then replaced.
+            stale = root / f".stale-{version}-{uuid.uuid4().hex[:8]}"
+            with contextlib.suppress(OSError):
+                target.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+    shutil.rmtree(incoming, ignore_errors=True)
+    raise ModelError(f"could not put model {version} in place at {target}; retry the registration")
+
+
+def record_metrics(db: Database, version: str, metrics: dict[str, Any]) -> None:
+    """Merge evaluation results into a version's metrics (a set given again replaces it).
+
+    Args:
+        db: The store.
+        version: A registered version.
+        metrics: ``{"<set name>": {"image_type": {...}, "color": {...}}}`` with, per
+            task, ``accuracy``, ``macro_recall``, ``labels``, ``per_class`` and ``confusion``.
+
+    Raises:
+        NotFoundError: Unknown version.
+        InputError: ``metrics`` is not a mapping of set names to mappings.
+    """
+    if not isinstance(metrics, dict) or not all(
+        isinstance(k, str) and isinstance(v, dict) for k, v in metrics.items()
+    ):
+        raise InputError("metrics must map set names to {task: metrics} objects", "metrics")
+    with db.write() as session:
+        repo.merge_metrics(session, version, metrics)
+
+
+def production_model_dir(db: Database, settings: Settings) -> Path | None:
+    """The folder of the ``production`` model, or None when the alias is not set."""
+    with db.read() as session:
+        row = get_alias(session, PRODUCTION)
+    return None if row is None else version_dir(settings, row)
+
+
+def ensure_initial(
+    db: Database, settings: Settings, *, clock: Clock, reuse: Classifier | None = None
+) -> ModelVersionRow | None:
+    """On a first start, register the bundled model (or ``CARTAG_MODEL_DIR``) as production.
+
+    Returns:
+        The registered row, or None when the registry had versions already.
+
+    Raises:
+        ModelError: The configured model fails to load or its smoke check.
+    """
+    with db.read() as session:
+        if repo.count_versions(session):
+            return None
+    source = settings.model_dir if settings.model_dir is not None else BUNDLED_DIR
+    row = register_model(
+        db, settings, source, created_by="cartag (first start)", clock=clock, reuse=reuse
+    )
+    try:
+        with db.write() as session:
+            if repo.alias_version(session, PRODUCTION) is None:
+                repo.point_alias(
+                    session, PRODUCTION, row.version, by="cartag", reason="initial", now=clock.now()
+                )
+    except (IntegrityError, ConflictError):
+        # Another server or worker starting at the same moment set it first.
+        log.info("production was set by another process")
+    return row

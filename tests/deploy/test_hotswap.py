@@ -1,0 +1,160 @@
+"""Serving follows the registry: the start-up model, the watcher's swap, the fallback metric."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cartag.deploy import hotswap
+from cartag.deploy.loadcheck import smoke_images
+from cartag.models.batching import MicroBatcher
+from cartag.models.classifier import (
+    BUNDLED_DIR,
+    Classifier,
+    Prediction,
+    make_prediction,
+    read_config,
+)
+from cartag.ops.metrics import PrometheusTelemetry
+from cartag.store import model_versions as repo
+from tests.support.registry import Scene, damage, register_and_promote, rollback, serving
+
+BUNDLED_VERSION = str(read_config(BUNDLED_DIR)["version"])
+
+
+def test_watcher_swaps_to_a_promoted_model_and_refuses_a_broken_one(scene: Scene) -> None:
+    async def scenario() -> None:
+        async with serving(scene) as service:
+            watcher = hotswap.ModelWatcher(scene.db, scene.settings, service)
+            watcher.prime()
+            assert await watcher.check() is None  # nothing changed
+            register_and_promote(scene, "new")
+            assert await watcher.check() == "new"
+            assert service.classifier.version == "new"
+            # The heads are new, the backbone is shared with the model it replaced.
+            assert service.classifier.backbone is scene.classifier.backbone  # type: ignore[attr-defined]
+            [prediction] = await service._batcher.predict(smoke_images()[:1])
+            assert prediction.model_version == "new"
+
+            # Registered and promoted fine, then its files got damaged before this server
+            # loaded it: refused at swap time.
+            register_and_promote(scene, "dmg")
+            damage(scene, "dmg")
+            assert await watcher.check() is None
+            assert service.classifier.version == "new"
+            assert "dmg" in watcher.refused
+            assert await watcher.check() is None  # not retried
+            with scene.db.read() as session:
+                row = repo.get_version(session, "dmg")
+            assert row.status == "refused" and "changed" in row.card["status_reason"]
+
+    asyncio.run(scenario())
+
+
+class _Gated(Classifier):
+    """A model whose predict waits for a signal, to hold a batch open across a swap."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        self.entered.set()
+        self.release.wait(10)
+        return [make_prediction(np.array([0.6, 0.3, 0.1]), np.ones(12) / 12) for _ in images]
+
+
+def test_a_swap_lets_the_running_batch_finish_with_the_old_model() -> None:
+    old, new = _Gated("old"), _Gated("new")
+    new.release.set()
+    batcher = MicroBatcher(old, max_batch=1, max_delay_s=0)
+    try:
+        image = Image.new("RGB", (8, 8))
+        running = batcher.submit([image])
+        assert old.entered.wait(5)
+        queued = batcher.submit([image])  # waits behind the running batch
+        assert batcher.swap(new) is old
+        old.release.set()
+        assert [p.model_version for p in running.result(5)] == ["old"]
+        assert [p.model_version for p in queued.result(5)] == ["new"]
+    finally:
+        batcher.close()
+
+
+def test_startup_serves_the_last_model_that_loaded_when_production_cannot_load(
+    scene: Scene, caplog: pytest.LogCaptureFixture
+) -> None:
+    scene = dataclasses.replace(
+        scene, settings=scene.settings.model_copy(update={"engine": "torch"})
+    )
+    db, settings, clock = scene.db, scene.settings, scene.clock
+    register_and_promote(scene, "prod-2")
+    started = hotswap.startup_model(db, settings, clock=clock)
+    assert started.version == "prod-2"
+    with db.read() as session:
+        assert repo.alias_version(session, repo.LAST_LOADED) == "prod-2"
+        # Bookkeeping, not an alias: never listed with them.
+        assert repo.aliases_by_version(session) == {"prod-2": ["production"]}
+
+    # prod-3 passes the promotion's load check, then its files break before any
+    # server loaded it: a restarted server serves prod-2, not the bundled model.
+    register_and_promote(scene, "prod-3")
+    damage(scene, "prod-3", "color_head.npz", keep=10)
+    caplog.clear()
+    fallback = hotswap.startup_model(db, settings, clock=clock)
+    assert fallback.version == "prod-2"
+    assert (
+        "serving prod-2, the last model that loaded as production, instead of production "
+        "prod-3" in caplog.text
+    )
+
+    # It says so in /metrics: the watcher primed on this server reports the fallback.
+    async def primed() -> str:
+        telemetry = PrometheusTelemetry()
+        async with serving(scene, fallback, telemetry) as service:
+            hotswap.ModelWatcher(db, settings, service).prime()
+            return telemetry.exposition()[0].decode()
+
+    exposition = asyncio.run(primed())
+    assert 'cartag_model_fallback{serving="prod-2",wanted="prod-3"} 1.0' in exposition
+
+    # Neither production nor the last model that loaded: the bundled one, as before.
+    damage(scene, "prod-2", "color_head.npz", keep=10)
+    assert hotswap.startup_model(db, settings, clock=clock).version == BUNDLED_VERSION
+
+
+def test_the_fallback_metric_clears_when_production_serves_again(scene: Scene) -> None:
+    async def scenario() -> None:
+        telemetry = PrometheusTelemetry()
+
+        def fallback_series() -> list[str]:
+            text = telemetry.exposition()[0].decode()
+            return [line for line in text.splitlines() if line.startswith("cartag_model_fallback{")]
+
+        async with serving(scene, telemetry=telemetry) as service:
+            watcher = hotswap.ModelWatcher(scene.db, scene.settings, service)
+            watcher.prime()
+            assert fallback_series() == []
+            register_and_promote(scene, "dmg")
+            damage(scene, "dmg")
+            assert await watcher.check() is None
+            assert fallback_series() == [
+                f'cartag_model_fallback{{serving="{scene.initial}",wanted="dmg"}} 1.0'
+            ]
+            scene.clock.advance(1)
+            rollback(scene)
+            assert await watcher.check() is None  # already serving it
+            assert fallback_series() == []
+            register_and_promote(scene, "new")
+            assert await watcher.check() == "new"
+            with scene.db.read() as session:
+                assert repo.alias_version(session, repo.LAST_LOADED) == "new"
+
+    asyncio.run(scenario())

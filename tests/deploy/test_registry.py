@@ -1,0 +1,111 @@
+"""Registration: the first start, copies and hashes, refused broken models, idempotence."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from cartag.clock import FakeClock
+from cartag.deploy import registry
+from cartag.errors import ConflictError, ModelError
+from cartag.models.classifier import BUNDLED_DIR, Classifier, read_config
+from cartag.settings import Settings
+from cartag.store import model_versions as repo
+from cartag.store.db import Database
+from tests.support.models import make_model_dir
+from tests.support.registry import Scene, model_dir, promote, register
+
+BUNDLED_VERSION = str(read_config(BUNDLED_DIR)["version"])
+
+
+def test_first_start_registers_the_bundled_model_as_production(scene: Scene) -> None:
+    assert scene.initial == BUNDLED_VERSION
+    assert registry.ensure_initial(scene.db, scene.settings, clock=scene.clock) is None  # once
+    with scene.db.read() as session:
+        row = repo.get_alias(session, "production")
+        assert row is not None and row.version == BUNDLED_VERSION
+        assert row.status == "registered" and row.card["config"]["version"] == BUNDLED_VERSION
+        [deployment] = repo.history(session, "production")
+    assert deployment.reason == "initial" and deployment.ended_at is None
+    folder = registry.production_model_dir(scene.db, scene.settings)
+    assert folder == scene.settings.data_dir / "models" / BUNDLED_VERSION
+    assert (folder / "config.json").is_file() and (folder / "type_head.npz").is_file()
+
+
+def test_processes_starting_together_register_the_first_model_once(
+    db: Database, settings: Settings, classifier: Classifier
+) -> None:
+    # A server and its workers start at the same moment on an empty registry (the
+    # Celery end-to-end test does): each registers the bundled model; none may fail.
+    clock = FakeClock()
+    start = threading.Barrier(3)
+    rows: list[str] = []
+    errors: list[BaseException] = []
+
+    def first_start() -> None:
+        start.wait()
+        try:
+            registry.ensure_initial(db, settings, clock=clock, reuse=classifier)
+            rows.append(str(registry.production_model_dir(db, settings)))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_start) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert rows == [str(settings.data_dir / "models" / BUNDLED_VERSION)] * 3
+    with db.read() as session:
+        assert [r.version for r in repo.list_versions(session)] == [BUNDLED_VERSION]
+        assert len(repo.history(session, "production")) == 1
+    assert not list((settings.data_dir / "models").glob(".incoming-*"))
+
+
+def test_register_copies_hashes_and_is_idempotent(scene: Scene) -> None:
+    source = model_dir(scene, "test-2")
+    version = register(scene, "test-2", folder=source, dataset_ref="cars@1", metrics={"a": {}})
+    assert version == "test-2"
+    assert (scene.settings.data_dir / "models" / "test-2" / "type_head.json").is_file()
+    assert register(scene, "test-2", folder=source) == version
+    with scene.db.read() as session:
+        versions = [r.version for r in repo.list_versions(session)]
+        row = repo.get_version(session, "test-2")
+    assert sorted(versions) == sorted([scene.initial, "test-2"])
+    assert row.dataset_ref == "cars@1" and row.metrics == {"a": {}} and row.status == "registered"
+
+    # The same version with other files is refused.
+    other = model_dir(scene, "test-2", temperature_scale=1.3)
+    with pytest.raises(ConflictError, match="different files"):
+        register(scene, "test-2", folder=other)
+
+
+@pytest.mark.parametrize(
+    ("broken", "reason"),
+    [("truncated", "corrupt"), ("labels", "labels"), ("nan", "probabilities")],
+)
+def test_a_broken_model_is_refused_at_register(scene: Scene, broken: str, reason: str) -> None:
+    version = f"bad-{broken}"
+    with pytest.raises(ModelError, match=reason):
+        register(scene, version, folder=model_dir(scene, version, broken=broken))
+    with scene.db.read() as session:
+        row = repo.get_version(session, version)
+    assert row.status == "refused" and reason in row.card["status_reason"]
+    with pytest.raises(ConflictError, match="refused"):
+        promote(scene, version, force=True)
+    # A fixed model may take the refused version's place.
+    assert register(scene, version) == version
+
+
+def test_a_folder_without_a_version_is_refused(
+    sqlite_db: Database, settings: Settings, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    with pytest.raises(ModelError, match="does not exist"):
+        registry.register_model(sqlite_db, settings, tmp_path / "nope", created_by="t", clock=clock)
+    source = make_model_dir(tmp_path / "m", "has spaces")
+    with pytest.raises(ModelError, match="needs a version"):
+        registry.register_model(sqlite_db, settings, source, created_by="t", clock=clock)
