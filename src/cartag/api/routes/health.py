@@ -14,7 +14,6 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from cartag import __version__
 from cartag.api.deps import StateDep
@@ -22,7 +21,7 @@ from cartag.api.errors import error_response
 from cartag.api.schemas.common import error_responses
 from cartag.api.schemas.health import HealthOut, ReadyOut, StorageOut
 from cartag.errors import StorageError
-from cartag.store.health import FAILED, storage_problem
+from cartag.store.health import FAILED, ping, storage_problem
 
 router = APIRouter(tags=["health"])
 
@@ -38,7 +37,7 @@ def healthz(state: StateDep) -> HealthOut:
         storage.refresh_soon(HEALTHZ_PROBE_AGE_S)
         try:
             with state.db.read() as session:
-                session.execute(text("SELECT 1"))
+                ping(session)
         except Exception as exc:  # noqa: BLE001 - reported in the body, never a 500
             storage.failed(storage_problem(exc) or FAILED)
         known = storage.state().to_dict()
