@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from cartag.api.schemas import ClassifyOut
+from cartag.api.schemas.classify import ClassifyOut
 from cartag.models.classifier import Classifier
 from cartag.store.db import Database
 from cartag.store.embeddings import load_embeddings

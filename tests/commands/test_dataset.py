@@ -13,7 +13,7 @@ from cartag.cli import app
 from cartag.clock import FakeClock
 from cartag.imaging.decode import decode_image
 from cartag.imaging.keys import content_sha256, phash
-from cartag.store import fixes as fix_repo
+from cartag.pipeline import fixes as fix_service
 from cartag.store.db import Database, upgrade
 from tests.support.factories import NOW, add_image
 from tests.support.http_server import ImageServer
@@ -88,7 +88,7 @@ def test_walkthrough_import_freeze_export_create(
         phash=phash(decode_image(data, max_pixels=10**8).image),
     )
     with db.write() as session:
-        fix_repo.apply_fix(
+        fix_service.apply_fix(
             session, image_key=image.image_key, advertiser_id="d1", user="alice",
             scope="global", image_type="Stock", color="Red", comment=None, clock=FakeClock(NOW),
         )  # fmt: skip

@@ -1,6 +1,6 @@
 """Monitoring data for tests: a month of daily answers and fixes of four advertisers.
 
-Written through the real rollup writer (``ops.daily.record_counts``) and as real
+Written through the real rollup writer (``store.monitoring.record_counts``) and as real
 ``fix_audit`` rows, so the report reads what production would have stored.
 
 Advertisers (``TODAY`` is the last day; 300 answers a day unless said otherwise):
@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from cartag.ops.daily import record_counts, rollup
+from cartag.ops.daily import rollup
 from cartag.pipeline.results import ClassifyResult
 from cartag.store.db import Database
+from cartag.store.monitoring import record_counts
 from cartag.store.tables import FixAuditRow
 from tests.support.factories import add_image
 

@@ -8,10 +8,11 @@ from collections import Counter
 import pytest
 
 from cartag.errors import InputError
-from cartag.ops.daily import RollupBuffer, record_counts, rollup
+from cartag.ops.daily import RollupBuffer, rollup
 from cartag.ops.monitor import Thresholds, build_report, parse_since
 from cartag.pipeline.results import ClassifyResult, skipped
 from cartag.store.db import Database
+from cartag.store.monitoring import record_counts
 from cartag.store.tables import ClassifyDailyRow
 from tests.ops.seed import SWITCH, TODAY, answers, seed_monitoring
 

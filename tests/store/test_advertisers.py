@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from cartag.clock import FakeClock
+from cartag.pipeline import fixes as fix_service
 from cartag.store import advertisers as repo
-from cartag.store import fixes as fix_repo
 from cartag.store import jobs as job_repo
 from cartag.store.db import Database
 from tests.support.factories import NOW, add_image
@@ -29,7 +29,7 @@ def test_advertiser_images_come_from_classify_jobs_and_fixes(db: Database) -> No
         repo.record_advertiser_images(session, "42", [seen.image_key], NOW)
         repo.record_advertiser_images(session, "42", [seen.image_key], NOW)  # upsert
         repo.record_advertiser_images(session, "9", [other.image_key], NOW)
-        fix_repo.apply_fix(
+        fix_service.apply_fix(
             session,
             image_key=fixed.image_key,
             advertiser_id="42",

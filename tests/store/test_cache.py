@@ -12,10 +12,10 @@ import pytest
 from cartag.clock import FakeClock
 from cartag.models.classifier import Classifier
 from cartag.net.fetch import Fetcher
+from cartag.pipeline import fixes as fix_service
 from cartag.pipeline.classify import ClassifyService
 from cartag.pipeline.results import ClassifyResult, ImageRequest
 from cartag.settings import Settings
-from cartag.store import fixes as fix_repo
 from cartag.store.cache import (
     InMemoryLookupCache,
     LookupCache,
@@ -199,7 +199,7 @@ def test_classify_reads_through_the_cache_and_a_fix_shows_at_once(
         key = first[0].image_key
         assert key is not None
         with db.write() as session:
-            fix_repo.apply_fix(
+            fix_service.apply_fix(
                 session,
                 image_key=key,
                 advertiser_id="dealer-1",

@@ -8,8 +8,8 @@ import pytest
 
 from cartag.clock import FakeClock
 from cartag.errors import ConflictError, InputError, NotFoundError
+from cartag.pipeline import fixes as fix_service
 from cartag.store import datasets as repo
-from cartag.store import fixes as fix_repo
 from cartag.store.db import Database
 from cartag.store.tables import ModelAliasRow, ModelVersionRow
 from tests.support.factories import NOW, add_image
@@ -164,7 +164,7 @@ def test_fixed_images_since_gives_labels_urls_and_audit(db: Database) -> None:
     old = add_image(db, image_type="Stock", color="Red")
     new = add_image(db, image_type="Stock", color="Red")
     with db.write() as session:
-        fix_repo.apply_fix(
+        fix_service.apply_fix(
             session,
             image_key=old.image_key,
             advertiser_id="a1",
@@ -175,7 +175,7 @@ def test_fixed_images_since_gives_labels_urls_and_audit(db: Database) -> None:
             comment=None,
             clock=FakeClock(NOW),
         )
-        fix_repo.apply_fix(
+        fix_service.apply_fix(
             session,
             image_key=new.image_key,
             advertiser_id="a1",
@@ -186,7 +186,7 @@ def test_fixed_images_since_gives_labels_urls_and_audit(db: Database) -> None:
             comment=None,
             clock=FakeClock(NOW + dt.timedelta(hours=2)),
         )
-        audit = fix_repo.apply_fix(
+        audit = fix_service.apply_fix(
             session,
             image_key=new.image_key,
             advertiser_id="a2",

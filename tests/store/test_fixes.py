@@ -10,7 +10,7 @@ import pytest
 
 from cartag.clock import FakeClock, SystemClock
 from cartag.errors import InputError, NotFoundError
-from cartag.pipeline.resolve import current_answer
+from cartag.pipeline import fixes as fix_service
 from cartag.store import fixes as fix_repo
 from cartag.store.db import Database
 from tests.support.db import fresh_database
@@ -28,7 +28,7 @@ def _fix(db: Database, key: str, *, minute: int = 0, **kwargs: object) -> None:
     }
     values.update(kwargs)
     with db.write() as session:
-        fix_repo.apply_fix(
+        fix_service.apply_fix(
             session,
             image_key=key,
             clock=FakeClock(NOW + dt.timedelta(minutes=minute)),
@@ -41,12 +41,12 @@ def test_resolution_order_override_then_global_then_model(db: Database) -> None:
     _fix(db, image.image_key, image_type="Dealer", color="Blue", scope="global")
     _fix(db, image.image_key, color="Green", scope="advertiser", advertiser_id="adv-2", minute=1)
 
-    adv1 = current_answer(db, "adv-1", image.image_key)
+    adv1 = fix_service.current_answer(db, "adv-1", image.image_key)
     assert (adv1.image_type, adv1.color, adv1.source) == ("Dealer", "Blue", "fix")
-    adv2 = current_answer(db, "adv-2", image.image_key)
+    adv2 = fix_service.current_answer(db, "adv-2", image.image_key)
     assert (adv2.image_type, adv2.type_source) == ("Dealer", "fix")
     assert (adv2.color, adv2.color_source, adv2.source) == ("Green", "override", "override")
-    other = current_answer(db, "adv-3", image.image_key)
+    other = fix_service.current_answer(db, "adv-3", image.image_key)
     assert other.color == "Blue"
 
 
@@ -67,7 +67,7 @@ def test_audit_records_from_to_who_scope(db: Database) -> None:
 def test_placeholder_fix_clears_color(db: Database) -> None:
     image = add_image(db, image_type="Dealer", color="Red")
     _fix(db, image.image_key, image_type="Placeholder")
-    answer = current_answer(db, "adv-1", image.image_key)
+    answer = fix_service.current_answer(db, "adv-1", image.image_key)
     assert answer.image_type == "Placeholder" and answer.color is None
     with db.read() as session:
         (entry,) = fix_repo.history(session, image.image_key)
@@ -79,9 +79,9 @@ def test_fix_found_through_phash_for_a_new_key(db: Database) -> None:
     _fix(db, original.image_key, image_type="Dealer")
     reupload = add_image(db, image_type="Stock", phash="ffff0000ffff0000")
     with db.read() as session:
-        found = fix_repo.find_fixes(session, "adv-1", [(reupload.image_key, reupload.phash)])
+        found = fix_service.find_fixes(session, "adv-1", [(reupload.image_key, reupload.phash)])
     assert found[reupload.image_key].global_fix is not None
-    assert current_answer(db, "adv-1", reupload.image_key).image_type == "Dealer"
+    assert fix_service.current_answer(db, "adv-1", reupload.image_key).image_type == "Dealer"
 
 
 def test_bad_fixes_are_refused(db: Database) -> None:
@@ -149,7 +149,7 @@ def test_history_is_in_commit_order_under_fifty_concurrent_writers(pg_db: Databa
     def fix(i: int) -> None:
         start.wait()
         with pg_db.write() as session:
-            fix_repo.apply_fix(
+            fix_service.apply_fix(
                 session,
                 image_key=image.image_key,
                 advertiser_id="adv-1",
@@ -174,7 +174,7 @@ def test_history_is_in_commit_order_under_fifty_concurrent_writers(pg_db: Databa
         or after.created_at < before.created_at
     ]
     assert inversions == []
-    in_effect = current_answer(pg_db, "adv-1", image.image_key)
+    in_effect = fix_service.current_answer(pg_db, "adv-1", image.image_key)
     assert in_effect.color == entries[-1].changes["color"]["to"]
 
 
@@ -185,8 +185,8 @@ def test_near_duplicate_phash_inherits_the_fix(db: Database) -> None:
     far = add_image(db, image_type="Stock", phash="ff000000ffff00ff")  # 16 bits away
     pairs = [(close.image_key, close.phash), (far.image_key, far.phash)]
     with db.read() as session:
-        exact_only = fix_repo.find_fixes(session, "adv-1", pairs)
-        near = fix_repo.find_fixes(session, "adv-1", pairs, max_distance=3)
+        exact_only = fix_service.find_fixes(session, "adv-1", pairs)
+        near = fix_service.find_fixes(session, "adv-1", pairs, max_distance=3)
     assert exact_only == {}
     assert set(near) == {close.image_key}
     assert near[close.image_key].global_fix is not None

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 from sqlalchemy import update
 
-from cartag.pipeline.resolve import current_answer
+from cartag.pipeline import fixes as fix_service
 from cartag.store import images as image_repo
 from cartag.store.db import Database
 from cartag.store.embeddings import load_embeddings, save_embeddings
@@ -43,7 +43,7 @@ def test_legacy_na_color_reads_as_null(db: Database) -> None:
         session.execute(
             update(ImageRow).where(ImageRow.image_key == image.image_key).values(color="N/A")
         )
-    answer = current_answer(db, "adv-1", image.image_key)
+    answer = fix_service.current_answer(db, "adv-1", image.image_key)
     assert answer.color is None
     assert answer.image_type == "Dealer"
 

@@ -17,8 +17,8 @@ from cartag.clock import FakeClock
 from cartag.deploy import promote as promotion
 from cartag.deploy.registry import ensure_initial, register_model
 from cartag.models.classifier import Classifier
-from cartag.pipeline.classify import ClassifyService
 from cartag.net.fetch import Fetcher
+from cartag.pipeline.classify import ClassifyService
 from cartag.settings import Settings
 from cartag.store.db import Database
 from cartag.store.tables import DeploymentRow

@@ -15,9 +15,9 @@ from cartag.errors import ConflictError, InputError, NotFoundError
 from cartag.imaging.decode import decode_image
 from cartag.imaging.keys import content_sha256, phash
 from cartag.models.classifier import Classifier, EmbeddingClassifier
+from cartag.pipeline import fixes as fix_service
 from cartag.settings import Settings
 from cartag.store import datasets as repo
-from cartag.store import fixes as fix_repo
 from cartag.store.blobs import LocalBlobStore
 from cartag.store.db import Database
 from cartag.store.tables import DatasetItemRow
@@ -80,7 +80,7 @@ def _serve_fixed(
         db, url=server.url(path), content_sha256=content_sha256(data), phash=ph, image_type="Stock"
     )
     with db.write() as session:
-        audit = fix_repo.apply_fix(
+        audit = fix_service.apply_fix(
             session,
             image_key=image.image_key,
             advertiser_id=advertiser,

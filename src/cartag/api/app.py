@@ -1,7 +1,8 @@
 """The FastAPI app factory: ``create_app(settings)``.
 
 Boundaries (database, classifier, fetcher, clock, color provider) can be injected;
-anything not given is built from the settings when the app starts.
+anything not given is built from the settings when the app starts (the serving
+runtime of :mod:`cartag.runtime`, shared with the job workers).
 """
 
 from __future__ import annotations
@@ -24,23 +25,21 @@ from cartag.api.routes import models as models_routes
 from cartag.api.routes import monitor as monitor_routes
 from cartag.api.routes import review as review_routes
 from cartag.api.state import AppState
-from cartag.clock import Clock, SystemClock
-from cartag.deploy.hotswap import ModelWatcher, startup_model
+from cartag.clock import Clock
 from cartag.jobs.dispatch import ChunkSender, build_dispatcher, check_broker_settings
 from cartag.models.classifier import Classifier
 from cartag.models.color_providers import (
     ColorProvider,
-    build_color_provider,
     check_color_settings,
 )
 from cartag.net.fetch import Fetcher
 from cartag.ops.metrics import PrometheusTelemetry
 from cartag.ops.middleware import RequestContextMiddleware
-from cartag.pipeline.classify import ClassifyService
+from cartag.runtime import new_telemetry, open_database, start_runtime
 from cartag.settings import Settings
 from cartag.store.blobs import BlobStore, LocalBlobStore
-from cartag.store.cache import LookupCache, build_lookup_cache
-from cartag.store.db import Database, upgrade
+from cartag.store.cache import LookupCache
+from cartag.store.db import Database
 from cartag.store.health import StorageHealth
 from cartag.telemetry import Telemetry
 from cartag.web import STATIC_DIR
@@ -91,29 +90,25 @@ def create_app(
     """
     if color_provider is None:
         check_color_settings(settings)
-    observer = telemetry or PrometheusTelemetry(
-        top_hosts=settings.metrics_top_hosts, top_advertisers=settings.metrics_top_advertisers
-    )
+    observer = telemetry or new_telemetry(settings)
     if db is None and chunk_sender is None:
         check_broker_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        own_db = db is None
-        database = db or Database(settings.resolved_database_url)
-        if settings.auto_migrate:
-            upgrade(database)
-        clk = clock or SystemClock()
-        # The registry's production model (registering the bundled one on a first start).
-        model = await asyncio.to_thread(
-            startup_model, database, settings, clock=clk, classifier=classifier
+        database = open_database(settings, db)
+        runtime = await start_runtime(
+            settings,
+            database,
+            classifier=classifier,
+            clock=clock,
+            fetcher=fetcher,
+            color_provider=color_provider,
+            lookup_cache=lookup_cache,
+            telemetry=observer,
+            owned=frozenset() if db is not None else frozenset({"db"}),
         )
-        http = fetcher or Fetcher(settings)
-        colors = color_provider or build_color_provider(settings)
-        cache = lookup_cache or build_lookup_cache(settings)
-        service = ClassifyService(
-            settings, database, http, model, clk, colors, telemetry=observer, lookup_cache=cache
-        )
+        service, clk = runtime.service, runtime.clock
         runner = build_dispatcher(settings, database, service, clk, sender=chunk_sender)
         app.state.cartag = AppState(
             settings,
@@ -124,19 +119,17 @@ def create_app(
             telemetry=observer,
             storage=StorageHealth(database, settings.data_dir, clk),
         )
-        observer.model_loaded(model.version)
         if isinstance(observer, PrometheusTelemetry):
             observer.add_queue_source(lambda: metrics_routes.job_queue_depth(database))
-        watcher = ModelWatcher(database, settings, service)
-        watcher.prime()
+        watcher = runtime.watcher
         app.state.cartag.watcher = watcher
         polling = asyncio.create_task(watcher.run(), name="cartag-model-watcher")
         if run_jobs:
             runner.start()
         log.info(
             "cartag ready: model %s, color provider %s, database %s",
-            model.version,
-            colors.name,
+            runtime.model.version,
+            runtime.colors.name,
             database.dialect,
         )
         try:
@@ -148,14 +141,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await runner.stop()
-            service.close()
-            if lookup_cache is None:
-                cache.close()
-            await colors.aclose()
-            if fetcher is None:
-                await http.aclose()
-            if own_db:
-                database.dispose()
+            await runtime.aclose()
 
     app = FastAPI(
         title="cartag",

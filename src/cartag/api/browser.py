@@ -10,6 +10,8 @@
   neither read it nor set it); the logout form's is derived from the session token,
   which another site cannot read.
 * Every page is served with :data:`PAGE_HEADERS`.
+* One login form handler serves both areas (:func:`login_form_submitted`), each area
+  described by a :class:`LoginArea` (its root, its form's look and wording).
 """
 
 from __future__ import annotations
@@ -18,13 +20,18 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qs
 
 from fastapi import Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
 
 from cartag.api.deps import SESSION_COOKIE, clear_session_cookie, set_session_cookie
 from cartag.api.state import AppState
+from cartag.errors import AuthError, InputError, PermissionDeniedError
+from cartag.store import apikeys
 from cartag.store import sessions as session_repo
 from cartag.store.apikeys import Principal
 
@@ -143,3 +150,85 @@ def log_out(state: AppState, request: Request, response: Response) -> None:
         with state.db.write() as session:
             session_repo.revoke_session(session, token, state.clock.now())
     clear_session_cookie(response)
+
+
+@dataclass(frozen=True)
+class LoginArea:
+    """An area of pages behind the login form.
+
+    Attributes:
+        root: The pages' root, e.g. ``/review``; the form is at ``<root>/login``.
+        render: The form's HTML from ``(error, next_url, csrf)``.
+        expired: The error shown when the form's CSRF token is wrong.
+        no_key: The error shown when the form has no key.
+        role: The role a key needs to log in.
+    """
+
+    root: str
+    render: Callable[[str | None, str, str], str]
+    expired: str
+    no_key: str
+    role: str = "reviewer"
+
+
+def login_page(
+    request: Request,
+    area: LoginArea,
+    status_code: int = 200,
+    *,
+    error: str | None = None,
+    next_url: str,
+) -> HTMLResponse:
+    """The area's login form, its CSRF token in the page and in a cookie."""
+    token = login_csrf_token(request)
+    html = area.render(error, next_url, token)
+    response = HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
+    set_login_csrf_cookie(response, request, token)
+    return response
+
+
+async def login_form_submitted(request: Request, state: AppState, area: LoginArea) -> Response:
+    """Check the key of a POSTed login form; on success open a session and go on.
+
+    A plain urlencoded form (no multipart parser needed). A wrong CSRF token, no key
+    or a key that may not log in gets the form again, with the reason.
+
+    Raises:
+        InputError: The form is too large or has more fields than it should.
+    """
+    raw = await request.body()
+    if len(raw) > _MAX_FORM_BYTES:
+        raise InputError("the login form is too large", field="key")
+    try:
+        fields = parse_qs(raw.decode("utf-8", "replace"), max_num_fields=4)
+    except ValueError as exc:  # more fields than the form has
+        raise InputError("the login form has unexpected fields", field="key") from exc
+    key = (fields.get("key") or [""])[0].strip()
+    next_url = safe_next((fields.get("next") or [""])[0], area.root)
+    if not login_csrf_ok(request, (fields.get(CSRF_FIELD) or [""])[0]):
+        # Another site's form, or one older than its cookie: show a fresh one.
+        return login_page(request, area, 403, error=area.expired, next_url=next_url)
+    if not key:
+        return login_page(request, area, 422, error=area.no_key, next_url=next_url)
+    try:
+        with state.db.read() as session:
+            principal = apikeys.authenticate(session, key)
+        principal.require(area.role)
+    except AuthError as exc:
+        return login_page(request, area, exc.status_code, error=exc.message, next_url=next_url)
+    response = RedirectResponse(next_url, status_code=303, headers=PAGE_HEADERS)
+    log_in(state, request, response, principal)
+    return response
+
+
+async def logout_form_submitted(request: Request, state: AppState, area: LoginArea) -> Response:
+    """End the browser's session (revoked in the database) and go to the area's login form.
+
+    Raises:
+        PermissionDeniedError: The form lacks this session's CSRF token.
+    """
+    if not await logout_form_ok(request):
+        raise PermissionDeniedError("the logout form lacks this session's CSRF token")
+    response = RedirectResponse(f"{area.root}/login", status_code=303, headers=PAGE_HEADERS)
+    log_out(state, request, response)
+    return response

@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import update
 
 from cartag.clock import Clock
 from cartag.deploy.followup import advertisers_to_run
@@ -28,6 +27,7 @@ from cartag.imaging.decode import decode_image
 from cartag.models.classifier import Classifier, EmbeddingClassifier, Prediction, make_prediction
 from cartag.net.fetch import Fetcher
 from cartag.net.outcomes import Fetched, FetchRequest
+from cartag.pipeline.outcomes import save_vectors
 from cartag.settings import Settings
 from cartag.store import advertisers as advertiser_repo
 from cartag.store import embeddings as embedding_repo
@@ -224,22 +224,9 @@ def _cache_vectors(
     clock: Clock,
 ) -> None:
     """Cache the embeddings (and color features) of re-downloaded images for the next run."""
-    embeddings = {
-        shas[key]: p.embedding
-        for key, p in predictions.items()
-        if key in shas and p.embedding is not None
-    }
-    features = {
-        shas[key]: p.color_features
-        for key, p in predictions.items()
-        if key in shas and p.color_features is not None
-    }
-    features_id = classifier.color_features if isinstance(classifier, EmbeddingClassifier) else None
+    by_content = [(shas[key], p) for key, p in predictions.items() if key in shas]
     with db.write() as session:
-        if classifier.backbone_id is not None and embeddings:
-            embedding_repo.save_embeddings(session, classifier.backbone_id, embeddings, clock.now())
-        if features_id and features:
-            embedding_repo.save_embeddings(session, features_id, features, clock.now())
+        save_vectors(session, classifier, by_content, clock.now())
 
 
 def _model_fields(settings: Settings, prediction: Prediction, version: str) -> dict[str, Any]:
@@ -259,6 +246,4 @@ def _model_fields(settings: Settings, prediction: Prediction, version: str) -> d
 
 def _save(db: Database, values: list[dict[str, Any]]) -> None:
     with db.write() as session:
-        for chunk in chunked(values, _CHUNK):
-            # ORM bulk UPDATE by primary key: only the model's columns, never fixes.
-            session.execute(update(ImageRow), chunk)
+        image_repo.update_model_fields(session, values, chunk=_CHUNK)

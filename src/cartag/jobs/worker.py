@@ -1,7 +1,9 @@
-"""What one worker process holds: the database, the model and an event loop, built once.
+"""What one worker process holds: the serving runtime and an event loop, built once.
 
 ``cartag worker`` builds a :class:`WorkerContext` before it starts consuming tasks,
-so the model is loaded once per process and every chunk task reuses it.
+so the model is loaded once per process and every chunk task reuses it. The runtime
+(database, model, fetcher, color provider, cache, telemetry, classify service) is
+the API's (:mod:`cartag.runtime`).
 """
 
 from __future__ import annotations
@@ -12,16 +14,13 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from cartag.clock import Clock, SystemClock
-from cartag.deploy.hotswap import ModelWatcher, startup_model
+from cartag.clock import Clock
 from cartag.models.classifier import Classifier
-from cartag.models.color_providers import build_color_provider, check_color_settings
+from cartag.models.color_providers import check_color_settings
 from cartag.net.fetch import Fetcher
-from cartag.ops.metrics import PrometheusTelemetry
-from cartag.pipeline.classify import ClassifyService
+from cartag.runtime import build_runtime, new_telemetry, open_database
 from cartag.settings import Settings
-from cartag.store.cache import build_lookup_cache
-from cartag.store.db import Database, upgrade
+from cartag.store.db import Database
 
 _T = TypeVar("_T")
 
@@ -52,33 +51,27 @@ class WorkerContext:
         check_color_settings(settings)
         self.settings = settings
         self.db = db
-        self.clock = clock or SystemClock()
         # The fetcher's connections and the color provider belong to this loop.
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
-        model = startup_model(db, settings, clock=self.clock, classifier=classifier)
-        self.fetcher = fetcher or Fetcher(settings)
-        self._colors = build_color_provider(settings)
-        self._cache = build_lookup_cache(settings)
-        # Metrics of what this worker classifies, in a registry of its own (served by
-        # serve_metrics() when CARTAG_WORKER_METRICS_PORT is set).
-        self.telemetry = PrometheusTelemetry(
-            top_hosts=settings.metrics_top_hosts, top_advertisers=settings.metrics_top_advertisers
-        )
-        self.service = ClassifyService(
+        # A worker process owns what it is given: close() closes it all. Its metrics
+        # live in a registry of its own (served by serve_metrics() when
+        # CARTAG_WORKER_METRICS_PORT is set).
+        self.telemetry = new_telemetry(settings)
+        self.runtime = build_runtime(
             settings,
             db,
-            self.fetcher,
-            model,
-            self.clock,
-            self._colors,
-            lookup_cache=self._cache,
+            classifier=classifier,
+            clock=clock,
+            fetcher=fetcher,
             telemetry=self.telemetry,
+            owned=frozenset({"db", "fetcher", "lookup_cache"}),
         )
-        self.telemetry.model_loaded(model.version)
+        self.clock = self.runtime.clock
+        self.fetcher = self.runtime.fetcher
+        self.service = self.runtime.service
         # Workers follow the production alias like servers do, between chunks.
-        self.watcher = ModelWatcher(db, settings, self.service)
-        self.watcher.prime()
+        self.watcher = self.runtime.watcher
         self._checked = time.monotonic()
 
     def serve_metrics(self, port: int, host: str = "0.0.0.0") -> int:
@@ -107,10 +100,7 @@ class WorkerContext:
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerContext:
         """Open (and migrate, if allowed) the database, load the model."""
-        db = Database(settings.resolved_database_url)
-        if settings.auto_migrate:
-            upgrade(db)
-        return cls(settings, db)
+        return cls(settings, open_database(settings))
 
     def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Run a coroutine to completion on this worker's loop."""
@@ -121,9 +111,5 @@ class WorkerContext:
         if server is not None:
             server.shutdown()
             server.server_close()
-        self.service.close()
-        self._cache.close()
-        self.run(self._colors.aclose())
-        self.run(self.fetcher.aclose())
+        self.run(self.runtime.aclose())
         self.loop.close()
-        self.db.dispose()

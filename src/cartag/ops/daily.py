@@ -1,8 +1,8 @@
 """The ``classify_daily`` rollup: who got which answers on which day, from which model.
 
 Counted in memory per classify call (an API request or a job chunk) and written every few
-seconds as one bulk upsert that adds to the counts (:class:`RollupBuffer`); read by
-:mod:`cartag.ops.monitor`.
+seconds as one bulk upsert that adds to the counts (:class:`RollupBuffer`, through
+:func:`cartag.store.monitoring.record_counts`); read by :mod:`cartag.ops.monitor`.
 """
 
 from __future__ import annotations
@@ -12,17 +12,12 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any, Protocol
-
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from typing import Protocol
 
 from cartag.store.db import Database
-from cartag.store.tables import ClassifyDailyRow
+from cartag.store.monitoring import RollupKey, record_counts
 
 log = logging.getLogger(__name__)
-
-_KEY_COLUMNS = ("model_version", "status", "image_type", "color", "source")
 
 
 class Answer(Protocol):
@@ -44,52 +39,18 @@ class Answer(Protocol):
     def source(self) -> str | None: ...
 
 
-def rollup(answers: Iterable[Answer]) -> Counter[tuple[str, str, str, str, str]]:
+def rollup(answers: Iterable[Answer]) -> Counter[RollupKey]:
     """Count answered (not skipped) images by (model_version, status, type, color, source).
 
     Missing values become ``""`` (they are part of the table's primary key).
     """
-    counts: Counter[tuple[str, str, str, str, str]] = Counter()
+    counts: Counter[RollupKey] = Counter()
     for a in answers:
         if a.status == "skipped":
             continue
         key = (a.model_version or "", a.status, a.image_type or "", a.color or "", a.source or "")
         counts[key] += 1
     return counts
-
-
-def record_counts(
-    session: Session,
-    day: dt.date,
-    advertiser_id: str,
-    counts: Counter[tuple[str, str, str, str, str]],
-) -> int:
-    """Add counts made by :func:`rollup` to the day's rollup (one bulk upsert).
-
-    Returns:
-        How many answers were counted.
-    """
-    if not counts:
-        return 0
-    # Sorted so concurrent writers lock rows in the same order (no deadlocks on PostgreSQL).
-    rows: list[dict[str, Any]] = [
-        {
-            "day": day,
-            "advertiser_id": advertiser_id,
-            **dict(zip(_KEY_COLUMNS, key, strict=True)),
-            "count": n,
-        }
-        for key, n in sorted(counts.items())
-    ]
-    dialect = session.get_bind().dialect.name
-    module: Any = postgresql if dialect == "postgresql" else sqlite
-    stmt = module.insert(ClassifyDailyRow)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["day", "advertiser_id", *_KEY_COLUMNS],
-        set_={"count": ClassifyDailyRow.count + stmt.excluded["count"]},
-    )
-    session.execute(stmt, rows)
-    return sum(counts.values())
 
 
 class RollupBuffer:
@@ -109,7 +70,7 @@ class RollupBuffer:
         self.db = db
         self.interval_s = interval_s
         self._lock = threading.Lock()
-        self._pending: dict[tuple[dt.date, str], Counter[tuple[str, str, str, str, str]]] = {}
+        self._pending: dict[tuple[dt.date, str], Counter[RollupKey]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if interval_s > 0:

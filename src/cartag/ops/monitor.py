@@ -28,12 +28,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cartag.errors import InputError
 from cartag.settings import Settings
-from cartag.store.tables import ClassifyDailyRow, FixAuditRow, ImageRow
+from cartag.store import monitoring
 
 MAX_DAYS = 400
 _RELATIVE = re.compile(r"(\d{1,4})([hdw])")
@@ -181,14 +180,7 @@ def _version(value: str | None) -> str:
 
 def _fixes(session: Session, start: dt.date, until: dt.date) -> Iterable[tuple[dt.date, str, str]]:
     """(UTC day, advertiser, model version) of every fix in [start, until]."""
-    lo = dt.datetime.combine(start, dt.time(), dt.UTC)
-    hi = dt.datetime.combine(until + dt.timedelta(days=1), dt.time(), dt.UTC)
-    rows = session.execute(
-        select(FixAuditRow.created_at, FixAuditRow.advertiser_id, ImageRow.model_version)
-        .join(ImageRow, ImageRow.image_key == FixAuditRow.image_key)
-        .where(FixAuditRow.created_at >= lo, FixAuditRow.created_at < hi)
-    )
-    for created_at, advertiser_id, version in rows:
+    for created_at, advertiser_id, version in monitoring.fixes_between(session, start, until):
         yield created_at.astimezone(dt.UTC).date(), advertiser_id, _version(version)
 
 
@@ -218,8 +210,6 @@ def build_report(
     baseline_start = recent_start - dt.timedelta(days=thresholds.baseline_days)
     first = min(since, baseline_start)
     days = [since + dt.timedelta(days=i) for i in range((until - since).days + 1)]
-    t = ClassifyDailyRow
-
     cells: dict[tuple[str, dt.date], VersionDay] = {}
 
     def cell(version: str, day: dt.date) -> VersionDay:
@@ -228,33 +218,20 @@ def build_report(
             cells[key] = VersionDay(version, day)
         return cells[key]
 
-    window = [t.day >= since, t.day <= until]
-    if advertiser is not None:
-        window.append(t.advertiser_id == advertiser)
-    for day, version, image_type, n in session.execute(
-        select(t.day, t.model_version, t.image_type, func.sum(t.count))
-        .where(*window)
-        .group_by(t.day, t.model_version, t.image_type)
+    for day, version, image_type, n in monitoring.answer_mix(
+        session, since, until, "image_type", advertiser
     ):
         vd = cell(_version(version), day)
-        vd.types[image_type or NO_COLOR] = vd.types.get(image_type or NO_COLOR, 0) + int(n)
-        vd.rate.classified += int(n)
-    for day, version, color, n in session.execute(
-        select(t.day, t.model_version, t.color, func.sum(t.count))
-        .where(*window)
-        .group_by(t.day, t.model_version, t.color)
-    ):
+        vd.types[image_type or NO_COLOR] = vd.types.get(image_type or NO_COLOR, 0) + n
+        vd.rate.classified += n
+    for day, version, color, n in monitoring.answer_mix(session, since, until, "color", advertiser):
         vd = cell(_version(version), day)
-        vd.colors[color or NO_COLOR] = vd.colors.get(color or NO_COLOR, 0) + int(n)
+        vd.colors[color or NO_COLOR] = vd.colors.get(color or NO_COLOR, 0) + n
 
     # Per advertiser, day and version, from the start of the jump baseline.
     per: dict[str, dict[tuple[dt.date, str], Rate]] = defaultdict(lambda: defaultdict(Rate))
-    for day, adv, version, n in session.execute(
-        select(t.day, t.advertiser_id, t.model_version, func.sum(t.count))
-        .where(t.day >= first, t.day <= until)
-        .group_by(t.day, t.advertiser_id, t.model_version)
-    ):
-        per[adv][(day, _version(version))].classified += int(n)
+    for day, adv, version, n in monitoring.answers_per_advertiser(session, first, until):
+        per[adv][(day, _version(version))].classified += n
     for day, adv, version in _fixes(session, first, until):
         per[adv][(day, version)].fixes += 1
         if since <= day and (advertiser is None or adv == advertiser):

@@ -322,8 +322,8 @@ def list_items(
         session: Any session.
         ref: The version.
         status: Only items with this status.
-        order: ``id`` (insertion order) or ``suspicion`` (most suspicious first,
-            unscored last).
+        order: ``id`` (insertion order), ``suspicion`` (most suspicious first,
+            unscored last) or ``content`` (by content SHA-256).
         limit: At most this many.
         offset: Skip this many first.
 
@@ -343,6 +343,8 @@ def list_items(
         )
     elif order == "id":
         stmt = stmt.order_by(DatasetItemRow.id)
+    elif order == "content":
+        stmt = stmt.order_by(DatasetItemRow.content_sha256)
     else:
         raise InputError("order must be 'id' or 'suspicion'", field="order")
     stmt = stmt.offset(offset)

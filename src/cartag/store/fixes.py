@@ -1,12 +1,12 @@
-"""Repository functions for manual fixes: apply (audited), resolve, history, conflicts.
+"""Repository functions for manual fixes: the rows, their audit trail, candidates, conflicts.
 
-Resolution order, field by field: this advertiser's override, then the global
-fix, then the model. A fix is found by the image's key, or by its perceptual
-hash, so a re-uploaded identical photo under a new URL keeps its fix.
+Only the SQL: which fix applies (the precedence rule, the nearest pHash) is decided by
+the fix service, :mod:`cartag.pipeline.fixes`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,25 +14,15 @@ from dataclasses import dataclass
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from cartag.clock import Clock
-from cartag.errors import InputError, NotFoundError
+from cartag.errors import NotFoundError
 from cartag.store.tables import FixAuditRow, FixRow, ImageRow
 from cartag.store.upsert import chunked, in_values, upsert
-from cartag.vocab import read_stored_color
 
 # Near-duplicate search is exact up to this many differing bits (see FixRow.phash_b0).
 MAX_PHASH_DISTANCE = 3
 GLOBAL = "global"
 ADVERTISER = "advertiser"
 FIELDS = ("image_type", "color")
-
-
-@dataclass(frozen=True)
-class FixLabels:
-    """The manual labels that apply to one image for one advertiser."""
-
-    override: FixRow | None
-    global_fix: FixRow | None
 
 
 def phash_bands(phash: str | None) -> list[int | None]:
@@ -42,108 +32,69 @@ def phash_bands(phash: str | None) -> list[int | None]:
     return [int(phash[i : i + 4], 16) for i in range(0, 16, 4)]
 
 
-def _distance(a: str, b: str) -> int:
-    return (int(a, 16) ^ int(b, 16)).bit_count()
-
-
 def scope_key(scope: str, advertiser_id: str) -> str:
     return "" if scope == GLOBAL else advertiser_id
 
 
-def _effective(
-    image: ImageRow, override: FixRow | None, global_fix: FixRow | None
-) -> dict[str, str | None]:
-    values: dict[str, str | None] = {
-        "image_type": image.image_type,
-        "color": read_stored_color(image.color),
-    }
-    for fix in (global_fix, override):
-        if fix is None:
-            continue
-        if fix.image_type is not None:
-            values["image_type"] = fix.image_type
-        if fix.color is not None:
-            values["color"] = fix.color
-    if values["image_type"] == "Placeholder":
-        values["color"] = None
-    return values
-
-
-def apply_fix(
-    session: Session,
-    *,
-    image_key: str,
-    advertiser_id: str,
-    user: str,
-    scope: str,
-    image_type: str | None,
-    color: str | None,
-    comment: str | None,
-    clock: Clock,
-) -> FixAuditRow:
-    """Record a manual fix and its audit entry in the caller's write transaction.
-
-    Concurrent fixes of one image are serialised on the image row, so each audit
-    entry's "from" is exactly the previous fix's "to". The time is read from ``clock``
-    once the row is locked: a time taken before would order concurrent fixes by when
-    they were sent rather than when they took effect, and the history could end with a
-    fix that is not the one in effect.
-
-    Raises:
-        NotFoundError: No image has this key.
-        InputError: Neither image_type nor color is given, or the scope is unknown.
-    """
-    if scope not in (GLOBAL, ADVERTISER):
-        raise InputError("scope must be 'global' or 'advertiser'", field="scope")
-    if image_type is None and color is None:
-        raise InputError("give image_type, color or both", field="image_type")
-    image = session.scalars(
+def lock_image(session: Session, image_key: str) -> ImageRow | None:
+    """The image row, locked for the rest of the transaction (fixes of one image queue up)."""
+    return session.scalars(
         select(ImageRow).where(ImageRow.image_key == image_key).with_for_update()
     ).one_or_none()
-    if image is None:
-        raise NotFoundError(
-            f"no image with key {image_key!r}; use the image_key of a classify result"
-        )
-    now = clock.now()
-    rows = {
+
+
+def fixes_of(session: Session, image_key: str, scope_keys: Sequence[str]) -> dict[str, FixRow]:
+    """The fixes recorded on an image's key in these scopes, by scope key."""
+    return {
         row.scope_key: row
         for row in session.scalars(
-            select(FixRow).where(
-                FixRow.image_key == image_key, FixRow.scope_key.in_(["", advertiser_id])
-            )
+            select(FixRow).where(FixRow.image_key == image_key, FixRow.scope_key.in_(scope_keys))
         )
     }
-    key = scope_key(scope, advertiser_id)
-    current = rows.get(key)
-    override = rows.get(advertiser_id) if advertiser_id else None
-    before = _effective(image, override if scope == ADVERTISER else None, rows.get(""))
 
-    new_type = image_type if image_type is not None else (current.image_type if current else None)
-    new_color = color if color is not None else (current.color if current else None)
-    if image_type == "Placeholder":
-        # A placeholder has no vehicle, so a color kept from an older fix would be wrong.
-        new_color = None
+
+def save_fix(
+    session: Session,
+    *,
+    image: ImageRow,
+    scope: str,
+    scope_key: str,
+    image_type: str | None,
+    color: str | None,
+    user: str,
+    now: dt.datetime,
+) -> None:
+    """Insert or replace the fix of ``image`` in one scope (with its pHash bands)."""
     upsert(
         session,
         FixRow,
         {
-            "image_key": image_key,
+            "image_key": image.image_key,
             "scope": scope,
-            "scope_key": key,
+            "scope_key": scope_key,
             "phash": image.phash,
             **{f"phash_b{i}": band for i, band in enumerate(phash_bands(image.phash))},
-            "image_type": new_type,
-            "color": new_color,
+            "image_type": image_type,
+            "color": color,
             "updated_by": user,
             "updated_at": now,
         },
         index_elements=["image_key", "scope_key"],
     )
-    changes: dict[str, dict[str, str | None]] = {}
-    if image_type is not None:
-        changes["image_type"] = {"from": before["image_type"], "to": image_type}
-    if color is not None or image_type == "Placeholder":
-        changes["color"] = {"from": before["color"], "to": new_color}
+
+
+def add_audit(
+    session: Session,
+    *,
+    image_key: str,
+    advertiser_id: str,
+    scope: str,
+    user: str,
+    changes: dict[str, dict[str, str | None]],
+    comment: str | None,
+    now: dt.datetime,
+) -> FixAuditRow:
+    """Add an audit entry (flushed: its id is set)."""
     audit = FixAuditRow(
         image_key=image_key,
         advertiser_id=advertiser_id,
@@ -158,33 +109,27 @@ def apply_fix(
     return audit
 
 
-def find_fixes(
+def candidate_fixes(
     session: Session,
-    advertiser_id: str,
+    scope_keys: Sequence[str],
     images: Sequence[tuple[str, str | None]],
     *,
     max_distance: int = 0,
-) -> dict[str, FixLabels]:
-    """The fixes that apply to each image for this advertiser.
+) -> list[FixRow]:
+    """Fixes in these scopes that may apply to ``images``, oldest first per chunk of 250.
+
+    A row is a candidate when it is recorded on one of the keys, or (``max_distance``
+    0) has one of the pHashes, or (``max_distance`` > 0) shares a 16-bit band with one
+    of them: every pHash within ``MAX_PHASH_DISTANCE`` bits does. Which candidate
+    applies is the caller's choice (:func:`cartag.pipeline.fixes.find_fixes`).
 
     Args:
         session: Any session.
-        advertiser_id: Whose overrides count.
+        scope_keys: ``""`` (global) and/or advertiser ids.
         images: ``(image_key, phash)`` pairs.
-        max_distance: Also take the fix of an image whose pHash is at most this
-            many bits away (a re-encoded or resized copy); 0 = identical pHash only.
-
-    Returns:
-        Image key -> its override and global fix; images with neither are absent.
-        A fix recorded on the key itself wins over one found through the pHash;
-        among pHash matches the nearest wins, then the latest.
+        max_distance: 0 = identical pHashes only; else near ones too.
     """
-    if not images:
-        return {}
-    max_distance = min(max_distance, MAX_PHASH_DISTANCE)
-    by_key: dict[tuple[str, str], FixRow] = {}
-    near: list[FixRow] = []
-    scopes = ["", advertiser_id]
+    found: list[FixRow] = []
     for chunk in chunked(images, 250):
         keys = [key for key, _ in chunk]
         phashes = [ph for _, ph in chunk if ph]
@@ -198,30 +143,10 @@ def find_fixes(
                 conditions.append(in_values(session, column, {b[i] for b in bands}))
         stmt = (
             select(FixRow)
-            .where(or_(*conditions), FixRow.scope_key.in_(scopes))
+            .where(or_(*conditions), FixRow.scope_key.in_(list(scope_keys)))
             .order_by(FixRow.updated_at)
         )
-        for row in session.scalars(stmt):
-            by_key[(row.image_key, row.scope_key)] = row
-            if row.phash:
-                near.append(row)
-    found: dict[str, FixLabels] = {}
-    for key, ph in images:
-        labels: list[FixRow | None] = []
-        for scope in (advertiser_id, ""):
-            fix = by_key.get((key, scope))
-            if fix is None and ph:
-                candidates = [
-                    (_distance(ph, row.phash), -i, row)
-                    for i, row in enumerate(near)
-                    if row.scope_key == scope and row.phash
-                ]
-                close = [c for c in candidates if c[0] <= max_distance]
-                if close:
-                    fix = min(close, key=lambda c: (c[0], c[1]))[2]
-            labels.append(fix)
-        if labels[0] is not None or labels[1] is not None:
-            found[key] = FixLabels(override=labels[0], global_fix=labels[1])
+        found.extend(session.scalars(stmt))
     return found
 
 

@@ -21,6 +21,7 @@ from typing import Final
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from cartag.clock import Clock
 from cartag.errors import StorageError
@@ -117,6 +118,11 @@ def as_storage_error(exc: BaseException) -> StorageError | None:
 
 
 # --- probes ----------------------------------------------------------------------------
+
+
+def ping(session: Session) -> None:
+    """A read round trip to the database (raises what the driver raises)."""
+    session.execute(text("SELECT 1"))
 
 
 def probe_database(db: Database) -> None:

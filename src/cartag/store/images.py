@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -181,3 +182,15 @@ def touch_urls(session: Session, urls: Collection[str], now: dt.datetime) -> Non
     """Record that these URLs were revalidated (304) just now."""
     for chunk in chunked(set(urls)):
         session.execute(update(UrlRow).where(UrlRow.url.in_(chunk)).values(checked_at=now))
+
+
+def update_model_fields(
+    session: Session, values: Sequence[Mapping[str, Any]], *, chunk: int = 500
+) -> None:
+    """Overwrite model answers by image key (ORM bulk UPDATE by primary key).
+
+    Each mapping holds ``image_key`` and only the model's columns to change; manual
+    fixes live in their own table and are never touched.
+    """
+    for part in chunked(values, chunk):
+        session.execute(update(ImageRow), part)

@@ -240,3 +240,17 @@ def unfinished_jobs(session: Session) -> list[JobRow]:
     """Queued or running jobs, oldest first (to dispatch again after a restart)."""
     stmt = select(JobRow).where(JobRow.status.in_([QUEUED, RUNNING])).order_by(JobRow.created_at)
     return list(session.scalars(stmt))
+
+
+def queue_depth(session: Session) -> tuple[int, int]:
+    """Jobs queued, and images of queued or running jobs not yet classified.
+
+    Two indexed aggregate reads (metrics read them at scrape time).
+    """
+    queued = session.scalar(select(func.count()).where(JobRow.status == "queued"))
+    pending = session.scalar(
+        select(func.coalesce(func.sum(JobRow.total - JobRow.done), 0)).where(
+            JobRow.status.in_(("queued", "running"))
+        )
+    )
+    return int(queued or 0), int(pending or 0)

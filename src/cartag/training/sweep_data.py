@@ -30,7 +30,6 @@ from cartag.store import datasets
 from cartag.store.blobs import BlobStore, LocalBlobStore
 from cartag.store.db import Database
 from cartag.store.embeddings import load_embeddings, save_embeddings
-from cartag.store.tables import DatasetItemRow
 from cartag.training.recolor import Recolored, missing_targets, synthesize
 from cartag.vocab import COLORS, IMAGE_TYPES
 
@@ -99,8 +98,6 @@ def load_view(db: Database, ref: str) -> DatasetView:
         ConflictError: The version is still a draft.
         InputError: It has no labelled train items or no test items.
     """
-    from sqlalchemy import select
-
     with db.read() as session:
         version = datasets.get_version(session, ref)
         if version.status != datasets.FROZEN or not version.manifest_sha256:
@@ -108,16 +105,7 @@ def load_view(db: Database, ref: str) -> DatasetView:
                 f"dataset version {version.ref} is a draft; review it and freeze it "
                 f"(cartag dataset freeze {version.ref}) before training on it"
             )
-        rows = list(
-            session.scalars(
-                select(DatasetItemRow)
-                .where(
-                    DatasetItemRow.version_ref == version.ref,
-                    DatasetItemRow.status == datasets.INCLUDED,
-                )
-                .order_by(DatasetItemRow.content_sha256)
-            )
-        )
+        rows = datasets.list_items(session, version.ref, status=datasets.INCLUDED, order="content")
         ref, manifest = version.ref, version.manifest_sha256
     type_idx = [
         IMAGE_TYPES.index(r.image_type) if r.image_type in IMAGE_TYPES else -1 for r in rows

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Response
 from pydantic_core import to_json
 
 from cartag.api.deps import ClassifierDep, StateDep
-from cartag.api.schemas import ClassifyIn, ClassifyOut, error_responses
+from cartag.api.schemas.classify import ClassifyIn, ClassifyOut
+from cartag.api.schemas.common import error_responses
 from cartag.errors import InputError
 from cartag.pipeline.results import ImageRequest
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from cartag.api.deps import PrincipalDep, StateDep
-from cartag.api.schemas import MAX_ID, ConflictLabelOut, ConflictOut, ConflictsOut, error_responses
+from cartag.api.schemas.common import MAX_ID, error_responses
+from cartag.api.schemas.fixes import ConflictLabelOut, ConflictOut, ConflictsOut
 from cartag.store import fixes as fix_repo
 
 router = APIRouter(prefix="/v1", tags=["fixes"], responses=error_responses(401, 403, 422))

@@ -14,39 +14,19 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
-from sqlalchemy import text
 
 from cartag import __version__
 from cartag.api.deps import StateDep
 from cartag.api.errors import error_response
-from cartag.api.schemas import error_responses
+from cartag.api.schemas.common import error_responses
+from cartag.api.schemas.health import HealthOut, ReadyOut, StorageOut
 from cartag.errors import StorageError
-from cartag.store.health import FAILED, storage_problem
+from cartag.store.health import FAILED, ping, storage_problem
 
 router = APIRouter(tags=["health"])
 
 # /healthz starts a background probe when the last result is older than this.
 HEALTHZ_PROBE_AGE_S = 10.0
-
-
-class StorageOut(BaseModel):
-    ok: bool
-    problem: str | None = Field(description="What is wrong with the store (None when ok).")
-    checked_at: str | None = Field(description="When this was learnt (ISO 8601, UTC).")
-
-
-class HealthOut(BaseModel):
-    status: str = Field(description="ok, or degraded when the store has a problem.")
-    version: str
-    model_version: str
-    database: str
-    storage: StorageOut
-
-
-class ReadyOut(BaseModel):
-    status: str = Field(description="ready")
-    storage: StorageOut
 
 
 @router.get("/healthz", response_model=HealthOut)
@@ -57,7 +37,7 @@ def healthz(state: StateDep) -> HealthOut:
         storage.refresh_soon(HEALTHZ_PROBE_AGE_S)
         try:
             with state.db.read() as session:
-                session.execute(text("SELECT 1"))
+                ping(session)
         except Exception as exc:  # noqa: BLE001 - reported in the body, never a 500
             storage.failed(storage_problem(exc) or FAILED)
         known = storage.state().to_dict()

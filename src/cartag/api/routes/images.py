@@ -5,8 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from cartag.api.deps import FixerDep, PrincipalDep, StateDep
-from cartag.api.schemas import AuditOut, FixIn, FixOut, HistoryOut, ResultOut, error_responses
-from cartag.pipeline.resolve import current_answer
+from cartag.api.schemas.classify import ResultOut
+from cartag.api.schemas.common import error_responses
+from cartag.api.schemas.fixes import AuditOut, FixIn, FixOut, HistoryOut
+from cartag.pipeline import fixes as fix_service
 from cartag.store import fixes as fix_repo
 from cartag.store import images as image_repo
 from cartag.store.tables import FixAuditRow
@@ -37,28 +39,21 @@ def fix_image(image_key: str, body: FixIn, state: StateDep, _: FixerDep) -> FixO
     Takes effect at once in later classify answers: the advertiser's override
     wins over the global fix, which wins over the model.
     """
-    with state.db.write() as session:
-        audit = fix_repo.apply_fix(
-            session,
-            image_key=image_key,
-            advertiser_id=body.advertiser_id,
-            user=body.user,
-            scope=body.scope,
-            image_type=body.image_type,
-            color=body.color,
-            comment=body.comment,
-            clock=state.clock,
-        )
-        audit_out = _audit_out(audit)
-    state.telemetry.fix_applied(body.advertiser_id, body.scope)
-    answer = current_answer(
+    audit, answer = fix_service.fix_image(
         state.db,
-        body.advertiser_id,
-        image_key,
+        state.clock,
+        state.telemetry,
+        image_key=image_key,
+        advertiser_id=body.advertiser_id,
+        user=body.user,
+        scope=body.scope,
+        image_type=body.image_type,
+        color=body.color,
+        comment=body.comment,
         max_distance=state.settings.phash_max_distance,
         low_confidence_threshold=state.settings.low_confidence_threshold,
     )
-    return FixOut(audit=audit_out, result=ResultOut.model_validate(answer.to_dict()))
+    return FixOut(audit=_audit_out(audit), result=ResultOut.model_validate(answer.to_dict()))
 
 
 @router.get("/{image_key}", response_model=ResultOut)
@@ -69,7 +64,7 @@ def get_image(
     advertiser_id: str = Query(default="", max_length=128, description="Whose overrides to apply."),
 ) -> ResultOut:
     """The current answer for a stored image."""
-    answer = current_answer(
+    answer = fix_service.current_answer(
         state.db,
         advertiser_id,
         image_key,

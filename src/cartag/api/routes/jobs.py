@@ -11,7 +11,8 @@ import asyncio
 from fastapi import APIRouter, status
 
 from cartag.api.deps import ClassifierDep, StateDep
-from cartag.api.schemas import JobIn, JobOut, ResultOut, error_responses
+from cartag.api.schemas.classify import JobIn, JobOut, ResultOut
+from cartag.api.schemas.common import error_responses
 from cartag.errors import FetchError, InputError, NotFoundError
 from cartag.redaction import redact_url
 from cartag.store import jobs as job_repo

@@ -7,18 +7,15 @@ Unauthenticated by default, as Prometheus scrapers expect; with
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from sqlalchemy import func, select
 
 from cartag.api.deps import StateDep
 from cartag.errors import AuthError, NotFoundError
 from cartag.ops.metrics import PrometheusTelemetry
 from cartag.store import apikeys
+from cartag.store import jobs as job_repo
 from cartag.store.db import Database
-from cartag.store.tables import JobRow
 
 router = APIRouter(tags=["operations"])
-
-_WAITING = ("queued", "running")
 
 
 def job_queue_depth(db: Database) -> dict[str, float]:
@@ -27,13 +24,8 @@ def job_queue_depth(db: Database) -> dict[str, float]:
     Two indexed aggregate reads, run at scrape time.
     """
     with db.read() as session:
-        queued = session.scalar(select(func.count()).where(JobRow.status == "queued"))
-        pending = session.scalar(
-            select(func.coalesce(func.sum(JobRow.total - JobRow.done), 0)).where(
-                JobRow.status.in_(_WAITING)
-            )
-        )
-    return {"jobs": float(queued or 0), "job_images": float(pending or 0)}
+        queued, pending = job_repo.queue_depth(session)
+    return {"jobs": float(queued), "job_images": float(pending)}
 
 
 def _check_key(request: Request, state: StateDep) -> None:

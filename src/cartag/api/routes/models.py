@@ -9,15 +9,25 @@ re-classification of opted-in advertisers' images starts.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, status
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from cartag.api.deps import PrincipalDep, StateDep, require
-from cartag.api.schemas import error_responses
+from cartag.api.schemas.common import error_responses
+from cartag.api.schemas.models import (
+    AdvertiserIn,
+    AdvertiserOut,
+    Alias,
+    DeploymentOut,
+    DeployOut,
+    ModelsOut,
+    PromoteIn,
+    ReclassifyIn,
+    RollbackIn,
+    VersionOut,
+)
 from cartag.api.state import AppState
 from cartag.deploy import followup, promote
 from cartag.jobs.reclassify import reclassify
@@ -33,75 +43,6 @@ router = APIRouter(prefix="/v1/models", tags=["models"], responses=_ERRORS)
 advertisers_router = APIRouter(prefix="/v1/advertisers", tags=["advertisers"], responses=_ERRORS)
 
 AdminDep = Annotated[Principal, Depends(require("admin"))]
-# The aliases of cartag.store.model_versions.ALIASES (check_alias), stated in the schema.
-Alias = Literal["production", "candidate"]
-
-
-class VersionOut(BaseModel):
-    version: str
-    status: str
-    created_at: dt.datetime
-    created_by: str
-    dataset_ref: str | None
-    files_sha256: str
-    aliases: list[str]
-    metrics: dict[str, Any]
-    card: dict[str, Any] | None = None
-
-
-class ModelsOut(BaseModel):
-    serving: str = Field(description="The model version this server answers with now.")
-    aliases: dict[str, str]
-    versions: list[VersionOut]
-
-
-class DeploymentOut(BaseModel):
-    alias: str
-    version: str
-    started_at: dt.datetime
-    ended_at: dt.datetime | None
-    by: str
-    reason: str
-
-
-class PromoteIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    alias: Alias = "production"
-    force: StrictBool = Field(default=False, description="Skip the promotion gates.")
-
-
-class RollbackIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    alias: Alias = "production"
-
-
-class DeployOut(BaseModel):
-    deployment: DeploymentOut
-    serving: str = Field(description="The version this server answers with after the reload.")
-    reclassify: str = Field(description="started | off | no opted-in advertisers")
-    refused: str | None = Field(
-        default=None, description="Why this server could not switch to the version, if so."
-    )
-
-
-class ReclassifyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    advertiser_id: str | None = Field(default=None, min_length=1, max_length=128)
-
-
-class AdvertiserIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    reclassify_on_promote: StrictBool
-
-
-class AdvertiserOut(BaseModel):
-    advertiser_id: str
-    reclassify_on_promote: bool
-    updated_at: dt.datetime
 
 
 def _version_out(

@@ -10,7 +10,7 @@ Query: ``since`` (``24h``, ``7d``, ``2w`` or a date; default ``7d``) and ``adver
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -18,8 +18,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cartag.api import browser
 from cartag.api.deps import BrowserPrincipalDep, StateDep
-from cartag.api.schemas import ERROR_SCHEMA_REF, error_responses
-from cartag.errors import AuthError, InputError, PermissionDeniedError
+from cartag.api.schemas.common import ERROR_SCHEMA_REF, error_responses
+from cartag.errors import PermissionDeniedError
 from cartag.ops.monitor import report_since
 from cartag.ops.page import render_login, render_monitor
 from cartag.store import apikeys
@@ -28,21 +28,19 @@ router = APIRouter(tags=["operations"])
 
 _bearer = HTTPBearer(auto_error=False, description="An API key with the reviewer role.")
 _ROLE = "reviewer"
-_MAX_FORM_BYTES = 4096
 
 
 def _html(content: str, status_code: int = 200) -> HTMLResponse:
     return HTMLResponse(content, status_code=status_code, headers=browser.PAGE_HEADERS)
 
 
-def _login_page(
-    request: Request, status_code: int = 200, *, error: str | None = None, next_url: str
-) -> HTMLResponse:
-    # The form's CSRF token travels in the page and in a cookie (see cartag.api.browser).
-    token = browser.login_csrf_token(request)
-    response = _html(render_login(error=error, next_url=next_url, csrf=token), status_code)
-    browser.set_login_csrf_cookie(response, request, token)
-    return response
+_LOGIN = browser.LoginArea(
+    root="/monitor",
+    render=lambda error, next_url, csrf: render_login(error=error, next_url=next_url, csrf=csrf),
+    expired="the login form expired or came from another site; log in again",
+    no_key="enter an API key",
+    role=_ROLE,
+)
 
 
 # What the pages answer besides their HTML: stated in the schema (schemathesis checks it).
@@ -127,7 +125,7 @@ def monitor_page(
         try:
             user.require(_ROLE)
         except PermissionDeniedError as exc:
-            return _login_page(request, 403, error=exc.message, next_url="/monitor")
+            return browser.login_page(request, _LOGIN, 403, error=exc.message, next_url="/monitor")
     else:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(
@@ -147,7 +145,7 @@ def login_form(
     request: Request, next: Annotated[str | None, Query(max_length=512)] = None
 ) -> HTMLResponse:
     """The login form of the monitor page."""
-    return _login_page(request, next_url=browser.safe_next(next, "/monitor"))
+    return browser.login_page(request, _LOGIN, next_url=browser.safe_next(next, "/monitor"))
 
 
 @router.post(
@@ -158,30 +156,7 @@ def login_form(
 )
 async def login(request: Request, state: StateDep) -> Response:
     """Check the key of the form; on success open a session and go on."""
-    raw = await request.body()
-    if len(raw) > _MAX_FORM_BYTES:
-        raise InputError("the login form is too large", field="key")
-    try:
-        form = parse_qs(raw.decode("utf-8", errors="replace"), max_num_fields=4)
-    except ValueError as exc:  # more fields than the form has
-        raise InputError("the login form has unexpected fields", field="key") from exc
-    key = (form.get("key") or [""])[0].strip()
-    next_url = browser.safe_next((form.get("next") or [""])[0], "/monitor")
-    if not browser.login_csrf_ok(request, (form.get(browser.CSRF_FIELD) or [""])[0]):
-        # Another site's form, or one older than its cookie: show a fresh one.
-        message = "the login form expired or came from another site; log in again"
-        return _login_page(request, 403, error=message, next_url=next_url)
-    if not key:
-        return _login_page(request, 422, error="enter an API key", next_url=next_url)
-    try:
-        with state.db.read() as session:
-            principal = apikeys.authenticate(session, key)
-        principal.require(_ROLE)
-    except AuthError as exc:
-        return _login_page(request, exc.status_code, error=exc.message, next_url=next_url)
-    response = RedirectResponse(next_url, status_code=303, headers=browser.PAGE_HEADERS)
-    browser.log_in(state, request, response, principal)
-    return response
+    return await browser.login_form_submitted(request, state, _LOGIN)
 
 
 @router.post(
@@ -193,8 +168,4 @@ async def login(request: Request, state: StateDep) -> Response:
 )
 async def logout(request: Request, state: StateDep) -> Response:
     """End the browser's session (revoked in the database, not only forgotten)."""
-    if not await browser.logout_form_ok(request):
-        raise PermissionDeniedError("the logout form lacks this session's CSRF token")
-    response = RedirectResponse("/monitor/login", status_code=303, headers=browser.PAGE_HEADERS)
-    browser.log_out(state, request, response)
-    return response
+    return await browser.logout_form_submitted(request, state, _LOGIN)

@@ -14,21 +14,26 @@ is ``web/static/review.js``) and ``/review/{ref}/thumb/{item_id}`` (a small JPEG
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 from typing import Annotated, Any, Final, Literal
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from cartag.api import browser
 from cartag.api.deps import CSRF_HEADER, BrowserPrincipalDep, ReviewerDep, StateDep
-from cartag.api.schemas import MAX_ID, error_responses
-from cartag.errors import AuthError, DecodeError, InputError, NotFoundError, PermissionDeniedError
+from cartag.api.schemas.common import MAX_ID, error_responses
+from cartag.api.schemas.review import (
+    DecisionIn,
+    DecisionOut,
+    DecisionResult,
+    ItemOut,
+    ItemsOut,
+    VersionOut,
+)
+from cartag.errors import DecodeError, InputError, NotFoundError
 from cartag.imaging.decode import decode_image
-from cartag.store import apikeys
 from cartag.store import review as review_repo
 from cartag.store.blobs import BlobStore
 from cartag.store.tables import DatasetItemRow, ReviewDecisionRow
@@ -40,7 +45,6 @@ router = APIRouter(
 )
 pages = APIRouter(prefix="/review", include_in_schema=False)
 
-_MAX_FORM_BYTES: Final[int] = 4096
 THUMB_SIZE: Final[int] = 128  # shorter side >= 128, longer side <= 256
 # Keys that relabel a color after "c" (letters chosen so that none is ambiguous).
 COLOR_KEYS: Final[dict[str, str]] = {
@@ -67,89 +71,6 @@ Status = Literal["included", "excluded", "flagged"]
 # dataset's end.
 MAX_PAGE: Final[int] = 1_000_000
 ItemId = Annotated[int, Path(ge=1, le=MAX_ID)]
-
-
-class DecisionOut(BaseModel):
-    id: int
-    item_id: int
-    action: str
-    field: str
-    from_label: str | None
-    to_label: str | None
-    user: str
-    created_at: dt.datetime
-    undone_at: dt.datetime | None
-    undone_by: str | None
-
-
-class ItemOut(BaseModel):
-    id: int
-    content_sha256: str
-    image_type: str | None
-    color: str | None
-    status: str
-    reason: str | None
-    split: str | None
-    width: int | None
-    height: int | None
-    suspicion: float | None
-    model_label: str | None
-    model_confidence: float | None
-    model_field: Literal["image_type", "color"] | None = Field(
-        description="Which label the model's opinion is about."
-    )
-    provenance: dict[str, Any]
-    thumb_url: str
-    last_decision: DecisionOut | None
-
-
-class VersionOut(BaseModel):
-    ref: str
-    name: str
-    number: int
-    status: str
-
-
-class ItemsOut(BaseModel):
-    version: VersionOut
-    total: int
-    page: int
-    limit: int
-    items: list[ItemOut]
-
-
-class DecisionIn(BaseModel):
-    """Body of POST .../review/decisions: ``label`` with ``relabel``, and only then."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        # The rule record_decision enforces, stated in the schema.
-        json_schema_extra={
-            "anyOf": [
-                {
-                    "required": ["action", "label"],
-                    "properties": {"action": {"const": "relabel"}, "label": {"type": "string"}},
-                },
-                {
-                    "required": ["action"],
-                    "properties": {
-                        "action": {"enum": ["accept", "exclude"]},
-                        "label": {"type": "null"},
-                    },
-                },
-            ]
-        },
-    )
-
-    item_id: int = Field(ge=1, le=MAX_ID)
-    action: Literal["accept", "relabel", "exclude"]
-    field: Literal["image_type", "color"] = "image_type"
-    label: str | None = Field(default=None, min_length=1, max_length=32)
-
-
-class DecisionResult(BaseModel):
-    decision: DecisionOut
-    item: ItemOut
 
 
 def _decision_out(row: ReviewDecisionRow) -> DecisionOut:
@@ -281,63 +202,35 @@ def _to_login(request: Request) -> RedirectResponse:
     return RedirectResponse(f"/review/login?{urlencode({'next': target})}", status_code=303)
 
 
-def _login_page(
-    request: Request, status_code: int = 200, *, error: str | None, next: str
-) -> HTMLResponse:
-    # The form's CSRF token travels in the page and in a cookie (see cartag.api.browser).
-    token = browser.login_csrf_token(request)
-    response = _page("review_login.html", status_code, error=error, next=next, csrf=token)
-    browser.set_login_csrf_cookie(response, request, token)
-    return response
+_LOGIN = browser.LoginArea(
+    root="/review",
+    render=lambda error, next_url, csrf: _templates.get_template("review_login.html").render(
+        error=error, next=next_url, csrf=csrf
+    ),
+    expired="The login form expired or came from another site; log in again.",
+    no_key="Paste an API key.",
+)
 
 
 def _forbidden(request: Request, user: str) -> HTMLResponse:
     message = f"The API key {user!r} lacks the reviewer role; log in with a reviewer or admin key."
-    return _login_page(request, 403, error=message, next="/review")
+    return browser.login_page(request, _LOGIN, 403, error=message, next_url="/review")
 
 
 @pages.get("/login")
 def login_form(request: Request, next: str | None = None) -> HTMLResponse:
-    return _login_page(request, error=None, next=browser.safe_next(next, "/review"))
+    return browser.login_page(request, _LOGIN, next_url=browser.safe_next(next, "/review"))
 
 
 @pages.post("/login", response_model=None)
 async def login(request: Request, state: StateDep) -> Response:
-    # A plain urlencoded form (no multipart parser needed).
-    raw = await request.body()
-    if len(raw) > _MAX_FORM_BYTES:
-        raise InputError("the login form is too large", field="key")
-    try:
-        fields = parse_qs(raw.decode("utf-8", "replace"), max_num_fields=4)
-    except ValueError as exc:  # more fields than the form has
-        raise InputError("the login form has unexpected fields", field="key") from exc
-    key = fields.get("key", [""])[0].strip()
-    target = browser.safe_next(fields.get("next", [None])[0], "/review")
-    if not browser.login_csrf_ok(request, fields.get(browser.CSRF_FIELD, [None])[0]):
-        # Another site's form, or one older than its cookie: show a fresh one.
-        message = "The login form expired or came from another site; log in again."
-        return _login_page(request, 403, error=message, next=target)
-    if not key:
-        return _login_page(request, 422, error="Paste an API key.", next=target)
-    try:
-        with state.db.read() as session:
-            principal = apikeys.authenticate(session, key)
-        principal.require("reviewer")
-    except AuthError as exc:
-        return _login_page(request, exc.status_code, error=exc.message, next=target)
-    response = RedirectResponse(target, status_code=303, headers=_PAGE_HEADERS)
-    browser.log_in(state, request, response, principal)
-    return response
+    return await browser.login_form_submitted(request, state, _LOGIN)
 
 
 @pages.post("/logout")
 async def logout(request: Request, state: StateDep) -> Response:
     """End the session (revoked in the database, not only forgotten by the browser)."""
-    if not await browser.logout_form_ok(request):
-        raise PermissionDeniedError("the logout form lacks this session's CSRF token")
-    response = RedirectResponse("/review/login", status_code=303, headers=_PAGE_HEADERS)
-    browser.log_out(state, request, response)
-    return response
+    return await browser.logout_form_submitted(request, state, _LOGIN)
 
 
 @pages.get("", response_model=None)

@@ -1,0 +1,109 @@
+"""Bodies of classify calls and jobs: POST /v1/classify, /v1/jobs, GET /v1/jobs/{id}."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cartag.api.schemas.common import ID_FIELD, ColorName, SourceName
+from cartag.vocab import COLORS, UNKNOWN_SCRAPE_COLOR, ImageType
+
+
+class ImageIn(BaseModel):
+    """One image of the inventory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A bad URL or color is this image's problem, not the request's: no 422 for it.
+    url: str = Field(
+        description="http(s) URL of the image, at most 2,048 characters. Any other string "
+        "gets this image a skipped result: reason invalid_url (not an absolute http(s) URL "
+        "with a host) or url_too_long."
+    )
+    scrape_color: str | None = Field(
+        default=None,
+        description=f"Color the scraper read from the listing; wins over the model. One of "
+        f"{', '.join(COLORS)} in any case, or an alias (silver, gray, maroon, ...); N/A, none, "
+        f"unknown or null: no color. Anything else is ignored and the result says "
+        f"color_reason {UNKNOWN_SCRAPE_COLOR}.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+
+class ClassifyIn(BaseModel):
+    """Body of POST /v1/classify."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    advertiser_id: str = ID_FIELD
+    images: list[ImageIn] = Field(min_length=1)
+
+
+class JobIn(ClassifyIn):
+    """Body of POST /v1/jobs: a classify request plus an optional completion callback."""
+
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]+",
+        description="http(s) URL that gets a POST with the job's outcome once it is done.",
+    )
+
+
+class ResultOut(BaseModel):
+    """The answer for one image, in request order."""
+
+    url: str
+    image_key: str | None
+    status: Literal["classified", "cached", "skipped"]
+    image_type: ImageType | None
+    color: ColorName | None
+    source: SourceName | None
+    type_source: SourceName | None
+    color_source: SourceName | None
+    confidence: float | None
+    reason: str | None
+    model_version: str | None
+    color_reason: str | None = Field(
+        default=None,
+        description="Why color is null when the color provider failed, e.g. "
+        "color_provider_timeout or color_unmapped:<vendor label>; else "
+        f"{UNKNOWN_SCRAPE_COLOR} when the request's scrape_color was not a known color "
+        "(it was ignored).",
+    )
+    low_confidence: bool = Field(
+        default=False,
+        description="The model decided image_type with a calibrated confidence below the "
+        "server's low_confidence_threshold: worth a human look. Always false when a fix or "
+        "override decided the type.",
+    )
+
+
+class ClassifyOut(BaseModel):
+    advertiser_id: str
+    results: list[ResultOut]
+    counts: dict[str, int] = Field(description="Results by status.")
+
+
+class JobOut(BaseModel):
+    id: str
+    advertiser_id: str
+    status: Literal["queued", "running", "done", "failed"]
+    total: int
+    done: int
+    progress: float
+    callback_url: str | None
+    callback_status: str | None
+    error: str | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    results: list[ResultOut] | None = Field(
+        default=None, description="Present once the job is done."
+    )

@@ -1,0 +1,93 @@
+"""Bodies of the dataset review API under /v1/datasets/{ref}/review."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cartag.api.schemas.common import MAX_ID
+
+
+class DecisionOut(BaseModel):
+    id: int
+    item_id: int
+    action: str
+    field: str
+    from_label: str | None
+    to_label: str | None
+    user: str
+    created_at: dt.datetime
+    undone_at: dt.datetime | None
+    undone_by: str | None
+
+
+class ItemOut(BaseModel):
+    id: int
+    content_sha256: str
+    image_type: str | None
+    color: str | None
+    status: str
+    reason: str | None
+    split: str | None
+    width: int | None
+    height: int | None
+    suspicion: float | None
+    model_label: str | None
+    model_confidence: float | None
+    model_field: Literal["image_type", "color"] | None = Field(
+        description="Which label the model's opinion is about."
+    )
+    provenance: dict[str, Any]
+    thumb_url: str
+    last_decision: DecisionOut | None
+
+
+class VersionOut(BaseModel):
+    ref: str
+    name: str
+    number: int
+    status: str
+
+
+class ItemsOut(BaseModel):
+    version: VersionOut
+    total: int
+    page: int
+    limit: int
+    items: list[ItemOut]
+
+
+class DecisionIn(BaseModel):
+    """Body of POST .../review/decisions: ``label`` with ``relabel``, and only then."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        # The rule record_decision enforces, stated in the schema.
+        json_schema_extra={
+            "anyOf": [
+                {
+                    "required": ["action", "label"],
+                    "properties": {"action": {"const": "relabel"}, "label": {"type": "string"}},
+                },
+                {
+                    "required": ["action"],
+                    "properties": {
+                        "action": {"enum": ["accept", "exclude"]},
+                        "label": {"type": "null"},
+                    },
+                },
+            ]
+        },
+    )
+
+    item_id: int = Field(ge=1, le=MAX_ID)
+    action: Literal["accept", "relabel", "exclude"]
+    field: Literal["image_type", "color"] = "image_type"
+    label: str | None = Field(default=None, min_length=1, max_length=32)
+
+
+class DecisionResult(BaseModel):
+    decision: DecisionOut
+    item: ItemOut

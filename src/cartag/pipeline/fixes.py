@@ -1,0 +1,345 @@
+"""Manual fixes as a use case: the precedence rule, applying a fix, the current answer.
+
+Resolution order, field by field: this advertiser's override, then the global fix,
+then (color only) the scraper's color, then the model; a Placeholder never has a
+color. :func:`decide` is that rule, used by classify answers (:func:`resolve`) and by
+the audit trail of :func:`apply_fix` alike. A fix is found by the image's key, or by
+its perceptual hash, so a re-uploaded identical photo under a new URL keeps its fix
+(:func:`find_fixes`). The SQL lives in :mod:`cartag.store.fixes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy.orm import Session
+
+from cartag.clock import Clock
+from cartag.errors import InputError, NotFoundError
+from cartag.imaging.keys import hamming
+from cartag.pipeline.results import ClassifyResult, Source, overall_source
+from cartag.settings import DEFAULT_LOW_CONFIDENCE_THRESHOLD
+from cartag.store import fixes as fix_repo
+from cartag.store import images as image_repo
+from cartag.store.db import Database
+from cartag.store.tables import FixAuditRow, FixRow
+from cartag.telemetry import Telemetry
+from cartag.vocab import read_stored_color
+
+
+@dataclass(frozen=True)
+class FixLabels:
+    """The manual labels that apply to one image for one advertiser."""
+
+    override: FixRow | None
+    global_fix: FixRow | None
+
+
+@dataclass(frozen=True)
+class Decided:
+    """An image's labels after the precedence rule, with where each came from."""
+
+    image_type: str | None
+    type_source: Source
+    color: str | None
+    color_source: Source | None
+
+
+def decide(
+    image_type: tuple[str | None, Source],
+    color: tuple[str | None, Source],
+    labels: FixLabels | None,
+) -> Decided:
+    """The precedence rule: advertiser override > global fix > what was there before.
+
+    Args:
+        image_type: The type before fixes, with its source (the model's, or the cache's).
+        color: The color before fixes, with its source (the model's or the scraper's).
+        labels: The fixes that apply, if any.
+
+    Returns:
+        The labels field by field; a Placeholder has no color (and no color source).
+    """
+    (type_value, type_source), (color_value, color_source) = image_type, color
+    if labels is not None:
+        layers: tuple[tuple[FixRow | None, Source], ...] = (
+            (labels.global_fix, "fix"),
+            (labels.override, "override"),
+        )
+        for fix, source in layers:
+            if fix is None:
+                continue
+            if fix.image_type is not None:
+                type_value, type_source = fix.image_type, source
+            if fix.color is not None:
+                color_value, color_source = fix.color, source
+    if type_value == "Placeholder":
+        return Decided(type_value, type_source, None, None)
+    return Decided(type_value, type_source, color_value, color_source)
+
+
+class StoredAnswer(Protocol):
+    """What resolving needs of a stored image: an ImageRow, or a cached lookup of one."""
+
+    @property
+    def image_key(self) -> str: ...
+    @property
+    def image_type(self) -> str | None: ...
+    @property
+    def color(self) -> str | None: ...
+    @property
+    def confidence(self) -> float | None: ...
+    @property
+    def model_version(self) -> str | None: ...
+    @property
+    def color_reason(self) -> str | None: ...
+
+
+def resolve(
+    row: StoredAnswer,
+    labels: FixLabels | None,
+    scrape_color: str | None,
+    url: str,
+    fresh: bool,
+    *,
+    low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE_THRESHOLD,
+) -> ClassifyResult:
+    """Combine the model's answer, the fixes and the scraper's color into one result.
+
+    Field by field by :func:`decide`, the scraper's color standing between the fixes
+    and the model's. ``low_confidence`` is set when the model (not a person) decided
+    the type and its stored confidence is below ``low_confidence_threshold``.
+    """
+    base: Source = "model" if fresh else "cache"
+    color: tuple[str | None, Source] = (read_stored_color(row.color), base)
+    if scrape_color is not None:
+        color = (scrape_color, "scrape")
+    decided = decide((row.image_type, base), color, labels)
+    low_confidence = (
+        decided.type_source == base
+        and row.confidence is not None
+        and row.confidence < low_confidence_threshold
+    )
+    # The stored reason explains only the machine's own null color.
+    machine_null = decided.color is None and decided.color_source == base
+    return ClassifyResult(
+        url=url,
+        image_key=row.image_key,
+        status="classified" if fresh else "cached",
+        image_type=decided.image_type,
+        color=decided.color,
+        source=overall_source(decided.type_source, decided.color_source),
+        type_source=decided.type_source,
+        color_source=decided.color_source,
+        confidence=row.confidence,
+        model_version=row.model_version,
+        color_reason=row.color_reason if machine_null else None,
+        low_confidence=low_confidence,
+    )
+
+
+def find_fixes(
+    session: Session,
+    advertiser_id: str,
+    images: Sequence[tuple[str, str | None]],
+    *,
+    max_distance: int = 0,
+) -> dict[str, FixLabels]:
+    """The fixes that apply to each image for this advertiser.
+
+    Args:
+        session: Any session.
+        advertiser_id: Whose overrides count.
+        images: ``(image_key, phash)`` pairs.
+        max_distance: Also take the fix of an image whose pHash is at most this
+            many bits away (a re-encoded or resized copy); 0 = identical pHash only.
+
+    Returns:
+        Image key -> its override and global fix; images with neither are absent.
+        A fix recorded on the key itself wins over one found through the pHash;
+        among pHash matches the nearest wins, then the latest.
+    """
+    if not images:
+        return {}
+    max_distance = min(max_distance, fix_repo.MAX_PHASH_DISTANCE)
+    by_key: dict[tuple[str, str], FixRow] = {}
+    near: list[FixRow] = []
+    for row in fix_repo.candidate_fixes(
+        session, ["", advertiser_id], images, max_distance=max_distance
+    ):
+        by_key[(row.image_key, row.scope_key)] = row
+        if row.phash:
+            near.append(row)
+    found: dict[str, FixLabels] = {}
+    for key, ph in images:
+        labels: list[FixRow | None] = []
+        for scope in (advertiser_id, ""):
+            fix = by_key.get((key, scope))
+            if fix is None and ph:
+                candidates = [
+                    (hamming(ph, row.phash), -i, row)
+                    for i, row in enumerate(near)
+                    if row.scope_key == scope and row.phash
+                ]
+                close = [c for c in candidates if c[0] <= max_distance]
+                if close:
+                    fix = min(close, key=lambda c: (c[0], c[1]))[2]
+            labels.append(fix)
+        if labels[0] is not None or labels[1] is not None:
+            found[key] = FixLabels(override=labels[0], global_fix=labels[1])
+    return found
+
+
+def apply_fix(
+    session: Session,
+    *,
+    image_key: str,
+    advertiser_id: str,
+    user: str,
+    scope: str,
+    image_type: str | None,
+    color: str | None,
+    comment: str | None,
+    clock: Clock,
+) -> FixAuditRow:
+    """Record a manual fix and its audit entry in the caller's write transaction.
+
+    Concurrent fixes of one image are serialised on the image row, so each audit
+    entry's "from" is exactly the previous fix's "to". The time is read from ``clock``
+    once the row is locked: a time taken before would order concurrent fixes by when
+    they were sent rather than when they took effect, and the history could end with a
+    fix that is not the one in effect.
+
+    Raises:
+        NotFoundError: No image has this key.
+        InputError: Neither image_type nor color is given, or the scope is unknown.
+    """
+    if scope not in (fix_repo.GLOBAL, fix_repo.ADVERTISER):
+        raise InputError("scope must be 'global' or 'advertiser'", field="scope")
+    if image_type is None and color is None:
+        raise InputError("give image_type, color or both", field="image_type")
+    image = fix_repo.lock_image(session, image_key)
+    if image is None:
+        raise NotFoundError(
+            f"no image with key {image_key!r}; use the image_key of a classify result"
+        )
+    now = clock.now()
+    rows = fix_repo.fixes_of(session, image_key, ["", advertiser_id])
+    key = fix_repo.scope_key(scope, advertiser_id)
+    current = rows.get(key)
+    override = rows.get(advertiser_id) if advertiser_id else None
+    before = decide(
+        (image.image_type, "model"),
+        (read_stored_color(image.color), "model"),
+        FixLabels(override if scope == fix_repo.ADVERTISER else None, rows.get("")),
+    )
+    new_type = image_type if image_type is not None else (current.image_type if current else None)
+    new_color = color if color is not None else (current.color if current else None)
+    if image_type == "Placeholder":
+        # A placeholder has no vehicle, so a color kept from an older fix would be wrong.
+        new_color = None
+    fix_repo.save_fix(
+        session,
+        image=image,
+        scope=scope,
+        scope_key=key,
+        image_type=new_type,
+        color=new_color,
+        user=user,
+        now=now,
+    )
+    changes: dict[str, dict[str, str | None]] = {}
+    if image_type is not None:
+        changes["image_type"] = {"from": before.image_type, "to": image_type}
+    if color is not None or image_type == "Placeholder":
+        changes["color"] = {"from": before.color, "to": new_color}
+    return fix_repo.add_audit(
+        session,
+        image_key=image_key,
+        advertiser_id=advertiser_id,
+        scope=scope,
+        user=user,
+        changes=changes,
+        comment=comment,
+        now=now,
+    )
+
+
+def current_answer(
+    db: Database,
+    advertiser_id: str,
+    image_key: str,
+    *,
+    max_distance: int = 0,
+    low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE_THRESHOLD,
+) -> ClassifyResult:
+    """What a classify would answer now for a stored image, for this advertiser.
+
+    Raises:
+        NotFoundError: No image has this key.
+    """
+    with db.read() as session:
+        row = image_repo.get_images(session, [image_key]).get(image_key)
+        if row is None:
+            raise NotFoundError(f"no image with key {image_key!r}")
+        labels = find_fixes(
+            session, advertiser_id, [(image_key, row.phash)], max_distance=max_distance
+        )
+    return resolve(
+        row,
+        labels.get(image_key),
+        None,
+        row.url,
+        fresh=False,
+        low_confidence_threshold=low_confidence_threshold,
+    )
+
+
+def fix_image(
+    db: Database,
+    clock: Clock,
+    telemetry: Telemetry,
+    *,
+    image_key: str,
+    advertiser_id: str,
+    user: str,
+    scope: str,
+    image_type: str | None,
+    color: str | None,
+    comment: str | None,
+    max_distance: int = 0,
+    low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE_THRESHOLD,
+) -> tuple[FixAuditRow, ClassifyResult]:
+    """Apply a fix in its own transaction, count it, and answer as a classify now would.
+
+    Returns:
+        The audit entry (detached; the store keeps objects loaded on commit) and the
+        image's current answer for ``advertiser_id``.
+
+    Raises:
+        NotFoundError: No image has this key.
+        InputError: See :func:`apply_fix`.
+    """
+    with db.write() as session:
+        audit = apply_fix(
+            session,
+            image_key=image_key,
+            advertiser_id=advertiser_id,
+            user=user,
+            scope=scope,
+            image_type=image_type,
+            color=color,
+            comment=comment,
+            clock=clock,
+        )
+    telemetry.fix_applied(advertiser_id, scope)
+    answer = current_answer(
+        db,
+        advertiser_id,
+        image_key,
+        max_distance=max_distance,
+        low_confidence_threshold=low_confidence_threshold,
+    )
+    return audit, answer
