@@ -46,10 +46,13 @@ from cartag.models.classifier import BUNDLED_DIR, EmbeddingClassifier
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID, SIZE, color_features_batch
 from cartag.training import all_sources
 from cartag.training import cross_source as cs
+from cartag.training.card import render_card
+from cartag.training.card_sources import CROSS_SOURCE_NAME
 from cartag.training.color import fit_color_head, select_color_head
 from cartag.training.dataset import EmbeddingCache, holdout_mask, image_key, split_key
 from cartag.training.fit import fit_linear_head, select_l2
 from cartag.training.metrics import classification_report
+from cartag.training.placeholder_offset import apply_offset
 from cartag.training.placeholders import generate_placeholders
 from cartag.training.recolor import RECOLORED_PER_COLOR, missing_targets, synthesize
 from cartag.training.relabels import RELABELS_PATH
@@ -255,13 +258,19 @@ def fit_color(
 
 
 def fit_type(table: Table, split: cs.Split, hp: dict[str, Any], select: bool) -> Any:
-    """The bundled type recipe (balanced linear head) on ``split.train``."""
+    """The bundled type recipe (balanced linear head, Placeholder offset) on ``split.train``.
+
+    The offset is the hyper-parameter model's (``placeholder_logit_offset``, chosen
+    on its build's out-of-fold logits); ``select`` only re-chooses ``l2``.
+    """
     train = split.train[_cv_order([table.keys[i] for i in split.train])]
     X, y = table.emb[train], table.y_type[train]
     l2 = hp["type_l2"]
     if select:
         l2, _ = select_l2(X, y, IMAGE_TYPES, TYPE_L2_GRID)
-    return fit_linear_head(X, y, IMAGE_TYPES, l2=l2)
+    head = fit_linear_head(X, y, IMAGE_TYPES, l2=l2)
+    head.bias = apply_offset(head.bias, hp["type_placeholder_offset"])
+    return head
 
 
 def _train_info(table: Table, split: cs.Split) -> dict[str, Any]:
@@ -398,6 +407,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--cache-dir", type=Path, default=Path("cartag-data/cache"))
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    parser.add_argument(
+        "--card",
+        type=Path,
+        default=None,
+        help="model folder (the --hp-from one) to write cross_source.json into and re-render "
+        "its MODEL_CARD.md",
+    )
     parser.add_argument("--folds", type=int, default=5, help="leave-repo-out folds")
     parser.add_argument("--select", action="store_true", help="choose l2/epochs by CV per fit")
     parser.add_argument("--threads", type=int, default=0)
@@ -434,6 +450,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     hp = {
         "type_l2": type_fit["l2"],
+        "type_placeholder_offset": float(
+            hp_model.type_head.metadata.get("placeholder_logit_offset", 0.0)
+        ),
         "color_l2": color_fit["l2"],
         "color_epochs": color_fit["mlp"]["epochs"],
     }
@@ -462,7 +481,33 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
         _progress(f"wrote {args.json}")
+    if args.card is not None:
+        write_card_summary(args.card, results, args.recipe)
+        _progress(f"wrote {args.card / CROSS_SOURCE_NAME} and re-rendered its MODEL_CARD.md")
     _progress(f"{time.monotonic() - started:.0f} s")
+
+
+def write_card_summary(model_dir: Path, results: Sequence[dict[str, Any]], recipe: str) -> None:
+    """The refitted protocols' rows beside the weights, and the card rendered again."""
+    rows = [
+        {
+            **{k: v for k, v in row.items() if k != "placeholder"},
+            "placeholder_precision": row["placeholder"]["precision"]
+            if row["placeholder"]
+            else None,
+        }
+        for row in cs.summary_rows(results)
+        if not row["protocol"].startswith("shipped")
+    ]
+    summary = {
+        "command": (
+            "python -m benchmarks.cross_source --data ../shared/data "
+            f"--hp-from <this folder> --recipe {recipe} --card <this folder>"
+        ),
+        "rows": rows,
+    }
+    (model_dir / CROSS_SOURCE_NAME).write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
+    (model_dir / "MODEL_CARD.md").write_text(render_card(model_dir), encoding="utf-8")
 
 
 if __name__ == "__main__":

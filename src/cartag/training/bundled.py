@@ -59,7 +59,7 @@ from cartag.training.fit import fit_linear_head, select_l2
 from cartag.training.metrics import classification_report
 from cartag.training.placeholders import FAMILIES, generate_placeholders
 from cartag.training.recolor import RECOLORED_PER_COLOR
-from cartag.training.relabels import RELABELS_PATH
+from cartag.training.relabels import RELABELS_PATH, change_counts, read_relabels
 from cartag.training.sources import FOLDERS, TYPE_TRAIN, read_sources
 from cartag.training.type_head import TYPE_LABELS_PATH, train_type_head
 from cartag.vocab import COLORS, IMAGE_TYPES
@@ -433,7 +433,7 @@ def train_bundled(
         "created": now.isoformat(timespec="seconds"),
     }
     type_head.metadata.update({**common, "task": "image_type", "metrics": type_metrics})
-    type_head.metadata["label_note"] = TYPE_NOTE
+    type_head.metadata["label_note"] = TYPE_NOTE if sources is None else TYPE_NOTE_ALL
     color_head.metadata.update({**common, "task": "color", "metrics": color_metrics})
     out_dir.mkdir(parents=True, exist_ok=True)
     type_head.save(out_dir / "type_head")
@@ -463,6 +463,8 @@ def train_bundled(
                 "generator": "cartag.training.recolor",
                 "per_color": recolored_per_color,
                 "seed": seed,
+                # Colors that got recolored photos: none when every color has real ones.
+                "colors": color_metrics.get("recolor_rule", {}).get("recolored_colors", []),
             },
             "split_rule": SPLIT_RULE if sources is None else _split_rules(sources),
             "type_label_note": TYPE_NOTE if sources is None else TYPE_NOTE_ALL,
@@ -511,6 +513,7 @@ def _all_sources_config(
             ),
             "color": all_sources.counts(corpus.sources, corpus.holdout, corpus.color_idx, COLORS),
         },
+        "label_review": change_counts(read_relabels()),
         "labels_sha256": {
             "type_labels.csv": hashlib.sha256(TYPE_LABELS_PATH.read_bytes()).hexdigest(),
             "relabels.csv": hashlib.sha256(RELABELS_PATH.read_bytes()).hexdigest(),

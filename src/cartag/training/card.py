@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cartag.training import card_sources
+
 
 def _read(path: Path) -> dict[str, Any]:
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -221,30 +223,41 @@ def render_card(model_dir: Path) -> str:
         "## Headline held-out metrics",
         "",
         *_type_headline(tm),
+        *card_sources.offset_line(tm),
         f"- Color top-1 accuracy: {heads['color']['metrics']['held_out']['accuracy']:.3f} "
         f"(top-2 {heads['color']['metrics']['held_out']['top2_accuracy']:.3f})",
         *_recolored_recall(heads["color"]["metrics"].get("recolored")),
         "",
         *_by_source_section(tm, heads["color"]["metrics"]),
+        *card_sources.cross_source_section(card_sources.read_cross_source(model_dir)),
+        *card_sources.label_section(training),
         *_label_section(tm),
         *_head_section("Image type head", type_meta),
         *_head_section("Color head", heads["color"]),
         "## Limitations",
         "",
+        *_limitations(model_dir, training, heads["color"]["metrics"]),
+        *_finetune_limitation(training.get("backbone_finetune")),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _limitations(
+    model_dir: Path, training: dict[str, Any], color_metrics: dict[str, Any]
+) -> list[str]:
+    if "sources" in training:
+        real = color_metrics.get("recolor_rule", {}).get("real_training_photos", {})
+        return card_sources.limitations(card_sources.read_cross_source(model_dir), real)
+    return [
         "- Type labels of real photos were cleaned by one reviewer; borderline cases (press "
         "photos on a plain backdrop vs studio shots, die-cast scale models on white vs "
         "studio renders of the real car) are judgement calls and make up most held-out "
         "Dealer/Stock confusions, see the note column of type_labels.csv.",
         "- Placeholder examples are synthetic (training and evaluation generators are written "
         "independently); real placeholder designs may still differ.",
-        _color_limitation(
-            heads["color"]["metrics"].get("recolored"),
-            heads["color"]["metrics"].get("recolor_rule"),
-        ),
-        *_finetune_limitation(training.get("backbone_finetune")),
-        "",
+        _color_limitation(color_metrics.get("recolored"), color_metrics.get("recolor_rule")),
     ]
-    return "\n".join(lines)
 
 
 def _by_source_section(type_metrics: dict[str, Any], color_metrics: dict[str, Any]) -> list[str]:

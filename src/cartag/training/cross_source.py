@@ -307,6 +307,40 @@ def _lowest(report: dict[str, Any]) -> str:
     return f"{label} {recall:.3f}"
 
 
+def summary_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per protocol and test set (``all`` added for pooled test sets).
+
+    The Placeholder figures and the targets belong to the unseen source: for the
+    shipped model only type-train and vcor are judged.
+
+    Returns:
+        Dicts with ``protocol``, ``test_set``, ``n``, ``accuracy``, ``macro_recall``,
+        ``lowest`` (class and recall), ``placeholder`` (stats or None) and
+        ``targets`` (``met``, ``not met`` or ``""``).
+    """
+    rows = []
+    for r in results:
+        tests = dict(r["by_source"])
+        if len(tests) > 1 and not r["name"].startswith("shipped"):
+            tests["all"] = r["overall"]
+        for test, rep in tests.items():
+            judged = test in (TYPE_TRAIN, VCOR) if r["name"].startswith("shipped") else True
+            met = ("met" if r["targets"]["met"] else "not met") if judged else ""
+            rows.append(
+                {
+                    "protocol": r["name"],
+                    "test_set": test,
+                    "n": rep["n"],
+                    "accuracy": rep["accuracy"],
+                    "macro_recall": rep["macro_recall"],
+                    "lowest": _lowest(rep),
+                    "placeholder": r.get("placeholder") if judged else None,
+                    "targets": met,
+                }
+            )
+    return rows
+
+
 def markdown(results: Sequence[dict[str, Any]]) -> str:
     """Summary, per-class recall and confusion matrices of protocol results as markdown.
 
@@ -321,25 +355,18 @@ def markdown(results: Sequence[dict[str, Any]]) -> str:
         "Placeholder precision (+vcor photos) | targets |",
         "|---|---|---:|---:|---:|---|---|---|",
     ]
-    for r in results:
-        tests = dict(r["by_source"])
-        if len(tests) > 1 and not r["name"].startswith("shipped"):
-            tests["all"] = r["overall"]
-        for test, rep in tests.items():
-            # The placeholder figures and the targets belong to the unseen source.
-            judged = test in (TYPE_TRAIN, VCOR) if r["name"].startswith("shipped") else True
-            ph = r.get("placeholder") if judged else None
-            precision = (
-                f"{_f(ph['precision'])} ({_f(ph['precision_with_real'])}: "
-                f"{ph['real_called_placeholder']} of {ph['n_real']} {ph.get('real_name', 'vcor')})"
-                if ph
-                else ""
-            )
-            met = ("met" if r["targets"]["met"] else "not met") if judged else ""
-            lines.append(
-                f"| {r['name']} | {test} | {rep['n']} | {_f(rep['accuracy'])} | "
-                f"{_f(rep['macro_recall'])} | {_lowest(rep)} | {precision} | {met} |"
-            )
+    for row in summary_rows(results):
+        ph = row["placeholder"]
+        precision = (
+            f"{_f(ph['precision'])} ({_f(ph['precision_with_real'])}: "
+            f"{ph['real_called_placeholder']} of {ph['n_real']} {ph.get('real_name', 'vcor')})"
+            if ph
+            else ""
+        )
+        lines.append(
+            f"| {row['protocol']} | {row['test_set']} | {row['n']} | {_f(row['accuracy'])} | "
+            f"{_f(row['macro_recall'])} | {row['lowest']} | {precision} | {row['targets']} |"
+        )
     for task, vocab in (("image_type", IMAGE_TYPES), ("color", COLORS)):
         lines += ["", f"**{task}: recall per class** (— = no test image)", ""]
         lines.append("| protocol | test set | " + " | ".join(vocab) + " |")

@@ -26,7 +26,7 @@ from PIL import Image
 
 from cartag.imaging.keys import phash
 from cartag.models.heads import LinearHead
-from cartag.training import calibration, cleaning
+from cartag.training import calibration, cleaning, placeholder_offset
 from cartag.training.fit import balanced_accuracy, fit_linear_head
 from cartag.training.metrics import classification_report
 from cartag.training.placeholders_eval import EVAL_FAMILIES, generate_eval_placeholders
@@ -329,8 +329,15 @@ def train_type_head(
 
     X, y_train = corpus.emb[train], y[train]
     chosen, oof_logits, cv_scores = _choose_l2(X, y_train, fold, L2_GRID if l2 is None else [l2])
+    real_train = np.asarray([not corpus.family[i] for i in train.tolist()], dtype=bool)
+    offset, offset_record = placeholder_offset.choose_offset(oof_logits, y_train, real_train)
+    oof_logits = oof_logits.copy()
+    oof_logits[:, PLACEHOLDER] -= offset
+    # The temperature is fitted to the logits the head will serve, offset included.
     temperature = calibration.fit_temperature(oof_logits, y_train)
     head = fit_linear_head(X, y_train, IMAGE_TYPES, l2=chosen)
+    head.bias = placeholder_offset.apply_offset(head.bias, offset)
+    head.metadata["placeholder_logit_offset"] = offset
     head.metadata["temperature"] = temperature
     head.metadata["calibration"] = {
         "method": "temperature scaling (NLL, golden-section search)",
@@ -377,6 +384,7 @@ def train_type_head(
         "placeholder": _placeholder_metrics(
             corpus, y, pred, eval_pred, [p.family for p in eval_set]
         ),
+        "placeholder_offset": offset_record,
     }
     if cv_scores and l2 is None:
         metrics["l2_cv_balanced_accuracy"] = cv_scores
