@@ -53,8 +53,8 @@ def serve(
     import uvicorn
 
     from cartag.api.app import create_app
-    from cartag.ops.logs import configure_logging
-    from cartag.ops.memory import limit_malloc_arenas
+    from cartag.logs import configure_logging
+    from cartag.memory import limit_malloc_arenas
     from cartag.store.health import check_store
 
     settings = load_settings()
