@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from cartag.imaging.keys import phash
+from cartag.imaging.placeholders import generate_placeholders
 from cartag.models.backbone import PREPROCESS_ID, Backbone
 from cartag.models.classifier import BUNDLED_DIR, EmbeddingClassifier
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID, SIZE, color_features_batch
@@ -53,7 +54,6 @@ from cartag.training.dataset import EmbeddingCache, holdout_mask, image_key, spl
 from cartag.training.fit import fit_linear_head, select_l2
 from cartag.training.metrics import classification_report
 from cartag.training.placeholder_offset import apply_offset
-from cartag.training.placeholders import generate_placeholders
 from cartag.training.recolor import RECOLORED_PER_COLOR, missing_targets, synthesize
 from cartag.training.relabels import RELABELS_PATH
 from cartag.training.sources import (

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from cartag.errors import FetchError
+from cartag.logs import make_handler
 from cartag.net.fetch import Fetcher
 from cartag.net.outcomes import FetchRequest
-from cartag.ops.logs import make_handler
 from cartag.redaction import has_password, redact_text, redact_url, strip_password
 from cartag.settings import Settings
 from tests.support.http_server import ImageServer

@@ -53,8 +53,8 @@ def serve(
     import uvicorn
 
     from cartag.api.app import create_app
-    from cartag.ops.logs import configure_logging
-    from cartag.ops.memory import limit_malloc_arenas
+    from cartag.logs import configure_logging
+    from cartag.memory import limit_malloc_arenas
     from cartag.store.health import check_store
 
     settings = load_settings()
@@ -144,7 +144,7 @@ def evaluate_command(
     """Measure the model on labelled images: metrics, confusion matrices, HTML report."""
     from cartag.models.classifier import load_classifier
     from cartag.training.evaluate import evaluate, labels_from_csv, labels_from_folders
-    from cartag.training.report import write_report
+    from cartag.web.report import write_report
 
     if (labels is None) == (not folders):
         err.print("[red]error:[/red] give exactly one of --labels CSV or --folders")

@@ -19,12 +19,12 @@ from cartag.deploy.hotswap import ModelWatcher, startup_model
 from cartag.models.classifier import Classifier
 from cartag.models.color_providers import ColorProvider, build_color_provider
 from cartag.net.fetch import Fetcher
-from cartag.ops.metrics import PrometheusTelemetry
 from cartag.pipeline.classify import ClassifyService
 from cartag.settings import Settings
 from cartag.store.cache import LookupCache, build_lookup_cache
 from cartag.store.db import Database, upgrade
 from cartag.telemetry import Telemetry
+from cartag.telemetry.prometheus import PrometheusTelemetry
 
 
 def open_database(settings: Settings, db: Database | None = None) -> Database:

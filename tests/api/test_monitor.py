@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 from cartag.clock import FakeClock
 from cartag.store.db import Database
 from tests.api.conftest import AppFactory, make_headers
-from tests.ops.seed import TODAY, seed_monitoring
 from tests.support.browser import form_csrf, log_in
+from tests.support.monitoring import TODAY, seed_monitoring
 
 pytestmark = pytest.mark.slow
 

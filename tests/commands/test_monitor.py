@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cartag.cli import app
 from cartag.store.db import Database, upgrade
-from tests.ops.seed import TODAY, seed_monitoring
+from tests.support.monitoring import TODAY, seed_monitoring
 
 
 @pytest.fixture

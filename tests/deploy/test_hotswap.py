@@ -21,8 +21,8 @@ from cartag.models.classifier import (
     make_prediction,
     read_config,
 )
-from cartag.ops.metrics import PrometheusTelemetry
 from cartag.store import model_versions as repo
+from cartag.telemetry.prometheus import PrometheusTelemetry
 from tests.support.registry import Scene, damage, register_and_promote, rollback, serving
 
 BUNDLED_VERSION = str(read_config(BUNDLED_DIR)["version"])

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from cartag.errors import ModelError
+from cartag.imaging.placeholders import FAMILIES, generate_placeholders
 from cartag.models.backbone import Backbone
 from cartag.models.classifier import (
     BUNDLED_DIR,
@@ -28,7 +29,6 @@ from cartag.models.classifier import (
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID
 from cartag.models.heads import LinearHead, MLPHead
 from cartag.settings import Settings
-from cartag.training.placeholders import FAMILIES, generate_placeholders
 from cartag.training.all_sources import source_holdout
 from cartag.training.sources import VCOR, read_sources
 from cartag.vocab import COLORS, IMAGE_TYPES

@@ -302,7 +302,7 @@ def test_placeholders_are_added_as_generated_items_and_split_like_the_rest(
     assert report.stats["placeholders"] == {"generated": 12, "seed": 3}
     assert len(generated) == 12 and len(items) == 24
     assert {(i.image_type, i.color) for i in generated} == {("Placeholder", None)}
-    assert {i.provenance["generator"] for i in generated} == {"cartag.training.placeholders"}
+    assert {i.provenance["generator"] for i in generated} == {"cartag.imaging.placeholders"}
     assert {i.provenance["seed"] for i in generated} == {3}
     assert sorted(i.provenance["index"] for i in generated) == list(range(12))
     # Flat cards can be near-duplicates of each other; the filter says so, never silently.

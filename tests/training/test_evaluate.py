@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -25,8 +24,8 @@ from cartag.training.evaluate import (
     labels_from_folders,
     score,
 )
-from cartag.training.report import confusion_png, render_report, write_report
 from cartag.vocab import COLORS, IMAGE_TYPES
+from cartag.web.report import render_report, write_report
 from tests.support.images import jpeg_bytes, real_photos
 
 
@@ -245,20 +244,6 @@ def test_nothing_to_evaluate_is_an_input_error() -> None:
 def _png(uri: str) -> Image.Image:
     assert uri.startswith("data:image/png;base64,")
     return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
-
-
-def test_confusion_png_is_a_row_normalised_heatmap() -> None:
-    dark = (8, 48, 107)
-
-    def dark_pixels(matrix: list[list[int]]) -> int:
-        image = Image.open(io.BytesIO(confusion_png(["Red", "Blue"], matrix))).convert("RGB")
-        return int((np.asarray(image) == dark).all(axis=-1).sum())
-
-    balanced = dark_pixels([[1000, 0], [0, 1000]])
-    # Row-normalised: a one-image row that is all right is as dark as a 1000-image one.
-    assert balanced > 0
-    assert abs(dark_pixels([[1, 0], [0, 1000]]) - balanced) < 0.1 * balanced
-    assert dark_pixels([[1, 1], [1, 1]]) == 0
 
 
 def test_report_embeds_the_confusion_matrix_and_mistake_thumbnails(tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ from cartag.models import classifier as classifier_module
 from cartag.models.classifier import Classifier, Prediction, make_prediction
 from cartag.training.by_source import NO_SOURCE, by_source, reports_by_source, source_tables
 from cartag.training.evaluate import GroundTruth, LabelledImage, evaluate, labels_from_csv
-from cartag.training.report import render_report
 from cartag.vocab import COLORS, IMAGE_TYPES
+from cartag.web.report import render_report
 from tests.support.images import jpeg_bytes
 
 RED, BLUE = (200, 30, 30), (30, 30, 200)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from cartag.imaging.placeholders import FAMILIES, make_placeholder
 from cartag.training.dataset import image_key
-from cartag.training.placeholders import FAMILIES, make_placeholder
 from cartag.training.placeholders_eval import (
     EVAL_FAMILIES,
     EVAL_SIZES,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cartag.imaging.placeholders import FAMILIES
 from cartag.training import cleaning
-from cartag.training.placeholders import FAMILIES
 from cartag.training.type_head import CV_FOLDS, grouped_folds, train_type_head
 from cartag.vocab import IMAGE_TYPES
 

@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from cartag import __version__
 from cartag.api.errors import index_route_methods, install_error_handlers
 from cartag.api.limits import BodyLimit, BodyLimitMiddleware
+from cartag.api.middleware import RequestContextMiddleware
 from cartag.api.routes import classify, conflicts, health, images, jobs
 from cartag.api.routes import metrics as metrics_routes
 from cartag.api.routes import models as models_routes
@@ -33,8 +34,6 @@ from cartag.models.color_providers import (
     check_color_settings,
 )
 from cartag.net.fetch import Fetcher
-from cartag.ops.metrics import PrometheusTelemetry
-from cartag.ops.middleware import RequestContextMiddleware
 from cartag.runtime import new_telemetry, open_database, start_runtime
 from cartag.settings import Settings
 from cartag.store.blobs import BlobStore, LocalBlobStore
@@ -42,6 +41,7 @@ from cartag.store.cache import LookupCache
 from cartag.store.db import Database
 from cartag.store.health import StorageHealth
 from cartag.telemetry import Telemetry
+from cartag.telemetry.prometheus import PrometheusTelemetry
 from cartag.web import STATIC_DIR
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ class AppState:
     clock: Clock
     service: ClassifyService
     jobs: JobDispatcher
-    # Metrics (cartag.ops.metrics.PrometheusTelemetry in a served app).
+    # Metrics (cartag.telemetry.prometheus.PrometheusTelemetry in a served app).
     telemetry: Telemetry = field(default_factory=Telemetry)
     # Follows the registry's production alias and hot-swaps the model (None: not started).
     watcher: ModelWatcher | None = None

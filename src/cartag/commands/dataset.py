@@ -315,7 +315,7 @@ def _print_stats(stats: dict[str, Any], *, top: int) -> None:
     if generated:
         out.print(
             f"generated {generated['generated']} placeholder cards (seed {generated['seed']}, "
-            "cartag.training.placeholders)"
+            "cartag.imaging.placeholders)"
         )
     if "added" in stats:
         crop = stats.get("crop", {})

@@ -69,7 +69,7 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Answer mix and manual-fix rate per model version, day and advertiser; flags jumps."""
-    from cartag.ops.monitor import report_since
+    from cartag.deploy.monitor import report_since
     from cartag.store.db import Database, upgrade
 
     settings = load_settings()

@@ -6,7 +6,7 @@
 Training runs in this process, at a lower priority and on a share of the cores
 (``CARTAG_TRAINING_NICE``, ``CARTAG_TRAINING_CPU_SHARE``), so a server on the same
 machine keeps its throughput. The work lives in :mod:`cartag.training.sweep` and
-:mod:`cartag.training.leaderboard`.
+:mod:`cartag.training.leaderboard` (the HTML report: :mod:`cartag.web.leaderboard`).
 """
 
 from __future__ import annotations
@@ -107,9 +107,10 @@ def _check_frozen(db: Database, ref: str) -> None:
 
 def _run(db: Database, settings: Settings, ref: str, config: SweepConfig, threads: int) -> None:
     from cartag.clock import SystemClock
-    from cartag.training.leaderboard import load_leaderboard, rich_table, write_leaderboard
+    from cartag.training.leaderboard import load_leaderboard, rich_table
     from cartag.training.sweep import SweepCallbacks, run_sweep
     from cartag.training.sweep_config import describe
+    from cartag.web.leaderboard import write_leaderboard
 
     clock = SystemClock()
     started = time.monotonic()
@@ -169,7 +170,8 @@ def leaderboard(
 ) -> None:
     """Re-render the leaderboard table and HTML report of a sweep."""
     from cartag.clock import SystemClock
-    from cartag.training.leaderboard import load_leaderboard, rich_table, write_leaderboard
+    from cartag.training.leaderboard import load_leaderboard, rich_table
+    from cartag.web.leaderboard import write_leaderboard
 
     settings = load_settings()
     try:

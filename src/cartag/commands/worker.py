@@ -53,7 +53,7 @@ def run_worker(settings: Settings, *, loglevel: str = "info", hostname: str | No
     from cartag.jobs.celery_app import make_celery
     from cartag.jobs.tasks import register_tasks
     from cartag.jobs.worker import WorkerContext
-    from cartag.ops.memory import limit_malloc_arenas
+    from cartag.memory import limit_malloc_arenas
 
     limit_malloc_arenas(settings.malloc_arenas)  # before the model's threads start
     try:

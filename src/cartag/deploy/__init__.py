@@ -6,7 +6,9 @@
 - :mod:`cartag.deploy.promote`: promotion, rollback, a sweep's candidate.
 - :mod:`cartag.deploy.followup`: what follows a promotion (whose images to re-classify).
 - :mod:`cartag.deploy.hotswap`: the model a server starts with, and the swap to a promoted one.
+- :mod:`cartag.deploy.monitor`: watching the deployed models (answer mix, fix rates, jumps).
 
-The SQL lives in :mod:`cartag.store.model_versions`; running the re-classification is
-:mod:`cartag.jobs.reclassify` (above this package: callers start it).
+The SQL lives in :mod:`cartag.store.model_versions` and :mod:`cartag.store.monitoring`;
+running the re-classification is :mod:`cartag.jobs.reclassify` (above this package:
+callers start it).
 """

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cartag.errors import ModelError
+from cartag.imaging.placeholders import make_placeholder
 from cartag.models.classifier import Classifier, EmbeddingClassifier, settings_plan
 from cartag.settings import Settings
 from cartag.store.model_versions import REGISTERED
@@ -54,10 +55,6 @@ def files_digest(folder: Path) -> str:
 
 def smoke_images() -> list[Image.Image]:
     """Two generated images every model must answer: a photo-like scene and a placeholder card."""
-    # Lazy: training sits beside deploy, not below it. The placeholder drawing is due to
-    # move to imaging/ (issue 15, item 2); this import then goes to module level.
-    from cartag.training.placeholders import make_placeholder
-
     rng = np.random.default_rng(7)
     height, width = 240, 320
     rows = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]

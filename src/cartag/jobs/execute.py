@@ -28,8 +28,8 @@ from pydantic import SecretStr
 from cartag.clock import Clock
 from cartag.errors import FetchError
 from cartag.jobs import callbacks
+from cartag.logs import request_id_scope
 from cartag.net.fetch import Fetcher
-from cartag.ops.logs import request_id_scope
 from cartag.pipeline.classify import ClassifyService, ClassifyStats
 from cartag.pipeline.results import ImageRequest
 from cartag.redaction import redact_url, strip_password

@@ -1,8 +1,8 @@
 """SQL of the monitoring figures: the ``classify_daily`` rollup and fixes per day.
 
 The rollup counts answers per UTC day, advertiser, model version, status, type, color
-and source; :mod:`cartag.ops.daily` counts them in memory and adds them here
-(:func:`record_counts`), :mod:`cartag.ops.monitor` reads them back with the fixes made
+and source; :mod:`cartag.pipeline.rollups` counts them in memory and adds them here
+(:func:`record_counts`), :mod:`cartag.deploy.monitor` reads them back with the fixes made
 in the same days.
 """
 

@@ -33,6 +33,7 @@ from PIL import Image
 
 from cartag.clock import Clock, SystemClock
 from cartag.imaging.keys import phash
+from cartag.imaging.placeholders import FAMILIES, generate_placeholders
 from cartag.models.backbone import PREPROCESS_ID, Backbone
 from cartag.models.classifier import (
     CONFIG_NAME,
@@ -57,7 +58,6 @@ from cartag.training.dataset import (
 )
 from cartag.training.fit import fit_linear_head, select_l2
 from cartag.training.metrics import classification_report
-from cartag.training.placeholders import FAMILIES, generate_placeholders
 from cartag.training.recolor import RECOLORED_PER_COLOR
 from cartag.training.relabels import RELABELS_PATH, change_counts, read_relabels
 from cartag.training.sources import FOLDERS, TYPE_TRAIN, read_sources
@@ -91,7 +91,7 @@ TYPE_NOTE_ALL = (
     "cartag/training/type_labels.csv, vcor photos Dealer unless reviewed (cut-outs on white: "
     "Stock; relabels.csv), type-train's own labels (looked at, against LABELS.md). "
     "Placeholder examples are type-train's real placeholders and logos plus synthetic ones "
-    "(cartag.training.placeholders); placeholder recall is also measured on independent "
+    "(cartag.imaging.placeholders); placeholder recall is also measured on independent "
     "designs (cartag.training.placeholders_eval) that are never trained on."
 )
 TYPE_NOTE = (
@@ -105,7 +105,7 @@ TYPE_NOTE = (
     "also toys, scale models, ride-ons and cartoons, which the data README lists among the "
     "weak rule's errors on white (303 such images were moved from Stock to Dealer on "
     "2026-12-02 after a review of every Stock-labelled image). Placeholder examples are "
-    "synthetic (cartag.training.placeholders); placeholder recall is measured on independent "
+    "synthetic (cartag.imaging.placeholders); placeholder recall is measured on independent "
     "designs (cartag.training.placeholders_eval) that are never trained on."
 )
 
@@ -454,7 +454,7 @@ def train_bundled(
             "data_sha256": corpus.data_hash,
             "n_real": int(sum(1 for f in corpus.family if not f)),
             "placeholders": {
-                "generator": "cartag.training.placeholders",
+                "generator": "cartag.imaging.placeholders",
                 "n": n_placeholders,
                 "seed": seed,
                 "families": list(FAMILIES),

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Literal
 
 from cartag.errors import InputError
+from cartag.imaging.placeholders import generate_placeholders
 from cartag.training.filters import Candidate
-from cartag.training.placeholders import generate_placeholders
 from cartag.vocab import normalize_color, normalize_image_type
 
 LAST_RETRAIN = "last-retrain"
-PLACEHOLDER_GENERATOR = "cartag.training.placeholders"
+PLACEHOLDER_GENERATOR = "cartag.imaging.placeholders"
 # Listing sites serve their "photo coming soon" cards as JPEGs too.
 _PLACEHOLDER_QUALITY = 90
 

@@ -55,13 +55,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cartag.imaging.placeholders import generate_placeholders
 from cartag.models.backbone import Backbone
 from cartag.models.networks import PooledFeatures
 from cartag.models.variants import weights_file_id
 from cartag.models.weights_delta import encode_delta
 from cartag.training.dataset import SPLIT_RULE, data_hash, holdout_mask, read_labels
 from cartag.training.fit import balanced_accuracy
-from cartag.training.placeholders import generate_placeholders
 from cartag.training.restage import backdrop_mask, restage, restageable
 from cartag.training.type_head import read_type_labels
 from cartag.vocab import COLORS, IMAGE_TYPES

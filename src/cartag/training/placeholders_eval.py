@@ -1,4 +1,4 @@
-"""Evaluation-only Placeholder designs, written apart from :mod:`cartag.training.placeholders`.
+"""Evaluation-only Placeholder designs, written apart from :mod:`cartag.imaging.placeholders`.
 
 The type head is trained on the synthetic generator's families; scoring it on
 the same generator says little about placeholder designs seen in the wild.

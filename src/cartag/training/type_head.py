@@ -4,7 +4,7 @@ Labels for real photos come from ``type_labels.csv`` (next to this module):
 the vcr-train weak rule, corrected and completed by review with the tools of
 :mod:`cartag.training.cleaning` (columns ``path,weak_type,type,source,note``;
 ``source`` is ``weak_rule``, ``reviewed`` or ``model_confident``). Placeholder
-examples are the synthetic ones of :mod:`cartag.training.placeholders`.
+examples are the synthetic ones of :mod:`cartag.imaging.placeholders`.
 
 Only the training split is used for fitting, choosing ``l2`` and fitting the
 temperature; the held-out split (rule in :mod:`cartag.training.dataset`) and

@@ -10,10 +10,10 @@ from fastapi import APIRouter, Request, Response
 
 from cartag.api.deps import StateDep
 from cartag.errors import AuthError, NotFoundError
-from cartag.ops.metrics import PrometheusTelemetry
 from cartag.store import apikeys
 from cartag.store import jobs as job_repo
 from cartag.store.db import Database
+from cartag.telemetry.prometheus import PrometheusTelemetry
 
 router = APIRouter(tags=["operations"])
 
@@ -41,7 +41,7 @@ def _check_key(request: Request, state: StateDep) -> None:
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request, state: StateDep) -> Response:
-    """Prometheus metrics of this process (see cartag.ops.metrics for the list)."""
+    """Prometheus metrics of this process (see cartag.telemetry.prometheus for the list)."""
     if state.settings.metrics_require_key:
         _check_key(request, state)
     telemetry = state.telemetry

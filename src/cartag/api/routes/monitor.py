@@ -19,10 +19,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from cartag.api import browser
 from cartag.api.deps import BrowserPrincipalDep, StateDep
 from cartag.api.schemas.common import ERROR_SCHEMA_REF, error_responses
+from cartag.deploy.monitor import report_since
 from cartag.errors import PermissionDeniedError
-from cartag.ops.monitor import report_since
-from cartag.ops.page import render_login, render_monitor
 from cartag.store import apikeys
+from cartag.web.monitor_page import render_login, render_monitor
 
 router = APIRouter(tags=["operations"])
 

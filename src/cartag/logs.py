@@ -1,7 +1,7 @@
 """Structured logs: one JSON object per line, carrying the id of the request being served.
 
 The request id lives in a context variable set by the HTTP middleware
-(:mod:`cartag.ops.middleware`); asyncio tasks and ``asyncio.to_thread`` inherit it, so
+(:mod:`cartag.api.middleware`); asyncio tasks and ``asyncio.to_thread`` inherit it, so
 the pipeline's log lines carry the id of the request they work for without passing it.
 
 ``CARTAG_LOG_FORMAT=json`` (default of ``cartag serve``) or ``text``.

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from cartag.ops import svg
+from cartag.web import svg
 
 NS = "{http://www.w3.org/2000/svg}"
 

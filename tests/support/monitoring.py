@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from cartag.ops.daily import rollup
 from cartag.pipeline.results import ClassifyResult
+from cartag.pipeline.rollups import rollup
 from cartag.store.db import Database
 from cartag.store.monitoring import record_counts
 from cartag.store.tables import FixAuditRow

@@ -1,4 +1,4 @@
-"""The synthetic placeholder generator and the split/caching helpers."""
+"""The dataset helpers: the stratified stable holdout and the embedding cache."""
 
 from __future__ import annotations
 
@@ -8,23 +8,6 @@ import numpy as np
 from PIL import Image
 
 from cartag.training.dataset import EmbeddingCache, holdout_mask, image_key
-from cartag.training.placeholders import FAMILIES, generate_placeholders, make_placeholder
-
-
-def test_placeholders_are_deterministic_and_varied() -> None:
-    first = generate_placeholders(len(FAMILIES), seed=3)
-    again = generate_placeholders(len(FAMILIES), seed=3)
-    assert [p.family for p in first] == list(FAMILIES)
-    assert [image_key(p.image) for p in first] == [image_key(p.image) for p in again]
-    other = generate_placeholders(len(FAMILIES), seed=4)
-    assert {image_key(p.image) for p in first}.isdisjoint(image_key(p.image) for p in other)
-    for placeholder in first:
-        assert placeholder.image.mode == "RGB"
-        assert min(placeholder.image.size) >= 200
-
-
-def test_image_depends_only_on_seed_and_index() -> None:
-    assert image_key(make_placeholder(0, 9).image) == image_key(generate_placeholders(10)[9].image)
 
 
 def test_holdout_is_stratified_and_stable() -> None:

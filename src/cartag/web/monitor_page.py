@@ -1,6 +1,6 @@
-"""Render a :class:`~cartag.ops.monitor.MonitorReport` as the ``/monitor`` HTML page.
+"""Render a :class:`~cartag.deploy.monitor.MonitorReport` as the ``/monitor`` HTML page.
 
-Server-rendered: the charts are inline SVG from :mod:`cartag.ops.svg`, no scripts.
+Server-rendered: the charts are inline SVG from :mod:`cartag.web.svg`, no scripts.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Final
 import jinja2
 from markupsafe import Markup
 
-from cartag.ops import svg
-from cartag.ops.monitor import NO_COLOR, AdvertiserStats, MonitorReport, Rate
+from cartag.deploy.monitor import NO_COLOR, AdvertiserStats, MonitorReport, Rate
 from cartag.vocab import COLORS, IMAGE_TYPES
 from cartag.web import environment as web_environment
+from cartag.web import svg
 
 TYPE_COLORS: Final[dict[str, str]] = {
     "Dealer": "#0d6efd",

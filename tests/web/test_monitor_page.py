@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from cartag.ops.monitor import Thresholds, build_report
-from cartag.ops.page import render_login, render_monitor
+from cartag.deploy.monitor import Thresholds, build_report
 from cartag.store.db import Database
-from tests.ops.seed import TODAY, seed_monitoring
+from cartag.web.monitor_page import render_login, render_monitor
+from tests.support.monitoring import TODAY, seed_monitoring
 
 GENERATED = dt.datetime(2026, 11, 26, 16, 0, tzinfo=dt.UTC)
 

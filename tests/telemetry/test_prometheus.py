@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from cartag.ops.metrics import OTHER, PrometheusTelemetry, TopLabels
 from cartag.pipeline.results import ClassifyResult, skipped
 from cartag.telemetry import Telemetry, host_of
+from cartag.telemetry.prometheus import OTHER, PrometheusTelemetry, TopLabels
 
 
 def _samples(

@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cartag.ops.logs import accept_request_id, request_id_var
+from cartag.logs import accept_request_id, request_id_var
 from cartag.telemetry import Telemetry
 
 log = logging.getLogger("cartag.access")

@@ -1,9 +1,10 @@
 """The telemetry boundary: what the pipeline, the models and the API report as they work.
 
 Code that does the work calls a :class:`Telemetry`; the base class does nothing, so
-tests, the CLI and benchmarks can ignore it. :class:`cartag.ops.metrics.PrometheusTelemetry`
-turns the calls into Prometheus metrics. Nothing here imports prometheus_client: the
-pipeline stays free of any metrics library.
+tests, the CLI and benchmarks can ignore it.
+:class:`cartag.telemetry.prometheus.PrometheusTelemetry` turns the calls into Prometheus
+metrics. Nothing in this module imports prometheus_client: the pipeline stays free of any
+metrics library.
 
 Every method must be cheap and must never raise into the caller (implementations swallow
 their own errors: a metrics bug must not fail a classify). Methods may be called from any

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cartag.ops.memory import limit_malloc_arenas
+from cartag.memory import limit_malloc_arenas
 
 
 def test_zero_leaves_the_default() -> None:
@@ -21,6 +21,6 @@ def test_zero_leaves_the_default() -> None:
 )
 def test_cap_is_applied_in_a_fresh_process() -> None:
     # A child process: the cap lasts for the life of the process that sets it.
-    code = "from cartag.ops.memory import limit_malloc_arenas; print(limit_malloc_arenas(2))"
+    code = "from cartag.memory import limit_malloc_arenas; print(limit_malloc_arenas(2))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
