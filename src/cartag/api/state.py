@@ -8,7 +8,7 @@ from typing import Any
 
 from cartag.clock import Clock
 from cartag.deploy.hotswap import ModelWatcher
-from cartag.jobs.dispatch import JobDispatcher
+from cartag.jobs.base import JobDispatcher
 from cartag.pipeline.classify import ClassifyService
 from cartag.settings import Settings
 from cartag.store.db import Database

@@ -1,4 +1,4 @@
-"""Where submitted jobs run: the :class:`JobDispatcher` boundary and its Celery side.
+"""Where submitted jobs run: the Celery dispatcher, and the choice between it and the runner.
 
 ``CARTAG_BROKER_URL`` unset (the default): :class:`~cartag.jobs.runner.JobRunner`
 runs jobs inside the API process. Set: :class:`CeleryDispatcher` stores the job and
@@ -9,69 +9,23 @@ them against the same PostgreSQL database. Celery is imported only in that case.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import make_url
 
 from cartag.clock import Clock
 from cartag.errors import ConfigError
+from cartag.jobs.base import JobDispatcher
 from cartag.jobs.execute import chunk_bounds
+from cartag.jobs.runner import JobRunner
 from cartag.settings import Settings
 from cartag.store import jobs as job_repo
 from cartag.store.db import Database
-from cartag.store.tables import JobRow
 
 if TYPE_CHECKING:
     from cartag.pipeline.classify import ClassifyService
 
 log = logging.getLogger(__name__)
-
-
-class JobDispatcher:
-    """Takes submitted jobs; runs them itself or hands them to workers.
-
-    Args:
-        db: The store the job and its items are written to.
-        clock: Time source.
-    """
-
-    def __init__(self, db: Database, clock: Clock) -> None:
-        self.db = db
-        self.clock = clock
-
-    def submit(
-        self,
-        advertiser_id: str,
-        items: Sequence[tuple[str, str | None]],
-        callback_url: str | None,
-        *,
-        owner_key_id: int | None = None,
-    ) -> JobRow:
-        """Store a job of ``(url, scrape_color)`` items and get it going; returns at once.
-
-        ``owner_key_id`` is the submitting API key: the one that may read the job.
-        """
-        with self.db.write() as session:
-            job = job_repo.create_job(
-                session,
-                advertiser_id=advertiser_id,
-                items=items,
-                callback_url=callback_url,
-                now=self.clock.now(),
-                owner_key_id=owner_key_id,
-            )
-        self._dispatch(job.id, job.total)
-        return job
-
-    def _dispatch(self, job_id: str, total: int) -> None:
-        raise NotImplementedError
-
-    def start(self) -> None:
-        """Pick up jobs a previous process left unfinished."""
-
-    async def stop(self) -> None:
-        """Stop whatever :meth:`start` started."""
 
 
 class ChunkSender:
@@ -164,8 +118,6 @@ def build_dispatcher(
             (an injected ``sender`` skips the check: tests drive chunks themselves).
     """
     if not settings.broker_url and sender is None:
-        from cartag.jobs.runner import JobRunner
-
         return JobRunner(
             db,
             service,

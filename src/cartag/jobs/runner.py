@@ -18,7 +18,7 @@ import logging
 
 from cartag.clock import Clock
 from cartag.jobs import execute
-from cartag.jobs.dispatch import JobDispatcher
+from cartag.jobs.base import JobDispatcher
 from cartag.pipeline.classify import ClassifyService
 from cartag.store import jobs as job_repo
 from cartag.store.db import Database
