@@ -170,7 +170,7 @@ def promote(
     from cartag.clock import SystemClock
     from cartag.deploy import followup
     from cartag.deploy import promote as promotion
-    from cartag.deploy.gates import PromotionGatedError
+    from cartag.gates import PromotionGatedError
 
     settings = load_settings()
     try:
