@@ -1,6 +1,6 @@
 """Two bundled models on each source's held-out split of the all-sources build.
 
-The held-out rows are those of ``python -m cartag.training.bundled.build --sources ...``
+The held-out rows are those of ``cartag models build-bundled --sources ...``
 (:mod:`cartag.training.datasets.all_sources`): vcr's are the shipped model's held-out photos
 (neither model trained on them); vcor's and type-train's were never seen by the
 all-sources build, and the shipped model saw no vcor or type-train image at all.

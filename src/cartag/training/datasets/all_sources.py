@@ -1,6 +1,6 @@
 """The bundled build on every shared source: which rows are held out, and what was used.
 
-``python -m cartag.training.bundled.build --data <root> --sources vcr,vcor,type-train``
+``cartag models build-bundled --data <root> --sources vcr,vcor,type-train``
 trains on the table of :func:`cartag.training.datasets.sources.read_sources` (reviewed
 labels) plus the generated placeholders. The held-out split is fixed per source:
 
