@@ -60,19 +60,21 @@ def test_build_bundled_refuses_bad_options(tmp_path: Path, extra: list[str], mes
 
 
 @pytest.mark.parametrize(
-    ("extra", "message"),
+    ("args", "message"),
     [
-        ([], "has no labels.csv"),
-        (["--epochs", "0"], "at least 1"),
-        (["--color-weight", "11"], "between 0 and 10"),
-        (["--restage-stock", "2"], "between 0 and 1"),
+        (["--data", "{tmp}"], "has no labels.csv"),
+        (["--data", "{data}", "--epochs", "0"], "--epochs must be at least 1"),
+        (["--data", "{data}", "--color-weight", "-1"], "--color-weight must be between"),
+        (["--data", "{data}", "--color-weight", "11"], "--color-weight must be between"),
+        (["--data", "{data}", "--restage-stock", "1.5"], "--restage-stock must be between"),
     ],
 )
-def test_finetune_refuses_bad_options(tmp_path: Path, extra: list[str], message: str) -> None:
-    if extra:
-        (tmp_path / "labels.csv").write_text("path,color,weak_type\n")
-    code, text = _run(
-        ["finetune", "--data", str(tmp_path), "--out", str(tmp_path / "w.npz")] + extra
-    )
+def test_finetune_refuses_bad_options(tmp_path: Path, args: list[str], message: str) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "labels.csv").write_text("path,color,weak_type,white_border_fraction\n")
+    argv = [a.format(tmp=tmp_path, data=data) for a in args] + ["--out", str(tmp_path / "w.npz")]
+    code, text = _run(["finetune", *argv])
     assert code == 2
     assert "error:" in text and message in text
+    assert not (tmp_path / "w.npz").exists()

@@ -34,7 +34,6 @@ app = typer.Typer(
     help="The model registry: list, register, promote, rollback; build the bundled model.",
     no_args_is_help=True,
 )
-model_build.register(app)
 
 AliasOpt = Annotated[str, typer.Option(help="production or candidate.")]
 ByOpt = Annotated[str | None, typer.Option("--by", help="Who does it (default: your user).")]
@@ -288,3 +287,7 @@ def _reclassify(
         f"{report.downloaded} downloaded, {report.failed} failed, {report.current} already "
         f"current, {report.changed} changed answers (manual fixes still apply)"
     )
+
+
+# The build commands come after the registry's in `cartag models --help`.
+model_build.register(app)

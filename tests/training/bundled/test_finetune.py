@@ -17,7 +17,6 @@ from cartag.training.bundled.finetune import (
     TrainingImages,
     augment,
     finetune,
-    main,
     save_weights,
 )
 from cartag.training.datasets.dataset import SPLIT_RULE
@@ -120,24 +119,3 @@ def test_check_finetune_needs_the_sidecar(tmp_path: Path) -> None:
     weights.write_bytes(b"")
     with pytest.raises(ValueError, match="missing or unreadable"):
         check_finetune(weights, "efficientnet-lite0")
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--data", "{tmp}"], "has no labels.csv"),
-        (["--data", "{data}", "--epochs", "0"], "--epochs must be at least 1"),
-        (["--data", "{data}", "--color-weight", "-1"], "--color-weight must be between"),
-        (["--data", "{data}", "--restage-stock", "1.5"], "--restage-stock must be between"),
-    ],
-)
-def test_cli_refuses_bad_arguments(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
-) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "labels.csv").write_text("path,color,weak_type,white_border_fraction\n")
-    argv = [a.format(tmp=tmp_path, data=data) for a in args] + ["--out", str(tmp_path / "w.npz")]
-    with pytest.raises(SystemExit, match=message):
-        main(argv)
-    assert not (tmp_path / "w.npz").exists()
