@@ -1,7 +1,7 @@
 """Two bundled models on each source's held-out split of the all-sources build.
 
-The held-out rows are those of ``python -m cartag.training.bundled --sources ...``
-(:mod:`cartag.training.all_sources`): vcr's are the shipped model's held-out photos
+The held-out rows are those of ``cartag models build-bundled --sources ...``
+(:mod:`cartag.training.datasets.all_sources`): vcr's are the shipped model's held-out photos
 (neither model trained on them); vcor's and type-train's were never seen by the
 all-sources build, and the shipped model saw no vcor or type-train image at all.
 Both models must share a backbone (the heads are compared on the same embeddings).
@@ -9,7 +9,7 @@ Both models must share a backbone (the heads are compared on the same embeddings
 Per source: type per-class recall and macro recall, Placeholder precision (every
 real image called Placeholder that is not a labelled one is a false positive),
 color top-1 and per-class recall; placeholder recall on the independent designs of
-:mod:`cartag.training.placeholders_eval`; time per image of each model's heads.
+:mod:`cartag.training.datasets.placeholders_eval`; time per image of each model's heads.
 
 Usage::
 
@@ -34,12 +34,12 @@ from cartag.imaging.keys import phash
 from cartag.models.backbone import PREPROCESS_ID
 from cartag.models.classifier import BUNDLED_DIR, EmbeddingClassifier
 from cartag.models.color_features import FEATURE_ID, SIZE, color_features_batch
-from cartag.training import all_sources
-from cartag.training.color import file_loader
-from cartag.training.dataset import EmbeddingCache
-from cartag.training.metrics import classification_report
-from cartag.training.placeholders_eval import generate_eval_placeholders
-from cartag.training.sources import read_sources
+from cartag.training.datasets import all_sources
+from cartag.training.datasets.dataset import file_loader
+from cartag.training.datasets.embedding_cache import EmbeddingCache
+from cartag.training.datasets.placeholders_eval import generate_eval_placeholders
+from cartag.training.datasets.sources import read_sources
+from cartag.training.fitting.metrics import classification_report
 from cartag.vocab import COLORS, IMAGE_TYPES
 
 PLACEHOLDER = IMAGE_TYPES.index("Placeholder")
@@ -172,9 +172,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = [rows[i] for i in idx]
     files = [files[i] for i in idx]
     content = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
-    cache = EmbeddingCache(args.cache_dir, backbone.backbone_id, PREPROCESS_ID)
+    cache = EmbeddingCache.in_folder(args.cache_dir, backbone.backbone_id, PREPROCESS_ID)
     emb = cache.get_or_compute(content, file_loader(files), backbone.embed_images)
-    features = EmbeddingCache(args.cache_dir, FEATURE_ID, f"to-rgb-bilinear-{SIZE}")
+    features = EmbeddingCache.in_folder(args.cache_dir, FEATURE_ID, f"to-rgb-bilinear-{SIZE}")
     feats = features.get_or_compute(content, file_loader(files), color_features_batch)
     color_in = np.concatenate([emb, feats], axis=1)
     y_type = np.asarray([IMAGE_TYPES.index(r.image_type) if r.image_type else -1 for r in rows])

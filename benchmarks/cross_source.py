@@ -1,9 +1,9 @@
 """Cross-source evaluation of the bundled recipe on the shipped backbone's frozen embeddings.
 
-Heads are refitted with the bundled recipe (:mod:`cartag.training.bundled`: type =
+Heads are refitted with the bundled recipe (:mod:`cartag.training.bundled.build`: type =
 balanced linear head + generated placeholders; color = linear + color-feature MLPs,
 recolored photos for target colors the training rows lack) and scored on sources
-they never saw (protocol: :mod:`cartag.training.cross_source`):
+they never saw (protocol: :mod:`cartag.training.evaluation.cross_source`):
 
 - color: fit vcr -> test vcor; fit vcor -> test vcr (its held-out 20%: the shipped
   backbone was fine-tuned on the rest); fit both on a random 80% -> test the 20% of each;
@@ -15,13 +15,13 @@ they never saw (protocol: :mod:`cartag.training.cross_source`):
 Hyper-parameters are the shipped heads' (chosen by CV on vcr's training split);
 ``--select`` chooses them again by CV inside each training set (several times slower).
 Embeddings and color features are cached under ``--cache-dir`` (keyed by file hash,
-shared with ``cartag.training.bundled``), so only the first run embeds the ~7.7k images.
+shared with ``cartag.training.bundled.build``), so only the first run embeds the ~7.7k images.
 
 Usage::
 
     .venv/bin/python -m benchmarks.cross_source --data ../shared/data \\
         [--cache-dir cartag-data/cache] [--json cartag-data/cross_source.json] [--select] \\
-        [--type-labels src/cartag/training/type_labels.csv]
+        [--type-labels src/cartag/training/datasets/type_labels.csv]
 """
 
 from __future__ import annotations
@@ -45,18 +45,11 @@ from cartag.imaging.placeholders import generate_placeholders
 from cartag.models.backbone import PREPROCESS_ID, Backbone
 from cartag.models.classifier import BUNDLED_DIR, EmbeddingClassifier
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID, SIZE, color_features_batch
-from cartag.training import all_sources
-from cartag.training import cross_source as cs
-from cartag.training.card import render_card
-from cartag.training.card_sources import CROSS_SOURCE_NAME
-from cartag.training.color import fit_color_head, select_color_head
-from cartag.training.dataset import EmbeddingCache, holdout_mask, image_key, split_key
-from cartag.training.fit import fit_linear_head, select_l2
-from cartag.training.metrics import classification_report
-from cartag.training.placeholder_offset import apply_offset
-from cartag.training.recolor import RECOLORED_PER_COLOR, missing_targets, synthesize
-from cartag.training.relabels import RELABELS_PATH
-from cartag.training.sources import (
+from cartag.training.datasets import all_sources
+from cartag.training.datasets.dataset import holdout_mask, image_key, split_key
+from cartag.training.datasets.embedding_cache import EmbeddingCache
+from cartag.training.datasets.relabels import RELABELS_PATH
+from cartag.training.datasets.sources import (
     TYPE_TRAIN,
     VCOR,
     VCR,
@@ -64,8 +57,16 @@ from cartag.training.sources import (
     leave_group_out_folds,
     read_sources,
 )
-from cartag.training.type_head import L2_GRID as TYPE_L2_GRID
-from cartag.training.type_head import TYPE_LABELS_PATH
+from cartag.training.datasets.type_labels import TYPE_LABELS_PATH
+from cartag.training.evaluation import cross_source as cs
+from cartag.training.evaluation.card import render_card
+from cartag.training.evaluation.card_sources import CROSS_SOURCE_NAME
+from cartag.training.fitting.fit import fit_linear_head, select_l2
+from cartag.training.fitting.metrics import classification_report
+from cartag.training.heads.color import fit_color_head, select_color_head
+from cartag.training.heads.placeholder_offset import apply_offset
+from cartag.training.heads.recolor import RECOLORED_PER_COLOR, missing_targets, synthesize
+from cartag.training.heads.type_head import L2_GRID as TYPE_L2_GRID
 from cartag.vocab import COLORS, IMAGE_TYPES
 
 # Repositories sharing an image within this pHash distance share a fold. Tighter
@@ -80,7 +81,7 @@ class Inputs:
     """Everything embedded once.
 
     Attributes:
-        rows: The labelled table (:func:`cartag.training.sources.read_sources`).
+        rows: The labelled table (:func:`cartag.training.datasets.sources.read_sources`).
         files: N absolute image files.
         emb: float32 (N, D) shipped-backbone embeddings.
         features: float32 (N, F) color features (zeros where a row has no color label).
@@ -124,17 +125,17 @@ def load_inputs(data_root: Path, cache_dir: Path, type_labels: Path, threads: in
     shipped = EmbeddingClassifier.from_dir(BUNDLED_DIR, threads=threads)
     backbone = shipped.backbone
     keys = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
-    cache = EmbeddingCache(cache_dir, backbone.backbone_id, PREPROCESS_ID)
+    cache = EmbeddingCache.in_folder(cache_dir, backbone.backbone_id, PREPROCESS_ID)
     started = time.monotonic()
     emb = cache.get_or_compute(keys, _opener(files), backbone.embed_images)
     colored = [i for i, r in enumerate(rows) if r.color]
-    feature_cache = EmbeddingCache(cache_dir, FEATURE_ID, f"to-rgb-bilinear-{SIZE}")
+    feature_cache = EmbeddingCache.in_folder(cache_dir, FEATURE_ID, f"to-rgb-bilinear-{SIZE}")
     features = np.zeros((len(rows), FEATURE_DIM), dtype=np.float32)
     colored_files = [files[i] for i in colored]
     features[colored] = feature_cache.get_or_compute(
         [keys[i] for i in colored], _opener(colored_files), color_features_batch
     )
-    made = generate_placeholders(840, seed=0)  # as cartag.training.bundled
+    made = generate_placeholders(840, seed=0)  # as cartag.training.bundled.build
     placeholders = cache.get_or_compute(
         [image_key(p.image) for p in made], lambda i: made[i].image, backbone.embed_images
     )
@@ -167,7 +168,7 @@ class Table:
 
     Attributes:
         keys: N keys (data-root paths; ``placeholder/0/<i>``).
-        sources: N sources (:data:`cartag.training.cross_source.PLACEHOLDER` last).
+        sources: N sources (:data:`cartag.training.evaluation.cross_source.PLACEHOLDER` last).
         emb: float32 (N, D) embeddings.
         color_in: float32 (N, D + F) color-head inputs (embedding, color features).
         y_type: (N,) type index, -1 = none.
@@ -186,7 +187,7 @@ class Table:
 
 def build_table(inputs: Inputs, fold: np.ndarray) -> Table:
     """Stack the real rows and the placeholders; held-out rows by the bundled build's
-    per-source rule (:func:`cartag.training.all_sources.source_holdout`)."""
+    per-source rule (:func:`cartag.training.datasets.all_sources.source_holdout`)."""
     n_ph = len(inputs.placeholders)
     emb = np.concatenate([inputs.emb, inputs.placeholders])
     features = np.concatenate(
@@ -215,7 +216,7 @@ def build_table(inputs: Inputs, fold: np.ndarray) -> Table:
 
 
 def _cv_order(keys: Sequence[str]) -> np.ndarray:
-    # CV folds are taken by position (cartag.training.fit), so shuffle by key hash.
+    # CV folds are taken by position (cartag.training.fitting.fit), so shuffle by key hash.
     return np.argsort([split_key("cv:" + k) for k in keys])
 
 

@@ -55,11 +55,12 @@ from cartag.models.color_features import (
 )
 from cartag.models.variants import backbone_id
 from cartag.models.vehicle_mask import VEHICLE_INDEX, vehicle_cam_from_maps
-from cartag.training import cross_source as cs
-from cartag.training.color import fit_color_head
-from cartag.training.dataset import EmbeddingCache, image_key
-from cartag.training.recolor import RECOLORED_PER_COLOR, missing_targets, synthesize
-from cartag.training.sources import VCOR, VCR, VCR_HELD_OUT, VCR_TRAIN_SPLIT, read_sources
+from cartag.training.datasets.dataset import image_key
+from cartag.training.datasets.embedding_cache import EmbeddingCache
+from cartag.training.datasets.sources import VCOR, VCR, VCR_HELD_OUT, VCR_TRAIN_SPLIT, read_sources
+from cartag.training.evaluation import cross_source as cs
+from cartag.training.heads.color import fit_color_head
+from cartag.training.heads.recolor import RECOLORED_PER_COLOR, missing_targets, synthesize
 from cartag.vocab import COLORS
 
 VARIANT = "efficientnet-lite0"
@@ -410,11 +411,11 @@ def report(results: dict[str, list[dict[str, Any]]]) -> str:
 def evaluate(args: argparse.Namespace, colored: Colored) -> None:
     shipped = EmbeddingClassifier.from_dir(BUNDLED_DIR, threads=args.threads)
     backbone = shipped.backbone
-    emb_cache = EmbeddingCache(args.cache_dir, backbone.backbone_id, PREPROCESS_ID)
+    emb_cache = EmbeddingCache.in_folder(args.cache_dir, backbone.backbone_id, PREPROCESS_ID)
     emb = emb_cache.get_or_compute(colored.keys, _opener(colored.files), backbone.embed_images)
     rgb = load_reduced(colored, args.cache_dir)
     # The cached vehicle-lab-v1 features must be what features_from_rgb_batch gives.
-    base_cache = EmbeddingCache(args.cache_dir, FEATURE_ID, f"to-rgb-bilinear-{SIZE}")
+    base_cache = EmbeddingCache.in_folder(args.cache_dir, FEATURE_ID, f"to-rgb-bilinear-{SIZE}")
     cached = base_cache.get_or_compute(colored.keys[:64], _opener(colored.files), _no_compute)
     drift = float(np.abs(cached - features_from_rgb_batch(rgb[:64])).max())
     variants = args.variants or list(feature_variants())

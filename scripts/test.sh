@@ -8,4 +8,5 @@ bash scripts/setup.sh dev
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/ruff format --check src tests benchmarks
 .venv/bin/mypy
+.venv/bin/lint-imports
 .venv/bin/pytest "$@"

@@ -25,7 +25,7 @@ from cartag.commands.worker import app as worker_app
 from cartag.errors import CartagError, InputError
 
 if TYPE_CHECKING:
-    from cartag.training.evaluate import Evaluation
+    from cartag.training.evaluation.evaluate import Evaluation
 
 app = typer.Typer(
     help="cartag: tag vehicle-listing photos with type and color.", no_args_is_help=True
@@ -81,8 +81,9 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
 ) -> None:
     """Classify image files with the bundled (or CARTAG_MODEL_DIR) model."""
+    from cartag.imaging.files import find_images
     from cartag.models.classifier import load_classifier
-    from cartag.pipeline.files import find_images, predict_files
+    from cartag.models.files import predict_files
 
     settings = load_settings()
     try:
@@ -143,7 +144,7 @@ def evaluate_command(
 ) -> None:
     """Measure the model on labelled images: metrics, confusion matrices, HTML report."""
     from cartag.models.classifier import load_classifier
-    from cartag.training.evaluate import evaluate, labels_from_csv, labels_from_folders
+    from cartag.training.evaluation.evaluate import evaluate, labels_from_csv, labels_from_folders
     from cartag.web.report import write_report
 
     if (labels is None) == (not folders):
@@ -220,7 +221,7 @@ def _print_evaluation(result: Evaluation) -> None:
             matrix.add_row(label, *(str(c) if c else "." for c in counts))
         out.print(matrix)
     if result.by_source:  # the labels CSV has a source column
-        from cartag.training.by_source import source_tables
+        from cartag.training.evaluation.by_source import source_tables
 
         out.print(source_tables(result.by_source))
     skipped = [

@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
-from cartag.deploy.gates import PromotionGatedError
 from cartag.deploy.promote import point_candidate
 from cartag.deploy.registry import record_metrics
 from cartag.errors import ConflictError, ModelUnloadableError, NotFoundError
+from cartag.gates import PromotionGatedError
 from cartag.store import model_versions as repo
 from tests.support.models import type_metrics
 from tests.support.registry import (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cartag.imaging.placeholders import FAMILIES, generate_placeholders, make_placeholder
-from cartag.training.dataset import image_key
+from cartag.training.datasets.dataset import image_key
 
 
 def test_placeholders_are_deterministic_and_varied() -> None:

@@ -29,8 +29,8 @@ from cartag.models.classifier import (
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID
 from cartag.models.heads import LinearHead, MLPHead
 from cartag.settings import Settings
-from cartag.training.all_sources import source_holdout
-from cartag.training.sources import VCOR, read_sources
+from cartag.training.datasets.all_sources import source_holdout
+from cartag.training.datasets.sources import VCOR, read_sources
 from cartag.vocab import COLORS, IMAGE_TYPES
 from tests.support.images import placeholder_png, real_photos
 

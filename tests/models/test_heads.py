@@ -10,8 +10,8 @@ import pytest
 
 from cartag.errors import ModelError
 from cartag.models.heads import HEAD_FORMAT, MLP_HEAD_FORMAT, LinearHead, MLPHead, load_head
-from cartag.training.color import MLPConfig, fit_color_head
-from cartag.training.fit import balanced_accuracy, class_weights, fit_linear_head
+from cartag.training.fitting.fit import balanced_accuracy, class_weights, fit_linear_head
+from cartag.training.heads.color import MLPConfig, fit_color_head
 
 LABELS = ("a", "b", "c", "d")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cartag.deploy.gates import gate_status
+from cartag.gates import gate_status
 from cartag.settings import Settings
-from cartag.training.leaderboard import Entry, Leaderboard
+from cartag.training.sweep.leaderboard import Entry, Leaderboard
 
 REF = "cars@3"
 TEST = f"{REF}:test"

@@ -1,6 +1,6 @@
 """``cartag dataset``: versioned training datasets (import, extend with fixes, freeze, export).
 
-Only translation lives here; the work is in :mod:`cartag.training.dataset_build`
+Only translation lives here; the work is in :mod:`cartag.training.datasets.dataset_build`
 and :mod:`cartag.store.datasets`.
 """
 
@@ -20,7 +20,7 @@ from cartag.errors import CartagError
 from cartag.settings import Settings
 
 if TYPE_CHECKING:
-    from cartag.training.dataset_build import BuildOptions
+    from cartag.training.datasets.dataset_build import BuildOptions
 
 app = typer.Typer(
     help="Versioned training datasets: import, extend with fixes, review stats, freeze, export.",
@@ -57,7 +57,7 @@ class _RichProgress:
 
 def _builder(settings: Settings, db: Any, progress: _RichProgress, rank: bool) -> Any:
     from cartag.store.blobs import LocalBlobStore
-    from cartag.training.dataset_build import DatasetBuilder
+    from cartag.training.datasets.dataset_build import DatasetBuilder
 
     embedder = None
     if rank:
@@ -136,8 +136,8 @@ def _build_options(
     placeholder_seed: int,
 ) -> BuildOptions:
     """The options of a build, checked (InputError names the bad one)."""
-    from cartag.training.dataset_build import BuildOptions
-    from cartag.training.dataset_inputs import parse_test_set
+    from cartag.training.datasets.dataset_build import BuildOptions
+    from cartag.training.datasets.dataset_inputs import parse_test_set
 
     options = BuildOptions(
         name=name,
@@ -201,7 +201,7 @@ def create_command(
     user: _User = "cli",
 ) -> None:
     """Extend a frozen version with the manual fixes made since a cutoff."""
-    from cartag.training.dataset_inputs import parse_cutoff
+    from cartag.training.datasets.dataset_inputs import parse_cutoff
 
     settings = load_settings()
     try:
@@ -214,7 +214,7 @@ def create_command(
 
 def _check_crop(crop: str | None) -> None:
     from cartag.errors import InputError
-    from cartag.training.crop import CROPPERS
+    from cartag.training.datasets.crop import CROPPERS
 
     if crop is not None and crop not in CROPPERS:
         raise InputError(f"--crop {crop!r}: use one of {', '.join(CROPPERS)}", field="crop")

@@ -1,4 +1,5 @@
-"""``cartag models``: the model registry — list, register, promote, rollback, history, reclassify.
+"""``cartag models``: the model registry — list, register, promote, rollback, history, reclassify;
+building the bundled model (:mod:`cartag.commands.model_build`).
 
 It only translates: the work is :mod:`cartag.deploy`'s (re-classification:
 :mod:`cartag.jobs.reclassify`). Imports stay inside the commands, as in every command
@@ -19,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cartag.commands import model_build
 from cartag.commands.common import err, fail, load_settings, open_database
 from cartag.errors import CartagError, InputError
 from cartag.settings import Settings
@@ -29,7 +31,8 @@ if TYPE_CHECKING:
     from cartag.store.tables import ModelVersionRow
 
 app = typer.Typer(
-    help="The model registry: list, register, promote, rollback.", no_args_is_help=True
+    help="The model registry: list, register, promote, rollback; build the bundled model.",
+    no_args_is_help=True,
 )
 
 AliasOpt = Annotated[str, typer.Option(help="production or candidate.")]
@@ -170,7 +173,7 @@ def promote(
     from cartag.clock import SystemClock
     from cartag.deploy import followup
     from cartag.deploy import promote as promotion
-    from cartag.deploy.gates import PromotionGatedError
+    from cartag.gates import PromotionGatedError
 
     settings = load_settings()
     try:
@@ -284,3 +287,7 @@ def _reclassify(
         f"{report.downloaded} downloaded, {report.failed} failed, {report.current} already "
         f"current, {report.changed} changed answers (manual fixes still apply)"
     )
+
+
+# The build commands come after the registry's in `cartag models --help`.
+model_build.register(app)

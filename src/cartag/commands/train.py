@@ -5,8 +5,8 @@
 
 Training runs in this process, at a lower priority and on a share of the cores
 (``CARTAG_TRAINING_NICE``, ``CARTAG_TRAINING_CPU_SHARE``), so a server on the same
-machine keeps its throughput. The work lives in :mod:`cartag.training.sweep` and
-:mod:`cartag.training.leaderboard` (the HTML report: :mod:`cartag.web.leaderboard`).
+machine keeps its throughput. The work lives in :mod:`cartag.training.sweep.sweep` and
+:mod:`cartag.training.sweep.leaderboard` (the HTML report: :mod:`cartag.web.leaderboard`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from cartag.settings import Settings
 
 if TYPE_CHECKING:
     from cartag.store.db import Database
-    from cartag.training.sweep_config import SweepConfig
+    from cartag.training.sweep.sweep_config import SweepConfig
 
 app = typer.Typer(
     help="Train candidate models with a sweep and compare them with production.",
@@ -35,7 +35,7 @@ out = Console(soft_wrap=True)
 
 
 def _sweep(path: Path, trials: int | None, *, to_train: bool = True) -> SweepConfig:
-    from cartag.training.sweep_config import check_backbones, load_sweep
+    from cartag.training.sweep.sweep_config import check_backbones, load_sweep
 
     config = load_sweep(path)
     if to_train:
@@ -77,7 +77,7 @@ def train(
     except CartagError as exc:
         db.dispose()
         raise fail(exc) from exc
-    from cartag.training.cpu_share import apply_cpu_share
+    from cartag.training.sweep.cpu_share import apply_cpu_share
 
     share = apply_cpu_share(settings)
     err.print(
@@ -107,9 +107,10 @@ def _check_frozen(db: Database, ref: str) -> None:
 
 def _run(db: Database, settings: Settings, ref: str, config: SweepConfig, threads: int) -> None:
     from cartag.clock import SystemClock
-    from cartag.training.leaderboard import load_leaderboard, rich_table
-    from cartag.training.sweep import SweepCallbacks, run_sweep
-    from cartag.training.sweep_config import describe
+    from cartag.deploy.sweeps import SweepRegistry
+    from cartag.training.sweep.leaderboard import load_leaderboard, rich_table
+    from cartag.training.sweep.sweep import SweepCallbacks, run_sweep
+    from cartag.training.sweep.sweep_config import describe
     from cartag.web.leaderboard import write_leaderboard
 
     clock = SystemClock()
@@ -144,6 +145,7 @@ def _run(db: Database, settings: Settings, ref: str, config: SweepConfig, thread
             ref,
             config,
             clock=clock,
+            registry=SweepRegistry(db, settings, clock),
             threads=threads,
             callbacks=SweepCallbacks(on_stage, on_trial_start, on_trial_end),
         )
@@ -170,7 +172,7 @@ def leaderboard(
 ) -> None:
     """Re-render the leaderboard table and HTML report of a sweep."""
     from cartag.clock import SystemClock
-    from cartag.training.leaderboard import load_leaderboard, rich_table
+    from cartag.training.sweep.leaderboard import load_leaderboard, rich_table
     from cartag.web.leaderboard import write_leaderboard
 
     settings = load_settings()

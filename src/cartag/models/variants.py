@@ -98,7 +98,7 @@ def finetune_hint(path: Path) -> str:
     """The start of every message about an unusable fine-tuned weights file."""
     return (
         f"the fine-tuned weights {path} cannot be used: write them again with "
-        "`python -m cartag.training.finetune`, or use a model folder without `weights`"
+        "`cartag models finetune`, or use a model folder without `weights`"
     )
 
 

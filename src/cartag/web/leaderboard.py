@@ -1,7 +1,7 @@
 """The HTML report of a sweep's leaderboard, written to ``<data_dir>/reports/<study>.html``.
 
 Self-contained: inline SVG bar charts of per-class recall, confusion matrices as PNG
-data URIs. What it shows is computed by :mod:`cartag.training.leaderboard`.
+data URIs. What it shows is computed by :mod:`cartag.training.sweep.leaderboard`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any, Final
 from markupsafe import Markup
 
 from cartag.settings import Settings
-from cartag.training.leaderboard import (
+from cartag.training.sweep.leaderboard import (
     Leaderboard,
     recall_deltas,
     short_set_name,
     summary,
 )
-from cartag.training.sweep import folder_name
+from cartag.training.sweep.study import folder_name
 from cartag.web import environment as web_environment
 from cartag.web.report import TASK_TITLES, confusion_png
 

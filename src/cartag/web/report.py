@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cartag.errors import CartagError
 from cartag.imaging.decode import decode_image
-from cartag.training.evaluate import Evaluation, TaskResult
+from cartag.training.evaluation.evaluate import Evaluation, TaskResult
 from cartag.web import environment as web_environment
 
 TEMPLATE_NAME: Final[str] = "evaluation.html"
@@ -235,7 +235,7 @@ def render_report(
     """Render the evaluation as one self-contained HTML page.
 
     Args:
-        evaluation: The result of :func:`cartag.training.evaluate.evaluate`.
+        evaluation: The result of :func:`cartag.training.evaluation.evaluate.evaluate`.
         source: What was evaluated (folder, labels file), shown in the header.
         max_mistakes: Worst mistakes shown per task.
         max_pixels: Decompression-bomb limit for the thumbnails.

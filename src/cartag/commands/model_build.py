@@ -1,0 +1,155 @@
+"""``cartag models build-bundled`` and ``cartag models finetune``: make the bundled model.
+
+It only translates: the work is :mod:`cartag.training.bundled` (the build:
+:func:`~cartag.training.bundled.build.train_bundled`; the fine-tuning:
+:func:`~cartag.training.bundled.finetune.run`). Imports stay inside the commands so that
+``cartag --help`` does not load torch; the options whose defaults are training constants
+take None and the library's value is used (the help names it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cartag.commands.common import err
+
+
+def _refuse(message: str) -> typer.Exit:
+    """Print ``message`` as a CLI error; raise the returned Exit (code 2)."""
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(2)
+
+
+def build_bundled(
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="The vcr-train folder, or with --sources the data root holding the sets."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Model folder to write.")],
+    sources: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated sources of the data root (vcr,vcor,type-train); default: "
+            "all of them when --data has no labels.csv, else the single folder."
+        ),
+    ] = None,
+    recolor_min_real: Annotated[
+        int,
+        typer.Option(
+            help="Recolor target colors with fewer real training photos than this (1 = none)."
+        ),
+    ] = 1,
+    cache_dir: Annotated[Path, typer.Option(help="Embedding cache folder.")] = Path(
+        "cartag-data/cache"
+    ),
+    variant: Annotated[str, typer.Option(help="Backbone variant.")] = "efficientnet-lite0",
+    placeholders: Annotated[int, typer.Option(help="Generated placeholder cards.")] = 840,
+    seed: Annotated[int, typer.Option(help="Seed of the placeholders and recoloring.")] = 0,
+    recolored_per_color: Annotated[
+        int | None,
+        typer.Option(
+            help="Recolored training photos per color the set lacks (0 = none; default: "
+            "cartag.training.heads.recolor.RECOLORED_PER_COLOR)."
+        ),
+    ] = None,
+    l2: Annotated[float | None, typer.Option(help="Skip the CV choice of l2.")] = None,
+    threads: Annotated[int, typer.Option(help="Backbone threads (0 = torch's default).")] = 0,
+    backbone_weights: Annotated[
+        Path | None, typer.Option(help="Fine-tuned weights (.npz, `cartag models finetune`).")
+    ] = None,
+) -> None:
+    """Train the bundled model: type and color heads on frozen EfficientNet-Lite embeddings."""
+    from cartag.training.bundled.build import train_bundled
+    from cartag.training.datasets import all_sources
+    from cartag.training.heads.recolor import RECOLORED_PER_COLOR
+
+    per_color = RECOLORED_PER_COLOR if recolored_per_color is None else recolored_per_color
+    if per_color < 0:
+        raise _refuse("--recolored-per-color must be 0 or more")
+    if recolor_min_real < 1:
+        raise _refuse("--recolor-min-real must be 1 or more")
+    chosen: list[str] | None = None
+    if sources is not None:
+        try:
+            chosen = all_sources.parse_sources(sources)
+        except ValueError as exc:
+            raise _refuse(str(exc)) from exc
+    elif not (data / "labels.csv").is_file():
+        chosen = list(all_sources.ALL)
+    if backbone_weights is not None and not backbone_weights.is_file():
+        raise _refuse(f"--backbone-weights {backbone_weights} does not exist")
+    config = train_bundled(
+        data,
+        out,
+        cache_dir,
+        variant=variant,
+        n_placeholders=placeholders,
+        recolored_per_color=per_color,
+        seed=seed,
+        l2=l2,
+        threads=threads,
+        weights=backbone_weights,
+        sources=chosen,
+        recolor_min_real=recolor_min_real,
+    )
+    typer.echo(f"wrote {out} ({config['version']})")
+    typer.echo((out / "MODEL_CARD.md").read_text(encoding="utf-8"))
+
+
+def finetune(
+    data: Annotated[Path, typer.Option(help="The vcr-train folder.")],
+    out: Annotated[Path, typer.Option(help="Weights file to write (.npz).")],
+    variant: Annotated[str, typer.Option(help="Backbone variant.")] = "efficientnet-lite0",
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs (default: the recipe's, Recipe.epochs).")
+    ] = None,
+    color_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="Weight of the color loss beside the type loss (0 = type only; default: "
+            "the recipe's, Recipe.color_weight)."
+        ),
+    ] = None,
+    restage_stock: Annotated[
+        float | None,
+        typer.Option(
+            help="Chance that a white-backdrop Stock photo is shown on a new backdrop "
+            "(0 = never; default: the recipe's, Recipe.restage_stock)."
+        ),
+    ] = None,
+    threads: Annotated[int, typer.Option(help="Torch threads (0 = torch's default).")] = 0,
+) -> None:
+    """Fine-tune the whole EfficientNet-Lite backbone for cartag's two tasks."""
+    from cartag.training.bundled.finetune import Recipe, run
+
+    epochs = Recipe.epochs if epochs is None else epochs
+    color_weight = Recipe.color_weight if color_weight is None else color_weight
+    restage_stock = Recipe.restage_stock if restage_stock is None else restage_stock
+    if not (data / "labels.csv").is_file():
+        raise _refuse(f"{data} has no labels.csv; pass --data <vcr-train folder>")
+    if epochs <= 0:
+        raise _refuse("--epochs must be at least 1")
+    if not 0 <= color_weight <= 10:
+        raise _refuse("--color-weight must be between 0 and 10")
+    if not 0 <= restage_stock <= 1:
+        raise _refuse("--restage-stock must be between 0 and 1")
+    metadata = run(
+        data,
+        out,
+        variant=variant,
+        recipe=Recipe(epochs=epochs, color_weight=color_weight, restage_stock=restage_stock),
+        threads=threads,
+        progress=lambda line: typer.echo(line),
+    )
+    typer.echo(f"wrote {out} ({metadata['backbone_id']}): held-out {metadata['log']['held_out']}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the build commands to ``cartag models``."""
+    app.command("build-bundled")(build_bundled)
+    app.command("finetune")(finetune)

@@ -1,0 +1,122 @@
+"""Promotion gates: a candidate may not lower any class's recall on any shared test set.
+
+:func:`check_promotion` compares metrics; :class:`PromotionGatedError` is how
+:func:`cartag.deploy.promote.promote` refuses a candidate that fails. A core module:
+promotion (:mod:`cartag.deploy`) enforces the rule and the sweep's leaderboard
+(:mod:`cartag.training.sweep.leaderboard`) shows its verdict.
+
+Metrics are the registry's format (written by :mod:`cartag.training.sweep.sweep`)::
+
+    {"<set name>": {"image_type": {"accuracy": f, "macro_recall": f, "labels": [...],
+                                   "per_class": {label: {"precision": f, "recall": f,
+                                                         "support": n}},
+                                   "confusion": [[n, ...], ...]},
+                    "color": {...}}}
+
+Set names are ``REF:test`` and ``REF:test:advertiser=ID``. Only sets, tasks and classes
+present in both the candidate's and production's metrics are compared; a class with
+fewer than ``settings.gate_min_support`` examples on a set is not (two examples cannot
+measure a recall drop).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cartag.errors import ConflictError
+from cartag.settings import Settings
+
+# Recalls are rounded to 4 decimals in the metrics; a drop of exactly the tolerance passes.
+_EPSILON = 1e-9
+
+
+class PromotionGatedError(ConflictError):
+    """The candidate fails a promotion gate (409); ``--force`` promotes anyway.
+
+    Attributes:
+        failures: One readable message per failing (set, task, class).
+    """
+
+    code = "promotion_gated"
+
+    def __init__(self, version: str, failures: list[str]) -> None:
+        super().__init__(
+            f"{version} fails {len(failures)} promotion gate(s): "
+            + "; ".join(failures)
+            + ". Fix the candidate, or promote anyway with --force (API: force=true)."
+        )
+        self.failures = failures
+
+
+def tolerance_for(task: str, settings: Settings) -> float:
+    """The recall tolerance of one task (``image_type`` or ``color``)."""
+    return settings.gate_recall_tolerance_by_field.get(task, settings.gate_recall_tolerance)
+
+
+def check_promotion(
+    candidate_metrics: dict[str, Any], production_metrics: dict[str, Any], settings: Settings
+) -> list[str]:
+    """Compare a candidate with production, class by class.
+
+    Args:
+        candidate_metrics: The candidate's metrics (format in the module docstring).
+        production_metrics: Production's metrics on the same sets.
+        settings: Supplies ``gate_recall_tolerance``, ``gate_recall_tolerance_by_field``
+            and ``gate_min_support``.
+
+    Returns:
+        One readable message per failing (set, task, class), e.g. ``cars@3:test:advertiser=42
+        image_type recall of Stock drops 0.91 → 0.85 (> 0.02 tolerance)``; empty = passes.
+    """
+    failures: list[str] = []
+    for set_name in sorted(set(candidate_metrics) & set(production_metrics)):
+        cand_set = candidate_metrics[set_name]
+        prod_set = production_metrics[set_name]
+        if not isinstance(cand_set, dict) or not isinstance(prod_set, dict):
+            continue
+        for task in sorted(set(cand_set) & set(prod_set)):
+            cand_task, prod_task = cand_set[task], prod_set[task]
+            if not isinstance(cand_task, dict) or not isinstance(prod_task, dict):
+                continue
+            tolerance = tolerance_for(task, settings)
+            failures.extend(
+                _task_failures(set_name, task, cand_task, prod_task, tolerance, settings)
+            )
+    return failures
+
+
+def _task_failures(
+    set_name: str,
+    task: str,
+    candidate: dict[str, Any],
+    production: dict[str, Any],
+    tolerance: float,
+    settings: Settings,
+) -> list[str]:
+    cand_classes = candidate.get("per_class") or {}
+    prod_classes = production.get("per_class") or {}
+    failures = []
+    for label in sorted(set(cand_classes) & set(prod_classes)):
+        cand, prod = cand_classes[label], prod_classes[label]
+        support = min(int(cand.get("support") or 0), int(prod.get("support") or 0))
+        if support < max(settings.gate_min_support, 1):
+            continue
+        before, after = prod.get("recall"), cand.get("recall")
+        if before is None or after is None:
+            continue
+        if float(before) - float(after) > tolerance + _EPSILON:
+            failures.append(
+                f"{set_name} {task} recall of {label} drops {float(before):.4g} → "
+                f"{float(after):.4g} (> {tolerance:g} tolerance)"
+            )
+    return failures
+
+
+def gate_status(
+    candidate_metrics: dict[str, Any], production_metrics: dict[str, Any] | None, settings: Settings
+) -> tuple[bool, list[str]]:
+    """``(passes, failures)``; a candidate passes trivially when there is no production model."""
+    if not production_metrics:
+        return True, []
+    failures = check_promotion(candidate_metrics, production_metrics, settings)
+    return not failures, failures

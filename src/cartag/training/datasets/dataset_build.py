@@ -1,0 +1,592 @@
+"""Build dataset versions: import a folder, or extend a version with recent fixes.
+
+:class:`DatasetBuilder` runs the steps, each a plain function elsewhere:
+
+1. take the items to start from (the parent's included and flagged items, with
+   ``provenance.from_version``; nothing for an import);
+2. collect candidates: the images fixed since the cutoff, downloaded through the
+   SSRF-guarded :class:`~cartag.net.fetch.Fetcher` (labels and provenance
+   from the fix), or the files of a folder (labels from folder names and CSVs);
+3. filter them (:mod:`cartag.training.datasets.filters`), each filter counted;
+4. crop (:mod:`cartag.training.datasets.crop`): a cropped image is a new blob, its
+   provenance keeps the original;
+5. split (:mod:`cartag.training.datasets.splits`);
+6. rank label issues (:mod:`cartag.training.datasets.ranking`) on cached embeddings and
+   report the class balance.
+
+The new draft version and all its items are written in one transaction at the
+end, so a failed build leaves no half-made version (blobs and cached embeddings
+already stored are content-addressed and simply reused by the next run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from cartag.clock import Clock, SystemClock
+from cartag.errors import ConflictError, DecodeError, InputError
+from cartag.imaging.decode import decode_image
+from cartag.imaging.files import find_images
+from cartag.imaging.keys import content_sha256, hamming, phash
+from cartag.net.fetch import Fetcher
+from cartag.net.outcomes import Failed, Fetched, FetchOutcome, FetchRequest
+from cartag.settings import Settings
+from cartag.store import datasets as repo
+from cartag.store.blobs import BlobStore
+from cartag.store.db import Database
+from cartag.training.datasets.crop import Cropper, make_cropper
+from cartag.training.datasets.dataset_inputs import (
+    LAST_RETRAIN,
+    folder_labels,
+    placeholder_candidates,
+    read_label_csv,
+    relative_path,
+)
+from cartag.training.datasets.filters import Candidate, Checked, Existing, apply_filters
+from cartag.training.datasets.ranking import Embedder, balance_report, ensure_embeddings, rank_items
+from cartag.training.datasets.splits import SplitItem, advertiser_split, assign_splits, listing_key
+
+TOP_SUSPICIOUS = 25
+_SUFFIXES = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp"}
+
+
+class BuildProgress:
+    """Progress of a build; the CLI draws bars, the default says nothing."""
+
+    def begin(self, stage: str, total: int) -> None:
+        """A stage (``download``, ``filter``, ``embed``) starts with ``total`` steps."""
+
+    def advance(self, n: int = 1) -> None:
+        """``n`` more steps of the current stage are done."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build a version.
+
+    Attributes:
+        name: Dataset name; the version becomes ``NAME@N``.
+        user: Recorded as ``created_by``.
+        test_advertisers: Advertisers that get an ad-hoc test set.
+        crop: ``letterbox`` or ``none`` (None: the ``dataset_crop`` setting).
+        rank: Compute the label-issue ranking (needs the backbone).
+        notes: Free text kept on the version.
+        placeholders: Generated Placeholder cards to add (real photo folders have none,
+            and a model trained without them never predicts the class).
+        placeholder_seed: Seed of those cards (card ``i`` depends on ``(seed, i)``).
+    """
+
+    name: str
+    user: str = "cli"
+    test_advertisers: Sequence[str] = ()
+    crop: str | None = None
+    rank: bool = True
+    notes: str | None = None
+    placeholders: int = 0
+    placeholder_seed: int = 0
+
+
+@dataclass
+class BuildReport:
+    """What a build did: the new version's ref and its stats (also stored on it)."""
+
+    ref: str
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _decode_rgb(max_pixels: int) -> Callable[[bytes], Image.Image]:
+    def load(data: bytes) -> Image.Image:
+        return decode_image(data, max_pixels=max_pixels).image
+
+    return load
+
+
+class DatasetBuilder:
+    """Builds draft dataset versions (module docstring).
+
+    Args:
+        settings: ``dataset_*`` knobs, download limits, ``max_image_pixels``.
+        db: The store.
+        blobs: Where images are kept.
+        embedder: Backbone for the ranking; None builds without ranking.
+        clock: Timestamps.
+        fetcher: Makes the Fetcher that downloads fixed images (tests pass one
+            with a fake transport or resolver); default ``Fetcher(settings)``.
+        progress: Progress reporting.
+        cropper: Overrides the crop step (pluggable); default by name.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        blobs: BlobStore,
+        *,
+        embedder: Embedder | None = None,
+        clock: Clock | None = None,
+        fetcher: Callable[[], Fetcher] | None = None,
+        progress: BuildProgress | None = None,
+        cropper: Cropper | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.blobs = blobs
+        self.embedder = embedder
+        self.clock = clock or SystemClock()
+        self._fetcher = fetcher or (lambda: Fetcher(settings))
+        self.progress = progress or BuildProgress()
+        self._cropper = cropper
+
+    # --- entry points ---------------------------------------------------------------
+
+    def create(
+        self,
+        options: BuildOptions,
+        *,
+        parent_ref: str,
+        fixes_since: dt.datetime | Literal["last-retrain"] | None,
+    ) -> BuildReport:
+        """Extend ``parent_ref`` with the fixes made since the cutoff.
+
+        Args:
+            options: Name, user, test sets, crop, ranking.
+            parent_ref: A frozen version (``NAME@N`` or ``NAME`` = latest).
+            fixes_since: ``last-retrain`` (the production model's dataset's creation,
+                else the parent's), a datetime, or None (add no fixes).
+
+        Raises:
+            NotFoundError: No such parent.
+            ConflictError: The parent is still a draft.
+        """
+        repo.check_name(options.name)
+        # created_at is when the fixes were read, so the next "last-retrain" cutoff
+        # also catches fixes made while this build was downloading and ranking.
+        started = self.clock.now()
+        with self.db.read() as session:
+            parent = repo.get_version(session, parent_ref)
+            if parent.status != repo.FROZEN:
+                raise ConflictError(
+                    f"{parent.ref} is a draft; freeze it first (cartag dataset freeze "
+                    f"{parent.ref}) so the new version extends something that cannot change"
+                )
+            cutoff: dt.datetime | None = None
+            if fixes_since == LAST_RETRAIN:
+                cutoff = repo.last_retrain(session) or parent.created_at
+            elif isinstance(fixes_since, dt.datetime):
+                cutoff = fixes_since
+            fixes = repo.fixed_images_since(session, cutoff) if fixes_since is not None else []
+            parent_items = repo.list_items(session, parent.ref)
+            inherited = [t.get("advertiser_id") for t in parent.test_sets]
+        copied = [
+            self._copy(item, parent.ref)
+            for item in parent_items
+            if item.status in (repo.INCLUDED, repo.FLAGGED)
+        ]
+        candidates, downloads = self._download_fixes(fixes)
+        stats: dict[str, Any] = {
+            "fixes": {
+                "since": cutoff.isoformat() if cutoff else None,
+                "mode": fixes_since if isinstance(fixes_since, str) else "date",
+                "fixes": len(fixes),
+            },
+            "downloads": downloads,
+        }
+        advertisers = [str(a) for a in inherited if a] + [
+            a for a in options.test_advertisers if a not in inherited
+        ]
+        return self._build(
+            options,
+            parent_ref=parent.ref,
+            fixes_since=cutoff,
+            copied=copied,
+            candidates=candidates,
+            advertisers=advertisers,
+            stats=stats,
+            started=started,
+        )
+
+    def import_folder(
+        self, options: BuildOptions, folder: Path, label_files: Sequence[Path] = ()
+    ) -> BuildReport:
+        """Create a first version from a folder of images.
+
+        Labels: an image's folder name when it is a type or a color; then each CSV
+        (``path`` + ``image_type``/``type`` and/or ``color``, optional ``listing_id``)
+        sets the fields it has. Unlabelled images are imported unlabelled.
+
+        Raises:
+            InputError: The folder holds no images, or a CSV is unusable.
+        """
+        repo.check_name(options.name)
+        started = self.clock.now()
+        if not folder.is_dir():
+            raise InputError(f"{folder} is not a folder", field="folder")
+        files = find_images([folder])
+        if not files:
+            raise InputError(f"{folder} holds no images", field="folder")
+        labels: dict[Path, list[str | None]] = {f.resolve(): folder_labels(f) for f in files}
+        listings: dict[Path, str] = {}
+        unmatched = 0
+        for csv_path in label_files:
+            rows, missing = read_label_csv(csv_path, folder, files)
+            unmatched += missing
+            for file, (image_type, color, listing) in rows.items():
+                entry = labels[file]
+                entry[0] = image_type or entry[0]
+                entry[1] = color or entry[1]
+                if listing:
+                    listings[file] = listing
+        candidates = []
+        self.progress.begin("read", len(files))
+        for file in files:
+            image_type, color = labels[file.resolve()]
+            if image_type == "Placeholder":
+                color = None
+            provenance: dict[str, Any] = {"source": "import", "path": relative_path(file, folder)}
+            if file.resolve() in listings:
+                provenance["listing_id"] = listings[file.resolve()]
+            candidates.append(Candidate(file.read_bytes(), image_type, color, provenance))
+            self.progress.advance()
+        stats: dict[str, Any] = {
+            "import": {
+                "folder": str(folder),
+                "files": len(files),
+                "labels": [str(p) for p in label_files],
+                "label_rows_without_file": unmatched,
+            }
+        }
+        return self._build(
+            options,
+            parent_ref=None,
+            fixes_since=None,
+            copied=[],
+            candidates=candidates,
+            advertisers=list(options.test_advertisers),
+            stats=stats,
+            started=started,
+        )
+
+    # --- steps ----------------------------------------------------------------------
+
+    @staticmethod
+    def _copy(item: Any, parent_ref: str) -> repo.NewItem:
+        provenance = dict(item.provenance)
+        provenance.setdefault("first_version", parent_ref)
+        provenance["from_version"] = parent_ref
+        return repo.NewItem(
+            content_sha256=item.content_sha256,
+            blob_path=item.blob_path,
+            image_type=item.image_type,
+            color=item.color,
+            status=item.status,
+            reason=item.reason,
+            provenance=provenance,
+            split=item.split,
+            group_key=item.group_key,
+            phash=item.phash,
+            width=item.width,
+            height=item.height,
+        )
+
+    def _download_fixes(
+        self, fixes: Sequence[repo.FixedImage]
+    ) -> tuple[list[Candidate], dict[str, Any]]:
+        """Fetch each fixed image once; a candidate per fix whose bytes still match."""
+        by_key: dict[str, list[str]] = {}
+        for fix in fixes:
+            by_key.setdefault(fix.image_key, fix.urls)
+        self.progress.begin("download", len(by_key))
+        outcomes = asyncio.run(self._fetch_all(by_key)) if by_key else {}
+        failures: list[dict[str, str]] = []
+        changed = 0
+        candidates = []
+        for fix in fixes:
+            outcome = outcomes.get(fix.image_key)
+            if not isinstance(outcome, Fetched):
+                reason = outcome.reason if isinstance(outcome, Failed) else "no_url"
+                failures.append({"image_key": fix.image_key, "reason": reason})
+                continue
+            data = outcome.content
+            if fix.content_sha256 and content_sha256(data) != fix.content_sha256:
+                # The URL now serves other bytes: the fix only carries over to a copy
+                # of the image that was fixed (re-encoded/resized), never to a new photo.
+                if not self._same_picture(data, fix.phash):
+                    changed += 1
+                    continue
+            provenance: dict[str, Any] = {
+                "source": "fix",
+                "scope": fix.scope,
+                "fix_audit_id": fix.fix_audit_id,
+                "advertiser_id": fix.advertiser_id,
+                "user": fix.user,
+                "url": outcome.url,
+                "image_key": fix.image_key,
+                "fixed_at": fix.fixed_at.isoformat(),
+            }
+            candidates.append(Candidate(data, fix.image_type, fix.color, provenance))
+        report = {
+            "images": len(by_key),
+            "failed": len({f["image_key"] for f in failures}),
+            "changed_since_fix": changed,
+            "failures": failures[:50],
+        }
+        return candidates, report
+
+    def _same_picture(self, data: bytes, fixed_phash: str | None) -> bool:
+        if not fixed_phash:
+            return False
+        try:
+            image = decode_image(data, max_pixels=self.settings.max_image_pixels).image
+        except DecodeError:
+            return False
+        return hamming(phash(image), fixed_phash) <= self.settings.dataset_near_duplicate_distance
+
+    async def _fetch_all(self, by_key: dict[str, list[str]]) -> dict[str, FetchOutcome | None]:
+        async with self._fetcher() as fetcher:
+
+            async def one(key: str, urls: list[str]) -> tuple[str, FetchOutcome | None]:
+                outcome: FetchOutcome | None = None
+                for url in urls:
+                    outcome = await fetcher.fetch(FetchRequest(url))
+                    if isinstance(outcome, Fetched):
+                        break
+                self.progress.advance()
+                return key, outcome
+
+            pairs = await asyncio.gather(*(one(k, u) for k, u in by_key.items()))
+        return dict(pairs)
+
+    def _crop(self, checked: Checked, cropper: Cropper) -> tuple[bytes, dict[str, Any] | None]:
+        """The bytes to store and the crop record (None: kept whole)."""
+        data = checked.candidate.data
+        decoded = checked.decoded
+        if decoded is None or checked.candidate.image_type == "Placeholder":
+            return data, None
+        box = cropper.box(decoded.image)
+        if box is None:
+            return data, None
+        # The box was found on the decoded (possibly shrunk) image: scale it up.
+        sx = decoded.width / decoded.image.width
+        sy = decoded.height / decoded.image.height
+        full = (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))
+        with Image.open(io.BytesIO(data)) as src:
+            image = ImageOps.exif_transpose(src).convert("RGB").crop(full)
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=95)
+        return out.getvalue(), {"method": cropper.name, "box": list(full)}
+
+    def _build(
+        self,
+        options: BuildOptions,
+        *,
+        parent_ref: str | None,
+        fixes_since: dt.datetime | None,
+        copied: list[repo.NewItem],
+        candidates: list[Candidate],
+        advertisers: list[str],
+        stats: dict[str, Any],
+        started: dt.datetime,
+    ) -> BuildReport:
+        settings = self.settings
+        distance = settings.dataset_near_duplicate_distance
+        if options.placeholders:
+            generated = placeholder_candidates(options.placeholders, options.placeholder_seed)
+            candidates = candidates + generated
+            stats["placeholders"] = {
+                "generated": len(generated),
+                "seed": options.placeholder_seed,
+            }
+        existing = [
+            Existing(
+                i,
+                str(item.provenance.get("original_sha256") or item.content_sha256),
+                item.phash,
+                item.image_type,
+                item.color,
+                item.status,
+            )
+            for i, item in enumerate(copied)
+        ]
+        self.progress.begin("filter", len(candidates))
+        outcome = apply_filters(
+            candidates,
+            existing,
+            min_side=settings.dataset_min_side,
+            max_pixels=settings.max_image_pixels,
+            max_distance=distance,
+        )
+        self.progress.advance(len(candidates))
+        for index, change in outcome.existing_changes.items():
+            item = copied[index]
+            extra: dict[str, Any] = {
+                k: change.pop(k) for k in ("conflict", "relabelled") if k in change
+            }
+            copied[index] = replace(item, **change, provenance={**item.provenance, **extra})
+
+        cropper = self._cropper or make_cropper(options.crop or settings.dataset_crop)
+        new_items: list[repo.NewItem] = []
+        taken = {item.content_sha256 for item in copied}
+        cropped = 0
+        for checked in outcome.checked:
+            cand = checked.candidate
+            original_path = self.blobs.put(cand.data, _suffix(checked))
+            data, crop = (cand.data, None)
+            if checked.status != repo.EXCLUDED:
+                data, crop = self._crop(checked, cropper)
+            provenance = dict(cand.provenance)
+            sha, path = cand.sha256, original_path
+            width = checked.decoded.width if checked.decoded else None
+            height = checked.decoded.height if checked.decoded else None
+            if crop is not None:
+                sha, path = content_sha256(data), self.blobs.put(data, "jpg")
+                width, height = crop["box"][2] - crop["box"][0], crop["box"][3] - crop["box"][1]
+                provenance.update(
+                    crop=crop, original_sha256=cand.sha256, original_blob_path=original_path
+                )
+                cropped += 1
+            if sha in taken:
+                outcome.counts["duplicate"] += 1
+                continue
+            taken.add(sha)
+            new_items.append(
+                repo.NewItem(
+                    content_sha256=sha,
+                    blob_path=path,
+                    image_type=cand.image_type,
+                    color=cand.color,
+                    status=checked.status,
+                    reason=checked.reason,
+                    provenance=provenance,
+                    phash=checked.phash,
+                    width=width,
+                    height=height,
+                )
+            )
+        items = copied + new_items
+        stats["filters"] = outcome.counts
+        stats["crop"] = {"method": cropper.name, "cropped": cropped}
+        stats["copied"] = len(copied)
+        stats["added"] = sum(1 for i in new_items if i.status == repo.INCLUDED)
+
+        # Split: included and flagged items (a flagged item accepted in review is ready).
+        live = [i for i, item in enumerate(items) if item.status != repo.EXCLUDED]
+        result = assign_splits(
+            [
+                SplitItem(
+                    key=items[i].content_sha256,
+                    phash=items[i].phash,
+                    stratum=f"{items[i].image_type or '-'}/{items[i].color or '-'}",
+                    listing=listing_key(items[i].provenance),
+                    advertiser_id=_str_or_none(items[i].provenance.get("advertiser_id")),
+                    kept_split=items[i].split if i < len(copied) else None,
+                )
+                for i in live
+            ],
+            max_distance=distance,
+            test_fraction=settings.dataset_test_fraction,
+            test_advertisers=advertisers,
+        )
+        for i, split, group in zip(live, result.splits, result.groups, strict=True):
+            items[i] = replace(items[i], split=split, group_key=group)
+        stats["split"] = result.summary
+        included = [item for item in items if item.status == repo.INCLUDED]
+        stats["class_balance"] = balance_report(
+            [(item.image_type, item.color) for item in included], [item.split for item in included]
+        )
+        stats["items"] = dict(Counter(item.status for item in items))
+
+        if options.rank and self.embedder is not None and live:
+            items = self._rank(items, live, stats)
+        elif not options.rank or self.embedder is None:
+            stats["ranking"] = {"skipped": "ranking was not requested"}
+
+        test_sets = [
+            {"name": advertiser_split(a).removeprefix("test:"), "advertiser_id": a}
+            for a in advertisers
+        ]
+        with self.db.write() as session:
+            version = repo.create_version(
+                session,
+                options.name,
+                created_by=options.user,
+                now=started,
+                parent_ref=parent_ref,
+                fixes_since=fixes_since,
+                test_sets=test_sets,
+                notes=options.notes,
+            )
+            repo.add_items(session, version.ref, items)
+            repo.set_stats(session, version.ref, stats)
+            ref = version.ref
+        return BuildReport(ref=ref, stats=stats)
+
+    def _rank(
+        self, items: list[repo.NewItem], live: list[int], stats: dict[str, Any]
+    ) -> list[repo.NewItem]:
+        assert self.embedder is not None
+        self.progress.begin("embed", len(live))
+        emb = ensure_embeddings(
+            self.db,
+            self.blobs,
+            self.embedder,
+            [(items[i].content_sha256, items[i].blob_path) for i in live],
+            load=_decode_rgb(self.settings.max_image_pixels),
+            now=self.clock.now(),
+            advance=self.progress.advance,
+        )
+        self.progress.begin("rank", 1)
+        ranking = rank_items(
+            emb,
+            [(items[i].image_type, items[i].color) for i in live],
+            [items[i].group_key or items[i].content_sha256 for i in live],
+            np.asarray([items[i].status == repo.INCLUDED for i in live], dtype=bool),
+            folds=self.settings.dataset_cv_folds,
+        )
+        self.progress.advance()
+        tasks: dict[str, str] = {}
+        for i, score in zip(live, ranking.scores, strict=True):
+            if score is not None:
+                tasks[items[i].content_sha256] = score.task
+                items[i] = replace(
+                    items[i],
+                    suspicion=score.suspicion,
+                    model_label=score.model_label,
+                    model_confidence=score.model_confidence,
+                )
+        stats["ranking"] = {"backbone_id": self.embedder.backbone_id, **ranking.summary}
+        scored = sorted(
+            (items[i] for i in live if items[i].suspicion is not None),
+            key=lambda item: -(item.suspicion or 0.0),
+        )
+        stats["top_suspicious"] = [
+            {
+                "content_sha256": item.content_sha256,
+                "image_type": item.image_type,
+                "color": item.color,
+                "task": tasks.get(item.content_sha256),
+                "model_label": item.model_label,
+                "model_confidence": item.model_confidence,
+                "suspicion": item.suspicion,
+                "origin": item.provenance.get("path") or item.provenance.get("url"),
+            }
+            for item in scored[:TOP_SUSPICIOUS]
+        ]
+        return items
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _suffix(checked: Checked) -> str:
+    return _SUFFIXES.get(checked.decoded.format, "") if checked.decoded else ""

@@ -1,0 +1,1 @@
+"""Evaluation: reports on labelled images, per-source and cross-source figures, the card."""

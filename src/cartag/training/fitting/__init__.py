@@ -1,0 +1,2 @@
+"""Fitting primitives: linear heads, classification metrics, temperature scaling,
+confident learning."""

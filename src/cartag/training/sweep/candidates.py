@@ -1,0 +1,387 @@
+"""One sweep trial: fit the two heads, score them, write a loadable model folder.
+
+A candidate is a ``cartag-model/1`` folder (``config.json``, ``type_head``,
+``color_head``, ``MODEL_CARD.md``) that
+:meth:`cartag.models.classifier.EmbeddingClassifier.from_dir` loads, like the
+bundled model. The image-type head is always linear (the classifier loads it as a
+:class:`~cartag.models.heads.LinearHead`); ``head_type`` chooses the color head:
+``linear`` (logistic regression on [embedding, color features]) or ``mlp`` (that
+plus small MLPs on the color features, :func:`cartag.training.heads.color.fit_color_head`).
+
+Heads are first fitted on the train split minus a validation fold (whole groups),
+scored there (the sweep's objective, and the type head's temperature), then
+refitted on the whole train split. The test sets are only scored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import numpy as np
+
+from cartag.models.backbone import PREPROCESS_ID, Backbone
+from cartag.models.classifier import (
+    CONFIG_NAME,
+    MODEL_FORMAT,
+    backbone_config,
+    copy_backbone_weights,
+)
+from cartag.models.color_features import FEATURE_DIM, FEATURE_ID
+from cartag.models.heads import LinearHead
+from cartag.training.fitting.calibration import fit_temperature
+from cartag.training.fitting.fit import fit_linear_head
+from cartag.training.fitting.metrics import classification_report
+from cartag.training.heads.color import MLPConfig, fit_color_head
+from cartag.training.sweep.sweep_data import PLACEHOLDER, DatasetView, Features
+from cartag.vocab import COLORS, IMAGE_TYPES
+
+TASKS: Final[tuple[str, ...]] = ("image_type", "color")
+# Seeds of the color MLP averaged into one head (the bundled model uses 3; 2 halves the cost).
+_MLP_SEEDS: Final[int] = 2
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """The configuration of one trial (one point of the sweep's search space)."""
+
+    head_type: str
+    backbone: str
+    lr: float
+    weight_decay: float
+    l2: float
+    class_weights: str
+    augmentation: str
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> TrialParams:
+        return cls(
+            head_type=str(params["head_type"]),
+            backbone=str(params["backbone"]),
+            lr=float(params["lr"]),
+            weight_decay=float(params["weight_decay"]),
+            l2=float(params["l2"]),
+            class_weights=str(params["class_weights"]),
+            augmentation=str(params["augmentation"]),
+        )
+
+
+@dataclass
+class Heads:
+    """A fitted pair of heads; the color head's input is [embedding, color features]."""
+
+    image_type: LinearHead
+    color: LinearHead
+
+
+def task_metrics(y_true: np.ndarray, proba: np.ndarray, labels: tuple[str, ...]) -> dict[str, Any]:
+    """The registry's per-task metrics (module :mod:`cartag.gates` format).
+
+    Args:
+        y_true: (N,) int labels, N > 0.
+        proba: (N, K) scores.
+        labels: K class names.
+
+    Returns:
+        ``n``, ``accuracy``, ``macro_recall``, ``labels`` (the classes present, also the
+        confusion axes), ``per_class`` {label: precision/recall/support}, ``confusion``.
+    """
+    report = classification_report(y_true, proba, labels)
+    return {
+        "n": report["n"],
+        "accuracy": report["accuracy"],
+        "macro_recall": report["macro_recall"],
+        "labels": report["confusion"]["labels"],
+        "per_class": report["per_class"],
+        "confusion": report["confusion"]["rows_true_cols_pred"],
+    }
+
+
+def color_input(features: Features, rows: np.ndarray, head: LinearHead) -> np.ndarray:
+    """The color head's (B, D [+ F]) input: with color features when the head takes them."""
+    emb: np.ndarray = features.emb[rows]
+    if head.embedding_dim == emb.shape[1] + FEATURE_DIM:
+        return np.concatenate([emb, features.color[rows]], axis=1)
+    return emb
+
+
+def evaluate_heads(
+    heads: Heads, features: Features, view: DatasetView, rows: np.ndarray
+) -> dict[str, Any]:
+    """Metrics of both heads on ``rows`` (tasks without labelled rows are left out)."""
+    out: dict[str, Any] = {}
+    typed = rows[view.type_idx[rows] >= 0]
+    if len(typed):
+        proba = heads.image_type.predict_proba(features.emb[typed])
+        out["image_type"] = task_metrics(view.type_idx[typed], proba, IMAGE_TYPES)
+    colored = rows[(view.color_idx[rows] >= 0) & (view.type_idx[rows] != PLACEHOLDER)]
+    if len(colored):
+        proba = heads.color.predict_proba(color_input(features, colored, heads.color))
+        out["color"] = task_metrics(view.color_idx[colored], proba, COLORS)
+    return out
+
+
+def _augment(
+    x: np.ndarray,
+    y: np.ndarray,
+    mirrored: np.ndarray | None,
+    params: TrialParams,
+    noise_std: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    if params.augmentation == "flip" and mirrored is not None:
+        return np.concatenate([x, mirrored]), np.concatenate([y, y])
+    if params.augmentation == "noise":
+        noisy = x + rng.normal(0.0, 1.0, x.shape) * (noise_std * x.std(axis=0))
+        return np.concatenate([x, noisy.astype(np.float32)]), np.concatenate([y, y])
+    return x, y
+
+
+def fit_heads(
+    features: Features,
+    view: DatasetView,
+    rows: np.ndarray,
+    params: TrialParams,
+    *,
+    mlp_epochs: int,
+    noise_std: float,
+    seed: int,
+) -> Heads:
+    """Fit the type and color heads on ``rows`` of the view.
+
+    Raises:
+        ValueError: ``rows`` hold no type or no color labels.
+    """
+    rng = np.random.default_rng(seed)
+    weight: Literal["balanced"] | None = "balanced" if params.class_weights == "balanced" else None
+    typed = rows[view.type_idx[rows] >= 0]
+    colored = rows[(view.color_idx[rows] >= 0) & (view.type_idx[rows] != PLACEHOLDER)]
+    if not len(typed) or not len(colored):
+        raise ValueError("the training rows need image-type and color labels")
+    flipped = features.flipped
+    x, y = _augment(
+        features.emb[typed],
+        view.type_idx[typed],
+        None if flipped is None else flipped[typed],
+        params,
+        noise_std,
+        rng,
+    )
+    type_head = fit_linear_head(x, y, IMAGE_TYPES, l2=params.l2, class_weight=weight, seed=seed)
+
+    def with_color(emb: np.ndarray) -> np.ndarray:
+        return np.concatenate([emb, features.color[colored]], axis=1)
+
+    x, y = _augment(
+        with_color(features.emb[colored]),
+        view.color_idx[colored],
+        None if flipped is None else with_color(flipped[colored]),
+        params,
+        noise_std,
+        rng,
+    )
+    extra = features.recolored
+    recolored: dict[str, int] = {}
+    if extra is not None:
+        # Only the copies of these rows: the validation fold's stay out of its fit.
+        # Not augmented: they are an augmentation already.
+        use = np.isin(extra.source, colored)
+        x = np.concatenate([x, np.concatenate([extra.emb[use], extra.color[use]], axis=1)])
+        y = np.concatenate([y, extra.color_idx[use]])
+        recolored = {COLORS[i]: int(n) for i, n in Counter(extra.color_idx[use]).items()}
+    dim = features.emb.shape[1]
+    color_head: LinearHead
+    if params.head_type == "mlp":
+        config = MLPConfig(seeds=_MLP_SEEDS, lr=params.lr, weight_decay=params.weight_decay)
+        (color_head,) = fit_color_head(
+            x, y, COLORS, mlp_start=dim, l2=params.l2, epochs=(mlp_epochs,), config=config
+        )
+    else:
+        color_head = fit_linear_head(x, y, COLORS, l2=params.l2, class_weight=weight, seed=seed)
+    color_head.metadata["features"] = {
+        "input": "[embedding, color features]",
+        "embedding_dim": dim,
+        "color_features": FEATURE_ID,
+        "color_features_dim": FEATURE_DIM,
+    }
+    if recolored:
+        color_head.metadata["recolored"] = {
+            "generator": "cartag.training.heads.recolor",
+            "train_counts": dict(sorted(recolored.items())),
+        }
+    return Heads(type_head, color_head)
+
+
+def macro_recall(metrics: dict[str, Any]) -> float:
+    """Mean of the tasks' macro recalls (the sweep's objective on the validation fold)."""
+    values = [float(metrics[t]["macro_recall"]) for t in TASKS if t in metrics]
+    return float(np.mean(values)) if values else 0.0
+
+
+def train_candidate(
+    features: Features,
+    view: DatasetView,
+    params: TrialParams,
+    *,
+    validation: np.ndarray,
+    mlp_epochs: int,
+    noise_std: float,
+    seed: int,
+) -> tuple[Heads, dict[str, Any]]:
+    """Fit on train minus the validation fold, score it, refit on the whole train split.
+
+    Args:
+        features: Inputs of every row of ``view``.
+        view: The dataset.
+        params: The trial's configuration.
+        validation: bool (N,) validation fold (train rows only).
+        mlp_epochs: Epochs of the color MLP.
+        noise_std: Strength of the ``noise`` augmentation.
+        seed: Seed of the fits and the noise.
+
+    Returns:
+        The final heads (type head calibrated on the validation fold) and the
+        validation metrics (``image_type`` / ``color`` in the registry format).
+    """
+    train = view.train
+    inner = train[~validation[train]]
+    held = train[validation[train]]
+    kwargs: dict[str, Any] = {"mlp_epochs": mlp_epochs, "noise_std": noise_std, "seed": seed}
+    first = fit_heads(features, view, inner, params, **kwargs)
+    scores = evaluate_heads(first, features, view, held)
+    typed = held[view.type_idx[held] >= 0]
+    temperature = 1.0
+    if len(typed):
+        temperature = fit_temperature(
+            first.image_type.logits(features.emb[typed]), view.type_idx[typed]
+        )
+    final = fit_heads(features, view, train, params, **kwargs)
+    final.image_type.metadata["temperature"] = temperature
+    final.image_type.metadata["calibration"] = {
+        "method": "temperature scaling (NLL, golden-section search)",
+        "fit_on": "validation fold of the train split (heads fitted without it)",
+    }
+    return final, scores
+
+
+def render_candidate_card(config: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """MODEL_CARD.md of a sweep candidate: data, configuration, validation and test metrics."""
+    training = config["training"]
+    lines = [
+        f"# cartag model card: {config['version']}",
+        "",
+        f"Created {config['created']} by `cartag train` (study `{training['study']}`, "
+        f"trial {training['trial']}).",
+        "",
+        f"- Dataset: `{training['dataset_ref']}`, manifest SHA-256 "
+        f"`{training['manifest_sha256']}`.",
+        f"- Backbone: `{config['backbone']['backbone_id']}` (frozen), preprocessing "
+        f"`{config['backbone']['preprocess']}`; color features `{config['color_features']}`.",
+        "- Configuration: "
+        + ", ".join(f"{k} = {v}" for k, v in sorted(training["params"].items()))
+        + ".",
+        f"- Validation fold ({training['validation_fraction']:.0%} of the train split's "
+        f"groups): macro recall {training['validation_objective']:.4f} "
+        "(mean of the two tasks).",
+        *_recolored_line(training.get("recolored")),
+        "",
+        "## Test sets",
+        "",
+        "| set | task | n | accuracy | macro recall |",
+        "|---|---|---|---|---|",
+    ]
+    for set_name, tasks in sorted(metrics.items()):
+        for task, m in sorted(tasks.items()):
+            lines.append(
+                f"| {set_name} | {task} | {m['n']} | {m['accuracy']:.3f} | "
+                f"{m['macro_recall']:.3f} |"
+            )
+    lines += [
+        "",
+        "Per-class precision/recall and confusion matrices: the registry's metrics "
+        "(`cartag models list`) and the leaderboard report (`cartag train leaderboard`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _recolored_line(recolored: dict[str, Any] | None) -> list[str]:
+    if not recolored:
+        return []
+    counts = ", ".join(f"{c} {n}" for c, n in recolored["train_counts"].items())
+    return [
+        f"- Colors with no photo in the train split, learnt from recolored train-split "
+        f"photos (`{recolored['generator']}`, the car body repainted): {counts}. Their "
+        "recall on real cars is unmeasured until the dataset has photos of them.",
+    ]
+
+
+def write_candidate(
+    out_dir: Path,
+    heads: Heads,
+    backbone: Backbone,
+    *,
+    view: DatasetView,
+    params: TrialParams,
+    study: str,
+    trial: int,
+    validation_fraction: float,
+    validation_metrics: dict[str, Any],
+    test_metrics: dict[str, Any],
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """Write a loadable model folder; returns its config (``version`` is new)."""
+    common = {
+        "backbone_id": backbone.backbone_id,
+        "input_size": backbone.input_size,
+        "preprocess": PREPROCESS_ID,
+        "dataset_ref": view.ref,
+        "manifest_sha256": view.manifest_sha256,
+        "created": now.isoformat(timespec="seconds"),
+    }
+    for task, head in (("image_type", heads.image_type), ("color", heads.color)):
+        head.metadata.update(
+            {**common, "task": task, "metrics": {"validation": validation_metrics.get(task)}}
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    heads.image_type.save(out_dir / "type_head")
+    heads.color.save(out_dir / "color_head")
+    copy_backbone_weights(backbone, out_dir)
+    digest = hashlib.sha256(
+        (
+            heads.image_type.digest()
+            + heads.color.digest()
+            + view.manifest_sha256
+            + backbone.backbone_id
+        ).encode()
+    ).hexdigest()
+    config: dict[str, Any] = {
+        "format": MODEL_FORMAT,
+        "version": f"sweep-{now:%Y.%m.%d}-{digest[:10]}",
+        "backbone": backbone_config(backbone),
+        "heads": {"image_type": "type_head", "color": "color_head"},
+        "color_features": FEATURE_ID,
+        "training": {
+            "dataset_ref": view.ref,
+            "manifest_sha256": view.manifest_sha256,
+            "study": study,
+            "trial": trial,
+            "params": asdict(params),
+            "validation_fraction": validation_fraction,
+            "validation_objective": round(macro_recall(validation_metrics), 4),
+            "command": f"cartag train --dataset {view.ref} --sweep <sweep.yaml>",
+        },
+        "created": now.isoformat(timespec="seconds"),
+    }
+    if "recolored" in heads.color.metadata:
+        config["training"]["recolored"] = heads.color.metadata["recolored"]
+    (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "MODEL_CARD.md").write_text(
+        render_candidate_card(config, test_metrics), encoding="utf-8"
+    )
+    return config

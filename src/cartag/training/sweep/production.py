@@ -1,0 +1,112 @@
+"""What a sweep needs of the model registry, and the production model scored on its test sets.
+
+A sweep registers each trial's model, records production's metrics on the same sets and
+points the ``candidate`` alias at its best trial. Training does not import deploy: the
+caller hands :func:`cartag.training.sweep.sweep.run_sweep` a :class:`ModelRegistry`
+(the CLI passes :class:`cartag.deploy.sweeps.SweepRegistry`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from cartag.models.backbone import BackboneSpec
+from cartag.models.classifier import BUNDLED_DIR, backbone_spec, read_config
+from cartag.models.heads import LinearHead, load_head
+from cartag.settings import Settings
+from cartag.store.db import Database
+from cartag.store.model_versions import find_version
+from cartag.training.sweep.candidates import Heads, evaluate_heads
+from cartag.training.sweep.sweep_data import DatasetView, FeatureSource
+
+
+class ModelRegistry(Protocol):
+    """The registry operations a sweep uses, bound to the project's store."""
+
+    def production_model_dir(self) -> Path | None:
+        """The folder of the ``production`` model, or None when the alias is not set."""
+        ...
+
+    def ensure_initial(self) -> None:
+        """On an empty registry, register what a first server start would, as production."""
+        ...
+
+    def register(
+        self,
+        model_dir: Path,
+        *,
+        created_by: str,
+        dataset_ref: str | None,
+        metrics: dict[str, Any],
+    ) -> None:
+        """Register a model folder with its metrics (load-checked)."""
+        ...
+
+    def record_metrics(self, version: str, metrics: dict[str, Any]) -> None:
+        """Merge evaluation results into a registered version's metrics."""
+        ...
+
+    def point_candidate(self, version: str, *, by: str, reason: str) -> None:
+        """Point the ``candidate`` alias at ``version`` (no gates)."""
+        ...
+
+
+def production_model(
+    db: Database, settings: Settings, registry: ModelRegistry
+) -> tuple[Path, str, bool]:
+    """Where production's model is: ``(folder, version, registered)``.
+
+    The registry's ``production`` alias. On a registry that is still empty, the model a
+    first server start would register (``CARTAG_MODEL_DIR`` or the bundled one) is
+    registered as production first, as that start would do.
+    """
+    path = registry.production_model_dir()
+    if path is None:
+        registry.ensure_initial()
+        path = registry.production_model_dir()
+    if path is None:
+        # Versions exist but none is production: compare with what a server would load.
+        path = settings.model_dir if settings.model_dir is not None else BUNDLED_DIR
+    version = str(read_config(path).get("version") or path.name)
+    with db.read() as session:
+        registered = find_version(session, version) is not None
+    return path, version, registered
+
+
+def load_heads(model_dir: Path) -> tuple[Heads, BackboneSpec]:
+    """A model folder's heads and the network they run on (which is not loaded here)."""
+    config = read_config(model_dir)
+    heads = config["heads"]
+    type_head = LinearHead.load(model_dir / str(heads["image_type"]))
+    color_head = load_head(model_dir / str(heads["color"]))
+    return Heads(type_head, color_head), backbone_spec(model_dir, config)
+
+
+def evaluate_model_dir(model_dir: Path, view: DatasetView, source: FeatureSource) -> dict[str, Any]:
+    """Metrics of a model folder on every test set of ``view`` (cached embeddings)."""
+    heads, spec = load_heads(model_dir)
+    features = source.features(view, spec)
+    return {
+        name: evaluate_heads(heads, features, view, rows) for name, rows in view.test_sets.items()
+    }
+
+
+def evaluate_production(
+    db: Database,
+    settings: Settings,
+    view: DatasetView,
+    source: FeatureSource,
+    registry: ModelRegistry,
+) -> dict[str, Any]:
+    """Score the production model on the view's test sets and record it in the registry."""
+    model_dir, version, registered = production_model(db, settings, registry)
+    metrics = evaluate_model_dir(model_dir, view, source)
+    if registered:
+        registry.record_metrics(version, metrics)
+    return {
+        "version": version,
+        "registered": registered,
+        "model_dir": str(model_dir),
+        "metrics": metrics,
+    }

@@ -1,0 +1,101 @@
+"""Promotion gates: per-class recall drops on shared test sets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cartag.gates import check_promotion, gate_status
+from cartag.settings import Settings
+
+
+def _task(recalls: dict[str, tuple[float, int]]) -> dict[str, Any]:
+    return {
+        "accuracy": 0.9,
+        "macro_recall": sum(r for r, _ in recalls.values()) / len(recalls),
+        "labels": list(recalls),
+        "per_class": {
+            label: {"precision": 0.9, "recall": recall, "support": support}
+            for label, (recall, support) in recalls.items()
+        },
+        "confusion": [[0] * len(recalls) for _ in recalls],
+    }
+
+
+def _metrics(sets: dict[str, dict[str, dict[str, tuple[float, int]]]]) -> dict[str, Any]:
+    return {name: {task: _task(r) for task, r in tasks.items()} for name, tasks in sets.items()}
+
+
+def test_equal_or_better_recall_passes(settings: Settings) -> None:
+    prod = _metrics({"cars@3:test": {"image_type": {"Dealer": (0.9, 50), "Stock": (0.8, 40)}}})
+    cand = _metrics({"cars@3:test": {"image_type": {"Dealer": (0.95, 50), "Stock": (0.8, 40)}}})
+    assert check_promotion(cand, prod, settings) == []
+    assert gate_status(cand, prod, settings) == (True, [])
+
+
+def test_drop_beyond_tolerance_fails_with_readable_message(settings: Settings) -> None:
+    name = "cars@3:test:advertiser=42"
+    prod = _metrics({name: {"image_type": {"Stock": (0.91, 30), "Dealer": (0.9, 30)}}})
+    cand = _metrics({name: {"image_type": {"Stock": (0.85, 30), "Dealer": (0.9, 30)}}})
+    failures = check_promotion(cand, prod, settings)
+    assert failures == [
+        "cars@3:test:advertiser=42 image_type recall of Stock drops 0.91 → 0.85 (> 0.02 tolerance)"
+    ]
+    passes, listed = gate_status(cand, prod, settings)
+    assert not passes and listed == failures
+
+
+def test_drop_within_tolerance_passes_and_exact_tolerance_passes(settings: Settings) -> None:
+    prod = _metrics({"s": {"color": {"Red": (0.90, 20), "Blue": (0.80, 20)}}})
+    cand = _metrics({"s": {"color": {"Red": (0.89, 20), "Blue": (0.78, 20)}}})
+    assert check_promotion(cand, prod, settings) == []
+
+
+def test_small_support_does_not_block(settings: Settings) -> None:
+    prod = _metrics({"s": {"color": {"Pink": (1.0, 2), "Red": (0.9, 50)}}})
+    cand = _metrics({"s": {"color": {"Pink": (0.5, 2), "Red": (0.9, 50)}}})
+    assert check_promotion(cand, prod, settings) == []
+    strict = settings.model_copy(update={"gate_min_support": 1})
+    assert len(check_promotion(cand, prod, strict)) == 1
+
+
+def test_only_shared_sets_tasks_and_classes_are_compared(settings: Settings) -> None:
+    prod = _metrics(
+        {
+            "old@1:test": {"image_type": {"Dealer": (1.0, 50)}},
+            "cars@3:test": {"image_type": {"Dealer": (0.9, 50)}},
+        }
+    )
+    cand = _metrics(
+        {
+            "cars@3:test": {
+                "image_type": {"Dealer": (0.9, 50), "Stock": (0.1, 50)},
+                "color": {"Red": (0.1, 50)},
+            }
+        }
+    )
+    assert check_promotion(cand, prod, settings) == []
+
+
+def test_per_field_tolerance_and_env_parsing(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prod = _metrics({"s": {"color": {"Red": (0.9, 50)}, "image_type": {"Dealer": (0.9, 50)}}})
+    cand = _metrics({"s": {"color": {"Red": (0.86, 50)}, "image_type": {"Dealer": (0.86, 50)}}})
+    loose_color = settings.model_copy(update={"gate_recall_tolerance_by_field": {"color": 0.05}})
+    failures = check_promotion(cand, prod, loose_color)
+    assert len(failures) == 1 and "image_type recall of Dealer" in failures[0]
+
+    monkeypatch.setenv("CARTAG_GATE_RECALL_TOLERANCE", "0.1")
+    monkeypatch.setenv("CARTAG_GATE_RECALL_TOLERANCE_BY_FIELD", "color=0.01, image_type=0.2")
+    from_env = Settings()
+    assert from_env.gate_recall_tolerance == 0.1
+    assert from_env.gate_recall_tolerance_by_field == {"color": 0.01, "image_type": 0.2}
+    failures = check_promotion(cand, prod, from_env)
+    assert len(failures) == 1 and "color recall of Red drops 0.9 → 0.86" in failures[0]
+
+
+def test_no_production_metrics_passes(settings: Settings) -> None:
+    cand = _metrics({"s": {"color": {"Red": (0.1, 50)}}})
+    assert gate_status(cand, None, settings) == (True, [])
