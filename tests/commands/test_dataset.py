@@ -17,6 +17,7 @@ from cartag.pipeline import fixes as fix_service
 from cartag.store.db import Database, upgrade
 from tests.support.factories import NOW, add_image
 from tests.support.http_server import ImageServer
+from tests.support.shared_root import make_data_root
 from tests.training.dataset_images import pattern_jpeg
 
 
@@ -152,3 +153,22 @@ def test_import_with_generated_placeholders(env: dict[str, str], tmp_path: Path)
     assert shown["stats"]["placeholders"] == {"generated": 8, "seed": 5}
     balance = shown["stats"]["class_balance"]["image_type"]
     assert balance["Placeholder"]["n"] >= 5 and balance["Placeholder"]["train"] >= 1
+
+
+def test_shared_labels_writes_the_csv_evaluate_reads(env: dict[str, str], tmp_path: Path) -> None:
+    root = tmp_path / "shared"
+    make_data_root(root)
+    out_csv = tmp_path / "all.csv"
+    code, output = _run(env, "shared-labels", "--data", str(root), "--out", str(out_csv))
+    assert code == 0, output
+    assert out_csv.is_file() and "wrote" in output and "cartag evaluate" in output
+    assert out_csv.read_text().splitlines()[0] == "path,image_type,color,source,group"
+
+
+def test_shared_labels_refuses_a_root_without_the_sets(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    code, output = _run(
+        env, "shared-labels", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "x.csv")
+    )
+    assert code == 2 and "error" in output
+    assert not (tmp_path / "x.csv").exists()

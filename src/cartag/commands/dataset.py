@@ -417,3 +417,31 @@ def export_command(
         err.print(f"[red]error:[/red] cannot write {out_path}: {exc}")
         raise typer.Exit(2) from exc
     out.print(f"wrote {out_path}: {len(document['items'])} items of {document['ref']}")
+
+
+@app.command("shared-labels")
+def shared_labels_command(
+    data: Annotated[
+        Path, typer.Option(help="Folder holding vcr-train, vcor-train and type-train.")
+    ],
+    out_path: Annotated[Path, typer.Option("--out", help="Labels CSV to write.")],
+    split_vcr: Annotated[
+        bool,
+        typer.Option(
+            help="Name vcr's rows 'vcr held-out' / 'vcr train split' (the bundled model "
+            "was fitted on the second)."
+        ),
+    ] = False,
+) -> None:
+    """Write the shared data's reviewed labels (LABELS.md) as a CSV for `cartag evaluate`."""
+    from cartag.training.datasets.sources import read_sources, summary, write_labels_csv
+
+    try:
+        rows = read_sources(data, split_vcr=split_vcr)
+        write_labels_csv(rows, out_path)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    for source, counts in summary(rows).items():
+        out.print(f"{source}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    out.print(f"wrote {out_path}; evaluate with: cartag evaluate {data} --labels {out_path}")

@@ -20,57 +20,13 @@ from cartag.training.datasets.sources import (
 )
 from cartag.training.evaluation.evaluate import labels_from_csv
 from tests.support.images import jpeg_bytes
-
-
-def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def make_data_root(root: Path) -> Path:
-    """Two vcr, two vcor and three type-train images, each folder with its labels.csv.
-
-    Returns:
-        The type-labels CSV for the vcr rows (one vcr row has no type label).
-    """
-    files = [
-        "vcr-train/Red/r1.jpg",
-        "vcr-train/Grey/g1.jpg",
-        "vcor-train/Orange/o1.jpg",
-        "vcor-train/White/w1.jpg",
-        "type-train/Stock/s1.jpg",
-        "type-train/Placeholder/p1.jpg",
-        "type-train/Dealer/d1.jpg",
-    ]
-    for rel in files:
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(jpeg_bytes())
-    _write(
-        root / "vcr-train/labels.csv",
-        "path,color,weak_type,white_border_fraction\n"
-        "vcr-train/Red/r1.jpg,Red,Dealer,0.01\nvcr-train/Grey/g1.jpg,Grey,,0.1\n",
-    )
-    _write(
-        root / "vcor-train/labels.csv",
-        "path,color,source_path\nOrange/o1.jpg,Orange,x\nWhite/w1.jpg,White,y\n",
-    )
-    _write(
-        root / "type-train/labels.csv",
-        "path,type,repo,source_path,commit,note\n"
-        "Stock/s1.jpg,Stock,acme/cars,a,c,\nPlaceholder/p1.jpg,Placeholder,acme/cars,b,c,\n"
-        "Dealer/d1.jpg,Dealer,zed/lot,c,c,\n",
-    )
-    return _write(
-        root / "type_labels.csv",
-        "path,weak_type,type,source,note\nvcr-train/Red/r1.jpg,Dealer,Stock,reviewed,on white\n",
-    )
+from tests.support.shared_root import make_data_root, write_file
 
 
 def test_read_sources_labels_each_row_with_its_source(tmp_path: Path) -> None:
     type_labels = make_data_root(tmp_path)
 
-    review = _write(
+    review = write_file(
         tmp_path / "relabels.csv",
         "path,field,old,new,reason\n"
         "vcr-train/Red/r1.jpg,color,Red,Burgundy,maroon body\n"
@@ -109,7 +65,9 @@ def test_the_written_csv_is_what_evaluate_reads(tmp_path: Path) -> None:
 
 def test_bad_labels_and_empty_roots_are_refused(tmp_path: Path) -> None:
     type_labels = make_data_root(tmp_path)
-    _write(tmp_path / "vcor-train/labels.csv", "path,color,source_path\nOrange/o1.jpg,Mauve,x\n")
+    write_file(
+        tmp_path / "vcor-train/labels.csv", "path,color,source_path\nOrange/o1.jpg,Mauve,x\n"
+    )
     with pytest.raises(ValueError, match="vcor-train/labels.csv:2: 'Mauve'"):
         read_sources(tmp_path, type_labels)
     with pytest.raises(FileNotFoundError, match="vcr-train"):
@@ -155,10 +113,10 @@ def test_split_vcr_names_the_bundled_held_out_rows(tmp_path: Path) -> None:
         (tmp_path / "vcr-train/Red").mkdir(parents=True, exist_ok=True)
         (tmp_path / f"vcr-train/Red/{i}.jpg").write_bytes(jpeg_bytes())
         lines.append(f"vcr-train/Red/{i}.jpg,Red,Dealer,0.01")
-    _write(tmp_path / "vcr-train/labels.csv", "\n".join(lines) + "\n")
-    type_labels = _write(tmp_path / "t.csv", "path,weak_type,type,source,note\n")
+    write_file(tmp_path / "vcr-train/labels.csv", "\n".join(lines) + "\n")
+    type_labels = write_file(tmp_path / "t.csv", "path,weak_type,type,source,note\n")
 
-    review = _write(
+    review = write_file(
         tmp_path / "r.csv",
         "path,field,old,new,reason\nvcr-train/Red/3.jpg,color,Red,Burgundy,maroon\n",
     )

@@ -58,17 +58,14 @@ from cartag.training.bundled.corpus import (
     build_corpus_all,
 )
 from cartag.training.datasets import all_sources
-from cartag.training.datasets.dataset import SPLIT_RULE, file_loader, image_key, split_key
+from cartag.training.datasets.dataset import SPLIT_RULE, file_loader, image_key
 from cartag.training.datasets.embedding_cache import EmbeddingCache
 from cartag.training.datasets.type_labels import TYPE_LABELS_PATH
 from cartag.training.evaluation.card import render_card
-from cartag.training.fitting.fit import fit_linear_head, select_l2
 from cartag.training.fitting.metrics import classification_report
 from cartag.training.heads.recolor import RECOLORED_PER_COLOR
 from cartag.training.heads.type_head import train_type_head
 from cartag.vocab import COLORS, IMAGE_TYPES
-
-L2_GRID = (3e-3, 1e-2, 3e-2, 0.1, 0.3)
 
 
 def per_source_metrics(
@@ -112,38 +109,6 @@ def per_source_metrics(
         )
     }
     return out
-
-
-def _cv_order(keys: Sequence[str], rows: np.ndarray) -> np.ndarray:
-    # Cross-validation folds are taken by position, so shuffle by a key hash first.
-    return rows[np.argsort([split_key("cv:" + keys[i]) for i in rows])]
-
-
-def fit_and_evaluate(
-    corpus: Corpus, labels: Sequence[str], y: np.ndarray, l2: float | None
-) -> tuple[LinearHead, dict[str, Any], np.ndarray]:
-    """Fit one head on the training split and report on the held-out split.
-
-    Args:
-        corpus: The embedded data.
-        labels: Head labels.
-        y: (N,) target index per corpus row, -1 = not used.
-        l2: Penalty, or None to choose it by 4-fold CV on the training split.
-
-    Returns:
-        The head, its metrics dict, and the held-out rows it was scored on.
-    """
-    train = _cv_order(corpus.keys, np.flatnonzero(~corpus.holdout & (y >= 0)))
-    test = np.flatnonzero(corpus.holdout & (y >= 0))
-    cv_scores: dict[str, float] = {}
-    if l2 is None:
-        l2, cv_scores = select_l2(corpus.emb[train], y[train], labels, L2_GRID)
-    head = fit_linear_head(corpus.emb[train], y[train], labels, l2=l2)
-    report = classification_report(y[test], head.predict_proba(corpus.emb[test]), labels)
-    metrics: dict[str, Any] = {"held_out": report}
-    if cv_scores:
-        metrics["l2_cv_balanced_accuracy"] = cv_scores
-    return head, metrics, test
 
 
 def train_bundled(

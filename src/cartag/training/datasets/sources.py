@@ -27,14 +27,12 @@ The written CSV (``path,image_type,color,source,group``, paths relative to the
 data root) is what ``cartag evaluate <root> --labels all.csv`` reads; its
 ``source`` column makes the command report per-source figures::
 
-    python -m cartag.training.datasets.sources --data ../shared/data --out cartag-data/all.csv \\
-        [--split-vcr]
+    cartag dataset shared-labels --data ../shared/data --out cartag-data/all.csv [--split-vcr]
     cartag evaluate ../shared/data --labels cartag-data/all.csv --json all.json
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -265,28 +263,3 @@ def summary(rows: Sequence[SourceRow]) -> dict[str, dict[str, int]]:
             "groups": len({r.group for r in mine}),
         }
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point: write the labels CSV and print the counts."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--data", type=Path, required=True, help="folder of the three sets")
-    parser.add_argument("--out", type=Path, required=True, help="labels CSV to write")
-    parser.add_argument(
-        "--split-vcr",
-        action="store_true",
-        help="source 'vcr held-out' / 'vcr train split' (the shipped model saw the second)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        rows = read_sources(args.data, split_vcr=args.split_vcr)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"error: {exc}") from exc
-    write_labels_csv(rows, args.out)
-    for source, counts in summary(rows).items():
-        print(f"{source}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    print(f"wrote {args.out}; evaluate with: cartag evaluate {args.data} --labels {args.out}")
-
-
-if __name__ == "__main__":
-    main()
