@@ -178,6 +178,25 @@ def test_large_jpeg_is_decoded_in_draft_mode() -> None:
     assert decoded.image.size == (500, 375)
 
 
+def test_a_smaller_draft_size_skips_the_decode_at_half_scale_and_the_resize() -> None:
+    data = jpeg_bytes(1600, 1200)
+
+    # By target_size (320): 1/2 scale (800x600), then shrunk to 640x480.
+    assert decode(data).image.size == (640, 480)
+    # Down to 260 (the model's input): 1/4 scale straight out of libjpeg, no resize.
+    small = decode(data, draft_size=260)
+    assert small.image.size == (400, 300)
+    assert (small.width, small.height) == (1600, 1200)
+    assert close(small.image.getpixel((200, 150)), (200, 30, 30))
+    # A 1024x768 photo keeps its 1/2-scale decode: 1/4 would be under 260.
+    assert decode(jpeg_bytes(1024, 768), draft_size=260).image.size == (512, 384)
+
+
+def test_draft_size_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="draft_size"):
+        decode(jpeg_bytes(), draft_size=0)
+
+
 def test_draft_keeps_the_shorter_side_at_least_target_size() -> None:
     decoded = decode(jpeg_bytes(2000, 1000), target_size=300)
 

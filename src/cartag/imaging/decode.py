@@ -101,6 +101,7 @@ def decode_image(
     max_pixels: int,
     target_size: int = 320,
     max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
+    draft_size: int | None = None,
 ) -> DecodedImage:
     """Decode image bytes into a small RGB image.
 
@@ -123,6 +124,10 @@ def decode_image(
         max_decode_bytes: Most memory one decode may need (estimated from the
             header), and most that all decodes running in the process may
             hold together; a decode that would push the total over it waits.
+        draft_size: Shorter side a JPEG's draft decode may go down to (default
+            ``target_size``). A consumer that needs less than ``target_size``
+            (the model's input) sets it lower: a 1600x1200 JPEG then decodes at
+            1/4 scale, 400x300, instead of 1/2 and a resize to ``2 * target_size``.
 
     Returns:
         The decoded image and the original dimensions.
@@ -137,8 +142,11 @@ def decode_image(
         ValueError: ``max_pixels``, ``target_size`` or ``max_decode_bytes`` is
             not positive.
     """
-    if max_pixels <= 0 or target_size <= 0 or max_decode_bytes <= 0:
-        raise ValueError("max_pixels, target_size and max_decode_bytes must be positive")
+    draft = target_size if draft_size is None else draft_size
+    if max_pixels <= 0 or target_size <= 0 or max_decode_bytes <= 0 or draft <= 0:
+        raise ValueError(
+            "max_pixels, target_size, draft_size and max_decode_bytes must be positive"
+        )
     limit = max_pixels
     if Image.MAX_IMAGE_PIXELS is not None:
         limit = min(limit, Image.MAX_IMAGE_PIXELS)
@@ -158,7 +166,7 @@ def decode_image(
         )
     if header.truncated:
         raise DecodeError(f"{header.format} file is shorter than its header declares", "truncated")
-    need = decode_bytes(header, target_size)
+    need = decode_bytes(header, draft)
     if need > max_decode_bytes:
         mib = 1024 * 1024
         raise DecodeError(
@@ -170,7 +178,7 @@ def decode_image(
 
     try:
         with IN_FLIGHT.hold(need, max_decode_bytes):
-            return _decode(data, header, limit, target_size)
+            return _decode(data, header, limit, target_size, draft)
     except DecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -189,7 +197,7 @@ def decode_image(
         ) from exc
 
 
-def _decode(data: bytes, header: Header, limit: int, target_size: int) -> DecodedImage:
+def _decode(data: bytes, header: Header, limit: int, target_size: int, draft: int) -> DecodedImage:
     """Open, load and normalise the image; errors propagate to :func:`decode_image`."""
     with Image.open(io.BytesIO(data), formats=[header.format]) as src:
         # Pillow calls a JPEG with extra pictures appended (phone cameras) MPO.
@@ -202,11 +210,11 @@ def _decode(data: bytes, header: Header, limit: int, target_size: int) -> Decode
             )
         if file_format == "JPEG":
             # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, keeping both
-            # sides >= target_size: far less work than decoding then resizing.
-            src.draft("RGB", (target_size, target_size))
+            # sides >= draft: far less work than decoding then resizing.
+            src.draft("RGB", (draft, draft))
         # Animated GIF/WebP/APNG: a freshly opened file is positioned on frame 0.
         src.load()
-        if header.jpeg is not None and jpeg_cut_short(data, header.jpeg, src, target_size):
+        if header.jpeg is not None and jpeg_cut_short(data, header.jpeg, src, draft):
             raise DecodeError(
                 "JPEG scan data ends before the last rows of the image (libjpeg "
                 "would fill them with grey)",

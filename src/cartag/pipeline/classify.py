@@ -48,6 +48,10 @@ from cartag.telemetry import Telemetry, host_of
 from cartag.vocab import parse_scrape_color
 
 log = logging.getLogger(__name__)
+# A JPEG may be draft-decoded down to this shorter side: the largest network input of
+# the supported backbones (Lite2: 260); the color evidence and the pHash need less. A
+# 1600x1200 photo then decodes at 1/4 scale (400x300) instead of 1/2 plus a resize.
+DRAFT_SIZE = 260
 
 
 # A large inventory is resolved in chunks of this many model batches per runner,
@@ -343,6 +347,7 @@ class ClassifyService:
                 item.fetched.content,
                 max_pixels=self.settings.max_image_pixels,
                 max_decode_bytes=self.settings.max_decode_mb * 1024 * 1024,
+                draft_size=DRAFT_SIZE,
             )
         except DecodeError as exc:
             return exc.reason
