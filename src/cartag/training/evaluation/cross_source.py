@@ -26,6 +26,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from cartag.training.datasets.all_sources import placeholder_precision
 from cartag.training.datasets.dataset import holdout_mask
 from cartag.training.datasets.sources import TYPE_TRAIN, VCOR, VCR
 from cartag.training.evaluation.by_source import reports_by_source
@@ -184,11 +185,12 @@ def placeholder_stats(
         prediction / a true one), ``false_positives``, and with ``real`` also
         ``real_called_placeholder`` and ``precision_with_real``.
     """
-    called, true = pred == placeholder, y == placeholder
-    tp, fp = int((called & true).sum()), int((called & ~true).sum())
+    # Every labelled row counts as real: any wrong Placeholder call is a false positive.
+    core = placeholder_precision(y, pred, placeholder, np.ones(len(y), dtype=bool))
+    tp, fp = core["tp"], core["false_positives"]
     out: dict[str, Any] = {
-        "precision": round(tp / (tp + fp), 4) if tp + fp else None,
-        "recall": round(tp / int(true.sum()), 4) if true.any() else None,
+        "precision": core["precision"],
+        "recall": core["recall"],
         "false_positives": fp,
     }
     if real is not None:

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from cartag.training.datasets.all_sources import placeholder_precision
 from cartag.vocab import IMAGE_TYPES
 
 PLACEHOLDER: Final[int] = IMAGE_TYPES.index("Placeholder")
@@ -35,17 +36,14 @@ def placeholder_scores(logits: np.ndarray, y: np.ndarray, offset: float) -> dict
     Returns:
         ``precision``, ``recall``, ``false_positives`` and ``missed``.
     """
-    shifted = logits.copy()
-    shifted[:, PLACEHOLDER] -= offset
-    called = shifted.argmax(axis=1) == PLACEHOLDER
-    truth = y == PLACEHOLDER
-    tp = int((called & truth).sum())
-    fp = int((called & ~truth).sum())
+    pred = apply_offset(logits, offset).argmax(axis=1)
+    # Every row called Placeholder that is not one is a false positive (all rows count as real).
+    stats = placeholder_precision(y, pred, PLACEHOLDER, np.ones(len(y), dtype=bool))
     return {
-        "precision": round(tp / max(1, tp + fp), 4),
-        "recall": round(tp / max(1, int(truth.sum())), 4),
-        "false_positives": fp,
-        "missed": int((truth & ~called).sum()),
+        "precision": stats["precision"] or 0.0,
+        "recall": stats["recall"] or 0.0,
+        "false_positives": stats["false_positives"],
+        "missed": int(((y == PLACEHOLDER) & (pred != PLACEHOLDER)).sum()),
     }
 
 
@@ -93,8 +91,11 @@ def choose_offset(
     return chosen, record
 
 
-def apply_offset(bias: np.ndarray, offset: float) -> np.ndarray:
-    """A copy of a (K,) bias vector with the Placeholder entry lowered by ``offset``."""
-    out = np.array(bias, dtype=np.float32, copy=True)
-    out[PLACEHOLDER] -= np.float32(offset)
+def apply_offset(values: np.ndarray, offset: float) -> np.ndarray:
+    """A copy of (..., K) logits or a (K,) bias with the Placeholder entry lowered by ``offset``.
+
+    The dtype is kept (float32 for a head's bias, float64 for out-of-fold logits).
+    """
+    out = np.array(values, copy=True)
+    out[..., PLACEHOLDER] -= offset
     return out

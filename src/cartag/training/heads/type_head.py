@@ -264,8 +264,7 @@ def train_type_head(
     chosen, oof_logits, cv_scores = _choose_l2(X, y_train, fold, L2_GRID if l2 is None else [l2])
     real_train = np.asarray([not corpus.family[i] for i in train.tolist()], dtype=bool)
     offset, offset_record = placeholder_offset.choose_offset(oof_logits, y_train, real_train)
-    oof_logits = oof_logits.copy()
-    oof_logits[:, PLACEHOLDER] -= offset
+    oof_logits = placeholder_offset.apply_offset(oof_logits, offset)
     # The temperature is fitted to the logits the head will serve, offset included.
     temperature = calibration.fit_temperature(oof_logits, y_train)
     head = fit_linear_head(X, y_train, IMAGE_TYPES, l2=chosen)
