@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cartag.training.evaluation import card_sources
+from cartag.training.evaluation.card_sources import fmt
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -16,19 +17,11 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def _fmt(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
-
 def _per_class_table(report: dict[str, Any]) -> list[str]:
     lines = ["| class | precision | recall | support |", "|---|---|---|---|"]
     for label, row in report["per_class"].items():
         lines.append(
-            f"| {label} | {_fmt(row['precision'])} | {_fmt(row['recall'])} | {row['support']} |"
+            f"| {label} | {fmt(row['precision'])} | {fmt(row['recall'])} | {row['support']} |"
         )
     return lines
 
@@ -133,8 +126,8 @@ def _label_section(tm: dict[str, Any]) -> list[str]:
     ]
     for row in tm["low_confidence_out_of_fold"]:
         lines.append(
-            f"| {row['threshold']} | {_fmt(row['share_low'])} | "
-            f"{_fmt(row['accuracy_confident'])} | {_fmt(row['accuracy_low'])} |"
+            f"| {row['threshold']} | {fmt(row['share_low'])} | "
+            f"{fmt(row['accuracy_confident'])} | {fmt(row['accuracy_low'])} |"
         )
     return [*lines, ""]
 
@@ -175,8 +168,8 @@ def _backbone_line(backbone: dict[str, Any], finetune: dict[str, Any] | None) ->
         "ImageNet batch-norm statistics kept; stored as its int8 change to the package weights, "
         "`cartag.models.weights_delta`), then frozen; the heads below "
         f"are fitted on its embeddings = {backbone['embedding']}. The fine-tuning's own linear "
-        f"heads scored type macro recall {_fmt(held_out.get('type_macro_recall'))} and color "
-        f"accuracy {_fmt(held_out.get('color_accuracy'))} on the held-out split (reported "
+        f"heads scored type macro recall {fmt(held_out.get('type_macro_recall'))} and color "
+        f"accuracy {fmt(held_out.get('color_accuracy'))} on the held-out split (reported "
         "only; nothing was chosen on it)."
     )
 
@@ -282,7 +275,7 @@ def _by_source_section(type_metrics: dict[str, Any], color_metrics: dict[str, An
         color = colors.get(source)
         recalls = (
             " / ".join(
-                _fmt(report["per_class"].get(c, {}).get("recall"))
+                fmt(report["per_class"].get(c, {}).get("recall"))
                 for c in ("Dealer", "Stock", "Placeholder")
             )
             if report
@@ -296,10 +289,10 @@ def _by_source_section(type_metrics: dict[str, Any], color_metrics: dict[str, An
                 low = f"{name} {value:.3f}"
         lines.append(
             f"| {source} | {report['n'] if report else ''} | "
-            f"{_fmt(report['macro_recall']) if report else ''} | {recalls} | "
-            + (f"{_fmt(ph['precision'])} ({ph['tp']} / {ph['false_positives']})" if ph else "")
+            f"{fmt(report['macro_recall']) if report else ''} | {recalls} | "
+            + (f"{fmt(ph['precision'])} ({ph['tp']} / {ph['false_positives']})" if ph else "")
             + f" | {color['n'] if color else ''} | "
-            f"{_fmt(color['accuracy']) if color else ''} | {low} |"
+            f"{fmt(color['accuracy']) if color else ''} | {low} |"
         )
     return [*lines, ""]
 

@@ -15,8 +15,13 @@ from typing import Any, Final
 CROSS_SOURCE_NAME: Final[str] = "cross_source.json"
 
 
-def _f(value: object) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else ("-" if value is None else str(value))
+def fmt(value: object) -> str:
+    """A card figure: floats to 3 decimals, None as ``-``."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
 
 
 def label_section(training: dict[str, Any]) -> list[str]:
@@ -93,8 +98,8 @@ def cross_source_section(summary: dict[str, Any] | None) -> list[str]:
     ]
     for row in summary["rows"]:
         lines.append(
-            f"| {row['protocol']} | {row['test_set']} | {row['n']} | {_f(row['accuracy'])} | "
-            f"{_f(row['macro_recall'])} | {row['lowest']} | {_f(row['placeholder_precision'])} "
+            f"| {row['protocol']} | {row['test_set']} | {row['n']} | {fmt(row['accuracy'])} | "
+            f"{fmt(row['macro_recall'])} | {row['lowest']} | {fmt(row['placeholder_precision'])} "
             f"| {row['targets']} |"
         )
     return [*lines, ""]
