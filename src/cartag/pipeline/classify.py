@@ -25,6 +25,7 @@ from cartag.models.color_providers import (
     ColorProvider,
     ColorQuery,
 )
+from cartag.models.variants import VARIANTS
 from cartag.net.fetch import Fetcher
 from cartag.net.outcomes import Failed, FetchRequest, NotModified
 from cartag.pipeline.bookkeeping import AdvertiserImages
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 # A JPEG may be draft-decoded down to this shorter side: the largest network input of
 # the supported backbones (Lite2: 260); the color evidence and the pHash need less. A
 # 1600x1200 photo then decodes at 1/4 scale (400x300) instead of 1/2 plus a resize.
-DRAFT_SIZE = 260
+DRAFT_SIZE = max(variant.input_size for variant in VARIANTS.values())
 
 
 # A large inventory is resolved in chunks of this many model batches per runner,
