@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from cartag.errors import ModelError
 from cartag.imaging.placeholders import make_placeholder
-from cartag.models.classifier import Classifier, EmbeddingClassifier, settings_plan
+from cartag.models.classifier import Classifier, EmbeddingClassifier, from_settings
 from cartag.settings import Settings
 from cartag.store.model_versions import REGISTERED
 from cartag.store.tables import ModelVersionRow
@@ -113,17 +113,8 @@ def load_model(settings: Settings, folder: Path, *, reuse: Classifier | None = N
         ModelError: The files are missing, corrupt or inconsistent.
     """
     backbone = reuse.backbone if isinstance(reuse, EmbeddingClassifier) else None
-    plan = settings_plan(settings)
     try:
-        return EmbeddingClassifier.from_dir(
-            folder,
-            threads=plan.threads,
-            concurrency=plan.workers,
-            batch_size=settings.inference_batch_size,
-            engine=settings.engine,
-            cache_dir=settings.data_dir / "cache",
-            backbone=backbone,
-        )
+        return from_settings(settings, folder, backbone=backbone)
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - a broken file may raise anything

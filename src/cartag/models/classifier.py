@@ -424,12 +424,27 @@ def load_classifier(settings: Settings) -> Classifier:
             f"CARTAG_MODEL_DIR={path} does not exist; unset it to use the bundled model "
             "or point it at a folder with config.json and the head files"
         )
+    return from_settings(settings, path)
+
+
+def from_settings(
+    settings: Settings, folder: Path, *, backbone: Backbone | None = None
+) -> EmbeddingClassifier:
+    """Load ``folder`` with the inference plan, batch size, engine and cache the settings give.
+
+    Args:
+        settings: Uses ``torch_threads``, ``inference_workers``, ``inference_batch_size``,
+            ``engine`` and ``data_dir`` (the ONNX backbone is cached in ``<data_dir>/cache``).
+        folder: A model folder (config.json, heads, optional weights).
+        backbone: A loaded backbone of the same variant to share (a hot swap keeps one).
+    """
     plan = settings_plan(settings)
     return EmbeddingClassifier.from_dir(
-        path,
+        folder,
         threads=plan.threads,
         concurrency=plan.workers,
         batch_size=settings.inference_batch_size,
         engine=settings.engine,
         cache_dir=settings.data_dir / "cache",
+        backbone=backbone,
     )
