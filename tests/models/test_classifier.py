@@ -255,9 +255,9 @@ def test_real_cars_of_the_colors_vcr_train_lacks(
     # colors vcr-train has (almost) none of, labels as reviewed by LABELS.md.
     rows = [r for r in read_sources(shared_data.parent) if r.source == VCOR]
     held = source_holdout(rows, np.full(len(rows), -1))
+    held_rows = [r for r, h in zip(rows, held, strict=True) if h]
     for target in ("Orange", "Purple"):
-        files = [shared_data.parent / r.path for r, h in zip(rows, held, strict=True)]
-        mine = [f for f, r, h in zip(files, rows, held, strict=True) if h and r.color == target]
+        mine = [shared_data.parent / r.path for r in held_rows if r.color == target]
         images = [Image.open(f).convert("RGB") for f in mine[:10]]
         called = [p.color for p in embedding_classifier.predict(images)]
         assert len(images) == 10 and called.count(target) >= 8, (target, called)
