@@ -21,8 +21,20 @@ from cartag.store import model_versions as versions_repo
 from cartag.store.db import Database
 from cartag.store.tables import EmbeddingRow
 from cartag.training.sweep.candidates import TrialParams, fit_heads
-from cartag.training.sweep.sweep import SweepCallbacks, covering_params, run_sweep, study_name
-from cartag.training.sweep.sweep_config import MAX_TRIALS, check_backbones, load_sweep, parse_sweep
+from cartag.training.sweep.sweep import (
+    SweepCallbacks,
+    SweepResult,
+    covering_params,
+    run_sweep,
+    study_name,
+)
+from cartag.training.sweep.sweep_config import (
+    MAX_TRIALS,
+    SweepConfig,
+    check_backbones,
+    load_sweep,
+    parse_sweep,
+)
 from cartag.training.sweep.sweep_data import DatasetView, Features, RecoloredRows
 from cartag.vocab import COLORS
 from tests.support.sweep_data import (
@@ -133,6 +145,27 @@ def test_example_sweep_parses_and_hash_ignores_trial_count() -> None:
 # --- a real sweep ----------------------------------------------------------------------
 
 
+def _sweep(
+    db: Database,
+    settings: Settings,
+    ref: str,
+    config: SweepConfig,
+    clock: FakeClock,
+    **kwargs: Any,
+) -> SweepResult:
+    """run_sweep on one thread, handed the deploy registry as the CLI hands it."""
+    return run_sweep(
+        db,
+        settings,
+        ref,
+        config,
+        clock=clock,
+        registry=SweepRegistry(db, settings, clock),
+        threads=1,
+        **kwargs,
+    )
+
+
 @pytest.fixture(scope="module")
 def tiny_examples() -> list[Example]:
     return examples(seed=0)
@@ -175,14 +208,12 @@ def test_tiny_sweep_registers_candidates_and_resumes(
     config = parse_sweep(TINY)
     stages: list[tuple[str, int, int]] = []
     ended: list[int] = []
-    result = run_sweep(
+    result = _sweep(
         db,
         sweep_settings,
         ref,
         config,
-        clock=clock,
-        registry=SweepRegistry(db, sweep_settings, clock),
-        threads=1,
+        clock,
         callbacks=SweepCallbacks(
             on_stage=lambda s, d, t: stages.append((s, d, t)),
             on_trial_end=lambda n, v, s: ended.append(n),
@@ -248,27 +279,23 @@ def test_tiny_sweep_registers_candidates_and_resumes(
 
     # Same command again: resumes, no new trial, nothing recomputed.
     stages.clear()
-    again = run_sweep(
+    again = _sweep(
         db,
         sweep_settings,
         ref,
         config,
-        clock=clock,
-        registry=SweepRegistry(db, sweep_settings, clock),
-        threads=1,
+        clock,
     )
     assert (again.new_trials, again.completed) == (0, 4)
     assert again.best_version == result.best_version
 
     # More trials: the same study grows.
-    more = run_sweep(
+    more = _sweep(
         db,
         sweep_settings,
         ref,
         config.with_trials(5),
-        clock=clock,
-        registry=SweepRegistry(db, sweep_settings, clock),
-        threads=1,
+        clock,
     )
     assert (more.new_trials, more.completed) == (1, 5)
 
@@ -295,14 +322,12 @@ def test_sweep_computes_missing_embeddings_into_the_cache(
     # recolored_per_color 0: no recolored copies either.
     space = {**TINY["search_space"], "head_type": "linear"}
     config = parse_sweep({**TINY, "search_space": space, "recolored_per_color": 0})
-    run_sweep(
+    _sweep(
         sqlite_db,
         sweep_settings,
         ref,
         config,
-        clock=clock,
-        registry=SweepRegistry(sqlite_db, sweep_settings, clock),
-        threads=1,
+        clock,
         callbacks=SweepCallbacks(on_stage=lambda s, d, t: stages.append((s, d, t))),
     )
     assert "recolored photos" not in {s for s, _, _ in stages}
@@ -332,14 +357,12 @@ def test_draft_dataset_is_refused(
     clock = FakeClock()
     ref = make_frozen_dataset(sqlite_db, sweep_settings, clock, tiny_examples[:10], freeze=False)
     with pytest.raises(ConflictError, match="draft"):
-        run_sweep(
+        _sweep(
             sqlite_db,
             sweep_settings,
             ref,
             parse_sweep(TINY),
-            clock=clock,
-            registry=SweepRegistry(sqlite_db, sweep_settings, clock),
-            threads=1,
+            clock,
         )
 
 
@@ -352,14 +375,12 @@ def test_sweep_refuses_a_dataset_without_placeholder_training_examples(
     photos = [e for e in tiny_examples if e.image_type != "Placeholder"]
     ref = make_frozen_dataset(sqlite_db, sweep_settings, clock, photos)
     with pytest.raises(InputError) as info:
-        run_sweep(
+        _sweep(
             sqlite_db,
             sweep_settings,
             ref,
             parse_sweep(TINY),
-            clock=clock,
-            registry=SweepRegistry(sqlite_db, sweep_settings, clock),
-            threads=1,
+            clock,
         )
     assert info.value.field == "dataset"
     assert "no training examples of image type Placeholder" in info.value.message
@@ -377,14 +398,12 @@ def test_sweep_refuses_placeholders_only_in_the_test_split(
     ]
     ref = make_frozen_dataset(sqlite_db, sweep_settings, clock, items)
     with pytest.raises(InputError, match="Placeholder"):
-        run_sweep(
+        _sweep(
             sqlite_db,
             sweep_settings,
             ref,
             parse_sweep(TINY),
-            clock=clock,
-            registry=SweepRegistry(sqlite_db, sweep_settings, clock),
-            threads=1,
+            clock,
         )
 
 
