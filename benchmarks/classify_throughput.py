@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ from benchmarks.peers import (
     parse_size,
     resized_jpeg,
 )
+from benchmarks.profiling import sampled, summary
 from cartag.models.backbone import Backbone
 from cartag.models.classifier import BUNDLED_DIR, backbone_spec, settings_plan
 from cartag.settings import Settings
@@ -185,6 +186,12 @@ def main() -> None:
     parser.add_argument(
         "--peers", default="naive,competent", help="peers to time beside cartag ('none': none)"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="sample the server with py-spy during cartag's runs; stacks go to this folder",
+    )
     args = parser.parse_args()
     peer_names = _peer_names(args.peers)
 
@@ -249,9 +256,10 @@ def main() -> None:
                         elif name == "cartag":
                             cartag_done = 0
                             cpu0, own0 = cpu_seconds(server.pid), time.process_time()
-                            rate = classify_rate(
-                                client, round_urls["cartag"], headers, args.clients, count
-                            )
+                            with profiled(server.pid, args.profile, f"first-{r}.txt"):
+                                rate = classify_rate(
+                                    client, round_urls["cartag"], headers, args.clients, count
+                                )
                             if rate > first:
                                 first, cartag_ok = rate, cartag_done
                                 server_cpu = cpu_seconds(server.pid) - cpu0
@@ -261,7 +269,8 @@ def main() -> None:
                             if name not in best or run.images_per_s > best[name].images_per_s:
                                 best[name] = run
                 images.reset_counters()
-                second = classify_rate(client, urls, headers, args.clients)
+                with profiled(server.pid, args.profile, "second.txt"):
+                    second = classify_rate(client, urls, headers, args.clients)
                 second_bytes = images.bytes_sent
                 peer_rss = {name: peer.peak_rss_kb() for name, peer in peers.items()}
             peak_rss = memory_kb(server.pid, "VmHWM")
@@ -327,6 +336,22 @@ def main() -> None:
         f"| raw backbone ({settings.engine}, batch {batch}, {plan.workers} at once) "
         f"| {raw:.1f} | {raw_backbone.cpu_ms_per_image:.1f} | | | {ratio:.2f}x |"
     )
+    if args.profile is not None:
+        _print_profiles(args.profile, args.repeats)
+
+
+def profiled(pid: int, folder: Path | None, name: str) -> AbstractContextManager[None]:
+    """py-spy on the server while a run lasts (``--profile``), else nothing."""
+    return nullcontext() if folder is None else sampled(pid, folder / name)
+
+
+def _print_profiles(folder: Path, repeats: int) -> None:
+    for name in [*(f"first-{r}.txt" for r in range(repeats)), "second.txt"]:
+        lines = summary(folder / name)
+        if lines:
+            print(f"\nserver CPU by cartag frame ({folder / name}, share of busy samples):")
+            for share, frame in lines:
+                print(f"  {100 * share:5.1f}%  {frame}")
 
 
 if __name__ == "__main__":

@@ -165,6 +165,23 @@ def test_matching_etag_gives_not_modified_without_body(server: ImageServer) -> N
     assert server.requests("/a.jpg")[0].headers["if-none-match"] == '"v1"'
 
 
+def test_revalidations_and_redirects_keep_their_connection(server: ImageServer) -> None:
+    server.add_file("/a.jpg", JPEG, etag='"v1"')
+    server.add_redirect("/old.jpg", "/a.jpg")
+    requests = [FetchRequest(server.url("/a.jpg"), etag='"v1"') for _ in range(20)]
+    requests += [FetchRequest(server.url("/old.jpg"), etag='"v1"') for _ in range(5)]
+
+    async def sequentially() -> list[FetchOutcome]:
+        async with Fetcher(_settings()) as fetcher:
+            return [await fetcher.fetch(request) for request in requests]
+
+    outcomes = asyncio.run(sequentially())
+    assert all(isinstance(outcome, NotModified) for outcome in outcomes)
+    # One keep-alive connection for all 30 exchanges: a 304 or a redirect left
+    # unread would close its connection and the next request would open another.
+    assert server.connections == 1
+
+
 def test_last_modified_gives_not_modified(server: ImageServer) -> None:
     server.add_file("/a.jpg", JPEG, etag=False)
     outcome = _fetch(server.url("/a.jpg"), last_modified=DEFAULT_LAST_MODIFIED)

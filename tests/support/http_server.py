@@ -66,6 +66,7 @@ class _Server(ThreadingHTTPServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         sock, address = self.socket.accept()
+        self.owner._connected()
         if self.ssl_context is not None:
             # The handshake happens on first read, in the handler thread, so a
             # client that never completes it cannot stall the accept loop.
@@ -140,6 +141,7 @@ class ImageServer:
     Attributes:
         bytes_sent: Response body bytes written to sockets, all routes.
         max_concurrent: Most requests in progress at once since the last reset.
+        connections: TCP connections accepted since the last reset.
         errors: Unexpected exceptions raised while serving (should stay empty).
     """
 
@@ -158,6 +160,7 @@ class ImageServer:
         self._active = 0
         self.bytes_sent = 0
         self.max_concurrent = 0
+        self.connections = 0
         self.errors: list[BaseException] = []
 
     @property
@@ -347,6 +350,7 @@ class ImageServer:
             for bodies in self._received.values():
                 bodies.clear()
             self.bytes_sent = 0
+            self.connections = 0
             self.max_concurrent = self._active
 
     # --- serving (runs in handler threads) ---------------------------------------
@@ -391,6 +395,10 @@ class ImageServer:
         if left is not None:
             entry[1] = left - 1
         return status
+
+    def _connected(self) -> None:
+        with self._lock:
+            self.connections += 1
 
     def _count(self, sent: int) -> None:
         with self._lock:

@@ -45,6 +45,8 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # A server trickling a byte just within each read timeout would hold a slot
 # forever, so an attempt gets connect_timeout_s + this many read timeouts in all.
 _ATTEMPT_READ_TIMEOUTS = 4
+# Bodies of 304s (none) and redirects (a short page) read to keep the connection.
+_DRAIN_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -333,12 +335,18 @@ class Fetcher:
         location = response.headers.get("Location")
         if status in _REDIRECT_STATUSES and location:
             try:
-                return _Redirect(target.url.join(location.strip()))
+                redirect = _Redirect(target.url.join(location.strip()))
             except httpx.InvalidURL as exc:
                 raise FetchError(
                     f"bad redirect location {location!r}: {exc}", "invalid_url"
                 ) from None
+            await _finish(response)
+            return redirect
         if status == 304:
+            # A 304 has no body, but the connection only goes back to the pool once
+            # the end of the message has been read: unread, every revalidation would
+            # open (and, with TLS, handshake) a new connection.
+            await _finish(response)
             return NotModified(url=url)
         if not 200 <= status < 300:
             raise HTTPStatusError(f"{target.url} answered HTTP {status}", status)
@@ -372,6 +380,22 @@ class Fetcher:
             ),
             content_type=response.headers.get("Content-Type"),
         )
+
+
+async def _finish(response: httpx.Response) -> None:
+    """Read a short body to its end, so that the connection can be kept alive.
+
+    Stops after ``_DRAIN_BYTES``: a longer body (a redirect page) costs less on a
+    new connection than read here; closing the response then closes its connection.
+    """
+    received = 0
+    try:
+        async for chunk in response.aiter_bytes():
+            received += len(chunk)
+            if received > _DRAIN_BYTES:
+                return
+    except httpx.HTTPError:
+        return  # the answer is already known; only the connection is lost
 
 
 class _SlowBodyError(FetchTimeoutError):
