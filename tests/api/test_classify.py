@@ -13,9 +13,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cartag.api.schemas.classify import ClassifyOut
+from cartag.imaging.decode import decode_image
+from cartag.imaging.keys import hamming, phash
 from cartag.models.classifier import Classifier
+from cartag.pipeline.classify import DRAFT_SIZE
 from cartag.store.db import Database
 from cartag.store.embeddings import load_embeddings
+from cartag.store.images import get_images
 from cartag.vocab import COLORS, IMAGE_TYPES
 from tests.api.conftest import AppFactory, make_headers
 from tests.support.http_server import ImageServer
@@ -245,3 +249,27 @@ def test_embeddings_are_cached_by_content_and_backbone(
     for sha, prediction in zip(shas, direct, strict=True):
         assert prediction.embedding is not None
         np.testing.assert_allclose(stored[sha], prediction.embedding, atol=0.02, rtol=0.01)
+
+
+def test_the_phash_is_taken_of_the_model_view_of_a_listing_photo(
+    client: TestClient,
+    classify_headers: dict[str, str],
+    server: ImageServer,
+    shared_data: Path,
+    db: Database,
+    classifier: Classifier,
+) -> None:
+    photo = Image.open(real_photos(shared_data, 1, seed=8)[0]).convert("RGB")
+    listing = io.BytesIO()
+    photo.resize((1024, 768), Image.Resampling.LANCZOS).save(listing, "JPEG", quality=82)
+    server.add_file("/listing.jpg", listing.getvalue())
+    result = _classify(client, classify_headers, [server.url("/listing.jpg")])["results"][0]
+    with db.read() as session:
+        stored = get_images(session, [result["image_key"]])[result["image_key"]]
+    decoded = decode_image(
+        listing.getvalue(), max_pixels=10**8, max_decode_bytes=2**30, draft_size=DRAFT_SIZE
+    ).image
+    # Resized once for the model and hashed from that view: the hash of the decoded
+    # photo to within a few bits, so fixes stored before still find their images.
+    assert stored.phash == phash(classifier.prepare(decoded))
+    assert hamming(stored.phash, phash(decoded)) <= 3

@@ -335,3 +335,26 @@ def test_color_features_must_match_the_color_head(
     (target / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match="color"):
         EmbeddingClassifier.from_dir(target)
+
+
+@pytest.mark.slow
+def test_prepared_images_get_the_answers_of_the_photos(
+    embedding_classifier: EmbeddingClassifier, shared_data: Path
+) -> None:
+    # Listing-size photos: the service predicts on prepare()'s 224 x 224 view.
+    photos = [
+        Image.open(f).convert("RGB").resize((1024, 768), Image.Resampling.LANCZOS)
+        for f in real_photos(shared_data, 6, seed=11)
+    ]
+    prepared = [embedding_classifier.prepare(photo) for photo in photos]
+    size = embedding_classifier.backbone.input_size
+    assert all(p.size == (size, size) and p.mode == "RGB" for p in prepared)
+    assert embedding_classifier.prepare(prepared[0]) is prepared[0]  # no second resize
+    direct = embedding_classifier.predict(photos)
+    viewed = embedding_classifier.predict(prepared)
+    assert [p.image_type for p in viewed] == [p.image_type for p in direct]
+    assert [p.color for p in viewed] == [p.color for p in direct]
+    for a, b in zip(direct, viewed, strict=True):
+        # Same network input; the color evidence differs by the 64 x 64 reduction's rounding.
+        assert a.type_scores == pytest.approx(b.type_scores, abs=1e-5)
+        assert a.color_scores == pytest.approx(b.color_scores, abs=0.02)

@@ -315,17 +315,26 @@ class Backbone:
         """
         return self.normalize(np.stack([self.resize(image) for image in images]))
 
+    def fit(self, image: Image.Image) -> Image.Image:
+        """The image as the network sees it: RGB, squeezed to S x S.
+
+        Returns:
+            An RGB image of S x S pixels (``image`` itself if it already is one).
+        """
+        size = self.input_size
+        if image.mode == "RGB" and image.size == (size, size):
+            return image
+        # PIL's bilinear resize filters with a support scaled to the
+        # reduction, so large photos are antialiased, not aliased.
+        return to_rgb(image).resize((size, size), Image.Resampling.BILINEAR)
+
     def resize(self, image: Image.Image) -> np.ndarray:
-        """The first half of :meth:`preprocess`: the image at network size.
+        """The first half of :meth:`preprocess`: the image at network size (:meth:`fit`).
 
         Returns:
             uint8 array (S, S, 3) RGB; a quarter of the memory of the float input.
         """
-        size = self.input_size
-        # PIL's bilinear resize filters with a support scaled to the
-        # reduction, so large photos are antialiased, not aliased.
-        rgb = to_rgb(image).resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
+        return np.asarray(self.fit(image), dtype=np.uint8)
 
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """The second half of :meth:`preprocess`.

@@ -306,7 +306,7 @@ class ClassifyService:
                 outcomes[item.fetched.url] = Skip(error)
         if not ready:
             return
-        images = [item.image for item in ready if item.image is not None]
+        images = [item.model_image for item in ready if item.model_image is not None]
         predictions = await self._batcher.predict(images)
         stats.model_runs += len(predictions)
         answers = await self._colors(ready, predictions)
@@ -322,7 +322,7 @@ class ClassifyService:
         )
         for item in ready:
             outcomes[item.fetched.url] = Cached(saved[item.key], fresh=True)
-            item.image = None  # release pixels early; the batch may be large
+            item.image = item.model_image = None  # release pixels early
 
     async def _colors(
         self, ready: list[New], predictions: Sequence[Prediction]
@@ -354,7 +354,11 @@ class ClassifyService:
             return exc.reason
         item.image = decoded.image
         item.width, item.height = decoded.width, decoded.height
-        item.phash = phash(decoded.image)
+        # Resized once, here, in the decode threads: the model, the color evidence and
+        # the pHash all look at this view (a 32 x 32 hash of the 224 x 224 view is the
+        # photo's to within rounding: benchmarks/RESULTS.md, "Performance, second round").
+        item.model_image = self.classifier.prepare(decoded.image)
+        item.phash = phash(item.model_image)
         return None
 
     def _answer(

@@ -53,6 +53,8 @@ class New:
     key: str
     sha256: str
     image: Image.Image | None = None
+    # The image as the model sees it (Classifier.prepare); the pHash is taken of it.
+    model_image: Image.Image | None = None
     width: int | None = None
     height: int | None = None
     phash: str | None = None
