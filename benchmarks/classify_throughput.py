@@ -63,9 +63,9 @@ from benchmarks.peers import (
     classify_rate,
     cpu_seconds,
     free_port,
-    memory_kb,
     parse_size,
     resized_jpeg,
+    tree_memory_kb,
 )
 from benchmarks.profiling import sampled, summary
 from cartag.models.backbone import Backbone
@@ -84,7 +84,6 @@ TARGET_RSS_MB = 600
 # Kept under these names for benchmarks.load.
 _free_port = free_port
 _cpu_s = cpu_seconds
-_memory_kb = memory_kb
 
 
 class RawBackbone:
@@ -187,6 +186,9 @@ def main() -> None:
         "--peers", default="naive,competent", help="peers to time beside cartag ('none': none)"
     )
     parser.add_argument(
+        "--serve-workers", type=int, default=1, help="cartag serve --workers (processes)"
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         default=None,
@@ -227,7 +229,8 @@ def main() -> None:
         log = Path(tmp) / "serve.log"
         with log.open("wb") as log_file:
             server = subprocess.Popen(
-                [str(CARTAG), "serve", "--port", str(port), "--log-level", "warning"],
+                [str(CARTAG), "serve", "--port", str(port), "--log-level", "warning"]
+                + ["--workers", str(args.serve_workers)],
                 env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -235,7 +238,7 @@ def main() -> None:
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=900) as client:
                 _wait_ready(client, server, log)
-                idle_rss = memory_kb(server.pid, "VmRSS")
+                idle_rss = tree_memory_kb(server.pid, "VmRSS")
                 peers = {name: stack.enter_context(Peer(name)) for name in peer_names}
                 raw_backbone = RawBackbone(photos, settings)  # the server exported the ONNX
                 first = raw = 0.0
@@ -273,7 +276,7 @@ def main() -> None:
                     second = classify_rate(client, urls, headers, args.clients)
                 second_bytes = images.bytes_sent
                 peer_rss = {name: peer.peak_rss_kb() for name, peer in peers.items()}
-            peak_rss = memory_kb(server.pid, "VmHWM")
+            peak_rss = tree_memory_kb(server.pid, "VmHWM")
         finally:
             server.terminate()
             server.wait(30)

@@ -132,6 +132,21 @@ def memory_kb(pid: int, field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
+def tree_memory_kb(pid: int, field: str) -> int:
+    """:func:`memory_kb` summed over ``pid`` and its live descendants (``serve --workers``).
+
+    For VmHWM that is the sum of each process's own peak: an upper bound of the
+    peak of the whole, as the processes need not peak at once.
+    """
+    total = memory_kb(pid, field)
+    for child in descendants(pid, _parents()):
+        try:
+            total += memory_kb(child, field)
+        except (OSError, RuntimeError):
+            continue  # it ended meanwhile, or is a helper without that field
+    return total
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:

@@ -55,6 +55,7 @@ def sampled(pid: int, out: Path, rate: int = 100) -> Iterator[None]:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     command = [exe, "record", "--pid", str(pid), "--rate", str(rate), "-f", "raw", "-o", str(out)]
+    command.append("--subprocesses")  # the processes of `cartag serve --workers N` too
     recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)  # py-spy attaches before the run starts
     try:

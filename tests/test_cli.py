@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,6 +19,7 @@ from typer.testing import CliRunner
 
 from cartag.cli import app
 from cartag.store.db import head_revision
+from tests.support.http_server import ImageServer
 from tests.support.images import placeholder_png, real_photos
 
 
@@ -82,34 +85,86 @@ def _free_port() -> int:
         return port
 
 
-@pytest.mark.slow
-def test_serve_starts_the_api_on_the_embedded_default(env: dict[str, str]) -> None:
+@contextlib.contextmanager
+def _serving(env: dict[str, str], *options: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``cartag serve`` on a free port until /healthz answers; yields it and its base URL."""
     port = _free_port()
     cartag = Path(sys.executable).with_name("cartag")
     proc = subprocess.Popen(
-        [str(cartag), "serve", "--port", str(port), "--log-level", "warning"],
+        [str(cartag), "serve", "--port", str(port), "--log-level", "warning", *options],
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while True:
             try:
-                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                httpx.get(f"{base}/healthz", timeout=2)
                 break
             except httpx.TransportError:
                 assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
                 assert time.monotonic() < deadline, "server did not start"
                 time.sleep(0.2)
+        yield proc, base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.mark.slow
+def test_serve_starts_the_api_on_the_embedded_default(env: dict[str, str]) -> None:
+    with _serving(env) as (_, base):
+        health = httpx.get(f"{base}/healthz", timeout=5)
         assert health.status_code == 200
         assert health.json()["database"] == "sqlite"
         assert Path(env["CARTAG_DATA_DIR"], "cartag.db").is_file()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        if proc.stdout is not None:
-            proc.stdout.close()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_serve_workers_runs_processes_that_share_the_store(
+    env: dict[str, str], shared_data: Path
+) -> None:
+    key = CliRunner().invoke(app, ["keys", "create", "--role", "classifier"], env=env)
+    headers = {"Authorization": f"Bearer {key.stdout.strip().splitlines()[-1]}"}
+    env = {**env, "CARTAG_ALLOWED_NETWORKS": "127.0.0.0/8"}
+    with ImageServer() as images, _serving(env, "--workers", "2") as (proc, base):
+        # uvicorn's supervisor runs the two serving processes (plus its resource tracker).
+        serving = [
+            child
+            for child in _children(proc.pid)
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+        ]
+        assert len(serving) == 2
+        urls = []
+        for i, path in enumerate(real_photos(shared_data, 6)):
+            images.add_file(f"/{i}.jpg", path.read_bytes())
+            urls.append(images.url(f"/{i}.jpg"))
+        body = {"advertiser_id": "a", "images": [{"url": u} for u in urls]}
+        with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
+            # Several connections, so that both processes take requests; every answer
+            # after the first comes from the one shared SQLite store.
+            answers = [client.post("/v1/classify", json=body) for _ in range(2)]
+            with httpx.Client(base_url=base, headers=headers, timeout=120) as other:
+                answers.append(other.post("/v1/classify", json=body))
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        assert answers[0].json()["counts"] == {"classified": 6}
+        assert answers[1].json()["counts"] == answers[2].json()["counts"] == {"cached": 6}
 
 
 def test_serve_on_an_unwritable_data_dir_says_why_and_exits_2(tmp_path: Path) -> None:

@@ -25,6 +25,9 @@ from cartag.commands.worker import app as worker_app
 from cartag.errors import CartagError, InputError
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from cartag.settings import Settings
     from cartag.training.evaluation.evaluate import Evaluation
 
 app = typer.Typer(
@@ -48,30 +51,83 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Serving processes (default CARTAG_SERVE_PROCESSES, 1); each loads the "
+            "model and takes its share of the cores. See README, 'Serving processes'.",
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP API (embedded SQLite + in-process worker unless configured otherwise)."""
+    import os
+
     import uvicorn
 
     from cartag.api.app import create_app
-    from cartag.logs import configure_logging
-    from cartag.memory import limit_malloc_arenas
     from cartag.store.health import check_store
 
     settings = load_settings()
-    limit_malloc_arenas(settings.malloc_arenas)  # before the model's threads start
+    if workers is not None and workers != settings.serve_processes:
+        # The processes uvicorn starts read their settings from the environment.
+        os.environ["CARTAG_SERVE_PROCESSES"] = str(workers)
+        settings = load_settings()
     try:
         # A read-only or full data dir or database: say so and how to fix it, rather
         # than a traceback from deep inside the startup.
         check_store(settings, migrate=settings.auto_migrate)
-        configure_logging(settings.log_format, log_level)
-        application = create_app(settings)
+        _prepare_process(settings, log_level)
+        if settings.serve_processes > 1:
+            os.environ[_LOG_LEVEL_VARIABLE] = log_level
+            # Each process builds its app (serving_app) after the fork-free start.
+            target: object = "cartag.cli:serving_app"
+        else:
+            target = create_app(settings)
     except CartagError as exc:
         raise fail(exc) from exc
     # Logging is configured above (CARTAG_LOG_FORMAT); the app's middleware writes the
     # access log, with the request id, so uvicorn's own is off.
     uvicorn.run(
-        application, host=host, port=port, log_level=log_level, log_config=None, access_log=False
+        target,  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        log_level=log_level,
+        log_config=None,
+        access_log=False,
+        workers=settings.serve_processes,
+        factory=settings.serve_processes > 1,
     )
+
+
+# How `cartag serve --workers N` tells its processes the log level it was given.
+_LOG_LEVEL_VARIABLE = "_CARTAG_SERVE_LOG_LEVEL"
+
+
+def _prepare_process(settings: Settings, log_level: str) -> None:
+    from cartag.logs import configure_logging
+    from cartag.memory import limit_malloc_arenas
+
+    limit_malloc_arenas(settings.malloc_arenas)  # before the model's threads start
+    configure_logging(settings.log_format, log_level)
+
+
+def serving_app() -> FastAPI:
+    """The app of one process of ``cartag serve --workers N`` (uvicorn's factory).
+
+    The parent checked the settings and the store; each process loads the model and
+    runs its own micro-batcher, job worker and metrics (``/metrics`` shows the
+    process that answers; see README).
+    """
+    import os
+
+    from cartag.api.app import create_app
+    from cartag.settings import get_settings
+
+    settings = get_settings()
+    _prepare_process(settings, os.environ.get(_LOG_LEVEL_VARIABLE, "info"))
+    return create_app(settings)
 
 
 @app.command()

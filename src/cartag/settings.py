@@ -139,6 +139,14 @@ class Settings(BaseSettings):
         description="Micro-batches that run at once; 0 = one single-threaded run per physical "
         "core with the onnx engine, one run on all cores with torch.",
     )
+    serve_processes: int = Field(
+        default=1,
+        gt=0,
+        le=64,
+        description="Processes of `cartag serve` (`--workers`), each with its own event loop "
+        "and model; the backbone's cores are shared out among them (inference_workers and "
+        "torch_threads left at 0 become physical cores / processes, at least 1).",
+    )
     low_confidence_threshold: float = Field(
         default=DEFAULT_LOW_CONFIDENCE_THRESHOLD,
         ge=0,

@@ -22,7 +22,7 @@ import cartag.models.backbone as backbone_module
 import cartag.models.engine as engine_module
 from cartag.errors import ModelError
 from cartag.models.backbone import PREPROCESS_ID, Backbone, network_identity
-from cartag.models.classifier import EmbeddingClassifier, load_classifier
+from cartag.models.classifier import EmbeddingClassifier, load_classifier, settings_plan
 from cartag.models.color_features import color_features_batch
 from cartag.models.engine import (
     METADATA_NETWORK,
@@ -364,6 +364,19 @@ def test_inference_plan() -> None:
     assert inference_plan("onnx", workers=1, threads=3) == InferencePlan(1, 3)
     assert inference_plan("onnx", workers=2, threads=4) == InferencePlan(2, 2)
     assert inference_plan("torch", workers=3, threads=2) == InferencePlan(3, 1)
+
+
+def test_serving_processes_share_the_cores() -> None:
+    cores = physical_cores()
+    share = max(1, cores // 2)
+    two = Settings(serve_processes=2)
+    assert settings_plan(two) == inference_plan("onnx", share, share)
+    assert settings_plan(Settings(serve_processes=2 * cores + 1)) == InferencePlan(1, 1)
+    # What is set explicitly stays as set.
+    assert settings_plan(Settings(serve_processes=2, inference_workers=3)) == inference_plan(
+        "onnx", 3, share
+    )
+    assert settings_plan(Settings()) == inference_plan("onnx")
 
 
 class _SlowEngine(Engine):

@@ -37,7 +37,7 @@ from PIL import Image
 from cartag.errors import ModelError
 from cartag.models.backbone import PREPROCESS_ID, Backbone, BackboneSpec
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID, color_features_batch
-from cartag.models.engine import EngineName, InferencePlan, inference_plan
+from cartag.models.engine import EngineName, InferencePlan, inference_plan, physical_cores
 from cartag.models.heads import LinearHead, load_head
 from cartag.settings import Settings
 from cartag.vocab import COLORS, IMAGE_TYPES
@@ -426,8 +426,16 @@ def read_config(path: Path) -> dict[str, Any]:
 
 def settings_plan(settings: Settings) -> InferencePlan:
     """The inference plan of ``settings`` (``engine``, ``inference_workers``, ``torch_threads``):
-    what the backbone is loaded with and how many batches the service runs at once."""
-    return inference_plan(settings.engine, settings.inference_workers, settings.torch_threads)
+    what the backbone is loaded with and how many batches the service runs at once.
+
+    With several serving processes (``serve_processes``) each takes its share of the
+    physical cores, so that N processes do not each run one batch per core.
+    """
+    workers, threads = settings.inference_workers, settings.torch_threads
+    if settings.serve_processes > 1:
+        share = max(1, physical_cores() // settings.serve_processes)
+        workers, threads = workers or share, threads or share
+    return inference_plan(settings.engine, workers, threads)
 
 
 def load_classifier(settings: Settings) -> Classifier:
