@@ -167,3 +167,32 @@ def test_the_api_does_not_load_celery_unless_configured() -> None:
         "assert 'celery' not in sys.modules, 'celery imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_only_a_single_serving_process_requeues_running_jobs_when_it_starts(
+    settings: Settings,
+    db: Database,
+    service: ClassifyService,
+    server: ImageServer,
+    loop: asyncio.AbstractEventLoop,
+    processes: int,
+) -> None:
+    job_id = _job(db, server, 1)
+    with db.write() as session:
+        assert job_repo.claim_next_job(session, FakeClock().now()) is not None  # another process's
+    runner = build_dispatcher(
+        settings.model_copy(update={"serve_processes": processes}), db, service, FakeClock()
+    )
+    assert isinstance(runner, JobRunner)
+
+    async def start_and_stop() -> None:
+        runner.start()
+        await runner.stop()
+
+    loop.run_until_complete(start_and_stop())
+    with db.read() as session:
+        status = job_repo.get_job(session, job_id).status
+    # One process: a job left running was its own, from before a restart. Several (serve
+    # --workers): it may be a sibling's, claimed a moment ago; their parent requeued once.
+    assert status == (job_repo.QUEUED if processes == 1 else job_repo.RUNNING)

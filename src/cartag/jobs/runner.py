@@ -41,6 +41,9 @@ class JobRunner(JobDispatcher):
         chunk_retries: Runs again of a chunk whose results could not be stored (storage
             failure) before the job is put back in the queue.
         retry_backoff_s: Wait before the first of those runs; doubles each time.
+        requeue_on_start: Requeue running jobs when started (:func:`requeue_interrupted`).
+            Off in the processes of ``cartag serve --workers N``: one starting process
+            would take back a job another has just claimed; their parent requeues once.
     """
 
     def __init__(
@@ -54,8 +57,10 @@ class JobRunner(JobDispatcher):
         callback_results_limit: int = 1000,
         chunk_retries: int = 3,
         retry_backoff_s: float = 1.0,
+        requeue_on_start: bool = True,
     ) -> None:
         super().__init__(db, clock)
+        self.requeue_on_start = requeue_on_start
         self.service = service
         self.chunk_size = chunk_size
         self.poll_interval_s = poll_interval_s
@@ -73,11 +78,10 @@ class JobRunner(JobDispatcher):
         self._wake.set()
 
     def start(self) -> None:
-        """Requeue jobs a previous process left running, then start the worker task."""
-        with self.db.write() as session:
-            requeued = job_repo.requeue_running(session)
-        if requeued:
-            log.info("requeued %d interrupted job(s)", requeued)
+        """Requeue jobs a previous process left running (unless told not to), then start
+        the worker task."""
+        if self.requeue_on_start:
+            requeue_interrupted(self.db)
         self._task = asyncio.create_task(self._run_forever(), name="cartag-jobs")
 
     async def stop(self) -> None:
@@ -246,3 +250,18 @@ class JobRunner(JobDispatcher):
             secret=self.service.settings.callback_secret,
             results_limit=self.callback_results_limit,
         )
+
+
+def requeue_interrupted(db: Database) -> int:
+    """Put the jobs a stopped process left running back in the queue.
+
+    Only safe while no other process runs jobs on the same store (at startup).
+
+    Returns:
+        How many were requeued.
+    """
+    with db.write() as session:
+        requeued = job_repo.requeue_running(session)
+    if requeued:
+        log.info("requeued %d interrupted job(s)", requeued)
+    return requeued
