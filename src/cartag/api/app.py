@@ -25,6 +25,7 @@ from cartag.api.routes import metrics as metrics_routes
 from cartag.api.routes import models as models_routes
 from cartag.api.routes import monitor as monitor_routes
 from cartag.api.routes import review as review_routes
+from cartag.api.routes.docs import install_docs
 from cartag.api.state import AppState
 from cartag.clock import Clock
 from cartag.jobs.dispatch import ChunkSender, build_dispatcher, check_broker_settings
@@ -149,6 +150,9 @@ def create_app(
         description="Tags vehicle-listing photos: image type (Dealer/Stock/Placeholder) "
         "and vehicle color, with a shared cache and audited manual fixes.",
         lifespan=lifespan,
+        # Served from the package by install_docs (FastAPI's load their assets from a CDN).
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     # Inside the request context (so a 413 is logged and counted), before any parsing.
@@ -184,4 +188,5 @@ def create_app(
     app.state.blobs = blobs or LocalBlobStore(settings.data_dir / "blobs")
     # The pages' scripts and styles (web/static), shipped as package data.
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    install_docs(app)
     return app

@@ -1,0 +1,101 @@
+"""/docs in a real headless Chromium that cannot reach the internet.
+
+Every request to another host is aborted: Swagger UI must still render the API from the
+package's assets, and an example request must run and answer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from playwright.sync_api import Route, expect, sync_playwright
+
+from cartag.api.app import create_app
+from cartag.models.classifier import Classifier
+from cartag.settings import Settings
+from cartag.store.db import Database
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = os.environ.get("CARTAG_TEST_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture
+def chromium() -> str:
+    """The browser to drive; skipped when absent, except in CI where it must be there."""
+    found = shutil.which(CHROMIUM) if not Path(CHROMIUM).is_file() else CHROMIUM
+    if found:
+        return found
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but chromium is not at {CHROMIUM}")
+    pytest.skip(f"chromium not found at {CHROMIUM} (set CARTAG_TEST_CHROMIUM)")
+
+
+@pytest.fixture
+def site(settings: Settings, sqlite_db: Database, classifier: Classifier) -> Iterator[str]:
+    """cartag served by uvicorn on a free port; yields its base URL."""
+    app = create_app(settings, db=sqlite_db, classifier=classifier, run_jobs=False)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def test_docs_render_and_run_offline(chromium: str, site: str) -> None:
+    blocked: list[str] = []
+
+    def offline(route: Route) -> None:
+        if route.request.url.startswith(site):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.route("**/*", offline)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+            page.goto(f"{site}/")
+            page.click("text=/docs")
+            expect(page.locator(".swagger-ui .info .title")).to_contain_text("cartag")
+            expect(page.locator("#operations-classify-classify_v1_classify_post")).to_be_visible()
+
+            # Run an example: GET /healthz needs no key.
+            operation = page.locator("#operations-health-healthz_healthz_get")
+            operation.locator(".opblock-summary").click()
+            operation.locator("button.try-out__btn").click()
+            operation.locator("button.execute").click()
+            answer = operation.locator(".live-responses-table tbody")
+            expect(answer.locator(".response-col_status").first).to_have_text("200")
+            expect(answer).to_contain_text('"status"')
+
+            page.goto(f"{site}/redoc")
+            expect(page.locator("h1").first).to_contain_text("cartag")
+            assert errors == []
+            assert blocked == [], blocked
+        finally:
+            browser.close()
