@@ -198,3 +198,46 @@ def test_db_check_is_what_serve_sh_runs_first(env: dict[str, str], tmp_path: Pat
     (full / ".cartag-write-check").symlink_to("/dev/full")
     refused = runner.invoke(app, ["db", "check"], env={"CARTAG_DATA_DIR": str(full)})
     assert refused.exit_code == 2 and "no space left" in refused.output
+
+
+def test_version() -> None:
+    from cartag import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"cartag {__version__}"
+
+
+def test_a_bad_setting_is_named_by_its_variable(env: dict[str, str]) -> None:
+    result = CliRunner().invoke(app, ["keys", "list"], env={**env, "CARTAG_ENGINE": "gpu"})
+    assert result.exit_code == 2
+    assert "CARTAG_ENGINE=gpu" in result.output and "'onnx' or 'torch'" in result.output
+
+
+def test_an_unreachable_database_is_one_line_naming_the_setting(env: dict[str, str]) -> None:
+    port = _free_port()  # nothing listens there
+    url = f"postgresql+psycopg://cartag:secret@127.0.0.1:{port}/cartag"
+    for command in (["keys", "list"], ["db", "upgrade"], ["db", "check"], ["models", "list"]):
+        result = CliRunner().invoke(app, command, env={**env, "CARTAG_DATABASE_URL": url})
+        assert result.exit_code == 2, (command, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "CARTAG_DATABASE_URL" in lines[0], (command, result.output)
+        assert "secret" not in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_predict_fails_when_no_file_could_be_classified(
+    env: dict[str, str], tmp_path: Path, shared_data: Path
+) -> None:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"not an image")
+    (folder / "b.png").write_bytes(b"")
+    failed = CliRunner().invoke(app, ["predict", str(folder)], env=env)
+    assert failed.exit_code == 1
+    assert "no file could be classified" in failed.output
+    assert f"{folder / 'a.jpg'}: not_an_image" in failed.output
+    # One good file among them: the run succeeds and still lists what it skipped.
+    shutil.copy(real_photos(shared_data, 1)[0], folder / "c.jpg")
+    mixed = CliRunner().invoke(app, ["predict", str(folder)], env=env)
+    assert mixed.exit_code == 0, mixed.output
+    assert "skipped 2 of 3 file(s)" in mixed.output

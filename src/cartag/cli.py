@@ -17,7 +17,13 @@ from rich.table import Table
 from cartag.commands import dataset
 from cartag.commands.advertisers import app as advertisers_app
 from cartag.commands.callbacks import app as callbacks_app
-from cartag.commands.common import err, fail, load_settings, open_database
+from cartag.commands.common import (
+    err,
+    fail,
+    load_settings,
+    open_database,
+    unreachable_database,
+)
 from cartag.commands.models import app as models_app
 from cartag.commands.monitor import app as monitor_app
 from cartag.commands.train import app as train_app
@@ -35,6 +41,28 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from cartag import __version__
+
+        typer.echo(f"cartag {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def cartag_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """cartag: tag vehicle-listing photos with type and color."""
+
+
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
@@ -161,6 +189,7 @@ def predict(
     except CartagError as exc:
         raise fail(exc) from exc
     counts: Counter[str] = Counter()
+    skipped: list[tuple[str, str]] = []
     table = Table("path", "type", "color", "confidence")
     with Progress(console=err, transient=True, disable=len(files) < 20) as progress:
         task = progress.add_task("classifying", total=len(files))
@@ -173,6 +202,8 @@ def predict(
         ):
             progress.advance(task)
             counts[record["image_type"] or "error"] += 1
+            if not record["image_type"]:
+                skipped.append((record["path"], str(record.get("error"))))
             if jsonl:
                 sys.stdout.write(json.dumps(record) + "\n")
             else:
@@ -185,6 +216,13 @@ def predict(
     if not jsonl:
         Console().print(table)
     err.print(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    if skipped:
+        err.print(f"skipped {len(skipped)} of {len(files)} file(s):")
+        for path, reason in skipped:
+            err.print(f"  {path}: {reason}")
+    if files and len(skipped) == len(files):
+        err.print("[red]error:[/red] no file could be classified")
+        raise typer.Exit(1)
 
 
 @app.command("evaluate")
@@ -378,6 +416,9 @@ def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Apply migrations to CARTAG_DATABASE_URL (default: SQLite in CARTAG_DATA_DIR)."""
+    from sqlalchemy.exc import OperationalError
+
+    from cartag.redaction import strip_password
     from cartag.store.db import Database, current_revision, upgrade
 
     settings = load_settings()
@@ -386,8 +427,10 @@ def db_upgrade(
         upgrade(db, revision)
     except CartagError as exc:
         raise fail(exc) from exc
-    except Exception as exc:  # noqa: BLE001 - e.g. the server is unreachable
-        err.print(f"[red]error:[/red] could not migrate {db.url}: {exc}")
+    except OperationalError as exc:
+        raise unreachable_database(settings, exc) from exc
+    except Exception as exc:  # noqa: BLE001 - e.g. a migration that fails on this data
+        err.print(f"[red]error:[/red] could not migrate {strip_password(db.url)}: {exc}")
         raise typer.Exit(2) from exc
     err.print(f"database at revision {current_revision(db)}")
 

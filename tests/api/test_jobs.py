@@ -143,6 +143,36 @@ def test_a_job_is_readable_by_its_key_and_admins_only(
     assert client.get(f"/v1/jobs/{legacy}", headers=admin).status_code == 200
 
 
+def test_jobs_answer_202_with_their_location_and_list_by_key(
+    client: TestClient, db: Database, server: ImageServer
+) -> None:
+    owner, other, admin = (make_headers(db, r) for r in ("classifier", "classifier", "admin"))
+    body = {"advertiser_id": "a", "images": _serve(server, 1)}
+    submitted = [client.post("/v1/jobs", json=body, headers=owner) for _ in range(3)]
+    assert {r.status_code for r in submitted} == {202}
+    ids = [r.json()["id"] for r in submitted]
+    for response, job_id in zip(submitted, ids, strict=True):
+        assert response.headers["Location"] == f"/v1/jobs/{job_id}"
+        assert client.get(response.headers["Location"], headers=owner).json()["id"] == job_id
+    theirs = client.post("/v1/jobs", json=body, headers=other).json()["id"]
+    for job_id in [*ids, theirs]:
+        _wait_done(client, owner if job_id != theirs else other, job_id)
+
+    mine = client.get("/v1/jobs", headers=owner).json()
+    assert mine["total"] == 3 and {j["id"] for j in mine["jobs"]} == set(ids)
+    assert all(j["results"] is None for j in mine["jobs"])  # the list carries no results
+    page = client.get("/v1/jobs?limit=2&offset=2", headers=owner).json()
+    assert (page["total"], len(page["jobs"]), page["offset"]) == (3, 1, 2)
+    assert client.get("/v1/jobs?status=queued", headers=owner).json()["total"] == 0
+    assert client.get("/v1/jobs?status=done", headers=owner).json()["total"] == 3
+    everyone = client.get("/v1/jobs", headers=admin).json()
+    assert {*ids, theirs} <= {j["id"] for j in everyone["jobs"]}
+    assert client.get("/v1/jobs", headers=other).json()["total"] == 1
+    bad = client.get("/v1/jobs?status=lost&limit=0", headers=owner)
+    assert bad.status_code == 422
+    assert bad.json()["error"]["code"] == "invalid_input"
+
+
 def test_callbacks_are_signed_and_tokens_are_not_kept(
     client: TestClient, classify_headers: dict[str, str], server: ImageServer, db: Database
 ) -> None:

@@ -26,10 +26,11 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 def test_register_promote_rollback_history(env: dict[str, str], tmp_path: Path) -> None:
     runner = CliRunner()
-    listed = runner.invoke(app, ["models", "list"], env=env)
+    listed = runner.invoke(app, ["models", "list"], env={**env, "COLUMNS": "80"})
     assert listed.exit_code == 0, listed.output
     assert BUNDLED_VERSION in listed.stdout and "production" in listed.stdout
-    assert "card held-out" in listed.stdout  # no recorded metrics yet: the card's figures
+    assert "card, held-out" in listed.stdout  # no recorded metrics yet: the card's figures
+    assert max(len(line) for line in listed.stdout.splitlines()) <= 80
 
     db = Database(f"sqlite:///{tmp_path / 'data' / 'cartag.db'}")
     registry.record_metrics(db, BUNDLED_VERSION, type_metrics(GOOD))
@@ -49,9 +50,10 @@ def test_register_promote_rollback_history(env: dict[str, str], tmp_path: Path) 
     forced = runner.invoke(app, ["models", "promote", "cli-2", "--force"], env=env)
     assert forced.exit_code == 0, forced.output
     assert "production -> cli-2" in forced.output
-    listed = runner.invoke(app, ["models", "list"], env=env)
-    assert "cli-2" in listed.stdout and "cars@1" in listed.stdout
-    assert "cars@1:test: type acc" in listed.stdout
+    listed = runner.invoke(app, ["models", "list"], env={**env, "COLUMNS": "80"})
+    assert "cli-2" in listed.stdout and "data: cars@1" in listed.stdout
+    assert "cars@1:test" in listed.stdout and "type  acc" in listed.stdout
+    assert max(len(line) for line in listed.stdout.splitlines()) <= 80
 
     rolled = runner.invoke(app, ["models", "rollback"], env=env)
     assert rolled.exit_code == 0 and BUNDLED_VERSION in rolled.output

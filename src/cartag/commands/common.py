@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from cartag.errors import CartagError
@@ -24,7 +25,14 @@ def load_settings() -> Settings:
     """The ``CARTAG_*`` settings; an invalid one is reported and exits 2."""
     try:
         return get_settings()
-    except Exception as exc:  # noqa: BLE001 - pydantic's message names the variable
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "CARTAG_" + "_".join(str(part) for part in error["loc"]).upper()
+            value = error.get("input")
+            shown = "" if isinstance(value, dict) else f"={value}"
+            err.print(f"[red]error:[/red] invalid setting {name}{shown}: {error['msg']}")
+        raise typer.Exit(2) from exc
+    except Exception as exc:  # noqa: BLE001 - e.g. a malformed list value
         err.print(f"[red]error:[/red] invalid CARTAG_* setting: {exc}")
         raise typer.Exit(2) from exc
 
@@ -37,8 +45,27 @@ def fail(exc: CartagError) -> typer.Exit:
 
 def open_database(settings: Settings) -> Database:
     """The configured store, migrated to the newest schema."""
+    from sqlalchemy.exc import OperationalError
+
     from cartag.store.db import Database, upgrade
 
     db = Database(settings.resolved_database_url)
-    upgrade(db)
+    try:
+        upgrade(db)
+    except OperationalError as exc:
+        db.dispose()
+        raise unreachable_database(settings, exc) from exc
     return db
+
+
+def unreachable_database(settings: Settings, exc: BaseException) -> typer.Exit:
+    """Say in one line that the database cannot be reached, and which setting names it."""
+    from cartag.redaction import strip_password
+
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    err.print(
+        f"[red]error:[/red] cannot reach the database "
+        f"{strip_password(settings.resolved_database_url)} ({reason}); check "
+        "CARTAG_DATABASE_URL and that the database server is running"
+    )
+    return typer.Exit(2)

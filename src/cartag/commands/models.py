@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -59,32 +60,30 @@ def _registry(settings: Settings) -> Database:
 
 
 def key_metrics(row: ModelVersionRow) -> str:
-    """A short summary: accuracy and macro recall per task on the first evaluation set,
-    or the held-out figures of the model's own card when it has no recorded metrics."""
+    """A short summary, one line per task: accuracy and macro recall on the first
+    evaluation set, or the held-out figures of the model's own card when it has no
+    recorded metrics; the first line names the set."""
     if row.metrics:
         name = sorted(row.metrics)[0]
         tasks: dict[str, Any] = row.metrics[name]
-        source = name
+        source = name + (f" (+{len(row.metrics) - 1} sets)" if len(row.metrics) > 1 else "")
     else:
         heads = row.card.get("heads") or {}
         tasks = {
             task: ((meta or {}).get("metrics") or {}).get("held_out") or {}
             for task, meta in heads.items()
         }
-        source = "card held-out"
-    parts = []
+        source = "card, held-out"
+    lines = []
     for task, short in (("image_type", "type"), ("color", "color")):
         report = tasks.get(task) or {}
         if isinstance(report, dict) and report.get("accuracy") is not None:
             recall = report.get("macro_recall")
-            parts.append(
-                f"{short} acc {report['accuracy']:.3f}"
-                + (f" / recall {recall:.3f}" if recall is not None else "")
+            lines.append(
+                f"{short:<5} acc {report['accuracy']:.3f}"
+                + (f" rec {recall:.3f}" if recall is not None else "")
             )
-    if not parts:
-        return "-"
-    more = f" (+{len(row.metrics) - 1} sets)" if len(row.metrics) > 1 else ""
-    return f"{source}: " + ", ".join(parts) + more
+    return "\n".join([source, *lines]) if lines else "-"
 
 
 @app.command("list")
@@ -97,19 +96,23 @@ def list_models() -> None:
         db = _registry(settings)
     except CartagError as exc:
         raise fail(exc) from exc
-    table = Table("version", "status", "created", "dataset", "aliases", "key metrics")
+    # Fits an 80-column terminal: one line per fact, the version never wraps.
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("version", no_wrap=True)
+    table.add_column("status", overflow="fold")
+    table.add_column("created", max_width=10)
+    table.add_column("data / key metrics", overflow="fold")
     with db.read() as session:
         aliases = repo.aliases_by_version(session)
         for row in repo.list_versions(session):
             table.add_row(
                 row.version,
-                row.status,
-                row.created_at.isoformat(timespec="seconds"),
-                row.dataset_ref or "-",
-                ", ".join(aliases.get(row.version, [])) or "-",
-                key_metrics(row),
+                "\n".join([row.status, *aliases.get(row.version, [])]),
+                row.created_at.strftime("%Y-%m-%d\n%H:%M UTC"),
+                f"data: {row.dataset_ref or '-'}\n{key_metrics(row)}",
+                end_section=True,
             )
-    Console(width=200).print(table)
+    Console().print(table)
 
 
 @app.command("register")

@@ -64,6 +64,39 @@ def get_job(session: Session, job_id: str) -> JobRow:
     return job
 
 
+def list_jobs(
+    session: Session,
+    *,
+    owner_key_id: int | None,
+    status: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[JobRow], int]:
+    """Jobs newest first, with how many match in all.
+
+    Args:
+        session: A read session.
+        owner_key_id: Only the jobs this API key submitted; None = every job (admins).
+        status: Only jobs in this state.
+        limit: At most this many.
+        offset: Skip this many first.
+    """
+    conditions = []
+    if owner_key_id is not None:
+        conditions.append(JobRow.owner_key_id == owner_key_id)
+    if status is not None:
+        conditions.append(JobRow.status == status)
+    total = session.scalar(select(func.count()).select_from(JobRow).where(*conditions)) or 0
+    rows = session.scalars(
+        select(JobRow)
+        .where(*conditions)
+        .order_by(JobRow.created_at.desc(), JobRow.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(rows), int(total)
+
+
 def job_results(session: Session, job_id: str) -> list[dict[str, Any] | None]:
     """Item results in request order (None where not done yet)."""
     stmt = select(JobItemRow.result).where(JobItemRow.job_id == job_id).order_by(JobItemRow.idx)

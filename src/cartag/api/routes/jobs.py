@@ -7,11 +7,12 @@ it does not exist (404). Jobs made before owners were recorded are for admins on
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, Response, status
 
 from cartag.api.deps import ClassifierDep, StateDep
-from cartag.api.schemas.classify import JobIn, JobOut, ResultOut
+from cartag.api.schemas.classify import JobIn, JobListOut, JobOut, ResultOut
 from cartag.api.schemas.common import error_responses
 from cartag.errors import FetchError, InputError, NotFoundError
 from cartag.redaction import redact_url
@@ -58,10 +59,13 @@ def _job_out(job: JobRow, results: list[ResultOut] | None = None) -> JobOut:
     status_code=status.HTTP_202_ACCEPTED,
     responses=error_responses(400, 413),
 )
-async def submit_job(body: JobIn, state: StateDep, principal: ClassifierDep) -> JobOut:
+async def submit_job(
+    body: JobIn, state: StateDep, principal: ClassifierDep, response: Response
+) -> JobOut:
     """Queue an inventory for classification; poll GET /v1/jobs/{id} or wait for the callback.
 
-    The callback URL must pass the download address guard now (422 otherwise).
+    Answers 202 with the job's URL in ``Location``. The callback URL must pass the
+    download address guard now (422 otherwise).
     """
     limit = state.settings.max_images_per_job
     if len(body.images) > limit:
@@ -82,7 +86,30 @@ async def submit_job(body: JobIn, state: StateDep, principal: ClassifierDep) -> 
         body.callback_url,
         owner_key_id=principal.key_id,
     )
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
     return _job_out(job)
+
+
+@router.get("", response_model=JobListOut)
+def list_jobs(
+    state: StateDep,
+    principal: ClassifierDep,
+    in_state: Annotated[
+        Literal["queued", "running", "done", "failed"] | None,
+        Query(alias="status", description="Only jobs in this state."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobListOut:
+    """The caller's jobs, newest first (admin keys: every job), without their results."""
+    owner = None if "admin" in principal.roles else principal.key_id
+    with state.db.read() as session:
+        rows, total = job_repo.list_jobs(
+            session, owner_key_id=owner, status=in_state, limit=limit, offset=offset
+        )
+        return JobListOut(
+            jobs=[_job_out(row) for row in rows], total=total, limit=limit, offset=offset
+        )
 
 
 def _may_read(principal: Principal, job: JobRow) -> bool:

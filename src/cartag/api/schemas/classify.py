@@ -107,3 +107,10 @@ class JobOut(BaseModel):
     results: list[ResultOut] | None = Field(
         default=None, description="Present once the job is done."
     )
+
+
+class JobListOut(BaseModel):
+    jobs: list[JobOut] = Field(description="Newest first; without their results.")
+    total: int = Field(description="Jobs that match, over all pages.")
+    limit: int
+    offset: int
