@@ -14,4 +14,7 @@ if [ ! -f "$CARTAG_DATA_DIR/admin.key" ]; then
   chmod 600 "$CARTAG_DATA_DIR/admin.key"
   echo "admin API key (also in $CARTAG_DATA_DIR/admin.key): $(cat "$CARTAG_DATA_DIR/admin.key")"
 fi
+BASE="http://${CARTAG_HOST:-127.0.0.1}:${CARTAG_PORT:-8000}"
+echo "cartag at $BASE: API docs $BASE/docs, fix tags $BASE/fix, review $BASE/review, monitor $BASE/monitor"
+echo "try it on local photos: .venv/bin/cartag classify-files PHOTOS_FOLDER --advertiser demo"
 exec .venv/bin/cartag serve --host "${CARTAG_HOST:-127.0.0.1}" --port "${CARTAG_PORT:-8000}"

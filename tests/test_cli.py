@@ -241,3 +241,62 @@ def test_predict_fails_when_no_file_could_be_classified(
     mixed = CliRunner().invoke(app, ["predict", str(folder)], env=env)
     assert mixed.exit_code == 0, mixed.output
     assert "skipped 2 of 3 file(s)" in mixed.output
+
+
+@pytest.mark.slow
+def test_classify_files_goes_through_the_pipeline_cache_and_fixes(
+    env: dict[str, str], tmp_path: Path, shared_data: Path
+) -> None:
+    from cartag.clock import FakeClock
+    from cartag.pipeline.fixes import apply_fix
+    from cartag.store.db import Database
+    from cartag.store.images import get_images
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, path in enumerate(real_photos(shared_data, 3)):
+        shutil.copy(path, folder / f"{i}.jpg")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    args = ["classify-files", str(folder), "--advertiser", "demo", "--jsonl"]
+    first = CliRunner().invoke(app, args, env=env)
+    assert first.exit_code == 0, first.output
+    rows = [json.loads(line) for line in first.stdout.splitlines()]
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert by_name["broken.jpg"]["status"] == "skipped"
+    assert by_name["broken.jpg"]["reason"] == "not_an_image"
+    good = [by_name[f"{i}.jpg"] for i in range(3)]
+    assert {r["status"] for r in good} == {"classified"} and {r["source"] for r in good} == {
+        "model"
+    }
+    assert all(r["image_key"].startswith("sha256:") for r in good)  # keyed by content
+    assert "skipped" in first.output and "broken.jpg: not_an_image" in first.output
+
+    db = Database(f"sqlite:///{tmp_path / 'data' / 'cartag.db'}")
+    key = good[0]["image_key"]
+    with db.read() as session:
+        assert get_images(session, [key])[key].url == (folder / "0.jpg").resolve().as_uri()
+    with db.write() as session:
+        apply_fix(
+            session,
+            image_key=key,
+            advertiser_id="demo",
+            user="alice",
+            scope="advertiser",
+            image_type="Stock",
+            color=None,
+            comment=None,
+            clock=FakeClock(),
+        )
+    db.dispose()
+    second = CliRunner().invoke(app, args, env=env)
+    assert second.exit_code == 0, second.output
+    again = {Path(r["path"]).name: r for r in map(json.loads, second.stdout.splitlines())}
+    # The advertiser's own fix: an override of the model's answer.
+    assert again["0.jpg"]["image_type"] == "Stock" and again["0.jpg"]["source"] == "override"
+    assert {again[f"{i}.jpg"]["status"] for i in (1, 2)} == {"cached"}
+
+    (folder / "0.jpg").unlink()
+    (folder / "1.jpg").unlink()
+    (folder / "2.jpg").unlink()
+    none = CliRunner().invoke(app, ["classify-files", str(folder)], env=env)
+    assert none.exit_code == 1 and "no file could be classified" in none.output

@@ -225,6 +225,85 @@ def predict(
         raise typer.Exit(1)
 
 
+@app.command("classify-files")
+def classify_files(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive).")],
+    advertiser: Annotated[
+        str, typer.Option("--advertiser", help="Whose fixes and settings apply.")
+    ] = "demo",
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON result per line.")] = False,
+) -> None:
+    """Classify local image files through the service's pipeline, cache and fixes.
+
+    Needs no image server: the answers are stored like those of POST /v1/classify
+    (keyed by content), so they show on /fix and /monitor of `cartag serve` on the
+    same CARTAG_DATA_DIR / CARTAG_DATABASE_URL.
+    """
+    import asyncio
+
+    from cartag.imaging.files import find_images
+    from cartag.runtime import start_runtime
+
+    settings = load_settings()
+    try:
+        files = find_images(paths)
+    except CartagError as exc:
+        raise fail(exc) from exc
+    db = open_database(settings)
+    contents: list[tuple[str, bytes]] = []
+    unread: dict[str, str] = {}
+    for path in files:
+        name = path.resolve().as_uri()
+        try:
+            if path.stat().st_size > settings.max_image_bytes:
+                unread[name] = "too_large"
+                continue
+            contents.append((name, path.read_bytes()))
+        except OSError as exc:
+            unread[name] = f"unreadable ({exc.strerror or exc})"
+
+    async def run() -> list[dict[str, object]]:
+        runtime = await start_runtime(settings, db, owned=frozenset({"db"}))
+        try:
+            results = await runtime.service.classify_contents(advertiser, contents)
+            runtime.service.flush_rollup()
+        finally:
+            await runtime.aclose()
+        return [result.to_dict() for result in results]
+
+    try:
+        answers = {str(r["url"]): r for r in asyncio.run(run())} if contents else {}
+    except CartagError as exc:
+        raise fail(exc) from exc
+    table = Table("file", "type", "color", "source", "confidence")
+    table.columns[0].overflow = "fold"
+    skipped: list[tuple[str, str]] = []
+    for path in files:
+        name = path.resolve().as_uri()
+        answer = answers.get(name) or {"url": name, "status": "skipped", "reason": unread[name]}
+        if answer["status"] == "skipped":
+            skipped.append((str(path), str(answer["reason"])))
+        if jsonl:
+            sys.stdout.write(json.dumps({"path": str(path), **answer}) + "\n")
+            continue
+        confidence = answer.get("confidence")
+        table.add_row(
+            str(path),
+            str(answer.get("image_type") or f"skipped: {answer.get('reason')}"),
+            str(answer.get("color") or "-"),
+            str(answer.get("source") or "-"),
+            f"{confidence:.3f}" if isinstance(confidence, float) else "-",
+        )
+    if not jsonl:
+        Console().print(table)
+    err.print(f"{len(files) - len(skipped)} of {len(files)} classified for advertiser {advertiser}")
+    for path_text, reason in skipped:
+        err.print(f"  skipped {path_text}: {reason}")
+    if len(skipped) == len(files):
+        err.print("[red]error:[/red] no file could be classified")
+        raise typer.Exit(1)
+
+
 @app.command("evaluate")
 def evaluate_command(
     path: Annotated[Path, typer.Argument(help="Folder of labelled images.")],

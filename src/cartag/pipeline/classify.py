@@ -16,7 +16,13 @@ from dataclasses import dataclass, replace
 from cartag.clock import Clock
 from cartag.errors import DecodeError, FetchError
 from cartag.imaging.decode import decode_image
-from cartag.imaging.keys import choose_image_key, content_sha256, phash, request_url
+from cartag.imaging.keys import (
+    choose_image_key,
+    content_key,
+    content_sha256,
+    phash,
+    request_url,
+)
 from cartag.models.batching import MicroBatcher
 from cartag.models.classifier import Classifier, Prediction, settings_plan
 from cartag.models.color_providers import (
@@ -27,7 +33,7 @@ from cartag.models.color_providers import (
 )
 from cartag.models.variants import VARIANTS
 from cartag.net.fetch import Fetcher
-from cartag.net.outcomes import Failed, FetchRequest, NotModified
+from cartag.net.outcomes import Failed, Fetched, FetchRequest, NotModified, Validators
 from cartag.pipeline.bookkeeping import AdvertiserImages
 from cartag.pipeline.fixes import find_fixes, resolve
 from cartag.pipeline.outcomes import (
@@ -221,6 +227,71 @@ class ClassifyService:
             for task in tasks:
                 task.cancel()
             raise
+        return await self._finish(advertiser_id, requests, urls, outcomes, stats)
+
+    async def classify_contents(
+        self,
+        advertiser_id: str,
+        contents: Sequence[tuple[str, bytes]],
+        stats: ClassifyStats | None = None,
+    ) -> list[ClassifyResult]:
+        """Classify images given as bytes (local files: ``cartag classify-files``).
+
+        The same pipeline as :meth:`classify` without the download: each image is keyed
+        by its content (the same bytes found at a URL share its cached answer and
+        fixes), decoded, classified, stored, and answered with the advertiser's fixes.
+
+        Args:
+            advertiser_id: Whose overrides apply.
+            contents: ``(name, bytes)`` pairs; the name (a ``file://`` URI for files)
+                is the result's ``url`` and the image's stored URL.
+            stats: Optional counters to fill.
+
+        Returns:
+            One result per item, in order.
+        """
+        stats = stats if stats is not None else ClassifyStats()
+        outcomes: dict[str, Outcome] = {}
+        new: dict[str, New] = {}
+        for name, data in contents:
+            if name in outcomes or name in new:
+                continue
+            sha = content_sha256(data)
+            validators = Validators(etag=None, last_modified=None, content_length=len(data))
+            fetched = Fetched(name, name, data, validators, content_type=None)
+            new[name] = New(fetched, content_key(sha), sha)
+        stats.fetched += len(new)
+        known = await asyncio.to_thread(
+            match_known,
+            self.db,
+            self.lookup_cache,
+            self.telemetry,
+            list(new.values()),
+            [],
+            self.clock,
+        )
+        for name, item in new.items():
+            if item.key in known:
+                outcomes[name] = Cached(known[item.key])
+        fresh = [item for name, item in new.items() if name not in outcomes]
+        for start in range(0, len(fresh), 64):  # bounds the pixels held at once
+            chunk = {item.fetched.url: item for item in fresh[start : start + 64]}
+            found: dict[str, Outcome] = dict(chunk)
+            await self._classify_new(list(chunk.values()), found, stats)
+            outcomes.update(found)
+        requests = [ImageRequest(name) for name, _ in contents]
+        urls = [name for name, _ in contents]
+        return await self._finish(advertiser_id, requests, urls, outcomes, stats)
+
+    async def _finish(
+        self,
+        advertiser_id: str,
+        requests: Sequence[ImageRequest],
+        urls: list[str],
+        outcomes: dict[str, Outcome],
+        stats: ClassifyStats,
+    ) -> list[ClassifyResult]:
+        """Answer with the fixes, remember the advertiser's images, count the answers."""
         results = self._answer(advertiser_id, requests, urls, outcomes, stats)
         await self._advertisers.remember(
             advertiser_id, (o.image.image_key for o in outcomes.values() if isinstance(o, Cached))
