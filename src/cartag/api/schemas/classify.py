@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from cartag.api.schemas.common import ID_FIELD, ColorName, SourceName
 from cartag.vocab import COLORS, UNKNOWN_SCRAPE_COLOR, ImageType
@@ -36,10 +36,22 @@ class ImageIn(BaseModel):
         return value.strip()
 
 
+# Image keys as the service makes them (imaging.keys): validators key, 64 hex digits.
+_EXAMPLE_KEYS = ("v1:" + "3b1f0c9e5d2a7c4b" * 4, "v1:" + "9a8b7c6d5e4f3a2b" * 4)
+_EXAMPLE_IMAGES: list[JsonValue] = [
+    {"url": "https://cdn.dealer-42.example/stock/4711/front.jpg"},
+    {"url": "https://cdn.dealer-42.example/stock/4711/side.jpg", "scrape_color": "silver"},
+    {"url": "https://cdn.dealer-42.example/placeholders/coming-soon.png"},
+]
+
+
 class ClassifyIn(BaseModel):
     """Body of POST /v1/classify."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"advertiser_id": "dealer-42", "images": _EXAMPLE_IMAGES}]},
+    )
 
     advertiser_id: str = ID_FIELD
     images: list[ImageIn] = Field(min_length=1)
@@ -47,6 +59,19 @@ class ClassifyIn(BaseModel):
 
 class JobIn(ClassifyIn):
     """Body of POST /v1/jobs: a classify request plus an optional completion callback."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "advertiser_id": "dealer-42",
+                    "images": _EXAMPLE_IMAGES,
+                    "callback_url": "https://backend.marketplace.example/hooks/cartag",
+                }
+            ]
+        },
+    )
 
     callback_url: str | None = Field(
         default=None,
@@ -86,6 +111,64 @@ class ResultOut(BaseModel):
 
 
 class ClassifyOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "advertiser_id": "dealer-42",
+                    "results": [
+                        {
+                            "url": "https://cdn.dealer-42.example/stock/4711/front.jpg",
+                            "image_key": _EXAMPLE_KEYS[0],
+                            "status": "classified",
+                            "image_type": "Dealer",
+                            "color": "Blue",
+                            "source": "model",
+                            "type_source": "model",
+                            "color_source": "model",
+                            "confidence": 0.987,
+                            "reason": None,
+                            "model_version": "bundled-2026.12.06-f689eff0",
+                            "color_reason": None,
+                            "low_confidence": False,
+                        },
+                        {
+                            "url": "https://cdn.dealer-42.example/stock/4711/side.jpg",
+                            "image_key": _EXAMPLE_KEYS[1],
+                            "status": "cached",
+                            "image_type": "Dealer",
+                            "color": "Grey",
+                            "source": "scrape",
+                            "type_source": "cache",
+                            "color_source": "scrape",
+                            "confidence": 0.951,
+                            "reason": None,
+                            "model_version": "bundled-2026.12.06-f689eff0",
+                            "color_reason": None,
+                            "low_confidence": False,
+                        },
+                        {
+                            "url": "https://cdn.dealer-42.example/placeholders/coming-soon.png",
+                            "image_key": None,
+                            "status": "skipped",
+                            "image_type": None,
+                            "color": None,
+                            "source": None,
+                            "type_source": None,
+                            "color_source": None,
+                            "confidence": None,
+                            "reason": "http_404",
+                            "model_version": None,
+                            "color_reason": None,
+                            "low_confidence": False,
+                        },
+                    ],
+                    "counts": {"classified": 1, "cached": 1, "skipped": 1},
+                }
+            ]
+        }
+    )
+
     advertiser_id: str
     results: list[ResultOut]
     counts: dict[str, int] = Field(description="Results by status.")
