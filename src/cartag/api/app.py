@@ -121,6 +121,7 @@ def create_app(
         )
         if isinstance(observer, PrometheusTelemetry):
             observer.add_queue_source(lambda: metrics_routes.job_queue_depth(database))
+            observer.add_queue_age_source(lambda: metrics_routes.job_queue_age(database, clk))
         watcher = runtime.watcher
         app.state.cartag.watcher = watcher
         polling = asyncio.create_task(watcher.run(), name="cartag-model-watcher")
