@@ -291,8 +291,9 @@ class Settings(BaseSettings):
     )
     reclassify_on_promote: bool = Field(
         default=True,
-        description="After a promotion through the API, re-classify the images of advertisers "
-        "that opted in (`cartag advertisers set ID --reclassify-on-promote`) in the background.",
+        description="After a promotion or rollback through the API, re-classify the images of "
+        "advertisers that opted in (`cartag advertisers set ID --reclassify-on-promote`) in "
+        "the background.",
     )
 
     # --- scale-out: Celery workers, Redis read-through cache ---------------------

@@ -77,6 +77,11 @@ def test_classify_fix_and_requests_show_up_in_metrics(
     version = first["results"][0]["model_version"]
     assert s[("cartag_model_info", (("version", version),))] == 1
     assert s[("cartag_queue_depth", (("queue", "jobs"),))] == 0
+    assert s[("cartag_queue_oldest_age_seconds", (("queue", "jobs"),))] == 0
+    # Answered (not skipped) images per advertiser and per model version.
+    assert s[("cartag_advertiser_images_total", (("advertiser", "dealer-7"),))] == 4
+    by_version = (("status", "cached"), ("version", version))
+    assert s[("cartag_model_answers_total", by_version)] == 2
 
     def requests(route: str, status: str, method: str = "GET") -> float:
         labels = (("method", method), ("route", route), ("status", status))

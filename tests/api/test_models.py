@@ -232,3 +232,42 @@ def test_promotion_reclassifies_opted_in_advertisers_from_cached_embeddings(
     ran = client.post("/v1/models/reclassify", headers=admin, json={"advertiser_id": "A"})
     assert ran.status_code == 202 and ran.json() == {"reclassify": "started"}
     _wait_background(_state(client))
+
+
+def test_a_rollback_reclassifies_the_opted_in_advertisers_as_a_promotion_does(
+    client: TestClient,
+    db: Database,
+    settings: Settings,
+    classifier: Classifier,
+    server: ImageServer,
+    tmp_path: Path,
+) -> None:
+    admin = make_headers(db, "admin")
+    for name, color in (("a1", (200, 30, 30)), ("b1", (30, 30, 200))):
+        server.add_file(f"/{name}.jpg", jpeg_bytes(color=color))
+    [a1] = _classify(client, admin, "A", [server.url("/a1.jpg")])
+    [b1] = _classify(client, admin, "B", [server.url("/b1.jpg")])
+    for advertiser in ("A", "B"):
+        opted = client.put(
+            f"/v1/advertisers/{advertiser}", headers=admin, json={"reclassify_on_promote": True}
+        )
+        assert opted.status_code == 200
+    version = _register(
+        db, settings, classifier, make_model_dir(tmp_path / "m", "back-2", temperature_scale=2.0)
+    )
+    assert client.post(f"/v1/models/{version}/promote", headers=admin).json()["reclassify"] == (
+        "started"
+    )
+    _wait_background(_state(client))
+    opted_out = client.put(
+        "/v1/advertisers/B", headers=admin, json={"reclassify_on_promote": False}
+    )
+    assert opted_out.status_code == 200
+
+    back = client.post("/v1/models/rollback", headers=admin)
+    assert back.status_code == 200 and back.json()["reclassify"] == "started"
+    _wait_background(_state(client))
+    with db.read() as session:
+        rows = image_repo.get_images(session, [a1["image_key"], b1["image_key"]])
+    assert rows[a1["image_key"]].model_version == BUNDLED_VERSION  # the restored model's answer
+    assert rows[b1["image_key"]].model_version == version  # opted out: untouched

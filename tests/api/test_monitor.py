@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 from fastapi.testclient import TestClient
 
 from cartag.clock import FakeClock
+from cartag.store import jobs as job_repo
 from cartag.store.db import Database
 from tests.api.conftest import AppFactory, make_headers
 from tests.support.browser import form_csrf, log_in
@@ -107,3 +109,28 @@ def test_login_form_with_extra_fields_is_a_422(monitor: TestClient) -> None:
     response = monitor.post("/monitor/login", content="a=1&b=2&c=3&d=4&e=5&key=x")
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "key"
+
+
+def test_the_operational_panels_show_this_server_and_the_store(
+    monitor: TestClient, db: Database
+) -> None:
+    headers = make_headers(db, "reviewer")
+    with db.write() as session:
+        job_repo.create_job(
+            session,
+            advertiser_id="steady",
+            items=[("https://cdn.example/a.jpg", None)],
+            callback_url=None,
+            now=NOW - dt.timedelta(minutes=5),
+        )
+    assert monitor.get("/v1/images/nope", headers=headers).status_code == 404
+    html = monitor.get("/monitor?since=7d", headers=headers).text
+    row = re.search(r"<td><code>/v1/images/\{image_key\}</code></td>(.*?)</tr>", html, re.S)
+    assert row is not None
+    cells = re.findall(r"<td>([^<]*)</td>", row.group(1))
+    assert (cells[1], cells[-2], cells[-1]) == ("1", "1", "0")  # 1 request: a 4xx, no 5xx
+    jobs = html[html.index('id="panel-jobs"') :]
+    assert re.search(r"waiting to start</dt><dd class=\"flag\">1</dd>", jobs)
+    assert "oldest waiting for</dt><dd>5 min</dd>" in jobs
+    versions = html[html.index('id="panel-versions"') : html.index('id="panel-skips"')]
+    assert "<code>m2</code>" in versions

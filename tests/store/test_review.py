@@ -6,10 +6,10 @@ import pytest
 from sqlalchemy import update
 
 from cartag.errors import ConflictError, InputError, NotFoundError
-from cartag.store import review
+from cartag.store import review, review_queue
 from cartag.store.blobs import MemoryBlobStore
 from cartag.store.db import Database
-from cartag.store.review import ItemFilter
+from cartag.store.review_queue import ItemFilter
 from cartag.store.tables import DatasetItemRow, DatasetVersionRow
 from tests.web.seed import add_item, add_version, at, seed_review
 
@@ -21,7 +21,7 @@ def seeded(db: Database) -> tuple[str, dict[str, int]]:
 
 def _ids(db: Database, ref: str, filters: ItemFilter | None = None, **kw: int) -> list[int]:
     with db.read() as session:
-        return [item.id for item in review.list_items(session, ref, filters, **kw).items]
+        return [item.id for item in review_queue.list_items(session, ref, filters, **kw).items]
 
 
 def _item(db: Database, item_id: int) -> DatasetItemRow:
@@ -38,7 +38,7 @@ def test_queue_is_sorted_by_suspicion_with_unranked_last(
     expected = ["stock", "flagged", "placeholder", "calm", "unranked"]
     assert _ids(db, ref) == [ids[name] for name in expected]
     with db.read() as session:
-        page = review.list_items(session, ref, page=2, limit=2)
+        page = review_queue.list_items(session, ref, page=2, limit=2)
     assert page.total == 5
     assert [i.id for i in page.items] == [ids["placeholder"], ids["calm"]]
 
@@ -76,7 +76,7 @@ def test_bad_listing_arguments_name_the_field(
 ) -> None:
     ref, _ = seeded
     with db.read() as session, pytest.raises(InputError) as caught:
-        review.list_items(session, ref, filters, **kwargs)
+        review_queue.list_items(session, ref, filters, **kwargs)
     assert caught.value.field == field
 
 
@@ -136,7 +136,7 @@ def test_accept_relabel_exclude_are_stored_and_applied(
     }
     # Excluded by a reviewer: still in the queue (it can be re-included), shown last-decided.
     with db.read() as session:
-        page = review.list_items(session, ref)
+        page = review_queue.list_items(session, ref)
     assert ids["unranked"] in [i.id for i in page.items]
     assert page.last_decisions[ids["unranked"]].action == "exclude"
     with db.write() as session:
@@ -290,5 +290,5 @@ def test_draft_versions_with_counts(db: Database, seeded: tuple[str, dict[str, i
         review.record_decision(session, ref, ids["calm"], action="accept", user="r", now=at(2))
         review.undo_last(session, ref, ids["calm"], user="r", now=at(3))
     with db.read() as session:
-        drafts = review.draft_versions(session)
+        drafts = review_queue.draft_versions(session)
     assert [(d.version.ref, d.items, d.flagged, d.decisions) for d in drafts] == [(ref, 6, 1, 1)]

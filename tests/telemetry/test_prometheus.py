@@ -61,12 +61,16 @@ def test_registries_are_per_instance() -> None:
 def test_answers_failures_batches_and_model() -> None:
     t = PrometheusTelemetry(top_hosts=1)
     results = [
-        ClassifyResult("u1", "k1", "classified", "Dealer", "Red", source="model"),
-        ClassifyResult("u2", "k2", "cached", "Dealer", "Red", source="cache"),
-        ClassifyResult("u3", "k3", "cached", "Stock", "Red", source="override"),
+        ClassifyResult(
+            "u1", "k1", "classified", "Dealer", "Red", source="model", model_version="v2"
+        ),
+        ClassifyResult("u2", "k2", "cached", "Dealer", "Red", source="cache", model_version="v1"),
+        ClassifyResult("u3", "k3", "cached", "Stock", "Red", source="override", model_version="v1"),
         skipped("u4", "http_404"),
     ]
     t.images_answered(results)
+    t.advertiser_answered("dealer-1", 3)
+    t.advertiser_answered("dealer-1", 0)
     t.download_failed("http_404", "a.example")
     t.download_failed("timeout", "a.example")
     t.download_failed("timeout", "b.example")
@@ -79,6 +83,10 @@ def test_answers_failures_batches_and_model() -> None:
     assert s[("cartag_images_total", (("source", "model"), ("status", "classified")))] == 1
     assert s[("cartag_images_total", (("source", "none"), ("status", "skipped")))] == 1
     assert s[("cartag_images_skipped_total", (("reason", "http_404"),))] == 1
+    # Per model version (a cached answer keeps its version), per advertiser (fix-rate base).
+    assert s[("cartag_model_answers_total", (("status", "classified"), ("version", "v2")))] == 1
+    assert s[("cartag_model_answers_total", (("status", "cached"), ("version", "v1")))] == 2
+    assert s[("cartag_advertiser_images_total", (("advertiser", "dealer-1"),))] == 3
     assert s[("cartag_cache_lookups_total", (("result", "hit"),))] == 2
     assert s[("cartag_cache_lookups_total", (("result", "miss"),))] == 1
     assert s[("cartag_cache_hit_ratio", ())] == 2 / 3
@@ -111,9 +119,12 @@ def test_queue_sources_are_read_at_scrape_time() -> None:
 
     t.add_queue_source(broken)
     t.add_queue_source(lambda: {"celery": 2.0})
+    t.add_queue_age_source(lambda: {"jobs": 90.0})
+    t.add_queue_age_source(broken)
     samples = _samples(t)
     assert samples[("cartag_queue_depth", (("queue", "jobs"),))] == 4
     assert samples[("cartag_queue_depth", (("queue", "celery"),))] == 2
+    assert samples[("cartag_queue_oldest_age_seconds", (("queue", "jobs"),))] == 90
 
 
 def test_the_base_telemetry_does_nothing() -> None:
@@ -122,5 +133,6 @@ def test_the_base_telemetry_does_nothing() -> None:
     base.download_failed("timeout", "h")
     base.batch_ran(1, 0.1)
     base.fix_applied("a", "global")
+    base.advertiser_answered("a", 3)
     base.model_loaded("v")
     base.request_finished("GET", "/", 200, 0.1)

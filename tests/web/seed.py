@@ -113,3 +113,59 @@ def seed_review(db: Database, blobs: BlobStore) -> tuple[str, dict[str, int]]:
 def at(minutes: int) -> dt.datetime:
     """A fixed instant ``minutes`` after the factories' NOW."""
     return NOW + dt.timedelta(minutes=minutes)
+
+
+def _claim(advertiser: str, image_type: str | None, color: str | None) -> dict[str, Any]:
+    return {
+        "labels": [image_type, color],
+        "source": "fix",
+        "scope": "advertiser",
+        "advertiser_id": advertiser,
+        "user": "ann",
+    }
+
+
+def seed_queues(db: Database, blobs: BlobStore) -> tuple[str, dict[str, int]]:
+    """:func:`seed_review`'s draft with a type queue and a color queue to review.
+
+    The type queue (suspicion about the type): ``stock`` 0.9, ``typeclash`` 0.6 (flagged:
+    dealer-5 said Dealer, dealer-9 said Stock), ``placeholder`` 0.4, ``calm`` 0.1 and
+    ``unranked`` (no score: in both queues). The color queue: ``grey`` 0.8 (labelled Red,
+    the model says Grey), ``flagged`` 0.7 (now labelled Dealer/Black: dealer-42 said
+    Black, dealer-77 said Grey), ``white`` 0.3 and ``unranked``.
+
+    Returns:
+        The draft's ref and its item ids by name.
+    """
+    ref, ids = seed_review(db, blobs)
+    with db.write() as session:
+        flagged = session.get(DatasetItemRow, ids["flagged"])
+        assert flagged is not None
+        flagged.color = "Black"
+        flagged.provenance = {
+            **flagged.provenance,
+            "conflict": [
+                _claim("dealer-42", "Dealer", "Black"),
+                _claim("dealer-77", "Dealer", "Grey"),
+            ],
+        }
+    ids["grey"] = add_item(db, ref, blobs, suspicion=0.8, model_label="Grey", model_confidence=0.88)
+    ids["white"] = add_item(
+        db, ref, blobs, suspicion=0.3, color="Black", model_label="White", model_confidence=0.71
+    )
+    ids["typeclash"] = add_item(
+        db,
+        ref,
+        blobs,
+        suspicion=0.6,
+        status="flagged",
+        reason="conflict",
+        model_label="Stock",
+        model_confidence=0.55,
+        provenance={
+            "source": "fix",
+            "advertiser_id": "dealer-5",
+            "conflict": [_claim("dealer-5", "Dealer", "Red"), _claim("dealer-9", "Stock", "Red")],
+        },
+    )
+    return ref, ids

@@ -1,25 +1,20 @@
 """The review page in a real headless Chromium against a real uvicorn server.
 
-Log in with a reviewer key, check the grid is sorted by suspicion, review with the keyboard
-(accept, relabel, exclude, undo, color mode), then check in the database that every
-decision is stored (who, when) and applied to the draft's items.
+Log in with a reviewer key, then review the type queue by keyboard, mouse and touch:
+decided items leave the to-review queue, the progress follows, the next-page key skips
+nothing, opening the queue again resumes after the last decision, ``?page=999`` shows the
+last page; the color queue shows only color suspicions and who said what in a conflict.
+Finally check in the database that every decision is stored (who, when) and applied.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
-import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-import uvicorn
 from playwright.sync_api import Page, expect, sync_playwright
 from sqlalchemy import select
 
@@ -33,27 +28,12 @@ from cartag.store.blobs import LocalBlobStore
 from cartag.store.db import Database
 from cartag.store.tables import DatasetItemRow
 from tests.support.factories import NOW
-from tests.web.seed import seed_review
+from tests.support.live_server import serve
+from tests.web.seed import seed_queues
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = os.environ.get("CARTAG_TEST_CHROMIUM", "/usr/bin/chromium")
 START = NOW + dt.timedelta(days=1)
-
-
-@pytest.fixture
-def chromium() -> str:
-    """The browser to drive; skipped when absent, except in CI where it must be there."""
-    found = shutil.which(CHROMIUM) if not Path(CHROMIUM).is_file() else CHROMIUM
-    if found:
-        return found
-    message = (
-        f"chromium not found at {CHROMIUM}: install Debian's chromium "
-        "(`bash scripts/setup.sh dev` as root does) or set CARTAG_TEST_CHROMIUM"
-    )
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true but {message}")
-    pytest.skip(message)
 
 
 @dataclass
@@ -69,127 +49,166 @@ class Site:
 @pytest.fixture
 def site(settings: Settings, sqlite_db: Database, classifier: Classifier) -> Iterator[Site]:
     """cartag served by uvicorn on a free port, with a seeded draft and a reviewer key."""
-    ref, ids = seed_review(sqlite_db, LocalBlobStore(settings.data_dir / "blobs"))
+    ref, ids = seed_queues(sqlite_db, LocalBlobStore(settings.data_dir / "blobs"))
     with sqlite_db.write() as session:
         _, key = apikeys.create_key(session, name="rita", roles=["reviewer"], now=NOW)
     clock = FakeClock(START)
     app = create_app(settings, db=sqlite_db, classifier=classifier, clock=clock, run_jobs=False)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield Site(f"http://127.0.0.1:{port}", sqlite_db, clock, ref, ids, key)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with serve(app) as url:
+        yield Site(url, sqlite_db, clock, ref, ids, key)
 
 
 def _card_ids(page: Page) -> list[int]:
-    ids = page.locator(".card").evaluate_all("els => els.map(e => Number(e.dataset.id))")
+    ids = page.locator(".card:visible").evaluate_all("els => els.map(e => Number(e.dataset.id))")
     return [int(i) for i in ids]
 
 
-def test_review_with_the_keyboard(chromium: str, site: Site) -> None:
-    ids = site.ids
+def _button_keys(page: Page) -> set[str]:
+    keys = page.locator("#actions button").evaluate_all("els => els.map(e => e.dataset.key)")
+    return {str(k) for k in keys}
+
+
+def test_review_by_keyboard_mouse_and_touch(chromium: str, site: Site) -> None:
+    ids, ref, url = site.ids, site.ref, site.url
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
         try:
-            page = browser.new_page()
+            context = browser.new_context(has_touch=True, viewport={"width": 1280, "height": 900})
+            page = context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
 
             # Not logged in: the page sends the browser to the login form, then back.
-            page.goto(f"{site.url}/review/{site.ref}")
-            expect(page).to_have_url(f"{site.url}/review/login?next=%2Freview%2Fcars%402")
+            page.goto(f"{url}/review/{ref}?limit=3")
+            expect(page).to_have_url(f"{url}/review/login?next=%2Freview%2Fcars%402%3Flimit%3D3")
             page.fill("#key", "ctg_wrong_key")
             page.click("#login")
             expect(page.locator("#login-error")).to_contain_text("unknown API key")
             page.fill("#key", site.key)
             page.click("#login")
-            expect(page).to_have_url(f"{site.url}/review/{site.ref}")
+            expect(page).to_have_url(f"{url}/review/{ref}?limit=3")
             expect(page.locator(".who")).to_contain_text("rita")
 
-            # Most suspicious first; unranked last; the unreadable item is not listed.
-            order = ["stock", "flagged", "placeholder", "calm", "unranked"]
-            assert _card_ids(page) == [ids[n] for n in order]
-            card = {name: page.locator(f"#item-{ids[name]}") for name in order}
-            expect(card["stock"]).to_have_class(re.compile(r"\bdisagree\b.*\bfocused\b"))
-            expect(card["stock"].locator(".model")).to_have_text("Stock 93%")
-            expect(card["stock"].locator(".suspicion")).to_have_text("0.90")
-            expect(card["flagged"].locator(".state")).to_contain_text("flagged (conflict)")
-            loaded = (
-                card["stock"].locator("img").evaluate("img => img.complete && img.naturalWidth")
+            # The type queue: type suspicions and type conflicts only, most suspicious first.
+            def card(name: str) -> object:
+                return page.locator(f"#item-{ids[name]}")
+
+            progress, status = page.locator("#progress"), page.locator("#status")
+            assert _card_ids(page) == [ids[n] for n in ("stock", "typeclash", "placeholder")]
+            expect(progress).to_have_text("0 / 5 reviewed")
+            expect(page.locator("#range")).to_have_text("items 1–3 of 5")
+            stock = page.locator(f"#item-{ids['stock']}")
+            expect(stock).to_have_class(re.compile(r"\bdisagree\b.*\bfocused\b"))
+            expect(stock.locator(".model")).to_have_text("Stock 93%")
+            assert stock.locator("img").evaluate("img => img.complete && img.naturalWidth") > 0
+            clash = page.locator(f"#item-{ids['typeclash']}")
+            expect(clash.locator(".conflict")).to_have_text(
+                "dealer-5 said Dealer · dealer-9 said Stock"
             )
-            assert loaded > 0
+            # Every key has its button.
+            assert {"k", "j", "a", "x", "u", "1", "2", "3", "p", "n"} <= _button_keys(page)
 
-            status = page.locator("#status")
-            page.keyboard.press("a")  # accept "stock"; focus moves on
+            # Keyboard: accepting "stock" takes it out of the to-review queue.
+            page.keyboard.press("a")
             expect(status).to_have_text(f"item {ids['stock']} accepted")
-            expect(card["stock"].locator(".decision")).to_have_text("accept by rita")
-            expect(card["flagged"]).to_be_focused()
+            expect(stock).to_be_hidden()
+            expect(progress).to_have_text("1 / 5 reviewed")
+            expect(clash).to_be_focused()
 
+            # Mouse: the "Stock" button relabels the focused conflict.
             site.clock.advance(60)
-            page.keyboard.press("2")  # relabel "flagged" as Stock
-            expect(card["flagged"].locator(".cur-image_type")).to_have_text("Stock")
-            expect(card["flagged"].locator(".state")).to_have_text("included")
+            page.get_by_role("button", name="Stock", exact=True).click()
+            expect(clash).to_be_hidden()
+            expect(progress).to_have_text("2 / 5 reviewed")
+            placeholder = page.locator(f"#item-{ids['placeholder']}")
+            expect(placeholder).to_be_focused()
 
-            site.clock.advance(60)
-            page.keyboard.press("3")  # "placeholder" becomes a Placeholder: no color
-            expect(card["placeholder"].locator(".label")).to_have_text("Placeholder / —")
+            # The next-page key continues after the last card: "calm" is not skipped.
+            page.keyboard.press("n")
+            expect(page).to_have_url(re.compile(rf"after={ids['placeholder']}$"))
+            assert _card_ids(page) == [ids["calm"], ids["unranked"]]
+            expect(page.locator("#range")).to_have_text("items 2–3 of 3")
+            calm, unranked = (page.locator(f"#item-{ids[n]}") for n in ("calm", "unranked"))
 
             site.clock.advance(60)
             page.keyboard.press("x")  # exclude "calm"
-            expect(card["calm"].locator(".state")).to_have_text("excluded (review)")
-            expect(card["unranked"]).to_be_focused()
-
+            expect(calm).to_be_hidden()
+            expect(progress).to_have_text("3 / 5 reviewed")
             site.clock.advance(60)
-            page.keyboard.press("u")  # undo the exclusion; focus goes back to "calm"
-            expect(card["calm"].locator(".state")).to_have_text("included")
+            page.keyboard.press("u")  # undo: "calm" comes back, focused
+            expect(calm).to_be_visible()
+            expect(calm.locator(".state")).to_have_text("included")
             expect(status).to_have_text(f"undid exclude on item {ids['calm']}")
-            expect(card["calm"]).to_be_focused()
-
-            page.keyboard.press("k")
-            expect(card["placeholder"]).to_be_focused()
-            page.keyboard.press("j")
-            page.keyboard.press("ArrowRight")
-            expect(card["unranked"]).to_be_focused()
-            page.keyboard.press("ArrowLeft")
-            expect(card["calm"]).to_be_focused()
-
-            # Color mode: "c" then a letter.
-            page.goto(f"{site.url}/review/{site.ref}?mode=color")
-            expect(page.locator(".legend")).to_contain_text("Burgundy")
-            for _ in range(3):
-                page.keyboard.press("j")
-            calm = page.locator(f"#item-{ids['calm']}")
+            expect(progress).to_have_text("2 / 5 reviewed")
             expect(calm).to_be_focused()
+            page.keyboard.press("j")
+            expect(unranked).to_be_focused()
+            page.keyboard.press("ArrowLeft")
+            expect(calm).to_be_focused()
+
+            # Touch: tap a card, then tap "Accept".
+            page.keyboard.press("j")
+            site.clock.advance(60)
+            calm.tap()
+            expect(calm).to_be_focused()
+            page.locator("#btn-accept").tap()
+            expect(calm).to_be_hidden()
+            expect(progress).to_have_text("3 / 5 reviewed")
+
+            # Opened again, the queue resumes after the last decision ("calm"); the
+            # skipped "placeholder" is still on the first page.
+            page.goto(f"{url}/review/{ref}?limit=3")
+            expect(page.locator("#note")).to_have_text("resumed after your last decision.")
+            assert _card_ids(page) == [ids["unranked"]]
+            expect(unranked).to_be_focused()
+            site.clock.advance(60)
+            page.keyboard.press("3")  # "unranked" becomes a Placeholder: no color
+            expect(progress).to_have_text("4 / 5 reviewed")
+            page.keyboard.press("p")
+            expect(page).to_have_url(re.compile(r"page=1$"))
+            assert _card_ids(page) == [ids["placeholder"]]
+
+            # The undecided filter against all items; ?page=999 shows the last page.
+            page.click("#show-all")
+            assert _card_ids(page) == [ids[n] for n in ("stock", "typeclash", "placeholder")]
+            expect(page.locator(".card.decided")).to_have_count(2)
+            page.goto(f"{url}/review/{ref}?show=all&limit=3&page=999")
+            expect(page.locator("#note")).to_have_text("page 999 is past the end: showing page 2.")
+            assert _card_ids(page) == [ids["calm"], ids["unranked"]]
+            page.click("#show-undecided")
+            assert _card_ids(page) == [ids["placeholder"]]
+
+            # The color queue: color suspicions and color conflicts only, and who said what.
+            page.goto(f"{url}/review/{ref}?mode=color")
+            assert _card_ids(page) == [ids[n] for n in ("grey", "flagged", "white", "unranked")]
+            expect(page.locator("#progress")).to_have_text("0 / 4 reviewed")
+            flagged = page.locator(f"#item-{ids['flagged']}")
+            expect(flagged.locator(".conflict")).to_have_text(
+                "dealer-42 said Black · dealer-77 said Grey"
+            )
+            colors = {f"c{k}" for k in "kbnugeoipwry"}
+            assert colors <= _button_keys(page)
+            page.keyboard.press("j")
+            expect(flagged).to_be_focused()
             site.clock.advance(60)
             page.keyboard.press("c")
             page.keyboard.press("e")
-            expect(calm.locator(".cur-color")).to_have_text("Grey")
-            # A Placeholder has no color: the refusal is shown, nothing changes.
-            page.keyboard.press("k")
-            page.keyboard.press("k")
-            page.keyboard.press("c")
-            page.keyboard.press("r")
+            expect(flagged).to_be_hidden()
+            expect(page.locator("#progress")).to_have_text("1 / 4 reviewed")
+            # A Placeholder has no color: the refusal is shown, the card stays.
+            page.keyboard.press("j")
+            expect(unranked).to_be_focused()
+            page.get_by_role("button", name="Red", exact=True).click()
             expect(status).to_contain_text("Placeholder, which has no color")
             expect(status).to_have_class("error")
+            expect(unranked).to_be_visible()
             assert errors == []
         finally:
             browser.close()
 
     with site.db.read() as session:
-        stored = review_repo.decisions(session, site.ref)
-        rows = session.scalars(select(DatasetItemRow).where(DatasetItemRow.version_ref == site.ref))
+        stored = review_repo.decisions(session, ref)
+        rows = session.scalars(select(DatasetItemRow).where(DatasetItemRow.version_ref == ref))
         items = {item.id: item for item in rows}
     minute = dt.timedelta(minutes=1)
     assert [
@@ -197,29 +216,30 @@ def test_review_with_the_keyboard(chromium: str, site: Site) -> None:
         for d in stored
     ] == [
         (ids["stock"], "accept", "image_type", "Dealer", "Dealer", "rita", START),
-        (ids["flagged"], "relabel", "image_type", "Dealer", "Stock", "rita", START + minute),
+        (ids["typeclash"], "relabel", "image_type", "Dealer", "Stock", "rita", START + minute),
+        (ids["calm"], "exclude", "image_type", "Dealer", "Dealer", "rita", START + 2 * minute),
+        (ids["calm"], "accept", "image_type", "Dealer", "Dealer", "rita", START + 4 * minute),
         (
-            ids["placeholder"],
+            ids["unranked"],
             "relabel",
             "image_type",
-            "Dealer",
+            "Stock",
             "Placeholder",
             "rita",
-            START + 2 * minute,
+            START + 5 * minute,
         ),
-        (ids["calm"], "exclude", "image_type", "Dealer", "Dealer", "rita", START + 3 * minute),
-        (ids["calm"], "relabel", "color", "Red", "Grey", "rita", START + 5 * minute),
+        (ids["flagged"], "relabel", "color", "Black", "Grey", "rita", START + 6 * minute),
     ]
-    assert (stored[3].undone_by, stored[3].undone_at) == ("rita", START + 4 * minute)
-    assert all(d.undone_at is None for i, d in enumerate(stored) if i != 3)
+    assert (stored[2].undone_by, stored[2].undone_at) == ("rita", START + 3 * minute)
     state = {
         name: (items[ids[name]].status, items[ids[name]].image_type, items[ids[name]].color)
-        for name in ("stock", "flagged", "placeholder", "calm", "unranked")
+        for name in ("stock", "typeclash", "calm", "unranked", "flagged", "placeholder")
     }
     assert state == {
         "stock": ("included", "Dealer", "Red"),
-        "flagged": ("included", "Stock", "Red"),
-        "placeholder": ("included", "Placeholder", None),
-        "calm": ("included", "Dealer", "Grey"),
-        "unranked": ("included", "Stock", "White"),
+        "typeclash": ("included", "Stock", "Red"),
+        "calm": ("included", "Dealer", "Red"),
+        "unranked": ("included", "Placeholder", None),
+        "flagged": ("included", "Dealer", "Grey"),
+        "placeholder": ("included", "Dealer", "Blue"),
     }

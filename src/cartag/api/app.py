@@ -20,7 +20,7 @@ from cartag import __version__
 from cartag.api.errors import index_route_methods, install_error_handlers
 from cartag.api.limits import BodyLimit, BodyLimitMiddleware
 from cartag.api.middleware import RequestContextMiddleware
-from cartag.api.routes import classify, conflicts, health, images, jobs
+from cartag.api.routes import classify, conflicts, health, images, jobs, review_pages
 from cartag.api.routes import metrics as metrics_routes
 from cartag.api.routes import models as models_routes
 from cartag.api.routes import monitor as monitor_routes
@@ -122,6 +122,7 @@ def create_app(
         )
         if isinstance(observer, PrometheusTelemetry):
             observer.add_queue_source(lambda: metrics_routes.job_queue_depth(database))
+            observer.add_queue_age_source(lambda: metrics_routes.job_queue_age(database, clk))
         watcher = runtime.watcher
         app.state.cartag.watcher = watcher
         polling = asyncio.create_task(watcher.run(), name="cartag-model-watcher")
@@ -180,7 +181,7 @@ def create_app(
         models_routes.router,
         models_routes.advertisers_router,
         review_routes.router,
-        review_routes.pages,
+        review_pages.pages,
     ]
     for router in routers:
         app.include_router(router)

@@ -29,7 +29,7 @@ from cartag.settings import Settings
 if TYPE_CHECKING:
     from cartag.jobs.reclassify import ReclassifyReport
     from cartag.store.db import Database
-    from cartag.store.tables import ModelVersionRow
+    from cartag.store.tables import DeploymentRow, ModelVersionRow
 
 app = typer.Typer(
     help="The model registry: list, register, promote, rollback; build the bundled model.",
@@ -38,6 +38,14 @@ app = typer.Typer(
 
 AliasOpt = Annotated[str, typer.Option(help="production or candidate.")]
 ByOpt = Annotated[str | None, typer.Option("--by", help="Who does it (default: your user).")]
+ReclassifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--reclassify/--no-reclassify",
+        help="Then re-classify the opted-in advertisers' images with the production model "
+        "(without: print the command that does it).",
+    ),
+]
 
 
 def _user(by: str | None) -> str:
@@ -164,17 +172,10 @@ def promote(
     force: Annotated[bool, typer.Option("--force", help="Skip the promotion gates.")] = False,
     alias: AliasOpt = "production",
     by: ByOpt = None,
-    reclassify: Annotated[
-        bool,
-        typer.Option(
-            "--reclassify/--no-reclassify",
-            help="Then re-classify opted-in advertisers' images with it.",
-        ),
-    ] = True,
+    reclassify: ReclassifyOpt = True,
 ) -> None:
     """Point an alias at a version; servers hot-swap to it. Exits 2 when a gate fails."""
     from cartag.clock import SystemClock
-    from cartag.deploy import followup
     from cartag.deploy import promote as promotion
     from cartag.gates import PromotionGatedError
 
@@ -193,13 +194,16 @@ def promote(
     except CartagError as exc:
         raise fail(exc) from exc
     err.print(f"{alias} -> {deployment.version}; servers switch within {settings.model_poll_s:g} s")
-    if followup.reclassify_follows(deployment, reclassify):
-        _reclassify(settings, db, None, quiet_if_none=True)
+    _follow_up(settings, db, deployment, reclassify)
 
 
 @app.command("rollback")
-def rollback(alias: AliasOpt = "production", by: ByOpt = None) -> None:
-    """Point an alias back at the version it had before its current one."""
+def rollback(
+    alias: AliasOpt = "production",
+    by: ByOpt = None,
+    reclassify: ReclassifyOpt = True,
+) -> None:
+    """Point an alias back at the version it had before its current one (no gates)."""
     from cartag.clock import SystemClock
     from cartag.deploy import promote as promotion
 
@@ -212,6 +216,26 @@ def rollback(alias: AliasOpt = "production", by: ByOpt = None) -> None:
     except CartagError as exc:
         raise fail(exc) from exc
     err.print(f"{alias} rolled back to {deployment.version}")
+    _follow_up(settings, db, deployment, reclassify)
+
+
+def _follow_up(settings: Settings, db: Database, deployment: DeploymentRow, run: bool) -> None:
+    """After a promotion or a rollback alike: re-classify the opted-in advertisers' images
+    with the version now in production, or say how to."""
+    from cartag.deploy import followup
+
+    try:
+        plan = followup.plan(db, deployment, run)
+    except CartagError as exc:
+        raise fail(exc) from exc
+    if plan.run:
+        _reclassify(settings, db, None, quiet_if_none=True)
+    elif plan.command is not None:
+        err.print(
+            f"the images of {', '.join(plan.advertisers)} (opted in) keep the answers of the "
+            f"model before {plan.version} until re-classified:"
+        )
+        typer.echo(plan.command)
 
 
 @app.command("history")

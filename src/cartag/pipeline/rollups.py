@@ -154,6 +154,8 @@ class AnswerCounter:
         """Report the answers to telemetry and add them to the daily monitoring rollup."""
         try:
             self.telemetry.images_answered(results)
+            answered = sum(1 for r in results if r.status != "skipped")
+            self.telemetry.advertiser_answered(advertiser_id, answered)
         except Exception:  # noqa: BLE001 - metrics must never fail an answered request
             log.exception("telemetry failed on %d answers", len(results))
         day = self.clock.now().astimezone(dt.UTC).date()

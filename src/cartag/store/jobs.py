@@ -287,3 +287,19 @@ def queue_depth(session: Session) -> tuple[int, int]:
         )
     )
     return int(queued or 0), int(pending or 0)
+
+
+def oldest_queued(session: Session) -> dt.datetime | None:
+    """When the oldest job still waiting to start was submitted (None: none waits).
+
+    One read on the ``(status, created_at)`` index (metrics read it at scrape time).
+    """
+    return session.scalar(select(func.min(JobRow.created_at)).where(JobRow.status == QUEUED))
+
+
+def status_counts(session: Session, *, since: dt.datetime | None = None) -> dict[str, int]:
+    """Jobs per status: all queued and running ones, and those submitted since ``since``."""
+    query = select(JobRow.status, func.count()).group_by(JobRow.status)
+    if since is not None:
+        query = query.where((JobRow.created_at >= since) | JobRow.status.in_((QUEUED, RUNNING)))
+    return {str(status): int(n) for status, n in session.execute(query)}

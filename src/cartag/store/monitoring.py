@@ -86,6 +86,30 @@ def answer_mix(
         yield day, version, value, int(n)
 
 
+def answers_by_status(
+    session: Session, since: dt.date, until: dt.date, advertiser: str | None = None
+) -> Iterator[tuple[dt.date, str | None, str, int]]:
+    """Answers per (day, model version, status) in [since, until]: ``cached`` ones came
+    from the store, ``classified`` ones from the model (the cache hit rate).
+
+    Args:
+        session: Any session.
+        since: First UTC day.
+        until: Last UTC day.
+        advertiser: Only this advertiser's answers; None = everyone's.
+    """
+    t = ClassifyDailyRow
+    window = [t.day >= since, t.day <= until]
+    if advertiser is not None:
+        window.append(t.advertiser_id == advertiser)
+    for day, version, status, n in session.execute(
+        select(t.day, t.model_version, t.status, func.sum(t.count))
+        .where(*window)
+        .group_by(t.day, t.model_version, t.status)
+    ):
+        yield day, version, status, int(n)
+
+
 def answers_per_advertiser(
     session: Session, since: dt.date, until: dt.date
 ) -> Iterator[tuple[dt.date, str, str | None, int]]:

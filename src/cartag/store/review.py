@@ -11,16 +11,16 @@ of the item) and applied to the item in the same transaction, so a draft always 
 its review. ``undo_last`` reverts an item's latest decision, restoring the item exactly
 and marking the decision undone (it is kept for the audit). Frozen versions refuse
 decisions. The functions take a :class:`~sqlalchemy.orm.Session` inside a transaction
-(``Database.write()``) and never commit.
+(``Database.write()``) and never commit. Listing the queue (by label, undecided items,
+progress, where a reviewer stopped) is :mod:`cartag.store.review_queue`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cartag.errors import ConflictError, InputError, NotFoundError
@@ -37,54 +37,6 @@ REVIEW_REASON: Final[str] = "review"
 MAX_LIMIT: Final[int] = 500
 # The item attributes a decision may change: what an undo restores.
 _STATE: Final[tuple[str, ...]] = ("status", "reason", "image_type", "color")
-
-
-@dataclass(frozen=True)
-class ItemFilter:
-    """Which items of a version to list.
-
-    Attributes:
-        image_type: Only items with this type label.
-        color: Only items with this color label.
-        status: Only items with this status. ``None`` lists what a reviewer can act
-            on: included and flagged items, and items a reviewer excluded — not those
-            an automatic filter excluded (unreadable, duplicates, too small...).
-        flagged_only: Only flagged items (needing a human decision); wins over ``status``.
-    """
-
-    image_type: str | None = None
-    color: str | None = None
-    status: str | None = None
-    flagged_only: bool = False
-
-
-@dataclass(frozen=True)
-class ItemPage:
-    """One page of a version's review queue.
-
-    Attributes:
-        items: The items, most suspicious first (no suspicion: last), then by id.
-        total: How many items match the filter over all pages.
-        page: 1-based page number.
-        limit: Page size.
-        last_decisions: The latest not-undone decision of each listed item, by item id.
-    """
-
-    items: list[DatasetItemRow]
-    total: int
-    page: int
-    limit: int
-    last_decisions: dict[int, ReviewDecisionRow]
-
-
-@dataclass(frozen=True)
-class DraftSummary:
-    """A draft version as the review page's picker shows it."""
-
-    version: DatasetVersionRow
-    items: int
-    flagged: int
-    decisions: int
 
 
 def get_version(session: Session, ref: str, *, for_update: bool = False) -> DatasetVersionRow:
@@ -108,120 +60,6 @@ def get_version(session: Session, ref: str, *, for_update: bool = False) -> Data
             f"dataset version {ref!r} does not exist; `cartag dataset list` shows the versions"
         )
     return row
-
-
-def draft_versions(session: Session) -> list[DraftSummary]:
-    """Every draft version with its item, flagged-item and decision counts, newest first."""
-    versions = list(
-        session.scalars(
-            select(DatasetVersionRow)
-            .where(DatasetVersionRow.status == "draft")
-            .order_by(DatasetVersionRow.created_at.desc(), DatasetVersionRow.ref)
-        )
-    )
-    refs = [v.ref for v in versions]
-    if not refs:
-        return []
-    counts: dict[str, tuple[int, int]] = {
-        ref: (int(total), int(flagged or 0))
-        for ref, total, flagged in session.execute(
-            select(
-                DatasetItemRow.version_ref,
-                func.count(),
-                func.sum(case((DatasetItemRow.status == "flagged", 1), else_=0)),
-            )
-            .where(DatasetItemRow.version_ref.in_(refs))
-            .group_by(DatasetItemRow.version_ref)
-        )
-    }
-    decided: dict[str, int] = {
-        ref: int(n)
-        for ref, n in session.execute(
-            select(ReviewDecisionRow.version_ref, func.count())
-            .where(ReviewDecisionRow.version_ref.in_(refs), ReviewDecisionRow.undone_at.is_(None))
-            .group_by(ReviewDecisionRow.version_ref)
-        )
-    }
-    return [DraftSummary(v, *counts.get(v.ref, (0, 0)), decided.get(v.ref, 0)) for v in versions]
-
-
-def _conditions(ref: str, filters: ItemFilter) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = [DatasetItemRow.version_ref == ref]
-    if filters.image_type is not None:
-        label = _clean_label("image_type", filters.image_type, name="image_type")
-        conditions.append(DatasetItemRow.image_type == label)
-    if filters.color is not None:
-        conditions.append(
-            DatasetItemRow.color == _clean_label("color", filters.color, name="color")
-        )
-    if filters.flagged_only:
-        conditions.append(DatasetItemRow.status == "flagged")
-    elif filters.status is not None:
-        if filters.status not in STATUSES:
-            raise InputError(
-                f"unknown status {filters.status!r}; choose from {', '.join(STATUSES)}",
-                field="status",
-            )
-        conditions.append(DatasetItemRow.status == filters.status)
-    else:
-        conditions.append(
-            or_(
-                DatasetItemRow.status != "excluded",
-                and_(DatasetItemRow.status == "excluded", DatasetItemRow.reason == REVIEW_REASON),
-            )
-        )
-    return conditions
-
-
-def list_items(
-    session: Session,
-    ref: str,
-    filters: ItemFilter | None = None,
-    *,
-    page: int = 1,
-    limit: int = 60,
-) -> ItemPage:
-    """A page of ``ref``'s items, most suspicious first.
-
-    Args:
-        session: Open session.
-        ref: The version (draft or frozen: a frozen one can still be looked at).
-        filters: Which items; default :class:`ItemFilter`'s (what a reviewer can act on).
-        page: 1-based page number.
-        limit: Items per page, 1 to :data:`MAX_LIMIT`.
-
-    Raises:
-        NotFoundError: No such version.
-        InputError: A filter value, ``page`` or ``limit`` is invalid (``.field`` names it).
-    """
-    if page < 1:
-        raise InputError("page must be 1 or more", field="page")
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InputError(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
-    get_version(session, ref)
-    conditions = _conditions(ref, filters or ItemFilter())
-    total = session.scalar(select(func.count()).select_from(DatasetItemRow).where(*conditions))
-    # NULLS LAST spelled portably: SQLite and PostgreSQL order NULLs differently.
-    items = list(
-        session.scalars(
-            select(DatasetItemRow)
-            .where(*conditions)
-            .order_by(
-                DatasetItemRow.suspicion.is_(None),
-                DatasetItemRow.suspicion.desc(),
-                DatasetItemRow.id,
-            )
-            .offset((page - 1) * limit)
-            .limit(limit)
-        )
-    )
-    return ItemPage(
-        items=items,
-        total=int(total or 0),
-        page=page,
-        limit=limit,
-        last_decisions=last_decisions(session, [item.id for item in items]),
-    )
 
 
 def last_decisions(session: Session, item_ids: list[int]) -> dict[int, ReviewDecisionRow]:
@@ -275,7 +113,7 @@ def _draft(session: Session, ref: str) -> DatasetVersionRow:
     return version
 
 
-def _clean_label(field: str, label: str, *, name: str = "label") -> str:
+def clean_label(field: str, label: str, *, name: str = "label") -> str:
     """``label`` in the vocabulary of ``field``; errors name the request field ``name``."""
     try:
         if field == "image_type":
@@ -352,7 +190,7 @@ def record_decision(
         item.status, item.reason = "included", None
     elif action == "relabel":
         assert label is not None
-        to_label = _clean_label(field, label)
+        to_label = clean_label(field, label)
         if field == "color" and item.image_type == "Placeholder":
             raise InputError(
                 f"item {item_id} is a Placeholder, which has no color; relabel its type first",

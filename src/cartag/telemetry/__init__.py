@@ -30,6 +30,9 @@ class AnsweredImage(Protocol):
     @property
     def reason(self) -> str | None: ...
 
+    @property
+    def model_version(self) -> str | None: ...
+
 
 class Telemetry:
     """Observer of cartag's work. Every method is a no-op here; override the ones you need."""
@@ -55,6 +58,10 @@ class Telemetry:
 
     def fix_applied(self, advertiser_id: str, scope: str) -> None:
         """A person fixed an image for ``advertiser_id`` (``scope``: global or advertiser)."""
+
+    def advertiser_answered(self, advertiser_id: str, answered: int) -> None:
+        """One classify call answered ``answered`` images (skipped ones not counted) for
+        ``advertiser_id``: the denominator of its fix rate."""
 
     def model_loaded(self, version: str) -> None:
         """``version`` is the model now in service."""

@@ -90,25 +90,30 @@ class TopLabels:
             return value
 
 
-class _QueueDepth(Collector):
-    """``cartag_queue_depth{queue}``, read at scrape time from functions the app registers."""
+class _ScrapedGauge(Collector):
+    """A gauge by ``queue``, read at scrape time from functions the app registers.
 
-    def __init__(self) -> None:
+    Args:
+        name: The metric's name.
+        documentation: Its help text.
+    """
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
         self._sources: list[Callable[[], dict[str, float]]] = []
 
     def add(self, read: Callable[[], dict[str, float]]) -> None:
         self._sources.append(read)
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "cartag_queue_depth", "Items waiting, by queue (read at scrape time).", labels=["queue"]
-        )
+        family = GaugeMetricFamily(self.name, self.documentation, labels=["queue"])
         values: dict[str, float] = {}
         for read in self._sources:
             try:
                 values.update(read())
             except Exception:  # noqa: BLE001 - a failing source must not break the scrape
-                log.exception("a queue-depth source failed")
+                log.exception("a %s source failed", self.name)
         for queue, value in sorted(values.items()):
             family.add_metric([queue], value)
         yield family
@@ -119,7 +124,8 @@ class PrometheusTelemetry(Telemetry):
 
     Args:
         top_hosts: Hosts with their own ``host`` label on download failures.
-        top_advertisers: Advertisers with their own label on the fix counter.
+        top_advertisers: Advertisers with their own label on the fix and answer counters
+            (one ranking for both, so that their ratio is a fix rate).
     """
 
     def __init__(self, *, top_hosts: int = 20, top_advertisers: int = 50) -> None:
@@ -145,6 +151,20 @@ class PrometheusTelemetry(Telemetry):
             "Images answered by classify (requests and jobs), by status and answer source "
             "(source is 'none' for skipped images).",
             ["status", "source"],
+            registry=r,
+        )
+        self.model_answers = Counter(
+            "cartag_model_answers",
+            "Answered images (not skipped) by the model version that made the answer (a cached "
+            "answer keeps the version that made it) and status (classified or cached).",
+            ["version", "status"],
+            registry=r,
+        )
+        self.advertiser_images = Counter(
+            "cartag_advertiser_images",
+            "Answered images (not skipped) by advertiser (the most active; the rest are "
+            "'other'): with cartag_fixes_total, an advertiser's fix rate.",
+            ["advertiser"],
             registry=r,
         )
         self.skipped = Counter(
@@ -219,8 +239,16 @@ class PrometheusTelemetry(Telemetry):
             ["operation"],
             registry=r,
         )
-        self._queues = _QueueDepth()
+        self._queues = _ScrapedGauge(
+            "cartag_queue_depth", "Items waiting, by queue (read at scrape time)."
+        )
+        self._queue_ages = _ScrapedGauge(
+            "cartag_queue_oldest_age_seconds",
+            "Seconds the oldest item of a queue has waited to start (0: none waits; read at "
+            "scrape time).",
+        )
         r.register(self._queues)
+        r.register(self._queue_ages)
         self._lock = threading.Lock()
         self._hits = 0
         self._misses = 0
@@ -235,6 +263,10 @@ class PrometheusTelemetry(Telemetry):
         """Report ``read()`` (queue name → depth) as ``cartag_queue_depth`` at every scrape."""
         self._queues.add(read)
 
+    def add_queue_age_source(self, read: Callable[[], dict[str, float]]) -> None:
+        """Report ``read()`` (queue name → seconds the oldest item waited) at every scrape."""
+        self._queue_ages.add(read)
+
     # --- Telemetry -------------------------------------------------------------------
 
     def request_finished(self, method: str, route: str, status: int, duration_s: float) -> None:
@@ -247,7 +279,9 @@ class PrometheusTelemetry(Telemetry):
             self.images.labels(result.status, result.source or "none").inc()
             if result.status == "skipped":
                 self.skipped.labels(result.reason or "unknown").inc()
-            elif result.status == "cached":
+                continue
+            self.model_answers.labels(result.model_version or "unknown", result.status).inc()
+            if result.status == "cached":
                 hits += 1
             else:
                 misses += 1
@@ -272,6 +306,10 @@ class PrometheusTelemetry(Telemetry):
 
     def fix_applied(self, advertiser_id: str, scope: str) -> None:
         self.fixes.labels(self._advertisers.label(advertiser_id), scope).inc()
+
+    def advertiser_answered(self, advertiser_id: str, answered: int) -> None:
+        if answered > 0:
+            self.advertiser_images.labels(self._advertisers.label(advertiser_id)).inc(answered)
 
     def model_loaded(self, version: str) -> None:
         # One version at a time: a hot swap replaces the series rather than adding one.

@@ -13,9 +13,12 @@ import jinja2
 from markupsafe import Markup
 
 from cartag.deploy.monitor import NO_COLOR, AdvertiserStats, MonitorReport, Rate
+from cartag.deploy.operations import OpsReport
+from cartag.telemetry.snapshot import Snapshot
 from cartag.vocab import COLORS, IMAGE_TYPES
 from cartag.web import environment as web_environment
 from cartag.web import svg
+from cartag.web.ops_panels import CHART_WIDTH, build_panels, seconds
 
 TYPE_COLORS: Final[dict[str, str]] = {
     "Dealer": "#0d6efd",
@@ -117,6 +120,7 @@ def _version_rate_chart(report: MonitorReport) -> Markup:
             [_day_label(d) for d in report.days],
             series,
             title="manual-fix rate (fixes ÷ answered images) per model version and day",
+            plot_width=CHART_WIDTH,
         )
     )
 
@@ -142,6 +146,7 @@ def _advertiser_rate_chart(report: MonitorReport) -> Markup:
 def _environment() -> jinja2.Environment:
     env = web_environment()
     env.filters["pct"] = _pct
+    env.filters["seconds"] = seconds
     return env
 
 
@@ -152,11 +157,15 @@ def render_monitor(
     generated: dt.datetime,
     max_rows: int = MAX_ADVERTISER_ROWS,
     csrf: str = "",
+    ops: OpsReport | None = None,
+    snapshot: Snapshot | None = None,
 ) -> str:
     """The monitor page for ``report``.
 
     Args:
         report: What to show.
+        ops: The store's operational figures of the window (default: none shown).
+        snapshot: The serving process's metrics (latency, errors, skips); None: not shown.
         since_text: The ``since`` the user asked for (kept in links and the form).
         generated: When the page was made (shown in the header).
         max_rows: Most advertisers listed in the table.
@@ -188,6 +197,7 @@ def render_monitor(
             hidden=len(report.advertisers) - len(rows),
             rule=report.thresholds.explain(),
             csrf=csrf,
+            panels=build_panels(report, ops, snapshot) if ops is not None else None,
         )
     )
 

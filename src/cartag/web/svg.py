@@ -136,6 +136,7 @@ def line_chart(
     step: int = 36,
     y_format: Callable[[float], str] = percent,
     highlight: Sequence[str] = (),
+    plot_width: int | None = None,
 ) -> str:
     """One line per series over shared x positions; ``None`` values break the line.
 
@@ -147,11 +148,15 @@ def line_chart(
         step: Horizontal distance between x positions.
         y_format: Formats axis ticks and tooltips (default: percent).
         highlight: Series drawn thicker, on top of the others (e.g. flagged ones).
+        plot_width: Spread the x positions over this width instead of ``step`` apart
+            (never closer than 8 pixels).
 
     Returns:
         An ``<svg>`` element; the y axis starts at 0 and ends at the largest value.
     """
     left, top, label_space = 52, 8, 80
+    if plot_width is not None:
+        step = max(8, plot_width // max(len(x_labels) - 1, 1))
     plot_w = max(len(x_labels) - 1, 1) * step
     values = [v for vs in series.values() for v in vs if v is not None]
     y_max = max(values, default=0.0)
@@ -233,6 +238,51 @@ def sparkline(
         parts.append(
             f'<polyline points="{" ".join(points)}" fill="none" stroke="{color}" '
             f'stroke-width="1.5"/>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def hbars(
+    items: Sequence[tuple[str, float]],
+    *,
+    title: str,
+    width: int = 420,
+    bar_height: int = 16,
+    color: str = "#0d6efd",
+    value_format: Callable[[float], str] = _fmt,
+) -> str:
+    """Horizontal bars, one per ``(label, value)``, longest = the largest value.
+
+    Args:
+        items: Labels and values, drawn top to bottom in this order.
+        title: Accessible title.
+        width: Total width (labels take the left third).
+        bar_height: Height of a bar.
+        color: Bar fill.
+        value_format: Formats the value written after each bar.
+
+    Returns:
+        An ``<svg>`` element (a line of text when there are no items).
+    """
+    label_w, gap, value_w = width // 3, 6, 70
+    plot_w = max(width - label_w - value_w - gap, 10)
+    height = max(len(items), 1) * (bar_height + gap) + gap
+    parts = [_open(width, height, title)]
+    top = max((v for _, v in items), default=0.0) or 1.0
+    if not items:
+        parts.append(f'<text x="0" y="{bar_height}" {FONT}>none</text>')
+    for i, (label, value) in enumerate(items):
+        y = gap + i * (bar_height + gap)
+        w = plot_w * max(value, 0.0) / top
+        tip = f"{label}: {value_format(value)}"
+        parts.append(
+            f'<text x="{label_w - 4}" y="{_fmt(y + bar_height - 4)}" text-anchor="end" '
+            f"{FONT}>{escape(label)}</text>"
+            f'<rect x="{label_w}" y="{y}" width="{_fmt(max(w, 1.0))}" height="{bar_height}" '
+            f'fill="{color}"><title>{escape(tip)}</title></rect>'
+            f'<text x="{_fmt(label_w + w + 4)}" y="{_fmt(y + bar_height - 4)}" '
+            f"{FONT}>{escape(value_format(value))}</text>"
         )
     parts.append("</svg>")
     return "".join(parts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from cartag.api.deps import StateDep
+from cartag.clock import Clock
 from cartag.errors import AuthError, NotFoundError
 from cartag.store import apikeys
 from cartag.store import jobs as job_repo
@@ -26,6 +27,14 @@ def job_queue_depth(db: Database) -> dict[str, float]:
     with db.read() as session:
         queued, pending = job_repo.queue_depth(session)
     return {"jobs": float(queued), "job_images": float(pending)}
+
+
+def job_queue_age(db: Database, clock: Clock) -> dict[str, float]:
+    """Seconds the oldest queued job has waited to start (0 when none waits): a stuck queue."""
+    with db.read() as session:
+        oldest = job_repo.oldest_queued(session)
+    waited = (clock.now() - oldest).total_seconds() if oldest is not None else 0.0
+    return {"jobs": max(0.0, waited)}
 
 
 def _check_key(request: Request, state: StateDep) -> None:

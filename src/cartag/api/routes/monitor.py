@@ -20,8 +20,11 @@ from cartag.api import browser
 from cartag.api.deps import BrowserPrincipalDep, StateDep
 from cartag.api.schemas.common import ERROR_SCHEMA_REF, error_responses
 from cartag.deploy.monitor import report_since
+from cartag.deploy.operations import build_ops
 from cartag.errors import PermissionDeniedError
 from cartag.store import apikeys
+from cartag.telemetry.prometheus import PrometheusTelemetry
+from cartag.telemetry.snapshot import read as read_snapshot
 from cartag.web.monitor_page import render_login, render_monitor
 
 router = APIRouter(tags=["operations"])
@@ -116,7 +119,8 @@ def monitor_page(
     ] = "7d",
     advertiser: Annotated[str | None, Query(max_length=128)] = None,
 ) -> Response:
-    """Answer mix and manual-fix rate per model version, day and advertiser."""
+    """Answer mix and manual-fix rate per model version, day and advertiser; operational
+    panels (latency, errors, skip reasons, cache hit rate, job queue, per model version)."""
     if credentials is not None and credentials.scheme.lower() == "bearer":
         with state.db.read() as session:
             principal = apikeys.authenticate(session, credentials.credentials)
@@ -136,8 +140,17 @@ def monitor_page(
     now = state.clock.now()
     with state.db.read() as session:
         report = report_since(session, state.settings, since, now, advertiser=advertiser or None)
+        ops = build_ops(session, report, now)
+    telemetry = state.telemetry
+    snapshot = (
+        read_snapshot(telemetry.registry) if isinstance(telemetry, PrometheusTelemetry) else None
+    )
     csrf = browser.session_csrf_token(request)
-    return _html(render_monitor(report, since_text=since, generated=now, csrf=csrf))
+    return _html(
+        render_monitor(
+            report, since_text=since, generated=now, csrf=csrf, ops=ops, snapshot=snapshot
+        )
+    )
 
 
 @router.get("/monitor/login", response_class=HTMLResponse)

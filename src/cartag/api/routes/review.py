@@ -1,71 +1,48 @@
-"""Reviewing a draft dataset: the JSON API under /v1/datasets/{ref}/review and the /review pages.
+"""Reviewing a draft dataset: the JSON API under /v1/datasets/{ref}/review.
 
-The API (role ``reviewer`` or ``admin``; ``Authorization: Bearer`` or the login cookie):
+Role ``reviewer`` or ``admin``; ``Authorization: Bearer`` or the login cookie:
 
-* ``GET  /v1/datasets/{ref}/review/items`` — the queue, most suspicious first, with filters;
+* ``GET  /v1/datasets/{ref}/review/items`` — the queue, most suspicious first, with filters
+  (a label's queue, undecided items only, a page or the items after a given one);
+* ``GET  /v1/datasets/{ref}/review/progress`` — decided / all items of a queue;
 * ``POST /v1/datasets/{ref}/review/decisions`` — accept / relabel / exclude one item;
 * ``GET  /v1/datasets/{ref}/review/decisions`` — every decision (who, when), undone ones too;
 * ``POST /v1/datasets/{ref}/review/items/{item_id}/undo`` — undo an item's last decision.
 
-The pages: ``/review/login`` (paste an API key; opens a session, see :mod:`cartag.api.browser`),
-``/review`` (pick a draft version), ``/review/{ref}`` (the keyboard-driven grid; its script
-is ``web/static/review.js``) and ``/review/{ref}/thumb/{item_id}`` (a small JPEG).
+The pages (/review) are :mod:`cartag.api.routes.review_pages`.
 """
 
 from __future__ import annotations
 
-import io
-from typing import Annotated, Any, Final, Literal
-from urllib.parse import urlencode
+from typing import Annotated, Final, Literal
 
-from fastapi import APIRouter, Path, Query, Request, Response
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi import APIRouter, Path, Query
+from sqlalchemy.orm import Session
 
-from cartag.api import browser
-from cartag.api.deps import CSRF_HEADER, BrowserPrincipalDep, ReviewerDep, StateDep
+from cartag.api.deps import ReviewerDep, StateDep
 from cartag.api.schemas.common import MAX_ID, error_responses
 from cartag.api.schemas.review import (
+    ClaimOut,
     DecisionIn,
     DecisionOut,
     DecisionResult,
     ItemOut,
     ItemsOut,
+    ProgressOut,
     VersionOut,
 )
-from cartag.errors import DecodeError, InputError, NotFoundError
-from cartag.imaging.decode import decode_image
 from cartag.store import review as review_repo
-from cartag.store.blobs import BlobStore
+from cartag.store import review_queue as queue_repo
+from cartag.store.review_conflicts import conflict_claims, conflict_fields
 from cartag.store.tables import DatasetItemRow, ReviewDecisionRow
 from cartag.vocab import COLORS, IMAGE_TYPES
-from cartag.web import environment as web_environment
 
 router = APIRouter(
     prefix="/v1/datasets", tags=["review"], responses=error_responses(401, 403, 404, 422)
 )
-pages = APIRouter(prefix="/review", include_in_schema=False)
-
-THUMB_SIZE: Final[int] = 128  # shorter side >= 128, longer side <= 256
-# Keys that relabel a color after "c" (letters chosen so that none is ambiguous).
-COLOR_KEYS: Final[dict[str, str]] = {
-    "Black": "k",
-    "Blue": "b",
-    "Brown": "n",
-    "Burgundy": "u",
-    "Green": "g",
-    "Grey": "e",
-    "Orange": "o",
-    "Pink": "i",
-    "Purple": "p",
-    "Red": "r",
-    "White": "w",
-    "Yellow": "y",
-}
-# Pages load nothing from elsewhere and run no inline script.
-_PAGE_HEADERS: Final[dict[str, str]] = browser.PAGE_HEADERS
-_templates = web_environment()
 
 Status = Literal["included", "excluded", "flagged"]
+Queue = Literal["image_type", "color"]
 # Bounds of the integers a request names: past 2**63 - 1 the database driver raises (a
 # 500), so they are 422s. A page beyond MAX_PAGE (of up to MAX_LIMIT items) is past any
 # dataset's end.
@@ -77,9 +54,14 @@ def _decision_out(row: ReviewDecisionRow) -> DecisionOut:
     return DecisionOut.model_validate(row, from_attributes=True)
 
 
-def _item_out(ref: str, item: DatasetItemRow, last: ReviewDecisionRow | None) -> ItemOut:
+def item_out(
+    ref: str, item: DatasetItemRow, last: ReviewDecisionRow | None, *, decided: bool
+) -> ItemOut:
+    """The API's view of a dataset item (``decided``: in the listing's queue)."""
     label = item.model_label
     model_field = "image_type" if label in IMAGE_TYPES else "color" if label in COLORS else None
+    provenance = dict(item.provenance or {})
+    flagged = item.status == "flagged"
     return ItemOut(
         id=item.id,
         content_sha256=item.content_sha256,
@@ -94,27 +76,58 @@ def _item_out(ref: str, item: DatasetItemRow, last: ReviewDecisionRow | None) ->
         model_label=label,
         model_confidence=item.model_confidence,
         model_field=model_field,
-        provenance=dict(item.provenance or {}),
+        provenance=provenance,
         thumb_url=f"/review/{ref}/thumb/{item.id}",
         last_decision=_decision_out(last) if last is not None else None,
+        decided=decided,
+        conflict=[
+            ClaimOut(who=c.who, image_type=c.image_type, color=c.color)
+            for c in conflict_claims(provenance)
+        ],
+        conflict_fields=list(conflict_fields(provenance)) if flagged else [],
     )
 
 
-def _list(
-    state: StateDep, ref: str, filters: review_repo.ItemFilter, page: int, limit: int
+def progress_out(progress: queue_repo.Progress) -> ProgressOut:
+    return ProgressOut(
+        queue=progress.queue,
+        total=progress.total,
+        done=progress.done,
+        undecided=progress.undecided,
+    )
+
+
+def listing(
+    session: Session,
+    ref: str,
+    filters: queue_repo.ItemFilter,
+    *,
+    page: int = 1,
+    limit: int,
+    offset: int | None = None,
 ) -> ItemsOut:
-    with state.db.read() as session:
-        version = review_repo.get_version(session, ref)
-        result = review_repo.list_items(session, ref, filters, page=page, limit=limit)
-        return ItemsOut(
-            version=VersionOut.model_validate(version, from_attributes=True),
-            total=result.total,
-            page=result.page,
-            limit=result.limit,
-            items=[
-                _item_out(ref, item, result.last_decisions.get(item.id)) for item in result.items
-            ],
-        )
+    """One page of a version's items with the progress of the filter's queue.
+
+    Raises:
+        NotFoundError: No such version.
+        InputError: A bad filter, page, limit or offset.
+    """
+    version = review_repo.get_version(session, ref)
+    result = queue_repo.list_items(session, ref, filters, page=page, limit=limit, offset=offset)
+    return ItemsOut(
+        version=VersionOut.model_validate(version, from_attributes=True),
+        total=result.total,
+        page=result.page,
+        offset=result.offset,
+        limit=result.limit,
+        items=[
+            item_out(
+                ref, item, result.last_decisions.get(item.id), decided=item.id in result.decided
+            )
+            for item in result.items
+        ],
+        progress=progress_out(queue_repo.progress(session, ref, filters.queue)),
+    )
 
 
 @router.get("/{ref}/review/items", response_model=ItemsOut)
@@ -129,12 +142,45 @@ def review_items(
     flagged: bool = Query(default=False, description="Only flagged items (wins over status)."),
     image_type: str | None = Query(default=None, max_length=32),
     color: str | None = Query(default=None, max_length=32),
+    queue: Queue | None = Query(
+        default=None,
+        description="Only the items whose suspicion (or conflict) is about this label; "
+        "items without a suspicion score are in both queues.",
+    ),
+    decided: bool | None = Query(
+        default=None,
+        description="false: only undecided items (the to-review queue); true: only decided "
+        "ones — in `queue` when given (a decision about its label, or an exclusion).",
+    ),
     page: int = Query(default=1, ge=1, le=MAX_PAGE),
     limit: int = Query(default=60, ge=1, le=review_repo.MAX_LIMIT),
+    after: int | None = Query(
+        default=None,
+        ge=1,
+        le=MAX_ID,
+        description="List the items ranked after this item (instead of `page`): the next "
+        "page of an undecided listing skips nothing while decided items leave it.",
+    ),
 ) -> ItemsOut:
     """A draft's review queue: most suspicious first (unranked items last)."""
-    filters = review_repo.ItemFilter(image_type, color, status, flagged)
-    return _list(state, ref, filters, page, limit)
+    filters = queue_repo.ItemFilter(image_type, color, status, flagged, queue, decided)
+    with state.db.read() as session:
+        offset = None
+        if after is not None:
+            offset = queue_repo.offset_after(session, ref, filters, after)
+        return listing(session, ref, filters, page=page, limit=limit, offset=offset)
+
+
+@router.get("/{ref}/review/progress", response_model=ProgressOut)
+def review_progress(
+    ref: str,
+    state: StateDep,
+    _: ReviewerDep,
+    queue: Queue | None = Query(default=None, description="A queue; default: the whole version."),
+) -> ProgressOut:
+    """How many items of a queue are decided, of all a reviewer can act on."""
+    with state.db.read() as session:
+        return progress_out(queue_repo.progress(session, ref, queue))
 
 
 @router.post(
@@ -158,7 +204,9 @@ def decide(ref: str, body: DecisionIn, state: StateDep, principal: ReviewerDep) 
             user=principal.name,
             now=state.clock.now(),
         )
-        return DecisionResult(decision=_decision_out(decision), item=_item_out(ref, item, decision))
+        return DecisionResult(
+            decision=_decision_out(decision), item=item_out(ref, item, decision, decided=True)
+        )
 
 
 @router.post(
@@ -174,7 +222,10 @@ def undo(ref: str, item_id: ItemId, state: StateDep, principal: ReviewerDep) -> 
         )
         session.flush()
         last = review_repo.last_decisions(session, [item_id]).get(item_id)
-        return DecisionResult(decision=_decision_out(decision), item=_item_out(ref, item, last))
+        return DecisionResult(
+            decision=_decision_out(decision),
+            item=item_out(ref, item, last, decided=last is not None),
+        )
 
 
 @router.get("/{ref}/review/decisions", response_model=list[DecisionOut])
@@ -187,134 +238,3 @@ def list_decisions(
     """Every decision on the version (or one item), oldest first, undone ones included."""
     with state.db.read() as session:
         return [_decision_out(d) for d in review_repo.decisions(session, ref, item_id=item_id)]
-
-
-# --- pages -----------------------------------------------------------------------------
-
-
-def _page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    html = _templates.get_template(name).render(**context)
-    return HTMLResponse(html, status_code=status_code, headers=_PAGE_HEADERS)
-
-
-def _to_login(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    return RedirectResponse(f"/review/login?{urlencode({'next': target})}", status_code=303)
-
-
-_LOGIN = browser.LoginArea(
-    root="/review",
-    render=lambda error, next_url, csrf: _templates.get_template("review_login.html").render(
-        error=error, next=next_url, csrf=csrf
-    ),
-    expired="The login form expired or came from another site; log in again.",
-    no_key="Paste an API key.",
-)
-
-
-def _forbidden(request: Request, user: str) -> HTMLResponse:
-    message = f"The API key {user!r} lacks the reviewer role; log in with a reviewer or admin key."
-    return browser.login_page(request, _LOGIN, 403, error=message, next_url="/review")
-
-
-@pages.get("/login")
-def login_form(request: Request, next: str | None = None) -> HTMLResponse:
-    return browser.login_page(request, _LOGIN, next_url=browser.safe_next(next, "/review"))
-
-
-@pages.post("/login", response_model=None)
-async def login(request: Request, state: StateDep) -> Response:
-    return await browser.login_form_submitted(request, state, _LOGIN)
-
-
-@pages.post("/logout")
-async def logout(request: Request, state: StateDep) -> Response:
-    """End the session (revoked in the database, not only forgotten by the browser)."""
-    return await browser.logout_form_submitted(request, state, _LOGIN)
-
-
-@pages.get("", response_model=None)
-def index(request: Request, state: StateDep, principal: BrowserPrincipalDep) -> Response:
-    if principal is None:
-        return _to_login(request)
-    if "reviewer" not in principal.roles and "admin" not in principal.roles:
-        return _forbidden(request, principal.name)
-    with state.db.read() as session:
-        drafts = review_repo.draft_versions(session)
-    csrf = browser.session_csrf_token(request)
-    return _page("review_index.html", drafts=drafts, user=principal.name, csrf=csrf)
-
-
-@pages.get("/{ref}", response_model=None)
-def grid(
-    request: Request,
-    ref: str,
-    state: StateDep,
-    principal: BrowserPrincipalDep,
-    mode: Literal["image_type", "color"] = "image_type",
-    status: Status | None = None,
-    flagged: bool = False,
-    page: int = Query(default=1, ge=1, le=MAX_PAGE),
-    limit: int = Query(default=60, ge=1, le=review_repo.MAX_LIMIT),
-) -> Response:
-    if principal is None:
-        return _to_login(request)
-    if "reviewer" not in principal.roles and "admin" not in principal.roles:
-        return _forbidden(request, principal.name)
-    filters = review_repo.ItemFilter(status=status, flagged_only=flagged)
-    csrf = browser.session_csrf_token(request)
-    try:
-        listing = _list(state, ref, filters, page, limit)
-    except NotFoundError as exc:
-        return _page(
-            "review_index.html", 404, drafts=[], user=principal.name, error=exc.message, csrf=csrf
-        )
-    query = {"mode": mode, "status": status or "", "flagged": "1" if flagged else ""}
-    return _page(
-        "review.html",
-        listing=listing,
-        user=principal.name,
-        mode=mode,
-        status=status or "",
-        flagged=flagged,
-        labels=IMAGE_TYPES if mode == "image_type" else COLORS,
-        type_keys=[(str(i + 1), t) for i, t in enumerate(IMAGE_TYPES)],
-        color_keys=list(COLOR_KEYS.items()),
-        csrf_header=CSRF_HEADER,
-        csrf=csrf,
-        pages=max(1, -(-listing.total // limit)),
-        query=lambda **kw: urlencode({k: v for k, v in {**query, **kw}.items() if v}),
-    )
-
-
-def thumbnail(blobs: BlobStore, blob_path: str, max_pixels: int) -> bytes:
-    """A JPEG of the blob, shorter side >= 128 px and longer side <= 256 px.
-
-    Raises:
-        NotFoundError: The blob is missing.
-        DecodeError: The blob is not a usable image.
-    """
-    decoded = decode_image(blobs.get(blob_path), max_pixels=max_pixels, target_size=THUMB_SIZE)
-    buffer = io.BytesIO()
-    decoded.image.save(buffer, "JPEG", quality=82)
-    return buffer.getvalue()
-
-
-@pages.get("/{ref}/thumb/{item_id}", response_model=None)
-def thumb(request: Request, ref: str, item_id: ItemId, state: StateDep, _: ReviewerDep) -> Response:
-    with state.db.read() as session:
-        item = review_repo.get_item(session, ref, item_id)
-    # A blob path names its content: the thumbnail of an item never changes.
-    etag = f'"{item.blob_path.rsplit("/", 1)[-1]}-{THUMB_SIZE}"'
-    headers = {"ETag": etag, "Cache-Control": "private, max-age=86400, immutable"}
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers=headers)
-    blobs: BlobStore = request.app.state.blobs
-    try:
-        data = thumbnail(blobs, item.blob_path, state.settings.max_image_pixels)
-    except DecodeError as exc:
-        raise InputError(
-            f"item {item_id}'s image cannot be shown ({exc.reason}): {exc.message}",
-            field="item_id",
-        ) from exc
-    return Response(data, media_type="image/jpeg", headers=headers)

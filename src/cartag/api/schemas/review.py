@@ -23,6 +23,14 @@ class DecisionOut(BaseModel):
     undone_by: str | None
 
 
+class ClaimOut(BaseModel):
+    """What one source of a flagged item's conflict said."""
+
+    who: str = Field(description="An advertiser, 'global fix (user)', 'this version'...")
+    image_type: str | None
+    color: str | None
+
+
 class ItemOut(BaseModel):
     id: int
     content_sha256: str
@@ -42,6 +50,25 @@ class ItemOut(BaseModel):
     provenance: dict[str, Any]
     thumb_url: str
     last_decision: DecisionOut | None
+    decided: bool = Field(
+        description="It has a decision (not undone) in the listing's queue: about that "
+        "queue's label, or an exclusion; with no queue, any decision."
+    )
+    conflict: list[ClaimOut] = Field(
+        description="A flagged item's sources and what each said (empty: none recorded)."
+    )
+    conflict_fields: list[Literal["image_type", "color"]] = Field(
+        description="The labels the conflict is about (empty when not flagged)."
+    )
+
+
+class ProgressOut(BaseModel):
+    queue: Literal["image_type", "color"] | None = Field(
+        description="The queue; null: the whole version."
+    )
+    total: int = Field(description="Items of the queue a reviewer can act on.")
+    done: int = Field(description="Those decided (decisions not undone).")
+    undecided: int
 
 
 class VersionOut(BaseModel):
@@ -54,9 +81,11 @@ class VersionOut(BaseModel):
 class ItemsOut(BaseModel):
     version: VersionOut
     total: int
-    page: int
+    page: int = Field(description="The page of the first item listed (1-based).")
+    offset: int = Field(description="How many matching items come before the first listed.")
     limit: int
     items: list[ItemOut]
+    progress: ProgressOut
 
 
 class DecisionIn(BaseModel):
