@@ -6,59 +6,25 @@ package's assets, and an example request must run and answer.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import uvicorn
 from playwright.sync_api import Route, expect, sync_playwright
 
 from cartag.api.app import create_app
 from cartag.models.classifier import Classifier
 from cartag.settings import Settings
 from cartag.store.db import Database
+from tests.support.live_server import serve
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM = os.environ.get("CARTAG_TEST_CHROMIUM", "/usr/bin/chromium")
-
-
-@pytest.fixture
-def chromium() -> str:
-    """The browser to drive; skipped when absent, except in CI where it must be there."""
-    found = shutil.which(CHROMIUM) if not Path(CHROMIUM).is_file() else CHROMIUM
-    if found:
-        return found
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true but chromium is not at {CHROMIUM}")
-    pytest.skip(f"chromium not found at {CHROMIUM} (set CARTAG_TEST_CHROMIUM)")
 
 
 @pytest.fixture
 def site(settings: Settings, sqlite_db: Database, classifier: Classifier) -> Iterator[str]:
     """cartag served by uvicorn on a free port; yields its base URL."""
-    app = create_app(settings, db=sqlite_db, classifier=classifier, run_jobs=False)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with serve(create_app(settings, db=sqlite_db, classifier=classifier, run_jobs=False)) as url:
+        yield url
 
 
 def test_docs_render_and_run_offline(chromium: str, site: str) -> None:
