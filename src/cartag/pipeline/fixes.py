@@ -192,12 +192,35 @@ def find_fixes(
     return found
 
 
+# Who decided an image's type, for messages.
+_SAID_BY: dict[str, str] = {
+    "model": "the model says so",
+    "fix": "a global fix says so",
+    "override": "this advertiser's override says so",
+}
+
+
+@dataclass(frozen=True)
+class Author:
+    """Who makes a fix: an API key (a browser: its session's key).
+
+    Attributes:
+        user: The key's name, recorded as the audit's ``user``.
+        key_id: The key's id (None: a caller without a key, e.g. a test or a script).
+        on_behalf_of: Free text: the person a panel acts for, recorded as said.
+    """
+
+    user: str
+    key_id: int | None = None
+    on_behalf_of: str | None = None
+
+
 def apply_fix(
     session: Session,
     *,
     image_key: str,
     advertiser_id: str,
-    user: str,
+    author: Author,
     scope: str,
     image_type: str | None,
     color: str | None,
@@ -214,12 +237,19 @@ def apply_fix(
 
     Raises:
         NotFoundError: No image has this key.
-        InputError: Neither image_type nor color is given, or the scope is unknown.
+        InputError: Neither image_type nor color is given, the scope is unknown, or a
+            color is given for an image that is (or becomes) a Placeholder in this
+            scope: a Placeholder has no color, so the color would never be answered.
     """
     if scope not in (fix_repo.GLOBAL, fix_repo.ADVERTISER):
         raise InputError("scope must be 'global' or 'advertiser'", field="scope")
     if image_type is None and color is None:
         raise InputError("give image_type, color or both", field="image_type")
+    if image_type == "Placeholder" and color is not None:
+        raise InputError(
+            "a Placeholder has no color: send image_type Placeholder without a color",
+            field="color",
+        )
     image = fix_repo.lock_image(session, image_key)
     if image is None:
         raise NotFoundError(
@@ -235,6 +265,13 @@ def apply_fix(
         (read_stored_color(image.color), "model"),
         FixLabels(override if scope == fix_repo.ADVERTISER else None, rows.get("")),
     )
+    if color is not None and image_type is None and before.image_type == "Placeholder":
+        said = _SAID_BY.get(before.type_source, before.type_source)
+        raise InputError(
+            f"image {image_key!r} is a Placeholder here ({said}), which has no color: fix "
+            "its image_type too (e.g. Dealer) to give it a color",
+            field="color",
+        )
     new_type = image_type if image_type is not None else (current.image_type if current else None)
     new_color = color if color is not None else (current.color if current else None)
     if image_type == "Placeholder":
@@ -247,7 +284,7 @@ def apply_fix(
         scope_key=key,
         image_type=new_type,
         color=new_color,
-        user=user,
+        user=author.user,
         now=now,
     )
     changes: dict[str, dict[str, str | None]] = {}
@@ -260,10 +297,12 @@ def apply_fix(
         image_key=image_key,
         advertiser_id=advertiser_id,
         scope=scope,
-        user=user,
+        user=author.user,
         changes=changes,
         comment=comment,
         now=now,
+        key_id=author.key_id,
+        on_behalf_of=author.on_behalf_of,
     )
 
 
@@ -304,7 +343,7 @@ def fix_image(
     *,
     image_key: str,
     advertiser_id: str,
-    user: str,
+    author: Author,
     scope: str,
     image_type: str | None,
     color: str | None,
@@ -327,7 +366,7 @@ def fix_image(
             session,
             image_key=image_key,
             advertiser_id=advertiser_id,
-            user=user,
+            author=author,
             scope=scope,
             image_type=image_type,
             color=color,

@@ -61,8 +61,10 @@ def _job_out(job: JobRow, results: list[ResultOut] | None = None) -> JobOut:
 async def submit_job(body: JobIn, state: StateDep, principal: ClassifierDep) -> JobOut:
     """Queue an inventory for classification; poll GET /v1/jobs/{id} or wait for the callback.
 
-    The callback URL must pass the download address guard now (422 otherwise).
+    The callback URL must pass the download address guard now (422 otherwise). A key
+    scoped to advertisers submits jobs for them only (403 otherwise).
     """
+    principal.require_advertiser(body.advertiser_id)
     limit = state.settings.max_images_per_job
     if len(body.images) > limit:
         raise InputError(f"{len(body.images)} images; a job takes at most {limit}", field="images")
