@@ -20,7 +20,7 @@ def test_advertiser_settings(db: Database) -> None:
         row = repo.set_advertiser(session, "7", reclassify_on_promote=False, now=NOW)
         assert row.reclassify_on_promote is False
     with db.read() as session:
-        assert [r.advertiser_id for r in repo.list_advertisers(session)] == ["42", "7"]
+        assert [r.advertiser_id for r in repo.advertiser_summaries(session)] == ["42", "7"]
         assert repo.reclassify_advertisers(session) == ["42"]
         assert repo.opted_in(session, "42") and not repo.opted_in(session, "7")
         assert not repo.opted_in(session, "unknown")

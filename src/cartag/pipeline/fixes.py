@@ -10,6 +10,7 @@ its perceptual hash, so a re-uploaded identical photo under a new URL keeps its 
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -165,31 +166,46 @@ def find_fixes(
         return {}
     max_distance = min(max_distance, fix_repo.MAX_PHASH_DISTANCE)
     by_key: dict[tuple[str, str], FixRow] = {}
-    near: list[FixRow] = []
-    for row in fix_repo.candidate_fixes(
-        session, ["", advertiser_id], images, max_distance=max_distance
-    ):
+    # The pHash matches by scope and 16-bit band: a hash within MAX_PHASH_DISTANCE bits
+    # shares a band exactly (pigeonhole), so each image looks only at the few rows that
+    # share one of its bands, never at every fix found (a listing asks for thousands).
+    near: dict[tuple[str, int, int], list[tuple[int, str, FixRow]]] = defaultdict(list)
+    rows = fix_repo.candidate_fixes(session, ["", advertiser_id], images, max_distance=max_distance)
+    for order, row in enumerate(rows):
         by_key[(row.image_key, row.scope_key)] = row
         if row.phash:
-            near.append(row)
+            for band, value in enumerate(fix_repo.phash_bands(row.phash)):
+                if value is not None:
+                    near[(row.scope_key, band, value)].append((order, row.phash, row))
     found: dict[str, FixLabels] = {}
     for key, ph in images:
         labels: list[FixRow | None] = []
         for scope in (advertiser_id, ""):
             fix = by_key.get((key, scope))
             if fix is None and ph:
-                candidates = [
-                    (hamming(ph, row.phash), -i, row)
-                    for i, row in enumerate(near)
-                    if row.scope_key == scope and row.phash
-                ]
-                close = [c for c in candidates if c[0] <= max_distance]
-                if close:
-                    fix = min(close, key=lambda c: (c[0], c[1]))[2]
+                fix = _nearest(near, scope, ph, max_distance)
             labels.append(fix)
         if labels[0] is not None or labels[1] is not None:
             found[key] = FixLabels(override=labels[0], global_fix=labels[1])
     return found
+
+
+def _nearest(
+    near: dict[tuple[str, int, int], list[tuple[int, str, FixRow]]],
+    scope: str,
+    phash: str,
+    max_distance: int,
+) -> FixRow | None:
+    """The fix in ``scope`` whose pHash is nearest ``phash`` (then the latest), if close."""
+    best: tuple[int, int, FixRow] | None = None
+    for band, value in enumerate(fix_repo.phash_bands(phash)):
+        if value is None:
+            continue
+        for order, other, row in near.get((scope, band, value), ()):
+            distance = hamming(phash, other)
+            if distance <= max_distance and (best is None or (distance, -order) < best[:2]):
+                best = (distance, -order, row)
+    return best[2] if best is not None else None
 
 
 # Who decided an image's type, for messages.

@@ -92,12 +92,6 @@ def set_advertiser(
     return row
 
 
-def list_advertisers(session: Session) -> list[AdvertiserSettingRow]:
-    """Every advertiser with settings, by id."""
-    stmt = select(AdvertiserSettingRow).order_by(AdvertiserSettingRow.advertiser_id)
-    return list(session.scalars(stmt))
-
-
 def reclassify_advertisers(session: Session) -> list[str]:
     """Advertisers that opted in to re-classification after a promotion."""
     stmt = (
