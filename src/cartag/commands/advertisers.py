@@ -75,7 +75,7 @@ def list_advertisers() -> None:
                 row.advertiser_id,
                 str(row.images),
                 str(row.overrides),
-                row.last_seen_at.isoformat(timespec="seconds") if row.last_seen_at else "",
+                row.last_seen_at.strftime("%Y-%m-%d %H:%M") if row.last_seen_at else "",
                 "yes" if row.reclassify_on_promote else "no",
             )
     Console().print(table)

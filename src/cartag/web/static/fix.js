@@ -147,11 +147,10 @@
         historyBox.querySelector("#history-title").textContent = "History of " + shortKey(card);
         historyBox.querySelector(".history-model").textContent = "The model said " +
           (model.image_type || "—") + " / " + (model.color || "—") + confidence + " (" +
-          (model.model_version || "?") + ").";
+          (model.model_version || "?") + ")." + (data.entries.length ? "" : " No fix yet.");
         const list = historyBox.querySelector(".history-entries");
         list.replaceChildren();
         data.entries.forEach((entry) => line(list, describe(entry)));
-        if (!data.entries.length) line(list, "No fix yet.");
         historyBox.hidden = false;
         historyBox.querySelector("#history-close").focus();
       })
