@@ -137,7 +137,7 @@ def plan_fixes(
 def _fix(key: str, advertiser: str, scope: str, comment: str, **labels: str) -> Fix:
     body: dict[str, Any] = {
         "advertiser_id": advertiser,
-        "user": "walkthrough",
+        "on_behalf_of": "walkthrough",
         "scope": scope,
         "comment": comment,
         **labels,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sys
 from collections import Counter
@@ -24,6 +23,7 @@ from cartag.commands.common import (
     open_database,
     unreachable_database,
 )
+from cartag.commands.keys import app as keys_app
 from cartag.commands.models import app as models_app
 from cartag.commands.monitor import app as monitor_app
 from cartag.commands.train import app as train_app
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="cartag: tag vehicle-listing photos with type and color.", no_args_is_help=True
 )
-keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 
 
@@ -417,64 +416,6 @@ def _print_evaluation(result: Evaluation) -> None:
     ]
     if any(skipped):
         err.print("[yellow]not evaluated:[/yellow] " + ", ".join(s for s in skipped if s))
-
-
-@keys_app.command("create")
-def keys_create(
-    role: Annotated[
-        list[str], typer.Option("--role", help="classifier, fixer, reviewer or admin (repeat).")
-    ],
-    name: Annotated[str, typer.Option(help="Who or what uses the key.")] = "default",
-) -> None:
-    """Create an API key. The key is printed once, alone on the last line."""
-    from cartag.store import apikeys
-
-    settings = load_settings()
-    try:
-        db = open_database(settings)
-        with db.write() as session:
-            row, key = apikeys.create_key(
-                session, name=name, roles=role, now=dt.datetime.now(dt.UTC)
-            )
-    except CartagError as exc:
-        raise fail(exc) from exc
-    err.print(f"created key {row.prefix} ({row.name}) with roles {row.roles}; store it now:")
-    typer.echo(key)
-
-
-@keys_app.command("list")
-def keys_list() -> None:
-    """List API keys (never their secrets)."""
-    from cartag.store import apikeys
-
-    db = open_database(load_settings())
-    table = Table("prefix", "name", "roles", "created", "revoked")
-    with db.read() as session:
-        for row in apikeys.list_keys(session):
-            table.add_row(
-                row.prefix,
-                row.name,
-                row.roles,
-                row.created_at.isoformat(timespec="seconds"),
-                row.revoked_at.isoformat(timespec="seconds") if row.revoked_at else "",
-            )
-    Console().print(table)
-
-
-@keys_app.command("revoke")
-def keys_revoke(
-    prefix: Annotated[str, typer.Argument(help="The key's prefix (see list).")],
-) -> None:
-    """Revoke an API key."""
-    from cartag.store import apikeys
-
-    db = open_database(load_settings())
-    try:
-        with db.write() as session:
-            row = apikeys.revoke_key(session, prefix, dt.datetime.now(dt.UTC))
-    except CartagError as exc:
-        raise fail(exc) from exc
-    err.print(f"revoked key {row.prefix} ({row.name})")
 
 
 @db_app.command("check")

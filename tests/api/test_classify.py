@@ -210,7 +210,7 @@ def test_fix_survives_a_reupload_under_a_new_url(
         f"/v1/images/{old['image_key']}/fix",
         json={
             "advertiser_id": "adv-1",
-            "user": "alice",
+            "on_behalf_of": "alice",
             "scope": "global",
             "image_type": "Dealer",
             "color": "Orange",

@@ -153,7 +153,12 @@ def test_vendor_down_still_classifies(
     fixed = client.put(
         f"/v1/images/{unscraped['image_key']}/fix",
         headers=fixer_headers,
-        json={"advertiser_id": "adv-1", "user": "alice", "scope": "global", "color": "Blue"},
+        json={
+            "advertiser_id": "adv-1",
+            "on_behalf_of": "alice",
+            "scope": "global",
+            "color": "Blue",
+        },
     )
     assert fixed.status_code == 200, fixed.text
     assert (fixed.json()["result"]["color"], fixed.json()["result"]["color_reason"]) == (

@@ -26,7 +26,6 @@ def _classify_one(
 
 
 def _fix(client: TestClient, headers: dict[str, str], key: str, **body: Any) -> Any:
-    body.setdefault("user", "alice")
     return client.put(f"/v1/images/{key}/fix", json=body, headers=headers)
 
 
@@ -50,16 +49,28 @@ def test_fix_override_and_history(
         image_type="Dealer",
         color="Burgundy",
         comment="wine red",
+        on_behalf_of="alice",
     )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["audit"]["changes"]["color"] == {"from": model["color"], "to": "Burgundy"}
     assert body["result"]["color"] == "Burgundy" and body["result"]["source"] == "fix"
 
+    # The deprecated free-text "user" is read as on_behalf_of, never as who fixed.
     response = _fix(
-        client, fixer_headers, key, advertiser_id="dealer-b", scope="advertiser", color="Red"
+        client,
+        fixer_headers,
+        key,
+        advertiser_id="dealer-b",
+        scope="advertiser",
+        color="Red",
+        user="bob",
     )
     assert response.status_code == 200, response.text
+    assert (response.json()["audit"]["user"], response.json()["audit"]["on_behalf_of"]) == (
+        "test",
+        "bob",
+    )
 
     a = _classify_one(client, classify_headers, url, "dealer-a")
     b = _classify_one(client, classify_headers, url, "dealer-b")
@@ -69,7 +80,11 @@ def test_fix_override_and_history(
     assert (c["color"], c["color_source"]) == ("Burgundy", "fix")  # a fix beats the scraper
 
     history = client.get(f"/v1/images/{key}/history", headers=classify_headers).json()
-    assert [e["user"] for e in history["entries"]] == ["alice", "alice"]
+    # Who fixed is the key's name (the fixture's key is called "test").
+    assert [(e["user"], e["on_behalf_of"]) for e in history["entries"]] == [
+        ("test", "alice"),
+        ("test", "bob"),
+    ]
     assert [e["scope"] for e in history["entries"]] == ["global", "advertiser"]
     assert history["entries"][0]["comment"] == "wine red"
     assert history["model"]["color"] == model["color"]
@@ -169,6 +184,6 @@ def test_roles_are_enforced(
     wrong = client.post("/v1/classify", json=body, headers={"Authorization": "Bearer ctg_00_x"})
     assert wrong.status_code == 401
     assert client.post("/v1/classify", json=body, headers=fixer_headers).status_code == 403
-    fix = {"advertiser_id": "a", "user": "u", "scope": "global", "color": "Red"}
+    fix = {"advertiser_id": "a", "scope": "global", "color": "Red"}
     denied = client.put("/v1/images/v1:x/fix", json=fix, headers=classify_headers)
     assert denied.status_code == 403 and "fixer" in denied.json()["error"]["message"]

@@ -57,7 +57,12 @@ def test_classify_fix_and_requests_show_up_in_metrics(
     assert client.get(f"/v1/images/{key}", headers=classify_headers).status_code == 200
     fixed = client.put(
         f"/v1/images/{key}/fix",
-        json={"advertiser_id": "dealer-7", "user": "al", "scope": "advertiser", "color": "Red"},
+        json={
+            "advertiser_id": "dealer-7",
+            "scope": "advertiser",
+            "image_type": "Dealer",
+            "color": "Red",
+        },
         headers=fixer_headers,
     )
     assert fixed.status_code == 200, fixed.text

@@ -182,7 +182,7 @@ def test_promotion_reclassifies_opted_in_advertisers_from_cached_embeddings(
         headers=admin,
         json={
             "advertiser_id": "A",
-            "user": "alice",
+            "on_behalf_of": "alice",
             "scope": "advertiser",
             "image_type": "Dealer",
             "color": "Purple",
@@ -193,7 +193,11 @@ def test_promotion_reclassifies_opted_in_advertisers_from_cached_embeddings(
     assert opt_in.status_code == 200 and opt_in.json()["reclassify_on_promote"] is True
     assert client.put("/v1/advertisers/B", headers=admin, json={}).status_code == 422
     listed = client.get("/v1/advertisers", headers=admin).json()
-    assert [a["advertiser_id"] for a in listed] == ["A"]
+    # Every advertiser with images is listed (B has no settings), with its counts.
+    assert [
+        (a["advertiser_id"], a["images"], a["overrides"], a["reclassify_on_promote"])
+        for a in listed
+    ] == [("A", 2, 1, True), ("B", 1, 0, False)]
 
     # A second look at A's inventory fills the read-through cache with today's answers.
     _classify(client, admin, "A", [server.url("/a1.jpg"), server.url("/a2.jpg")])

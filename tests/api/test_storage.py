@@ -54,7 +54,12 @@ def test_a_full_disk_is_503_storage_unavailable_and_cached_answers_are_still_ser
         fix = client.put(
             f"/v1/images/{known['image_key']}/fix",
             headers=headers,
-            json={"advertiser_id": "dealer-1", "user": "a", "scope": "global", "color": "Red"},
+            json={
+                "advertiser_id": "dealer-1",
+                "scope": "global",
+                "image_type": "Dealer",
+                "color": "Red",
+            },
         )
         assert fix.status_code == 503 and fix.json()["error"]["code"] == "storage_unavailable"
 

@@ -14,6 +14,7 @@ from cartag.clock import FakeClock
 from cartag.imaging.decode import decode_image
 from cartag.imaging.keys import content_sha256, phash
 from cartag.pipeline import fixes as fix_service
+from cartag.pipeline.fixes import Author
 from cartag.store.db import Database, upgrade
 from tests.support.factories import NOW, add_image
 from tests.support.http_server import ImageServer
@@ -90,7 +91,7 @@ def test_walkthrough_import_freeze_export_create(
     )
     with db.write() as session:
         fix_service.apply_fix(
-            session, image_key=image.image_key, advertiser_id="d1", user="alice",
+            session, image_key=image.image_key, advertiser_id="d1", author=Author("alice"),
             scope="global", image_type="Stock", color="Red", comment=None, clock=FakeClock(NOW),
         )  # fmt: skip
     db.dispose()

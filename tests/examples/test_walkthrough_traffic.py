@@ -71,6 +71,6 @@ def test_fixes_correct_model_mistakes_and_make_one_conflict(traffic: ModuleType)
         ("k-shared", "a", "advertiser", "Black"),
         ("k-shared", "b", "advertiser", "Grey"),
     ]
-    assert all(f.body["user"] == "walkthrough" for f in fixes)
+    assert all(f.body["on_behalf_of"] == "walkthrough" for f in fixes)
     limited = traffic.plan_fixes(answers, ("a", "b"), global_fixes=0, overrides=0)
     assert [f.image_key for f in limited] == ["k-shared", "k-shared"]

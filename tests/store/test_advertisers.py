@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from cartag.clock import FakeClock
 from cartag.pipeline import fixes as fix_service
+from cartag.pipeline.fixes import Author
 from cartag.store import advertisers as repo
 from cartag.store import jobs as job_repo
 from cartag.store.db import Database
@@ -17,7 +20,7 @@ def test_advertiser_settings(db: Database) -> None:
         row = repo.set_advertiser(session, "7", reclassify_on_promote=False, now=NOW)
         assert row.reclassify_on_promote is False
     with db.read() as session:
-        assert [r.advertiser_id for r in repo.list_advertisers(session)] == ["42", "7"]
+        assert [r.advertiser_id for r in repo.advertiser_summaries(session)] == ["42", "7"]
         assert repo.reclassify_advertisers(session) == ["42"]
         assert repo.opted_in(session, "42") and not repo.opted_in(session, "7")
         assert not repo.opted_in(session, "unknown")
@@ -34,7 +37,7 @@ def test_advertiser_images_come_from_classify_jobs_and_fixes(db: Database) -> No
             image_key=fixed.image_key,
             advertiser_id="42",
             scope="advertiser",
-            user="alice",
+            author=Author("alice"),
             image_type=None,
             color="Blue",
             comment=None,
@@ -47,3 +50,65 @@ def test_advertiser_images_come_from_classify_jobs_and_fixes(db: Database) -> No
     with db.read() as session:
         keys = repo.advertiser_image_keys(session, "42")
     assert keys == {seen.image_key, fixed.image_key, in_job.image_key}
+
+
+def test_advertiser_summaries_count_images_and_overrides(db: Database) -> None:
+    a, b, c = (add_image(db) for _ in range(3))
+    later = NOW + dt.timedelta(hours=2)
+    with db.write() as session:
+        repo.record_advertiser_images(session, "42", [a.image_key, b.image_key], NOW)
+        repo.record_advertiser_images(session, "42", [a.image_key], later)
+        repo.record_advertiser_images(session, "7", [a.image_key], NOW)
+        repo.set_advertiser(session, "settings-only", reclassify_on_promote=True, now=NOW)
+        for image, scope in ((b, "advertiser"), (c, "advertiser"), (a, "global")):
+            fix_service.apply_fix(
+                session,
+                image_key=image.image_key,
+                advertiser_id="42",
+                scope=scope,
+                author=Author("alice"),
+                image_type="Stock",
+                color=None,
+                comment=None,
+                clock=FakeClock(NOW),
+            )
+    with db.read() as session:
+        summaries = repo.advertiser_summaries(session)
+        only = repo.advertiser_summaries(session, ["7", "unknown"])
+    assert [(s.advertiser_id, s.images, s.overrides) for s in summaries] == [
+        ("42", 3, 2),  # c is 42's through its fix only
+        ("7", 1, 0),
+        ("settings-only", 0, 0),
+    ]
+    assert summaries[0].last_seen_at == later and summaries[2].last_seen_at is None
+    assert summaries[2].reclassify_on_promote and summaries[2].settings_updated_at == NOW
+    assert [s.advertiser_id for s in only] == ["7"]
+
+
+def test_an_advertisers_images_and_who_uses_an_image(db: Database) -> None:
+    seen, fixed, other = (add_image(db, confidence=0.5) for _ in range(3))
+    with db.write() as session:
+        repo.record_advertiser_images(session, "42", [seen.image_key], NOW)
+        repo.record_advertiser_images(session, "9", [other.image_key], NOW)
+        fix_service.apply_fix(
+            session,
+            image_key=fixed.image_key,
+            advertiser_id="42",
+            scope="advertiser",
+            author=Author("alice"),
+            image_type=None,
+            color="Blue",
+            comment=None,
+            clock=FakeClock(NOW),
+        )
+    with db.read() as session:
+        images = repo.advertiser_images(session, "42")
+        assert {i.image_key: i.last_seen_at for i in images} == {
+            seen.image_key: NOW,
+            fixed.image_key: None,
+        }
+        assert images[0].confidence == 0.5 and images[0].model_version == "test-model"
+        assert repo.uses_image(session, ["42"], fixed.image_key)
+        assert repo.uses_image(session, ["1", "9"], other.image_key)
+        assert not repo.uses_image(session, ["42"], other.image_key)
+        assert not repo.uses_image(session, ["42"], "v1:unknown")

@@ -40,3 +40,51 @@ def test_wrong_and_malformed_keys(db: Database) -> None:
 def test_unknown_role_is_refused() -> None:
     with pytest.raises(InputError, match="superuser"):
         apikeys.parse_roles(["superuser"])
+
+
+def test_a_scoped_key_acts_for_its_advertisers_only(db: Database) -> None:
+    with db.write() as session:
+        row, key = apikeys.create_key(
+            session,
+            name="dealer-42 staff",
+            roles=["fixer", "classifier"],
+            now=NOW,
+            advertisers=["dealer-42", " dealer-7 ", "dealer-42"],
+        )
+        _, open_key = apikeys.create_key(session, name="ops", roles=["fixer"], now=NOW)
+    with db.read() as session:
+        scoped = apikeys.authenticate(session, key)
+        unscoped = apikeys.authenticate(session, open_key)
+        assert apikeys.key_advertisers(session, [row.id, unscoped.key_id]) == {
+            row.id: ["dealer-42", "dealer-7"]
+        }
+    assert scoped.advertisers == {"dealer-42", "dealer-7"} and scoped.scoped
+    assert scoped.may_act_for("dealer-7") and not scoped.may_act_for("dealer-77")
+    scoped.require_advertiser("dealer-42")
+    with pytest.raises(PermissionDeniedError, match="scoped to dealer-42, dealer-7.*dealer-77"):
+        scoped.require_advertiser("dealer-77")
+    with pytest.raises(PermissionDeniedError, match="global fixes need an unscoped API key"):
+        scoped.require_unscoped("global fixes")
+    assert not unscoped.scoped and unscoped.may_act_for("anyone")
+    unscoped.require_unscoped("global fixes")
+
+
+def test_scopes_are_validated(db: Database) -> None:
+    with db.write() as session:
+        with pytest.raises(InputError, match="reviewer concern every advertiser") as exc:
+            apikeys.create_key(
+                session, name="r", roles=["reviewer"], now=NOW, advertisers=["dealer-42"]
+            )
+        assert exc.value.field == "advertiser"
+        with pytest.raises(InputError, match="admin"):
+            apikeys.create_key(
+                session, name="a", roles=["admin"], now=NOW, advertisers=["dealer-42"]
+            )
+        with pytest.raises(InputError, match="advertiser id 'dealer 42' is invalid"):
+            apikeys.create_key(
+                session, name="f", roles=["fixer"], now=NOW, advertisers=["dealer 42"]
+            )
+        with pytest.raises(InputError, match="invalid"):
+            apikeys.create_key(session, name="f", roles=["fixer"], now=NOW, advertisers=["x" * 129])
+    with db.read() as session:
+        assert apikeys.list_keys(session) == []

@@ -14,6 +14,7 @@ from cartag.models.classifier import Classifier
 from cartag.net.fetch import Fetcher
 from cartag.pipeline import fixes as fix_service
 from cartag.pipeline.classify import ClassifyService
+from cartag.pipeline.fixes import Author
 from cartag.pipeline.results import ClassifyResult, ImageRequest
 from cartag.settings import Settings
 from cartag.store.cache import (
@@ -203,7 +204,7 @@ def test_classify_reads_through_the_cache_and_a_fix_shows_at_once(
                 session,
                 image_key=key,
                 advertiser_id="dealer-1",
-                user="alice",
+                author=Author("alice"),
                 scope="advertiser",
                 image_type="Stock",
                 color="Purple",

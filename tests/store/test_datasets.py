@@ -9,6 +9,7 @@ import pytest
 from cartag.clock import FakeClock
 from cartag.errors import ConflictError, InputError, NotFoundError
 from cartag.pipeline import fixes as fix_service
+from cartag.pipeline.fixes import Author
 from cartag.store import datasets as repo
 from cartag.store.db import Database
 from cartag.store.tables import ModelAliasRow, ModelVersionRow
@@ -168,7 +169,7 @@ def test_fixed_images_since_gives_labels_urls_and_audit(db: Database) -> None:
             session,
             image_key=old.image_key,
             advertiser_id="a1",
-            user="bob",
+            author=Author("bob"),
             scope="global",
             image_type="Dealer",
             color=None,
@@ -179,7 +180,7 @@ def test_fixed_images_since_gives_labels_urls_and_audit(db: Database) -> None:
             session,
             image_key=new.image_key,
             advertiser_id="a1",
-            user="alice",
+            author=Author("alice"),
             scope="global",
             image_type="Dealer",
             color=None,
@@ -190,7 +191,7 @@ def test_fixed_images_since_gives_labels_urls_and_audit(db: Database) -> None:
             session,
             image_key=new.image_key,
             advertiser_id="a2",
-            user="carol",
+            author=Author("carol"),
             scope="advertiser",
             image_type=None,
             color="Burgundy",

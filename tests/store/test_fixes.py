@@ -11,6 +11,7 @@ import pytest
 from cartag.clock import FakeClock, SystemClock
 from cartag.errors import InputError, NotFoundError
 from cartag.pipeline import fixes as fix_service
+from cartag.pipeline.fixes import Author
 from cartag.store import fixes as fix_repo
 from cartag.store.db import Database
 from tests.support.db import fresh_database
@@ -20,7 +21,7 @@ from tests.support.factories import NOW, add_image
 def _fix(db: Database, key: str, *, minute: int = 0, **kwargs: object) -> None:
     values: dict[str, object] = {
         "advertiser_id": "adv-1",
-        "user": "alice",
+        "author": Author("alice"),
         "scope": "global",
         "image_type": None,
         "color": None,
@@ -52,7 +53,7 @@ def test_resolution_order_override_then_global_then_model(db: Database) -> None:
 
 def test_audit_records_from_to_who_scope(db: Database) -> None:
     image = add_image(db, image_type="Dealer", color="Red")
-    _fix(db, image.image_key, color="Burgundy", comment="dark red", user="bob")
+    _fix(db, image.image_key, color="Burgundy", comment="dark red", author=Author("bob"))
     _fix(db, image.image_key, color="Red", minute=1, scope="advertiser", advertiser_id="adv-9")
     with db.read() as session:
         entries = fix_repo.history(session, image.image_key)
@@ -115,7 +116,9 @@ def test_fifty_concurrent_fixes_lose_none(db: Database) -> None:
     colors = ["Blue", "Green", "Grey", "White", "Black"]
 
     def fix(i: int) -> None:
-        _fix(db, image.image_key, color=colors[i % len(colors)], user=f"user-{i}", minute=i)
+        _fix(
+            db, image.image_key, color=colors[i % len(colors)], author=Author(f"user-{i}"), minute=i
+        )
 
     with ThreadPoolExecutor(max_workers=10) as pool:
         list(pool.map(fix, range(50)))
@@ -153,7 +156,7 @@ def test_history_is_in_commit_order_under_fifty_concurrent_writers(pg_db: Databa
                 session,
                 image_key=image.image_key,
                 advertiser_id="adv-1",
-                user=f"user-{i}",
+                author=Author(f"user-{i}"),
                 scope="global",
                 image_type=None,
                 color=colors[i % len(colors)],

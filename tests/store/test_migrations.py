@@ -86,3 +86,51 @@ def test_0006_redacts_the_url_passwords_already_stored(db: Database) -> None:
         stored = {r.job_id: (r.url, r.result) for r in conn.execute(sa.select(items))}
         # A pending item keeps its password until it is downloaded.
         assert stored == {"sent": (redacted, {"url": redacted}), "pending": (secret_url, None)}
+
+
+def test_0007_keeps_keys_unscoped_and_old_audit_rows_without_a_key(db: Database) -> None:
+    downgrade(db, "0006")
+    now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    keys = sa.table(
+        "api_keys",
+        *(sa.column(c) for c in ("id", "name", "prefix", "key_hash", "roles", "created_at")),
+    )
+    images = sa.table(
+        "images",
+        sa.column("image_key"),
+        sa.column("url"),
+        sa.column("created_at"),
+        sa.column("updated_at"),
+    )
+    audit = sa.table(
+        "fix_audit",
+        *(sa.column(c) for c in ("image_key", "advertiser_id", "scope", "user", "created_at")),
+        sa.column("changes", sa.JSON),
+    )
+    with db.engine.begin() as conn:
+        conn.execute(
+            keys.insert().values(
+                id=1,
+                name="ops",
+                prefix="0a1b2c3d",
+                key_hash="0" * 64,
+                roles="fixer",
+                created_at=now,
+            )
+        )
+        conn.execute(images.insert().values(image_key="k", url="u", created_at=now, updated_at=now))
+        conn.execute(
+            audit.insert().values(
+                image_key="k",
+                advertiser_id="a",
+                scope="global",
+                user="typed by hand",
+                created_at=now,
+                changes={"color": {"from": None, "to": "Red"}},
+            )
+        )
+    upgrade(db)
+    with db.engine.connect() as conn:
+        row = conn.execute(sa.text('SELECT "user", key_id, on_behalf_of FROM fix_audit')).one()
+        scopes = conn.execute(sa.text("SELECT COUNT(*) FROM api_key_advertisers")).scalar_one()
+    assert tuple(row) == ("typed by hand", None, None) and scopes == 0

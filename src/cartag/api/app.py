@@ -20,7 +20,16 @@ from cartag import __version__
 from cartag.api.errors import index_route_methods, install_error_handlers
 from cartag.api.limits import BodyLimit, BodyLimitMiddleware
 from cartag.api.middleware import RequestContextMiddleware
-from cartag.api.routes import classify, conflicts, health, images, jobs, review_pages
+from cartag.api.routes import (
+    advertisers,
+    classify,
+    conflicts,
+    fix_pages,
+    health,
+    images,
+    jobs,
+    review_pages,
+)
 from cartag.api.routes import metrics as metrics_routes
 from cartag.api.routes import models as models_routes
 from cartag.api.routes import monitor as monitor_routes
@@ -80,8 +89,8 @@ def create_app(
             app's own, exposed at ``/metrics``.
         chunk_sender: Where job chunks go for Celery workers; default: the broker of
             ``settings.broker_url`` if set, else jobs run in-process.
-        blobs: Dataset images (the review page's thumbnails); default: files under
-            ``<data_dir>/blobs``.
+        blobs: Dataset images (the review page's thumbnails) and the fix page's
+            thumbnails of classified images; default: files under ``<data_dir>/blobs``.
         lookup_cache: Read-through cache of classify's URL lookups; default: Redis at
             ``settings.redis_cache_url`` if set, else none.
 
@@ -179,9 +188,10 @@ def create_app(
     ]
     routers += [
         models_routes.router,
-        models_routes.advertisers_router,
+        advertisers.router,
         review_routes.router,
         review_pages.pages,
+        fix_pages.pages,
     ]
     for router in routers:
         app.include_router(router)

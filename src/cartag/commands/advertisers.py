@@ -57,7 +57,7 @@ def set_advertiser(
 
 @app.command("list")
 def list_advertisers() -> None:
-    """Advertisers with settings."""
+    """Advertisers with images or settings, with their image and override counts."""
     from cartag.store import advertisers as repo
     from cartag.store.db import Database, upgrade
 
@@ -68,12 +68,14 @@ def list_advertisers() -> None:
     except CartagError as exc:
         err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(2) from exc
-    table = Table("advertiser", "reclassify on promote", "updated")
+    table = Table("advertiser", "images", "overrides", "last seen", "reclassify on promote")
     with db.read() as session:
-        for row in repo.list_advertisers(session):
+        for row in repo.advertiser_summaries(session):
             table.add_row(
                 row.advertiser_id,
+                str(row.images),
+                str(row.overrides),
+                row.last_seen_at.strftime("%Y-%m-%d %H:%M") if row.last_seen_at else "",
                 "yes" if row.reclassify_on_promote else "no",
-                row.updated_at.isoformat(timespec="seconds"),
             )
     Console().print(table)

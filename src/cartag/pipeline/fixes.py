@@ -10,6 +10,7 @@ its perceptual hash, so a re-uploaded identical photo under a new URL keeps its 
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -165,31 +166,69 @@ def find_fixes(
         return {}
     max_distance = min(max_distance, fix_repo.MAX_PHASH_DISTANCE)
     by_key: dict[tuple[str, str], FixRow] = {}
-    near: list[FixRow] = []
-    for row in fix_repo.candidate_fixes(
-        session, ["", advertiser_id], images, max_distance=max_distance
-    ):
+    # The pHash matches by scope and 16-bit band: a hash within MAX_PHASH_DISTANCE bits
+    # shares a band exactly (pigeonhole), so each image looks only at the few rows that
+    # share one of its bands, never at every fix found (a listing asks for thousands).
+    near: dict[tuple[str, int, int], list[tuple[int, str, FixRow]]] = defaultdict(list)
+    rows = fix_repo.candidate_fixes(session, ["", advertiser_id], images, max_distance=max_distance)
+    for order, row in enumerate(rows):
         by_key[(row.image_key, row.scope_key)] = row
         if row.phash:
-            near.append(row)
+            for band, value in enumerate(fix_repo.phash_bands(row.phash)):
+                if value is not None:
+                    near[(row.scope_key, band, value)].append((order, row.phash, row))
     found: dict[str, FixLabels] = {}
     for key, ph in images:
         labels: list[FixRow | None] = []
         for scope in (advertiser_id, ""):
             fix = by_key.get((key, scope))
             if fix is None and ph:
-                candidates = [
-                    (hamming(ph, row.phash), -i, row)
-                    for i, row in enumerate(near)
-                    if row.scope_key == scope and row.phash
-                ]
-                close = [c for c in candidates if c[0] <= max_distance]
-                if close:
-                    fix = min(close, key=lambda c: (c[0], c[1]))[2]
+                fix = _nearest(near, scope, ph, max_distance)
             labels.append(fix)
         if labels[0] is not None or labels[1] is not None:
             found[key] = FixLabels(override=labels[0], global_fix=labels[1])
     return found
+
+
+def _nearest(
+    near: dict[tuple[str, int, int], list[tuple[int, str, FixRow]]],
+    scope: str,
+    phash: str,
+    max_distance: int,
+) -> FixRow | None:
+    """The fix in ``scope`` whose pHash is nearest ``phash`` (then the latest), if close."""
+    best: tuple[int, int, FixRow] | None = None
+    for band, value in enumerate(fix_repo.phash_bands(phash)):
+        if value is None:
+            continue
+        for order, other, row in near.get((scope, band, value), ()):
+            distance = hamming(phash, other)
+            if distance <= max_distance and (best is None or (distance, -order) < best[:2]):
+                best = (distance, -order, row)
+    return best[2] if best is not None else None
+
+
+# Who decided an image's type, for messages.
+_SAID_BY: dict[str, str] = {
+    "model": "the model says so",
+    "fix": "a global fix says so",
+    "override": "this advertiser's override says so",
+}
+
+
+@dataclass(frozen=True)
+class Author:
+    """Who makes a fix: an API key (a browser: its session's key).
+
+    Attributes:
+        user: The key's name, recorded as the audit's ``user``.
+        key_id: The key's id (None: a caller without a key, e.g. a test or a script).
+        on_behalf_of: Free text: the person a panel acts for, recorded as said.
+    """
+
+    user: str
+    key_id: int | None = None
+    on_behalf_of: str | None = None
 
 
 def apply_fix(
@@ -197,7 +236,7 @@ def apply_fix(
     *,
     image_key: str,
     advertiser_id: str,
-    user: str,
+    author: Author,
     scope: str,
     image_type: str | None,
     color: str | None,
@@ -214,12 +253,19 @@ def apply_fix(
 
     Raises:
         NotFoundError: No image has this key.
-        InputError: Neither image_type nor color is given, or the scope is unknown.
+        InputError: Neither image_type nor color is given, the scope is unknown, or a
+            color is given for an image that is (or becomes) a Placeholder in this
+            scope: a Placeholder has no color, so the color would never be answered.
     """
     if scope not in (fix_repo.GLOBAL, fix_repo.ADVERTISER):
         raise InputError("scope must be 'global' or 'advertiser'", field="scope")
     if image_type is None and color is None:
         raise InputError("give image_type, color or both", field="image_type")
+    if image_type == "Placeholder" and color is not None:
+        raise InputError(
+            "a Placeholder has no color: send image_type Placeholder without a color",
+            field="color",
+        )
     image = fix_repo.lock_image(session, image_key)
     if image is None:
         raise NotFoundError(
@@ -235,6 +281,13 @@ def apply_fix(
         (read_stored_color(image.color), "model"),
         FixLabels(override if scope == fix_repo.ADVERTISER else None, rows.get("")),
     )
+    if color is not None and image_type is None and before.image_type == "Placeholder":
+        said = _SAID_BY.get(before.type_source, before.type_source)
+        raise InputError(
+            f"image {image_key!r} is a Placeholder here ({said}), which has no color: fix "
+            "its image_type too (e.g. Dealer) to give it a color",
+            field="color",
+        )
     new_type = image_type if image_type is not None else (current.image_type if current else None)
     new_color = color if color is not None else (current.color if current else None)
     if image_type == "Placeholder":
@@ -247,7 +300,7 @@ def apply_fix(
         scope_key=key,
         image_type=new_type,
         color=new_color,
-        user=user,
+        user=author.user,
         now=now,
     )
     changes: dict[str, dict[str, str | None]] = {}
@@ -260,10 +313,12 @@ def apply_fix(
         image_key=image_key,
         advertiser_id=advertiser_id,
         scope=scope,
-        user=user,
+        user=author.user,
         changes=changes,
         comment=comment,
         now=now,
+        key_id=author.key_id,
+        on_behalf_of=author.on_behalf_of,
     )
 
 
@@ -304,7 +359,7 @@ def fix_image(
     *,
     image_key: str,
     advertiser_id: str,
-    user: str,
+    author: Author,
     scope: str,
     image_type: str | None,
     color: str | None,
@@ -327,7 +382,7 @@ def fix_image(
             session,
             image_key=image_key,
             advertiser_id=advertiser_id,
-            user=user,
+            author=author,
             scope=scope,
             image_type=image_type,
             color=color,

@@ -3,24 +3,74 @@
 An advertiser may opt in to re-classification after each promotion
 (``reclassify_on_promote``); :func:`advertiser_image_keys` gathers the images such a
 run covers (named in classify requests, jobs and fixes).
+
+*An advertiser's images* (the fix page's listing, a scoped key's reach) are the images
+its classify requests and jobs named (``advertiser_images``) and those fixed in its
+name (``fix_audit``): :func:`advertiser_images`, :func:`uses_image`,
+:func:`advertiser_summaries`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection
+from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import CompoundSelect, func, select, union
 from sqlalchemy.orm import Session
 
 from cartag.store.tables import (
     AdvertiserImageRow,
     AdvertiserSettingRow,
     FixAuditRow,
+    FixRow,
+    ImageRow,
     JobItemRow,
     JobRow,
 )
 from cartag.store.upsert import chunked, upsert
+
+
+@dataclass(frozen=True)
+class AdvertiserImage:
+    """One image of an advertiser: the model's stored answer and when it was last named.
+
+    The answer fields only (no score vectors): a listing loads every image of an
+    advertiser. ``last_seen_at`` is None for an image known only through a fix.
+    """
+
+    image_key: str
+    url: str
+    content_sha256: str | None
+    phash: str | None
+    image_type: str | None
+    color: str | None
+    confidence: float | None
+    model_version: str | None
+    color_reason: str | None
+    updated_at: dt.datetime
+    last_seen_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class AdvertiserSummary:
+    """An advertiser with images or settings, and its counts.
+
+    Attributes:
+        advertiser_id: The id classify requests use.
+        images: How many distinct images it is known to use (requests, jobs, fixes).
+        overrides: How many of its own overrides (advertiser-scoped fixes) are in effect.
+        last_seen_at: When a request last named one of its images (None: never).
+        reclassify_on_promote: Its re-classification setting (False without settings).
+        settings_updated_at: When its settings last changed (None: it has none).
+    """
+
+    advertiser_id: str
+    images: int
+    overrides: int
+    last_seen_at: dt.datetime | None
+    reclassify_on_promote: bool
+    settings_updated_at: dt.datetime | None
 
 
 def set_advertiser(
@@ -40,12 +90,6 @@ def set_advertiser(
     row = session.get(AdvertiserSettingRow, advertiser_id, populate_existing=True)
     assert row is not None
     return row
-
-
-def list_advertisers(session: Session) -> list[AdvertiserSettingRow]:
-    """Every advertiser with settings, by id."""
-    stmt = select(AdvertiserSettingRow).order_by(AdvertiserSettingRow.advertiser_id)
-    return list(session.scalars(stmt))
 
 
 def reclassify_advertisers(session: Session) -> list[str]:
@@ -105,3 +149,105 @@ def advertiser_image_keys(session: Session, advertiser_id: str) -> set[str]:
         if key:
             keys.add(str(key))
     return keys
+
+
+def _image_keys_of(advertiser_id: str) -> CompoundSelect[str]:
+    """The keys of an advertiser's images: named by its requests, or fixed in its name."""
+    return (
+        select(AdvertiserImageRow.image_key)
+        .where(AdvertiserImageRow.advertiser_id == advertiser_id)
+        .union(select(FixAuditRow.image_key).where(FixAuditRow.advertiser_id == advertiser_id))
+    )
+
+
+def advertiser_images(session: Session, advertiser_id: str) -> list[AdvertiserImage]:
+    """Every stored image of an advertiser with its model answer, in image-key order."""
+    keys = _image_keys_of(advertiser_id).subquery()
+    seen = (
+        select(AdvertiserImageRow.image_key, AdvertiserImageRow.last_seen_at)
+        .where(AdvertiserImageRow.advertiser_id == advertiser_id)
+        .subquery()
+    )
+    stmt = (
+        select(
+            ImageRow.image_key,
+            ImageRow.url,
+            ImageRow.content_sha256,
+            ImageRow.phash,
+            ImageRow.image_type,
+            ImageRow.color,
+            ImageRow.confidence,
+            ImageRow.model_version,
+            ImageRow.color_reason,
+            ImageRow.updated_at,
+            seen.c.last_seen_at,
+        )
+        .join(keys, keys.c.image_key == ImageRow.image_key)
+        .outerjoin(seen, seen.c.image_key == ImageRow.image_key)
+        .order_by(ImageRow.image_key)
+    )
+    return [AdvertiserImage(*row) for row in session.execute(stmt)]
+
+
+def uses_image(session: Session, advertiser_ids: Collection[str], image_key: str) -> bool:
+    """Whether ``image_key`` is an image of one of ``advertiser_ids`` (see module doc)."""
+    ids = sorted(advertiser_ids)
+    named = select(AdvertiserImageRow.image_key).where(
+        AdvertiserImageRow.image_key == image_key, AdvertiserImageRow.advertiser_id.in_(ids)
+    )
+    fixed = select(FixAuditRow.image_key).where(
+        FixAuditRow.image_key == image_key, FixAuditRow.advertiser_id.in_(ids)
+    )
+    return session.execute(named.limit(1)).first() is not None or (
+        session.execute(fixed.limit(1)).first() is not None
+    )
+
+
+def advertiser_summaries(
+    session: Session, advertiser_ids: Collection[str] | None = None
+) -> list[AdvertiserSummary]:
+    """Every advertiser that has images or settings, by id, with its counts.
+
+    Args:
+        session: Any session.
+        advertiser_ids: Only these (a scoped key's); None: all.
+    """
+    pairs = union(
+        select(AdvertiserImageRow.advertiser_id, AdvertiserImageRow.image_key),
+        select(FixAuditRow.advertiser_id, FixAuditRow.image_key),
+    ).subquery()
+    images_q = select(pairs.c.advertiser_id, func.count()).group_by(pairs.c.advertiser_id)
+    seen_q = select(
+        AdvertiserImageRow.advertiser_id, func.max(AdvertiserImageRow.last_seen_at)
+    ).group_by(AdvertiserImageRow.advertiser_id)
+    overrides_q = (
+        select(FixRow.scope_key, func.count())
+        .where(FixRow.scope == "advertiser")
+        .group_by(FixRow.scope_key)
+    )
+    settings_q = select(AdvertiserSettingRow)
+    if advertiser_ids is not None:
+        ids = sorted(advertiser_ids)
+        images_q = images_q.where(pairs.c.advertiser_id.in_(ids))
+        seen_q = seen_q.where(AdvertiserImageRow.advertiser_id.in_(ids))
+        overrides_q = overrides_q.where(FixRow.scope_key.in_(ids))
+        settings_q = settings_q.where(AdvertiserSettingRow.advertiser_id.in_(ids))
+    images: dict[str, int] = {a: int(n) for a, n in session.execute(images_q)}
+    seen = {row[0]: row[1] for row in session.execute(seen_q)}
+    overrides: dict[str, int] = {a: int(n) for a, n in session.execute(overrides_q)}
+    settings = {row.advertiser_id: row for row in session.scalars(settings_q)}
+    return [
+        AdvertiserSummary(
+            advertiser_id=advertiser_id,
+            images=images.get(advertiser_id, 0),
+            overrides=overrides.get(advertiser_id, 0),
+            last_seen_at=seen.get(advertiser_id),
+            reclassify_on_promote=bool(
+                advertiser_id in settings and settings[advertiser_id].reclassify_on_promote
+            ),
+            settings_updated_at=(
+                settings[advertiser_id].updated_at if advertiser_id in settings else None
+            ),
+        )
+        for advertiser_id in sorted(set(images) | set(settings))
+    ]

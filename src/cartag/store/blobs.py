@@ -32,6 +32,16 @@ def blob_path(sha256: str, suffix: str = "") -> str:
     return f"sha256/{sha256[:2]}/{sha256[2:4]}/{name}"
 
 
+def derived_path(name: str, suffix: str = "") -> str:
+    """The path of a blob derived from other content, e.g. a thumbnail of an image.
+
+    ``name`` says what the blob is made of (``thumbnail-128:<sha256 of the image>``);
+    the path is that of the SHA-256 of ``name``, so it names its content for good too,
+    and the same derivation is found again without an index.
+    """
+    return blob_path(hashlib.sha256(name.encode()).hexdigest(), suffix)
+
+
 def check_blob_path(path: str) -> str:
     """Reject anything that is not a path made by :func:`blob_path` (no traversal)."""
     if not _PATH.fullmatch(path):
@@ -48,6 +58,17 @@ class BlobStore(abc.ABC):
         if not self.exists(path):
             self._write(path, data)
         return path
+
+    def put_derived(self, name: str, data: bytes, suffix: str = "") -> str:
+        """Store a derived blob at :func:`derived_path` (``name``, ``suffix``); returns it."""
+        path = derived_path(name, suffix)
+        if not self.exists(path):
+            self._write(path, data)
+        return path
+
+    def find(self, path: str) -> bytes | None:
+        """The bytes of a blob, or None when there is none at ``path``."""
+        return self._read(check_blob_path(path))
 
     def get(self, path: str) -> bytes:
         """The bytes of a blob.

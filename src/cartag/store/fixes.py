@@ -93,6 +93,8 @@ def add_audit(
     changes: dict[str, dict[str, str | None]],
     comment: str | None,
     now: dt.datetime,
+    key_id: int | None = None,
+    on_behalf_of: str | None = None,
 ) -> FixAuditRow:
     """Add an audit entry (flushed: its id is set)."""
     audit = FixAuditRow(
@@ -103,6 +105,8 @@ def add_audit(
         changes=changes,
         comment=comment,
         created_at=now,
+        key_id=key_id,
+        on_behalf_of=on_behalf_of,
     )
     session.add(audit)
     session.flush()

@@ -67,7 +67,7 @@ def authenticate_session(session: Session, token: str, now: dt.datetime) -> Prin
         raise AuthError("the session ended; log in again")
     if key.revoked_at is not None:
         raise AuthError(f"API key {key.name!r} was revoked; log in with another key")
-    return principal_of(key)
+    return principal_of(session, key)
 
 
 def revoke_session(session: Session, token: str, now: dt.datetime) -> bool:

@@ -142,11 +142,18 @@ class FixAuditRow(Base):
     image_key: Mapped[str] = mapped_column(ForeignKey("images.image_key"), index=True)
     advertiser_id: Mapped[str] = mapped_column(String(128), index=True)
     scope: Mapped[str] = mapped_column(String(16))
+    # Who made the fix: the API key's name (a browser: the key of its login session),
+    # never free text from the request (since 0007; older rows hold what was sent).
     user: Mapped[str] = mapped_column(String(128))
     # {"image_type": {"from": "Stock", "to": "Dealer"}, "color": {...}}
     changes: Mapped[dict[str, dict[str, str | None]]] = mapped_column(JSON)
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    # The key that made the fix (names need not be unique); None before 0007. No foreign
+    # key: keys are revoked, never deleted.
+    key_id: Mapped[int | None] = mapped_column(Integer)
+    # Free text: the person a panel acted for, as the panel said (not checked by cartag).
+    on_behalf_of: Mapped[str | None] = mapped_column(String(128))
 
 
 class EmbeddingRow(Base):
@@ -176,6 +183,21 @@ class ApiKeyRow(Base):
     roles: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class ApiKeyAdvertiserRow(Base):
+    """An advertiser a scoped API key may act for; a key without rows is unscoped.
+
+    A scoped key sees only its advertisers' images and makes only their overrides; global
+    fixes, conflicts and other advertisers need an unscoped key.
+    """
+
+    __tablename__ = "api_key_advertisers"
+
+    key_id: Mapped[int] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
+    )
+    advertiser_id: Mapped[str] = mapped_column(String(128), primary_key=True)
 
 
 class BrowserSessionRow(Base):

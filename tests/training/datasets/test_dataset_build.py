@@ -16,6 +16,7 @@ from cartag.imaging.decode import decode_image
 from cartag.imaging.keys import content_sha256, phash
 from cartag.models.classifier import Classifier, EmbeddingClassifier
 from cartag.pipeline import fixes as fix_service
+from cartag.pipeline.fixes import Author
 from cartag.settings import Settings
 from cartag.store import datasets as repo
 from cartag.store.blobs import LocalBlobStore
@@ -88,7 +89,7 @@ def _serve_fixed(
             session,
             image_key=image.image_key,
             advertiser_id=advertiser,
-            user=user,
+            author=Author(user),
             scope=scope,
             image_type=image_type,
             color=color,

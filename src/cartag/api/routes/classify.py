@@ -21,12 +21,14 @@ router = APIRouter(prefix="/v1", tags=["classify"])
     response_model=ClassifyOut,
     responses=error_responses(400, 401, 403, 413, 422, 503),
 )
-async def classify(body: ClassifyIn, state: StateDep, _: ClassifierDep) -> Response:
+async def classify(body: ClassifyIn, state: StateDep, principal: ClassifierDep) -> Response:
     """Classify up to ``CARTAG_MAX_IMAGES_PER_REQUEST`` images (default 1,000), in order.
 
     Unchanged images are answered from the cache after a conditional request;
     an image that can't be fetched or decoded is ``skipped`` with a ``reason``.
+    A key scoped to advertisers classifies for them only (403 otherwise).
     """
+    principal.require_advertiser(body.advertiser_id)
     limit = state.settings.max_images_per_request
     if len(body.images) > limit:
         raise InputError(

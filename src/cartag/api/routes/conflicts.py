@@ -15,12 +15,16 @@ router = APIRouter(prefix="/v1", tags=["fixes"], responses=error_responses(401, 
 @router.get("/conflicts", response_model=ConflictsOut)
 def list_conflicts(
     state: StateDep,
-    _: PrincipalDep,
+    principal: PrincipalDep,
     limit: int = Query(default=100, ge=1, le=1000),
     # Bounded: past 2**63 - 1 the database driver raises (a 500), so it is a 422 here.
     offset: int = Query(default=0, ge=0, le=MAX_ID),
 ) -> ConflictsOut:
-    """Images with manual labels that disagree, most recently fixed first."""
+    """Images with manual labels that disagree, most recently fixed first.
+
+    They name every advertiser's labels, so a key scoped to advertisers gets 403.
+    """
+    principal.require_unscoped("the conflicts between advertisers")
     with state.db.read() as session:
         total, page = fix_repo.conflicts(session, limit=limit, offset=offset)
         items = [

@@ -65,8 +65,10 @@ async def submit_job(
     """Queue an inventory for classification; poll GET /v1/jobs/{id} or wait for the callback.
 
     Answers 202 with the job's URL in ``Location``. The callback URL must pass the
-    download address guard now (422 otherwise).
+    download address guard now (422 otherwise). A key scoped to advertisers submits jobs
+    for them only (403 otherwise).
     """
+    principal.require_advertiser(body.advertiser_id)
     limit = state.settings.max_images_per_job
     if len(body.images) > limit:
         raise InputError(f"{len(body.images)} images; a job takes at most {limit}", field="images")

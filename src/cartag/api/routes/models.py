@@ -1,4 +1,4 @@
-"""The model registry over HTTP: list versions, promote, roll back, re-classify; advertisers.
+"""The model registry over HTTP: list versions, promote, roll back, re-classify.
 
 Promotion and rollback are :mod:`cartag.deploy.promote`'s, as for ``cartag models
 promote|rollback``; then the receiving server reloads at once (the others follow within
@@ -12,13 +12,11 @@ import asyncio
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, status
+from fastapi import APIRouter, Depends, Query, status
 
 from cartag.api.deps import PrincipalDep, StateDep, require
 from cartag.api.schemas.common import error_responses
 from cartag.api.schemas.models import (
-    AdvertiserIn,
-    AdvertiserOut,
     Alias,
     DeploymentOut,
     DeployOut,
@@ -31,16 +29,14 @@ from cartag.api.schemas.models import (
 from cartag.api.state import AppState
 from cartag.deploy import followup, promote
 from cartag.jobs.reclassify import reclassify
-from cartag.store import advertisers as advertiser_repo
 from cartag.store import model_versions as repo
 from cartag.store.apikeys import Principal
-from cartag.store.tables import AdvertiserSettingRow, DeploymentRow, ModelVersionRow
+from cartag.store.tables import DeploymentRow, ModelVersionRow
 
 log = logging.getLogger(__name__)
 
 _ERRORS = error_responses(401, 403, 422)
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=_ERRORS)
-advertisers_router = APIRouter(prefix="/v1/advertisers", tags=["advertisers"], responses=_ERRORS)
 
 AdminDep = Annotated[Principal, Depends(require("admin"))]
 
@@ -69,14 +65,6 @@ def _deployment_out(row: DeploymentRow) -> DeploymentOut:
         ended_at=row.ended_at,
         by=row.by,
         reason=row.reason,
-    )
-
-
-def _advertiser_out(row: AdvertiserSettingRow) -> AdvertiserOut:
-    return AdvertiserOut(
-        advertiser_id=row.advertiser_id,
-        reclassify_on_promote=row.reclassify_on_promote,
-        updated_at=row.updated_at,
     )
 
 
@@ -213,32 +201,3 @@ def start_reclassify(state: AppState, advertiser_id: str | None) -> str:
     state.background.add(task)
     task.add_done_callback(state.background.discard)
     return "started"
-
-
-@advertisers_router.get("", response_model=list[AdvertiserOut])
-def list_advertisers(state: StateDep, _: PrincipalDep) -> list[AdvertiserOut]:
-    """Advertisers with settings."""
-    with state.db.read() as session:
-        return [_advertiser_out(row) for row in advertiser_repo.list_advertisers(session)]
-
-
-@advertisers_router.put(
-    "/{advertiser_id}", response_model=AdvertiserOut, responses=error_responses(400, 413)
-)
-def set_advertiser(
-    advertiser_id: Annotated[
-        str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")
-    ],
-    body: AdvertiserIn,
-    state: StateDep,
-    _: AdminDep,
-) -> AdvertiserOut:
-    """Opt an advertiser in to (or out of) re-classification after each promotion."""
-    with state.db.write() as session:
-        row = advertiser_repo.set_advertiser(
-            session,
-            advertiser_id,
-            reclassify_on_promote=body.reclassify_on_promote,
-            now=state.clock.now(),
-        )
-        return _advertiser_out(row)

@@ -5,45 +5,124 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from cartag.api.schemas.classify import ResultOut
-from cartag.api.schemas.common import ID_FIELD, ColorName, color_or_none
-from cartag.vocab import ImageType, normalize_image_type
+from cartag.api.schemas.common import ID_FIELD
+from cartag.vocab import COLORS, IMAGE_TYPES, Color, ImageType, normalize_color
+
+
+def strict_label(value: object, vocabulary: tuple[str, ...], what: str) -> object:
+    """A fix's label exactly as the vocabulary spells it; anything else is a ValueError.
+
+    A fix is a person's decision, so nothing is guessed: ``red``, ``Silver`` or ``gray``
+    are refused (a 422 naming the field) with the vocabulary and, where one is close,
+    the exact name to send.
+    """
+    if not isinstance(value, str) or value in vocabulary:
+        return value
+    hint = ""
+    near = [v for v in vocabulary if v.lower() == value.strip().lower()]
+    if not near and what == "color":
+        try:
+            near = [c for c in [normalize_color(value)] if c]
+        except ValueError:
+            near = []
+    if near:
+        hint = f" (did you mean {near[0]!r}?)"
+    raise ValueError(
+        f"unknown {what} {value!r}{hint}; a fix takes exactly one of {', '.join(vocabulary)}"
+    )
 
 
 class FixIn(BaseModel):
-    """Body of PUT /v1/images/{image_key}/fix: image_type, color or both."""
+    """Body of PUT /v1/images/{image_key}/fix: image_type, color or both.
+
+    Who made the fix is the API key (a browser: its login session), never a field of the
+    body; a panel acting for a person may name them in ``on_behalf_of``.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
-        # The rule apply_fix enforces, stated in the schema: a fix changes something.
+        # The rules the validators and apply_fix enforce, stated in the schema: a fix
+        # changes something; a Placeholder gets no color; user (deprecated) and
+        # on_behalf_of are the same thing, so at most one is sent.
         json_schema_extra={
             "anyOf": [
                 {"required": [name], "properties": {name: {"type": "string"}}}
                 for name in ("image_type", "color")
-            ]
+            ],
+            "allOf": [
+                {
+                    "not": {
+                        "required": ["image_type", "color"],
+                        "properties": {
+                            "image_type": {"const": "Placeholder"},
+                            "color": {"type": "string"},
+                        },
+                    }
+                },
+                {"not": {"required": ["user", "on_behalf_of"]}},
+            ],
         },
     )
 
     advertiser_id: str = ID_FIELD
-    user: str = Field(min_length=1, max_length=128)
-    image_type: ImageType | None = None
-    color: ColorName | None = None
+    image_type: ImageType | None = Field(
+        default=None, description="Exactly Dealer, Stock or Placeholder (case matters)."
+    )
+    color: Color | None = Field(
+        default=None,
+        description="Exactly a vocabulary color (case matters; no aliases). "
+        "Not with image_type Placeholder, nor for an image that is a Placeholder here.",
+    )
     scope: Literal["global", "advertiser"]
     comment: str | None = Field(default=None, max_length=2000)
+    on_behalf_of: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="Free text: the person a panel acts for (recorded as said; who made "
+        "the fix is the API key).",
+    )
+    user: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        # Marked in the schema only: pydantic's deprecated= warns on every read.
+        json_schema_extra={"deprecated": True},
+        description="Deprecated: read as on_behalf_of. Who made the fix is the API key.",
+    )
 
     @field_validator("image_type", mode="before")
     @classmethod
     def _type(cls, value: object) -> object:
-        if isinstance(value, str):
-            return normalize_image_type(value)
-        return value
+        return strict_label(value, IMAGE_TYPES, "image type")
 
     @field_validator("color", mode="before")
     @classmethod
     def _color(cls, value: object) -> object:
-        return color_or_none(value)
+        return strict_label(value, COLORS, "color")
+
+    @field_validator("color")
+    @classmethod
+    def _no_placeholder_color(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # image_type is declared (so validated) before color.
+        if value is not None and info.data.get("image_type") == "Placeholder":
+            raise ValueError("a Placeholder has no color: send image_type Placeholder alone")
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _one_behalf(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("on_behalf_of") is not None:
+            raise ValueError("user is deprecated and read as on_behalf_of: send on_behalf_of only")
+        return value
+
+    @property
+    def behalf(self) -> str | None:
+        """The free-text ``on_behalf_of`` (or the deprecated ``user``)."""
+        return self.on_behalf_of or self.user
 
 
 class AuditOut(BaseModel):
@@ -51,7 +130,10 @@ class AuditOut(BaseModel):
     image_key: str
     advertiser_id: str
     scope: str
-    user: str
+    user: str = Field(description="Who made the fix: the API key's name.")
+    on_behalf_of: str | None = Field(
+        default=None, description="Free text a panel sent: the person it acted for."
+    )
     changes: dict[str, dict[str, str | None]]
     comment: str | None
     created_at: dt.datetime

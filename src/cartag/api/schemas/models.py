@@ -1,4 +1,4 @@
-"""Bodies of the model registry and advertiser settings API: /v1/models, /v1/advertisers."""
+"""Bodies of the model registry API: /v1/models."""
 
 from __future__ import annotations
 
@@ -64,15 +64,3 @@ class ReclassifyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     advertiser_id: str | None = Field(default=None, min_length=1, max_length=128)
-
-
-class AdvertiserIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    reclassify_on_promote: StrictBool
-
-
-class AdvertiserOut(BaseModel):
-    advertiser_id: str
-    reclassify_on_promote: bool
-    updated_at: dt.datetime

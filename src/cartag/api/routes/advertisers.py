@@ -1,0 +1,190 @@
+"""Advertisers: who has images (with counts), their settings, their images as answered now.
+
+* ``GET /v1/advertisers`` — every advertiser with images or settings, with counts (a
+  scoped key: its own);
+* ``PUT /v1/advertisers/{id}`` — opt in to re-classification after promotions (admin);
+* ``GET /v1/advertisers/{id}/images`` — its images as a classify would answer them now,
+  filtered and paged, unsure ones first (:mod:`cartag.pipeline.inventory`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from cartag.api.deps import PrincipalDep, StateDep, require
+from cartag.api.schemas.advertisers import (
+    AdvertiserImageOut,
+    AdvertiserImagesOut,
+    AdvertiserIn,
+    AdvertiserOut,
+    ColorFilter,
+    ImageCountsOut,
+)
+from cartag.api.schemas.common import error_responses
+from cartag.api.state import AppState
+from cartag.pipeline import inventory
+from cartag.pipeline.thumbnails import ThumbnailSource, unavailable_reason
+from cartag.redaction import strip_password
+from cartag.store import advertisers as advertiser_repo
+from cartag.store.advertisers import AdvertiserSummary
+from cartag.store.apikeys import Principal
+from cartag.vocab import ImageType
+
+router = APIRouter(
+    prefix="/v1/advertisers", tags=["advertisers"], responses=error_responses(401, 403, 422)
+)
+
+AdminDep = Annotated[Principal, Depends(require("admin"))]
+AdvertiserId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")]
+# A page past this is past the end of any advertiser's images (500 per page).
+MAX_PAGE: Final[int] = 1_000_000
+
+
+def _advertiser_out(row: AdvertiserSummary) -> AdvertiserOut:
+    return AdvertiserOut(
+        advertiser_id=row.advertiser_id,
+        images=row.images,
+        overrides=row.overrides,
+        last_seen_at=row.last_seen_at,
+        reclassify_on_promote=row.reclassify_on_promote,
+        updated_at=row.settings_updated_at,
+    )
+
+
+def image_out(item: inventory.Listed) -> AdvertiserImageOut:
+    """One listed image as the API (and the fix page) shows it."""
+    image, answer = item.image, item.answer
+    source = ThumbnailSource(image.image_key, image.url, image.content_sha256)
+    missing = unavailable_reason(source)
+    return AdvertiserImageOut(
+        image_key=image.image_key,
+        url=strip_password(image.url),
+        thumbnail_url=None
+        if missing
+        else f"/v1/images/{quote(image.image_key, safe=':')}/thumbnail",
+        thumbnail_unavailable=missing,
+        image_type=answer.image_type,
+        color=answer.color,
+        source=answer.source,
+        type_source=answer.type_source,
+        color_source=answer.color_source,
+        confidence=answer.confidence,
+        model_version=answer.model_version,
+        low_confidence=answer.low_confidence,
+        color_reason=answer.color_reason,
+        fixed=item.fixed,
+        fix_scope=item.fix_scope,
+        fixed_by=item.fixed_by,
+        fixed_at=item.fixed_at,
+        last_seen_at=image.last_seen_at,
+    )
+
+
+def list_images(
+    state: AppState,
+    advertiser_id: str,
+    filters: inventory.ImageFilter,
+    page: int,
+    limit: int,
+) -> AdvertiserImagesOut:
+    """A page of the advertiser's images (the caller checked the key may see them)."""
+    listing = inventory.list_images(
+        state.db,
+        advertiser_id,
+        filters,
+        page=page,
+        limit=limit,
+        max_distance=state.settings.phash_max_distance,
+        low_confidence_threshold=state.settings.low_confidence_threshold,
+    )
+    return AdvertiserImagesOut(
+        advertiser_id=advertiser_id,
+        total=listing.total,
+        page=listing.page,
+        pages=listing.pages,
+        limit=listing.limit,
+        counts=ImageCountsOut(
+            images=listing.images, low_confidence=listing.low_confidence, fixed=listing.fixed
+        ),
+        items=[image_out(item) for item in listing.items],
+    )
+
+
+def summaries(state: AppState, principal: Principal) -> list[AdvertiserOut]:
+    """The advertisers a key may see, with their counts."""
+    scope = principal.advertisers if principal.scoped else None
+    with state.db.read() as session:
+        return [_advertiser_out(r) for r in advertiser_repo.advertiser_summaries(session, scope)]
+
+
+@router.get("", response_model=list[AdvertiserOut])
+def list_advertisers(state: StateDep, principal: PrincipalDep) -> list[AdvertiserOut]:
+    """Every advertiser that has images or settings, by id, with counts.
+
+    A key scoped to advertisers sees only its own.
+    """
+    return summaries(state, principal)
+
+
+@router.put("/{advertiser_id}", response_model=AdvertiserOut, responses=error_responses(400, 413))
+def set_advertiser(
+    advertiser_id: AdvertiserId, body: AdvertiserIn, state: StateDep, _: AdminDep
+) -> AdvertiserOut:
+    """Opt an advertiser in to (or out of) re-classification after each promotion."""
+    with state.db.write() as session:
+        advertiser_repo.set_advertiser(
+            session,
+            advertiser_id,
+            reclassify_on_promote=body.reclassify_on_promote,
+            now=state.clock.now(),
+        )
+        [row] = advertiser_repo.advertiser_summaries(session, [advertiser_id])
+        return _advertiser_out(row)
+
+
+@router.get("/{advertiser_id}/images", response_model=AdvertiserImagesOut)
+def advertiser_images(
+    advertiser_id: AdvertiserId,
+    state: StateDep,
+    principal: PrincipalDep,
+    low_confidence: bool | None = Query(
+        default=None, description="true: only images the model was unsure of; false: others."
+    ),
+    image_type: ImageType | None = Query(default=None, description="Only this answered type."),
+    color: ColorFilter | None = Query(
+        default=None, description="Only this answered color; `none`: only images without one."
+    ),
+    fixed: bool | None = Query(
+        default=None, description="true: only images with a fix in effect; false: not fixed."
+    ),
+    fixed_by: str | None = Query(
+        default=None, min_length=1, max_length=128, description="Only fixes by this key name."
+    ),
+    order: inventory.Order = Query(
+        default="confidence",
+        description="confidence: unsure and unfixed first, least confident first; "
+        "recent: last named first.",
+    ),
+    page: int = Query(default=1, ge=1, le=MAX_PAGE),
+    limit: int = Query(default=60, ge=1, le=inventory.MAX_LIMIT),
+) -> AdvertiserImagesOut:
+    """The advertiser's images as a classify would answer them now, filtered and paged.
+
+    An advertiser's images are those its classify requests and jobs named, and those
+    fixed in its name. Answers apply its overrides, the global fixes and the model, in
+    that order (a scraper's color is not stored, so it plays no part). A key scoped to
+    other advertisers gets 403.
+    """
+    principal.require_advertiser(advertiser_id)
+    filters = inventory.ImageFilter(
+        low_confidence=low_confidence,
+        image_type=image_type,
+        color=color,
+        fixed=fixed,
+        fixed_by=fixed_by,
+        order=order,
+    )
+    return list_images(state, advertiser_id, filters, page, limit)

@@ -1,0 +1,188 @@
+"""The fix page: an advertiser's images with their tags, fixed with a click, a tap or a key.
+
+* ``/fix/login`` — paste an API key with the ``fixer`` role (or ``admin``); opens a login
+  session (:mod:`cartag.api.browser`), the browser never holds the key;
+* ``/fix`` — the advertisers the key may see, with counts (a key scoped to one advertiser
+  goes straight to its page);
+* ``/fix/{advertiser}`` — its images as classify answers them now, unsure ones first, with
+  filters and pages; its script (``web/static/fix.js``) sends each fix to
+  ``PUT /v1/images/{key}/fix`` and shows an image's history from ``.../history``.
+
+Fixes are the advertiser's overrides; a key that is not scoped to advertisers (staff)
+may switch the page to global fixes. The JSON API enforces who may fix what; the page
+only offers what the key may do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from cartag.api import browser
+from cartag.api.deps import CSRF_HEADER, BrowserPrincipalDep, StateDep
+from cartag.api.routes.advertisers import MAX_PAGE, AdvertiserId, list_images, summaries
+from cartag.api.routes.review_pages import COLOR_KEYS
+from cartag.api.schemas.advertisers import ColorFilter
+from cartag.pipeline import inventory
+from cartag.redaction import redact_url
+from cartag.store.apikeys import Principal
+from cartag.vocab import COLORS, IMAGE_TYPES, ImageType
+from cartag.web import environment as web_environment
+
+pages = APIRouter(prefix="/fix", include_in_schema=False)
+_ROLE = "fixer"
+_templates = web_environment()
+_templates.filters["redact_url"] = redact_url
+# On the page, the stored answer of the model is the model's ("cache" in API answers).
+_templates.filters["source"] = lambda source: "model" if source == "cache" else (source or "")
+
+
+def _page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    html = _templates.get_template(name).render(**context)
+    return HTMLResponse(html, status_code=status_code, headers=browser.PAGE_HEADERS)
+
+
+_LOGIN = browser.LoginArea(
+    root="/fix",
+    render=lambda error, next_url, csrf: _templates.get_template("fix_login.html").render(
+        error=error, next=next_url, csrf=csrf
+    ),
+    expired="The login form expired or came from another site; log in again.",
+    no_key="Paste an API key.",
+    role=_ROLE,
+)
+
+
+def _to_login(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(
+        f"/fix/login?{urlencode({'next': target})}", status_code=303, headers=browser.PAGE_HEADERS
+    )
+
+
+def _may_fix(principal: Principal) -> bool:
+    return _ROLE in principal.roles or "admin" in principal.roles
+
+
+def _forbidden(request: Request, message: str) -> HTMLResponse:
+    return browser.login_page(request, _LOGIN, 403, error=message, next_url="/fix")
+
+
+@pages.get("/login")
+def login_form(
+    request: Request, next: str | None = Query(default=None, max_length=512)
+) -> Response:
+    return browser.login_page(request, _LOGIN, next_url=browser.safe_next(next, "/fix"))
+
+
+@pages.post("/login", response_model=None)
+async def login(request: Request, state: StateDep) -> Response:
+    return await browser.login_form_submitted(request, state, _LOGIN)
+
+
+@pages.post("/logout")
+async def logout(request: Request, state: StateDep) -> Response:
+    """End the session (revoked in the database, not only forgotten by the browser)."""
+    return await browser.logout_form_submitted(request, state, _LOGIN)
+
+
+@pages.get("", response_model=None)
+def index(request: Request, state: StateDep, principal: BrowserPrincipalDep) -> Response:
+    """The advertisers the key may fix, with their counts."""
+    if principal is None:
+        return _to_login(request)
+    if not _may_fix(principal):
+        return _forbidden(
+            request,
+            f"The API key {principal.name!r} lacks the fixer role; log in with a fixer key.",
+        )
+    if len(principal.advertisers) == 1:
+        [only] = principal.advertisers
+        return RedirectResponse(
+            f"/fix/{quote(only, safe='')}", status_code=303, headers=browser.PAGE_HEADERS
+        )
+    return _page(
+        "fix_index.html",
+        advertisers=summaries(state, principal),
+        user=principal.name,
+        scope=principal.scope_text() if principal.scoped else "",
+        csrf=browser.session_csrf_token(request),
+    )
+
+
+@pages.get("/{advertiser_id}", response_model=None)
+def fix_page(
+    request: Request,
+    advertiser_id: AdvertiserId,
+    state: StateDep,
+    principal: BrowserPrincipalDep,
+    low_confidence: bool | None = None,
+    image_type: ImageType | None = None,
+    color: ColorFilter | None = None,
+    fixed: bool | None = None,
+    fixed_by: str | None = Query(default=None, min_length=1, max_length=128),
+    order: inventory.Order = "confidence",
+    page: int = Query(default=1, ge=1, le=MAX_PAGE),
+    limit: int = Query(default=60, ge=1, le=inventory.MAX_LIMIT),
+) -> Response:
+    """One advertiser's images, unsure ones first, to fix with the mouse, keys or touch."""
+    if principal is None:
+        return _to_login(request)
+    if not _may_fix(principal):
+        return _forbidden(
+            request,
+            f"The API key {principal.name!r} lacks the fixer role; log in with a fixer key.",
+        )
+    csrf = browser.session_csrf_token(request)
+    if not principal.may_act_for(advertiser_id):
+        return _page(
+            "fix_index.html",
+            403,
+            advertisers=summaries(state, principal),
+            user=principal.name,
+            scope=principal.scope_text(),
+            csrf=csrf,
+            error=f"This key ({principal.name}) is scoped to {principal.scope_text()}: it "
+            f"cannot see or fix the images of {advertiser_id}.",
+        )
+    filters = inventory.ImageFilter(
+        low_confidence=low_confidence,
+        image_type=image_type,
+        color=color,
+        fixed=fixed,
+        fixed_by=fixed_by,
+        order=order,
+    )
+    listing = list_images(state, advertiser_id, filters, page, limit)
+    query: dict[str, str] = {
+        "low_confidence": "" if low_confidence is None else str(low_confidence).lower(),
+        "image_type": image_type or "",
+        "color": color or "",
+        "fixed": "" if fixed is None else str(fixed).lower(),
+        "fixed_by": fixed_by or "",
+        "order": "" if order == "confidence" else order,
+        "limit": "" if limit == 60 else str(limit),
+    }
+
+    def link(**changes: object) -> str:
+        merged = {**query, **{k: str(v) for k, v in changes.items()}}
+        return "?" + urlencode({k: v for k, v in merged.items() if v})
+
+    return _page(
+        "fix.html",
+        listing=listing,
+        advertiser=advertiser_id,
+        user=principal.name,
+        staff=not principal.scoped,
+        filters=query,
+        link=link,
+        image_types=IMAGE_TYPES,
+        colors=COLORS,
+        type_keys=[(str(i + 1), t) for i, t in enumerate(IMAGE_TYPES)],
+        color_keys=list(COLOR_KEYS.items()),
+        csrf_header=CSRF_HEADER,
+        csrf=csrf,
+    )

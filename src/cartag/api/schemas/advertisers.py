@@ -1,0 +1,95 @@
+"""Bodies of /v1/advertisers: advertisers with their counts, settings, and their images."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from cartag.api.schemas.common import SourceName
+
+# A color filter: a vocabulary color, or "none" (images without one). Spelled out (one
+# Literal, so that a wrong value is an error of the field itself); the tests check that it
+# is cartag.vocab.COLORS plus "none".
+ColorFilter = Literal[
+    "Black",
+    "Blue",
+    "Brown",
+    "Burgundy",
+    "Green",
+    "Grey",
+    "Orange",
+    "Pink",
+    "Purple",
+    "Red",
+    "White",
+    "Yellow",
+    "none",
+]
+
+
+class AdvertiserIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reclassify_on_promote: StrictBool
+
+
+class AdvertiserOut(BaseModel):
+    advertiser_id: str
+    images: int = Field(description="Distinct images its requests, jobs and fixes named.")
+    overrides: int = Field(description="Its own overrides (advertiser-scoped fixes) in effect.")
+    last_seen_at: dt.datetime | None = Field(
+        description="When a request last named one of its images (null: never)."
+    )
+    reclassify_on_promote: bool
+    updated_at: dt.datetime | None = Field(
+        description="When its settings last changed (null: it has none)."
+    )
+
+
+class AdvertiserImageOut(BaseModel):
+    """One image of an advertiser, as a classify would answer it now for that advertiser."""
+
+    image_key: str
+    url: str = Field(description="As stored: a password in it is `***`.")
+    thumbnail_url: str | None = Field(
+        description="A small JPEG (GET /v1/images/{key}/thumbnail); null when none can be made."
+    )
+    thumbnail_unavailable: str | None = Field(
+        description="Why there is no thumbnail_url: url_password (cartag keeps no password)."
+    )
+    image_type: str | None
+    color: str | None
+    source: SourceName | None
+    type_source: SourceName | None
+    color_source: SourceName | None
+    confidence: float | None = Field(description="The model's confidence in its type.")
+    model_version: str | None
+    low_confidence: bool = Field(description="The model decided the type, unsure.")
+    color_reason: str | None
+    fixed: bool = Field(description="A fix or this advertiser's override applies.")
+    fix_scope: Literal["override", "global"] | None = Field(
+        description="Which fix is in effect: this advertiser's override, else the global one."
+    )
+    fixed_by: str | None = Field(description="Who made the fix in effect (an API key's name).")
+    fixed_at: dt.datetime | None
+    last_seen_at: dt.datetime | None = Field(
+        description="When this advertiser's requests last named it (null: known from a fix)."
+    )
+
+
+class ImageCountsOut(BaseModel):
+    images: int = Field(description="All of the advertiser's images, whatever the filter.")
+    low_confidence: int = Field(description="Of those, answered with an unsure model type.")
+    fixed: int = Field(description="Of those, with a fix or override in effect.")
+
+
+class AdvertiserImagesOut(BaseModel):
+    advertiser_id: str
+    total: int = Field(description="Images matching the filter.")
+    page: int = Field(description="This page (a page past the end is the last one).")
+    pages: int
+    limit: int
+    counts: ImageCountsOut
+    items: list[AdvertiserImageOut]

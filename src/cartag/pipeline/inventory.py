@@ -1,0 +1,219 @@
+"""An advertiser's images as cartag answers them now: the fix page's listing.
+
+Each image of the advertiser (see :mod:`cartag.store.advertisers`) is resolved with the
+one precedence rule of :mod:`cartag.pipeline.fixes` (this advertiser's override > global
+fix > the model), fixes found through the pHash included, so the listing says exactly
+what the next classify of the image would answer. The scraper's ``scrape_color`` is not
+stored (it comes with each request), so it plays no part here.
+
+The filters apply to the resolved answer; the default order puts what most needs a
+person first: images the model was unsure of, least confident first, then the other
+unfixed ones, then the fixed ones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from cartag.pipeline.fixes import FixLabels, find_fixes, resolve
+from cartag.pipeline.results import ClassifyResult
+from cartag.settings import DEFAULT_LOW_CONFIDENCE_THRESHOLD
+from cartag.store import advertisers as advertiser_repo
+from cartag.store.advertisers import AdvertiserImage
+from cartag.store.db import Database
+from cartag.store.tables import FixRow
+
+Order = Literal["confidence", "recent"]
+MAX_LIMIT: Final[int] = 500
+# find_fixes looks fixes up by key and pHash in chunks; this many images per call.
+_FIX_CHUNK: Final[int] = 1000
+
+
+@dataclass(frozen=True)
+class ImageFilter:
+    """What to list; None means "any".
+
+    Attributes:
+        low_confidence: Only images whose answered type the model was unsure of (True),
+            or only the others (False).
+        image_type: Only this answered type.
+        color: Only this answered color; ``"none"``: only images without one.
+        fixed: Only images a fix or override applies to (True), or only unfixed ones.
+        fixed_by: Only images whose fix in effect (override or global) was made by this
+            user (an API key's name).
+        order: ``confidence`` (default: unsure first) or ``recent`` (last named first).
+    """
+
+    low_confidence: bool | None = None
+    image_type: str | None = None
+    color: str | None = None
+    fixed: bool | None = None
+    fixed_by: str | None = None
+    order: Order = "confidence"
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One image of the listing.
+
+    Attributes:
+        image: The stored image (the model's answer, when it was last named).
+        answer: What a classify of it answers now for this advertiser.
+        fix_scope: ``override`` (this advertiser's), ``global`` or None (not fixed).
+        fixed_by: Who made the fix in effect (the override's author, else the global's).
+        fixed_at: When that fix was made.
+    """
+
+    image: AdvertiserImage
+    answer: ClassifyResult
+    fix_scope: Literal["override", "global"] | None
+    fixed_by: str | None
+    fixed_at: dt.datetime | None
+
+    @property
+    def fixed(self) -> bool:
+        return self.fix_scope is not None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One page of an advertiser's images, and the counts over all of them.
+
+    Attributes:
+        advertiser_id: Whose images.
+        total: How many images match the filter.
+        page: The page number (1-based), clamped to the last page.
+        limit: Images per page.
+        items: This page's images.
+        images: How many images the advertiser has (whatever the filter).
+        low_confidence: How many of them the model was unsure of (and nobody fixed).
+        fixed: How many of them a fix or override applies to.
+    """
+
+    advertiser_id: str
+    total: int
+    page: int
+    limit: int
+    items: list[Listed]
+    images: int
+    low_confidence: int
+    fixed: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.limit))
+
+
+def _listed(
+    image: AdvertiserImage, labels: FixLabels | None, low_confidence_threshold: float
+) -> Listed:
+    answer = resolve(
+        image,
+        labels,
+        None,
+        image.url,
+        fresh=False,
+        low_confidence_threshold=low_confidence_threshold,
+    )
+    in_effect: FixRow | None = None
+    scope: Literal["override", "global"] | None = None
+    if labels is not None and labels.override is not None:
+        in_effect, scope = labels.override, "override"
+    elif labels is not None and labels.global_fix is not None:
+        in_effect, scope = labels.global_fix, "global"
+    return Listed(
+        image=image,
+        answer=answer,
+        fix_scope=scope,
+        fixed_by=in_effect.updated_by if in_effect is not None else None,
+        fixed_at=in_effect.updated_at if in_effect is not None else None,
+    )
+
+
+def _matches(item: Listed, labels: FixLabels | None, f: ImageFilter) -> bool:
+    answer = item.answer
+    if f.low_confidence is not None and answer.low_confidence != f.low_confidence:
+        return False
+    if f.image_type is not None and answer.image_type != f.image_type:
+        return False
+    if f.color is not None and answer.color != (None if f.color == "none" else f.color):
+        return False
+    if f.fixed is not None and item.fixed != f.fixed:
+        return False
+    if f.fixed_by is not None:
+        authors = (
+            {fix.updated_by for fix in (labels.override, labels.global_fix) if fix is not None}
+            if labels is not None
+            else set()
+        )
+        if f.fixed_by not in authors:
+            return False
+    return True
+
+
+def _sort_key(item: Listed, order: Order) -> tuple[object, ...]:
+    if order == "recent":
+        seen = item.image.last_seen_at or item.image.updated_at
+        return (-seen.timestamp(), item.image.image_key)
+    confidence = item.image.confidence if item.image.confidence is not None else 1.0
+    return (not item.answer.low_confidence, item.fixed, confidence, item.image.image_key)
+
+
+def list_images(
+    db: Database,
+    advertiser_id: str,
+    filters: ImageFilter,
+    *,
+    page: int = 1,
+    limit: int = 60,
+    max_distance: int = 0,
+    low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE_THRESHOLD,
+) -> Listing:
+    """One page of an advertiser's images as classify would answer them now.
+
+    Args:
+        db: The store.
+        advertiser_id: Whose images (and whose overrides apply).
+        filters: What to list, in which order.
+        page: 1-based; a page past the end is the last page.
+        limit: Images per page (at most :data:`MAX_LIMIT`).
+        max_distance: ``CARTAG_PHASH_MAX_DISTANCE``: fixes of near-duplicates apply.
+        low_confidence_threshold: ``CARTAG_LOW_CONFIDENCE_THRESHOLD``.
+
+    Returns:
+        The page, its total and the advertiser's counts.
+    """
+    limit = max(1, min(limit, MAX_LIMIT))
+    with db.read() as session:
+        images = advertiser_repo.advertiser_images(session, advertiser_id)
+        labels: dict[str, FixLabels] = {}
+        for start in range(0, len(images), _FIX_CHUNK):
+            chunk = images[start : start + _FIX_CHUNK]
+            labels.update(
+                find_fixes(
+                    session,
+                    advertiser_id,
+                    [(image.image_key, image.phash) for image in chunk],
+                    max_distance=max_distance,
+                )
+            )
+    every = [
+        (_listed(image, labels.get(image.image_key), low_confidence_threshold), image.image_key)
+        for image in images
+    ]
+    matching = [item for item, key in every if _matches(item, labels.get(key), filters)]
+    matching.sort(key=lambda item: _sort_key(item, filters.order))
+    pages = max(1, -(-len(matching) // limit))
+    page = max(1, min(page, pages))
+    return Listing(
+        advertiser_id=advertiser_id,
+        total=len(matching),
+        page=page,
+        limit=limit,
+        items=matching[(page - 1) * limit : page * limit],
+        images=len(every),
+        low_confidence=sum(1 for item, _ in every if item.answer.low_confidence),
+        fixed=sum(1 for item, _ in every if item.fixed),
+    )

@@ -1,0 +1,150 @@
+"""/v1/advertisers and /v1/advertisers/{id}/images: who has images, and what they were answered."""
+
+from __future__ import annotations
+
+from typing import Any, get_args
+
+import pytest
+from fastapi.testclient import TestClient
+
+from cartag.api.schemas.advertisers import ColorFilter
+from cartag.store import advertisers as advertiser_repo
+from cartag.store.db import Database
+from cartag.vocab import COLORS
+from tests.support.factories import NOW, add_image
+from tests.support.http_server import ImageServer
+from tests.support.images import noise_jpeg_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def _classify(
+    client: TestClient, headers: dict[str, str], advertiser: str, urls: list[str]
+) -> list[dict[str, Any]]:
+    body = {"advertiser_id": advertiser, "images": [{"url": url} for url in urls]}
+    response = client.post("/v1/classify", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    results: list[dict[str, Any]] = response.json()["results"]
+    return results
+
+
+def test_advertisers_with_images_their_listing_and_thumbnails(
+    client: TestClient,
+    classify_headers: dict[str, str],
+    fixer_headers: dict[str, str],
+    server: ImageServer,
+) -> None:
+    # Random pixels: three photos that are not near duplicates of one another.
+    for seed, name in enumerate(("red", "blue", "both")):
+        server.add_file(f"/{name}.jpg", noise_jpeg_bytes(width=400, height=300, seed=seed))
+    red, both = _classify(
+        client, classify_headers, "dealer-42", [server.url("/red.jpg"), server.url("/both.jpg")]
+    )
+    _classify(
+        client, classify_headers, "dealer-77", [server.url("/blue.jpg"), server.url("/both.jpg")]
+    )
+    # Advertisers without settings are listed as soon as they have images.
+    listed = client.get("/v1/advertisers", headers=fixer_headers).json()
+    assert [(a["advertiser_id"], a["images"], a["overrides"]) for a in listed] == [
+        ("dealer-42", 2, 0),
+        ("dealer-77", 2, 0),
+    ]
+    assert all(a["last_seen_at"] and a["updated_at"] is None for a in listed)
+
+    fixed = client.put(
+        f"/v1/images/{red['image_key']}/fix",
+        json={"advertiser_id": "dealer-42", "scope": "advertiser", "image_type": "Dealer"},
+        headers=fixer_headers,
+    )
+    assert fixed.status_code == 200, fixed.text
+
+    page = client.get("/v1/advertisers/dealer-42/images", headers=fixer_headers)
+    assert page.status_code == 200, page.text
+    body = page.json()
+    assert (body["total"], body["page"], body["pages"], body["counts"]["fixed"]) == (2, 1, 1, 1)
+    items = {item["image_key"]: item for item in body["items"]}
+    assert set(items) == {red["image_key"], both["image_key"]}
+    mine = items[red["image_key"]]
+    assert (mine["image_type"], mine["type_source"], mine["fixed"], mine["fixed_by"]) == (
+        "Dealer",
+        "override",
+        True,
+        "test",
+    )
+    assert mine["fix_scope"] == "override" and mine["low_confidence"] is False
+    assert mine["model_version"] == red["model_version"]
+    assert mine["confidence"] == pytest.approx(red["confidence"])
+    assert mine["url"] == server.url("/red.jpg") and mine["thumbnail_unavailable"] is None
+    # The other advertiser does not see 42's override.
+    theirs = client.get(
+        "/v1/advertisers/dealer-77/images", params={"fixed": "true"}, headers=fixer_headers
+    )
+    assert theirs.json()["total"] == 0
+    unfixed = client.get(
+        "/v1/advertisers/dealer-42/images", params={"fixed": "false"}, headers=fixer_headers
+    ).json()
+    assert [i["image_key"] for i in unfixed["items"]] == [both["image_key"]]
+    by_me = client.get(
+        "/v1/advertisers/dealer-42/images", params={"fixed_by": "test"}, headers=fixer_headers
+    ).json()
+    assert [i["image_key"] for i in by_me["items"]] == [red["image_key"]]
+
+    # The thumbnail is made once (downloaded again, then kept in the blob store).
+    server.reset_counters()
+    thumb = client.get(mine["thumbnail_url"], headers=fixer_headers)
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert thumb.content[:3] == b"\xff\xd8\xff" and len(thumb.content) < 20_000
+    etag = thumb.headers["etag"]
+    again = client.get(mine["thumbnail_url"], headers=fixer_headers)
+    assert again.content == thumb.content
+    cached = client.get(mine["thumbnail_url"], headers={**fixer_headers, "If-None-Match": etag})
+    assert cached.status_code == 304
+    assert server.requests_for("/red.jpg") == 1
+
+
+def test_listing_filters_are_validated_and_pages_clamp(
+    client: TestClient, db: Database, fixer_headers: dict[str, str]
+) -> None:
+    keys = [add_image(db, confidence=0.1 * (i + 1)).image_key for i in range(5)]
+    with db.write() as session:
+        advertiser_repo.record_advertiser_images(session, "dealer-42", keys, NOW)
+    url = "/v1/advertisers/dealer-42/images"
+    for params, field in (
+        ({"image_type": "dealer"}, "image_type"),
+        ({"color": "red"}, "color"),
+        ({"low_confidence": "maybe"}, "low_confidence"),
+        ({"page": "0"}, "page"),
+        ({"limit": "501"}, "limit"),
+        ({"order": "random"}, "order"),
+    ):
+        bad = client.get(url, params=params, headers=fixer_headers)
+        assert bad.status_code == 422, (params, bad.text)
+        assert bad.json()["error"]["field"] == field
+    bad_id = client.get("/v1/advertisers/dealer 42/images", headers=fixer_headers)
+    assert bad_id.status_code == 422 and bad_id.json()["error"]["field"] == "advertiser_id"
+    last = client.get(url, params={"page": 999, "limit": 2}, headers=fixer_headers).json()
+    assert (last["page"], last["pages"], [i["image_key"] for i in last["items"]]) == (
+        3,
+        3,
+        [keys[4]],  # least confident first: 0.5 is the last
+    )
+    unsure = client.get(url, params={"low_confidence": "true"}, headers=fixer_headers).json()
+    assert [i["image_key"] for i in unsure["items"]] == keys[:5]  # all below 0.8
+    assert client.get(url).status_code == 401
+
+
+def test_an_image_behind_a_password_is_listed_without_a_thumbnail(
+    client: TestClient, db: Database, fixer_headers: dict[str, str]
+) -> None:
+    image = add_image(db, url="https://alice:***@cdn.example/private.jpg")
+    with db.write() as session:
+        advertiser_repo.record_advertiser_images(session, "dealer-42", [image.image_key], NOW)
+    [item] = client.get("/v1/advertisers/dealer-42/images", headers=fixer_headers).json()["items"]
+    assert (item["thumbnail_url"], item["thumbnail_unavailable"]) == (None, "url_password")
+    assert item["url"] == "https://alice:***@cdn.example/private.jpg"
+    thumb = client.get(f"/v1/images/{image.image_key}/thumbnail", headers=fixer_headers)
+    assert thumb.status_code == 404 and "needed a password" in thumb.json()["error"]["message"]
+
+
+def test_the_color_filter_is_the_vocabulary_and_none() -> None:
+    assert get_args(ColorFilter) == (*COLORS, "none")
