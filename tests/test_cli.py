@@ -248,7 +248,9 @@ def test_classify_files_goes_through_the_pipeline_cache_and_fixes(
     env: dict[str, str], tmp_path: Path, shared_data: Path
 ) -> None:
     from cartag.clock import FakeClock
-    from cartag.pipeline.fixes import apply_fix
+    from cartag.pipeline.fixes import Author, apply_fix
+    from cartag.pipeline.thumbnails import ThumbnailSource, thumbnail_name
+    from cartag.store.blobs import LocalBlobStore, derived_path
     from cartag.store.db import Database
     from cartag.store.images import get_images
 
@@ -274,13 +276,18 @@ def test_classify_files_goes_through_the_pipeline_cache_and_fixes(
     db = Database(f"sqlite:///{tmp_path / 'data' / 'cartag.db'}")
     key = good[0]["image_key"]
     with db.read() as session:
-        assert get_images(session, [key])[key].url == (folder / "0.jpg").resolve().as_uri()
+        row = get_images(session, [key])[key]
+    assert row.url == (folder / "0.jpg").resolve().as_uri()
+    # The fix page's preview is kept: the file cannot be downloaded again.
+    blobs = LocalBlobStore(tmp_path / "data" / "blobs")
+    source = ThumbnailSource(key, row.url, row.content_sha256)
+    assert blobs.find(derived_path(thumbnail_name(source), "jpg")) is not None
     with db.write() as session:
         apply_fix(
             session,
             image_key=key,
             advertiser_id="demo",
-            user="alice",
+            author=Author("alice"),
             scope="advertiser",
             image_type="Stock",
             color=None,

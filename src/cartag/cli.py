@@ -241,7 +241,10 @@ def classify_files(
     import asyncio
 
     from cartag.imaging.files import find_images
+    from cartag.imaging.keys import content_sha256
+    from cartag.pipeline.thumbnails import ThumbnailSource, keep_thumbnail
     from cartag.runtime import start_runtime
+    from cartag.store.blobs import blob_store
 
     settings = load_settings()
     try:
@@ -270,8 +273,24 @@ def classify_files(
             await runtime.aclose()
         return [result.to_dict() for result in results]
 
+    def keep_thumbnails(answers: dict[str, dict[str, object]]) -> None:
+        # The fix page's previews: a local file cannot be downloaded again later.
+        blobs = blob_store(settings)
+        for name, data in contents:
+            answer = answers.get(name, {})
+            if answer.get("image_key") is not None:
+                source = ThumbnailSource(str(answer["image_key"]), name, content_sha256(data))
+                keep_thumbnail(
+                    source,
+                    data,
+                    blobs,
+                    max_pixels=settings.max_image_pixels,
+                    max_decode_bytes=settings.max_decode_mb * 1024 * 1024,
+                )
+
     try:
         answers = {str(r["url"]): r for r in asyncio.run(run())} if contents else {}
+        keep_thumbnails(answers)
     except CartagError as exc:
         raise fail(exc) from exc
     table = Table("file", "type", "color", "source", "confidence")

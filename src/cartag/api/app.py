@@ -46,7 +46,7 @@ from cartag.models.color_providers import (
 from cartag.net.fetch import Fetcher
 from cartag.runtime import new_telemetry, open_database, start_runtime
 from cartag.settings import Settings
-from cartag.store.blobs import BlobStore, LocalBlobStore
+from cartag.store.blobs import BlobStore, blob_store
 from cartag.store.cache import LookupCache
 from cartag.store.db import Database
 from cartag.store.health import StorageHealth
@@ -196,7 +196,7 @@ def create_app(
     for router in routers:
         app.include_router(router)
     index_route_methods(app, routers)
-    app.state.blobs = blobs or LocalBlobStore(settings.data_dir / "blobs")
+    app.state.blobs = blobs or blob_store(settings)
     # The pages' scripts and styles (web/static), shipped as package data.
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     install_docs(app)

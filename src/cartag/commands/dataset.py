@@ -56,7 +56,7 @@ class _RichProgress:
 
 
 def _builder(settings: Settings, db: Any, progress: _RichProgress, rank: bool) -> Any:
-    from cartag.store.blobs import LocalBlobStore
+    from cartag.store.blobs import blob_store
     from cartag.training.datasets.dataset_build import DatasetBuilder
 
     embedder = None
@@ -75,7 +75,7 @@ def _builder(settings: Settings, db: Any, progress: _RichProgress, rank: bool) -
     return DatasetBuilder(
         settings,
         db,
-        LocalBlobStore(settings.data_dir / "blobs"),
+        blob_store(settings),
         embedder=embedder,
         progress=progress,  # type: ignore[arg-type]
     )

@@ -132,3 +132,27 @@ async def thumbnail(
         ) from exc
     await asyncio.to_thread(blobs.put_derived, name, data, "jpg")
     return data
+
+
+def keep_thumbnail(
+    source: ThumbnailSource,
+    data: bytes,
+    blobs: BlobStore,
+    *,
+    max_pixels: int,
+    max_decode_bytes: int,
+) -> bool:
+    """Make and keep the thumbnail of an image whose bytes are at hand (local files).
+
+    The fix page cannot download a local file again, so ``cartag classify-files``
+    keeps the thumbnails of what it classified.
+
+    Returns:
+        False if ``data`` does not decode (no thumbnail is kept).
+    """
+    try:
+        thumb = make_thumbnail(data, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes)
+    except DecodeError:
+        return False
+    blobs.put_derived(thumbnail_name(source), thumb, "jpg")
+    return True

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from cartag.errors import InputError, NotFoundError
+from cartag.settings import Settings
 
 _PATH = re.compile(r"^sha256/[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{64}(\.[a-z0-9]{1,5})?$")
 _SUFFIX = re.compile(r"^[a-z0-9]{1,5}$")
@@ -144,3 +145,8 @@ class MemoryBlobStore(BlobStore):
 
     def _read(self, path: str) -> bytes | None:
         return self.blobs.get(path)
+
+
+def blob_store(settings: Settings) -> BlobStore:
+    """The configured blob store: dataset images and thumbnails under ``<data_dir>/blobs``."""
+    return LocalBlobStore(settings.data_dir / "blobs")

@@ -29,6 +29,7 @@ from cartag.clock import Clock
 from cartag.models.backbone import BackboneSpec
 from cartag.models.classifier import backbone_spec
 from cartag.settings import Settings
+from cartag.store.blobs import blob_store
 from cartag.store.db import Database
 from cartag.store.model_versions import find_version
 from cartag.training.sweep.candidates import (
@@ -51,7 +52,6 @@ from cartag.training.sweep.sweep_data import (
     Features,
     FeatureSource,
     Progress,
-    blob_store,
     check_type_classes,
     load_view,
 )

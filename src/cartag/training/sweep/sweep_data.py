@@ -28,7 +28,7 @@ from cartag.models.backbone import Backbone, BackboneSpec, to_rgb
 from cartag.models.color_features import FEATURE_ID, color_features_batch
 from cartag.settings import Settings
 from cartag.store import datasets
-from cartag.store.blobs import BlobStore, LocalBlobStore
+from cartag.store.blobs import BlobStore
 from cartag.store.db import Database
 from cartag.training.datasets.embedding_cache import EmbeddingCache, StoreStorage
 from cartag.training.heads.recolor import Recolored, missing_targets, synthesize
@@ -41,11 +41,6 @@ _BATCH: Final[int] = 16
 
 # (stage, done, total): e.g. ("embeddings efficientnet-lite0", 32, 2883)
 Progress = Callable[[str, int, int], None]
-
-
-def blob_store(settings: Settings) -> BlobStore:
-    """The dataset images' store: ``<data_dir>/blobs``."""
-    return LocalBlobStore(settings.data_dir / "blobs")
 
 
 @dataclass
