@@ -91,8 +91,10 @@ def _scrape(
             f"/v1/images/{image_key}/fix",
             json={
                 "advertiser_id": "dealer-1",
-                "user": "al",
+                "on_behalf_of": "al",
                 "scope": "advertiser",
+                # A type too: the solid-color test image is a Placeholder, which has no color.
+                "image_type": "Dealer",
                 "color": "Blue",
             },
             headers=headers,

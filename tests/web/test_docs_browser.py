@@ -59,8 +59,6 @@ def test_docs_render_and_run_offline(chromium: str, site: str) -> None:
             expect(answer.locator(".response-col_status").first).to_have_text("200")
             expect(answer).to_contain_text('"status"')
 
-            page.goto(f"{site}/redoc")
-            expect(page.locator("h1").first).to_contain_text("cartag")
             assert errors == []
             assert blocked == [], blocked
         finally:

@@ -160,7 +160,7 @@ def create_app(
         description="Tags vehicle-listing photos: image type (Dealer/Stock/Placeholder) "
         "and vehicle color, with a shared cache and audited manual fixes.",
         lifespan=lifespan,
-        # Served from the package by install_docs (FastAPI's load their assets from a CDN).
+        # /docs is served from the package by install_docs (FastAPI loads it from a CDN).
         docs_url=None,
         redoc_url=None,
     )

@@ -1,11 +1,11 @@
-"""The API's documentation pages and the landing page, served without the internet.
+"""The API's documentation page and the landing page, served without the internet.
 
-FastAPI's default /docs and /redoc load Swagger UI and ReDoc from a CDN, so on an
-offline machine (or behind a strict proxy) they show a blank page. Here the same
-pages load their scripts and styles from ``/docs-assets``, the files of the
-``fastapi-offline`` package (Swagger UI, ReDoc, their favicon), which is installed
-with cartag. ``GET /`` is a small page that links the API docs and the pages people
-use: /review, /fix, /monitor.
+FastAPI's default /docs loads Swagger UI from a CDN, so on an offline machine (or
+behind a strict proxy) it shows a blank page. Here it loads its script and styles
+from ``/docs-assets``, the files of the ``fastapi-offline`` package, which is
+installed with cartag. (ReDoc is not served: its bundle fetches its logo from its
+CDN, and no page of cartag reaches outside the server.) ``GET /`` is a small page that
+links the API docs and the pages people use: /review, /fix, /monitor.
 """
 
 from __future__ import annotations
@@ -15,11 +15,7 @@ from pathlib import Path
 from typing import Final
 
 from fastapi import APIRouter, FastAPI
-from fastapi.openapi.docs import (
-    get_redoc_html,
-    get_swagger_ui_html,
-    get_swagger_ui_oauth2_redirect_html,
-)
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -32,7 +28,7 @@ router = APIRouter(include_in_schema=False)
 
 
 def assets_dir() -> Path:
-    """The folder of the packaged Swagger UI / ReDoc files.
+    """The folder of the packaged Swagger UI files.
 
     Raises:
         ConfigError: ``fastapi-offline`` is not installed (a broken install).
@@ -40,14 +36,14 @@ def assets_dir() -> Path:
     spec = importlib.util.find_spec("fastapi_offline")
     if spec is None or spec.origin is None:
         raise ConfigError(
-            "the API docs need the fastapi-offline package (it ships Swagger UI and ReDoc); "
+            "the API docs need the fastapi-offline package (it ships Swagger UI); "
             "reinstall cartag: bash scripts/setup.sh"
         )
     return Path(spec.origin).parent / "static"
 
 
 def install_docs(app: FastAPI) -> None:
-    """Serve /docs, /redoc and their assets from the package; add ``GET /``.
+    """Serve /docs and its assets from the package; add ``GET /``.
 
     The app must be made with ``docs_url=None, redoc_url=None``.
     """
@@ -76,18 +72,6 @@ def swagger_redirect() -> HTMLResponse:
     return get_swagger_ui_oauth2_redirect_html()
 
 
-@router.get("/redoc", response_class=HTMLResponse)
-def redoc() -> HTMLResponse:
-    """ReDoc on the app's OpenAPI schema, with local assets and no web fonts."""
-    return get_redoc_html(
-        openapi_url="/openapi.json",
-        title="cartag API",
-        redoc_js_url=f"{ASSETS_PATH}/redoc.standalone.js",
-        redoc_favicon_url=f"{ASSETS_PATH}/favicon.png",
-        with_google_fonts=False,
-    )
-
-
 _LANDING: Final[str] = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -105,7 +89,7 @@ code{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}}
 vehicle's color.</p>
 <ul>
 <li><a href="/docs">/docs</a> <span>&mdash; the HTTP API, with examples you can run
-(Swagger UI; <a href="/redoc">ReDoc</a>, <a href="/openapi.json">OpenAPI schema</a>)</span></li>
+(Swagger UI; the <a href="/openapi.json">OpenAPI schema</a>)</span></li>
 <li><a href="/fix">/fix</a>
 <span>&mdash; look at an advertiser's images and fix their tags</span></li>
 <li><a href="/review">/review</a> <span>&mdash; review a dataset before training</span></li>
