@@ -64,7 +64,7 @@ def serve(
         # than a traceback from deep inside the startup.
         check_store(settings, migrate=settings.auto_migrate)
         configure_logging(settings.log_format, log_level)
-        application = create_app(settings)
+        application = create_app(settings, freeze_gc=True)
     except CartagError as exc:
         raise fail(exc) from exc
     # Logging is configured above (CARTAG_LOG_FORMAT); the app's middleware writes the

@@ -22,6 +22,7 @@ TLS verification per host name once requests are pinned to addresses is
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import socket
@@ -145,24 +146,36 @@ def check_ip(ip: str, allowed: Sequence[IPNetwork]) -> None:
     Raises:
         BlockedAddressError: The address is not allowed, or is not an IP address.
     """
+    refusal = _refusal(ip, tuple(allowed))
+    if refusal is not None:
+        raise BlockedAddressError(refusal)
+
+
+# Every request checks its server's address, and an inventory's images come from a
+# few servers: the verdicts (pure functions of address and allow-list) are kept.
+@functools.lru_cache(maxsize=4096)
+def _refusal(ip: str, allowed: tuple[IPNetwork, ...]) -> str | None:
+    """Why ``ip`` may not be contacted, or None if it may."""
     try:
         address: IPAddress = ipaddress.ip_address(ip)
     except ValueError:
         # Fail closed: whatever this is, it is not an address we checked.
-        raise BlockedAddressError(f"{ip!r} is not an IP address") from None
+        return f"{ip!r} is not an IP address"
     # ::ffff:a.b.c.d and 64:ff9b::a.b.c.d end up at a.b.c.d: judge that address.
     address = _translated_ipv4(address) or address
     if _in_networks(address, allowed):
-        return
+        return None
     # A 6to4 address 2002:a.b.c.d:: is routed towards a.b.c.d as well.
     tunnelled = address.sixtofour if isinstance(address, ipaddress.IPv6Address) else None
     if not _is_public(address) or (tunnelled is not None and not _is_public(tunnelled)):
-        raise BlockedAddressError(
+        return (
             f"address {ip} is not publicly routable; add its network to "
             "CARTAG_ALLOWED_NETWORKS to allow it"
         )
+    return None
 
 
+@functools.lru_cache(maxsize=4096)
 def is_ip_literal(host: str) -> bool:
     """Tell whether ``host`` is an IP address rather than a name.
 
@@ -247,6 +260,38 @@ def _normalize_host(host: str) -> str:
     return host.lower().rstrip(".")
 
 
+async def pin_address(
+    target: Target,
+    attempt: int,
+    resolver: Resolver,
+    allowed: Sequence[IPNetwork],
+    *,
+    dns_timeout_s: float,
+) -> str:
+    """Resolve and check a host; return the address to connect to.
+
+    Every address the name resolves to is checked; attempt ``n`` gets the ``n``-th
+    (rotating), so a retry can get past one dead address.
+
+    Raises:
+        BlockedAddressError: An address of the host is not allowed.
+        FetchError: ``dns_error`` when the name doesn't resolve in time.
+    """
+    if is_ip_literal(target.host):
+        check_ip(target.host, allowed)
+        return target.host
+    try:
+        async with asyncio.timeout(dns_timeout_s):
+            addresses = await resolver.resolve(target.host, target.port)
+    except TimeoutError:
+        raise FetchError(f"resolving {target.host} timed out", "dns_error") from None
+    if not addresses:
+        raise FetchError(f"host {target.host} has no addresses", "dns_error")
+    for address in addresses:
+        check_ip(address, allowed)
+    return addresses[attempt % len(addresses)]
+
+
 async def pin_target(
     target: Target,
     attempt: int,
@@ -257,28 +302,32 @@ async def pin_target(
 ) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
     """Resolve and check a host; return the URL to connect to, headers and extensions.
 
-    The URL's host is replaced by the address that was checked, so a second DNS
-    answer can't swap in a forbidden one; the real name travels in ``Host`` and,
-    for https, as the TLS server name.
+    The URL's host is replaced by the address that was checked (:func:`pin_address`),
+    so a second DNS answer can't swap in a forbidden one; the real name travels in
+    ``Host`` and, for https, as the TLS server name.
 
     Raises:
         BlockedAddressError: An address of the host is not allowed.
         FetchError: ``dns_error`` when the name doesn't resolve in time.
     """
+    address = await pin_address(target, attempt, resolver, allowed, dns_timeout_s=dns_timeout_s)
+    return pinned_request(target, address)
+
+
+def pinned_request(
+    target: Target, address: str
+) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
+    """The URL (host replaced by ``address``), headers and extensions of a pinned request.
+
+    Args:
+        target: The URL as given.
+        address: What :func:`pin_address` returned for it.
+
+    Raises:
+        FetchError: ``dns_error`` when the address cannot stand in a URL (a zone).
+    """
     if is_ip_literal(target.host):
-        check_ip(target.host, allowed)
         return target.url, {}, {}
-    try:
-        async with asyncio.timeout(dns_timeout_s):
-            addresses = await resolver.resolve(target.host, target.port)
-    except TimeoutError:
-        raise FetchError(f"resolving {target.host} timed out", "dns_error") from None
-    if not addresses:
-        raise FetchError(f"host {target.host} has no addresses", "dns_error")
-    for address in addresses:
-        check_ip(address, allowed)
-    # Rotating through the addresses lets a retry get past one dead address.
-    address = addresses[attempt % len(addresses)]
     headers = {"Host": target.url.netloc.decode("ascii")}
     extensions: dict[str, Any] = {}
     if target.url.scheme == "https":
