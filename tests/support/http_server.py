@@ -177,7 +177,7 @@ class ImageServer:
         """The URL of ``path``; ``host`` replaces the bound address in it."""
         scheme = "http" if self._server.ssl_context is None else "https"
         host = host or self._server.server_name
-        if ":" in host:
+        if ":" in host and not host.startswith("["):
             host = f"[{host}]"  # an IPv6 address
         return f"{scheme}://{host}:{self.port}{path}"
 

@@ -207,19 +207,25 @@ class Connection(asyncio.Protocol):
             self._transport.abort()
 
     async def _wait(self, timeout_s: float) -> None:
-        self._waiter = self._loop.create_future()
+        # A timer on the waiter, not asyncio.timeout(): that costs twice as much, and
+        # every conditional request waits once.
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(timeout_s, _expire, waiter)
         try:
-            async with asyncio.timeout(timeout_s):
-                await self._waiter
-        except TimeoutError:
-            raise httpx.ReadTimeout("timed out waiting for the server") from None
+            await waiter
         finally:
+            timer.cancel()
             self._waiter = None
 
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(httpx.ReadTimeout("timed out waiting for the server"))
 
 
 async def open_connection(

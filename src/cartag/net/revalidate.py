@@ -36,8 +36,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Protocol
 
-import httpx
-
 from cartag.net.guard import Target, is_ip_literal
 from cartag.net.http1 import Connection, Head, NoAnswerError, open_connection, parse_head
 from cartag.net.transport import default_ssl_context
@@ -167,10 +165,10 @@ class Revalidator:
         Raises:
             httpx.TransportError: Connecting or reading failed or timed out.
         """
-        request = self._request(target.url, headers)
+        request = self._request(target, headers)
         if request is None or "%" in address:  # a zone: the full client refuses it
             return None
-        scheme = target.url.scheme
+        scheme = target.scheme
         name = target.host if scheme == "https" and not is_ip_literal(target.host) else ""
         key = (scheme, address, target.port, name)
         connection, reused = self._take(key), True
@@ -226,9 +224,9 @@ class Revalidator:
             self._read_timeout_s,
         )
 
-    def _request(self, url: httpx.URL, headers: Mapping[str, str]) -> bytes | None:
-        path = url.raw_path
-        block = _header_block({"Host": url.netloc.decode("ascii"), **headers})
+    def _request(self, target: Target, headers: Mapping[str, str]) -> bytes | None:
+        path = target.path
+        block = _header_block({"Host": target.netloc, **headers})
         if self._fixed is None or block is None or _TARGET.fullmatch(path) is None:
             return None
         return b"GET " + path + b" HTTP/1.1\r\n" + block + self._fixed + b"\r\n"
