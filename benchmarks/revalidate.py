@@ -10,6 +10,10 @@ requests/s, best round of each, and the connections the server accepted during t
 path's rounds (after a warm-up that opens them: 0 when all were kept alive; a path's idle
 connections expire after 5 s, so a slow round of the other path can cost a reconnect).
 
+With ``--delay-ms`` every 304 comes that late (a server across a network): then the
+per-host concurrency (``--per-host``, CARTAG_REVALIDATE_PER_HOST_CONCURRENCY) bounds
+requests/s at about concurrency / delay.
+
 Paths: ``lean``, the Fetcher's default (:class:`~cartag.net.revalidate.Revalidator`
 over its own keep-alive connections), and ``httpx``, the full client (a Fetcher given
 an httpx transport sends its conditional requests through it, as before the lean path).
@@ -17,7 +21,7 @@ an httpx transport sends its conditional requests through it, as before the lean
 Usage::
 
     .venv/bin/python -m benchmarks.revalidate [--images 1000] [--rounds 5]
-        [--per-host 32]
+        [--per-host 32] [--delay-ms 0]
 """
 
 from __future__ import annotations
@@ -39,13 +43,21 @@ from cartag.net.transport import SniPoolTransport
 from cartag.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-# The child: serve the files, print the port, report the connections when stdin says so.
+# The child: serve the files (each 304 after --delay-ms, as a distant server would),
+# print the port, report the connections accepted when stdin says so.
 _SERVER = """
-import sys
+import sys, time
 from tests.support.http_server import ImageServer
+delay = float(sys.argv[2]) / 1000
+def later(handler):
+    time.sleep(delay)
+    handler.respond(304, None, {"ETag": '"v"'})
 with ImageServer() as server:
     for i in range(int(sys.argv[1])):
-        server.add_file(f"/img/{i}.jpg", b"x" * 1000, etag=f'"v{i}"')
+        if delay:
+            server.add_handler(f"/img/{i}.jpg", later)
+        else:
+            server.add_file(f"/img/{i}.jpg", b"x" * 1000, etag=f'"v{i}"')
     print(server.port, flush=True)
     for line in sys.stdin:
         print(server.connections, flush=True)
@@ -102,10 +114,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--per-host", type=int, default=None, help="revalidations per host")
+    parser.add_argument(
+        "--delay-ms", type=float, default=0.0, help="the server answers each 304 this late"
+    )
     args = parser.parse_args()
 
     server = subprocess.Popen(
-        [sys.executable, "-c", _SERVER, str(args.images)],
+        [sys.executable, "-c", _SERVER, str(args.images), str(args.delay_ms)],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -140,7 +155,7 @@ def main() -> None:
     n = args.images
     per_host = settings.revalidate_per_host_concurrency
     print(f"{n} conditional requests (all 304) per round, best of {args.rounds} rounds per path,")
-    print(f"{per_host} at once to the one server")
+    print(f"{per_host} at once to the one server, each answered {args.delay_ms:g} ms late")
     print()
     print("| path | client CPU us/request | requests/s | connections opened after warm-up |")
     print("|---|---|---|---|")

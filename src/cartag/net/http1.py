@@ -27,9 +27,12 @@ MAX_HEAD_BYTES = 100 * 1024
 # Reading pauses while this much body is buffered and not yet taken.
 _HIGH_WATER = 1024 * 1024
 
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [\x20-\x7e\t]*)?")
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_FIELD_VALUE = re.compile(rb"[\x20-\x7e\t]*")
+# A whole head in one match: status line, then CRLF-separated fields of a token name
+# and a value of printable ASCII (and tabs). Anything else does not match.
+_HEAD = re.compile(
+    rb"HTTP/1\.([01]) ([0-9]{3})(?: [\x20-\x7e\t]*)?"
+    rb"((?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\x20-\x7e\t]*)*)"
+)
 
 
 class NoAnswerError(httpx.RemoteProtocolError):
@@ -65,19 +68,13 @@ def parse_head(head: bytes) -> Head | None:
         The head, or None when it is not plain HTTP/1.x with CRLF line ends, token
         field names and printable ASCII values (the caller then asks the full client).
     """
-    if not head.isascii() or b"\n" in head.replace(b"\r\n", b""):
-        return None
-    lines = head.split(b"\r\n")
-    match = _STATUS_LINE.fullmatch(lines[0])
+    match = _HEAD.fullmatch(head)
     if match is None:
         return None
     fields = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        value = value.strip(b" \t")
-        if not colon or _TOKEN.fullmatch(name) is None or _FIELD_VALUE.fullmatch(value) is None:
-            return None
-        fields.append((name.decode("ascii").lower(), value.decode("ascii")))
+    for line in match[3].decode("ascii").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        fields.append((name.lower(), value.strip(" \t")))
     return Head(int(match[2]), fields, match[1] == b"1")
 
 
