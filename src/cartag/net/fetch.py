@@ -44,6 +44,7 @@ from cartag.net.guard import (
     pinned_request,
 )
 from cartag.net.limits import Budget, Slots, is_transient, server_key
+from cartag.net.lookups import SharedLookups
 from cartag.net.outcomes import Failed, Fetched, FetchOutcome, FetchRequest, NotModified
 from cartag.net.revalidate import Answer, Revalidator
 from cartag.net.transport import SniPoolTransport
@@ -64,7 +65,8 @@ class Fetcher:
         transport: Replaces the network (tests); the Fetcher closes it in :meth:`aclose`.
             With a transport, conditional requests go through it too, unless a
             ``revalidator`` is given as well.
-        resolver: Name resolution; defaults to :class:`SystemResolver`.
+        resolver: Name resolution; defaults to :class:`SystemResolver`. Concurrent
+            lookups of one name share one call (:class:`SharedLookups`).
         revalidator: Sends the conditional requests; default: a :class:`Revalidator`
             (without a ``transport``), which the Fetcher closes in :meth:`aclose`.
 
@@ -81,7 +83,8 @@ class Fetcher:
         revalidator: Revalidator | None = None,
     ) -> None:
         self._settings = settings
-        self._resolver = resolver or SystemResolver()
+        # Requests to one host resolving at the same time share the lookup.
+        self._resolver = SharedLookups(resolver or SystemResolver())
         self._allowed = list(settings.allowed_networks)
         # Full downloads, and conditional requests (mostly bodyless 304s) apart.
         self._downloads = Slots(settings.download_concurrency, settings.per_host_concurrency)
