@@ -54,7 +54,11 @@ def sampled(pid: int, out: Path, rate: int = 100) -> Iterator[None]:
         yield
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = [exe, "record", "--pid", str(pid), "--rate", str(rate), "-f", "raw", "-o", str(out)]
+    # --nonblocking: py-spy otherwise stops the process for every sample, and each stop
+    # wakes the threads blocked in C waits (the batcher's queue.get) and shows them busy:
+    # an idle MicroBatcher took ~4-7 % of the "busy" samples of a re-run, using no CPU.
+    command = [exe, "record", "--pid", str(pid), "--rate", str(rate), "--nonblocking"]
+    command += ["-f", "raw", "-o", str(out)]
     command.append("--subprocesses")  # the processes of `cartag serve --workers N` too
     recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)  # py-spy attaches before the run starts
@@ -68,21 +72,21 @@ def sampled(pid: int, out: Path, rate: int = 100) -> Iterator[None]:
             recorder.kill()
 
 
-def summary(path: Path, top: int = 25) -> list[tuple[float, str]]:
-    """Busy samples of a collapsed-stack file by the deepest cartag frame.
+def summary(paths: Path | list[Path], top: int = 25) -> list[tuple[float, str]]:
+    """Busy samples of collapsed-stack files by the deepest cartag frame.
 
     Args:
-        path: A file written by :func:`sampled`.
+        paths: A file written by :func:`sampled`, or several (their samples add up).
         top: Lines to keep.
 
     Returns:
-        (share of busy samples, frame) pairs, largest first; [] if the file is absent.
+        (share of busy samples, frame) pairs, largest first; [] if no file is there.
     """
-    if not path.is_file():
-        return []
+    files = [p for p in ([paths] if isinstance(paths, Path) else paths) if p.is_file()]
     counts: collections.Counter[str] = collections.Counter()
     busy = 0
-    for line in path.read_text(encoding="utf-8").splitlines():
+    lines = [line for p in files for line in p.read_text(encoding="utf-8").splitlines()]
+    for line in lines:
         stack, _, number = line.rpartition(" ")
         frames = stack.split(";")
         if not number.isdigit() or frames[-1].startswith(_WAITING):

@@ -113,7 +113,7 @@ def serve(
             # Each process builds its app (serving_app) after the fork-free start.
             target: object = "cartag.cli:serving_app"
         else:
-            target = create_app(settings)
+            target = create_app(settings, freeze_gc=True)
     except CartagError as exc:
         raise fail(exc) from exc
     # Logging is configured above (CARTAG_LOG_FORMAT); the app's middleware writes the
@@ -167,7 +167,7 @@ def serving_app() -> FastAPI:
 
     settings = get_settings()
     _prepare_process(settings, os.environ.get(_LOG_LEVEL_VARIABLE, "info"))
-    return create_app(settings)
+    return create_app(settings, freeze_gc=True)
 
 
 @app.command()

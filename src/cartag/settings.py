@@ -83,6 +83,14 @@ class Settings(BaseSettings):
         description="Downloads at once from one server, keyed on the IP address the host "
         "resolves to (127.0.0.2, 2130706434 and 127.2 are one server); revalidations count apart.",
     )
+    revalidate_per_host_concurrency: int = Field(
+        default=32,
+        gt=0,
+        description="Conditional requests (revalidating cached images) at once to one server, "
+        "apart from the full downloads: a 304 costs the server little and carries no body, "
+        "and a re-run of an inventory waits mostly for round trips. Also the idle "
+        "keep-alive connections kept per server for them.",
+    )
     user_agent: str = "cartag/0.1 (+https://github.com/cartag/cartag)"
 
     # --- decoding --------------------------------------------------------------

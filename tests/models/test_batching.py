@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -355,3 +356,26 @@ def test_classify_service_runs_a_large_request_in_pipelined_chunks(
     # Every answer went back to its own image, in request order.
     assert confidences == pytest.approx([(40 + i) / (42 + i) for i in range(n)], abs=1e-6)
     assert sum(model.batch_sizes) == n and max(model.batch_sizes) <= 2
+
+
+def _thread_cpu_ticks(thread: threading.Thread) -> int:
+    """User + system CPU of a thread so far, in clock ticks (Linux /proc)."""
+    with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_an_idle_batcher_uses_no_cpu(
+    make_batcher: type[MicroBatcher], model: CountingClassifier
+) -> None:
+    # Its dispatcher and runners block on their queues: an idle server's re-runs (no
+    # image to classify) must not pay for threads that poll.
+    batcher = make_batcher(model, max_batch=4, max_delay_s=0.001, workers=2)
+    assert _tags(batcher.submit([_image(1)]).result(5)) == [1]
+    threads = [t for t in threading.enumerate() if t.name.startswith(("cartag-infer", "cartag-b"))]
+    assert len(threads) >= 3  # two runners and the dispatcher
+    before = [_thread_cpu_ticks(t) for t in threads]
+    time.sleep(1.0)
+    spent = sum(_thread_cpu_ticks(t) for t in threads) - sum(before)
+    assert spent <= 2  # ticks of 10 ms: a polling loop would burn tens

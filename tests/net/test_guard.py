@@ -8,6 +8,7 @@ redirects, DNS rebinding).
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import ssl
 import subprocess
@@ -150,6 +151,83 @@ def test_parse_target_rejects_bad_urls(url: str) -> None:
     with pytest.raises(FetchError) as info:
         parse_target(url)
     assert info.value.reason == "invalid_url"
+
+
+def _parts(url: str | httpx.URL) -> tuple[object, ...]:
+    """What parse_target makes of ``url`` (a string may take the plain-URL shortcut;
+    an httpx.URL never does), or the reason it refuses it."""
+    try:
+        t = parse_target(url)
+    except FetchError as exc:
+        return ("refused", exc.reason)
+    return (t.text, t.host, t.port, t.scheme, t.netloc, t.path, str(t.url), t.url.raw_path)
+
+
+PLAIN = [
+    "http://cdn.example.com/a.jpg",
+    "https://img-1.cdn_x.test:8443/x/y.jpeg?w=800&h=600",
+    "http://127.0.0.1:41234/img/1.jpg",
+    "http://a.example/%41%7e/c;d,e=f@g:h!$'()*+~?q=1/2?3&r=%2F",
+    "http://1.2.3.4/a/.well-known/x..y",
+    "http://127.1/x",  # a name to httpx (not four numbers): resolved, as before
+]
+NOT_PLAIN = [
+    "HTTP://A.example/x",
+    "http://a.example:80/x",
+    "https://a.example:443/x",
+    "http://a.example/a/../b",
+    "http://a.example/./x",
+    "http://a.example/x/..",
+    "http://user:pw@a.example/x",
+    "http://a.example/x#top",
+    "http://a.example?q",
+    "http://a.example",
+    "http://a.example/x y",
+    "http://a.example/%zz",
+    "http://a.example/[x]",
+    "http://1.2.3.256/x",
+    "http://01.2.3.4/x",
+    "http://a.example:99999/x",
+    "http://a.example:080/x",
+    "http://[::1]:8080/x",
+    "http://a.example./x",
+    "http://b\u00fccher.example/x",
+]
+
+
+def test_plain_urls_are_taken_apart_as_httpx_takes_them() -> None:
+    for url in PLAIN:
+        target = parse_target(url)
+        assert "url" not in vars(target), url  # the shortcut: httpx has not parsed it
+        assert _parts(url) == _parts(httpx.URL(url)), url
+        assert target.text == url
+    for url in NOT_PLAIN:
+        if not isinstance(_parts(url)[0], str) or _parts(url)[0] == "refused":
+            continue
+        assert "url" in vars(parse_target(url)), url
+        assert _parts(url) == _parts(httpx.URL(url)), url
+
+
+def test_random_urls_get_the_same_parts_with_or_without_the_shortcut() -> None:
+    rng = random.Random(18)
+    plain = list("aZ09.-_~!$&'()*+,;=:@/?") + ["%41", "%7e"]
+    other = [*plain, *'#%[] "\u00e9', "/..", "/.", "//"]
+    hosts = ["a.example", "A.example", "127.0.0.1", "1.2.3.999", "x_y.test", "a.example."]
+    shortcut = 0
+    for _ in range(3000):
+        scheme = rng.choice(["http", "https", "HTTP", "ftp"])
+        port = rng.choice(["", ":80", ":443", ":8080", ":0", ":65536", ":007"])
+        pieces = rng.choice([plain, other])
+        path = "/" + "".join(rng.choice(pieces) for _ in range(rng.randrange(12)))
+        url = f"{scheme}://{rng.choice(hosts)}{port}{path}"
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL:
+            parsed = None
+        assert _parts(url) == (_parts(parsed) if parsed is not None else _parts(url)), url
+        if parsed is not None and _parts(url)[0] != "refused":
+            shortcut += "url" not in vars(parse_target(url))
+    assert shortcut > 150  # the comparison covered the shortcut often
 
 
 # --- end to end through the Fetcher -----------------------------------------------

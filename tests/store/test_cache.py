@@ -6,6 +6,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -69,6 +70,9 @@ def _exercise(cache: LookupCache) -> None:
     assert cache.get_many([a.url]) == {}
     cache.set_many([a, b, shared])
     assert cache.get_many([a.url, b.url, "https://cdn.test/none.jpg"]) == {a.url: a, b.url: b}
+    # A revalidation stores the entry again with its new time.
+    cache.touch([b], 1_800_000_000.0)
+    assert cache.get_many([b.url]) == {b.url: replace(b, checked_at=1_800_000_000.0)}
     cache.invalidate(urls=[b.url])
     assert set(cache.get_many([a.url, b.url])) == {a.url}
     # A re-classified image is forgotten for every URL that serves it.
@@ -91,6 +95,7 @@ def test_in_memory_cache_round_trips_invalidates_and_expires() -> None:
 def test_no_cache_configured_caches_nothing(settings: Settings) -> None:
     cache = build_lookup_cache(settings)
     cache.set_many([_entry()])
+    cache.touch([_entry()], 1_800_000_000.0)
     assert type(cache) is LookupCache and cache.get_many([_entry().url]) == {}
 
 

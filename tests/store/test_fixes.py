@@ -198,3 +198,30 @@ def test_near_duplicate_phash_inherits_the_fix(db: Database) -> None:
 def test_phash_bands_split_the_hash() -> None:
     assert fix_repo.phash_bands("0001000200030004") == [1, 2, 3, 4]
     assert fix_repo.phash_bands(None) == [None] * 4
+
+
+@pytest.mark.parametrize("max_distance", [0, 3])
+def test_few_fixes_are_read_whole_and_chosen_as_the_queries_would(
+    db: Database, monkeypatch: pytest.MonkeyPatch, max_distance: int
+) -> None:
+    hashes = ["ffff0000ffff0000", "fffe0000ffff0001", "ff000000ffff00ff", "0123456789abcdef"]
+    fixed = [add_image(db, image_type="Stock", phash=ph) for ph in hashes]
+    for minute, image in enumerate(fixed):
+        _fix(db, image.image_key, minute=minute, image_type="Dealer")
+        scope = {"scope": "advertiser", "advertiser_id": "adv-2"}
+        _fix(db, image.image_key, minute=10 + minute, color="Red", **scope)
+    asked = [(image.image_key, image.phash) for image in fixed[1:3]]
+    asked += [("v1:unknown", "fffe0000ffff0003"), ("v1:none", None), ("v1:far", "1111222233334444")]
+    scopes = ["", "adv-2"]
+
+    def candidates() -> list[int]:
+        with db.read() as session:
+            rows = fix_repo.candidate_fixes(session, scopes, asked, max_distance=max_distance)
+            return [row.id for row in rows]
+
+    read_whole = candidates()
+    monkeypatch.setattr(fix_repo, "FEW_FIXES", 0)  # as if the scopes held many
+    assert read_whole == candidates()
+    assert 2 <= len(read_whole) < 8  # some chosen, not all
+    with db.read() as session:
+        assert fix_repo.candidate_fixes(session, ["adv-3"], asked) == []  # a scope with none

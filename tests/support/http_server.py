@@ -86,6 +86,10 @@ class _Server(ThreadingHTTPServer):
             self.owner.errors.append(exc)
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like real image servers
     server: _Server
@@ -135,7 +139,7 @@ class ImageServer:
     its route. Unknown paths answer 404.
 
     Args:
-        host: Address to bind; the port is ephemeral.
+        host: Address to bind (IPv4, or IPv6 such as ``"::1"``); the port is ephemeral.
         ssl_context: A server-side context makes it serve HTTPS.
 
     Attributes:
@@ -146,7 +150,8 @@ class ImageServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None) -> None:
-        self._server = _Server((host, 0), _RequestHandler)
+        server_class = _Server6 if ":" in host else _Server
+        self._server = server_class((host, 0), _RequestHandler)
         self._server.ssl_context = ssl_context
         self._server.owner = self
         self._thread: threading.Thread | None = None
@@ -171,7 +176,10 @@ class ImageServer:
     def url(self, path: str, host: str | None = None) -> str:
         """The URL of ``path``; ``host`` replaces the bound address in it."""
         scheme = "http" if self._server.ssl_context is None else "https"
-        return f"{scheme}://{host or self._server.server_name}:{self.port}{path}"
+        host = host or self._server.server_name
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address
+        return f"{scheme}://{host}:{self.port}{path}"
 
     def start(self) -> ImageServer:
         """Serve in a background thread (idempotent)."""

@@ -38,6 +38,7 @@ from cartag.api.routes.docs import install_docs
 from cartag.api.state import AppState
 from cartag.clock import Clock
 from cartag.jobs.dispatch import ChunkSender, build_dispatcher, check_broker_settings
+from cartag.memory import freeze_startup_objects
 from cartag.models.classifier import Classifier
 from cartag.models.color_providers import (
     ColorProvider,
@@ -70,6 +71,7 @@ def create_app(
     telemetry: Telemetry | None = None,
     blobs: BlobStore | None = None,
     lookup_cache: LookupCache | None = None,
+    freeze_gc: bool = False,
 ) -> FastAPI:
     """Build the cartag HTTP API.
 
@@ -91,6 +93,9 @@ def create_app(
             ``settings.broker_url`` if set, else jobs run in-process.
         blobs: Dataset images (the review page's thumbnails) and the fix page's
             thumbnails of classified images; default: files under ``<data_dir>/blobs``.
+        freeze_gc: Once started, exempt what startup built from the garbage collector's
+            full collections (:func:`~cartag.memory.freeze_startup_objects`; ``cartag
+            serve`` does; tests, which build many apps in one process, don't).
         lookup_cache: Read-through cache of classify's URL lookups; default: Redis at
             ``settings.redis_cache_url`` if set, else none.
 
@@ -137,6 +142,8 @@ def create_app(
         polling = asyncio.create_task(watcher.run(), name="cartag-model-watcher")
         if run_jobs:
             runner.start()
+        if freeze_gc:
+            freeze_startup_objects()
         log.info(
             "cartag ready: model %s, color provider %s, database %s",
             runtime.model.version,

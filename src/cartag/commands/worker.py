@@ -53,7 +53,7 @@ def run_worker(settings: Settings, *, loglevel: str = "info", hostname: str | No
     from cartag.jobs.celery_app import make_celery
     from cartag.jobs.tasks import register_tasks
     from cartag.jobs.worker import WorkerContext
-    from cartag.memory import limit_malloc_arenas
+    from cartag.memory import freeze_startup_objects, limit_malloc_arenas
 
     limit_malloc_arenas(settings.malloc_arenas)  # before the model's threads start
     try:
@@ -61,6 +61,7 @@ def run_worker(settings: Settings, *, loglevel: str = "info", hostname: str | No
     except CartagError as exc:
         err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(2) from exc
+    freeze_startup_objects()  # the model is loaded
     if settings.worker_metrics_port is not None:
         port = context.serve_metrics(settings.worker_metrics_port)
         err.print(f"worker metrics on http://0.0.0.0:{port}/metrics")

@@ -11,47 +11,50 @@ via the ``sni_hostname`` extension), so DNS rebinding cannot redirect it.
 Concurrency is bounded overall and per server address (the address a host name
 resolves to, so that ``127.0.0.2``, ``2130706434`` and ``127.2`` are one server).
 Conditional requests (revalidating a cached image) have slots of their own, so
-that slow full downloads never hold up the answers for cached images. 5xx
+that slow full downloads never hold up the answers for cached images, and go
+over the lean keep-alive connections of :class:`~cartag.net.revalidate.Revalidator`
+(a 304 through httpx cost more CPU than the rest of a cached answer). 5xx
 answers, timeouts and connection errors are retried with exponential backoff,
 nothing else is, and not a timeout on a body that had started arriving: a
 server that trickles its body would only trickle it again. Each URL gets
 ``download_deadline_s`` of connection time in all; time spent waiting for a
-free slot is not counted. A Fetcher owns an ``httpx.AsyncClient``: create it,
-use it and close it within one event loop.
+free slot is not counted. A Fetcher owns an ``httpx.AsyncClient`` and a
+Revalidator: create it, use it and close it within one event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, TypeVar
 
 import httpx
 
-from cartag.errors import FetchError, FetchTimeoutError, HTTPStatusError, TooLargeError
-from cartag.net.guard import Resolver, SystemResolver, Target, parse_target, pin_target
+from cartag.errors import FetchError, FetchTimeoutError
+from cartag.net.answers import Redirect, read_answer, translate
+from cartag.net.guard import (
+    Resolver,
+    SystemResolver,
+    Target,
+    parse_target,
+    pin_address,
+    pin_target,
+    pinned_request,
+)
 from cartag.net.limits import Budget, Slots, is_transient, server_key
-from cartag.net.outcomes import Failed, Fetched, FetchOutcome, FetchRequest, NotModified, Validators
+from cartag.net.lookups import SharedLookups
+from cartag.net.outcomes import Failed, Fetched, FetchOutcome, FetchRequest, NotModified
+from cartag.net.revalidate import Answer, Revalidator
 from cartag.net.transport import SniPoolTransport
 from cartag.settings import Settings
 
 _T = TypeVar("_T")
 
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # A server trickling a byte just within each read timeout would hold a slot
 # forever, so an attempt gets connect_timeout_s + this many read timeouts in all.
 _ATTEMPT_READ_TIMEOUTS = 4
-# Bodies of 304s (none) and redirects (a short page) read to keep the connection.
-_DRAIN_BYTES = 16 * 1024
-
-
-@dataclass(frozen=True)
-class _Redirect:
-    location: httpx.URL
 
 
 class Fetcher:
@@ -60,7 +63,12 @@ class Fetcher:
     Args:
         settings: Timeouts, limits, retry policy, allow-list and User-Agent.
         transport: Replaces the network (tests); the Fetcher closes it in :meth:`aclose`.
-        resolver: Name resolution; defaults to :class:`SystemResolver`.
+            With a transport, conditional requests go through it too, unless a
+            ``revalidator`` is given as well.
+        resolver: Name resolution; defaults to :class:`SystemResolver`. Concurrent
+            lookups of one name share one call (:class:`SharedLookups`).
+        revalidator: Sends the conditional requests; default: a :class:`Revalidator`
+            (without a ``transport``), which the Fetcher closes in :meth:`aclose`.
 
     Attributes:
         bytes_downloaded: Body bytes received so far, over all requests.
@@ -72,15 +80,22 @@ class Fetcher:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         resolver: Resolver | None = None,
+        revalidator: Revalidator | None = None,
     ) -> None:
         self._settings = settings
-        self._resolver = resolver or SystemResolver()
+        # Requests to one host resolving at the same time share the lookup.
+        self._resolver = SharedLookups(resolver or SystemResolver())
         self._allowed = list(settings.allowed_networks)
         # Full downloads, and conditional requests (mostly bodyless 304s) apart.
         self._downloads = Slots(settings.download_concurrency, settings.per_host_concurrency)
-        self._revalidations = Slots(settings.download_concurrency, settings.per_host_concurrency)
+        self._revalidations = Slots(
+            settings.download_concurrency, settings.revalidate_per_host_concurrency
+        )
         connect, read = settings.connect_timeout_s, settings.read_timeout_s
         self._deadline = connect + _ATTEMPT_READ_TIMEOUTS * read
+        if revalidator is None and transport is None:
+            revalidator = Revalidator(settings)
+        self._revalidator = revalidator
         if transport is None:
             n = settings.download_concurrency
             transport = SniPoolTransport(
@@ -113,6 +128,8 @@ class Fetcher:
 
     async def aclose(self) -> None:
         """Close the connections (and the transport)."""
+        if self._revalidator is not None:
+            await self._revalidator.aclose()
         await self._client.aclose()
 
     async def fetch_many(self, requests: Sequence[FetchRequest]) -> list[FetchOutcome]:
@@ -159,10 +176,9 @@ class Fetcher:
         """
         timeout = self._settings.callback_timeout_s
         target = parse_target(url)
-        async with self._exchange(
-            "POST", target, 0, 2 * timeout, json=payload, timeout=httpx.Timeout(timeout)
-        ) as response:
-            return response.status_code
+        return await self._exchange(
+            "POST", target, 0, 2 * timeout, _status, json=payload, timeout=httpx.Timeout(timeout)
+        )
 
     async def post_body(self, url: str, content: bytes, headers: Mapping[str, str]) -> int:
         """POST ``content`` as is (signed job callbacks), like :meth:`post_json`.
@@ -180,16 +196,16 @@ class Fetcher:
         """
         timeout = self._settings.callback_timeout_s
         target = parse_target(url)
-        async with self._exchange(
+        return await self._exchange(
             "POST",
             target,
             0,
             2 * timeout,
+            _status,
             content=content,
             headers=dict(headers),
             timeout=httpx.Timeout(timeout),
-        ) as response:
-            return response.status_code
+        )
 
     async def check_address(self, url: str) -> None:
         """Check ``url`` with the address guard now, without sending anything.
@@ -219,7 +235,7 @@ class Fetcher:
         for _hop in range(self._settings.max_redirects + 1):
             get = functools.partial(self._get, request.url, target, conditional, slots, budget)
             result = await self._retrying(get, budget)
-            if not isinstance(result, _Redirect):
+            if not isinstance(result, Redirect):
                 return result
             target = parse_target(result.location)
         raise FetchError(
@@ -252,46 +268,57 @@ class Fetcher:
         slots: Slots,
         budget: Budget,
         attempt: int,
-    ) -> Fetched | NotModified | _Redirect:
+    ) -> Fetched | NotModified | Redirect:
         answered = False
+
+        async def read(response: Answer) -> Fetched | NotModified | Redirect:
+            nonlocal answered
+            answered = True
+            limit = self._settings.max_image_bytes
+            return await read_answer(url, target, response, limit, self._received)
+
         try:
-            async with self._exchange(
+            return await self._exchange(
                 "GET",
                 target,
                 attempt,
                 self._deadline,
+                read,
                 headers=conditional,
                 slots=slots,
                 budget=budget,
-            ) as response:
-                answered = True
-                return await self._read(url, target, response)
+                lean=bool(conditional),
+            )
         except FetchTimeoutError as exc:
             if not answered:
                 raise
             raise _SlowBodyError(exc.message) from None
 
-    @contextlib.asynccontextmanager
     async def _exchange(
         self,
         method: str,
         target: Target,
         attempt: int,
         deadline: float,
+        read: Callable[[Answer], Awaitable[_T]],
         *,
         slots: Slots | None = None,
         budget: Budget | None = None,
+        lean: bool = False,
         **kwargs: Any,
-    ) -> AsyncIterator[httpx.Response]:
-        """Send one pinned request within the limits and yield the streaming response.
+    ) -> _T:
+        """Send one pinned request within the limits and read its answer with ``read``.
 
         Args:
             method: HTTP method.
             target: Where to send it.
             attempt: Number of the attempt (picks one of the host's addresses).
             deadline: Most seconds this exchange may take, connect to last byte.
+            read: Reads the answer (its body streams in); what it returns is returned.
             slots: The concurrency limits to hold; default: those of full downloads.
             budget: The URL's remaining connection time; the exchange spends from it.
+            lean: A conditional GET: the revalidator sends it, if there is one and it
+                can read the answer (else httpx does).
             **kwargs: Passed to ``httpx.AsyncClient.stream`` (``headers`` merged).
         """
         slots = slots or self._downloads
@@ -300,125 +327,50 @@ class Fetcher:
         # bound of their own, so that a large batch does not queue a thousand of
         # them in the resolver's threads (each would count its wait as DNS time).
         async with slots.resolving:
-            pinned, headers, extensions = await pin_target(
+            address = await pin_address(
                 target,
                 attempt,
                 self._resolver,
                 self._allowed,
                 dns_timeout_s=self._settings.connect_timeout_s,
             )
-        headers.update(kwargs.pop("headers", {}))
+        extra = kwargs.pop("headers", {})
         # Per-server first: waiting for a busy server must not hold a global slot.
-        async with slots.hosts.hold(server_key(pinned)), slots.overall:
+        async with slots.hosts.hold(server_key(address)), slots.overall:
             if budget is not None:
                 if budget.left <= 0:
                     raise FetchTimeoutError(f"{target.url}: download_deadline_s used up")
                 deadline = min(deadline, budget.left)
-            started = asyncio.get_running_loop().time()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
             try:
-                with _translate_errors(target):
-                    async with (
-                        asyncio.timeout(deadline),
-                        self._client.stream(
-                            method, pinned, headers=headers, extensions=extensions, **kwargs
-                        ) as response,
-                    ):
-                        yield response
+                async with asyncio.timeout(deadline):
+                    if lean and self._revalidator is not None:
+                        answer = await self._revalidator.send(target, address, extra)
+                        if answer is not None:
+                            try:
+                                return await read(answer)
+                            finally:
+                                await answer.aclose()
+                    pinned, headers, extensions = pinned_request(target, address)
+                    headers.update(extra)
+                    async with self._client.stream(
+                        method, pinned, headers=headers, extensions=extensions, **kwargs
+                    ) as response:
+                        return await read(response)
+            except (TimeoutError, httpx.TransportError) as exc:
+                raise translate(target, exc) from None
             finally:
                 if budget is not None:
-                    budget.spend(asyncio.get_running_loop().time() - started)
+                    budget.spend(loop.time() - started)
 
-    async def _read(
-        self, url: str, target: Target, response: httpx.Response
-    ) -> Fetched | NotModified | _Redirect:
-        status = response.status_code
-        location = response.headers.get("Location")
-        if status in _REDIRECT_STATUSES and location:
-            try:
-                redirect = _Redirect(target.url.join(location.strip()))
-            except httpx.InvalidURL as exc:
-                raise FetchError(
-                    f"bad redirect location {location!r}: {exc}", "invalid_url"
-                ) from None
-            await _finish(response)
-            return redirect
-        if status == 304:
-            # A 304 has no body, but the connection only goes back to the pool once
-            # the end of the message has been read: unread, every revalidation would
-            # open (and, with TLS, handshake) a new connection.
-            await _finish(response)
-            return NotModified(url=url)
-        if not 200 <= status < 300:
-            raise HTTPStatusError(f"{target.url} answered HTTP {status}", status)
-        encoding = response.headers.get("Content-Encoding", "").strip().lower()
-        if encoding not in ("", "identity"):
-            raise FetchError(
-                f"{target.url} sent a {encoding!r}-encoded body", "unsupported_encoding"
-            )
-        limit = self._settings.max_image_bytes
-        declared = _parse_length(response.headers.get("Content-Length"))
-        if declared is not None and declared > limit:
-            raise TooLargeError(f"{target.url} declares {declared} bytes; the limit is {limit}")
-        chunks: list[bytes] = []
-        received = 0
-        # Not aiter_raw(): that refuses bodies a MockTransport has already read.
-        # Without a Content-Encoding (checked above) the two yield the same bytes.
-        async for chunk in response.aiter_bytes():
-            received += len(chunk)
-            self.bytes_downloaded += len(chunk)
-            if received > limit:
-                raise TooLargeError(f"{target.url} sent more than {limit} bytes")
-            chunks.append(chunk)
-        return Fetched(
-            url=url,
-            final_url=str(target.url),
-            content=b"".join(chunks),
-            validators=Validators(
-                etag=response.headers.get("ETag"),
-                last_modified=response.headers.get("Last-Modified"),
-                content_length=declared,
-            ),
-            content_type=response.headers.get("Content-Type"),
-        )
+    def _received(self, size: int) -> None:
+        self.bytes_downloaded += size
 
 
-async def _finish(response: httpx.Response) -> None:
-    """Read a short body to its end, so that the connection can be kept alive.
-
-    Stops after ``_DRAIN_BYTES``: a longer body (a redirect page) costs less on a
-    new connection than read here; closing the response then closes its connection.
-    """
-    received = 0
-    try:
-        async for chunk in response.aiter_bytes():
-            received += len(chunk)
-            if received > _DRAIN_BYTES:
-                return
-    except httpx.HTTPError:
-        return  # the answer is already known; only the connection is lost
+async def _status(response: Answer) -> int:
+    return response.status_code
 
 
 class _SlowBodyError(FetchTimeoutError):
     """The server answered, then sent its body too slowly: not worth another attempt."""
-
-
-@contextlib.contextmanager
-def _translate_errors(target: Target) -> Iterator[None]:
-    """Turn httpx and asyncio failures into the FetchError family."""
-    try:
-        yield
-    except TimeoutError:
-        raise FetchTimeoutError(f"{target.url} took too long in total") from None
-    except httpx.TimeoutException as exc:
-        raise FetchTimeoutError(f"{target.url}: {type(exc).__name__}") from None
-    except httpx.UnsupportedProtocol as exc:
-        raise FetchError(f"{target.url}: {exc}", "invalid_url") from None
-    except httpx.TransportError as exc:
-        detail = str(exc) or type(exc).__name__
-        raise FetchError(f"{target.url}: {detail}", "connection_error") from None
-
-
-def _parse_length(value: str | None) -> int | None:
-    value = (value or "").strip()
-    # isascii: str.isdigit also accepts digits like "²" that int() rejects.
-    return int(value) if value.isascii() and value.isdigit() else None

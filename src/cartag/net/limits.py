@@ -10,11 +10,8 @@ the retry policy it shares with :class:`~cartag.net.post.GuardedPoster`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import ipaddress
-from collections.abc import AsyncIterator
-
-import httpx
 
 from cartag.errors import FetchError, HTTPStatusError
 
@@ -39,13 +36,17 @@ class Slots:
         self.hosts = HostLimiter(per_server)
 
 
-def server_key(pinned: httpx.URL) -> str:
-    """The address a pinned URL connects to, in one canonical spelling."""
-    host = pinned.host
+@functools.lru_cache(maxsize=4096)
+def server_key(host: str) -> str:
+    """The address a request connects to (as pinned), in one canonical spelling.
+
+    Args:
+        host: An IP address (without brackets), as the address guard pinned it.
+    """
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return host.lower()  # not reached: pin_target always yields an address
+        return host.lower()  # not reached: the guard always pins an address
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
     return str(address)
@@ -58,20 +59,48 @@ class HostLimiter:
         self._limit = limit
         self._slots: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
 
-    @contextlib.asynccontextmanager
-    async def hold(self, host: str) -> AsyncIterator[None]:
+    def hold(self, host: str) -> _Hold:
         """Hold one of ``host``'s slots for the duration of the ``async with`` block."""
+        return _Hold(self, host)
+
+    def _enter(self, host: str) -> asyncio.Semaphore:
         if host not in self._slots:
             self._slots[host] = (asyncio.Semaphore(self._limit), [0])
         semaphore, users = self._slots[host]
         users[0] += 1
+        return semaphore
+
+    def _leave(self, host: str) -> None:
+        users = self._slots[host][1]
+        users[0] -= 1
+        if users[0] == 0:
+            del self._slots[host]
+
+
+class _Hold:
+    """One slot of a host, as an async context manager (a class: every request takes
+    one, and a generator-based context manager cost several times more)."""
+
+    __slots__ = ("_host", "_limiter", "_semaphore")
+
+    def __init__(self, limiter: HostLimiter, host: str) -> None:
+        self._limiter = limiter
+        self._host = host
+        self._semaphore: asyncio.Semaphore | None = None
+
+    async def __aenter__(self) -> None:
+        semaphore = self._limiter._enter(self._host)
         try:
-            async with semaphore:
-                yield
-        finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._slots[host]
+            await semaphore.acquire()
+        except BaseException:
+            self._limiter._leave(self._host)
+            raise
+        self._semaphore = semaphore
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._semaphore is not None
+        self._semaphore.release()
+        self._limiter._leave(self._host)
 
 
 def is_transient(exc: FetchError) -> bool:

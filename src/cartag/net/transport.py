@@ -86,7 +86,9 @@ class SniPoolTransport(httpx.AsyncBaseTransport):
             await pool.aclose()
 
     def _default_pool(self) -> httpx.AsyncBaseTransport:
-        return httpx.AsyncHTTPTransport(verify=_ssl_context(), trust_env=False, limits=self._limits)
+        return httpx.AsyncHTTPTransport(
+            verify=default_ssl_context(), trust_env=False, limits=self._limits
+        )
 
     def _release(self, key: str) -> None:
         self._busy[key] -= 1
@@ -123,6 +125,7 @@ class _ReleasingStream(httpx.AsyncByteStream):
 
 
 @functools.cache
-def _ssl_context() -> ssl.SSLContext:
+def default_ssl_context() -> ssl.SSLContext:
+    """The context that verifies https servers, for the full and the lean client alike."""
     # Loading the CA bundle takes tens of milliseconds: once per process is enough.
     return httpx.create_ssl_context(trust_env=False)

@@ -205,10 +205,11 @@ class ClassifyService:
         # downloads and store writes of some chunks overlap the model's work on
         # another, and only the chunks in flight hold image bytes and pixels.
         window = asyncio.Semaphore(_CHUNKS_IN_FLIGHT)
+        revalidated: list[str] = []  # answered 304: recorded once, after all chunks
 
         async def run(chunk: list[str]) -> None:
             async with window:
-                found = await self._resolve_urls(chunk, known, stats)
+                found = await self._resolve_urls(chunk, known, stats, revalidated)
                 await self._classify_new(
                     [o for o in found.values() if isinstance(o, New)], found, stats
                 )
@@ -227,6 +228,7 @@ class ClassifyService:
             for task in tasks:
                 task.cancel()
             raise
+        await self._record_revalidations(revalidated, known)
         return await self._finish(advertiser_id, requests, urls, outcomes, stats)
 
     async def classify_contents(
@@ -304,8 +306,13 @@ class ClassifyService:
         return self._answers.flush()
 
     async def _resolve_urls(
-        self, urls: list[str], known_urls: dict[str, UrlLookup], stats: ClassifyStats
+        self,
+        urls: list[str],
+        known_urls: dict[str, UrlLookup],
+        stats: ClassifyStats,
+        revalidated: list[str],
     ) -> dict[str, Outcome]:
+        """Fetch ``urls`` and sort the answers; the 304s' URLs are added to ``revalidated``."""
         # Short indexed reads/writes stay on the loop: a thread hop costs more than they do.
         fetch_requests = []
         for url in urls:
@@ -318,7 +325,6 @@ class ClassifyService:
 
         outcomes: dict[str, Outcome] = {}
         new: list[New] = []
-        revalidated: list[str] = []
         for url, outcome in zip(urls, fetched, strict=True):
             if isinstance(outcome, NotModified):
                 stats.not_modified += 1
@@ -343,18 +349,26 @@ class ClassifyService:
                 outcomes[url] = item
                 new.append(item)
 
-        known = match_known(
-            self.db, self.lookup_cache, self.telemetry, new, revalidated, self.clock
-        )
-        if revalidated:
-            checked = self.clock.now().timestamp()
-            self.lookup_cache.set_many(
-                [replace(known_urls[url], checked_at=checked) for url in revalidated]
-            )
+        known = match_known(self.db, self.lookup_cache, self.telemetry, new, [], self.clock)
         for item in new:
             if item.key in known:
                 outcomes[item.fetched.url] = Cached(known[item.key])
         return outcomes
+
+    async def _record_revalidations(
+        self, revalidated: list[str], known_urls: dict[str, UrlLookup]
+    ) -> None:
+        """Record when the 304s' URLs were revalidated: one write for the whole call.
+
+        Per chunk, this was a write transaction every few dozen images of a re-run.
+        """
+        if not revalidated:
+            return
+        await asyncio.to_thread(
+            match_known, self.db, self.lookup_cache, self.telemetry, [], revalidated, self.clock
+        )
+        checked = self.clock.now().timestamp()
+        self.lookup_cache.touch([known_urls[url] for url in revalidated], checked)
 
     def _download_failed(self, failed: Failed) -> None:
         try:

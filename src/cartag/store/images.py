@@ -179,9 +179,16 @@ def save_urls(session: Session, entries: Sequence[UrlEntry], now: dt.datetime) -
 
 
 def touch_urls(session: Session, urls: Collection[str], now: dt.datetime) -> None:
-    """Record that these URLs were revalidated (304) just now."""
+    """Record that these URLs were revalidated (304) just now.
+
+    A re-run's whole inventory at once: one statement per 500 URLs, with the URLs as
+    one array parameter on PostgreSQL (:func:`~cartag.store.upsert.in_values`).
+    """
     for chunk in chunked(set(urls)):
-        session.execute(update(UrlRow).where(UrlRow.url.in_(chunk)).values(checked_at=now))
+        where = in_values(session, UrlRow.url, chunk)
+        stmt = update(UrlRow).where(where).values(checked_at=now)
+        # No objects of this fresh session to keep in step with the rows.
+        session.execute(stmt.execution_options(synchronize_session=False))
 
 
 def update_model_fields(

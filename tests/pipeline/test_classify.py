@@ -1,0 +1,81 @@
+"""Re-running an unchanged inventory: conditional requests only, on kept connections."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from cartag.clock import FakeClock
+from cartag.net.fetch import Fetcher
+from cartag.pipeline.classify import ClassifyService, ClassifyStats
+from cartag.pipeline.results import ClassifyResult, ImageRequest
+from cartag.settings import Settings
+from cartag.store import images as image_repo
+from cartag.store.db import Database
+from tests.support.factories import NOW
+from tests.support.fakes import FixedClassifier
+from tests.support.http_server import ImageServer
+from tests.support.images import jpeg_bytes
+
+
+@pytest.fixture
+def server() -> Iterator[ImageServer]:
+    with ImageServer() as srv:
+        yield srv
+        assert srv.errors == []
+
+
+def test_a_rerun_of_an_unchanged_inventory_sends_no_image_bytes_on_kept_connections(
+    settings: Settings, db: Database, server: ImageServer
+) -> None:
+    urls = []
+    for i in range(40):
+        server.add_file(f"/{i}.jpg", jpeg_bytes(16, 12, (6 * i, 90, 30)))
+        urls.append(server.url(f"/{i}.jpg"))
+    settings = settings.model_copy(update={"revalidate_per_host_concurrency": 4})
+    clock = FakeClock(NOW)
+    touches: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE URLS"):
+            touches.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+
+    async def runs() -> list[tuple[list[ClassifyResult], ClassifyStats, int, int]]:
+        async with Fetcher(settings) as fetcher:
+            service = ClassifyService(settings, db, fetcher, FixedClassifier(), clock)
+            try:
+                done = []
+                for _ in range(3):
+                    server.reset_counters()
+                    touches.clear()
+                    clock.advance(60)
+                    stats = ClassifyStats()
+                    requests = [ImageRequest(u) for u in urls]
+                    results = await service.classify("dealer-1", requests, stats)
+                    done.append((results, stats, server.bytes_sent, len(touches)))
+                    opened.append(server.connections)
+                return done
+            finally:
+                service.close()
+
+    opened: list[int] = []
+    (first, _, sent, _), *reruns = asyncio.run(runs())
+    assert {r.status for r in first} == {"classified"} and sent > 0
+    for results, stats, sent, updates in reruns:
+        assert [r.status for r in results] == ["cached"] * 40
+        assert [r.image_key for r in results] == [r.image_key for r in first]
+        assert (stats.not_modified, stats.fetched, sent) == (40, 0, 0)
+        assert updates == 1  # the 304s are recorded in one statement, not one per chunk
+    # Conditional requests have connections of their own: the first re-run opens a
+    # few (at most one per slot), the next one none.
+    assert 1 <= opened[1] <= 4 and opened[2] == 0
+    with db.read() as session:
+        checked = image_repo.get_urls(session, urls)
+    assert {row.checked_at for row in checked.values()} == {NOW + dt.timedelta(seconds=180)}
