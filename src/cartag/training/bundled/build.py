@@ -125,6 +125,7 @@ def train_bundled(
             corpus,
             out_dir,
             Int8Build(cache_dir, data_dir, sources, recipe, now, threads, calibration_method),
+            (type_head, color_head),
         )
         digests += int8_digests
 

@@ -9,7 +9,7 @@ the int8 embeddings of the same corpus (:mod:`cartag.training.bundled.quantizati
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from cartag.training.datasets import all_sources
 from cartag.training.datasets.dataset import SPLIT_RULE, file_loader, image_key
 from cartag.training.datasets.embedding_cache import EmbeddingCache
 from cartag.training.fitting.metrics import classification_report
+from cartag.training.heads.color import MLPConfig
 from cartag.training.heads.recolor import RECOLORED_PER_COLOR
 from cartag.training.heads.type_head import train_type_head
 from cartag.vocab import COLORS, IMAGE_TYPES
@@ -42,12 +43,37 @@ class HeadRecipe:
         seed: Seed of the recoloring.
         recolor_min_real: Target colors with fewer real training photos than this get
             recolored photos.
+        type_l2: The type head's penalty, None = ``l2``.
+        color_l2: The color head's linear penalty, None = ``l2``.
+        color_epochs: The color MLPs' epochs, None = chosen by CV.
+        placeholder_offset: The type head's Placeholder logit offset, None = chosen on
+            the out-of-fold logits.
     """
 
     l2: float | None = None
     recolored_per_color: int = RECOLORED_PER_COLOR
     seed: int = 0
     recolor_min_real: int = 1
+    type_l2: float | None = None
+    color_l2: float | None = None
+    color_epochs: int | None = None
+    placeholder_offset: float | None = None
+
+
+def same_hyper_parameters(
+    recipe: HeadRecipe, type_head: LinearHead, color_head: MLPHead
+) -> HeadRecipe:
+    """``recipe`` with every hyper-parameter the heads' fit chose (penalties, epochs,
+    Placeholder offset) fixed to theirs: heads refitted on other embeddings of the same
+    network (the int8 ones) then differ from these by the embeddings alone, not by a
+    choice that a one-photo tie can flip."""
+    return replace(
+        recipe,
+        type_l2=float(type_head.metadata["fit"]["l2"]),
+        color_l2=float(color_head.metadata["fit"]["l2"]),
+        color_epochs=int(color_head.metadata["fit"]["mlp"]["epochs"]),
+        placeholder_offset=float(type_head.metadata.get("placeholder_logit_offset", 0.0)),
+    )
 
 
 def per_source_metrics(
@@ -119,22 +145,28 @@ def fit_heads(
         and the color metrics.
     """
     cache = EmbeddingCache.in_folder(cache_dir, backbone.backbone_id, PREPROCESS_ID)
+    type_l2 = recipe.l2 if recipe.type_l2 is None else recipe.type_l2
+    # An epoch grid of one value fixes the epochs (CV then only scores it).
+    mlp = None if recipe.color_epochs is None else MLPConfig(epoch_grid=(recipe.color_epochs,))
 
     def embed(images: list[Image.Image]) -> np.ndarray:
         keys = [image_key(image) for image in images]
         return cache.get_or_compute(keys, lambda i: images[i], backbone.embed_images)
 
     if sources is None:
-        type_head, type_metrics = train_type_head(corpus, data_dir, embed, l2=recipe.l2)
+        type_head, type_metrics = train_type_head(
+            corpus, data_dir, embed, l2=type_l2, offset=recipe.placeholder_offset
+        )
     else:
         type_head, type_metrics = train_type_head(
             corpus,
             data_dir,
             embed,
-            l2=recipe.l2,
+            l2=type_l2,
             hashes=corpus.hashes,
             targets=corpus.type_idx,
             cv_groups=corpus.cv_groups,
+            offset=recipe.placeholder_offset,
         )
         type_metrics["label_source"] = (
             "reviewed labels of every source (cartag.training.datasets.sources.read_sources) "
@@ -145,10 +177,11 @@ def fit_heads(
         data_dir,
         cache_dir,
         embed,
-        l2=recipe.l2,
+        l2=recipe.l2 if recipe.color_l2 is None else recipe.color_l2,
         recolored_per_color=recipe.recolored_per_color,
         seed=recipe.seed,
         recolor_min_real=recipe.recolor_min_real,
+        config=mlp,
     )
     by_source: dict[str, Any] | None = None
     if sources is not None:
