@@ -16,7 +16,9 @@ to 1,000 images, HTTP/1.1 keep-alive). It prints:
   cartag / peer,
 - raw backbone images/s on pre-decoded, pre-processed tensors, in the same run,
   with the server's engine, batch size and inference plan (as many batches at
-  once, with as many threads each, as the server runs),
+  once, with as many threads each, as the server runs), for the fp32 backbone and,
+  when the model folder ships one, the int8 backbone (issue 18 wants both; the
+  end-to-end target is against fp32),
 - cartag's second-run images/s (conditional requests answered 304, cache lookups),
   the best of ``--reruns`` re-runs of the unchanged inventory, with its server CPU
   ms/image, the image bytes downloaded (should be 0) and the connections the server
@@ -71,7 +73,8 @@ from benchmarks.peers import (
 )
 from benchmarks.profiling import sampled, summary
 from cartag.models.backbone import Backbone
-from cartag.models.classifier import BUNDLED_DIR, backbone_spec, settings_plan
+from cartag.models.classifier import BUNDLED_DIR, backbone_spec, read_config, settings_plan
+from cartag.models.folder import int8_config
 from cartag.settings import Settings
 from tests.support.http_server import ImageServer
 from tests.support.images import real_photos
@@ -88,19 +91,35 @@ _free_port = free_port
 _cpu_s = cpu_seconds
 
 
-class RawBackbone:
-    """The backbone alone, configured like the server, on pre-processed batches."""
+def int8_ranges(settings: Settings) -> Path | None:
+    """The model folder's ``quantization.json`` if it ships an int8 backbone, else None."""
+    folder = settings.model_dir or BUNDLED_DIR
+    block = int8_config(folder, read_config(folder))
+    return None if block is None else folder / str(block["quantization"])
 
-    def __init__(self, photos: list[bytes], settings: Settings) -> None:
+
+class RawBackbone:
+    """The backbone alone, configured like the server, on pre-processed batches.
+
+    ``precision`` ``int8``: the model folder's int8 backbone (ONNX Runtime), else the
+    float one on ``settings.engine``.
+    """
+
+    def __init__(self, photos: list[bytes], settings: Settings, precision: str = "fp32") -> None:
         spec = backbone_spec(settings.model_dir or BUNDLED_DIR)
         self.plan = settings_plan(settings)
+        self.precision = precision
+        quantization = int8_ranges(settings) if precision == "int8" else None
+        if precision == "int8" and quantization is None:
+            raise SystemExit("the model folder has no int8 backbone")
         self.backbone = Backbone.load(
             spec.variant,
             threads=self.plan.threads,
-            engine=settings.engine,
+            engine="onnx" if quantization else settings.engine,
             cache_dir=settings.data_dir / "cache",
             concurrency=self.plan.workers,
             weights=spec.weights,
+            quantization=quantization,
         )
         size = settings.inference_batch_size
         images = [
@@ -205,7 +224,8 @@ def main() -> None:
     paths = real_photos(args.data, args.images)
     photos = _photos(paths, args.size, args.quality)
     load_before = os.getloadavg()
-    contenders = ["cartag", *peer_names, "raw"]
+    raw_names = ["raw", "raw-int8"] if int8_ranges(Settings()) else ["raw"]
+    contenders = ["cartag", *peer_names, *raw_names]
     with tempfile.TemporaryDirectory() as tmp, ImageServer() as images, ExitStack() as stack:
         # rounds[r][name]: the URLs cartag or a peer classifies in round r. Each round
         # has its own bytes (a trailer after the JPEG end marker); within a round every
@@ -245,8 +265,14 @@ def main() -> None:
                 _wait_ready(client, server, log)
                 idle_rss = tree_memory_kb(server.pid, "VmRSS")
                 peers = {name: stack.enter_context(Peer(name)) for name in peer_names}
-                raw_backbone = RawBackbone(photos, settings)  # the server exported the ONNX
-                first = raw = 0.0
+                # The server exported (and quantized) the ONNX models already.
+                raw_backbones = {
+                    name: RawBackbone(photos, settings, "int8" if name == "raw-int8" else "fp32")
+                    for name in raw_names
+                }
+                raw_backbone = raw_backbones["raw"]
+                raw_rates = dict.fromkeys(raw_names, 0.0)
+                first = 0.0
                 server_cpu = harness_cpu = 0.0
                 cartag_done = cartag_ok = 0
                 best: dict[str, PeerRun] = {}
@@ -259,8 +285,8 @@ def main() -> None:
                 for r, round_urls in enumerate(rounds):
                     shift = r % len(contenders)
                     for name in contenders[shift:] + contenders[:shift]:
-                        if name == "raw":
-                            raw = max(raw, raw_backbone.rate())
+                        if name in raw_backbones:
+                            raw_rates[name] = max(raw_rates[name], raw_backbones[name].rate())
                         elif name == "cartag":
                             cartag_done = 0
                             cpu0, own0 = cpu_seconds(server.pid), time.process_time()
@@ -294,6 +320,7 @@ def main() -> None:
     load_after = os.getloadavg()
 
     n = len(urls)
+    raw = raw_rates["raw"]
     ratio = first / raw
     batch = settings.inference_batch_size
     plan = raw_backbone.plan
@@ -323,7 +350,12 @@ def main() -> None:
         f"raw backbone images/s:           {raw:8.1f}  ({settings.engine}, batch {batch}, "
         f"{plan.workers} at once x {plan.threads or 'default'} thread(s))"
     )
-    print(f"first run / raw backbone:        {ratio:8.2f}  (target >= {TARGET_RATIO})")
+    if "raw-int8" in raw_rates:
+        print(
+            f"raw int8 backbone images/s:      {raw_rates['raw-int8']:8.1f}  "
+            f"({raw_rates['raw-int8'] / raw:.2f}x fp32; same plan)"
+        )
+    print(f"first run / raw fp32 backbone:   {ratio:8.2f}  (target >= {TARGET_RATIO})")
     if "competent" in best:
         versus = first / best["competent"].images_per_s
         print(f"first run / competent peer:      {versus:8.2f}  (target >= {TARGET_PEER})")
@@ -349,10 +381,12 @@ def main() -> None:
             f"| {peer_rss[name] / 1024:.0f} | {run.classified}/{run.images} "
             f"| {first / run.images_per_s:.2f}x |"
         )
-    print(
-        f"| raw backbone ({settings.engine}, batch {batch}, {plan.workers} at once) "
-        f"| {raw:.1f} | {raw_backbone.cpu_ms_per_image:.1f} | | | {ratio:.2f}x |"
-    )
+    for name, rate in raw_rates.items():
+        label = "int8, onnx" if name == "raw-int8" else f"fp32, {settings.engine}"
+        print(
+            f"| raw backbone ({label}, batch {batch}, {plan.workers} at once) "
+            f"| {rate:.1f} | {raw_backbones[name].cpu_ms_per_image:.1f} | | | {first / rate:.2f}x |"
+        )
     if args.profile is not None:
         _print_profiles(args.profile, args.repeats, args.reruns)
 

@@ -43,8 +43,11 @@ from PIL import Image
 from cartag.imaging.keys import phash
 from cartag.imaging.placeholders import generate_placeholders
 from cartag.models.backbone import PREPROCESS_ID, Backbone
-from cartag.models.classifier import BUNDLED_DIR, EmbeddingClassifier
+from cartag.models.classifier import BUNDLED_DIR, EmbeddingClassifier, backbone_spec
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID, SIZE, color_features_batch
+from cartag.models.engine import EngineName
+from cartag.models.folder import int8_config, read_config
+from cartag.models.heads import load_head
 from cartag.training.datasets import all_sources
 from cartag.training.datasets.dataset import holdout_mask, image_key, split_key
 from cartag.training.datasets.embedding_cache import EmbeddingCache
@@ -60,7 +63,7 @@ from cartag.training.datasets.sources import (
 from cartag.training.datasets.type_labels import TYPE_LABELS_PATH
 from cartag.training.evaluation import cross_source as cs
 from cartag.training.evaluation.card import render_card
-from cartag.training.evaluation.card_sources import CROSS_SOURCE_NAME
+from cartag.training.evaluation.card_sources import CROSS_SOURCE_INT8_NAME, CROSS_SOURCE_NAME
 from cartag.training.fitting.fit import fit_linear_head, select_l2
 from cartag.training.fitting.metrics import classification_report
 from cartag.training.heads.color import fit_color_head, select_color_head
@@ -89,7 +92,8 @@ class Inputs:
         placeholder_ids: P placeholder ids.
         families: P placeholder design families.
         backbone: The shipped backbone (to embed recolored photos).
-        shipped: The shipped classifier (its heads are scored as they are).
+        shipped: The shipped classifier (its heads are scored as they are); None with
+            ranges to try (``--quantization``).
         cache: The embedding cache of that backbone.
     """
 
@@ -101,7 +105,7 @@ class Inputs:
     placeholder_ids: list[str]
     families: list[str]
     backbone: Backbone
-    shipped: EmbeddingClassifier
+    shipped: EmbeddingClassifier | None
     cache: EmbeddingCache
 
 
@@ -118,12 +122,48 @@ def _opener(files: Sequence[Path]) -> Callable[[int], Image.Image]:
     return load
 
 
-def load_inputs(data_root: Path, cache_dir: Path, type_labels: Path, threads: int) -> Inputs:
-    """Read the table and embed every image and the 840 placeholders (through the caches)."""
+def load_inputs(
+    data_root: Path,
+    cache_dir: Path,
+    type_labels: Path,
+    threads: int,
+    precision: str = "fp32",
+    quantization: Path | None = None,
+    engine: EngineName = "torch",
+) -> Inputs:
+    """Read the table and embed every image and the 840 placeholders (through the caches).
+
+    ``precision`` ``int8``: the shipped model's int8 backbone and heads (ONNX Runtime,
+    the int8 model cached under ``<cache_dir>/onnx``); ``fp32``: the float backbone on
+    ``engine`` (torch, or onnx: the same float network on ONNX Runtime; the embedding cache
+    does not tell them apart, so give onnx its own cache folder). ``quantization``: the
+    shipped network quantized with these ranges instead (a calibration to try; no shipped
+    heads to score).
+    """
     rows = read_sources(data_root, type_labels)
     files = [data_root / r.path for r in rows]
-    shipped = EmbeddingClassifier.from_dir(BUNDLED_DIR, threads=threads)
-    backbone = shipped.backbone
+    shipped: EmbeddingClassifier | None = None
+    if quantization is not None:
+        spec = backbone_spec(BUNDLED_DIR)
+        backbone = Backbone.load(
+            spec.variant,
+            threads=threads,
+            engine="onnx",
+            cache_dir=cache_dir,
+            weights=spec.weights,
+            quantization=quantization,
+        )
+    elif precision == "int8":
+        shipped = EmbeddingClassifier.from_dir(
+            BUNDLED_DIR, threads=threads, engine="onnx", cache_dir=cache_dir, precision="int8"
+        )
+        if "+int8@" not in shipped.backbone.backbone_id:
+            raise SystemExit(f"{BUNDLED_DIR} has no usable int8 backbone (see the log)")
+    else:
+        shipped = EmbeddingClassifier.from_dir(
+            BUNDLED_DIR, threads=threads, engine=engine, cache_dir=cache_dir
+        )
+    backbone = backbone if shipped is None else shipped.backbone
     keys = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
     cache = EmbeddingCache.in_folder(cache_dir, backbone.backbone_id, PREPROCESS_ID)
     started = time.monotonic()
@@ -370,6 +410,8 @@ def run_shipped(inputs: Inputs, table: Table) -> list[dict[str, Any]]:
     Targets are checked on the unseen sources: type-train for type, vcor for color.
     """
     n = len(inputs.rows)
+    if inputs.shipped is None:
+        return []
     names = [
         (f"{s} held-out" if h else f"{s} train split (seen)") if s == VCR else s
         for s, h in zip(table.sources[:n], table.holdout[:n], strict=True)
@@ -420,6 +462,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--type-labels", type=Path, default=TYPE_LABELS_PATH, help="vcr types")
     parser.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="embeddings of the float backbone, or of the shipped int8 one (heads refitted "
+        "on them; hyper-parameters from the --hp-from folder's int8 heads)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="what runs the fp32 backbone (onnx: give it its own --cache-dir; it measures how "
+        "far the protocol moves for embeddings that differ by ~1e-5)",
+    )
+    parser.add_argument(
+        "--quantization",
+        type=Path,
+        default=None,
+        help="int8 with these ranges (a quantization.json) instead of the shipped ones",
+    )
+    parser.add_argument(
         "--recipe",
         choices=("all", "vcr"),
         default="all",
@@ -440,23 +502,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     started = time.monotonic()
-    inputs = load_inputs(args.data, args.cache_dir, args.type_labels, args.threads)
+    if args.quantization is not None:
+        args.precision = "int8"
+    inputs = load_inputs(
+        args.data,
+        args.cache_dir,
+        args.type_labels,
+        args.threads,
+        args.precision,
+        args.quantization,
+        args.engine,
+    )
     fold = type_train_folds(inputs, args.folds)
     table = build_table(inputs, fold)
-    hp_model = inputs.shipped
-    if args.hp_from is not None:
-        hp_model = EmbeddingClassifier.from_dir(args.hp_from, threads=args.threads)
-    type_fit, color_fit = (
-        head.metadata["fit"] for head in (hp_model.type_head, hp_model.color_head)
-    )
-    hp = {
-        "type_l2": type_fit["l2"],
-        "type_placeholder_offset": float(
-            hp_model.type_head.metadata.get("placeholder_logit_offset", 0.0)
-        ),
-        "color_l2": color_fit["l2"],
-        "color_epochs": color_fit["mlp"]["epochs"],
-    }
+    hp = hyper_parameters(args.hp_from or BUNDLED_DIR, args.precision)
     results = run_shipped(inputs, table)
     results += run_color(inputs, table, hp, args.select, args.recolor_min_real)
     results += run_type(table, fold, hp, args.select, args.recipe)
@@ -466,8 +525,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         for i in np.flatnonzero(fold >= 0):
             folds.setdefault(str(fold[i]), set()).add(inputs.rows[i].group)
         out = {
-            "model_version": inputs.shipped.version,
+            "model_version": None if inputs.shipped is None else inputs.shipped.version,
+            "quantization": None if args.quantization is None else str(args.quantization),
             "backbone_id": inputs.backbone.backbone_id,
+            "precision": args.precision,
             "type_labels_sha256": hashlib.sha256(args.type_labels.read_bytes()).hexdigest(),
             "data": {s: int(n) for s, n in Counter(table.sources).items()},
             "hyper_parameters": "cv-selected per fit" if args.select else hp,
@@ -483,13 +544,37 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
         _progress(f"wrote {args.json}")
     if args.card is not None:
-        write_card_summary(args.card, results, args.recipe)
-        _progress(f"wrote {args.card / CROSS_SOURCE_NAME} and re-rendered its MODEL_CARD.md")
+        name = CROSS_SOURCE_NAME if args.precision == "fp32" else CROSS_SOURCE_INT8_NAME
+        write_card_summary(args.card, results, args.recipe, name)
+        _progress(f"wrote {args.card / name} and re-rendered its MODEL_CARD.md")
     _progress(f"{time.monotonic() - started:.0f} s")
 
 
-def write_card_summary(model_dir: Path, results: Sequence[dict[str, Any]], recipe: str) -> None:
-    """The refitted protocols' rows beside the weights, and the card rendered again."""
+def hyper_parameters(folder: Path, precision: str) -> dict[str, Any]:
+    """The l2, epochs and Placeholder offset of a model folder's heads (its int8 heads
+    for ``int8`` when it has them)."""
+    config = read_config(folder)
+    int8 = int8_config(folder, config) if precision == "int8" else None
+    names = config["heads"] if int8 is None else int8["heads"]
+    type_head = load_head(folder / str(names["image_type"]))
+    color_head = load_head(folder / str(names["color"]))
+    type_fit, color_fit = type_head.metadata["fit"], color_head.metadata["fit"]
+    return {
+        "type_l2": type_fit["l2"],
+        "type_placeholder_offset": float(type_head.metadata.get("placeholder_logit_offset", 0.0)),
+        "color_l2": color_fit["l2"],
+        "color_epochs": color_fit["mlp"]["epochs"],
+    }
+
+
+def write_card_summary(
+    model_dir: Path,
+    results: Sequence[dict[str, Any]],
+    recipe: str,
+    name: str = CROSS_SOURCE_NAME,
+) -> None:
+    """The refitted protocols' rows beside the weights (``name``), and the card rendered
+    again."""
     rows = [
         {
             **{k: v for k, v in row.items() if k != "placeholder"},
@@ -500,14 +585,15 @@ def write_card_summary(model_dir: Path, results: Sequence[dict[str, Any]], recip
         for row in cs.summary_rows(results)
         if not row["protocol"].startswith("shipped")
     ]
+    precision = "" if name == CROSS_SOURCE_NAME else " --precision int8"
     summary = {
         "command": (
             "python -m benchmarks.cross_source --data ../shared/data "
-            f"--hp-from <this folder> --recipe {recipe} --card <this folder>"
+            f"--hp-from <this folder> --recipe {recipe} --card <this folder>{precision}"
         ),
         "rows": rows,
     }
-    (model_dir / CROSS_SOURCE_NAME).write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
+    (model_dir / name).write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
     (model_dir / "MODEL_CARD.md").write_text(render_card(model_dir), encoding="utf-8")
 
 

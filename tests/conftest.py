@@ -55,5 +55,6 @@ def sqlite_db(tmp_path: Path) -> Iterator[Database]:
 
 @pytest.fixture(scope="session")
 def classifier() -> Classifier:
-    """The bundled model, loaded once per test session."""
-    return load_classifier(Settings())
+    """The bundled model with the fp32 backbone, loaded once per test session (the int8
+    one, the service's default: tests/models/test_quantization.py)."""
+    return load_classifier(Settings(precision="fp32"))

@@ -116,7 +116,7 @@ def test_missing_config(tmp_path: Path) -> None:
     model = _copy_bundled(tmp_path)
     (model / "config.json").unlink()
     with pytest.raises(ModelError, match="config.json is missing"):
-        load_classifier(Settings(model_dir=model))
+        load_classifier(Settings(model_dir=model, precision="fp32"))
 
 
 @pytest.mark.parametrize("content", ["{not json", '{"format": "other"}', "[]"])
@@ -131,7 +131,7 @@ def test_missing_head(tmp_path: Path) -> None:
     model = _copy_bundled(tmp_path)
     (model / "color_head.npz").unlink()
     with pytest.raises(ModelError, match="color_head.npz is missing"):
-        load_classifier(Settings(model_dir=model))
+        load_classifier(Settings(model_dir=model, precision="fp32"))
 
 
 def test_corrupt_head(tmp_path: Path) -> None:
@@ -139,7 +139,7 @@ def test_corrupt_head(tmp_path: Path) -> None:
     data = (model / "type_head.npz").read_bytes()
     (model / "type_head.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelError, match="corrupt"):
-        load_classifier(Settings(model_dir=model))
+        load_classifier(Settings(model_dir=model, precision="fp32"))
 
 
 @pytest.mark.parametrize("name", ["../backbone.npz", "/tmp/backbone.npz", "", 3])
@@ -182,7 +182,7 @@ def test_missing_weights_file(tmp_path: Path) -> None:
     model = _copy_bundled(tmp_path)
     (model / WEIGHTS_NAME).unlink()
     with pytest.raises(ModelError, match="file is missing"):
-        load_classifier(Settings(model_dir=model))
+        load_classifier(Settings(model_dir=model, precision="fp32"))
 
 
 @pytest.mark.slow

@@ -305,7 +305,7 @@ from PIL import Image
 from cartag.models.classifier import load_classifier
 from cartag.settings import Settings
 for _ in range(2):
-    classifier = load_classifier(Settings(data_dir=Path(sys.argv[1])))
+    classifier = load_classifier(Settings(data_dir=Path(sys.argv[1]), precision="fp32"))
     assert classifier.backbone.engine.name == "onnx"
     classifier.predict([Image.new("RGB", (64, 48), (200, 30, 30))])
 print("torch imported" if "torch" in sys.modules else "no torch")
@@ -330,7 +330,7 @@ def test_settings_select_the_engine_and_cache(
     torch_backbone: Backbone,
     count_exports: list[str],
 ) -> None:
-    settings = Settings(data_dir=tmp_path, engine="onnx", inference_batch_size=4)
+    settings = Settings(data_dir=tmp_path, engine="onnx", inference_batch_size=4, precision="fp32")
     classifier = load_classifier(settings)
     assert isinstance(classifier, EmbeddingClassifier)
     assert classifier.backbone.engine.name == "onnx" and classifier.batch_size == 4

@@ -62,6 +62,21 @@ def build_bundled(
     backbone_weights: Annotated[
         Path | None, typer.Option(help="Fine-tuned weights (.npz, `cartag models finetune`).")
     ] = None,
+    int8: Annotated[
+        bool | None,
+        typer.Option(
+            "--int8/--no-int8",
+            help="Also calibrate the int8 backbone on training photos and fit heads on its "
+            "embeddings (quantization.json + *_int8 heads); default: on for builds of "
+            "several sources, which it needs.",
+        ),
+    ] = None,
+    calibration: Annotated[
+        str,
+        typer.Option(
+            help="How the int8 activation ranges are measured: minmax, entropy, percentile."
+        ),
+    ] = "minmax",
 ) -> None:
     """Train the bundled model: type and color heads on frozen EfficientNet-Lite embeddings."""
     from cartag.training.bundled.build import train_bundled
@@ -83,6 +98,10 @@ def build_bundled(
         chosen = list(all_sources.ALL)
     if backbone_weights is not None and not backbone_weights.is_file():
         raise _refuse(f"--backbone-weights {backbone_weights} does not exist")
+    if int8 and chosen is None:
+        raise _refuse("--int8 needs a build of several sources (--sources)")
+    if calibration not in ("minmax", "entropy", "percentile"):
+        raise _refuse("--calibration must be minmax, entropy or percentile")
     config = train_bundled(
         data,
         out,
@@ -96,6 +115,8 @@ def build_bundled(
         weights=backbone_weights,
         sources=chosen,
         recolor_min_real=recolor_min_real,
+        int8=chosen is not None if int8 is None else int8,
+        calibration_method=calibration,
     )
     typer.echo(f"wrote {out} ({config['version']})")
     typer.echo((out / "MODEL_CARD.md").read_text(encoding="utf-8"))

@@ -28,6 +28,7 @@ from PIL import Image
 
 from cartag.errors import ModelError
 from cartag.models.engine import Engine, EngineName, load_cached_onnx, write_atomic
+from cartag.models.quantization import int8_backbone_id, int8_engine, read_quantization
 from cartag.models.variants import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -137,10 +138,14 @@ def export_in_child(variant: str, weights: Path | None, network: str) -> bytes:
             raise ModelError(f"the ONNX export process wrote no model: {exc}") from exc
 
 
-def _onnx_engine(
+def _onnx_model(
     variant: str, weights: Path | None, ident: str, threads: int, cache_dir: Path | None
-) -> Engine:
-    """The ONNX engine: from the cache if it checks out, else exported (and cached).
+) -> tuple[Engine, bytes | Path]:
+    """The float ONNX engine and its model: from the cache if it checks out, else
+    exported (and cached).
+
+    Returns:
+        The engine, and the checked model (the cached file, or the bytes when not cached).
 
     Raises:
         ModelError: The export failed or its model does not match torch.
@@ -150,7 +155,7 @@ def _onnx_engine(
     path = None if cache_dir is None else cache_dir / "onnx" / f"{ident}-{PREPROCESS_ID}.onnx"
     if path is not None and path.is_file():
         try:
-            return load_cached_onnx(path, network, size, threads=threads)
+            return load_cached_onnx(path, network, size, threads=threads), path
         except ModelError as exc:
             log.warning("cached ONNX backbone %s is unusable (%s); exporting it again", path, exc)
     data = export_in_child(variant, weights, network)
@@ -164,7 +169,40 @@ def _onnx_engine(
             )
         else:
             log.info("exported the ONNX backbone to %s", path)
-    return engine
+    return engine, data
+
+
+def _int8_engine(
+    variant: str,
+    weights: Path | None,
+    ident: str,
+    quantization: Path,
+    threads: int,
+    cache_dir: Path | None,
+) -> tuple[str, Engine]:
+    """The int8 engine of a model folder's ``quantization.json`` and its backbone id.
+
+    The float model is exported (or taken from the cache) only when the int8 one
+    is not cached yet; see :mod:`cartag.models.quantization`.
+
+    Raises:
+        ModelError: The ranges file is unusable, or quantization or its checks failed.
+    """
+    int8_ident = int8_backbone_id(ident, read_quantization(quantization))
+    tag = int8_ident.rsplit("@", 1)[1]
+    path = None
+    if cache_dir is not None:
+        path = cache_dir / "onnx" / f"{ident}-{PREPROCESS_ID}-int8-{tag}.onnx"
+    engine = int8_engine(
+        # One thread: this float session only proves the export before it is quantized.
+        lambda: _onnx_model(variant, weights, ident, 1, cache_dir)[1],
+        quantization,
+        network_identity(variant, weights, int8_ident),
+        get_variant(variant).input_size,
+        threads=threads,
+        cache_path=path,
+    )
+    return int8_ident, engine
 
 
 class Backbone:
@@ -250,6 +288,7 @@ class Backbone:
         cache_dir: Path | None = None,
         concurrency: int = 1,
         weights: Path | None = None,
+        quantization: Path | None = None,
     ) -> Backbone:
         """Load the network: the installed package's weights, or a fine-tuned file.
 
@@ -270,14 +309,29 @@ class Backbone:
             concurrency: ``embed`` calls that may run at once.
             weights: A weights file written by :mod:`cartag.training.bundled.finetune` for
                 this variant; the id is then ``<variant>-ft@<sha256[:8] of the file>``.
+            quantization: A model folder's ``quantization.json``: run the network
+                quantized to int8 with those activation ranges (onnx engine only, no
+                fallback: int8 embeddings need their own heads); the id is then
+                ``<id>+int8@<ranges digest[:8]>`` (:mod:`cartag.models.quantization`).
 
         Raises:
-            ModelError: If the variant is unknown or its weights are missing or corrupt.
+            ModelError: If the variant is unknown or its weights are missing or corrupt,
+                or the int8 backbone cannot be made.
         """
         ident = backbone_id(variant, weights)  # also checks the variant and the file's presence
+        if quantization is not None:
+            if engine != "onnx":
+                raise ModelError(
+                    "the int8 backbone runs on the onnx engine only; set CARTAG_ENGINE=onnx "
+                    "or CARTAG_PRECISION=fp32"
+                )
+            int8_ident, int8 = _int8_engine(
+                variant, weights, ident, quantization, threads, cache_dir
+            )
+            return cls(variant, int8_ident, int8, concurrency=concurrency, weights_path=weights)
         if engine == "onnx":
             try:
-                onnx = _onnx_engine(variant, weights, ident, threads, cache_dir)
+                onnx, _ = _onnx_model(variant, weights, ident, threads, cache_dir)
             except ModelError as exc:
                 log.warning("ONNX engine unavailable (%s); running the backbone with torch", exc)
             else:

@@ -11,6 +11,10 @@ A model directory holds ``config.json`` and one head per task (``.npz`` +
     backbone.npz/json  only with "backbone": {"weights": "backbone.npz", ...}: fine-tuned
                        network weights (cartag.training.bundled.finetune); without it the
                        variant's pip package supplies the ImageNet weights
+    quantization.json  only with "int8": {"quantization": "quantization.json",
+                       "backbone_id": ..., "heads": {...}}: the activation ranges of the
+                       int8 backbone and the heads fitted on its embeddings
+                       (cartag.models.quantization), served with precision "int8"
 
 With ``color_features`` set, the color head's input is the embedding followed
 by :func:`cartag.models.color_features.color_features` of the image; without
@@ -24,12 +28,11 @@ from __future__ import annotations
 
 import abc
 import hashlib
-import json
-import shutil
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 from PIL import Image
@@ -38,19 +41,22 @@ from cartag.errors import ModelError
 from cartag.models.backbone import PREPROCESS_ID, Backbone, BackboneSpec
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID, color_features_batch
 from cartag.models.engine import EngineName, InferencePlan, inference_plan, physical_cores
+from cartag.models.folder import CONFIG_NAME as CONFIG_NAME
+from cartag.models.folder import FIX_HINT, int8_config
+from cartag.models.folder import MODEL_FORMAT as MODEL_FORMAT
+from cartag.models.folder import WEIGHTS_NAME as WEIGHTS_NAME
+from cartag.models.folder import backbone_config as backbone_config
+from cartag.models.folder import backbone_spec as backbone_spec
+from cartag.models.folder import copy_backbone_weights as copy_backbone_weights
+from cartag.models.folder import read_config as read_config
 from cartag.models.heads import LinearHead, load_head
 from cartag.settings import Settings
 from cartag.vocab import COLORS, IMAGE_TYPES
 
-MODEL_FORMAT: Final[str] = "cartag-model/1"
-BUNDLED_DIR: Final[Path] = Path(__file__).resolve().parent / "bundled"
-CONFIG_NAME: Final[str] = "config.json"
-WEIGHTS_NAME: Final[str] = "backbone.npz"
+log = logging.getLogger(__name__)
 
-_FIX_HINT = (
-    "reinstall cartag to restore the bundled model, or set CARTAG_MODEL_DIR to a folder "
-    "made by `cartag models build-bundled --out <dir>`"
-)
+Precision = Literal["int8", "fp32"]
+BUNDLED_DIR: Final[Path] = Path(__file__).resolve().parent / "bundled"
 
 
 @dataclass(frozen=True)
@@ -188,13 +194,13 @@ class EmbeddingClassifier(Classifier):
         if color_features not in (None, FEATURE_ID):
             raise ModelError(
                 f"the color head needs color features {color_features!r}, this cartag computes "
-                f"{FEATURE_ID!r}; {_FIX_HINT}"
+                f"{FEATURE_ID!r}; {FIX_HINT}"
             )
         recorded = color_head.metadata.get("features", {}).get("color_features")
         if recorded not in (None, color_features):
             raise ModelError(
                 f"the color head was trained with color features {recorded!r} but the model "
-                f"config says {color_features!r}; {_FIX_HINT}"
+                f"config says {color_features!r}; {FIX_HINT}"
             )
         extra = FEATURE_DIM if color_features else 0
         for name, head, expected, width in (
@@ -204,19 +210,19 @@ class EmbeddingClassifier(Classifier):
             if head.labels != tuple(expected):
                 raise ModelError(
                     f"the {name} head has labels {list(head.labels)}, expected "
-                    f"{list(expected)} in that order; retrain it; {_FIX_HINT}"
+                    f"{list(expected)} in that order; retrain it; {FIX_HINT}"
                 )
             if head.embedding_dim != width:
                 raise ModelError(
                     f"the {name} head expects {head.embedding_dim}-d inputs but "
                     f"{backbone.backbone_id} makes {backbone.embedding_dim}-d embeddings"
                     f"{f' (+ {extra} color features)' if name == 'color' and extra else ''}; "
-                    f"{_FIX_HINT}"
+                    f"{FIX_HINT}"
                 )
             if head.backbone_id not in (None, backbone.backbone_id):
                 raise ModelError(
                     f"the {name} head was trained on {head.backbone_id} but the installed "
-                    f"backbone is {backbone.backbone_id}; {_FIX_HINT}"
+                    f"backbone is {backbone.backbone_id}; {FIX_HINT}"
                 )
         self.backbone = backbone
         self.backbone_id = backbone.backbone_id
@@ -237,6 +243,7 @@ class EmbeddingClassifier(Classifier):
         cache_dir: Path | None = None,
         backbone: Backbone | None = None,
         concurrency: int = 1,
+        precision: Precision = "fp32",
     ) -> EmbeddingClassifier:
         """Load a model directory (``config.json`` + heads).
 
@@ -249,6 +256,9 @@ class EmbeddingClassifier(Classifier):
             backbone: An already loaded backbone to share when it has the weights the
                 config names (a hot-swap of heads then loads no network weights).
             concurrency: Backbone calls that may run at once (see :meth:`Backbone.load`).
+            precision: ``int8``: the int8 backbone and heads of the folder's ``int8``
+                block, when the folder has one and ``engine`` is ``onnx`` (else fp32,
+                logged); if the int8 backbone cannot be made, fp32 with a warning.
 
         Raises:
             ModelError: If files are missing, corrupt or inconsistent.
@@ -258,27 +268,51 @@ class EmbeddingClassifier(Classifier):
         if backbone_cfg.get("preprocess", PREPROCESS_ID) != PREPROCESS_ID:
             raise ModelError(
                 f"{path / CONFIG_NAME} was made with preprocessing {backbone_cfg['preprocess']!r}, "
-                f"this cartag uses {PREPROCESS_ID!r}; {_FIX_HINT}"
+                f"this cartag uses {PREPROCESS_ID!r}; {FIX_HINT}"
             )
-        heads = config["heads"]
+        heads, wanted, quantization = config["heads"], backbone_cfg, None
+        int8 = int8_config(path, config) if precision == "int8" else None
+        if precision == "int8" and (int8 is None or engine != "onnx"):
+            why = "the model folder has no int8 heads" if int8 is None else f"engine is {engine}"
+            log.info("serving the fp32 backbone of %s: %s", path, why)
+        elif int8 is not None:
+            heads, wanted = int8["heads"], int8
+            quantization = path / str(int8["quantization"])
         type_head = LinearHead.load(path / str(heads["image_type"]))
         color_head = load_head(path / str(heads["color"]))
         spec = backbone_spec(path, config)
-        if backbone is None or not _same_weights(backbone, spec, backbone_cfg):
-            backbone = Backbone.load(
-                spec.variant,
-                threads=threads,
-                engine=engine,
-                cache_dir=cache_dir,
-                concurrency=concurrency,
-                weights=spec.weights,
-            )
-        if backbone_cfg.get("backbone_id", backbone.backbone_id) != backbone.backbone_id:
+        if backbone is None or not _same_weights(backbone, spec, wanted):
+            try:
+                backbone = Backbone.load(
+                    spec.variant,
+                    threads=threads,
+                    engine=engine,
+                    cache_dir=cache_dir,
+                    concurrency=concurrency,
+                    weights=spec.weights,
+                    quantization=quantization,
+                )
+            except ModelError as exc:
+                if quantization is None:
+                    raise
+                log.warning("the int8 backbone of %s cannot be used (%s); serving fp32", path, exc)
+                return cls.from_dir(
+                    path,
+                    threads=threads,
+                    batch_size=batch_size,
+                    engine=engine,
+                    cache_dir=cache_dir,
+                    concurrency=concurrency,
+                )
+        if wanted.get("backbone_id", backbone.backbone_id) != backbone.backbone_id:
             raise ModelError(
-                f"{path / CONFIG_NAME} needs backbone {backbone_cfg['backbone_id']} but the "
-                f"{'weights file' if spec.weights else 'installed weights'} are "
-                f"{backbone.backbone_id}; {_FIX_HINT}"
+                f"{path / CONFIG_NAME} needs backbone {wanted['backbone_id']} but the "
+                f"{'weights file' if spec.weights else 'installed weights'} "
+                f"{'quantized with ' + str(quantization) + ' ' if quantization else ''}"
+                f"are {backbone.backbone_id}; {FIX_HINT}"
             )
+        if quantization is not None:
+            log.info("serving the int8 backbone %s of %s", backbone.backbone_id, path)
         if not config.get("version"):
             digest = hashlib.sha256((type_head.digest() + color_head.digest()).encode())
             config["version"] = f"custom-{digest.hexdigest()[:8]}"
@@ -331,97 +365,13 @@ class EmbeddingClassifier(Classifier):
 
 
 def _same_weights(backbone: Backbone, spec: BackboneSpec, backbone_cfg: dict[str, Any]) -> bool:
-    """Whether a loaded backbone is the network a config asks for (and may be shared)."""
+    """Whether a loaded backbone is the network a config block (``backbone`` or ``int8``)
+    asks for (and may be shared)."""
     if "backbone_id" in backbone_cfg:
         return bool(backbone.backbone_id == backbone_cfg["backbone_id"])
     # An old config without an id: only the package's weights of the same variant match.
     packaged = spec.weights is None and backbone.weights_path is None
     return packaged and backbone.variant == spec.variant
-
-
-def backbone_spec(path: Path, config: dict[str, Any] | None = None) -> BackboneSpec:
-    """The network a model folder runs on: its variant, and its weights file if fine-tuned.
-
-    Raises:
-        ModelError: The config names a weights file that is not a plain name in the folder.
-    """
-    backbone_cfg = (config or read_config(path))["backbone"]
-    weights = backbone_cfg.get("weights")
-    if weights is None:
-        return BackboneSpec(str(backbone_cfg["variant"]))
-    if not isinstance(weights, str) or Path(weights).name != weights or weights in ("", ".", ".."):
-        raise ModelError(
-            f"{path / CONFIG_NAME}: backbone.weights must be a file name in the model folder "
-            f"(like {WEIGHTS_NAME!r}), got {weights!r}; {_FIX_HINT}"
-        )
-    return BackboneSpec(str(backbone_cfg["variant"]), path / weights)
-
-
-def backbone_config(backbone: Backbone) -> dict[str, Any]:
-    """The ``backbone`` block of a model's config.json: what :meth:`EmbeddingClassifier.from_dir`
-    loads and checks (variant, weights id and file, input size, normalisation, preprocessing).
-
-    A fine-tuned backbone's weights must be written beside the config with
-    :func:`copy_backbone_weights`.
-    """
-    block: dict[str, Any] = {
-        "variant": backbone.variant,
-        "backbone_id": backbone.backbone_id,
-        "input_size": backbone.input_size,
-        "mean": list(backbone.mean),
-        "std": list(backbone.std),
-        "preprocess": PREPROCESS_ID,
-        "embedding": "global average pool of extract_features()",
-    }
-    if backbone.weights_path is not None:
-        block["weights"] = WEIGHTS_NAME
-    return block
-
-
-def copy_backbone_weights(backbone: Backbone, out_dir: Path) -> None:
-    """Put a fine-tuned backbone's weights (and their JSON sidecar) into a model folder.
-
-    Does nothing for a backbone with its pip package's weights.
-    """
-    source = backbone.weights_path
-    if source is None:
-        return
-    target = out_dir / WEIGHTS_NAME
-    if source.resolve() != target.resolve():
-        shutil.copyfile(source, target)
-        sidecar = source.with_suffix(".json")
-        if sidecar.is_file():
-            shutil.copyfile(sidecar, target.with_suffix(".json"))
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """Read and check a model directory's ``config.json``.
-
-    Raises:
-        ModelError: If the folder or file is missing or malformed.
-    """
-    if not path.is_dir():
-        raise ModelError(f"model folder {path} does not exist; {_FIX_HINT}")
-    config_path = path / CONFIG_NAME
-    if not config_path.is_file():
-        raise ModelError(f"{config_path} is missing; {_FIX_HINT}")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{config_path} is not valid JSON ({exc}); {_FIX_HINT}") from exc
-    if (
-        not isinstance(config, dict)
-        or config.get("format") != MODEL_FORMAT
-        or not isinstance(config.get("backbone"), dict)
-        or "variant" not in config["backbone"]
-        or not isinstance(config.get("heads"), dict)
-        or not {"image_type", "color"} <= set(config["heads"])
-    ):
-        raise ModelError(
-            f"{config_path} is not a {MODEL_FORMAT} config (needs backbone.variant and "
-            f"heads.image_type/heads.color); {_FIX_HINT}"
-        )
-    return config
 
 
 def settings_plan(settings: Settings) -> InferencePlan:
@@ -465,7 +415,8 @@ def from_settings(
 
     Args:
         settings: Uses ``torch_threads``, ``inference_workers``, ``inference_batch_size``,
-            ``engine`` and ``data_dir`` (the ONNX backbone is cached in ``<data_dir>/cache``).
+            ``engine``, ``precision`` and ``data_dir`` (the ONNX backbone is cached in
+            ``<data_dir>/cache``).
         folder: A model folder (config.json, heads, optional weights).
         backbone: A loaded backbone of the same variant to share (a hot swap keeps one).
     """
@@ -478,4 +429,5 @@ def from_settings(
         engine=settings.engine,
         cache_dir=settings.data_dir / "cache",
         backbone=backbone,
+        precision=settings.precision,
     )

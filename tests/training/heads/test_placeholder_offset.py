@@ -74,6 +74,16 @@ def test_synthetic_rows_do_not_inflate_precision_when_real_placeholders_exist() 
     assert offset == 0.5
 
 
+def test_a_fixed_offset_is_kept_and_still_scored() -> None:
+    rows = [(PH, 3.0)] * 60 + [(STOCK, 0.6), (DEALER, -2.0)]
+    logits, y = _logits(rows)
+    offset, record = po.choose_offset(logits, y, fixed=1.1)  # off the grid too
+    assert offset == record["offset"] == 1.1
+    assert record["rule"].startswith("fixed by the caller")
+    assert record["out_of_fold"]["1.1"]["false_positives"] == 0
+    assert "0.75" in record["out_of_fold"]
+
+
 def test_apply_offset_lowers_only_the_placeholder_bias() -> None:
     bias = np.array([0.1, 0.2, 0.3], dtype=np.float32)
     out = po.apply_offset(bias, 0.5)

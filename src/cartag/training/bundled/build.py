@@ -27,21 +27,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from cartag.clock import Clock, SystemClock
 from cartag.imaging.placeholders import FAMILIES
-from cartag.models.backbone import PREPROCESS_ID, Backbone
+from cartag.models.backbone import Backbone
 from cartag.models.classifier import (
     CONFIG_NAME,
     MODEL_FORMAT,
     backbone_config,
     copy_backbone_weights,
 )
-from cartag.models.color_features import FEATURE_ID, SIZE, color_features_batch
-from cartag.models.heads import LinearHead
-from cartag.training.bundled.color_head import train_bundled_color_head
+from cartag.models.color_features import FEATURE_ID
 from cartag.training.bundled.config import (
     SOURCE,
     SOURCES_TEXT,
@@ -51,64 +46,13 @@ from cartag.training.bundled.config import (
     command_line,
     split_rules,
 )
-from cartag.training.bundled.corpus import (
-    PLACEHOLDER_SOURCE,
-    Corpus,
-    build_corpus,
-    build_corpus_all,
-)
-from cartag.training.datasets import all_sources
-from cartag.training.datasets.dataset import SPLIT_RULE, file_loader, image_key
-from cartag.training.datasets.embedding_cache import EmbeddingCache
+from cartag.training.bundled.corpus import build_corpus, build_corpus_all
+from cartag.training.bundled.heads import HeadRecipe, fit_heads
+from cartag.training.bundled.quantization import Int8Build, build_int8
+from cartag.training.datasets.dataset import SPLIT_RULE
 from cartag.training.datasets.type_labels import TYPE_LABELS_PATH
 from cartag.training.evaluation.card import render_card
-from cartag.training.fitting.metrics import classification_report
 from cartag.training.heads.recolor import RECOLORED_PER_COLOR
-from cartag.training.heads.type_head import train_type_head
-from cartag.vocab import COLORS, IMAGE_TYPES
-
-
-def per_source_metrics(
-    corpus: Corpus, type_head: LinearHead, color_head: LinearHead, color_in: np.ndarray
-) -> dict[str, Any]:
-    """Held-out figures per source: type report + Placeholder precision, color report.
-
-    Placeholder precision counts every held-out real image called Placeholder that
-    is not a labelled Placeholder as a false positive (generated placeholders are
-    reported as their own source).
-    """
-    placeholder = IMAGE_TYPES.index("Placeholder")
-    src = np.asarray(corpus.sources)
-    real = src != PLACEHOLDER_SOURCE
-    held = np.flatnonzero(corpus.holdout)
-    type_pred = np.full(len(corpus.keys), -1, dtype=np.int64)
-    type_proba = type_head.predict_proba(corpus.emb[held])
-    type_pred[held] = type_proba.argmax(axis=1)
-    proba_of = dict(zip(held.tolist(), type_proba, strict=True))
-    out: dict[str, Any] = {}
-    for source in dict.fromkeys(corpus.sources):
-        mine = np.flatnonzero(corpus.holdout & (src == source))
-        entry: dict[str, Any] = {"n_held_out": int(len(mine))}
-        typed = mine[corpus.type_idx[mine] >= 0]
-        if len(typed):
-            entry["image_type"] = classification_report(
-                corpus.type_idx[typed], np.stack([proba_of[i] for i in typed]), IMAGE_TYPES
-            )
-            entry["placeholder"] = all_sources.placeholder_precision(
-                corpus.type_idx[mine], type_pred[mine], placeholder, real[mine]
-            )
-        colored = mine[corpus.color_idx[mine] >= 0]
-        if len(colored):
-            entry["color"] = classification_report(
-                corpus.color_idx[colored], color_head.predict_proba(color_in[colored]), COLORS
-            )
-        out[source] = entry
-    out["all"] = {
-        "placeholder": all_sources.placeholder_precision(
-            corpus.type_idx[held], type_pred[held], placeholder, real[held]
-        )
-    }
-    return out
 
 
 def train_bundled(
@@ -126,6 +70,8 @@ def train_bundled(
     clock: Clock | None = None,
     sources: Sequence[str] | None = None,
     recolor_min_real: int = 1,
+    int8: bool = False,
+    calibration_method: str = "minmax",
 ) -> dict[str, Any]:
     """Train, evaluate and write a model directory (config, heads, card).
 
@@ -140,99 +86,57 @@ def train_bundled(
             held-out split, per-source held-out figures).
         recolor_min_real: Target colors with fewer real training photos than this
             get recolored photos (1 = only colors with none).
+        int8: Also calibrate the int8 backbone and fit heads on its embeddings with the
+            same recipe (:func:`build_int8`); needs ``sources``.
+        calibration_method: How the int8 activation ranges are measured
+            (:func:`cartag.models.quantize.calibrate`).
 
     Returns:
         The config dict that was written.
 
     Raises:
-        ValueError: The weights were fine-tuned with another split rule or variant.
+        ValueError: The weights were fine-tuned with another split rule or variant, or
+            int8 was asked of a single-folder build.
     """
     now = (clock or SystemClock()).now()
     finetune = None if weights is None else check_finetune(weights, variant)
+    if int8 and sources is None:
+        raise ValueError(
+            "the int8 backbone is calibrated on a build of several sources (--sources)"
+        )
     backbone = Backbone.load(variant, threads=threads, weights=weights)
     if sources is None:
         corpus = build_corpus(data_dir, backbone, cache_dir, n_placeholders, seed)
     else:
         corpus = build_corpus_all(data_dir, sources, backbone, cache_dir, n_placeholders, seed)
-
-    cache = EmbeddingCache.in_folder(cache_dir, backbone.backbone_id, PREPROCESS_ID)
-
-    def embed(images: list[Image.Image]) -> np.ndarray:
-        keys = [image_key(image) for image in images]
-        return cache.get_or_compute(keys, lambda i: images[i], backbone.embed_images)
-
-    if sources is None:
-        type_head, type_metrics = train_type_head(corpus, data_dir, embed, l2=l2)
-    else:
-        type_head, type_metrics = train_type_head(
-            corpus,
-            data_dir,
-            embed,
-            l2=l2,
-            hashes=corpus.hashes,
-            targets=corpus.type_idx,
-            cv_groups=corpus.cv_groups,
-        )
-        type_metrics["label_source"] = (
-            "reviewed labels of every source (cartag.training.datasets.sources.read_sources) "
-            "+ synthetic placeholders"
-        )
-    color_head, color_metrics = train_bundled_color_head(
-        corpus,
-        data_dir,
-        cache_dir,
-        embed,
-        l2=l2,
-        recolored_per_color=recolored_per_color,
-        seed=seed,
-        recolor_min_real=recolor_min_real,
+    recipe = HeadRecipe(l2, recolored_per_color, seed, recolor_min_real)
+    type_head, color_head, color_metrics = fit_heads(
+        corpus, backbone, data_dir, cache_dir, sources, recipe, now
     )
-    by_source: dict[str, Any] | None = None
-    if sources is not None:
-        color_in = np.zeros((len(corpus.keys), color_head.weight.shape[0]), dtype=np.float32)
-        colored = np.flatnonzero(corpus.color_idx >= 0)
-        feature_cache = EmbeddingCache.in_folder(cache_dir, FEATURE_ID, f"to-rgb-bilinear-{SIZE}")
-        color_files = [Path(str(corpus.files[i])) for i in colored]
-        features = feature_cache.get_or_compute(
-            [corpus.content[i] for i in colored], file_loader(color_files), color_features_batch
-        )
-        color_in[colored] = np.concatenate([corpus.emb[colored], features], axis=1)
-        by_source = per_source_metrics(corpus, type_head, color_head, color_in)
-        type_metrics["held_out_by_source"] = {
-            k: {m: v[m] for m in ("image_type", "placeholder") if m in v}
-            for k, v in by_source.items()
-        }
-        color_metrics["held_out_by_source"] = {
-            k: v["color"] for k, v in by_source.items() if "color" in v
-        }
-
-    common = {
-        "backbone_id": backbone.backbone_id,
-        "input_size": backbone.input_size,
-        "mean": list(backbone.mean),
-        "std": list(backbone.std),
-        "preprocess": PREPROCESS_ID,
-        "training_data_sha256": corpus.data_hash,
-        "split_rule": SPLIT_RULE if sources is None else split_rules(sources),
-        "created": now.isoformat(timespec="seconds"),
-    }
-    type_head.metadata.update({**common, "task": "image_type", "metrics": type_metrics})
-    type_head.metadata["label_note"] = TYPE_NOTE if sources is None else TYPE_NOTE_ALL
-    color_head.metadata.update({**common, "task": "color", "metrics": color_metrics})
     out_dir.mkdir(parents=True, exist_ok=True)
     type_head.save(out_dir / "type_head")
     color_head.save(out_dir / "color_head")
     copy_backbone_weights(backbone, out_dir)
+    int8_block: dict[str, Any] | None = None
+    digests = type_head.digest() + color_head.digest() + backbone.backbone_id
+    if int8:
+        int8_block, int8_digests = build_int8(
+            backbone,
+            corpus,
+            out_dir,
+            Int8Build(cache_dir, data_dir, sources, recipe, now, threads, calibration_method),
+            (type_head, color_head),
+        )
+        digests += int8_digests
 
-    digest = hashlib.sha256(
-        (type_head.digest() + color_head.digest() + backbone.backbone_id).encode()
-    ).hexdigest()
+    digest = hashlib.sha256(digests.encode()).hexdigest()
     config: dict[str, Any] = {
         "format": MODEL_FORMAT,
         "version": f"bundled-{now:%Y.%m.%d}-{digest[:8]}",
         "backbone": backbone_config(backbone),
         "heads": {"image_type": "type_head", "color": "color_head"},
         "color_features": FEATURE_ID,
+        **({} if int8_block is None else {"int8": int8_block}),
         "training": {
             "source": SOURCE,
             "data_sha256": corpus.data_hash,
@@ -253,7 +157,12 @@ def train_bundled(
             "split_rule": SPLIT_RULE if sources is None else split_rules(sources),
             "type_label_note": TYPE_NOTE if sources is None else TYPE_NOTE_ALL,
             "type_labels_sha256": hashlib.sha256(TYPE_LABELS_PATH.read_bytes()).hexdigest(),
-            "command": command_line(sources, finetune is not None, recolor_min_real),
+            "command": command_line(
+                sources,
+                finetune is not None,
+                recolor_min_real,
+                calibration_method if int8 else None,
+            ),
             **({} if finetune is None else {"backbone_finetune": finetune}),
         },
         "created": now.isoformat(timespec="seconds"),

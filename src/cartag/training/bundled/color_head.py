@@ -21,7 +21,7 @@ from cartag.models.heads import MLPHead
 from cartag.training.bundled.corpus import Corpus
 from cartag.training.datasets.dataset import file_loader, read_labels, split_key
 from cartag.training.datasets.embedding_cache import EmbeddingCache
-from cartag.training.heads.color import build_color_features, train_color_head
+from cartag.training.heads.color import MLPConfig, build_color_features, train_color_head
 from cartag.training.heads.recolor import (
     RECOLORED_PER_COLOR,
     TARGETS,
@@ -42,6 +42,7 @@ def train_bundled_color_head(
     recolored_per_color: int = RECOLORED_PER_COLOR,
     seed: int = 0,
     recolor_min_real: int = 1,
+    config: MLPConfig | None = None,
 ) -> tuple[MLPHead, dict[str, Any]]:
     """The bundled model's color head, from the rows of a
     :mod:`~cartag.training.bundled.corpus` corpus.
@@ -62,6 +63,8 @@ def train_bundled_color_head(
         seed: Seed of the recoloring.
         recolor_min_real: Target colors with fewer real training photos than this
             get recolored ones (1 = only colors with none).
+        config: MLP hyper-parameters (default :class:`~cartag.training.heads.color.MLPConfig`;
+            an ``epoch_grid`` of one value fixes the epochs).
 
     Returns:
         The head (input: embedding then color features) and its metrics.
@@ -115,7 +118,7 @@ def train_bundled_color_head(
     # CV folds are taken by position, so order by a key hash (as for the type head).
     train = train[np.argsort([split_key("cv:" + keys[i]) for i in train])]
     test = np.flatnonzero(corpus.holdout & (corpus.color_idx >= 0))
-    head, metrics = train_color_head(X, y, train, test, COLORS, mlp_start=dim, l2=l2)
+    head, metrics = train_color_head(X, y, train, test, COLORS, mlp_start=dim, l2=l2, config=config)
     if made:
         metrics["recolored"] = _recolored_metrics(head, made, checks, embed)
     metrics["recolor_rule"] = {

@@ -69,8 +69,16 @@ def split_rules(sources: Sequence[str]) -> str:
     return "; ".join(f"{s}: {rules[s]}" for s in [*sources, PLACEHOLDER_SOURCE])
 
 
-def command_line(sources: Sequence[str] | None, finetuned: bool, recolor_min_real: int) -> str:
-    """The command that rebuilds the model (data paths as placeholders)."""
+def command_line(
+    sources: Sequence[str] | None,
+    finetuned: bool,
+    recolor_min_real: int,
+    calibration: str | None = None,
+) -> str:
+    """The command that rebuilds the model (data paths as placeholders).
+
+    ``calibration``: the int8 calibration method, None for a build without int8.
+    """
     if sources is None:
         command = "cartag models build-bundled --data <vcr-train> --out <dir>"
     else:
@@ -80,6 +88,10 @@ def command_line(sources: Sequence[str] | None, finetuned: bool, recolor_min_rea
         )
         if recolor_min_real != 1:
             command += f" --recolor-min-real {recolor_min_real}"
+        if calibration is None:
+            command += " --no-int8"
+        elif calibration != "minmax":
+            command += f" --calibration {calibration}"
     return command + (" --backbone-weights <finetune .npz>" if finetuned else "")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -179,3 +179,28 @@ def build_corpus_all(
         cv_groups=[f"repo:{r.group}" if r.source == TYPE_TRAIN else "" for r in rows]
         + [f"family:{f}" for f in ph_family],
     )
+
+
+def reembed(corpus: Corpus, backbone: Embedder, cache_dir: Path, seed: int) -> Corpus:
+    """The same corpus, embedded by another backbone (the int8 one), through its cache.
+
+    Args:
+        corpus: A corpus of several sources (:func:`build_corpus_all`).
+        backbone: The other backbone.
+        cache_dir: Embedding cache folder (keyed by ``backbone.backbone_id``).
+        seed: The seed the corpus' placeholders were generated with.
+
+    Returns:
+        ``corpus`` with ``emb`` replaced.
+    """
+    n_placeholders = sum(1 for f in corpus.files if f is None)
+    placeholders = generate_placeholders(n_placeholders, seed=seed)
+    first = len(corpus.files) - n_placeholders
+
+    def load(i: int) -> Image.Image:
+        path = corpus.files[i]
+        return placeholders[i - first].image if path is None else file_loader([path])(0)
+
+    cache = EmbeddingCache.in_folder(cache_dir, backbone.backbone_id, PREPROCESS_ID)
+    emb = cache.get_or_compute(corpus.content, load, backbone.embed_images)
+    return replace(corpus, emb=emb)

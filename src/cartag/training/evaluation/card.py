@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cartag.settings import Settings
 from cartag.training.evaluation import card_sources
+from cartag.training.evaluation.card_int8 import int8_section
 from cartag.training.evaluation.card_sources import fmt
 
 
@@ -224,6 +226,7 @@ def render_card(model_dir: Path) -> str:
         "",
         *_by_source_section(tm, heads["color"]["metrics"]),
         *card_sources.cross_source_section(card_sources.read_cross_source(model_dir)),
+        *int8_section(model_dir, config, str(Settings.model_fields["precision"].default)),
         *card_sources.label_section(training),
         *_label_section(tm),
         *_head_section("Image type head", type_meta),

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Final
 
 CROSS_SOURCE_NAME: Final[str] = "cross_source.json"
+# The same protocols on the int8 backbone's embeddings (heads refitted on them).
+CROSS_SOURCE_INT8_NAME: Final[str] = "cross_source_int8.json"
 
 
 def fmt(value: object) -> str:
@@ -70,9 +72,9 @@ def offset_line(type_metrics: dict[str, Any]) -> list[str]:
     ]
 
 
-def read_cross_source(model_dir: Path) -> dict[str, Any] | None:
-    """The cross-source summary beside the weights, or None."""
-    path = model_dir / CROSS_SOURCE_NAME
+def read_cross_source(model_dir: Path, name: str = CROSS_SOURCE_NAME) -> dict[str, Any] | None:
+    """The cross-source summary ``name`` beside the weights, or None."""
+    path = model_dir / name
     if not path.is_file():
         return None
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))

@@ -48,7 +48,10 @@ def placeholder_scores(logits: np.ndarray, y: np.ndarray, offset: float) -> dict
 
 
 def choose_offset(
-    oof_logits: np.ndarray, y: np.ndarray, real: np.ndarray | None = None
+    oof_logits: np.ndarray,
+    y: np.ndarray,
+    real: np.ndarray | None = None,
+    fixed: float | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """The smallest grid offset that meets the precision target within the recall budget.
 
@@ -61,6 +64,8 @@ def choose_offset(
         real: Optional bool (N,): rows that are real images. When some real rows
             are labelled Placeholder, only real rows are scored: synthetic
             placeholders are easy and would inflate precision and recall.
+        fixed: Take this offset instead of choosing (the table is still scored):
+            heads refitted on other embeddings of the same model keep its offset.
 
     Returns:
         The offset and a record (rule, table of every offset tried, the choice).
@@ -69,20 +74,26 @@ def choose_offset(
     if real is not None and bool((np.asarray(real) & (y == PLACEHOLDER)).any()):
         oof_logits, y = oof_logits[real], y[real]
         scored = "real images only"
-    table = {repr(o): placeholder_scores(oof_logits, y, o) for o in OFFSET_GRID}
+    grid = sorted({*OFFSET_GRID, *([] if fixed is None else [fixed])})
+    table = {repr(o): placeholder_scores(oof_logits, y, o) for o in grid}
     base_recall = table[repr(OFFSET_GRID[0])]["recall"]
     allowed = [o for o in OFFSET_GRID if table[repr(o)]["recall"] >= base_recall - MAX_RECALL_LOSS]
     meeting = [o for o in allowed if table[repr(o)]["precision"] >= TARGET_PRECISION]
-    if meeting:
+    if fixed is not None:
+        chosen = fixed
+    elif meeting:
         chosen = meeting[0]
     else:
         chosen = max(allowed, key=lambda o: (table[repr(o)]["precision"], -o))
+    rule = (
+        f"smallest offset with out-of-fold Placeholder precision >= {TARGET_PRECISION} "
+        f"losing <= {MAX_RECALL_LOSS} recall (else the most precise within that loss); "
+        "subtracted from the Placeholder bias (cartag.training.heads.placeholder_offset)"
+    )
+    if fixed is not None:
+        rule = f"fixed by the caller (the float heads' offset); the rule otherwise: {rule}"
     record = {
-        "rule": (
-            f"smallest offset with out-of-fold Placeholder precision >= {TARGET_PRECISION} "
-            f"losing <= {MAX_RECALL_LOSS} recall (else the most precise within that loss); "
-            "subtracted from the Placeholder bias (cartag.training.heads.placeholder_offset)"
-        ),
+        "rule": rule,
         "scored": scored,
         "offset": chosen,
         "met_target": bool(meeting),

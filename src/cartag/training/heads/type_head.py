@@ -204,6 +204,7 @@ def train_type_head(
     hashes: Sequence[str] | None = None,
     targets: np.ndarray | None = None,
     cv_groups: Sequence[str] | None = None,
+    offset: float | None = None,
 ) -> tuple[LinearHead, dict[str, Any]]:
     """Fit, calibrate and evaluate the image-type head.
 
@@ -225,6 +226,8 @@ def train_type_head(
             ``"repo:<repository>"``, ``""`` for none) whose rows CV keeps in one fold
             (:func:`grouped_folds`), so the choice of ``l2`` rewards designs and
             sources the fold did not train on; None = near-duplicate groups only.
+        offset: Fixed Placeholder logit offset, or None to choose it on the out-of-fold
+            logits (:func:`cartag.training.heads.placeholder_offset.choose_offset`).
 
     Returns:
         The head (temperature in ``metadata``) and its metrics dict.
@@ -263,7 +266,9 @@ def train_type_head(
     X, y_train = corpus.emb[train], y[train]
     chosen, oof_logits, cv_scores = _choose_l2(X, y_train, fold, L2_GRID if l2 is None else [l2])
     real_train = np.asarray([not corpus.family[i] for i in train.tolist()], dtype=bool)
-    offset, offset_record = placeholder_offset.choose_offset(oof_logits, y_train, real_train)
+    offset, offset_record = placeholder_offset.choose_offset(
+        oof_logits, y_train, real_train, fixed=offset
+    )
     oof_logits = placeholder_offset.apply_offset(oof_logits, offset)
     # The temperature is fitted to the logits the head will serve, offset included.
     temperature = calibration.fit_temperature(oof_logits, y_train)
