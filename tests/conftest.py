@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,20 @@ from tests.support.db import fresh_database
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vcr-train"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One model cache for the session (CARTAG_CACHE_DIR, seen by in-process settings, the
+    CLI and subprocesses): the backbone is exported and quantized once, not per data dir."""
+    folder = tmp_path_factory.mktemp("model-cache")
+    before = os.environ.get("CARTAG_CACHE_DIR")
+    os.environ["CARTAG_CACHE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("CARTAG_CACHE_DIR", None)
+    else:
+        os.environ["CARTAG_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The folder of real, color-labelled car photos (../shared/data/vcr-train)."""
@@ -26,9 +41,11 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    """Settings for a test: private data dir, loopback allowed (the local image server)."""
+    """Settings for a test: private data dir, loopback allowed (the local image server),
+    the fp32 backbone like the session's ``classifier`` (int8: test_quantization.py)."""
     return Settings(
         data_dir=tmp_path / "data",
+        precision="fp32",
         allowed_networks=[ipaddress.ip_network("127.0.0.0/8")],
         retries=1,
         retry_backoff_s=0.01,

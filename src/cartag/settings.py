@@ -37,6 +37,12 @@ class Settings(BaseSettings):
         default=Path("cartag-data"),
         description="Folder for the SQLite database, blobs and model caches.",
     )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Model caches: the exported (and quantized) ONNX backbone, training "
+        "embeddings; default <data_dir>/cache. Servers and workers may share one: files are "
+        "written atomically and checked when loaded.",
+    )
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL; default is a SQLite file in data_dir. "
@@ -459,6 +465,11 @@ class Settings(BaseSettings):
         if isinstance(value, list):
             return [str(v).lower() for v in value]
         return value
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        """``cache_dir``, defaulting to ``<data_dir>/cache``."""
+        return self.cache_dir if self.cache_dir is not None else self.data_dir / "cache"
 
     @property
     def resolved_database_url(self) -> str:

@@ -53,7 +53,7 @@ def int8_classifier() -> EmbeddingClassifier:
 def fp32_onnx(int8_classifier: EmbeddingClassifier) -> bytes:
     """The float export the int8 model was quantized from (cached beside it)."""
     ident = int8_classifier.backbone_id.split("+int8@")[0]
-    return (Settings().data_dir / "cache" / "onnx" / f"{ident}-{PREPROCESS_ID}.onnx").read_bytes()
+    return (Settings().resolved_cache_dir / "onnx" / f"{ident}-{PREPROCESS_ID}.onnx").read_bytes()
 
 
 def _folder_copy(tmp_path: Path) -> Path:
@@ -112,7 +112,7 @@ def test_the_int8_cache_is_keyed_by_the_ranges(
     cache = tmp_path / "cache"
     (cache / "onnx").mkdir(parents=True)
     # The float export is already cached in the default data dir: start from it.
-    for path in (Settings().data_dir / "cache" / "onnx").glob(f"*{PREPROCESS_ID}.onnx"):
+    for path in (Settings().resolved_cache_dir / "onnx").glob(f"*{PREPROCESS_ID}.onnx"):
         shutil.copy(path, cache / "onnx" / path.name)
     ranges = dict(shipped.ranges)
     name = sorted(ranges)[len(ranges) // 2]

@@ -69,7 +69,7 @@ def _builder(settings: Settings, db: Any, progress: _RichProgress, rank: bool) -
             spec.variant,
             threads=settings.torch_threads,
             engine=settings.engine,
-            cache_dir=settings.data_dir / "cache",
+            cache_dir=settings.resolved_cache_dir,
             weights=spec.weights,
         )
     return DatasetBuilder(

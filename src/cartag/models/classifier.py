@@ -427,7 +427,7 @@ def from_settings(
         concurrency=plan.workers,
         batch_size=settings.inference_batch_size,
         engine=settings.engine,
-        cache_dir=settings.data_dir / "cache",
+        cache_dir=settings.resolved_cache_dir,
         backbone=backbone,
         precision=settings.precision,
     )

@@ -246,7 +246,7 @@ class FeatureSource:
                 spec.variant,
                 threads=self.threads,
                 engine=self.settings.engine,
-                cache_dir=self.settings.data_dir / "cache",
+                cache_dir=self.settings.resolved_cache_dir,
                 weights=spec.weights,
             )
         return self._backbones[spec]
