@@ -330,10 +330,17 @@ def test_settings_select_the_engine_and_cache(
     torch_backbone: Backbone,
     count_exports: list[str],
 ) -> None:
-    settings = Settings(data_dir=tmp_path, engine="onnx", inference_batch_size=4, precision="fp32")
+    settings = Settings(
+        data_dir=tmp_path,
+        cache_dir=None,  # the default, <data_dir>/cache, not the session's shared cache
+        engine="onnx",
+        inference_batch_size=4,
+        precision="fp32",
+    )
     classifier = load_classifier(settings)
     assert isinstance(classifier, EmbeddingClassifier)
     assert classifier.backbone.engine.name == "onnx" and classifier.batch_size == 4
+    assert settings.resolved_cache_dir == tmp_path / "cache"
     cached = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
     bundled_id = embedding_classifier.backbone_id
     assert [p.name for p in cached] == [f"{bundled_id}-{PREPROCESS_ID}.onnx"]
