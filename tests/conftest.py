@@ -26,9 +26,11 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    """Settings for a test: private data dir, loopback allowed (the local image server)."""
+    """Settings for a test: private data dir, loopback allowed (the local image server),
+    the fp32 backbone like the session's ``classifier`` (the int8 default has its own tests)."""
     return Settings(
         data_dir=tmp_path / "data",
+        precision="fp32",
         allowed_networks=[ipaddress.ip_network("127.0.0.0/8")],
         retries=1,
         retry_backoff_s=0.01,

@@ -189,7 +189,7 @@ def test_precision_fp32_serves_the_fp32_heads(int8_classifier: EmbeddingClassifi
 def test_int8_on_the_torch_engine_serves_fp32(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, backbone: Backbone
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="cartag.models.classifier"):
+    with caplog.at_level(logging.INFO, logger="cartag.models"):
         model = EmbeddingClassifier.from_dir(BUNDLED_DIR, backbone=backbone, precision="int8")
     assert model.backbone_id == backbone.backbone_id
     assert "serving the fp32 backbone" in caplog.text and "engine is torch" in caplog.text
@@ -215,7 +215,7 @@ def test_unusable_int8_falls_back_to_fp32_with_a_warning(
     body = json.loads((folder / QUANTIZATION_NAME).read_text(encoding="utf-8"))
     body["format"] = "something-else"
     (folder / QUANTIZATION_NAME).write_text(json.dumps(body), encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="cartag.models.classifier"):
+    with caplog.at_level(logging.WARNING, logger="cartag.models"):
         model = EmbeddingClassifier.from_dir(
             folder, engine="onnx", cache_dir=Settings().data_dir / "cache", precision="int8"
         )
@@ -230,9 +230,11 @@ def test_a_malformed_int8_block_is_refused(tmp_path: Path) -> None:
         EmbeddingClassifier.from_dir(folder, engine="onnx", precision="int8")
 
 
-def test_the_server_loads_int8_in_a_fresh_data_dir_without_torch(tmp_path: Path) -> None:
-    # The service quantizes in a child process: neither torch nor the quantization
-    # tooling (onnx, sympy) is imported by the serving process.
+def test_the_server_loads_int8_by_default_in_a_fresh_data_dir_without_torch(
+    tmp_path: Path,
+) -> None:
+    # The service exports and quantizes in child processes: neither torch nor the
+    # quantization tooling (onnx, sympy) is imported by the serving process.
     script = """
 import sys
 from pathlib import Path
@@ -240,7 +242,7 @@ from PIL import Image
 from cartag.models.classifier import load_classifier
 from cartag.settings import Settings
 for _ in range(2):
-    classifier = load_classifier(Settings(data_dir=Path(sys.argv[1]), precision="int8"))
+    classifier = load_classifier(Settings(data_dir=Path(sys.argv[1])))  # int8 by default
     assert "+int8@" in classifier.backbone.backbone_id, classifier.backbone.backbone_id
     classifier.predict([Image.new("RGB", (64, 48), (200, 30, 30))])
 heavy = [m for m in ("torch", "onnx", "onnxruntime.quantization", "sympy") if m in sys.modules]
