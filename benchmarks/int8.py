@@ -28,6 +28,7 @@ from pathlib import Path
 from PIL import Image
 
 from benchmarks.classify_throughput import RawBackbone
+from cartag.models.backbone import PREPROCESS_ID
 from cartag.settings import Settings
 from tests.support.images import real_photos
 
@@ -78,8 +79,11 @@ def main() -> None:
         print(f"| {plan} | {fp32:.1f} | {int8:.1f} | {int8 / fp32:.2f}x |")
     print()
     cache = args.data_dir / "cache" / "onnx"
-    for path in sorted(cache.glob("*.onnx")):
-        print(f"{path.name}: {path.stat().st_size / 1e6:.1f} MB")
+    fp32_id = raws["1 x 1", "fp32"].backbone.backbone_id
+    tag = raws["1 x 1", "int8"].backbone.backbone_id.rsplit("@", 1)[1]
+    for precision, name in (("fp32", ""), ("int8", f"-int8-{tag}")):
+        path = cache / f"{fp32_id}-{PREPROCESS_ID}{name}.onnx"
+        print(f"{precision} model file: {path.stat().st_size / 1e6:.1f} MB ({path.name})")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def shared_data() -> Path:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings for a test: private data dir, loopback allowed (the local image server),
-    the fp32 backbone like the session's ``classifier`` (int8: test_quantization.py)."""
+    the fp32 backbone like the session's ``classifier`` (the int8 default has its own tests)."""
     return Settings(
         data_dir=tmp_path / "data",
         precision="fp32",

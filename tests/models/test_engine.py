@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-import cartag.models.backbone as backbone_module
 import cartag.models.engine as engine_module
+import cartag.models.onnx_files as onnx_files
 from cartag.errors import ModelError
 from cartag.models.backbone import PREPROCESS_ID, Backbone, network_identity
 from cartag.models.classifier import EmbeddingClassifier, load_classifier, settings_plan
@@ -79,7 +79,7 @@ def count_exports(monkeypatch: pytest.MonkeyPatch, onnx_bytes: bytes) -> list[st
         calls.append(network)
         return onnx_bytes
 
-    monkeypatch.setattr(backbone_module, "export_in_child", counting)
+    monkeypatch.setattr(onnx_files, "export_in_child", counting)
     return calls
 
 
@@ -260,7 +260,7 @@ def test_backbone_falls_back_to_torch(
     def broken(variant: str, weights: Path | None, network: str) -> bytes:
         raise ModelError("exporting the backbone to ONNX failed: no space left on device")
 
-    monkeypatch.setattr(backbone_module, "export_in_child", broken)
+    monkeypatch.setattr(onnx_files, "export_in_child", broken)
     with caplog.at_level(logging.WARNING, logger="cartag.models.backbone"):
         backbone = Backbone.load(engine="onnx", cache_dir=tmp_path)
     assert backbone.engine.name == "torch"
@@ -284,7 +284,7 @@ def test_child_export_errors_are_model_errors(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip file")
     with pytest.raises(ModelError, match="export.*failed: the fine-tuned weights .* cannot be"):
-        backbone_module.export_in_child("efficientnet-lite0", garbage, "x")
+        onnx_files.export_in_child("efficientnet-lite0", garbage, "x")
 
 
 def test_onnx_backbone_holds_no_torch_network(torch_backbone: Backbone, backbone: Backbone) -> None:

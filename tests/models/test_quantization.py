@@ -189,7 +189,7 @@ def test_precision_fp32_serves_the_fp32_heads(int8_classifier: EmbeddingClassifi
 def test_int8_on_the_torch_engine_serves_fp32(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, backbone: Backbone
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="cartag.models.classifier"):
+    with caplog.at_level(logging.INFO, logger="cartag.models"):
         model = EmbeddingClassifier.from_dir(BUNDLED_DIR, backbone=backbone, precision="int8")
     assert model.backbone_id == backbone.backbone_id
     assert "serving the fp32 backbone" in caplog.text and "engine is torch" in caplog.text
@@ -215,7 +215,7 @@ def test_unusable_int8_falls_back_to_fp32_with_a_warning(
     body = json.loads((folder / QUANTIZATION_NAME).read_text(encoding="utf-8"))
     body["format"] = "something-else"
     (folder / QUANTIZATION_NAME).write_text(json.dumps(body), encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="cartag.models.classifier"):
+    with caplog.at_level(logging.WARNING, logger="cartag.models"):
         model = EmbeddingClassifier.from_dir(
             folder, engine="onnx", cache_dir=Settings().data_dir / "cache", precision="int8"
         )

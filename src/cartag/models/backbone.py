@@ -7,16 +7,15 @@ vector each (global-average-pooled final conv map); the heads in
 
 On the ONNX engine (the service's default) this process never imports torch:
 the export is made once by a child process and cached, and loads check it
-against the torch output it recorded (:mod:`cartag.models.onnx_export`). The
-torch side (weights, eager engine) is :mod:`cartag.models.networks`.
+against the torch output it recorded (:mod:`cartag.models.onnx_files`); given a
+model folder's activation ranges, the network runs quantized to int8 the same
+way (:mod:`cartag.models.quantization`). The torch side (weights, eager engine)
+is :mod:`cartag.models.networks`.
 """
 
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,14 +26,14 @@ import numpy as np
 from PIL import Image
 
 from cartag.errors import ModelError
-from cartag.models.engine import Engine, EngineName, load_cached_onnx, write_atomic
-from cartag.models.quantization import int8_backbone_id, int8_engine, read_quantization
+from cartag.models.engine import Engine, EngineName
+from cartag.models.onnx_files import int8_onnx_engine, onnx_model
+from cartag.models.onnx_files import network_identity as network_identity
 from cartag.models.variants import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     backbone_id,
     get_variant,
-    packaged_id,
 )
 
 if TYPE_CHECKING:
@@ -51,10 +50,6 @@ PREPROCESS_ID: Final[str] = "resize-bilinear-v1"
 # Transparent pixels are composited onto white: a browser shows a transparent
 # PNG logo or "no photo" card on the (white) listing page.
 _MATTE: Final[tuple[int, int, int]] = (255, 255, 255)
-
-# An export takes seconds (lite0: ~3 s with torch's import); a child still
-# running after minutes is stuck, and the backbone falls back to torch in-process.
-EXPORT_TIMEOUT_S: Final[float] = 600.0
 
 
 @dataclass(frozen=True)
@@ -95,114 +90,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
         scale = 255.0 / hi if hi > 255.0 else 1.0
         return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
-
-
-def network_identity(variant: str, weights: Path | None, backbone: str) -> str:
-    """What an exported ONNX model must have been made from: the backbone id, and for
-    fine-tuned weights also the package weights they patch (a new package release
-    would change the network while the weights file, and so the id, stays the same).
-    """
-    return backbone if weights is None else f"{backbone} on {packaged_id(variant)}"
-
-
-def export_in_child(variant: str, weights: Path | None, network: str) -> bytes:
-    """Export the network to ONNX in a child process (:mod:`cartag.models.onnx_export`).
-
-    torch is imported in the child only, so this process never holds its ~200 MB.
-
-    Returns:
-        The exported model's bytes.
-
-    Raises:
-        ModelError: The child failed (its last error line is in the message) or timed out.
-    """
-    with tempfile.TemporaryDirectory(prefix="cartag-onnx-") as tmp:
-        out = Path(tmp) / "backbone.onnx"
-        command = [sys.executable, "-m", "cartag.models.onnx_export", "--variant", variant]
-        command += ["--network", network, "--out", str(out)]
-        if weights is not None:
-            command += ["--weights", str(weights)]
-        try:
-            done = subprocess.run(
-                command, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ModelError(f"the ONNX export process did not finish: {exc}") from exc
-        if done.returncode != 0:
-            lines = (done.stderr or done.stdout).strip().splitlines()
-            detail = lines[-1].removeprefix("error: ") if lines else f"exit {done.returncode}"
-            raise ModelError(f"exporting the backbone to ONNX failed: {detail}")
-        try:
-            return out.read_bytes()
-        except OSError as exc:
-            raise ModelError(f"the ONNX export process wrote no model: {exc}") from exc
-
-
-def _onnx_model(
-    variant: str, weights: Path | None, ident: str, threads: int, cache_dir: Path | None
-) -> tuple[Engine, bytes | Path]:
-    """The float ONNX engine and its model: from the cache if it checks out, else
-    exported (and cached).
-
-    Returns:
-        The engine, and the checked model (the cached file, or the bytes when not cached).
-
-    Raises:
-        ModelError: The export failed or its model does not match torch.
-    """
-    network = network_identity(variant, weights, ident)
-    size = get_variant(variant).input_size
-    path = None if cache_dir is None else cache_dir / "onnx" / f"{ident}-{PREPROCESS_ID}.onnx"
-    if path is not None and path.is_file():
-        try:
-            return load_cached_onnx(path, network, size, threads=threads), path
-        except ModelError as exc:
-            log.warning("cached ONNX backbone %s is unusable (%s); exporting it again", path, exc)
-    data = export_in_child(variant, weights, network)
-    engine = load_cached_onnx(data, network, size, threads=threads)
-    if path is not None:
-        try:
-            write_atomic(path, data)
-        except OSError as exc:
-            log.warning(
-                "cannot cache the ONNX backbone at %s (%s); using it from memory", path, exc
-            )
-        else:
-            log.info("exported the ONNX backbone to %s", path)
-    return engine, data
-
-
-def _int8_engine(
-    variant: str,
-    weights: Path | None,
-    ident: str,
-    quantization: Path,
-    threads: int,
-    cache_dir: Path | None,
-) -> tuple[str, Engine]:
-    """The int8 engine of a model folder's ``quantization.json`` and its backbone id.
-
-    The float model is exported (or taken from the cache) only when the int8 one
-    is not cached yet; see :mod:`cartag.models.quantization`.
-
-    Raises:
-        ModelError: The ranges file is unusable, or quantization or its checks failed.
-    """
-    int8_ident = int8_backbone_id(ident, read_quantization(quantization))
-    tag = int8_ident.rsplit("@", 1)[1]
-    path = None
-    if cache_dir is not None:
-        path = cache_dir / "onnx" / f"{ident}-{PREPROCESS_ID}-int8-{tag}.onnx"
-    engine = int8_engine(
-        # One thread: this float session only proves the export before it is quantized.
-        lambda: _onnx_model(variant, weights, ident, 1, cache_dir)[1],
-        quantization,
-        network_identity(variant, weights, int8_ident),
-        get_variant(variant).input_size,
-        threads=threads,
-        cache_path=path,
-    )
-    return int8_ident, engine
 
 
 class Backbone:
@@ -294,7 +181,7 @@ class Backbone:
 
         With ``engine="onnx"`` torch is not imported in this process: the cached
         export is checked against the torch output it recorded, and a missing
-        one is made by a child process (:func:`export_in_child`).
+        one is made by a child process (:func:`cartag.models.onnx_files.onnx_model`).
 
         Args:
             variant: ``efficientnet-lite0``, ``-lite1`` or ``-lite2``.
@@ -319,19 +206,24 @@ class Backbone:
                 or the int8 backbone cannot be made.
         """
         ident = backbone_id(variant, weights)  # also checks the variant and the file's presence
+        stem = None if cache_dir is None else cache_dir / "onnx" / f"{ident}-{PREPROCESS_ID}"
         if quantization is not None:
             if engine != "onnx":
                 raise ModelError(
                     "the int8 backbone runs on the onnx engine only; set CARTAG_ENGINE=onnx "
                     "or CARTAG_PRECISION=fp32"
                 )
-            int8_ident, int8 = _int8_engine(
-                variant, weights, ident, quantization, threads, cache_dir
+            stem = None if cache_dir is None else cache_dir / "onnx" / f"{ident}-{PREPROCESS_ID}"
+            int8_ident, int8 = int8_onnx_engine(
+                variant, weights, ident, quantization, threads, stem
             )
             return cls(variant, int8_ident, int8, concurrency=concurrency, weights_path=weights)
         if engine == "onnx":
             try:
-                onnx, _ = _onnx_model(variant, weights, ident, threads, cache_dir)
+                stem = (
+                    None if cache_dir is None else cache_dir / "onnx" / f"{ident}-{PREPROCESS_ID}"
+                )
+                onnx, _ = onnx_model(variant, weights, ident, threads, stem)
             except ModelError as exc:
                 log.warning("ONNX engine unavailable (%s); running the backbone with torch", exc)
             else:

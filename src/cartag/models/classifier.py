@@ -42,7 +42,7 @@ from cartag.models.backbone import PREPROCESS_ID, Backbone, BackboneSpec
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID, color_features_batch
 from cartag.models.engine import EngineName, InferencePlan, inference_plan, physical_cores
 from cartag.models.folder import CONFIG_NAME as CONFIG_NAME
-from cartag.models.folder import FIX_HINT, int8_config
+from cartag.models.folder import FIX_HINT, precision_blocks
 from cartag.models.folder import MODEL_FORMAT as MODEL_FORMAT
 from cartag.models.folder import WEIGHTS_NAME as WEIGHTS_NAME
 from cartag.models.folder import backbone_config as backbone_config
@@ -270,14 +270,7 @@ class EmbeddingClassifier(Classifier):
                 f"{path / CONFIG_NAME} was made with preprocessing {backbone_cfg['preprocess']!r}, "
                 f"this cartag uses {PREPROCESS_ID!r}; {FIX_HINT}"
             )
-        heads, wanted, quantization = config["heads"], backbone_cfg, None
-        int8 = int8_config(path, config) if precision == "int8" else None
-        if precision == "int8" and (int8 is None or engine != "onnx"):
-            why = "the model folder has no int8 heads" if int8 is None else f"engine is {engine}"
-            log.info("serving the fp32 backbone of %s: %s", path, why)
-        elif int8 is not None:
-            heads, wanted = int8["heads"], int8
-            quantization = path / str(int8["quantization"])
+        heads, wanted, quantization = precision_blocks(path, config, precision, engine)
         type_head = LinearHead.load(path / str(heads["image_type"]))
         color_head = load_head(path / str(heads["color"]))
         spec = backbone_spec(path, config)
@@ -302,6 +295,7 @@ class EmbeddingClassifier(Classifier):
                     batch_size=batch_size,
                     engine=engine,
                     cache_dir=cache_dir,
+                    backbone=backbone,
                     concurrency=concurrency,
                 )
         if wanted.get("backbone_id", backbone.backbone_id) != backbone.backbone_id:

@@ -10,12 +10,15 @@ the fine-tuned weights of a new folder (:func:`backbone_config`,
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, Final
 
 from cartag.errors import ModelError
 from cartag.models.backbone import PREPROCESS_ID, Backbone, BackboneSpec
+
+log = logging.getLogger(__name__)
 
 MODEL_FORMAT: Final[str] = "cartag-model/1"
 CONFIG_NAME: Final[str] = "config.json"
@@ -53,6 +56,26 @@ def int8_config(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
             f"backbone_id and heads.image_type/heads.color; {FIX_HINT}"
         )
     return dict(block)
+
+
+def precision_blocks(
+    path: Path, config: dict[str, Any], precision: str, engine: str
+) -> tuple[dict[str, Any], dict[str, Any], Path | None]:
+    """What a folder serves at ``precision`` on ``engine``: its heads block, the block
+    naming the backbone id (``backbone`` or ``int8``) and the ranges file (None: fp32).
+
+    int8 falls back to fp32 (logged) without an ``int8`` block or off the onnx engine.
+
+    Raises:
+        ModelError: The ``int8`` block is malformed.
+    """
+    int8 = int8_config(path, config) if precision == "int8" else None
+    if precision == "int8" and (int8 is None or engine != "onnx"):
+        why = "the model folder has no int8 heads" if int8 is None else f"engine is {engine}"
+        log.info("serving the fp32 backbone of %s: %s", path, why)
+    if int8 is None or engine != "onnx":
+        return config["heads"], config["backbone"], None
+    return int8["heads"], int8, path / str(int8["quantization"])
 
 
 def backbone_spec(path: Path, config: dict[str, Any] | None = None) -> BackboneSpec:

@@ -1,13 +1,13 @@
 """Export a backbone to ONNX, with what a later load needs to trust the file.
 
 The service runs this as a child process (``python -m cartag.models.onnx_export
---variant V [--weights W] --out PATH``, see :func:`cartag.models.backbone.export_in_child`)
+--variant V [--weights W] --out PATH``, see :func:`cartag.models.onnx_files.export_in_child`)
 so that torch is imported there and not in the serving process: torch alone holds
 ~200 MB of resident memory that ONNX Runtime never uses.
 
 The exported model carries two metadata entries (ONNX ``metadata_props``):
 
-- ``cartag.network``: the network's identity (:func:`cartag.models.backbone.network_identity`),
+- ``cartag.network``: the network's identity (:func:`cartag.models.onnx_files.network_identity`),
   so that a file exported from other weights is never taken for this one;
 - ``cartag.reference``: torch's embeddings of :func:`~cartag.models.engine.smoke_input`,
   float32 (2, D), base64; every load compares ONNX Runtime's output with them
