@@ -29,7 +29,7 @@ from cartag.store.tables import FixAuditRow
 from tests.support.factories import NOW, add_image
 from tests.support.http_server import ImageServer
 from tests.support.images import jpeg_bytes
-from tests.support.live import chromium_path, live_server
+from tests.support.live_server import find_chromium, serve
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +101,7 @@ def site(settings: Settings, sqlite_db: Database, classifier: Classifier) -> Ite
             _, staff = apikeys.create_key(session, name="staff", roles=["fixer"], now=NOW)
         clock = FakeClock(START)
         app = create_app(settings, db=sqlite_db, classifier=classifier, clock=clock, run_jobs=False)
-        with live_server(app) as url:
+        with serve(app) as url:
             yield Site(url, sqlite_db, clock, keys, dana, dana_row.id, staff)
 
 
@@ -115,7 +115,7 @@ def _log_in(page: Page, site: Site, key: str) -> None:
 def test_fix_with_keyboard_tap_and_menu(site: Site) -> None:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
-            executable_path=chromium_path(), headless=True, args=["--no-sandbox"]
+            executable_path=find_chromium(), headless=True, args=["--no-sandbox"]
         )
         try:
             # A touch screen: taps, and the keyboard of a tablet's cover.
