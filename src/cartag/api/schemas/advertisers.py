@@ -8,25 +8,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from cartag.api.schemas.common import SourceName
+from cartag.vocab import Color
 
-# A color filter: a vocabulary color, or "none" (images without one). Spelled out (one
-# Literal, so that a wrong value is an error of the field itself); the tests check that it
-# is cartag.vocab.COLORS plus "none".
-ColorFilter = Literal[
-    "Black",
-    "Blue",
-    "Brown",
-    "Burgundy",
-    "Green",
-    "Grey",
-    "Orange",
-    "Pink",
-    "Purple",
-    "Red",
-    "White",
-    "Yellow",
-    "none",
-]
+# A color filter: a vocabulary color, or "none" (images without one). One Literal (a
+# nested Literal flattens), so that a wrong value is an error of the field itself.
+ColorFilter = Literal[Color, "none"]
 
 
 class AdvertiserIn(BaseModel):
