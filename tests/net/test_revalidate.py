@@ -198,12 +198,15 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("conditional", [True, False], ids=["conditional", "download"])
 @pytest.mark.parametrize("case", CASES)
-def test_every_answer_has_the_outcome_the_full_client_gives(server: ImageServer, case: str) -> None:
+def test_every_answer_has_the_outcome_the_full_client_gives(
+    server: ImageServer, case: str, conditional: bool
+) -> None:
     outcomes = {}
     for lean in (True, False):
         path, overrides = _routes(server, case)  # again: some routes count down
-        request = FetchRequest(server.url(path), etag='"v1"')
+        request = FetchRequest(server.url(path), etag='"v1"' if conditional else None)
         (outcomes[lean],) = _run([request], _settings(**overrides), lean=lean)
     assert _summary(outcomes[True]) == _summary(outcomes[False])
 
@@ -242,6 +245,45 @@ def test_revalidations_keep_one_connection(server: ImageServer) -> None:
     assert all(isinstance(o, Fetched) and o.content == JPEG for o in outcomes[25:])
     assert server.connections == 1
     assert len(server.requests()) == 35  # each answered on the lean path: none asked twice
+
+
+def test_downloads_share_the_lean_keep_alive_connections(server: ImageServer) -> None:
+    for i in range(10):
+        server.add_file(f"/{i}.jpg", JPEG, etag=f'"{i}"')
+    requests = [FetchRequest(server.url(f"/{i}.jpg")) for i in range(10)]
+    requests += [FetchRequest(server.url(f"/{i}.jpg"), etag=f'"{i}"') for i in range(10)]
+    outcomes = _run(requests)
+    assert [type(o) for o in outcomes] == [Fetched] * 10 + [NotModified] * 10
+    assert all(isinstance(o, Fetched) and o.content == JPEG for o in outcomes[:10])
+    assert server.connections == 1
+    assert len(server.requests()) == 20  # none asked twice
+
+
+def test_a_server_sending_unframed_images_gets_its_downloads_from_the_full_client(
+    server: ImageServer,
+) -> None:
+    for i in range(3):
+        server.add_file(f"/{i}.jpg", JPEG, etag=f'"{i}"', content_length=False)
+    requests = [FetchRequest(server.url(f"/{i}.jpg")) for i in range(3)]
+    requests.append(FetchRequest(server.url("/0.jpg"), etag='"0"'))
+    outcomes = _run(requests)
+    assert all(isinstance(o, Fetched) and o.content == JPEG for o in outcomes[:3])
+    assert isinstance(outcomes[3], NotModified)
+    # The first download was asked for twice (lean, then httpx); the next ones once,
+    # and a revalidation still goes the lean way (a 304 has no body to frame).
+    assert [len(server.requests(f"/{i}.jpg")) for i in range(3)] == [3, 1, 1]
+
+
+@pytest.mark.parametrize("etag", ['"v1"', None], ids=["conditional", "download"])
+def test_a_url_with_a_password_is_asked_with_basic_auth(
+    server: ImageServer, etag: str | None
+) -> None:
+    server.add_file("/a.jpg", JPEG, etag='"v1"')
+    url = server.url("/a.jpg").replace("http://", "http://alice:pa55@")
+    (outcome,) = _run([FetchRequest(url, etag=etag)])
+    assert isinstance(outcome, NotModified if etag else Fetched)
+    (request,) = server.requests("/a.jpg")
+    assert request.headers["authorization"] == "Basic YWxpY2U6cGE1NQ=="
 
 
 def test_a_body_without_a_length_is_asked_for_again_by_the_full_client(
@@ -290,10 +332,11 @@ def test_a_kept_connection_the_server_dropped_is_retried_once_on_a_new_one(
     # The server answers the first request of each connection and drops the
     # connection at the second, before answering: as a server whose keep-alive
     # timeout ends just as the request arrives.
-    seen: dict[int, int] = {}
+    # Keyed by the handler itself, kept alive: an id() could be reused by a new one.
+    seen: dict[BaseHTTPRequestHandler, int] = {}
 
     def first_only(handler: BaseHTTPRequestHandler) -> None:
-        count = seen[id(handler)] = seen.get(id(handler), 0) + 1
+        count = seen[handler] = seen.get(handler, 0) + 1
         if count == 1:
             handler.wfile.write(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n\r\n")
         else:

@@ -199,39 +199,51 @@ def decode_image(
 
 def _decode(data: bytes, header: Header, limit: int, target_size: int, draft: int) -> DecodedImage:
     """Open, load and normalise the image; errors propagate to :func:`decode_image`."""
-    with Image.open(io.BytesIO(data), formats=[header.format]) as src:
-        # Pillow calls a JPEG with extra pictures appended (phone cameras) MPO.
-        file_format = header.format
-        orig_width, orig_height = src.size
-        if orig_width * orig_height > limit:
-            raise DecodeError(
-                f"image is {orig_width}x{orig_height} pixels, more than the limit of {limit}",
-                "too_many_pixels",
-            )
-        if file_format == "JPEG":
-            # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, keeping both
-            # sides >= draft: far less work than decoding then resizing.
-            src.draft("RGB", (draft, draft))
-        # Animated GIF/WebP/APNG: a freshly opened file is positioned on frame 0.
-        src.load()
-        if header.jpeg is not None and jpeg_cut_short(data, header.jpeg, src, draft):
-            raise DecodeError(
-                "JPEG scan data ends before the last rows of the image (libjpeg "
-                "would fill them with grey)",
-                "truncated",
-            )
-        orientation = _orientation(src)
-        # Shrunk before any colour conversion: a full-size copy of a big PNG
-        # would hold several times the memory of its decoded pixels.
-        rgb = _to_rgb(_shrink(_resizable(src, 2 * target_size), 2 * target_size))
-        if orientation in _TRANSPOSE:
-            rgb = rgb.transpose(_TRANSPOSE[orientation])
-        if orientation in _SWAPS_SIDES:
-            orig_width, orig_height = orig_height, orig_width
-        if rgb is src:
-            # Closing ``src`` invalidates its pixels; hand out an independent copy.
-            rgb = src.copy()
-    return DecodedImage(image=rgb, width=orig_width, height=orig_height, format=file_format)
+    src = Image.open(io.BytesIO(data), formats=[header.format])
+    try:
+        rgb, width, height = _normalised(src, data, header, limit, target_size, draft)
+    except BaseException:
+        src.close()
+        raise
+    if rgb is not src:
+        src.close()
+    # else ``src`` is handed out as it is: closing it would invalidate its pixels, and a
+    # copy cost as much as a tenth of the decode. It holds nothing but ``data`` open.
+    # (The header's format: Pillow calls a JPEG with pictures appended, as phones write, MPO.)
+    return DecodedImage(image=rgb, width=width, height=height, format=header.format)
+
+
+def _normalised(
+    src: Image.Image, data: bytes, header: Header, limit: int, target_size: int, draft: int
+) -> tuple[Image.Image, int, int]:
+    """The loaded RGB image (``src`` itself when it already is one) and the original size."""
+    orig_width, orig_height = src.size
+    if orig_width * orig_height > limit:
+        raise DecodeError(
+            f"image is {orig_width}x{orig_height} pixels, more than the limit of {limit}",
+            "too_many_pixels",
+        )
+    if header.format == "JPEG":
+        # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, keeping both
+        # sides >= draft: far less work than decoding then resizing.
+        src.draft("RGB", (draft, draft))
+    # Animated GIF/WebP/APNG: a freshly opened file is positioned on frame 0.
+    src.load()
+    if header.jpeg is not None and jpeg_cut_short(data, header.jpeg, src, draft):
+        raise DecodeError(
+            "JPEG scan data ends before the last rows of the image (libjpeg "
+            "would fill them with grey)",
+            "truncated",
+        )
+    orientation = _orientation(src)
+    # Shrunk before any colour conversion: a full-size copy of a big PNG
+    # would hold several times the memory of its decoded pixels.
+    rgb = _to_rgb(_shrink(_resizable(src, 2 * target_size), 2 * target_size))
+    if orientation in _TRANSPOSE:
+        rgb = rgb.transpose(_TRANSPOSE[orientation])
+    if orientation in _SWAPS_SIDES:
+        orig_width, orig_height = orig_height, orig_width
+    return rgb, orig_width, orig_height
 
 
 def _orientation(image: Image.Image) -> int:

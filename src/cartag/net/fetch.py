@@ -11,9 +11,10 @@ via the ``sni_hostname`` extension), so DNS rebinding cannot redirect it.
 Concurrency is bounded overall and per server address (the address a host name
 resolves to, so that ``127.0.0.2``, ``2130706434`` and ``127.2`` are one server).
 Conditional requests (revalidating a cached image) have slots of their own, so
-that slow full downloads never hold up the answers for cached images, and go
+that slow full downloads never hold up the answers for cached images. Both go
 over the lean keep-alive connections of :class:`~cartag.net.revalidate.Revalidator`
-(a 304 through httpx cost more CPU than the rest of a cached answer). 5xx
+where it can read the answer (a 304 through httpx cost more CPU than the rest of
+a cached answer, a download about a millisecond more), else through httpx. 5xx
 answers, timeouts and connection errors are retried with exponential backoff,
 nothing else is, and not a timeout on a body that had started arriving: a
 server that trickles its body would only trickle it again. Each URL gets
@@ -63,11 +64,11 @@ class Fetcher:
     Args:
         settings: Timeouts, limits, retry policy, allow-list and User-Agent.
         transport: Replaces the network (tests); the Fetcher closes it in :meth:`aclose`.
-            With a transport, conditional requests go through it too, unless a
+            With a transport, every request goes through it, unless a
             ``revalidator`` is given as well.
         resolver: Name resolution; defaults to :class:`SystemResolver`. Concurrent
             lookups of one name share one call (:class:`SharedLookups`).
-        revalidator: Sends the conditional requests; default: a :class:`Revalidator`
+        revalidator: Sends the image GETs it can read; default: a :class:`Revalidator`
             (without a ``transport``), which the Fetcher closes in :meth:`aclose`.
 
     Attributes:
@@ -287,7 +288,7 @@ class Fetcher:
                 headers=conditional,
                 slots=slots,
                 budget=budget,
-                lean=bool(conditional),
+                lean=True,
             )
         except FetchTimeoutError as exc:
             if not answered:
@@ -317,7 +318,7 @@ class Fetcher:
             read: Reads the answer (its body streams in); what it returns is returned.
             slots: The concurrency limits to hold; default: those of full downloads.
             budget: The URL's remaining connection time; the exchange spends from it.
-            lean: A conditional GET: the revalidator sends it, if there is one and it
+            lean: An image GET: the revalidator sends it, if there is one and it
                 can read the answer (else httpx does).
             **kwargs: Passed to ``httpx.AsyncClient.stream`` (``headers`` merged).
         """

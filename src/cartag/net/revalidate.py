@@ -1,9 +1,10 @@
-"""The lean path for conditional requests: revalidating cached images cheaply.
+"""The lean path for image GETs: revalidations and downloads without httpx's cost.
 
 A re-run of an unchanged inventory is a thousand conditional GETs answered 304,
 and through httpx each one cost about a millisecond of CPU (client, pool, h11),
-more than everything else the re-run does. :class:`Revalidator` sends them over a
-small keep-alive pool of :class:`~cartag.net.http1.Connection` objects instead.
+more than everything else the re-run does; a first run pays about as much per full
+download. :class:`Revalidator` sends both over a small keep-alive pool of
+:class:`~cartag.net.http1.Connection` objects instead.
 
 It changes nothing of what is asked or checked: the :class:`~cartag.net.fetch.Fetcher`
 still resolves and checks every address (the request goes to the pinned address,
@@ -19,9 +20,12 @@ What comes back:
   connection is kept unless the server said ``Connection: close``;
 * an answer without a length (chunked, or ended by closing) is read here only when
   its body does not matter (redirects, errors: the connection is then closed);
-  for a 2xx, :meth:`Revalidator.send` returns None and the fetcher asks httpx again;
+  for a 2xx, :meth:`Revalidator.send` returns None and the fetcher asks httpx again
+  (and later unconditional requests to that server go to httpx directly: its images
+  would come unframed again, and each would be asked for twice);
 * anything it cannot parse exactly (1xx, bare line feeds, non-ASCII heads) returns
-  None as well: the full client's answer is the one today's tests describe.
+  None as well: the full client's answer is the one today's tests describe;
+* a URL with a user and password is never sent here: httpx sends them as Basic auth.
 
 A kept connection that fails before any byte of the answer (the server closed it
 while it was idle) is retried once on a new connection.
@@ -45,6 +49,8 @@ from cartag.settings import Settings
 KEEPALIVE_S = 5.0
 # Pools kept (one per scheme, address, port and server name), least recently used closed.
 _MAX_POOLS = 64
+# Servers remembered as sending 2xx bodies without a length (least recently seen forgotten).
+_MAX_UNFRAMED = 1024
 _TARGET = re.compile(rb"/[\x21-\x7e]*")
 _VALUE = re.compile(r"[\x20-\x7e]*")
 _BODYLESS = frozenset({204, 304})
@@ -139,6 +145,8 @@ class Revalidator:
         self._read_timeout_s = settings.read_timeout_s
         self._max_idle = settings.revalidate_per_host_concurrency
         self._idle: OrderedDict[_Key, list[Connection]] = OrderedDict()
+        # Servers whose 2xx came without a length: their downloads go to the full client.
+        self._unframed: OrderedDict[_Key, None] = OrderedDict()
         fixed = {
             "Accept": "image/*,*/*;q=0.5",
             "Accept-Encoding": "identity",  # as the full client: no compressed bodies
@@ -157,10 +165,11 @@ class Revalidator:
             target: The URL as given: its path, ``Host``, and for https the name
                 to verify (its address, if the URL has one instead of a name).
             address: Where to connect: the address the guard checked for it.
-            headers: More header fields (the validators).
+            headers: More header fields (the validators; none for a full download).
 
         Returns:
-            The answer (close it), or None when the full client must ask instead.
+            The answer (close it), or None when the full client must ask instead:
+            nothing was sent then, or the request must be sent again.
 
         Raises:
             httpx.TransportError: Connecting or reading failed or timed out.
@@ -168,9 +177,14 @@ class Revalidator:
         request = self._request(target, headers)
         if request is None or "%" in address:  # a zone: the full client refuses it
             return None
+        if "@" in target.text.split("/", 3)[2]:
+            return None  # a user and password: the full client sends them (Basic auth)
         scheme = target.scheme
         name = target.host if scheme == "https" and not is_ip_literal(target.host) else ""
         key = (scheme, address, target.port, name)
+        if not headers and key in self._unframed:
+            self._unframed.move_to_end(key)
+            return None
         connection, reused = self._take(key), True
         while True:
             if connection is None:
@@ -210,6 +224,10 @@ class Revalidator:
             length = int(value) if value.isdigit() else None
         if length is None and 200 <= head.status < 300:
             connection.close()  # a body without a length: the full client reads those
+            self._unframed[key] = None
+            self._unframed.move_to_end(key)
+            while len(self._unframed) > _MAX_UNFRAMED:
+                self._unframed.popitem(last=False)
             return None
         tokens = {
             t.strip().lower() for n, v in head.fields if n == "connection" for t in v.split(",")

@@ -65,6 +65,8 @@ DRAFT_SIZE = max(variant.input_size for variant in VARIANTS.values())
 # this many chunks at a time (see ClassifyService.classify).
 _CHUNK_BATCHES = 4
 _CHUNKS_IN_FLIGHT = 3
+# Images decoded per thread hop (see ClassifyService._classify_new).
+_DECODE_GROUP = 8
 
 
 @dataclass
@@ -382,9 +384,13 @@ class ClassifyService:
         if not new:
             return
         loop = asyncio.get_running_loop()
-        decoded = await asyncio.gather(
-            *(loop.run_in_executor(self._decode_pool, self._decode, item) for item in new)
+        # A few images per thread hop: each finished future wakes the event loop, and
+        # one hop per image cost as much CPU as the pHash.
+        groups = [new[start : start + _DECODE_GROUP] for start in range(0, len(new), _DECODE_GROUP)]
+        done = await asyncio.gather(
+            *(loop.run_in_executor(self._decode_pool, self._decode_all, group) for group in groups)
         )
+        decoded = [error for group in done for error in group]
         ready = [item for item, error in zip(new, decoded, strict=True) if error is None]
         for item, error in zip(new, decoded, strict=True):
             if error is not None:
@@ -426,6 +432,9 @@ class ClassifyService:
             log.exception("color provider %s failed; the new images get no color", name)
             return [ColorAnswer(None, reason="color_provider_error")] * len(queries)
         return answers
+
+    def _decode_all(self, items: list[New]) -> list[str | None]:
+        return [self._decode(item) for item in items]
 
     def _decode(self, item: New) -> str | None:
         try:
