@@ -135,10 +135,12 @@ _LOG_LEVEL_VARIABLE = "_CARTAG_SERVE_LOG_LEVEL"
 
 
 def _prepare_process(settings: Settings, log_level: str) -> None:
+    from cartag.blas import limit_blas_threads
     from cartag.logs import configure_logging
     from cartag.memory import limit_malloc_arenas
 
     limit_malloc_arenas(settings.malloc_arenas)  # before the model's threads start
+    limit_blas_threads(settings.blas_threads)
     configure_logging(settings.log_format, log_level)
 
 

@@ -380,6 +380,13 @@ class Settings(BaseSettings):
         description="cartag serve / worker: most glibc malloc arenas (threads share them; "
         "lower peak memory at the same speed); 0 = the C library's default.",
     )
+    blas_threads: int = Field(
+        default=1,
+        ge=0,
+        description="cartag serve / worker: threads of each numpy matrix product (BLAS); "
+        "the server's own threads already fill the cores, and BLAS threads spinning beside "
+        "them cost CPU; 0 = the library's default (one per core).",
+    )
     worker_metrics_port: int | None = Field(
         default=None,
         ge=0,

@@ -53,9 +53,11 @@ def run_worker(settings: Settings, *, loglevel: str = "info", hostname: str | No
     from cartag.jobs.celery_app import make_celery
     from cartag.jobs.tasks import register_tasks
     from cartag.jobs.worker import WorkerContext
+    from cartag.blas import limit_blas_threads
     from cartag.memory import freeze_startup_objects, limit_malloc_arenas
 
     limit_malloc_arenas(settings.malloc_arenas)  # before the model's threads start
+    limit_blas_threads(settings.blas_threads)
     try:
         context = WorkerContext.from_settings(settings)
     except CartagError as exc:
