@@ -50,10 +50,10 @@ def run_worker(settings: Settings, *, loglevel: str = "info", hostname: str | No
     """Load the model, register the chunk task and consume until stopped."""
     from celery.signals import after_setup_logger
 
+    from cartag.blas import limit_blas_threads
     from cartag.jobs.celery_app import make_celery
     from cartag.jobs.tasks import register_tasks
     from cartag.jobs.worker import WorkerContext
-    from cartag.blas import limit_blas_threads
     from cartag.memory import freeze_startup_objects, limit_malloc_arenas
 
     limit_malloc_arenas(settings.malloc_arenas)  # before the model's threads start
