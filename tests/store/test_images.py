@@ -66,3 +66,12 @@ def test_embeddings_roundtrip_by_content_and_backbone(db: Database) -> None:
     assert set(found) == {"a" * 64} and other == {}
     assert found["a" * 64].dtype == np.float32
     np.testing.assert_allclose(found["a" * 64], vector, atol=2e-3)
+
+
+def test_any_image_is_found_by_key_or_by_bytes(db: Database) -> None:
+    image = add_image(db)
+    with db.read() as session:
+        assert image_repo.any_image(session, [image.image_key], [])
+        assert image_repo.any_image(session, ["other"], [image.content_sha256 or ""])
+        assert not image_repo.any_image(session, ["other"], ["0" * 64])
+        assert not image_repo.any_image(session, [], [])

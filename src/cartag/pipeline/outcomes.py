@@ -206,6 +206,12 @@ def lookup_urls(db: Database, lookup_cache: LookupCache, urls: list[str]) -> dic
     return {url: found[key] for url, key in stored.items() if key in found}
 
 
+def _any_known(db: Database, new: list[New]) -> bool:
+    """Whether any downloaded image is cached already, by key or by bytes (a read)."""
+    with db.read() as session:
+        return image_repo.any_image(session, [n.key for n in new], [n.sha256 for n in new])
+
+
 def match_known(
     db: Database,
     lookup_cache: LookupCache,
@@ -220,6 +226,11 @@ def match_known(
     """
     if not new and not revalidated:
         return {}  # no write transaction on the cached path
+    if not revalidated and not _any_known(db, new):
+        # A first run's downloads are new images: no write transaction either. This runs
+        # on the event loop, and a write would wait there for the store's lock while
+        # another chunk's answers are being saved, stalling every download meanwhile.
+        return {}
     now = clock.now()
     known: list[New] = []
     try:

@@ -44,6 +44,16 @@ def get_images(session: Session, keys: Collection[str]) -> dict[str, ImageRow]:
     return found
 
 
+def any_image(session: Session, keys: Collection[str], shas: Collection[str]) -> bool:
+    """Whether any image is cached under one of ``keys`` or with one of ``shas``'s bytes."""
+    for column, values in ((ImageRow.image_key, keys), (ImageRow.content_sha256, shas)):
+        for chunk in chunked(set(values)):
+            stmt = select(ImageRow.image_key).where(column.in_(chunk)).limit(1)
+            if session.scalar(stmt) is not None:
+                return True
+    return False
+
+
 def get_images_by_sha(session: Session, shas: Collection[str]) -> dict[str, ImageRow]:
     """One cached image per content SHA-256 (the same bytes under another URL/key)."""
     found: dict[str, ImageRow] = {}
