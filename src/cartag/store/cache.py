@@ -49,6 +49,8 @@ class UrlLookup:
     confidence: float | None
     model_version: str | None
     color_reason: str | None
+    # Last, with a default: entries written before it existed still join.
+    novelty: float | None = None
 
     def url_part(self) -> str:
         """The URL's own fields, serialised."""
@@ -58,7 +60,7 @@ class UrlLookup:
     def image_part(self) -> str:
         """The image's answer fields, serialised."""
         fields = (self.image_url, self.content_sha256, self.phash, self.image_type, self.color)
-        rest = (self.confidence, self.model_version, self.color_reason)
+        rest = (self.confidence, self.model_version, self.color_reason, self.novelty)
         return json.dumps((*fields, *rest), separators=(",", ":"))
 
     @classmethod
