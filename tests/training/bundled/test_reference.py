@@ -9,6 +9,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from cartag.cli import app
+from cartag.models.classifier import BUNDLED_DIR
 from cartag.models.folder import CONFIG_NAME
 from cartag.models.reference import REFERENCE_NAME, load_reference
 from cartag.training.bundled.corpus import build_corpus_all
@@ -42,6 +43,15 @@ def test_the_reference_sees_the_training_rows_and_measures_the_held_out_ones(
     assert (folder / REFERENCE_NAME).is_file()
     loaded = load_reference(folder, config)
     assert loaded is not None and loaded.serves("mean-color@test")
+
+
+def test_the_bundled_model_ships_its_reference() -> None:
+    config = json.loads((BUNDLED_DIR / CONFIG_NAME).read_text())
+    block = config["reference"]
+    assert block["embedding_id"] == config["backbone"]["backbone_id"]
+    assert block["built_from"]["data_sha256"] == config["training"]["data_sha256"]
+    assert (BUNDLED_DIR / REFERENCE_NAME).stat().st_size < 1_000_000
+    assert load_reference(BUNDLED_DIR, config) is not None
 
 
 def test_add_reference_refuses_a_folder_it_cannot_rebuild(tmp_path: Path) -> None:
