@@ -77,7 +77,10 @@ def test_a_changed_answer_mix_is_drift_without_novelty(db: Database) -> None:
     assert scope.current.far_share is None and scope.far_share_delta is None
     assert scope.type_tvd == pytest.approx(0.5)
     assert scope.state == "drift"
-    assert [r.split(" moved")[0] for r in scope.reasons] == ["type mix", "color mix"]
+    assert scope.reasons == [
+        "type mix moved 0.500 (threshold 0.25)",
+        "color mix moved 0.500 (threshold 0.25)",
+    ]
 
 
 def test_too_few_images_are_not_judged(db: Database) -> None:

@@ -207,20 +207,20 @@ def judge(scope: DriftScope, th: DriftThresholds) -> None:
         ]
         return
     checks: list[tuple[float | None, float, str]] = [
-        (scope.far_share_delta, th.far_share_increase, "share of far images"),
-        (scope.type_tvd, th.mix_tvd, "type mix"),
-        (scope.color_tvd, th.mix_tvd, "color mix"),
+        (scope.far_share_delta, th.far_share_increase, "share of far images rose"),
+        (scope.type_tvd, th.mix_tvd, "type mix moved"),
+        (scope.color_tvd, th.mix_tvd, "color mix moved"),
         (
             None if scope.confidence_delta is None else -scope.confidence_delta,
             th.confidence_drop,
-            "mean confidence",
+            "mean confidence fell",
         ),
     ]
     ratios = [value / limit for value, limit, _ in checks if value is not None]
     scope.score = max(ratios, default=0.0)
     scope.reasons = [
-        f"{name} moved {value:+.3f} (threshold {limit:g})"
-        for value, limit, name in checks
+        f"{what} {value:.3f} (threshold {limit:g})"
+        for value, limit, what in checks
         if value is not None and value >= limit
     ]
     scope.state = "drift" if scope.reasons else "ok"
