@@ -162,7 +162,10 @@ class RedisLookupCache(LookupCache):
 
         self.ttl_s = ttl_s
         self._url_prefix = f"{prefix}u:"
-        self._image_prefix = f"{prefix}i:"
+        # "i2:": image parts carry the novelty since migration 0008. A process of before
+        # cannot read the longer entry, so during a rolling upgrade the two kinds of process
+        # keep their image parts apart (URL parts are unchanged and shared).
+        self._image_prefix = f"{prefix}i2:"
         try:
             self._redis: Any = redis.Redis.from_url(
                 url, socket_timeout=1.0, socket_connect_timeout=1.0

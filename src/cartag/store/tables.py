@@ -450,6 +450,8 @@ class ClassifyDailyRow(Base):
     """
 
     __tablename__ = "classify_daily"
+    # The drift report finds a model version's first day and reads its first week by version.
+    __table_args__ = (Index("ix_classify_daily_version_day", "model_version", "day"),)
 
     day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
     advertiser_id: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
