@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -58,6 +58,13 @@ class DriftReference:
     quantiles: dict[str, float]
     far_threshold: float
     embedding_id: str
+    # float32 (D, K), made once: every model batch multiplies by it.
+    _matrix: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "_matrix", np.ascontiguousarray(self.centroids.astype(np.float32).T)
+        )
 
     def novelty(self, embeddings: np.ndarray) -> np.ndarray:
         """Cosine distance of each embedding to its nearest centroid.
@@ -75,7 +82,7 @@ class DriftReference:
                 f"embeddings are {emb.shape[1]}-d, the reference's centroids "
                 f"{self.centroids.shape[1]}-d"
             )
-        similarity: np.ndarray = emb @ self.centroids.astype(np.float32).T  # (N, K)
+        similarity: np.ndarray = emb @ self._matrix  # (N, K)
         novelty: np.ndarray = (1.0 - similarity.max(axis=1)).astype(np.float32)
         return novelty
 
