@@ -64,6 +64,7 @@ def exported(
         allowed_networks=[ipaddress.ip_network("127.0.0.0/8")],
         retries=1,
         retry_backoff_s=0.01,
+        monitor_flush_s=0,  # the rollup written at once: the drift gauges read it
     )
     with fresh_database("sqlite", tmp) as db, ImageServer() as server:
         return _scrape(settings, db, classifier, server)
@@ -181,7 +182,13 @@ def test_the_alert_rules_parse_and_each_alert_has_its_parts() -> None:
         assert rule["labels"]["severity"] in {"warning", "critical"}
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
     # The situations the operators asked to be told about.
-    for wanted in ("CartagSkipRateSpike", "CartagFixRateJump", "CartagJobQueueStuck"):
+    for wanted in (
+        "CartagSkipRateSpike",
+        "CartagFixRateJump",
+        "CartagJobQueueStuck",
+        "CartagModelDrift",
+        "CartagAdvertiserDrift",
+    ):
         assert wanted in names
 
 

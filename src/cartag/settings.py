@@ -430,6 +430,53 @@ class Settings(BaseSettings):
         description="Monitor: seconds between writes of the daily answer counts (kept in "
         "memory meanwhile, so the cached path does no write); 0 = write on every request.",
     )
+    drift_baseline_days: int = Field(
+        default=7,
+        gt=0,
+        description="Drift: days from a model version's first answer that form its baseline.",
+    )
+    drift_current_days: int = Field(
+        default=1, gt=0, description="Drift: days (up to today) of the window compared."
+    )
+    drift_min_images: int = Field(
+        default=50,
+        ge=1,
+        description="Drift: answered images a window needs to be judged (else 'too few "
+        "images'; an advertiser's own baseline needs as many, else the version's is used).",
+    )
+    drift_far_share_increase: float = Field(
+        default=0.10,
+        gt=0,
+        le=1,
+        description="Drift: rise of the share of far images (novelty beyond the model's "
+        "far threshold) over the baseline's that counts as drift (0.10 = 10 points).",
+    )
+    drift_mix_tvd: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="Drift: total-variation distance between the current and baseline "
+        "answer mix (type or color) that counts as drift.",
+    )
+    drift_confidence_drop: float = Field(
+        default=0.10,
+        gt=0,
+        le=1,
+        description="Drift: fall of the mean confidence below the baseline's that counts as drift.",
+    )
+    drift_metrics_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Drift: seconds between recomputations of the /metrics drift gauges "
+        "(from the store, off the classify path).",
+    )
+    drift_metrics_advertisers: int = Field(
+        default=10,
+        ge=0,
+        le=100,
+        description="Drift: advertisers exported per model version on /metrics (the most "
+        "drifted; bounds the label cardinality).",
+    )
 
     # --- datasets (cartag dataset ...) ---------------------------------------------
     dataset_min_side: int = Field(

@@ -28,6 +28,7 @@ from cartag.models.classifier import (
 )
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID
 from cartag.models.heads import LinearHead, MLPHead
+from cartag.models.reference import REFERENCE_NAME
 from cartag.settings import Settings
 from cartag.training.datasets.all_sources import source_holdout
 from cartag.training.datasets.sources import VCOR, read_sources
@@ -77,8 +78,11 @@ def test_make_prediction_dealer_has_color() -> None:
 
 def test_bundled_files_are_small_and_consistent() -> None:
     weights = BUNDLED_DIR / WEIGHTS_NAME
-    heads = sum(p.stat().st_size for p in BUNDLED_DIR.iterdir() if p != weights)
+    reference = BUNDLED_DIR / REFERENCE_NAME
+    heads = sum(p.stat().st_size for p in BUNDLED_DIR.iterdir() if p not in (weights, reference))
     assert heads < 1_000_000
+    # The drift reference: 256 float16 centroids of 1,280-d embeddings.
+    assert reference.stat().st_size < 1_000_000
     # The fine-tuning's change to the lite0 package weights, int8 per channel.
     assert weights.stat().st_size < 4_000_000
     config = read_config(BUNDLED_DIR)

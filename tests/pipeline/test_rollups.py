@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
+
+import pytest
 
 from cartag.pipeline.results import ClassifyResult, skipped
-from cartag.pipeline.rollups import RollupBuffer, rollup
+from cartag.pipeline.rollups import RollupBuffer, drift_sums, rollup
 from cartag.store.db import Database
-from cartag.store.monitoring import record_counts
+from cartag.store.monitoring import DriftSums, record_counts
 from cartag.store.tables import ClassifyDailyRow
 from tests.support.monitoring import TODAY, answers
 
@@ -71,3 +74,51 @@ def test_a_day_answered_only_by_skips_writes_nothing(db: Database) -> None:
         assert record_counts(session, TODAY, "a", rollup(results)) == 0
     with db.read() as session:
         assert session.query(ClassifyDailyRow).count() == 0
+
+
+def _with_novelty(results: list[ClassifyResult], novelty: float) -> list[ClassifyResult]:
+    return [replace(r, confidence=0.9, novelty=novelty) for r in results]
+
+
+def test_drift_sums_count_confidence_novelty_and_far_answers_by_their_version() -> None:
+    thresholds = {"m1": 0.3}
+    results = [
+        *_with_novelty(answers(4, "m1"), 0.2),
+        *_with_novelty(answers(2, "m1"), 0.5),
+        *_with_novelty(answers(3, "m0"), 0.9),  # a version of unknown threshold
+        skipped("https://x/1.jpg", "http_404"),
+    ]
+    sums = drift_sums(results, thresholds.get)
+    total = DriftSums()
+    for tally in sums.values():
+        total.add(tally)
+    assert total.confidence_n == 9
+    assert total.confidence_sum == pytest.approx(8.1)
+    # m0's novelty is not counted: without its threshold its far share is unknown.
+    assert (total.novelty_n, total.far_n) == (6, 2)
+    assert total.novelty_sum == pytest.approx(4 * 0.2 + 2 * 0.5)
+    assert set(sums) == set(rollup(results))
+
+
+def test_the_drift_sums_are_written_and_added_with_the_counts(db: Database) -> None:
+    buffer = RollupBuffer(db, interval_s=3600, far_threshold={"m1": 0.3}.get)
+    try:
+        buffer.add(TODAY, "a", _with_novelty(answers(3, "m1"), 0.5))
+        buffer.add(TODAY, "a", _with_novelty(answers(3, "m1"), 0.1))
+        buffer.add(TODAY, "a", answers(3, "m1"))  # no confidence, no novelty
+        assert buffer.flush() == 9
+    finally:
+        buffer.close()
+    with db.read() as session:
+        rows = session.query(ClassifyDailyRow).all()
+    assert sum(r.count for r in rows) == 9
+    assert sum(r.confidence_n for r in rows) == 6
+    assert sum(r.novelty_n for r in rows) == 6
+    assert sum(r.far_n for r in rows) == 3
+    assert sum(r.novelty_sum for r in rows) == pytest.approx(1.8)
+
+
+def test_novelty_is_for_the_rollup_only_not_in_the_answer() -> None:
+    result = replace(answers(1, "m1")[0], novelty=0.4)
+    assert "novelty" not in result.to_dict()
+    assert result == replace(result, novelty=None)  # nor part of an answer's identity

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -49,6 +50,7 @@ def _entry(url: str = "https://cdn.test/a.jpg", key: str = "v1:a", **changes: ob
         "confidence": 0.93,
         "model_version": "m1",
         "color_reason": None,
+        "novelty": 0.125,
     }
     fields.update(changes)
     return UrlLookup(**fields)  # type: ignore[arg-type]
@@ -90,6 +92,13 @@ def test_in_memory_cache_round_trips_invalidates_and_expires() -> None:
     assert cache.get_many([entry.url]) == {entry.url: entry}
     ticks.now = 10.0
     assert cache.get_many([entry.url]) == {}
+
+
+def test_an_entry_written_before_novelty_existed_still_joins() -> None:
+    entry = _entry()
+    old_image_part = json.dumps(json.loads(entry.image_part())[:-1])  # without the novelty
+    joined = UrlLookup.join(entry.url, entry.url_part(), old_image_part)
+    assert joined == replace(entry, novelty=None)
 
 
 def test_no_cache_configured_caches_nothing(settings: Settings) -> None:

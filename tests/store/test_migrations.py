@@ -134,3 +134,58 @@ def test_0007_keeps_keys_unscoped_and_old_audit_rows_without_a_key(db: Database)
         row = conn.execute(sa.text('SELECT "user", key_id, on_behalf_of FROM fix_audit')).one()
         scopes = conn.execute(sa.text("SELECT COUNT(*) FROM api_key_advertisers")).scalar_one()
     assert tuple(row) == ("typed by hand", None, None) and scopes == 0
+
+
+def test_0008_gives_old_rollup_rows_zero_drift_sums_and_old_images_no_novelty(
+    db: Database,
+) -> None:
+    downgrade(db, "0007")
+    now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    images = sa.table(
+        "images",
+        sa.column("image_key"),
+        sa.column("url"),
+        sa.column("created_at"),
+        sa.column("updated_at"),
+    )
+    daily = sa.table(
+        "classify_daily",
+        *(
+            sa.column(c)
+            for c in (
+                "day",
+                "advertiser_id",
+                "model_version",
+                "status",
+                "image_type",
+                "color",
+                "source",
+                "count",
+            )
+        ),
+    )
+    with db.engine.begin() as conn:
+        conn.execute(images.insert().values(image_key="k", url="u", created_at=now, updated_at=now))
+        conn.execute(
+            daily.insert().values(
+                day=now.date(),
+                advertiser_id="a",
+                model_version="m1",
+                status="cached",
+                image_type="Dealer",
+                color="Red",
+                source="cache",
+                count=7,
+            )
+        )
+    upgrade(db)
+    with db.engine.connect() as conn:
+        novelty = conn.execute(sa.text("SELECT novelty FROM images")).scalar_one()
+        sums = conn.execute(
+            sa.text(
+                "SELECT count, confidence_n, confidence_sum, novelty_n, novelty_sum, far_n "
+                "FROM classify_daily"
+            )
+        ).one()
+    assert novelty is None
+    assert tuple(sums) == (7, 0, 0, 0, 0, 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+from cartag.deploy.drift import DriftThresholds, build_drift
 from cartag.deploy.monitor import Thresholds, build_report
 from cartag.deploy.operations import build_ops
 from cartag.pipeline.results import ClassifyResult, skipped
@@ -13,6 +14,7 @@ from cartag.store.db import Database
 from cartag.telemetry.prometheus import PrometheusTelemetry
 from cartag.telemetry.snapshot import read
 from cartag.web.monitor_page import render_login, render_monitor
+from tests.support.drift import START, day_answers, seed_days, week
 from tests.support.monitoring import TODAY, seed_monitoring
 
 GENERATED = dt.datetime(2026, 11, 26, 16, 0, tzinfo=dt.UTC)
@@ -83,3 +85,25 @@ def test_operational_panels_from_the_store_and_this_process(sqlite_db: Database)
     # Without metrics (another telemetry) the store's panels remain.
     bare = render_monitor(report, since_text="3d", generated=GENERATED, ops=ops, snapshot=None)
     assert 'id="panel-jobs"' in bare and "This app keeps no metrics." in bare
+
+
+def test_the_drift_panel_flags_the_drifted_advertiser_and_escapes_names(
+    sqlite_db: Database,
+) -> None:
+    today = START + dt.timedelta(days=9)
+    odd = "<b>dealer</b>"
+    for adv in ("calm", odd):
+        seed_days(sqlite_db, adv, week(), day_answers(60, "m1"))
+    seed_days(sqlite_db, "calm", [today], day_answers(60, "m1"))
+    seed_days(sqlite_db, odd, [today], day_answers(60, "m1", far_share=0.5))
+    with sqlite_db.read() as session:
+        report = build_report(session, since=today, until=today, thresholds=Thresholds())
+        drift = build_drift(session, until=today, thresholds=DriftThresholds())
+    html = render_monitor(report, since_text="1d", generated=GENERATED, drift=drift)
+    assert 'id="drift"' in html and 'data-version="m1"' in html
+    assert "1 advertiser(s) drifted" in html
+    assert html.count('class="num drifted"') == 2  # the version overall, and the advertiser
+    assert "&lt;b&gt;dealer&lt;/b&gt;" in html and "<b>dealer</b>" not in html
+    assert 'data-advertiser="calm" data-state="ok"' in html
+    assert "50.00%" in html and "5.00%" in html  # far share now and in the baseline
+    assert "drift" not in render_monitor(report, since_text="1d", generated=GENERATED).lower()

@@ -37,6 +37,7 @@ from cartag.api.routes import review as review_routes
 from cartag.api.routes.docs import install_docs
 from cartag.api.state import AppState
 from cartag.clock import Clock
+from cartag.deploy.drift import DriftGauges
 from cartag.jobs.dispatch import ChunkSender, build_dispatcher, check_broker_settings
 from cartag.memory import freeze_startup_objects
 from cartag.models.classifier import Classifier
@@ -137,6 +138,7 @@ def create_app(
         if isinstance(observer, PrometheusTelemetry):
             observer.add_queue_source(lambda: metrics_routes.job_queue_depth(database))
             observer.add_queue_age_source(lambda: metrics_routes.job_queue_age(database, clk))
+            observer.set_drift_source(DriftGauges(database, settings, clk).read)
         watcher = runtime.watcher
         app.state.cartag.watcher = watcher
         polling = asyncio.create_task(watcher.run(), name="cartag-model-watcher")

@@ -170,7 +170,39 @@ def finetune(
     typer.echo(f"wrote {out} ({metadata['backbone_id']}): held-out {metadata['log']['held_out']}")
 
 
+def add_reference(
+    folder: Annotated[Path, typer.Argument(help="The model folder (config.json and heads).")],
+    data: Annotated[
+        Path, typer.Option(help="The shared data root holding the sources it was trained on.")
+    ] = Path("../shared/data"),
+    cache_dir: Annotated[Path, typer.Option(help="Embedding cache folder.")] = Path(
+        "cartag-data/cache"
+    ),
+    threads: Annotated[int, typer.Option(help="Backbone threads (0 = torch's default).")] = 0,
+) -> None:
+    """Add the drift reference (reference.npz) to a model folder, from its training data.
+
+    A registered version's folder must not change: add the reference to the folder you
+    register, then register it under a new version.
+    """
+    from cartag.errors import ModelError
+    from cartag.training.bundled.reference import add_reference as build
+
+    try:
+        block = build(folder, data, cache_dir, threads=threads)
+    except (ModelError, ValueError, FileNotFoundError) as exc:
+        raise _refuse(str(exc)) from exc
+    q = block["quantiles"]
+    typer.echo(
+        f"wrote {folder / block['file']}: {block['k']} centroids of "
+        f"{block['built_from']['n_train']} training embeddings; held-out novelty "
+        f"p50 {q['p50']:.4f} p95 {q['p95']:.4f} "
+        f"p99 {q['p99']:.4f}; far above {block['far_threshold']:.4f}"
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add the build commands to ``cartag models``."""
     app.command("build-bundled")(build_bundled)
     app.command("finetune")(finetune)
+    app.command("add-reference")(add_reference)

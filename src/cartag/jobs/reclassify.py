@@ -185,9 +185,11 @@ def _from_cache(
         color_in = np.concatenate([emb, extra], axis=1)
     type_probs = classifier.type_head.predict_proba(emb)
     color_probs = classifier.color_head.predict_proba(color_in)
+    novelty = classifier.novelty(emb)
+    novelties = [None] * len(usable) if novelty is None else [float(n) for n in novelty]
     return {
-        row.image_key: make_prediction(t, c)
-        for row, t, c in zip(usable, type_probs, color_probs, strict=True)
+        row.image_key: make_prediction(t, c, novelty=n)
+        for row, t, c, n in zip(usable, type_probs, color_probs, novelties, strict=True)
     }
 
 
@@ -235,6 +237,7 @@ def _model_fields(settings: Settings, prediction: Prediction, version: str) -> d
         "type_scores": prediction.type_scores,
         "confidence": prediction.confidence,
         "model_version": version,
+        "novelty": prediction.novelty,
     }
     if settings.color_provider == "builtin":
         # A vendor's colors are kept: this model did not name them.

@@ -15,6 +15,9 @@ A model directory holds ``config.json`` and one head per task (``.npz`` +
                        "backbone_id": ..., "heads": {...}}: the activation ranges of the
                        int8 backbone and the heads fitted on its embeddings
                        (cartag.models.quantization), served with precision "int8"
+    reference.npz      only with "reference": {"file": "reference.npz", ...}: the
+                       training reference drift is measured against
+                       (cartag.models.reference); without it predictions carry no novelty
 
 With ``color_features`` set, the color head's input is the embedding followed
 by :func:`cartag.models.color_features.color_features` of the image; without
@@ -50,6 +53,7 @@ from cartag.models.folder import backbone_spec as backbone_spec
 from cartag.models.folder import copy_backbone_weights as copy_backbone_weights
 from cartag.models.folder import read_config as read_config
 from cartag.models.heads import LinearHead, load_head
+from cartag.models.reference import DriftReference, load_reference
 from cartag.settings import Settings
 from cartag.vocab import COLORS, IMAGE_TYPES
 
@@ -78,6 +82,9 @@ class Prediction:
             embedding so a new model can re-classify without downloading the image.
         model_version: The version of the model that made this prediction; set by the
             micro-batcher, so an answer is tagged right across a hot-swap.
+        novelty: Cosine distance of the embedding to the nearest centroid of the
+            model's training reference (:mod:`cartag.models.reference`); None when the
+            model has no reference.
     """
 
     image_type: str
@@ -88,6 +95,7 @@ class Prediction:
     embedding: np.ndarray | None = field(default=None, compare=False, repr=False)
     color_features: np.ndarray | None = field(default=None, compare=False, repr=False)
     model_version: str | None = field(default=None, compare=False)
+    novelty: float | None = field(default=None, compare=False)
 
 
 class Classifier(abc.ABC):
@@ -101,6 +109,20 @@ class Classifier(abc.ABC):
     version: str
     # Which backbone made Prediction.embedding (None: the model has no embeddings).
     backbone_id: str | None = None
+    # Where the training data sits (None: no reference; predictions carry no novelty).
+    reference: DriftReference | None = None
+
+    @property
+    def far_threshold(self) -> float | None:
+        """Novelty above which an image is far from the training data (None: no reference)."""
+        return None if self.reference is None else self.reference.far_threshold
+
+    def novelty(self, embeddings: np.ndarray) -> np.ndarray | None:
+        """(N,) novelty of (N, D) embeddings of this model's backbone; None without a
+        reference."""
+        if self.reference is None or len(embeddings) == 0:
+            return None
+        return self.reference.novelty(embeddings)
 
     def prepare(self, image: Image.Image) -> Image.Image:
         """The image as :meth:`predict` will look at it, made once per image.
@@ -135,6 +157,7 @@ def make_prediction(
     embedding: np.ndarray | None = None,
     *,
     color_features: np.ndarray | None = None,
+    novelty: float | None = None,
 ) -> Prediction:
     """Build a :class:`Prediction` from score vectors in vocabulary order.
 
@@ -143,6 +166,7 @@ def make_prediction(
         color_probs: (len(COLORS),) probabilities.
         embedding: (D,) backbone embedding, kept on the prediction.
         color_features: (F,) color features the color head saw, kept on the prediction.
+        novelty: The embedding's novelty against the model's reference.
     """
     type_p = np.asarray(type_probs, dtype=np.float64)
     color_p = np.asarray(color_probs, dtype=np.float64)
@@ -163,6 +187,7 @@ def make_prediction(
         color_features=(
             None if color_features is None else np.asarray(color_features, dtype=np.float32)
         ),
+        novelty=None if novelty is None else float(novelty),
     )
 
 
@@ -177,6 +202,7 @@ class EmbeddingClassifier(Classifier):
         batch_size: Images per backbone call; bounds peak memory.
         color_features: Feature id (:data:`cartag.models.color_features.FEATURE_ID`)
             appended to the embedding for the color head, or None for none.
+        reference: The training reference (novelty of every prediction), or None.
     """
 
     def __init__(
@@ -188,6 +214,7 @@ class EmbeddingClassifier(Classifier):
         *,
         batch_size: int = 16,
         color_features: str | None = None,
+        reference: DriftReference | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
@@ -231,6 +258,15 @@ class EmbeddingClassifier(Classifier):
         self.version = version
         self.batch_size = batch_size
         self.color_features = color_features
+        if reference is not None and not reference.serves(backbone.backbone_id):
+            log.warning(
+                "the drift reference is of %s embeddings, this model serves %s; "
+                "serving without novelty",
+                reference.embedding_id,
+                backbone.backbone_id,
+            )
+            reference = None
+        self.reference = reference
 
     @classmethod
     def from_dir(
@@ -319,6 +355,7 @@ class EmbeddingClassifier(Classifier):
             version,
             batch_size=batch_size,
             color_features=None if color_features is None else str(color_features),
+            reference=load_reference(path, config),
         )
 
     def prepare(self, image: Image.Image) -> Image.Image:
@@ -351,9 +388,15 @@ class EmbeddingClassifier(Classifier):
                 features = list(extra)
                 color_in = np.concatenate([emb, extra], axis=1)
             color_probs = self.color_head.predict_proba(color_in)
+            novelty = self.novelty(emb)
+            novelties: list[float | None] = (
+                [None] * len(chunk) if novelty is None else [float(n) for n in novelty]
+            )
             predictions.extend(
-                make_prediction(t, c, e, color_features=f)
-                for t, c, e, f in zip(type_probs, color_probs, emb, features, strict=True)
+                make_prediction(t, c, e, color_features=f, novelty=n)
+                for t, c, e, f, n in zip(
+                    type_probs, color_probs, emb, features, novelties, strict=True
+                )
             )
         return predictions
 

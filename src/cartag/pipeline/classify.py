@@ -118,6 +118,7 @@ class ClassifyService:
         self._answers = AnswerCounter(
             db, clock, self.telemetry, interval_s=settings.monitor_flush_s
         )
+        self._answers.know_model(classifier.version, classifier.far_threshold)
         self._advertisers = AdvertiserImages(db, clock, self.telemetry)
         # Decoding and inference are CPU-bound; keep them off the event loop.
         self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cartag-decode")
@@ -146,6 +147,7 @@ class ClassifyService:
         Returns:
             The classifier that was in use.
         """
+        self._answers.know_model(classifier.version, classifier.far_threshold)
         old = self._batcher.swap(classifier)
         self.classifier = classifier
         self.telemetry.model_loaded(classifier.version)
@@ -490,6 +492,7 @@ class ClassifyService:
                 request.url,
                 outcome.fresh,
                 low_confidence_threshold=self.settings.low_confidence_threshold,
+                novelty=image.novelty,  # for the drift rollup
             )
             if scrape_reason is not None and result.color_reason is None:
                 result = replace(result, color_reason=scrape_reason)

@@ -106,6 +106,7 @@ def resolve(
     fresh: bool,
     *,
     low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE_THRESHOLD,
+    novelty: float | None = None,
 ) -> ClassifyResult:
     """Combine the model's answer, the fixes and the scraper's color into one result.
 
@@ -138,6 +139,7 @@ def resolve(
         model_version=row.model_version,
         color_reason=row.color_reason if machine_null else None,
         low_confidence=low_confidence,
+        novelty=novelty,
     )
 
 

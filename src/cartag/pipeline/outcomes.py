@@ -123,6 +123,7 @@ def copy_answer(session: Session, source: ImageRow, item: New, now: dt.datetime)
             confidence=source.confidence,
             model_version=source.model_version,
             color_reason=source.color_reason,
+            novelty=source.novelty,
         ),
         now,
     )
@@ -147,6 +148,7 @@ def _new_image(
         confidence=prediction.confidence,
         model_version=prediction.model_version or version,
         color_reason=answer.reason,
+        novelty=prediction.novelty,
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 Status = Literal["classified", "cached", "skipped"]
@@ -42,6 +42,9 @@ class ClassifyResult:
     # ``Settings.low_confidence_threshold``: worth a human look. Never set when a
     # fix or override decided the type.
     low_confidence: bool = False
+    # The stored answer's novelty (cartag.models.reference), for the drift rollup only:
+    # not part of the answer a client gets.
+    novelty: float | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         # Every field is a scalar: a shallow copy equals asdict(), which deep-copies
@@ -49,7 +52,7 @@ class ClassifyResult:
         return {name: getattr(self, name) for name in _FIELDS}
 
 
-_FIELDS = tuple(f.name for f in fields(ClassifyResult))
+_FIELDS = tuple(f.name for f in fields(ClassifyResult) if f.name != "novelty")
 
 _PRECEDENCE: tuple[Source, ...] = ("override", "fix", "scrape", "cache", "model")
 

@@ -6,6 +6,12 @@ classify call (an API request or a job chunk) and written every ``monitor_flush_
 seconds as one bulk upsert that adds to the counts (:class:`RollupBuffer`, through
 :func:`cartag.store.monitoring.record_counts`). Neither counting may fail an answered
 request: failures are logged and the answers go out.
+
+Beside each count go the drift sums (:class:`~cartag.store.monitoring.DriftSums`):
+confidence, and the novelty of answers against their model's training reference with
+how many were far (beyond the far threshold of the model version that answered; a
+version this process never served has no known threshold, so its novelty is not
+counted). :mod:`cartag.deploy.drift` reads them.
 """
 
 from __future__ import annotations
@@ -15,13 +21,13 @@ import datetime as dt
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from cartag.clock import Clock
 from cartag.pipeline.results import ClassifyResult
 from cartag.store.db import Database
-from cartag.store.monitoring import RollupKey, record_counts
+from cartag.store.monitoring import DriftSums, RollupKey, record_counts
 from cartag.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,20 @@ class Answer(Protocol):
     @property
     def source(self) -> str | None: ...
 
+    @property
+    def confidence(self) -> float | None: ...
+
+    @property
+    def novelty(self) -> float | None: ...
+
+
+# The far threshold of a model version (None: unknown, or the model has no reference).
+FarThresholds = Callable[[str], float | None]
+
+
+def _no_thresholds(version: str) -> float | None:
+    return None
+
 
 def rollup(answers: Iterable[Answer]) -> Counter[RollupKey]:
     """Count answered (not skipped) images by (model_version, status, type, color, source).
@@ -55,9 +75,38 @@ def rollup(answers: Iterable[Answer]) -> Counter[RollupKey]:
     for a in answers:
         if a.status == "skipped":
             continue
-        key = (a.model_version or "", a.status, a.image_type or "", a.color or "", a.source or "")
-        counts[key] += 1
+        counts[_key(a)] += 1
     return counts
+
+
+def drift_sums(
+    answers: Iterable[Answer], far_threshold: FarThresholds = _no_thresholds
+) -> dict[RollupKey, DriftSums]:
+    """The drift sums of answered images, keyed like :func:`rollup`.
+
+    Args:
+        answers: Classify results.
+        far_threshold: The far threshold of a model version; the novelty of a version
+            without one is not counted (its far share would be unknown).
+    """
+    sums: dict[RollupKey, DriftSums] = {}
+    for a in answers:
+        if a.status == "skipped":
+            continue
+        tally = sums.setdefault(_key(a), DriftSums())
+        if a.confidence is not None:
+            tally.confidence_n += 1
+            tally.confidence_sum += a.confidence
+        threshold = None if a.novelty is None else far_threshold(a.model_version or "")
+        if a.novelty is not None and threshold is not None:
+            tally.novelty_n += 1
+            tally.novelty_sum += a.novelty
+            tally.far_n += a.novelty > threshold
+    return sums
+
+
+def _key(a: Answer) -> RollupKey:
+    return (a.model_version or "", a.status, a.image_type or "", a.color or "", a.source or "")
 
 
 class RollupBuffer:
@@ -71,13 +120,17 @@ class RollupBuffer:
     Args:
         db: Where the rollup lives.
         interval_s: Seconds between writes.
+        far_threshold: The far threshold of a model version.
     """
 
-    def __init__(self, db: Database, *, interval_s: float) -> None:
+    def __init__(
+        self, db: Database, *, interval_s: float, far_threshold: FarThresholds = _no_thresholds
+    ) -> None:
         self.db = db
         self.interval_s = interval_s
+        self.far_threshold = far_threshold
         self._lock = threading.Lock()
-        self._pending: dict[tuple[dt.date, str], Counter[RollupKey]] = {}
+        self._pending: dict[tuple[dt.date, str], _Pending] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if interval_s > 0:
@@ -86,11 +139,13 @@ class RollupBuffer:
 
     def add(self, day: dt.date, advertiser_id: str, answers: Iterable[Answer]) -> None:
         """Count one classify call's answers (skipped ones are not counted)."""
+        answers = list(answers)
         counts = rollup(answers)
         if not counts:
             return
+        sums = drift_sums(answers, self.far_threshold)
         with self._lock:
-            self._pending.setdefault((day, advertiser_id), Counter()).update(counts)
+            self._pending.setdefault((day, advertiser_id), _Pending()).add(counts, sums)
         if self._thread is None:
             self.flush()
 
@@ -106,12 +161,12 @@ class RollupBuffer:
         written = 0
         try:
             with self.db.write() as session:
-                for (day, advertiser_id), counts in sorted(pending.items()):
-                    written += record_counts(session, day, advertiser_id, counts)
+                for (day, advertiser_id), part in sorted(pending.items(), key=lambda item: item[0]):
+                    written += record_counts(session, day, advertiser_id, part.counts, part.sums)
         except BaseException:
             with self._lock:
-                for key, counts in pending.items():
-                    self._pending.setdefault(key, Counter()).update(counts)
+                for key, part in pending.items():
+                    self._pending.setdefault(key, _Pending()).add(part.counts, part.sums)
             raise
         return written
 
@@ -133,6 +188,19 @@ class RollupBuffer:
                 log.exception("could not write the monitoring rollup; will retry")
 
 
+class _Pending:
+    """Counts and drift sums of one (day, advertiser) waiting to be written."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[RollupKey] = Counter()
+        self.sums: dict[RollupKey, DriftSums] = {}
+
+    def add(self, counts: Counter[RollupKey], sums: dict[RollupKey, DriftSums]) -> None:
+        self.counts.update(counts)
+        for key, tally in sums.items():
+            self.sums.setdefault(key, DriftSums()).add(tally)
+
+
 class AnswerCounter:
     """Reports answers to telemetry and adds them to the daily rollup.
 
@@ -148,7 +216,17 @@ class AnswerCounter:
     ) -> None:
         self.clock = clock
         self.telemetry = telemetry
-        self._rollup = RollupBuffer(db, interval_s=interval_s)
+        # Far thresholds of the model versions this process served (a folder's reference
+        # never changes once registered, so a version's threshold is fixed).
+        self._thresholds: dict[str, float | None] = {}
+        self._rollup = RollupBuffer(db, interval_s=interval_s, far_threshold=self._threshold)
+
+    def know_model(self, version: str, far_threshold: float | None) -> None:
+        """Remember the far threshold of a model version that serves (or served)."""
+        self._thresholds[version] = far_threshold
+
+    def _threshold(self, version: str) -> float | None:
+        return self._thresholds.get(version)
 
     async def record(self, advertiser_id: str, results: Sequence[ClassifyResult]) -> None:
         """Report the answers to telemetry and add them to the daily monitoring rollup."""

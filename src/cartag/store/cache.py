@@ -49,6 +49,8 @@ class UrlLookup:
     confidence: float | None
     model_version: str | None
     color_reason: str | None
+    # Last, with a default: entries written before it existed still join.
+    novelty: float | None = None
 
     def url_part(self) -> str:
         """The URL's own fields, serialised."""
@@ -58,7 +60,7 @@ class UrlLookup:
     def image_part(self) -> str:
         """The image's answer fields, serialised."""
         fields = (self.image_url, self.content_sha256, self.phash, self.image_type, self.color)
-        rest = (self.confidence, self.model_version, self.color_reason)
+        rest = (self.confidence, self.model_version, self.color_reason, self.novelty)
         return json.dumps((*fields, *rest), separators=(",", ":"))
 
     @classmethod
@@ -160,7 +162,10 @@ class RedisLookupCache(LookupCache):
 
         self.ttl_s = ttl_s
         self._url_prefix = f"{prefix}u:"
-        self._image_prefix = f"{prefix}i:"
+        # "i2:": image parts carry the novelty since migration 0008. A process of before
+        # cannot read the longer entry, so during a rolling upgrade the two kinds of process
+        # keep their image parts apart (URL parts are unchanged and shared).
+        self._image_prefix = f"{prefix}i2:"
         try:
             self._redis: Any = redis.Redis.from_url(
                 url, socket_timeout=1.0, socket_connect_timeout=1.0

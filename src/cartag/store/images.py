@@ -33,6 +33,7 @@ class NewImage:
     confidence: float | None
     model_version: str | None
     color_reason: str | None = None
+    novelty: float | None = None
 
 
 def get_images(session: Session, keys: Collection[str]) -> dict[str, ImageRow]:
@@ -80,6 +81,7 @@ _LOOKUP_COLUMNS = (
     ImageRow.confidence,
     ImageRow.model_version,
     ImageRow.color_reason,
+    ImageRow.novelty,
 )
 
 
@@ -97,7 +99,7 @@ def lookup_urls(session: Session, urls: Collection[str]) -> list[UrlLookup]:
             .where(in_values(session, UrlRow.url, chunk))
         )
         for url, key, etag, modified, length, checked, *answer in session.execute(stmt):
-            image_url, sha, ph, image_type, color, confidence, version, reason = answer
+            image_url, sha, ph, image_type, color, confidence, version, reason, novelty = answer
             found.append(
                 UrlLookup(
                     url,
@@ -114,6 +116,7 @@ def lookup_urls(session: Session, urls: Collection[str]) -> list[UrlLookup]:
                     confidence,
                     version,
                     reason,
+                    novelty,
                 )
             )
     return found
@@ -146,6 +149,7 @@ def save_images(session: Session, images: Sequence[NewImage], now: dt.datetime) 
             "confidence": image.confidence,
             "model_version": image.model_version,
             "color_reason": image.color_reason,
+            "novelty": image.novelty,
             "created_at": now,
             "updated_at": now,
         }

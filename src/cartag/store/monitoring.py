@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import func, select
@@ -21,6 +22,35 @@ from cartag.store.tables import ClassifyDailyRow, FixAuditRow, ImageRow
 
 KEY_COLUMNS = ("model_version", "status", "image_type", "color", "source")
 RollupKey = tuple[str, str, str, str, str]
+SUM_COLUMNS = ("confidence_n", "confidence_sum", "novelty_n", "novelty_sum", "far_n")
+
+
+@dataclass
+class DriftSums:
+    """The drift sums of some answers (columns :data:`SUM_COLUMNS` of the rollup).
+
+    Attributes:
+        confidence_n: Answers with a stored confidence.
+        confidence_sum: Their confidences added.
+        novelty_n: Answers with a novelty whose model's far threshold is known.
+        novelty_sum: Their novelties added.
+        far_n: How many of those lay beyond the threshold.
+    """
+
+    confidence_n: int = 0
+    confidence_sum: float = 0.0
+    novelty_n: int = 0
+    novelty_sum: float = 0.0
+    far_n: int = 0
+
+    def add(self, other: DriftSums) -> None:
+        """Add ``other``'s sums to these."""
+        for name in SUM_COLUMNS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def values(self) -> dict[str, float]:
+        """The sums by column name."""
+        return {name: getattr(self, name) for name in SUM_COLUMNS}
 
 
 def record_counts(
@@ -28,14 +58,17 @@ def record_counts(
     day: dt.date,
     advertiser_id: str,
     counts: Counter[RollupKey],
+    sums: Mapping[RollupKey, DriftSums] | None = None,
 ) -> int:
-    """Add counts (keyed by :data:`KEY_COLUMNS`) to the day's rollup (one bulk upsert).
+    """Add counts (keyed by :data:`KEY_COLUMNS`) and their drift sums to the day's rollup
+    (one bulk upsert).
 
     Returns:
         How many answers were counted.
     """
     if not counts:
         return 0
+    sums = sums or {}
     # Sorted so concurrent writers lock rows in the same order (no deadlocks on PostgreSQL).
     rows: list[dict[str, Any]] = [
         {
@@ -43,15 +76,17 @@ def record_counts(
             "advertiser_id": advertiser_id,
             **dict(zip(KEY_COLUMNS, key, strict=True)),
             "count": n,
+            **sums.get(key, DriftSums()).values(),
         }
         for key, n in sorted(counts.items())
     ]
     dialect = session.get_bind().dialect.name
     module: Any = postgresql if dialect == "postgresql" else sqlite
     stmt = module.insert(ClassifyDailyRow)
+    t = ClassifyDailyRow
     stmt = stmt.on_conflict_do_update(
         index_elements=["day", "advertiser_id", *KEY_COLUMNS],
-        set_={"count": ClassifyDailyRow.count + stmt.excluded["count"]},
+        set_={name: getattr(t, name) + stmt.excluded[name] for name in ("count", *SUM_COLUMNS)},
     )
     session.execute(stmt, rows)
     return sum(counts.values())
@@ -121,6 +156,75 @@ def answers_per_advertiser(
         .group_by(t.day, t.advertiser_id, t.model_version)
     ):
         yield day, adv, version, int(n)
+
+
+@dataclass(frozen=True)
+class DriftCell:
+    """The answers of one advertiser and model version with one (type, color), summed over
+    a window, with their drift sums."""
+
+    advertiser_id: str
+    model_version: str
+    image_type: str
+    color: str
+    count: int
+    sums: DriftSums
+
+
+def drift_cells(
+    session: Session, since: dt.date, until: dt.date, version: str | None = None
+) -> Iterator[DriftCell]:
+    """Answers and drift sums per (advertiser, version, type, color) over [since, until].
+
+    Args:
+        session: Any session.
+        since: First UTC day.
+        until: Last UTC day.
+        version: Only this model version's answers; None = every version's.
+    """
+    t = ClassifyDailyRow
+    window = [t.day >= since, t.day <= until]
+    if version is not None:
+        window.append(t.model_version == version)
+    columns = [func.sum(getattr(t, name)) for name in ("count", *SUM_COLUMNS)]
+    stmt = (
+        select(t.advertiser_id, t.model_version, t.image_type, t.color, *columns)
+        .where(*window)
+        .group_by(t.advertiser_id, t.model_version, t.image_type, t.color)
+    )
+    for (
+        adv,
+        model_version,
+        image_type,
+        color,
+        n,
+        conf_n,
+        conf_sum,
+        nov_n,
+        nov_sum,
+        far_n,
+    ) in session.execute(stmt):
+        sums = DriftSums(
+            int(conf_n or 0),
+            float(conf_sum or 0),
+            int(nov_n or 0),
+            float(nov_sum or 0),
+            int(far_n or 0),
+        )
+        yield DriftCell(adv, model_version, image_type, color, int(n or 0), sums)
+
+
+def first_days(session: Session, versions: Collection[str]) -> dict[str, dt.date]:
+    """The first UTC day each model version answered (the start of its drift baseline)."""
+    if not versions:
+        return {}
+    t = ClassifyDailyRow
+    stmt = (
+        select(t.model_version, func.min(t.day))
+        .where(t.model_version.in_(list(versions)))
+        .group_by(t.model_version)
+    )
+    return {str(version): day for version, day in session.execute(stmt)}
 
 
 def fixes_between(

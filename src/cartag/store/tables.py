@@ -90,6 +90,9 @@ class ImageRow(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     # Why color is null when the color provider failed (e.g. color_provider_timeout).
     color_reason: Mapped[str | None] = mapped_column(String(100))
+    # Cosine distance of the embedding to the nearest centroid of the model's training
+    # reference (cartag.models.reference); null: no reference, or stored before 0008.
+    novelty: Mapped[float | None] = mapped_column(Float)
 
 
 class UrlRow(Base):
@@ -440,9 +443,15 @@ class ClassifyDailyRow(Base):
     Images are shared between advertisers, so this rollup is the only record of who asked
     for what when; the monitor's mix and fix-rate figures come from it. One bulk upsert
     per classify call adds to ``count``. Missing values (no color) are stored as ``""``.
+
+    The drift figures (:mod:`cartag.deploy.drift`) are sums beside the count: of the
+    stored confidence, and of the novelty of the answers that have one, with how many
+    of those lay beyond the model's far threshold.
     """
 
     __tablename__ = "classify_daily"
+    # The drift report finds a model version's first day and reads its first week by version.
+    __table_args__ = (Index("ix_classify_daily_version_day", "model_version", "day"),)
 
     day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
     advertiser_id: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
@@ -454,3 +463,8 @@ class ClassifyDailyRow(Base):
     # override | fix | scrape | cache | model
     source: Mapped[str] = mapped_column(String(16), primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger)
+    confidence_n: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    confidence_sum: Mapped[float] = mapped_column(Float, server_default="0")
+    novelty_n: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    novelty_sum: Mapped[float] = mapped_column(Float, server_default="0")
+    far_n: Mapped[int] = mapped_column(BigInteger, server_default="0")

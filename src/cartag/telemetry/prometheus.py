@@ -120,6 +120,48 @@ class _ScrapedGauge(Collector):
         yield family
 
 
+# The drift gauges (cartag.deploy.drift): metric name -> (help, {(version, advertiser): value}).
+DRIFT_GAUGES: dict[str, str] = {
+    "cartag_drift_flagged": "1 when the scope drifted from its model version's first week by "
+    "the CARTAG_DRIFT_* rule, else 0 (also while it is not judged: too few images, or the "
+    "version's first week).",
+    "cartag_drift_far_share": "Share of the current window's images far from the training "
+    "data (novelty beyond the model's held-out p95).",
+    "cartag_drift_far_share_baseline": "The same share in the model version's first week.",
+    "cartag_drift_mean_novelty": "Mean novelty (cosine distance to the nearest training "
+    "centroid) of the current window's images.",
+    "cartag_drift_confidence_delta": "Mean confidence now minus in the first week.",
+    "cartag_drift_type_mix_tvd": "Total-variation distance of the type mix, now vs first week.",
+    "cartag_drift_color_mix_tvd": "Total-variation distance of the color mix, now vs first week.",
+    "cartag_drift_images": "Images answered in the current window.",
+}
+DriftValues = dict[str, dict[tuple[str, str], float]]
+
+
+class _DriftCollector(Collector):
+    """The drift gauges by (``version``, ``advertiser``), from a function the app registers
+    (it caches the store's figures; the scrape only reads them)."""
+
+    def __init__(self) -> None:
+        self._read: Callable[[], DriftValues] | None = None
+
+    def set(self, read: Callable[[], DriftValues]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        values: DriftValues = {}
+        if self._read is not None:
+            try:
+                values = self._read()
+            except Exception:  # noqa: BLE001 - a failing source must not break the scrape
+                log.exception("the drift gauges could not be read")
+        for name, documentation in DRIFT_GAUGES.items():
+            family = GaugeMetricFamily(name, documentation, labels=["version", "advertiser"])
+            for (version, advertiser), value in sorted(values.get(name, {}).items()):
+                family.add_metric([version, advertiser], value)
+            yield family
+
+
 class PrometheusTelemetry(Telemetry):
     """Telemetry recorded as Prometheus metrics in a private registry.
 
@@ -250,6 +292,8 @@ class PrometheusTelemetry(Telemetry):
         )
         r.register(self._queues)
         r.register(self._queue_ages)
+        self._drift = _DriftCollector()
+        r.register(self._drift)
         self._lock = threading.Lock()
         self._hits = 0
         self._misses = 0
@@ -267,6 +311,11 @@ class PrometheusTelemetry(Telemetry):
     def add_queue_age_source(self, read: Callable[[], dict[str, float]]) -> None:
         """Report ``read()`` (queue name → seconds the oldest item waited) at every scrape."""
         self._queue_ages.add(read)
+
+    def set_drift_source(self, read: Callable[[], DriftValues]) -> None:
+        """Report ``read()`` (gauge name → {(version, advertiser): value}) as the drift
+        gauges at every scrape."""
+        self._drift.set(read)
 
     # --- Telemetry -------------------------------------------------------------------
 

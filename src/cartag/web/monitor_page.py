@@ -12,6 +12,7 @@ from typing import Final
 import jinja2
 from markupsafe import Markup
 
+from cartag.deploy.drift import DriftReport
 from cartag.deploy.monitor import NO_COLOR, AdvertiserStats, MonitorReport, Rate
 from cartag.deploy.operations import OpsReport
 from cartag.telemetry.snapshot import Snapshot
@@ -46,6 +47,8 @@ MAX_ADVERTISER_LINES: Final = 8
 # Rows of the advertiser table (flagged first); the rest are counted, and reachable with
 # the advertiser filter or `cartag monitor report --limit`.
 MAX_ADVERTISER_ROWS: Final = 200
+# Advertisers listed per model version in the drift panel (most drifted first).
+MAX_DRIFT_ROWS: Final = 20
 
 
 @dataclass
@@ -59,6 +62,14 @@ class VersionCharts:
 
 def _pct(rate: float | None) -> str:
     return "—" if rate is None else f"{rate * 100:.2f}%"
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _signed(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.3f}"
 
 
 def _day_label(day: dt.date) -> str:
@@ -146,6 +157,8 @@ def _advertiser_rate_chart(report: MonitorReport) -> Markup:
 def _environment() -> jinja2.Environment:
     env = web_environment()
     env.filters["pct"] = _pct
+    env.filters["num"] = _num
+    env.filters["signed"] = _signed
     env.filters["seconds"] = seconds
     return env
 
@@ -159,6 +172,7 @@ def render_monitor(
     csrf: str = "",
     ops: OpsReport | None = None,
     snapshot: Snapshot | None = None,
+    drift: DriftReport | None = None,
 ) -> str:
     """The monitor page for ``report``.
 
@@ -170,6 +184,7 @@ def render_monitor(
         generated: When the page was made (shown in the header).
         max_rows: Most advertisers listed in the table.
         csrf: The logout form's CSRF token (see :mod:`cartag.api.browser`).
+        drift: The drift of the model versions answering now (None: no drift panel).
     """
     rows = report.advertisers[:max_rows]
     sparklines = {
@@ -198,6 +213,8 @@ def render_monitor(
             rule=report.thresholds.explain(),
             csrf=csrf,
             panels=build_panels(report, ops, snapshot) if ops is not None else None,
+            drift=drift,
+            max_drift_rows=MAX_DRIFT_ROWS,
         )
     )
 

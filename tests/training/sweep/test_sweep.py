@@ -256,6 +256,8 @@ def test_tiny_sweep_registers_candidates_and_resumes(
     best_dir = sweep_settings.data_dir / "models" / str(candidate)
     model = EmbeddingClassifier.from_dir(best_dir, engine="torch")
     assert model.version == candidate
+    # It ships its drift reference: centroids of the train split, quantiles of the tests.
+    assert model.reference is not None and model.far_threshold is not None
     # backbone "production": the bundled model's fine-tuned network, copied in.
     assert model.backbone_id == classifier.backbone_id
     assert (best_dir / "backbone.npz").is_file()
@@ -275,7 +277,9 @@ def test_tiny_sweep_registers_candidates_and_resumes(
     assert not set(made) & set(color_meta.get("absent_labels", []))
     assert "recolored train-split photos" in (best_dir / "MODEL_CARD.md").read_text()
     image = decode_image(tiny_examples[0].data, max_pixels=64_000_000).image
-    assert model.predict([image])[0].image_type in ("Dealer", "Stock", "Placeholder")
+    answer = model.predict([image])[0]
+    assert answer.image_type in ("Dealer", "Stock", "Placeholder")
+    assert answer.novelty is not None and 0 <= answer.novelty <= 1
 
     # Same command again: resumes, no new trial, nothing recomputed.
     stages.clear()

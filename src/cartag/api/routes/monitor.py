@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from cartag.api import browser
 from cartag.api.deps import BrowserPrincipalDep, StateDep
 from cartag.api.schemas.common import ERROR_SCHEMA_REF, error_responses
+from cartag.deploy.drift import drift_now
 from cartag.deploy.monitor import report_since
 from cartag.deploy.operations import build_ops
 from cartag.errors import PermissionDeniedError
@@ -120,7 +121,8 @@ def monitor_page(
     advertiser: Annotated[str | None, Query(max_length=128)] = None,
 ) -> Response:
     """Answer mix and manual-fix rate per model version, day and advertiser; operational
-    panels (latency, errors, skip reasons, cache hit rate, job queue, per model version)."""
+    panels (latency, errors, skip reasons, cache hit rate, job queue, per model version);
+    drift per model version and advertiser."""
     if credentials is not None and credentials.scheme.lower() == "bearer":
         with state.db.read() as session:
             principal = apikeys.authenticate(session, credentials.credentials)
@@ -141,6 +143,7 @@ def monitor_page(
     with state.db.read() as session:
         report = report_since(session, state.settings, since, now, advertiser=advertiser or None)
         ops = build_ops(session, report, now)
+        drift = drift_now(session, state.settings, now, advertiser=advertiser or None)
     telemetry = state.telemetry
     snapshot = (
         read_snapshot(telemetry.registry) if isinstance(telemetry, PrometheusTelemetry) else None
@@ -148,7 +151,13 @@ def monitor_page(
     csrf = browser.session_csrf_token(request)
     return _html(
         render_monitor(
-            report, since_text=since, generated=now, csrf=csrf, ops=ops, snapshot=snapshot
+            report,
+            since_text=since,
+            generated=now,
+            csrf=csrf,
+            ops=ops,
+            snapshot=snapshot,
+            drift=drift,
         )
     )
 

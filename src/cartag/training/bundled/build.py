@@ -49,6 +49,7 @@ from cartag.training.bundled.config import (
 from cartag.training.bundled.corpus import build_corpus, build_corpus_all
 from cartag.training.bundled.heads import HeadRecipe, fit_heads
 from cartag.training.bundled.quantization import Int8Build, build_int8
+from cartag.training.bundled.reference import corpus_reference, write_reference
 from cartag.training.datasets.dataset import SPLIT_RULE
 from cartag.training.datasets.type_labels import TYPE_LABELS_PATH
 from cartag.training.evaluation.card import render_card
@@ -171,6 +172,10 @@ def train_bundled(
         config["training"].update(all_sources_config(corpus, sources, recolor_min_real))
         config["training"]["source"] = " ".join(SOURCES_TEXT[s] for s in sources)
     (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    # The drift reference is derived from the same corpus; it changes no answer, so it
+    # is not part of the version's digest.
+    reference, built_from = corpus_reference(corpus, backbone.backbone_id, seed=seed)
+    config["reference"] = write_reference(out_dir, reference, built_from, seed=seed)
     (out_dir / "MODEL_CARD.md").write_text(render_card(out_dir), encoding="utf-8")
     return config
 

@@ -34,6 +34,7 @@ from cartag.models.classifier import (
 )
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID
 from cartag.models.heads import LinearHead
+from cartag.models.reference import build_reference, save_reference
 from cartag.training.fitting.calibration import fit_temperature
 from cartag.training.fitting.fit import fit_linear_head
 from cartag.training.fitting.metrics import classification_report
@@ -334,8 +335,16 @@ def write_candidate(
     validation_metrics: dict[str, Any],
     test_metrics: dict[str, Any],
     now: dt.datetime,
+    reference_rows: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Write a loadable model folder; returns its config (``version`` is new)."""
+    """Write a loadable model folder; returns its config (``version`` is new).
+
+    Args:
+        reference_rows: (train, held-out) (N, D) / (M, D) embeddings of the heads'
+            backbone: the folder then ships its drift reference
+            (:mod:`cartag.models.reference`; centroids of the first, quantiles of the
+            second). None or an empty side: no reference.
+    """
     common = {
         "backbone_id": backbone.backbone_id,
         "input_size": backbone.input_size,
@@ -380,6 +389,20 @@ def write_candidate(
     }
     if "recolored" in heads.color.metadata:
         config["training"]["recolored"] = heads.color.metadata["recolored"]
+    if reference_rows is not None and all(len(side) for side in reference_rows):
+        train, held_out = reference_rows
+        reference = build_reference(train, held_out, embedding_id=backbone.backbone_id)
+        config["reference"] = save_reference(
+            reference,
+            out_dir,
+            built_from={
+                "dataset_ref": view.ref,
+                "manifest_sha256": view.manifest_sha256,
+                "n_train": len(train),
+                "n_held_out": len(held_out),
+                "split": "the dataset's train split; quantiles on its test sets",
+            },
+        )
     (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (out_dir / "MODEL_CARD.md").write_text(
         render_candidate_card(config, test_metrics), encoding="utf-8"

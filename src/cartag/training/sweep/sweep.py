@@ -299,6 +299,7 @@ def _run_sweep(
                 validation_metrics=val_metrics,
                 test_metrics=test_metrics,
                 now=clock.now(),
+                reference_rows=(features.emb[view.train], features.emb[view.tested]),
             )
             version = str(written["version"])
             _register(db, registry, out_dir, version, view=view, metrics=test_metrics)

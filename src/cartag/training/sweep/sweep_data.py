@@ -74,6 +74,14 @@ class DatasetView:
         """Row indices of the train split."""
         return np.flatnonzero(np.asarray([s == "train" for s in self.splits], dtype=bool))
 
+    @property
+    def tested(self) -> np.ndarray:
+        """Row indices of every test set, each once (where a candidate's drift reference
+        measures its novelty quantiles)."""
+        if not self.test_sets:
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(np.concatenate(list(self.test_sets.values()))).astype(np.int64)
+
     def validation_mask(self, fraction: float, seed: int) -> np.ndarray:
         """bool (N,): train rows whose group hashes into the validation fold.
 
