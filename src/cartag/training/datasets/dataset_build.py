@@ -59,9 +59,9 @@ from cartag.training.datasets.candidates import (
 from cartag.training.datasets.crop import Cropper, crop_checked, make_cropper
 from cartag.training.datasets.dataset_inputs import (
     LAST_RETRAIN,
-    BuildOptions as BuildOptions,
-    BuildProgress as BuildProgress,
-    BuildReport as BuildReport,
+    BuildOptions,
+    BuildProgress,
+    BuildReport,
     folder_labels,
     placeholder_candidates,
     read_label_csv,
@@ -463,7 +463,7 @@ class DatasetBuilder:
                     else None,
                 )
             )
-        if review:
+        if "candidates" in stats:
             added = Counter(
                 str(i.provenance["why"])
                 for i in new_items
