@@ -245,6 +245,11 @@ def test_limit_round_robin_and_far_threshold_required(
     # The advertisers take turns (equal recent rates: by id), each lowest confidence
     # first, until the limit.
     assert [i.provenance["image_key"] for i in queue] == [a1[0], a2[0], a1[1]]
+    # A proposal needs both labels confirmed: it is in both queues, undecided.
+    with db.read() as session:
+        for name in ("image_type", "color"):
+            page = list_items(session, report.ref, ItemFilter(queue=name, decided=False))
+            assert [i.id for i in page.items][:3] == [i.id for i in queue]
     assert report.stats["candidates"]["fix_rate_jump"]["added"] == 3
     assert "far_from_training" not in report.stats["candidates"]
 
