@@ -13,19 +13,24 @@ import pytest
 
 from cartag.clock import FakeClock
 from cartag.errors import InputError
+from cartag.imaging.decode import decode_image
+from cartag.imaging.keys import content_sha256, phash
 from cartag.models.classifier import Classifier, EmbeddingClassifier
 from cartag.pipeline import fixes as fix_service
 from cartag.pipeline.fixes import Author
 from cartag.settings import Settings
 from cartag.store import datasets as repo
 from cartag.store.blobs import LocalBlobStore
+from cartag.store.candidates import StoredImage
 from cartag.store.db import Database
 from cartag.store.review_queue import ItemFilter, list_items
 from cartag.training.datasets.candidates import (
     KINDS,
     CandidateRequest,
+    Known,
     candidate_suspicion,
     parse_kinds,
+    phash_array,
     read_far_threshold,
 )
 from cartag.training.datasets.dataset_build import BuildOptions, DatasetBuilder
@@ -273,3 +278,28 @@ def test_parse_kinds_and_read_far_threshold(tmp_path: Path) -> None:
             read_far_threshold(tmp_path)
     with pytest.raises(InputError, match="cannot read"):
         read_far_threshold(tmp_path / "missing")
+
+
+def test_known_catches_copies_by_bytes_or_picture() -> None:
+    def image(data: bytes, key: str = "k") -> StoredImage:
+        return StoredImage(
+            image_key=key, urls=[], content_sha256=content_sha256(data),
+            phash=phash(decode_image(data, max_pixels=10**8).image), image_type="Dealer",
+            color=None, confidence=None, novelty=None, model_version="m", advertiser_id="a",
+            seen_at=NOW,
+        )  # fmt: skip
+
+    parent, fixed = image(pattern_jpeg(600)), image(pattern_jpeg(601), key="fixed-key")
+    known = Known(
+        parent_sha256=frozenset({parent.content_sha256 or ""}),
+        parent_phash=phash_array([parent.phash]),
+        fixed_keys=frozenset({"fixed-key"}),
+        fixed_phash=phash_array([fixed.phash]),
+        distance=6,
+    )
+    assert known.clash(parent) == "in_parent"
+    assert known.clash(image(pattern_jpeg(600, quality=40))) == "in_parent"  # re-encoded
+    assert known.clash(image(pattern_jpeg(601, quality=40))) == "fixed"
+    assert known.clash(image(pattern_jpeg(602), key="fixed-key")) == "fixed"
+    assert known.clash(image(pattern_jpeg(603))) is None
+    assert Known().clash(parent) is None

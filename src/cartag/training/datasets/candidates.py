@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
 from sqlalchemy.orm import Session
 
 from cartag.errors import InputError
-from cartag.imaging.keys import content_sha256, hamming
+from cartag.imaging.keys import content_sha256
 from cartag.net.outcomes import Fetched, FetchOutcome
 from cartag.store import candidates as candidate_repo
 from cartag.store.candidates import StoredImage
@@ -133,24 +134,29 @@ class CandidateRequest:
     threshold_source: str | None = None
 
 
+def phash_array(hashes: Sequence[str | None]) -> np.ndarray:
+    """uint64 (N,) of the 64-bit hex pHashes given (others are left out)."""
+    return np.asarray([int(h, 16) for h in hashes if h and len(h) == 16], dtype=np.uint64)
+
+
 @dataclass(frozen=True)
 class Known:
     """What a build already holds, that a candidate must not repeat.
 
     Attributes:
         parent_sha256: Content hashes of the parent's items (and their uncropped originals).
-        parent_phash: pHashes of the parent's items.
+        parent_phash: uint64 (P,) pHashes of the parent's items.
         fixed_keys: Image keys of the fixes this build adds.
         fixed_sha256: Their content hashes.
-        fixed_phash: Their pHashes.
+        fixed_phash: uint64 (F,) their pHashes.
         distance: pHash bits within which two images are the same picture.
     """
 
     parent_sha256: frozenset[str] = frozenset()
-    parent_phash: tuple[str, ...] = ()
+    parent_phash: np.ndarray = field(default_factory=lambda: phash_array([]))
     fixed_keys: frozenset[str] = frozenset()
     fixed_sha256: frozenset[str] = frozenset()
-    fixed_phash: tuple[str, ...] = ()
+    fixed_phash: np.ndarray = field(default_factory=lambda: phash_array([]))
     distance: int = 4
 
     def clash(self, image: StoredImage) -> str | None:
@@ -165,11 +171,12 @@ class Known:
             return "fixed"
         return None
 
-    def _near(self, image: StoredImage, hashes: Sequence[str]) -> bool:
-        ph = image.phash
-        return bool(ph) and any(
-            len(h) == len(ph or "") and hamming(h, ph or "") <= self.distance for h in hashes
-        )
+    def _near(self, image: StoredImage, hashes: np.ndarray) -> bool:
+        # Vectorised: a parent may hold tens of thousands of items.
+        mine = phash_array([image.phash])
+        if not len(mine) or not len(hashes):
+            return False
+        return bool((np.bitwise_count(hashes ^ mine[0]) <= self.distance).any())
 
 
 def known_from(
@@ -183,10 +190,10 @@ def known_from(
     }
     return Known(
         parent_sha256=frozenset(parent_sha),
-        parent_phash=tuple(i.phash for i in parent_items if i.phash),
+        parent_phash=phash_array([i.phash for i in parent_items]),
         fixed_keys=frozenset(f.image_key for f in fixes),
         fixed_sha256=frozenset(f.content_sha256 for f in fixes if f.content_sha256),
-        fixed_phash=tuple(f.phash for f in fixes if f.phash),
+        fixed_phash=phash_array([f.phash for f in fixes]),
         distance=distance,
     )
 
