@@ -20,6 +20,7 @@ from cartag.pipeline import fixes as fix_service
 from cartag.pipeline.fixes import Author
 from cartag.settings import Settings
 from cartag.store import datasets as repo
+from cartag.store.advertisers import record_advertiser_images
 from cartag.store.blobs import LocalBlobStore
 from cartag.store.candidates import StoredImage
 from cartag.store.db import Database
@@ -229,6 +230,8 @@ def test_limit_round_robin_and_far_threshold_required(
                   confidence=0.1 + i / 10) for i in range(3)]  # fmt: skip
     a2 = [_served(db, server, f"a2-{i}", 410 + i, advertiser="a2", seen_at=SEEN,
                   confidence=0.15 + i / 10) for i in range(3)]  # fmt: skip
+    with db.write() as session:  # a2 saw a1's least sure image too: proposed once
+        record_advertiser_images(session, "a2", [a1[0]], SEEN)
     builder = _builder(settings, db)
     with pytest.raises(InputError, match="far threshold") as info:
         builder.create(
@@ -255,7 +258,8 @@ def test_limit_round_robin_and_far_threshold_required(
         for name in ("image_type", "color"):
             page = list_items(session, report.ref, ItemFilter(queue=name, decided=False))
             assert [i.id for i in page.items][:3] == [i.id for i in queue]
-    assert report.stats["candidates"]["fix_rate_jump"]["added"] == 3
+    jump = report.stats["candidates"]["fix_rate_jump"]
+    assert (jump["added"], jump["skipped"]) == (3, {"duplicate": 1})
     assert "far_from_training" not in report.stats["candidates"]
 
 

@@ -16,7 +16,8 @@ and nobody fixed, seen in an advertiser's request within the recent window
 
 A candidate is skipped, before any download, when its stored bytes or pHash match an
 item of the parent version (``in_parent``), an image whose fix this build adds
-(``fixed``) or a candidate of the other kind (``other_kind``); it is then downloaded
+(``fixed``), a candidate of the other kind (``other_kind``) or of the same kind (two
+jumping advertisers saw it: ``duplicate``); it is then downloaded
 like a fixed image and skipped when that fails (``download_failed``) or the URL now
 serves another picture (``changed``). Its labels are the model's answer, a proposal:
 the item is ``flagged`` (reason ``candidate``), never trained on until a reviewer
@@ -230,21 +231,27 @@ def select_candidates(
     selection = Selection(
         stats={"window": {"since": first_day.isoformat(), "days": request.rule.recent_days}}
     )
-    taken_keys: set[str] = set()
-    taken_sha: set[str] = set()
+    if FAR_FROM_TRAINING in request.kinds and request.far_threshold is None:
+        raise InputError(
+            "far-from-training needs the production model's far threshold; pass "
+            "--far-threshold VALUE",
+            field="far_threshold",
+        )
+    # Which kind took an image (by key and by stored bytes): an image is proposed once.
+    taken: dict[str, str] = {}
 
-    def keep(image: StoredImage, skipped: Counter[str]) -> bool:
+    def keep(image: StoredImage, kind: str, skipped: Counter[str]) -> bool:
         reason = known.clash(image)
-        if reason is None and (
-            image.image_key in taken_keys or (image.content_sha256 or "") in taken_sha
-        ):
-            reason = "other_kind"
+        holder = taken.get(image.image_key) or taken.get(image.content_sha256 or "")
+        if reason is None and holder is not None:
+            # Two jumping advertisers may share an image: it is a duplicate within the kind.
+            reason = "other_kind" if holder != kind else "duplicate"
         if reason is not None:
             skipped[reason] += 1
             return False
-        taken_keys.add(image.image_key)
+        taken[image.image_key] = kind
         if image.content_sha256:
-            taken_sha.add(image.content_sha256)
+            taken[image.content_sha256] = kind
         return True
 
     limit = request.limit
@@ -260,7 +267,7 @@ def select_candidates(
                     session, adv, since, limit=limit, offset=offset
                 )
 
-            images, seen = _draw(page, limit, lambda image: keep(image, skipped))
+            images, seen = _draw(page, limit, lambda i: keep(i, FIX_RATE_JUMP, skipped))
             considered += seen
             queues.append(images)
         rates = {j.advertiser_id: j.record() for j in jumps}
@@ -273,8 +280,8 @@ def select_candidates(
         for queue in queues:  # drawn but left out by the turns: free for the other kind
             for image in queue:
                 if image.image_key not in chosen:
-                    taken_keys.discard(image.image_key)
-                    taken_sha.discard(image.content_sha256 or "")
+                    taken.pop(image.image_key, None)
+                    taken.pop(image.content_sha256 or "", None)
         selection.stats[why(FIX_RATE_JUMP)] = {
             "rule": request.rule.explain(),
             "advertisers": [j.record() for j in jumps],
@@ -283,20 +290,14 @@ def select_candidates(
             "skipped": dict(skipped),
         }
     if FAR_FROM_TRAINING in request.kinds:
-        threshold = request.far_threshold
-        if threshold is None:
-            raise InputError(
-                "far-from-training needs the production model's far threshold; pass "
-                "--far-threshold VALUE",
-                field="far_threshold",
-            )
+        threshold = request.far_threshold or 0.0
         skipped = Counter()
         images, considered = _draw(
             lambda offset: candidate_repo.far_images(
                 session, since, threshold, limit=limit, offset=offset
             ),
             limit,
-            lambda image: keep(image, skipped),
+            lambda image: keep(image, FAR_FROM_TRAINING, skipped),
         )
         for rank, image in enumerate(images):
             selection.picks.append(
