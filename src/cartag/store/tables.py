@@ -90,8 +90,6 @@ class ImageRow(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     # Why color is null when the color provider failed (e.g. color_provider_timeout).
     color_reason: Mapped[str | None] = mapped_column(String(100))
-    # Cosine distance of the image's embedding to the nearest centroid of the serving
-    # model's training reference (null = unknown); dataset candidates read it.
     novelty: Mapped[float | None] = mapped_column(Float)
 
 
