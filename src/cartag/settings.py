@@ -503,6 +503,44 @@ class Settings(BaseSettings):
     dataset_cv_folds: int = Field(
         default=5, ge=2, description="Folds of the out-of-fold label-issue ranking."
     )
+    dataset_candidate_recent_days: int = Field(
+        default=7,
+        ge=1,
+        le=90,
+        description="Dataset candidates: days of the recent window (today included): the fix "
+        "rate compared with the baseline, and the images seen that may be proposed.",
+    )
+    dataset_candidate_baseline_days: int = Field(
+        default=28,
+        ge=1,
+        le=365,
+        description="Dataset candidates: days before the recent window that form an "
+        "advertiser's own baseline fix rate.",
+    )
+    dataset_candidate_min_answers: int = Field(
+        default=50,
+        ge=1,
+        description="Dataset candidates: answers an advertiser needs in the recent window and "
+        "in its baseline for its fix rate to be judged.",
+    )
+    dataset_candidate_min_fixes: int = Field(
+        default=3,
+        ge=1,
+        description="Dataset candidates: fixes in the advertiser's name in the recent window "
+        "for a jump to count.",
+    )
+    dataset_candidate_jump_ratio: float = Field(
+        default=2.0,
+        gt=1,
+        description="Dataset candidates: recent fix rate ÷ baseline fix rate that counts as a "
+        "jump (a zero baseline jumps on the minimum fixes alone).",
+    )
+    dataset_candidate_limit: int = Field(
+        default=200,
+        ge=1,
+        le=5000,
+        description="Dataset candidates: most images proposed per candidate kind in one build.",
+    )
 
     @field_validator("allowed_networks", mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,9 @@ from cartag.imaging.decode import decode_image
 from cartag.imaging.keys import content_sha256, phash
 from cartag.pipeline import fixes as fix_service
 from cartag.pipeline.fixes import Author
+from cartag.store import model_versions
 from cartag.store.db import Database, upgrade
+from tests.support.candidates import daily, fix_rate_history, stored_image
 from tests.support.factories import NOW, add_image
 from tests.support.http_server import ImageServer
 from tests.support.shared_root import make_data_root
@@ -125,6 +128,9 @@ def test_walkthrough_import_freeze_export_create(
         (["create", "cars", "--from", "cars@1", "--add-fixes-since", "soon"], "last-retrain"),
         (["create", "cars", "--from", "cars@1"], "no dataset version"),
         (["import", "cars", "--folder", ".", "--placeholders", "-1"], "--placeholders"),
+        (["create", "cars", "--from", "cars@1", "--candidates", "drift"], "--candidates 'drift'"),
+        (["create", "cars", "--from", "cars@1", "--candidate-limit", "0"], "--candidate-limit"),
+        (["create", "cars", "--from", "cars@1", "--far-threshold", "-1"], "--far-threshold"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(
@@ -173,3 +179,70 @@ def test_shared_labels_refuses_a_root_without_the_sets(env: dict[str, str], tmp_
     )
     assert code == 2 and "error" in output
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_create_with_candidates_reads_the_production_far_threshold(
+    env: dict[str, str], tmp_path: Path, server: ImageServer
+) -> None:
+    assert _run(env, "import", "cars", "--folder", str(_photos(tmp_path)), "--no-rank")[0] == 0
+    assert _run(env, "freeze", "cars@1")[0] == 0
+    # The serving model: production, a folder registered in place.
+    folder = tmp_path / "model-m7"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    db = Database(f"sqlite:///{tmp_path / 'data' / 'cartag.db'}")
+    upgrade(db)
+    now = dt.datetime.now(dt.UTC)
+    with db.write() as session:
+        model_versions.add_version(
+            session, version="m7", path=str(folder), files_sha256="0" * 64, status="registered",
+            card={}, metrics={}, dataset_ref=None, created_by="test", now=now,
+        )  # fmt: skip
+        model_versions.point_alias(
+            session, "production", "m7", by="test", reason="initial", now=now
+        )
+    today = now.date()
+    recent = today - dt.timedelta(days=6)
+    fix_rate_history(
+        db,
+        "jumpy",
+        daily(recent - dt.timedelta(days=28), recent - dt.timedelta(days=1), 100, 1)
+        | daily(recent, today, 100, 5),
+    )
+    for name, seed, fields in [
+        ("unsure", 500, {"advertiser": "jumpy", "confidence": 0.3}),
+        ("far", 501, {"advertiser": "calm", "novelty": 0.7}),
+    ]:
+        data = pattern_jpeg(seed)
+        server.add_file(f"/{name}.jpg", data)
+        stored_image(
+            db, url=server.url(f"/{name}.jpg"), data=data, seen_at=now - dt.timedelta(hours=1),
+            **fields,
+        )  # fmt: skip
+    db.dispose()
+
+    both = ["--candidates", "fix-rate-jump", "--candidates", "far-from-training", "--no-rank"]
+    code, output = _run(env, "create", "cars", "--from", "cars@1", *both)
+    assert code == 2, output
+    assert "records no reference far_threshold" in output and "--far-threshold" in output
+
+    (folder / "config.json").write_text(json.dumps({"reference": {"far_threshold": 0.35}}))
+    code, output = _run(env, "create", "cars", "--from", "cars@1", *both)
+    assert code == 0, output
+    assert "candidates fix-rate-jump" in output and "1 considered, 1 added flagged" in output
+    assert "jumpy: 5.0% recently (35/700) vs 1.0% baseline (28/2800)" in output
+    assert "far threshold 0.35 from" in output and "(production m7)" in output
+
+    code, output = _run(env, "show", "cars@2", "--json")
+    shown = json.loads(output)
+    assert shown["items"] == {"included": 12, "flagged": 2}
+    assert shown["stats"]["candidates"]["far_from_training"]["added"] == 1
+
+    # An explicit threshold wins; above every image's novelty, none is far.
+    code, output = _run(
+        env, "create", "cars", "--from", "cars@1", "--candidates", "far-from-training",
+        "--far-threshold", "0.9", "--candidate-days", "3", "--no-rank",
+    )  # fmt: skip
+    assert code == 0, output
+    assert "far threshold 0.9 from --far-threshold" in output
+    assert "candidates far-from-training (seen since" in output and "0 considered" in output

@@ -20,7 +20,7 @@ from cartag.errors import CartagError
 from cartag.settings import Settings
 
 if TYPE_CHECKING:
-    from cartag.training.datasets.dataset_build import BuildOptions
+    from cartag.training.datasets.dataset_inputs import BuildOptions
 
 app = typer.Typer(
     help="Versioned training datasets: import, extend with fixes, review stats, freeze, export.",
@@ -136,8 +136,7 @@ def _build_options(
     placeholder_seed: int,
 ) -> BuildOptions:
     """The options of a build, checked (InputError names the bad one)."""
-    from cartag.training.datasets.dataset_build import BuildOptions
-    from cartag.training.datasets.dataset_inputs import parse_test_set
+    from cartag.training.datasets.dataset_inputs import BuildOptions, parse_test_set
 
     options = BuildOptions(
         name=name,
@@ -198,18 +197,92 @@ def create_command(
     rank: _Rank = True,
     placeholders: _Placeholders = 0,
     placeholder_seed: _PlaceholderSeed = 0,
+    candidates: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--candidates",
+            help="Also propose images for review, labelled with the model's answer and "
+            "flagged: fix-rate-jump (unfixed images of advertisers whose fix rate jumped, "
+            "lowest confidence first) or far-from-training (images whose novelty exceeds "
+            "the production model's far threshold, farthest first); repeatable.",
+        ),
+    ] = None,
+    candidate_limit: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Most images per candidate kind (default CARTAG_DATASET_CANDIDATE_LIMIT)."
+        ),
+    ] = None,
+    candidate_days: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=90,
+            help="Recent window in days, today included: the fix rate judged and the images "
+            "seen (default CARTAG_DATASET_CANDIDATE_RECENT_DAYS).",
+        ),
+    ] = None,
+    far_threshold: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Novelty above which an image is far from the training data (default: the "
+            "production model's config.json reference far_threshold).",
+        ),
+    ] = None,
     user: _User = "cli",
 ) -> None:
-    """Extend a frozen version with the manual fixes made since a cutoff."""
+    """Extend a frozen version with the manual fixes made since a cutoff (and candidates)."""
+    from cartag.training.datasets.candidates import CandidateRequest, parse_kinds
     from cartag.training.datasets.dataset_inputs import parse_cutoff
+    from cartag.training.datasets.fix_rate_jumps import JumpRule
 
     settings = load_settings()
     try:
         cutoff = parse_cutoff(add_fixes_since) if add_fixes_since is not None else None
         options = _build_options(name, user, test_set, crop, rank, placeholders, placeholder_seed)
+        request = CandidateRequest(
+            kinds=parse_kinds(candidates or []),
+            limit=candidate_limit or settings.dataset_candidate_limit,
+            rule=JumpRule.from_settings(settings, candidate_days),
+            far_threshold=far_threshold,
+            threshold_source="--far-threshold" if far_threshold is not None else None,
+        )
     except CartagError as exc:
         raise fail(exc) from exc
-    _run_build(settings, rank, lambda b: b.create(options, parent_ref=from_ref, fixes_since=cutoff))
+
+    def build(builder: Any) -> Any:
+        wanted = _with_far_threshold(settings, builder.db, request)
+        return builder.create(options, parent_ref=from_ref, fixes_since=cutoff, candidates=wanted)
+
+    _run_build(settings, rank, build)
+
+
+def _with_far_threshold(settings: Settings, db: Any, request: Any) -> Any:
+    """The request with the serving model's far threshold, when it needs one and has none.
+
+    The serving model is the production alias's folder, else ``CARTAG_MODEL_DIR`` or the
+    bundled model (what ``cartag serve`` loads).
+    """
+    from dataclasses import replace
+
+    from cartag.deploy.loadcheck import version_dir
+    from cartag.models.classifier import BUNDLED_DIR
+    from cartag.store import model_versions
+    from cartag.training.datasets.candidates import FAR_FROM_TRAINING, read_far_threshold
+
+    if FAR_FROM_TRAINING not in request.kinds or request.far_threshold is not None:
+        return request
+    with db.read() as session:
+        row = model_versions.get_alias(session, "production")
+        folder = version_dir(settings, row) if row is not None else None
+        label = f"production {row.version}" if row is not None else "serving model"
+    folder = folder or settings.model_dir or BUNDLED_DIR
+    return replace(
+        request,
+        far_threshold=read_far_threshold(folder),
+        threshold_source=f"{folder / 'config.json'} ({label})",
+    )
 
 
 def _check_crop(crop: str | None) -> None:
@@ -305,6 +378,7 @@ def _print_stats(stats: dict[str, Any], *, top: int) -> None:
             f"of {downloads['images']} images; download failed {downloads['failed']}, "
             f"image changed since the fix {downloads['changed_since_fix']}"
         )
+    _print_candidates(stats.get("candidates"))
     filters = stats.get("filters", {})
     if filters:
         table = Table("filter", "count", "meaning", title="filters")
@@ -371,6 +445,36 @@ def _print_stats(stats: dict[str, Any], *, top: int) -> None:
                 str(row.get("origin") or row["content_sha256"][:12]),
             )
         out.print(table)
+
+
+def _print_candidates(candidates: dict[str, Any] | None) -> None:
+    """Per candidate kind: what was found, considered, added (flagged) and skipped."""
+    if not candidates:
+        return
+    window = candidates.get("window", {})
+    for kind, info in candidates.items():
+        if kind == "window":
+            continue
+        skipped = ", ".join(f"{k} {v}" for k, v in sorted(info.get("skipped", {}).items()))
+        out.print(
+            f"candidates {kind.replace('_', '-')} (seen since {window.get('since')}): "
+            f"{info.get('considered', 0)} considered, {info.get('added', 0)} added flagged "
+            f"for review; skipped: {skipped or 'none'}"
+        )
+        if "far_threshold" in info:
+            out.print(f"  far threshold {info['far_threshold']:g} from {info['threshold_source']}")
+        if "rule" in info:
+            out.print(f"  jump rule: {info['rule']}")
+            advertisers = info.get("advertisers", [])
+            if not advertisers:
+                out.print("  no advertiser's fix rate jumped")
+            for adv in advertisers:
+                recent, base = adv["recent"], adv["baseline"]
+                out.print(
+                    f"  {adv['advertiser_id']}: {recent['rate']:.1%} recently "
+                    f"({recent['fixes']}/{recent['answers']}) vs {base['rate']:.1%} baseline "
+                    f"({base['fixes']}/{base['answers']})"
+                )
 
 
 @app.command("freeze")

@@ -20,10 +20,13 @@ nothing. ``none`` (:class:`NoCropper`) keeps every image whole.
 from __future__ import annotations
 
 import abc
-from typing import Final
+import io
+from typing import Any, Final
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+from cartag.training.datasets.filters import Checked
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom (PIL convention, exclusive)
 
@@ -129,3 +132,27 @@ def make_cropper(name: str) -> Cropper:
     if name == "none":
         return NoCropper()
     raise ValueError(f"unknown crop method {name!r}; use one of {', '.join(CROPPERS)}")
+
+
+def crop_checked(checked: Checked, cropper: Cropper) -> tuple[bytes, dict[str, Any] | None]:
+    """The bytes a build stores for a new image, and the crop record (None: kept whole).
+
+    The box is found on the decoded (possibly shrunk) image and cut from the original
+    bytes; Placeholders and unreadable images are kept whole.
+    """
+    data = checked.candidate.data
+    decoded = checked.decoded
+    if decoded is None or checked.candidate.image_type == "Placeholder":
+        return data, None
+    box = cropper.box(decoded.image)
+    if box is None:
+        return data, None
+    # The box was found on the decoded (possibly shrunk) image: scale it up.
+    sx = decoded.width / decoded.image.width
+    sy = decoded.height / decoded.image.height
+    full = (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))
+    with Image.open(io.BytesIO(data)) as src:
+        image = ImageOps.exif_transpose(src).convert("RGB").crop(full)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=95)
+    return out.getvalue(), {"method": cropper.name, "box": list(full)}

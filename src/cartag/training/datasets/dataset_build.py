@@ -7,6 +7,9 @@
 2. collect candidates: the images fixed since the cutoff, downloaded through the
    SSRF-guarded :class:`~cartag.net.fetch.Fetcher` (labels and provenance
    from the fix), or the files of a folder (labels from folder names and CSVs);
+   optionally images to review, proposed with the model's answer
+   (:mod:`cartag.training.datasets.candidates`), filtered after all the others and
+   added ``flagged``;
 3. filter them (:mod:`cartag.training.datasets.filters`), each filter counted;
 4. crop (:mod:`cartag.training.datasets.crop`): a cropped image is a new blob, its
    provenance keeps the original;
@@ -23,15 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import io
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from cartag.clock import Clock, SystemClock
 from cartag.errors import ConflictError, DecodeError, InputError
@@ -44,9 +46,22 @@ from cartag.settings import Settings
 from cartag.store import datasets as repo
 from cartag.store.blobs import BlobStore
 from cartag.store.db import Database
-from cartag.training.datasets.crop import Cropper, make_cropper
+from cartag.training.datasets.candidates import (
+    CandidateRequest,
+    Selection,
+    candidate_suspicion,
+    checked_candidates,
+    filter_candidates,
+    is_candidate,
+    known_from,
+    select_candidates,
+)
+from cartag.training.datasets.crop import Cropper, crop_checked, make_cropper
 from cartag.training.datasets.dataset_inputs import (
     LAST_RETRAIN,
+    BuildOptions,
+    BuildProgress,
+    BuildReport,
     folder_labels,
     placeholder_candidates,
     read_label_csv,
@@ -58,50 +73,6 @@ from cartag.training.datasets.splits import SplitItem, advertiser_split, assign_
 
 TOP_SUSPICIOUS = 25
 _SUFFIXES = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp"}
-
-
-class BuildProgress:
-    """Progress of a build; the CLI draws bars, the default says nothing."""
-
-    def begin(self, stage: str, total: int) -> None:
-        """A stage (``download``, ``filter``, ``embed``) starts with ``total`` steps."""
-
-    def advance(self, n: int = 1) -> None:
-        """``n`` more steps of the current stage are done."""
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """How to build a version.
-
-    Attributes:
-        name: Dataset name; the version becomes ``NAME@N``.
-        user: Recorded as ``created_by``.
-        test_advertisers: Advertisers that get an ad-hoc test set.
-        crop: ``letterbox`` or ``none`` (None: the ``dataset_crop`` setting).
-        rank: Compute the label-issue ranking (needs the backbone).
-        notes: Free text kept on the version.
-        placeholders: Generated Placeholder cards to add (real photo folders have none,
-            and a model trained without them never predicts the class).
-        placeholder_seed: Seed of those cards (card ``i`` depends on ``(seed, i)``).
-    """
-
-    name: str
-    user: str = "cli"
-    test_advertisers: Sequence[str] = ()
-    crop: str | None = None
-    rank: bool = True
-    notes: str | None = None
-    placeholders: int = 0
-    placeholder_seed: int = 0
-
-
-@dataclass
-class BuildReport:
-    """What a build did: the new version's ref and its stats (also stored on it)."""
-
-    ref: str
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def _decode_rgb(max_pixels: int) -> Callable[[bytes], Image.Image]:
@@ -155,6 +126,7 @@ class DatasetBuilder:
         *,
         parent_ref: str,
         fixes_since: dt.datetime | Literal["last-retrain"] | None,
+        candidates: CandidateRequest | None = None,
     ) -> BuildReport:
         """Extend ``parent_ref`` with the fixes made since the cutoff.
 
@@ -163,10 +135,12 @@ class DatasetBuilder:
             parent_ref: A frozen version (``NAME@N`` or ``NAME`` = latest).
             fixes_since: ``last-retrain`` (the production model's dataset's creation,
                 else the parent's), a datetime, or None (add no fixes).
+            candidates: Images to propose for review as well (None: none).
 
         Raises:
             NotFoundError: No such parent.
             ConflictError: The parent is still a draft.
+            InputError: far-from-training candidates without a far threshold.
         """
         repo.check_name(options.name)
         # created_at is when the fixes were read, so the next "last-retrain" cutoff
@@ -187,12 +161,25 @@ class DatasetBuilder:
             fixes = repo.fixed_images_since(session, cutoff) if fixes_since is not None else []
             parent_items = repo.list_items(session, parent.ref)
             inherited = [t.get("advertiser_id") for t in parent.test_sets]
+            selection = (
+                select_candidates(
+                    session,
+                    candidates,
+                    now=started,
+                    known=known_from(
+                        parent_items, fixes, self.settings.dataset_near_duplicate_distance
+                    ),
+                )
+                if candidates is not None and candidates.kinds
+                else None
+            )
         copied = [
             self._copy(item, parent.ref)
             for item in parent_items
             if item.status in (repo.INCLUDED, repo.FLAGGED)
         ]
-        candidates, downloads = self._download_fixes(fixes)
+        fixed, downloads = self._download_fixes(fixes)
+        review = self._download_candidates(selection) if selection else []
         stats: dict[str, Any] = {
             "fixes": {
                 "since": cutoff.isoformat() if cutoff else None,
@@ -201,6 +188,8 @@ class DatasetBuilder:
             },
             "downloads": downloads,
         }
+        if selection is not None:
+            stats["candidates"] = selection.stats
         advertisers = [str(a) for a in inherited if a] + [
             a for a in options.test_advertisers if a not in inherited
         ]
@@ -209,10 +198,12 @@ class DatasetBuilder:
             parent_ref=parent.ref,
             fixes_since=cutoff,
             copied=copied,
-            candidates=candidates,
+            candidates=fixed,
             advertisers=advertisers,
             stats=stats,
             started=started,
+            review=review,
+            review_limit=candidates.limit if candidates else 0,
         )
 
     def import_folder(
@@ -342,6 +333,13 @@ class DatasetBuilder:
         }
         return candidates, report
 
+    def _download_candidates(self, selection: Selection) -> list[Candidate]:
+        """Fetch each picked image like a fixed one; keep those still showing it."""
+        by_key = {pick.image.image_key: pick.image.urls for pick in selection.picks}
+        self.progress.begin("candidates", len(by_key))
+        fetched = asyncio.run(self._fetch_all(by_key)) if by_key else {}
+        return checked_candidates(selection, fetched, self._same_picture)
+
     def _same_picture(self, data: bytes, fixed_phash: str | None) -> bool:
         if not fixed_phash:
             return False
@@ -366,25 +364,6 @@ class DatasetBuilder:
             pairs = await asyncio.gather(*(one(k, u) for k, u in by_key.items()))
         return dict(pairs)
 
-    def _crop(self, checked: Checked, cropper: Cropper) -> tuple[bytes, dict[str, Any] | None]:
-        """The bytes to store and the crop record (None: kept whole)."""
-        data = checked.candidate.data
-        decoded = checked.decoded
-        if decoded is None or checked.candidate.image_type == "Placeholder":
-            return data, None
-        box = cropper.box(decoded.image)
-        if box is None:
-            return data, None
-        # The box was found on the decoded (possibly shrunk) image: scale it up.
-        sx = decoded.width / decoded.image.width
-        sy = decoded.height / decoded.image.height
-        full = (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))
-        with Image.open(io.BytesIO(data)) as src:
-            image = ImageOps.exif_transpose(src).convert("RGB").crop(full)
-        out = io.BytesIO()
-        image.save(out, "JPEG", quality=95)
-        return out.getvalue(), {"method": cropper.name, "box": list(full)}
-
     def _build(
         self,
         options: BuildOptions,
@@ -396,6 +375,8 @@ class DatasetBuilder:
         advertisers: list[str],
         stats: dict[str, Any],
         started: dt.datetime,
+        review: Sequence[Candidate] = (),
+        review_limit: int = 0,
     ) -> BuildReport:
         settings = self.settings
         distance = settings.dataset_near_duplicate_distance
@@ -406,17 +387,7 @@ class DatasetBuilder:
                 "generated": len(generated),
                 "seed": options.placeholder_seed,
             }
-        existing = [
-            Existing(
-                i,
-                str(item.provenance.get("original_sha256") or item.content_sha256),
-                item.phash,
-                item.image_type,
-                item.color,
-                item.status,
-            )
-            for i, item in enumerate(copied)
-        ]
+        existing = existing_items(copied)
         self.progress.begin("filter", len(candidates))
         outcome = apply_filters(
             candidates,
@@ -432,17 +403,34 @@ class DatasetBuilder:
                 k: change.pop(k) for k in ("conflict", "relabelled") if k in change
             }
             copied[index] = replace(item, **change, provenance={**item.provenance, **extra})
+        checked_all = list(outcome.checked)
+        if review:
+            # Judged against everything else, once that is settled (filter_candidates).
+            held = existing_items(copied) + [
+                Existing(
+                    len(copied) + j, c.candidate.sha256, c.phash, *c.candidate.labels, c.status
+                )
+                for j, c in enumerate(outcome.checked)
+            ]
+            checked_all += filter_candidates(
+                review,
+                [e for e in held if e.status != repo.EXCLUDED],
+                min_side=settings.dataset_min_side,
+                max_pixels=settings.max_image_pixels,
+                max_distance=distance,
+                stats=stats["candidates"],
+            )
 
         cropper = self._cropper or make_cropper(options.crop or settings.dataset_crop)
         new_items: list[repo.NewItem] = []
         taken = {item.content_sha256 for item in copied}
         cropped = 0
-        for checked in outcome.checked:
+        for checked in checked_all:
             cand = checked.candidate
             original_path = self.blobs.put(cand.data, _suffix(checked))
             data, crop = (cand.data, None)
             if checked.status != repo.EXCLUDED:
-                data, crop = self._crop(checked, cropper)
+                data, crop = crop_checked(checked, cropper)
             provenance = dict(cand.provenance)
             sha, path = cand.sha256, original_path
             width = checked.decoded.width if checked.decoded else None
@@ -470,8 +458,20 @@ class DatasetBuilder:
                     phash=checked.phash,
                     width=width,
                     height=height,
+                    suspicion=candidate_suspicion(int(provenance["rank"]), review_limit)
+                    if is_candidate(provenance)
+                    else None,
                 )
             )
+        if "candidates" in stats:
+            added = Counter(
+                str(i.provenance["why"])
+                for i in new_items
+                if is_candidate(i.provenance) and i.status == repo.FLAGGED
+            )
+            for kind, record in stats["candidates"].items():
+                if kind != "window":
+                    record["added"] = added.get(kind, 0)
         items = copied + new_items
         stats["filters"] = outcome.counts
         stats["crop"] = {"method": cropper.name, "cropped": cropped}
@@ -557,9 +557,12 @@ class DatasetBuilder:
         for i, score in zip(live, ranking.scores, strict=True):
             if score is not None:
                 tasks[items[i].content_sha256] = score.task
+                # A candidate keeps its own place in the queue (candidates.py).
                 items[i] = replace(
                     items[i],
-                    suspicion=score.suspicion,
+                    suspicion=items[i].suspicion
+                    if is_candidate(items[i].provenance)
+                    else score.suspicion,
                     model_label=score.model_label,
                     model_confidence=score.model_confidence,
                 )
@@ -582,6 +585,21 @@ class DatasetBuilder:
             for item in scored[:TOP_SUSPICIOUS]
         ]
         return items
+
+
+def existing_items(copied: Sequence[repo.NewItem]) -> list[Existing]:
+    """The filters' view of items a version already holds (by their uncropped bytes)."""
+    return [
+        Existing(
+            i,
+            str(item.provenance.get("original_sha256") or item.content_sha256),
+            item.phash,
+            item.image_type,
+            item.color,
+            item.status,
+        )
+        for i, item in enumerate(copied)
+    ]
 
 
 def _str_or_none(value: object) -> str | None:

@@ -1,4 +1,7 @@
-"""Inputs of a dataset build: command-line values, and labels of an imported folder.
+"""Inputs of a dataset build: its options, command-line values, labels of an imported folder.
+
+:class:`BuildOptions` says how to build a version, :class:`BuildProgress` receives its
+progress and :class:`BuildReport` is what comes back.
 
 Folder import labels an image by its folder name when that is a type or a color,
 then by each labels CSV (:func:`read_label_csv`). A build may also add generated
@@ -11,8 +14,9 @@ import csv
 import datetime as dt
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from cartag.errors import InputError
 from cartag.imaging.placeholders import generate_placeholders
@@ -168,3 +172,47 @@ def placeholder_candidates(count: int, seed: int = 0) -> list[Candidate]:
         }
         out.append(Candidate(buffer.getvalue(), "Placeholder", None, provenance))
     return out
+
+
+class BuildProgress:
+    """Progress of a build; the CLI draws bars, the default says nothing."""
+
+    def begin(self, stage: str, total: int) -> None:
+        """A stage (``download``, ``filter``, ``embed``) starts with ``total`` steps."""
+
+    def advance(self, n: int = 1) -> None:
+        """``n`` more steps of the current stage are done."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build a version.
+
+    Attributes:
+        name: Dataset name; the version becomes ``NAME@N``.
+        user: Recorded as ``created_by``.
+        test_advertisers: Advertisers that get an ad-hoc test set.
+        crop: ``letterbox`` or ``none`` (None: the ``dataset_crop`` setting).
+        rank: Compute the label-issue ranking (needs the backbone).
+        notes: Free text kept on the version.
+        placeholders: Generated Placeholder cards to add (real photo folders have none,
+            and a model trained without them never predicts the class).
+        placeholder_seed: Seed of those cards (card ``i`` depends on ``(seed, i)``).
+    """
+
+    name: str
+    user: str = "cli"
+    test_advertisers: Sequence[str] = ()
+    crop: str | None = None
+    rank: bool = True
+    notes: str | None = None
+    placeholders: int = 0
+    placeholder_seed: int = 0
+
+
+@dataclass
+class BuildReport:
+    """What a build did: the new version's ref and its stats (also stored on it)."""
+
+    ref: str
+    stats: dict[str, Any] = field(default_factory=dict)
