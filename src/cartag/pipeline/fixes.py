@@ -1,8 +1,9 @@
 """Manual fixes as a use case: the precedence rule, applying a fix, the current answer.
 
 Resolution order, field by field: this advertiser's override, then the global fix,
-then (color only) the scraper's color, then the model; a Placeholder never has a
-color. :func:`decide` is that rule, used by classify answers (:func:`resolve`) and by
+then (color only) the scraper's color, then the model's answer adapted to this
+advertiser's fixes (:mod:`cartag.pipeline.adaptation`), then the model; a Placeholder
+never has a color. :func:`decide` is that rule, used by classify answers (:func:`resolve`) and by
 the audit trail of :func:`apply_fix` alike. A fix is found by the image's key, or by
 its perceptual hash, so a re-uploaded identical photo under a new URL keeps its fix
 (:func:`find_fixes`). The SQL lives in :mod:`cartag.store.fixes`.
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 from cartag.clock import Clock
 from cartag.errors import InputError, NotFoundError
 from cartag.imaging.keys import hamming
+from cartag.pipeline.adaptation import Adapted
 from cartag.pipeline.results import ClassifyResult, Source, overall_source
 from cartag.settings import DEFAULT_LOW_CONFIDENCE_THRESHOLD
 from cartag.store import fixes as fix_repo
@@ -106,18 +108,26 @@ def resolve(
     fresh: bool,
     *,
     low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE_THRESHOLD,
+    adapted: Adapted | None = None,
 ) -> ClassifyResult:
     """Combine the model's answer, the fixes and the scraper's color into one result.
 
-    Field by field by :func:`decide`, the scraper's color standing between the fixes
-    and the model's. ``low_confidence`` is set when the model (not a person) decided
-    the type and its stored confidence is below ``low_confidence_threshold``.
+    Field by field by :func:`decide`: the fixes, then the scraper's color, then the
+    model's answer adapted to this advertiser's fixes (``adapted``, source
+    ``advertiser_model``), then the model's. ``low_confidence`` is set when the model
+    (not a person, nor the advertiser's adapter) decided the type and its stored
+    confidence is below ``low_confidence_threshold``.
     """
     base: Source = "model" if fresh else "cache"
+    image_type: tuple[str | None, Source] = (row.image_type, base)
     color: tuple[str | None, Source] = (read_stored_color(row.color), base)
+    if adapted is not None and adapted.image_type is not None:
+        image_type = (adapted.image_type, "advertiser_model")
+    if adapted is not None and adapted.color is not None:
+        color = (adapted.color, "advertiser_model")
     if scrape_color is not None:
         color = (scrape_color, "scrape")
-    decided = decide((row.image_type, base), color, labels)
+    decided = decide(image_type, color, labels)
     low_confidence = (
         decided.type_source == base
         and row.confidence is not None
