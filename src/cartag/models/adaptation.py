@@ -191,9 +191,9 @@ def unit_vectors(
     """
     x = np.asarray(embeddings, dtype=np.float32)
     if center is not None:
-        x = x - center
+        x = x - np.asarray(center, dtype=np.float32)
     if scale is not None:
-        x = x / scale
+        x = x / np.asarray(scale, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)  # type: ignore[no-any-return]
 

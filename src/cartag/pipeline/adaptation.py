@@ -33,7 +33,7 @@ from cartag.models.adaptation import (
     FieldFixes,
     fit_adapter,
 )
-from cartag.models.classifier import Classifier, EmbeddingClassifier
+from cartag.models.classifier import Classifier
 from cartag.store import advertisers as advertiser_repo
 from cartag.store import embeddings as embedding_repo
 from cartag.store import fixes as fix_repo
@@ -155,9 +155,8 @@ def apply_adapter(adapter: Adapter, images: Mapping[str, ScoredImage]) -> dict[s
 
 def _normalisation(classifier: Classifier) -> tuple[np.ndarray | None, np.ndarray | None]:
     # Similarities are taken in the space the type head reads: standardised embeddings.
-    if isinstance(classifier, EmbeddingClassifier):
-        return classifier.type_head.feature_mean, classifier.type_head.feature_std
-    return None, None
+    scale = classifier.embedding_scale()
+    return (None, None) if scale is None else scale
 
 
 class AdvertiserAdapters:
