@@ -134,3 +134,26 @@ def test_0007_keeps_keys_unscoped_and_old_audit_rows_without_a_key(db: Database)
         row = conn.execute(sa.text('SELECT "user", key_id, on_behalf_of FROM fix_audit')).one()
         scopes = conn.execute(sa.text("SELECT COUNT(*) FROM api_key_advertisers")).scalar_one()
     assert tuple(row) == ("typed by hand", None, None) and scopes == 0
+
+
+def test_0008_leaves_every_advertiser_on_the_deployments_adaptation_default(db: Database) -> None:
+    downgrade(db, "0007")
+    now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    settings = sa.table(
+        "advertiser_settings",
+        sa.column("advertiser_id"),
+        sa.column("reclassify_on_promote"),
+        sa.column("updated_at"),
+    )
+    with db.engine.begin() as conn:
+        conn.execute(
+            settings.insert().values(
+                advertiser_id="dealer-42", reclassify_on_promote=True, updated_at=now
+            )
+        )
+    upgrade(db)
+    with db.engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT reclassify_on_promote, adapt_answers FROM advertiser_settings")
+        ).one()
+    assert (bool(row[0]), row[1]) == (True, None)
