@@ -403,6 +403,70 @@ def markdown(
     return "\n".join(lines), met
 
 
+def cost(images: int = 1000, fixes: int = 20, repeats: int = 5) -> list[tuple[str, float]]:
+    """Milliseconds :meth:`AdvertiserAdapters.adapt` adds to answering ``images`` cached
+    images (1280-d embeddings in a SQLite store), best of ``repeats``: adaptation off,
+    on without fixes, on with ``fixes`` fixes (adapter cached, and refitted)."""
+    rng = np.random.default_rng(0)
+    dim = 1280
+    model = SimulationModel(np.zeros(dim, np.float32), np.ones(dim, np.float32))
+    clock = FakeClock()
+    keys = [f"cost:{i}" for i in range(images)]
+    type_p = rng.dirichlet(np.ones(3) * 0.5, images)
+    color_p = rng.dirichlet(np.ones(12) * 0.5, images)
+    world = World(
+        keys=keys,
+        emb=rng.standard_normal((images, dim)).astype(np.float32),
+        type_p=type_p,
+        color_p=color_p,
+        y_type=type_p.argmin(axis=1),
+        y_color=color_p.argmin(axis=1),
+        groups={},
+        model=model,
+    )
+    out: list[tuple[str, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Database(f"sqlite:///{Path(tmp) / 'cost.db'}")
+        upgrade(db)
+        seed_store(db, world, clock)
+        with db.write() as session:
+            for advertiser in ("off", "none", "fixed"):
+                advertiser_repo.record_advertiser_images(session, advertiser, keys, clock.now())
+            advertiser_repo.set_advertiser(session, "off", adapt_answers=False, now=clock.now())
+            for i in range(fixes):
+                apply_fix(
+                    session,
+                    image_key=keys[i],
+                    advertiser_id="fixed",
+                    author=Author("cost"),
+                    scope=fix_repo.ADVERTISER,
+                    image_type=IMAGE_TYPES[int(world.y_type[i])],
+                    color=None,
+                    comment=None,
+                    clock=clock,
+                )
+
+        def best(advertiser: str, refit: bool) -> float:
+            times = []
+            for _ in range(repeats):
+                adapters = AdvertiserAdapters(True)
+                if not refit:
+                    with db.read() as session:
+                        adapters.adapt(session, advertiser, model, keys)
+                started = time.perf_counter()
+                with db.read() as session:
+                    adapters.adapt(session, advertiser, model, keys)
+                times.append(time.perf_counter() - started)
+            return min(times) * 1000
+
+        out.append(("adaptation off for the advertiser", best("off", False)))
+        out.append(("on, no fixes", best("none", False)))
+        out.append((f"on, {fixes} fixes, adapter cached", best("fixed", False)))
+        out.append((f"on, {fixes} fixes, adapter refitted", best("fixed", True)))
+        db.dispose()
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -415,8 +479,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--control-error", type=float, default=0.05)
     parser.add_argument("--calibrate", action="store_true", help="print the threshold table")
     parser.add_argument("--groups", default="", help="comma-separated advertisers only")
+    parser.add_argument(
+        "--cost",
+        action="store_true",
+        help="only time the serving path on 1,000 synthetic images with 20 fixes (no data)",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
+    if args.cost:
+        print("| 1,000 cached images of one advertiser | ms added to a classify |\n|---|---:|")
+        for name, ms in cost():
+            print(f"| {name} | {ms:.1f} |")
+        return
     world = build_world(args.data, args.cache_dir, args.threads)
     if args.calibrate:
         chosen, table = calibrate(world)

@@ -15,7 +15,7 @@ from cartag.models.classifier import Classifier, Prediction, make_prediction
 from cartag.net.fetch import Fetcher
 from cartag.pipeline.adaptation import Adapted
 from cartag.pipeline.classify import ClassifyService
-from cartag.pipeline.fixes import Author, fix_image, resolve
+from cartag.pipeline.fixes import Author, current_answer, fix_image, resolve
 from cartag.pipeline.inventory import ImageFilter, list_images
 from cartag.pipeline.results import ClassifyResult
 from cartag.settings import Settings
@@ -138,6 +138,9 @@ def test_a_fix_carries_over_to_the_advertisers_near_identical_photos_only(scene:
     for result in again.values():
         answer = by_key[result.image_key].answer
         assert (answer.image_type, answer.type_source) == (result.image_type, result.type_source)
+    # And so does the answer of one image (GET /v1/images/{key}, a fix's reply).
+    one = current_answer(scene.db, "dealer-a", again["red2"].image_key, adapt=scene.service.adapted)
+    assert sources(one) == ("Stock", "advertiser_model", "advertiser_model")
 
 
 def test_the_switch_off_gives_the_models_answers_back_and_default_follows_settings(

@@ -152,6 +152,11 @@ class Adapter:
     def empty(self) -> bool:
         return all(adapter.empty for adapter in self.fields.values())
 
+    @property
+    def needs_scores(self) -> bool:
+        """Whether :meth:`apply` reads the scores (a repeated-mistake rule applies)."""
+        return any(np.any(adapter.bias > 0) for adapter in self.fields.values())
+
     def apply(
         self,
         embeddings: np.ndarray,
@@ -189,13 +194,13 @@ def unit_vectors(
     Returns:
         float32 (m, D), rows of unit length (zero rows stay zero).
     """
-    x = np.asarray(embeddings, dtype=np.float32)
+    x: np.ndarray = np.asarray(embeddings, dtype=np.float32)
     if center is not None:
         x = x - np.asarray(center, dtype=np.float32)
     if scale is not None:
         x = x / np.asarray(scale, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)  # type: ignore[no-any-return]
+    return x / np.maximum(norms, np.float32(1e-12))  # type: ignore[no-any-return]
 
 
 def _bias(fixes: FieldFixes, n_labels: int, params: AdaptationParams) -> np.ndarray:

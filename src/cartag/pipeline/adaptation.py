@@ -19,7 +19,7 @@ model swap refits the adapter at its next use.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -51,6 +51,10 @@ class Adapted:
 
     image_type: str | None = None
     color: str | None = None
+
+
+# (session, advertiser id, image keys) -> the adapted answers of those images.
+Adapt = Callable[[Session, str, Collection[str]], dict[str, Adapted]]
 
 
 def enabled(own: bool | None, default: bool) -> bool:
@@ -213,7 +217,9 @@ class AdvertiserAdapters:
             self._store(advertiser_id, key, adapter)
         if adapter.empty:
             return {}
-        images = embedding_repo.scored_images(session, backbone_id, image_keys)
+        images = embedding_repo.scored_images(
+            session, backbone_id, image_keys, scores=adapter.needs_scores
+        )
         return apply_adapter(adapter, images)
 
     def _cached(self, advertiser_id: str, key: tuple[object, ...]) -> Adapter | None:

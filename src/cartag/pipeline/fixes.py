@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from cartag.clock import Clock
 from cartag.errors import InputError, NotFoundError
 from cartag.imaging.keys import hamming
-from cartag.pipeline.adaptation import Adapted
+from cartag.pipeline.adaptation import Adapt, Adapted
 from cartag.pipeline.results import ClassifyResult, Source, overall_source
 from cartag.settings import DEFAULT_LOW_CONFIDENCE_THRESHOLD
 from cartag.store import fixes as fix_repo
@@ -339,8 +339,12 @@ def current_answer(
     *,
     max_distance: int = 0,
     low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE_THRESHOLD,
+    adapt: Adapt | None = None,
 ) -> ClassifyResult:
     """What a classify would answer now for a stored image, for this advertiser.
+
+    ``adapt``: the serving answers adapted to the advertiser's fixes
+    (:meth:`cartag.pipeline.classify.ClassifyService.adapted`); None: none.
 
     Raises:
         NotFoundError: No image has this key.
@@ -352,6 +356,7 @@ def current_answer(
         labels = find_fixes(
             session, advertiser_id, [(image_key, row.phash)], max_distance=max_distance
         )
+        adapted = adapt(session, advertiser_id, [image_key]) if adapt else {}
     return resolve(
         row,
         labels.get(image_key),
@@ -359,6 +364,7 @@ def current_answer(
         row.url,
         fresh=False,
         low_confidence_threshold=low_confidence_threshold,
+        adapted=adapted.get(image_key),
     )
 
 
@@ -376,6 +382,7 @@ def fix_image(
     comment: str | None,
     max_distance: int = 0,
     low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE_THRESHOLD,
+    adapt: Adapt | None = None,
 ) -> tuple[FixAuditRow, ClassifyResult]:
     """Apply a fix in its own transaction, count it, and answer as a classify now would.
 
@@ -406,5 +413,6 @@ def fix_image(
         image_key,
         max_distance=max_distance,
         low_confidence_threshold=low_confidence_threshold,
+        adapt=adapt,
     )
     return audit, answer

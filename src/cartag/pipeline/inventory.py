@@ -15,13 +15,10 @@ unfixed ones, then the fixed ones.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from sqlalchemy.orm import Session
-
-from cartag.pipeline.adaptation import Adapted
+from cartag.pipeline.adaptation import Adapt, Adapted
 from cartag.pipeline.fixes import FixLabels, find_fixes, resolve
 from cartag.pipeline.results import ClassifyResult
 from cartag.settings import DEFAULT_LOW_CONFIDENCE_THRESHOLD
@@ -31,8 +28,6 @@ from cartag.store.db import Database
 from cartag.store.tables import FixRow
 
 Order = Literal["confidence", "recent"]
-# (session, advertiser id, image keys) -> adapted answers of those images.
-Adapt = Callable[[Session, str, Collection[str]], dict[str, Adapted]]
 MAX_LIMIT: Final[int] = 500
 # find_fixes looks fixes up by key and pHash in chunks; this many images per call.
 _FIX_CHUNK: Final[int] = 1000

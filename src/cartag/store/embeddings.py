@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import null, select
 from sqlalchemy.orm import Session
 
 from cartag.store.tables import EmbeddingRow, ImageRow
@@ -70,21 +70,22 @@ class ScoredImage:
 
 
 def scored_images(
-    session: Session, backbone_id: str, image_keys: Collection[str]
+    session: Session, backbone_id: str, image_keys: Collection[str], *, scores: bool = True
 ) -> dict[str, ScoredImage]:
     """Images by key with their answer, scores and embedding of ``backbone_id``.
 
-    Images without an embedding of that backbone are absent.
+    Images without an embedding of that backbone are absent. ``scores`` False leaves
+    the score vectors out (None): decoding them costs more than the rest of a row.
     """
     found: dict[str, ScoredImage] = {}
+    score_columns = (ImageRow.type_scores, ImageRow.color_scores) if scores else (null(), null())
     for chunk in chunked(sorted(set(image_keys))):
         stmt = (
             select(
                 ImageRow.image_key,
                 ImageRow.image_type,
                 ImageRow.color,
-                ImageRow.type_scores,
-                ImageRow.color_scores,
+                *score_columns,
                 EmbeddingRow.vector,
             )
             .join(
