@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from cartag.api.schemas.common import SourceName
 from cartag.vocab import Color
@@ -18,9 +19,10 @@ ColorFilter = Literal[Color, "none"]
 class AdvertiserIn(BaseModel):
     """Settings to change; a field left out keeps its value (at least one is needed)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
-    reclassify_on_promote: StrictBool | None = Field(
+    # Left out: kept; null is no value here (SkipJsonSchema keeps it out of the schema).
+    reclassify_on_promote: StrictBool | SkipJsonSchema[None] = Field(
         default=None, description="Re-classify its images after each promotion."
     )
     adapt_answers: StrictBool | None = Field(
