@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import func, select
 
 from cartag.clock import FakeClock
 from cartag.models.classifier import Classifier, Prediction, make_prediction
@@ -21,6 +22,7 @@ from cartag.pipeline.results import ClassifyResult
 from cartag.settings import Settings
 from cartag.store import advertisers as advertiser_repo
 from cartag.store.db import Database
+from cartag.store.tables import ClassifyDailyRow
 from cartag.telemetry import Telemetry
 from tests.support.factories import NOW, new_image
 
@@ -129,6 +131,15 @@ def test_a_fix_carries_over_to_the_advertisers_near_identical_photos_only(scene:
         assert again[name].color_source == "cache" and not again[name].low_confidence
     for name in ("blue1", "blue2"):
         assert sources(again[name]) == ("Dealer", "cache", "cache")
+    # The daily rollup counts the adapted answers under their source.
+    scene.service.flush_rollup()
+    with scene.db.read() as session:
+        counted = session.execute(
+            select(ClassifyDailyRow.source, func.sum(ClassifyDailyRow.count))
+            .where(ClassifyDailyRow.advertiser_id == "dealer-a")
+            .group_by(ClassifyDailyRow.source)
+        ).all()
+    assert dict(counted)["advertiser_model"] == 2
     # Another advertiser's answers do not move.
     other = scene.classify("dealer-b")
     assert {sources(r) for r in other.values()} == {("Dealer", "cache", "cache")}
