@@ -98,7 +98,8 @@ def test_a_repeated_mistake_biases_close_calls_only_and_shrinks_with_few_fixes()
         np.asarray([STOCK] * 3),
         probs([[0.7, 0.29, 0.01], [0.6, 0.39, 0.01], [0.55, 0.44, 0.01]]),
     )
-    adapter = fit_adapter(emb, {"image_type": fixes}, LABELS, AdaptationParams(nearest=False))
+    params = AdaptationParams(nearest=False, min_repeats=3, shrinkage=2.0)
+    adapter = fit_adapter(emb, {"image_type": fixes}, LABELS, params)
     bias = adapter.fields["image_type"].bias
     largest = np.log(0.7) - np.log(0.29)
     assert bias[DEALER, STOCK] == pytest.approx(largest * 3 / 5)
@@ -117,13 +118,15 @@ def test_a_repeated_mistake_biases_close_calls_only_and_shrinks_with_few_fixes()
     assert out["image_type"].tolist() == [STOCK, NO_CHANGE, NO_CHANGE, NO_CHANGE]
 
 
-def test_two_fixes_of_a_mistake_are_not_yet_systematic() -> None:
+def test_one_fix_of_a_mistake_is_not_yet_systematic_two_are() -> None:
     emb = np.eye(2, 16, dtype=np.float32)
     fixes = FieldFixes(
         np.asarray([DEALER] * 2), np.asarray([STOCK] * 2), probs([[0.6, 0.39, 0.01]] * 2)
     )
-    adapter = fit_adapter(emb, {"image_type": fixes}, LABELS, AdaptationParams(nearest=False))
-    assert adapter.empty
+    one = FieldFixes(fixes.answered[:1], fixes.fixed[:1], fixes.scores[:1])
+    params = AdaptationParams(nearest=False)
+    assert fit_adapter(emb[:1], {"image_type": one}, LABELS, params).empty
+    assert not fit_adapter(emb, {"image_type": fixes}, LABELS, params).empty
 
 
 def test_a_confirmed_answer_caps_the_bias() -> None:
