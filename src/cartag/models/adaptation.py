@@ -33,9 +33,10 @@ import numpy as np
 
 # Cosine similarity of standardised embeddings at or above which a fixed image's label
 # carries over to an image the model answered alike. Calibrated on vcr-train (no
-# simulated advertiser's photos): the lowest similarity at which nearest neighbours
-# answered alike share their true labels (type and color) 97 % of the time.
-DEFAULT_SIMILARITY = 0.80
+# simulated advertiser's photos; `benchmarks/advertiser_adaptation.py --calibrate`): the
+# lowest similarity (in steps of 0.05) at which nearest neighbours answered alike share
+# their true labels (type and color) at least 97 % of the time.
+DEFAULT_SIMILARITY = 0.85
 # A mistake (the model's g fixed to y) counts as systematic from this many fixes on.
 DEFAULT_MIN_REPEATS = 2
 # Pseudo-count of the shrinkage toward the global model (no bias). 0: none beyond the
