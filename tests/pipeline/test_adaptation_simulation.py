@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from benchmarks.advertiser_adaptation import ARMS, SimulationModel, World, at, seed_store, simulate
+from benchmarks.adaptation_simulation import ARMS, SimulationModel, World, at, seed_store, simulate
 
 from cartag.clock import FakeClock
 from cartag.models.adaptation import AdaptationParams
