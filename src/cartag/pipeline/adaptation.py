@@ -41,8 +41,10 @@ from cartag.store.embeddings import ScoredImage
 from cartag.vocab import COLORS, IMAGE_TYPES, read_stored_color
 
 FIELDS: Final[dict[str, tuple[str, ...]]] = {"image_type": IMAGE_TYPES, "color": COLORS}
-# Adapters of this many advertisers are kept (least recently used dropped first).
-MAX_CACHED: Final[int] = 1000
+# Adapters of this many advertisers are kept (least recently used dropped first). An
+# adapter holds its fixed images' unit vectors (5 KiB each per field at D = 1280): 256
+# advertisers with 200 fixes each come to about 500 MiB at worst.
+MAX_CACHED: Final[int] = 256
 
 
 @dataclass(frozen=True)
