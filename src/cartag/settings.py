@@ -320,6 +320,15 @@ class Settings(BaseSettings):
         "the background.",
     )
 
+    # --- advertiser-aware answers -------------------------------------------------
+    advertiser_adaptation: bool = Field(
+        default=False,
+        description="Adapt the answers of an advertiser that has fixes to those fixes "
+        "(`source: advertiser_model`): the nearest-fix and repeated-mistake rules of "
+        "cartag.models.adaptation. The default for advertisers without their own setting "
+        "(`cartag advertisers set ID --adapt-answers/--no-adapt-answers`).",
+    )
+
     # --- scale-out: Celery workers, Redis read-through cache ---------------------
     broker_url: str | None = Field(
         default=None,

@@ -8,9 +8,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cartag.api.schemas.advertisers import ColorFilter
+from cartag.settings import Settings
 from cartag.store import advertisers as advertiser_repo
 from cartag.store.db import Database
 from cartag.vocab import COLORS
+from tests.api.conftest import make_headers
 from tests.support.factories import NOW, add_image
 from tests.support.http_server import ImageServer
 from tests.support.images import noise_jpeg_bytes
@@ -148,3 +150,38 @@ def test_an_image_behind_a_password_is_listed_without_a_thumbnail(
 
 def test_the_color_filter_is_the_vocabulary_and_none() -> None:
     assert get_args(ColorFilter) == (*COLORS, "none")
+
+
+def test_the_adaptation_switch_per_advertiser(client: TestClient, db: Database) -> None:
+    admin = make_headers(db, "admin")
+    default = Settings.model_fields["advertiser_adaptation"].default
+    on = client.put("/v1/advertisers/dealer-9", json={"adapt_answers": True}, headers=admin)
+    assert on.status_code == 200, on.text
+    body = on.json()
+    assert (body["adapt_answers"], body["adapting"], body["reclassify_on_promote"]) == (
+        True,
+        True,
+        False,
+    )
+    # A field left out keeps its value.
+    both = client.put(
+        "/v1/advertisers/dealer-9", json={"reclassify_on_promote": True}, headers=admin
+    ).json()
+    assert (both["adapt_answers"], both["reclassify_on_promote"]) == (True, True)
+    off = client.put("/v1/advertisers/dealer-9", json={"adapt_answers": False}, headers=admin)
+    assert (off.json()["adapt_answers"], off.json()["adapting"]) == (False, False)
+    back = client.put("/v1/advertisers/dealer-9", json={"adapt_answers": None}, headers=admin)
+    assert (back.json()["adapt_answers"], back.json()["adapting"]) == (None, default)
+    assert back.json()["reclassify_on_promote"] is True
+    listed = {a["advertiser_id"]: a for a in client.get("/v1/advertisers", headers=admin).json()}
+    assert listed["dealer-9"]["adapt_answers"] is None
+    assert listed["dealer-9"]["adapting"] is default
+
+    empty = client.put("/v1/advertisers/dealer-9", json={}, headers=admin)
+    assert empty.status_code == 422 and "adapt_answers" in empty.text
+    wrong = client.put("/v1/advertisers/dealer-9", json={"adapt_answers": "yes"}, headers=admin)
+    assert wrong.status_code == 422 and wrong.json()["error"]["field"] == "adapt_answers"
+    fixer = client.put(
+        "/v1/advertisers/dealer-9", json={"adapt_answers": True}, headers=make_headers(db, "fixer")
+    )
+    assert fixer.status_code == 403

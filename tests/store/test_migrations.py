@@ -189,3 +189,26 @@ def test_0008_gives_old_rollup_rows_zero_drift_sums_and_old_images_no_novelty(
         ).one()
     assert novelty is None
     assert tuple(sums) == (7, 0, 0, 0, 0, 0)
+
+
+def test_0009_leaves_every_advertiser_on_the_deployments_adaptation_default(db: Database) -> None:
+    downgrade(db, "0008")
+    now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    settings = sa.table(
+        "advertiser_settings",
+        sa.column("advertiser_id"),
+        sa.column("reclassify_on_promote"),
+        sa.column("updated_at"),
+    )
+    with db.engine.begin() as conn:
+        conn.execute(
+            settings.insert().values(
+                advertiser_id="dealer-42", reclassify_on_promote=True, updated_at=now
+            )
+        )
+    upgrade(db)
+    with db.engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT reclassify_on_promote, adapt_answers FROM advertiser_settings")
+        ).one()
+    assert (bool(row[0]), row[1]) == (True, None)

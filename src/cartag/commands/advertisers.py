@@ -1,4 +1,5 @@
-"""``cartag advertisers``: per-advertiser settings (re-classification after a promotion)."""
+"""``cartag advertisers``: per-advertiser settings (re-classification after a promotion,
+answers adapted to the advertiser's fixes)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,22 @@ def set_advertiser(
             help="Re-classify this advertiser's images after each promotion (fixes never change).",
         ),
     ] = None,
+    adapt_answers: Annotated[
+        bool | None,
+        typer.Option(
+            "--adapt-answers/--no-adapt-answers",
+            help="Adapt this advertiser's answers to its fixes (source advertiser_model), or not.",
+        ),
+    ] = None,
+    adapt_default: Annotated[
+        bool,
+        typer.Option(
+            "--adapt-default",
+            help="Drop its own adaptation setting: follow CARTAG_ADVERTISER_ADAPTATION.",
+        ),
+    ] = False,
 ) -> None:
-    """Change an advertiser's settings."""
+    """Change an advertiser's settings (those not given keep their value)."""
     from cartag.store import advertisers as repo
     from cartag.store.db import Database, upgrade
 
@@ -34,9 +49,15 @@ def set_advertiser(
     try:
         if not advertiser_id.strip() or len(advertiser_id) > 128:
             raise InputError("the advertiser id must be 1-128 characters", "advertiser_id")
-        if reclassify_on_promote is None:
+        if adapt_default and adapt_answers is not None:
             raise InputError(
-                "nothing to set; give --reclassify-on-promote or --no-reclassify-on-promote",
+                "give --adapt-answers, --no-adapt-answers or --adapt-default, not two",
+                "adapt_answers",
+            )
+        if reclassify_on_promote is None and adapt_answers is None and not adapt_default:
+            raise InputError(
+                "nothing to set; give --reclassify-on-promote / --no-reclassify-on-promote, "
+                "--adapt-answers / --no-adapt-answers or --adapt-default",
                 "reclassify_on_promote",
             )
         db = Database(settings.resolved_database_url)
@@ -45,14 +66,29 @@ def set_advertiser(
             row = repo.set_advertiser(
                 session,
                 advertiser_id,
-                reclassify_on_promote=reclassify_on_promote,
+                reclassify_on_promote=(
+                    repo.KEEP if reclassify_on_promote is None else reclassify_on_promote
+                ),
+                adapt_answers=None
+                if adapt_default
+                else (repo.KEEP if adapt_answers is None else adapt_answers),
                 now=dt.datetime.now(dt.UTC),
             )
     except CartagError as exc:
         err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(2) from exc
     state = "on" if row.reclassify_on_promote else "off"
-    err.print(f"advertiser {row.advertiser_id}: re-classification after promotion {state}")
+    adapting = _adapting(row.adapt_answers, settings.advertiser_adaptation)
+    err.print(
+        f"advertiser {row.advertiser_id}: re-classification after promotion {state}; "
+        f"answers adapted to its fixes: {adapting}"
+    )
+
+
+def _adapting(own: bool | None, default: bool) -> str:
+    """Its adaptation as said: on/off, and whether that is its own setting."""
+    on = default if own is None else own
+    return f"{'on' if on else 'off'} ({'the default' if own is None else 'its own setting'})"
 
 
 @app.command("list")
@@ -68,7 +104,9 @@ def list_advertisers() -> None:
     except CartagError as exc:
         err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(2) from exc
-    table = Table("advertiser", "images", "overrides", "last seen", "reclassify on promote")
+    table = Table(
+        "advertiser", "images", "overrides", "last seen", "reclassify on promote", "adapt answers"
+    )
     with db.read() as session:
         for row in repo.advertiser_summaries(session):
             table.add_row(
@@ -77,5 +115,6 @@ def list_advertisers() -> None:
                 str(row.overrides),
                 row.last_seen_at.strftime("%Y-%m-%d %H:%M") if row.last_seen_at else "",
                 "yes" if row.reclassify_on_promote else "no",
+                _adapting(row.adapt_answers, settings.advertiser_adaptation),
             )
     Console().print(table)

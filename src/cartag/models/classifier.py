@@ -139,6 +139,14 @@ class Classifier(abc.ABC):
         """
         return image
 
+    def embedding_scale(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The mean and std, each (D,), that standardise this model's embeddings.
+
+        Similarities between embeddings (advertiser-aware answers) are taken in this
+        space; None: the raw embeddings.
+        """
+        return None
+
     @abc.abstractmethod
     def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
         """Classify images.
@@ -357,6 +365,10 @@ class EmbeddingClassifier(Classifier):
             color_features=None if color_features is None else str(color_features),
             reference=load_reference(path, config),
         )
+
+    def embedding_scale(self) -> tuple[np.ndarray, np.ndarray]:
+        """The type head's feature mean and std: the space its linear head reads."""
+        return self.type_head.feature_mean, self.type_head.feature_std
 
     def prepare(self, image: Image.Image) -> Image.Image:
         """The image squeezed to the network's input (:meth:`Backbone.fit`).

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+
+from sqlalchemy.orm import Session
 
 from cartag.clock import Clock
 from cartag.errors import DecodeError, FetchError
@@ -34,6 +36,7 @@ from cartag.models.color_providers import (
 from cartag.models.variants import VARIANTS
 from cartag.net.fetch import Fetcher
 from cartag.net.outcomes import Failed, Fetched, FetchRequest, NotModified, Validators
+from cartag.pipeline.adaptation import Adapted, AdvertiserAdapters
 from cartag.pipeline.bookkeeping import AdvertiserImages
 from cartag.pipeline.fixes import find_fixes, resolve
 from cartag.pipeline.outcomes import (
@@ -120,6 +123,7 @@ class ClassifyService:
         )
         self._answers.know_model(classifier.version, classifier.far_threshold)
         self._advertisers = AdvertiserImages(db, clock, self.telemetry)
+        self.adapters = AdvertiserAdapters(settings.advertiser_adaptation)
         # Decoding and inference are CPU-bound; keep them off the event loop.
         self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cartag-decode")
         # Inference runs in the batcher's runner threads, merging concurrent requests;
@@ -132,6 +136,16 @@ class ClassifyService:
             telemetry=self.telemetry,
             workers=plan.workers,
         )
+
+    def adapted(
+        self, session: Session, advertiser_id: str, image_keys: Collection[str]
+    ) -> dict[str, Adapted]:
+        """These images' answers adapted to the advertiser's fixes, by the serving model.
+
+        Empty for an advertiser with adaptation off or without fixes (see
+        :mod:`cartag.pipeline.adaptation`).
+        """
+        return self.adapters.adapt(session, advertiser_id, self.classifier, image_keys)
 
     def close(self) -> None:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
@@ -473,6 +487,7 @@ class ClassifyService:
                 [(key, row.phash) for key, row in cached.items()],
                 max_distance=self.settings.phash_max_distance,
             )
+            adapted = self.adapted(session, advertiser_id, list(cached))
         results = []
         for request, url in zip(requests, urls, strict=True):
             outcome = outcomes[url]
@@ -493,6 +508,7 @@ class ClassifyService:
                 outcome.fresh,
                 low_confidence_threshold=self.settings.low_confidence_threshold,
                 novelty=image.novelty,  # for the drift rollup
+                adapted=adapted.get(image.image_key),
             )
             if scrape_reason is not None and result.color_reason is None:
                 result = replace(result, color_reason=scrape_reason)

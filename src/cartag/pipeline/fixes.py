@@ -1,8 +1,9 @@
 """Manual fixes as a use case: the precedence rule, applying a fix, the current answer.
 
 Resolution order, field by field: this advertiser's override, then the global fix,
-then (color only) the scraper's color, then the model; a Placeholder never has a
-color. :func:`decide` is that rule, used by classify answers (:func:`resolve`) and by
+then (color only) the scraper's color, then the model's answer adapted to this
+advertiser's fixes (:mod:`cartag.pipeline.adaptation`), then the model; a Placeholder
+never has a color. :func:`decide` is that rule, used by classify answers (:func:`resolve`) and by
 the audit trail of :func:`apply_fix` alike. A fix is found by the image's key, or by
 its perceptual hash, so a re-uploaded identical photo under a new URL keeps its fix
 (:func:`find_fixes`). The SQL lives in :mod:`cartag.store.fixes`.
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session
 from cartag.clock import Clock
 from cartag.errors import InputError, NotFoundError
 from cartag.imaging.keys import hamming
+from cartag.pipeline.adaptation import Adapt, Adapted
 from cartag.pipeline.results import ClassifyResult, Source, overall_source
 from cartag.settings import DEFAULT_LOW_CONFIDENCE_THRESHOLD
 from cartag.store import fixes as fix_repo
@@ -107,18 +109,26 @@ def resolve(
     *,
     low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE_THRESHOLD,
     novelty: float | None = None,
+    adapted: Adapted | None = None,
 ) -> ClassifyResult:
     """Combine the model's answer, the fixes and the scraper's color into one result.
 
-    Field by field by :func:`decide`, the scraper's color standing between the fixes
-    and the model's. ``low_confidence`` is set when the model (not a person) decided
-    the type and its stored confidence is below ``low_confidence_threshold``.
+    Field by field by :func:`decide`: the fixes, then the scraper's color, then the
+    model's answer adapted to this advertiser's fixes (``adapted``, source
+    ``advertiser_model``), then the model's. ``low_confidence`` is set when the model
+    (not a person, nor the advertiser's adapter) decided the type and its stored
+    confidence is below ``low_confidence_threshold``.
     """
     base: Source = "model" if fresh else "cache"
+    image_type: tuple[str | None, Source] = (row.image_type, base)
     color: tuple[str | None, Source] = (read_stored_color(row.color), base)
+    if adapted is not None and adapted.image_type is not None:
+        image_type = (adapted.image_type, "advertiser_model")
+    if adapted is not None and adapted.color is not None:
+        color = (adapted.color, "advertiser_model")
     if scrape_color is not None:
         color = (scrape_color, "scrape")
-    decided = decide((row.image_type, base), color, labels)
+    decided = decide(image_type, color, labels)
     low_confidence = (
         decided.type_source == base
         and row.confidence is not None
@@ -331,8 +341,12 @@ def current_answer(
     *,
     max_distance: int = 0,
     low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE_THRESHOLD,
+    adapt: Adapt | None = None,
 ) -> ClassifyResult:
     """What a classify would answer now for a stored image, for this advertiser.
+
+    ``adapt``: the serving answers adapted to the advertiser's fixes
+    (:meth:`cartag.pipeline.classify.ClassifyService.adapted`); None: none.
 
     Raises:
         NotFoundError: No image has this key.
@@ -344,6 +358,7 @@ def current_answer(
         labels = find_fixes(
             session, advertiser_id, [(image_key, row.phash)], max_distance=max_distance
         )
+        adapted = adapt(session, advertiser_id, [image_key]) if adapt else {}
     return resolve(
         row,
         labels.get(image_key),
@@ -351,6 +366,7 @@ def current_answer(
         row.url,
         fresh=False,
         low_confidence_threshold=low_confidence_threshold,
+        adapted=adapted.get(image_key),
     )
 
 
@@ -368,6 +384,7 @@ def fix_image(
     comment: str | None,
     max_distance: int = 0,
     low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE_THRESHOLD,
+    adapt: Adapt | None = None,
 ) -> tuple[FixAuditRow, ClassifyResult]:
     """Apply a fix in its own transaction, count it, and answer as a classify now would.
 
@@ -398,5 +415,6 @@ def fix_image(
         image_key,
         max_distance=max_distance,
         low_confidence_threshold=low_confidence_threshold,
+        adapt=adapt,
     )
     return audit, answer

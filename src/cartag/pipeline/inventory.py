@@ -2,9 +2,10 @@
 
 Each image of the advertiser (see :mod:`cartag.store.advertisers`) is resolved with the
 one precedence rule of :mod:`cartag.pipeline.fixes` (this advertiser's override > global
-fix > the model), fixes found through the pHash included, so the listing says exactly
-what the next classify of the image would answer. The scraper's ``scrape_color`` is not
-stored (it comes with each request), so it plays no part here.
+fix > the model adapted to its fixes > the model), fixes found through the pHash
+included, so the listing says exactly what the next classify of the image would answer.
+The scraper's ``scrape_color`` is not stored (it comes with each request), so it plays
+no part here.
 
 The filters apply to the resolved answer; the default order puts what most needs a
 person first: images the model was unsure of, least confident first, then the other
@@ -17,6 +18,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from cartag.pipeline.adaptation import Adapt, Adapted
 from cartag.pipeline.fixes import FixLabels, find_fixes, resolve
 from cartag.pipeline.results import ClassifyResult
 from cartag.settings import DEFAULT_LOW_CONFIDENCE_THRESHOLD
@@ -107,7 +109,10 @@ class Listing:
 
 
 def _listed(
-    image: AdvertiserImage, labels: FixLabels | None, low_confidence_threshold: float
+    image: AdvertiserImage,
+    labels: FixLabels | None,
+    low_confidence_threshold: float,
+    adapted: Adapted | None = None,
 ) -> Listed:
     answer = resolve(
         image,
@@ -116,6 +121,7 @@ def _listed(
         image.url,
         fresh=False,
         low_confidence_threshold=low_confidence_threshold,
+        adapted=adapted,
     )
     in_effect: FixRow | None = None
     scope: Literal["override", "global"] | None = None
@@ -170,6 +176,7 @@ def list_images(
     limit: int = 60,
     max_distance: int = 0,
     low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE_THRESHOLD,
+    adapt: Adapt | None = None,
 ) -> Listing:
     """One page of an advertiser's images as classify would answer them now.
 
@@ -181,6 +188,8 @@ def list_images(
         limit: Images per page (at most :data:`MAX_LIMIT`).
         max_distance: ``CARTAG_PHASH_MAX_DISTANCE``: fixes of near-duplicates apply.
         low_confidence_threshold: ``CARTAG_LOW_CONFIDENCE_THRESHOLD``.
+        adapt: The serving answers adapted to the advertiser's fixes
+            (:meth:`cartag.pipeline.classify.ClassifyService.adapted`); None: none.
 
     Returns:
         The page, its total and the advertiser's counts.
@@ -199,8 +208,17 @@ def list_images(
                     max_distance=max_distance,
                 )
             )
+        adapted = adapt(session, advertiser_id, [i.image_key for i in images]) if adapt else {}
     every = [
-        (_listed(image, labels.get(image.image_key), low_confidence_threshold), image.image_key)
+        (
+            _listed(
+                image,
+                labels.get(image.image_key),
+                low_confidence_threshold,
+                adapted.get(image.image_key),
+            ),
+            image.image_key,
+        )
         for image in images
     ]
     matching = [item for item, key in every if _matches(item, labels.get(key), filters)]

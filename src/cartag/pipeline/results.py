@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 Status = Literal["classified", "cached", "skipped"]
-Source = Literal["model", "cache", "fix", "override", "scrape"]
+Source = Literal["model", "cache", "fix", "override", "scrape", "advertiser_model"]
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,9 @@ class ClassifyResult:
     """The answer for one image.
 
     ``source`` names where the answer came from overall (the most specific of
-    ``type_source`` and ``color_source``: override > fix > scrape > cache > model).
+    ``type_source`` and ``color_source``: override > fix > scrape > advertiser_model >
+    cache > model). ``advertiser_model``: the model's answer adapted to this
+    advertiser's fixes (:mod:`cartag.pipeline.adaptation`).
     """
 
     url: str
@@ -54,7 +56,14 @@ class ClassifyResult:
 
 _FIELDS = tuple(f.name for f in fields(ClassifyResult) if f.name != "novelty")
 
-_PRECEDENCE: tuple[Source, ...] = ("override", "fix", "scrape", "cache", "model")
+_PRECEDENCE: tuple[Source, ...] = (
+    "override",
+    "fix",
+    "scrape",
+    "advertiser_model",
+    "cache",
+    "model",
+)
 
 
 def overall_source(type_source: Source | None, color_source: Source | None) -> Source | None:

@@ -13,8 +13,10 @@ name (``fix_audit``): :func:`advertiser_images`, :func:`uses_image`,
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Final
 
 from sqlalchemy import CompoundSelect, func, select, union
 from sqlalchemy.orm import Session
@@ -62,6 +64,7 @@ class AdvertiserSummary:
         overrides: How many of its own overrides (advertiser-scoped fixes) are in effect.
         last_seen_at: When a request last named one of its images (None: never).
         reclassify_on_promote: Its re-classification setting (False without settings).
+        adapt_answers: Its advertiser-aware answers setting (None: the deployment's default).
         settings_updated_at: When its settings last changed (None: it has none).
     """
 
@@ -71,25 +74,57 @@ class AdvertiserSummary:
     last_seen_at: dt.datetime | None
     reclassify_on_promote: bool
     settings_updated_at: dt.datetime | None
+    adapt_answers: bool | None = None
+
+
+class Keep(enum.Enum):
+    """A setting :func:`set_advertiser` leaves as it is."""
+
+    KEEP = "keep"
+
+
+KEEP: Final = Keep.KEEP
 
 
 def set_advertiser(
-    session: Session, advertiser_id: str, *, reclassify_on_promote: bool, now: dt.datetime
+    session: Session,
+    advertiser_id: str,
+    *,
+    reclassify_on_promote: bool | Keep = KEEP,
+    adapt_answers: bool | None | Keep = KEEP,
+    now: dt.datetime,
 ) -> AdvertiserSettingRow:
-    """Create or change an advertiser's settings."""
-    upsert(
-        session,
-        AdvertiserSettingRow,
-        {
-            "advertiser_id": advertiser_id,
-            "reclassify_on_promote": reclassify_on_promote,
-            "updated_at": now,
-        },
-        index_elements=["advertiser_id"],
-    )
+    """Create or change an advertiser's settings; :data:`KEEP` leaves one as it is.
+
+    Args:
+        session: A write session.
+        advertiser_id: Whose settings.
+        reclassify_on_promote: Re-classify its images after a promotion (a new row: off).
+        adapt_answers: Advertiser-aware answers on/off; None: follow the deployment's
+            ``CARTAG_ADVERTISER_ADAPTATION`` (a new row: None).
+        now: Recorded as ``updated_at``.
+    """
+    values: dict[str, object] = {"advertiser_id": advertiser_id, "updated_at": now}
+    if not isinstance(reclassify_on_promote, Keep):
+        values["reclassify_on_promote"] = reclassify_on_promote
+    if not isinstance(adapt_answers, Keep):
+        values["adapt_answers"] = adapt_answers
+    changed = [name for name in values if name != "advertiser_id"]
+    # A new row takes the column defaults for what is kept.
+    insert = {"reclassify_on_promote": False, "adapt_answers": None, **values}
+    upsert(session, AdvertiserSettingRow, insert, index_elements=["advertiser_id"], update=changed)
     row = session.get(AdvertiserSettingRow, advertiser_id, populate_existing=True)
     assert row is not None
     return row
+
+
+def adaptation_setting(session: Session, advertiser_id: str) -> bool | None:
+    """An advertiser's own adaptation setting (None: none, follow the deployment's)."""
+    return session.scalar(
+        select(AdvertiserSettingRow.adapt_answers).where(
+            AdvertiserSettingRow.advertiser_id == advertiser_id
+        )
+    )
 
 
 def reclassify_advertisers(session: Session) -> list[str]:
@@ -247,6 +282,9 @@ def advertiser_summaries(
             ),
             settings_updated_at=(
                 settings[advertiser_id].updated_at if advertiser_id in settings else None
+            ),
+            adapt_answers=(
+                settings[advertiser_id].adapt_answers if advertiser_id in settings else None
             ),
         )
         for advertiser_id in sorted(set(images) | set(settings))

@@ -258,3 +258,59 @@ def conflicts(session: Session, *, limit: int = 100, offset: int = 0) -> tuple[i
         for key, fields in page
     ]
     return len(conflicting), result
+
+
+@dataclass(frozen=True)
+class FixInName:
+    """A fix in effect made in an advertiser's name, with the model's answer it changed.
+
+    Attributes:
+        fix_id: The fix row's id (with ``updated_at``, what identifies this version of it).
+        image_key: The fixed image.
+        scope: ``advertiser`` (its override) or ``global`` (a global fix its audit names).
+        image_type: The fixed type (None: not fixed).
+        color: The fixed color (None: not fixed).
+        updated_at: When the fix was last changed.
+        content_sha256: The fixed image's content hash (its embedding's key).
+    """
+
+    fix_id: int
+    image_key: str
+    scope: str
+    image_type: str | None
+    color: str | None
+    updated_at: dt.datetime
+    content_sha256: str | None
+
+
+def fixes_in_name_of(session: Session, advertiser_id: str) -> list[FixInName]:
+    """The advertiser's overrides and the global fixes made in its name, by id.
+
+    A global fix is in its name when an audit entry of that image names the advertiser
+    with scope ``global`` (whoever changed the fix last).
+    """
+    if not advertiser_id:
+        return []
+    named = select(FixAuditRow.image_key).where(
+        FixAuditRow.advertiser_id == advertiser_id, FixAuditRow.scope == GLOBAL
+    )
+    stmt = (
+        select(
+            FixRow.id,
+            FixRow.image_key,
+            FixRow.scope,
+            FixRow.image_type,
+            FixRow.color,
+            FixRow.updated_at,
+            ImageRow.content_sha256,
+        )
+        .join(ImageRow, ImageRow.image_key == FixRow.image_key)
+        .where(
+            or_(
+                FixRow.scope_key == advertiser_id,
+                (FixRow.scope_key == "") & FixRow.image_key.in_(named),
+            )
+        )
+        .order_by(FixRow.id)
+    )
+    return [FixInName(*row) for row in session.execute(stmt)]

@@ -417,6 +417,8 @@ class AdvertiserSettingRow(Base):
 
     advertiser_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     reclassify_on_promote: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Advertiser-aware answers (since 0008): None follows CARTAG_ADVERTISER_ADAPTATION.
+    adapt_answers: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
@@ -460,7 +462,7 @@ class ClassifyDailyRow(Base):
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     image_type: Mapped[str] = mapped_column(String(16), primary_key=True)
     color: Mapped[str] = mapped_column(String(16), primary_key=True)
-    # override | fix | scrape | cache | model
+    # override | fix | scrape | advertiser_model | cache | model
     source: Mapped[str] = mapped_column(String(16), primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger)
     confidence_n: Mapped[int] = mapped_column(BigInteger, server_default="0")

@@ -2,7 +2,8 @@
 
 * ``GET /v1/advertisers`` — every advertiser with images or settings, with counts (a
   scoped key: its own);
-* ``PUT /v1/advertisers/{id}`` — opt in to re-classification after promotions (admin);
+* ``PUT /v1/advertisers/{id}`` — its settings (admin): re-classification after promotions,
+  answers adapted to its fixes;
 * ``GET /v1/advertisers/{id}/images`` — its images as a classify would answer them now,
   filtered and paged, unsure ones first (:mod:`cartag.pipeline.inventory`).
 """
@@ -26,6 +27,7 @@ from cartag.api.schemas.advertisers import (
 from cartag.api.schemas.common import error_responses
 from cartag.api.state import AppState
 from cartag.pipeline import inventory
+from cartag.pipeline.adaptation import enabled as adaptation_enabled
 from cartag.pipeline.thumbnails import ThumbnailSource, unavailable_reason
 from cartag.redaction import strip_password
 from cartag.store import advertisers as advertiser_repo
@@ -43,13 +45,15 @@ AdvertiserId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Z
 MAX_PAGE: Final[int] = 1_000_000
 
 
-def _advertiser_out(row: AdvertiserSummary) -> AdvertiserOut:
+def _advertiser_out(row: AdvertiserSummary, default_adaptation: bool) -> AdvertiserOut:
     return AdvertiserOut(
         advertiser_id=row.advertiser_id,
         images=row.images,
         overrides=row.overrides,
         last_seen_at=row.last_seen_at,
         reclassify_on_promote=row.reclassify_on_promote,
+        adapt_answers=row.adapt_answers,
+        adapting=adaptation_enabled(row.adapt_answers, default_adaptation),
         updated_at=row.settings_updated_at,
     )
 
@@ -99,6 +103,7 @@ def list_images(
         limit=limit,
         max_distance=state.settings.phash_max_distance,
         low_confidence_threshold=state.settings.low_confidence_threshold,
+        adapt=state.service.adapted,
     )
     return AdvertiserImagesOut(
         advertiser_id=advertiser_id,
@@ -116,8 +121,12 @@ def list_images(
 def summaries(state: AppState, principal: Principal) -> list[AdvertiserOut]:
     """The advertisers a key may see, with their counts."""
     scope = principal.advertisers if principal.scoped else None
+    default = state.settings.advertiser_adaptation
     with state.db.read() as session:
-        return [_advertiser_out(r) for r in advertiser_repo.advertiser_summaries(session, scope)]
+        return [
+            _advertiser_out(r, default)
+            for r in advertiser_repo.advertiser_summaries(session, scope)
+        ]
 
 
 @router.get("", response_model=list[AdvertiserOut])
@@ -133,16 +142,27 @@ def list_advertisers(state: StateDep, principal: PrincipalDep) -> list[Advertise
 def set_advertiser(
     advertiser_id: AdvertiserId, body: AdvertiserIn, state: StateDep, _: AdminDep
 ) -> AdvertiserOut:
-    """Opt an advertiser in to (or out of) re-classification after each promotion."""
+    """Change an advertiser's settings; a field left out keeps its value.
+
+    ``reclassify_on_promote``: re-classify its images after each promotion.
+    ``adapt_answers``: adapt its answers to its fixes (``source: advertiser_model``);
+    null follows the deployment's ``CARTAG_ADVERTISER_ADAPTATION``.
+    """
+    fields = body.model_fields_set
     with state.db.write() as session:
         advertiser_repo.set_advertiser(
             session,
             advertiser_id,
-            reclassify_on_promote=body.reclassify_on_promote,
+            reclassify_on_promote=(
+                bool(body.reclassify_on_promote)
+                if "reclassify_on_promote" in fields
+                else advertiser_repo.KEEP
+            ),
+            adapt_answers=body.adapt_answers if "adapt_answers" in fields else advertiser_repo.KEEP,
             now=state.clock.now(),
         )
         [row] = advertiser_repo.advertiser_summaries(session, [advertiser_id])
-        return _advertiser_out(row)
+        return _advertiser_out(row, state.settings.advertiser_adaptation)
 
 
 @router.get("/{advertiser_id}/images", response_model=AdvertiserImagesOut)

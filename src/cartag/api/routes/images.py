@@ -89,6 +89,7 @@ def fix_image(image_key: str, body: FixIn, state: StateDep, principal: FixerDep)
         comment=body.comment,
         max_distance=state.settings.phash_max_distance,
         low_confidence_threshold=state.settings.low_confidence_threshold,
+        adapt=state.service.adapted,
     )
     return FixOut(audit=_audit_out(audit), result=ResultOut.model_validate(answer.to_dict()))
 
@@ -115,6 +116,7 @@ def get_image(
         image_key,
         max_distance=state.settings.phash_max_distance,
         low_confidence_threshold=state.settings.low_confidence_threshold,
+        adapt=state.service.adapted,
     )
     return ResultOut.model_validate(answer.to_dict())
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from cartag.api.schemas.common import SourceName
 from cartag.vocab import Color
@@ -16,9 +17,27 @@ ColorFilter = Literal[Color, "none"]
 
 
 class AdvertiserIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Settings to change; a field left out keeps its value (at least one is needed)."""
 
-    reclassify_on_promote: StrictBool
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    # Left out: kept; null is no value here (SkipJsonSchema keeps it out of the schema).
+    reclassify_on_promote: StrictBool | SkipJsonSchema[None] = Field(
+        default=None, description="Re-classify its images after each promotion."
+    )
+    adapt_answers: StrictBool | None = Field(
+        default=None,
+        description="Adapt its answers to its fixes (source advertiser_model): true or false; "
+        "null: follow the deployment's CARTAG_ADVERTISER_ADAPTATION.",
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> AdvertiserIn:
+        if not self.model_fields_set:
+            raise ValueError("give reclassify_on_promote, adapt_answers or both")
+        if "reclassify_on_promote" in self.model_fields_set and self.reclassify_on_promote is None:
+            raise ValueError("reclassify_on_promote must be true or false")
+        return self
 
 
 class AdvertiserOut(BaseModel):
@@ -29,6 +48,16 @@ class AdvertiserOut(BaseModel):
         description="When a request last named one of its images (null: never)."
     )
     reclassify_on_promote: bool
+    adapt_answers: bool | None = Field(
+        default=None,
+        description="Its own setting of answers adapted to its fixes (null: it follows the "
+        "deployment's default).",
+    )
+    adapting: bool = Field(
+        default=False,
+        description="Whether its answers adapt to its fixes now (its setting, else the "
+        "deployment's CARTAG_ADVERTISER_ADAPTATION).",
+    )
     updated_at: dt.datetime | None = Field(
         description="When its settings last changed (null: it has none)."
     )

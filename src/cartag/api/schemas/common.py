@@ -16,7 +16,7 @@ from cartag.vocab import (
 )
 
 ColorName = Color
-SourceName = Literal["model", "cache", "fix", "override", "scrape"]
+SourceName = Literal["model", "cache", "fix", "override", "scrape", "advertiser_model"]
 
 ID_FIELD = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")
 # Largest id / offset a request may name. Past 2**63 - 1 the database driver raises (a
