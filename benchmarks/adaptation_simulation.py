@@ -49,9 +49,10 @@ from cartag.vocab import COLORS, IMAGE_TYPES
 BACKBONE_ID = "simulation-backbone"
 VERSION = "simulation-global"
 ARMS: dict[str, AdaptationParams | None] = {
-    "both": AdaptationParams(),
-    "nearest": AdaptationParams(repeated=False),
-    "repeated": AdaptationParams(nearest=False),
+    "all": AdaptationParams(),
+    "no-prior": AdaptationParams(prior=False),
+    "nearest": AdaptationParams(repeated=False, prior=False),
+    "repeated": AdaptationParams(nearest=False, prior=False),
     "off": None,  # the advertiser's own adapt_answers = false, the default on
 }
 MIN_AFFECTED_ERRORS = 40

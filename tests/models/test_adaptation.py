@@ -98,7 +98,7 @@ def test_a_repeated_mistake_biases_close_calls_only_and_shrinks_with_few_fixes()
         np.asarray([STOCK] * 3),
         probs([[0.7, 0.29, 0.01], [0.6, 0.39, 0.01], [0.55, 0.44, 0.01]]),
     )
-    params = AdaptationParams(nearest=False, min_repeats=3, shrinkage=2.0)
+    params = AdaptationParams(nearest=False, min_repeats=3, shrinkage=2.0, prior=False)
     adapter = fit_adapter(emb, {"image_type": fixes}, LABELS, params)
     bias = adapter.fields["image_type"].bias
     largest = np.log(0.7) - np.log(0.29)
@@ -116,6 +116,30 @@ def test_a_repeated_mistake_biases_close_calls_only_and_shrinks_with_few_fixes()
     )
     # A close Dealer call flips; a clear one, a Stock answer and another mistake do not.
     assert out["image_type"].tolist() == [STOCK, NO_CHANGE, NO_CHANGE, NO_CHANGE]
+
+
+def test_the_advertiser_prior_reaches_past_the_fixed_margins_of_mistakes_it_fixed() -> None:
+    emb = np.eye(3, 16, dtype=np.float32)
+    # Three close Dealer calls fixed to Stock: the largest fixed margin is log(0.7/0.3).
+    fixes = FieldFixes(
+        np.asarray([DEALER] * 3),
+        np.asarray([STOCK] * 3),
+        probs([[0.7, 0.3, 0.0], [0.6, 0.4, 0.0], [0.55, 0.45, 0.0]]),
+    )
+    answered = {"image_type": np.asarray([DEALER, DEALER, PLACEHOLDER])}
+    scores = {"image_type": probs([[0.75, 0.25, 0.0], [0.95, 0.05, 0.0], [0.0, 0.3, 0.7]])}
+    without = fit_adapter(emb, {"image_type": fixes}, LABELS, AdaptationParams(prior=False))
+    with_prior = fit_adapter(emb, {"image_type": fixes}, LABELS, AdaptationParams())
+    others = np.eye(3, 16, k=5, dtype=np.float32)
+    assert without.apply(others, answered, scores)["image_type"].tolist() == [NO_CHANGE] * 3
+    # Stock is the advertiser's label: prior (3 + 4/3) / 7 * 3 against (0 + 4/3) / 7 * 3 for
+    # Dealer, a log-ratio of 1.18 > log(0.75/0.25). A clear Dealer call stays, and so does
+    # a mistake it never fixed (Placeholder -> Stock).
+    bias = with_prior.fields["image_type"].bias
+    assert bias[DEALER, STOCK] == pytest.approx(np.log((3 + 4 / 3) / (4 / 3)))
+    assert bias[PLACEHOLDER, STOCK] == 0
+    flipped = with_prior.apply(others, answered, scores)["image_type"].tolist()
+    assert flipped == [STOCK, NO_CHANGE, NO_CHANGE]
 
 
 def test_one_fix_of_a_mistake_is_not_yet_systematic_two_are() -> None:

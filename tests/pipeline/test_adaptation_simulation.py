@@ -61,15 +61,15 @@ def test_ten_fixes_halve_the_affected_error_and_leave_the_control_and_the_off_sw
         seed_store(db, sim, clock)
         curves = {}
         for group in sim.groups:
-            for arm in ("both", "off"):
+            for arm in ("all", "off"):
                 adapters = AdvertiserAdapters(True, ARMS[arm] or AdaptationParams())
                 curves[(group, arm)] = simulate(db, sim, clock, group, arm, adapters, 2, 10)
     finally:
         db.dispose()
-    studio, off = curves[("studio", "both")], curves[("studio", "off")]
+    studio, off = curves[("studio", "all")], curves[("studio", "off")]
     assert studio[0].error_rate == 1.0 and studio[0].changed == 0
     assert at(studio, 10).error_rate <= 0.5
     assert at(off, 10).error_rate == 1.0  # fixes alone repair only the fixed photos
     assert all(step.changed == 0 for step in off)
-    assert all(step.changed == 0 for step in curves[("dealer", "both")])
-    assert curves[("dealer", "both")][-1].errors == 0  # its four mistakes were fixed
+    assert all(step.changed == 0 for step in curves[("dealer", "all")])
+    assert curves[("dealer", "all")][-1].errors == 0  # its four mistakes were fixed

@@ -3,7 +3,7 @@
 An advertiser whose photos the global model gets wrong *systematically* (a studio on
 white it calls Stock, orange cars it calls Red) fixes a few of them; this module learns
 from those fixes, and only those, how to change the same advertiser's other answers.
-Two rules, fitted per field (type, color) from the fixed images alone:
+Three rules, fitted per field (type, color) from the fixed images alone:
 
 - **nearest fix** ("fix one, fix the similar ones"): an image the model answered ``a``
   takes the fixed label of the most similar fixed image the model had also answered
@@ -15,13 +15,21 @@ Two rules, fitted per field (type, color) from the fixed images alone:
   into ``y``, an image answered ``g`` becomes ``y`` if ``log p(g) - log p(y)`` is below the
   largest such margin among those fixes times ``n / (n + shrinkage)`` (with a shrinkage:
   few fixes, a small bias), and below the margin of every fixed image the advertiser
-  confirmed as ``g`` (a fix that kept the model's answer).
+  confirmed as ``g`` (a fix that kept the model's answer);
+- **advertiser prior** (the issue's "per-advertiser prior ... with shrinkage toward the
+  global model"): the labels its fixes gave, shrunk toward a uniform prior by
+  :data:`DEFAULT_PRIOR_STRENGTH` pseudo-fixes, estimate the advertiser's own label prior;
+  a label most of its fixes gave (at least :data:`DEFAULT_PRIOR_SHARE` of them, and at
+  least :data:`DEFAULT_MIN_REPEATS`) raises the repeated-mistake bias of every mistake
+  ``g -> y`` it has fixed at least once to ``log(prior[y] / prior[g])``. The fixes are the
+  model's closest calls (the fix page lists the least sure first), so the largest fixed
+  margin alone reached only the closest of the other mistakes.
 
-Both only ever move an answer to a label this advertiser's fixes gave; with no fixes
+All only ever move an answer to a label this advertiser's fixes gave; with no fixes
 nothing changes. Pure numpy and deterministic: an advertiser with 200 fixes and 5,000
 images costs one (5000, 200) similarity product per field (milliseconds).
 Which rules serve was chosen by the simulation in ``benchmarks/advertiser_adaptation.py``
-(RESULTS.md, "Advertiser-aware answers").
+(RESULTS.md, "Advertiser-aware answers"; the prior was added after the first round).
 """
 
 from __future__ import annotations
@@ -44,6 +52,10 @@ DEFAULT_MIN_REPEATS = 2
 # confident answers first, so the first fixes are the closest calls. The simulation
 # measured 2/0 against 3/2, 2/2, 2/1 and 3/0 (RESULTS.md, "Advertiser-aware answers").
 DEFAULT_SHRINKAGE = 0.0
+# The advertiser prior: pseudo-count of the uniform prior its fixed labels are shrunk
+# toward, and the share of its fixes one label needs before it shifts answers toward it.
+DEFAULT_PRIOR_STRENGTH = 4.0
+DEFAULT_PRIOR_SHARE = 0.5
 NO_CHANGE = -1
 _FLOOR = 1e-6  # probabilities are clipped here before logs
 
@@ -65,6 +77,10 @@ class AdaptationParams:
     similarity: float = DEFAULT_SIMILARITY
     min_repeats: int = DEFAULT_MIN_REPEATS
     shrinkage: float = DEFAULT_SHRINKAGE
+    prior: bool = True
+    prior_strength: float = DEFAULT_PRIOR_STRENGTH
+    prior_share: float = DEFAULT_PRIOR_SHARE
+    prior_seen_only: bool = True
 
 
 @dataclass(frozen=True)
@@ -223,7 +239,47 @@ def _bias(fixes: FieldFixes, n_labels: int, params: AdaptationParams) -> np.ndar
                 # Never flip an answer at least as clear as one this advertiser kept.
                 value = min(value, float((logp[confirmed, g] - logp[confirmed, y]).min()))
             bias[g, y] = max(value, 0.0)
+    if params.prior:
+        _prior_shift(bias, logp, answered, fixed, params)
     return bias
+
+
+def _prior_shift(
+    bias: np.ndarray,
+    logp: np.ndarray,
+    answered: np.ndarray,
+    fixed: np.ndarray,
+    params: AdaptationParams,
+) -> None:
+    """The advertiser prior: raise ``bias[g, y]`` toward a label most of its fixes gave.
+
+    The labels its fixes gave, shrunk toward a uniform prior by ``prior_strength``
+    pseudo-fixes, estimate the advertiser's prior; a label ``y`` given by at least
+    ``min_repeats`` fixes and ``prior_share`` of them shifts every other answer ``g``
+    toward it by ``log(prior[y] / prior[g])``, capped, as the repeated-mistake rule is,
+    by the clearest answer ``g`` the advertiser kept.
+    """
+    n_labels = bias.shape[0]
+    changed = fixed != answered
+    counts = np.bincount(fixed[changed], minlength=n_labels).astype(np.float64)
+    total = float(counts.sum())
+    if total == 0:
+        return
+    alpha = params.prior_strength
+    log_prior = np.log((counts + alpha / n_labels) / (total + alpha) * n_labels)  # (K,)
+    for y in np.flatnonzero(
+        (counts >= params.min_repeats) & (counts >= params.prior_share * total)
+    ):
+        for g in range(n_labels):
+            if g == y:
+                continue
+            if params.prior_seen_only and not np.any(changed & (answered == g) & (fixed == y)):
+                continue  # only a mistake this advertiser has fixed at least once
+            value = float(log_prior[y] - log_prior[g])
+            confirmed = np.flatnonzero((answered == g) & (fixed == g))
+            if len(confirmed):
+                value = min(value, float((logp[confirmed, g] - logp[confirmed, y]).min()))
+            bias[g, y] = max(bias[g, y], value, 0.0)
 
 
 def fit_field(
