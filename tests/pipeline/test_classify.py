@@ -79,3 +79,21 @@ def test_a_rerun_of_an_unchanged_inventory_sends_no_image_bytes_on_kept_connecti
     with db.read() as session:
         checked = image_repo.get_urls(session, urls)
     assert {row.checked_at for row in checked.values()} == {NOW + dt.timedelta(seconds=180)}
+
+
+def test_the_first_chunk_is_one_batch_per_runner(settings: Settings, db: Database) -> None:
+    settings = settings.model_copy(update={"inference_batch_size": 4, "inference_workers": 2})
+
+    async def chunk_sizes() -> list[list[int]]:
+        async with Fetcher(settings) as fetcher:
+            service = ClassifyService(settings, db, fetcher, FixedClassifier(), FakeClock(NOW))
+            try:
+                urls = [f"http://a.test/{i}.jpg" for i in range(100)]
+                chunks = service._chunks(urls)
+                assert [url for chunk in chunks for url in chunk] == urls  # all, in order
+                return [[len(chunk) for chunk in chunks], [len(c) for c in service._chunks([])]]
+            finally:
+                service.close()
+
+    # The model starts on the first 8 as soon as they are decoded; then 4 batches a runner.
+    assert asyncio.run(chunk_sizes()) == [[8, 32, 32, 28], []]
