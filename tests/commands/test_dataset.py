@@ -224,7 +224,7 @@ def test_create_with_candidates_reads_the_production_far_threshold(
     both = ["--candidates", "fix-rate-jump", "--candidates", "far-from-training", "--no-rank"]
     code, output = _run(env, "create", "cars", "--from", "cars@1", *both)
     assert code == 2, output
-    assert "records no reference far_threshold" in output and "--far-threshold" in output
+    assert "no usable reference far_threshold" in output and "--far-threshold" in output
 
     (folder / "config.json").write_text(json.dumps({"reference": {"far_threshold": 0.35}}))
     code, output = _run(env, "create", "cars", "--from", "cars@1", *both)

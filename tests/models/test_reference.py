@@ -112,3 +112,18 @@ def test_a_changed_or_missing_reference_serves_without_novelty(
     path.unlink()
     assert load_reference(tmp_path, {"reference": block}) is None
     assert load_reference(tmp_path, {"reference": {**block, "file": "../x.npz"}}) is None
+
+
+def test_the_recorded_far_threshold_is_read_without_the_centroids() -> None:
+    from cartag.models.reference import recorded_far_threshold
+
+    assert recorded_far_threshold({"reference": {"far_threshold": 0.26}}) == 0.26
+    assert recorded_far_threshold({"reference": {"far_threshold": 1}}) == 1.0
+    for config in (
+        {},
+        {"reference": None},
+        {"reference": {"far_threshold": True}},
+        {"reference": {"far_threshold": float("nan")}},
+        {"reference": {"far_threshold": -0.1}},
+    ):
+        assert recorded_far_threshold(config) is None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -201,6 +202,18 @@ def save_reference(
         "built_from": built_from,
         "sha256": hashlib.sha256(data).hexdigest(),
     }
+
+
+def recorded_far_threshold(config: dict[str, Any]) -> float | None:
+    """The far threshold a model folder's ``config.json`` records, without loading the
+    centroids (None: no reference section, or no finite, non-negative threshold in it)."""
+    block = config.get("reference")
+    value = block.get("far_threshold") if isinstance(block, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
 
 
 def load_reference(folder: Path, config: dict[str, Any]) -> DriftReference | None:

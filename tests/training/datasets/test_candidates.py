@@ -276,9 +276,16 @@ def test_parse_kinds_and_read_far_threshold(tmp_path: Path) -> None:
         json.dumps({"reference": {"format": "cartag-reference/1", "far_threshold": 0.31}})
     )
     assert read_far_threshold(tmp_path) == 0.31
-    for document in ({}, {"reference": {"far_threshold": "high"}}, {"reference": None}):
+    for document in (
+        {},
+        {"reference": {"far_threshold": "high"}},
+        {"reference": None},
+        {"reference": {"far_threshold": -0.1}},
+    ):
         (tmp_path / "config.json").write_text(json.dumps(document))
-        with pytest.raises(InputError, match="no reference far_threshold.*--far-threshold"):
+        with pytest.raises(
+            InputError, match="no usable reference far_threshold.*--far-threshold.*add-reference"
+        ):
             read_far_threshold(tmp_path)
     with pytest.raises(InputError, match="cannot read"):
         read_far_threshold(tmp_path / "missing")

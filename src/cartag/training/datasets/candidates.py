@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from sqlalchemy.orm import Session
 
 from cartag.errors import InputError
 from cartag.imaging.keys import content_sha256
+from cartag.models.reference import recorded_far_threshold
 from cartag.net.outcomes import Fetched, FetchOutcome
 from cartag.store import candidates as candidate_repo
 from cartag.store.candidates import StoredImage
@@ -94,26 +94,21 @@ def read_far_threshold(folder: Path) -> float:
     """
     config = folder / "config.json"
     hint = (
-        "pass --far-threshold VALUE (a cosine distance, e.g. 0.3) or promote a model built "
-        "with a training reference"
+        "pass --far-threshold VALUE (a cosine distance, e.g. 0.3), or give the model a "
+        f"training reference: cartag models add-reference {folder}"
     )
     try:
         document = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read {config}: {exc}; {hint}", field="far_threshold") from exc
-    reference = document.get("reference") if isinstance(document, dict) else None
-    value = reference.get("far_threshold") if isinstance(reference, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    value = recorded_far_threshold(document) if isinstance(document, dict) else None
+    if value is None:
         raise InputError(
-            f"{config} records no reference far_threshold (the model was built before training "
-            f"references were kept); {hint}",
+            f"{config} records no usable reference far_threshold (the model was built before "
+            f"training references were kept); {hint}",
             field="far_threshold",
         )
-    if value < 0:
-        raise InputError(
-            f"{config}: far_threshold {value} is negative; {hint}", field="far_threshold"
-        )
-    return float(value)
+    return value
 
 
 @dataclass(frozen=True)
