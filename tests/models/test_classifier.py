@@ -109,6 +109,7 @@ def test_bundled_files_are_small_and_consistent() -> None:
     assert {r["protocol"] for r in summary["rows"]} >= {"type: leave-repo-out (5 folds)"}
     card = (BUNDLED_DIR / "MODEL_CARD.md").read_text()
     assert config["version"] in card and "## Cross-source figures" in card
+    assert "## Drift reference" in card and f"{config['reference']['far_threshold']:.4f}" in card
 
 
 def test_missing_model_dir(tmp_path: Path) -> None:

@@ -227,6 +227,7 @@ def render_card(model_dir: Path) -> str:
         *_by_source_section(tm, heads["color"]["metrics"]),
         *card_sources.cross_source_section(card_sources.read_cross_source(model_dir)),
         *int8_section(model_dir, config, str(Settings.model_fields["precision"].default)),
+        *_reference_section(config.get("reference")),
         *card_sources.label_section(training),
         *_label_section(tm),
         *_head_section("Image type head", type_meta),
@@ -238,6 +239,30 @@ def render_card(model_dir: Path) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _reference_section(reference: dict[str, Any] | None) -> list[str]:
+    """The drift reference the folder ships (``cartag.models.reference``), if any."""
+    if not reference:
+        return []
+    quantiles = reference.get("quantiles", {})
+    built = reference.get("built_from", {})
+    spread = ", ".join(f"{name} {value:.4f}" for name, value in quantiles.items())
+    return [
+        "## Drift reference",
+        "",
+        f"- `{reference['file']}`: {reference['k']} k-means centroids (cosine) of "
+        f"{built.get('n_train', '?')} training-split embeddings of `{reference['embedding_id']}` "
+        f"(sources: {', '.join(built.get('sources', [])) or '?'}). An image's novelty is the "
+        "cosine distance of its embedding to the nearest centroid; drift on `/monitor` and "
+        "`/metrics` compares today's novelty, answer mix and confidence with the version's first "
+        "week.",
+        f"- Novelty of the {built.get('n_held_out', '?')} held-out images: {spread}. An image is "
+        f"*far* above {reference['far_threshold']:.4f} (held-out p95: about 5 % of "
+        "in-distribution images). Far shares on shifted photos are in `benchmarks/RESULTS.md`, "
+        '"Drift reference of the bundled model".',
+        "",
+    ]
 
 
 def _limitations(
