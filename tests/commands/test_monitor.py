@@ -85,3 +85,35 @@ def test_bad_options_exit_2_with_a_message(
     result = CliRunner().invoke(app, ["monitor", "report", *args], env=env)
     assert result.exit_code == 2 and words in result.output
     assert "Traceback" not in result.output
+
+
+def test_report_shows_drift_of_a_shifted_advertiser(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from tests.support.drift import START, day_answers, seed_days, week
+
+    data = tmp_path / "data"
+    db = Database(f"sqlite:///{data / 'cartag.db'}")
+    upgrade(db)
+    today = START + dt.timedelta(days=20)
+    for adv in ("shifted", "steady"):
+        seed_days(db, adv, week(), day_answers(100, "m1"))
+    seed_days(db, "shifted", [today], day_answers(100, "m1", far_share=0.6, confidence=0.8))
+    seed_days(db, "steady", [today], day_answers(100, "m1"))
+    db.dispose()
+    env = {"CARTAG_DATA_DIR": str(data), "COLUMNS": "250"}
+    args = ["monitor", "report", "--since", "2d", "--until", today.isoformat()]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "Drift (the current window" in out
+    shifted = next(line for line in out.splitlines() if "shifted" in line and "m1" in line)
+    steady = next(line for line in out.splitlines() if "steady" in line and "m1" in line)
+    assert "drift" in shifted and "60.0% (5.0%)" in shifted
+    assert "drift" not in steady and "ok" in steady
+
+    body = json.loads(CliRunner().invoke(app, [*args, "--json"], env=env).stdout)
+    states = {row["advertiser_id"]: row["state"] for row in body["drift"]}
+    assert states["shifted"] == "drift" and states["steady"] == "ok"
+    (row,) = [row for row in body["drift"] if row["advertiser_id"] == "shifted"]
+    assert row["far_share"] == pytest.approx(0.6) and row["reasons"]

@@ -69,6 +69,7 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Answer mix and manual-fix rate per model version, day and advertiser; flags jumps."""
+    from cartag.deploy.drift import drift_now
     from cartag.deploy.monitor import report_since
     from cartag.store.db import Database, upgrade
 
@@ -80,6 +81,7 @@ def report(
         try:
             with db.read() as session:
                 result = report_since(session, settings, since, now, advertiser=advertiser)
+                drift = _drift_rows(drift_now(session, settings, now, advertiser=advertiser))
         finally:
             db.dispose()
     except CartagError as exc:
@@ -90,6 +92,7 @@ def report(
         payload = _jsonable(result)
         payload["advertisers"] = payload["advertisers"][:limit]
         payload["rule"] = result.thresholds.explain()
+        payload["drift"] = drift[: limit + len({row["version"] for row in drift})]
         typer.echo(json.dumps(payload, indent=2))
         return
 
@@ -150,3 +153,64 @@ def report(
     if len(result.advertisers) > limit:
         out.print(f"… {len(result.advertisers) - limit} more advertisers (raise --limit)")
     out.print(f"Flagged: {result.thresholds.explain()}.")
+    _print_drift(out, drift, limit)
+
+
+def _drift_rows(report: Any) -> list[dict[str, Any]]:
+    """Each model version's drift, overall then per advertiser (most drifted first)."""
+    rows = []
+    for version in report.versions:
+        for scope in [version.overall, *version.advertisers]:
+            rows.append(
+                {
+                    "version": version.version,
+                    "advertiser_id": scope.advertiser_id,
+                    "state": scope.state,
+                    "images": scope.current.images,
+                    "far_share": scope.current.far_share,
+                    "far_share_baseline": scope.baseline.far_share,
+                    "mean_novelty": scope.current.mean_novelty,
+                    "confidence_delta": scope.confidence_delta,
+                    "type_tvd": scope.type_tvd,
+                    "color_tvd": scope.color_tvd,
+                    "reasons": list(scope.reasons),
+                    "baseline": f"{version.baseline_start} → {version.baseline_end}",
+                }
+            )
+    return rows
+
+
+def _print_drift(out: Console, rows: list[dict[str, Any]], limit: int) -> None:
+    """The drift table: today's images against each version's first week."""
+
+    def num(value: float | None, fmt: str = "{:.3f}") -> str:
+        return "—" if value is None else fmt.format(value)
+
+    table = Table(title="Drift (the current window against each version's first week)")
+    for column in ("model version", "advertiser", "state", "images", "far share", "novelty"):
+        table.add_column(
+            column,
+            justify="left" if column in ("model version", "advertiser", "state") else "right",
+        )
+    for column in ("confidence Δ", "type mix", "color mix", "why"):
+        table.add_column(column, justify="left" if column == "why" else "right")
+    shown = 0
+    for row in rows:
+        if row["advertiser_id"] is not None:
+            if shown >= limit:
+                continue
+            shown += 1
+        state = f"[bold red]{row['state']}[/bold red]" if row["state"] == "drift" else row["state"]
+        table.add_row(
+            row["version"],
+            row["advertiser_id"] or "(all)",
+            state,
+            str(row["images"]),
+            f"{num(row['far_share'], '{:.1%}')} ({num(row['far_share_baseline'], '{:.1%}')})",
+            num(row["mean_novelty"]),
+            num(row["confidence_delta"], "{:+.3f}"),
+            num(row["type_tvd"]),
+            num(row["color_tvd"]),
+            "; ".join(row["reasons"]),
+        )
+    out.print(table if rows else "Drift: no model version answered in the current window.")
