@@ -393,3 +393,10 @@ def test_tls_is_verified_for_each_name_even_on_a_shared_address(tmp_path: Path) 
     # One IP-keyed pool would reuse the connection verified for img.test here.
     assert isinstance(bad, Failed)
     assert (bad.reason, "certificate" in bad.message) == ("connection_error", True)
+
+
+def test_a_target_says_whether_its_url_carries_credentials() -> None:
+    assert parse_target("http://alice:pa55@a.test/x.jpg").credentials
+    assert parse_target("http://alice@a.test/x.jpg").credentials
+    assert not parse_target("http://a.test/x.jpg").credentials  # the plain-URL fast path
+    assert not parse_target("HTTP://A.test/x%20y.jpg?q=@").credentials

@@ -211,6 +211,8 @@ class Target:
         scheme: ``http`` or ``https``.
         netloc: Host and explicit port as the ``Host`` header carries them.
         path: Path and query as the request line carries them.
+        credentials: Whether the URL carries a user (and password), which httpx sends
+            as Basic auth.
     """
 
     text: str
@@ -219,6 +221,7 @@ class Target:
     scheme: str
     netloc: str
     path: bytes
+    credentials: bool = False
 
     @functools.cached_property
     def url(self) -> httpx.URL:
@@ -249,7 +252,9 @@ def parse_target(url: str | httpx.URL) -> Target:
     if not 0 < port < 65536:
         raise FetchError(f"invalid URL {url!r}: port out of range", "invalid_url")
     netloc = parsed.netloc.decode("ascii")
-    target = Target(str(parsed), host, port, parsed.scheme, netloc, parsed.raw_path)
+    target = Target(
+        str(parsed), host, port, parsed.scheme, netloc, parsed.raw_path, bool(parsed.userinfo)
+    )
     target.__dict__["url"] = parsed  # as cached_property stores it: no second parse
     return target
 

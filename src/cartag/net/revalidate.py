@@ -177,7 +177,7 @@ class Revalidator:
         request = self._request(target, headers)
         if request is None or "%" in address:  # a zone: the full client refuses it
             return None
-        if "@" in target.text.split("/", 3)[2]:
+        if target.credentials:
             return None  # a user and password: the full client sends them (Basic auth)
         scheme = target.scheme
         name = target.host if scheme == "https" and not is_ip_literal(target.host) else ""
