@@ -117,3 +117,8 @@ def test_report_shows_drift_of_a_shifted_advertiser(tmp_path: Path) -> None:
     assert states["shifted"] == "drift" and states["steady"] == "ok"
     (row,) = [row for row in body["drift"] if row["advertiser_id"] == "shifted"]
     assert row["far_share"] == pytest.approx(0.6) and row["reasons"]
+
+    # --limit bounds the advertiser rows (most drifted first); the version's row stays.
+    limited = CliRunner().invoke(app, [*args, "--json", "--limit", "1"], env=env)
+    rows = json.loads(limited.stdout)["drift"]
+    assert [(r["version"], r["advertiser_id"]) for r in rows] == [("m1", None), ("m1", "shifted")]

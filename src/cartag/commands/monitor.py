@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,6 +13,9 @@ from rich.table import Table
 
 from cartag.commands.common import err, load_settings
 from cartag.errors import CartagError, InputError
+
+if TYPE_CHECKING:
+    from cartag.deploy.drift import DriftReport
 
 app = typer.Typer(help="Monitoring: answer mix and manual-fix rates.", no_args_is_help=True)
 
@@ -81,7 +84,7 @@ def report(
         try:
             with db.read() as session:
                 result = report_since(session, settings, since, now, advertiser=advertiser)
-                drift = _drift_rows(drift_now(session, settings, now, advertiser=advertiser))
+                drift = _drift_rows(drift_now(session, settings, now, advertiser), limit)
         finally:
             db.dispose()
     except CartagError as exc:
@@ -92,7 +95,7 @@ def report(
         payload = _jsonable(result)
         payload["advertisers"] = payload["advertisers"][:limit]
         payload["rule"] = result.thresholds.explain()
-        payload["drift"] = drift[: limit + len({row["version"] for row in drift})]
+        payload["drift"] = drift
         typer.echo(json.dumps(payload, indent=2))
         return
 
@@ -153,14 +156,18 @@ def report(
     if len(result.advertisers) > limit:
         out.print(f"… {len(result.advertisers) - limit} more advertisers (raise --limit)")
     out.print(f"Flagged: {result.thresholds.explain()}.")
-    _print_drift(out, drift, limit)
+    _print_drift(out, drift)
 
 
-def _drift_rows(report: Any) -> list[dict[str, Any]]:
-    """Each model version's drift, overall then per advertiser (most drifted first)."""
+def _drift_rows(report: DriftReport, limit: int) -> list[dict[str, Any]]:
+    """Each model version's drift, overall then per advertiser (most drifted first); at
+    most ``limit`` advertiser rows in all (every version's overall row is kept)."""
     rows = []
+    shown = 0
     for version in report.versions:
-        for scope in [version.overall, *version.advertisers]:
+        advertisers = version.advertisers[: max(limit - shown, 0)]
+        shown += len(advertisers)
+        for scope in [version.overall, *advertisers]:
             rows.append(
                 {
                     "version": version.version,
@@ -180,7 +187,7 @@ def _drift_rows(report: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _print_drift(out: Console, rows: list[dict[str, Any]], limit: int) -> None:
+def _print_drift(out: Console, rows: list[dict[str, Any]]) -> None:
     """The drift table: today's images against each version's first week."""
 
     def num(value: float | None, fmt: str = "{:.3f}") -> str:
@@ -194,12 +201,7 @@ def _print_drift(out: Console, rows: list[dict[str, Any]], limit: int) -> None:
         )
     for column in ("confidence Δ", "type mix", "color mix", "why"):
         table.add_column(column, justify="left" if column == "why" else "right")
-    shown = 0
     for row in rows:
-        if row["advertiser_id"] is not None:
-            if shown >= limit:
-                continue
-            shown += 1
         state = f"[bold red]{row['state']}[/bold red]" if row["state"] == "drift" else row["state"]
         table.add_row(
             row["version"],
