@@ -67,6 +67,9 @@ class QuantOptions:
         activations: ``uint8`` or ``int8``.
         weights: ``int8`` or ``uint8``.
         exclude_nodes: Nodes of the prepared graph left in float.
+        pair_limit: 0, or the largest sum of two neighbouring int8 weights of a
+            channel (same sign): scales are raised where needed so that CPUs
+            without VNNI cannot saturate (:mod:`cartag.models.pair_bound`).
     """
 
     per_channel: bool = True
@@ -74,6 +77,7 @@ class QuantOptions:
     activations: str = "uint8"
     weights: str = "int8"
     exclude_nodes: tuple[str, ...] = ()
+    pair_limit: int = 0
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,11 @@ class Quantization:
 
 def ranges_digest(ranges: dict[str, tuple[float, float]], options: QuantOptions) -> str:
     """SHA-256 of canonical JSON of the ranges (float32 values as repr) and options."""
+    fields = asdict(options)
+    if not options.pair_limit:
+        del fields["pair_limit"]  # files written before the option digest as they did
     payload = {
-        "options": asdict(options),
+        "options": fields,
         "ranges": {k: [repr(float(lo)), repr(float(hi))] for k, (lo, hi) in sorted(ranges.items())},
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
@@ -215,12 +222,33 @@ def check_drift(engine: Engine, quantization: Quantization, input_size: int) -> 
     want = quantization.reference
     diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
     if not np.isfinite(diff) or diff >= DRIFT_ATOL:
+        cause = "another CPU's int8 kernels or another onnxruntime release"
+        if not quantization.options.pair_limit and _lacks_vnni():
+            cause = (
+                "this CPU has no VNNI, and the model's int8 weights were not bounded for such "
+                "CPUs (quantization.json has no pair_limit: a build from before it)"
+            )
         raise ModelError(
             f"the int8 backbone built here differs from the one its heads were fitted on by "
-            f"{diff:.3g} (limit {DRIFT_ATOL}): another CPU's int8 kernels or another "
-            "onnxruntime release; serve fp32 (CARTAG_PRECISION=fp32) or rebuild the model here"
+            f"{diff:.3g} (limit {DRIFT_ATOL}): {cause}; serve fp32 (CARTAG_PRECISION=fp32) "
+            "or rebuild the model with `cartag models build-bundled`"
         )
     return diff
+
+
+def _lacks_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this is an x86 CPU without VNNI (unknown CPUs: False)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        None,
+    )
+    if flags is None or "avx2" not in flags:
+        return False
+    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
 
 
 def int8_engine(

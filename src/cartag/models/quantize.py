@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnxruntime.quantization import (
     CalibrationMethod,
     QuantFormat,
@@ -51,6 +52,7 @@ from cartag.models.engine import (
     smoke_input,
     write_atomic,
 )
+from cartag.models.pair_bound import bound_pairs
 from cartag.models.quantization import (
     Quantization,
     QuantOptions,
@@ -207,6 +209,13 @@ def quantize(fp32: bytes, quantization: Quantization, network: str = "") -> byte
             proto = onnx.load_model(str(out))
         except Exception as exc:
             raise ModelError(f"quantizing the backbone failed: {exc}") from exc
+        if options.pair_limit:
+            floats = {
+                init.name: numpy_helper.to_array(init)
+                for init in onnx.load_model(str(prepared)).graph.initializer
+            }
+            rescaled = bound_pairs(proto, floats, options.pair_limit)
+            log.info("pair bound %d: %d channels rescaled", options.pair_limit, rescaled)
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_NETWORK, network

@@ -33,6 +33,7 @@ from cartag.models.quantization import (
     int8_backbone_id,
     write_quantization,
 )
+from cartag.models.pair_bound import PAIR_LIMIT
 from cartag.models.quantize import calibrate, quantize
 from cartag.training.bundled.corpus import PLACEHOLDER_SOURCE, Corpus, reembed
 from cartag.training.bundled.heads import HeadRecipe, fit_heads, same_hyper_parameters
@@ -111,7 +112,7 @@ def build_quantization(
     Returns:
         What was written.
     """
-    options = options or QuantOptions(exclude_nodes=FLOAT_NODES)
+    options = options or QuantOptions(exclude_nodes=FLOAT_NODES, pair_limit=PAIR_LIMIT)
     network = network_identity(backbone.variant, backbone.weights_path, backbone.backbone_id)
     fp32 = export_onnx(backbone.network, backbone.input_size, network)
     rows = calibration_rows(corpus, n)

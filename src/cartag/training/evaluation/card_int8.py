@@ -99,6 +99,7 @@ def int8_section(model_dir: Path, config: dict[str, Any], default: str) -> list[
         f"{options['weights']} weights {'per channel' if options['per_channel'] else ''}, "
         f"{options['activations']} activations"
         f"{', reduced range' if options['reduce_range'] else ''}"
+        f"{_pair_note(options.get('pair_limit', 0))}"
         f"{', left in float: ' + floats if floats else ''}"
         f"), activation ranges in `{block['quantization']}` (sha256 `{ranges['sha256'][:16]}...`).",
         f"- Calibration: {cal.get('method')} over {cal.get('photos')} photos ({by_source}); "
@@ -138,3 +139,13 @@ def int8_section(model_dir: Path, config: dict[str, Any], default: str) -> list[
             f"| {fmt(r['int8'])} | {r['diff']:+.4f} |"
         )
     return [*lines, ""]
+
+
+def _pair_note(limit: int) -> str:
+    if not limit:
+        return ""
+    return (
+        f", neighbouring weights summing to at most {limit} so that CPUs without VNNI "
+        "compute the same integers (`cartag.models.pair_bound`)"
+    )
+
