@@ -18,6 +18,7 @@ from cartag.errors import ModelError
 from cartag.models.backbone import PREPROCESS_ID, Backbone
 from cartag.models.classifier import BUNDLED_DIR, EmbeddingClassifier, load_classifier
 from cartag.models.folder import CONFIG_NAME, read_config
+from cartag.models.pair_bound import PAIR_LIMIT
 from cartag.models.quantization import (
     QUANTIZATION_NAME,
     Quantization,
@@ -82,6 +83,8 @@ def test_the_bundled_model_ships_int8_ranges_and_heads(
     assert int8_classifier.type_head.backbone_id == int8_classifier.backbone_id
     assert int8_classifier.color_head.backbone_id == int8_classifier.backbone_id
     assert shipped.calibration["photos"] == 256
+    # Bounded weight pairs: the same integers with and without VNNI (test_pair_bound.py).
+    assert shipped.options.pair_limit == PAIR_LIMIT
     assert shipped.reference is not None
 
 
