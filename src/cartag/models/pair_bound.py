@@ -5,18 +5,19 @@ without VNNI: most AMD EPYC before Zen 4, Intel before Cascade Lake) multiply
 uint8 activations by int8 weights with ``vpmaddubsw``, which adds each *pair* of
 neighbouring products (input channels ``2j`` and ``2j + 1``) into a *saturating*
 int16. With 8-bit weights a pair reaches 255 * (127 + 127) = 64,770 and is clipped
-to 32,767: on such a CPU the bundled int8 backbone's embeddings had a cosine of
-0.956 to fp32 on real photos (min 0.63), against 0.996 with VNNI, whose
-instruction sums into int32. ONNX Runtime's remedy, ``reduce_range`` (7-bit
-weights), halves every weight's precision: cosine 0.987.
+to 32,767: on such a CPU the int8 backbone's embeddings of real photos had a cosine
+of 0.968 to fp32 (min 0.735), against 0.997 with VNNI, whose instruction sums into
+int32. ONNX Runtime's remedy, ``reduce_range`` (7-bit weights), halves every weight's
+precision: cosine 0.987 (min 0.944).
 
 This module bounds the pairs instead: each output channel's weight scale is raised
 just enough that every pair of neighbouring weights sums (in magnitude, when they
 have the same sign) to at most :data:`PAIR_LIMIT`; 255 * 128 = 32,640 < 32,767
 leaves room for rounding. Channels without such a pair keep their scale, so the
-model keeps nearly all of its precision (cosine to fp32 0.9957, min 0.990 on 128
-real photos) and computes the same integers on every CPU: VNNI never saturates,
-and without VNNI no pair can. ``benchmarks/int8.py`` shows both measurements.
+model keeps nearly all of its precision (cosine 0.996, min 0.986) and computes the
+same integers on every CPU: VNNI never saturates, and without VNNI no pair can.
+``benchmarks/int8_pairs.py`` measures every variant (RESULTS.md, "Int8 on CPUs
+without VNNI").
 
 Only 1 x 1 convolutions are paired this way (the kernels pair neighbouring input
 channels); a larger non-depthwise kernel, whose unfolded order is the kernel's own
