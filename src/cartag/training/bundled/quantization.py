@@ -26,6 +26,7 @@ from cartag.models.backbone import Backbone, network_identity
 from cartag.models.engine import OnnxEngine, smoke_input
 from cartag.models.heads import LinearHead, MLPHead
 from cartag.models.onnx_export import export_onnx
+from cartag.models.pair_bound import PAIR_LIMIT
 from cartag.models.quantization import (
     QUANTIZATION_NAME,
     Quantization,
@@ -33,7 +34,6 @@ from cartag.models.quantization import (
     int8_backbone_id,
     write_quantization,
 )
-from cartag.models.pair_bound import PAIR_LIMIT
 from cartag.models.quantize import calibrate, quantize
 from cartag.training.bundled.corpus import PLACEHOLDER_SOURCE, Corpus, reembed
 from cartag.training.bundled.heads import HeadRecipe, fit_heads, same_hyper_parameters

@@ -148,4 +148,3 @@ def _pair_note(limit: int) -> str:
         f", neighbouring weights summing to at most {limit} so that CPUs without VNNI "
         "compute the same integers (`cartag.models.pair_bound`)"
     )
-
