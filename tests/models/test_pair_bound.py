@@ -145,3 +145,27 @@ def test_a_cpu_without_vnni_is_named_in_the_drift_message(
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n", encoding="utf-8")
     assert _lacks_vnni(cpuinfo) is lacks
     assert _lacks_vnni(tmp_path / "missing") is False
+
+
+def test_a_graph_the_bound_cannot_read_is_a_model_error() -> None:
+    from onnx import TensorProto, helper
+
+    from cartag.errors import ModelError
+    from cartag.models.pair_bound import bound_pairs
+
+    # A weight read through DequantizeLinear whose float original is missing.
+    weight = helper.make_tensor("w_quantized", TensorProto.INT8, [2, 2, 1, 1], [1, 2, 3, 4])
+    scale = helper.make_tensor("w_scale", TensorProto.FLOAT, [2], [0.1, 0.1])
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_quantized", "w_scale"], ["w"], axis=0),
+        helper.make_node("Conv", ["x", "w"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 1, 1])],
+        [weight, scale],
+    )
+    with pytest.raises(ModelError, match="'w' of .* cannot be bounded.*PRECISION=fp32"):
+        bound_pairs(helper.make_model(graph), {})

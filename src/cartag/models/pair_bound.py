@@ -34,6 +34,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from cartag.errors import ModelError
+
 # The largest |w_2j| + |w_2j+1| (same sign) allowed in int8 units: with rounding a
 # pair is at most 128, and 255 * 128 = 32,640 fits int16.
 PAIR_LIMIT: Final[int] = 127
@@ -94,8 +96,7 @@ def bound_pairs(
         weight = producer.get(node.input[1])
         if weight is None or weight.op_type != "DequantizeLinear":
             continue  # a convolution left in float
-        name = weight.input[0].removesuffix(_WEIGHT_SUFFIX)
-        floats_w = np.asarray(floats[name], dtype=np.float64)
+        floats_w = np.asarray(_float(floats, weight.input[0], node.name), dtype=np.float64)
         scale = numpy_helper.to_array(inits[weight.input[1]]).astype(np.float64)
         rows = floats_w.reshape(len(floats_w), -1)
         one_by_one = floats_w.ndim == 4 and floats_w.shape[2:] == (1, 1)
@@ -113,6 +114,17 @@ def bound_pairs(
             _rescale_bias(producer.get(node.input[2]), inits, floats, scale, new_scale, grow)
         changed += int(grow.sum())
     return changed
+
+
+def _float(floats: Mapping[str, np.ndarray], quantized: str, where: str) -> np.ndarray:
+    """The float original of ``<name>_quantized``, from the prepared float graph."""
+    name = quantized.removesuffix(_WEIGHT_SUFFIX)
+    if name not in floats:
+        raise ModelError(
+            f"the float weights {name!r} of {where} are not in the prepared model, so its "
+            "int8 weight pairs cannot be bounded; serve fp32 (CARTAG_PRECISION=fp32)"
+        )
+    return floats[name]
 
 
 def _group(node: onnx.NodeProto) -> int:
@@ -137,7 +149,7 @@ def _rescale_bias(
     quantized = numpy_helper.to_array(inits[bias.input[0]]).astype(np.int64)
     bias_scale = numpy_helper.to_array(inits[bias.input[1]]).astype(np.float64)
     new_bias_scale = bias_scale / old_scale * new_scale
-    values = np.asarray(floats[bias.input[0].removesuffix(_WEIGHT_SUFFIX)], dtype=np.float64)
+    values = np.asarray(_float(floats, bias.input[0], "a bias"), dtype=np.float64)
     requantized = np.round(values / new_bias_scale)
     out = np.where(grow, requantized, quantized)
     _replace(inits[bias.input[0]], out.astype(np.int32))
