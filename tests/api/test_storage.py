@@ -79,6 +79,8 @@ def test_a_full_disk_is_503_storage_unavailable_and_cached_answers_are_still_ser
     assert client.get("/readyz").status_code == 200  # space freed: ready again
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["storage"]["problem"] is None
+    # Operators see which backbone answers (the test session serves the fp32 one).
+    assert health["backbone"] == "efficientnet-lite0-ft@66f7335f"
     metrics = client.get("/metrics").text
     assert 'cartag_storage_errors_total{operation="revalidation"}' in metrics
     assert 'cartag_storage_errors_total{operation="request"}' in metrics

@@ -47,6 +47,7 @@ def healthz(state: StateDep) -> HealthOut:
         status="ok" if known["ok"] else "degraded",
         version=__version__,
         model_version=state.service.classifier.version,
+        backbone=state.service.classifier.backbone_id,
         database=state.db.dialect,
         storage=StorageOut.model_validate(known),
     )

@@ -15,6 +15,12 @@ class HealthOut(BaseModel):
     status: str = Field(description="ok, or degraded when the store has a problem.")
     version: str
     model_version: str
+    backbone: str | None = Field(
+        default=None,
+        description="The backbone being served: `<id>+int8@<ranges digest>` when the int8 "
+        "backbone is, the fp32 id when fp32 is (CARTAG_PRECISION=fp32, or int8 unusable here: "
+        "the log says why); null for a model without one.",
+    )
     database: str
     storage: StorageOut
 
