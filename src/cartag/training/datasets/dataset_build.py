@@ -49,14 +49,13 @@ from cartag.store.db import Database
 from cartag.training.datasets.candidates import (
     CandidateRequest,
     Selection,
-    candidate_suspicion,
     checked_candidates,
     filter_candidates,
     is_candidate,
     known_from,
     select_candidates,
 )
-from cartag.training.datasets.crop import Cropper, crop_checked, make_cropper
+from cartag.training.datasets.crop import Cropper, make_cropper
 from cartag.training.datasets.dataset_inputs import (
     LAST_RETRAIN,
     BuildOptions,
@@ -67,12 +66,13 @@ from cartag.training.datasets.dataset_inputs import (
     read_label_csv,
     relative_path,
 )
-from cartag.training.datasets.filters import Candidate, Checked, Existing, apply_filters
+from cartag.training.datasets.dataset_items import new_items as make_new_items
+from cartag.training.datasets.dataset_items import split_items
+from cartag.training.datasets.filters import Candidate, Existing, apply_filters
 from cartag.training.datasets.ranking import Embedder, balance_report, ensure_embeddings, rank_items
-from cartag.training.datasets.splits import SplitItem, advertiser_split, assign_splits, listing_key
+from cartag.training.datasets.splits import advertiser_split
 
 TOP_SUSPICIOUS = 25
-_SUFFIXES = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp"}
 
 
 def _decode_rgb(max_pixels: int) -> Callable[[bytes], Image.Image]:
@@ -422,47 +422,10 @@ class DatasetBuilder:
             )
 
         cropper = self._cropper or make_cropper(options.crop or settings.dataset_crop)
-        new_items: list[repo.NewItem] = []
         taken = {item.content_sha256 for item in copied}
-        cropped = 0
-        for checked in checked_all:
-            cand = checked.candidate
-            original_path = self.blobs.put(cand.data, _suffix(checked))
-            data, crop = (cand.data, None)
-            if checked.status != repo.EXCLUDED:
-                data, crop = crop_checked(checked, cropper)
-            provenance = dict(cand.provenance)
-            sha, path = cand.sha256, original_path
-            width = checked.decoded.width if checked.decoded else None
-            height = checked.decoded.height if checked.decoded else None
-            if crop is not None:
-                sha, path = content_sha256(data), self.blobs.put(data, "jpg")
-                width, height = crop["box"][2] - crop["box"][0], crop["box"][3] - crop["box"][1]
-                provenance.update(
-                    crop=crop, original_sha256=cand.sha256, original_blob_path=original_path
-                )
-                cropped += 1
-            if sha in taken:
-                outcome.counts["duplicate"] += 1
-                continue
-            taken.add(sha)
-            new_items.append(
-                repo.NewItem(
-                    content_sha256=sha,
-                    blob_path=path,
-                    image_type=cand.image_type,
-                    color=cand.color,
-                    status=checked.status,
-                    reason=checked.reason,
-                    provenance=provenance,
-                    phash=checked.phash,
-                    width=width,
-                    height=height,
-                    suspicion=candidate_suspicion(int(provenance["rank"]), review_limit)
-                    if is_candidate(provenance)
-                    else None,
-                )
-            )
+        new_items, cropped = make_new_items(
+            checked_all, self.blobs, cropper, taken, outcome.counts, review_limit
+        )
         if "candidates" in stats:
             added = Counter(
                 str(i.provenance["why"])
@@ -478,27 +441,13 @@ class DatasetBuilder:
         stats["copied"] = len(copied)
         stats["added"] = sum(1 for i in new_items if i.status == repo.INCLUDED)
 
-        # Split: included and flagged items (a flagged item accepted in review is ready).
-        live = [i for i, item in enumerate(items) if item.status != repo.EXCLUDED]
-        result = assign_splits(
-            [
-                SplitItem(
-                    key=items[i].content_sha256,
-                    phash=items[i].phash,
-                    stratum=f"{items[i].image_type or '-'}/{items[i].color or '-'}",
-                    listing=listing_key(items[i].provenance),
-                    advertiser_id=_str_or_none(items[i].provenance.get("advertiser_id")),
-                    kept_split=items[i].split if i < len(copied) else None,
-                )
-                for i in live
-            ],
+        live, stats["split"] = split_items(
+            items,
+            len(copied),
             max_distance=distance,
             test_fraction=settings.dataset_test_fraction,
             test_advertisers=advertisers,
         )
-        for i, split, group in zip(live, result.splits, result.groups, strict=True):
-            items[i] = replace(items[i], split=split, group_key=group)
-        stats["split"] = result.summary
         included = [item for item in items if item.status == repo.INCLUDED]
         stats["class_balance"] = balance_report(
             [(item.image_type, item.color) for item in included], [item.split for item in included]
@@ -600,11 +549,3 @@ def existing_items(copied: Sequence[repo.NewItem]) -> list[Existing]:
         )
         for i, item in enumerate(copied)
     ]
-
-
-def _str_or_none(value: object) -> str | None:
-    return None if value is None else str(value)
-
-
-def _suffix(checked: Checked) -> str:
-    return _SUFFIXES.get(checked.decoded.format, "") if checked.decoded else ""
