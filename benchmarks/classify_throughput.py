@@ -172,18 +172,35 @@ def _cartag(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
-def _wait_ready(client: httpx.Client, server: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_ready(client: httpx.Client, server: subprocess.Popen[bytes], log: Path) -> str:
+    """Wait for the server; returns the backbone it serves (its /healthz says)."""
     deadline = time.monotonic() + 300  # the first start exports the ONNX backbone
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise SystemExit(f"cartag serve exited:\n{log.read_text()[-4000:]}")
         try:
-            if client.get("/healthz").status_code == 200:
-                return
+            health = client.get("/healthz")
+            if health.status_code == 200:
+                return str(health.json().get("backbone"))
         except httpx.TransportError:
             pass
         time.sleep(0.2)
     raise SystemExit(f"cartag serve did not start:\n{log.read_text()[-4000:]}")
+
+
+def _cpu() -> str:
+    """The CPU's model name and whether it has VNNI (int8 kernels gain about twice as much)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return "unknown"
+    fields = {
+        key.strip(): value.strip()
+        for key, value in (line.split(":", 1) for line in lines if ":" in line)
+    }
+    flags = set(fields.get("flags", "").split())
+    vnni = "VNNI" if flags & {"avx512_vnni", "avx_vnni", "amx_int8"} else "no VNNI"
+    return f"{fields.get('model name', '?')} ({vnni})"
 
 
 def _photos(paths: list[Path], size: tuple[int, int] | None, quality: int) -> list[bytes]:
@@ -278,7 +295,7 @@ def main() -> None:
             )
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=900) as client:
-                _wait_ready(client, server, log)
+                served = _wait_ready(client, server, log)
                 idle_rss = tree_memory_kb(server.pid, "VmRSS")
                 peers = {name: stack.enter_context(Peer(name)) for name in peer_names}
                 # The server exported (and quantized) the ONNX models already.
@@ -346,6 +363,8 @@ def main() -> None:
         if args.size
         else f"as they are, e.g. {width}x{height}"
     )
+    print(f"cpu:                             {_cpu()}")
+    print(f"cartag serves:                   {served}")
     print(f"images:                          {n} vcr-train photos, {sized}, mean {kb:.1f} kB")
     print(
         f"rounds:                          best of {args.repeats}, order rotated each round; "
