@@ -77,7 +77,7 @@ def test_answers_failures_batches_and_model() -> None:
     t.batch_ran(8, 0.2)
     t.batch_ran(3, 0.1)
     t.model_loaded("v1")
-    t.model_loaded("v2")
+    t.model_loaded("v2", "lite0+int8@abcd")
     t.request_finished("GET", "/v1/jobs/{job_id}", 200, 0.01)
     s = _samples(t)
     assert s[("cartag_images_total", (("source", "model"), ("status", "classified")))] == 1
@@ -97,8 +97,8 @@ def test_answers_failures_batches_and_model() -> None:
     assert s[("cartag_download_failures_total", (("host", OTHER), ("reason", "timeout")))] == 1
     assert s[("cartag_inference_batch_size_sum", ())] == 11
     assert s[("cartag_inference_batch_size_count", ())] == 2
-    assert ("cartag_model_info", (("version", "v1"),)) not in s
-    assert s[("cartag_model_info", (("version", "v2"),))] == 1
+    assert not [key for key in s if key[0] == "cartag_model_info" and ("version", "v1") in key[1]]
+    assert s[("cartag_model_info", (("backbone", "lite0+int8@abcd"), ("version", "v2")))] == 1
     key = (
         "cartag_http_requests_total",
         (("method", "GET"), ("route", "/v1/jobs/{job_id}"), ("status", "200")),

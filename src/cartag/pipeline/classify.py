@@ -164,7 +164,7 @@ class ClassifyService:
         self._answers.know_model(classifier.version, classifier.far_threshold)
         old = self._batcher.swap(classifier)
         self.classifier = classifier
-        self.telemetry.model_loaded(classifier.version)
+        self.telemetry.model_loaded(classifier.version, classifier.backbone_id)
         return old
 
     async def classify(

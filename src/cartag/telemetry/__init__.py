@@ -63,8 +63,8 @@ class Telemetry:
         """One classify call answered ``answered`` images (skipped ones not counted) for
         ``advertiser_id``: the denominator of its fix rate."""
 
-    def model_loaded(self, version: str) -> None:
-        """``version`` is the model now in service."""
+    def model_loaded(self, version: str, backbone: str | None = None) -> None:
+        """``version`` is the model now in service, on ``backbone`` (its id: int8 or fp32)."""
 
     def model_fallback(self, wanted: str | None, serving: str) -> None:
         """The ``production`` alias names ``wanted`` but it cannot serve here: ``serving``

@@ -263,8 +263,9 @@ class PrometheusTelemetry(Telemetry):
         )
         self.model_info = Gauge(
             "cartag_model_info",
-            "The model version in service (value 1).",
-            ["version"],
+            "The model version in service and the backbone it runs on (value 1; the backbone "
+            "id ends +int8@<digest> when the int8 one serves).",
+            ["version", "backbone"],
             registry=r,
         )
         self.model_fallback_info = Gauge(
@@ -367,10 +368,10 @@ class PrometheusTelemetry(Telemetry):
         if answered > 0:
             self.advertiser_images.labels(self._advertisers.label(advertiser_id)).inc(answered)
 
-    def model_loaded(self, version: str) -> None:
+    def model_loaded(self, version: str, backbone: str | None = None) -> None:
         # One version at a time: a hot swap replaces the series rather than adding one.
         self.model_info.clear()
-        self.model_info.labels(version).set(1)
+        self.model_info.labels(version, backbone or "").set(1)
 
     def model_fallback(self, wanted: str | None, serving: str) -> None:
         self.model_fallback_info.clear()
