@@ -80,7 +80,12 @@ def test_classify_fix_and_requests_show_up_in_metrics(
     assert s[("cartag_classify_images_count", ())] == 2
     assert s[("cartag_fixes_total", (("advertiser", "dealer-7"), ("scope", "advertiser")))] == 1
     version = first["results"][0]["model_version"]
-    assert s[("cartag_model_info", (("version", version),))] == 1
+    # The session's model serves its fp32 backbone (tests/conftest.py, classifier).
+    info = (
+        "cartag_model_info",
+        (("backbone", "efficientnet-lite0-ft@66f7335f"), ("version", version)),
+    )
+    assert s[info] == 1
     assert s[("cartag_queue_depth", (("queue", "jobs"),))] == 0
     assert s[("cartag_queue_oldest_age_seconds", (("queue", "jobs"),))] == 0
     # Answered (not skipped) images per advertiser and per model version.

@@ -56,7 +56,8 @@ def test_worker_serves_its_metrics(
     try:
         port = ctx.serve_metrics(0, host="127.0.0.1")
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-        assert f'cartag_model_info{{version="{classifier.version}"}} 1.0' in text
+        info = f'backbone="{classifier.backbone_id}",version="{classifier.version}"'
+        assert f"cartag_model_info{{{info}}} 1.0" in text
         assert "cartag_images_total" in text or "# TYPE cartag_images counter" in text
     finally:
         ctx.close()
