@@ -104,6 +104,7 @@ def _scrape(
         # What the app reports on a bad day: a model that cannot serve, a failed write.
         telemetry = client.app.state.cartag.telemetry  # type: ignore[attr-defined]
         telemetry.model_fallback("broken-2", "bundled")
+        telemetry.model_loaded("bundled", "lite0", int8_problem="this CPU has no VNNI")
         telemetry.storage_failed("request")
         text = client.get("/metrics").text
     names: dict[str, set[str]] = {}

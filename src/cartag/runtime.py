@@ -121,7 +121,7 @@ def assemble(
         telemetry=observer,
         lookup_cache=lookup_cache,
     )
-    observer.model_loaded(model.version, model.backbone_id)
+    observer.model_loaded(model.version, model.backbone_id, model.int8_problem)
     # The process follows the production alias (servers by polling, workers between chunks).
     watcher = ModelWatcher(db, settings, service)
     watcher.prime()

@@ -82,6 +82,7 @@ def test_the_bundled_model_ships_int8_ranges_and_heads(
     assert int8_classifier.backbone_id == f"{fp32_id}+int8@{shipped.digest[:8]}"
     assert int8_classifier.type_head.backbone_id == int8_classifier.backbone_id
     assert int8_classifier.color_head.backbone_id == int8_classifier.backbone_id
+    assert int8_classifier.int8_problem is None
     assert shipped.calibration["photos"] == 256
     # Bounded weight pairs: the same integers with and without VNNI (test_pair_bound.py).
     assert shipped.options.pair_limit == PAIR_LIMIT
@@ -224,6 +225,8 @@ def test_unusable_int8_falls_back_to_fp32_with_a_warning(
         )
     assert model.backbone_id == backbone.backbone_id
     assert "int8 backbone" in caplog.text and "serving fp32" in caplog.text
+    # Said to operators too (cartag_int8_unavailable, alert CartagQuantizedBackboneUnusable).
+    assert model.int8_problem is not None and "not a usable" in model.int8_problem
 
 
 def test_a_malformed_int8_block_is_refused(tmp_path: Path) -> None:

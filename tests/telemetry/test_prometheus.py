@@ -136,3 +136,11 @@ def test_the_base_telemetry_does_nothing() -> None:
     base.advertiser_answered("a", 3)
     base.model_loaded("v")
     base.request_finished("GET", "/", 200, 0.1)
+
+
+def test_an_unusable_int8_backbone_is_a_series_until_a_model_serves_without_one() -> None:
+    t = PrometheusTelemetry()
+    t.model_loaded("v1", "lite0", int8_problem="this CPU has no VNNI")
+    assert _samples(t)[("cartag_int8_unavailable", (("version", "v1"),))] == 1
+    t.model_loaded("v2", "lite0+int8@abcd")
+    assert not [key for key in _samples(t) if key[0] == "cartag_int8_unavailable"]

@@ -111,6 +111,9 @@ class Classifier(abc.ABC):
     backbone_id: str | None = None
     # Where the training data sits (None: no reference; predictions carry no novelty).
     reference: DriftReference | None = None
+    # Why the int8 backbone the model folder ships and the settings asked for could not
+    # be used here, fp32 serving instead (None: no such fallback).
+    int8_problem: str | None = None
 
     @property
     def far_threshold(self) -> float | None:
@@ -333,7 +336,7 @@ class EmbeddingClassifier(Classifier):
                 if quantization is None:
                     raise
                 log.warning("the int8 backbone of %s cannot be used (%s); serving fp32", path, exc)
-                return cls.from_dir(
+                fallback = cls.from_dir(
                     path,
                     threads=threads,
                     batch_size=batch_size,
@@ -342,6 +345,8 @@ class EmbeddingClassifier(Classifier):
                     backbone=backbone,
                     concurrency=concurrency,
                 )
+                fallback.int8_problem = str(exc)
+                return fallback
         if wanted.get("backbone_id", backbone.backbone_id) != backbone.backbone_id:
             raise ModelError(
                 f"{path / CONFIG_NAME} needs backbone {wanted['backbone_id']} but the "

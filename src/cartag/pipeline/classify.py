@@ -164,7 +164,9 @@ class ClassifyService:
         self._answers.know_model(classifier.version, classifier.far_threshold)
         old = self._batcher.swap(classifier)
         self.classifier = classifier
-        self.telemetry.model_loaded(classifier.version, classifier.backbone_id)
+        self.telemetry.model_loaded(
+            classifier.version, classifier.backbone_id, classifier.int8_problem
+        )
         return old
 
     async def classify(

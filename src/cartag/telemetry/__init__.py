@@ -63,8 +63,11 @@ class Telemetry:
         """One classify call answered ``answered`` images (skipped ones not counted) for
         ``advertiser_id``: the denominator of its fix rate."""
 
-    def model_loaded(self, version: str, backbone: str | None = None) -> None:
-        """``version`` is the model now in service, on ``backbone`` (its id: int8 or fp32)."""
+    def model_loaded(
+        self, version: str, backbone: str | None = None, int8_problem: str | None = None
+    ) -> None:
+        """``version`` is the model now in service, on ``backbone`` (its id: int8 or fp32);
+        ``int8_problem``: why the int8 backbone it ships could not be used here."""
 
     def model_fallback(self, wanted: str | None, serving: str) -> None:
         """The ``production`` alias names ``wanted`` but it cannot serve here: ``serving``

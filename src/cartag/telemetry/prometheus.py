@@ -268,6 +268,14 @@ class PrometheusTelemetry(Telemetry):
             ["version", "backbone"],
             registry=r,
         )
+        self.int8_unavailable = Gauge(
+            "cartag_int8_unavailable",
+            "1 while the model in service ships an int8 backbone that the settings ask for but "
+            "this machine cannot use, so fp32 serves (about half the backbone throughput; the "
+            "log says why). No series: int8 serves, or was not asked for.",
+            ["version"],
+            registry=r,
+        )
         self.model_fallback_info = Gauge(
             "cartag_model_fallback",
             "1 while the production model cannot serve here: 'wanted' is the version the "
@@ -368,10 +376,15 @@ class PrometheusTelemetry(Telemetry):
         if answered > 0:
             self.advertiser_images.labels(self._advertisers.label(advertiser_id)).inc(answered)
 
-    def model_loaded(self, version: str, backbone: str | None = None) -> None:
+    def model_loaded(
+        self, version: str, backbone: str | None = None, int8_problem: str | None = None
+    ) -> None:
         # One version at a time: a hot swap replaces the series rather than adding one.
         self.model_info.clear()
         self.model_info.labels(version, backbone or "").set(1)
+        self.int8_unavailable.clear()
+        if int8_problem:
+            self.int8_unavailable.labels(version).set(1)
 
     def model_fallback(self, wanted: str | None, serving: str) -> None:
         self.model_fallback_info.clear()
