@@ -76,6 +76,7 @@ from cartag.errors import ModelError
 from cartag.models.backbone import Backbone
 from cartag.models.classifier import BUNDLED_DIR, backbone_spec, read_config, settings_plan
 from cartag.models.folder import int8_config
+from cartag.models.quantization import VNNI_FLAGS, cpu_info
 from cartag.settings import Settings
 from tests.support.http_server import ImageServer
 from tests.support.images import real_photos
@@ -190,16 +191,10 @@ def _wait_ready(client: httpx.Client, server: subprocess.Popen[bytes], log: Path
 
 def _cpu() -> str:
     """The CPU's model name and whether it has VNNI (int8 kernels gain about twice as much)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
+    fields = cpu_info()
+    if not fields:
         return "unknown"
-    fields = {
-        key.strip(): value.strip()
-        for key, value in (line.split(":", 1) for line in lines if ":" in line)
-    }
-    flags = set(fields.get("flags", "").split())
-    vnni = "VNNI" if flags & {"avx512_vnni", "avx_vnni", "amx_int8"} else "no VNNI"
+    vnni = "VNNI" if set(fields.get("flags", "").split()) & VNNI_FLAGS else "no VNNI"
     return f"{fields.get('model name', '?')} ({vnni})"
 
 

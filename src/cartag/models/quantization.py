@@ -236,19 +236,31 @@ def check_drift(engine: Engine, quantization: Quantization, input_size: int) -> 
     return diff
 
 
-def _lacks_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this is an x86 CPU without VNNI (unknown CPUs: False)."""
+# CPU flags of x86 instructions that sum uint8 x int8 products into int32 (no saturation).
+VNNI_FLAGS: Final[frozenset[str]] = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """The fields of the first processor in ``/proc/cpuinfo`` (empty where unreadable)."""
     try:
         text = cpuinfo.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return False
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
-        None,
-    )
-    if flags is None or "avx2" not in flags:
-        return False
-    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor's block ends here
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _lacks_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this is an x86 CPU without VNNI (unknown CPUs: False)."""
+    flags = set(cpu_info(cpuinfo).get("flags", "").split())
+    return "avx2" in flags and not flags & VNNI_FLAGS
 
 
 def int8_engine(

@@ -188,7 +188,8 @@ def quantize(fp32: bytes, quantization: Quantization, network: str = "") -> byte
     with tempfile.TemporaryDirectory(prefix="cartag-quantize-") as tmp:
         folder = Path(tmp)
         prepared = prepare(fp32, folder)
-        _check_coverage(prepared, quantization, folder)
+        prepared_model = onnx.load_model(str(prepared))
+        _check_coverage(prepared, prepared_model, quantization, folder)
         table = folder / "ranges.json"
         save_tensors_data(_tensors_data(quantization.ranges), table)
         out = folder / "int8.onnx"
@@ -211,8 +212,7 @@ def quantize(fp32: bytes, quantization: Quantization, network: str = "") -> byte
             raise ModelError(f"quantizing the backbone failed: {exc}") from exc
         if options.pair_limit:
             floats = {
-                init.name: numpy_helper.to_array(init)
-                for init in onnx.load_model(str(prepared)).graph.initializer
+                init.name: numpy_helper.to_array(init) for init in prepared_model.graph.initializer
             }
             rescaled = bound_pairs(proto, floats, options.pair_limit)
             log.info("pair bound %d: %d channels rescaled", options.pair_limit, rescaled)
@@ -227,10 +227,11 @@ def quantize(fp32: bytes, quantization: Quantization, network: str = "") -> byte
     return bytes(proto.SerializeToString())
 
 
-def _check_coverage(prepared: Path, quantization: Quantization, folder: Path) -> None:
+def _check_coverage(
+    prepared: Path, model: onnx.ModelProto, quantization: Quantization, folder: Path
+) -> None:
     """Raise unless every tensor the calibrator would measure has a range and every node
     to keep in float exists (the quantizer ignores unknown names silently)."""
-    model = onnx.load_model(str(prepared))
     unknown = sorted(set(quantization.options.exclude_nodes) - {n.name for n in model.graph.node})
     if unknown:
         raise ModelError(f"the nodes to keep in float {unknown} are not in this export")
