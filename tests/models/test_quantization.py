@@ -52,9 +52,10 @@ def int8_classifier() -> EmbeddingClassifier:
 
 @pytest.fixture(scope="module")
 def fp32_onnx(int8_classifier: EmbeddingClassifier) -> bytes:
-    """The float export the int8 model was quantized from (cached beside it)."""
+    """The float export the int8 model was quantized from (cached beside it, in the cache
+    folder the fixture above loads it with)."""
     ident = int8_classifier.backbone_id.split("+int8@")[0]
-    return (Settings().resolved_cache_dir / "onnx" / f"{ident}-{PREPROCESS_ID}.onnx").read_bytes()
+    return (Settings().data_dir / "cache" / "onnx" / f"{ident}-{PREPROCESS_ID}.onnx").read_bytes()
 
 
 def _folder_copy(tmp_path: Path) -> Path:
