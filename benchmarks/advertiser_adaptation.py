@@ -31,11 +31,15 @@ changes with the setting off.
 ``--calibrate`` prints the nearest-fix similarity threshold chosen on vcr-train (no
 simulated advertiser's photo): the lowest cosine similarity at which an image's nearest
 neighbour answered alike shares its true type and color at least 97 % of the time.
+``--sweep`` also runs the repeated-mistake rule alone under each of its constants
+(:data:`SWEEP`), ``--prior-sweep`` every rule under each advertiser-prior setting
+(:data:`PRIOR_SWEEP`): affected advertisers' error after 10 fixes, controls' changes.
 
 Usage::
 
     .venv/bin/python -m benchmarks.advertiser_adaptation --data ../shared/data \\
-        [--cache-dir cartag-data/cache] [--batch 2] [--max-fixes 20] [--calibrate] [--sweep]
+        [--cache-dir cartag-data/cache] [--batch 2] [--max-fixes 20] [--calibrate] [--sweep] \\
+        [--prior-sweep]
     .venv/bin/python -m benchmarks.advertiser_adaptation --cost   # the serving cost only
 """
 
@@ -155,26 +159,32 @@ def markdown(
 
 # --sweep: the repeated-mistake rule's constants tried (min repeats, shrinkage).
 SWEEP: tuple[tuple[int, float], ...] = ((3, 2.0), (2, 2.0), (2, 1.0), (3, 0.0), (2, 0.0))
+# --prior-sweep: the advertiser prior's settings tried with all the rules on (prior
+# strength, shift only mistakes already fixed once); (4, True) is the served default.
+PRIOR_SWEEP: tuple[tuple[float, bool], ...] = ((4.0, True), (2.0, True), (1.0, True), (4.0, False))
 
 
 def sweep(
-    db: Database, world: World, clock: FakeClock, kinds: dict[str, str], batch: int
+    db: Database,
+    world: World,
+    clock: FakeClock,
+    kinds: dict[str, str],
+    batch: int,
+    settings: Sequence[tuple[str, AdaptationParams]],
+    label: str,
 ) -> list[str]:
-    """The repeated-mistake rule alone under each :data:`SWEEP` setting: error after 10
-    fixes (affected), largest share changed (controls); markdown rows."""
+    """Each setting on the affected advertisers and the controls: error after 10 fixes
+    (affected), largest share of answers changed (controls); markdown rows."""
     lines = [
-        "| min repeats / shrinkage | "
-        + " | ".join(f"{g} ({k})" for g, k in kinds.items() if k != "other")
-        + " |",
+        f"| {label} | " + " | ".join(f"{g} ({k})" for g, k in kinds.items() if k != "other") + " |",
         "|---|" + "---:|" * sum(k != "other" for k in kinds.values()),
     ]
-    for repeats, shrinkage in SWEEP:
-        params = AdaptationParams(nearest=False, min_repeats=repeats, shrinkage=shrinkage)
+    for k, (name, params) in enumerate(settings):
         cells = []
         for group, kind in kinds.items():
             if kind == "other":
                 continue
-            arm = f"sweep-{repeats}-{shrinkage}"
+            arm = f"sweep-{label.split()[0]}-{k}"  # an advertiser id per setting
             steps = simulate(
                 db, world, clock, group, arm, AdvertiserAdapters(True, params), batch, 10
             )
@@ -182,8 +192,27 @@ def sweep(
                 cells.append(f"{steps[0].error_rate:.3f} → {at(steps, 10).error_rate:.3f}")
             else:
                 cells.append(f"changed {max(s.changed_rate for s in steps):.4f}")
-        lines.append(f"| {repeats} / {shrinkage:g} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
+
+
+def repeated_settings() -> list[tuple[str, AdaptationParams]]:
+    """--sweep: the repeated-mistake rule alone, by its constants."""
+    return [
+        (f"{r} / {k:g}", AdaptationParams(nearest=False, prior=False, min_repeats=r, shrinkage=k))
+        for r, k in SWEEP
+    ]
+
+
+def prior_settings() -> list[tuple[str, AdaptationParams]]:
+    """--prior-sweep: every rule on, by the advertiser prior's settings."""
+    return [
+        (
+            f"{strength:g} / {'fixed once' if seen else 'any answer'}",
+            AdaptationParams(prior_strength=strength, prior_seen_only=seen),
+        )
+        for strength, seen in PRIOR_SWEEP
+    ]
 
 
 def cost(images: int = 1000, fixes: int = 20, repeats: int = 5) -> list[tuple[str, float]]:
@@ -266,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--sweep", action="store_true", help="also try the repeated-mistake rule's constants"
     )
     parser.add_argument(
+        "--prior-sweep", action="store_true", help="also try the advertiser prior's settings"
+    )
+    parser.add_argument(
         "--cost",
         action="store_true",
         help="only time the serving path on 1,000 synthetic images with 20 fixes (no data)",
@@ -324,7 +356,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                     db, world, clock, group, arm, on[arm], args.batch, args.max_fixes
                 )
                 _progress(f"{group} / {arm}: {time.monotonic() - t0:.1f} s")
-        swept = sweep(db, world, clock, kinds, args.batch) if args.sweep else []
+        swept = (
+            sweep(
+                db, world, clock, kinds, args.batch, repeated_settings(), "min repeats / shrinkage"
+            )
+            if args.sweep
+            else []
+        )
+        prior_swept = (
+            sweep(db, world, clock, kinds, args.batch, prior_settings(), "prior strength / shifts")
+            if args.prior_sweep
+            else []
+        )
         # Every advertiser without fixes of its own keeps the global answers.
         untouched = 0
         for group in kinds:
@@ -360,6 +403,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             "rate before → after 10 fixes; controls' largest share of answers changed.\n"
         )
         print("\n".join(swept))
+    if prior_swept:
+        print(
+            "\nAll rules, by the advertiser prior's strength and which mistakes it shifts: "
+            "affected advertisers' error rate before → after 10 fixes; controls' largest "
+            "share of answers changed.\n"
+        )
+        print("\n".join(prior_swept))
     _progress(f"done in {time.monotonic() - started:.0f} s")
 
 

@@ -73,3 +73,13 @@ def test_ten_fixes_halve_the_affected_error_and_leave_the_control_and_the_off_sw
     assert all(step.changed == 0 for step in off)
     assert all(step.changed == 0 for step in curves[("dealer", "all")])
     assert curves[("dealer", "all")][-1].errors == 0  # its four mistakes were fixed
+
+
+def test_the_sweeps_run_the_rules_they_name_and_the_prior_sweep_includes_the_served_rules() -> None:
+    from benchmarks.advertiser_adaptation import prior_settings, repeated_settings
+
+    repeated = [params for _, params in repeated_settings()]
+    assert repeated and all(p.repeated and not p.nearest and not p.prior for p in repeated)
+    priors = dict(prior_settings())
+    assert AdaptationParams() in priors.values()  # the served default is one of the rows
+    assert len(set(priors.values())) == len(priors)  # each row a different setting
