@@ -189,7 +189,7 @@ def _wait_ready(client: httpx.Client, server: subprocess.Popen[bytes], log: Path
     raise SystemExit(f"cartag serve did not start:\n{log.read_text()[-4000:]}")
 
 
-def _cpu() -> str:
+def cpu_name() -> str:
     """The CPU's model name and whether it has VNNI (int8 kernels gain about twice as much)."""
     fields = cpu_info()
     if not fields:
@@ -198,7 +198,7 @@ def _cpu() -> str:
     return f"{fields.get('model name', '?')} ({vnni})"
 
 
-def _photos(paths: list[Path], size: tuple[int, int] | None, quality: int) -> list[bytes]:
+def encoded_photos(paths: list[Path], size: tuple[int, int] | None, quality: int) -> list[bytes]:
     """The photos' bytes, re-encoded at ``size`` (two threads) unless it is ``None``."""
     originals = [p.read_bytes() for p in paths]
     if size is None:
@@ -250,7 +250,7 @@ def main() -> None:
     peer_names = _peer_names(args.peers)
 
     paths = real_photos(args.data, args.images)
-    photos = _photos(paths, args.size, args.quality)
+    photos = encoded_photos(paths, args.size, args.quality)
     load_before = os.getloadavg()
     raw_names = ["raw", "raw-int8"] if int8_ranges(Settings()) else ["raw"]
     contenders = ["cartag", *peer_names, *raw_names]
@@ -358,7 +358,7 @@ def main() -> None:
         if args.size
         else f"as they are, e.g. {width}x{height}"
     )
-    print(f"cpu:                             {_cpu()}")
+    print(f"cpu:                             {cpu_name()}")
     print(f"cartag serves:                   {served}")
     print(f"images:                          {n} vcr-train photos, {sized}, mean {kb:.1f} kB")
     print(

@@ -49,6 +49,23 @@ def test_preprocess_normalisation(backbone: Backbone) -> None:
     np.testing.assert_allclose(batch[1, :, 100, 100], _expected(0.0), rtol=1e-5)
 
 
+def test_normalize_is_the_float32_formula_for_every_level_of_every_channel(
+    backbone: Backbone,
+) -> None:
+    # Each channel gets its own levels (and the channels differ), so a lookup that mixed
+    # up channels or positions would show.
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (2, 16, 32, 3), dtype=np.uint8)
+    pixels[0, :8] = np.arange(256, dtype=np.uint8).reshape(8, 32, 1)
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
+    std = np.asarray(IMAGENET_STD, dtype=np.float32)
+    want = ((pixels.astype(np.float32) / 255.0 - mean) / std).transpose(0, 3, 1, 2)
+    got = backbone.normalize(pixels)
+    assert got.shape == (2, 3, 16, 32) and got.dtype == np.float32
+    assert got.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(got, want)
+
+
 def test_preprocess_keeps_borders(backbone: Backbone) -> None:
     # A white frame must survive preprocessing (a centre crop would cut it away).
     image = Image.new("RGB", (400, 300), (255, 255, 255))
