@@ -43,7 +43,7 @@ from cartag.imaging.keys import content_sha256, phash
 from cartag.models.classifier import EmbeddingClassifier, load_classifier
 from cartag.models.color_features import features_from_rgb_batch, reduce_image
 from cartag.pipeline.classify import DRAFT_SIZE
-from cartag.settings import get_settings
+from cartag.settings import Settings, get_settings
 from tests.support.images import real_photos
 
 
@@ -65,10 +65,9 @@ def best_ms(work: Callable[[Any], object], items: Sequence[Any], repeats: int, c
 
 
 def stages(
-    photos: list[bytes], classifier: EmbeddingClassifier, repeats: int
+    photos: list[bytes], classifier: EmbeddingClassifier, settings: Settings, repeats: int
 ) -> list[tuple[str, float]]:
     """(stage, ms per image) of each stage of the per-image path, one thread."""
-    settings = get_settings()
     limits = {
         "max_pixels": settings.max_image_pixels,
         "max_decode_bytes": settings.max_decode_mb * 1024 * 1024,
@@ -119,7 +118,7 @@ def main() -> None:
     if not isinstance(classifier, EmbeddingClassifier):
         raise SystemExit("the configured model is not an embedding classifier")
     photos = encoded_photos(real_photos(args.data, args.images), args.size, args.quality)
-    rows = stages(photos, classifier, args.repeats)
+    rows = stages(photos, classifier, settings, args.repeats)
     width, height = args.size
     print(f"cpu:       {cpu_name()}")
     print(
