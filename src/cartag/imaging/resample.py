@@ -9,8 +9,8 @@ inputs and summed with ``2**21`` added, then shifted right by 22 and clipped to
 0..255; first along rows (into an 8-bit image), then along columns. The same
 integers summed in float64 are exact (every partial sum is below ``2**31``, far
 under float64's ``2**53``) in any order, so one (h, w) x (w, W) and one
-(H, h) x (h, W) product reproduce it, in half the time of Pillow's per-pixel loop
-on a 224 x 224 view.
+(H, h) x (h, W) product reproduce it, in about 60 % of the time of Pillow's
+per-pixel loop on a 224 x 224 view (0.16 against 0.26 ms, BLAS at one thread).
 
 The weights are computed as Pillow computes them, with the C library's ``sin``
 through :func:`math.sin` (numpy's vectorised ``sin`` may differ in the last bit,
