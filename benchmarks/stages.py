@@ -7,7 +7,7 @@ at ``--size`` as the throughput benchmark does, timed one thread at a time, best
 ``--repeats``:
 
 - ``sha256``: the content key of the downloaded bytes;
-- ``decode``: :func:`~cartag.imaging.decode.decode_image` with the service's draft size;
+- ``decode``: :func:`~cartag.imaging.decode.decode_image` with the served model's draft size;
 - ``prepare``: the squeeze to the network's input (:meth:`Classifier.prepare`);
 - ``phash``: the perceptual hash of that view;
 - ``color evidence``: the 64 x 64 reduction and :func:`features_from_rgb_batch`, per
@@ -42,7 +42,6 @@ from cartag.imaging.decode import decode_image
 from cartag.imaging.keys import content_sha256, phash
 from cartag.models.classifier import EmbeddingClassifier, load_classifier
 from cartag.models.color_features import features_from_rgb_batch, reduce_image
-from cartag.pipeline.classify import DRAFT_SIZE
 from cartag.settings import Settings, get_settings
 from tests.support.images import real_photos
 
@@ -71,7 +70,7 @@ def stages(
     limits = {
         "max_pixels": settings.max_image_pixels,
         "max_decode_bytes": settings.max_decode_mb * 1024 * 1024,
-        "draft_size": DRAFT_SIZE,
+        "draft_size": classifier.draft_size(),
     }
     decoded = [decode_image(data, **limits).image for data in photos]
     views = [classifier.prepare(image) for image in decoded]

@@ -16,7 +16,6 @@ from cartag.api.schemas.classify import ClassifyOut
 from cartag.imaging.decode import decode_image
 from cartag.imaging.keys import hamming, phash
 from cartag.models.classifier import Classifier
-from cartag.pipeline.classify import DRAFT_SIZE
 from cartag.store.db import Database
 from cartag.store.embeddings import load_embeddings
 from cartag.store.images import get_images
@@ -267,7 +266,10 @@ def test_the_phash_is_taken_of_the_model_view_of_a_listing_photo(
     with db.read() as session:
         stored = get_images(session, [result["image_key"]])[result["image_key"]]
     decoded = decode_image(
-        listing.getvalue(), max_pixels=10**8, max_decode_bytes=2**30, draft_size=DRAFT_SIZE
+        listing.getvalue(),
+        max_pixels=10**8,
+        max_decode_bytes=2**30,
+        draft_size=classifier.draft_size(),
     ).image
     # Resized once for the model and hashed from that view: the hash of the decoded
     # photo to within a few bits, so fixes stored before still find their images.

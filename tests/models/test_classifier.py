@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import threading
 import warnings
+from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
 
@@ -14,11 +16,15 @@ import pytest
 from PIL import Image, ImageDraw
 
 from cartag.errors import ModelError
+from cartag.imaging.decode import decode_image
 from cartag.imaging.placeholders import FAMILIES, generate_placeholders
 from cartag.models.backbone import Backbone
 from cartag.models.classifier import (
     BUNDLED_DIR,
+    DEFAULT_DRAFT_SIZE,
+    DRAFT_SHARE,
     WEIGHTS_NAME,
+    Classifier,
     EmbeddingClassifier,
     Prediction,
     backbone_spec,
@@ -363,3 +369,45 @@ def test_prepared_images_get_the_answers_of_the_photos(
         # Same network input; the color evidence differs by the 64 x 64 reduction's rounding.
         assert a.type_scores == pytest.approx(b.type_scores, abs=1e-5)
         assert a.color_scores == pytest.approx(b.color_scores, abs=0.02)
+
+
+def _jpeg(width: int, height: int) -> bytes:
+    buffer = BytesIO()
+    Image.new("RGB", (width, height), (40, 90, 160)).save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("size", "decoded"),
+    [
+        # A listing photo: 1/4 scale leaves 192 rows, within DRAFT_SHARE of 224.
+        ((1024, 768), (256, 192)),
+        ((768, 1024), (192, 256)),
+        # 1/8 would leave 150 rows: 1/4.
+        ((1600, 1200), (400, 300)),
+        # 1/4 would leave 150 rows: 1/2.
+        ((800, 600), (400, 300)),
+        # 1/2 would leave 180 rows: decoded whole.
+        ((480, 360), (480, 360)),
+    ],
+)
+def test_a_jpeg_is_draft_decoded_down_to_the_models_share_of_its_input(
+    embedding_classifier: EmbeddingClassifier, size: tuple[int, int], decoded: tuple[int, int]
+) -> None:
+    draft = embedding_classifier.draft_size()
+    assert embedding_classifier.backbone.input_size == 224
+    assert draft == math.ceil(DRAFT_SHARE * 224) == 191
+    image = decode_image(_jpeg(*size), max_pixels=10**8, draft_size=draft)
+    assert image.image.size == decoded
+    assert (image.width, image.height) == size
+    assert embedding_classifier.prepare(image.image).size == (224, 224)
+
+
+def test_a_model_of_unknown_input_keeps_the_largest_backbones_draft() -> None:
+    class AnySize(Classifier):
+        version = "any"
+
+        def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
+            return []
+
+    assert AnySize().draft_size() == DEFAULT_DRAFT_SIZE == 260

@@ -32,6 +32,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,10 +55,21 @@ from cartag.models.folder import copy_backbone_weights as copy_backbone_weights
 from cartag.models.folder import read_config as read_config
 from cartag.models.heads import LinearHead, load_head
 from cartag.models.reference import DriftReference, load_reference
+from cartag.models.variants import VARIANTS
 from cartag.settings import Settings
 from cartag.vocab import COLORS, IMAGE_TYPES
 
 log = logging.getLogger(__name__)
+
+# A JPEG may be draft-decoded (libjpeg's 1/2, 1/4 and 1/8 scales) until its shorter side
+# would fall under this share of the network's input side S. At 0.85 a 1024x768 listing
+# photo decodes at 1/4 scale (256x192) for S = 224 rather than at 1/2 (512x384): about
+# half the decode and the squeeze, for answers that stay within 0.2 points of type
+# macro-recall and color top-1 on every source (benchmarks/draft_scale.py; RESULTS.md,
+# "A cheaper model input"). A photo whose 1/4 scale falls further under S keeps 1/2.
+DRAFT_SHARE: Final = 0.85
+# For a model of unknown input size: the largest input of the supported backbones.
+DEFAULT_DRAFT_SIZE: Final = max(variant.input_size for variant in VARIANTS.values())
 
 Precision = Literal["int8", "fp32"]
 BUNDLED_DIR: Final[Path] = Path(__file__).resolve().parent / "bundled"
@@ -141,6 +153,14 @@ class Classifier(abc.ABC):
             ``image`` itself unless the model works at a fixed size.
         """
         return image
+
+    def draft_size(self) -> int:
+        """Shorter side a JPEG may be draft-decoded down to for this model.
+
+        :func:`cartag.imaging.decode.decode_image`'s ``draft_size``; a model that looks at
+        a fixed S x S input allows :data:`DRAFT_SHARE` of S.
+        """
+        return DEFAULT_DRAFT_SIZE
 
     def embedding_scale(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The mean and std, each (D,), that standardise this model's embeddings.
@@ -374,6 +394,10 @@ class EmbeddingClassifier(Classifier):
     def embedding_scale(self) -> tuple[np.ndarray, np.ndarray]:
         """The type head's feature mean and std: the space its linear head reads."""
         return self.type_head.feature_mean, self.type_head.feature_std
+
+    def draft_size(self) -> int:
+        """:data:`DRAFT_SHARE` of the network's input side (191 for 224)."""
+        return math.ceil(DRAFT_SHARE * self.backbone.input_size)
 
     def prepare(self, image: Image.Image) -> Image.Image:
         """The image squeezed to the network's input (:meth:`Backbone.fit`).

@@ -33,7 +33,6 @@ from cartag.models.color_providers import (
     ColorProvider,
     ColorQuery,
 )
-from cartag.models.variants import VARIANTS
 from cartag.net.fetch import Fetcher
 from cartag.net.outcomes import Failed, Fetched, FetchRequest, NotModified, Validators
 from cartag.pipeline.adaptation import Adapted, AdvertiserAdapters
@@ -58,11 +57,6 @@ from cartag.telemetry import Telemetry, host_of
 from cartag.vocab import parse_scrape_color
 
 log = logging.getLogger(__name__)
-# A JPEG may be draft-decoded down to this shorter side: the largest network input of
-# the supported backbones (Lite2: 260); the color evidence and the pHash need less. A
-# 1600x1200 photo then decodes at 1/4 scale (400x300) instead of 1/2 plus a resize.
-DRAFT_SIZE = max(variant.input_size for variant in VARIANTS.values())
-
 
 # A large inventory is resolved in chunks of this many model batches per runner,
 # this many chunks at a time (see ClassifyService.classify).
@@ -474,7 +468,9 @@ class ClassifyService:
                 item.fetched.content,
                 max_pixels=self.settings.max_image_pixels,
                 max_decode_bytes=self.settings.max_decode_mb * 1024 * 1024,
-                draft_size=DRAFT_SIZE,
+                # The model's own (Classifier.draft_size); the color evidence and
+                # the pHash are taken of the model's view, so they need no more.
+                draft_size=self.classifier.draft_size(),
             )
         except DecodeError as exc:
             return exc.reason
