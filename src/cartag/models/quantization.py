@@ -46,13 +46,17 @@ log = logging.getLogger(__name__)
 
 QUANTIZATION_NAME: Final[str] = "quantization.json"
 QUANTIZATION_FORMAT: Final[str] = "cartag-int8-ranges/1"
-# Largest |load - build| allowed between the int8 model made here and the one the
-# heads were fitted on, on the smoke input. Both run integer kernels on the same
-# quantized weights, so on one machine they agree exactly; a CPU whose int8 kernels
-# saturate (x86 without VNNI, where ORT recommends reduce_range) or another
-# quantizer release moves embeddings (values 0..6) by more, and the heads fitted
-# on the build's embeddings would no longer be the ones measured.
-DRIFT_ATOL: Final[float] = 0.05
+# Largest relative distance |load - build| / |build| (L2, per smoke image) allowed
+# between the int8 model made here and the one the heads were fitted on. The integer
+# kernels agree exactly across CPUs (weight pairs bounded for those without VNNI), but
+# the stem convolution stays float and its output is quantized, so another float
+# kernel puts a few stem values one step apart (ORT's two conv kernels on one CPU: 2 of
+# 802,816). On a Sapphire Rapids CPU the smoke embeddings moved by 1.0-1.5 % from the
+# AMD EPYC build's, and the int8 cross-source figures by at most one photo (RESULTS,
+# "Int8 on Sapphire Rapids"). Int8's own distance from fp32 there is 5 %; saturating
+# kernels (int16 pairs) moved them by far more (cosine to fp32 down to 0.74), and so
+# would another quantizer release.
+DRIFT_RTOL: Final[float] = 0.03
 # Seconds a quantization child may take (lite0: ~10 s on 2 shared cores).
 QUANTIZE_TIMEOUT_S: Final[float] = 600.0
 
@@ -211,17 +215,22 @@ def check_drift(engine: Engine, quantization: Quantization, input_size: int) -> 
     """Compare an int8 engine with the build's int8 output on the smoke input.
 
     Returns:
-        The largest absolute difference (0.0 when the file records no reference).
+        The largest relative L2 distance over the smoke images, ``|got - want| / |want|``
+        (0.0 when the file records no reference).
 
     Raises:
-        ModelError: The difference is at least :data:`DRIFT_ATOL`.
+        ModelError: The distance is at least :data:`DRIFT_RTOL`.
     """
     if quantization.reference is None:
         return 0.0
     got = engine.embed(smoke_input(input_size))
     want = quantization.reference
-    diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else float("inf")
-    if not np.isfinite(diff) or diff >= DRIFT_ATOL:
+    if got.shape != want.shape:
+        diff = float("inf")
+    else:
+        norms = np.maximum(np.linalg.norm(want, axis=1), np.finfo(np.float32).tiny)
+        diff = float(np.max(np.linalg.norm(got - want, axis=1) / norms))
+    if not np.isfinite(diff) or diff >= DRIFT_RTOL:
         cause = "another CPU's int8 kernels or another onnxruntime release"
         if not quantization.options.pair_limit and _lacks_vnni():
             cause = (
@@ -230,8 +239,8 @@ def check_drift(engine: Engine, quantization: Quantization, input_size: int) -> 
             )
         raise ModelError(
             f"the int8 backbone built here differs from the one its heads were fitted on by "
-            f"{diff:.3g} (limit {DRIFT_ATOL}): {cause}; serve fp32 (CARTAG_PRECISION=fp32) "
-            "or rebuild the model with `cartag models build-bundled`"
+            f"{diff:.3g} of its embeddings' length (limit {DRIFT_RTOL}): {cause}; serve fp32 "
+            "(CARTAG_PRECISION=fp32) or rebuild the model with `cartag models build-bundled`"
         )
     return diff
 
