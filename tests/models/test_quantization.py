@@ -113,7 +113,7 @@ def test_int8_embeddings_are_close_to_fp32_on_real_photos(
 
 
 def test_the_int8_cache_is_keyed_by_the_ranges(
-    tmp_path: Path, shipped: Quantization, backbone: Backbone
+    tmp_path: Path, shipped: Quantization, backbone: Backbone, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache = tmp_path / "cache"
     (cache / "onnx").mkdir(parents=True)
@@ -126,22 +126,26 @@ def test_the_int8_cache_is_keyed_by_the_ranges(
     changed = Quantization(ranges, shipped.options, shipped.calibration, None)
     write_quantization(tmp_path / "changed.json", changed)
 
-    loaded = [
-        Backbone.load(
-            backbone.variant,
-            engine="onnx",
-            cache_dir=cache,
-            weights=backbone.weights_path,
-            quantization=path,
-        )
-        for path in (SHIPPED, tmp_path / "changed.json")
-    ]
+    with caplog.at_level(logging.INFO, logger="cartag.models"):
+        loaded = [
+            Backbone.load(
+                backbone.variant,
+                engine="onnx",
+                cache_dir=cache,
+                weights=backbone.weights_path,
+                quantization=path,
+            )
+            for path in (SHIPPED, tmp_path / "changed.json")
+        ]
 
     assert loaded[0].backbone_id != loaded[1].backbone_id
     int8_files = sorted(p.name for p in (cache / "onnx").glob("*-int8-*.onnx"))
     assert int8_files == sorted(
         f"{backbone.backbone_id}-{PREPROCESS_ID}-int8-{q.tag}.onnx" for q in (shipped, changed)
     )
+    # The shipped ranges are checked against the build's output (the changed ones record none).
+    checked = [r.getMessage() for r in caplog.records if "from the build's output" in r.message]
+    assert len(checked) == 1 and f"+int8@{shipped.tag} " in checked[0]
 
 
 def test_tampered_ranges_are_refused(tmp_path: Path) -> None:

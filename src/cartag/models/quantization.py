@@ -308,7 +308,15 @@ def int8_engine(
             )
     data = quantize_in_child(fp32(), quantization_path, network)
     engine = load_cached_onnx(data, network, input_size, threads=threads)
-    check_drift(engine, quantization, input_size)
+    drift = check_drift(engine, quantization, input_size)
+    if quantization.reference is not None:
+        # 0 on the build's CPU family; a few percent says another float kernel ran the stem.
+        log.info(
+            "int8 backbone %s is %.2g from the build's output (limit %s)",
+            network,
+            drift,
+            DRIFT_RTOL,
+        )
     if cache_path is not None:
         try:
             write_atomic(cache_path, data)
