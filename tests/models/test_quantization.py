@@ -17,6 +17,7 @@ from PIL import Image
 from cartag.errors import ModelError
 from cartag.models.backbone import PREPROCESS_ID, Backbone
 from cartag.models.classifier import BUNDLED_DIR, EmbeddingClassifier, load_classifier
+from cartag.models.engine import Engine
 from cartag.models.folder import CONFIG_NAME, read_config
 from cartag.models.pair_bound import PAIR_LIMIT
 from cartag.models.quantization import (
@@ -179,7 +180,9 @@ def test_drift_from_the_build_is_refused(
 
 
 def test_the_drift_is_relative_to_each_smoke_embedding() -> None:
-    class Fixed:
+    class Fixed(Engine):
+        name = "fixed"
+
         def __init__(self, out: np.ndarray) -> None:
             self.out = out
 

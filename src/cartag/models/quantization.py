@@ -242,6 +242,13 @@ def check_drift(engine: Engine, quantization: Quantization, input_size: int) -> 
             f"{diff:.3g} of its embeddings' length (limit {DRIFT_RTOL}): {cause}; serve fp32 "
             "(CARTAG_PRECISION=fp32) or rebuild the model with `cartag models build-bundled`"
         )
+    # 0 on the build's CPU family; a few percent says another float kernel ran the stem.
+    log.info(
+        "int8 backbone +int8@%s is %.2g from the build's output (limit %s)",
+        quantization.tag,
+        diff,
+        DRIFT_RTOL,
+    )
     return diff
 
 
@@ -308,15 +315,7 @@ def int8_engine(
             )
     data = quantize_in_child(fp32(), quantization_path, network)
     engine = load_cached_onnx(data, network, input_size, threads=threads)
-    drift = check_drift(engine, quantization, input_size)
-    if quantization.reference is not None:
-        # 0 on the build's CPU family; a few percent says another float kernel ran the stem.
-        log.info(
-            "int8 backbone %s is %.2g from the build's output (limit %s)",
-            network,
-            drift,
-            DRIFT_RTOL,
-        )
+    check_drift(engine, quantization, input_size)
     if cache_path is not None:
         try:
             write_atomic(cache_path, data)
