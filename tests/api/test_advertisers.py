@@ -185,3 +185,35 @@ def test_the_adaptation_switch_per_advertiser(client: TestClient, db: Database) 
         "/v1/advertisers/dealer-9", json={"adapt_answers": True}, headers=make_headers(db, "fixer")
     )
     assert fixer.status_code == 403
+
+
+def test_an_advertiser_id_with_a_slash_is_reachable(
+    client: TestClient, db: Database, fixer_headers: dict[str, str]
+) -> None:
+    # Ids may hold a slash (classify takes "group/dealer-7"); the routes that take one in
+    # their path answered 404 for it, so such an advertiser could be listed, never opened.
+    key = add_image(db).image_key
+    with db.write() as session:
+        advertiser_repo.record_advertiser_images(session, "group/dealer-7", [key], NOW)
+    listed = client.get("/v1/advertisers", headers=fixer_headers).json()
+    assert "group/dealer-7" in [a["advertiser_id"] for a in listed]
+    for path in (
+        "/v1/advertisers/group%2Fdealer-7/images",
+        "/v1/advertisers/group/dealer-7/images",
+    ):
+        page = client.get(path, headers=fixer_headers)
+        assert page.status_code == 200, page.text
+        assert page.json()["advertiser_id"] == "group/dealer-7"
+        assert [i["image_key"] for i in page.json()["items"]] == [key]
+    admin = make_headers(db, "admin")
+    changed = client.put(
+        "/v1/advertisers/group%2Fdealer-7", json={"adapt_answers": False}, headers=admin
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["advertiser_id"] == "group/dealer-7"
+    assert changed.json()["adapt_answers"] is False
+    bad_put = client.put("/v1/advertisers/a%20b", json={"adapt_answers": False}, headers=admin)
+    bad_get = client.get("/v1/advertisers/a%20b/images", headers=fixer_headers)
+    for response in (bad_put, bad_get):
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["field"] == "advertiser_id"

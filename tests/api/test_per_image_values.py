@@ -32,6 +32,10 @@ BAD_URLS = {
     "": "invalid_url",
     "no url at all": "invalid_url",
     "http://": "invalid_url",
+    # PostgreSQL's text cannot hold a NUL: it reached the store and failed the batch.
+    "https://cdn.example/\0.jpg": "invalid_url",
+    "https://cdn.example/car.jpg?q=\0": "invalid_url",
+    "https://cdn.example/\x01car.jpg": "invalid_url",
     LONG: "url_too_long",
 }
 # (scrape_color sent, the color answered, its source, color_reason); the model says Red.
@@ -140,3 +144,30 @@ def test_a_job_skips_bad_urls_and_ignores_unknown_colors(
         assert max(len(c) for c in stored if c is not None) <= 16
         # One image was classified once for all its URLs; the bad ones made no image.
         assert session.scalar(select(func.count()).select_from(ImageRow)) == 1
+
+
+def test_a_job_of_only_nul_urls_is_done_without_classifying(
+    make_client: AppFactory, db: Database, settings: Settings
+) -> None:
+    fetcher = OneImageFetcher(settings)
+    client = make_client(db, classifier=FixedClassifier(), fetcher=fetcher)
+    headers = make_headers(db, "classifier")
+    images = [{"url": "https://cdn.example/\0a.jpg"}, {"url": "https://cdn.example/b\0.jpg"}]
+    response = client.post(
+        "/v1/jobs", json={"advertiser_id": "a", "images": images}, headers=headers
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    deadline = time.monotonic() + 60
+    job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+    while job["status"] not in ("done", "failed") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+    assert (job["status"], job["done"], job["total"]) == ("done", 2, 2), job
+    assert [(r["url"], r["status"], r["reason"]) for r in job["results"]] == [
+        (image["url"], "skipped", "invalid_url") for image in images
+    ]
+    assert fetcher.fetched == []
+    with db.read() as session:
+        stored = session.scalars(select(JobItemRow.url).where(JobItemRow.job_id == job_id))
+        assert sorted(stored) == ["https://cdn.example/%00a.jpg", "https://cdn.example/b%00.jpg"]

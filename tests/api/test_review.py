@@ -186,6 +186,11 @@ def test_decisions_are_stored_applied_and_undone(seeded: Seeded, db: Database) -
     [
         ({"action": "accept"}, "item_id"),
         ({"item_id": 0, "action": "accept"}, "item_id"),
+        # JSON has integers: true (once read as item 1) and "1" are not items.
+        ({"item_id": True, "action": "accept"}, "item_id"),
+        ({"item_id": "1", "action": "accept"}, "item_id"),
+        ({"item_id": 1.5, "action": "accept"}, "item_id"),
+        ({"item_id": "STOCK", "action": "relabel", "label": "Sto\0ck"}, "label"),
         ({"item_id": 1, "action": "approve"}, "action"),
         ({"item_id": 1, "action": "accept", "field": "make"}, "field"),
         ({"item_id": 1, "action": "accept", "extra": 1}, "extra"),

@@ -288,6 +288,12 @@ def test_hamming_rejects_bad_input(a: str, b: str) -> None:
         ("http://", "invalid_url"),
         ("", "invalid_url"),
         ("https://cdn.example/" + "a" * 2029, "url_too_long"),  # 2,049 characters
+        # Control characters: a NUL cannot be stored (PostgreSQL), none can be fetched.
+        ("https://cdn.example/\0.jpg", "invalid_url"),
+        ("https://cdn.example/a.jpg?q=\0", "invalid_url"),
+        ("https://cdn\0.example/a.jpg", "invalid_url"),
+        ("https://cdn.example/\x1b[31m.jpg", "invalid_url"),
+        ("https://cdn.example/\x7f.jpg", "invalid_url"),
     ],
 )
 def test_request_url_refuses_what_cannot_be_fetched_or_stored(url: str, reason: str) -> None:
@@ -298,5 +304,7 @@ def test_request_url_refuses_what_cannot_be_fetched_or_stored(url: str, reason: 
 
 def test_request_url_normalizes_a_good_url() -> None:
     assert request_url(" HTTPS://CDN.Example.com:443/A.jpg#x ") == "https://cdn.example.com/A.jpg"
+    # Tabs and line breaks inside are dropped, as urllib and browsers drop them.
+    assert request_url("https://cdn.example/a\n.jpg\t") == "https://cdn.example/a.jpg"
     longest = "https://cdn.example/" + "a" * 2028  # 2,048 characters: accepted
     assert request_url(longest) == longest

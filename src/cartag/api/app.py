@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from cartag import __version__
 from cartag.api.errors import index_route_methods, install_error_handlers
 from cartag.api.limits import BodyLimit, BodyLimitMiddleware
-from cartag.api.middleware import RequestContextMiddleware
+from cartag.api.middleware import NulGuardMiddleware, RequestContextMiddleware
 from cartag.api.routes import (
     advertisers,
     classify,
@@ -190,6 +190,7 @@ def create_app(
             )
         },
     )
+    app.add_middleware(NulGuardMiddleware)  # inside the request context: logged, counted
     app.add_middleware(RequestContextMiddleware, telemetry=observer)
     routers = [
         module.router

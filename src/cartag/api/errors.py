@@ -49,12 +49,34 @@ async def _cartag_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc, headers)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+_SEND_JSON = "send a JSON object with Content-Type: application/json"
+# FastAPI's 400 when a JSON body cannot be read at all (not UTF-8, nested too deep, a
+# number too long for Python): it names neither the body nor what to do.
+_UNREADABLE_BODY = "There was an error parsing the body"
+
+
+def _is_json(request: Request) -> bool:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def _problem(request: Request, err: dict[str, Any]) -> dict[str, str]:
+    """One validation error as ``{field, message}``, the body's own problems in words."""
+    loc = tuple(err.get("loc", ()))
+    if err.get("type") == "json_invalid":
+        # loc is ("body", offset): the offset is where the parser stopped, not a field.
+        reason = (err.get("ctx") or {}).get("error") or "not valid JSON"
+        where = f" at character {loc[1]}" if len(loc) > 1 and isinstance(loc[1], int) else ""
+        return {"field": "body", "message": f"not valid JSON ({reason}{where}); {_SEND_JSON}"}
+    if loc == ("body",) and not _is_json(request):
+        sent = request.headers.get("content-type") or "no Content-Type"
+        return {"field": "body", "message": f"{_SEND_JSON} (this request has {sent})"}
+    return {"field": _field_path(loc), "message": err.get("msg", "invalid")}
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    problems = [
-        {"field": _field_path(err.get("loc", ())), "message": err.get("msg", "invalid")}
-        for err in exc.errors()
-    ]
+    problems = [_problem(request, err) for err in exc.errors()]
     first = problems[0] if problems else {"field": "body", "message": "invalid request"}
     message = f"{first['field']}: {first['message']}"
     return JSONResponse(
@@ -96,6 +118,12 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     headers = exc.headers
     if exc.status_code == 405 and (allow := _allowed_methods(request)) is not None:
         headers = {**(headers or {}), "Allow": allow}
+    if exc.status_code == 400 and exc.detail == _UNREADABLE_BODY:
+        message = (
+            "the body could not be read as JSON (not UTF-8, nested too deeply or a number "
+            f"too long); {_SEND_JSON}"
+        )
+        return JSONResponse(_body("invalid_body", message, "body"), status_code=400)
     return JSONResponse(
         _body("http_error", str(exc.detail)), status_code=exc.status_code, headers=headers
     )

@@ -1,4 +1,5 @@
-"""ASGI middleware: request ids, the access log and the HTTP metrics, in one pass.
+"""ASGI middleware: request ids, the access log and the HTTP metrics, in one pass; and
+the refusal of NUL characters in paths and queries.
 
 It is plain ASGI (no BaseHTTPMiddleware) so the request id context variable it sets is
 seen by the endpoint, its tasks and ``asyncio.to_thread`` calls.
@@ -9,7 +10,9 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cartag.logs import accept_request_id, request_id_var
@@ -94,3 +97,41 @@ class RequestContextMiddleware:
                 },
             )
             request_id_var.reset(token)
+
+
+class NulGuardMiddleware:
+    """Answers 422 to a request whose path or query holds a NUL character (``%00``).
+
+    No id, key or filter of cartag holds one, and PostgreSQL's text cannot: a NUL that
+    reached a query was a 500 there. Refusing it here covers every route at once, and
+    the answer names the query parameter (or ``path``) that held it.
+
+    Args:
+        app: The wrapped ASGI app.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        field = _nul_field(scope) if scope["type"] == "http" else None
+        if field is None:
+            await self.app(scope, receive, send)
+            return
+        where = "the path" if field == "path" else f"the query parameter {field!r}"
+        message = f"{where} holds a NUL character (%00); no cartag id or value has one"
+        body = {"error": {"code": "invalid_input", "message": message, "field": field}}
+        await JSONResponse(body, status_code=422)(scope, receive, send)
+
+
+def _nul_field(scope: Scope) -> str | None:
+    """``path``, the name of the first query parameter holding a NUL, or None."""
+    if "\x00" in scope.get("path", ""):
+        return "path"
+    query = scope.get("query_string", b"")
+    if b"%00" not in query and b"\x00" not in query:
+        return None
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return name.replace("\x00", "%00") or "query"
+    return None

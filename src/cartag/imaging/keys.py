@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 from urllib.parse import urlsplit, urlunsplit
@@ -34,6 +35,8 @@ VALIDATORS_KEY_PREFIX = "v1:"
 CONTENT_KEY_PREFIX = "sha256:"
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# C0 controls and DEL, but tab, CR and LF: urlsplit drops those (as browsers do).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # Longest image URL accepted, as sent and normalized (the length of urls.url).
 MAX_URL_LENGTH = 2048
 
@@ -121,13 +124,22 @@ def request_url(url: str) -> str:
 
     Raises:
         FetchError: ``reason="url_too_long"`` over :data:`MAX_URL_LENGTH` characters;
-            ``reason="invalid_url"`` when it is not an absolute http(s) URL with a host
-            or cannot be parsed at all (``http://[::1/``).
+            ``reason="invalid_url"`` when it is not an absolute http(s) URL with a host,
+            cannot be parsed at all (``http://[::1/``) or holds a control character
+            (NUL: PostgreSQL's text cannot store it; tabs and line breaks are dropped,
+            as browsers drop them).
     """
     if len(url) > MAX_URL_LENGTH:
         raise FetchError(
             f"the URL has {len(url):,} characters; at most {MAX_URL_LENGTH:,} are accepted",
             "url_too_long",
+        )
+    control = _CONTROL.search(url.strip())
+    if control is not None:
+        raise FetchError(
+            f"invalid URL: a control character (U+{ord(control.group()):04X}) at position "
+            f"{control.start()}; percent-encode it (%{ord(control.group()):02X}) or remove it",
+            "invalid_url",
         )
     try:
         parts = urlsplit(url.strip())

@@ -9,11 +9,36 @@ chunks to ``cartag worker`` processes through a broker
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from cartag.clock import Clock
+from cartag.pipeline.results import skipped
 from cartag.store import jobs as job_repo
 from cartag.store.db import Database
 from cartag.store.tables import JobRow
+
+
+def storable_items(
+    items: Sequence[tuple[str, str | None]],
+) -> tuple[list[tuple[str, str | None]], dict[int, dict[str, Any]]]:
+    """The items as the store can keep them, and the results of those answered already.
+
+    PostgreSQL's text cannot hold a NUL character, and a URL with one is an
+    ``invalid_url`` whenever it is classified: such an item is stored with ``%00`` in
+    its place, with its skipped result at once (the URL as sent: JSON escapes the NUL),
+    so that one bad URL never fails the job.
+
+    Returns:
+        ``(items to store, {index: result})``.
+    """
+    stored: list[tuple[str, str | None]] = []
+    answered: dict[int, dict[str, Any]] = {}
+    for idx, (url, color) in enumerate(items):
+        if "\x00" in url:
+            answered[idx] = skipped(url, "invalid_url").to_dict()
+            url = url.replace("\x00", "%00")
+        stored.append((url, color))
+    return stored, answered
 
 
 class JobDispatcher:
@@ -40,14 +65,16 @@ class JobDispatcher:
 
         ``owner_key_id`` is the submitting API key: the one that may read the job.
         """
+        stored, answered = storable_items(items)
         with self.db.write() as session:
             job = job_repo.create_job(
                 session,
                 advertiser_id=advertiser_id,
-                items=items,
+                items=stored,
                 callback_url=callback_url,
                 now=self.clock.now(),
                 owner_key_id=owner_key_id,
+                results=answered,
             )
         self._dispatch(job.id, job.total)
         return job

@@ -29,17 +29,20 @@ def create_job(
     callback_url: str | None,
     now: dt.datetime,
     owner_key_id: int | None = None,
+    results: Mapping[int, dict[str, Any]] | None = None,
 ) -> JobRow:
     """Store a job and its ``(url, scrape_color)`` items, queued.
 
     ``owner_key_id`` is the API key that submitted it (the one that may read it).
+    ``results`` are items answered already (by index): stored done, never classified.
     """
+    results = results or {}
     job = JobRow(
         id=str(uuid.uuid4()),
         advertiser_id=advertiser_id,
         status=QUEUED,
         total=len(items),
-        done=0,
+        done=len(results),
         callback_url=callback_url,
         created_at=now,
         owner_key_id=owner_key_id,
@@ -49,7 +52,13 @@ def create_job(
     session.execute(
         insert(JobItemRow),
         [
-            {"job_id": job.id, "idx": i, "url": url, "scrape_color": color}
+            {
+                "job_id": job.id,
+                "idx": i,
+                "url": url,
+                "scrape_color": color,
+                "result": results.get(i),
+            }
             for i, (url, color) in enumerate(items)
         ],
     )

@@ -14,6 +14,7 @@ from typing import Annotated, Final
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query
+from starlette.convertors import Convertor, register_url_convertor
 
 from cartag.api.deps import PrincipalDep, StateDep, require
 from cartag.api.schemas.advertisers import (
@@ -24,7 +25,7 @@ from cartag.api.schemas.advertisers import (
     ColorFilter,
     ImageCountsOut,
 )
-from cartag.api.schemas.common import error_responses
+from cartag.api.schemas.common import ADVERTISER_PATTERN, error_responses
 from cartag.api.state import AppState
 from cartag.pipeline import inventory
 from cartag.pipeline.adaptation import enabled as adaptation_enabled
@@ -39,8 +40,28 @@ router = APIRouter(
     prefix="/v1/advertisers", tags=["advertisers"], responses=error_responses(401, 403, 422)
 )
 
+
+class AdvertiserIdConvertor(Convertor[str]):
+    """An advertiser id in a route's path (``{advertiser_id:advertiser}``).
+
+    An id may hold slashes (:data:`ADVERTISER_PATTERN`), so it takes the rest of the
+    path, but for a trailing ``/images``: that is the route of its images, and a PUT
+    there stays a 405. (An id that itself ends in ``/images`` cannot be named in a path.)
+    """
+
+    regex = ".+(?<!/images)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("advertiser", AdvertiserIdConvertor())
+
 AdminDep = Annotated[Principal, Depends(require("admin"))]
-AdvertiserId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")]
+AdvertiserId = Annotated[str, Path(min_length=1, max_length=128, pattern=ADVERTISER_PATTERN)]
 # A page past this is past the end of any advertiser's images (500 per page).
 MAX_PAGE: Final[int] = 1_000_000
 
@@ -138,7 +159,9 @@ def list_advertisers(state: StateDep, principal: PrincipalDep) -> list[Advertise
     return summaries(state, principal)
 
 
-@router.put("/{advertiser_id}", response_model=AdvertiserOut, responses=error_responses(400, 413))
+@router.put(
+    "/{advertiser_id:advertiser}", response_model=AdvertiserOut, responses=error_responses(400, 413)
+)
 def set_advertiser(
     advertiser_id: AdvertiserId, body: AdvertiserIn, state: StateDep, _: AdminDep
 ) -> AdvertiserOut:
@@ -165,7 +188,7 @@ def set_advertiser(
         return _advertiser_out(row, state.settings.advertiser_adaptation)
 
 
-@router.get("/{advertiser_id}/images", response_model=AdvertiserImagesOut)
+@router.get("/{advertiser_id:advertiser}/images", response_model=AdvertiserImagesOut)
 def advertiser_images(
     advertiser_id: AdvertiserId,
     state: StateDep,

@@ -113,7 +113,7 @@ def index(request: Request, state: StateDep, principal: BrowserPrincipalDep) -> 
     )
 
 
-@pages.get("/{advertiser_id}", response_model=None)
+@pages.get("/{advertiser_id:advertiser}", response_model=None)
 def fix_page(
     request: Request,
     advertiser_id: AdvertiserId,

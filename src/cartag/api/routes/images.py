@@ -18,7 +18,7 @@ from fastapi import APIRouter, Query, Request, Response
 from cartag.api import access
 from cartag.api.deps import FixerDep, PrincipalDep, StateDep
 from cartag.api.schemas.classify import ResultOut
-from cartag.api.schemas.common import error_responses
+from cartag.api.schemas.common import ADVERTISER_PATTERN, error_responses
 from cartag.api.schemas.fixes import AuditOut, FixIn, FixOut, HistoryOut
 from cartag.errors import NotFoundError
 from cartag.pipeline import fixes as fix_service
@@ -102,6 +102,7 @@ def get_image(
     advertiser_id: str = Query(
         default="",
         max_length=128,
+        pattern=ADVERTISER_PATTERN.replace("]+$", "]*$"),  # or empty: none
         description="Whose overrides to apply (a key scoped to one advertiser: its own).",
     ),
 ) -> ResultOut:

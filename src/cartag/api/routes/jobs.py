@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from cartag.api.deps import ClassifierDep, StateDep
 from cartag.api.schemas.classify import JobIn, JobListOut, JobOut, ResultOut
-from cartag.api.schemas.common import error_responses
+from cartag.api.schemas.common import MAX_ID, error_responses
 from cartag.errors import FetchError, InputError, NotFoundError
 from cartag.redaction import redact_url
 from cartag.store import jobs as job_repo
@@ -101,7 +101,7 @@ def list_jobs(
         Query(alias="status", description="Only jobs in this state."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
 ) -> JobListOut:
     """The caller's jobs, newest first (admin keys: every job), without their results."""
     owner = None if "admin" in principal.roles else principal.key_id

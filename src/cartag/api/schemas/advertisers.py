@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from cartag.api.schemas.common import SourceName
@@ -31,12 +31,26 @@ class AdvertiserIn(BaseModel):
         "null: follow the deployment's CARTAG_ADVERTISER_ADAPTATION.",
     )
 
+    # Before the type check: a wrong value of a "bool or null" field is otherwise reported
+    # once per member of the union, under names such as reclassify_on_promote.bool.
+    @field_validator("reclassify_on_promote", mode="before")
+    @classmethod
+    def _true_or_false(cls, value: object) -> object:
+        if not isinstance(value, bool):
+            raise ValueError(f"must be true or false, not {value!r}")
+        return value
+
+    @field_validator("adapt_answers", mode="before")
+    @classmethod
+    def _true_false_or_null(cls, value: object) -> object:
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"must be true, false or null, not {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _something(self) -> AdvertiserIn:
         if not self.model_fields_set:
             raise ValueError("give reclassify_on_promote, adapt_answers or both")
-        if "reclassify_on_promote" in self.model_fields_set and self.reclassify_on_promote is None:
-            raise ValueError("reclassify_on_promote must be true or false")
         return self
 
 

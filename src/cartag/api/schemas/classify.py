@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    field_validator,
+)
 
-from cartag.api.schemas.common import ID_FIELD, ColorName, SourceName
+from cartag.api.schemas.common import ID_FIELD, ColorName, NoNul, SourceName
 from cartag.vocab import COLORS, UNKNOWN_SCRAPE_COLOR, ImageType
+
+CallbackUrl = Annotated[
+    str, StringConstraints(max_length=2048, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]+"), NoNul
+]
 
 
 class ImageIn(BaseModel):
@@ -73,10 +84,8 @@ class JobIn(ClassifyIn):
         },
     )
 
-    callback_url: str | None = Field(
+    callback_url: CallbackUrl | None = Field(
         default=None,
-        max_length=2048,
-        pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]+",
         description="http(s) URL that gets a POST with the job's outcome once it is done.",
     )
 

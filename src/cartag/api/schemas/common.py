@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from cartag.vocab import (
     Color,
@@ -18,7 +18,26 @@ from cartag.vocab import (
 ColorName = Color
 SourceName = Literal["model", "cache", "fix", "override", "scrape", "advertiser_model"]
 
-ID_FIELD = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")
+# An advertiser id: what the scraper calls the dealer (a slash is allowed: routes that
+# take one in their path take the rest of the path).
+ADVERTISER_PATTERN: Final[str] = r"^[A-Za-z0-9._:@/-]+$"
+ID_FIELD = Field(min_length=1, max_length=128, pattern=ADVERTISER_PATTERN)
+
+
+def no_nul(value: str) -> str:
+    """Free text without NUL characters: PostgreSQL's text cannot hold one."""
+    if "\x00" in value:
+        at = value.index("\x00")
+        raise ValueError(f"contains a NUL character (\\u0000) at position {at}; remove it")
+    return value
+
+
+# The check of free text a request may send (comments, names, callback URLs): anything
+# but NUL. Its length and pattern go before it, in StringConstraints (a Field's would be
+# checked after it, and the schema would lose the pattern):
+# ``Annotated[str, StringConstraints(max_length=2000), NoNul]``.
+NoNul = AfterValidator(no_nul)
+
 # Largest id / offset a request may name. Past 2**63 - 1 the database driver raises (a
 # 500); this bound is lower, the largest integer JSON numbers (JavaScript, and the float
 # that JSON Schema tools compare with) hold exactly, so the schema states it exactly.

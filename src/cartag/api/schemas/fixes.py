@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 from cartag.api.schemas.classify import ResultOut
-from cartag.api.schemas.common import ID_FIELD
+from cartag.api.schemas.common import ID_FIELD, NoNul
 from cartag.vocab import COLORS, IMAGE_TYPES, Color, ImageType, normalize_color
+
+Comment = Annotated[str, StringConstraints(max_length=2000), NoNul]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128), NoNul]
 
 
 def strict_label(value: object, vocabulary: tuple[str, ...], what: str) -> object:
@@ -77,18 +87,14 @@ class FixIn(BaseModel):
         "Not with image_type Placeholder, nor for an image that is a Placeholder here.",
     )
     scope: Literal["global", "advertiser"]
-    comment: str | None = Field(default=None, max_length=2000)
-    on_behalf_of: str | None = Field(
+    comment: Comment | None = None
+    on_behalf_of: Name | None = Field(
         default=None,
-        min_length=1,
-        max_length=128,
         description="Free text: the person a panel acts for (recorded as said; who made "
         "the fix is the API key).",
     )
-    user: str | None = Field(
+    user: Name | None = Field(
         default=None,
-        min_length=1,
-        max_length=128,
         # Marked in the schema only: pydantic's deprecated= warns on every read.
         json_schema_extra={"deprecated": True},
         description="Deprecated: read as on_behalf_of. Who made the fix is the API key.",

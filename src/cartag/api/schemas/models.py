@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
+from cartag.api.schemas.common import ADVERTISER_PATTERN
+
 # The aliases of cartag.store.model_versions.ALIASES (check_alias), stated in the schema.
 Alias = Literal["production", "candidate"]
 
@@ -63,4 +65,6 @@ class DeployOut(BaseModel):
 class ReclassifyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    advertiser_id: str | None = Field(default=None, min_length=1, max_length=128)
+    advertiser_id: str | None = Field(
+        default=None, min_length=1, max_length=128, pattern=ADVERTISER_PATTERN
+    )

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
-from cartag.api.schemas.common import MAX_ID
+from cartag.api.schemas.common import MAX_ID, NoNul
 
 
 class DecisionOut(BaseModel):
@@ -111,10 +111,11 @@ class DecisionIn(BaseModel):
         },
     )
 
-    item_id: int = Field(ge=1, le=MAX_ID)
+    # Strict: true or "1" is not an item (JSON has integers).
+    item_id: StrictInt = Field(ge=1, le=MAX_ID)
     action: Literal["accept", "relabel", "exclude"]
     field: Literal["image_type", "color"] = "image_type"
-    label: str | None = Field(default=None, min_length=1, max_length=32)
+    label: Annotated[str, StringConstraints(min_length=1, max_length=32), NoNul] | None = None
 
 
 class DecisionResult(BaseModel):
