@@ -17,11 +17,13 @@ from cartag.commands import dataset
 from cartag.commands.advertisers import app as advertisers_app
 from cartag.commands.callbacks import app as callbacks_app
 from cartag.commands.common import (
+    check_output,
     err,
     fail,
     load_settings,
     open_database,
     unreachable_database,
+    unusable_database,
 )
 from cartag.commands.keys import app as keys_app
 from cartag.commands.models import app as models_app
@@ -29,6 +31,7 @@ from cartag.commands.monitor import app as monitor_app
 from cartag.commands.train import app as train_app
 from cartag.commands.worker import app as worker_app
 from cartag.errors import CartagError, InputError
+from cartag.vocab import check_advertiser_id
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -76,7 +79,7 @@ app.add_typer(callbacks_app, name="callbacks")
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free one).")] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     workers: Annotated[
         int | None,
@@ -102,9 +105,14 @@ def serve(
         os.environ["CARTAG_SERVE_PROCESSES"] = str(workers)
         settings = load_settings()
     try:
-        # A read-only or full data dir or database: say so and how to fix it, rather
-        # than a traceback from deep inside the startup.
+        # A read-only or full data dir or database, or a model folder that cannot be
+        # read: say so and how to fix it, rather than a traceback from deep inside the
+        # startup (in a JSON log line, with exit 3).
         check_store(settings, migrate=settings.auto_migrate)
+        if settings.model_dir is not None:
+            from cartag.models.folder import read_config
+
+            read_config(settings.model_dir)
         _prepare_process(settings, log_level)
         if settings.serve_processes > 1:
             if not settings.broker_url:
@@ -250,6 +258,7 @@ def classify_files(
 
     settings = load_settings()
     try:
+        check_advertiser_id(advertiser, "--advertiser")
         files = find_images(paths)
     except CartagError as exc:
         raise fail(exc) from exc
@@ -360,7 +369,13 @@ def evaluate_command(
     try:
         if not path.exists():
             raise InputError(f"{path} does not exist", field="path")
+        inputs = [path] if labels is None else [path, labels]
+        check_output(report, "--report", settings, inputs)
+        if json_path is not None:
+            check_output(json_path, "--json", settings, inputs)
         if labels is not None:
+            if labels.is_dir():
+                raise InputError(f"--labels {labels} is a folder: give the CSV file", "labels")
             if not labels.is_file():
                 raise InputError(f"labels file {labels} does not exist", field="labels")
             truth = labels_from_csv(labels, path).limited(limit)
@@ -457,7 +472,7 @@ def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Apply migrations to CARTAG_DATABASE_URL (default: SQLite in CARTAG_DATA_DIR)."""
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DatabaseError, OperationalError
 
     from cartag.redaction import strip_password
     from cartag.store.db import Database, current_revision, upgrade
@@ -465,19 +480,55 @@ def db_upgrade(
     settings = load_settings()
     try:
         db = Database(settings.resolved_database_url)
+    except CartagError as exc:
+        raise fail(exc) from exc
+    try:
         upgrade(db, revision)
     except CartagError as exc:
         raise fail(exc) from exc
     except OperationalError as exc:
         raise unreachable_database(settings, exc) from exc
+    except DatabaseError as exc:
+        raise unusable_database(settings, exc) from exc
     except Exception as exc:  # noqa: BLE001 - e.g. a migration that fails on this data
-        err.print(f"[red]error:[/red] could not migrate {strip_password(db.url)}: {exc}")
+        reason = str(exc).strip() or type(exc).__name__
+        err.print(
+            f"[red]error:[/red] could not migrate {strip_password(db.url)} to {revision!r}: "
+            f"{reason} (give head, or a revision of the migrations in cartag/store/migrations)"
+        )
         raise typer.Exit(2) from exc
     err.print(f"database at revision {current_revision(db)}")
 
 
 def main() -> None:
-    app()
+    """The ``cartag`` command (the console script).
+
+    Each command reports the errors it expects in one line; what one still lets through
+    from the store, the file system or the settings is reported here the same way
+    (exit 2), never as a traceback.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        app()
+    except CartagError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise SystemExit(2) from None
+    except SQLAlchemyError as exc:
+        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        err.print(
+            f"[red]error:[/red] the database failed: {reason}; check CARTAG_DATABASE_URL "
+            "(or CARTAG_DATA_DIR and its cartag.db)"
+        )
+        raise SystemExit(2) from None
+    except UnicodeDecodeError as exc:
+        err.print(f"[red]error:[/red] a file that should be UTF-8 text is not ({exc.reason})")
+        raise SystemExit(2) from None
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        err.print(f"[red]error:[/red] {exc.strerror or exc}{where}")
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ DEFAULT_LOW_CONFIDENCE_THRESHOLD: Final[float] = 0.8
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# Celery broker transports cartag is tested with, and their TLS and alias forms.
+_BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp", "sentinel"})
+
+
 def _split_csv(value: object) -> object:
     # Environment variables carry lists as comma-separated strings.
     if isinstance(value, str):
@@ -143,7 +147,7 @@ class Settings(BaseSettings):
         "and a model folder with int8 heads; otherwise fp32 is served (the log says which).",
     )
     inference_batch_size: int = Field(
-        default=4, gt=0, description="Images per backbone call (micro-batch size)."
+        default=4, gt=0, le=1024, description="Images per backbone call (micro-batch size)."
     )
     max_batch_delay_ms: float = Field(
         default=10,
@@ -151,15 +155,18 @@ class Settings(BaseSettings):
         description="How long a micro-batch waits for images of concurrent requests before "
         "it runs anyway.",
     )
+    # Upper bounds on thread counts: 100,000 threads took a machine's every process slot.
     torch_threads: int = Field(
         default=0,
         ge=0,
+        le=1024,
         description="Threads of the backbone engine in all, shared by the inference workers; "
         "0 = one per physical core.",
     )
     inference_workers: int = Field(
         default=0,
         ge=0,
+        le=256,
         description="Micro-batches that run at once; 0 = one single-threaded run per physical "
         "core with the onnx engine, one run on all cores with torch.",
     )
@@ -196,7 +203,7 @@ class Settings(BaseSettings):
         description="Largest body (bytes) of POST /v1/jobs: 100,000 images with URLs of about "
         "300 characters fit. Larger ones are refused with 413 before they are read.",
     )
-    job_workers: int = Field(default=1, gt=0, description="In-process job worker threads.")
+    job_workers: int = Field(default=1, gt=0, le=256, description="In-process job worker threads.")
     callback_timeout_s: float = Field(default=10.0, gt=0)
     callback_secret: SecretStr | None = Field(
         default=None,
@@ -386,12 +393,14 @@ class Settings(BaseSettings):
     malloc_arenas: int = Field(
         default=2,
         ge=0,
+        le=1024,
         description="cartag serve / worker: most glibc malloc arenas (threads share them; "
         "lower peak memory at the same speed); 0 = the C library's default.",
     )
     blas_threads: int = Field(
         default=1,
         ge=0,
+        le=1024,
         description="cartag serve / worker: threads of each numpy matrix product (BLAS); "
         "the server's own threads already fill the cores, and BLAS threads spinning beside "
         "them cost CPU; 0 = the library's default (one per core).",
@@ -550,6 +559,21 @@ class Settings(BaseSettings):
         le=5000,
         description="Dataset candidates: most images proposed per candidate kind in one build.",
     )
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, value: str | None) -> str | None:
+        # Celery reads a URL without a scheme as the host of amqp://guest@...:5672 and an
+        # unknown scheme as a KeyError deep in kombu: both are refused here.
+        if value is None or not value.strip():
+            return None
+        scheme, sep, _ = value.partition("://")
+        if not sep or scheme.lower() not in _BROKER_SCHEMES:
+            raise ValueError(
+                f"not a broker URL; use redis://host:6379/0 or amqp://user@host:5672// "
+                f"(schemes: {', '.join(sorted(_BROKER_SCHEMES))})"
+            )
+        return value
 
     @field_validator("allowed_networks", mode="before")
     @classmethod

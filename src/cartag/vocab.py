@@ -6,7 +6,10 @@ so it must never be reordered (append only).
 
 from __future__ import annotations
 
+import re
 from typing import Final, Literal, get_args
+
+from cartag.errors import InputError
 
 ImageType = Literal["Dealer", "Stock", "Placeholder"]
 Color = Literal[
@@ -106,3 +109,31 @@ def normalize_image_type(value: str) -> str:
         if image_type.lower() == key:
             return image_type
     raise ValueError(f"unknown image type {value!r}; expected one of {', '.join(IMAGE_TYPES)}")
+
+
+# An advertiser id: what the scraper calls the dealer, 1-128 of these characters (a slash
+# is allowed: "group/dealer-7"). The API, the CLI and API keys' scopes take the same ids.
+ADVERTISER_ID_PATTERN: Final[str] = r"^[A-Za-z0-9._:@/-]+$"
+ADVERTISER_ID_MAX: Final[int] = 128
+_ADVERTISER_ID: Final = re.compile(ADVERTISER_ID_PATTERN)
+
+
+def check_advertiser_id(value: str, field: str = "advertiser_id") -> str:
+    """``value`` if it is an advertiser id.
+
+    Raises:
+        InputError: Naming ``field``: empty, longer than 128 characters, or a character
+            other than letters, digits and ``. _ : @ / -``.
+    """
+    if not value.strip():
+        raise InputError(
+            f"{field} is empty: give the advertiser's id (an unset shell variable?)", field=field
+        )
+    if len(value) > ADVERTISER_ID_MAX or not _ADVERTISER_ID.match(value):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise InputError(
+            f"{field} {shown!r} is not an advertiser id: 1-{ADVERTISER_ID_MAX} letters, digits "
+            "or . _ : @ / -",
+            field=field,
+        )
+    return value

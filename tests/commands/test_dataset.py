@@ -246,3 +246,21 @@ def test_create_with_candidates_reads_the_production_far_threshold(
     assert code == 0, output
     assert "far threshold 0.9 from --far-threshold" in output
     assert "candidates far-from-training (seen since" in output and "0 considered" in output
+
+
+def test_import_says_which_label_rows_matched_no_image(env: dict[str, str], tmp_path: Path) -> None:
+    root = _photos(tmp_path)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,image_type\nDealer/p01.jpg,Stock\nnope/p99.jpg,Dealer\nx.jpg,Dealer\n")
+    code, output = _run(
+        env, "import", "cars", "--folder", str(root), "--labels", str(labels), "--no-rank"
+    )
+    assert code == 0, output
+    text = " ".join(output.split())
+    assert "warning: 2 row(s) of" in text and "were ignored" in text
+
+
+def test_shared_labels_never_writes_over_the_database(env: dict[str, str], tmp_path: Path) -> None:
+    out = Path(env["CARTAG_DATA_DIR"]) / "cartag.db"
+    code, output = _run(env, "shared-labels", "--data", str(tmp_path), "--out", str(out))
+    assert code == 2 and "cartag's database" in output

@@ -49,5 +49,5 @@ def test_what_cannot_be_scoped_exits_2_with_a_message(tmp_path: Path) -> None:
     bad = runner.invoke(
         app, ["keys", "create", "--role", "fixer", "--advertiser", "dealer 42"], env=env
     )
-    assert bad.exit_code == 2 and "advertiser id 'dealer 42' is invalid" in bad.output
+    assert bad.exit_code == 2 and "'dealer 42' is not an advertiser id" in bad.output
     assert "ctg_" not in bad.output + admin.output

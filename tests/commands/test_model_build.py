@@ -49,6 +49,11 @@ def test_help_lists_every_option() -> None:
         (["--recolor-min-real", "0"], "must be 1 or more"),
         (["--sources", "vcr,nope"], "nope"),
         (["--backbone-weights", "missing.npz"], "does not exist"),
+        # Checked before minutes of training, not found after it (or by a traceback).
+        (["--variant", "bogus"], "unknown backbone 'bogus'"),
+        (["--placeholders", "-1"], "--placeholders must be 0 or more"),
+        (["--threads", "-1"], "--threads must be 0"),
+        (["--l2", "-1"], "--l2 must be more than 0"),
     ],
 )
 def test_build_bundled_refuses_bad_options(tmp_path: Path, extra: list[str], message: str) -> None:
@@ -78,3 +83,13 @@ def test_finetune_refuses_bad_options(tmp_path: Path, args: list[str], message: 
     assert code == 2
     assert "error:" in text and message in text
     assert not (tmp_path / "w.npz").exists()
+
+
+def test_build_bundled_checks_its_data_and_output_first(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    code, text = _run(["build-bundled", "--data", str(tmp_path / "none"), "--out", "m"])
+    assert code == 2 and "--data" in text and "is not a folder" in text
+    out = tmp_path / "file" / "m"  # under a regular file: can never be written
+    code, text = _run(["build-bundled", "--data", str(tmp_path), "--out", str(out)])
+    assert code == 2 and "--out" in text and "cannot be written" in text
+    assert "Traceback" not in text

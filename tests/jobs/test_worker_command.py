@@ -32,3 +32,18 @@ def test_serve_refuses_a_broker_with_sqlite(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["serve", "--port", "1"], env=env)
     assert result.exit_code == 2
     assert "must share a PostgreSQL database" in result.output
+
+
+def test_a_broker_url_that_is_not_one_is_refused(tmp_path: Path) -> None:
+    # "garbage" was read as amqp://guest@garbage:5672 and retried; nonsense:// a KeyError.
+    for url in ("garbage", "nonsense://x"):
+        result = CliRunner().invoke(app, ["worker"], env=_env(tmp_path, CARTAG_BROKER_URL=url))
+        assert result.exit_code == 2, result.output
+        assert "CARTAG_BROKER_URL" in result.output and "not a broker URL" in result.output
+
+
+def test_worker_refuses_an_unknown_log_level(tmp_path: Path) -> None:
+    env = _env(tmp_path, CARTAG_BROKER_URL="redis://127.0.0.1:6379/13")
+    result = CliRunner().invoke(app, ["worker", "--loglevel", "bogus"], env=env)
+    assert result.exit_code == 2
+    assert "--loglevel 'bogus'" in result.output

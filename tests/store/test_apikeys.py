@@ -80,11 +80,16 @@ def test_scopes_are_validated(db: Database) -> None:
             apikeys.create_key(
                 session, name="a", roles=["admin"], now=NOW, advertisers=["dealer-42"]
             )
-        with pytest.raises(InputError, match="advertiser id 'dealer 42' is invalid"):
+        with pytest.raises(InputError, match="'dealer 42' is not an advertiser id"):
             apikeys.create_key(
                 session, name="f", roles=["fixer"], now=NOW, advertisers=["dealer 42"]
             )
-        with pytest.raises(InputError, match="invalid"):
+        with pytest.raises(InputError, match="not an advertiser id"):
             apikeys.create_key(session, name="f", roles=["fixer"], now=NOW, advertisers=["x" * 129])
+        # A blank id is refused, not dropped (dropped, it made an unscoped key).
+        for blank in ("", " "):
+            with pytest.raises(InputError, match="empty") as caught:
+                apikeys.create_key(session, name="f", roles=["fixer"], now=NOW, advertisers=[blank])
+            assert caught.value.field == "advertiser"
     with db.read() as session:
         assert apikeys.list_keys(session) == []

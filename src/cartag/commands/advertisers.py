@@ -10,8 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cartag.commands.common import err, load_settings
+from cartag.commands.common import err, load_settings, open_database
 from cartag.errors import CartagError, InputError
+from cartag.vocab import check_advertiser_id
 
 app = typer.Typer(help="Per-advertiser settings.", no_args_is_help=True)
 
@@ -43,12 +44,11 @@ def set_advertiser(
 ) -> None:
     """Change an advertiser's settings (those not given keep their value)."""
     from cartag.store import advertisers as repo
-    from cartag.store.db import Database, upgrade
 
     settings = load_settings()
     try:
-        if not advertiser_id.strip() or len(advertiser_id) > 128:
-            raise InputError("the advertiser id must be 1-128 characters", "advertiser_id")
+        # The API's ids only: an id it refuses could never be reached from it.
+        check_advertiser_id(advertiser_id)
         if adapt_default and adapt_answers is not None:
             raise InputError(
                 "give --adapt-answers, --no-adapt-answers or --adapt-default, not two",
@@ -60,8 +60,7 @@ def set_advertiser(
                 "--adapt-answers / --no-adapt-answers or --adapt-default",
                 "reclassify_on_promote",
             )
-        db = Database(settings.resolved_database_url)
-        upgrade(db)
+        db = open_database(settings)
         with db.write() as session:
             row = repo.set_advertiser(
                 session,
@@ -95,15 +94,9 @@ def _adapting(own: bool | None, default: bool) -> str:
 def list_advertisers() -> None:
     """Advertisers with images or settings, with their image and override counts."""
     from cartag.store import advertisers as repo
-    from cartag.store.db import Database, upgrade
 
     settings = load_settings()
-    try:
-        db = Database(settings.resolved_database_url)
-        upgrade(db)
-    except CartagError as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(2) from exc
+    db = open_database(settings)
     table = Table(
         "advertiser", "images", "overrides", "last seen", "reclassify on promote", "adapt answers"
     )

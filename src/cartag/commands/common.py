@@ -6,13 +6,15 @@ exit code 2, never a traceback.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from cartag.errors import CartagError
+from cartag.errors import CartagError, InputError
 from cartag.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -44,28 +46,103 @@ def fail(exc: CartagError) -> typer.Exit:
 
 
 def open_database(settings: Settings) -> Database:
-    """The configured store, migrated to the newest schema."""
-    from sqlalchemy.exc import OperationalError
+    """The configured store, migrated to the newest schema.
+
+    Every way it can fail (a bad URL, a data dir that cannot be made, a server that
+    does not answer, a file that is not a database) is one line and exit 2.
+    """
+    from sqlalchemy.exc import DatabaseError, OperationalError
 
     from cartag.store.db import Database, upgrade
 
-    db = Database(settings.resolved_database_url)
+    try:
+        db = Database(settings.resolved_database_url)
+    except CartagError as exc:
+        raise fail(exc) from exc
     try:
         upgrade(db)
     except OperationalError as exc:
         db.dispose()
         raise unreachable_database(settings, exc) from exc
+    except DatabaseError as exc:
+        db.dispose()
+        raise unusable_database(settings, exc) from exc
     return db
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def unreachable_database(settings: Settings, exc: BaseException) -> typer.Exit:
     """Say in one line that the database cannot be reached, and which setting names it."""
     from cartag.redaction import strip_password
 
-    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        err.print(
+            f"[red]error:[/red] cannot open the SQLite database {strip_password(url)} "
+            f"({_reason(exc)}); check that CARTAG_DATA_DIR is a writable folder and its "
+            "cartag.db a database file (or set CARTAG_DATABASE_URL)"
+        )
+    else:
+        err.print(
+            f"[red]error:[/red] cannot reach the database {strip_password(url)} "
+            f"({_reason(exc)}); check CARTAG_DATABASE_URL and that the database server "
+            "is running"
+        )
+    return typer.Exit(2)
+
+
+def unusable_database(settings: Settings, exc: BaseException) -> typer.Exit:
+    """Say in one line that the configured database is not one cartag can use."""
+    from cartag.redaction import strip_password
+
     err.print(
-        f"[red]error:[/red] cannot reach the database "
-        f"{strip_password(settings.resolved_database_url)} ({reason}); check "
-        "CARTAG_DATABASE_URL and that the database server is running"
+        f"[red]error:[/red] {strip_password(settings.resolved_database_url)} cannot be used as "
+        f"cartag's database ({_reason(exc)}); move the file away or point "
+        "CARTAG_DATABASE_URL / CARTAG_DATA_DIR elsewhere"
     )
     return typer.Exit(2)
+
+
+def check_output(path: Path, option: str, settings: Settings, inputs: Sequence[Path] = ()) -> None:
+    """Refuse, before any work, an output path that cannot be written or must not be.
+
+    Checked: not the database nor one of its files (``dataset export --out`` once
+    replaced the live SQLite database), not one of the command's ``inputs`` nor a file
+    already in an input folder (an HTML report written over the labels CSV), not a
+    folder, and a parent that is a folder or can be made.
+
+    Raises:
+        InputError: Naming ``option``: what is wrong and what to give instead.
+    """
+    from sqlalchemy.engine import make_url
+
+    target = path.expanduser().resolve()
+    try:
+        database = make_url(settings.resolved_database_url).database
+    except Exception:  # noqa: BLE001 - a bad URL is reported where the database is opened
+        database = None
+    if database and database != ":memory:":
+        live = Path(database).expanduser().resolve()
+        if target in {live, live.with_name(live.name + "-wal"), live.with_name(live.name + "-shm")}:
+            raise InputError(f"{option} {path} is cartag's database: choose another file", option)
+    sources = [source.expanduser().resolve() for source in inputs]
+    for source in sorted(sources, key=lambda s: s != target):  # the file itself first
+        if target == source or (target.exists() and source.is_dir() and source in target.parents):
+            raise InputError(
+                f"{option} {path} would overwrite an input ({source}): choose a file elsewhere",
+                option,
+            )
+    if target.is_dir():
+        raise InputError(f"{option} {path} is a folder: give a file path", option)
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(
+                    f"{option} {path} cannot be written: {parent} is a file, not a folder",
+                    option,
+                )
+            break

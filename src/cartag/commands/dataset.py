@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from cartag.commands.common import err, fail, load_settings, open_database
+from cartag.commands.common import check_output, err, fail, load_settings, open_database
 from cartag.errors import CartagError
 from cartag.settings import Settings
 
@@ -98,6 +98,14 @@ def _run_build(settings: Settings, rank: bool, build: Any) -> None:
         db.dispose()
     out.print(f"created [bold]{report.ref}[/bold] (draft)")
     _print_stats(report.stats, top=10)
+    imported = report.stats.get("import") or {}
+    if imported.get("label_rows_without_file"):
+        # Said, not only counted: a CSV whose paths are all wrong gives an unlabelled set.
+        err.print(
+            f"[yellow]warning:[/yellow] {imported['label_rows_without_file']} row(s) of "
+            f"{', '.join(imported.get('labels', []))} name no image under "
+            f"{imported.get('folder')} and were ignored (paths are relative to --folder)"
+        )
     err.print(
         f"next: review it, then `cartag dataset freeze {report.ref}`; "
         f"`cartag dataset show {report.ref}` prints this again"
@@ -507,6 +515,10 @@ def export_command(
     from cartag.store import datasets as repo
 
     settings = load_settings()
+    try:
+        check_output(out_path, "--out", settings)
+    except CartagError as exc:
+        raise fail(exc) from exc
     db = open_database(settings)
     try:
         with db.read() as session:
@@ -541,10 +553,17 @@ def shared_labels_command(
     from cartag.training.datasets.sources import read_sources, summary, write_labels_csv
 
     try:
+        check_output(out_path, "--out", load_settings())
         rows = read_sources(data, split_vcr=split_vcr)
-        write_labels_csv(rows, out_path)
+    except CartagError as exc:
+        raise fail(exc) from exc
     except (OSError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] cannot read the shared data in {data}: {exc}")
+        raise typer.Exit(2) from exc
+    try:
+        write_labels_csv(rows, out_path)
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot write --out {out_path}: {exc.strerror or exc}")
         raise typer.Exit(2) from exc
     for source, counts in summary(rows).items():
         out.print(f"{source}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -15,12 +15,49 @@ from typing import Annotated
 import typer
 
 from cartag.commands.common import err
+from cartag.errors import CartagError
 
 
 def _refuse(message: str) -> typer.Exit:
     """Print ``message`` as a CLI error; raise the returned Exit (code 2)."""
     err.print(f"[red]error:[/red] {message}")
     return typer.Exit(2)
+
+
+def _check_common(data: Path, out: Path, variant: str, threads: int) -> None:
+    """What both commands check before minutes of training: the inputs and the output.
+
+    Raises:
+        typer.Exit: Code 2, the problem said in one line.
+    """
+    from cartag.models.variants import get_variant
+
+    if not data.is_dir():
+        raise _refuse(f"--data {data} is not a folder; pass the shared data's folder")
+    try:
+        get_variant(variant)
+    except CartagError as exc:
+        raise _refuse(exc.message) from exc
+    if threads < 0:
+        raise _refuse("--threads must be 0 (torch's default) or more")
+    # The output is written after the training: a path that cannot be written is found now.
+    folder = out if out.suffix == "" else out.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _refuse(f"--out {out} cannot be written: {exc.strerror or exc}") from exc
+    if out.suffix and out.is_dir():
+        raise _refuse(f"--out {out} is a folder: give a file path")
+
+
+def _failed(exc: Exception) -> typer.Exit:
+    """A failure of the training code (a bad file among the inputs, a model error)."""
+    if isinstance(exc, CartagError):
+        return _refuse(exc.message)
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _refuse(f"{exc.strerror or exc}{where}")
+    return _refuse(str(exc))
 
 
 def build_bundled(
@@ -102,22 +139,30 @@ def build_bundled(
         raise _refuse("--int8 needs a build of several sources (--sources)")
     if calibration not in ("minmax", "entropy", "percentile"):
         raise _refuse("--calibration must be minmax, entropy or percentile")
-    config = train_bundled(
-        data,
-        out,
-        cache_dir,
-        variant=variant,
-        n_placeholders=placeholders,
-        recolored_per_color=per_color,
-        seed=seed,
-        l2=l2,
-        threads=threads,
-        weights=backbone_weights,
-        sources=chosen,
-        recolor_min_real=recolor_min_real,
-        int8=chosen is not None if int8 is None else int8,
-        calibration_method=calibration,
-    )
+    if placeholders < 0:
+        raise _refuse("--placeholders must be 0 or more")
+    if l2 is not None and not l2 > 0:
+        raise _refuse("--l2 must be more than 0 (or left out: chosen by cross-validation)")
+    _check_common(data, out, variant, threads)
+    try:
+        config = train_bundled(
+            data,
+            out,
+            cache_dir,
+            variant=variant,
+            n_placeholders=placeholders,
+            recolored_per_color=per_color,
+            seed=seed,
+            l2=l2,
+            threads=threads,
+            weights=backbone_weights,
+            sources=chosen,
+            recolor_min_real=recolor_min_real,
+            int8=chosen is not None if int8 is None else int8,
+            calibration_method=calibration,
+        )
+    except (CartagError, OSError, ValueError) as exc:
+        raise _failed(exc) from exc
     typer.echo(f"wrote {out} ({config['version']})")
     typer.echo((out / "MODEL_CARD.md").read_text(encoding="utf-8"))
 
@@ -151,6 +196,7 @@ def finetune(
     epochs = Recipe.epochs if epochs is None else epochs
     color_weight = Recipe.color_weight if color_weight is None else color_weight
     restage_stock = Recipe.restage_stock if restage_stock is None else restage_stock
+    _check_common(data, out, variant, threads)
     if not (data / "labels.csv").is_file():
         raise _refuse(f"{data} has no labels.csv; pass --data <vcr-train folder>")
     if epochs <= 0:
@@ -159,14 +205,17 @@ def finetune(
         raise _refuse("--color-weight must be between 0 and 10")
     if not 0 <= restage_stock <= 1:
         raise _refuse("--restage-stock must be between 0 and 1")
-    metadata = run(
-        data,
-        out,
-        variant=variant,
-        recipe=Recipe(epochs=epochs, color_weight=color_weight, restage_stock=restage_stock),
-        threads=threads,
-        progress=lambda line: typer.echo(line),
-    )
+    try:
+        metadata = run(
+            data,
+            out,
+            variant=variant,
+            recipe=Recipe(epochs=epochs, color_weight=color_weight, restage_stock=restage_stock),
+            threads=threads,
+            progress=lambda line: typer.echo(line),
+        )
+    except (CartagError, OSError, ValueError) as exc:
+        raise _failed(exc) from exc
     typer.echo(f"wrote {out} ({metadata['backbone_id']}): held-out {metadata['log']['held_out']}")
 
 

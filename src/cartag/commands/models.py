@@ -25,6 +25,7 @@ from cartag.commands import model_build
 from cartag.commands.common import err, fail, load_settings, open_database
 from cartag.errors import CartagError, InputError
 from cartag.settings import Settings
+from cartag.vocab import check_advertiser_id
 
 if TYPE_CHECKING:
     from cartag.jobs.reclassify import ReclassifyReport
@@ -271,6 +272,8 @@ def reclassify(
     """Re-classify opted-in advertisers' images with the production model (fixes untouched)."""
     settings = load_settings()
     try:
+        if advertiser is not None:
+            check_advertiser_id(advertiser, "--advertiser")
         db = _registry(settings)
     except CartagError as exc:
         raise fail(exc) from exc

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cartag.commands.common import err, load_settings
+from cartag.commands.common import err, load_settings, open_database
 from cartag.errors import CartagError, InputError
 
 if TYPE_CHECKING:
@@ -56,6 +56,13 @@ def _parse_until(text: str | None) -> dt.datetime:
         raise InputError(
             f"--until {text!r} is not a date; use e.g. 2026-11-30", field="until"
         ) from None
+    today = dt.datetime.now(dt.UTC).date()
+    if day > today:
+        # Nothing is recorded after today (and 9999-12-31 overflowed the period's end).
+        raise InputError(
+            f"--until {day} is in the future; the last day can be today ({today}) at most",
+            field="until",
+        )
     return dt.datetime.combine(day, dt.time(23, 59, 59), dt.UTC)
 
 
@@ -74,13 +81,11 @@ def report(
     """Answer mix and manual-fix rate per model version, day and advertiser; flags jumps."""
     from cartag.deploy.drift import drift_now
     from cartag.deploy.monitor import report_since
-    from cartag.store.db import Database, upgrade
 
     settings = load_settings()
     try:
         now = _parse_until(until)
-        db = Database(settings.resolved_database_url)
-        upgrade(db)
+        db = open_database(settings)
         try:
             with db.read() as session:
                 result = report_since(session, settings, since, now, advertiser=advertiser)

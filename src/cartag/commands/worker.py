@@ -21,6 +21,9 @@ app = typer.Typer(help="Run a Celery worker for jobs (needs CARTAG_BROKER_URL)."
 log = logging.getLogger(__name__)
 
 
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
 @app.callback(invoke_without_command=True)
 def worker(
     loglevel: Annotated[str, typer.Option(help="Log level: debug, info, warning.")] = "info",
@@ -30,6 +33,13 @@ def worker(
 ) -> None:
     """Take job chunks from the broker and classify them (one at a time per process)."""
     from cartag.jobs.dispatch import check_broker_settings
+
+    if loglevel.lower() not in _LOG_LEVELS:
+        err.print(
+            f"[red]error:[/red] --loglevel {loglevel!r} is not a log level; use one of "
+            f"{', '.join(_LOG_LEVELS)}"
+        )
+        raise typer.Exit(2)
 
     settings = load_settings()
     if not settings.broker_url:

@@ -14,18 +14,29 @@ from cartag.errors import InputError
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
+def is_image_file(path: Path) -> bool:
+    """A regular file (or a link to one) with an image suffix."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
 def find_images(paths: Sequence[Path]) -> list[Path]:
     """Expand files and folders (recursively) into a sorted list of image files.
 
+    Only regular files count: a folder named ``album.jpg`` is searched, not read, and a
+    named pipe or device would block its reader forever.
+
     Raises:
-        InputError: A path does not exist, or nothing was found.
+        InputError: A path does not exist or is not a regular file or folder, or nothing
+            was found.
     """
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+            found.extend(sorted(p for p in path.rglob("*") if is_image_file(p)))
         elif path.is_file():
             found.append(path)
+        elif path.exists():
+            raise InputError(f"{path} is not a regular file or a folder", field="path")
         else:
             raise InputError(f"{path} does not exist", field="path")
     if not found:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import re
 import secrets
 from collections import defaultdict
 from collections.abc import Sequence
@@ -27,13 +26,13 @@ from sqlalchemy.orm import Session
 
 from cartag.errors import AuthError, InputError, NotFoundError, PermissionDeniedError
 from cartag.store.tables import ApiKeyAdvertiserRow, ApiKeyRow, BrowserSessionRow
+from cartag.vocab import check_advertiser_id
 
 # "admin" may do everything; the others are what the API checks.
 ROLES = ("classifier", "fixer", "reviewer", "admin")
 # The roles a key scoped to advertisers may have.
 SCOPABLE_ROLES: Final[frozenset[str]] = frozenset({"classifier", "fixer"})
 # An advertiser id as the API takes it (classify's advertiser_id).
-_ADVERTISER_ID: Final = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
 
 
 @dataclass(frozen=True)
@@ -117,13 +116,9 @@ def parse_advertisers(advertisers: Sequence[str], roles: Sequence[str]) -> list[
         InputError: An id is not 1-128 of ``A-Z a-z 0-9 . _ : @ / -``, or a role other
             than classifier/fixer is asked for a scoped key.
     """
-    cleaned = sorted({a.strip() for a in advertisers if a.strip()})
-    bad = [a for a in cleaned if not _ADVERTISER_ID.fullmatch(a)]
-    if bad:
-        raise InputError(
-            f"advertiser id {bad[0]!r} is invalid: 1-128 letters, digits or . _ : @ / -",
-            field="advertiser",
-        )
+    # A blank value is refused, not dropped: dropped, "--advertiser $UNSET" made a key
+    # that acts for every advertiser.
+    cleaned = sorted({check_advertiser_id(a.strip(), "advertiser") for a in advertisers})
     unscopable = sorted(set(roles) - SCOPABLE_ROLES)
     if cleaned and unscopable:
         raise InputError(

@@ -44,7 +44,14 @@ class Database:
         if self.dialect == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    Path(database).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise ConfigError(
+                        f"cannot create the folder of the SQLite database {database} "
+                        f"({exc.strerror or exc}); set CARTAG_DATA_DIR to a writable folder "
+                        "(or CARTAG_DATABASE_URL to another database)"
+                    ) from exc
             # The driver's own transaction handling is switched off so that
             # SQLAlchemy's begin event below decides how each transaction starts.
             args.setdefault("isolation_level", None)

@@ -218,7 +218,12 @@ def check_store(settings: Settings, *, migrate: bool) -> None:
             (read-only, no space left, unreachable...) and how to fix it.
     """
     check_data_dir(settings.data_dir)
-    url = make_url(settings.resolved_database_url)
+    try:
+        url = make_url(settings.resolved_database_url)
+    except Exception:  # noqa: BLE001 - sqlalchemy raises several types
+        # Database() says what is wrong with it, and what to write instead.
+        Database(settings.resolved_database_url)
+        raise
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         where = f"the SQLite database {url.database}"
         folder = Path(url.database).parent
@@ -233,6 +238,14 @@ def check_store(settings: Settings, *, migrate: bool) -> None:
         probe_database(db)
     except Exception as exc:
         problem = storage_problem(exc)
+        if problem is None and isinstance(exc, sa_exc.DBAPIError):
+            # Not the storage (a file that is not a database, a foreign schema): the
+            # driver's words, and what to do.
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise StorageError(
+                f"cannot use {where} ({reason}): move it away, or point CARTAG_DATABASE_URL "
+                "or CARTAG_DATA_DIR elsewhere"
+            ) from exc
         if problem is None:
             raise
         if problem == FAILED:  # on the command line, the driver's words are the details

@@ -449,3 +449,10 @@ def test_fit_heads_uses_only_the_recolored_copies_of_its_rows() -> None:
     )
     assert "recolored" not in none.color.metadata
     assert "Orange" in none.color.metadata["absent_labels"]
+
+
+def test_a_sweep_file_that_is_not_text_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_bytes(b"\xff\xd8\xff\xe0 a JPEG, not YAML")
+    with pytest.raises(InputError, match="not UTF-8 text"):
+        load_sweep(path)

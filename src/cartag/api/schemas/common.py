@@ -11,6 +11,8 @@ from typing import Any, Final, Literal
 from pydantic import AfterValidator, BaseModel, Field
 
 from cartag.vocab import (
+    ADVERTISER_ID_MAX,
+    ADVERTISER_ID_PATTERN,
     Color,
     normalize_color,
 )
@@ -18,10 +20,10 @@ from cartag.vocab import (
 ColorName = Color
 SourceName = Literal["model", "cache", "fix", "override", "scrape", "advertiser_model"]
 
-# An advertiser id: what the scraper calls the dealer (a slash is allowed: routes that
-# take one in their path take the rest of the path).
-ADVERTISER_PATTERN: Final[str] = r"^[A-Za-z0-9._:@/-]+$"
-ID_FIELD = Field(min_length=1, max_length=128, pattern=ADVERTISER_PATTERN)
+# An advertiser id (cartag.vocab; a slash is allowed: routes that take one in their path
+# take the rest of it).
+ADVERTISER_PATTERN: Final[str] = ADVERTISER_ID_PATTERN
+ID_FIELD = Field(min_length=1, max_length=ADVERTISER_ID_MAX, pattern=ADVERTISER_PATTERN)
 
 
 def no_nul(value: str) -> str:

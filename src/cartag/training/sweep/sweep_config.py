@@ -278,6 +278,11 @@ def load_sweep(path: Path) -> SweepConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot read sweep file {path}: {exc.strerror}", field="sweep") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{path} is not a sweep file: not UTF-8 text ({exc.reason} at byte {exc.start})",
+            field="sweep",
+        ) from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
