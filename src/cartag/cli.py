@@ -210,7 +210,7 @@ def predict(
             low_confidence_threshold=settings.low_confidence_threshold,
         ):
             progress.advance(task)
-            counts[record["image_type"] or "error"] += 1
+            counts[record["image_type"] or "not read"] += 1
             if not record["image_type"]:
                 skipped.append((record["path"], str(record.get("error"))))
             if jsonl:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -109,3 +110,16 @@ def test_a_folder_without_a_version_is_refused(
     source = make_model_dir(tmp_path / "m", "has spaces")
     with pytest.raises(ModelError, match="needs a version"):
         registry.register_model(sqlite_db, settings, source, created_by="t", clock=clock)
+
+
+def test_a_model_missing_the_heads_of_the_other_precision_is_refused(scene: Scene) -> None:
+    # The load check loads the heads of the precision this server serves; a folder without
+    # the other precision's heads registered, then failed on a server set to serve it.
+    folder = model_dir(scene, "half")
+    config = json.loads((folder / "config.json").read_text())
+    config["int8"] = {**config.get("int8", {}), "heads": {"image_type": "t8", "color": "c8"}}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="t8.json is missing"):
+        register(scene, "half", folder=folder)
+    with scene.db.read() as session:
+        assert repo.get_version(session, "half").status == "refused"

@@ -25,6 +25,7 @@ from cartag.clock import Clock
 from cartag.deploy.loadcheck import files_digest, load_model, models_root, smoke_check, version_dir
 from cartag.errors import ConflictError, InputError, ModelError
 from cartag.models.classifier import BUNDLED_DIR, CONFIG_NAME, Classifier, read_config
+from cartag.models.heads import load_head
 from cartag.settings import Settings
 from cartag.store import model_versions as repo
 from cartag.store.db import Database
@@ -46,6 +47,27 @@ def _card(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
         except (OSError, ValueError):
             heads[task] = None
     return {"config": config, "heads": heads}
+
+
+def check_heads(folder: Path, config: dict[str, Any]) -> None:
+    """Every head the config names loads, for both precisions.
+
+    The load check loads the heads of the precision this server serves (int8 by
+    default), so a folder without its fp32 heads registered here and failed later on a
+    server or worker set to ``CARTAG_PRECISION=fp32``.
+
+    Raises:
+        ModelError: Naming the head (and its file in ``folder``) that does not load.
+    """
+    int8 = config.get("int8")
+    names = list(config["heads"].values())
+    if isinstance(int8, dict) and isinstance(int8.get("heads"), dict):
+        names += list(int8["heads"].values())
+    for name in names:
+        try:
+            load_head(folder / str(name))
+        except ValueError as exc:  # the files disagree, or a wrong format
+            raise ModelError(f"head {name} in {folder} does not load: {exc}") from exc
 
 
 def register_model(
@@ -101,6 +123,7 @@ def register_model(
     target = _copy_in(settings, source_dir, version, digest)
     reason: str | None = None
     try:
+        check_heads(target, config)
         smoke_check(load_model(settings, target, reuse=reuse))
     except ModelError as exc:
         reason = exc.message
