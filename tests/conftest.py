@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,25 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("CARTAG_CACHE_DIR", None)
     else:
         os.environ["CARTAG_CACHE_DIR"] = before
+
+
+@pytest.fixture(autouse=True)
+def root_logging() -> Iterator[None]:
+    """Each test leaves the root logger as it found it.
+
+    A command run in-process (``cartag worker``, ``serve``) configures logging for the
+    whole process; without this, its handler wrote into the output of the tests after it.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

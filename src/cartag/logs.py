@@ -110,13 +110,33 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes to whatever ``sys.stderr`` is when a record comes.
+
+    As logging's own last-resort handler does: bound to the stderr of the moment it was
+    made, it kept writing to a stream that had been swapped and closed since (a test
+    runner's capture), and every later record raised "I/O operation on closed file".
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def make_handler(fmt: LogFormat, stream: Any = None) -> logging.Handler:
     """A stream handler (stderr by default) with the formatter for ``fmt``.
 
     Its :class:`~cartag.redaction.RedactingFilter` keeps URL passwords and tokens out of
     every line, whichever logger wrote it (httpx logs each request's URL at INFO).
     """
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _StderrHandler() if stream is None else logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RedactingFilter())
     handler.set_name("cartag")
