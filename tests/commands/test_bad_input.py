@@ -194,3 +194,20 @@ def test_serve_says_what_is_wrong_with_the_model_folder(
         app, ["serve", "--port", "1"], env={**env, "CARTAG_MODEL_DIR": str(folder)}
     )
     _refused(result, "config.json is not valid JSON", "CARTAG_MODEL_DIR")
+
+
+def test_a_model_dir_that_is_a_file_is_called_so(env: dict[str, str], tmp_path: Path) -> None:
+    image = tmp_path / "car.jpg"
+    image.write_bytes(jpeg_bytes())
+    result = CliRunner().invoke(
+        app, ["predict", str(image)], env={**env, "CARTAG_MODEL_DIR": str(image)}
+    )
+    _refused(result, "is a file, not a model folder")
+
+
+def test_register_advises_what_to_register(env: dict[str, str], tmp_path: Path) -> None:
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    result = CliRunner().invoke(app, ["models", "register", str(folder)], env=env)
+    _refused(result, "config.json is missing", "cartag models build-bundled")
+    assert "reinstall cartag" not in result.output

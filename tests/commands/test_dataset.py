@@ -68,6 +68,8 @@ def test_walkthrough_import_freeze_export_create(
 
     code, output = _run(env, "list")
     assert code == 0 and "cars@1" in output and "draft" in output
+    code, output = _run(env, "list", "trucks")
+    assert code == 0 and "no dataset named 'trucks'; there are: cars" in output
 
     code, output = _run(env, "freeze", "cars")
     assert code == 0 and "froze cars@1: manifest sha256" in output

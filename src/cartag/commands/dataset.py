@@ -314,6 +314,7 @@ def list_command(
         with db.read() as session:
             versions = repo.list_versions(session, name)
             counts = repo.item_counts(session, [v.ref for v in versions])
+            others = sorted({v.name for v in repo.list_versions(session, None)})
     except CartagError as exc:
         raise fail(exc) from exc
     finally:
@@ -331,7 +332,9 @@ def list_command(
             str(c.get("excluded", 0)),
         )
     out.print(table)
-    if not versions:
+    if not versions and name is not None and others:
+        err.print(f"no dataset named {name!r}; there are: {', '.join(others)}")
+    elif not versions:
         err.print("no dataset versions yet: `cartag dataset import NAME --folder PATH`")
 
 

@@ -49,6 +49,11 @@ def _card(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
     return {"config": config, "heads": heads}
 
 
+REGISTER_HINT: Final[str] = (
+    "register a folder made by `cartag models build-bundled --out <dir>` or `cartag train`"
+)
+
+
 def check_heads(folder: Path, config: dict[str, Any]) -> None:
     """Every head the config names loads, for both precisions.
 
@@ -103,7 +108,7 @@ def register_model(
         ConflictError: The version is registered already with different files.
     """
     source_dir = Path(source_dir)
-    config = read_config(source_dir)
+    config = read_config(source_dir, hint=REGISTER_HINT)
     version = str(config.get("version") or "")
     if not _VERSION_RE.match(version):
         raise ModelError(

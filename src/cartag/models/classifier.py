@@ -479,8 +479,9 @@ def load_classifier(settings: Settings) -> Classifier:
     """
     path = settings.model_dir if settings.model_dir is not None else BUNDLED_DIR
     if settings.model_dir is not None and not path.is_dir():
+        what = "is a file, not a model folder" if path.exists() else "does not exist"
         raise ModelError(
-            f"CARTAG_MODEL_DIR={path} does not exist; unset it to use the bundled model "
+            f"CARTAG_MODEL_DIR={path} {what}; unset it to use the bundled model "
             "or point it at a folder with config.json and the head files"
         )
     return from_settings(settings, path)

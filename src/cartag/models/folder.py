@@ -133,21 +133,26 @@ def copy_backbone_weights(backbone: Backbone, out_dir: Path) -> None:
             shutil.copyfile(sidecar, target.with_suffix(".json"))
 
 
-def read_config(path: Path) -> dict[str, Any]:
+def read_config(path: Path, hint: str = FIX_HINT) -> dict[str, Any]:
     """Read and check a model directory's ``config.json``.
+
+    Args:
+        path: The model folder.
+        hint: What the error messages advise (the default: for the served model).
 
     Raises:
         ModelError: If the folder or file is missing or malformed.
     """
     if not path.is_dir():
-        raise ModelError(f"model folder {path} does not exist; {FIX_HINT}")
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise ModelError(f"model folder {path} {what}; {hint}")
     config_path = path / CONFIG_NAME
     if not config_path.is_file():
-        raise ModelError(f"{config_path} is missing; {FIX_HINT}")
+        raise ModelError(f"{config_path} is missing; {hint}")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{config_path} is not valid JSON ({exc}); {FIX_HINT}") from exc
+        raise ModelError(f"{config_path} is not valid JSON ({exc}); {hint}") from exc
     if (
         not isinstance(config, dict)
         or config.get("format") != MODEL_FORMAT
@@ -158,6 +163,6 @@ def read_config(path: Path) -> dict[str, Any]:
     ):
         raise ModelError(
             f"{config_path} is not a {MODEL_FORMAT} config (needs backbone.variant and "
-            f"heads.image_type/heads.color); {FIX_HINT}"
+            f"heads.image_type/heads.color); {hint}"
         )
     return config
