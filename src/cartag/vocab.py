@@ -113,7 +113,13 @@ def normalize_image_type(value: str) -> str:
 
 # An advertiser id: what the scraper calls the dealer, 1-128 of these characters (a slash
 # is allowed: "group/dealer-7"). The API, the CLI and API keys' scopes take the same ids.
-ADVERTISER_ID_PATTERN: Final[str] = r"^[A-Za-z0-9._:@/-]+$"
+# Its slash-separated parts are never empty, "." or "..": pages put the id in their path
+# (/fix/<id>), where a browser would resolve "a/../b" to another advertiser's page.
+_ID_PART: Final[str] = (
+    r"(?:[A-Za-z0-9_:@-][A-Za-z0-9._:@-]*|\.[A-Za-z0-9_:@-][A-Za-z0-9._:@-]*|\.\.[A-Za-z0-9._:@-]+)"
+)
+ADVERTISER_ID_BODY: Final[str] = rf"{_ID_PART}(?:/{_ID_PART})*"
+ADVERTISER_ID_PATTERN: Final[str] = rf"^{ADVERTISER_ID_BODY}$"
 ADVERTISER_ID_MAX: Final[int] = 128
 _ADVERTISER_ID: Final = re.compile(ADVERTISER_ID_PATTERN)
 
@@ -133,7 +139,7 @@ def check_advertiser_id(value: str, field: str = "advertiser_id") -> str:
         shown = value if len(value) <= 40 else value[:40] + "..."
         raise InputError(
             f"{field} {shown!r} is not an advertiser id: 1-{ADVERTISER_ID_MAX} letters, digits "
-            "or . _ : @ / -",
+            "or . _ : @ / -, with no empty, '.' or '..' part between slashes",
             field=field,
         )
     return value

@@ -135,3 +135,55 @@ def test_a_new_login_ends_the_previous_session(browser: TestClient, db: Database
     browser.cookies.clear()
     browser.cookies.set("cartag_session", first)
     assert browser.get("/review", follow_redirects=False).status_code == 303
+
+
+@pytest.mark.parametrize("page", ["/fix", "/review", "/monitor"])
+def test_a_long_page_address_still_gets_the_login_form(browser: TestClient, page: str) -> None:
+    # A page URL over 512 characters made the login form a JSON 422 (/fix and /monitor).
+    long_next = f"{page}?utm=" + "x" * 600
+    response = browser.get(f"{page}/login", params={"next": long_next})
+    assert response.status_code == 200, response.text
+    assert "text/html" in response.headers["content-type"]
+    assert long_next in response.text  # under 2,048 characters: kept
+    too_long = f"{page}?utm=" + "x" * 3000
+    response = browser.get(f"{page}/login", params={"next": too_long})
+    assert response.status_code == 200 and too_long not in response.text
+
+
+@pytest.mark.parametrize("path", ["/fix/login", "/fix/logout", "/review/login", "/monitor/login"])
+def test_a_client_that_leaves_mid_form_is_a_400_not_an_error(
+    browser: TestClient, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The body never arrives: the server read a disconnect and logged an unhandled error.
+    app = browser.app
+    messages: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        messages.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/x-www-form-urlencoded"),
+            (b"content-length", b"100"),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+    with caplog.at_level("INFO"):
+        browser.portal.call(app, scope, receive, send)  # type: ignore[union-attr,arg-type]
+    start = next(m for m in messages if m["type"] == "http.response.start")
+    assert start["status"] == 400
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

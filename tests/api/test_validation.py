@@ -31,6 +31,11 @@ from tests.support.images import jpeg_bytes
             "images.0.colour",
         ),
         ({"advertiser_id": "a b", "images": [{"url": "http://a/x"}]}, "advertiser_id"),
+        # Parts a browser resolves: /fix/a/../b is /fix/b, another advertiser's page.
+        ({"advertiser_id": "..", "images": [{"url": "http://a/x"}]}, "advertiser_id"),
+        ({"advertiser_id": "a/../b", "images": [{"url": "http://a/x"}]}, "advertiser_id"),
+        ({"advertiser_id": "a//b", "images": [{"url": "http://a/x"}]}, "advertiser_id"),
+        ({"advertiser_id": "/a", "images": [{"url": "http://a/x"}]}, "advertiser_id"),
         ({"advertiser_id": "a", "images": "http://a/x"}, "images"),
     ],
 )

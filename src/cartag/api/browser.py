@@ -112,6 +112,10 @@ async def logout_form_ok(request: Request) -> bool:
     return session_csrf_ok(request, fields.get(CSRF_FIELD, [None])[0])
 
 
+# Longer page addresses to come back to are dropped (the form goes to the area's root).
+_MAX_NEXT = 2048
+
+
 def safe_next(target: str | None, area: str) -> str:
     """Where a login form may send the browser: a page under ``area``, else ``area`` itself.
 
@@ -121,7 +125,13 @@ def safe_next(target: str | None, area: str) -> str:
         target: The form's ``next`` value.
         area: The pages' root, e.g. ``/review`` or ``/monitor``.
     """
-    if target and target.startswith(area) and "//" not in target and "\\" not in target:
+    if (
+        target
+        and len(target) <= _MAX_NEXT
+        and target.startswith(area)
+        and "//" not in target
+        and "\\" not in target
+    ):
         return target
     return area
 

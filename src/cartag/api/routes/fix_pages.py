@@ -72,9 +72,7 @@ def _forbidden(request: Request, message: str) -> HTMLResponse:
 
 
 @pages.get("/login")
-def login_form(
-    request: Request, next: str | None = Query(default=None, max_length=512)
-) -> Response:
+def login_form(request: Request, next: str | None = Query(default=None)) -> Response:
     return browser.login_page(request, _LOGIN, next_url=browser.safe_next(next, "/fix"))
 
 

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Query, Request, Response
 from cartag.api import access
 from cartag.api.deps import FixerDep, PrincipalDep, StateDep
 from cartag.api.schemas.classify import ResultOut
-from cartag.api.schemas.common import ADVERTISER_PATTERN, error_responses
+from cartag.api.schemas.common import error_responses
 from cartag.api.schemas.fixes import AuditOut, FixIn, FixOut, HistoryOut
 from cartag.errors import NotFoundError
 from cartag.pipeline import fixes as fix_service
@@ -29,7 +29,7 @@ from cartag.store import images as image_repo
 from cartag.store.apikeys import Principal
 from cartag.store.blobs import BlobStore, derived_path
 from cartag.store.tables import FixAuditRow
-from cartag.vocab import read_stored_color
+from cartag.vocab import ADVERTISER_ID_BODY, read_stored_color
 
 router = APIRouter(
     prefix="/v1/images", tags=["fixes"], responses=error_responses(401, 403, 404, 422)
@@ -102,7 +102,7 @@ def get_image(
     advertiser_id: str = Query(
         default="",
         max_length=128,
-        pattern=ADVERTISER_PATTERN.replace("]+$", "]*$"),  # or empty: none
+        pattern=f"^(?:{ADVERTISER_ID_BODY})?$",  # an advertiser id, or empty: none
         description="Whose overrides to apply (a key scoped to one advertiser: its own).",
     ),
 ) -> ResultOut:

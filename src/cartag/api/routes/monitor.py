@@ -163,9 +163,7 @@ def monitor_page(
 
 
 @router.get("/monitor/login", response_class=HTMLResponse)
-def login_form(
-    request: Request, next: Annotated[str | None, Query(max_length=512)] = None
-) -> HTMLResponse:
+def login_form(request: Request, next: Annotated[str | None, Query()] = None) -> HTMLResponse:
     """The login form of the monitor page."""
     return browser.login_page(request, _LOGIN, next_url=browser.safe_next(next, "/monitor"))
 
