@@ -7,6 +7,7 @@ build :class:`Settings` directly in tests) and pass the object down.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
@@ -19,6 +20,11 @@ DEFAULT_LOW_CONFIDENCE_THRESHOLD: Final[float] = 0.8
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+
+# A host name of content_hash_hosts, or a "*." pattern of its subdomains.
+_HOST_PATTERN = re.compile(
+    r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?$"
+)
 
 # Celery broker transports cartag is tested with, and their TLS and alias forms.
 _BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp", "sentinel"})
@@ -152,6 +158,8 @@ class Settings(BaseSettings):
     max_batch_delay_ms: float = Field(
         default=10,
         ge=0,
+        le=10_000,  # infinity overflowed the batcher's wait: every classify hung
+        allow_inf_nan=False,
         description="How long a micro-batch waits for images of concurrent requests before "
         "it runs anyway.",
     )
@@ -306,17 +314,28 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         parsed: dict[str, float] = {}
+        example = "e.g. 'color=0.05,image_type=0.01'"
         for part in (p.strip() for p in value.split(",") if p.strip()):
             name, sep, number = part.partition("=")
-            if not sep:
-                raise ValueError(f"expected FIELD=TOLERANCE, got {part!r}")
-            parsed[name.strip()] = float(number)
+            name = name.strip()
+            if not sep or name not in ("image_type", "color"):
+                raise ValueError(f"expected image_type=T or color=T, got {part!r}; {example}")
+            try:
+                tolerance = float(number)
+            except ValueError:
+                raise ValueError(f"{number.strip()!r} is not a number; {example}") from None
+            # NaN or 5 passed every candidate; a negative one failed them all.
+            if not 0 <= tolerance <= 1:
+                raise ValueError(f"{name}={number.strip()}: a tolerance is 0 to 1; {example}")
+            parsed[name] = tolerance
         return parsed
 
     # --- model registry and hot-swap ---------------------------------------------
     model_poll_s: float = Field(
         default=5.0,
-        gt=0,
+        ge=0.1,  # below, an idle server spins on the registry
+        le=86_400,
+        allow_inf_nan=False,
         description="How often a server checks the registry's production alias and hot-swaps "
         "to a newly promoted model (one single-row read).",
     )
@@ -417,12 +436,14 @@ class Settings(BaseSettings):
         default="json",
         description="`cartag serve` logs: json (one object per line, with request_id) or text.",
     )
+    # Day windows end at 10 years: a million days overflowed the dates (a traceback).
     monitor_recent_days: int = Field(
-        default=2, gt=0, description="Monitor: days of the recent window of the jump rule."
+        default=2, gt=0, le=3650, description="Monitor: days of the recent window of the jump rule."
     )
     monitor_baseline_days: int = Field(
         default=28,
         gt=0,
+        le=3650,
         description="Monitor: days before the recent window that form the "
         "advertiser's baseline fix rate.",
     )
@@ -451,10 +472,11 @@ class Settings(BaseSettings):
     drift_baseline_days: int = Field(
         default=7,
         gt=0,
+        le=3650,
         description="Drift: days from a model version's first answer that form its baseline.",
     )
     drift_current_days: int = Field(
-        default=1, gt=0, description="Drift: days (up to today) of the window compared."
+        default=1, gt=0, le=3650, description="Drift: days (up to today) of the window compared."
     )
     drift_min_images: int = Field(
         default=50,
@@ -588,8 +610,52 @@ class Settings(BaseSettings):
     def _parse_hosts(cls, value: object) -> object:
         value = _split_csv(value)
         if isinstance(value, list):
-            return [str(v).lower() for v in value]
+            hosts = [str(v).strip().lower() for v in value]
+            for host in hosts:
+                # A URL, a port or a JSON list never matches a host: the setting did nothing.
+                if not _HOST_PATTERN.match(host):
+                    raise ValueError(
+                        f"{host!r} is not a host name; write cdn.example.com or *.example.com, "
+                        "comma-separated (no scheme, port or path)"
+                    )
+            return hosts
         return value
+
+    @field_validator("user_agent")
+    @classmethod
+    def _printable_ascii(cls, value: str) -> str:
+        # It is an HTTP header: httpx refused non-ASCII at startup (a traceback), and a
+        # line break made every download fail as connection_error.
+        if not value or not all(" " <= c <= "~" for c in value):
+            raise ValueError("must be printable ASCII on one line, e.g. 'cartag/0.1'")
+        return value
+
+    @field_validator("redis_cache_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        scheme = value.partition("://")[0].lower()
+        if "://" not in value or scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("not a Redis URL; use redis://host:6379/1 (or rediss://, unix://)")
+        return value
+
+    @field_validator("callback_secret")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        # Blank signed every callback with a space; unset uses the generated secret.
+        return None if value is None or not value.get_secret_value().strip() else value
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _empty_data_dir(cls, value: object) -> object:
+        # An empty value meant the current directory, not the default.
+        return "cartag-data" if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("model_dir", "cache_dir", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def resolved_cache_dir(self) -> Path:
