@@ -509,17 +509,17 @@ def main() -> None:
     """
     from sqlalchemy.exc import SQLAlchemyError
 
+    from cartag.store.health import driver_message
+
     try:
         app()
     except CartagError as exc:
         err.print(f"[red]error:[/red] {exc.message}")
         raise SystemExit(2) from None
     except SQLAlchemyError as exc:
-        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        reason = lines[0] if lines else type(exc).__name__
         err.print(
-            f"[red]error:[/red] the database failed: {reason}; check CARTAG_DATABASE_URL "
-            "(or CARTAG_DATA_DIR and its cartag.db)"
+            f"[red]error:[/red] the database failed: {driver_message(exc)}; check "
+            "CARTAG_DATABASE_URL (or CARTAG_DATA_DIR and its cartag.db)"
         )
         raise SystemExit(2) from None
     except UnicodeDecodeError as exc:

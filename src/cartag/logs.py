@@ -143,6 +143,21 @@ def make_handler(fmt: LogFormat, stream: Any = None) -> logging.Handler:
     return handler
 
 
+def check_log_level(level: str, option: str = "log level") -> str:
+    """The logging name of ``level`` (``info`` -> ``INFO``; uvicorn's ``trace`` -> ``DEBUG``).
+
+    Raises:
+        InputError: Naming ``option``: ``level`` is not a log level.
+    """
+    name = "DEBUG" if level.upper() == "TRACE" else level.upper()  # uvicorn's extra level
+    if name not in _LEVELS:
+        raise InputError(
+            f"unknown {option} {level!r}; use one of {', '.join(sorted(_LEVELS)).lower()}",
+            field="log_level",
+        )
+    return name
+
+
 def configure_logging(fmt: LogFormat, level: str = "info") -> None:
     """Send every logger's records (cartag's, uvicorn's, libraries') to one handler.
 
@@ -152,12 +167,7 @@ def configure_logging(fmt: LogFormat, level: str = "info") -> None:
     Raises:
         InputError: ``level`` is not a log level.
     """
-    name = "DEBUG" if level.upper() == "TRACE" else level.upper()  # uvicorn's extra level
-    if name not in _LEVELS:
-        raise InputError(
-            f"unknown log level {level!r}; use one of {', '.join(sorted(_LEVELS)).lower()}",
-            field="log_level",
-        )
+    name = check_log_level(level)
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

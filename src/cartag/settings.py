@@ -650,7 +650,8 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_data_dir(cls, value: object) -> object:
         # An empty value meant the current directory, not the default.
-        return "cartag-data" if isinstance(value, str) and not value.strip() else value
+        blank = isinstance(value, str) and not value.strip()
+        return cls.model_fields["data_dir"].default if blank else value
 
     @field_validator("model_dir", "cache_dir", mode="before")
     @classmethod

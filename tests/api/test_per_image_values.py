@@ -72,6 +72,23 @@ def _check(results: list[dict[str, Any]], images: list[dict[str, Any]]) -> None:
     assert answers == [(color, source, reason) for _, color, source, reason in COLORS]
 
 
+def _run_job(
+    client: TestClient, headers: dict[str, str], images: list[dict[str, Any]]
+) -> tuple[str, dict[str, Any]]:
+    """Submit ``images`` as a job of advertiser ``a``; its id and the job once it ended."""
+    response = client.post(
+        "/v1/jobs", json={"advertiser_id": "a", "images": images}, headers=headers
+    )
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+    deadline = time.monotonic() + 60
+    job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+    while job["status"] not in ("done", "failed") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+    return job_id, job
+
+
 def _stored_urls(db: Database) -> list[str]:
     with db.read() as session:
         return sorted(session.scalars(select(UrlRow.url)))
@@ -125,16 +142,7 @@ def test_a_job_skips_bad_urls_and_ignores_unknown_colors(
     client = _client(make_client, db, settings)
     headers = make_headers(db, "classifier")
     images = _images()
-    response = client.post(
-        "/v1/jobs", json={"advertiser_id": "a", "images": images}, headers=headers
-    )
-    assert response.status_code == 202, response.text
-    job_id = response.json()["id"]
-    deadline = time.monotonic() + 60
-    job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
-    while job["status"] not in ("done", "failed") and time.monotonic() < deadline:
-        time.sleep(0.05)
-        job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+    job_id, job = _run_job(client, headers, images)
     assert job["status"] == "done", job
     _check(job["results"], images)
     with db.read() as session:
@@ -153,16 +161,7 @@ def test_a_job_of_only_nul_urls_is_done_without_classifying(
     client = make_client(db, classifier=FixedClassifier(), fetcher=fetcher)
     headers = make_headers(db, "classifier")
     images = [{"url": "https://cdn.example/\0a.jpg"}, {"url": "https://cdn.example/b\0.jpg"}]
-    response = client.post(
-        "/v1/jobs", json={"advertiser_id": "a", "images": images}, headers=headers
-    )
-    assert response.status_code == 202, response.text
-    job_id = response.json()["id"]
-    deadline = time.monotonic() + 60
-    job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
-    while job["status"] not in ("done", "failed") and time.monotonic() < deadline:
-        time.sleep(0.05)
-        job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+    job_id, job = _run_job(client, headers, images)
     assert (job["status"], job["done"], job["total"]) == ("done", 2, 2), job
     assert [(r["url"], r["status"], r["reason"]) for r in job["results"]] == [
         (image["url"], "skipped", "invalid_url") for image in images

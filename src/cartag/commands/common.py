@@ -70,26 +70,22 @@ def open_database(settings: Settings) -> Database:
     return db
 
 
-def _reason(exc: BaseException) -> str:
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def unreachable_database(settings: Settings, exc: BaseException) -> typer.Exit:
     """Say in one line that the database cannot be reached, and which setting names it."""
     from cartag.redaction import strip_password
+    from cartag.store.health import driver_message
 
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         err.print(
             f"[red]error:[/red] cannot open the SQLite database {strip_password(url)} "
-            f"({_reason(exc)}); check that CARTAG_DATA_DIR is a writable folder and its "
+            f"({driver_message(exc)}); check that CARTAG_DATA_DIR is a writable folder and its "
             "cartag.db a database file (or set CARTAG_DATABASE_URL)"
         )
     else:
         err.print(
             f"[red]error:[/red] cannot reach the database {strip_password(url)} "
-            f"({_reason(exc)}); check CARTAG_DATABASE_URL and that the database server "
+            f"({driver_message(exc)}); check CARTAG_DATABASE_URL and that the database server "
             "is running"
         )
     return typer.Exit(2)
@@ -98,10 +94,11 @@ def unreachable_database(settings: Settings, exc: BaseException) -> typer.Exit:
 def unusable_database(settings: Settings, exc: BaseException) -> typer.Exit:
     """Say in one line that the configured database is not one cartag can use."""
     from cartag.redaction import strip_password
+    from cartag.store.health import driver_message
 
     err.print(
         f"[red]error:[/red] {strip_password(settings.resolved_database_url)} cannot be used as "
-        f"cartag's database ({_reason(exc)}); move the file away or point "
+        f"cartag's database ({driver_message(exc)}); move the file away or point "
         "CARTAG_DATABASE_URL / CARTAG_DATA_DIR elsewhere"
     )
     return typer.Exit(2)

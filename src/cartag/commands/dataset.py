@@ -314,7 +314,12 @@ def list_command(
         with db.read() as session:
             versions = repo.list_versions(session, name)
             counts = repo.item_counts(session, [v.ref for v in versions])
-            others = sorted({v.name for v in repo.list_versions(session, None)})
+            # Only to say which names there are, when the one asked for has none.
+            others = (
+                sorted({v.name for v in repo.list_versions(session, None)})
+                if not versions and name is not None
+                else []
+            )
     except CartagError as exc:
         raise fail(exc) from exc
     finally:
@@ -332,7 +337,7 @@ def list_command(
             str(c.get("excluded", 0)),
         )
     out.print(table)
-    if not versions and name is not None and others:
+    if others:
         err.print(f"no dataset named {name!r}; there are: {', '.join(others)}")
     elif not versions:
         err.print("no dataset versions yet: `cartag dataset import NAME --folder PATH`")

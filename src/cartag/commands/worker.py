@@ -13,15 +13,13 @@ from typing import Annotated
 
 import typer
 
-from cartag.commands.common import err, load_settings
+from cartag.commands.common import err, fail, load_settings
 from cartag.errors import CartagError
+from cartag.logs import check_log_level
 from cartag.settings import Settings
 
 app = typer.Typer(help="Run a Celery worker for jobs (needs CARTAG_BROKER_URL).")
 log = logging.getLogger(__name__)
-
-
-_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 @app.callback(invoke_without_command=True)
@@ -34,12 +32,10 @@ def worker(
     """Take job chunks from the broker and classify them (one at a time per process)."""
     from cartag.jobs.dispatch import check_broker_settings
 
-    if loglevel.lower() not in _LOG_LEVELS:
-        err.print(
-            f"[red]error:[/red] --loglevel {loglevel!r} is not a log level; use one of "
-            f"{', '.join(_LOG_LEVELS)}"
-        )
-        raise typer.Exit(2)
+    try:
+        loglevel = check_log_level(loglevel, "--loglevel")
+    except CartagError as exc:
+        raise fail(exc) from exc
 
     settings = load_settings()
     if not settings.broker_url:

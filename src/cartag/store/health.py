@@ -68,6 +68,12 @@ _SQLITE_HINTS: Final[tuple[tuple[str, str], ...]] = (
 )
 
 
+def driver_message(exc: BaseException) -> str:
+    """The first line of the database driver's own words about ``exc`` (not the SQL)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def storage_problem(exc: BaseException) -> str | None:
     """What is wrong with the store, when ``exc`` is a storage failure rather than a bug.
 
@@ -241,15 +247,14 @@ def check_store(settings: Settings, *, migrate: bool) -> None:
         if problem is None and isinstance(exc, sa_exc.DBAPIError):
             # Not the storage (a file that is not a database, a foreign schema): the
             # driver's words, and what to do.
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             raise StorageError(
-                f"cannot use {where} ({reason}): move it away, or point CARTAG_DATABASE_URL "
-                "or CARTAG_DATA_DIR elsewhere"
+                f"cannot use {where} ({driver_message(exc)}): move it away, or point "
+                "CARTAG_DATABASE_URL or CARTAG_DATA_DIR elsewhere"
             ) from exc
         if problem is None:
             raise
         if problem == FAILED:  # on the command line, the driver's words are the details
-            problem = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            problem = driver_message(exc)
         raise StorageError(f"cannot write {where}: {problem}") from exc
     finally:
         db.dispose()

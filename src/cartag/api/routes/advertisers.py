@@ -25,7 +25,7 @@ from cartag.api.schemas.advertisers import (
     ColorFilter,
     ImageCountsOut,
 )
-from cartag.api.schemas.common import ADVERTISER_PATTERN, error_responses
+from cartag.api.schemas.common import error_responses
 from cartag.api.state import AppState
 from cartag.pipeline import inventory
 from cartag.pipeline.adaptation import enabled as adaptation_enabled
@@ -34,7 +34,7 @@ from cartag.redaction import strip_password
 from cartag.store import advertisers as advertiser_repo
 from cartag.store.advertisers import AdvertiserSummary
 from cartag.store.apikeys import Principal
-from cartag.vocab import ImageType
+from cartag.vocab import ADVERTISER_ID_MAX, ADVERTISER_ID_PATTERN, ImageType
 
 router = APIRouter(
     prefix="/v1/advertisers", tags=["advertisers"], responses=error_responses(401, 403, 422)
@@ -44,7 +44,7 @@ router = APIRouter(
 class AdvertiserIdConvertor(Convertor[str]):
     """An advertiser id in a route's path (``{advertiser_id:advertiser}``).
 
-    An id may hold slashes (:data:`ADVERTISER_PATTERN`), so it takes the rest of the
+    An id may hold slashes (:data:`cartag.vocab.ADVERTISER_ID_PATTERN`), so it takes the rest of the
     path, but for a trailing ``/images``: that is the route of its images, and a PUT
     there stays a 405. (An id that itself ends in ``/images`` cannot be named in a path.)
     """
@@ -61,7 +61,9 @@ class AdvertiserIdConvertor(Convertor[str]):
 register_url_convertor("advertiser", AdvertiserIdConvertor())
 
 AdminDep = Annotated[Principal, Depends(require("admin"))]
-AdvertiserId = Annotated[str, Path(min_length=1, max_length=128, pattern=ADVERTISER_PATTERN)]
+AdvertiserId = Annotated[
+    str, Path(min_length=1, max_length=ADVERTISER_ID_MAX, pattern=ADVERTISER_ID_PATTERN)
+]
 # A page past this is past the end of any advertiser's images (500 per page).
 MAX_PAGE: Final[int] = 1_000_000
 

@@ -18,7 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cartag.api import browser
 from cartag.api.deps import BrowserPrincipalDep, StateDep
-from cartag.api.schemas.common import ADVERTISER_PATTERN, ERROR_SCHEMA_REF, error_responses
+from cartag.api.schemas.common import ERROR_SCHEMA_REF, error_responses
 from cartag.deploy.drift import drift_now
 from cartag.deploy.monitor import report_since
 from cartag.deploy.operations import build_ops
@@ -26,6 +26,7 @@ from cartag.errors import PermissionDeniedError
 from cartag.store import apikeys
 from cartag.telemetry.prometheus import PrometheusTelemetry
 from cartag.telemetry.snapshot import read as read_snapshot
+from cartag.vocab import ADVERTISER_ID_MAX, ADVERTISER_ID_PATTERN
 from cartag.web.monitor_page import render_login, render_monitor
 
 router = APIRouter(tags=["operations"])
@@ -118,7 +119,9 @@ def monitor_page(
             description="24h, 7d, 2w or a date (YYYY-MM-DD), at most 400 days back.",
         ),
     ] = "7d",
-    advertiser: Annotated[str | None, Query(max_length=128, pattern=ADVERTISER_PATTERN)] = None,
+    advertiser: Annotated[
+        str | None, Query(max_length=ADVERTISER_ID_MAX, pattern=ADVERTISER_ID_PATTERN)
+    ] = None,
 ) -> Response:
     """Answer mix and manual-fix rate per model version, day and advertiser; operational
     panels (latency, errors, skip reasons, cache hit rate, job queue, per model version);

@@ -20,10 +20,8 @@ from cartag.vocab import (
 ColorName = Color
 SourceName = Literal["model", "cache", "fix", "override", "scrape", "advertiser_model"]
 
-# An advertiser id (cartag.vocab; a slash is allowed: routes that take one in their path
-# take the rest of it).
-ADVERTISER_PATTERN: Final[str] = ADVERTISER_ID_PATTERN
-ID_FIELD = Field(min_length=1, max_length=ADVERTISER_ID_MAX, pattern=ADVERTISER_PATTERN)
+# An advertiser id in a body (cartag.vocab.check_advertiser_id's rule).
+ID_FIELD = Field(min_length=1, max_length=ADVERTISER_ID_MAX, pattern=ADVERTISER_ID_PATTERN)
 
 
 def no_nul(value: str) -> str:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from cartag.api.schemas.common import ADVERTISER_PATTERN
+from cartag.vocab import ADVERTISER_ID_MAX, ADVERTISER_ID_PATTERN
 
 # The aliases of cartag.store.model_versions.ALIASES (check_alias), stated in the schema.
 Alias = Literal["production", "candidate"]
@@ -66,5 +66,5 @@ class ReclassifyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     advertiser_id: str | None = Field(
-        default=None, min_length=1, max_length=128, pattern=ADVERTISER_PATTERN
+        default=None, min_length=1, max_length=ADVERTISER_ID_MAX, pattern=ADVERTISER_ID_PATTERN
     )
