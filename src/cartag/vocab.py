@@ -115,6 +115,7 @@ def normalize_image_type(value: str) -> str:
 # is allowed: "group/dealer-7"). The API, the CLI and API keys' scopes take the same ids.
 # Its slash-separated parts are never empty, "." or "..": pages put the id in their path
 # (/fix/<id>), where a browser would resolve "a/../b" to another advertiser's page.
+# "~" is in no id: /fix/~/<id> is the fix page's address that no id can shadow.
 _ID_PART: Final[str] = (
     r"(?:[A-Za-z0-9_:@-][A-Za-z0-9._:@-]*|\.[A-Za-z0-9_:@-][A-Za-z0-9._:@-]*|\.\.[A-Za-z0-9._:@-]+)"
 )

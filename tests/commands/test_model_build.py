@@ -93,3 +93,20 @@ def test_build_bundled_checks_its_data_and_output_first(tmp_path: Path) -> None:
     code, text = _run(["build-bundled", "--data", str(tmp_path), "--out", str(out)])
     assert code == 2 and "--out" in text and "cannot be written" in text
     assert "Traceback" not in text
+
+
+def test_a_failed_build_leaves_no_empty_output_folder(tmp_path: Path) -> None:
+    # The folder is made before training (to find an unwritable --out at once); a build
+    # that then fails must not leave it, or the folders above it it made, behind.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "labels.csv").write_text("path,color,weak_type,white_border_fraction\n")
+    out = tmp_path / "new" / "deeper" / "m"
+    code, text = _run(["build-bundled", "--data", str(data), "--out", str(out)])
+    assert code == 2 and "lists no photos" in text and "Traceback" not in text
+    assert not (tmp_path / "new").exists()
+    # A folder that existed before stays, with what was in it.
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    code, _ = _run(["build-bundled", "--data", str(data), "--out", str(kept / "m")])
+    assert code == 2 and kept.is_dir() and not (kept / "m").exists()

@@ -6,6 +6,7 @@ import json
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cartag.clock import FakeClock
@@ -99,6 +100,31 @@ def test_a_broken_model_is_refused_at_register(scene: Scene, broken: str, reason
         promote(scene, version, force=True)
     # A fixed model may take the refused version's place.
     assert register(scene, version) == version
+
+
+def test_a_refusal_names_the_file_in_the_folder_given(scene: Scene) -> None:
+    # The checks read the registry's copy; the file to fix is the one in the user's folder.
+    folder = model_dir(scene, "cut", broken="truncated")
+    with pytest.raises(ModelError) as refused:
+        register(scene, "cut", folder=folder)
+    assert str(folder / "type_head.npz") in refused.value.message
+    assert str(scene.settings.data_dir / "models") not in refused.value.message
+
+
+def test_a_head_holding_pickled_objects_is_refused_without_advice_to_unpickle(
+    scene: Scene,
+) -> None:
+    folder = model_dir(scene, "pickled")
+    npz = folder / "type_head.npz"
+    with np.load(npz) as arrays:
+        saved = {name: arrays[name] for name in arrays.files}
+    first = next(iter(saved))
+    saved[first] = np.array([{"code": "anything"}], dtype=object)
+    np.savez(npz, **saved)  # object arrays are pickled
+    with pytest.raises(ModelError) as refused:
+        register(scene, "pickled", folder=folder)
+    assert "holds Python objects" in refused.value.message
+    assert "allow_pickle" not in refused.value.message
 
 
 def test_a_folder_without_a_version_is_refused(

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import event
 
 from cartag.clock import FakeClock
 from cartag.imaging.keys import content_key, content_sha256
+from cartag.models.classifier import make_prediction
+from cartag.models.color_providers import ColorAnswer
 from cartag.net.outcomes import Fetched, Validators
-from cartag.pipeline.outcomes import New, match_known
-from cartag.store.cache import LookupCache
+from cartag.pipeline.outcomes import New, lookup_urls, match_known, store_new
+from cartag.store import images as image_repo
+from cartag.store.cache import InMemoryLookupCache, LookupCache
 from cartag.store.db import Database
 from cartag.telemetry import Telemetry
 from tests.support.factories import NOW, add_image
+from tests.support.fakes import FixedClassifier
 
 
 @pytest.fixture
@@ -52,3 +57,30 @@ def test_a_download_of_cached_bytes_reuses_the_answer(db: Database) -> None:
     item.sha256 = image.content_sha256 or ""
     found = match_known(db, LookupCache(), Telemetry(), [item], [], FakeClock(NOW))
     assert found[item.key].image_type == image.image_type
+
+
+class _LookupDuringInvalidation(InMemoryLookupCache):
+    """A cache that another request reads through at the moment it is invalidated."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__()
+        self.db = db
+
+    def invalidate(self, urls: Collection[str] = (), image_keys: Collection[str] = ()) -> None:
+        super().invalidate(urls, image_keys)
+        lookup_urls(self.db, self, list(urls))  # another request's classify, right now
+
+
+def test_a_new_image_of_a_known_url_leaves_no_stale_lookup_cached(db: Database) -> None:
+    # The URL served image A; it now serves other bytes, stored as a new image. The
+    # cache used to be invalidated before the commit, and a request reading the URL in
+    # between cached image A's answer again (served until the entry expired).
+    old = add_image(db, image_type="Stock")
+    url = old.url
+    with db.write() as session:
+        image_repo.save_urls(session, [image_repo.UrlEntry(url, old.image_key, None, None, 1)], NOW)
+    cache = _LookupDuringInvalidation(db)
+    item = _new(b"other bytes" * 10, url)
+    prediction = make_prediction(np.array([0.9, 0.05, 0.05]), np.eye(12)[0])
+    store_new(db, cache, FixedClassifier(), [item], [prediction], [ColorAnswer("Black")], NOW)
+    assert cache.get_many([url])[url].image_key == item.key

@@ -12,6 +12,8 @@
 * Every page is served with :data:`PAGE_HEADERS`.
 * One login form handler serves both areas (:func:`login_form_submitted`), each area
   described by a :class:`LoginArea` (its root, its form's look and wording).
+* A page tells a browser from a script by its ``Accept`` (:func:`prefers_html`): a
+  browser's bad input gets the page again with the reason, a script's the JSON error.
 """
 
 from __future__ import annotations
@@ -48,6 +50,39 @@ LOGIN_CSRF_COOKIE: Final[str] = "cartag_login_csrf"
 _LOGIN_CSRF_MAX_AGE_S: Final[int] = 2 * 3600
 _MAX_FORM_BYTES: Final[int] = 4096
 _TOKEN = re.compile(r"[A-Za-z0-9_\-]{32,64}")
+
+
+def _quality(accept: str, media_type: str) -> float:
+    """The quality ``accept`` gives ``media_type``: its most specific range's ``q``."""
+    kind = media_type.split("/")[0]
+    best: tuple[int, float] = (-1, 0.0)
+    for part in accept.split(","):
+        name, *params = (p.strip() for p in part.split(";"))
+        name = name.lower()
+        specificity = {media_type: 2, f"{kind}/*": 1, "*/*": 0}.get(name)
+        if specificity is None or specificity <= best[0]:
+            continue
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    quality = 0.0
+        best = (specificity, quality)
+    return best[1]
+
+
+def prefers_html(request: Request) -> bool:
+    """Whether the request's ``Accept`` ranks HTML above JSON, as a browser's navigation does.
+
+    Browsers send ``text/html,...,*/*;q=0.8``; curl sends ``*/*`` and scripts
+    ``application/json`` or nothing: those keep the JSON answers.
+    """
+    accept = request.headers.get("accept", "")
+    html = _quality(accept, "text/html")
+    return html > 0 and html > _quality(accept, "application/json")
 
 
 def _https(request: Request) -> bool:

@@ -9,6 +9,8 @@ take None and the library's value is used (the help names it).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +27,7 @@ def _refuse(message: str) -> typer.Exit:
 
 
 def _check_common(data: Path, out: Path, variant: str, threads: int) -> None:
-    """What both commands check before minutes of training: the inputs and the output.
+    """What both commands check before minutes of training: the inputs.
 
     Raises:
         typer.Exit: Code 2, the problem said in one line.
@@ -40,14 +42,36 @@ def _check_common(data: Path, out: Path, variant: str, threads: int) -> None:
         raise _refuse(exc.message) from exc
     if threads < 0:
         raise _refuse("--threads must be 0 (torch's default) or more")
-    # The output is written after the training: a path that cannot be written is found now.
+    if out.suffix and out.is_dir():
+        raise _refuse(f"--out {out} is a folder: give a file path")
+
+
+@contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """Make ``--out``'s folder now; if the command then fails, remove what it made.
+
+    The output is written after the training, so a path that cannot be written is found
+    at once by making its folder; a refused option or a failed training must not leave
+    that folder behind, empty.
+
+    Raises:
+        typer.Exit: Code 2, the folder cannot be made.
+    """
     folder = out if out.suffix == "" else out.parent
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _refuse(f"--out {out} cannot be written: {exc.strerror or exc}") from exc
-    if out.suffix and out.is_dir():
-        raise _refuse(f"--out {out} is a folder: give a file path")
+    try:
+        yield
+    except BaseException:
+        for path in made:
+            try:
+                path.rmdir()  # only if still empty: never what the command wrote
+            except OSError:
+                break
+        raise
 
 
 def _failed(exc: Exception) -> typer.Exit:
@@ -144,25 +168,26 @@ def build_bundled(
     if l2 is not None and not l2 > 0:
         raise _refuse("--l2 must be more than 0 (or left out: chosen by cross-validation)")
     _check_common(data, out, variant, threads)
-    try:
-        config = train_bundled(
-            data,
-            out,
-            cache_dir,
-            variant=variant,
-            n_placeholders=placeholders,
-            recolored_per_color=per_color,
-            seed=seed,
-            l2=l2,
-            threads=threads,
-            weights=backbone_weights,
-            sources=chosen,
-            recolor_min_real=recolor_min_real,
-            int8=chosen is not None if int8 is None else int8,
-            calibration_method=calibration,
-        )
-    except (CartagError, OSError, ValueError) as exc:
-        raise _failed(exc) from exc
+    with _writing(out):
+        try:
+            config = train_bundled(
+                data,
+                out,
+                cache_dir,
+                variant=variant,
+                n_placeholders=placeholders,
+                recolored_per_color=per_color,
+                seed=seed,
+                l2=l2,
+                threads=threads,
+                weights=backbone_weights,
+                sources=chosen,
+                recolor_min_real=recolor_min_real,
+                int8=chosen is not None if int8 is None else int8,
+                calibration_method=calibration,
+            )
+        except (CartagError, OSError, ValueError) as exc:
+            raise _failed(exc) from exc
     typer.echo(f"wrote {out} ({config['version']})")
     typer.echo((out / "MODEL_CARD.md").read_text(encoding="utf-8"))
 
@@ -205,17 +230,20 @@ def finetune(
         raise _refuse("--color-weight must be between 0 and 10")
     if not 0 <= restage_stock <= 1:
         raise _refuse("--restage-stock must be between 0 and 1")
-    try:
-        metadata = run(
-            data,
-            out,
-            variant=variant,
-            recipe=Recipe(epochs=epochs, color_weight=color_weight, restage_stock=restage_stock),
-            threads=threads,
-            progress=lambda line: typer.echo(line),
-        )
-    except (CartagError, OSError, ValueError) as exc:
-        raise _failed(exc) from exc
+    with _writing(out):
+        try:
+            metadata = run(
+                data,
+                out,
+                variant=variant,
+                recipe=Recipe(
+                    epochs=epochs, color_weight=color_weight, restage_stock=restage_stock
+                ),
+                threads=threads,
+                progress=lambda line: typer.echo(line),
+            )
+        except (CartagError, OSError, ValueError) as exc:
+            raise _failed(exc) from exc
     typer.echo(f"wrote {out} ({metadata['backbone_id']}): held-out {metadata['log']['held_out']}")
 
 

@@ -131,7 +131,9 @@ def register_model(
         check_heads(target, config)
         smoke_check(load_model(settings, target, reuse=reuse))
     except ModelError as exc:
-        reason = exc.message
+        # The checks read the registry's copy; name the file in the folder given, which
+        # is the one to fix.
+        reason = exc.message.replace(str(target), str(source_dir))
     try:
         with db.write() as session:
             row = repo.add_version(

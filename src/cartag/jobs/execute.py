@@ -19,9 +19,10 @@ Exactly once, per item and per image:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from pydantic import SecretStr
 
@@ -171,6 +172,45 @@ def fail_job(db: Database, clock: Clock, job_id: str, error: str) -> None:
         job_repo.finish_job(session, job_id, status=job_repo.FAILED, now=clock.now(), error=error)
 
 
+def callback_pending(db: Database, job_id: str) -> bool:
+    """Whether the job is finished and its callback still has to be sent."""
+    with db.read() as session:
+        return job_repo.callback_pending(job_repo.get_job(session, job_id))
+
+
+# Attempts of one callback, and the wait before the second (doubling after each): a
+# receiver that is down for about half a minute still gets it; at most
+# ~ attempts x 2 x callback_timeout_s + 30 s in all.
+CALLBACK_ATTEMPTS: Final[int] = 5
+CALLBACK_BACKOFF_S: Final[float] = 2.0
+
+
+def _transient(outcome: str) -> bool:
+    """Whether a failed delivery may go through later: the receiver is down, slow or busy.
+
+    A redirect, another 4xx or a refused address will not change by waiting.
+    """
+    reason = outcome.removeprefix("failed:")
+    if reason.startswith("http_"):
+        code = int(reason.removeprefix("http_"))
+        return code >= 500 or code in (408, 429)
+    return reason in ("timeout", "connection_error", "dns_error")
+
+
+async def _deliver(fetcher: Fetcher, url: str, key: str, clock: Clock, body: bytes) -> str:
+    # Signed at each attempt: a retried callback carries a fresh timestamp.
+    headers = callbacks.signed_headers(key, int(clock.now().timestamp()), body)
+    try:
+        status = await fetcher.post_body(url, body, headers)
+    except FetchError as exc:
+        return f"failed:{exc.reason}"
+    if 200 <= status < 300:
+        return f"delivered:{status}"
+    if 300 <= status < 400:
+        return "failed:redirect"
+    return f"failed:http_{status}"
+
+
 async def send_callback(
     db: Database,
     fetcher: Fetcher,
@@ -179,6 +219,8 @@ async def send_callback(
     clock: Clock,
     secret: SecretStr | None = None,
     results_limit: int = 1000,
+    attempts: int = CALLBACK_ATTEMPTS,
+    backoff_s: float = CALLBACK_BACKOFF_S,
 ) -> str | None:
     """POST the job's outcome to its callback URL, if it has one; records and returns how it went.
 
@@ -186,8 +228,13 @@ async def send_callback(
     secret when it is None. Jobs of up to ``results_limit`` items carry their results in
     the payload. Outcomes: ``delivered:<status>`` for a 2xx, ``failed:redirect`` for a 3xx
     (not followed: the signed body would go elsewhere), ``failed:http_<status>``, or
-    ``failed:<reason>`` (``blocked_address``, ``timeout``...). Afterwards the stored
-    callback URL keeps no password or token.
+    ``failed:<reason>`` (``blocked_address``, ``timeout``...).
+
+    A transient failure (connection refused, timeout, 5xx, 408, 429) is tried again, up to
+    ``attempts`` in all, ``backoff_s`` apart and doubling; meanwhile the job shows
+    ``retrying:<reason>``, and a process stopped then leaves it so: the callback is sent
+    again by :func:`send_pending_callbacks`. Once the outcome is final, the stored callback
+    URL keeps no password or token.
     """
     with db.read() as session:
         job = job_repo.get_job(session, job_id)
@@ -207,18 +254,59 @@ async def send_callback(
         url = job.callback_url
     body = callbacks.encode_payload(payload)
     key = callbacks.callback_secret(db, secret, clock)
-    headers = callbacks.signed_headers(key, int(clock.now().timestamp()), body)
-    try:
-        status = await fetcher.post_body(url, body, headers)
-        if 200 <= status < 300:
-            outcome = f"delivered:{status}"
-        elif 300 <= status < 400:
-            outcome = "failed:redirect"
-        else:
-            outcome = f"failed:http_{status}"
-    except FetchError as exc:
-        outcome = f"failed:{exc.reason}"
+    attempt = 1
+    while True:
+        outcome = await _deliver(fetcher, url, key, clock, body)
+        if outcome.startswith("delivered:") or attempt >= attempts or not _transient(outcome):
+            break
+        delay = backoff_s * 2 ** (attempt - 1)
+        log.warning(
+            "job %s callback to %s: %s (attempt %d of %d); again in %.0f s",
+            job_id,
+            redact_url(url),
+            outcome,
+            attempt,
+            attempts,
+            delay,
+        )
+        retrying = job_repo.CALLBACK_RETRYING + outcome.removeprefix("failed:")
+        with db.write() as session:
+            job_repo.set_callback_status(session, job_id, retrying)
+        await asyncio.sleep(delay)
+        attempt += 1
     log.info("job %s callback to %s: %s", job_id, redact_url(url), outcome)
     with db.write() as session:
         job_repo.set_callback_status(session, job_id, outcome, callback_url=redact_url(url))
     return outcome
+
+
+async def send_pending_callbacks(
+    db: Database,
+    fetcher: Fetcher,
+    *,
+    clock: Clock,
+    secret: SecretStr | None = None,
+    results_limit: int = 1000,
+    attempts: int = CALLBACK_ATTEMPTS,
+    backoff_s: float = CALLBACK_BACKOFF_S,
+) -> int:
+    """Send the callbacks of finished jobs that a stopped process never sent (or sent
+    only in part: it stopped between attempts); returns how many were sent.
+
+    Only safe while no other process sends them (at startup): one would repeat another.
+    """
+    with db.read() as session:
+        job_ids = job_repo.pending_callbacks(session)
+    for job_id in job_ids:
+        log.info("job %s: sending the callback a stopped process did not", job_id)
+        await send_callback(
+            db,
+            fetcher,
+            job_id,
+            clock=clock,
+            secret=secret,
+            results_limit=results_limit,
+            attempts=attempts,
+            backoff_s=backoff_s,
+        )
+    return len(job_ids)

@@ -8,6 +8,10 @@ A storage failure (full disk, read-only or unreachable database) never leaves a 
 backoff; if the store still refuses, the job goes back to the queue with the reason in
 its ``error``, and when even that write fails the runner keeps the job's id and requeues
 it as soon as the store takes writes again, without a restart.
+
+Callbacks are sent beside the jobs (a slow or failing receiver, retried with backoff,
+never holds up the queue); those a stopped process did not send, or stopped retrying,
+are sent when a server starts.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from cartag.clock import Clock
 from cartag.jobs import execute
@@ -41,9 +47,12 @@ class JobRunner(JobDispatcher):
         chunk_retries: Runs again of a chunk whose results could not be stored (storage
             failure) before the job is put back in the queue.
         retry_backoff_s: Wait before the first of those runs; doubles each time.
-        requeue_on_start: Requeue running jobs when started (:func:`requeue_interrupted`).
-            Off in the processes of ``cartag serve --workers N``: one starting process
-            would take back a job another has just claimed; their parent requeues once.
+        requeue_on_start: Requeue running jobs when started (:func:`requeue_interrupted`)
+            and send the callbacks a stopped process left unsent. Off in the processes
+            of ``cartag serve --workers N``: one starting process would take back a job
+            another has just claimed; their parent requeues once.
+        callback_attempts: Attempts of a callback whose receiver failed transiently.
+        callback_backoff_s: Wait before its second attempt; doubles each time.
     """
 
     def __init__(
@@ -58,6 +67,8 @@ class JobRunner(JobDispatcher):
         chunk_retries: int = 3,
         retry_backoff_s: float = 1.0,
         requeue_on_start: bool = True,
+        callback_attempts: int = execute.CALLBACK_ATTEMPTS,
+        callback_backoff_s: float = execute.CALLBACK_BACKOFF_S,
     ) -> None:
         super().__init__(db, clock)
         self.requeue_on_start = requeue_on_start
@@ -67,6 +78,10 @@ class JobRunner(JobDispatcher):
         self.callback_results_limit = callback_results_limit
         self.chunk_retries = chunk_retries
         self.retry_backoff_s = retry_backoff_s
+        self.callback_attempts = callback_attempts
+        self.callback_backoff_s = callback_backoff_s
+        # Callbacks being sent (or waiting to retry); stop() cancels them.
+        self._callbacks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Jobs this runner let go of after a storage failure but could not put back in
@@ -82,21 +97,37 @@ class JobRunner(JobDispatcher):
         the worker task."""
         if self.requeue_on_start:
             requeue_interrupted(self.db)
+            self._track(self._send_pending_callbacks())
         self._task = asyncio.create_task(self._run_forever(), name="cartag-jobs")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Stop the worker and the callbacks in flight (sent again at the next start)."""
+        tasks = [*self._callbacks, *([self._task] if self._task is not None else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._task = None
 
     async def run_until_idle(self) -> int:
-        """Run queued jobs until none is left; returns how many ran."""
+        """Run queued jobs until none is left, and wait for their callbacks; returns how
+        many jobs ran."""
         ran = 0
         while await self._run_one():
             ran += 1
+        await self.wait_for_callbacks()
         return ran
+
+    async def wait_for_callbacks(self) -> None:
+        """Wait until the callbacks being sent are delivered or given up."""
+        while self._callbacks:
+            await asyncio.wait(set(self._callbacks))
+
+    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._callbacks.add(task)
+        task.add_done_callback(self._callbacks.discard)
 
     def _claim(self) -> JobRow | None:
         with self.db.write() as session:
@@ -155,7 +186,7 @@ class JobRunner(JobDispatcher):
                     raise
                 await asyncio.to_thread(self._release, job.id, problem)
                 return False
-        await self._callback(job.id)
+        self._track(self._callback(job.id))
         return True
 
     def _release(self, job_id: str, problem: str) -> None:
@@ -242,14 +273,33 @@ class JobRunner(JobDispatcher):
             await asyncio.sleep(self.poll_interval_s)
 
     async def _callback(self, job_id: str) -> None:
-        await execute.send_callback(
-            self.db,
-            self.service.fetcher,
-            job_id,
-            clock=self.clock,
-            secret=self.service.settings.callback_secret,
-            results_limit=self.callback_results_limit,
-        )
+        try:
+            await execute.send_callback(
+                self.db,
+                self.service.fetcher,
+                job_id,
+                clock=self.clock,
+                secret=self.service.settings.callback_secret,
+                results_limit=self.callback_results_limit,
+                attempts=self.callback_attempts,
+                backoff_s=self.callback_backoff_s,
+            )
+        except Exception:  # noqa: BLE001 - the job keeps its pending callback status
+            log.exception("job %s: callback not sent; it is sent when a server next starts", job_id)
+
+    async def _send_pending_callbacks(self) -> None:
+        try:
+            await execute.send_pending_callbacks(
+                self.db,
+                self.service.fetcher,
+                clock=self.clock,
+                secret=self.service.settings.callback_secret,
+                results_limit=self.callback_results_limit,
+                attempts=self.callback_attempts,
+                backoff_s=self.callback_backoff_s,
+            )
+        except Exception:  # noqa: BLE001 - tried again at the next start
+            log.exception("sending the callbacks a stopped process left failed")
 
 
 def requeue_interrupted(db: Database) -> int:

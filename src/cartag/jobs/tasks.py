@@ -15,8 +15,11 @@ from cartag.errors import NotFoundError
 from cartag.jobs import execute
 from cartag.jobs.celery_app import CHUNK_TASK
 from cartag.jobs.worker import WorkerContext
+from cartag.store import jobs as job_repo
 
 log = logging.getLogger(__name__)
+
+FINISHED = (job_repo.DONE, job_repo.FAILED)
 
 # Seconds before a chunk whose items another worker holds is looked at again.
 HELD_RETRY_S = 2.0
@@ -60,6 +63,11 @@ def register_tasks(app: Any, context: Callable[[], WorkerContext]) -> Any:
             raise self.retry(countdown=HELD_RETRY_S)
         if execute.finish_if_complete(ctx.db, ctx.clock, job_id):
             log.info("job %s done", job_id)
+            ctx.run(_callback(ctx, job_id))
+        elif report.job_status in FINISHED and execute.callback_pending(ctx.db, job_id):
+            # Delivered again after the worker that finished the job stopped before its
+            # callback went out (acks_late): without this, no one would ever send it.
+            log.info("job %s finished; sending the callback a stopped worker did not", job_id)
             ctx.run(_callback(ctx, job_id))
 
     return run_chunk

@@ -204,6 +204,13 @@ class LinearHead:
             labels, arrays, meta = _read_head_files(path, cls.FORMAT)
             return cls._from_arrays(labels, arrays, meta)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            if "allow_pickle" in str(exc):
+                # numpy's own text advises allow_pickle=True: loading pickles from a
+                # model folder would run whatever code they hold, so say what to do instead.
+                raise ModelError(
+                    f"head {npz_path} holds Python objects, which cartag never loads (a "
+                    "head's arrays are numbers); rebuild the head from its training run"
+                ) from exc
             raise ModelError(f"head {npz_path} is corrupt: {exc}") from exc
 
     @classmethod

@@ -178,16 +178,19 @@ def store_new(
             now,
         )
         image_repo.save_urls(session, [url_entry(item) for item in ready], now)
-        lookup_cache.invalidate(
-            [strip_password(item.fetched.url) for item in ready], [item.key for item in ready]
-        )
         current = [
             (item.sha256, p)
             for item, p, _ in triples
             if p.model_version in (None, classifier.version)
         ]
         save_vectors(session, classifier, current, now)
-        return image_repo.get_images(session, {item.key for item in ready})
+        saved = image_repo.get_images(session, {item.key for item in ready})
+    # Only once committed: a lookup by another request before the commit reads the old
+    # rows, and would put them back in the cache after an earlier invalidation.
+    lookup_cache.invalidate(
+        [strip_password(item.fetched.url) for item in ready], [item.key for item in ready]
+    )
+    return saved
 
 
 def lookup_urls(db: Database, lookup_cache: LookupCache, urls: list[str]) -> dict[str, UrlLookup]:
@@ -242,7 +245,8 @@ def match_known(
             by_sha = image_repo.get_images_by_sha(
                 session, {n.sha256 for n in new if n.key not in by_key}
             )
-            for item in new:
+            # In key order, as every writer of images (see cartag.store.upsert.upsert).
+            for item in sorted(new, key=lambda n: n.key):
                 cached = by_key.get(item.key)
                 if cached is None and item.sha256 in by_sha:
                     # The same bytes are cached under another key: reuse that answer.

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cartag.errors import ConflictError, InputError, NotFoundError
@@ -58,6 +59,8 @@ _MUTABLE: Final[frozenset[str]] = frozenset(
         "model_confidence",
     }
 )
+# Numbers tried by create_version when concurrent builds of one dataset take them first.
+_CREATE_ATTEMPTS: Final[int] = 5
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _REF = re.compile(r"^(?P<name>[^@\s]+)@(?P<number>[0-9]{1,9})$")
 
@@ -186,32 +189,43 @@ def create_version(
     Raises:
         InputError: Bad name.
         NotFoundError: ``parent_ref`` does not exist.
+        ConflictError: Concurrent builds of the dataset kept taking the next number.
     """
     check_name(name)
     if parent_ref is not None:
         parent_ref = get_version(session, parent_ref).ref
-    last = session.scalar(
-        select(func.max(DatasetVersionRow.number)).where(DatasetVersionRow.name == name)
+    for _ in range(_CREATE_ATTEMPTS):
+        last = session.scalar(
+            select(func.max(DatasetVersionRow.number)).where(DatasetVersionRow.name == name)
+        )
+        number = (last or 0) + 1
+        row = DatasetVersionRow(
+            ref=f"{name}@{number}",
+            name=name,
+            number=number,
+            parent_ref=parent_ref,
+            status=DRAFT,
+            created_at=now,
+            created_by=created_by,
+            frozen_at=None,
+            fixes_since=fixes_since,
+            manifest_sha256=None,
+            stats={},
+            test_sets=[dict(t) for t in test_sets],
+            notes=notes,
+        )
+        try:
+            # A savepoint: on PostgreSQL another build of this dataset may have taken
+            # the number since it was read; the next read sees that one committed.
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:
+            continue
+        return row
+    raise ConflictError(
+        f"other versions of dataset {name!r} were being created at the same time; "
+        "run the command again"
     )
-    number = (last or 0) + 1
-    row = DatasetVersionRow(
-        ref=f"{name}@{number}",
-        name=name,
-        number=number,
-        parent_ref=parent_ref,
-        status=DRAFT,
-        created_at=now,
-        created_by=created_by,
-        frozen_at=None,
-        fixes_since=fixes_since,
-        manifest_sha256=None,
-        stats={},
-        test_sets=[dict(t) for t in test_sets],
-        notes=notes,
-    )
-    session.add(row)
-    session.flush()
-    return row
 
 
 def add_items(session: Session, ref: str, items: Sequence[NewItem]) -> int:

@@ -174,6 +174,52 @@ def set_callback_status(
     session.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
 
 
+# A callback between attempts: sent again after a restart (``retrying:<reason>``).
+CALLBACK_RETRYING = "retrying:"
+
+
+def callback_pending(job: JobRow) -> bool:
+    """Whether a finished job's callback still has to be sent (never tried, or cut off
+    between attempts by a stop or a crash)."""
+    return (
+        job.status in (DONE, FAILED)
+        and bool(job.callback_url)
+        and (job.callback_status is None or job.callback_status.startswith(CALLBACK_RETRYING))
+    )
+
+
+def pending_callbacks(session: Session, *, limit: int = 1000) -> list[str]:
+    """Ids of finished jobs whose callback still has to be sent, oldest first."""
+    stmt = (
+        select(JobRow.id)
+        .where(
+            JobRow.status.in_([DONE, FAILED]),
+            JobRow.callback_url.is_not(None),
+            JobRow.callback_status.is_(None)
+            | JobRow.callback_status.startswith(CALLBACK_RETRYING, autoescape=True),
+        )
+        .order_by(JobRow.finished_at, JobRow.id)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
+def failed_callbacks(session: Session, *, limit: int = 100) -> list[JobRow]:
+    """Finished jobs whose callback was not delivered (failed or still pending), newest first."""
+    stmt = (
+        select(JobRow)
+        .where(
+            JobRow.status.in_([DONE, FAILED]),
+            JobRow.callback_url.is_not(None),
+            JobRow.callback_status.is_(None)
+            | ~JobRow.callback_status.startswith("delivered:", autoescape=True),
+        )
+        .order_by(JobRow.finished_at.desc(), JobRow.id)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
+
+
 # --- Chunked execution shared by the in-process runner and Celery workers ------------
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from cartag.errors import ConflictError, InputError, NotFoundError
@@ -151,13 +152,31 @@ def aliases_by_version(session: Session) -> dict[str, list[str]]:
 
 def record_last_loaded(session: Session, version: str, *, by: str, now: dt.datetime) -> None:
     """Remember ``version`` as the last production model that loaded (see :data:`LAST_LOADED`)."""
-    row = session.get(ModelAliasRow, LAST_LOADED, with_for_update=True)
-    if row is None:
-        session.add(
-            ModelAliasRow(alias=LAST_LOADED, version=version, updated_at=now, updated_by=by)
-        )
-    elif row.version != version:
+    row = _lock_or_create_alias(session, LAST_LOADED, version, by=by, now=now)
+    if row is not None and row.version != version:
         row.version, row.updated_at, row.updated_by = version, now, by
+
+
+def _lock_or_create_alias(
+    session: Session, alias: str, version: str, *, by: str, now: dt.datetime
+) -> ModelAliasRow | None:
+    """The alias's row, locked for the rest of the transaction; None: it was just created
+    pointing at ``version``.
+
+    Inserted if absent first: a row that does not exist cannot be locked, so two
+    processes setting a new alias at once both inserted it and the second failed on
+    the duplicate (PostgreSQL). Now the second waits for the first and sees its row.
+    """
+    module: Any = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    created = session.execute(
+        module.insert(ModelAliasRow)
+        .values(alias=alias, version=version, updated_at=now, updated_by=by)
+        .on_conflict_do_nothing(index_elements=["alias"])
+        .returning(ModelAliasRow.alias)
+    ).first()
+    if created is not None:
+        return None
+    return session.get(ModelAliasRow, alias, with_for_update=True, populate_existing=True)
 
 
 def history(session: Session, alias: str) -> list[DeploymentRow]:
@@ -178,7 +197,7 @@ def point_alias(
     Raises:
         ConflictError: The alias already points at this version.
     """
-    current = session.get(ModelAliasRow, alias, with_for_update=True)
+    current = _lock_or_create_alias(session, alias, version, by=by, now=now)
     if current is not None and current.version == version:
         raise ConflictError(f"{alias} already serves {version}; nothing to do")
     session.execute(
@@ -186,9 +205,7 @@ def point_alias(
         .where(DeploymentRow.alias == alias, DeploymentRow.ended_at.is_(None))
         .values(ended_at=now)
     )
-    if current is None:
-        session.add(ModelAliasRow(alias=alias, version=version, updated_at=now, updated_by=by))
-    else:
+    if current is not None:
         current.version = version
         current.updated_at = now
         current.updated_by = by

@@ -1,9 +1,9 @@
 """SQL helpers the repositories share.
 
 ``upsert``: dialect-aware INSERT ... ON CONFLICT, so concurrent writers never
-collide on a key. ``chunked``: keeps IN (...) lists well under SQLite's and
-PostgreSQL's parameter limits. ``in_values``: a membership test that costs one
-parameter on PostgreSQL.
+collide on a key, with the rows in key order, so they never deadlock. ``chunked``:
+keeps IN (...) lists well under SQLite's and PostgreSQL's parameter limits.
+``in_values``: a membership test that costs one parameter on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -65,6 +65,11 @@ def upsert(
     rows = [values] if isinstance(values, dict) else list(values)
     if not rows:
         return
+    # On PostgreSQL each row stays locked until commit (a conflicting insert waits for
+    # the other transaction to end): two requests writing the same keys in their own
+    # orders could each hold a row the other waits for, a deadlock (a 503). In key
+    # order, the second writer waits for the first instead. (SQLite: one writer at a time.)
+    rows.sort(key=lambda row: tuple(row[c] for c in index_elements))
     dialect = session.get_bind().dialect.name
     module: Any = postgresql if dialect == "postgresql" else sqlite
     stmt = module.insert(model)

@@ -203,6 +203,9 @@ def render_monitor(
         .render(
             report=report,
             since_text=since_text,
+            advertiser_text=report.advertiser or "",
+            filter_error=None,
+            error_field=None,
             generated=generated.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             version_charts=_version_charts(report),
             version_rate_svg=_version_rate_chart(report),
@@ -215,6 +218,31 @@ def render_monitor(
             panels=build_panels(report, ops, snapshot) if ops is not None else None,
             drift=drift,
             max_drift_rows=MAX_DRIFT_ROWS,
+        )
+    )
+
+
+def render_invalid_filter(
+    *, error: str, field: str | None, since_text: str, advertiser_text: str, csrf: str = ""
+) -> str:
+    """The page for a filter it cannot show: the form as typed, the reason beside it.
+
+    Args:
+        error: What is wrong and how to write it instead.
+        field: The form's field at fault (``since`` or ``advertiser``), marked invalid.
+        since_text: The ``since`` as the user typed it.
+        advertiser_text: The ``advertiser`` as the user typed it.
+        csrf: The logout form's CSRF token (see :mod:`cartag.api.browser`).
+    """
+    return (
+        _environment()
+        .get_template("monitor_invalid.html")
+        .render(
+            since_text=since_text,
+            advertiser_text=advertiser_text,
+            filter_error=error,
+            error_field=field,
+            csrf=csrf,
         )
     )
 

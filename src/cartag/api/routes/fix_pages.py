@@ -6,7 +6,10 @@
   goes straight to its page);
 * ``/fix/{advertiser}`` — its images as classify answers them now, unsure ones first, with
   filters and pages; its script (``web/static/fix.js``) sends each fix to
-  ``PUT /v1/images/{key}/fix`` and shows an image's history from ``.../history``.
+  ``PUT /v1/images/{key}/fix`` and shows an image's history from ``.../history``;
+* ``/fix/~/{advertiser}`` — the same page, for every id: the address of an advertiser whose
+  id names another page here (``login``, ``logout``) or ends in ``/images``, and which the
+  index links to (:func:`page_path`). ``~`` is in no advertiser id, so no id shadows it.
 
 Fixes are the advertiser's overrides; a key that is not scoped to advertisers (staff)
 may switch the page to global fixes. The JSON API enforces who may fix what; the page
@@ -15,7 +18,7 @@ only offers what the key may do.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Query, Request, Response
@@ -34,10 +37,31 @@ from cartag.web import environment as web_environment
 
 pages = APIRouter(prefix="/fix", include_in_schema=False)
 _ROLE = "fixer"
+# Pages of their own under /fix: /fix/<one of these> is never an advertiser's page.
+PAGE_NAMES: Final[frozenset[str]] = frozenset({"login", "logout"})
+# The address every advertiser's page has ("~" is in no id: see cartag.vocab).
+_ANY_ID: Final[str] = "/fix/~/"
 _templates = web_environment()
 _templates.filters["redact_url"] = redact_url
 # On the page, the stored answer of the model is the model's ("cache" in API answers).
 _templates.filters["source"] = lambda source: "model" if source == "cache" else (source or "")
+
+
+def page_path(advertiser_id: str) -> str:
+    """The address of the advertiser's fix page: ``/fix/<id>``, else ``/fix/~/<id>``.
+
+    Advertiser ids come from the scrapers, so ``login`` may well be one: its page cannot be
+    ``/fix/login`` (the login form), nor that of ``group/images`` ``/fix/group/images``
+    (advertiser paths end before a trailing ``/images``). Those take the ``~`` address;
+    the others keep the short one that people bookmark and type.
+    """
+    quoted = quote(advertiser_id, safe="/")
+    if advertiser_id in PAGE_NAMES or advertiser_id.endswith("/images"):
+        return _ANY_ID + quoted
+    return f"/fix/{quoted}"
+
+
+_templates.filters["fix_path"] = page_path
 
 
 def _page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -99,9 +123,7 @@ def index(request: Request, state: StateDep, principal: BrowserPrincipalDep) -> 
         )
     if len(principal.advertisers) == 1:
         [only] = principal.advertisers
-        return RedirectResponse(
-            f"/fix/{quote(only, safe='')}", status_code=303, headers=browser.PAGE_HEADERS
-        )
+        return RedirectResponse(page_path(only), status_code=303, headers=browser.PAGE_HEADERS)
     return _page(
         "fix_index.html",
         advertisers=summaries(state, principal),
@@ -111,7 +133,9 @@ def index(request: Request, state: StateDep, principal: BrowserPrincipalDep) -> 
     )
 
 
+# The "~" route first: the other would take "~/login" for an id, and refuse it.
 @pages.get("/{advertiser_id:advertiser}", response_model=None)
+@pages.get("/~/{advertiser_id:path}", response_model=None)
 def fix_page(
     request: Request,
     advertiser_id: AdvertiserId,

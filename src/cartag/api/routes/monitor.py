@@ -4,12 +4,19 @@ Needs a key with the ``reviewer`` role (or ``admin``): sent as ``Authorization: 
 (scripts, curl) or, for browsers, entered once in the login form, which opens a session
 (:mod:`cartag.api.browser`). Every page carries the security headers of /review.
 Query: ``since`` (``24h``, ``7d``, ``2w`` or a date; default ``7d``) and ``advertiser``
-(optional).
+(optional; empty, as the page's form sends a blank box: every advertiser).
+
+A bad filter is a 422: a browser (logged in, its ``Accept`` preferring HTML) gets the page's
+form again as typed, the reason beside it; scripts (a Bearer key, or ``Accept:
+application/json``, ``*/*``) get the JSON error naming the field. The filter is checked
+after the login, so a browser that is not logged in goes to the form and comes back to it.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import datetime as dt
+import re
+from typing import Annotated, Any, Final
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -20,19 +27,24 @@ from cartag.api import browser
 from cartag.api.deps import BrowserPrincipalDep, StateDep
 from cartag.api.schemas.common import ERROR_SCHEMA_REF, error_responses
 from cartag.deploy.drift import drift_now
-from cartag.deploy.monitor import report_since
+from cartag.deploy.monitor import parse_since, report_since
 from cartag.deploy.operations import build_ops
-from cartag.errors import PermissionDeniedError
+from cartag.errors import InputError, PermissionDeniedError
 from cartag.store import apikeys
 from cartag.telemetry.prometheus import PrometheusTelemetry
 from cartag.telemetry.snapshot import read as read_snapshot
-from cartag.vocab import ADVERTISER_ID_MAX, ADVERTISER_ID_PATTERN
-from cartag.web.monitor_page import render_login, render_monitor
+from cartag.vocab import ADVERTISER_ID_BODY, ADVERTISER_ID_MAX, check_advertiser_id
+from cartag.web.monitor_page import render_invalid_filter, render_login, render_monitor
 
 router = APIRouter(tags=["operations"])
 
 _bearer = HTTPBearer(auto_error=False, description="An API key with the reviewer role.")
 _ROLE = "reviewer"
+# The form parse_since reads; parse_since also takes other ISO forms (20261130, week
+# dates) that the schema does not state, so the route holds every value to this one.
+_SINCE_PATTERN: Final[str] = r"^\s*([0-9]{1,4}[hHdDwW]|[0-9]{4}-[0-9]{2}-[0-9]{2})\s*$"
+_SINCE_MAX: Final[int] = 32
+_SINCE_FORMS = "write 24h, 7d, 2w or a date such as 2026-11-30"
 
 
 def _html(content: str, status_code: int = 200) -> HTMLResponse:
@@ -58,6 +70,13 @@ _JSON_OR_HTML = {
 _HTML_OR_JSON_403: _Responses = {
     403: {
         "description": "The key lacks the reviewer role (a browser gets the login page).",
+        "content": _JSON_OR_HTML,
+    }
+}
+_HTML_OR_JSON_422: _Responses = {
+    422: {
+        "description": "A bad since or advertiser (invalid_input; field names it). A browser "
+        "(Accept preferring text/html, logged in) gets the page's form again with the reason.",
         "content": _JSON_OR_HTML,
     }
 }
@@ -99,28 +118,37 @@ _LOGIN_FORM: dict[str, Any] = {
 @router.get(
     "/monitor",
     response_class=HTMLResponse,
-    responses={**_TO_LOGIN, **error_responses(401, 422, html_route=True), **_HTML_OR_JSON_403},
+    responses={
+        **_TO_LOGIN,
+        **error_responses(401, html_route=True),
+        **_HTML_OR_JSON_403,
+        **_HTML_OR_JSON_422,
+    },
 )
 def monitor_page(
     request: Request,
     state: StateDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     user: BrowserPrincipalDep,
+    # Stated in the schema, checked by _check_filter after the login (not by FastAPI, whose
+    # 422 would reach a browser as JSON, before it logged in). The range of since (a past
+    # day at most MAX_DAYS ago) depends on today, so that no schema can state it.
     since: Annotated[
         str,
         Query(
-            max_length=32,
-            # The form parse_since reads, stated in the schema; parse_since checks it (its
-            # 422 says what to write) and the range (a past day at most MAX_DAYS ago),
-            # which depends on today, so that no schema can state it.
-            json_schema_extra={
-                "pattern": r"^\s*([0-9]{1,4}[hHdDwW]|[0-9]{4}-[0-9]{2}-[0-9]{2})\s*$"
-            },
+            json_schema_extra={"maxLength": _SINCE_MAX, "pattern": _SINCE_PATTERN},
             description="24h, 7d, 2w or a date (YYYY-MM-DD), at most 400 days back.",
         ),
     ] = "7d",
     advertiser: Annotated[
-        str | None, Query(max_length=ADVERTISER_ID_MAX, pattern=ADVERTISER_ID_PATTERN)
+        str | None,
+        Query(
+            json_schema_extra={
+                "maxLength": ADVERTISER_ID_MAX,
+                "pattern": f"^(?:{ADVERTISER_ID_BODY})?$",
+            },
+            description="An advertiser id; empty or left out: every advertiser.",
+        ),
     ] = None,
 ) -> Response:
     """Answer mix and manual-fix rate per model version, day and advertiser; operational
@@ -130,11 +158,13 @@ def monitor_page(
         with state.db.read() as session:
             principal = apikeys.authenticate(session, credentials.credentials)
         principal.require(_ROLE)
+        as_page = False
     elif user is not None:
         try:
             user.require(_ROLE)
         except PermissionDeniedError as exc:
             return browser.login_page(request, _LOGIN, 403, error=exc.message, next_url="/monitor")
+        as_page = browser.prefers_html(request)
     else:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(
@@ -143,6 +173,19 @@ def monitor_page(
             headers=browser.PAGE_HEADERS,
         )
     now = state.clock.now()
+    try:
+        _check_filter(since, advertiser or "", now)
+    except InputError as exc:
+        if not as_page:
+            raise
+        page = render_invalid_filter(
+            error=exc.message,
+            field=exc.field,
+            since_text=since,
+            advertiser_text=advertiser or "",
+            csrf=browser.session_csrf_token(request),
+        )
+        return _html(page, status_code=422)
     with state.db.read() as session:
         report = report_since(session, state.settings, since, now, advertiser=advertiser or None)
         ops = build_ops(session, report, now)
@@ -163,6 +206,44 @@ def monitor_page(
             drift=drift,
         )
     )
+
+
+def _check_filter(since: str, advertiser: str, now: dt.datetime) -> None:
+    """Check the page's query as its schema states it, and ``since``'s range.
+
+    Raises:
+        InputError: Naming ``since`` or ``advertiser``, saying what to write instead.
+    """
+    if len(since) > _SINCE_MAX:
+        raise InputError(
+            f"since is {len(since)} characters long, at most {_SINCE_MAX}: {_SINCE_FORMS}",
+            field="since",
+        )
+    if not re.fullmatch(_SINCE_PATTERN, since):
+        raise InputError(
+            f"since {since!r} is neither a period nor a date: {_SINCE_FORMS}", field="since"
+        )
+    if "-" in since:
+        try:
+            dt.date.fromisoformat(since.strip())
+        except ValueError as exc:
+            raise InputError(
+                f"since {since!r} is not a day of the calendar ({exc}): {_SINCE_FORMS}",
+                field="since",
+            ) from None
+    try:
+        parse_since(since, now)
+    except InputError as exc:
+        # Its words are the CLI's (--since); the page's field is "since".
+        raise InputError(exc.message.removeprefix("--"), field="since") from None
+    if advertiser and not advertiser.strip():
+        raise InputError(
+            "advertiser is only spaces: leave it empty for every advertiser, or give an "
+            "advertiser's id",
+            field="advertiser",
+        )
+    if advertiser:
+        check_advertiser_id(advertiser, "advertiser")
 
 
 @router.get("/monitor/login", response_class=HTMLResponse)

@@ -81,6 +81,11 @@ def build_corpus(
 ) -> Corpus:
     """Read labels, generate placeholders, embed everything (through the cache)."""
     samples = read_labels(data_dir)
+    if not samples:
+        raise ValueError(
+            f"{data_dir / 'labels.csv'} lists no photos: pass the vcr-train folder, or the "
+            "data root with --sources"
+        )
     placeholders = generate_placeholders(n_placeholders, seed=seed)
     cache = EmbeddingCache.in_folder(cache_dir, backbone.backbone_id, PREPROCESS_ID)
 

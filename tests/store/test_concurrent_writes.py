@@ -1,0 +1,264 @@
+"""Concurrent writers of the same rows on PostgreSQL: no deadlock, no duplicate-key error.
+
+Two overlapping classify requests store the same URLs and images in their own (request)
+order. On PostgreSQL each row an upsert touches stays locked until commit, so two
+transactions writing the same rows in opposite orders deadlocked, and one request was
+answered 503 (seen with two servers and shuffled inventories). The repositories write
+rows in key order, so concurrent writers queue up instead. Rows made on first use
+(a dataset's next version, a model alias) were read-then-inserted, so two processes at
+once both inserted and the second failed on the duplicate key.
+
+The interleaving is made deterministic with a third transaction: it holds one row,
+the first writer blocks on it while holding the rows before it, the second writer
+blocks on the first; then the holder commits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, event, text
+from sqlalchemy.orm import Session
+
+from cartag.clock import FakeClock
+from cartag.net.outcomes import Fetched, Validators
+from cartag.pipeline.outcomes import New, match_known
+from cartag.store import datasets as dataset_repo
+from cartag.store import images as image_repo
+from cartag.store import model_versions as model_repo
+from cartag.store.cache import LookupCache
+from cartag.store.db import Database
+from cartag.telemetry import Telemetry
+from tests.support.db import fresh_database
+from tests.support.factories import NOW, add_image, new_image
+
+# Writes rows named by letters in a session's transaction, in the order given.
+Write = Callable[[Session, list[str]], None]
+
+
+@pytest.fixture
+def pg_db(tmp_path: Path) -> Iterator[Database]:
+    # SQLite runs one writer at a time (BEGIN IMMEDIATE): no deadlock there.
+    with fresh_database("postgresql", tmp_path) as database:
+        yield database
+
+
+class _Backends:
+    """The PostgreSQL backend pid of each thread's latest transaction on an engine."""
+
+    def __init__(self, db: Database) -> None:
+        self.pids: dict[int, int] = {}
+        event.listen(db.engine, "begin", self._begin)
+
+    def _begin(self, conn: Connection) -> None:
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        self.pids[threading.get_ident()] = dbapi.info.backend_pid  # type: ignore[attr-defined]
+
+
+def _save_urls(image_key: str) -> Write:
+    def write(session: Session, names: list[str]) -> None:
+        entries = [
+            image_repo.UrlEntry(f"https://cdn.example/{n}", image_key, None, None, 1) for n in names
+        ]
+        image_repo.save_urls(session, entries, NOW)
+
+    return write
+
+
+def _save_images(session: Session, names: list[str]) -> None:
+    image_repo.save_images(session, [new_image(image_key=f"v1:{n}") for n in names], NOW)
+
+
+class _Writer(threading.Thread):
+    """Runs ``run(names)`` (its own transactions); remembers its error."""
+
+    def __init__(self, run: Callable[[list[str]], object], names: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.call, self.names = run, names
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.call(self.names)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+
+def _wait_blocked(db: Database, backends: _Backends, writer: _Writer) -> None:
+    """Wait until ``writer``'s transaction waits for a lock."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and writer.is_alive():
+        pid = backends.pids.get(writer.ident or 0)
+        with db.read() as session:
+            waiting = session.scalar(
+                text("SELECT count(*) FROM pg_locks WHERE pid = :pid AND NOT granted"),
+                {"pid": pid},
+            )
+        if waiting:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the writer of {writer.names} never waited for a lock ({writer.error})")
+
+
+def _in_transaction(db: Database, write: Write) -> Callable[[list[str]], None]:
+    def run(names: list[str]) -> None:
+        with db.write() as session:
+            write(session, names)
+
+    return run
+
+
+def _opposite_orders(
+    db: Database, hold: Write, run: Callable[[list[str]], object]
+) -> list[BaseException]:
+    """Two writers of rows a and b in opposite orders, made to interleave as a race can.
+
+    Written in the order given, the first holds a and waits for c, the second holds b
+    and waits for a; once c is free, the first waits for b: a deadlock. In key order,
+    the first holds a and b, and the second waits for a, then goes on.
+    """
+    backends = _Backends(db)
+    with db.write() as holder:
+        hold(holder, ["c"])  # held until this block ends
+        first = _Writer(run, ["a", "c", "b"])
+        first.start()
+        _wait_blocked(db, backends, first)
+        second = _Writer(run, ["b", "a"])
+        second.start()
+        _wait_blocked(db, backends, second)
+    for writer in (first, second):
+        writer.join(30)
+        assert not writer.is_alive()
+    return [w.error for w in (first, second) if w.error is not None]
+
+
+@pytest.mark.services
+def test_urls_written_in_opposite_orders_do_not_deadlock(pg_db: Database) -> None:
+    image = add_image(pg_db)
+    write = _save_urls(image.image_key)
+    assert _opposite_orders(pg_db, write, _in_transaction(pg_db, write)) == []
+    with pg_db.read() as session:
+        urls = image_repo.get_urls(session, [f"https://cdn.example/{n}" for n in "abc"])
+    assert len(urls) == 3
+
+
+@pytest.mark.services
+def test_images_written_in_opposite_orders_do_not_deadlock(pg_db: Database) -> None:
+    assert _opposite_orders(pg_db, _save_images, _in_transaction(pg_db, _save_images)) == []
+    with pg_db.read() as session:
+        assert len(image_repo.get_images(session, [f"v1:{n}" for n in "abc"])) == 3
+
+
+@pytest.mark.services
+def test_copies_of_cached_bytes_in_opposite_orders_do_not_deadlock(pg_db: Database) -> None:
+    # Downloads whose bytes are cached under another key get that answer under their
+    # own key (pipeline.outcomes.match_known), one image at a time.
+    source = add_image(pg_db)
+    sha = source.content_sha256 or ""
+
+    def item(name: str) -> New:
+        url = f"https://cdn.example/{name}.jpg"
+        fetched = Fetched(url, url, b"x" * 10, Validators(None, None, 10), content_type=None)
+        return New(fetched, f"v1:{name}", sha)
+
+    def copy(names: list[str]) -> None:
+        new = [item(n) for n in names]
+        found = match_known(pg_db, LookupCache(), Telemetry(), new, [], FakeClock(NOW))
+        assert set(found) == {n.key for n in new}
+
+    assert _opposite_orders(pg_db, _save_images, copy) == []
+    with pg_db.read() as session:
+        copied = image_repo.get_images(session, [f"v1:{n}" for n in "ab"])
+    assert {row.image_type for row in copied.values()} == {source.image_type}
+
+
+@pytest.mark.services
+def test_two_versions_of_one_dataset_created_at_once_take_the_next_numbers(
+    pg_db: Database,
+) -> None:
+    # Both read the same last number; the second's insert waited for the first's
+    # commit and failed on the duplicate ref (a traceback from `cartag dataset create`).
+    backends = _Backends(pg_db)
+
+    def create(_: list[str]) -> None:
+        with pg_db.write() as session:
+            dataset_repo.create_version(session, "cars", created_by="b", now=NOW)
+
+    with pg_db.write() as holder:
+        dataset_repo.create_version(holder, "cars", created_by="a", now=NOW)
+        other = _Writer(create, ["cars"])
+        other.start()
+        _wait_blocked(pg_db, backends, other)
+    other.join(30)
+    assert other.error is None
+    with pg_db.read() as session:
+        made = [dataset_repo.get_version(session, f"cars@{n}") for n in (1, 2)]
+    assert [v.created_by for v in made] == ["a", "b"]
+
+
+def _register(db: Database, *versions: str) -> None:
+    with db.write() as session:
+        for version in versions:
+            model_repo.add_version(
+                session,
+                version=version,
+                path=version,
+                files_sha256="0" * 64,
+                status="registered",
+                card={},
+                metrics={},
+                dataset_ref=None,
+                created_by="test",
+                now=NOW,
+            )
+
+
+@pytest.mark.services
+def test_a_new_alias_set_twice_at_once_keeps_both_deployments(pg_db: Database) -> None:
+    # No row to lock yet: both inserted the alias, and the second failed on the duplicate
+    # (a sweep naming its candidate while another did, two servers recording the model
+    # they loaded).
+    _register(pg_db, "m1", "m2")
+    backends = _Backends(pg_db)
+
+    def point(_: list[str]) -> None:
+        with pg_db.write() as session:
+            model_repo.point_alias(session, "candidate", "m2", by="b", reason="promote", now=NOW)
+
+    with pg_db.write() as holder:
+        model_repo.point_alias(holder, "candidate", "m1", by="a", reason="promote", now=NOW)
+        other = _Writer(point, ["m2"])
+        other.start()
+        _wait_blocked(pg_db, backends, other)
+    other.join(30)
+    assert other.error is None
+    with pg_db.read() as session:
+        assert model_repo.alias_version(session, "candidate") == "m2"
+        history = model_repo.history(session, "candidate")
+    assert [(d.version, d.ended_at is None) for d in history] == [("m1", False), ("m2", True)]
+
+
+@pytest.mark.services
+def test_the_first_model_loaded_by_two_servers_at_once_is_recorded(pg_db: Database) -> None:
+    _register(pg_db, "m1")
+    backends = _Backends(pg_db)
+
+    def record(_: list[str]) -> None:
+        with pg_db.write() as session:
+            model_repo.record_last_loaded(session, "m1", by="b", now=NOW)
+
+    with pg_db.write() as holder:
+        model_repo.record_last_loaded(holder, "m1", by="a", now=NOW)
+        holder.flush()
+        other = _Writer(record, ["m1"])
+        other.start()
+        _wait_blocked(pg_db, backends, other)
+    other.join(30)
+    assert other.error is None
+    with pg_db.read() as session:
+        assert model_repo.alias_version(session, model_repo.LAST_LOADED) == "m1"
