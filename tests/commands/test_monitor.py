@@ -75,6 +75,9 @@ def test_one_advertiser_and_limit(env: dict[str, str]) -> None:
     [
         (["--since", "lastweek"], "neither a period nor a date"),
         (["--since", "0d"], "positive"),
+        (["--since", "\u0663d", "--until", "2026-11-26"], "YYYY-MM-DD"),
+        (["--since", "20261120", "--until", "2026-11-26"], "neither a period nor a date"),
+        (["--since", "2026-W47-1", "--until", "2026-11-26"], "neither a period nor a date"),
         (["--until", "soon"], "is not a date"),
         (["--since", "2030-01-01", "--until", "2026-11-26"], "future"),
     ],

@@ -25,10 +25,31 @@ def test_parse_since() -> None:
         ("2026-12-01", "future"),
         ("900d", "more than"),
         ("7x", "neither"),
+        ("2026-02-30", "not a day of the calendar"),
     ]:
         with pytest.raises(InputError, match=words) as info:
             parse_since(bad, NOW)
         assert info.value.field == "since"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "\u0663d",  # ARABIC-INDIC DIGIT THREE: \d and int() read it as 3
+        "\uff17d",  # FULLWIDTH DIGIT SEVEN
+        "2\u0664h",
+        "20261125",  # the basic ISO form, which date.fromisoformat reads
+        "2026-W48",  # week dates too
+        "2026-W48-1",
+        "2026-11-\u0662\u0665",
+    ],
+)
+def test_parse_since_takes_only_the_stated_forms(bad: str) -> None:
+    # The README, the CLI's help and /monitor's schema state 24h/7d/2w and YYYY-MM-DD;
+    # these were read as other days by the CLI and report_since (/monitor refused them).
+    with pytest.raises(InputError, match="YYYY-MM-DD such as 2026-11-30") as info:
+        parse_since(bad, NOW)
+    assert info.value.field == "since" and "neither a period nor a date" in info.value.message
 
 
 def test_report_rates_mix_and_jumps(db: Database) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -12,10 +12,12 @@ from sqlalchemy import event
 
 from cartag.clock import FakeClock
 from cartag.net.fetch import Fetcher
+from cartag.net.outcomes import FetchOutcome, FetchRequest
 from cartag.pipeline.classify import ClassifyService, ClassifyStats
 from cartag.pipeline.results import ClassifyResult, ImageRequest
 from cartag.settings import Settings
 from cartag.store import images as image_repo
+from cartag.store.cache import InMemoryLookupCache
 from cartag.store.db import Database
 from tests.support.factories import NOW
 from tests.support.fakes import FixedClassifier
@@ -97,3 +99,64 @@ def test_the_first_chunk_is_one_batch_per_runner(settings: Settings, db: Databas
 
     # The model starts on the first 8 as soon as they are decoded; then 4 batches a runner.
     assert asyncio.run(chunk_sizes()) == [[8, 32, 32, 28], []]
+
+
+class _HeldFetcher(Fetcher):
+    """A fetcher whose next call, once ``hold`` is set, waits for it after downloading."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.hold: asyncio.Event | None = None
+        self.held = asyncio.Event()
+
+    async def fetch_many(self, requests: Sequence[FetchRequest]) -> list[FetchOutcome]:
+        outcomes = await super().fetch_many(requests)
+        if self.hold is not None:
+            hold, self.hold = self.hold, None
+            self.held.set()
+            await hold.wait()
+        return outcomes
+
+
+def test_a_revalidation_does_not_restore_a_lookup_another_request_replaced(
+    settings: Settings, db: Database, server: ImageServer
+) -> None:
+    # A re-run got its 304 while an overlapping request stored the URL's new image and
+    # cleared its cached lookup; the re-run then wrote back the lookup it had read
+    # before, and with revalidate_after_s the old answer was served, unrevalidated,
+    # until the entry expired.
+    settings = settings.model_copy(update={"revalidate_after_s": 600})
+    server.add_file("/car.jpg", jpeg_bytes(16, 12, (200, 30, 30)))
+    url = server.url("/car.jpg")
+    clock = FakeClock(NOW)
+    cache = InMemoryLookupCache()
+
+    async def runs() -> list[ClassifyResult]:
+        async with _HeldFetcher(settings) as fetcher:
+            service = ClassifyService(
+                settings, db, fetcher, FixedClassifier(), clock, lookup_cache=cache
+            )
+            try:
+                (first,) = await service.classify("dealer-1", [ImageRequest(url)])
+                clock.advance(3600)  # due for revalidation
+                hold = fetcher.hold = asyncio.Event()
+                rerun = asyncio.create_task(service.classify("dealer-1", [ImageRequest(url)]))
+                await fetcher.held.wait()  # the re-run has its 304, read before the change
+                server.add_file("/car.jpg", jpeg_bytes(16, 12, (30, 30, 200)))
+                (changed,) = await service.classify("dealer-2", [ImageRequest(url)])
+                hold.set()
+                (revalidated,) = await rerun
+                (after,) = await service.classify("dealer-1", [ImageRequest(url)])
+                return [first, revalidated, changed, after]
+            finally:
+                service.close()
+
+    first, revalidated, changed, after = asyncio.run(runs())
+    assert (first.status, revalidated.status, changed.status) == (
+        "classified",
+        "cached",
+        "classified",
+    )
+    assert revalidated.image_key == first.image_key != changed.image_key
+    # Within revalidate_after_s the URL is answered from its lookup alone: the new one.
+    assert (after.status, after.image_key) == ("cached", changed.image_key)

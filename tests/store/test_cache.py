@@ -80,6 +80,23 @@ def _exercise(cache: LookupCache) -> None:
     # A re-classified image is forgotten for every URL that serves it.
     cache.invalidate(image_keys=["v1:a"])
     assert cache.get_many([a.url, shared.url]) == {}
+    # A revalidation read before another request invalidated or replaced the entry
+    # does not put the old answer back (it was served unrevalidated until it expired).
+    cache.touch([a, b], 1_800_000_001.0)
+    assert cache.get_many([a.url, b.url]) == {}
+    moved = replace(b, image_key="v1:new", color="Blue", checked_at=1_800_000_002.0)
+    cache.set_many([moved])
+    cache.touch([b], 1_800_000_003.0)
+    assert cache.get_many([b.url]) == {b.url: moved}
+    # Nor an image's old answer, whose entry another URL still holds.
+    cache.set_many([shared])
+    cache.invalidate(image_keys=["v1:a"])
+    cache.set_many([replace(a, color="Green")])
+    cache.touch([shared], 1_800_000_004.0)
+    assert cache.get_many([a.url, shared.url]) == {
+        a.url: replace(a, color="Green"),
+        shared.url: replace(shared, color="Green", checked_at=1_800_000_004.0),
+    }
 
 
 def test_in_memory_cache_round_trips_invalidates_and_expires() -> None:

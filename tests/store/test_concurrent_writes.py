@@ -25,8 +25,10 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.orm import Session
 
 from cartag.clock import FakeClock
+from cartag.models.classifier import make_prediction
+from cartag.models.color_providers import ColorAnswer
 from cartag.net.outcomes import Fetched, Validators
-from cartag.pipeline.outcomes import New, match_known
+from cartag.pipeline.outcomes import New, match_known, store_new
 from cartag.store import datasets as dataset_repo
 from cartag.store import images as image_repo
 from cartag.store import model_versions as model_repo
@@ -35,6 +37,7 @@ from cartag.store.db import Database
 from cartag.telemetry import Telemetry
 from tests.support.db import fresh_database
 from tests.support.factories import NOW, add_image, new_image
+from tests.support.fakes import FixedClassifier
 
 # Writes rows named by letters in a session's transaction, in the order given.
 Write = Callable[[Session, list[str]], None]
@@ -114,13 +117,17 @@ def _in_transaction(db: Database, write: Write) -> Callable[[list[str]], None]:
 
 
 def _opposite_orders(
-    db: Database, hold: Write, run: Callable[[list[str]], object]
+    db: Database,
+    hold: Write,
+    run: Callable[[list[str]], object],
+    run_second: Callable[[list[str]], object] | None = None,
 ) -> list[BaseException]:
     """Two writers of rows a and b in opposite orders, made to interleave as a race can.
 
     Written in the order given, the first holds a and waits for c, the second holds b
     and waits for a; once c is free, the first waits for b: a deadlock. In key order,
-    the first holds a and b, and the second waits for a, then goes on.
+    the first holds a and b, and the second waits for a, then goes on. The second
+    writer is ``run_second`` where given, else ``run`` too.
     """
     backends = _Backends(db)
     with db.write() as holder:
@@ -128,7 +135,7 @@ def _opposite_orders(
         first = _Writer(run, ["a", "c", "b"])
         first.start()
         _wait_blocked(db, backends, first)
-        second = _Writer(run, ["b", "a"])
+        second = _Writer(run_second or run, ["b", "a"])
         second.start()
         _wait_blocked(db, backends, second)
     for writer in (first, second):
@@ -175,6 +182,100 @@ def test_copies_of_cached_bytes_in_opposite_orders_do_not_deadlock(pg_db: Databa
     with pg_db.read() as session:
         copied = image_repo.get_images(session, [f"v1:{n}" for n in "ab"])
     assert {row.image_type for row in copied.values()} == {source.image_type}
+
+
+def _lock_urls(session: Session, names: list[str]) -> None:
+    for name in names:
+        row = text("SELECT url FROM urls WHERE url = :url FOR UPDATE")
+        assert session.execute(row, {"url": f"https://cdn.example/{name}"}).one()
+
+
+@pytest.mark.services
+def test_revalidations_lock_their_urls_in_key_order(pg_db: Database) -> None:
+    # A plain UPDATE locked the rows in its scan's order: on a sequential scan, the
+    # table's physical order (here b, c, a), while a store of new answers writes the
+    # same URLs in key order; a re-run whose URLs' images changed meanwhile deadlocked.
+    image = add_image(pg_db)
+    for name in "bca":
+        with pg_db.write() as session:
+            _save_urls(image.image_key)(session, [name])
+
+    def touch(names: list[str]) -> None:
+        with pg_db.write() as session:
+            # The scan a small table or a planner's estimate can pick anyway.
+            session.execute(text("SET LOCAL enable_indexscan = off"))
+            session.execute(text("SET LOCAL enable_bitmapscan = off"))
+            image_repo.touch_urls(session, [f"https://cdn.example/{n}" for n in names], NOW)
+
+    save = _in_transaction(pg_db, _save_urls(image.image_key))
+    assert _opposite_orders(pg_db, _lock_urls, touch, save) == []
+    with pg_db.read() as session:
+        urls = image_repo.get_urls(session, [f"https://cdn.example/{n}" for n in "abc"])
+    assert {row.checked_at for row in urls.values()} == {NOW}
+
+
+def _wait_blocked_or_done(db: Database, backends: _Backends, writer: _Writer) -> None:
+    """Wait until ``writer`` waits for a lock or has finished."""
+    try:
+        _wait_blocked(db, backends, writer)
+    except AssertionError:
+        writer.join(10)
+        assert not writer.is_alive()
+
+
+@pytest.mark.services
+def test_revalidations_beside_copies_and_a_store_of_new_answers_do_not_deadlock(
+    pg_db: Database,
+) -> None:
+    # match_known recorded the 304s (URL rows) before copying cached answers (image
+    # rows), while store_new writes images, then URLs. Here the first holds URL u and
+    # waits for image a; the second (u now serves image c) holds image c and waits for
+    # u; once a is free, the first copies c: a deadlock on PostgreSQL, and a 503.
+    source = add_image(pg_db)
+    sha = source.content_sha256 or ""
+    moved = "https://cdn.example/u.jpg"
+    with pg_db.write() as session:
+        image_repo.save_urls(
+            session, [image_repo.UrlEntry(moved, source.image_key, None, None, 1)], NOW
+        )
+
+    def item(name: str, url: str, sha256: str) -> New:
+        fetched = Fetched(url, url, b"x" * 10, Validators(None, None, 10), content_type=None)
+        return New(fetched, f"v1:{name}", sha256)
+
+    def copy_and_revalidate(_: list[str]) -> None:
+        new = [item(n, f"https://cdn.example/{n}.jpg", sha) for n in "ac"]
+        found = match_known(pg_db, LookupCache(), Telemetry(), new, [moved], FakeClock(NOW))
+        assert set(found) == {"v1:a", "v1:c"}
+
+    def store(_: list[str]) -> None:
+        ready = [item("c", moved, "c" * 64)]
+        answer = make_prediction([0.1, 0.8, 0.1], [1.0] + [0.0] * 11)
+        store_new(
+            pg_db,
+            LookupCache(),
+            FixedClassifier(),
+            ready,
+            [answer],
+            [ColorAnswer("Black")],
+            NOW,
+        )
+
+    backends = _Backends(pg_db)
+    with pg_db.write() as holder:
+        _save_images(holder, ["a"])  # held until this block ends
+        first = _Writer(copy_and_revalidate, ["a", "c"])
+        first.start()
+        _wait_blocked(pg_db, backends, first)
+        second = _Writer(store, ["c"])
+        second.start()
+        _wait_blocked_or_done(pg_db, backends, second)
+    for writer in (first, second):
+        writer.join(30)
+        assert not writer.is_alive()
+    assert [w.error for w in (first, second) if w.error is not None] == []
+    with pg_db.read() as session:
+        assert image_repo.get_urls(session, [moved])[moved].image_key == "v1:c"
 
 
 @pytest.mark.services

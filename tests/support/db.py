@@ -1,15 +1,25 @@
-"""Fresh databases for tests: a SQLite file, or a private schema on the real PostgreSQL."""
+"""Fresh databases for tests: a SQLite file, or a private database on the real PostgreSQL.
+
+Each is a copy of one migrated per test process (a file copied; PostgreSQL's ``CREATE
+DATABASE ... TEMPLATE``), not migrated anew: running every Alembic migration for each test
+cost about 0.2 s on SQLite and 1 s on PostgreSQL, minutes of the suite.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
+import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.engine import Engine
 
 from cartag.store.db import Database, upgrade
 
@@ -31,6 +41,12 @@ def _run_before_dispose(db: Database) -> None:
 PG_URL = os.environ.get(
     "CARTAG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+# Databases this module makes on the server: cartag_test_<pid>_<hex> (the template is
+# cartag_test_<pid>_template). The pid lets a later run drop those of a killed one.
+_PREFIX = "cartag_test_"
+_OURS = re.compile(rf"^{_PREFIX}(?P<pid>[0-9]+)_[a-z0-9]+$")
+# Per process: the migrated SQLite file and PostgreSQL database that tests copy.
+_templates: dict[str, str] = {}
 
 
 def postgres_available() -> bool:
@@ -53,12 +69,70 @@ def require_postgres() -> None:
     pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
 
 
+def _sqlite_template() -> Path:
+    if "sqlite" not in _templates:
+        folder = Path(tempfile.mkdtemp(prefix="cartag-test-db-"))
+        atexit.register(shutil.rmtree, folder, True)
+        path = folder / "template.db"
+        db = Database(f"sqlite:///{path}")
+        upgrade(db)
+        db.dispose()
+        _templates["sqlite"] = str(path)
+    return Path(_templates["sqlite"])
+
+
+def _admin() -> Engine:
+    # CREATE / DROP DATABASE cannot run inside a transaction.
+    return create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+
+
+def _database_url(name: str) -> str:
+    return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop(admin: Engine, name: str) -> None:
+    with admin.connect() as conn:
+        # FORCE: a server a test started may still hold a connection.
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _drop_left_over(admin: Engine) -> None:
+    """Drop the test databases of test processes that are gone (killed runs)."""
+    with admin.connect() as conn:
+        names = conn.execute(
+            text("SELECT datname FROM pg_database WHERE datname LIKE :p"), {"p": f"{_PREFIX}%"}
+        ).scalars()
+        gone = [
+            n for n in names if (m := _OURS.match(n)) and not Path(f"/proc/{m['pid']}").exists()
+        ]
+    for name in gone:
+        _drop(admin, name)
+
+
+def _postgres_template() -> str:
+    if "postgresql" not in _templates:
+        admin = _admin()
+        _drop_left_over(admin)
+        name = f"{_PREFIX}{os.getpid()}_template"
+        _drop(admin, name)
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        db = Database(_database_url(name))
+        upgrade(db)
+        db.dispose()  # a template must have no connections while it is copied
+        atexit.register(lambda: _drop(_admin(), name))
+        admin.dispose()
+        _templates["postgresql"] = name
+    return _templates["postgresql"]
+
+
 @contextmanager
 def fresh_database(kind: str, tmp_path: Path) -> Iterator[Database]:
     """A migrated, empty database that is dropped afterwards."""
     if kind == "sqlite":
-        db = Database(f"sqlite:///{tmp_path / 'cartag.db'}")
-        upgrade(db)
+        path = tmp_path / "cartag.db"
+        shutil.copyfile(_sqlite_template(), path)
+        db = Database(f"sqlite:///{path}")
         try:
             yield db
         finally:
@@ -66,17 +140,16 @@ def fresh_database(kind: str, tmp_path: Path) -> Iterator[Database]:
             db.dispose()
         return
     require_postgres()
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    db = Database(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
+    template = _postgres_template()
+    name = f"{_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:12]}"
+    admin = _admin()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    db = Database(_database_url(name))
     try:
-        upgrade(db)
         yield db
     finally:
         _run_before_dispose(db)
         db.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        _drop(admin, name)
         admin.dispose()

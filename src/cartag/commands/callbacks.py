@@ -2,7 +2,7 @@
 
 ``cartag callbacks failed`` lists the finished jobs whose callback did not get through
 (after its retries) or was never sent; ``cartag callbacks redeliver JOB_ID`` sends one
-again now.
+again now, and ``redeliver --pending`` those no process is sending.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cartag.commands.common import err, fail, load_settings, open_database
-from cartag.errors import CartagError, InputError
+from cartag.errors import CartagError, ConflictError, InputError
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     from cartag.store.tables import JobRow
 
 app = typer.Typer(
@@ -48,8 +50,10 @@ def failed(
 ) -> None:
     """List finished jobs whose callback was not delivered, newest first.
 
-    Status ``pending`` means it was never sent (or a process stopped between its
-    attempts): a server sends it when it next starts. Exits 0 (nothing to list too).
+    Status ``pending`` means it was never sent: a server or worker sends it at its next
+    sweep (at start and every minute). One a process is sending shows until when it holds
+    it (another takes it over after that).
+    Exits 0 (nothing to list too).
     """
     from cartag.redaction import redact_url
     from cartag.store import jobs as job_repo
@@ -61,7 +65,7 @@ def failed(
                 (
                     job.id,
                     job.status,
-                    job.callback_status or "pending",
+                    _shown_status(job.callback_status),
                     job.finished_at.isoformat() if job.finished_at else "-",
                     redact_url(job.callback_url or ""),
                 )
@@ -77,9 +81,22 @@ def failed(
         typer.echo("\t".join(row))
 
 
+def _shown_status(status: str | None) -> str:
+    from cartag.store import jobs as job_repo
+
+    until = job_repo.callback_claimed_until(status)
+    if until is None:
+        return status or "pending"
+    visible = job_repo.visible_callback_status(status) or "pending"
+    return f"{visible} (being sent, held until {until.isoformat()})"
+
+
 @app.command("redeliver")
 def redeliver(
-    job_id: Annotated[str, typer.Argument(help="The job whose callback to send again.")],
+    job_id: Annotated[
+        str | None,
+        typer.Argument(help="The job whose callback to send again (or --pending)."),
+    ] = None,
     url: Annotated[
         str | None,
         typer.Option(
@@ -91,56 +108,109 @@ def redeliver(
         int,
         typer.Option(min=1, max=10, help="Attempts if the receiver fails (2 s apart, doubling)."),
     ] = 1,
+    pending: Annotated[
+        bool,
+        typer.Option(
+            "--pending",
+            help="Instead of one job: send every callback no process is sending now.",
+        ),
+    ] = False,
 ) -> None:
-    """Send a finished job's callback again now.
+    """Send a finished job's callback again now, or (--pending) those left unsent.
 
-    Exits 0 once delivered, 1 when the receiver still refuses it, 2 on bad input.
+    The callback is claimed first, so a server or worker never sends it at the same
+    time. Exits 0 once delivered (--pending: once every one was), 1 when the receiver
+    still refuses it or another process is sending it, 2 on bad input.
     """
     import asyncio
 
     from cartag.clock import SystemClock
-    from cartag.jobs.execute import send_callback
+    from cartag.jobs.execute import send_callback, send_pending_callbacks
     from cartag.net.fetch import Fetcher
     from cartag.store import jobs as job_repo
 
+    if (job_id is None) == (not pending):
+        raise fail(
+            InputError(
+                "give a JOB_ID, or --pending (every callback no process is sending), not both",
+                field="job_id",
+            )
+        )
     settings = load_settings()
     db = open_database(settings)
+    clock = SystemClock()
     try:
-        with db.write() as session:
-            job = job_repo.get_job(session, job_id)
-            _check_redeliverable(job, url)
-            if url is not None:
-                # Sent again at a server's start should this process stop first.
-                status = job_repo.CALLBACK_RETRYING + "redeliver"
-                job_repo.set_callback_status(session, job_id, status, callback_url=url)
+        if job_id is None:
 
-        async def send() -> str | None:
-            async with Fetcher(settings) as fetcher:
-                return await send_callback(
-                    db,
-                    fetcher,
-                    job_id,
-                    clock=SystemClock(),
-                    secret=settings.callback_secret,
-                    attempts=attempts,
-                )
+            async def sweep() -> int:
+                async with Fetcher(settings) as fetcher:
+                    return await send_pending_callbacks(
+                        db,
+                        fetcher,
+                        clock=clock,
+                        secret=settings.callback_secret,
+                        attempts=attempts,
+                        timeout_s=settings.callback_timeout_s,
+                    )
 
-        outcome = asyncio.run(send())
+            sent = asyncio.run(sweep())
+            with db.read() as session:
+                left = len(job_repo.failed_callbacks(session, limit=10_000))
+        else:
+            with db.read() as session:
+                _check_redeliverable(job_repo.get_job(session, job_id), url, clock.now())
+
+            async def send() -> str | None:
+                async with Fetcher(settings) as fetcher:
+                    return await send_callback(
+                        db,
+                        fetcher,
+                        job_id,
+                        clock=clock,
+                        secret=settings.callback_secret,
+                        attempts=attempts,
+                        timeout_s=settings.callback_timeout_s,
+                        again=True,
+                        url=url,
+                    )
+
+            outcome = asyncio.run(send())
+    except ConflictError as exc:
+        # Not bad input: the same command succeeds once the other process is done.
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from exc
     except CartagError as exc:
         raise fail(exc) from exc
     finally:
         db.dispose()
+    if job_id is None:
+        typer.echo(f"sent {sent} callback(s); {left} not delivered (cartag callbacks failed)")
+        if left:
+            raise typer.Exit(1)
+        return
+    if outcome is None:
+        err.print(
+            f"job {job_id}'s callback is being sent by another process right now; see "
+            "`cartag callbacks failed`, and try again once it is done"
+        )
+        raise typer.Exit(1)
     typer.echo(f"job {job_id} callback: {outcome}")
-    if outcome is None or not outcome.startswith("delivered:"):
+    if not outcome.startswith("delivered:"):
         raise typer.Exit(1)
 
 
-def _check_redeliverable(job: JobRow, url: str | None) -> None:
+def _check_redeliverable(job: JobRow, url: str | None, now: dt.datetime) -> None:
     from cartag.store import jobs as job_repo
 
     if job.status not in (job_repo.DONE, job_repo.FAILED):
         raise InputError(
             f"job {job.id} is {job.status}: its callback is sent when it finishes", field="job_id"
+        )
+    until = job_repo.callback_claimed_until(job.callback_status)
+    if until is not None and until > now:
+        raise ConflictError(
+            f"job {job.id}'s callback is being sent by another process (it holds it until "
+            f"{until.isoformat()}); see `cartag callbacks failed`, and try again once it is done"
         )
     if url is not None:
         if not url.lower().startswith(("http://", "https://")):

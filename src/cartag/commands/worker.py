@@ -4,6 +4,8 @@ It loads the model once, then takes one chunk task at a time from the broker
 (``CARTAG_BROKER_URL``) and writes results to the shared PostgreSQL database.
 Run as many as the machine has cores for the model; kill one and its chunk is
 delivered to another after ``CARTAG_BROKER_VISIBILITY_TIMEOUT_S``.
+Each also sends the job callbacks no process is sending (a worker died before or while
+sending them), at start and every minute (:mod:`cartag.jobs.sweeper`).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def run_worker(settings: Settings, *, loglevel: str = "info", hostname: str | No
 
     from cartag.blas import limit_blas_threads
     from cartag.jobs.celery_app import make_celery
+    from cartag.jobs.sweeper import CallbackSweeper
     from cartag.jobs.tasks import register_tasks
     from cartag.jobs.worker import WorkerContext
     from cartag.memory import freeze_startup_objects, limit_malloc_arenas
@@ -89,9 +92,12 @@ def run_worker(settings: Settings, *, loglevel: str = "info", hostname: str | No
     ]
     if hostname:
         argv.append(f"--hostname={hostname}")
+    sweeper = CallbackSweeper(settings, context.db, context.clock)
+    sweeper.start()
     try:
         celery.worker_main(argv)
     finally:
+        sweeper.stop()
         context.close()
 
 

@@ -35,7 +35,12 @@ from cartag.settings import Settings
 from cartag.store import monitoring
 
 MAX_DAYS = 400
-_RELATIVE = re.compile(r"(\d{1,4})([hdw])")
+# ASCII digits only: \d (and int()) also take other scripts' digits, such as "٣d".
+_RELATIVE = re.compile(r"([0-9]{1,4})([hdw])")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_SINCE_FORMS = (
+    "write 24h, 7d or 2w (up to 4 digits 0-9), or a date as YYYY-MM-DD such as 2026-11-30"
+)
 _UNITS = {"h": dt.timedelta(hours=1), "d": dt.timedelta(days=1), "w": dt.timedelta(weeks=1)}
 # Images whose version is unknown (rows written before the rollup existed, or odd rows).
 UNKNOWN_VERSION = "(unknown)"
@@ -44,6 +49,12 @@ NO_COLOR = "(none)"
 
 def parse_since(text: str, now: dt.datetime) -> dt.date:
     """The first UTC day of a report from ``7d``, ``24h``, ``2w`` or ``2026-11-30``.
+
+    The one check of these forms for the CLI's ``--since``, :func:`report_since` and the
+    /monitor page: a period is 1 to 4 ASCII digits and ``h``, ``d`` or ``w`` (either case);
+    a date is ``YYYY-MM-DD`` and a day of the calendar. Other forms ``date.fromisoformat``
+    reads (``20261130``, week dates such as ``2026-W48``) and digits of other scripts are
+    refused: the README and the page's schema state these two forms only.
 
     Raises:
         InputError: Unreadable, in the future, or more than ``MAX_DAYS`` ago.
@@ -54,19 +65,27 @@ def parse_since(text: str, now: dt.datetime) -> dt.date:
     if match:
         amount = int(match.group(1))
         if amount <= 0:
-            raise InputError(f"--since {text!r}: the period must be positive", field="since")
+            raise InputError(
+                f"--since {text!r}: the period must be positive; {_SINCE_FORMS}", field="since"
+            )
         since = (now - amount * _UNITS[match.group(2)]).astimezone(dt.UTC).date()
-    else:
+    elif _DATE.fullmatch(value):
         try:
             since = dt.date.fromisoformat(value)
-        except ValueError:
+        except ValueError as exc:
             raise InputError(
-                f"--since {text!r} is neither a period nor a date; use e.g. 24h, 7d, 2w "
-                "or 2026-11-30",
+                f"--since {text!r} is not a day of the calendar ({exc}); {_SINCE_FORMS}",
                 field="since",
             ) from None
         if since > today:
-            raise InputError(f"--since {text!r} is in the future", field="since")
+            raise InputError(
+                f"--since {text!r} is in the future; the first day can be today ({today}) at most",
+                field="since",
+            )
+    else:
+        raise InputError(
+            f"--since {text!r} is neither a period nor a date; {_SINCE_FORMS}", field="since"
+        )
     if (today - since).days > MAX_DAYS:
         raise InputError(
             f"--since {text!r} reaches back more than {MAX_DAYS} days; pick a shorter period",

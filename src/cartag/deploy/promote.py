@@ -80,7 +80,9 @@ def promote(
             f"model {version} cannot be promoted: {exc.message}. {alias} is unchanged"
         ) from exc
     with db.write() as session:
-        # Checked again: another promotion may have happened during the load.
+        # Checked again, under the alias's lock: another promotion or rollback may have
+        # happened during the load, and one committed after this check must wait for us.
+        repo.lock_alias(session, alias)
         row = repo.get_version(session, version)
         _check_promotable(session, settings, row, alias=alias, force=force)
         return repo.point_alias(session, alias, version, by=by, reason="promote", now=clock.now())
@@ -124,6 +126,7 @@ def rollback(
     """
     repo.check_alias(alias)
     with db.write() as session:
+        repo.lock_alias(session, alias)  # the target is read from the history: hold it still
         target = repo.rollback_target(history(session, alias))
         if target is None:
             raise ConflictError(

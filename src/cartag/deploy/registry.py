@@ -11,11 +11,13 @@ through :mod:`cartag.deploy.hotswap`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -116,15 +118,63 @@ def register_model(
             f"(at most 80), got {version!r}; set one before registering"
         )
     digest = files_digest(source_dir)
+    # One registration of a version at a time on this data dir: two processes giving
+    # the same version different files at once each passed the check below, the second
+    # replaced the first's folder under it and overwrote its row, and both succeeded.
+    with _version_lock(settings, version):
+        return _register_locked(
+            db,
+            settings,
+            source_dir,
+            config,
+            version,
+            digest,
+            created_by=created_by,
+            clock=clock,
+            dataset_ref=dataset_ref,
+            metrics=metrics,
+            reuse=reuse,
+        )
+
+
+def _conflict(version: str) -> ConflictError:
+    return ConflictError(
+        f"model version {version} is registered already with different files; "
+        "give the new model another version in its config.json"
+    )
+
+
+@contextlib.contextmanager
+def _version_lock(settings: Settings, version: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``<models root>/.lock-<version>`` (waits for the holder)."""
+    root = models_root(settings)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".lock-{version}", "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def _register_locked(
+    db: Database,
+    settings: Settings,
+    source_dir: Path,
+    config: dict[str, Any],
+    version: str,
+    digest: str,
+    *,
+    created_by: str,
+    clock: Clock,
+    dataset_ref: str | None,
+    metrics: dict[str, Any] | None,
+    reuse: Classifier | None,
+) -> ModelVersionRow:
+    """:func:`register_model` once its version's lock is held."""
     with db.read() as session:
         existing = repo.find_version(session, version)
     if existing is not None and existing.status != REFUSED:
         if existing.files_sha256 == digest:
             return existing
-        raise ConflictError(
-            f"model version {version} is registered already with different files; "
-            "give the new model another version in its config.json"
-        )
+        raise _conflict(version)
     target = _copy_in(settings, source_dir, version, digest)
     reason: str | None = None
     try:
@@ -136,6 +186,13 @@ def register_model(
         reason = exc.message.replace(str(target), str(source_dir))
     try:
         with db.write() as session:
+            # Checked again: a process on another host (sharing the database, not this
+            # lock) may have registered it during the load; it must not be overwritten.
+            raced = repo.find_version(session, version)
+            if raced is not None and raced.status != REFUSED:
+                if raced.files_sha256 != digest:
+                    raise _conflict(version)
+                return raced
             row = repo.add_version(
                 session,
                 version=version,
@@ -152,8 +209,10 @@ def register_model(
         # Another process (servers and workers starting together) registered it first.
         with db.read() as session:
             raced = repo.find_version(session, version)
-        if raced is None or raced.files_sha256 != digest:
+        if raced is None:
             raise
+        if raced.files_sha256 != digest:
+            raise _conflict(version) from None
         return raced
     if reason is not None:
         log.error("model %s refused: %s", version, reason)

@@ -20,6 +20,8 @@ Exactly once, per item and per image:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import Any, Final
@@ -183,6 +185,26 @@ def callback_pending(db: Database, job_id: str) -> bool:
 # ~ attempts x 2 x callback_timeout_s + 30 s in all.
 CALLBACK_ATTEMPTS: Final[int] = 5
 CALLBACK_BACKOFF_S: Final[float] = 2.0
+# Settings.callback_timeout_s's default, for callers without settings (tests).
+CALLBACK_TIMEOUT_S: Final[float] = 10.0
+# Added to a claim's lease: a slow database write or a clock a little apart from the
+# other processes' never lets a second process take a callback still being sent.
+CLAIM_SLACK_S: Final[float] = 60.0
+# How often every serving process and worker looks for callbacks left pending, and how
+# far back (jobs submitted since then; a process's start looks at them all).
+CALLBACK_SWEEP_S: Final[float] = 60.0
+CALLBACK_SWEEP_WINDOW_S: Final[float] = 7 * 24 * 3600.0
+
+
+def callback_lease_s(attempts: int, backoff_s: float, timeout_s: float) -> float:
+    """How long a process holds a callback it claimed: all of its attempts (each at
+    most 2 x ``timeout_s``) and the waits between them, plus :data:`CLAIM_SLACK_S`.
+
+    Each attempt renews the claim, so this is the longest a dead process's claim
+    keeps the others from taking its callback over (about 3 minutes by default).
+    """
+    waits = sum(backoff_s * float(2**i) for i in range(max(attempts - 1, 0)))
+    return attempts * 2 * timeout_s + waits + CLAIM_SLACK_S
 
 
 def _transient(outcome: str) -> bool:
@@ -211,6 +233,38 @@ async def _deliver(fetcher: Fetcher, url: str, key: str, clock: Clock, body: byt
     return f"failed:http_{status}"
 
 
+class _Claim:
+    """The callback status this process holds; each change is a compare-and-set on it,
+    so a process whose claim was taken over (it hung past the lease) stops there."""
+
+    def __init__(self, db: Database, job_id: str, status: str, lease_s: float) -> None:
+        self.db = db
+        self.job_id = job_id
+        self.status: str | None = status
+        self.lease_s = lease_s
+
+    def renew(self, visible: str, clock: Clock) -> bool:
+        until = clock.now() + dt.timedelta(seconds=self.lease_s)
+        return self.replace(job_repo.claim_status(visible, until))
+
+    def replace(self, status: str | None, callback_url: str | None = None) -> bool:
+        with self.db.write() as session:
+            held = job_repo.take_callback_claim(
+                session, self.job_id, seen=self.status, claim=status, callback_url=callback_url
+            )
+        if held:
+            self.status = status
+        else:
+            log.warning("job %s: another process took its callback over", self.job_id)
+        return held
+
+    def release(self) -> None:
+        """Let another process take the callback at once (this one stops)."""
+        visible = job_repo.visible_callback_status(self.status)
+        # Never tried: pending as before; between attempts: the reason, without a claim.
+        self.replace(None if visible == job_repo.CALLBACK_SENDING else visible)
+
+
 async def send_callback(
     db: Database,
     fetcher: Fetcher,
@@ -221,8 +275,18 @@ async def send_callback(
     results_limit: int = 1000,
     attempts: int = CALLBACK_ATTEMPTS,
     backoff_s: float = CALLBACK_BACKOFF_S,
+    timeout_s: float = CALLBACK_TIMEOUT_S,
+    again: bool = False,
+    url: str | None = None,
 ) -> str | None:
-    """POST the job's outcome to its callback URL, if it has one; records and returns how it went.
+    """POST the job's outcome to its callback URL, if it has one and no other process
+    is sending it; records and returns how it went.
+
+    The callback is first claimed in the database (:func:`cartag.store.jobs.claim_callback`):
+    of several processes trying to send it (a server that finished the job, another's
+    sweep, a Celery chunk delivered again), exactly one does. A claim lasts
+    :func:`callback_lease_s` and is renewed at each attempt; a process that dies holding
+    it is replaced by the next sweep once it lapsed, and one stopped cleanly lets go at once.
 
     The body is signed (:mod:`cartag.jobs.callbacks`) with ``secret``, or the deployment's
     secret when it is None. Jobs of up to ``results_limit`` items carry their results in
@@ -232,14 +296,56 @@ async def send_callback(
 
     A transient failure (connection refused, timeout, 5xx, 408, 429) is tried again, up to
     ``attempts`` in all, ``backoff_s`` apart and doubling; meanwhile the job shows
-    ``retrying:<reason>``, and a process stopped then leaves it so: the callback is sent
-    again by :func:`send_pending_callbacks`. Once the outcome is final, the stored callback
-    URL keeps no password or token.
+    ``retrying:<reason>``. Once the outcome is final, the stored callback URL keeps no
+    password or token.
+
+    Args:
+        timeout_s: The fetcher's ``callback_timeout_s`` (sets the claim's lease).
+        again: Send it even if it was delivered or failed (an explicit redelivery).
+        url: Send to this URL instead of the stored one (stored with the claim).
+
+    Returns:
+        The outcome; None when there is nothing to send (no callback URL, not finished,
+        already sent) or another process holds it.
     """
+    lease_s = callback_lease_s(attempts, backoff_s, timeout_s)
+    with db.write() as session:
+        now = clock.now()
+        status = job_repo.claim_callback(
+            session,
+            job_id,
+            until=now + dt.timedelta(seconds=lease_s),
+            now=now,
+            again=again,
+            callback_url=url,
+        )
+    if status is None:
+        return None
+    claim = _Claim(db, job_id, status, lease_s)
+    try:
+        return await _send_claimed(
+            db, fetcher, claim, clock, secret, results_limit, attempts, backoff_s
+        )
+    except asyncio.CancelledError:
+        # Stopped (a server or worker shutting down): the next sweep sends it, now.
+        with contextlib.suppress(Exception):
+            claim.release()
+        raise
+
+
+async def _send_claimed(
+    db: Database,
+    fetcher: Fetcher,
+    claim: _Claim,
+    clock: Clock,
+    secret: SecretStr | None,
+    results_limit: int,
+    attempts: int,
+    backoff_s: float,
+) -> str | None:
+    job_id = claim.job_id
     with db.read() as session:
         job = job_repo.get_job(session, job_id)
-        if not job.callback_url:
-            return None
         payload: dict[str, Any] = {
             "job_id": job.id,
             "advertiser_id": job.advertiser_id,
@@ -251,7 +357,7 @@ async def send_callback(
         }
         if job.total <= results_limit:
             payload["results"] = job_repo.job_results(session, job.id)
-        url = job.callback_url
+        url = job.callback_url or ""
     body = callbacks.encode_payload(payload)
     key = callbacks.callback_secret(db, secret, clock)
     attempt = 1
@@ -269,14 +375,13 @@ async def send_callback(
             attempts,
             delay,
         )
-        retrying = job_repo.CALLBACK_RETRYING + outcome.removeprefix("failed:")
-        with db.write() as session:
-            job_repo.set_callback_status(session, job_id, retrying)
+        if not claim.renew(job_repo.CALLBACK_RETRYING + outcome.removeprefix("failed:"), clock):
+            return None
         await asyncio.sleep(delay)
         attempt += 1
     log.info("job %s callback to %s: %s", job_id, redact_url(url), outcome)
-    with db.write() as session:
-        job_repo.set_callback_status(session, job_id, outcome, callback_url=redact_url(url))
+    if not claim.replace(outcome, callback_url=redact_url(url)):
+        return None
     return outcome
 
 
@@ -289,17 +394,29 @@ async def send_pending_callbacks(
     results_limit: int = 1000,
     attempts: int = CALLBACK_ATTEMPTS,
     backoff_s: float = CALLBACK_BACKOFF_S,
+    timeout_s: float = CALLBACK_TIMEOUT_S,
+    since: dt.datetime | None = None,
 ) -> int:
-    """Send the callbacks of finished jobs that a stopped process never sent (or sent
-    only in part: it stopped between attempts); returns how many were sent.
+    """Send the callbacks of finished jobs that no process is sending: never sent (the
+    process that finished the job stopped first), or held by a process that died.
 
-    Only safe while no other process sends them (at startup): one would repeat another.
+    Safe in every process at once: each callback is claimed before it is sent
+    (:func:`send_callback`), one at a time, so the others share the rest.
+
+    Args:
+        since: Only jobs submitted since then (a periodic sweep); None: all.
+
+    Returns:
+        How many this call sent (delivered or not).
     """
     with db.read() as session:
-        job_ids = job_repo.pending_callbacks(session)
-    for job_id in job_ids:
-        log.info("job %s: sending the callback a stopped process did not", job_id)
-        await send_callback(
+        pending = job_repo.pending_callbacks(session, since=since)
+    sent = 0
+    for job_id, status in pending:
+        # Read without a write: the ones another process holds cost nothing more.
+        if not job_repo.callback_claimable(status, clock.now()):
+            continue
+        outcome = await send_callback(
             db,
             fetcher,
             job_id,
@@ -308,5 +425,9 @@ async def send_pending_callbacks(
             results_limit=results_limit,
             attempts=attempts,
             backoff_s=backoff_s,
+            timeout_s=timeout_s,
         )
-    return len(job_ids)
+        if outcome is not None:
+            log.info("job %s: sent the callback no process was sending: %s", job_id, outcome)
+            sent += 1
+    return sent

@@ -10,15 +10,19 @@ its ``error``, and when even that write fails the runner keeps the job's id and 
 it as soon as the store takes writes again, without a restart.
 
 Callbacks are sent beside the jobs (a slow or failing receiver, retried with backoff,
-never holds up the queue); those a stopped process did not send, or stopped retrying,
-are sent when a server starts.
+never holds up the queue). Every runner, in each process of ``cartag serve --workers N``
+too, also sweeps for callbacks no process is sending (a stopped process did not send
+them, or died retrying them) when it starts and every ``callback_sweep_s``: each callback
+is claimed in the database before it is sent, so only one process sends it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -47,12 +51,13 @@ class JobRunner(JobDispatcher):
         chunk_retries: Runs again of a chunk whose results could not be stored (storage
             failure) before the job is put back in the queue.
         retry_backoff_s: Wait before the first of those runs; doubles each time.
-        requeue_on_start: Requeue running jobs when started (:func:`requeue_interrupted`)
-            and send the callbacks a stopped process left unsent. Off in the processes
-            of ``cartag serve --workers N``: one starting process would take back a job
-            another has just claimed; their parent requeues once.
+        requeue_on_start: Requeue running jobs when started (:func:`requeue_interrupted`).
+            Off in the processes of ``cartag serve --workers N``: one starting process
+            would take back a job another has just claimed; their parent requeues once.
         callback_attempts: Attempts of a callback whose receiver failed transiently.
         callback_backoff_s: Wait before its second attempt; doubles each time.
+        callback_sweep_s: How often to look for callbacks no process is sending (also
+            at start); jobs of the last :data:`~cartag.jobs.execute.CALLBACK_SWEEP_WINDOW_S`.
     """
 
     def __init__(
@@ -69,6 +74,7 @@ class JobRunner(JobDispatcher):
         requeue_on_start: bool = True,
         callback_attempts: int = execute.CALLBACK_ATTEMPTS,
         callback_backoff_s: float = execute.CALLBACK_BACKOFF_S,
+        callback_sweep_s: float = execute.CALLBACK_SWEEP_S,
     ) -> None:
         super().__init__(db, clock)
         self.requeue_on_start = requeue_on_start
@@ -80,6 +86,9 @@ class JobRunner(JobDispatcher):
         self.retry_backoff_s = retry_backoff_s
         self.callback_attempts = callback_attempts
         self.callback_backoff_s = callback_backoff_s
+        self.callback_sweep_s = callback_sweep_s
+        self._sweep: asyncio.Task[None] | None = None
+        self._next_sweep = 0.0
         # Callbacks being sent (or waiting to retry); stop() cancels them.
         self._callbacks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -93,11 +102,11 @@ class JobRunner(JobDispatcher):
         self._wake.set()
 
     def start(self) -> None:
-        """Requeue jobs a previous process left running (unless told not to), then start
-        the worker task."""
+        """Requeue jobs a previous process left running (unless told not to), send the
+        callbacks no process is sending, then start the worker task."""
         if self.requeue_on_start:
             requeue_interrupted(self.db)
-            self._track(self._send_pending_callbacks())
+        self._start_sweep(since=None)
         self._task = asyncio.create_task(self._run_forever(), name="cartag-jobs")
 
     async def stop(self) -> None:
@@ -124,10 +133,23 @@ class JobRunner(JobDispatcher):
         while self._callbacks:
             await asyncio.wait(set(self._callbacks))
 
-    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _track(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._callbacks.add(task)
         task.add_done_callback(self._callbacks.discard)
+        return task
+
+    def _start_sweep(self, since: dt.datetime | None) -> None:
+        """Send the callbacks no process is sending, one sweep at a time."""
+        if self._sweep is not None and not self._sweep.done():
+            return
+        self._next_sweep = time.monotonic() + self.callback_sweep_s
+        self._sweep = self._track(self._send_pending_callbacks(since))
+
+    def _sweep_if_due(self) -> None:
+        if time.monotonic() >= self._next_sweep:
+            window = dt.timedelta(seconds=execute.CALLBACK_SWEEP_WINDOW_S)
+            self._start_sweep(since=self.clock.now() - window)
 
     def _claim(self) -> JobRow | None:
         with self.db.write() as session:
@@ -136,6 +158,7 @@ class JobRunner(JobDispatcher):
     async def _run_forever(self) -> None:
         while True:
             delay = self.poll_interval_s
+            self._sweep_if_due()
             try:
                 if await self._run_one():
                     self._idle_failures = 0
@@ -283,11 +306,12 @@ class JobRunner(JobDispatcher):
                 results_limit=self.callback_results_limit,
                 attempts=self.callback_attempts,
                 backoff_s=self.callback_backoff_s,
+                timeout_s=self.service.settings.callback_timeout_s,
             )
         except Exception:  # noqa: BLE001 - the job keeps its pending callback status
-            log.exception("job %s: callback not sent; it is sent when a server next starts", job_id)
+            log.exception("job %s: callback not sent; the next sweep sends it", job_id)
 
-    async def _send_pending_callbacks(self) -> None:
+    async def _send_pending_callbacks(self, since: dt.datetime | None) -> None:
         try:
             await execute.send_pending_callbacks(
                 self.db,
@@ -297,9 +321,11 @@ class JobRunner(JobDispatcher):
                 results_limit=self.callback_results_limit,
                 attempts=self.callback_attempts,
                 backoff_s=self.callback_backoff_s,
+                timeout_s=self.service.settings.callback_timeout_s,
+                since=since,
             )
-        except Exception:  # noqa: BLE001 - tried again at the next start
-            log.exception("sending the callbacks a stopped process left failed")
+        except Exception:  # noqa: BLE001 - tried again at the next sweep
+            log.exception("sending the callbacks no process was sending failed")
 
 
 def requeue_interrupted(db: Database) -> int:

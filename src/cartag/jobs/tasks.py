@@ -66,7 +66,8 @@ def register_tasks(app: Any, context: Callable[[], WorkerContext]) -> Any:
             ctx.run(_callback(ctx, job_id))
         elif report.job_status in FINISHED and execute.callback_pending(ctx.db, job_id):
             # Delivered again after the worker that finished the job stopped before its
-            # callback went out (acks_late): without this, no one would ever send it.
+            # callback went out (acks_late): sent now rather than at the next sweep
+            # (claimed first, so never while another process sends it).
             log.info("job %s finished; sending the callback a stopped worker did not", job_id)
             ctx.run(_callback(ctx, job_id))
 
@@ -75,5 +76,10 @@ def register_tasks(app: Any, context: Callable[[], WorkerContext]) -> Any:
 
 async def _callback(ctx: WorkerContext, job_id: str) -> None:
     await execute.send_callback(
-        ctx.db, ctx.fetcher, job_id, clock=ctx.clock, secret=ctx.settings.callback_secret
+        ctx.db,
+        ctx.fetcher,
+        job_id,
+        clock=ctx.clock,
+        secret=ctx.settings.callback_secret,
+        timeout_s=ctx.settings.callback_timeout_s,
     )

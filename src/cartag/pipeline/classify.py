@@ -396,6 +396,8 @@ class ClassifyService:
             match_known, self.db, self.lookup_cache, self.telemetry, [], revalidated, self.clock
         )
         checked = self.clock.now().timestamp()
+        # Written back only where the cache still holds what was read: another request
+        # may have stored a URL's new image and cleared its lookup since.
         self.lookup_cache.touch([known_urls[url] for url in revalidated], checked)
 
     def _download_failed(self, failed: Failed) -> None:

@@ -225,42 +225,62 @@ def match_known(
     revalidated: list[str],
     clock: Clock,
 ) -> dict[str, ImageRow]:
-    """Record 304s; find downloaded images already cached by key or by bytes.
+    """Find downloaded images already cached by key or by bytes; record 304s.
+
+    The downloads' copies and URLs are written in one transaction, images then URLs (the
+    tables' order, see :func:`cartag.store.upsert.upsert`); the 304s, if any, in their
+    own afterwards. In the downloads' transaction they would be URL rows written out of
+    that order: held while the copies wait for an image that a store of new answers
+    holds, which in turn waits for one of those URLs (a deadlock on PostgreSQL, a 503).
 
     Returns the cached row of each such image's key.
     """
-    if not new and not revalidated:
-        return {}  # no write transaction on the cached path
-    if not revalidated and not _any_known(db, new):
-        # A first run's downloads are new images: no write transaction either. This runs
-        # on the event loop, and a write would wait there for the store's lock while
-        # another chunk's answers are being saved, stalling every download meanwhile.
-        return {}
     now = clock.now()
+    found: dict[str, ImageRow] = {}
+    # A first run's downloads are new images: no write transaction. This runs on the
+    # event loop, and a write would wait there for the store's lock while another
+    # chunk's answers are being saved, stalling every download meanwhile.
+    if new and _any_known(db, new):
+        found = _copy_known(db, lookup_cache, new, now)
+    if revalidated:
+        _record_revalidated(db, telemetry, revalidated, now)
+    return found
+
+
+def _copy_known(
+    db: Database, lookup_cache: LookupCache, new: list[New], now: dt.datetime
+) -> dict[str, ImageRow]:
+    """Store the downloads of cached images under their keys and URLs (one transaction)."""
     known: list[New] = []
-    try:
-        with db.write() as session:
-            image_repo.touch_urls(session, [strip_password(url) for url in revalidated], now)
-            by_key = image_repo.get_images(session, {n.key for n in new})
-            by_sha = image_repo.get_images_by_sha(
-                session, {n.sha256 for n in new if n.key not in by_key}
-            )
-            # In key order, as every writer of images (see cartag.store.upsert.upsert).
-            for item in sorted(new, key=lambda n: n.key):
-                cached = by_key.get(item.key)
-                if cached is None and item.sha256 in by_sha:
-                    # The same bytes are cached under another key: reuse that answer.
-                    by_key[item.key] = copy_answer(session, by_sha[item.sha256], item, now)
-                if item.key in by_key:
-                    known.append(item)
-            image_repo.save_urls(session, [url_entry(item) for item in known], now)
-    except Exception as exc:
-        if new or storage_problem(exc) is None:
-            raise  # new images must be stored: the caller answers 503
-        # Only 304s: the cached answers are still right. When they were revalidated
-        # is bookkeeping, and a full or read-only store must not fail them.
-        bookkeeping_failed(telemetry, "revalidation", exc)
-        return {}
+    with db.write() as session:
+        by_key = image_repo.get_images(session, {n.key for n in new})
+        by_sha = image_repo.get_images_by_sha(
+            session, {n.sha256 for n in new if n.key not in by_key}
+        )
+        # In key order, as every writer of images (see cartag.store.upsert.upsert).
+        for item in sorted(new, key=lambda n: n.key):
+            cached = by_key.get(item.key)
+            if cached is None and item.sha256 in by_sha:
+                # The same bytes are cached under another key: reuse that answer.
+                by_key[item.key] = copy_answer(session, by_sha[item.sha256], item, now)
+            if item.key in by_key:
+                known.append(item)
+        image_repo.save_urls(session, [url_entry(item) for item in known], now)
     # These URLs may serve another image now.
     lookup_cache.invalidate([strip_password(item.fetched.url) for item in known])
     return {item.key: by_key[item.key] for item in known}
+
+
+def _record_revalidated(
+    db: Database, telemetry: Telemetry, revalidated: list[str], now: dt.datetime
+) -> None:
+    """Record when the 304s' URLs were revalidated (bookkeeping: a full store is logged)."""
+    try:
+        with db.write() as session:
+            image_repo.touch_urls(session, [strip_password(url) for url in revalidated], now)
+    except Exception as exc:
+        if storage_problem(exc) is None:
+            raise
+        # The cached answers are still right. When they were revalidated is
+        # bookkeeping, and a full or read-only store must not fail them.
+        bookkeeping_failed(telemetry, "revalidation", exc)

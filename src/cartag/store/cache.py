@@ -90,7 +90,12 @@ class LookupCache:
         """Store entries (they expire after the cache's TTL)."""
 
     def touch(self, entries: Sequence[UrlLookup], checked_at: float) -> None:
-        """Store entries again, revalidated at ``checked_at`` (POSIX seconds)."""
+        """Store entries again, revalidated at ``checked_at`` (POSIX seconds).
+
+        Only those the cache still holds as given: an entry invalidated or replaced
+        since it was read (another request stored the URL's new image meanwhile) is left
+        alone, or the old answer would be served, unrevalidated, until the entry expired.
+        """
         # Nothing to copy when nothing is cached (the base class): a re-run's 1,000
         # dataclasses.replace calls were ~2 % of its CPU.
 
@@ -133,7 +138,16 @@ class InMemoryLookupCache(LookupCache):
         return found
 
     def touch(self, entries: Sequence[UrlLookup], checked_at: float) -> None:
-        self.set_many([replace(entry, checked_at=checked_at) for entry in entries])
+        now = self._now()
+        expires = now + self.ttl_s
+        for entry in entries:
+            held = self._urls.get(entry.url)
+            if held is None or held[0] <= now or held[1] != entry.url_part():
+                continue
+            self._urls[entry.url] = (expires, replace(entry, checked_at=checked_at).url_part())
+            image = self._images.get(entry.image_key)
+            if image is not None and image[0] > now and image[1] == entry.image_part():
+                self._images[entry.image_key] = (expires, image[1])
 
     def set_many(self, entries: Sequence[UrlLookup]) -> None:
         expires = self._now() + self.ttl_s
@@ -146,6 +160,25 @@ class InMemoryLookupCache(LookupCache):
             self._urls.pop(url, None)
         for key in image_keys:
             self._images.pop(key, None)
+
+
+# KEYS: a URL's entry and its image's, per entry. ARGV: the TTL, then per entry the URL
+# part as read, the URL part to store, the image part as read. An entry is stored again
+# only where its URL part is still the one read (and its image part refreshed likewise).
+_TOUCH_SCRIPT = """
+local ttl = ARGV[1]
+local arg = 2
+for i = 1, #KEYS, 2 do
+  if redis.call('GET', KEYS[i]) == ARGV[arg] then
+    redis.call('SET', KEYS[i], ARGV[arg + 1], 'EX', ttl)
+    if redis.call('GET', KEYS[i + 1]) == ARGV[arg + 2] then
+      redis.call('EXPIRE', KEYS[i + 1], ttl)
+    end
+  end
+  arg = arg + 3
+end
+return 0
+"""
 
 
 class RedisLookupCache(LookupCache):
@@ -175,6 +208,7 @@ class RedisLookupCache(LookupCache):
                 f"CARTAG_REDIS_CACHE_URL {url!r} is not a Redis URL ({exc}); "
                 "use redis://host:6379/1"
             ) from exc
+        self._touch_script: Any = self._redis.register_script(_TOUCH_SCRIPT)
 
     def get_many(self, urls: Sequence[str]) -> dict[str, UrlLookup]:
         if not urls:
@@ -196,7 +230,19 @@ class RedisLookupCache(LookupCache):
         }
 
     def touch(self, entries: Sequence[UrlLookup], checked_at: float) -> None:
-        self.set_many([replace(entry, checked_at=checked_at) for entry in entries])
+        if not entries:
+            return
+        keys: list[str] = []
+        args: list[str | int] = [self.ttl_s]
+        for e in entries:
+            keys += [self._url_prefix + e.url, self._image_prefix + e.image_key]
+            args += [e.url_part(), replace(e, checked_at=checked_at).url_part(), e.image_part()]
+        try:
+            # One round trip; compared and set in one step, so that an invalidation
+            # in between cannot be undone.
+            self._touch_script(keys=keys, args=args)
+        except Exception as exc:  # noqa: BLE001 - a cache write is an optimisation
+            log.warning("redis cache write failed (%s)", exc)
 
     def set_many(self, entries: Sequence[UrlLookup]) -> None:
         if not entries:

@@ -196,11 +196,21 @@ def touch_urls(session: Session, urls: Collection[str], now: dt.datetime) -> Non
     """Record that these URLs were revalidated (304) just now.
 
     A re-run's whole inventory at once: one statement per 500 URLs, with the URLs as
-    one array parameter on PostgreSQL (:func:`~cartag.store.upsert.in_values`).
+    one array parameter on PostgreSQL (:func:`~cartag.store.upsert.in_values`). The rows
+    are locked in key order, as every writer of ``urls`` takes them (see
+    :func:`~cartag.store.upsert.upsert`).
     """
-    for chunk in chunked(set(urls)):
-        where = in_values(session, UrlRow.url, chunk)
-        stmt = update(UrlRow).where(where).values(checked_at=now)
+    for chunk in chunked(sorted(set(urls))):
+        # A plain UPDATE locks rows in its scan's order (a sequential scan: the table's
+        # physical order), and a store of new answers writing some of these URLs in key
+        # order meanwhile could hold one this waits for while waiting for one this holds.
+        locked = (
+            select(UrlRow.url)
+            .where(in_values(session, UrlRow.url, chunk))
+            .order_by(UrlRow.url)
+            .with_for_update()
+        )
+        stmt = update(UrlRow).where(UrlRow.url.in_(locked)).values(checked_at=now)
         # No objects of this fresh session to keep in step with the rows.
         session.execute(stmt.execution_options(synchronize_session=False))
 
@@ -211,7 +221,9 @@ def update_model_fields(
     """Overwrite model answers by image key (ORM bulk UPDATE by primary key).
 
     Each mapping holds ``image_key`` and only the model's columns to change; manual
-    fixes live in their own table and are never touched.
+    fixes live in their own table and are never touched. Rows are updated in key order,
+    as every writer of images locks them (:func:`cartag.store.upsert.upsert`).
     """
-    for part in chunked(values, chunk):
+    ordered = sorted(values, key=lambda row: str(row["image_key"]))
+    for part in chunked(ordered, chunk):
         session.execute(update(ImageRow), part)

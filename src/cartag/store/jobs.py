@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from cartag.errors import NotFoundError
 from cartag.store.tables import JobItemRow, JobRow
@@ -174,34 +175,182 @@ def set_callback_status(
     session.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
 
 
-# A callback between attempts: sent again after a restart (``retrying:<reason>``).
+# How a callback's state reads in ``callback_status``: ``None`` (not tried yet), then
+# ``sending:`` and ``retrying:<reason>`` while one process holds it, then
+# ``delivered:<status>`` or ``failed:<reason>``. While held, the status carries the claim:
+# ``@<unix time it lapses>.<token>`` (see :func:`claim_callback`), which the API does not
+# show (:func:`visible_callback_status`).
+CALLBACK_SENDING = "sending:"
 CALLBACK_RETRYING = "retrying:"
+_CLAIMED = (CALLBACK_SENDING, CALLBACK_RETRYING)
+_STATUS_LENGTH = 64  # jobs.callback_status is a String(64)
+
+
+def claim_status(visible: str, until: dt.datetime, token: str | None = None) -> str:
+    """A held callback's status: ``visible`` (``sending:`` or ``retrying:<reason>``), the
+    time the claim lapses unless renewed and a token that tells two claims apart."""
+    token = token or uuid.uuid4().hex[:8]
+    suffix = f"@{int(until.timestamp())}.{token}"
+    return visible[: _STATUS_LENGTH - len(suffix)] + suffix
+
+
+def callback_claimed_until(status: str | None) -> dt.datetime | None:
+    """When the claim a callback status carries lapses; None when it carries none."""
+    if status is None or not status.startswith(_CLAIMED):
+        return None
+    _visible, mark, claim = status.rpartition("@")
+    seconds, dot, token = claim.partition(".")
+    if not mark or not dot or not token or not seconds.isdigit():
+        return None
+    return dt.datetime.fromtimestamp(int(seconds), dt.UTC)
+
+
+def visible_callback_status(status: str | None) -> str | None:
+    """The status as shown to people: without the claim (``retrying:http_503``); None
+    (not sent yet) during the first attempt, as before claims, so that a client waiting
+    for a status sees the outcome or a retry."""
+    if callback_claimed_until(status) is None:
+        return status
+    assert status is not None  # a status with a claim
+    visible = status.rpartition("@")[0]
+    return None if visible == CALLBACK_SENDING else visible
+
+
+def callback_claimable(status: str | None, now: dt.datetime, *, again: bool = False) -> bool:
+    """Whether a process may take a callback in this state now.
+
+    A callback never tried, or left between attempts without a claim (by a version
+    before claims), may be taken; one held by a process only once its claim lapsed
+    (that process died or hangs). ``again`` (an explicit redelivery): a delivered or
+    failed one too.
+    """
+    until = callback_claimed_until(status)
+    if until is not None:
+        return until <= now
+    return again or status is None or status.startswith(_CLAIMED)
+
+
+def take_callback_claim(
+    session: Session,
+    job_id: str,
+    *,
+    seen: str | None,
+    claim: str | None,
+    callback_url: str | None = None,
+) -> bool:
+    """Replace the callback status ``seen`` by ``claim``, unless it changed meanwhile.
+
+    A compare-and-set: of two processes that saw the same status, exactly one changes
+    the row (on PostgreSQL the second's UPDATE waits for the first to commit, then finds
+    the status changed; SQLite runs one write transaction at a time).
+
+    Args:
+        session: The write transaction.
+        job_id: The job.
+        seen: The status the caller read.
+        claim: The new status (:func:`claim_status`, an outcome by the claim's holder, or
+            None: no longer tried).
+        callback_url: A URL to store with it (a redelivery to another URL).
+
+    Returns:
+        True if this call changed it.
+    """
+    current = JobRow.callback_status.is_(None) if seen is None else JobRow.callback_status == seen
+    values: dict[str, Any] = {"callback_status": claim}
+    if callback_url is not None:
+        values["callback_url"] = callback_url
+    result = session.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.status.in_([DONE, FAILED]), current)
+        .values(**values)
+    )
+    return int(getattr(result, "rowcount", 0) or 0) == 1
+
+
+def claim_callback(
+    session: Session,
+    job_id: str,
+    *,
+    until: dt.datetime,
+    now: dt.datetime,
+    again: bool = False,
+    callback_url: str | None = None,
+) -> str | None:
+    """Take a finished job's callback for this process, until ``until`` unless renewed.
+
+    Args:
+        session: The write transaction.
+        job_id: The job.
+        until: When the claim lapses (another process may then take it over).
+        now: The time now.
+        again: An explicit redelivery: take a delivered or failed callback too.
+        callback_url: Send to this URL instead of the stored one (stored with the claim).
+
+    Returns:
+        The claim (the status now stored, ``sending:@...``), or None when the job is not
+        finished, has no callback URL, or its callback is sent, or held by another process.
+
+    Raises:
+        NotFoundError: No job has this id.
+    """
+    row = session.execute(
+        select(JobRow.status, JobRow.callback_url, JobRow.callback_status).where(
+            JobRow.id == job_id
+        )
+    ).one_or_none()
+    if row is None:
+        raise NotFoundError(f"no job with id {job_id!r}")
+    status, stored_url, seen = row
+    if status not in (DONE, FAILED) or not (callback_url or stored_url):
+        return None
+    if not callback_claimable(seen, now, again=again):
+        return None
+    claim = claim_status(CALLBACK_SENDING, until)
+    if not take_callback_claim(session, job_id, seen=seen, claim=claim, callback_url=callback_url):
+        return None
+    return claim
 
 
 def callback_pending(job: JobRow) -> bool:
-    """Whether a finished job's callback still has to be sent (never tried, or cut off
-    between attempts by a stop or a crash)."""
+    """Whether a finished job's callback still has to be sent (never tried, held by a
+    process, or cut off between attempts by a stop or a crash)."""
     return (
         job.status in (DONE, FAILED)
         and bool(job.callback_url)
-        and (job.callback_status is None or job.callback_status.startswith(CALLBACK_RETRYING))
+        and (job.callback_status is None or job.callback_status.startswith(_CLAIMED))
     )
 
 
-def pending_callbacks(session: Session, *, limit: int = 1000) -> list[str]:
-    """Ids of finished jobs whose callback still has to be sent, oldest first."""
+def pending_callbacks(
+    session: Session, *, limit: int = 1000, since: dt.datetime | None = None
+) -> list[tuple[str, str | None]]:
+    """Finished jobs whose callback still has to be sent (or is being sent), oldest first.
+
+    Args:
+        session: A session.
+        limit: At most this many.
+        since: Only jobs submitted since then: a range of the ``(status, created_at)``
+            index, cheap enough to sweep every minute.
+
+    Returns:
+        ``(job id, callback status)`` pairs (see :func:`callback_claimable`).
+    """
+    conditions: list[ColumnElement[bool]] = [
+        JobRow.status.in_([DONE, FAILED]),
+        JobRow.callback_url.is_not(None),
+        JobRow.callback_status.is_(None)
+        | JobRow.callback_status.startswith(CALLBACK_SENDING, autoescape=True)
+        | JobRow.callback_status.startswith(CALLBACK_RETRYING, autoescape=True),
+    ]
+    if since is not None:
+        conditions.append(JobRow.created_at >= since)
     stmt = (
-        select(JobRow.id)
-        .where(
-            JobRow.status.in_([DONE, FAILED]),
-            JobRow.callback_url.is_not(None),
-            JobRow.callback_status.is_(None)
-            | JobRow.callback_status.startswith(CALLBACK_RETRYING, autoescape=True),
-        )
+        select(JobRow.id, JobRow.callback_status)
+        .where(*conditions)
         .order_by(JobRow.finished_at, JobRow.id)
         .limit(limit)
     )
-    return list(session.scalars(stmt))
+    return [(job_id, status) for job_id, status in session.execute(stmt)]
 
 
 def failed_callbacks(session: Session, *, limit: int = 100) -> list[JobRow]:

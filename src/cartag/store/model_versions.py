@@ -157,6 +157,18 @@ def record_last_loaded(session: Session, version: str, *, by: str, now: dt.datet
         row.version, row.updated_at, row.updated_by = version, now, by
 
 
+def lock_alias(session: Session, alias: str) -> None:
+    """Lock an alias's row (if it exists) for the rest of the transaction.
+
+    A promotion or rollback decides from the alias and its history (the gates compare
+    with production, a rollback's target is read from the history), so it takes the
+    lock before reading them: otherwise a promotion committed meanwhile was compared
+    against the production it replaced, or silently undone by a rollback computed from
+    the history before it. SQLite serializes writers anyway (``BEGIN IMMEDIATE``).
+    """
+    session.get(ModelAliasRow, alias, with_for_update=True, populate_existing=True)
+
+
 def _lock_or_create_alias(
     session: Session, alias: str, version: str, *, by: str, now: dt.datetime
 ) -> ModelAliasRow | None:

@@ -61,6 +61,15 @@ def upsert(
         index_elements: Columns of the unique constraint to resolve conflicts on.
         update: Columns to overwrite on conflict; None means every non-key column,
             an empty sequence means "insert if absent, else leave it".
+
+    Lock order: every writer takes a table's rows in key order (this function sorts
+    them; :func:`cartag.store.images.touch_urls` locks its rows so), and the tables in
+    one order within a transaction: ``images``, then ``urls``, then the rest
+    (embeddings). A transaction writing ``urls`` before ``images`` could hold a URL that
+    a store of new answers (images, then URLs) waits for while waiting for an image
+    that store holds. A transaction that cannot keep the order (the 304s' URLs recorded
+    beside downloads' copies) writes in two transactions instead
+    (:func:`cartag.pipeline.outcomes.match_known`).
     """
     rows = [values] if isinstance(values, dict) else list(values)
     if not rows:
@@ -69,6 +78,7 @@ def upsert(
     # the other transaction to end): two requests writing the same keys in their own
     # orders could each hold a row the other waits for, a deadlock (a 503). In key
     # order, the second writer waits for the first instead. (SQLite: one writer at a time.)
+    # The same holds across tables: see the lock order in the docstring.
     rows.sort(key=lambda row: tuple(row[c] for c in index_elements))
     dialect = session.get_bind().dialect.name
     module: Any = postgresql if dialect == "postgresql" else sqlite

@@ -44,7 +44,8 @@ def _job_out(job: JobRow, results: list[ResultOut] | None = None) -> JobOut:
         progress=round(job.done / job.total, 4) if job.total else 1.0,
         # The stored URL may still hold a token (until the callback is sent): never shown.
         callback_url=redact_url(job.callback_url) if job.callback_url else None,
-        callback_status=job.callback_status,
+        # Without the claim of the process sending it (``retrying:http_503@<until>.<id>``).
+        callback_status=job_repo.visible_callback_status(job.callback_status),
         error=job.error,
         created_at=job.created_at,
         started_at=job.started_at,
