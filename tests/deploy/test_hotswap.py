@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 import threading
 from collections.abc import Sequence
 
@@ -156,5 +157,81 @@ def test_the_fallback_metric_clears_when_production_serves_again(scene: Scene) -
             assert await watcher.check() == "new"
             with scene.db.read() as session:
                 assert repo.alias_version(session, repo.LAST_LOADED) == "new"
+
+    asyncio.run(scenario())
+
+
+def _engine_torch(scene: Scene) -> Scene:
+    return dataclasses.replace(
+        scene, settings=scene.settings.model_copy(update={"engine": "torch"})
+    )
+
+
+def test_startup_falls_back_when_production_was_loaded_before_its_files_broke(
+    scene: Scene, caplog: pytest.LogCaptureFixture
+) -> None:
+    scene = _engine_torch(scene)
+    db, settings, clock = scene.db, scene.settings, scene.clock
+    register_and_promote(scene, "prod-2")
+    assert hotswap.startup_model(db, settings, clock=clock).version == "prod-2"
+    register_and_promote(scene, "prod-3")
+    # Loaded fine as production, so recorded as the last model that loaded, then its
+    # files broke: the server used to fall back to the bundled model, not to prod-2.
+    assert hotswap.startup_model(db, settings, clock=clock).version == "prod-3"
+    damage(scene, "prod-3", "color_head.npz", keep=10)
+    caplog.clear()
+    assert hotswap.startup_model(db, settings, clock=clock).version == "prod-2"
+    assert (
+        "serving prod-2, the production model before it, instead of production prod-3"
+        in caplog.text
+    )
+    assert "changed since it was registered" in str(hotswap.load_problem(settings, "prod-3"))
+
+
+def test_an_unreadable_production_folder_never_stops_a_server(scene: Scene) -> None:
+    scene = _engine_torch(scene)
+    db, settings, clock = scene.db, scene.settings, scene.clock
+    register_and_promote(scene, "prod-2")
+    head = settings.data_dir / "models" / "prod-2" / "type_head.npz"
+    head.unlink()
+    # An I/O error (root reads through chmod; /proc/self/mem at offset 0 does not read):
+    # it escaped load_production as an OSError and stopped the server.
+    head.symlink_to("/proc/self/mem")
+    assert hotswap.load_production(db, settings, clock=clock) is None
+    assert hotswap.startup_model(db, settings, clock=clock).version == scene.initial
+    assert "Input/output error" in str(hotswap.load_problem(settings, "prod-2"))
+
+    # A folder replaced by a file: the same.
+    shutil.rmtree(head.parent)
+    head.parent.write_text("not a model")
+    assert hotswap.startup_model(db, settings, clock=clock).version == scene.initial
+    assert "is not a folder" in str(hotswap.load_problem(settings, "prod-2"))
+
+
+def test_the_watcher_says_why_production_is_not_served(scene: Scene) -> None:
+    async def scenario() -> None:
+        async with serving(scene) as service:
+            watcher = hotswap.ModelWatcher(scene.db, scene.settings, service)
+            watcher.prime()
+            assert (watcher.wanted, watcher.fallback, watcher.fallback_reason) == (
+                scene.initial,
+                False,
+                None,
+            )
+            register_and_promote(scene, "dmg")
+            damage(scene, "dmg")
+            assert await watcher.check() is None
+            assert watcher.wanted == "dmg" and watcher.fallback
+            reason = str(watcher.fallback_reason)
+            assert reason.startswith("production model dmg cannot serve here: the files of")
+            assert "\n" not in reason
+            # A fixed model promoted later is swapped in: the fallback ends.
+            register_and_promote(scene, "fixed")
+            assert await watcher.check() == "fixed"
+            assert (watcher.wanted, watcher.fallback, watcher.fallback_reason) == (
+                "fixed",
+                False,
+                None,
+            )
 
     asyncio.run(scenario())

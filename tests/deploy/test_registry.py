@@ -149,3 +149,19 @@ def test_a_model_missing_the_heads_of_the_other_precision_is_refused(scene: Scen
         register(scene, "half", folder=folder)
     with scene.db.read() as session:
         assert repo.get_version(session, "half").status == "refused"
+
+
+def test_a_folder_with_a_dangling_link_registers_and_an_unreadable_file_is_refused(
+    scene: Scene,
+) -> None:
+    # A dangling link is not a file of the model (the hash skips it): the copy did not
+    # skip it and registration ended in a shutil.Error traceback.
+    folder = model_dir(scene, "linked")
+    (folder / "notes.txt").symlink_to(folder / "gone.txt")
+    assert register(scene, "linked", folder=folder) == "linked"
+
+    # A file that cannot be read (an I/O error: /proc/self/mem at offset 0) was an OSError.
+    folder = model_dir(scene, "unreadable")
+    (folder / "notes.txt").symlink_to("/proc/self/mem")
+    with pytest.raises(ModelError, match=r"cannot read .*notes\.txt .*Input/output error"):
+        register(scene, "unreadable", folder=folder)

@@ -20,7 +20,8 @@ import pytest
 from sqlalchemy import text
 
 from cartag.clock import FakeClock
-from cartag.jobs import execute
+from cartag.jobs import delivery
+from cartag.jobs.delivery import CallbackPolicy
 from cartag.jobs.dispatch import build_dispatcher
 from cartag.jobs.runner import JobRunner
 from cartag.jobs.sweeper import CallbackSweeper
@@ -28,12 +29,11 @@ from cartag.net.fetch import Fetcher
 from cartag.settings import Settings
 from cartag.store import jobs as job_repo
 from cartag.store.db import Database
-from cartag.telemetry import Telemetry
+from tests.support.factories import finished_job
+from tests.support.fakes import CallbackOnlyService
 from tests.support.http_server import ImageServer
 
-LEASE_S = execute.callback_lease_s(
-    execute.CALLBACK_ATTEMPTS, execute.CALLBACK_BACKOFF_S, execute.CALLBACK_TIMEOUT_S
-)
+LEASE_S = delivery.DEFAULT_POLICY.lease_s
 
 
 @pytest.fixture
@@ -46,19 +46,7 @@ def _finished_job(
     db: Database, clock: FakeClock, callback_url: str, callback_status: str | None = None
 ) -> str:
     """A done job of one item whose callback was not sent (or is as ``callback_status`` says)."""
-    with db.write() as session:
-        job = job_repo.create_job(
-            session,
-            advertiser_id="a",
-            items=[("https://cdn.example/1.jpg", None)],
-            callback_url=callback_url,
-            now=clock.now(),
-            results={0: {"url": "https://cdn.example/1.jpg", "status": "skipped"}},
-        )
-        job_repo.finish_job(session, job.id, status=job_repo.DONE, now=clock.now())
-        if callback_status is not None:
-            job_repo.set_callback_status(session, job.id, callback_status)
-        return job.id
+    return finished_job(db, callback_url, callback_status=callback_status, now=clock.now())
 
 
 def _status(db: Database, job_id: str) -> str | None:
@@ -169,7 +157,7 @@ def test_two_senders_at_once_send_one_callback(
             return list(
                 await asyncio.gather(
                     *(
-                        execute.send_callback(db, fetcher, job_id, clock=FakeClock())
+                        delivery.send_callback(db, fetcher, job_id, clock=FakeClock())
                         for _ in range(2)
                     )
                 )
@@ -200,8 +188,8 @@ def test_a_dead_process_claim_is_taken_over_after_the_lease(
     def sweep() -> int:
         async def run() -> int:
             async with Fetcher(settings) as fetcher:
-                return await execute.send_pending_callbacks(
-                    db, fetcher, clock=clock, backoff_s=0.01
+                return await delivery.send_pending_callbacks(
+                    db, fetcher, clock=clock, policy=CallbackPolicy(backoff_s=0.01)
                 )
 
         return asyncio.run(run())
@@ -233,8 +221,12 @@ def test_a_stopped_sender_lets_go_of_its_claim_at_once(
     async def stop_while_waiting_to_retry() -> None:
         async with Fetcher(settings) as fetcher:
             task = asyncio.create_task(
-                execute.send_callback(
-                    sqlite_db, fetcher, job_id, clock=FakeClock(), attempts=3, backoff_s=60
+                delivery.send_callback(
+                    sqlite_db,
+                    fetcher,
+                    job_id,
+                    clock=FakeClock(),
+                    policy=CallbackPolicy(attempts=3, backoff_s=60),
                 )
             )
             while not (_status(sqlite_db, job_id) or "").startswith("retrying:"):
@@ -247,18 +239,6 @@ def test_a_stopped_sender_lets_go_of_its_claim_at_once(
     # The reason stays, the claim goes: the next sweep anywhere takes it without waiting.
     assert _status(sqlite_db, job_id) == "retrying:http_503"
     assert _claim(sqlite_db, job_id, FakeClock()) is not None
-
-
-class _Service:
-    """What the runner needs of the classify service to send callbacks (no model)."""
-
-    def __init__(self, settings: Settings, fetcher: Fetcher) -> None:
-        self.settings = settings
-        self.fetcher = fetcher
-        self.telemetry = Telemetry()
-
-    async def classify(self, *args: Any) -> list[Any]:
-        raise AssertionError("no job should be classified")
 
 
 def test_every_process_of_serve_workers_sweeps_and_each_callback_is_sent_once(
@@ -275,7 +255,9 @@ def test_every_process_of_serve_workers_sweeps_and_each_callback_is_sent_once(
         async with Fetcher(processes) as fetcher:
             runners = []
             for _ in range(3):
-                runner = build_dispatcher(processes, db, _Service(processes, fetcher), clock)  # type: ignore[arg-type]
+                runner = build_dispatcher(
+                    processes, db, CallbackOnlyService(processes, fetcher), clock
+                )  # type: ignore[arg-type]
                 assert isinstance(runner, JobRunner) and not runner.requeue_on_start
                 runner.poll_interval_s = 0.01
                 runner.callback_sweep_s = 0.0
@@ -305,7 +287,13 @@ def test_a_celery_worker_sweeps_at_start_and_periodically(
     server.add_json_sink("/hook")
     clock = FakeClock()
     at_start = _finished_job(sqlite_db, clock, server.url("/hook"))
-    sweeper = CallbackSweeper(settings, sqlite_db, clock, interval_s=0.01, backoff_s=0.01)
+    sweeper = CallbackSweeper(
+        settings,
+        sqlite_db,
+        clock,
+        interval_s=0.01,
+        policy=CallbackPolicy.from_settings(settings, backoff_s=0.01),
+    )
     sweeper.start()
     try:
         _wait_for(lambda: len(server.received("/hook")) == 1)

@@ -13,13 +13,15 @@ from typing import Any
 import pytest
 
 from cartag.clock import FakeClock
-from cartag.jobs import execute
+from cartag.jobs import delivery
+from cartag.jobs.delivery import CallbackPolicy
 from cartag.jobs.runner import JobRunner
 from cartag.net.fetch import Fetcher
 from cartag.settings import Settings
 from cartag.store import jobs as job_repo
 from cartag.store.db import Database
-from cartag.telemetry import Telemetry
+from tests.support.factories import finished_job
+from tests.support.fakes import CallbackOnlyService
 from tests.support.http_server import ImageServer
 
 
@@ -31,27 +33,18 @@ def server() -> Iterator[ImageServer]:
 
 def _finished_job(db: Database, callback_url: str, callback_status: str | None = None) -> str:
     """A done job of one item, as a process leaves it that stopped before its callback."""
-    clock = FakeClock()
-    with db.write() as session:
-        job = job_repo.create_job(
-            session,
-            advertiser_id="a",
-            items=[("https://cdn.example/1.jpg", None)],
-            callback_url=callback_url,
-            now=clock.now(),
-            results={0: {"url": "https://cdn.example/1.jpg", "status": "skipped"}},
-        )
-        job_repo.finish_job(session, job.id, status=job_repo.DONE, now=clock.now())
-        if callback_status is not None:
-            job_repo.set_callback_status(session, job.id, callback_status)
-        return job.id
+    return finished_job(db, callback_url, callback_status=callback_status, now=FakeClock().now())
 
 
 def _send(settings: Settings, db: Database, job_id: str, attempts: int = 4) -> str | None:
     async def send() -> str | None:
         async with Fetcher(settings) as fetcher:
-            return await execute.send_callback(
-                db, fetcher, job_id, clock=FakeClock(), attempts=attempts, backoff_s=0.01
+            return await delivery.send_callback(
+                db,
+                fetcher,
+                job_id,
+                clock=FakeClock(),
+                policy=CallbackPolicy(attempts=attempts, backoff_s=0.01),
             )
 
     return asyncio.run(send())
@@ -103,18 +96,6 @@ def test_a_receiver_that_refuses_connections_is_retried(settings: Settings, db: 
     assert _send(settings, db, job_id, attempts=2) == "failed:connection_error"
 
 
-class _Service:
-    """What the runner needs of the classify service to send callbacks (no model)."""
-
-    def __init__(self, settings: Settings, fetcher: Fetcher) -> None:
-        self.settings = settings
-        self.fetcher = fetcher
-        self.telemetry = Telemetry()
-
-    async def classify(self, *args: Any) -> list[Any]:
-        raise AssertionError("no job should be classified")
-
-
 def test_callbacks_a_stopped_server_did_not_send_are_sent_when_it_starts(
     settings: Settings, sqlite_db: Database, server: ImageServer
 ) -> None:
@@ -129,7 +110,7 @@ def test_callbacks_a_stopped_server_did_not_send_are_sent_when_it_starts(
         async with Fetcher(settings) as fetcher:
             runner = JobRunner(
                 sqlite_db,
-                _Service(settings, fetcher),  # type: ignore[arg-type]
+                CallbackOnlyService(settings, fetcher),  # type: ignore[arg-type]
                 FakeClock(),
                 poll_interval_s=0.01,
                 callback_backoff_s=0.01,
@@ -156,7 +137,7 @@ class _WorkerContext:
         self.clock = FakeClock()
         self.loop = asyncio.new_event_loop()
         self.fetcher = Fetcher(settings)
-        self.service = _Service(settings, self.fetcher)
+        self.service = CallbackOnlyService(settings, self.fetcher)
 
     def follow_production(self) -> None:
         """The model never changes here."""

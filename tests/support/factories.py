@@ -40,3 +40,32 @@ def add_image(db: Database, **overrides: Any) -> image_repo.NewImage:
     with db.write() as session:
         image_repo.save_image(session, image, NOW)
     return image
+
+
+def finished_job(
+    db: Database,
+    callback_url: str | None,
+    *,
+    status: str = "done",
+    callback_status: str | None = None,
+    now: dt.datetime = NOW,
+) -> str:
+    """A job of one item in ``status`` (``queued`` leaves it unfinished), its callback as
+    ``callback_status`` says (None: not sent, as a process leaves it that stopped first).
+    Returns the job's id."""
+    from cartag.store import jobs as job_repo
+
+    with db.write() as session:
+        job = job_repo.create_job(
+            session,
+            advertiser_id="a",
+            items=[("https://cdn.example/1.jpg", None)],
+            callback_url=callback_url,
+            now=now,
+            results={0: {"url": "https://cdn.example/1.jpg", "status": "skipped"}},
+        )
+        if status != job_repo.QUEUED:
+            job_repo.finish_job(session, job.id, status=status, now=now)
+        if callback_status is not None:
+            job_repo.set_callback_status(session, job.id, callback_status)
+        return job.id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -10,6 +11,7 @@ from cartag.models.classifier import Classifier, Prediction, make_prediction
 from cartag.net.fetch import Fetcher
 from cartag.net.outcomes import Fetched, FetchOutcome, FetchRequest, Validators
 from cartag.settings import Settings
+from cartag.telemetry import Telemetry
 from tests.support.images import jpeg_bytes
 
 _JPEG = jpeg_bytes(64, 48, (200, 30, 30))
@@ -43,3 +45,16 @@ class OneImageFetcher(Fetcher):
 
     async def check_address(self, url: str) -> None:
         return None
+
+
+class CallbackOnlyService:
+    """What a job runner needs of the classify service to send callbacks, and no model:
+    classifying anything fails the test."""
+
+    def __init__(self, settings: Settings, fetcher: Fetcher) -> None:
+        self.settings = settings
+        self.fetcher = fetcher
+        self.telemetry = Telemetry()
+
+    async def classify(self, *args: Any) -> list[Any]:
+        raise AssertionError("no job should be classified")

@@ -125,7 +125,7 @@ def redeliver(
     import asyncio
 
     from cartag.clock import SystemClock
-    from cartag.jobs.execute import send_callback, send_pending_callbacks
+    from cartag.jobs.delivery import CallbackPolicy, send_callback, send_pending_callbacks
     from cartag.net.fetch import Fetcher
     from cartag.store import jobs as job_repo
 
@@ -139,19 +139,13 @@ def redeliver(
     settings = load_settings()
     db = open_database(settings)
     clock = SystemClock()
+    policy = CallbackPolicy.from_settings(settings, attempts=attempts)
     try:
         if job_id is None:
 
             async def sweep() -> int:
                 async with Fetcher(settings) as fetcher:
-                    return await send_pending_callbacks(
-                        db,
-                        fetcher,
-                        clock=clock,
-                        secret=settings.callback_secret,
-                        attempts=attempts,
-                        timeout_s=settings.callback_timeout_s,
-                    )
+                    return await send_pending_callbacks(db, fetcher, clock=clock, policy=policy)
 
             sent = asyncio.run(sweep())
             with db.read() as session:
@@ -163,15 +157,7 @@ def redeliver(
             async def send() -> str | None:
                 async with Fetcher(settings) as fetcher:
                     return await send_callback(
-                        db,
-                        fetcher,
-                        job_id,
-                        clock=clock,
-                        secret=settings.callback_secret,
-                        attempts=attempts,
-                        timeout_s=settings.callback_timeout_s,
-                        again=True,
-                        url=url,
+                        db, fetcher, job_id, clock=clock, policy=policy, again=True, url=url
                     )
 
             outcome = asyncio.run(send())

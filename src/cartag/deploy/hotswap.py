@@ -3,9 +3,10 @@
 :func:`startup_model` picks what a server starts with: the ``production`` model; if that
 cannot load, the last version that did load as production (recorded in the registry
 under :data:`~cartag.store.model_versions.LAST_LOADED` by every server and worker that loads
-one), and only then the bundled one. :class:`ModelWatcher` polls the alias and swaps a
-newly promoted model into the running service without dropping a request, and reports
-a server that serves another model than production (logs, ``cartag_model_fallback``).
+one) or an earlier production version, and only then the bundled one. :class:`ModelWatcher`
+polls the alias and swaps a newly promoted model into the running service without dropping
+a request, and reports a server that serves another model than production (logs,
+``cartag_model_fallback``, and ``/healthz`` through :attr:`ModelWatcher.fallback_reason`).
 Registration and the load check: :mod:`cartag.deploy.registry` and
 :mod:`cartag.deploy.loadcheck`.
 """
@@ -19,17 +20,49 @@ import socket
 from typing import Any
 
 from cartag.clock import Clock, SystemClock
-from cartag.deploy.loadcheck import load_registered
+from cartag.deploy.loadcheck import load_registered, models_root
 from cartag.deploy.registry import ensure_initial
 from cartag.errors import ModelError
 from cartag.models.classifier import Classifier, load_classifier
 from cartag.settings import Settings
 from cartag.store import model_versions as repo
 from cartag.store.db import Database
-from cartag.store.model_versions import LAST_LOADED, PRODUCTION, REFUSED, get_alias
+from cartag.store.model_versions import (
+    LAST_LOADED,
+    PRODUCTION,
+    REFUSED,
+    REGISTERED,
+    get_alias,
+    history,
+)
+from cartag.store.tables import ModelVersionRow
 from cartag.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+
+# Why a version could not serve in this process, per (models root, version): what
+# /healthz gives as the reason of a fallback. Per process because the cause (a damaged
+# disk, a missing file) may be this host's alone; keyed by the models root so that apps
+# on different data dirs in one process (tests) do not see each other's.
+_problems: dict[tuple[str, str], str] = {}
+
+
+def _note_problem(settings: Settings, version: str, problem: str | None) -> None:
+    key = (str(models_root(settings)), version)
+    if problem is None:
+        _problems.pop(key, None)
+    else:
+        _problems[key] = problem
+
+
+def load_problem(settings: Settings, version: str) -> str | None:
+    """Why ``version`` last failed to load in this process (None: it did not fail)."""
+    return _problems.get((str(models_root(settings)), version))
+
+
+# How many earlier production versions a server tries when production cannot load:
+# each try loads and smoke-checks a model, and the start waits for them.
+PREVIOUS_TRIES = 3
 
 
 def startup_model(
@@ -39,10 +72,10 @@ def startup_model(
 
     On a first start the bundled model (or ``CARTAG_MODEL_DIR``) is registered as
     production. Then: ``classifier`` if given (tests inject one), else the production
-    model; if that cannot load, the last version that loaded as production
-    (:func:`load_last_loaded`), else the bundled / ``CARTAG_MODEL_DIR`` model, each
-    fallback logged as an error, so a broken registry entry never keeps a server down
-    nor silently takes it back to the bundled model.
+    model; if that cannot load, the last version that loaded as production or an
+    earlier production version (:func:`load_last_loaded`), else the bundled /
+    ``CARTAG_MODEL_DIR`` model, each fallback logged as an error, so a broken registry
+    entry never keeps a server down nor silently takes it back to the bundled model.
 
     Raises:
         ModelError: Neither the production nor the configured model can be loaded.
@@ -89,7 +122,9 @@ def load_production(
         model = load_registered(settings, row, reuse=reuse)
     except ModelError as exc:
         log.error("production model %s cannot serve here: %s", row.version, exc.message)
+        _note_problem(settings, row.version, exc.message)
         return None
+    _note_problem(settings, row.version, None)
     if clock is not None:
         record_last_loaded(db, row.version, clock=clock)
     return model
@@ -98,31 +133,55 @@ def load_production(
 def load_last_loaded(
     db: Database, settings: Settings, *, reuse: Classifier | None = None
 ) -> Classifier | None:
-    """The last version that loaded as production, loaded and smoke-checked.
+    """The model to serve when production cannot load, loaded and smoke-checked.
+
+    First the last version that loaded as production (:data:`LAST_LOADED`), then the
+    versions production named before, newest first (at most :data:`PREVIOUS_TRIES` in
+    all): a server that had loaded production before its files broke recorded
+    production itself as the last that loaded, and must still not fall back to the
+    bundled model while an earlier version can serve.
 
     Returns:
-        The model, or None (logged) when none was recorded, it is production itself
-        (which just failed), or it cannot load either.
+        The model, or None (logged) when no earlier version can load.
     """
     with db.read() as session:
         wanted = repo.alias_version(session, PRODUCTION)
         last = get_alias(session, LAST_LOADED)
-    if last is None or last.version == wanted:
-        return None
+        candidates = [] if last is None else [(last, "the last model that loaded as production")]
+        for deployment in reversed(history(session, PRODUCTION)):
+            row = repo.find_version(session, deployment.version)
+            if row is not None:
+                candidates.append((row, "the production model before it"))
+    tried: set[str | None] = {wanted}
+    for row, what in candidates:
+        # Refused or archived versions are not candidates: an operator retired them.
+        if row.version in tried or row.status != REGISTERED:
+            continue
+        if len(tried) > PREVIOUS_TRIES:
+            break
+        tried.add(row.version)
+        model = _load_previous(settings, row, what, reuse=reuse)
+        if model is not None:
+            log.error(
+                "serving %s, %s, instead of production %s, which cannot serve here; "
+                "fix production or roll it back (cartag models rollback)",
+                row.version,
+                what,
+                wanted,
+            )
+            return model
+    return None
+
+
+def _load_previous(
+    settings: Settings, row: ModelVersionRow, what: str, *, reuse: Classifier | None
+) -> Classifier | None:
     try:
-        model = load_registered(settings, last, reuse=reuse)
+        return load_registered(settings, row, reuse=reuse)
     except ModelError as exc:
-        log.error(
-            "the last model that loaded, %s, cannot serve either: %s", last.version, exc.message
-        )
+        log.error("%s, %s, cannot serve either: %s", what, row.version, exc.message)
+        _note_problem(settings, row.version, exc.message)
         return None
-    log.error(
-        "serving %s, the last model that loaded as production, instead of production %s, "
-        "which cannot serve here; fix production or roll it back (cartag models rollback)",
-        last.version,
-        wanted,
-    )
-    return model
 
 
 def record_last_loaded(db: Database, version: str, *, clock: Clock) -> None:
@@ -177,6 +236,9 @@ class ModelWatcher:
         self.telemetry = telemetry or getattr(service, "telemetry", None) or Telemetry()
         self.clock = clock or getattr(service, "clock", None) or SystemClock()
         self.seen: str | None = None
+        # The version the alias named at the last look (prime or check): /healthz's
+        # production_version.
+        self.wanted: str | None = None
         self.refused: set[str] = set()
         self.swaps = 0
         self._lock = asyncio.Lock()
@@ -189,6 +251,7 @@ class ModelWatcher:
 
     def _report(self, wanted: str | None) -> None:
         """Tell telemetry whether this server serves the version the alias names."""
+        self.wanted = wanted
         if self.alias != PRODUCTION:
             return
         fallback = wanted is not None and wanted != self.serving
@@ -200,6 +263,21 @@ class ModelWatcher:
     @property
     def serving(self) -> str:
         return str(self.service.classifier.version)
+
+    @property
+    def fallback(self) -> bool:
+        """Whether this server serves another model than the one the alias names."""
+        return self.wanted is not None and self.wanted != self.serving
+
+    @property
+    def fallback_reason(self) -> str | None:
+        """Why the alias's model is not served here, in one line (None: it is)."""
+        if not self.fallback:
+            return None
+        problem = load_problem(self.settings, str(self.wanted))
+        if problem is None:
+            problem = "it has not been loaded on this server yet"
+        return f"{self.alias} model {self.wanted} cannot serve here: {problem}"
 
     async def check(self) -> str | None:
         """Swap to the alias's version if it changed.
@@ -227,6 +305,7 @@ class ModelWatcher:
                 )
             except ModelError as exc:
                 self.refused.add(version)
+                _note_problem(self.settings, version, exc.message)
                 log.error(
                     "model %s refused, still serving %s: %s", version, self.serving, exc.message
                 )
@@ -234,6 +313,7 @@ class ModelWatcher:
                 self._report(version)
                 return None
             old = self.service.swap_classifier(model)
+            _note_problem(self.settings, version, None)
             self.seen = version
             self.swaps += 1
             log.info("hot-swapped model %s -> %s", old.version, version)

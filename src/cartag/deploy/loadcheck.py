@@ -42,11 +42,34 @@ def version_dir(settings: Settings, row: ModelVersionRow) -> Path:
 
 
 def files_digest(folder: Path) -> str:
-    """SHA-256 over every file of a model folder (relative names and contents), sorted."""
+    """SHA-256 over every file of a model folder (relative names and contents), sorted.
+
+    Raises:
+        ModelError: The folder, or a file in it, cannot be read (an I/O error, permission
+            denied, a file where the folder should be), naming the path and what to do.
+    """
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() or folder.is_symlink() else "does not exist"
+        raise ModelError(
+            f"model folder {folder} {what}; restore it, or register the model again "
+            "under a new version"
+        )
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    current = folder
+    try:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            current = path
+            # surrogateescape: a file name that is not UTF-8 is hashed as its bytes
+            # rather than stopping the load with a UnicodeEncodeError.
+            name = path.relative_to(folder).as_posix().encode("utf-8", "surrogateescape")
+            digest.update(name + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    except OSError as exc:
+        raise ModelError(
+            f"cannot read {current} in model folder {folder} "
+            f"({exc.strerror or exc.__class__.__name__}); check the disk and the file's "
+            "permissions, restore the folder, or register the model again under a new version"
+        ) from exc
     return digest.hexdigest()
 
 
@@ -131,10 +154,19 @@ def load_registered(
             failing the smoke check.
     """
     if row.status != REGISTERED:
-        raise ModelError(f"model {row.version} is {row.status}; it cannot serve")
+        why = row.card.get("status_reason") if isinstance(row.card, dict) else None
+        raise ModelError(
+            f"model {row.version} is {row.status}"
+            + (f" ({why})" if why else "")
+            + "; it cannot serve: promote a working version"
+        )
     folder = version_dir(settings, row)
     if not folder.is_dir():
-        raise ModelError(f"the files of model {row.version} are missing from {folder}")
+        what = "is not a folder" if folder.exists() or folder.is_symlink() else "is missing"
+        raise ModelError(
+            f"the folder of model {row.version}, {folder}, {what}; restore it from a backup "
+            "or roll production back (cartag models rollback)"
+        )
     if files_digest(folder) != row.files_sha256:
         raise ModelError(
             f"the files of model {row.version} in {folder} changed since it was registered; "

@@ -233,7 +233,16 @@ def _copy_in(settings: Settings, source_dir: Path, version: str, digest: str) ->
     if source_dir.resolve() == target.resolve():
         return target
     incoming = root / f".incoming-{version}-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(source_dir, incoming)
+    try:
+        # Dangling links are skipped: the files' hash skips them too.
+        shutil.copytree(source_dir, incoming, ignore_dangling_symlinks=True)
+    except OSError as exc:  # shutil.Error included: a file that could not be read
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise ModelError(
+            f"could not copy model folder {source_dir} into the registry at {root} "
+            f"({_os_problem(exc)}); check that every file in it can be read and that the "
+            "data dir has room, then register again"
+        ) from exc
     # Folders only ever appear here whole (renamed in), so one that is there is complete.
     # The rename is the only test of "is it there": checking first and renaming after
     # let a process remove the folder another had just renamed in and was loading.
@@ -253,6 +262,14 @@ def _copy_in(settings: Settings, source_dir: Path, version: str, digest: str) ->
             shutil.rmtree(stale, ignore_errors=True)
     shutil.rmtree(incoming, ignore_errors=True)
     raise ModelError(f"could not put model {version} in place at {target}; retry the registration")
+
+
+def _os_problem(exc: OSError) -> str:
+    """One line about a failed copy (``shutil.Error`` lists every file; keep the first)."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+        source, _, why = exc.args[0][0]
+        return f"{source}: {why}"
+    return exc.strerror or repr(exc)
 
 
 def record_metrics(db: Database, version: str, metrics: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from cartag.clock import Clock
-from cartag.jobs import execute
+from cartag.jobs import delivery, execute
 from cartag.jobs.base import JobDispatcher
 from cartag.pipeline.classify import ClassifyService
 from cartag.store import jobs as job_repo
@@ -57,7 +57,7 @@ class JobRunner(JobDispatcher):
         callback_attempts: Attempts of a callback whose receiver failed transiently.
         callback_backoff_s: Wait before its second attempt; doubles each time.
         callback_sweep_s: How often to look for callbacks no process is sending (also
-            at start); jobs of the last :data:`~cartag.jobs.execute.CALLBACK_SWEEP_WINDOW_S`.
+            at start); jobs of the last :data:`~cartag.jobs.delivery.CALLBACK_SWEEP_WINDOW_S`.
     """
 
     def __init__(
@@ -72,9 +72,9 @@ class JobRunner(JobDispatcher):
         chunk_retries: int = 3,
         retry_backoff_s: float = 1.0,
         requeue_on_start: bool = True,
-        callback_attempts: int = execute.CALLBACK_ATTEMPTS,
-        callback_backoff_s: float = execute.CALLBACK_BACKOFF_S,
-        callback_sweep_s: float = execute.CALLBACK_SWEEP_S,
+        callback_attempts: int = delivery.CALLBACK_ATTEMPTS,
+        callback_backoff_s: float = delivery.CALLBACK_BACKOFF_S,
+        callback_sweep_s: float = delivery.CALLBACK_SWEEP_S,
     ) -> None:
         super().__init__(db, clock)
         self.requeue_on_start = requeue_on_start
@@ -148,7 +148,7 @@ class JobRunner(JobDispatcher):
 
     def _sweep_if_due(self) -> None:
         if time.monotonic() >= self._next_sweep:
-            window = dt.timedelta(seconds=execute.CALLBACK_SWEEP_WINDOW_S)
+            window = dt.timedelta(seconds=delivery.CALLBACK_SWEEP_WINDOW_S)
             self._start_sweep(since=self.clock.now() - window)
 
     def _claim(self) -> JobRow | None:
@@ -295,34 +295,26 @@ class JobRunner(JobDispatcher):
             # when it finishes, or free again if it dies.
             await asyncio.sleep(self.poll_interval_s)
 
+    def _policy(self) -> delivery.CallbackPolicy:
+        return delivery.CallbackPolicy.from_settings(
+            self.service.settings,
+            results_limit=self.callback_results_limit,
+            attempts=self.callback_attempts,
+            backoff_s=self.callback_backoff_s,
+        )
+
     async def _callback(self, job_id: str) -> None:
         try:
-            await execute.send_callback(
-                self.db,
-                self.service.fetcher,
-                job_id,
-                clock=self.clock,
-                secret=self.service.settings.callback_secret,
-                results_limit=self.callback_results_limit,
-                attempts=self.callback_attempts,
-                backoff_s=self.callback_backoff_s,
-                timeout_s=self.service.settings.callback_timeout_s,
+            await delivery.send_callback(
+                self.db, self.service.fetcher, job_id, clock=self.clock, policy=self._policy()
             )
         except Exception:  # noqa: BLE001 - the job keeps its pending callback status
             log.exception("job %s: callback not sent; the next sweep sends it", job_id)
 
     async def _send_pending_callbacks(self, since: dt.datetime | None) -> None:
         try:
-            await execute.send_pending_callbacks(
-                self.db,
-                self.service.fetcher,
-                clock=self.clock,
-                secret=self.service.settings.callback_secret,
-                results_limit=self.callback_results_limit,
-                attempts=self.callback_attempts,
-                backoff_s=self.callback_backoff_s,
-                timeout_s=self.service.settings.callback_timeout_s,
-                since=since,
+            await delivery.send_pending_callbacks(
+                self.db, self.service.fetcher, clock=self.clock, policy=self._policy(), since=since
             )
         except Exception:  # noqa: BLE001 - tried again at the next sweep
             log.exception("sending the callbacks no process was sending failed")

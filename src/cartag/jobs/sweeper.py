@@ -3,9 +3,9 @@
 A ``cartag worker`` runs one chunk at a time on its event loop; the callbacks no
 process is sending (the worker that finished the job died before sending it, or while
 retrying it) are looked for beside them, when the worker starts and every
-:data:`~cartag.jobs.execute.CALLBACK_SWEEP_S`, on another thread with its own loop and
+:data:`~cartag.jobs.delivery.CALLBACK_SWEEP_S`, on another thread with its own loop and
 connections, so a slow receiver never holds up a chunk. Each callback is claimed in the
-database before it is sent (:func:`cartag.jobs.execute.send_callback`): every worker and
+database before it is sent (:func:`cartag.jobs.delivery.send_callback`): every worker and
 serving process may sweep at once, and one sends each.
 """
 
@@ -18,7 +18,7 @@ import logging
 import threading
 
 from cartag.clock import Clock
-from cartag.jobs import execute
+from cartag.jobs import delivery
 from cartag.net.fetch import Fetcher
 from cartag.settings import Settings
 from cartag.store.db import Database
@@ -34,9 +34,9 @@ class CallbackSweeper:
         db: The shared store.
         clock: Time source (claims' leases).
         interval_s: Seconds between sweeps; each looks at the jobs submitted in the last
-            :data:`~cartag.jobs.execute.CALLBACK_SWEEP_WINDOW_S`, the first at all.
-        attempts: Attempts of a callback whose receiver failed transiently.
-        backoff_s: Wait before its second attempt; doubles each time.
+            :data:`~cartag.jobs.delivery.CALLBACK_SWEEP_WINDOW_S`, the first at all.
+        policy: How callbacks are sent (default: the settings' secret and timeout, the
+            default attempts and backoff).
     """
 
     def __init__(
@@ -45,16 +45,14 @@ class CallbackSweeper:
         db: Database,
         clock: Clock,
         *,
-        interval_s: float = execute.CALLBACK_SWEEP_S,
-        attempts: int = execute.CALLBACK_ATTEMPTS,
-        backoff_s: float = execute.CALLBACK_BACKOFF_S,
+        interval_s: float = delivery.CALLBACK_SWEEP_S,
+        policy: delivery.CallbackPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.clock = clock
         self.interval_s = interval_s
-        self.attempts = attempts
-        self.backoff_s = backoff_s
+        self.policy = policy or delivery.CallbackPolicy.from_settings(settings)
         self.sweeps = 0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -62,15 +60,8 @@ class CallbackSweeper:
 
     async def sweep(self, fetcher: Fetcher, *, since: dt.datetime | None) -> int:
         """One sweep; returns how many callbacks it sent (delivered or not)."""
-        sent = await execute.send_pending_callbacks(
-            self.db,
-            fetcher,
-            clock=self.clock,
-            secret=self.settings.callback_secret,
-            attempts=self.attempts,
-            backoff_s=self.backoff_s,
-            timeout_s=self.settings.callback_timeout_s,
-            since=since,
+        sent = await delivery.send_pending_callbacks(
+            self.db, fetcher, clock=self.clock, policy=self.policy, since=since
         )
         self.sweeps += 1
         return sent
@@ -115,6 +106,6 @@ class CallbackSweeper:
                     await self.sweep(fetcher, since=since)
                 except Exception:  # noqa: BLE001 - the next sweep tries again
                     log.exception("sending the callbacks no process was sending failed")
-                window = dt.timedelta(seconds=execute.CALLBACK_SWEEP_WINDOW_S)
+                window = dt.timedelta(seconds=delivery.CALLBACK_SWEEP_WINDOW_S)
                 await asyncio.sleep(self.interval_s)
                 since = self.clock.now() - window

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cartag.errors import NotFoundError
-from cartag.jobs import execute
+from cartag.jobs import delivery, execute
 from cartag.jobs.celery_app import CHUNK_TASK
 from cartag.jobs.worker import WorkerContext
 from cartag.store import jobs as job_repo
@@ -64,7 +64,7 @@ def register_tasks(app: Any, context: Callable[[], WorkerContext]) -> Any:
         if execute.finish_if_complete(ctx.db, ctx.clock, job_id):
             log.info("job %s done", job_id)
             ctx.run(_callback(ctx, job_id))
-        elif report.job_status in FINISHED and execute.callback_pending(ctx.db, job_id):
+        elif report.job_status in FINISHED and delivery.callback_pending(ctx.db, job_id):
             # Delivered again after the worker that finished the job stopped before its
             # callback went out (acks_late): sent now rather than at the next sweep
             # (claimed first, so never while another process sends it).
@@ -75,11 +75,10 @@ def register_tasks(app: Any, context: Callable[[], WorkerContext]) -> Any:
 
 
 async def _callback(ctx: WorkerContext, job_id: str) -> None:
-    await execute.send_callback(
+    await delivery.send_callback(
         ctx.db,
         ctx.fetcher,
         job_id,
         clock=ctx.clock,
-        secret=ctx.settings.callback_secret,
-        timeout_s=ctx.settings.callback_timeout_s,
+        policy=delivery.CallbackPolicy.from_settings(ctx.settings),
     )

@@ -3,7 +3,10 @@
 ``/healthz`` answers 200 while the process serves requests, whatever the state of the
 store: restarting a server does not free a disk. It reports the store's last known state
 (``status: degraded`` with the problem) and starts a write probe in the background when
-that state is stale, so it never waits on the database. ``/readyz`` runs the write probe
+that state is stale, so it never waits on the database. It also says which model serves,
+which one ``production`` names and, when they differ (production cannot load here), why:
+still 200, since the server answers and a broken production folder would otherwise take
+every server out of rotation at once. ``/readyz`` runs the write probe
 (a committed no-op write to the database and a file written in the data dir) and answers
 503 ``storage_unavailable`` when the store cannot take writes.
 """
@@ -43,10 +46,14 @@ def healthz(state: StateDep) -> HealthOut:
         known = storage.state().to_dict()
     else:
         known = {"ok": True, "problem": None, "checked_at": None}
+    watcher = state.watcher
     return HealthOut(
         status="ok" if known["ok"] else "degraded",
         version=__version__,
         model_version=state.service.classifier.version,
+        production_version=None if watcher is None else watcher.wanted,
+        fallback=watcher is not None and watcher.fallback,
+        fallback_reason=None if watcher is None else watcher.fallback_reason,
         backbone=state.service.classifier.backbone_id,
         database=state.db.dialect,
         storage=StorageOut.model_validate(known),

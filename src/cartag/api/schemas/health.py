@@ -12,9 +12,27 @@ class StorageOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    status: str = Field(description="ok, or degraded when the store has a problem.")
+    status: str = Field(
+        description="ok, or degraded when the store has a problem. A model fallback does not "
+        "change it (see `fallback`)."
+    )
     version: str
-    model_version: str
+    model_version: str = Field(description="The model version answering classify calls.")
+    production_version: str | None = Field(
+        default=None,
+        description="The version the registry's `production` alias names, as this server last "
+        "read it (it polls every CARTAG_MODEL_POLL_S seconds); null when not known.",
+    )
+    fallback: bool = Field(
+        default=False,
+        description="true while this server answers with another model than production's, "
+        "because production cannot load here (see `fallback_reason`). The answer stays 200: "
+        "the server works; alert on this field or on the cartag_model_fallback metric.",
+    )
+    fallback_reason: str | None = Field(
+        default=None,
+        description="Why production is not served, in one line (null without a fallback).",
+    )
     backbone: str | None = Field(
         default=None,
         description="The backbone being served: `<id>+int8@<ranges digest>` when the int8 "
