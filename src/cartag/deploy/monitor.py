@@ -38,9 +38,8 @@ MAX_DAYS = 400
 # ASCII digits only: \d (and int()) also take other scripts' digits, such as "٣d".
 _RELATIVE = re.compile(r"([0-9]{1,4})([hdw])")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_SINCE_FORMS = (
-    "write 24h, 7d or 2w (up to 4 digits 0-9), or a date as YYYY-MM-DD such as 2026-11-30"
-)
+# What to write instead, said by every refusal of a since value (the CLI and /monitor).
+SINCE_FORMS = "write 24h, 7d or 2w (up to 4 digits 0-9), or a date as YYYY-MM-DD such as 2026-11-30"
 _UNITS = {"h": dt.timedelta(hours=1), "d": dt.timedelta(days=1), "w": dt.timedelta(weeks=1)}
 # Images whose version is unknown (rows written before the rollup existed, or odd rows).
 UNKNOWN_VERSION = "(unknown)"
@@ -66,7 +65,7 @@ def parse_since(text: str, now: dt.datetime) -> dt.date:
         amount = int(match.group(1))
         if amount <= 0:
             raise InputError(
-                f"--since {text!r}: the period must be positive; {_SINCE_FORMS}", field="since"
+                f"--since {text!r}: the period must be positive; {SINCE_FORMS}", field="since"
             )
         since = (now - amount * _UNITS[match.group(2)]).astimezone(dt.UTC).date()
     elif _DATE.fullmatch(value):
@@ -74,7 +73,7 @@ def parse_since(text: str, now: dt.datetime) -> dt.date:
             since = dt.date.fromisoformat(value)
         except ValueError as exc:
             raise InputError(
-                f"--since {text!r} is not a day of the calendar ({exc}); {_SINCE_FORMS}",
+                f"--since {text!r} is not a day of the calendar ({exc}); {SINCE_FORMS}",
                 field="since",
             ) from None
         if since > today:
@@ -84,7 +83,7 @@ def parse_since(text: str, now: dt.datetime) -> dt.date:
             )
     else:
         raise InputError(
-            f"--since {text!r} is neither a period nor a date; {_SINCE_FORMS}", field="since"
+            f"--since {text!r} is neither a period nor a date; {SINCE_FORMS}", field="since"
         )
     if (today - since).days > MAX_DAYS:
         raise InputError(

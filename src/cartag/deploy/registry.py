@@ -144,6 +144,20 @@ def _conflict(version: str) -> ConflictError:
     )
 
 
+def _registered(row: ModelVersionRow | None, version: str, digest: str) -> ModelVersionRow | None:
+    """``row`` when it is this version registered with these files; None when the version
+    is new or was refused (a registration may take its place).
+
+    Raises:
+        ConflictError: The version is registered with other files.
+    """
+    if row is None or row.status == REFUSED:
+        return None
+    if row.files_sha256 != digest:
+        raise _conflict(version)
+    return row
+
+
 @contextlib.contextmanager
 def _version_lock(settings: Settings, version: str) -> Iterator[None]:
     """Hold an exclusive lock on ``<models root>/.lock-<version>`` (waits for the holder)."""
@@ -170,11 +184,9 @@ def _register_locked(
 ) -> ModelVersionRow:
     """:func:`register_model` once its version's lock is held."""
     with db.read() as session:
-        existing = repo.find_version(session, version)
-    if existing is not None and existing.status != REFUSED:
-        if existing.files_sha256 == digest:
-            return existing
-        raise _conflict(version)
+        existing = _registered(repo.find_version(session, version), version, digest)
+    if existing is not None:
+        return existing
     target = _copy_in(settings, source_dir, version, digest)
     reason: str | None = None
     try:
@@ -188,10 +200,8 @@ def _register_locked(
         with db.write() as session:
             # Checked again: a process on another host (sharing the database, not this
             # lock) may have registered it during the load; it must not be overwritten.
-            raced = repo.find_version(session, version)
-            if raced is not None and raced.status != REFUSED:
-                if raced.files_sha256 != digest:
-                    raise _conflict(version)
+            raced = _registered(repo.find_version(session, version), version, digest)
+            if raced is not None:
                 return raced
             row = repo.add_version(
                 session,

@@ -53,6 +53,12 @@ CALLBACK_SWEEP_S: Final[float] = 60.0
 CALLBACK_SWEEP_WINDOW_S: Final[float] = 7 * 24 * 3600.0
 
 
+def sweep_since(clock: Clock) -> dt.datetime:
+    """Where a periodic sweep starts: the jobs submitted in the last
+    :data:`CALLBACK_SWEEP_WINDOW_S` (a process's first sweep looks at them all)."""
+    return clock.now() - dt.timedelta(seconds=CALLBACK_SWEEP_WINDOW_S)
+
+
 @dataclass(frozen=True)
 class CallbackPolicy:
     """How a process sends callbacks: the same for the first try, a sweep and a redelivery.

@@ -148,8 +148,7 @@ class JobRunner(JobDispatcher):
 
     def _sweep_if_due(self) -> None:
         if time.monotonic() >= self._next_sweep:
-            window = dt.timedelta(seconds=delivery.CALLBACK_SWEEP_WINDOW_S)
-            self._start_sweep(since=self.clock.now() - window)
+            self._start_sweep(since=delivery.sweep_since(self.clock))
 
     def _claim(self) -> JobRow | None:
         with self.db.write() as session:

@@ -106,6 +106,5 @@ class CallbackSweeper:
                     await self.sweep(fetcher, since=since)
                 except Exception:  # noqa: BLE001 - the next sweep tries again
                     log.exception("sending the callbacks no process was sending failed")
-                window = dt.timedelta(seconds=delivery.CALLBACK_SWEEP_WINDOW_S)
                 await asyncio.sleep(self.interval_s)
-                since = self.clock.now() - window
+                since = delivery.sweep_since(self.clock)

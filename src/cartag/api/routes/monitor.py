@@ -26,7 +26,7 @@ from cartag.api import browser
 from cartag.api.deps import BrowserPrincipalDep, StateDep
 from cartag.api.schemas.common import ERROR_SCHEMA_REF, error_responses
 from cartag.deploy.drift import drift_now
-from cartag.deploy.monitor import parse_since, report_since
+from cartag.deploy.monitor import SINCE_FORMS, parse_since, report_since
 from cartag.deploy.operations import build_ops
 from cartag.errors import InputError, PermissionDeniedError
 from cartag.store import apikeys
@@ -42,7 +42,6 @@ _ROLE = "reviewer"
 # The forms parse_since reads (which _check_filter calls), stated in the schema.
 _SINCE_PATTERN: Final[str] = r"^\s*([0-9]{1,4}[hHdDwW]|[0-9]{4}-[0-9]{2}-[0-9]{2})\s*$"
 _SINCE_MAX: Final[int] = 32
-_SINCE_FORMS = "write 24h, 7d, 2w or a date such as 2026-11-30"
 
 
 def _html(content: str, status_code: int = 200) -> HTMLResponse:
@@ -217,7 +216,7 @@ def _check_filter(since: str, advertiser: str, now: dt.datetime) -> None:
     """
     if len(since) > _SINCE_MAX:
         raise InputError(
-            f"since is {len(since)} characters long, at most {_SINCE_MAX}: {_SINCE_FORMS}",
+            f"since is {len(since)} characters long, at most {_SINCE_MAX}: {SINCE_FORMS}",
             field="since",
         )
     try:
