@@ -380,15 +380,20 @@ def _jpeg(width: int, height: int) -> bytes:
 @pytest.mark.parametrize(
     ("size", "decoded"),
     [
-        # A listing photo: 1/4 scale leaves 192 rows, within DRAFT_SHARE of 224.
+        # A listing photo: 1/4 scale leaves 192 rows; 1/8 would leave 96.
         ((1024, 768), (256, 192)),
         ((768, 1024), (192, 256)),
-        # 1/8 would leave 150 rows: 1/4.
-        ((1600, 1200), (400, 300)),
-        # 1/4 would leave 150 rows: 1/2.
-        ((800, 600), (400, 300)),
-        # 1/2 would leave 180 rows: decoded whole.
-        ((480, 360), (480, 360)),
+        # 1/8 leaves 150 rows, two thirds of 224.
+        ((1600, 1200), (200, 150)),
+        ((1200, 1600), (150, 200)),
+        # 1/8 would leave 149 rows: 1/4.
+        ((1592, 1192), (398, 298)),
+        # 1/4 leaves 150 rows.
+        ((800, 600), (200, 150)),
+        # 1/4 would leave 120 rows: 1/2.
+        ((640, 480), (320, 240)),
+        # 1/2 would leave 148 rows: decoded whole.
+        ((400, 296), (400, 296)),
     ],
 )
 def test_a_jpeg_is_draft_decoded_down_to_the_models_share_of_its_input(
@@ -396,7 +401,7 @@ def test_a_jpeg_is_draft_decoded_down_to_the_models_share_of_its_input(
 ) -> None:
     draft = embedding_classifier.draft_size()
     assert embedding_classifier.backbone.input_size == 224
-    assert draft == math.ceil(DRAFT_SHARE * 224) == 191
+    assert draft == math.ceil(DRAFT_SHARE * 224) == 150
     image = decode_image(_jpeg(*size), max_pixels=10**8, draft_size=draft)
     assert image.image.size == decoded
     assert (image.width, image.height) == size

@@ -62,12 +62,13 @@ from cartag.vocab import COLORS, IMAGE_TYPES
 log = logging.getLogger(__name__)
 
 # A JPEG may be draft-decoded (libjpeg's 1/2, 1/4 and 1/8 scales) until its shorter side
-# would fall under this share of the network's input side S. At 0.85 a 1024x768 listing
-# photo decodes at 1/4 scale (256x192) for S = 224 rather than at 1/2 (512x384): about
-# half the decode and the squeeze, for answers that stay within 0.2 points of type
-# macro-recall and color top-1 on every source (benchmarks/draft_scale.py; RESULTS.md,
-# "A cheaper model input"). A photo whose 1/4 scale falls further under S keeps 1/2.
-DRAFT_SHARE: Final = 0.85
+# would fall under this share of the network's input side S: 150 rows for S = 224, stretched
+# to 224. A 1600x1200 photo then decodes at 1/8 (200x150) rather than 1/4: about 0.3 ms less
+# decode and 0.4 ms less squeeze per image, 8 % of a busy server's CPU, for answers within
+# 0.3 points of type macro-recall and color top-1 on every source (type recall rises by up
+# to 1.4 points; benchmarks/draft_scale.py; RESULTS.md, "Two thirds of S"). A 1024x768
+# photo keeps 1/4 (256x192): its 1/8 would leave 96 rows.
+DRAFT_SHARE: Final = 2 / 3
 # For a model of unknown input size: the largest input of the supported backbones.
 DEFAULT_DRAFT_SIZE: Final = max(variant.input_size for variant in VARIANTS.values())
 
@@ -396,7 +397,7 @@ class EmbeddingClassifier(Classifier):
         return self.type_head.feature_mean, self.type_head.feature_std
 
     def draft_size(self) -> int:
-        """:data:`DRAFT_SHARE` of the network's input side (191 for 224)."""
+        """:data:`DRAFT_SHARE` of the network's input side, rounded up (150 for 224)."""
         return math.ceil(DRAFT_SHARE * self.backbone.input_size)
 
     def prepare(self, image: Image.Image) -> Image.Image:
