@@ -22,6 +22,7 @@ The table ends with the sum outside the backbone: what would have to fit in issu
 Usage::
 
     .venv/bin/python -m benchmarks.stages [--images 64] [--size 1600x1200] [--repeats 5]
+        [--draft 191]
 """
 
 from __future__ import annotations
@@ -64,13 +65,20 @@ def best_ms(work: Callable[[Any], object], items: Sequence[Any], repeats: int, c
 
 
 def stages(
-    photos: list[bytes], classifier: EmbeddingClassifier, settings: Settings, repeats: int
+    photos: list[bytes],
+    classifier: EmbeddingClassifier,
+    settings: Settings,
+    repeats: int,
+    draft: int | None = None,
 ) -> list[tuple[str, float]]:
-    """(stage, ms per image) of each stage of the per-image path, one thread."""
+    """(stage, ms per image) of each stage of the per-image path, one thread.
+
+    ``draft``: the JPEG draft size to decode at instead of the model's own.
+    """
     limits = {
         "max_pixels": settings.max_image_pixels,
         "max_decode_bytes": settings.max_decode_mb * 1024 * 1024,
-        "draft_size": classifier.draft_size(),
+        "draft_size": classifier.draft_size() if draft is None else draft,
     }
     decoded = [decode_image(data, **limits).image for data in photos]
     views = [classifier.prepare(image) for image in decoded]
@@ -110,6 +118,9 @@ def main() -> None:
     parser.add_argument("--size", type=parse_size, default=parse_size("1600x1200"))
     parser.add_argument("--quality", type=int, default=82)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--draft", type=int, default=None, help="draft size to decode at (default: the model's)"
+    )
     args = parser.parse_args()
     settings = get_settings().model_copy(update={"torch_threads": 1, "inference_workers": 1})
     limit_blas_threads(settings.blas_threads)  # as `cartag serve` does
@@ -117,13 +128,15 @@ def main() -> None:
     if not isinstance(classifier, EmbeddingClassifier):
         raise SystemExit("the configured model is not an embedding classifier")
     photos = encoded_photos(real_photos(args.data, args.images), args.size, args.quality)
-    rows = stages(photos, classifier, settings, args.repeats)
+    rows = stages(photos, classifier, settings, args.repeats, args.draft)
     width, height = args.size
     print(f"cpu:       {cpu_name()}")
     print(
         f"backbone:  {classifier.backbone.backbone_id} (batch {classifier.batch_size}, one thread)"
     )
-    print(f"images:    {len(photos)} vcr-train photos re-encoded at {width}x{height}\n")
+    draft = classifier.draft_size() if args.draft is None else args.draft
+    print(f"images:    {len(photos)} vcr-train photos re-encoded at {width}x{height}")
+    print(f"draft:     decoded down to a shorter side >= {draft}\n")
     print("| stage | ms/image |\n|---|---:|")
     for name, ms in rows:
         print(f"| {name} | {ms:.3f} |")
