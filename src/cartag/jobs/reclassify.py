@@ -4,7 +4,8 @@ Only advertisers that opted in (``cartag advertisers set ID --reclassify-on-prom
 are re-classified. An image's new answer is computed from its cached backbone
 embedding (and cached color features) when the new model has the same backbone, so
 no image is downloaded; otherwise the image is downloaded again through the
-:class:`~cartag.net.fetch.Fetcher` and run through the whole model.
+:class:`~cartag.net.fetch.Fetcher` and run through the whole model, if its URL still
+serves the bytes that were classified.
 
 Only the model's fields of ``images`` rows change (type, scores, confidence, model
 version; the color too when the built-in model names colors). Manual fixes live in
@@ -24,6 +25,7 @@ import numpy as np
 from cartag.clock import Clock
 from cartag.deploy.followup import advertisers_to_run
 from cartag.imaging.decode import decode_image
+from cartag.imaging.keys import content_sha256
 from cartag.models.classifier import Classifier, EmbeddingClassifier, Prediction, make_prediction
 from cartag.net.fetch import Fetcher
 from cartag.net.outcomes import Fetched, FetchRequest
@@ -53,7 +55,8 @@ class ReclassifyReport:
         current: Already answered by this model version (left alone).
         from_cache: Re-classified from cached embeddings, without a download.
         downloaded: Re-classified after downloading the image again.
-        failed: Could not be downloaded or decoded; their old answer stays.
+        failed: Could not be downloaded or decoded, or their URL now serves other bytes;
+            their old answer stays.
         changed: Re-classified images whose type or color changed.
     """
 
@@ -196,18 +199,34 @@ def _from_cache(
 async def _from_downloads(
     settings: Settings, classifier: Classifier, fetcher: Fetcher, rows: Sequence[ImageRow]
 ) -> dict[str, Prediction]:
-    """Download, decode and classify images whose embeddings are not cached."""
+    """Download, decode and classify images whose embeddings are not cached.
+
+    Only the bytes that were classified are used: an image whose URL now serves other
+    bytes (the dealer replaced the photo) keeps its answer, so neither its row nor the
+    embedding cache under its content hash takes another picture's answer. The bytes are
+    decoded as a classify decodes them (the model's draft size), so a re-classified image
+    gets the answer a first classify with this model would give.
+    """
     fetched = await fetcher.fetch_many([FetchRequest(row.url) for row in rows])
     images = {}
     for row, outcome in zip(rows, fetched, strict=True):
         if not isinstance(outcome, Fetched):
             log.warning("re-classification: %s not downloaded (%r)", row.url, outcome)
             continue
+        if row.content_sha256 and content_sha256(outcome.content) != row.content_sha256:
+            log.warning(
+                "re-classification: %s now serves other bytes than the image %s; its answer "
+                "stays (classify the new image to answer it)",
+                row.url,
+                row.image_key,
+            )
+            continue
         try:
             images[row.image_key] = decode_image(
                 outcome.content,
                 max_pixels=settings.max_image_pixels,
                 max_decode_bytes=settings.max_decode_mb * 1024 * 1024,
+                draft_size=classifier.draft_size(),
             ).image
         except Exception as exc:  # noqa: BLE001 - one bad image never stops the run
             log.warning("re-classification: %s not decoded (%r)", row.url, exc)
