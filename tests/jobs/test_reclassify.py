@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from io import BytesIO
 
 import httpx
-from PIL import Image
 from sqlalchemy import select
 
 from cartag.clock import SystemClock
 from cartag.imaging.keys import content_key, content_sha256
 from cartag.jobs.reclassify import ReclassifyReport, reclassify
-from cartag.models.classifier import Classifier, Prediction
+from cartag.models.classifier import Classifier
 from cartag.net.fetch import Fetcher
 from cartag.net.guard import StaticResolver
 from cartag.settings import Settings
@@ -23,33 +20,10 @@ from cartag.store.cache import InMemoryLookupCache
 from cartag.store.db import Database
 from cartag.store.tables import EmbeddingRow
 from tests.support.factories import NOW, add_image
-from tests.support.fakes import FixedClassifier
+from tests.support.fakes import SizeRecorder
 from tests.support.images import jpeg_bytes
 
 HOSTS = StaticResolver({"cdn.example": ["93.184.216.34"]})
-
-
-def _photo(width: int, height: int) -> bytes:
-    buffer = BytesIO()
-    Image.new("RGB", (width, height), (40, 90, 160)).save(buffer, "JPEG", quality=85)
-    return buffer.getvalue()
-
-
-class SizeRecorder(FixedClassifier):
-    """The fixed answer, remembering the size of each image it was given."""
-
-    version = "recorder-2"
-
-    def __init__(self, draft: int) -> None:
-        self.sizes: list[tuple[int, int]] = []
-        self._draft = draft
-
-    def draft_size(self) -> int:
-        return self._draft
-
-    def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
-        self.sizes.extend(image.size for image in images)
-        return super().predict(images)
 
 
 def _run(
@@ -92,7 +66,7 @@ def _stored(db: Database, data: bytes, url: str) -> str:
 def test_a_url_now_serving_other_bytes_keeps_its_answer_and_caches_nothing(
     db: Database, settings: Settings, classifier: Classifier
 ) -> None:
-    same, before = _photo(320, 240), _photo(300, 200)
+    same, before = jpeg_bytes(320, 240), jpeg_bytes(300, 200)
     kept = _stored(db, same, "https://cdn.example/same.jpg")
     replaced = _stored(db, before, "https://cdn.example/replaced.jpg")
     gone = _stored(db, jpeg_bytes(), "https://cdn.example/gone.jpg")
@@ -118,7 +92,7 @@ def test_a_url_now_serving_other_bytes_keeps_its_answer_and_caches_nothing(
 def test_downloaded_images_are_decoded_at_the_models_draft_size(
     db: Database, settings: Settings
 ) -> None:
-    photo = _photo(1600, 1200)
+    photo = jpeg_bytes(1600, 1200)
     _stored(db, photo, "https://cdn.example/big.jpg")
     with db.write() as session:
         advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)

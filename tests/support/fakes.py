@@ -26,6 +26,27 @@ class FixedClassifier(Classifier):
         return [make_prediction([0.9, 0.05, 0.05], [0.0] * 9 + [1.0, 0.0, 0.0]) for _ in images]
 
 
+class SizeRecorder(FixedClassifier):
+    """The fixed answer, remembering the size of each image it was given.
+
+    Args:
+        draft: What :meth:`draft_size` says (the bundled model's is 150).
+    """
+
+    version = "recorder-2"
+
+    def __init__(self, draft: int) -> None:
+        self.sizes: list[tuple[int, int]] = []
+        self._draft = draft
+
+    def draft_size(self) -> int:
+        return self._draft
+
+    def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        self.sizes.extend(image.size for image in images)
+        return super().predict(images)
+
+
 class OneImageFetcher(Fetcher):
     """Every URL serves the same small JPEG, and every address passes: no network.
 

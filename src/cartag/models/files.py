@@ -27,6 +27,10 @@ def predict_files(
 ) -> Iterator[dict[str, Any]]:
     """Yield one record per file, in order.
 
+    Each file is decoded as a classify decodes downloaded bytes (the model's draft size),
+    so a file gets the answer the API gives the same bytes, and an evaluation measures
+    the answers users get.
+
     Records are ``{"path", "image_type", "color", "type_scores", "color_scores",
     "confidence", "low_confidence"}`` (``low_confidence``: confidence below
     ``low_confidence_threshold``); a file that can't be read yields
@@ -35,7 +39,9 @@ def predict_files(
     batch: list[tuple[Path, Image.Image]] = []
     for path in files:
         try:
-            decoded = decode_image(path.read_bytes(), max_pixels=max_pixels)
+            decoded = decode_image(
+                path.read_bytes(), max_pixels=max_pixels, draft_size=classifier.draft_size()
+            )
         except (DecodeError, OSError) as exc:
             yield from _flush(classifier, batch, low_confidence_threshold)
             batch = []
