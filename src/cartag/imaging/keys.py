@@ -219,6 +219,16 @@ def validators_key(
     return VALIDATORS_KEY_PREFIX + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def validators_trusted(url: str, content_hash_hosts: Sequence[str]) -> bool:
+    """Whether ``url``'s ETag / Last-Modified may stand for its bytes.
+
+    False for hosts listed in ``content_hash_hosts``: their images are keyed by content,
+    and a conditional request to them is not sent either, since their 304 would say
+    "unchanged" for a replaced photo as readily as their ETag does.
+    """
+    return not (content_hash_hosts and host_matches(url_host(url), content_hash_hosts))
+
+
 def choose_image_key(
     url: str,
     etag: str | None,
@@ -243,7 +253,7 @@ def choose_image_key(
         :func:`content_key` when the host is listed or the response carried no
         validators, else :func:`validators_key`.
     """
-    if host_matches(url_host(url), content_hash_hosts):
+    if not validators_trusted(url, content_hash_hosts):
         return content_key(sha256_hex)
     key = validators_key(url, etag, last_modified, content_length)
     return key if key is not None else content_key(sha256_hex)

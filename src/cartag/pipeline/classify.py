@@ -24,6 +24,7 @@ from cartag.imaging.keys import (
     content_sha256,
     phash,
     request_url,
+    validators_trusted,
 )
 from cartag.models.batching import MicroBatcher
 from cartag.models.classifier import Classifier, Prediction, settings_plan
@@ -343,11 +344,13 @@ class ClassifyService:
         """Fetch ``urls`` and sort the answers; the 304s' URLs are added to ``revalidated``."""
         # Short indexed reads/writes stay on the loop: a thread hop costs more than they do.
         fetch_requests = []
+        untrusted = self.settings.content_hash_hosts
         for url in urls:
             row = known_urls.get(url)
-            if row is not None:
+            if row is not None and validators_trusted(url, untrusted):
                 fetch_requests.append(FetchRequest(url, row.etag, row.last_modified))
             else:
+                # New, or on a host whose 304 cannot be believed: the bytes decide.
                 fetch_requests.append(FetchRequest(url))
         fetched = await self.fetcher.fetch_many(fetch_requests)
 

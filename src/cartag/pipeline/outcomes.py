@@ -19,6 +19,7 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from cartag.clock import Clock
+from cartag.imaging.keys import content_key
 from cartag.models.classifier import Classifier, Prediction
 from cartag.models.color_providers import ColorAnswer
 from cartag.net.outcomes import Fetched
@@ -254,6 +255,9 @@ def _copy_known(
     known: list[New] = []
     with db.write() as session:
         by_key = image_repo.get_images(session, {n.key for n in new})
+        rekeyed = _rekey_other_bytes(new, by_key)
+        if rekeyed:
+            by_key.update(image_repo.get_images(session, rekeyed))
         by_sha = image_repo.get_images_by_sha(
             session, {n.sha256 for n in new if n.key not in by_key}
         )
@@ -269,6 +273,26 @@ def _copy_known(
     # These URLs may serve another image now.
     lookup_cache.invalidate([strip_password(item.fetched.url) for item in known])
     return {item.key: by_key[item.key] for item in known}
+
+
+def _rekey_other_bytes(new: list[New], by_key: dict[str, ImageRow]) -> set[str]:
+    """Key by content the downloads whose validators name an image with other bytes.
+
+    A server that reuses an ETag / Last-Modified (and length) for a replaced photo, and
+    sends the new bytes anyway, gives them the old image's validators key. The bytes'
+    hash is already known, so such a download is keyed by it instead and answered as
+    its own image, never with the old one's answer.
+
+    Returns:
+        The content keys given.
+    """
+    rekeyed = set()
+    for item in new:
+        cached = by_key.get(item.key)
+        if cached is not None and cached.content_sha256 not in (None, item.sha256):
+            item.key = content_key(item.sha256)
+            rekeyed.add(item.key)
+    return rekeyed
 
 
 def _record_revalidated(
