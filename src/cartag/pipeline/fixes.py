@@ -34,10 +34,19 @@ from cartag.vocab import read_stored_color
 
 @dataclass(frozen=True)
 class FixLabels:
-    """The manual labels that apply to one image for one advertiser."""
+    """The manual labels that apply to one image for one advertiser.
+
+    Attributes:
+        override: This advertiser's fix, found by key or pHash.
+        global_fix: The global fix, found by key or pHash.
+        colorless: Ids of the fixes above whose color does not carry to this image:
+            found through the pHash only, on an image the model answered another color
+            than the fixed one (a recoloured copy of the same shot, not a re-upload).
+    """
 
     override: FixRow | None
     global_fix: FixRow | None
+    colorless: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,7 @@ def decide(
                 continue
             if fix.image_type is not None:
                 type_value, type_source = fix.image_type, source
-            if fix.color is not None:
+            if fix.color is not None and fix.id not in labels.colorless:
                 color_value, color_source = fix.color, source
     if type_value == "Placeholder":
         return Decided(type_value, type_source, None, None)
@@ -172,7 +181,10 @@ def find_fixes(
     Returns:
         Image key -> its override and global fix; images with neither are absent.
         A fix recorded on the key itself wins over one found through the pHash;
-        among pHash matches the nearest wins, then the latest.
+        among pHash matches the nearest wins, then the latest. The pHash is taken in
+        grey, so the same render of a car in two colours matches too: a fix found
+        through it carries its color only to an image the model answered the same
+        color as the fixed one (:attr:`FixLabels.colorless`).
     """
     if not images:
         return {}
@@ -190,16 +202,44 @@ def find_fixes(
                 if value is not None:
                     near[(row.scope_key, band, value)].append((order, row.phash, row))
     found: dict[str, FixLabels] = {}
+    by_phash: dict[str, list[FixRow]] = {}  # image key -> colored fixes found by pHash
     for key, ph in images:
         labels: list[FixRow | None] = []
         for scope in (advertiser_id, ""):
             fix = by_key.get((key, scope))
             if fix is None and ph:
                 fix = _nearest(near, scope, ph, max_distance)
+                if fix is not None and fix.color is not None:
+                    by_phash.setdefault(key, []).append(fix)
             labels.append(fix)
         if labels[0] is not None or labels[1] is not None:
             found[key] = FixLabels(override=labels[0], global_fix=labels[1])
+    for key, colorless in _recolored(session, by_phash).items():
+        found[key] = FixLabels(found[key].override, found[key].global_fix, colorless)
     return found
+
+
+def _recolored(session: Session, by_phash: dict[str, list[FixRow]]) -> dict[str, frozenset[int]]:
+    """Image key -> ids of its pHash-found fixes made on an image the model saw in
+    another color (one read of the images involved; none when nothing was found)."""
+    if not by_phash:
+        return {}
+    keys = set(by_phash) | {fix.image_key for fixes in by_phash.values() for fix in fixes}
+    colors = {key: row.color for key, row in image_repo.get_images(session, keys).items()}
+    out: dict[str, frozenset[int]] = {}
+    for key, fixes in by_phash.items():
+        ids = frozenset(
+            fix.id
+            for fix in fixes
+            if key in colors
+            and fix.image_key in colors
+            and colors[key] is not None
+            and colors[fix.image_key] is not None
+            and colors[key] != colors[fix.image_key]
+        )
+        if ids:
+            out[key] = ids
+    return out
 
 
 def _nearest(
