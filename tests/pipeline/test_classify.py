@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import pytest
 from sqlalchemy import event
 
 from cartag.clock import FakeClock
@@ -23,13 +22,6 @@ from tests.support.factories import NOW
 from tests.support.fakes import FixedClassifier
 from tests.support.http_server import ImageServer
 from tests.support.images import jpeg_bytes
-
-
-@pytest.fixture
-def server() -> Iterator[ImageServer]:
-    with ImageServer() as srv:
-        yield srv
-        assert srv.errors == []
 
 
 def test_a_rerun_of_an_unchanged_inventory_sends_no_image_bytes_on_kept_connections(

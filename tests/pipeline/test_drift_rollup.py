@@ -4,7 +4,6 @@ added to the daily rollup with the confidence (real photos, the bundled model)."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +21,6 @@ from cartag.store.tables import ClassifyDailyRow, ImageRow
 from tests.support.factories import NOW
 from tests.support.http_server import ImageServer
 from tests.support.images import placeholder_png, real_photos
-
-
-@pytest.fixture
-def server() -> Iterator[ImageServer]:
-    with ImageServer() as srv:
-        yield srv
 
 
 def test_novelty_is_stored_cached_and_rolled_up(

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-
-import pytest
 
 from cartag.clock import FakeClock
 from cartag.imaging.keys import content_key, content_sha256
@@ -20,13 +17,6 @@ from tests.support.http_server import DEFAULT_LAST_MODIFIED, ImageServer
 from tests.support.images import jpeg_bytes
 
 RED, BLUE = jpeg_bytes(color=(200, 30, 30)), jpeg_bytes(color=(30, 30, 200))
-
-
-@pytest.fixture
-def server() -> Iterator[ImageServer]:
-    with ImageServer() as srv:
-        yield srv
-        assert srv.errors == []
 
 
 def _classify_each(
