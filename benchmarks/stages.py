@@ -128,13 +128,13 @@ def main() -> None:
     if not isinstance(classifier, EmbeddingClassifier):
         raise SystemExit("the configured model is not an embedding classifier")
     photos = encoded_photos(real_photos(args.data, args.images), args.size, args.quality)
-    rows = stages(photos, classifier, settings, args.repeats, args.draft)
+    draft = classifier.draft_size() if args.draft is None else args.draft
+    rows = stages(photos, classifier, settings, args.repeats, draft)
     width, height = args.size
     print(f"cpu:       {cpu_name()}")
     print(
         f"backbone:  {classifier.backbone.backbone_id} (batch {classifier.batch_size}, one thread)"
     )
-    draft = classifier.draft_size() if args.draft is None else args.draft
     print(f"images:    {len(photos)} vcr-train photos re-encoded at {width}x{height}")
     print(f"draft:     decoded down to a shorter side >= {draft}\n")
     print("| stage | ms/image |\n|---|---:|")

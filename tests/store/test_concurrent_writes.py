@@ -108,6 +108,27 @@ def _wait_blocked(db: Database, backends: _Backends, writer: _Writer) -> None:
     raise AssertionError(f"the writer of {writer.names} never waited for a lock ({writer.error})")
 
 
+def _second_waits_for_first(
+    db: Database, first: Callable[[Session], object], second: Callable[[Session], object]
+) -> None:
+    """Run ``second`` in its own transaction while ``first``'s is open, wait until it
+    waits for ``first``'s locks, then commit ``first``: ``second`` must then succeed."""
+    backends = _Backends(db)
+
+    def run(_: list[str]) -> None:
+        with db.write() as session:
+            second(session)
+
+    with db.write() as holder:
+        first(holder)
+        holder.flush()
+        other = _Writer(run, ["second"])
+        other.start()
+        _wait_blocked(db, backends, other)
+    other.join(30)
+    assert other.error is None
+
+
 def _in_transaction(db: Database, write: Write) -> Callable[[list[str]], None]:
     def run(names: list[str]) -> None:
         with db.write() as session:
@@ -284,19 +305,11 @@ def test_two_versions_of_one_dataset_created_at_once_take_the_next_numbers(
 ) -> None:
     # Both read the same last number; the second's insert waited for the first's
     # commit and failed on the duplicate ref (a traceback from `cartag dataset create`).
-    backends = _Backends(pg_db)
-
-    def create(_: list[str]) -> None:
-        with pg_db.write() as session:
-            dataset_repo.create_version(session, "cars", created_by="b", now=NOW)
-
-    with pg_db.write() as holder:
-        dataset_repo.create_version(holder, "cars", created_by="a", now=NOW)
-        other = _Writer(create, ["cars"])
-        other.start()
-        _wait_blocked(pg_db, backends, other)
-    other.join(30)
-    assert other.error is None
+    _second_waits_for_first(
+        pg_db,
+        lambda session: dataset_repo.create_version(session, "cars", created_by="a", now=NOW),
+        lambda session: dataset_repo.create_version(session, "cars", created_by="b", now=NOW),
+    )
     with pg_db.read() as session:
         made = [dataset_repo.get_version(session, f"cars@{n}") for n in (1, 2)]
     assert [v.created_by for v in made] == ["a", "b"]
@@ -325,19 +338,13 @@ def test_a_new_alias_set_twice_at_once_keeps_both_deployments(pg_db: Database) -
     # (a sweep naming its candidate while another did, two servers recording the model
     # they loaded).
     _register(pg_db, "m1", "m2")
-    backends = _Backends(pg_db)
 
-    def point(_: list[str]) -> None:
-        with pg_db.write() as session:
-            model_repo.point_alias(session, "candidate", "m2", by="b", reason="promote", now=NOW)
+    def point(version: str, by: str) -> Callable[[Session], object]:
+        return lambda session: model_repo.point_alias(
+            session, "candidate", version, by=by, reason="promote", now=NOW
+        )
 
-    with pg_db.write() as holder:
-        model_repo.point_alias(holder, "candidate", "m1", by="a", reason="promote", now=NOW)
-        other = _Writer(point, ["m2"])
-        other.start()
-        _wait_blocked(pg_db, backends, other)
-    other.join(30)
-    assert other.error is None
+    _second_waits_for_first(pg_db, point("m1", "a"), point("m2", "b"))
     with pg_db.read() as session:
         assert model_repo.alias_version(session, "candidate") == "m2"
         history = model_repo.history(session, "candidate")
@@ -347,19 +354,10 @@ def test_a_new_alias_set_twice_at_once_keeps_both_deployments(pg_db: Database) -
 @pytest.mark.services
 def test_the_first_model_loaded_by_two_servers_at_once_is_recorded(pg_db: Database) -> None:
     _register(pg_db, "m1")
-    backends = _Backends(pg_db)
 
-    def record(_: list[str]) -> None:
-        with pg_db.write() as session:
-            model_repo.record_last_loaded(session, "m1", by="b", now=NOW)
+    def record(by: str) -> Callable[[Session], object]:
+        return lambda session: model_repo.record_last_loaded(session, "m1", by=by, now=NOW)
 
-    with pg_db.write() as holder:
-        model_repo.record_last_loaded(holder, "m1", by="a", now=NOW)
-        holder.flush()
-        other = _Writer(record, ["m1"])
-        other.start()
-        _wait_blocked(pg_db, backends, other)
-    other.join(30)
-    assert other.error is None
+    _second_waits_for_first(pg_db, record("a"), record("b"))
     with pg_db.read() as session:
         assert model_repo.alias_version(session, model_repo.LAST_LOADED) == "m1"

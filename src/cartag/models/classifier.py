@@ -65,8 +65,8 @@ log = logging.getLogger(__name__)
 # would fall under this share of the network's input side S: 150 rows for S = 224, stretched
 # to 224. A 1600x1200 photo then decodes at 1/8 (200x150) rather than 1/4: about 0.3 ms less
 # decode and 0.4 ms less squeeze per image, 8 % of a busy server's CPU, for answers within
-# 0.3 points of type macro-recall and color top-1 on every source (type recall rises by up
-# to 1.4 points; benchmarks/draft_scale.py; RESULTS.md, "Two thirds of S"). A 1024x768
+# 0.4 points of type macro-recall and color top-1 on every source (type recall rises by up
+# to 2 points on vcr; benchmarks/draft_scale.py; RESULTS.md, "Two thirds of S"). A 1024x768
 # photo keeps 1/4 (256x192): its 1/8 would leave 96 rows.
 DRAFT_SHARE: Final = 2 / 3
 # For a model of unknown input size: the largest input of the supported backbones.

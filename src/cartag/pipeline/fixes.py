@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from sqlalchemy.orm import Session
@@ -215,7 +215,7 @@ def find_fixes(
         if labels[0] is not None or labels[1] is not None:
             found[key] = FixLabels(override=labels[0], global_fix=labels[1])
     for key, colorless in _recolored(session, by_phash).items():
-        found[key] = FixLabels(found[key].override, found[key].global_fix, colorless)
+        found[key] = replace(found[key], colorless=colorless)
     return found
 
 
@@ -228,14 +228,11 @@ def _recolored(session: Session, by_phash: dict[str, list[FixRow]]) -> dict[str,
     colors = {key: row.color for key, row in image_repo.get_images(session, keys).items()}
     out: dict[str, frozenset[int]] = {}
     for key, fixes in by_phash.items():
+        own = colors.get(key)
         ids = frozenset(
             fix.id
             for fix in fixes
-            if key in colors
-            and fix.image_key in colors
-            and colors[key] is not None
-            and colors[fix.image_key] is not None
-            and colors[key] != colors[fix.image_key]
+            if own is not None and colors.get(fix.image_key) not in (None, own)
         )
         if ids:
             out[key] = ids
