@@ -392,7 +392,8 @@ def _print_stats(stats: dict[str, Any], *, top: int) -> None:
         out.print(
             f"fixes since {stats.get('fixes', {}).get('since')}: {stats['fixes']['fixes']} fixes "
             f"of {downloads['images']} images; download failed {downloads['failed']}, "
-            f"image changed since the fix {downloads['changed_since_fix']}"
+            f"image changed since the fix {downloads['changed_since_fix']}, "
+            f"color not carried {downloads.get('color_not_carried', 0)}"
         )
     _print_candidates(stats.get("candidates"))
     filters = stats.get("filters", {})

@@ -129,7 +129,8 @@ def test_candidates_land_flagged_with_provenance_in_review_order(
     gone = jumpy("gone", 307, 0.55)
     server.add_status("/gone.jpg", 404)
     mid = jumpy("mid", 302, 0.6, image_type="Stock", color=None)
-    high = jumpy("high", 303, 0.9)
+    # Now served re-encoded, a copy the model never answered: its proposed color goes.
+    high = jumpy("high", 303, 0.9, served=pattern_jpeg(303, quality=40))
     # The steady advertiser's unsure image is no candidate of fix-rate-jump...
     _served(db, server, "steady", 310, advertiser="steady", seen_at=SEEN, confidence=0.1)
     # ... but its far images are, farthest first; a Placeholder answer carries no color.
@@ -195,6 +196,11 @@ def test_candidates_land_flagged_with_provenance_in_review_order(
     }
     assert low_item.provenance["url"] == server.url("/low.jpg")
     assert (by_key[mid].image_type, by_key[mid].color) == ("Stock", None)
+    assert (by_key[high].image_type, by_key[high].color) == ("Dealer", None)
+    assert by_key[high].provenance["color_dropped"] == {
+        "proposed": "Red",
+        "reason": "recolored_copy",
+    }
     assert (by_key[farther_down].image_type, by_key[farther_down].color) == ("Placeholder", None)
     assert by_key[far].provenance["why"] == "far_from_training"
     assert by_key[far].provenance["far_threshold"] == 0.35

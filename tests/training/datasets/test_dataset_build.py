@@ -273,6 +273,47 @@ def test_create_extends_the_parent_with_fixes_since_the_cutoff(
     assert len(_items(db, again.ref)) == len([i for i in items if i.status != "excluded"])
 
 
+def test_a_fix_carries_its_color_to_a_copy_only_if_the_model_answered_it_alike(
+    db: Database, dataset_settings: Settings, tmp_path: Path, server: ImageServer
+) -> None:
+    # The pHash is grey: a maker's render of the same car in another color passes it, so
+    # a copy's color label needs the model's answers to agree (cartag.pipeline.fixes).
+    clock = FakeClock(NOW)
+    _builder(dataset_settings, db, clock).import_folder(
+        BuildOptions("cars", rank=False), _import_folder(tmp_path)
+    )
+    _freeze(db, "cars@1")
+    later = NOW + dt.timedelta(hours=1)
+    answered = {"alike": "Red", "recolored": "Green", "unseen": None, "color-only": "Green"}
+    for n, (name, copy_color) in enumerate(answered.items()):
+        # Stored as answered Red; the URL now serves a re-encoded copy of the picture.
+        fixed, copy = pattern_jpeg(201 + n), pattern_jpeg(201 + n, quality=40)
+        _serve_fixed(
+            db, server, f"/{name}.jpg", fixed, when=later, served=copy, color="Blue",
+            image_type=None if name == "color-only" else "Dealer",
+        )  # fmt: skip
+        if copy_color is not None:  # the scraper's own later request of the copy
+            add_image(db, content_sha256=content_sha256(copy), color=copy_color)
+
+    clock = FakeClock(NOW + dt.timedelta(hours=2))
+    report = _builder(dataset_settings, db, clock).create(
+        BuildOptions("cars", rank=False), parent_ref="cars@1", fixes_since=NOW
+    )
+    assert report.stats["downloads"]["changed_since_fix"] == 0
+    assert report.stats["downloads"]["color_not_carried"] == 3
+    items = _items(db, report.ref)
+    by_url = {i.provenance["url"]: i for i in items if i.provenance.get("source") == "fix"}
+    alike = by_url[server.url("/alike.jpg")]
+    assert (alike.image_type, alike.color) == ("Dealer", "Blue")
+    assert "color_dropped" not in alike.provenance
+    for name in ("recolored", "unseen"):
+        item = by_url[server.url(f"/{name}.jpg")]
+        assert (item.image_type, item.color) == ("Dealer", None)
+        assert item.provenance["color_dropped"] == {"fixed": "Blue", "reason": "recolored_copy"}
+    # A color fix whose color does not carry leaves nothing to add.
+    assert server.url("/color-only.jpg") not in by_url
+
+
 def test_create_refuses_a_draft_parent_and_unknown_versions(
     sqlite_db: Database, dataset_settings: Settings, tmp_path: Path
 ) -> None:

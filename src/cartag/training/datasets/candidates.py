@@ -348,6 +348,7 @@ def checked_candidates(
     selection: Selection,
     outcomes: Mapping[str, FetchOutcome | None],
     same_picture: Callable[[bytes, str | None], bool],
+    recolored: Callable[[dict[str, str]], set[str]],
 ) -> list[Candidate]:
     """The picks whose download still shows the stored image, as build candidates.
 
@@ -356,11 +357,15 @@ def checked_candidates(
             ``changed`` counts.
         outcomes: Per image key, what its download gave (None: no URL).
         same_picture: Whether bytes show the picture of a stored pHash.
+        recolored: Of the images whose URL now serves such a copy (stored key -> the
+            copy's SHA-256), those whose proposed color does not carry to it
+            (:func:`cartag.training.datasets.copies.recolored_copies`).
 
     Returns:
         Candidates labelled with the model's answer; provenance ``source: candidate``.
     """
-    out: list[Candidate] = []
+    kept: list[tuple[Pick, Fetched]] = []
+    copies: dict[str, str] = {}  # stored image key -> SHA-256 of its copy
     for pick in selection.picks:
         image = pick.image
         skipped = selection.stats[why(pick.kind)]["skipped"]
@@ -368,12 +373,19 @@ def checked_candidates(
         if not isinstance(outcome, Fetched):
             skipped["download_failed"] = skipped.get("download_failed", 0) + 1
             continue
-        data = outcome.content
-        if image.content_sha256 and content_sha256(data) != image.content_sha256:
+        sha = content_sha256(outcome.content)
+        if image.content_sha256 and sha != image.content_sha256:
             # Another picture now: the model's answer was for the stored one.
-            if not same_picture(data, image.phash):
+            if not same_picture(outcome.content, image.phash):
                 skipped["changed"] = skipped.get("changed", 0) + 1
                 continue
+            if image.color is not None:
+                copies[image.image_key] = sha
+        kept.append((pick, outcome))
+    no_color = recolored(copies) if copies else set()
+    out: list[Candidate] = []
+    for pick, outcome in kept:
+        image = pick.image
         provenance: dict[str, Any] = {
             "source": SOURCE,
             "why": why(pick.kind),
@@ -387,7 +399,11 @@ def checked_candidates(
             "novelty": image.novelty,
             **pick.extra,
         }
-        out.append(Candidate(data, image.image_type, image.color, provenance))
+        color = image.color
+        if image.image_key in no_color:
+            provenance["color_dropped"] = {"proposed": color, "reason": "recolored_copy"}
+            color = None
+        out.append(Candidate(outcome.content, image.image_type, color, provenance))
     return out
 
 

@@ -55,6 +55,7 @@ from cartag.training.datasets.candidates import (
     known_from,
     select_candidates,
 )
+from cartag.training.datasets.copies import recolored_copies
 from cartag.training.datasets.crop import Cropper, make_cropper
 from cartag.training.datasets.dataset_inputs import (
     LAST_RETRAIN,
@@ -292,7 +293,11 @@ class DatasetBuilder:
     def _download_fixes(
         self, fixes: Sequence[repo.FixedImage]
     ) -> tuple[list[Candidate], dict[str, Any]]:
-        """Fetch each fixed image once; a candidate per fix whose bytes still match."""
+        """Fetch each fixed image once; a candidate per fix whose bytes still match.
+
+        Bytes that changed but show the same picture (pHash) keep the fix's type; its
+        color only as :func:`~cartag.training.datasets.copies.recolored_copies` allows.
+        """
         by_key: dict[str, list[str]] = {}
         for fix in fixes:
             by_key.setdefault(fix.image_key, fix.urls)
@@ -300,20 +305,31 @@ class DatasetBuilder:
         outcomes = asyncio.run(self._fetch_all(by_key)) if by_key else {}
         failures: list[dict[str, str]] = []
         changed = 0
-        candidates = []
+        kept: list[tuple[repo.FixedImage, Fetched]] = []
+        copies: dict[str, str] = {}  # fixed image key -> SHA-256 of its copy
         for fix in fixes:
             outcome = outcomes.get(fix.image_key)
             if not isinstance(outcome, Fetched):
                 reason = outcome.reason if isinstance(outcome, Failed) else "no_url"
                 failures.append({"image_key": fix.image_key, "reason": reason})
                 continue
-            data = outcome.content
-            if fix.content_sha256 and content_sha256(data) != fix.content_sha256:
+            sha = content_sha256(outcome.content)
+            if fix.content_sha256 and sha != fix.content_sha256:
                 # The URL now serves other bytes: the fix only carries over to a copy
                 # of the image that was fixed (re-encoded/resized), never to a new photo.
-                if not self._same_picture(data, fix.phash):
+                if not self._same_picture(outcome.content, fix.phash):
                     changed += 1
                     continue
+                if fix.color is not None:
+                    copies[fix.image_key] = sha
+            kept.append((fix, outcome))
+        with self.db.read() as session:
+            recolored = recolored_copies(session, copies)
+        candidates = []
+        for fix, outcome in kept:
+            color = None if fix.image_key in recolored else fix.color
+            if fix.image_type is None and color is None:
+                continue  # a color fix whose color does not carry: nothing left to add
             provenance: dict[str, Any] = {
                 "source": "fix",
                 "scope": fix.scope,
@@ -324,11 +340,14 @@ class DatasetBuilder:
                 "image_key": fix.image_key,
                 "fixed_at": fix.fixed_at.isoformat(),
             }
-            candidates.append(Candidate(data, fix.image_type, fix.color, provenance))
+            if fix.image_key in recolored:
+                provenance["color_dropped"] = {"fixed": fix.color, "reason": "recolored_copy"}
+            candidates.append(Candidate(outcome.content, fix.image_type, color, provenance))
         report = {
             "images": len(by_key),
             "failed": len({f["image_key"] for f in failures}),
             "changed_since_fix": changed,
+            "color_not_carried": len(recolored),
             "failures": failures[:50],
         }
         return candidates, report
@@ -338,7 +357,11 @@ class DatasetBuilder:
         by_key = {pick.image.image_key: pick.image.urls for pick in selection.picks}
         self.progress.begin("candidates", len(by_key))
         fetched = asyncio.run(self._fetch_all(by_key)) if by_key else {}
-        return checked_candidates(selection, fetched, self._same_picture)
+        return checked_candidates(selection, fetched, self._same_picture, self._recolored)
+
+    def _recolored(self, copies: dict[str, str]) -> set[str]:
+        with self.db.read() as session:
+            return recolored_copies(session, copies)
 
     def _same_picture(self, data: bytes, fixed_phash: str | None) -> bool:
         if not fixed_phash:
