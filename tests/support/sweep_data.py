@@ -178,6 +178,7 @@ def cache_embeddings(
 def embed_examples(classifier: Classifier, items: Sequence[Example]) -> dict[str, np.ndarray]:
     """Real backbone embeddings of the examples by content hash (the service's decoding)."""
     assert isinstance(classifier, EmbeddingClassifier)
-    images = [decode_image(e.data, max_pixels=64_000_000).image for e in items]
+    draft = classifier.draft_size()
+    images = [decode_image(e.data, max_pixels=64_000_000, draft_size=draft).image for e in items]
     vectors = classifier.backbone.embed_images(images)
     return {hashlib.sha256(e.data).hexdigest(): v for e, v in zip(items, vectors, strict=True)}

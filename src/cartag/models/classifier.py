@@ -72,6 +72,17 @@ DRAFT_SHARE: Final = 2 / 3
 # For a model of unknown input size: the largest input of the supported backbones.
 DEFAULT_DRAFT_SIZE: Final = max(variant.input_size for variant in VARIANTS.values())
 
+
+def draft_size_for(input_size: int) -> int:
+    """The JPEG draft size of a network whose input is ``input_size`` square.
+
+    What the service decodes at (:meth:`EmbeddingClassifier.draft_size`); training paths
+    that write the shared embedding cache decode at it too, so that one image's cached
+    vector is the same whichever path computed it first.
+    """
+    return math.ceil(DRAFT_SHARE * input_size)
+
+
 Precision = Literal["int8", "fp32"]
 BUNDLED_DIR: Final[Path] = Path(__file__).resolve().parent / "bundled"
 
@@ -398,7 +409,7 @@ class EmbeddingClassifier(Classifier):
 
     def draft_size(self) -> int:
         """:data:`DRAFT_SHARE` of the network's input side, rounded up (150 for 224)."""
-        return math.ceil(DRAFT_SHARE * self.backbone.input_size)
+        return draft_size_for(self.backbone.input_size)
 
     def prepare(self, image: Image.Image) -> Image.Image:
         """The image squeezed to the network's input (:meth:`Backbone.fit`).

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from cartag.clock import FakeClock
@@ -21,6 +22,7 @@ from cartag.settings import Settings
 from cartag.store import datasets as repo
 from cartag.store.blobs import LocalBlobStore
 from cartag.store.db import Database
+from cartag.store.embeddings import load_embeddings
 from cartag.store.tables import DatasetItemRow
 from cartag.training.datasets.dataset_build import BuildOptions, DatasetBuilder
 from cartag.training.datasets.dataset_inputs import (
@@ -30,7 +32,7 @@ from cartag.training.datasets.dataset_inputs import (
 )
 from tests.support.factories import NOW, add_image
 from tests.support.http_server import ImageServer
-from tests.support.images import jpeg_bytes
+from tests.support.images import jpeg_bytes, noise_jpeg_bytes
 from tests.training.dataset_images import pattern_jpeg
 
 
@@ -312,6 +314,34 @@ def test_a_fix_carries_its_color_to_a_copy_only_if_the_model_answered_it_alike(
         assert item.provenance["color_dropped"] == {"fixed": "Blue", "reason": "recolored_copy"}
     # A color fix whose color does not carry leaves nothing to add.
     assert server.url("/color-only.jpg") not in by_url
+
+
+def test_ranking_embeds_at_the_services_draft_size(
+    sqlite_db: Database, dataset_settings: Settings, tmp_path: Path, classifier: Classifier
+) -> None:
+    # The ranking caches its vectors under the serving backbone's id: an 800 x 600 JPEG
+    # must be decoded as the service decodes it (1/4, 200 x 150), not at 320 px.
+    assert isinstance(classifier, EmbeddingClassifier)
+    root = tmp_path / "photos"
+    photos = {}
+    for i in range(4):
+        folder = root / ("Dealer" if i % 2 else "Stock")
+        folder.mkdir(parents=True, exist_ok=True)
+        photos[i] = noise_jpeg_bytes(800, 600, seed=i)
+        (folder / f"n{i}.jpg").write_bytes(photos[i])
+    builder = _builder(dataset_settings, sqlite_db, FakeClock(NOW), embedder=classifier.backbone)
+    builder.import_folder(BuildOptions("cars"), root)
+    served = [
+        decode_image(d, max_pixels=10**8, draft_size=classifier.draft_size()).image
+        for d in photos.values()
+    ]
+    vectors = classifier.backbone.embed_images([classifier.prepare(im) for im in served])
+    shas = [content_sha256(d) for d in photos.values()]
+    with sqlite_db.read() as session:
+        cached = load_embeddings(session, classifier.backbone.backbone_id, shas)
+    assert set(cached) == set(shas)
+    for sha, vector in zip(shas, vectors, strict=True):
+        np.testing.assert_allclose(cached[sha], vector, atol=2e-2)  # float16 in the cache
 
 
 def test_create_refuses_a_draft_parent_and_unknown_versions(

@@ -76,6 +76,7 @@ class _Counting:
         assert isinstance(classifier, EmbeddingClassifier)
         self.backbone = classifier.backbone
         self.backbone_id = self.backbone.backbone_id
+        self.input_size = self.backbone.input_size
         self.embedded = 0
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:

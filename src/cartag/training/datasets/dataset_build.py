@@ -40,6 +40,7 @@ from cartag.errors import ConflictError, DecodeError, InputError
 from cartag.imaging.decode import decode_image
 from cartag.imaging.files import find_images
 from cartag.imaging.keys import content_sha256, hamming, phash
+from cartag.models.classifier import draft_size_for
 from cartag.net.fetch import Fetcher
 from cartag.net.outcomes import Failed, Fetched, FetchOutcome, FetchRequest
 from cartag.settings import Settings
@@ -76,9 +77,9 @@ from cartag.training.datasets.splits import advertiser_split
 TOP_SUSPICIOUS = 25
 
 
-def _decode_rgb(max_pixels: int) -> Callable[[bytes], Image.Image]:
+def _decode_rgb(max_pixels: int, draft: int) -> Callable[[bytes], Image.Image]:
     def load(data: bytes) -> Image.Image:
-        return decode_image(data, max_pixels=max_pixels).image
+        return decode_image(data, max_pixels=max_pixels, draft_size=draft).image
 
     return load
 
@@ -512,7 +513,10 @@ class DatasetBuilder:
             self.blobs,
             self.embedder,
             [(items[i].content_sha256, items[i].blob_path) for i in live],
-            load=_decode_rgb(self.settings.max_image_pixels),
+            # The service's decode: these vectors share its cache rows (backbone id).
+            load=_decode_rgb(
+                self.settings.max_image_pixels, draft_size_for(self.embedder.input_size)
+            ),
             now=self.clock.now(),
             advance=self.progress.advance,
         )

@@ -49,6 +49,7 @@ class Embedder(Protocol):
     """What ranking needs from a backbone (:class:`cartag.models.backbone.Backbone` fits)."""
 
     backbone_id: str
+    input_size: int
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(B,) images -> float32 (B, D)."""

@@ -25,6 +25,7 @@ from cartag.clock import Clock
 from cartag.errors import ConflictError, InputError
 from cartag.imaging.decode import decode_image
 from cartag.models.backbone import Backbone, BackboneSpec, to_rgb
+from cartag.models.classifier import draft_size_for
 from cartag.models.color_features import FEATURE_ID, color_features_batch
 from cartag.settings import Settings
 from cartag.store import datasets
@@ -276,8 +277,10 @@ class FeatureSource:
         """
         backbone = self.backbone(spec)
         variant = spec.variant
+        # The serving model's decode: these vectors share the service's cache rows.
+        draft = draft_size_for(backbone.input_size)
         emb = self._cached(
-            view, backbone.backbone_id, f"embeddings {variant}", backbone.embed_images
+            view, backbone.backbone_id, f"embeddings {variant}", backbone.embed_images, draft
         )
         color = self._cached(view, COLOR_FEATURES_ID, "color features", color_features_batch)
         mirrored = None
@@ -291,6 +294,7 @@ class FeatureSource:
                 backbone.backbone_id + FLIP_SUFFIX,
                 f"flipped embeddings {variant}",
                 embed_mirrored,
+                draft,
             )
         recolored = self._recolored(view, backbone, recolored_per_color, seed)
         return Features(backbone.backbone_id, emb, color, mirrored, recolored)
@@ -338,6 +342,7 @@ class FeatureSource:
         key: str,
         stage: str,
         compute: Callable[[Sequence[Image.Image]], np.ndarray],
+        draft: int | None = None,
     ) -> np.ndarray:
         cache = EmbeddingCache(StoreStorage(self.db, key, self.clock))
         progress = self.progress
@@ -348,15 +353,20 @@ class FeatureSource:
 
         return cache.get_or_compute(
             view.shas,
-            lambda i: self._image(view.blob_paths[i]),
+            lambda i: self._image(view.blob_paths[i], draft),
             compute,
             _BATCH,
             progress=report,
         )
 
-    def _image(self, path: str) -> Image.Image:
+    def _image(self, path: str, draft: int | None = None) -> Image.Image:
+        """The blob decoded as the service decodes (EXIF, draft-mode shrink, RGB on white).
+
+        ``draft``: the JPEG draft size; a backbone's embeddings are keyed like the
+        service's, so they must be decoded at the service's (``draft_size_for``) to be
+        the vectors it computes and caches for these bytes. None: the default (320),
+        for what is cached under training's own ids (color features).
+        """
         local: Path | None = self.blobs.local_path(path)
         data = local.read_bytes() if local is not None else self.blobs.get(path)
-        # The service's decoding (EXIF, draft-mode shrink, RGB on white): training
-        # embeddings must be the ones the service computes and caches for these bytes.
-        return decode_image(data, max_pixels=self.settings.max_image_pixels).image
+        return decode_image(data, max_pixels=self.settings.max_image_pixels, draft_size=draft).image
