@@ -8,6 +8,7 @@ is, and the result says so in ``color_reason``.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -36,6 +37,8 @@ BAD_URLS = {
     "https://cdn.example/\0.jpg": "invalid_url",
     "https://cdn.example/car.jpg?q=\0": "invalid_url",
     "https://cdn.example/\x01car.jpg": "invalid_url",
+    # JSON's "\ud800" escape: a lone surrogate, no character, cannot be stored (was a 500).
+    "https://cdn.example/\ud800.jpg": "invalid_url",
     LONG: "url_too_long",
 }
 # (scrape_color sent, the color answered, its source, color_reason); the model says Red.
@@ -50,6 +53,13 @@ COLORS: list[tuple[str | None, str, str, str | None]] = [
 ]
 
 
+def _post(client: TestClient, path: str, body: dict[str, Any], headers: dict[str, str]) -> Any:
+    """POST ``body`` as a JSON client would encode it: a lone surrogate as its ``\\u`` escape
+    (httpx's ``json=`` cannot encode one)."""
+    raw = json.dumps(body).encode("ascii")
+    return client.post(path, content=raw, headers={**headers, "Content-Type": "application/json"})
+
+
 def _client(make_client: AppFactory, db: Database, settings: Settings) -> TestClient:
     return make_client(db, classifier=FixedClassifier(), fetcher=OneImageFetcher(settings))
 
@@ -62,7 +72,8 @@ def _images() -> list[dict[str, Any]]:
 
 
 def _check(results: list[dict[str, Any]], images: list[dict[str, Any]]) -> None:
-    assert [r["url"] for r in results] == [i["url"] for i in images]
+    # Echoed as sent, but a lone surrogate, which no UTF-8 answer can hold: U+FFFD.
+    assert [r["url"] for r in results] == [i["url"].replace("\ud800", "\ufffd") for i in images]
     bad = [(r["status"], r["reason"]) for r in results[: len(BAD_URLS)]]
     assert bad == [("skipped", reason) for reason in BAD_URLS.values()]
     assert results[len(BAD_URLS)]["status"] in ("classified", "cached")
@@ -76,9 +87,7 @@ def _run_job(
     client: TestClient, headers: dict[str, str], images: list[dict[str, Any]]
 ) -> tuple[str, dict[str, Any]]:
     """Submit ``images`` as a job of advertiser ``a``; its id and the job once it ended."""
-    response = client.post(
-        "/v1/jobs", json={"advertiser_id": "a", "images": images}, headers=headers
-    )
+    response = _post(client, "/v1/jobs", {"advertiser_id": "a", "images": images}, headers)
     assert response.status_code == 202, response.text
     job_id: str = response.json()["id"]
     deadline = time.monotonic() + 60
@@ -100,11 +109,8 @@ def test_classify_skips_bad_urls_and_ignores_unknown_colors(
     fetcher = OneImageFetcher(settings)
     client = make_client(db, classifier=FixedClassifier(), fetcher=fetcher)
     images = _images()
-    response = client.post(
-        "/v1/classify",
-        json={"advertiser_id": "a", "images": images},
-        headers=make_headers(db, "classifier"),
-    )
+    body = {"advertiser_id": "a", "images": images}
+    response = _post(client, "/v1/classify", body, make_headers(db, "classifier"))
     assert response.status_code == 200, response.text
     body = response.json()
     _check(body["results"], images)
@@ -154,19 +160,27 @@ def test_a_job_skips_bad_urls_and_ignores_unknown_colors(
         assert session.scalar(select(func.count()).select_from(ImageRow)) == 1
 
 
-def test_a_job_of_only_nul_urls_is_done_without_classifying(
+def test_a_job_of_only_unstorable_urls_is_done_without_classifying(
     make_client: AppFactory, db: Database, settings: Settings
 ) -> None:
     fetcher = OneImageFetcher(settings)
     client = make_client(db, classifier=FixedClassifier(), fetcher=fetcher)
     headers = make_headers(db, "classifier")
-    images = [{"url": "https://cdn.example/\0a.jpg"}, {"url": "https://cdn.example/b\0.jpg"}]
+    images = [
+        {"url": "https://cdn.example/\0a.jpg"},
+        {"url": "https://cdn.example/b\0.jpg"},
+        {"url": "https://cdn.example/c\ud800.jpg"},
+    ]
     job_id, job = _run_job(client, headers, images)
-    assert (job["status"], job["done"], job["total"]) == ("done", 2, 2), job
+    assert (job["status"], job["done"], job["total"]) == ("done", 3, 3), job
     assert [(r["url"], r["status"], r["reason"]) for r in job["results"]] == [
-        (image["url"], "skipped", "invalid_url") for image in images
+        (image["url"].replace("\ud800", "\ufffd"), "skipped", "invalid_url") for image in images
     ]
     assert fetcher.fetched == []
     with db.read() as session:
         stored = session.scalars(select(JobItemRow.url).where(JobItemRow.job_id == job_id))
-        assert sorted(stored) == ["https://cdn.example/%00a.jpg", "https://cdn.example/b%00.jpg"]
+        assert sorted(stored) == [
+            "https://cdn.example/%00a.jpg",
+            "https://cdn.example/b%00.jpg",
+            "https://cdn.example/c%ED%A0%80.jpg",
+        ]

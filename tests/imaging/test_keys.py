@@ -17,10 +17,12 @@ from cartag.imaging.keys import (
     choose_image_key,
     content_key,
     content_sha256,
+    echoable_url,
     hamming,
     normalize_url,
     phash,
     request_url,
+    storable_url,
     validators_key,
 )
 from tests.support.images import real_photos
@@ -294,12 +296,23 @@ def test_hamming_rejects_bad_input(a: str, b: str) -> None:
         ("https://cdn\0.example/a.jpg", "invalid_url"),
         ("https://cdn.example/\x1b[31m.jpg", "invalid_url"),
         ("https://cdn.example/\x7f.jpg", "invalid_url"),
+        # A lone surrogate (JSON's "\ud800"): no character, no UTF-8 for it.
+        ("https://cdn.example/\ud800.jpg", "invalid_url"),
+        ("https://cdn.\udfff.example/a.jpg", "invalid_url"),
     ],
 )
 def test_request_url_refuses_what_cannot_be_fetched_or_stored(url: str, reason: str) -> None:
     with pytest.raises(FetchError) as caught:
         request_url(url)
     assert caught.value.reason == reason
+
+
+def test_urls_request_url_refuses_are_kept_and_echoed_encodable() -> None:
+    url = "https://cdn.example/\0a\ud800.jpg"
+    assert storable_url(url) == "https://cdn.example/%00a%ED%A0%80.jpg"
+    assert echoable_url(url) == "https://cdn.example/\0a\ufffd.jpg"
+    assert storable_url(URL) == echoable_url(URL) == URL
+    storable_url(url).encode("ascii")
 
 
 def test_request_url_normalizes_a_good_url() -> None:

@@ -37,6 +37,9 @@ CONTENT_KEY_PREFIX = "sha256:"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # C0 controls and DEL, but tab, CR and LF: urlsplit drops those (as browsers do).
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# A lone UTF-16 surrogate: JSON's "\ud800" escape decodes to one, which is no character
+# and cannot be encoded as UTF-8 (for the store or for a request line).
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # Longest image URL accepted, as sent and normalized (the length of urls.url).
 MAX_URL_LENGTH = 2048
 
@@ -127,7 +130,7 @@ def request_url(url: str) -> str:
             ``reason="invalid_url"`` when it is not an absolute http(s) URL with a host,
             cannot be parsed at all (``http://[::1/``) or holds a control character
             (NUL: PostgreSQL's text cannot store it; tabs and line breaks are dropped,
-            as browsers drop them).
+            as browsers drop them) or a lone UTF-16 surrogate (no character at all).
     """
     if len(url) > MAX_URL_LENGTH:
         raise FetchError(
@@ -139,6 +142,14 @@ def request_url(url: str) -> str:
         raise FetchError(
             f"invalid URL: a control character (U+{ord(control.group()):04X}) at position "
             f"{control.start()}; percent-encode it (%{ord(control.group()):02X}) or remove it",
+            "invalid_url",
+        )
+    surrogate = _SURROGATE.search(url)
+    if surrogate is not None:
+        raise FetchError(
+            f"invalid URL: a lone UTF-16 surrogate (U+{ord(surrogate.group()):04X}) at "
+            f"position {surrogate.start()}, which is not a character; send the URL as "
+            "UTF-8 text, its non-ASCII bytes percent-encoded",
             "invalid_url",
         )
     try:
@@ -153,6 +164,24 @@ def request_url(url: str) -> str:
             f"the normalized URL is over {MAX_URL_LENGTH:,} characters", "url_too_long"
         )
     return normalized
+
+
+def storable_url(url: str) -> str:
+    """``url`` with what no store or JSON text can hold percent-encoded: NUL as ``%00``,
+    a lone surrogate as the bytes Python's ``surrogatepass`` gives it (``%ED%A0%80``).
+
+    For keeping a URL that :func:`request_url` refuses (a job item, its skipped result).
+    """
+    url = url.replace("\x00", "%00")
+    return _SURROGATE.sub(
+        lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8", "surrogatepass")), url
+    )
+
+
+def echoable_url(url: str) -> str:
+    """``url`` as an answer can repeat it: a lone surrogate becomes U+FFFD (the
+    replacement character), as no JSON encoder that writes UTF-8 can send one."""
+    return _SURROGATE.sub("\ufffd", url)
 
 
 def url_host(url: str) -> str:

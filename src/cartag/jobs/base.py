@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cartag.clock import Clock
+from cartag.imaging.keys import storable_url
 from cartag.pipeline.results import skipped
 from cartag.store import jobs as job_repo
 from cartag.store.db import Database
@@ -23,10 +24,11 @@ def storable_items(
 ) -> tuple[list[tuple[str, str | None]], dict[int, dict[str, Any]]]:
     """The items as the store can keep them, and the results of those answered already.
 
-    PostgreSQL's text cannot hold a NUL character, and a URL with one is an
-    ``invalid_url`` whenever it is classified: such an item is stored with ``%00`` in
-    its place, with its skipped result at once (the URL as sent: JSON escapes the NUL),
-    so that one bad URL never fails the job.
+    PostgreSQL's text cannot hold a NUL character, no UTF-8 text a lone surrogate, and
+    a URL with either is an ``invalid_url`` whenever it is classified: such an item is
+    stored percent-encoded (:func:`cartag.imaging.keys.storable_url`), with its skipped
+    result at once (the URL as sent, a surrogate as U+FFFD), so that one bad URL never
+    fails the job.
 
     Returns:
         ``(items to store, {index: result})``.
@@ -34,10 +36,10 @@ def storable_items(
     stored: list[tuple[str, str | None]] = []
     answered: dict[int, dict[str, Any]] = {}
     for idx, (url, color) in enumerate(items):
-        if "\x00" in url:
+        keep = storable_url(url)
+        if keep != url:
             answered[idx] = skipped(url, "invalid_url").to_dict()
-            url = url.replace("\x00", "%00")
-        stored.append((url, color))
+        stored.append((keep, color))
     return stored, answered
 
 

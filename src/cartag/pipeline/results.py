@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from cartag.imaging.keys import echoable_url
+
 Status = Literal["classified", "cached", "skipped"]
 Source = Literal["model", "cache", "fix", "override", "scrape", "advertiser_model"]
 
@@ -76,4 +78,6 @@ def overall_source(type_source: Source | None, color_source: Source | None) -> S
 
 
 def skipped(url: str, reason: str) -> ClassifyResult:
-    return ClassifyResult(url=url, image_key=None, status="skipped", reason=reason)
+    """A skipped image's result; ``url`` as sent, but a lone surrogate (no character,
+    ``imaging.keys.echoable_url``) that no answer could encode."""
+    return ClassifyResult(url=echoable_url(url), image_key=None, status="skipped", reason=reason)
