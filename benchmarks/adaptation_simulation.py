@@ -279,7 +279,7 @@ def simulate(
     row_of = {world.keys[i]: i for i in rows}
     with db.write() as session:
         advertiser_repo.record_advertiser_images(
-            session, advertiser, [world.keys[i] for i in rows], clock.now()
+            session, advertiser, dict.fromkeys(world.keys[i] for i in rows), clock.now()
         )
         if arm == "off":
             advertiser_repo.set_advertiser(

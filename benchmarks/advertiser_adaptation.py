@@ -243,7 +243,9 @@ def cost(images: int = 1000, fixes: int = 20, repeats: int = 5) -> list[tuple[st
         seed_store(db, world, clock)
         with db.write() as session:
             for advertiser in ("off", "none", "fixed"):
-                advertiser_repo.record_advertiser_images(session, advertiser, keys, clock.now())
+                advertiser_repo.record_advertiser_images(
+                    session, advertiser, dict.fromkeys(keys), clock.now()
+                )
             advertiser_repo.set_advertiser(session, "off", adapt_answers=False, now=clock.now())
             for i in range(fixes):
                 apply_fix(
@@ -374,7 +376,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             advertiser = f"{group}|none"
             with db.write() as session:
                 advertiser_repo.record_advertiser_images(
-                    session, advertiser, [world.keys[i] for i in world.groups[group]], clock.now()
+                    session,
+                    advertiser,
+                    dict.fromkeys(world.keys[i] for i in world.groups[group]),
+                    clock.now(),
                 )
             items = listing(db, advertiser, on["all"], world.model)
             untouched += sum(

@@ -62,7 +62,7 @@ def seed(db: Database, count: int, rng: random.Random) -> None:
         for start in range(0, count, 1000):
             image_repo.save_images(session, images[start : start + 1000], NOW)
         advertiser_repo.record_advertiser_images(
-            session, ADVERTISER, [image.image_key for image in images], NOW
+            session, ADVERTISER, {image.image_key: image.url for image in images}, NOW
         )
         stored = image_repo.get_images(session, [image.image_key for image in images[::10]])
         for n, row in enumerate(stored.values()):

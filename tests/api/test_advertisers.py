@@ -109,7 +109,7 @@ def test_listing_filters_are_validated_and_pages_clamp(
 ) -> None:
     keys = [add_image(db, confidence=0.1 * (i + 1)).image_key for i in range(5)]
     with db.write() as session:
-        advertiser_repo.record_advertiser_images(session, "dealer-42", keys, NOW)
+        advertiser_repo.record_advertiser_images(session, "dealer-42", dict.fromkeys(keys), NOW)
     url = "/v1/advertisers/dealer-42/images"
     for params, field in (
         ({"image_type": "dealer"}, "image_type"),
@@ -140,7 +140,9 @@ def test_an_image_behind_a_password_is_listed_without_a_thumbnail(
 ) -> None:
     image = add_image(db, url="https://alice:***@cdn.example/private.jpg")
     with db.write() as session:
-        advertiser_repo.record_advertiser_images(session, "dealer-42", [image.image_key], NOW)
+        advertiser_repo.record_advertiser_images(
+            session, "dealer-42", dict.fromkeys([image.image_key]), NOW
+        )
     [item] = client.get("/v1/advertisers/dealer-42/images", headers=fixer_headers).json()["items"]
     assert (item["thumbnail_url"], item["thumbnail_unavailable"]) == (None, "url_password")
     assert item["url"] == "https://alice:***@cdn.example/private.jpg"
@@ -194,7 +196,9 @@ def test_an_advertiser_id_with_a_slash_is_reachable(
     # their path answered 404 for it, so such an advertiser could be listed, never opened.
     key = add_image(db).image_key
     with db.write() as session:
-        advertiser_repo.record_advertiser_images(session, "group/dealer-7", [key], NOW)
+        advertiser_repo.record_advertiser_images(
+            session, "group/dealer-7", dict.fromkeys([key]), NOW
+        )
     listed = client.get("/v1/advertisers", headers=fixer_headers).json()
     assert "group/dealer-7" in [a["advertiser_id"] for a in listed]
     for path in (

@@ -40,9 +40,11 @@ def images(db: Database) -> dict[str, str]:
     }
     with db.write() as session:
         advertiser_repo.record_advertiser_images(
-            session, "dealer-42", [keys["mine"], keys["card"]], NOW
+            session, "dealer-42", dict.fromkeys([keys["mine"], keys["card"]]), NOW
         )
-        advertiser_repo.record_advertiser_images(session, "dealer-77", [keys["theirs"]], NOW)
+        advertiser_repo.record_advertiser_images(
+            session, "dealer-77", dict.fromkeys([keys["theirs"]]), NOW
+        )
     return keys
 
 

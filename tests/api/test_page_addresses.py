@@ -35,7 +35,7 @@ def pages(make_client: AppFactory, db: Database) -> TestClient:
     for number, advertiser in enumerate(IDS):
         key = add_image(db, phash=f"{number:016x}").image_key
         with db.write() as session:
-            advertiser_repo.record_advertiser_images(session, advertiser, [key], NOW)
+            advertiser_repo.record_advertiser_images(session, advertiser, {key: None}, NOW)
     return make_client(db, run_jobs=False)
 
 

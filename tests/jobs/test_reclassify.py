@@ -59,7 +59,7 @@ def _stored(db: Database, data: bytes, url: str) -> str:
         db, image_key=content_key(sha), url=url, content_sha256=sha, model_version="old-1"
     )
     with db.write() as session:
-        advertiser_repo.record_advertiser_images(session, "A", [image.image_key], NOW)
+        advertiser_repo.record_advertiser_images(session, "A", {image.image_key: url}, NOW)
     return image.image_key
 
 

@@ -43,9 +43,9 @@ def _seed(db: Database) -> dict[str, str]:
     keys = {name: image.image_key for name, image in images.items()}
     mine = [key for name, key in keys.items() if name != "elsewhere"]
     with db.write() as session:
-        advertiser_repo.record_advertiser_images(session, "dealer-42", mine, NOW)
+        advertiser_repo.record_advertiser_images(session, "dealer-42", dict.fromkeys(mine), NOW)
         advertiser_repo.record_advertiser_images(
-            session, "dealer-42", [keys["sure"]], NOW + dt.timedelta(hours=1)
+            session, "dealer-42", dict.fromkeys([keys["sure"]]), NOW + dt.timedelta(hours=1)
         )
     _fix(db, keys["overridden"], "dealer-42", "advertiser", "rita", image_type="Dealer")
     _fix(db, keys["global"], "dealer-7", "global", "staff", color="Grey")

@@ -29,9 +29,9 @@ def test_advertiser_settings(db: Database) -> None:
 def test_advertiser_images_come_from_classify_jobs_and_fixes(db: Database) -> None:
     seen, fixed, in_job, other = (add_image(db) for _ in range(4))
     with db.write() as session:
-        repo.record_advertiser_images(session, "42", [seen.image_key], NOW)
-        repo.record_advertiser_images(session, "42", [seen.image_key], NOW)  # upsert
-        repo.record_advertiser_images(session, "9", [other.image_key], NOW)
+        repo.record_advertiser_images(session, "42", dict.fromkeys([seen.image_key]), NOW)
+        repo.record_advertiser_images(session, "42", dict.fromkeys([seen.image_key]), NOW)  # upsert
+        repo.record_advertiser_images(session, "9", dict.fromkeys([other.image_key]), NOW)
         fix_service.apply_fix(
             session,
             image_key=fixed.image_key,
@@ -56,9 +56,9 @@ def test_advertiser_summaries_count_images_and_overrides(db: Database) -> None:
     a, b, c = (add_image(db) for _ in range(3))
     later = NOW + dt.timedelta(hours=2)
     with db.write() as session:
-        repo.record_advertiser_images(session, "42", [a.image_key, b.image_key], NOW)
-        repo.record_advertiser_images(session, "42", [a.image_key], later)
-        repo.record_advertiser_images(session, "7", [a.image_key], NOW)
+        repo.record_advertiser_images(session, "42", dict.fromkeys([a.image_key, b.image_key]), NOW)
+        repo.record_advertiser_images(session, "42", dict.fromkeys([a.image_key]), later)
+        repo.record_advertiser_images(session, "7", dict.fromkeys([a.image_key]), NOW)
         repo.set_advertiser(session, "settings-only", reclassify_on_promote=True, now=NOW)
         for image, scope in ((b, "advertiser"), (c, "advertiser"), (a, "global")):
             fix_service.apply_fix(
@@ -88,8 +88,8 @@ def test_advertiser_summaries_count_images_and_overrides(db: Database) -> None:
 def test_an_advertisers_images_and_who_uses_an_image(db: Database) -> None:
     seen, fixed, other = (add_image(db, confidence=0.5) for _ in range(3))
     with db.write() as session:
-        repo.record_advertiser_images(session, "42", [seen.image_key], NOW)
-        repo.record_advertiser_images(session, "9", [other.image_key], NOW)
+        repo.record_advertiser_images(session, "42", dict.fromkeys([seen.image_key]), NOW)
+        repo.record_advertiser_images(session, "9", dict.fromkeys([other.image_key]), NOW)
         fix_service.apply_fix(
             session,
             image_key=fixed.image_key,

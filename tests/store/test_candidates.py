@@ -68,7 +68,7 @@ def test_far_images_above_the_threshold_farthest_first(db: Database) -> None:
     _fix(db, stored_image(db, advertiser="d1", seen_at=SEEN, novelty=0.95))
     # Seen by two advertisers: the latest sighting names it.
     with db.write() as session:
-        record_advertiser_images(session, "d3", [far], SEEN + dt.timedelta(hours=1))
+        record_advertiser_images(session, "d3", dict.fromkeys([far]), SEEN + dt.timedelta(hours=1))
         entry = UrlEntry("https://mirror.example/far.jpg", far, None, None, None)
         save_urls(session, [entry], NOW)
 

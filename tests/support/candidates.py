@@ -44,7 +44,7 @@ def stored_image(
         values["phash"] = phash(decode_image(data, max_pixels=10**8).image)
     image = add_image(db, **values)
     with db.write() as session:
-        record_advertiser_images(session, advertiser, [image.image_key], seen_at)
+        record_advertiser_images(session, advertiser, dict.fromkeys([image.image_key]), seen_at)
         if novelty is not None:
             session.execute(
                 update(ImageRow)

@@ -93,8 +93,10 @@ def site(settings: Settings, sqlite_db: Database, classifier: Classifier) -> Ite
         keys = {name: row.image_key for name, row in rows.items()}
         with sqlite_db.write() as session:
             mine = [keys[n] for n in ("low", "mid", "sure", "secret")]
-            advertiser_repo.record_advertiser_images(session, "dealer-42", mine, NOW)
-            advertiser_repo.record_advertiser_images(session, "dealer-77", [keys["other"]], NOW)
+            advertiser_repo.record_advertiser_images(session, "dealer-42", dict.fromkeys(mine), NOW)
+            advertiser_repo.record_advertiser_images(
+                session, "dealer-77", dict.fromkeys([keys["other"]]), NOW
+            )
             dana_row, dana = apikeys.create_key(
                 session, name="dana", roles=["fixer"], now=NOW, advertisers=["dealer-42"]
             )

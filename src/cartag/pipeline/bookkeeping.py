@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable
 
 from cartag.clock import Clock
+from cartag.redaction import strip_password
 from cartag.store import advertisers as advertiser_repo
 from cartag.store.db import Database
 from cartag.store.health import storage_problem
@@ -56,18 +57,25 @@ class AdvertiserImages:
         self._seen: set[tuple[str, str]] = set()
         self._seen_day: dt.date | None = None
 
-    async def remember(self, advertiser_id: str, image_keys: Iterable[str]) -> None:
-        """Record the advertiser's images (for re-classification after a promotion).
+    async def remember(self, advertiser_id: str, named: Iterable[tuple[str, str]]) -> None:
+        """Record the advertiser's images (for re-classification after a promotion) and
+        the URL it names each by (its listings show its own, not another's).
 
         Written at most once per advertiser, image and day per process: the cached path
         stays free of writes once an inventory has been seen today.
+
+        Args:
+            advertiser_id: Whose request.
+            named: ``(image key, URL)`` pairs; the first URL of a key is kept.
         """
         today = self.clock.now().date()
         if today != self._seen_day or len(self._seen) > _SEEN_LIMIT:
             self._seen.clear()
             self._seen_day = today
-        keys = set(image_keys)
-        new = [key for key in keys if (advertiser_id, key) not in self._seen]
+        new: dict[str, str] = {}
+        for key, url in named:
+            if (advertiser_id, key) not in self._seen:
+                new.setdefault(key, strip_password(url))
         if not new:
             return
         try:
@@ -80,6 +88,6 @@ class AdvertiserImages:
             return
         self._seen.update((advertiser_id, key) for key in new)
 
-    def _record(self, advertiser_id: str, keys: list[str]) -> None:
+    def _record(self, advertiser_id: str, keys: dict[str, str]) -> None:
         with self.db.write() as session:
             advertiser_repo.record_advertiser_images(session, advertiser_id, keys, self.clock.now())

@@ -325,7 +325,8 @@ class ClassifyService:
             self._answer, advertiser_id, requests, urls, outcomes, stats
         )
         await self._advertisers.remember(
-            advertiser_id, (o.image.image_key for o in outcomes.values() if isinstance(o, Cached))
+            advertiser_id,
+            ((o.image.image_key, url) for url, o in outcomes.items() if isinstance(o, Cached)),
         )
         await self._answers.record(advertiser_id, results)
         return results

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -38,7 +38,9 @@ class AdvertiserImage:
     """One image of an advertiser: the model's stored answer and when it was last named.
 
     The answer fields only (no score vectors): a listing loads every image of an
-    advertiser. ``last_seen_at`` is None for an image known only through a fix.
+    advertiser. ``last_seen_at`` is None for an image known only through a fix. ``url``
+    is the image's (the one thumbnails fetch), ``own_url`` the one this advertiser named
+    it by (None: not known).
     """
 
     image_key: str
@@ -52,6 +54,13 @@ class AdvertiserImage:
     color_reason: str | None
     updated_at: dt.datetime
     last_seen_at: dt.datetime | None
+    own_url: str | None = None
+
+    @property
+    def shown_url(self) -> str:
+        """The URL to show for this advertiser: its own, else the image's (``url``, the
+        first it was fetched from, perhaps another advertiser's: rows before 0010)."""
+        return self.own_url or self.url
 
 
 @dataclass(frozen=True)
@@ -143,12 +152,20 @@ def opted_in(session: Session, advertiser_id: str) -> bool:
 
 
 def record_advertiser_images(
-    session: Session, advertiser_id: str, image_keys: Collection[str], now: dt.datetime
+    session: Session, advertiser_id: str, urls: Mapping[str, str | None], now: dt.datetime
 ) -> None:
-    """Remember that an advertiser's request named these images (bulk upsert)."""
+    """Remember that an advertiser's request named these images (bulk upsert).
+
+    Args:
+        session: A write session.
+        advertiser_id: Whose request it was.
+        urls: Image key -> the URL the request named it by (its password redacted;
+            None: not known, the image's own URL is shown).
+        now: When.
+    """
     rows = [
-        {"advertiser_id": advertiser_id, "image_key": key, "last_seen_at": now}
-        for key in sorted(set(image_keys))
+        {"advertiser_id": advertiser_id, "image_key": key, "last_seen_at": now, "url": urls[key]}
+        for key in sorted(urls)
     ]
     for chunk in chunked(rows, 1000):
         upsert(
@@ -156,8 +173,23 @@ def record_advertiser_images(
             AdvertiserImageRow,
             chunk,
             index_elements=["advertiser_id", "image_key"],
-            update=["last_seen_at"],
+            update=["last_seen_at", "url"],
         )
+
+
+def advertiser_url(session: Session, advertiser_ids: Collection[str], image_key: str) -> str | None:
+    """The URL one of ``advertiser_ids`` last named the image by (None: not known)."""
+    stmt = (
+        select(AdvertiserImageRow.url)
+        .where(
+            AdvertiserImageRow.image_key == image_key,
+            AdvertiserImageRow.advertiser_id.in_(sorted(advertiser_ids)),
+            AdvertiserImageRow.url.is_not(None),
+        )
+        .order_by(AdvertiserImageRow.last_seen_at.desc())
+        .limit(1)
+    )
+    return session.scalar(stmt)
 
 
 def advertiser_image_keys(session: Session, advertiser_id: str) -> set[str]:
@@ -199,7 +231,9 @@ def advertiser_images(session: Session, advertiser_id: str) -> list[AdvertiserIm
     """Every stored image of an advertiser with its model answer, in image-key order."""
     keys = _image_keys_of(advertiser_id).subquery()
     seen = (
-        select(AdvertiserImageRow.image_key, AdvertiserImageRow.last_seen_at)
+        select(
+            AdvertiserImageRow.image_key, AdvertiserImageRow.last_seen_at, AdvertiserImageRow.url
+        )
         .where(AdvertiserImageRow.advertiser_id == advertiser_id)
         .subquery()
     )
@@ -216,6 +250,7 @@ def advertiser_images(session: Session, advertiser_id: str) -> list[AdvertiserIm
             ImageRow.color_reason,
             ImageRow.updated_at,
             seen.c.last_seen_at,
+            seen.c.url,
         )
         .join(keys, keys.c.image_key == ImageRow.image_key)
         .outerjoin(seen, seen.c.image_key == ImageRow.image_key)

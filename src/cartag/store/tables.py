@@ -434,6 +434,9 @@ class AdvertiserImageRow(Base):
     advertiser_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     image_key: Mapped[str] = mapped_column(String(80), primary_key=True)
     last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    # The URL (password redacted) this advertiser last named the image by (since 0010):
+    # images.url may be another advertiser's. Null on older rows until named again.
+    url: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 # --- Operations: the monitoring rollup ---------------------------------------------------

@@ -237,7 +237,7 @@ def test_limit_round_robin_and_far_threshold_required(
     a2 = [_served(db, server, f"a2-{i}", 410 + i, advertiser="a2", seen_at=SEEN,
                   confidence=0.15 + i / 10) for i in range(3)]  # fmt: skip
     with db.write() as session:  # a2 saw a1's least sure image too: proposed once
-        record_advertiser_images(session, "a2", [a1[0]], SEEN)
+        record_advertiser_images(session, "a2", dict.fromkeys([a1[0]]), SEEN)
     builder = _builder(settings, db)
     with pytest.raises(InputError, match="far threshold") as info:
         builder.create(

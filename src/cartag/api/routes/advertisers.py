@@ -88,7 +88,8 @@ def image_out(item: inventory.Listed) -> AdvertiserImageOut:
     missing = unavailable_reason(source)
     return AdvertiserImageOut(
         image_key=image.image_key,
-        url=strip_password(image.url),
+        # Its own URL: the image's may be another advertiser's (images are shared).
+        url=strip_password(image.shown_url),
         thumbnail_url=None
         if missing
         else f"/v1/images/{quote(image.image_key, safe=':')}/thumbnail",

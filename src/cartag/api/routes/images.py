@@ -24,6 +24,7 @@ from cartag.errors import NotFoundError
 from cartag.pipeline import fixes as fix_service
 from cartag.pipeline import thumbnails
 from cartag.redaction import strip_password
+from cartag.store import advertisers as advertiser_repo
 from cartag.store import fixes as fix_repo
 from cartag.store import images as image_repo
 from cartag.store.apikeys import Principal
@@ -137,9 +138,16 @@ def image_history(image_key: str, state: StateDep, principal: PrincipalDep) -> H
             for e in entries
             if e.scope == fix_repo.GLOBAL or principal.may_act_for(e.advertiser_id)
         ]
+        # A scoped key sees the URL its advertisers named the image by: images are
+        # shared, and the first URL stored may be another advertiser's.
+        own = (
+            advertiser_repo.advertiser_url(session, principal.advertisers, image_key)
+            if principal.scoped
+            else None
+        )
         return HistoryOut(
             image_key=image_key,
-            url=strip_password(image.url),
+            url=strip_password(own or image.url),
             model={
                 "image_type": image.image_type,
                 "color": read_stored_color(image.color),
