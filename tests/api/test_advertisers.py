@@ -216,6 +216,16 @@ def test_an_advertiser_id_with_a_slash_is_reachable(
     assert changed.status_code == 200, changed.text
     assert changed.json()["advertiser_id"] == "group/dealer-7"
     assert changed.json()["adapt_answers"] is False
+    # The id "images" (classify takes it): it 307-redirected to a trailing slash, then 422.
+    key = add_image(db).image_key
+    with db.write() as session:
+        advertiser_repo.record_advertiser_images(session, "images", {key: None}, NOW)
+    page = client.get("/v1/advertisers/images/images", headers=fixer_headers)
+    assert page.status_code == 200, page.text
+    assert (page.json()["advertiser_id"], len(page.json()["items"])) == ("images", 1)
+    changed = client.put("/v1/advertisers/images", json={"adapt_answers": True}, headers=admin)
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["advertiser_id"] == "images"
     bad_put = client.put("/v1/advertisers/a%20b", json={"adapt_answers": False}, headers=admin)
     bad_get = client.get("/v1/advertisers/a%20b/images", headers=fixer_headers)
     for response in (bad_put, bad_get):

@@ -26,7 +26,7 @@ from tests.support.factories import NOW, add_image
 
 pytestmark = pytest.mark.slow
 
-IDS = ("login", "logout", "group/images", "dealer-42")
+IDS = ("login", "logout", "group/images", "images", "dealer-42")
 
 
 @pytest.fixture
@@ -59,7 +59,13 @@ def test_the_index_links_every_advertiser_to_its_own_page(pages: TestClient, db:
     index = pages.get("/fix")
     assert index.status_code == 200
     links = re.findall(r'<a class="open" href="([^"]+)">', index.text)
-    assert links == ["/fix/dealer-42", "/fix/~/group/images", "/fix/~/login", "/fix/~/logout"]
+    assert links == [
+        "/fix/dealer-42",
+        "/fix/~/group/images",
+        "/fix/images",
+        "/fix/~/login",
+        "/fix/~/logout",
+    ]
     for link, advertiser in zip(links, sorted(IDS), strict=True):
         _opens_the_page_of(pages, link, advertiser)
         _opens_the_page_of(pages, f"{link}?low_confidence=true", advertiser)

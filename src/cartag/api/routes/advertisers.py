@@ -47,9 +47,10 @@ class AdvertiserIdConvertor(Convertor[str]):
     An id may hold slashes (:data:`cartag.vocab.ADVERTISER_ID_PATTERN`), so it takes the rest of the
     path, but for a trailing ``/images``: that is the route of its images, and a PUT
     there stays a 405. (An id that itself ends in ``/images`` cannot be named in a path.)
+    The id ``images`` alone can: the look-behind would also see the slash before it.
     """
 
-    regex = ".+(?<!/images)"
+    regex = "(?:.+(?<!/images)|images)"
 
     def convert(self, value: str) -> str:
         return value
