@@ -127,7 +127,7 @@ def test_decisions_are_stored_applied_and_undone(seeded: Seeded, db: Database) -
 
     response = client.post(
         url,
-        json={"item_id": ids["stock"], "action": "relabel", "label": "stock"},
+        json={"item_id": ids["stock"], "action": "relabel", "label": "Stock"},
         headers=headers,
     )
     assert response.status_code == 200, response.text
@@ -196,6 +196,10 @@ def test_decisions_are_stored_applied_and_undone(seeded: Seeded, db: Database) -
         ({"item_id": 1, "action": "accept", "extra": 1}, "extra"),
         ({"item_id": "STOCK", "action": "relabel"}, "label"),
         ({"item_id": "STOCK", "action": "relabel", "label": "Truck"}, "label"),
+        # A relabel is a person's decision, as a fix is: nothing is guessed.
+        ({"item_id": "STOCK", "action": "relabel", "label": "stock"}, "label"),
+        ({"item_id": "STOCK", "action": "relabel", "field": "color", "label": "silver"}, "label"),
+        ({"item_id": "STOCK", "action": "relabel", "field": "color", "label": "Red "}, "label"),
         ({"item_id": "STOCK", "action": "accept", "label": "Stock"}, "label"),
     ],
 )

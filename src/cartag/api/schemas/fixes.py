@@ -23,7 +23,8 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=128), NoNul]
 
 
 def strict_label(value: object, vocabulary: tuple[str, ...], what: str) -> object:
-    """A fix's label exactly as the vocabulary spells it; anything else is a ValueError.
+    """A fix's (or a reviewer's relabel's) label exactly as the vocabulary spells it;
+    anything else is a ValueError.
 
     A fix is a person's decision, so nothing is guessed: ``red``, ``Silver`` or ``gray``
     are refused (a 422 naming the field) with the vocabulary and, where one is close,
@@ -40,9 +41,7 @@ def strict_label(value: object, vocabulary: tuple[str, ...], what: str) -> objec
             near = []
     if near:
         hint = f" (did you mean {near[0]!r}?)"
-    raise ValueError(
-        f"unknown {what} {value!r}{hint}; a fix takes exactly one of {', '.join(vocabulary)}"
-    )
+    raise ValueError(f"unknown {what} {value!r}{hint}; send exactly one of {', '.join(vocabulary)}")
 
 
 class FixIn(BaseModel):

@@ -5,9 +5,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 from cartag.api.schemas.common import MAX_ID, NoNul
+from cartag.api.schemas.fixes import strict_label
+from cartag.vocab import COLORS, IMAGE_TYPES
 
 
 class DecisionOut(BaseModel):
@@ -116,6 +126,15 @@ class DecisionIn(BaseModel):
     action: Literal["accept", "relabel", "exclude"]
     field: Literal["image_type", "color"] = "image_type"
     label: Annotated[str, StringConstraints(min_length=1, max_length=32), NoNul] | None = None
+
+    @field_validator("label", mode="before")
+    @classmethod
+    def _exact(cls, value: object, info: ValidationInfo) -> object:
+        # A relabel is a person's decision, as a fix is: "gray" or "red" is refused with
+        # the exact name to send, never guessed.
+        if info.data.get("field") == "color":
+            return strict_label(value, COLORS, "color")
+        return strict_label(value, IMAGE_TYPES, "image type")
 
 
 class DecisionResult(BaseModel):
