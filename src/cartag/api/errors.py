@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
+from cartag.api.browser import PAGE_HEADERS, prefers_html
 from cartag.errors import AuthError, CartagError, InputError, StorageError
 from cartag.store.health import as_storage_error
+from cartag.web import environment as web_environment
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +77,31 @@ def _problem(request: Request, err: dict[str, Any]) -> dict[str, str]:
     return {"field": _field_path(loc), "message": err.get("msg", "invalid")}
 
 
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+# Browser pages whose path and query FastAPI validates: a browser gets their 422 as a page.
+_PAGE_AREAS: Final[tuple[str, ...]] = ("fix", "review")
+_page_templates = web_environment()
+
+
+def _page_area(request: Request) -> str | None:
+    """``fix`` or ``review`` for a browser's request of one of those pages, else None."""
+    area = request.url.path.strip("/").split("/", 1)[0]
+    if area in _PAGE_AREAS and request.method in ("GET", "HEAD") and prefers_html(request):
+        return area
+    return None
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     problems = [_problem(request, err) for err in exc.errors()]
     first = problems[0] if problems else {"field": "body", "message": "invalid request"}
+    area = _page_area(request)
+    if area is not None:
+        # A bookmarked or mistyped address: a page that says what to change, never JSON;
+        # it shows nothing but the address's own problems, so it needs no login.
+        html = _page_templates.get_template("page_invalid.html").render(
+            area=area, problems=problems, back=request.url.path
+        )
+        return HTMLResponse(html, status_code=422, headers=PAGE_HEADERS)
     message = f"{first['field']}: {first['message']}"
     return JSONResponse(
         _body("invalid_input", message, first["field"], problems=problems), status_code=422

@@ -9,7 +9,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StrictInt,
     StringConstraints,
     ValidationInfo,
     field_validator,
@@ -108,7 +107,19 @@ class DecisionIn(BaseModel):
             "anyOf": [
                 {
                     "required": ["action", "label"],
-                    "properties": {"action": {"const": "relabel"}, "label": {"type": "string"}},
+                    "properties": {
+                        "action": {"const": "relabel"},
+                        "field": {"const": "image_type"},
+                        "label": {"enum": list(IMAGE_TYPES)},
+                    },
+                },
+                {
+                    "required": ["action", "field", "label"],
+                    "properties": {
+                        "action": {"const": "relabel"},
+                        "field": {"const": "color"},
+                        "label": {"enum": list(COLORS)},
+                    },
                 },
                 {
                     "required": ["action"],
@@ -121,11 +132,18 @@ class DecisionIn(BaseModel):
         },
     )
 
-    # Strict: true or "1" is not an item (JSON has integers).
-    item_id: StrictInt = Field(ge=1, le=MAX_ID)
+    # JSON's integers: 7 and 7.0 (JSON Schema's "integer" takes both); true or "7" is no item.
+    item_id: int = Field(ge=1, le=MAX_ID)
     action: Literal["accept", "relabel", "exclude"]
     field: Literal["image_type", "color"] = "image_type"
     label: Annotated[str, StringConstraints(min_length=1, max_length=32), NoNul] | None = None
+
+    @field_validator("item_id", mode="before")
+    @classmethod
+    def _json_integer(cls, value: object) -> object:
+        if isinstance(value, bool | str):
+            raise ValueError("an item id is a JSON integer, such as 7")
+        return value
 
     @field_validator("label", mode="before")
     @classmethod
