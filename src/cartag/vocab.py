@@ -123,6 +123,11 @@ ADVERTISER_ID_BODY: Final[str] = rf"{_ID_PART}(?:/{_ID_PART})*"
 ADVERTISER_ID_PATTERN: Final[str] = rf"^{ADVERTISER_ID_BODY}$"
 ADVERTISER_ID_MAX: Final[int] = 128
 _ADVERTISER_ID: Final = re.compile(ADVERTISER_ID_PATTERN)
+# The pattern in words, for error messages.
+ADVERTISER_ID_RULE: Final[str] = (
+    f"1-{ADVERTISER_ID_MAX} letters, digits or . _ : @ / -, with no empty, '.' or '..' part "
+    "between slashes"
+)
 
 
 def check_advertiser_id(value: str, field: str = "advertiser_id") -> str:
@@ -139,8 +144,6 @@ def check_advertiser_id(value: str, field: str = "advertiser_id") -> str:
     if len(value) > ADVERTISER_ID_MAX or not _ADVERTISER_ID.match(value):
         shown = value if len(value) <= 40 else value[:40] + "..."
         raise InputError(
-            f"{field} {shown!r} is not an advertiser id: 1-{ADVERTISER_ID_MAX} letters, digits "
-            "or . _ : @ / -, with no empty, '.' or '..' part between slashes",
-            field=field,
+            f"{field} {shown!r} is not an advertiser id: {ADVERTISER_ID_RULE}", field=field
         )
     return value

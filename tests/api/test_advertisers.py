@@ -228,6 +228,12 @@ def test_an_advertiser_id_with_a_slash_is_reachable(
     assert changed.json()["advertiser_id"] == "images"
     bad_put = client.put("/v1/advertisers/a%20b", json={"adapt_answers": False}, headers=admin)
     bad_get = client.get("/v1/advertisers/a%20b/images", headers=fixer_headers)
-    for response in (bad_put, bad_get):
+    bad_body = client.post(
+        "/v1/classify", json={"advertiser_id": "a b", "images": []}, headers=admin
+    )
+    for response in (bad_put, bad_get, bad_body):
         assert response.status_code == 422, response.text
         assert response.json()["error"]["field"] == "advertiser_id"
+        # The rule in words, not the pattern's regular expression.
+        assert "letters, digits or . _ : @ / -" in response.json()["error"]["message"]
+        assert "(?:" not in response.json()["error"]["message"]

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from cartag.api.browser import PAGE_HEADERS, prefers_html
 from cartag.errors import AuthError, CartagError, InputError, StorageError
 from cartag.store.health import as_storage_error
+from cartag.vocab import ADVERTISER_ID_BODY, ADVERTISER_ID_PATTERN, ADVERTISER_ID_RULE
 from cartag.web import environment as web_environment
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,12 @@ _SEND_JSON = "send a JSON object with Content-Type: application/json"
 _UNREADABLE_BODY = "There was an error parsing the body"
 
 
+# The patterns advertiser ids are checked with (required, or optional in a query).
+_ID_PATTERNS: Final[frozenset[str]] = frozenset(
+    {ADVERTISER_ID_PATTERN, f"^(?:{ADVERTISER_ID_BODY})?$"}
+)
+
+
 def _is_json(request: Request) -> bool:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     return media_type == "application/json" or media_type.endswith("+json")
@@ -74,6 +81,10 @@ def _problem(request: Request, err: dict[str, Any]) -> dict[str, str]:
     if loc == ("body",) and not _is_json(request):
         sent = request.headers.get("content-type") or "no Content-Type"
         return {"field": "body", "message": f"{_SEND_JSON} (this request has {sent})"}
+    pattern = (err.get("ctx") or {}).get("pattern")
+    if err.get("type") == "string_pattern_mismatch" and pattern in _ID_PATTERNS:
+        # The advertiser id's pattern is unreadable: say the rule in words.
+        return {"field": _field_path(loc), "message": f"not an advertiser id: {ADVERTISER_ID_RULE}"}
     return {"field": _field_path(loc), "message": err.get("msg", "invalid")}
 
 
