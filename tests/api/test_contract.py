@@ -91,4 +91,5 @@ def test_an_undeclared_method_is_405_with_the_methods_of_the_path(
             response = client.request(method, path, headers=headers)
             assert response.status_code == 405, (method, path, response.text)
             assert response.headers["allow"] == allow, (method, path)
-            assert response.json()["error"]["code"] == "http_error"
+            assert response.json()["error"]["code"] == "method_not_allowed"
+            assert f"use {allow}" in response.json()["error"]["message"]

@@ -68,7 +68,8 @@ def test_malformed_json(client: TestClient, classify_headers: dict[str, str]) ->
 
 
 def test_unknown_route_and_job(client: TestClient, classify_headers: dict[str, str]) -> None:
-    assert client.get("/nope").json()["error"]["code"] == "http_error"
+    nope = client.get("/nope").json()["error"]
+    assert nope["code"] == "not_found" and "/docs" in nope["message"]
     response = client.get("/v1/jobs/123", headers=classify_headers)
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
 

@@ -159,6 +159,16 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
             f"too long); {_SEND_JSON}"
         )
         return JSONResponse(_body("invalid_body", message, "body"), status_code=400)
+    if exc.status_code == 404:
+        # No route: the same code as a route's own 404, and a message saying what to do.
+        message = f"no such address: {request.method} {request.url.path}; /docs lists the API"
+        return JSONResponse(_body("not_found", message), status_code=404, headers=headers)
+    if exc.status_code == 405:
+        allowed = (headers or {}).get("Allow")
+        message = f"{request.method} is not allowed on {request.url.path}" + (
+            f"; use {allowed}" if allowed else ""
+        )
+        return JSONResponse(_body("method_not_allowed", message), status_code=405, headers=headers)
     return JSONResponse(
         _body("http_error", str(exc.detail)), status_code=exc.status_code, headers=headers
     )

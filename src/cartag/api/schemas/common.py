@@ -71,7 +71,7 @@ ERROR_SCHEMA_REF: Final[str] = "#/components/schemas/ErrorOut"
 
 
 _ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
-    400: "The body is not JSON in UTF-8 (http_error).",
+    400: "The body is not JSON in UTF-8 (invalid_body).",
     401: "No API key, or an unknown or revoked one (unauthorized).",
     403: "The API key lacks the role (forbidden).",
     404: "Not found.",
