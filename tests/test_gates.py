@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
-from cartag.gates import check_promotion, gate_status
+from cartag.errors import InputError
+from cartag.gates import check_metrics, check_promotion, gate_status
 from cartag.settings import Settings
 
 
@@ -99,3 +101,36 @@ def test_per_field_tolerance_and_env_parsing(
 def test_no_production_metrics_passes(settings: Settings) -> None:
     cand = _metrics({"s": {"color": {"Red": (0.1, 50)}}})
     assert gate_status(cand, None, settings) == (True, [])
+
+
+def test_figures_out_of_format_are_not_compared(settings: Settings) -> None:
+    # Stored before register checked them: "many" once crashed a promotion (int("many")).
+    bad = {"s": {"image_type": {"per_class": {"Dealer": {"support": "many", "recall": 0.5}}}}}
+    good = {"s": {"image_type": {"per_class": {"Dealer": {"support": 50, "recall": 0.9}}}}}
+    assert check_promotion(bad, good, settings) == []
+    assert check_promotion(good, bad, settings) == []
+    worse = {"s": {"image_type": {"per_class": {"Dealer": {"support": 50, "recall": "low"}}}}}
+    assert check_promotion(worse, good, settings) == []
+
+
+@pytest.mark.parametrize(
+    ("metrics", "where"),
+    [
+        ({"s": {"color": {"accuracy": True}}}, "s.color.accuracy"),
+        ({"s": {"color": {"macro_recall": float("nan")}}}, "s.color.macro_recall"),
+        ({"s": {"color": {"per_class": []}}}, "s.color.per_class"),
+        ({"s": {"color": {"per_class": {"Red": 0.5}}}}, "s.color.per_class.Red"),
+        ({"s": "x"}, "'s'"),
+    ],
+)
+def test_check_metrics_names_the_value_out_of_format(metrics: dict[str, Any], where: str) -> None:
+    with pytest.raises(InputError, match=re.escape(where)):
+        check_metrics(metrics, "m.json")
+
+
+def test_check_metrics_takes_the_registry_format() -> None:
+    check_metrics(
+        {"cars@1:test": {"image_type": {"accuracy": 0.9, "macro_recall": None, "labels": ["a"],
+         "per_class": {"Dealer": {"precision": 0.8, "recall": 0.9, "support": 12}}}}},
+        "m.json",
+    )  # fmt: skip

@@ -76,6 +76,42 @@ app.add_typer(monitor_app, name="monitor")
 app.add_typer(callbacks_app, name="callbacks")
 
 
+def _check_listen(host: str, port: int) -> None:
+    """Refuse, before the store and the model load, an address uvicorn could not bind.
+
+    Raises:
+        InputError: ``--host`` is no address of this machine, or ``--port`` is in use.
+    """
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InputError(
+            f"--host {host!r} is not an address ({exc}); use e.g. 127.0.0.1 or 0.0.0.0",
+            field="host",
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As uvicorn binds: a port left in TIME_WAIT by a stopped server is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise InputError(
+                    f"--host {host} is not an address of this machine; use e.g. 127.0.0.1 "
+                    "or 0.0.0.0",
+                    field="host",
+                ) from None
+            raise InputError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): stop what listens there, "
+                "or pick another --port",
+                field="port",
+            ) from None
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
@@ -99,6 +135,10 @@ def serve(
     from cartag.api.app import create_app
     from cartag.store.health import check_store
 
+    try:
+        _check_listen(host, port)
+    except CartagError as exc:
+        raise fail(exc) from exc
     settings = load_settings()
     if workers is not None and workers != settings.serve_processes:
         # The processes uvicorn starts read their settings from the environment.

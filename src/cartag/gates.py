@@ -21,9 +21,12 @@ measure a recall drop).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from cartag.errors import ConflictError
+from typing_extensions import TypeIs
+
+from cartag.errors import ConflictError, InputError
 from cartag.settings import Settings
 
 # Recalls are rounded to 4 decimals in the metrics; a drop of exactly the tolerance passes.
@@ -85,6 +88,56 @@ def check_promotion(
     return failures
 
 
+def is_figure(value: object) -> TypeIs[int | float]:
+    """Whether ``value`` is a metric's number: a finite int or float, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_metrics(metrics: dict[str, Any], where: str) -> None:
+    """Refuse metrics not in the registry's format (module docstring) before storing them.
+
+    Only the figures that the registry reads (``accuracy``, ``macro_recall``, each class's
+    ``recall`` and ``support``) must be numbers (or null); other keys are kept as given.
+
+    Args:
+        metrics: ``{set name: {task: report}}``.
+        where: Where they came from, for the message (a file name).
+
+    Raises:
+        InputError: Field ``metrics``, naming the first value out of format.
+    """
+    for set_name, tasks in metrics.items():
+        if not isinstance(tasks, dict):
+            raise InputError(
+                f"{where}: {set_name!r} must map each task to its report ({{set name: "
+                "{image_type|color: {accuracy, macro_recall, per_class}}}, as a sweep "
+                "records)",
+                "metrics",
+            )
+        for task, report in tasks.items():
+            here = f"{set_name}.{task}"
+            if not isinstance(report, dict):
+                raise InputError(f"{where}: {here} must be an object of figures", "metrics")
+            figures = [(f"{here}.{k}", report.get(k)) for k in ("accuracy", "macro_recall")]
+            per_class = report.get("per_class")
+            if per_class is not None and not isinstance(per_class, dict):
+                raise InputError(f"{where}: {here}.per_class must map labels to figures", "metrics")
+            for label, row in (per_class or {}).items():
+                if not isinstance(row, dict):
+                    raise InputError(
+                        f"{where}: {here}.per_class.{label} must be an object", "metrics"
+                    )
+                figures += [
+                    (f"{here}.per_class.{label}.{k}", row.get(k)) for k in ("recall", "support")
+                ]
+            for name, value in figures:
+                if value is not None and not is_figure(value):
+                    raise InputError(
+                        f"{where}: {name} is {value!r}; a number (or null) is expected",
+                        "metrics",
+                    )
+
+
 def _task_failures(
     set_name: str,
     task: str,
@@ -98,11 +151,15 @@ def _task_failures(
     failures = []
     for label in sorted(set(cand_classes) & set(prod_classes)):
         cand, prod = cand_classes[label], prod_classes[label]
-        support = min(int(cand.get("support") or 0), int(prod.get("support") or 0))
+        if not isinstance(cand, dict) or not isinstance(prod, dict):
+            continue
+        supports = (cand.get("support"), prod.get("support"))
+        # Figures out of format (stored before register checked them) are not compared.
+        support = min(int(s) if is_figure(s) else 0 for s in supports)
         if support < max(settings.gate_min_support, 1):
             continue
         before, after = prod.get("recall"), cand.get("recall")
-        if before is None or after is None:
+        if not is_figure(before) or not is_figure(after):
             continue
         if float(before) - float(after) > tolerance + _EPSILON:
             failures.append(

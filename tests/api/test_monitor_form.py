@@ -60,7 +60,7 @@ def _error(page: str) -> str:
     ("query", "field", "says"),
     [
         ({"since": "2026-02-30", "advertiser": "steady"}, "since", "not a day of the calendar"),
-        ({"since": "2099-01-01", "advertiser": ""}, "since", "in the future"),
+        ({"since": "2099-01-01", "advertiser": ""}, "since", "after the report's last day"),
         ({"since": "abc", "advertiser": ""}, "since", "7d"),
         ({"since": "\u0663d", "advertiser": ""}, "since", "YYYY-MM-DD"),
         ({"since": "20261120", "advertiser": ""}, "since", "neither a period nor a date"),

@@ -194,7 +194,7 @@ def test_serve_says_what_is_wrong_with_the_model_folder(
     folder.mkdir()
     (folder / "config.json").write_text("{not json")
     result = CliRunner().invoke(
-        app, ["serve", "--port", "1"], env={**env, "CARTAG_MODEL_DIR": str(folder)}
+        app, ["serve", "--port", "0"], env={**env, "CARTAG_MODEL_DIR": str(folder)}
     )
     _refused(result, "config.json is not valid JSON", "CARTAG_MODEL_DIR")
 

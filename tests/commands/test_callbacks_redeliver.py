@@ -88,7 +88,7 @@ def test_redeliver_explains_what_it_cannot_do(
         (["no-such-job"], "no job with id 'no-such-job'"),
         ([running], "its callback is sent when it finishes"),
         ([redacted], "give the full URL with --url"),
-        ([redacted, "--url", "ftp://x/hook"], "--url must be an http(s) URL"),
+        ([redacted, "--url", "ftp://x/hook"], "is not a usable http(s) URL"),
     ):
         result = runner.invoke(app, ["callbacks", "redeliver", *args], env=env)
         assert result.exit_code == 2, result.output

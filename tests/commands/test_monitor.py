@@ -79,7 +79,7 @@ def test_one_advertiser_and_limit(env: dict[str, str]) -> None:
         (["--since", "20261120", "--until", "2026-11-26"], "neither a period nor a date"),
         (["--since", "2026-W47-1", "--until", "2026-11-26"], "neither a period nor a date"),
         (["--until", "soon"], "is not a date"),
-        (["--since", "2030-01-01", "--until", "2026-11-26"], "future"),
+        (["--since", "2030-01-01", "--until", "2026-11-26"], "after the report's last day"),
     ],
 )
 def test_bad_options_exit_2_with_a_message(

@@ -22,7 +22,7 @@ def test_parse_since() -> None:
     for bad, words in [
         ("yesterday", "neither a period nor a date"),
         ("0d", "positive"),
-        ("2026-12-01", "future"),
+        ("2026-12-01", "after the report.s last day"),
         ("900d", "more than"),
         ("7x", "neither"),
         ("2026-02-30", "not a day of the calendar"),

@@ -17,6 +17,7 @@ from cartag.errors import CartagError, ConflictError, InputError
 if TYPE_CHECKING:
     import datetime as dt
 
+    from cartag.net.fetch import Fetcher
     from cartag.store.tables import JobRow
 
 app = typer.Typer(
@@ -129,6 +130,13 @@ def redeliver(
     from cartag.net.fetch import Fetcher
     from cartag.store import jobs as job_repo
 
+    if pending and url is not None:
+        raise fail(
+            InputError(
+                "--url goes with one JOB_ID; --pending sends each job to its own URL",
+                field="url",
+            )
+        )
     if (job_id is None) == (not pending):
         raise fail(
             InputError(
@@ -156,6 +164,8 @@ def redeliver(
 
             async def send() -> str | None:
                 async with Fetcher(settings) as fetcher:
+                    if url is not None:
+                        await _check_address(fetcher, url)
                     return await send_callback(
                         db, fetcher, job_id, clock=clock, policy=policy, again=True, url=url
                     )
@@ -185,6 +195,19 @@ def redeliver(
         raise typer.Exit(1)
 
 
+async def _check_address(fetcher: Fetcher, url: str) -> None:
+    """The API's address guard for a callback URL, before the job's record changes."""
+    from cartag.errors import FetchError
+    from cartag.redaction import redact_url
+
+    try:
+        await fetcher.check_address(url)
+    except FetchError as exc:
+        raise InputError(
+            f"--url is refused ({exc.reason}): {redact_url(exc.message)}", field="url"
+        ) from None
+
+
 def _check_redeliverable(job: JobRow, url: str | None, now: dt.datetime) -> None:
     from cartag.store import jobs as job_repo
 
@@ -199,8 +222,15 @@ def _check_redeliverable(job: JobRow, url: str | None, now: dt.datetime) -> None
             f"{until.isoformat()}); see `cartag callbacks failed`, and try again once it is done"
         )
     if url is not None:
-        if not url.lower().startswith(("http://", "https://")):
-            raise InputError(f"--url must be an http(s) URL, got {url!r}", field="url")
+        from cartag.errors import FetchError
+        from cartag.imaging.keys import request_url
+
+        try:
+            request_url(url)  # parses, refuses control characters: nothing is stored yet
+        except FetchError as exc:
+            raise InputError(
+                f"--url {url!r} is not a usable http(s) URL: {exc.message}", field="url"
+            ) from None
         return
     if not job.callback_url:
         raise InputError(

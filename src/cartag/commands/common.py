@@ -51,10 +51,28 @@ def open_database(settings: Settings) -> Database:
     Every way it can fail (a bad URL, a data dir that cannot be made, a server that
     does not answer, a file that is not a database) is one line and exit 2.
     """
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DatabaseError, OperationalError
 
     from cartag.store.db import Database, upgrade
 
+    try:
+        url = make_url(settings.resolved_database_url)
+    except Exception:  # noqa: BLE001 - a bad URL is reported by Database below
+        url = None
+    if (
+        url is not None
+        and url.get_backend_name() == "sqlite"
+        and url.database in (None, "", ":memory:")
+    ):
+        raise fail(
+            InputError(
+                "CARTAG_DATABASE_URL is an in-memory SQLite database: what a command stores "
+                "would be gone when it exits; leave it unset (a SQLite file in the data dir) "
+                "or name a file or a server",
+                field="CARTAG_DATABASE_URL",
+            )
+        )
     try:
         db = Database(settings.resolved_database_url)
     except CartagError as exc:

@@ -562,7 +562,7 @@ def shared_labels_command(
     from cartag.training.datasets.sources import read_sources, summary, write_labels_csv
 
     try:
-        check_output(out_path, "--out", load_settings())
+        check_output(out_path, "--out", load_settings(), [data])
         rows = read_sources(data, split_vcr=split_vcr)
     except CartagError as exc:
         raise fail(exc) from exc

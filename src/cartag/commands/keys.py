@@ -85,9 +85,16 @@ def keys_revoke(
     from cartag.store import apikeys
 
     db = open_database(load_settings())
+    now = dt.datetime.now(dt.UTC)
     try:
         with db.write() as session:
-            row = apikeys.revoke_key(session, prefix, dt.datetime.now(dt.UTC))
+            row = apikeys.revoke_key(session, prefix, now)
+            revoked_at = row.revoked_at
     except CartagError as exc:
         raise fail(exc) from exc
+    if revoked_at is not None and revoked_at != now:
+        err.print(
+            f"key {row.prefix} ({row.name}) was revoked already, at {revoked_at:%Y-%m-%d %H:%M} UTC"
+        )
+        return
     err.print(f"revoked key {row.prefix} ({row.name})")

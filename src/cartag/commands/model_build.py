@@ -26,8 +26,15 @@ def _refuse(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _check_common(data: Path, out: Path, variant: str, threads: int) -> None:
-    """What both commands check before minutes of training: the inputs.
+def _check_common(data: Path, out: Path, variant: str, threads: int, *, folder: bool) -> None:
+    """What both commands check before minutes of training: the inputs and the output.
+
+    Args:
+        data: ``--data``.
+        out: ``--out``: a model folder (``folder``) or a weights file.
+        variant: ``--variant``.
+        threads: ``--threads``.
+        folder: Whether ``--out`` is a folder to write (build-bundled) or a file.
 
     Raises:
         typer.Exit: Code 2, the problem said in one line.
@@ -42,8 +49,20 @@ def _check_common(data: Path, out: Path, variant: str, threads: int) -> None:
         raise _refuse(exc.message) from exc
     if threads < 0:
         raise _refuse("--threads must be 0 (torch's default) or more")
-    if out.suffix and out.is_dir():
-        raise _refuse(f"--out {out} is a folder: give a file path")
+    target, source = out.expanduser().resolve(), data.expanduser().resolve()
+    if target == source or (target.exists() and source in target.parents):
+        # Never over the labels or photos it trains on (a weights file over labels.csv).
+        raise _refuse(
+            f"--out {out} would overwrite the training data in {data}: choose a path elsewhere"
+        )
+    if folder:
+        if out.exists() and not out.is_dir():
+            raise _refuse(f"--out {out} is a file: give a folder for the model (new or existing)")
+        return
+    if out.is_dir():
+        raise _refuse(f"--out {out} is a folder: give a weights file path ending in .npz")
+    if out.suffix != ".npz":
+        raise _refuse(f"--out {out}: the weights are written as .npz; give a path ending in .npz")
 
 
 @contextmanager
@@ -158,7 +177,8 @@ def build_bundled(
     elif not (data / "labels.csv").is_file():
         chosen = list(all_sources.ALL)
     if backbone_weights is not None and not backbone_weights.is_file():
-        raise _refuse(f"--backbone-weights {backbone_weights} does not exist")
+        what = "is a folder" if backbone_weights.is_dir() else "does not exist"
+        raise _refuse(f"--backbone-weights {backbone_weights} {what}: give the .npz weights file")
     if int8 and chosen is None:
         raise _refuse("--int8 needs a build of several sources (--sources)")
     if calibration not in ("minmax", "entropy", "percentile"):
@@ -167,7 +187,7 @@ def build_bundled(
         raise _refuse("--placeholders must be 0 or more")
     if l2 is not None and not l2 > 0:
         raise _refuse("--l2 must be more than 0 (or left out: chosen by cross-validation)")
-    _check_common(data, out, variant, threads)
+    _check_common(data, out, variant, threads, folder=True)
     with _writing(out):
         try:
             config = train_bundled(
@@ -221,7 +241,7 @@ def finetune(
     epochs = Recipe.epochs if epochs is None else epochs
     color_weight = Recipe.color_weight if color_weight is None else color_weight
     restage_stock = Recipe.restage_stock if restage_stock is None else restage_stock
-    _check_common(data, out, variant, threads)
+    _check_common(data, out, variant, threads, folder=False)
     if not (data / "labels.csv").is_file():
         raise _refuse(f"{data} has no labels.csv; pass --data <vcr-train folder>")
     if epochs <= 0:
@@ -265,6 +285,12 @@ def add_reference(
     from cartag.errors import ModelError
     from cartag.training.bundled.reference import add_reference as build
 
+    if threads < 0:
+        raise _refuse("--threads must be 0 (torch's default) or more")
+    if not (folder / "config.json").is_file():
+        raise _refuse(
+            f"{folder} is not a model folder (no config.json); give the folder to register"
+        )
     try:
         block = build(folder, data, cache_dir, threads=threads)
     except (ModelError, ValueError, FileNotFoundError) as exc:

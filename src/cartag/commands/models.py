@@ -24,6 +24,7 @@ from rich.table import Table
 from cartag.commands import model_build
 from cartag.commands.common import err, fail, load_settings, open_database
 from cartag.errors import CartagError, InputError
+from cartag.gates import check_metrics, is_figure
 from cartag.settings import Settings
 from cartag.vocab import check_advertiser_id
 
@@ -86,11 +87,11 @@ def key_metrics(row: ModelVersionRow) -> str:
     lines = []
     for task, short in (("image_type", "type"), ("color", "color")):
         report = tasks.get(task) or {}
-        if isinstance(report, dict) and report.get("accuracy") is not None:
+        if isinstance(report, dict) and is_figure(report.get("accuracy")):
             recall = report.get("macro_recall")
             lines.append(
                 f"{short:<5} acc {report['accuracy']:.3f}"
-                + (f" rec {recall:.3f}" if recall is not None else "")
+                + (f" rec {recall:.3f}" if is_figure(recall) else "")
             )
     return "\n".join([source, *lines]) if lines else "-"
 
@@ -151,6 +152,7 @@ def register(
                 raise InputError(f"cannot read metrics {metrics}: {exc}", "metrics") from exc
             if not isinstance(recorded, dict):
                 raise InputError(f"{metrics} must hold a JSON object", "metrics")
+            check_metrics(recorded, str(metrics))
         db = _registry(settings)
         row = register_model(
             db,

@@ -47,6 +47,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# The earliest --until: a report also reads the weeks before its first day.
+_FIRST_DAY = dt.date(2000, 1, 1)
+
+
 def _parse_until(text: str | None) -> dt.datetime:
     if text is None:
         return dt.datetime.now(dt.UTC)
@@ -57,6 +61,12 @@ def _parse_until(text: str | None) -> dt.datetime:
             f"--until {text!r} is not a date; use e.g. 2026-11-30", field="until"
         ) from None
     today = dt.datetime.now(dt.UTC).date()
+    if day < _FIRST_DAY:
+        # The report reaches weeks before --until: 0001-01-08 overflowed the calendar.
+        raise InputError(
+            f"--until {day} is before {_FIRST_DAY}; nothing is recorded that early",
+            field="until",
+        )
     if day > today:
         # Nothing is recorded after today (and 9999-12-31 overflowed the period's end).
         raise InputError(

@@ -78,7 +78,8 @@ def parse_since(text: str, now: dt.datetime) -> dt.date:
             ) from None
         if since > today:
             raise InputError(
-                f"--since {text!r} is in the future; the first day can be today ({today}) at most",
+                f"--since {text!r} is after the report's last day ({today}); the first day "
+                "can be that day at most",
                 field="since",
             )
     else:

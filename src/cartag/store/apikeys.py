@@ -130,6 +130,34 @@ def parse_advertisers(advertisers: Sequence[str], roles: Sequence[str]) -> list[
     return cleaned
 
 
+# Longest key name: the audit's user column (String(128)).
+NAME_MAX = 128
+
+
+def parse_name(name: str) -> str:
+    """A key's name as stored: 1-128 printable characters on one line, trimmed.
+
+    It is the fix audit's ``user``, shown on the pages and in the CLI's tables.
+
+    Raises:
+        InputError: Blank, too long, or with a line break or control character.
+    """
+    clean = name.strip()
+    if not clean:
+        raise InputError("a key's name is empty: say who or what uses the key", field="name")
+    if len(clean) > NAME_MAX:
+        raise InputError(
+            f"a key's name has {len(clean)} characters; at most {NAME_MAX}", field="name"
+        )
+    if not clean.isprintable():
+        raise InputError(
+            f"a key's name {clean!r} holds a line break or control character: one line of "
+            "printable text",
+            field="name",
+        )
+    return clean
+
+
 def create_key(
     session: Session,
     *,
@@ -152,6 +180,7 @@ def create_key(
     """
     clean = parse_roles(roles)
     scope = parse_advertisers(advertisers, clean)
+    name = parse_name(name)
     prefix = secrets.token_hex(4)
     key = f"ctg_{prefix}_{secrets.token_urlsafe(24)}"
     row = ApiKeyRow(
@@ -219,6 +248,8 @@ def revoke_key(session: Session, prefix: str, now: dt.datetime) -> ApiKeyRow:
     row = session.scalars(select(ApiKeyRow).where(ApiKeyRow.prefix == prefix)).one_or_none()
     if row is None:
         raise NotFoundError(f"no API key with prefix {prefix!r}; see `cartag keys list`")
+    if row.revoked_at is not None:
+        return row  # revoked already: its time stays the first one
     row.revoked_at = now
     session.execute(
         update(BrowserSessionRow)

@@ -171,11 +171,14 @@ def write_labels_csv(rows: Sequence[SourceRow], out: Path) -> Path:
         ``out``.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="", encoding="utf-8") as fh:
+    # Whole or not at all: a failed write never leaves a half table where a good one was.
+    partial = out.with_name(out.name + ".partial")
+    with partial.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(CSV_COLUMNS)
         for r in rows:
             writer.writerow([r.path, r.image_type or "", r.color or "", r.source, r.group])
+    partial.replace(out)
     return out
 
 
