@@ -74,7 +74,15 @@ def run_worker(settings: Settings, *, loglevel: str = "info", hostname: str | No
         raise typer.Exit(2) from exc
     freeze_startup_objects()  # the model is loaded
     if settings.worker_metrics_port is not None:
-        port = context.serve_metrics(settings.worker_metrics_port)
+        try:
+            port = context.serve_metrics(settings.worker_metrics_port)
+        except OSError as exc:
+            err.print(
+                f"[red]error:[/red] cannot serve the worker's metrics on port "
+                f"{settings.worker_metrics_port} ({exc.strerror or exc}): set "
+                "CARTAG_WORKER_METRICS_PORT to a free port (0: any), or unset it"
+            )
+            raise typer.Exit(2) from exc
         err.print(f"worker metrics on http://0.0.0.0:{port}/metrics")
     celery = make_celery(settings)
     register_tasks(celery, lambda: context)

@@ -134,8 +134,14 @@ def load_view(db: Database, ref: str) -> DatasetView:
     if not labelled[view.train].any():
         raise InputError(f"{ref} has no labelled, included items in its train split", "dataset")
     if not view.test_sets:
+        # Splits are made by the build, per (type, color) stratum and listing group: a
+        # version this small put every group in train.
         raise InputError(
-            f"{ref} has no test split; split the dataset before freezing it", "dataset"
+            f"{ref} has no test split: its builds put every group in train (too few images "
+            "or listing groups per type and color). Build a new version with more images, "
+            "or name an advertiser's images as a test set (cartag dataset create --from "
+            f"{ref.split('@')[0]} --test-set advertiser=ID), and train on that one",
+            "dataset",
         )
     return view
 
