@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -515,8 +516,18 @@ def db_upgrade(
     from sqlalchemy.exc import DatabaseError, OperationalError
 
     from cartag.redaction import strip_password
-    from cartag.store.db import Database, current_revision, upgrade
+    from cartag.store.db import Database, current_revision, revisions, upgrade
 
+    known = revisions()
+    if revision not in ("head", "heads", *known) and not re.fullmatch(r"\+[0-9]{1,3}", revision):
+        # Checked before the database is opened: a fresh data dir is left as it was.
+        raise fail(
+            InputError(
+                f"{revision!r} is not a revision: give head, +N (N steps up) or one of "
+                f"{', '.join(known)}",
+                field="revision",
+            )
+        )
     settings = load_settings()
     try:
         db = Database(settings.resolved_database_url)

@@ -173,3 +173,41 @@ def test_serve_refuses_a_busy_port_and_a_bad_host_before_loading(env: dict[str, 
     _refused(result, "--host")
     # Nothing was made: the store is opened after the address is checked.
     assert not (Path(env["CARTAG_DATA_DIR"]) / "cartag.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--add-fixes-since", "2099-01-01"], ["--add-fixes-since", "in the future"]),
+        (["--far-threshold", "0.3"], ["--far-threshold", "--candidates"]),
+        (["--candidate-limit", "5"], ["--candidate-limit", "--candidates"]),
+        (["--candidates", "fix-rate-jump", "--far-threshold", "0.3"], ["far-from-training"]),
+        (["--candidates", "far-from-training", "--far-threshold", "inf"], ["finite"]),
+    ],
+)
+def test_dataset_create_refuses_options_that_would_do_nothing(
+    env: dict[str, str], extra: list[str], words: list[str]
+) -> None:
+    # Each was accepted and silently ignored (or, for a future date, added no fix).
+    args = ["dataset", "create", "cars", "--from", "cars@1", *extra]
+    _refused(CliRunner().invoke(app, args, env=env), *words)
+
+
+@pytest.mark.parametrize("revision", ["", "nosuch", "0011"])
+def test_db_upgrade_names_the_revisions_and_leaves_a_fresh_data_dir(
+    env: dict[str, str], revision: str
+) -> None:
+    # "" gave the reason "AssertionError"; any unknown one left an empty cartag.db behind.
+    result = CliRunner().invoke(app, ["db", "upgrade", revision], env=env)
+    _refused(result, "is not a revision", "head", "0001")
+    assert not (Path(env["CARTAG_DATA_DIR"]) / "cartag.db").exists()
+
+
+def test_a_labels_file_that_is_not_text_is_called_so(env: dict[str, str], tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"\xff\xd8\xff")
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    result = CliRunner().invoke(app, ["evaluate", str(folder), "--labels", str(labels)], env=env)
+    _refused(result, "is not UTF-8 text", "labels CSV")

@@ -6,7 +6,9 @@ and :mod:`cartag.store.datasets`.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -16,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from cartag.commands.common import check_output, err, fail, load_settings, open_database
-from cartag.errors import CartagError
+from cartag.errors import CartagError, InputError
 from cartag.settings import Settings
 
 if TYPE_CHECKING:
@@ -248,9 +250,17 @@ def create_command(
     settings = load_settings()
     try:
         cutoff = parse_cutoff(add_fixes_since) if add_fixes_since is not None else None
+        if isinstance(cutoff, dt.datetime) and cutoff > dt.datetime.now(dt.UTC):
+            raise InputError(
+                f"--add-fixes-since {add_fixes_since} is in the future: no fix is made after "
+                "it; give a past date or last-retrain",
+                field="add_fixes_since",
+            )
+        kinds = parse_kinds(candidates or [])
+        _check_candidate_options(kinds, candidate_limit, candidate_days, far_threshold)
         options = _build_options(name, user, test_set, crop, rank, placeholders, placeholder_seed)
         request = CandidateRequest(
-            kinds=parse_kinds(candidates or []),
+            kinds=kinds,
             limit=candidate_limit or settings.dataset_candidate_limit,
             rule=JumpRule.from_settings(settings, candidate_days),
             far_threshold=far_threshold,
@@ -264,6 +274,41 @@ def create_command(
         return builder.create(options, parent_ref=from_ref, fixes_since=cutoff, candidates=wanted)
 
     _run_build(settings, rank, build)
+
+
+def _check_candidate_options(
+    kinds: tuple[str, ...], limit: int | None, days: int | None, far: float | None
+) -> None:
+    """Refuse candidate options that would do nothing (silently ignored, they mislead).
+
+    Raises:
+        InputError: Naming the option and what it needs.
+    """
+    from cartag.training.datasets.candidates import FAR_FROM_TRAINING, FIX_RATE_JUMP
+
+    if not kinds:
+        for option, value in (
+            ("--candidate-limit", limit),
+            ("--candidate-days", days),
+            ("--far-threshold", far),
+        ):
+            if value is not None:
+                raise InputError(
+                    f"{option} is for candidates: add --candidates {FIX_RATE_JUMP} and/or "
+                    f"--candidates {FAR_FROM_TRAINING}",
+                    field=option.lstrip("-").replace("-", "_"),
+                )
+    if far is not None:
+        if FAR_FROM_TRAINING not in kinds:
+            raise InputError(
+                f"--far-threshold is for --candidates {FAR_FROM_TRAINING}, not asked for",
+                field="far_threshold",
+            )
+        if not math.isfinite(far):
+            raise InputError(
+                "--far-threshold must be a finite novelty (a cosine distance, 0 to 2)",
+                field="far_threshold",
+            )
 
 
 def _with_far_threshold(settings: Settings, db: Any, request: Any) -> Any:
@@ -388,9 +433,12 @@ def show_command(
 
 def _print_stats(stats: dict[str, Any], *, top: int) -> None:
     downloads = stats.get("downloads")
-    if downloads:
+    since = stats.get("fixes", {}).get("since")
+    if downloads and since is None:
+        out.print("no fixes added (no --add-fixes-since)")
+    elif downloads:
         out.print(
-            f"fixes since {stats.get('fixes', {}).get('since')}: {stats['fixes']['fixes']} fixes "
+            f"fixes since {since}: {stats['fixes']['fixes']} fixes "
             f"of {downloads['images']} images; download failed {downloads['failed']}, "
             f"image changed since the fix {downloads['changed_since_fix']}, "
             f"color not carried {downloads.get('color_not_carried', 0)}"
@@ -537,9 +585,10 @@ def export_command(
     finally:
         db.dispose()
     try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)  # check_output saw it can be made
         out_path.write_text(json.dumps(document, indent=1, sort_keys=True), encoding="utf-8")
     except OSError as exc:
-        err.print(f"[red]error:[/red] cannot write {out_path}: {exc}")
+        err.print(f"[red]error:[/red] cannot write --out {out_path}: {exc.strerror or exc}")
         raise typer.Exit(2) from exc
     out.print(f"wrote {out_path}: {len(document['items'])} items of {document['ref']}")
 

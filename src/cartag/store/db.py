@@ -142,6 +142,14 @@ def downgrade(db: Database, revision: str) -> None:
         command.downgrade(cfg, revision)
 
 
+def revisions() -> list[str]:
+    """The migrations shipped with this version of cartag, oldest first."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config())
+    return [rev.revision for rev in reversed(list(script.walk_revisions()))]
+
+
 def head_revision() -> str:
     """The newest migration shipped with this version of cartag."""
     from alembic.script import ScriptDirectory

@@ -209,7 +209,13 @@ def labels_from_csv(csv_path: Path, root: Path) -> GroundTruth:
             fieldnames = [name for name in reader.fieldnames or [] if name]
             # line_num, not a count, so the messages stay right past blank lines.
             rows = [(reader.line_num, row) for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{csv_path} is not UTF-8 text (byte {exc.start}: {exc.reason}); give the labels "
+            "CSV (path plus image_type and/or color columns)",
+            field="labels",
+        ) from exc
+    except (OSError, csv.Error) as exc:
         raise InputError(f"cannot read {csv_path}: {exc}", field="labels") from exc
     columns = {name.strip().lower(): name for name in fieldnames}
     if "path" not in columns:
