@@ -233,3 +233,18 @@ def test_a_bool_or_null_setting_names_the_field_once(client: TestClient, db: Dat
         error = response.json()["error"]
         assert [p["field"] for p in error["problems"]] == [field]
         assert "true" in error["message"] and "false" in error["message"]
+
+
+def test_a_query_parameter_the_route_does_not_take_is_refused(
+    client: TestClient, classify_headers: dict[str, str]
+) -> None:
+    # GET /v1/jobs?stauts=done answered every job: the misspelt filter was ignored.
+    response = client.get("/v1/jobs?stauts=done&limit=5", headers=classify_headers)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == "stauts" and "limit" in error["message"]
+    assert client.get("/v1/jobs?limit=5", headers=classify_headers).status_code == 200
+    body = {"advertiser_id": "a", "images": []}
+    response = client.post("/v1/classify?advertiser=a", json=body, headers=classify_headers)
+    assert response.status_code == 422 and response.json()["error"]["field"] == "advertiser"
+    assert "no query parameters" in response.json()["error"]["message"]

@@ -13,10 +13,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from cartag import __version__
+from cartag.api.deps import known_query
 from cartag.api.errors import index_route_methods, install_error_handlers
 from cartag.api.limits import BodyLimit, BodyLimitMiddleware
 from cartag.api.middleware import NulGuardMiddleware, RequestContextMiddleware
@@ -204,7 +205,9 @@ def create_app(
         fix_pages.pages,
     ]
     for router in routers:
-        app.include_router(router)
+        # The JSON API refuses query parameters it does not take; pages keep their links.
+        json_api = router.prefix.startswith("/v1")
+        app.include_router(router, dependencies=[Depends(known_query)] if json_api else None)
     index_route_methods(app, routers)
     app.state.blobs = blobs or blob_store(settings)
     # The pages' scripts and styles (web/static), shipped as package data.

@@ -6,10 +6,11 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from cartag.api.state import AppState
-from cartag.errors import AuthError, PermissionDeniedError
+from cartag.errors import AuthError, InputError, PermissionDeniedError
 from cartag.store import apikeys
 from cartag.store import sessions as session_repo
 from cartag.store.apikeys import Principal
@@ -126,3 +127,34 @@ def clear_session_cookie(response: Response) -> None:
     :func:`cartag.api.browser.log_out` revokes the session itself first.
     """
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+
+
+def known_query(request: Request) -> None:
+    """Refuse a query parameter the route does not take (a dependency of the /v1 routes).
+
+    ``GET /v1/jobs?stauts=done`` answered every job: a misspelt filter was ignored, and
+    the answer looked like the filter's.
+
+    Raises:
+        InputError: Naming the first unknown parameter and those the route takes.
+    """
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = _query_names(dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        takes = ", ".join(sorted(known)) if known else "no query parameters"
+        raise InputError(
+            f"unknown query parameter {unknown[0]!r}; {request.url.path} takes {takes}",
+            field=unknown[0],
+        )
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    """The query parameters a route takes, its dependencies' included."""
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
