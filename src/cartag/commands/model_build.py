@@ -287,6 +287,8 @@ def add_reference(
 
     if threads < 0:
         raise _refuse("--threads must be 0 (torch's default) or more")
+    if not folder.is_dir():
+        raise _refuse(f"{folder} does not exist or is not a folder; give the model folder")
     if not (folder / "config.json").is_file():
         raise _refuse(
             f"{folder} is not a model folder (no config.json); give the folder to register"
