@@ -248,3 +248,13 @@ def test_a_query_parameter_the_route_does_not_take_is_refused(
     response = client.post("/v1/classify?advertiser=a", json=body, headers=classify_headers)
     assert response.status_code == 422 and response.json()["error"]["field"] == "advertiser"
     assert "no query parameters" in response.json()["error"]["message"]
+
+
+def test_every_invalid_input_answer_lists_its_problems(
+    client: TestClient, classify_headers: dict[str, str]
+) -> None:
+    # A 422 the route raised (not FastAPI's validation) had no "problems", though the
+    # schema documents them for every invalid_input answer.
+    response = client.get("/v1/jobs?stauts=done", headers=classify_headers)
+    error = response.json()["error"]
+    assert error["problems"] == [{"field": "stauts", "message": error["message"]}]

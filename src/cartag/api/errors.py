@@ -41,10 +41,13 @@ def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
 
 def error_response(exc: CartagError, headers: dict[str, str] | None = None) -> JSONResponse:
     """The JSON answer for ``exc``: its status and ``{"error": {code, message, field}}``."""
-    field = exc.field if isinstance(exc, InputError) else None
-    return JSONResponse(
-        _body(exc.code, exc.message, field), status_code=exc.status_code, headers=headers
-    )
+    if isinstance(exc, InputError):
+        # Every invalid_input answer lists its problems, as the validation errors do.
+        problem = {"field": exc.field or "body", "message": exc.message}
+        body = _body(exc.code, exc.message, exc.field, problems=[problem])
+    else:
+        body = _body(exc.code, exc.message)
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
 async def _cartag_error(_: Request, exc: Exception) -> JSONResponse:
