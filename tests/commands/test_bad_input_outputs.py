@@ -211,3 +211,12 @@ def test_a_labels_file_that_is_not_text_is_called_so(env: dict[str, str], tmp_pa
     labels.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
     result = CliRunner().invoke(app, ["evaluate", str(folder), "--labels", str(labels)], env=env)
     _refused(result, "is not UTF-8 text", "labels CSV")
+
+
+def test_add_reference_leaves_a_registered_version_alone(env: dict[str, str]) -> None:
+    folder = Path(env["CARTAG_DATA_DIR"]) / "models" / "bundled-x"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    result = CliRunner().invoke(app, ["models", "add-reference", str(folder)], env=env)
+    _refused(result, "registered version's folder", "copy it")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json"]

@@ -165,3 +165,12 @@ def test_a_folder_with_a_dangling_link_registers_and_an_unreadable_file_is_refus
     (folder / "notes.txt").symlink_to("/proc/self/mem")
     with pytest.raises(ModelError, match=r"cannot read .*notes\.txt .*Input/output error"):
         register(scene, "unreadable", folder=folder)
+
+
+def test_a_head_that_is_not_an_npz_file_is_called_so(scene: Scene) -> None:
+    # numpy reads a file that is no zip as a pickle: it was called "holds Python objects".
+    folder = model_dir(scene, "text")
+    (folder / "type_head.npz").write_text("weights, as text\n")
+    with pytest.raises(ModelError) as refused:
+        register(scene, "text", folder=folder)
+    assert "is not a NumPy .npz file" in refused.value.message

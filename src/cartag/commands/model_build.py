@@ -289,6 +289,16 @@ def add_reference(
         raise _refuse("--threads must be 0 (torch's default) or more")
     if not folder.is_dir():
         raise _refuse(f"{folder} does not exist or is not a folder; give the model folder")
+    from cartag.commands.common import load_settings
+    from cartag.deploy.loadcheck import models_root
+
+    registered = models_root(load_settings()).expanduser().resolve()
+    if registered in folder.expanduser().resolve().parents:
+        # Its files are what the registry checked and recorded (files_sha256).
+        raise _refuse(
+            f"{folder} is a registered version's folder, which must not change: copy it, "
+            "add the reference to the copy, and register that under a new version"
+        )
     if not (folder / "config.json").is_file():
         raise _refuse(
             f"{folder} is not a model folder (no config.json); give the folder to register"

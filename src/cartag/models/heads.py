@@ -204,6 +204,12 @@ class LinearHead:
             labels, arrays, meta = _read_head_files(path, cls.FORMAT)
             return cls._from_arrays(labels, arrays, meta)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            if "allow_pickle" in str(exc) and not _is_numpy_file(npz_path):
+                # numpy takes any file that is no zip or .npy for a pickle.
+                raise ModelError(
+                    f"head {npz_path} is not a NumPy .npz file (a zip archive of arrays); "
+                    "rebuild the head from its training run"
+                ) from exc
             if "allow_pickle" in str(exc):
                 # numpy's own text advises allow_pickle=True: loading pickles from a
                 # model folder would run whatever code they hold, so say what to do instead.
@@ -374,3 +380,13 @@ def load_head(path: Path) -> LinearHead:
             f"head {json_path} has format {fmt!r}; expected one of {', '.join(_HEAD_TYPES)}"
         )
     return _HEAD_TYPES[fmt].load(path)
+
+
+def _is_numpy_file(path: Path) -> bool:
+    """Whether ``path`` starts as an .npz (zip) or .npy file does."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(6)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head == b"\x93NUMPY"
