@@ -121,6 +121,8 @@ _ID_PART: Final[str] = (
 )
 ADVERTISER_ID_BODY: Final[str] = rf"{_ID_PART}(?:/{_ID_PART})*"
 ADVERTISER_ID_PATTERN: Final[str] = rf"^{ADVERTISER_ID_BODY}$"
+# An advertiser id, or empty (none): query filters.
+ADVERTISER_ID_OR_EMPTY_PATTERN: Final[str] = rf"^(?:{ADVERTISER_ID_BODY})?$"
 ADVERTISER_ID_MAX: Final[int] = 128
 _ADVERTISER_ID: Final = re.compile(ADVERTISER_ID_PATTERN)
 # The pattern in words, for error messages.

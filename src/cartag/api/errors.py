@@ -18,7 +18,7 @@ from starlette.routing import Route
 from cartag.api.browser import PAGE_HEADERS, prefers_html
 from cartag.errors import AuthError, CartagError, InputError, StorageError
 from cartag.store.health import as_storage_error
-from cartag.vocab import ADVERTISER_ID_BODY, ADVERTISER_ID_PATTERN, ADVERTISER_ID_RULE
+from cartag.vocab import ADVERTISER_ID_OR_EMPTY_PATTERN, ADVERTISER_ID_PATTERN, ADVERTISER_ID_RULE
 from cartag.web import environment as web_environment
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ _UNREADABLE_BODY = "There was an error parsing the body"
 
 # The patterns advertiser ids are checked with (required, or optional in a query).
 _ID_PATTERNS: Final[frozenset[str]] = frozenset(
-    {ADVERTISER_ID_PATTERN, f"^(?:{ADVERTISER_ID_BODY})?$"}
+    {ADVERTISER_ID_PATTERN, ADVERTISER_ID_OR_EMPTY_PATTERN}
 )
 
 

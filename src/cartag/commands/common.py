@@ -122,6 +122,17 @@ def unusable_database(settings: Settings, exc: BaseException) -> typer.Exit:
     return typer.Exit(2)
 
 
+def overwritten_input(path: Path, inputs: Sequence[Path]) -> Path | None:
+    """The input ``path`` would overwrite: one of ``inputs`` itself, or the folder of one
+    holding an existing file at ``path`` (resolved); None when it overwrites none."""
+    target = path.expanduser().resolve()
+    sources = [source.expanduser().resolve() for source in inputs]
+    for source in sorted(sources, key=lambda s: s != target):  # the file itself first
+        if target == source or (target.exists() and source.is_dir() and source in target.parents):
+            return source
+    return None
+
+
 def check_output(path: Path, option: str, settings: Settings, inputs: Sequence[Path] = ()) -> None:
     """Refuse, before any work, an output path that cannot be written or must not be.
 
@@ -144,13 +155,12 @@ def check_output(path: Path, option: str, settings: Settings, inputs: Sequence[P
         live = Path(database).expanduser().resolve()
         if target in {live, live.with_name(live.name + "-wal"), live.with_name(live.name + "-shm")}:
             raise InputError(f"{option} {path} is cartag's database: choose another file", option)
-    sources = [source.expanduser().resolve() for source in inputs]
-    for source in sorted(sources, key=lambda s: s != target):  # the file itself first
-        if target == source or (target.exists() and source.is_dir() and source in target.parents):
-            raise InputError(
-                f"{option} {path} would overwrite an input ({source}): choose a file elsewhere",
-                option,
-            )
+    source = overwritten_input(path, inputs)
+    if source is not None:
+        raise InputError(
+            f"{option} {path} would overwrite an input ({source}): choose a file elsewhere",
+            option,
+        )
     if target.is_dir():
         raise InputError(f"{option} {path} is a folder: give a file path", option)
     for parent in target.parents:

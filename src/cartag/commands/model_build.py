@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from cartag.commands.common import err
+from cartag.commands.common import err, overwritten_input
 from cartag.errors import CartagError
 
 
@@ -49,8 +49,7 @@ def _check_common(data: Path, out: Path, variant: str, threads: int, *, folder: 
         raise _refuse(exc.message) from exc
     if threads < 0:
         raise _refuse("--threads must be 0 (torch's default) or more")
-    target, source = out.expanduser().resolve(), data.expanduser().resolve()
-    if target == source or (target.exists() and source in target.parents):
+    if overwritten_input(out, [data]) is not None:
         # Never over the labels or photos it trains on (a weights file over labels.csv).
         raise _refuse(
             f"--out {out} would overwrite the training data in {data}: choose a path elsewhere"

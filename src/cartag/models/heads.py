@@ -204,13 +204,13 @@ class LinearHead:
             labels, arrays, meta = _read_head_files(path, cls.FORMAT)
             return cls._from_arrays(labels, arrays, meta)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
-            if "allow_pickle" in str(exc) and not _is_numpy_file(npz_path):
-                # numpy takes any file that is no zip or .npy for a pickle.
-                raise ModelError(
-                    f"head {npz_path} is not a NumPy .npz file (a zip archive of arrays); "
-                    "rebuild the head from its training run"
-                ) from exc
             if "allow_pickle" in str(exc):
+                if not _is_numpy_file(npz_path):
+                    # numpy takes any file that is no zip or .npy for a pickle.
+                    raise ModelError(
+                        f"head {npz_path} is not a NumPy .npz file (a zip archive of arrays); "
+                        "rebuild the head from its training run"
+                    ) from exc
                 # numpy's own text advises allow_pickle=True: loading pickles from a
                 # model folder would run whatever code they hold, so say what to do instead.
                 raise ModelError(

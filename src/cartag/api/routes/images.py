@@ -30,7 +30,7 @@ from cartag.store import images as image_repo
 from cartag.store.apikeys import Principal
 from cartag.store.blobs import BlobStore, derived_path
 from cartag.store.tables import FixAuditRow
-from cartag.vocab import ADVERTISER_ID_BODY, ADVERTISER_ID_MAX, read_stored_color
+from cartag.vocab import ADVERTISER_ID_MAX, ADVERTISER_ID_OR_EMPTY_PATTERN, read_stored_color
 
 router = APIRouter(
     prefix="/v1/images", tags=["fixes"], responses=error_responses(401, 403, 404, 422)
@@ -103,7 +103,7 @@ def get_image(
     advertiser_id: str = Query(
         default="",
         max_length=ADVERTISER_ID_MAX,
-        pattern=f"^(?:{ADVERTISER_ID_BODY})?$",  # an advertiser id, or empty: none
+        pattern=ADVERTISER_ID_OR_EMPTY_PATTERN,  # an advertiser id, or empty: none
         description="Whose overrides to apply (a key scoped to one advertiser: its own).",
     ),
 ) -> ResultOut:

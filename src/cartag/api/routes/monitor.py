@@ -32,7 +32,7 @@ from cartag.errors import InputError, PermissionDeniedError
 from cartag.store import apikeys
 from cartag.telemetry.prometheus import PrometheusTelemetry
 from cartag.telemetry.snapshot import read as read_snapshot
-from cartag.vocab import ADVERTISER_ID_BODY, ADVERTISER_ID_MAX, check_advertiser_id
+from cartag.vocab import ADVERTISER_ID_MAX, ADVERTISER_ID_OR_EMPTY_PATTERN, check_advertiser_id
 from cartag.web.monitor_page import render_invalid_filter, render_login, render_monitor
 
 router = APIRouter(tags=["operations"])
@@ -142,7 +142,7 @@ def monitor_page(
         Query(
             json_schema_extra={
                 "maxLength": ADVERTISER_ID_MAX,
-                "pattern": f"^(?:{ADVERTISER_ID_BODY})?$",
+                "pattern": ADVERTISER_ID_OR_EMPTY_PATTERN,
             },
             description="An advertiser id; empty or left out: every advertiser.",
         ),

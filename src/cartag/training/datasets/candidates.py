@@ -382,7 +382,7 @@ def checked_candidates(
             if image.color is not None:
                 copies[image.image_key] = sha
         kept.append((pick, outcome))
-    no_color = recolored(copies) if copies else set()
+    no_color = recolored(copies)
     out: list[Candidate] = []
     for pick, outcome in kept:
         image = pick.image

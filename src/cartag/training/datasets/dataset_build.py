@@ -324,8 +324,7 @@ class DatasetBuilder:
                 if fix.color is not None:
                     copies[fix.image_key] = sha
             kept.append((fix, outcome))
-        with self.db.read() as session:
-            recolored = recolored_copies(session, copies)
+        recolored = self._recolored(copies)
         candidates = []
         for fix, outcome in kept:
             color = None if fix.image_key in recolored else fix.color
@@ -361,6 +360,8 @@ class DatasetBuilder:
         return checked_candidates(selection, fetched, self._same_picture, self._recolored)
 
     def _recolored(self, copies: dict[str, str]) -> set[str]:
+        if not copies:
+            return set()  # no pHash copy with a color: no read
         with self.db.read() as session:
             return recolored_copies(session, copies)
 
