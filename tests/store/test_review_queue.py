@@ -10,7 +10,7 @@ from cartag.store.blobs import MemoryBlobStore
 from cartag.store.db import Database
 from cartag.store.review_conflicts import Claim, conflict_claims, conflict_fields
 from cartag.store.review_queue import ItemFilter
-from tests.web.seed import at, seed_queues
+from tests.web.seed import add_item, at, seed_queues
 
 TYPE_QUEUE = ["stock", "typeclash", "placeholder", "calm", "unranked"]
 COLOR_QUEUE = ["grey", "flagged", "white", "unranked"]
@@ -136,6 +136,22 @@ def test_drafts_list_the_progress_of_each_queue(
         "image_type": (0, 5),
         "color": (1, 4),
     }
+
+
+def test_a_placeholder_is_not_in_the_color_queue(
+    db: Database, seeded: tuple[str, dict[str, int]]
+) -> None:
+    ref, ids = seeded
+    # A generated placeholder card: unscored, labelled Placeholder, no color.
+    ids["card"] = add_item(db, ref, image_type="Placeholder", color=None)
+    assert _names(db, seeded, ItemFilter(queue="image_type")) == [*TYPE_QUEUE, "card"]
+    assert _names(db, seeded, ItemFilter(queue="color")) == COLOR_QUEUE
+    with db.read() as session:
+        [draft] = review_queue.draft_versions(session)
+    assert draft.progress["color"].total == len(COLOR_QUEUE)  # it can be finished
+    # Relabelled a Dealer, it has a color to review.
+    _decide(db, ref, ids["card"], 1, action="relabel", field="image_type", label="Dealer")
+    assert _names(db, seeded, ItemFilter(queue="color")) == [*COLOR_QUEUE, "card"]
 
 
 def test_who_said_what_in_a_conflict() -> None:

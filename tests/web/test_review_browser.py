@@ -178,10 +178,11 @@ def test_review_by_keyboard_mouse_and_touch(chromium: str, site: Site) -> None:
             page.click("#show-undecided")
             assert _card_ids(page) == [ids["placeholder"]]
 
-            # The color queue: color suspicions and color conflicts only, and who said what.
+            # The color queue: color suspicions and color conflicts only, and who said what;
+            # not "unranked", now a Placeholder, which has no color.
             page.goto(f"{url}/review/{ref}?mode=color")
-            assert _card_ids(page) == [ids[n] for n in ("grey", "flagged", "white", "unranked")]
-            expect(page.locator("#progress")).to_have_text("0 / 4 reviewed")
+            assert _card_ids(page) == [ids[n] for n in ("grey", "flagged", "white")]
+            expect(page.locator("#progress")).to_have_text("0 / 3 reviewed")
             flagged = page.locator(f"#item-{ids['flagged']}")
             expect(flagged.locator(".conflict")).to_have_text(
                 "dealer-42 said Black · dealer-77 said Grey"
@@ -194,14 +195,27 @@ def test_review_by_keyboard_mouse_and_touch(chromium: str, site: Site) -> None:
             page.keyboard.press("c")
             page.keyboard.press("e")
             expect(flagged).to_be_hidden()
-            expect(page.locator("#progress")).to_have_text("1 / 4 reviewed")
-            # A Placeholder has no color: the refusal is shown, the card stays.
-            page.keyboard.press("j")
-            expect(unranked).to_be_focused()
+            expect(page.locator("#progress")).to_have_text("1 / 3 reviewed")
+            # Another reviewer makes "white" a Placeholder meanwhile: this page's color for
+            # it is refused, the refusal is shown and the card stays.
+            white = page.locator(f"#item-{ids['white']}")
+            white.click()
+            expect(white).to_be_focused()
+            with site.db.write() as session:
+                review_repo.record_decision(
+                    session,
+                    ref,
+                    ids["white"],
+                    action="relabel",
+                    field="image_type",
+                    label="Placeholder",
+                    user="otto",
+                    now=START + 7 * dt.timedelta(minutes=1),
+                )
             page.get_by_role("button", name="Red", exact=True).click()
             expect(status).to_contain_text("Placeholder, which has no color")
             expect(status).to_have_class("error")
-            expect(unranked).to_be_visible()
+            expect(white).to_be_visible()
             assert errors == []
         finally:
             browser.close()
@@ -229,6 +243,15 @@ def test_review_by_keyboard_mouse_and_touch(chromium: str, site: Site) -> None:
             START + 5 * minute,
         ),
         (ids["flagged"], "relabel", "color", "Black", "Grey", "rita", START + 6 * minute),
+        (
+            ids["white"],
+            "relabel",
+            "image_type",
+            "Dealer",
+            "Placeholder",
+            "otto",
+            START + 7 * minute,
+        ),
     ]
     assert (stored[2].undone_by, stored[2].undone_at) == ("rita", START + 3 * minute)
     state = {

@@ -9,7 +9,8 @@ id). A **queue** is one label's work list:
   label they disagree on (``provenance["conflict"]``: dealer-42 said Black, dealer-77
   said Grey is a color conflict), and stays there once decided; to both queues when both
   labels disagree or a flagged item's conflict is not recorded;
-* items the ranking could not score end both queues.
+* items the ranking could not score end both queues;
+* an item labelled Placeholder is never in the color queue: a Placeholder has no color.
 
 An item is **decided** in a queue once it has a decision that is not undone about that
 queue's label, or an exclusion (which settles both). Progress is decided ÷ all items of
@@ -149,10 +150,14 @@ def _in_queue(session: Session, ref: str, queue: str) -> ColumnElement[bool]:
         if status == "flagged" or isinstance(dict(provenance or {}).get("conflict"), list)
     }
     scored = or_(item.model_label.is_(None), item.model_label.in_(_VOCAB[queue]))
-    if not conflicts:
-        return scored
-    mine = [item_id for item_id, fields in conflicts.items() if queue in fields]
-    return or_(and_(item.id.not_in(list(conflicts)), scored), item.id.in_(mine))
+    if conflicts:
+        mine = [item_id for item_id, fields in conflicts.items() if queue in fields]
+        scored = or_(and_(item.id.not_in(list(conflicts)), scored), item.id.in_(mine))
+    if queue == "color":
+        # A Placeholder has no color (LABELS.md): there is nothing to accept or relabel in
+        # this queue, so it would stay undecided for ever. It joins once its type changes.
+        scored = and_(scored, or_(item.image_type.is_(None), item.image_type != "Placeholder"))
+    return scored
 
 
 def _conditions(session: Session, ref: str, filters: ItemFilter) -> list[ColumnElement[bool]]:
