@@ -8,8 +8,12 @@ import pytest
 
 from cartag.deploy.monitor import Thresholds, build_report, parse_since
 from cartag.errors import InputError
+from cartag.pipeline.rollups import rollup
 from cartag.store.db import Database
-from tests.support.monitoring import SWITCH, TODAY, seed_monitoring
+from cartag.store.monitoring import record_counts
+from cartag.store.tables import FixAuditRow
+from tests.support.factories import add_image
+from tests.support.monitoring import SWITCH, TODAY, answers, seed_monitoring
 
 NOW = dt.datetime.combine(TODAY, dt.time(15, 30), dt.UTC)
 
@@ -101,6 +105,42 @@ def test_report_per_version_and_advertiser_filter(db: Database) -> None:
     assert (after.rate.classified, after.rate.fixes) == (300, 3)
     assert [a.advertiser_id for a in report.advertisers] == ["steady"]
     assert report.total.classified == 300 * len(report.days)
+
+
+def test_an_image_fixed_again_the_same_day_counts_once(db: Database) -> None:
+    keys = [add_image(db, model_version="m2").image_key for _ in range(3)]
+    noon = dt.datetime.combine(TODAY, dt.time(12), dt.UTC)
+    yesterday = noon - dt.timedelta(days=1)
+
+    def fix(key: str, at: dt.datetime) -> FixAuditRow:
+        return FixAuditRow(
+            image_key=key,
+            advertiser_id="dealer-3",
+            scope="advertiser",
+            user="ann",
+            changes={"color": {"from": "Red", "to": "Green"}},
+            comment=None,
+            created_at=at,
+        )
+
+    with db.write() as session:
+        record_counts(session, TODAY, "dealer-3", rollup(answers(3, "m2")))
+        record_counts(session, TODAY - dt.timedelta(days=1), "dealer-3", rollup(answers(3, "m2")))
+        # Three fixes of each image today (type, color, the color corrected), and one
+        # image fixed yesterday too: a fix of that day.
+        session.add_all(
+            [fix(key, noon + dt.timedelta(minutes=i)) for key in keys for i in range(3)]
+            + [fix(keys[0], yesterday)]
+        )
+    with db.read() as session:
+        report = build_report(
+            session, since=TODAY - dt.timedelta(days=1), until=TODAY, thresholds=Thresholds()
+        )
+    [dealer] = report.advertisers
+    assert dealer.daily[TODAY].fixes == 3 and dealer.daily[TODAY].rate == 1.0  # not 300 %
+    assert dealer.total.fixes == 4 and dealer.total.classified == 6
+    today = report.cell("m2", TODAY)
+    assert today is not None and today.rate.fixes == 3
 
 
 def test_thresholds_change_the_verdict(db: Database) -> None:

@@ -58,15 +58,14 @@ def fix_rate_history(
     db: Database,
     advertiser: str,
     days: dict[dt.date, tuple[int, int]],
-    *,
-    image_key: str | None = None,
 ) -> None:
     """``{day: (answers, fixes)}`` of an advertiser: rollup counts and fix audit rows.
 
-    The audit rows name ``image_key`` (a fresh image by default): the fix rate counts
-    audit entries, whatever image they are about.
+    The i-th fix of a day is of the advertiser's i-th image (fresh images): the fix rate
+    counts images fixed per day, so fixes of one image on one day would count once.
     """
-    key = image_key or add_image(db, model_version="m1").image_key
+    most = max((fixes for _, fixes in days.values()), default=0)
+    keys = [add_image(db, model_version="m1").image_key for _ in range(most)]
     with db.write() as session:
         for day, (answers, fixes) in days.items():
             if answers:
@@ -77,7 +76,7 @@ def fix_rate_history(
             noon = dt.datetime.combine(day, dt.time(12), dt.UTC)
             session.add_all(
                 FixAuditRow(
-                    image_key=key,
+                    image_key=keys[i],
                     advertiser_id=advertiser,
                     scope="advertiser",
                     user="alice",

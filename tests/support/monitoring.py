@@ -73,9 +73,11 @@ def _plan(day: dt.date) -> dict[str, tuple[int, int]]:
 
 def seed_monitoring(db: Database) -> None:
     """Store the scenario of the module docstring."""
+    # Each fix of a day is of another image: the report counts fixed images, not requests.
+    most = max(fixes for day in (FIRST, TODAY) for _, fixes in _plan(day).values())
     keys = {
-        "m1": add_image(db, model_version="m1").image_key,
-        "m2": add_image(db, model_version="m2").image_key,
+        version: [add_image(db, model_version=version).image_key for _ in range(most)]
+        for version in ("m1", "m2")
     }
     audits = []
     with db.write() as session:
@@ -87,7 +89,7 @@ def seed_monitoring(db: Database) -> None:
                 record_counts(session, day, advertiser, rollup(answers(n, version)))
                 audits += [
                     FixAuditRow(
-                        image_key=keys[version],
+                        image_key=keys[version][i],
                         advertiser_id=advertiser,
                         scope="advertiser",
                         user="alice",

@@ -3,7 +3,8 @@
 Figures come from two tables: ``classify_daily`` (answers given per UTC day, advertiser
 and model version) and ``fix_audit`` (every manual fix, with the advertiser who made it;
 its model version is that of the fixed image's stored answer). The fix rate of a cell is
-fixes ÷ answered images of that cell.
+fixed images ÷ answered images of that cell: an image fixed twice in a day (a mis-click
+corrected) counts once.
 
 An advertiser's fix rate has **jumped** when, over the last ``recent_days`` days,
 
@@ -198,9 +199,9 @@ def _version(value: str | None) -> str:
 
 
 def _fixes(session: Session, start: dt.date, until: dt.date) -> Iterable[tuple[dt.date, str, str]]:
-    """(UTC day, advertiser, model version) of every fix in [start, until]."""
-    for created_at, advertiser_id, version in monitoring.fixes_between(session, start, until):
-        yield created_at.astimezone(dt.UTC).date(), advertiser_id, _version(version)
+    """(UTC day, advertiser, model version) of each image fixed in [start, until], per day."""
+    for day, advertiser_id, version in monitoring.fixes_between(session, start, until):
+        yield day, advertiser_id, _version(version)
 
 
 def build_report(

@@ -229,16 +229,28 @@ def first_days(session: Session, versions: Collection[str]) -> dict[str, dt.date
 
 def fixes_between(
     session: Session, start: dt.date, until: dt.date
-) -> Iterator[tuple[dt.datetime, str, str | None]]:
-    """(time, advertiser, model version of the fixed image) of every fix in [start, until].
+) -> Iterator[tuple[dt.date, str, str | None]]:
+    """(UTC day, advertiser, model version of the fixed image) of the fixes in [start, until].
 
-    Days are UTC days.
+    One row per image an advertiser fixed on a day, however many fix requests it took:
+    a fix corrected a minute later (a mis-click) is one fixed image, so a fix rate
+    (fixed images ÷ answers) counts mistakes of the model, not edits, and stays ≤ 1.
     """
     lo = dt.datetime.combine(start, dt.time(), dt.UTC)
     hi = dt.datetime.combine(until + dt.timedelta(days=1), dt.time(), dt.UTC)
     rows = session.execute(
-        select(FixAuditRow.created_at, FixAuditRow.advertiser_id, ImageRow.model_version)
+        select(
+            FixAuditRow.created_at,
+            FixAuditRow.advertiser_id,
+            FixAuditRow.image_key,
+            ImageRow.model_version,
+        )
         .join(ImageRow, ImageRow.image_key == FixAuditRow.image_key)
         .where(FixAuditRow.created_at >= lo, FixAuditRow.created_at < hi)
     )
-    yield from rows
+    seen: set[tuple[dt.date, str, str]] = set()
+    for created_at, advertiser_id, image_key, version in rows:
+        day = created_at.astimezone(dt.UTC).date()
+        if (day, advertiser_id, image_key) not in seen:
+            seen.add((day, advertiser_id, image_key))
+            yield day, advertiser_id, version

@@ -122,8 +122,8 @@ def fix_rate_jumps(session: Session, rule: JumpRule, today: dt.date) -> list[Jum
             of(adv).recent_answers += n
         else:
             of(adv).baseline_answers += n
-    for created_at, adv, _ in monitoring.fixes_between(session, baseline_start, today):
-        if created_at.astimezone(dt.UTC).date() >= recent_start:
+    for day, adv, _ in monitoring.fixes_between(session, baseline_start, today):
+        if day >= recent_start:
             of(adv).recent_fixes += 1
         else:
             of(adv).baseline_fixes += 1
