@@ -122,6 +122,29 @@ def test_freeze_hashes_the_canonical_manifest_and_locks_the_version(db: Database
         assert repo.list_items(session, ref)[0].image_type == "Dealer"
 
 
+def test_a_version_with_nothing_to_train_on_is_not_frozen(db: Database) -> None:
+    with db.write() as session:
+        ref = repo.create_version(session, "cars", created_by="a", now=NOW).ref
+        repo.add_items(
+            session,
+            ref,
+            [
+                _item(1, image_type=None, color=None),  # unlabelled
+                _item(2, status="excluded", reason="too_small"),  # labelled, not included
+            ],
+        )
+    with db.write() as session, pytest.raises(ConflictError, match="nothing in it could be"):
+        repo.freeze(session, ref, NOW)
+    with db.read() as session:
+        assert repo.get_version(session, ref).status == "draft"
+    with db.write() as session:  # one label, of either field, is enough
+        items = repo.list_items(session, ref)
+        unlabelled = next(item for item in items if item.status == "included")
+        repo.update_items(session, ref, {unlabelled.id: {"color": "Blue"}})
+    with db.write() as session:
+        assert repo.freeze(session, ref, NOW).status == "frozen"
+
+
 def test_update_items_changes_only_mutable_fields(db: Database) -> None:
     ref = _version(db)
     with db.read() as session:

@@ -430,10 +430,26 @@ def freeze(session: Session, ref: str, now: dt.datetime) -> DatasetVersionRow:
     """Freeze a draft: compute and store its manifest hash; it never changes again.
 
     Raises:
-        ConflictError: Already frozen.
+        ConflictError: Already frozen, or nothing in it could be trained on.
         NotFoundError: No such version.
     """
     version = require_draft(session, ref)
+    labelled = session.scalar(
+        select(func.count())
+        .select_from(DatasetItemRow)
+        .where(
+            DatasetItemRow.version_ref == version.ref,
+            DatasetItemRow.status == INCLUDED,
+            (DatasetItemRow.image_type.is_not(None)) | (DatasetItemRow.color.is_not(None)),
+        )
+    )
+    if not labelled:
+        # A frozen version never changes: frozen empty, it could only be deleted.
+        raise ConflictError(
+            f"dataset version {version.ref} has no included item with a type or color label, "
+            "so nothing in it could be trained on; label its items first (folder names or "
+            f"--labels at import, or the review page /review/{version.ref})"
+        )
     version.manifest_sha256 = manifest_sha256(manifest(session, version.ref))
     version.status = FROZEN
     version.frozen_at = now
