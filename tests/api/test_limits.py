@@ -107,6 +107,21 @@ def test_jobs_have_their_own_limit(
     )
 
 
+def test_the_advice_fits_the_route(
+    make_client: AppFactory, sqlite_db: Database, settings: Settings
+) -> None:
+    client = _client(make_client, sqlite_db, settings, max_body_bytes=10_000)
+    headers = {"Content-Type": "application/json"}
+    classify = client.post("/v1/classify", content=_body(1000), headers=headers)
+    _too_large(classify, "CARTAG_MAX_BODY_BYTES")
+    assert "fewer images" in classify.json()["error"]["message"]
+    # A fix is a few fields: "send fewer images" would be no help there.
+    fix = client.put("/v1/images/" + "a" * 64 + "/fix", content=_body(1000), headers=headers)
+    _too_large(fix, "CARTAG_MAX_BODY_BYTES")
+    message = fix.json()["error"]["message"]
+    assert "images" not in message and "a few fields" in message
+
+
 def test_the_middleware_stops_reading_at_the_limit() -> None:
     reached: list[bytes] = []
     read = 0

@@ -181,14 +181,20 @@ def create_app(
         default=BodyLimit(
             settings.max_body_bytes,
             "CARTAG_MAX_BODY_BYTES",
-            "send fewer images per request, or large inventories as a job (POST /v1/jobs)",
+            # Only classify and jobs take lists; any other body this large is a mistake.
+            "this route takes a few fields: check what the client sends (GET /docs)",
         ),
         paths={
+            "/v1/classify": BodyLimit(
+                settings.max_body_bytes,
+                "CARTAG_MAX_BODY_BYTES",
+                "send fewer images per request, or large inventories as a job (POST /v1/jobs)",
+            ),
             "/v1/jobs": BodyLimit(
                 settings.max_job_body_bytes,
                 "CARTAG_MAX_JOB_BODY_BYTES",
                 "split the inventory into several jobs",
-            )
+            ),
         },
     )
     app.add_middleware(NulGuardMiddleware)  # inside the request context: logged, counted
