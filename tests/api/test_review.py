@@ -316,6 +316,10 @@ def test_grid_page_and_static_files(seeded: Seeded, db: Database) -> None:
     assert "Burgundy" in color.text and color.text.count('class="card') == 1
     missing = client.get("/review/nope@1")
     assert missing.status_code == 404 and "does not exist" in missing.text
+    # The drafts there are, not "no draft version to review".
+    assert f'href="/review/{ref}"' in missing.text and "No draft version" not in missing.text
+    stale = client.get(f"/review/{ref}", params={"after": 10**9})
+    assert stale.status_code == 404 and f'href="/review/{ref}"' in stale.text
     script = client.get("/static/review.js")
     assert script.status_code == 200 and "/decisions" in script.text
     assert 'data-csrf-header="X-Cartag-CSRF"' in page.text

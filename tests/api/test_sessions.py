@@ -6,6 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from cartag.api import browser as browser_module
 from cartag.clock import FakeClock
 from cartag.store import apikeys
 from cartag.store.db import Database
@@ -112,6 +113,21 @@ def test_login_and_logout_forms_need_their_csrf_token(
     assert browser.get(page, follow_redirects=False).status_code == 200  # still logged in
 
 
+@pytest.mark.parametrize("page", ["/fix", "/review", "/monitor"])
+def test_logging_out_with_no_live_session_goes_to_the_login_form(
+    browser: TestClient, db: Database, page: str
+) -> None:
+    # Logged out in another tab (or expired), then "Log out" on an old page: a JSON 403.
+    stale = _logged_in(browser, page, _key(db, "admin"))
+    _logged_in(browser, page, _key(db, "admin"))  # a new login ends the first session
+    browser.cookies.set("cartag_session", stale)
+    for cookies in (True, False):
+        if not cookies:
+            browser.cookies.clear()
+        out = browser.post(f"{page}/logout", data={"csrf": "0" * 64}, follow_redirects=False)
+        assert out.status_code == 303 and out.headers["location"] == f"{page}/login"
+
+
 @pytest.mark.parametrize(
     "path", ["/monitor/login", "/monitor", "/review/login", "/review", "/monitor?since=2d"]
 )
@@ -187,3 +203,46 @@ def test_a_client_that_leaves_mid_form_is_a_400_not_an_error(
     start = next(m for m in messages if m["type"] == "http.response.start")
     assert start["status"] == 400
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("/fix/dealer-1?page=2", "/fix/dealer-1?page=2"),
+        ("/fix", "/fix"),
+        ("/fix?x=1", "/fix?x=1"),
+        ("/fix/../v1/jobs", "/fix"),  # leaves the area
+        ("/fix/%2e%2E/v1/jobs", "/fix"),
+        ("/fix/./x", "/fix"),
+        ("/fixes", "/fix"),  # another path that only starts alike
+        ("//evil.example/x", "/fix"),
+        ("/fix/a?next=../x", "/fix/a?next=../x"),  # dots in the query are the page's own
+    ],
+)
+def test_a_login_goes_back_only_to_a_page_of_its_area(target: str, expected: str) -> None:
+    assert browser_module.safe_next(target, "/fix") == expected
+
+
+@pytest.mark.parametrize(
+    "pasted", ["KEY", " KEY ", "Bearer KEY", "bearer  KEY", "'KEY'", '"KEY"', "`Bearer KEY`"]
+)
+def test_a_key_pasted_with_its_header_or_quotes_logs_in(
+    browser: TestClient, db: Database, pasted: str
+) -> None:
+    key = _key(db, "reviewer")
+    response = log_in(browser, "/review", pasted.replace("KEY", key))
+    assert response.status_code == 303, response.text
+
+
+@pytest.mark.parametrize("page", ["/fix", "/review", "/monitor"])
+def test_an_odd_login_form_gets_the_form_again(browser: TestClient, page: str) -> None:
+    form = browser.get(f"{page}/login")
+    csrf = form_csrf(form.text)
+    for data in (
+        {"key": "x" * 5000, "csrf": csrf},  # too large
+        {"key": "k", "csrf": csrf, "a": "1", "b": "2", "c": "3"},  # not this form's fields
+    ):
+        response = browser.post(f"{page}/login", data=data, follow_redirects=False)
+        assert response.status_code == 422
+        assert "text/html" in response.headers["content-type"]
+        assert "login form" in response.text and 'name="key"' in response.text

@@ -32,7 +32,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from cartag.api.deps import SESSION_COOKIE, clear_session_cookie, set_session_cookie
 from cartag.api.state import AppState
-from cartag.errors import AuthError, InputError, PermissionDeniedError
+from cartag.errors import AuthError, PermissionDeniedError
 from cartag.store import apikeys
 from cartag.store import sessions as session_repo
 from cartag.store.apikeys import Principal
@@ -149,6 +149,8 @@ async def logout_form_ok(request: Request) -> bool:
 
 # Longer page addresses to come back to are dropped (the form goes to the area's root).
 _MAX_NEXT = 2048
+# A "." or ".." path segment, also percent-encoded: /fix/../v1/jobs leaves the area.
+_DOT_SEGMENT: Final = re.compile(r"/(?:\.|%2e){1,2}(?:/|$)", re.IGNORECASE)
 
 
 def safe_next(target: str | None, area: str) -> str:
@@ -163,9 +165,10 @@ def safe_next(target: str | None, area: str) -> str:
     if (
         target
         and len(target) <= _MAX_NEXT
-        and target.startswith(area)
+        and (target == area or target.startswith((f"{area}/", f"{area}?")))
         and "//" not in target
         and "\\" not in target
+        and not _DOT_SEGMENT.search(target.split("?", 1)[0])
     ):
         return target
     return area
@@ -232,23 +235,37 @@ def login_page(
     return response
 
 
+def pasted_key(text: str) -> str:
+    """The key in what was pasted into the form: without a ``Bearer`` prefix or quotes.
+
+    People copy the key from a header or a shell line; the form's own hint was then to
+    "send 'Authorization: Bearer ctg_...'", which is what they had pasted.
+    """
+    key = text.strip().strip("\"'`").strip()
+    if key[:7].lower() == "bearer ":
+        key = key[7:].strip().strip("\"'`").strip()
+    return key
+
+
 async def login_form_submitted(request: Request, state: AppState, area: LoginArea) -> Response:
     """Check the key of a POSTed login form; on success open a session and go on.
 
     A plain urlencoded form (no multipart parser needed). A wrong CSRF token, no key
     or a key that may not log in gets the form again, with the reason.
 
-    Raises:
-        InputError: The form is too large or has more fields than it should.
+    A form too large or with more fields than the page's (not this page's form) gets the
+    form again too.
     """
     raw = await request.body()
     if len(raw) > _MAX_FORM_BYTES:
-        raise InputError("the login form is too large", field="key")
+        error = "the login form is too large: paste only the API key (ctg_...)"
+        return login_page(request, area, 422, error=error, next_url=area.root)
     try:
         fields = parse_qs(raw.decode("utf-8", "replace"), max_num_fields=4)
-    except ValueError as exc:  # more fields than the form has
-        raise InputError("the login form has unexpected fields", field="key") from exc
-    key = (fields.get("key") or [""])[0].strip()
+    except ValueError:  # more fields than the form has
+        error = "the login form had fields this page does not send: log in with this form"
+        return login_page(request, area, 422, error=error, next_url=area.root)
+    key = pasted_key((fields.get("key") or [""])[0])
     next_url = safe_next((fields.get("next") or [""])[0], area.root)
     if not login_csrf_ok(request, (fields.get(CSRF_FIELD) or [""])[0]):
         # Another site's form, or one older than its cookie: show a fresh one.
@@ -269,11 +286,29 @@ async def login_form_submitted(request: Request, state: AppState, area: LoginAre
 async def logout_form_submitted(request: Request, state: AppState, area: LoginArea) -> Response:
     """End the browser's session (revoked in the database) and go to the area's login form.
 
+    A browser with no live session (logged out in another tab, or its session expired)
+    goes to the login form too: there is nothing left to end.
+
     Raises:
-        PermissionDeniedError: The form lacks this session's CSRF token.
+        PermissionDeniedError: The form lacks this live session's CSRF token.
     """
-    if not await logout_form_ok(request):
-        raise PermissionDeniedError("the logout form lacks this session's CSRF token")
     response = RedirectResponse(f"{area.root}/login", status_code=303, headers=PAGE_HEADERS)
+    if not await logout_form_ok(request):
+        if _has_live_session(state, request):
+            raise PermissionDeniedError("the logout form lacks this session's CSRF token")
+        clear_session_cookie(response)
+        return response
     log_out(state, request, response)
     return response
+
+
+def _has_live_session(state: AppState, request: Request) -> bool:
+    token = request.cookies.get(SESSION_COOKIE, "")
+    if not token:
+        return False
+    try:
+        with state.db.read() as session:
+            session_repo.authenticate_session(session, token, state.clock.now())
+    except AuthError:
+        return False
+    return True

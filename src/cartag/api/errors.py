@@ -93,27 +93,48 @@ def _problem(request: Request, err: dict[str, Any]) -> dict[str, str]:
 
 # Browser pages whose path and query FastAPI validates: a browser gets their 422 as a page.
 _PAGE_AREAS: Final[tuple[str, ...]] = ("fix", "review")
+# Areas of pages: a browser asking for an address under one that none serves gets a page.
+_MISSING_PAGE_AREAS: Final[tuple[str, ...]] = ("fix", "review", "monitor")
 _page_templates = web_environment()
 
 
-def _page_area(request: Request) -> str | None:
-    """``fix`` or ``review`` for a browser's request of one of those pages, else None."""
+def _page_area(request: Request, areas: tuple[str, ...] = _PAGE_AREAS) -> str | None:
+    """The area (``fix``, ``review``...) of a browser's request of a page, else None."""
     area = request.url.path.strip("/").split("/", 1)[0]
-    if area in _PAGE_AREAS and request.method in ("GET", "HEAD") and prefers_html(request):
+    if area in areas and request.method in ("GET", "HEAD") and prefers_html(request):
         return area
     return None
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    problems = [_problem(request, err) for err in exc.errors()]
+    errors = exc.errors()
+    problems = [_problem(request, err) for err in errors]
+    in_path = any(tuple(err.get("loc", ()))[:1] == ("path",) for err in errors)
+    return invalid_input_response(request, problems, in_path=in_path)
+
+
+def invalid_input_response(
+    request: Request, problems: list[dict[str, str]], *, in_path: bool
+) -> Response:
+    """The 422 of a request's own problems: a page for a browser's page request, else JSON.
+
+    Args:
+        request: The request.
+        problems: ``{field, message}`` of each problem, first the one the JSON names.
+        in_path: Whether a problem is in the path: the page then links to the area's
+            start, not to the same path without its query (which would be as wrong).
+    """
     first = problems[0] if problems else {"field": "body", "message": "invalid request"}
     area = _page_area(request)
     if area is not None:
         # A bookmarked or mistyped address: a page that says what to change, never JSON;
         # it shows nothing but the address's own problems, so it needs no login.
         html = _page_templates.get_template("page_invalid.html").render(
-            area=area, problems=problems, back=request.url.path
+            area=area,
+            problems=problems,
+            back=f"/{area}" if in_path else request.url.path,
+            in_path=in_path,
         )
         return HTMLResponse(html, status_code=422, headers=PAGE_HEADERS)
     message = f"{first['field']}: {first['message']}"
@@ -151,7 +172,7 @@ def _allowed_methods(request: Request) -> str | None:
     return ", ".join(sorted(found[min(found)])) if found else None
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     headers = exc.headers
     if exc.status_code == 405 and (allow := _allowed_methods(request)) is not None:
@@ -163,6 +184,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         )
         return JSONResponse(_body("invalid_body", message, "body"), status_code=400)
     if exc.status_code == 404:
+        area = _page_area(request, _MISSING_PAGE_AREAS)
+        if area is not None:
+            # A browser's mistyped or stale link under the pages: a page with the way back.
+            html = _page_templates.get_template("page_missing.html").render(
+                area=area, path=request.url.path
+            )
+            return HTMLResponse(html, status_code=404, headers=PAGE_HEADERS)
         # No route: the same code as a route's own 404, and a message saying what to do.
         message = f"no such address: {request.method} {request.url.path}; /docs lists the API"
         return JSONResponse(_body("not_found", message), status_code=404, headers=headers)

@@ -12,9 +12,10 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl
 
-from starlette.responses import JSONResponse
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cartag.api.errors import invalid_input_response
 from cartag.logs import accept_request_id, request_id_var
 from cartag.telemetry import Telemetry
 
@@ -120,8 +121,11 @@ class NulGuardMiddleware:
             return
         where = "the path" if field == "path" else f"the query parameter {field!r}"
         message = f"{where} holds a NUL character (%00); no cartag id or value has one"
-        body = {"error": {"code": "invalid_input", "message": message, "field": field}}
-        await JSONResponse(body, status_code=422)(scope, receive, send)
+        # A browser's page request gets the pages' 422 page, as for any other bad value.
+        response = invalid_input_response(
+            Request(scope), [{"field": field, "message": message}], in_path=field == "path"
+        )
+        await response(scope, receive, send)
 
 
 def _nul_field(scope: Scope) -> str | None:

@@ -173,8 +173,16 @@ def grid(
             start = _start(total, limit, page=page, after=after_offset, resume=resume)
             items = listing(session, ref, filters, limit=limit, offset=start.offset)
     except NotFoundError as exc:
+        # The error, then the drafts there are: a mistyped address is one click from right.
+        with state.db.read() as session:
+            drafts = queue_repo.draft_versions(session)
         return _page(
-            "review_index.html", 404, drafts=[], user=principal.name, error=exc.message, csrf=csrf
+            "review_index.html",
+            404,
+            drafts=drafts,
+            user=principal.name,
+            error=exc.message,
+            csrf=csrf,
         )
     query = {
         "mode": mode if mode != "image_type" else "",
