@@ -156,8 +156,6 @@ def serve(
             read_config(settings.model_dir)
         _prepare_process(settings, log_level)
         if settings.serve_processes > 1:
-            if not settings.broker_url:
-                _requeue_interrupted_jobs(settings)
             os.environ[_LOG_LEVEL_VARIABLE] = log_level
             # Each process builds its app (serving_app) after the fork-free start.
             target: object = "cartag.cli:serving_app"
@@ -191,17 +189,6 @@ def _prepare_process(settings: Settings, log_level: str) -> None:
     limit_malloc_arenas(settings.malloc_arenas)  # before the model's threads start
     limit_blas_threads(settings.blas_threads)
     configure_logging(settings.log_format, log_level)
-
-
-def _requeue_interrupted_jobs(settings: Settings) -> None:
-    """Once, before the serving processes start (each would undo the others' claims)."""
-    from cartag.jobs.runner import requeue_interrupted
-
-    db = open_database(settings)
-    try:
-        requeue_interrupted(db)
-    finally:
-        db.dispose()
 
 
 def serving_app() -> FastAPI:

@@ -211,7 +211,6 @@ class Settings(BaseSettings):
         description="Largest body (bytes) of POST /v1/jobs: 100,000 images with URLs of about "
         "300 characters fit. Larger ones are refused with 413 before they are read.",
     )
-    job_workers: int = Field(default=1, gt=0, le=256, description="In-process job worker threads.")
     callback_timeout_s: float = Field(default=10.0, gt=0)
     callback_secret: SecretStr | None = Field(
         default=None,
@@ -377,6 +376,14 @@ class Settings(BaseSettings):
         default=3,
         ge=0,
         description="Retries of a chunk whose classification or whose storage of results failed.",
+    )
+    job_lease_s: float = Field(
+        default=60.0,
+        ge=4.0,
+        le=3600.0,
+        description="In-process jobs: a running job whose process wrote no heartbeat for this "
+        "long (it was killed, or one of `serve --workers N` died) is queued again by any "
+        "server on the store. Heartbeats come every quarter of it.",
     )
     redis_cache_url: str | None = Field(
         default=None,

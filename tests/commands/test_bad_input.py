@@ -161,7 +161,7 @@ def test_thread_counts_are_bounded(env: dict[str, str], tmp_path: Path) -> None:
     # 100,000 threads once took every process slot of the machine.
     image = tmp_path / "car.jpg"
     image.write_bytes(jpeg_bytes())
-    for name in ("CARTAG_TORCH_THREADS", "CARTAG_INFERENCE_WORKERS", "CARTAG_JOB_WORKERS"):
+    for name in ("CARTAG_TORCH_THREADS", "CARTAG_INFERENCE_WORKERS"):
         result = CliRunner().invoke(app, ["predict", str(image)], env={**env, name: "100000"})
         _refused(result, name, "less than or equal")
 

@@ -258,7 +258,7 @@ def test_every_process_of_serve_workers_sweeps_and_each_callback_is_sent_once(
                 runner = build_dispatcher(
                     processes, db, CallbackOnlyService(processes, fetcher), clock
                 )  # type: ignore[arg-type]
-                assert isinstance(runner, JobRunner) and not runner.requeue_on_start
+                assert isinstance(runner, JobRunner)
                 runner.poll_interval_s = 0.01
                 runner.callback_sweep_s = 0.0
                 runners.append(runner)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -170,29 +171,25 @@ def test_the_api_does_not_load_celery_unless_configured() -> None:
 
 
 @pytest.mark.parametrize("processes", [1, 2])
-def test_only_a_single_serving_process_requeues_running_jobs_when_it_starts(
+def test_a_starting_server_takes_back_only_jobs_whose_heartbeat_stopped(
     settings: Settings,
     db: Database,
     service: ClassifyService,
     server: ImageServer,
-    loop: asyncio.AbstractEventLoop,
     processes: int,
 ) -> None:
-    job_id = _job(db, server, 1)
+    # Another live server's job (it beat a moment ago) and a job whose process was
+    # killed (no heartbeat for longer than the lease), whatever the number of processes.
+    clock = FakeClock()
+    alive, dead = _job(db, server, 1), _job(db, server, 1)
     with db.write() as session:
-        assert job_repo.claim_next_job(session, FakeClock().now()) is not None  # another process's
-    runner = build_dispatcher(
-        settings.model_copy(update={"serve_processes": processes}), db, service, FakeClock()
-    )
-    assert isinstance(runner, JobRunner)
-
-    async def start_and_stop() -> None:
-        runner.start()
-        await runner.stop()
-
-    loop.run_until_complete(start_and_stop())
+        for _ in range(2):
+            assert job_repo.claim_next_job(session, clock.now() - dt.timedelta(minutes=5))
+        job_repo.beat(session, alive, clock.now() - dt.timedelta(seconds=5))
+    changed = settings.model_copy(update={"serve_processes": processes, "job_lease_s": 60.0})
+    runner = build_dispatcher(changed, db, service, clock)
+    assert isinstance(runner, JobRunner) and runner.lease_s == 60.0
+    assert runner.requeue_stale() == 1
     with db.read() as session:
-        status = job_repo.get_job(session, job_id).status
-    # One process: a job left running was its own, from before a restart. Several (serve
-    # --workers): it may be a sibling's, claimed a moment ago; their parent requeued once.
-    assert status == (job_repo.QUEUED if processes == 1 else job_repo.RUNNING)
+        assert job_repo.get_job(session, alive).status == job_repo.RUNNING
+        assert job_repo.get_job(session, dead).status == job_repo.QUEUED

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import datetime as dt
+
 from cartag.store import jobs as job_repo
 from cartag.store.db import Database
 from tests.support.factories import NOW
@@ -29,17 +31,35 @@ def test_job_items_store_results_once(db: Database) -> None:
         assert job_repo.get_job(session, job.id).done == 2
 
 
-def test_running_jobs_are_requeued_after_a_restart(db: Database) -> None:
+def test_only_running_jobs_whose_heartbeat_stopped_are_requeued(db: Database) -> None:
+    minute = dt.timedelta(minutes=1)
+    ids = []
     with db.write() as session:
-        job = job_repo.create_job(
-            session,
-            advertiser_id="a",
-            items=[("https://a/1.jpg", None)],
-            callback_url=None,
-            now=NOW,
-        )
-        job_repo.claim_next_job(session, NOW)
+        for _ in range(3):
+            ids.append(
+                job_repo.create_job(
+                    session,
+                    advertiser_id="a",
+                    items=[("https://a/1.jpg", None)],
+                    callback_url=None,
+                    now=NOW,
+                ).id
+            )
+        for _ in range(2):
+            job_repo.claim_next_job(session, NOW)  # ids[0] and ids[1] run; ids[2] waits
     with db.write() as session:
-        assert job_repo.requeue_running(session) == 1
+        assert job_repo.beat(session, ids[1], NOW + 2 * minute)
+        assert not job_repo.beat(session, ids[2], NOW + 2 * minute)  # not running
+    before = NOW + minute  # a lease of 1 min, 2 min after the claims
     with db.read() as session:
-        assert job_repo.get_job(session, job.id).status == job_repo.QUEUED
+        assert job_repo.stale_running(session, before) == [ids[0]]
+    with db.write() as session:
+        # ids[0] beat again meanwhile (its process was only slow): left alone.
+        job_repo.beat(session, ids[0], NOW + 2 * minute)
+        assert job_repo.requeue_stale(session, [ids[0]], before) == 0
+    with db.write() as session:
+        assert job_repo.requeue_stale(session, [ids[0]], NOW + 3 * minute) == 1
+    with db.read() as session:
+        job = job_repo.get_job(session, ids[0])
+        assert job.status == job_repo.QUEUED and "no heartbeat" in (job.error or "")
+        assert job_repo.get_job(session, ids[1]).status == job_repo.RUNNING

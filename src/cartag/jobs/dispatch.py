@@ -124,7 +124,7 @@ def build_dispatcher(
             clock,
             chunk_size=settings.job_chunk_size,
             chunk_retries=settings.job_chunk_retries,
-            requeue_on_start=settings.serve_processes == 1,
+            lease_s=settings.job_lease_s,
         )
     if sender is None:
         check_shared_database(db)

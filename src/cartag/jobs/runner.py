@@ -1,7 +1,12 @@
 """The in-process job worker: runs queued classify jobs in the server's event loop.
 
-Job state lives in the store, so a restarted server picks up where it stopped:
-jobs left ``running`` are queued again and only their unfinished items run.
+Job state lives in the store, so a restarted server picks up where it stopped: only
+a job's unfinished items run again. A runner writes a heartbeat on the job it runs every
+quarter of ``lease_s``; a running job whose heartbeat is older than that lost its process
+(killed, or one of ``cartag serve --workers N`` that died and was replaced), and any
+runner on the store puts it back in the queue, without a restart. A runner that stops
+puts its job back at once. Jobs other live processes run are never taken from them, so
+several servers (or one starting beside another) share a store safely.
 
 A storage failure (full disk, read-only or unreachable database) never leaves a job
 ``running`` for nobody: a chunk whose results could not be stored is run again with
@@ -51,9 +56,8 @@ class JobRunner(JobDispatcher):
         chunk_retries: Runs again of a chunk whose results could not be stored (storage
             failure) before the job is put back in the queue.
         retry_backoff_s: Wait before the first of those runs; doubles each time.
-        requeue_on_start: Requeue running jobs when started (:func:`requeue_interrupted`).
-            Off in the processes of ``cartag serve --workers N``: one starting process
-            would take back a job another has just claimed; their parent requeues once.
+        lease_s: How long a running job's heartbeat may be silent before another runner
+            takes it back (``CARTAG_JOB_LEASE_S``); heartbeats come every quarter of it.
         callback_attempts: Attempts of a callback whose receiver failed transiently.
         callback_backoff_s: Wait before its second attempt; doubles each time.
         callback_sweep_s: How often to look for callbacks no process is sending (also
@@ -71,13 +75,14 @@ class JobRunner(JobDispatcher):
         callback_results_limit: int = 1000,
         chunk_retries: int = 3,
         retry_backoff_s: float = 1.0,
-        requeue_on_start: bool = True,
+        lease_s: float = 60.0,
         callback_attempts: int = delivery.CALLBACK_ATTEMPTS,
         callback_backoff_s: float = delivery.CALLBACK_BACKOFF_S,
         callback_sweep_s: float = delivery.CALLBACK_SWEEP_S,
     ) -> None:
         super().__init__(db, clock)
-        self.requeue_on_start = requeue_on_start
+        self.lease_s = lease_s
+        self._next_stale_check = 0.0
         self.service = service
         self.chunk_size = chunk_size
         self.poll_interval_s = poll_interval_s
@@ -102,10 +107,9 @@ class JobRunner(JobDispatcher):
         self._wake.set()
 
     def start(self) -> None:
-        """Requeue jobs a previous process left running (unless told not to), send the
-        callbacks no process is sending, then start the worker task."""
-        if self.requeue_on_start:
-            requeue_interrupted(self.db)
+        """Requeue jobs whose process stopped beating, send the callbacks no process is
+        sending, then start the worker task."""
+        self.requeue_stale()
         self._start_sweep(since=None)
         self._task = asyncio.create_task(self._run_forever(), name="cartag-jobs")
 
@@ -154,11 +158,34 @@ class JobRunner(JobDispatcher):
         with self.db.write() as session:
             return job_repo.claim_next_job(session, self.clock.now())
 
+    def requeue_stale(self) -> int:
+        """Queue again the running jobs whose heartbeat is older than the lease.
+
+        A read first: the write (a lock on SQLite) only when there is such a job.
+        """
+        self._next_stale_check = time.monotonic() + self.lease_s / 4
+        before = self.clock.now() - dt.timedelta(seconds=self.lease_s)
+        with self.db.read() as session:
+            stale = job_repo.stale_running(session, before)
+        if not stale:
+            return 0
+        with self.db.write() as session:
+            requeued = job_repo.requeue_stale(session, stale, before)
+        if requeued:
+            log.warning(
+                "requeued %d job(s) whose process stopped (no heartbeat for %.0f s)",
+                requeued,
+                self.lease_s,
+            )
+        return requeued
+
     async def _run_forever(self) -> None:
         while True:
             delay = self.poll_interval_s
             self._sweep_if_due()
             try:
+                if time.monotonic() >= self._next_stale_check:
+                    await asyncio.to_thread(self.requeue_stale)
                 if await self._run_one():
                     self._idle_failures = 0
                     continue
@@ -190,6 +217,44 @@ class JobRunner(JobDispatcher):
         job = await asyncio.to_thread(self._claim)
         if job is None:
             return False
+        heartbeat = asyncio.create_task(self._heartbeat(job.id), name=f"cartag-beat-{job.id}")
+        try:
+            return await self._run_claimed(job)
+        except asyncio.CancelledError:
+            # Stopping: the next start (here or in another process) takes it at once,
+            # rather than after the lease.
+            self._give_back(job.id)
+            raise
+        finally:
+            heartbeat.cancel()
+            # asyncio.wait, not `suppress(CancelledError): await heartbeat`: that would
+            # also swallow this task's own cancellation (stop()) if it came meanwhile.
+            await asyncio.wait({heartbeat})
+
+    async def _heartbeat(self, job_id: str) -> None:
+        """Say the job's process is alive every quarter of the lease, while it runs."""
+        while True:
+            await asyncio.sleep(self.lease_s / 4)
+            try:
+                alive = await asyncio.to_thread(self._beat, job_id)
+            except Exception as exc:  # noqa: BLE001 - the job goes on; the next beat may do
+                log.warning("job %s: heartbeat not written: %r", job_id, getattr(exc, "orig", exc))
+                continue
+            if not alive:
+                return  # finished, or taken back after a silence (its items are stored once)
+
+    def _beat(self, job_id: str) -> bool:
+        with self.db.write() as session:
+            return job_repo.beat(session, job_id, self.clock.now())
+
+    def _give_back(self, job_id: str) -> None:
+        try:
+            with self.db.write() as session:
+                job_repo.requeue_job(session, job_id, error=None)
+        except Exception as exc:  # noqa: BLE001 - taken back after the lease instead
+            log.warning("job %s not put back in the queue on stop: %r", job_id, exc)
+
+    async def _run_claimed(self, job: JobRow) -> bool:
         try:
             await self._process(job)
             if not await asyncio.to_thread(execute.finish_if_complete, self.db, self.clock, job.id):
@@ -317,18 +382,3 @@ class JobRunner(JobDispatcher):
             )
         except Exception:  # noqa: BLE001 - tried again at the next sweep
             log.exception("sending the callbacks no process was sending failed")
-
-
-def requeue_interrupted(db: Database) -> int:
-    """Put the jobs a stopped process left running back in the queue.
-
-    Only safe while no other process runs jobs on the same store (at startup).
-
-    Returns:
-        How many were requeued.
-    """
-    with db.write() as session:
-        requeued = job_repo.requeue_running(session)
-    if requeued:
-        log.info("requeued %d interrupted job(s)", requeued)
-    return requeued

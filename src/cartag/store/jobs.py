@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -127,12 +127,47 @@ def claim_next_job(session: Session, now: dt.datetime) -> JobRow | None:
         return None
     job.status = RUNNING
     job.started_at = job.started_at or now
+    job.heartbeat_at = now
     return job
 
 
-def requeue_running(session: Session) -> int:
-    """Put jobs left running by a stopped process back in the queue; returns how many."""
-    result = session.execute(update(JobRow).where(JobRow.status == RUNNING).values(status=QUEUED))
+def beat(session: Session, job_id: str, now: dt.datetime) -> bool:
+    """Record that the process running ``job_id`` is alive; False if it no longer runs."""
+    result = session.execute(
+        update(JobRow).where(JobRow.id == job_id, JobRow.status == RUNNING).values(heartbeat_at=now)
+    )
+    return int(getattr(result, "rowcount", 0) or 0) == 1
+
+
+def stale_running(session: Session, before: dt.datetime) -> list[str]:
+    """Running jobs whose heartbeat is older than ``before`` (or was never written)."""
+    stmt = select(JobRow.id).where(
+        JobRow.status == RUNNING,
+        or_(JobRow.heartbeat_at.is_(None), JobRow.heartbeat_at < before),
+    )
+    return list(session.scalars(stmt))
+
+
+def requeue_stale(session: Session, job_ids: list[str], before: dt.datetime) -> int:
+    """Queue again those of ``job_ids`` still running with a heartbeat older than ``before``.
+
+    The condition is checked again in the write: a job whose process beat in between
+    is left alone. Returns how many were queued.
+    """
+    if not job_ids:
+        return 0
+    result = session.execute(
+        update(JobRow)
+        .where(
+            JobRow.id.in_(job_ids),
+            JobRow.status == RUNNING,
+            or_(JobRow.heartbeat_at.is_(None), JobRow.heartbeat_at < before),
+        )
+        .values(
+            status=QUEUED,
+            error="waiting to retry: the process running it stopped (no heartbeat)",
+        )
+    )
     return int(getattr(result, "rowcount", 0) or 0)
 
 

@@ -250,6 +250,9 @@ class JobRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # Written every few seconds by the in-process runner running the job (since 0011):
+    # older than CARTAG_JOB_LEASE_S, its process is gone and the job is queued again.
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     # The API key that submitted the job: only it (and admins) may read the job. None
     # for jobs made before owners were recorded (admins only). No foreign key: keys are
     # revoked, never deleted.
