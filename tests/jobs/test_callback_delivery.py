@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from cartag.clock import FakeClock
 from cartag.jobs import delivery
 from cartag.jobs.delivery import CallbackPolicy
 from cartag.jobs.runner import JobRunner
+from cartag.jobs.sweeper import CallbackSweeper
 from cartag.net.fetch import Fetcher
 from cartag.settings import Settings
 from cartag.store import jobs as job_repo
@@ -138,6 +140,7 @@ class _WorkerContext:
         self.loop = asyncio.new_event_loop()
         self.fetcher = Fetcher(settings)
         self.service = CallbackOnlyService(settings, self.fetcher)
+        self.callbacks: CallbackSweeper | None = None
 
     def follow_production(self) -> None:
         """The model never changes here."""
@@ -171,3 +174,43 @@ def test_a_redelivered_chunk_of_a_done_job_sends_the_callback_a_killed_worker_di
     finally:
         context.close()
         app.close()
+
+
+def test_a_chunk_hands_its_callback_to_the_workers_callback_thread(
+    settings: Settings, sqlite_db: Database, server: ImageServer
+) -> None:
+    # A receiver that takes 2 s: sent on the chunk's own loop, it held up the worker's
+    # next chunk for all its attempts (one hanging receiver: 80-130 s per job).
+    from celery import Celery
+
+    from cartag.jobs.tasks import register_tasks
+
+    server.add_slow("/hook", 2.0, b"{}", content_type="application/json")
+    context = _WorkerContext(settings, sqlite_db)
+    sweeper = CallbackSweeper(settings, sqlite_db, context.clock, interval_s=3600)
+    sweeper.start()
+    context.callbacks = sweeper
+    app = Celery("test", set_as_current=False)
+    app.conf.task_always_eager = True
+    try:
+        deadline = time.monotonic() + 10
+        while sweeper.sweeps < 1:  # the sweep at start is over: it will not send this one
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        job_id = _finished_job(sqlite_db, server.url("/hook"))
+        task = register_tasks(app, lambda: context)
+        started = time.monotonic()
+        task.apply(args=[job_id, 0, 1]).get()
+        assert time.monotonic() - started < 1.5  # it did not wait for the receiver
+        while _callback_status(sqlite_db, job_id) != "delivered:200":
+            assert time.monotonic() < deadline + 10
+            time.sleep(0.05)
+    finally:
+        sweeper.stop()
+        context.close()
+        app.close()
+
+
+def _callback_status(db: Database, job_id: str) -> str | None:
+    with db.read() as session:
+        return job_repo.visible_callback_status(job_repo.get_job(session, job_id).callback_status)

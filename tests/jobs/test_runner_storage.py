@@ -129,3 +129,49 @@ def test_a_job_the_store_can_requeue_waits_in_the_queue_with_the_reason(
         disk.full = False
         assert asyncio.run(runner.run_until_idle()) == 1
     assert _status(sqlite_db, job_id) == ("done", 2, None)
+
+
+class _ChunkContext:
+    """What the Celery chunk task uses of a worker process, around a stub service."""
+
+    def __init__(self, settings: Settings, db: Database, service: _StubService) -> None:
+        self.settings = settings
+        self.db = db
+        self.clock = FakeClock()
+        self.loop = asyncio.new_event_loop()
+        self.service = service
+        self.fetcher: Any = None
+        self.callbacks: Any = None
+
+    def follow_production(self) -> None:
+        """The model never changes here."""
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+
+def test_a_celery_chunk_waits_out_a_storage_outage_and_never_fails_the_job_for_it(
+    settings: Settings, sqlite_db: Database
+) -> None:
+    # With no chunk retries at all, the first storage failure failed the job (or, when
+    # the failure could not be recorded either, the chunk was acknowledged unstored
+    # and the job stayed running for ever).
+    from celery import Celery
+
+    from cartag.jobs.tasks import register_tasks
+
+    job_id = _job(sqlite_db, 2)
+    strict = settings.model_copy(update={"job_chunk_retries": 0})
+    app = Celery("test", set_as_current=False)
+    app.conf.task_always_eager = True  # a retry runs again at once
+    with full_disk(sqlite_db, full=False, only="UPDATE job_items") as disk:
+        service = _StubService(strict, disk)
+        service.fill_disk_on_call, service.free_disk_on_call = 1, 4  # three outages
+        context = _ChunkContext(strict, sqlite_db, service)
+        try:
+            register_tasks(app, lambda: context).apply(args=[job_id, 0, 2]).get()
+        finally:
+            context.loop.close()
+            app.close()
+    assert disk.failures == 3
+    assert _status(sqlite_db, job_id) == ("done", 2, None)

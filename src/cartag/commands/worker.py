@@ -102,6 +102,7 @@ def run_worker(settings: Settings, *, loglevel: str = "info", hostname: str | No
         argv.append(f"--hostname={hostname}")
     sweeper = CallbackSweeper(settings, context.db, context.clock)
     sweeper.start()
+    context.callbacks = sweeper
     try:
         celery.worker_main(argv)
     finally:

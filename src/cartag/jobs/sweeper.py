@@ -4,9 +4,10 @@ A ``cartag worker`` runs one chunk at a time on its event loop; the callbacks no
 process is sending (the worker that finished the job died before sending it, or while
 retrying it) are looked for beside them, when the worker starts and every
 :data:`~cartag.jobs.delivery.CALLBACK_SWEEP_S`, on another thread with its own loop and
-connections, so a slow receiver never holds up a chunk. Each callback is claimed in the
-database before it is sent (:func:`cartag.jobs.delivery.send_callback`): every worker and
-serving process may sweep at once, and one sends each.
+connections, so a slow receiver never holds up a chunk. The callback of a job a chunk
+finishes is handed to this thread too (:meth:`CallbackSweeper.send_soon`). Each callback
+is claimed in the database before it is sent (:func:`cartag.jobs.delivery.send_callback`):
+every worker and serving process may sweep at once, and one sends each.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class CallbackSweeper:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._main: asyncio.Task[None] | None = None
+        self._fetcher: Fetcher | None = None
 
     async def sweep(self, fetcher: Fetcher, *, since: dt.datetime | None) -> int:
         """One sweep; returns how many callbacks it sent (delivered or not)."""
@@ -98,8 +100,32 @@ class CallbackSweeper:
         finally:
             loop.close()
 
+    def send_soon(self, job_id: str) -> bool:
+        """Send a finished job's callback on this thread, beside the caller's work.
+
+        Returns:
+            False when the thread is not (or no longer) running: send it yourself.
+        """
+        loop, fetcher = self._loop, self._fetcher
+        if loop is None or fetcher is None or loop.is_closed():
+            return False
+        try:
+            asyncio.run_coroutine_threadsafe(self._send(fetcher, job_id), loop)
+        except RuntimeError:  # the loop closed meanwhile
+            return False
+        return True
+
+    async def _send(self, fetcher: Fetcher, job_id: str) -> None:
+        try:
+            await delivery.send_callback(
+                self.db, fetcher, job_id, clock=self.clock, policy=self.policy
+            )
+        except Exception:  # noqa: BLE001 - the job keeps its pending status: a sweep sends it
+            log.exception("job %s: callback not sent; the next sweep sends it", job_id)
+
     async def _sweep_forever(self) -> None:
         async with Fetcher(self.settings) as fetcher:
+            self._fetcher = fetcher
             since: dt.datetime | None = None
             while True:
                 try:

@@ -15,6 +15,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from cartag.clock import Clock
+from cartag.jobs.sweeper import CallbackSweeper
 from cartag.models.classifier import Classifier
 from cartag.models.color_providers import check_color_settings
 from cartag.net.fetch import Fetcher
@@ -68,6 +69,9 @@ class WorkerContext:
             owned=frozenset({"db", "fetcher", "lookup_cache"}),
         )
         self.clock = self.runtime.clock
+        # Sends finished jobs' callbacks on its own thread (cartag worker sets it): a
+        # slow receiver then never holds up the next chunk. None: sent on this loop.
+        self.callbacks: CallbackSweeper | None = None
         self.fetcher = self.runtime.fetcher
         self.service = self.runtime.service
         # Workers follow the production alias like servers do, between chunks.
