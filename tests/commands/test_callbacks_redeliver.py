@@ -154,9 +154,23 @@ def test_redeliver_pending_sends_what_no_process_is_sending(
     runner = CliRunner()
 
     result = runner.invoke(app, ["callbacks", "redeliver", "--pending"], env=_env(tmp_path))
-    assert result.exit_code == 1, result.output  # two are still not delivered
-    assert "sent 2 callback(s); 2 not delivered" in result.stdout
+    assert result.exit_code == 1, result.output  # the held one is still not delivered
+    assert "sent 2 callback(s); 1 not delivered" in result.stdout
     assert sorted(p["job_id"] for p in server.received("/hook")) == sorted([never, lapsed])
+
+
+def test_redeliver_pending_succeeds_beside_callbacks_that_failed_for_good(
+    tmp_path: Path, cli_db: Database, server: ImageServer
+) -> None:
+    # A final failure is not --pending's to retry: it made every later run exit 1, so a
+    # cron job could not tell a sweep that worked from one that did not.
+    server.add_json_sink("/hook")
+    _done_job(cli_db, server.url("/hook"), "failed:http_410")
+    never = _done_job(cli_db, server.url("/hook"), None)
+    result = CliRunner().invoke(app, ["callbacks", "redeliver", "--pending"], env=_env(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "sent 1 callback(s); 0 not delivered" in result.stdout
+    assert [p["job_id"] for p in server.received("/hook")] == [never]
 
 
 def test_redeliver_wants_a_job_or_pending_not_both(tmp_path: Path, cli_db: Database) -> None:

@@ -155,9 +155,22 @@ def redeliver(
                 async with Fetcher(settings) as fetcher:
                     return await send_pending_callbacks(db, fetcher, clock=clock, policy=policy)
 
-            sent = asyncio.run(sweep())
             with db.read() as session:
-                left = len(job_repo.failed_callbacks(session, limit=10_000))
+                tried = [job for job, _ in job_repo.pending_callbacks(session, since=None)]
+            sent = asyncio.run(sweep())
+            # Only those this sweep was for: callbacks that failed for good (failed:*)
+            # are not retried by --pending, and must not make every later run exit 1.
+            with db.read() as session:
+                left = sum(
+                    1
+                    for job in tried
+                    if not (
+                        job_repo.visible_callback_status(
+                            job_repo.get_job(session, job).callback_status
+                        )
+                        or ""
+                    ).startswith("delivered:")
+                )
         else:
             with db.read() as session:
                 _check_redeliverable(job_repo.get_job(session, job_id), url, clock.now())

@@ -51,6 +51,8 @@ CLAIM_SLACK_S: Final[float] = 60.0
 # far back (jobs submitted since then; a process's start looks at them all).
 CALLBACK_SWEEP_S: Final[float] = 60.0
 CALLBACK_SWEEP_WINDOW_S: Final[float] = 7 * 24 * 3600.0
+# Callbacks a sweep sends at once (each to its own receiver).
+SWEEP_CONCURRENCY: Final[int] = 8
 
 
 def sweep_since(clock: Clock) -> dt.datetime:
@@ -288,7 +290,9 @@ async def send_pending_callbacks(
     process that finished the job stopped first), or held by a process that died.
 
     Safe in every process at once: each callback is claimed before it is sent
-    (:func:`send_callback`), one at a time, so the others share the rest.
+    (:func:`send_callback`), so the others share the rest. Up to
+    :data:`SWEEP_CONCURRENCY` are sent at once: one hanging receiver (all its attempts
+    take minutes) holds up only its own.
 
     Args:
         policy: As :func:`send_callback`'s.
@@ -299,13 +303,18 @@ async def send_pending_callbacks(
     """
     with db.read() as session:
         pending = job_repo.pending_callbacks(session, since=since)
-    sent = 0
-    for job_id, status in pending:
-        # Read without a write: the ones another process holds cost nothing more.
-        if not job_repo.callback_claimable(status, clock.now()):
-            continue
-        outcome = await send_callback(db, fetcher, job_id, clock=clock, policy=policy)
-        if outcome is not None:
-            log.info("job %s: sent the callback no process was sending: %s", job_id, outcome)
-            sent += 1
-    return sent
+    slots = asyncio.Semaphore(SWEEP_CONCURRENCY)
+
+    async def one(job_id: str, status: str | None) -> bool:
+        async with slots:
+            # Read without a write: the ones another process holds cost nothing more.
+            if not job_repo.callback_claimable(status, clock.now()):
+                return False
+            outcome = await send_callback(db, fetcher, job_id, clock=clock, policy=policy)
+        if outcome is None:
+            return False
+        log.info("job %s: sent the callback no process was sending: %s", job_id, outcome)
+        return True
+
+    sent = await asyncio.gather(*(one(job_id, status) for job_id, status in pending))
+    return sum(sent)
