@@ -193,7 +193,7 @@ def test_dataset_create_refuses_options_that_would_do_nothing(
     _refused(CliRunner().invoke(app, args, env=env), *words)
 
 
-@pytest.mark.parametrize("revision", ["", "nosuch", "0011"])
+@pytest.mark.parametrize("revision", ["", "nosuch", "0999"])
 def test_db_upgrade_names_the_revisions_and_leaves_a_fresh_data_dir(
     env: dict[str, str], revision: str
 ) -> None:
