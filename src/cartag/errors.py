@@ -17,6 +17,7 @@ Messages say how to fix the problem.
     │   └── ModelUnloadableError    promote: its files no longer load     (409)
     ├── ModelError                  model files missing or broken         (503)
     ├── StorageError                disk full, read-only or database down (503) storage_unavailable
+    ├── QueueUnavailableError       the job broker cannot be reached      (503) queue_unavailable
     ├── FetchError                  one image could not be downloaded     (per image: skipped)
     │   ├── BlockedAddressError     URL points at a forbidden network     reason=blocked_address
     │   ├── HTTPStatusError         server answered 4xx/5xx               reason=http_<code>
@@ -123,6 +124,13 @@ class StorageError(CartagError):
 
     status_code = 503
     code = "storage_unavailable"
+
+
+class QueueUnavailableError(CartagError):
+    """The job queue (``CARTAG_BROKER_URL``) could not take a job's work."""
+
+    status_code = 503
+    code = "queue_unavailable"
 
 
 class FetchError(CartagError):

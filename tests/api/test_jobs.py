@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from cartag.api.app import create_app
 from cartag.jobs import callbacks
+from cartag.jobs.dispatch import ChunkSender
 from cartag.models.classifier import Classifier
 from cartag.settings import Settings
 from cartag.store import jobs as job_repo
@@ -259,3 +260,21 @@ def test_url_passwords_serve_the_download_only(
             assert "pa55word" not in stored and "alice:***@" in stored, table
         (stored_result,) = session.scalars(select(JobItemRow.result))
         assert stored_result is not None and "pa55word" not in str(stored_result)
+
+
+class _DeadBroker(ChunkSender):
+    def send(self, job_id: str, start: int, stop: int) -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+
+def test_a_job_the_broker_cannot_take_is_a_503_and_not_kept(
+    make_client: AppFactory, db: Database
+) -> None:
+    client = make_client(db, chunk_sender=_DeadBroker())
+    headers = make_headers(db, "classifier")
+    body = {"advertiser_id": "a", "images": [{"url": "https://cdn.example/1.jpg"}]}
+    response = client.post("/v1/jobs", json=body, headers=headers)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "queue_unavailable"
+    assert response.headers["Retry-After"] == "30"
+    assert client.get("/v1/jobs", headers=headers).json()["total"] == 0

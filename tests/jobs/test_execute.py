@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from cartag.clock import FakeClock
-from cartag.errors import ConfigError
+from cartag.errors import ConfigError, QueueUnavailableError
 from cartag.jobs import execute
 from cartag.jobs.dispatch import CeleryDispatcher, InMemoryChunkSender, build_dispatcher
 from cartag.jobs.runner import JobRunner
@@ -193,3 +193,39 @@ def test_a_starting_server_takes_back_only_jobs_whose_heartbeat_stopped(
     with db.read() as session:
         assert job_repo.get_job(session, alive).status == job_repo.RUNNING
         assert job_repo.get_job(session, dead).status == job_repo.QUEUED
+
+
+class _DeadBroker(InMemoryChunkSender):
+    """A broker that cannot be reached after ``works`` chunks (kombu raises its own)."""
+
+    def __init__(self, works: int = 0) -> None:
+        super().__init__()
+        self.works = works
+
+    def send(self, job_id: str, start: int, stop: int) -> None:
+        if len(self.sent) >= self.works:
+            raise ConnectionRefusedError(111, "Connection refused")
+        super().send(job_id, start, stop)
+
+
+def test_a_job_the_broker_cannot_take_is_not_kept(db: Database) -> None:
+    # It was committed, then a 500: an orphan the client's retry doubled.
+    dispatcher = CeleryDispatcher(db, FakeClock(), _DeadBroker(works=1), chunk_size=2)
+    with pytest.raises(QueueUnavailableError, match="send it again"):
+        dispatcher.submit("a", [(f"https://cdn.test/{i}.jpg", None) for i in range(5)], None)
+    with db.read() as session:
+        assert job_repo.unfinished_jobs(session) == []
+
+
+def test_an_unreachable_broker_at_start_is_logged_not_fatal(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    stored = CeleryDispatcher(db, FakeClock(), InMemoryChunkSender(), chunk_size=2)
+    job = stored.submit("a", [(f"https://cdn.test/{i}.jpg", None) for i in range(3)], None)
+    with db.write() as session:  # the first chunk is done: not sent again
+        job_repo.store_results(session, job.id, {0: {"n": 0}, 1: {"n": 1}})
+    CeleryDispatcher(db, FakeClock(), _DeadBroker(), chunk_size=2).start()
+    assert "the next start of the API sends them" in caplog.text
+    working = InMemoryChunkSender()
+    CeleryDispatcher(db, FakeClock(), working, chunk_size=2).start()
+    assert working.sent == [(job.id, 2, 3)]

@@ -16,7 +16,13 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from cartag.api.browser import PAGE_HEADERS, prefers_html
-from cartag.errors import AuthError, CartagError, InputError, StorageError
+from cartag.errors import (
+    AuthError,
+    CartagError,
+    InputError,
+    QueueUnavailableError,
+    StorageError,
+)
 from cartag.store.health import as_storage_error
 from cartag.vocab import ADVERTISER_ID_OR_EMPTY_PATTERN, ADVERTISER_ID_PATTERN, ADVERTISER_ID_RULE
 from cartag.web import environment as web_environment
@@ -53,6 +59,8 @@ def error_response(exc: CartagError, headers: dict[str, str] | None = None) -> J
 async def _cartag_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CartagError)
     headers = {"WWW-Authenticate": "Bearer"} if type(exc) is AuthError else None
+    if isinstance(exc, QueueUnavailableError):
+        headers = {"Retry-After": "30"}
     return error_response(exc, headers)
 
 

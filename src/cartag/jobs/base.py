@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cartag.clock import Clock
+from cartag.errors import QueueUnavailableError
 from cartag.imaging.keys import storable_url
 from cartag.pipeline.results import skipped
 from cartag.store import jobs as job_repo
@@ -66,6 +67,10 @@ class JobDispatcher:
         """Store a job of ``(url, scrape_color)`` items and get it going; returns at once.
 
         ``owner_key_id`` is the submitting API key: the one that may read the job.
+
+        Raises:
+            QueueUnavailableError: Its work could not be handed on; the job is not kept
+                (a client that sends it again gets one job, not an orphan and a copy).
         """
         stored, answered = storable_items(items)
         with self.db.write() as session:
@@ -78,7 +83,12 @@ class JobDispatcher:
                 owner_key_id=owner_key_id,
                 results=answered,
             )
-        self._dispatch(job.id, job.total)
+        try:
+            self._dispatch(job.id, job.total)
+        except QueueUnavailableError:
+            with self.db.write() as session:
+                job_repo.delete_job(session, job.id)
+            raise
         return job
 
     def _dispatch(self, job_id: str, total: int) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import make_url
 
 from cartag.clock import Clock
-from cartag.errors import ConfigError
+from cartag.errors import ConfigError, QueueUnavailableError
 from cartag.jobs.base import JobDispatcher
 from cartag.jobs.execute import chunk_bounds
 from cartag.jobs.runner import JobRunner
@@ -82,22 +82,53 @@ class CeleryDispatcher(JobDispatcher):
         self.chunk_size = chunk_size
 
     def _dispatch(self, job_id: str, total: int) -> None:
-        for start, stop in chunk_bounds(total, self.chunk_size):
-            self.sender.send(job_id, start, stop)
+        self._send(job_id, chunk_bounds(total, self.chunk_size))
+
+    def _send(self, job_id: str, chunks: list[tuple[int, int]]) -> None:
+        for start, stop in chunks:
+            try:
+                self.sender.send(job_id, start, stop)
+            except Exception as exc:
+                # kombu's and the transports' errors: any of them means the same here.
+                raise QueueUnavailableError(
+                    f"the job queue (CARTAG_BROKER_URL) could not be reached "
+                    f"({type(exc).__name__}: {exc}); the job was not stored: send it again "
+                    "in a minute, and check that the broker is running"
+                ) from exc
 
     def start(self) -> None:
-        """Send again the pending chunks of unfinished jobs.
+        """Send again the chunks of unfinished jobs that still have items to classify.
 
-        Covers a job stored by an API process that stopped before its tasks were
-        sent; a chunk sent twice is harmless (its items are stored once).
+        Covers a job stored by an API process that stopped before its tasks were sent;
+        a chunk sent twice is harmless (its items are stored once). A chunk whose
+        items all have their result is not sent. A broker that cannot be reached is
+        logged, not fatal: the API serves without it, and the next start sends them.
         """
         with self.db.read() as session:
             jobs = job_repo.unfinished_jobs(session)
-            pending = {job.id: job.total for job in jobs if job_repo.count_pending(session, job.id)}
-        for job_id, total in pending.items():
-            self._dispatch(job_id, total)
-        if pending:
-            log.info("sent the chunks of %d unfinished job(s) again", len(pending))
+            pending = {
+                job.id: [
+                    (start, stop)
+                    for start, stop in chunk_bounds(job.total, self.chunk_size)
+                    if job_repo.count_pending(session, job.id, start, stop)
+                ]
+                for job in jobs
+            }
+        resent = 0
+        for job_id, chunks in pending.items():
+            if not chunks:
+                continue
+            try:
+                self._send(job_id, chunks)
+            except QueueUnavailableError as exc:
+                log.warning(
+                    "unfinished jobs not sent again: %s; the next start of the API sends them",
+                    exc.message,
+                )
+                return
+            resent += 1
+        if resent:
+            log.info("sent the pending chunks of %d unfinished job(s) again", resent)
 
     async def stop(self) -> None:
         self.sender.close()

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -64,6 +64,12 @@ def create_job(
         ],
     )
     return job
+
+
+def delete_job(session: Session, job_id: str) -> None:
+    """Remove a job and its items: one that could not be got going, never answered 202."""
+    session.execute(delete(JobItemRow).where(JobItemRow.job_id == job_id))
+    session.execute(delete(JobRow).where(JobRow.id == job_id))
 
 
 def get_job(session: Session, job_id: str) -> JobRow:

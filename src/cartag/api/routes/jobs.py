@@ -58,7 +58,7 @@ def _job_out(job: JobRow, results: list[ResultOut] | None = None) -> JobOut:
     "",
     response_model=JobOut,
     status_code=status.HTTP_202_ACCEPTED,
-    responses=error_responses(400, 413),
+    responses=error_responses(400, 413, 503),
 )
 async def submit_job(
     body: JobIn, state: StateDep, principal: ClassifierDep, response: Response

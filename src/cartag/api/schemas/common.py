@@ -79,7 +79,7 @@ _ERROR_DESCRIPTIONS: Final[dict[int, str]] = {
     413: "The request body is over the size limit (body_too_large): CARTAG_MAX_BODY_BYTES, "
     "CARTAG_MAX_JOB_BODY_BYTES for POST /v1/jobs.",
     422: "A request field is invalid (invalid_input); field names it.",
-    503: "The model or the store is unavailable; try again later.",
+    503: "The model, the store or the job queue is unavailable; try again later.",
 }
 
 
