@@ -13,42 +13,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from cartag.clock import FakeClock, SystemClock
 from cartag.jobs.runner import JobRunner
-from cartag.pipeline.classify import ClassifyStats
-from cartag.pipeline.results import ClassifyResult, ImageRequest, skipped
 from cartag.settings import Settings
 from cartag.store import jobs as job_repo
 from cartag.store.db import Database
-from cartag.telemetry import Telemetry
+from tests.support.fakes import SkippingService
 
 LEASE_S = 0.4
-
-
-class _HeldService:
-    """Answers every image ``skipped``; with ``hold`` set, each chunk waits for ``go``."""
-
-    def __init__(self, settings: Settings, hold: bool = False) -> None:
-        self.settings = settings
-        self.telemetry = Telemetry()
-        self.fetcher: Any = None
-        self.go = asyncio.Event()
-        if not hold:
-            self.go.set()
-        self.calls = 0
-
-    async def classify(
-        self,
-        advertiser_id: str,
-        requests: Sequence[ImageRequest],
-        stats: ClassifyStats | None = None,
-    ) -> list[ClassifyResult]:
-        self.calls += 1
-        await self.go.wait()
-        return [skipped(r.url, "http_404") for r in requests]
 
 
 def _job(db: Database, n: int = 4) -> str:
@@ -59,7 +33,7 @@ def _job(db: Database, n: int = 4) -> str:
         ).id
 
 
-def _runner(db: Database, service: _HeldService, clock: Any) -> JobRunner:
+def _runner(db: Database, service: SkippingService, clock: Any) -> JobRunner:
     return JobRunner(
         db,
         service,
@@ -92,7 +66,7 @@ def test_a_job_whose_process_died_is_taken_back_without_a_restart(
         assert job_repo.claim_next_job(session, clock.now()) is not None
 
     async def scenario() -> None:
-        service = _HeldService(settings)
+        service = SkippingService(settings)
         runner = _runner(db, service, clock)
         runner.start()  # its heartbeat is recent: not taken yet
         await asyncio.sleep(3 * LEASE_S)
@@ -111,11 +85,11 @@ def test_a_live_runners_job_is_never_taken_and_a_stopping_runner_gives_it_back(
     job_id = _job(db)
 
     async def scenario() -> None:
-        held = _HeldService(settings, hold=True)
+        held = SkippingService(settings, hold=True)
         first = _runner(db, held, SystemClock())
         first.start()
         await _until(lambda: held.calls == 1)  # running its first chunk, held open
-        other = _HeldService(settings)
+        other = SkippingService(settings)
         second = _runner(db, other, SystemClock())
         second.start()
         await asyncio.sleep(4 * LEASE_S)  # well past the lease: the first one beats
@@ -135,7 +109,7 @@ def test_a_stopped_runners_job_waits_in_the_queue_unblamed(
     job_id = _job(db)
 
     async def scenario() -> None:
-        held = _HeldService(settings, hold=True)
+        held = SkippingService(settings, hold=True)
         runner = _runner(db, held, SystemClock())
         runner.start()
         await _until(lambda: held.calls == 1)

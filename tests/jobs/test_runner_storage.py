@@ -7,44 +7,15 @@ is a stub (the subject is the runner's bookkeeping, not classification).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any
 
 from cartag.clock import FakeClock
 from cartag.jobs.runner import JobRunner
-from cartag.pipeline.classify import ClassifyStats
-from cartag.pipeline.results import ClassifyResult, ImageRequest, skipped
 from cartag.settings import Settings
 from cartag.store import jobs as job_repo
 from cartag.store.db import Database
-from cartag.telemetry import Telemetry
-from tests.support.storage import FullDisk, full_disk
-
-
-class _StubService:
-    """Answers every image ``skipped`` (http_404); fills or frees the disk on given calls."""
-
-    def __init__(self, settings: Settings, disk: FullDisk | None = None) -> None:
-        self.settings = settings
-        self.telemetry = Telemetry()
-        self.fetcher: Any = None
-        self.disk = disk
-        self.fill_disk_on_call = 0
-        self.free_disk_on_call = 0
-        self.calls = 0
-
-    async def classify(
-        self,
-        advertiser_id: str,
-        requests: Sequence[ImageRequest],
-        stats: ClassifyStats | None = None,
-    ) -> list[ClassifyResult]:
-        self.calls += 1
-        if self.disk is not None and self.calls == self.fill_disk_on_call:
-            self.disk.full = True  # the disk fills while the chunk is being classified
-        if self.disk is not None and self.calls == self.free_disk_on_call:
-            self.disk.full = False
-        return [skipped(r.url, "http_404") for r in requests]
+from tests.support.fakes import SkippingService
+from tests.support.storage import full_disk
 
 
 def _job(db: Database, n: int) -> str:
@@ -56,7 +27,7 @@ def _job(db: Database, n: int) -> str:
     return job.id
 
 
-def _runner(db: Database, service: _StubService) -> JobRunner:
+def _runner(db: Database, service: SkippingService) -> JobRunner:
     return JobRunner(
         db,
         service,  # type: ignore[arg-type]
@@ -80,7 +51,7 @@ def test_a_chunk_whose_results_could_not_be_stored_runs_again(
     job_id = _job(sqlite_db, 4)
     # The first store of results fails; the chunk runs again and is stored.
     with full_disk(sqlite_db, full=False, only="UPDATE job_items") as disk:
-        service = _StubService(settings, disk)
+        service = SkippingService(settings, disk)
         service.fill_disk_on_call, service.free_disk_on_call = 1, 2
         assert asyncio.run(_runner(sqlite_db, service).run_until_idle()) == 1
     assert disk.failures == 1
@@ -96,7 +67,7 @@ def test_a_job_stranded_by_a_full_disk_is_requeued_and_finished_without_a_restar
     # "running" for nobody: once the disk has room, the same runner (no restart) finishes it.
     job_id = _job(sqlite_db, 4)
     with full_disk(sqlite_db, full=False) as disk:
-        service = _StubService(settings, disk)
+        service = SkippingService(settings, disk)
         service.fill_disk_on_call = 1
         runner = _runner(sqlite_db, service)
 
@@ -119,7 +90,7 @@ def test_a_job_the_store_can_requeue_waits_in_the_queue_with_the_reason(
     job_id = _job(sqlite_db, 2)
     # Only storing results fails: the job goes back to the queue, saying why.
     with full_disk(sqlite_db, only="UPDATE job_items") as disk:
-        service = _StubService(settings)
+        service = SkippingService(settings)
         runner = _runner(sqlite_db, service)
         assert asyncio.run(runner.run_until_idle()) == 0
         assert runner.stranded == set()
@@ -134,7 +105,7 @@ def test_a_job_the_store_can_requeue_waits_in_the_queue_with_the_reason(
 class _ChunkContext:
     """What the Celery chunk task uses of a worker process, around a stub service."""
 
-    def __init__(self, settings: Settings, db: Database, service: _StubService) -> None:
+    def __init__(self, settings: Settings, db: Database, service: SkippingService) -> None:
         self.settings = settings
         self.db = db
         self.clock = FakeClock()
@@ -165,7 +136,7 @@ def test_a_celery_chunk_waits_out_a_storage_outage_and_never_fails_the_job_for_i
     app = Celery("test", set_as_current=False)
     app.conf.task_always_eager = True  # a retry runs again at once
     with full_disk(sqlite_db, full=False, only="UPDATE job_items") as disk:
-        service = _StubService(strict, disk)
+        service = SkippingService(strict, disk)
         service.fill_disk_on_call, service.free_disk_on_call = 1, 4  # three outages
         context = _ChunkContext(strict, sqlite_db, service)
         try:

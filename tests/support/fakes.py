@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +11,8 @@ from PIL import Image
 from cartag.models.classifier import Classifier, Prediction, make_prediction
 from cartag.net.fetch import Fetcher
 from cartag.net.outcomes import Fetched, FetchOutcome, FetchRequest, Validators
+from cartag.pipeline.classify import ClassifyStats
+from cartag.pipeline.results import ClassifyResult, ImageRequest, skipped
 from cartag.settings import Settings
 from cartag.telemetry import Telemetry
 from tests.support.images import jpeg_bytes
@@ -79,3 +82,42 @@ class CallbackOnlyService:
 
     async def classify(self, *args: Any) -> list[Any]:
         raise AssertionError("no job should be classified")
+
+
+class SkippingService:
+    """A classify service without a model for job-runner tests: every image ``skipped``
+    (http_404).
+
+    Attributes:
+        calls: Chunks classified so far.
+        go: Each chunk waits for it (set unless ``hold``): a chunk held open, as a long
+            one is, for as long as a test needs.
+        disk: Filled on call ``fill_disk_on_call`` and freed on ``free_disk_on_call``
+            (a full disk while a chunk is classified), when given.
+    """
+
+    def __init__(self, settings: Settings, disk: Any = None, *, hold: bool = False) -> None:
+        self.settings = settings
+        self.telemetry = Telemetry()
+        self.fetcher: Any = None
+        self.disk = disk
+        self.fill_disk_on_call = 0
+        self.free_disk_on_call = 0
+        self.calls = 0
+        self.go = asyncio.Event()
+        if not hold:
+            self.go.set()
+
+    async def classify(
+        self,
+        advertiser_id: str,
+        requests: Sequence[ImageRequest],
+        stats: ClassifyStats | None = None,
+    ) -> list[ClassifyResult]:
+        self.calls += 1
+        if self.disk is not None and self.calls == self.fill_disk_on_call:
+            self.disk.full = True  # the disk fills while the chunk is being classified
+        if self.disk is not None and self.calls == self.free_disk_on_call:
+            self.disk.full = False
+        await self.go.wait()
+        return [skipped(r.url, "http_404") for r in requests]
