@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -246,3 +248,24 @@ def test_an_odd_login_form_gets_the_form_again(browser: TestClient, page: str) -
         assert response.status_code == 422
         assert "text/html" in response.headers["content-type"]
         assert "login form" in response.text and 'name="key"' in response.text
+
+
+@pytest.mark.parametrize(
+    ("page", "deep"),
+    [
+        ("/review", "/review/cars@1?mode=color"),
+        ("/monitor", "/monitor?since=2d"),
+        ("/fix", "/fix/dealer-1?page=2"),
+    ],
+)
+def test_a_key_without_the_role_gets_a_login_form_back_to_the_page_asked_for(
+    browser: TestClient, db: Database, page: str, deep: str
+) -> None:
+    # Logged in (through its own area's form) with a key that may not see the page: the
+    # form shown used to lead back to the area's root, not to the page asked for.
+    other = "/fix" if page != "/fix" else "/review"
+    role = "fixer" if page != "/fix" else "reviewer"
+    _logged_in(browser, other, _key(db, role))
+    refused = browser.get(deep, follow_redirects=False)
+    assert refused.status_code == 403, refused.text
+    assert f'name="next" value="{html.escape(deep)}"' in refused.text

@@ -153,6 +153,11 @@ _MAX_NEXT = 2048
 _DOT_SEGMENT: Final = re.compile(r"/(?:\.|%2e){1,2}(?:/|$)", re.IGNORECASE)
 
 
+def page_address(request: Request) -> str:
+    """The page asked for, path and query: where a login should come back to."""
+    return request.url.path + (f"?{request.url.query}" if request.url.query else "")
+
+
 def safe_next(target: str | None, area: str) -> str:
     """Where a login form may send the browser: a page under ``area``, else ``area`` itself.
 

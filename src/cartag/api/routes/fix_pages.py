@@ -81,7 +81,7 @@ _LOGIN = browser.LoginArea(
 
 
 def _to_login(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    target = browser.page_address(request)
     return RedirectResponse(
         f"/fix/login?{urlencode({'next': target})}", status_code=303, headers=browser.PAGE_HEADERS
     )
@@ -92,7 +92,9 @@ def _may_fix(principal: Principal) -> bool:
 
 
 def _forbidden(request: Request, message: str) -> HTMLResponse:
-    return browser.login_page(request, _LOGIN, 403, error=message, next_url="/fix")
+    # Logged in with the right key, the browser comes back to the page it asked for.
+    here = browser.safe_next(browser.page_address(request), "/fix")
+    return browser.login_page(request, _LOGIN, 403, error=message, next_url=here)
 
 
 @pages.get("/login")

@@ -160,10 +160,11 @@ def monitor_page(
         try:
             user.require(_ROLE)
         except PermissionDeniedError as exc:
-            return browser.login_page(request, _LOGIN, 403, error=exc.message, next_url="/monitor")
+            here = browser.safe_next(browser.page_address(request), "/monitor")
+            return browser.login_page(request, _LOGIN, 403, error=exc.message, next_url=here)
         as_page = browser.prefers_html(request)
     else:
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        target = browser.page_address(request)
         return RedirectResponse(
             f"/monitor/login?next={quote(target, safe='')}",
             status_code=303,

@@ -63,7 +63,7 @@ def _page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
 
 
 def _to_login(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    target = browser.page_address(request)
     return RedirectResponse(f"/review/login?{urlencode({'next': target})}", status_code=303)
 
 
@@ -79,7 +79,9 @@ _LOGIN = browser.LoginArea(
 
 def _forbidden(request: Request, user: str) -> HTMLResponse:
     message = f"The API key {user!r} lacks the reviewer role; log in with a reviewer or admin key."
-    return browser.login_page(request, _LOGIN, 403, error=message, next_url="/review")
+    # Logged in with the right key, the browser comes back to the page it asked for.
+    here = browser.safe_next(browser.page_address(request), "/review")
+    return browser.login_page(request, _LOGIN, 403, error=message, next_url=here)
 
 
 @pages.get("/login")
