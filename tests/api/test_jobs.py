@@ -278,3 +278,31 @@ def test_a_job_the_broker_cannot_take_is_a_503_and_not_kept(
     assert response.json()["error"]["code"] == "queue_unavailable"
     assert response.headers["Retry-After"] == "30"
     assert client.get("/v1/jobs", headers=headers).json()["total"] == 0
+
+
+def test_a_queued_job_can_be_cancelled_by_its_key_and_calls_back(
+    make_client: AppFactory, db: Database, server: ImageServer
+) -> None:
+    client = make_client(db, run_jobs=False)  # nothing runs it: it stays queued
+    owner, other, admin = (make_headers(db, r) for r in ("classifier", "classifier", "admin"))
+    server.add_json_sink("/hook")
+    body = {
+        "advertiser_id": "a",
+        "images": [{"url": "https://cdn.example/1.jpg"}],
+        "callback_url": server.url("/hook"),
+    }
+    job_id = client.post("/v1/jobs", json=body, headers=owner).json()["id"]
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=other).status_code == 404
+    cancelled = client.post(f"/v1/jobs/{job_id}/cancel", headers=owner)
+    assert cancelled.status_code == 200, cancelled.text
+    job = cancelled.json()
+    assert job["status"] == "failed" and job["error"].startswith("cancelled by ")
+    assert job["finished_at"] is not None
+    again = client.post(f"/v1/jobs/{job_id}/cancel", headers=admin)
+    assert again.status_code == 409 and "failed already" in again.json()["error"]["message"]
+    deadline = time.monotonic() + 10
+    while not server.received("/hook") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (hook,) = server.received("/hook")
+    assert hook["job_id"] == job_id and hook["status"] == "failed"
+    assert "cancelled" in (hook.get("error") or "")

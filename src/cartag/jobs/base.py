@@ -94,6 +94,10 @@ class JobDispatcher:
     def _dispatch(self, job_id: str, total: int) -> None:
         raise NotImplementedError
 
+    def ended(self, job_id: str) -> None:
+        """A job ended outside the workers (cancelled): send its callback if this
+        process sends callbacks; otherwise the next sweep of a worker does."""
+
     def start(self) -> None:
         """Pick up jobs a previous process left unfinished."""
 

@@ -106,6 +106,10 @@ class JobRunner(JobDispatcher):
     def _dispatch(self, job_id: str, total: int) -> None:
         self._wake.set()
 
+    def ended(self, job_id: str) -> None:
+        """Send the callback of a job cancelled through the API (on the event loop)."""
+        self._track(self._callback(job_id))
+
     def start(self) -> None:
         """Requeue jobs whose process stopped beating, send the callbacks no process is
         sending, then start the worker task."""

@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from cartag.errors import NotFoundError
+from cartag.errors import ConflictError, NotFoundError
 from cartag.store.tables import JobItemRow, JobRow
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
@@ -204,6 +204,29 @@ def finish_job(
         .where(JobRow.id == job_id)
         .values(status=status, finished_at=now, error=error)
     )
+
+
+def cancel_job(session: Session, job_id: str, *, now: dt.datetime, by: str) -> JobRow:
+    """Stop a queued or running job: it ends ``failed`` with ``error: "cancelled by <by>"``.
+
+    Results stored so far stay; a chunk being classified is stored when it ends, and no
+    other chunk starts (runners and workers read the job's status before each chunk).
+
+    Raises:
+        NotFoundError: No such job.
+        ConflictError: The job has finished already.
+    """
+    job = session.scalars(select(JobRow).where(JobRow.id == job_id).with_for_update()).one_or_none()
+    if job is None:
+        raise NotFoundError(f"no job with id {job_id!r}")
+    if job.status not in (QUEUED, RUNNING):
+        raise ConflictError(
+            f"job {job_id} is {job.status} already: only a queued or running job can be cancelled"
+        )
+    job.status = FAILED
+    job.finished_at = now
+    job.error = f"cancelled by {by}"
+    return job
 
 
 def set_callback_status(

@@ -138,3 +138,28 @@ def get_job(job_id: str, state: StateDep, principal: ClassifierDep) -> JobOut:
                 ResultOut.model_validate(r) for r in job_repo.job_results(session, job_id) if r
             ]
         return _job_out(job, results)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=error_responses(404, 409))
+async def cancel_job(job_id: str, state: StateDep, principal: ClassifierDep) -> JobOut:
+    """Stop a queued or running job (a mistaken one, or one no longer wanted).
+
+    It ends ``failed`` with ``error: "cancelled by <key name>"``; the results stored so
+    far stay readable, the chunk being classified finishes, no other starts, and the
+    callback (if any) reports the failure. 409 once the job has finished. Only for the
+    key that submitted it (and admins).
+    """
+
+    def cancel() -> JobOut:
+        with state.db.write() as session:
+            job = job_repo.get_job(session, job_id)
+            if not _may_read(principal, job):
+                raise NotFoundError(f"no job with id {job_id!r}")
+            return _job_out(
+                job_repo.cancel_job(session, job_id, now=state.clock.now(), by=principal.name)
+            )
+
+    # A write transaction: off the event loop, as every other write of a request.
+    out = await asyncio.to_thread(cancel)
+    state.jobs.ended(job_id)
+    return out
