@@ -129,7 +129,7 @@ class JobRunner(JobDispatcher):
 
     async def run_until_idle(self) -> int:
         """Run queued jobs until none is left, and wait for their callbacks; returns how
-        many jobs ran."""
+        many runs of a job ended (a job that stepped aside for another counts once more)."""
         ran = 0
         while await self._run_one():
             ran += 1
@@ -260,7 +260,8 @@ class JobRunner(JobDispatcher):
 
     async def _run_claimed(self, job: JobRow) -> bool:
         try:
-            await self._process(job)
+            if await self._process(job):
+                return True  # stepped aside: back in the queue, behind a new job
             if not await asyncio.to_thread(execute.finish_if_complete, self.db, self.clock, job.id):
                 return True  # finished by someone else, or failed meanwhile
         except Exception as exc:  # noqa: BLE001 - recorded on the job, never lost
@@ -349,19 +350,44 @@ class JobRunner(JobDispatcher):
                     log.exception("telemetry failed on a storage failure")
                 await asyncio.sleep(delay)
 
-    async def _process(self, job: JobRow) -> None:
+    async def _process(self, job: JobRow) -> bool:
+        """Run the job's chunks from its first item without a result.
+
+        Returns:
+            True when it stepped aside after a chunk, back in the queue, because a job
+            that has not started was waiting (see :func:`job_repo.claim_next_job`);
+            False when its chunks are done (or it finished elsewhere, or was cancelled).
+        """
         while True:
             held = 0
+            first = await asyncio.to_thread(self._first_pending, job.id)
             for start, stop in execute.chunk_bounds(job.total, self.chunk_size):
+                if first is None or stop <= first:
+                    continue  # every item of the chunk has its result
                 report = await self._run_chunk(job.id, start, stop)
                 if report.job_status in (job_repo.DONE, job_repo.FAILED):
-                    return
+                    return False
                 held += report.held_elsewhere
+                if stop < job.total and await asyncio.to_thread(self._step_aside, job.id):
+                    return True
             if not held:
-                return
+                return False
             # Another process holds some items (PostgreSQL row locks): they are stored
             # when it finishes, or free again if it dies.
             await asyncio.sleep(self.poll_interval_s)
+
+    def _first_pending(self, job_id: str) -> int | None:
+        with self.db.read() as session:
+            return job_repo.first_pending(session, job_id)
+
+    def _step_aside(self, job_id: str) -> bool:
+        """Requeue the job if a job that has not started waits (a read first: no write
+        transaction after each chunk otherwise)."""
+        with self.db.read() as session:
+            if not job_repo.unstarted_waiting(session):
+                return False
+        with self.db.write() as session:
+            return job_repo.requeue_job(session, job_id, error=None)
 
     def _policy(self) -> delivery.CallbackPolicy:
         return delivery.CallbackPolicy.from_settings(

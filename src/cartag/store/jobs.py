@@ -120,11 +120,16 @@ def job_results(session: Session, job_id: str) -> list[dict[str, Any] | None]:
 
 
 def claim_next_job(session: Session, now: dt.datetime) -> JobRow | None:
-    """Take the oldest queued job and mark it running (skips jobs locked by other workers)."""
+    """Take a queued job and mark it running (skips jobs locked by other workers).
+
+    Jobs that have not started come first, oldest first, then those that have (a big
+    job a runner stepped aside from, one interrupted): a one-image job never waits for
+    a 100,000-image one submitted before it.
+    """
     stmt = (
         select(JobRow)
         .where(JobRow.status == QUEUED)
-        .order_by(JobRow.created_at)
+        .order_by(JobRow.started_at.is_not(None), JobRow.created_at)
         .limit(1)
         .with_for_update(skip_locked=True)
     )
@@ -135,6 +140,21 @@ def claim_next_job(session: Session, now: dt.datetime) -> JobRow | None:
     job.started_at = job.started_at or now
     job.heartbeat_at = now
     return job
+
+
+def unstarted_waiting(session: Session) -> bool:
+    """Whether a queued job that has never started is waiting."""
+    stmt = select(JobRow.id).where(JobRow.status == QUEUED, JobRow.started_at.is_(None)).limit(1)
+    return session.scalar(stmt) is not None
+
+
+def first_pending(session: Session, job_id: str) -> int | None:
+    """The index of the job's first item without a result (None: every item has one)."""
+    stmt = select(func.min(JobItemRow.idx)).where(
+        JobItemRow.job_id == job_id, JobItemRow.result.is_(None)
+    )
+    found = session.scalar(stmt)
+    return None if found is None else int(found)
 
 
 def beat(session: Session, job_id: str, now: dt.datetime) -> bool:
