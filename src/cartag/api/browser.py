@@ -30,7 +30,12 @@ from urllib.parse import parse_qs
 from fastapi import Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from cartag.api.deps import SESSION_COOKIE, clear_session_cookie, set_session_cookie
+from cartag.api.deps import (
+    SESSION_COOKIE,
+    browser_principal,
+    clear_session_cookie,
+    set_session_cookie,
+)
 from cartag.api.state import AppState
 from cartag.errors import AuthError, PermissionDeniedError
 from cartag.store import apikeys
@@ -299,21 +304,9 @@ async def logout_form_submitted(request: Request, state: AppState, area: LoginAr
     """
     response = RedirectResponse(f"{area.root}/login", status_code=303, headers=PAGE_HEADERS)
     if not await logout_form_ok(request):
-        if _has_live_session(state, request):
+        if browser_principal(state, request.cookies.get(SESSION_COOKIE)) is not None:
             raise PermissionDeniedError("the logout form lacks this session's CSRF token")
         clear_session_cookie(response)
         return response
     log_out(state, request, response)
     return response
-
-
-def _has_live_session(state: AppState, request: Request) -> bool:
-    token = request.cookies.get(SESSION_COOKIE, "")
-    if not token:
-        return False
-    try:
-        with state.db.read() as session:
-            session_repo.authenticate_session(session, token, state.clock.now())
-    except AuthError:
-        return False
-    return True

@@ -161,16 +161,7 @@ def redeliver(
             # Only those this sweep was for: callbacks that failed for good (failed:*)
             # are not retried by --pending, and must not make every later run exit 1.
             with db.read() as session:
-                left = sum(
-                    1
-                    for job in tried
-                    if not (
-                        job_repo.visible_callback_status(
-                            job_repo.get_job(session, job).callback_status
-                        )
-                        or ""
-                    ).startswith("delivered:")
-                )
+                left = len(job_repo.failed_callbacks(session, limit=len(tried) + 1, job_ids=tried))
         else:
             with db.read() as session:
                 _check_redeliverable(job_repo.get_job(session, job_id), url, clock.now())

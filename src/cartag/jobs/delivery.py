@@ -278,6 +278,17 @@ async def _send_claimed(
     return outcome
 
 
+async def send_callback_or_leave(
+    db: Database, fetcher: Fetcher, job_id: str, *, clock: Clock, policy: CallbackPolicy
+) -> None:
+    """:func:`send_callback` beside other work: a failure is logged, and the job keeps its
+    pending callback status for the next sweep to send."""
+    try:
+        await send_callback(db, fetcher, job_id, clock=clock, policy=policy)
+    except Exception:  # noqa: BLE001 - the job keeps its pending callback status
+        log.exception("job %s: callback not sent; the next sweep sends it", job_id)
+
+
 async def send_pending_callbacks(
     db: Database,
     fetcher: Fetcher,

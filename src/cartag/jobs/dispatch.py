@@ -106,20 +106,20 @@ class CeleryDispatcher(JobDispatcher):
         """
         with self.db.read() as session:
             jobs = job_repo.unfinished_jobs(session)
-            pending = {
-                job.id: [
+            pending: dict[str, list[tuple[int, int]]] = {}
+            for job in jobs:
+                unstored = job_repo.pending_chunks(session, job.id, self.chunk_size)
+                pending[job.id] = [
                     (start, stop)
                     for start, stop in chunk_bounds(job.total, self.chunk_size)
-                    if job_repo.count_pending(session, job.id, start, stop)
+                    if start // self.chunk_size in unstored
                 ]
-                for job in jobs
-            }
         resent = 0
-        for job_id, chunks in pending.items():
-            if not chunks:
+        for job_id, bounds in pending.items():
+            if not bounds:
                 continue
             try:
-                self._send(job_id, chunks)
+                self._send(job_id, bounds)
             except QueueUnavailableError as exc:
                 log.warning(
                     "unfinished jobs not sent again: %s; the next start of the API sends them",

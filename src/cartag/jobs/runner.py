@@ -398,12 +398,9 @@ class JobRunner(JobDispatcher):
         )
 
     async def _callback(self, job_id: str) -> None:
-        try:
-            await delivery.send_callback(
-                self.db, self.service.fetcher, job_id, clock=self.clock, policy=self._policy()
-            )
-        except Exception:  # noqa: BLE001 - the job keeps its pending callback status
-            log.exception("job %s: callback not sent; the next sweep sends it", job_id)
+        await delivery.send_callback_or_leave(
+            self.db, self.service.fetcher, job_id, clock=self.clock, policy=self._policy()
+        )
 
     async def _send_pending_callbacks(self, since: dt.datetime | None) -> None:
         try:

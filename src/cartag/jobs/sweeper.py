@@ -110,18 +110,13 @@ class CallbackSweeper:
         if loop is None or fetcher is None or loop.is_closed():
             return False
         try:
-            asyncio.run_coroutine_threadsafe(self._send(fetcher, job_id), loop)
+            send = delivery.send_callback_or_leave(
+                self.db, fetcher, job_id, clock=self.clock, policy=self.policy
+            )
+            asyncio.run_coroutine_threadsafe(send, loop)
         except RuntimeError:  # the loop closed meanwhile
             return False
         return True
-
-    async def _send(self, fetcher: Fetcher, job_id: str) -> None:
-        try:
-            await delivery.send_callback(
-                self.db, fetcher, job_id, clock=self.clock, policy=self.policy
-            )
-        except Exception:  # noqa: BLE001 - the job keeps its pending status: a sweep sends it
-            log.exception("job %s: callback not sent; the next sweep sends it", job_id)
 
     async def _sweep_forever(self) -> None:
         async with Fetcher(self.settings) as fetcher:

@@ -66,43 +66,20 @@ def register_tasks(app: Any, context: Callable[[], WorkerContext]) -> Any:
             return retry
 
         try:
-            report = ctx.run(
-                execute.run_job_chunk(ctx.db, ctx.service, ctx.clock, job_id, start, stop)
-            )
+            finished, status = _run(ctx, job_id, start, stop, failures, again)
         except NotFoundError:
             log.warning("job %s no longer exists; chunk [%d, %d) dropped", job_id, start, stop)
             return
-        except Exception as exc:  # noqa: BLE001 - retried, then recorded on the job
-            problem = storage_problem(exc)
-            if problem is not None:
-                raise _outage(job_id, start, stop, problem, outages, again, exc) from exc
-            if failures < ctx.settings.job_chunk_retries:
-                log.warning("job %s chunk [%d, %d) failed (%s); retrying", job_id, start, stop, exc)
-                raise again(2.0**failures, exc, failures=1) from exc
-            log.exception("job %s chunk [%d, %d) failed; the job fails", job_id, start, stop)
-            try:
-                execute.fail_job(ctx.db, ctx.clock, job_id, f"{type(exc).__name__}: {exc}")
-            except Exception as write_exc:
-                problem = storage_problem(write_exc)
-                if problem is None:
-                    raise
-                # Not acknowledged unrecorded: failed again once the store is back.
-                raise _outage(job_id, start, stop, problem, outages, again, exc) from write_exc
-            _send_callback(ctx, job_id)
-            return
-        if report.held_elsewhere:
-            raise again(HELD_RETRY_S)
-        try:
-            finished = execute.finish_if_complete(ctx.db, ctx.clock, job_id)
         except Exception as exc:
+            # One place for every write of the chunk the store refused: the run, the
+            # job's failure, its completion. Never acknowledged unrecorded.
             problem = storage_problem(exc)
             if problem is None:
                 raise
             raise _outage(job_id, start, stop, problem, outages, again, exc) from exc
         if finished:
-            log.info("job %s done", job_id)
             _send_callback(ctx, job_id)
-        elif report.job_status in FINISHED and delivery.callback_pending(ctx.db, job_id):
+        elif status in FINISHED and delivery.callback_pending(ctx.db, job_id):
             # Delivered again after the worker that finished the job stopped before its
             # callback went out (acks_late): sent now rather than at the next sweep
             # (claimed first, so never while another process sends it).
@@ -110,6 +87,42 @@ def register_tasks(app: Any, context: Callable[[], WorkerContext]) -> Any:
             _send_callback(ctx, job_id)
 
     return run_chunk
+
+
+def _run(
+    ctx: WorkerContext,
+    job_id: str,
+    start: int,
+    stop: int,
+    failures: int,
+    again: Callable[..., Exception],
+) -> tuple[bool, str | None]:
+    """Run the chunk; a failure is retried, then fails the job. Storage failures are
+    raised as they are (the task retries them as outages).
+
+    Returns:
+        (whether this call ended the job, so its callback is owed now; the job's status
+        when the chunk started, None when it failed here).
+    """
+    try:
+        report = ctx.run(execute.run_job_chunk(ctx.db, ctx.service, ctx.clock, job_id, start, stop))
+    except NotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - retried, then recorded on the job
+        if storage_problem(exc) is not None:
+            raise
+        if failures < ctx.settings.job_chunk_retries:
+            log.warning("job %s chunk [%d, %d) failed (%s); retrying", job_id, start, stop, exc)
+            raise again(2.0**failures, exc, failures=1) from exc
+        log.exception("job %s chunk [%d, %d) failed; the job fails", job_id, start, stop)
+        execute.fail_job(ctx.db, ctx.clock, job_id, f"{type(exc).__name__}: {exc}")
+        return True, None
+    if report.held_elsewhere:
+        raise again(HELD_RETRY_S)
+    finished = execute.finish_if_complete(ctx.db, ctx.clock, job_id)
+    if finished:
+        log.info("job %s done", job_id)
+    return finished, report.job_status
 
 
 def _outage(

@@ -165,13 +165,16 @@ def beat(session: Session, job_id: str, now: dt.datetime) -> bool:
     return int(getattr(result, "rowcount", 0) or 0) == 1
 
 
+def _stale(before: dt.datetime) -> ColumnElement[bool]:
+    """Running, with a heartbeat older than ``before`` (or never written)."""
+    return (JobRow.status == RUNNING) & or_(
+        JobRow.heartbeat_at.is_(None), JobRow.heartbeat_at < before
+    )
+
+
 def stale_running(session: Session, before: dt.datetime) -> list[str]:
     """Running jobs whose heartbeat is older than ``before`` (or was never written)."""
-    stmt = select(JobRow.id).where(
-        JobRow.status == RUNNING,
-        or_(JobRow.heartbeat_at.is_(None), JobRow.heartbeat_at < before),
-    )
-    return list(session.scalars(stmt))
+    return list(session.scalars(select(JobRow.id).where(_stale(before))))
 
 
 def requeue_stale(session: Session, job_ids: list[str], before: dt.datetime) -> int:
@@ -184,11 +187,7 @@ def requeue_stale(session: Session, job_ids: list[str], before: dt.datetime) -> 
         return 0
     result = session.execute(
         update(JobRow)
-        .where(
-            JobRow.id.in_(job_ids),
-            JobRow.status == RUNNING,
-            or_(JobRow.heartbeat_at.is_(None), JobRow.heartbeat_at < before),
-        )
+        .where(JobRow.id.in_(job_ids), _stale(before))
         .values(
             status=QUEUED,
             error="waiting to retry: the process running it stopped (no heartbeat)",
@@ -437,16 +436,22 @@ def pending_callbacks(
     return [(job_id, status) for job_id, status in session.execute(stmt)]
 
 
-def failed_callbacks(session: Session, *, limit: int = 100) -> list[JobRow]:
-    """Finished jobs whose callback was not delivered (failed or still pending), newest first."""
+def failed_callbacks(
+    session: Session, *, limit: int = 100, job_ids: Sequence[str] | None = None
+) -> list[JobRow]:
+    """Finished jobs whose callback was not delivered (failed or still pending), newest
+    first; only among ``job_ids`` when given."""
+    conditions: list[ColumnElement[bool]] = [
+        JobRow.status.in_([DONE, FAILED]),
+        JobRow.callback_url.is_not(None),
+        JobRow.callback_status.is_(None)
+        | ~JobRow.callback_status.startswith("delivered:", autoescape=True),
+    ]
+    if job_ids is not None:
+        conditions.append(JobRow.id.in_(job_ids))
     stmt = (
         select(JobRow)
-        .where(
-            JobRow.status.in_([DONE, FAILED]),
-            JobRow.callback_url.is_not(None),
-            JobRow.callback_status.is_(None)
-            | ~JobRow.callback_status.startswith("delivered:", autoescape=True),
-        )
+        .where(*conditions)
         .order_by(JobRow.finished_at.desc(), JobRow.id)
         .limit(limit)
     )
@@ -487,6 +492,16 @@ def claim_items(
     if lock:
         stmt = stmt.with_for_update(skip_locked=True)
     return list(session.scalars(stmt))
+
+
+def pending_chunks(session: Session, job_id: str, chunk_size: int) -> set[int]:
+    """The chunks (``idx // chunk_size``) of a job that have an item without a result.
+
+    One query, however large the job (a start of the API re-sends only these).
+    """
+    chunk = JobItemRow.idx // chunk_size
+    stmt = select(chunk).where(JobItemRow.job_id == job_id, JobItemRow.result.is_(None)).distinct()
+    return {int(n) for n in session.scalars(stmt)}
 
 
 def count_pending(session: Session, job_id: str, start: int = 0, stop: int | None = None) -> int:
