@@ -132,6 +132,35 @@ def test_import_a_folder_labels_from_folder_names_and_csv(
     assert LocalBlobStore(dataset_settings.data_dir / "blobs").exists(p1.blob_path)
 
 
+def test_import_a_folder_of_links_labels_them_by_their_own_paths(
+    sqlite_db: Database, dataset_settings: Settings, tmp_path: Path
+) -> None:
+    # A selection of a larger collection made of symbolic links: each link's target lies
+    # outside the imported folder (it raised ValueError from Path.relative_to).
+    photos = _import_folder(tmp_path)
+    root = tmp_path / "selection"
+    for i in (1, 2, 3):
+        target = photos / ("Dealer" if i % 3 else "Stock") / f"p{i:02d}.jpg"
+        link = root / "Red" / target.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target)
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text(
+        "path,image_type\nselection/Red/p01.jpg,Dealer\nRed/p02.jpg,Dealer\n"
+        f"{root / 'Red' / 'p03.jpg'},Stock\n",
+        encoding="utf-8",
+    )
+    builder = _builder(dataset_settings, sqlite_db, FakeClock(NOW))
+    report = builder.import_folder(BuildOptions("cars", rank=False), root, [csv_path])
+    items = {i.provenance["path"]: i for i in _items(sqlite_db, report.ref)}
+    assert {p: (i.image_type, i.color) for p, i in items.items()} == {
+        "selection/Red/p01.jpg": ("Dealer", "Red"),
+        "selection/Red/p02.jpg": ("Dealer", "Red"),
+        "selection/Red/p03.jpg": ("Stock", "Red"),
+    }
+    assert report.stats["import"]["label_rows_without_file"] == 0
+
+
 def test_import_refuses_bad_input(
     sqlite_db: Database, dataset_settings: Settings, tmp_path: Path
 ) -> None:

@@ -63,11 +63,25 @@ def parse_cutoff(value: str) -> dt.datetime | Literal["last-retrain"]:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
+def _relative_forms(file: Path, folder: Path) -> list[str]:
+    """``file`` relative to ``folder`` and to its parent, as listed and as resolved.
+
+    The listed form comes first: a folder of symbolic links to the photos (a
+    selection of a larger collection) names its files by the links, whose targets
+    lie outside it.
+    """
+    forms = []
+    for path, base in ((file.absolute(), folder.absolute()), (file.resolve(), folder.resolve())):
+        for root in (base.parent, base):
+            if path.is_relative_to(root):
+                forms.append(path.relative_to(root).as_posix())
+    return forms
+
+
 def relative_path(file: Path, folder: Path) -> str:
-    try:
-        return file.resolve().relative_to(folder.resolve().parent).as_posix()
-    except ValueError:
-        return file.as_posix()
+    """The imported file's path as provenance records it: from the folder's parent."""
+    forms = _relative_forms(file, folder)
+    return forms[0] if forms else file.resolve().as_posix()
 
 
 def folder_labels(file: Path) -> list[str | None]:
@@ -117,18 +131,21 @@ def read_label_csv(
             field="labels",
         )
     known: dict[str, Path] = {}
-    root, above = folder.resolve(), folder.resolve().parent
     for file in files:
         resolved = file.resolve()
-        for key in (resolved.relative_to(root), resolved.relative_to(above), resolved):
-            known[key.as_posix()] = resolved
+        for key in (*_relative_forms(file, folder), file.absolute().as_posix()):
+            known.setdefault(key, resolved)
+        known.setdefault(resolved.as_posix(), resolved)
     found: dict[Path, tuple[str | None, str | None, str | None]] = {}
     missing = 0
     for line, row in rows:
         raw = (row.get(columns["path"]) or "").strip()
         match = known.get(Path(raw).as_posix()) if raw else None
         if match is None and raw:
-            match = known.get((csv_path.parent / raw).resolve().as_posix())
+            beside_csv = csv_path.parent / raw
+            match = known.get(beside_csv.absolute().as_posix()) or known.get(
+                beside_csv.resolve().as_posix()
+            )
         if match is None:
             missing += 1
             continue
