@@ -26,6 +26,7 @@ from cartag.commands.common import (
     unreachable_database,
     unusable_database,
 )
+from cartag.commands.jobs import app as jobs_app
 from cartag.commands.keys import app as keys_app
 from cartag.commands.models import app as models_app
 from cartag.commands.monitor import app as monitor_app
@@ -75,6 +76,7 @@ app.add_typer(dataset.app, name="dataset")
 app.add_typer(train_app, name="train")
 app.add_typer(monitor_app, name="monitor")
 app.add_typer(callbacks_app, name="callbacks")
+app.add_typer(jobs_app, name="jobs")
 
 
 def _check_listen(host: str, port: int) -> None:
