@@ -105,6 +105,22 @@ def test_promote_refuses_a_version_whose_files_broke_after_registration(scene: S
         promote(scene, "gone")
 
 
+def test_rollback_refuses_a_version_whose_files_broke_and_leaves_the_alias(scene: Scene) -> None:
+    # A rollback onto damaged files used to succeed: the registry named a model no server
+    # could load, and every server went on serving the one rolled back from.
+    for name in ("b", "c"):
+        register(scene, name)
+        scene.clock.advance(1)
+        promote(scene, name)
+    damage(scene, "b", "color_head.npz", keep=200)
+    with pytest.raises(ModelUnloadableError, match="cannot roll production back to b") as exc:
+        rollback(scene)
+    assert exc.value.status_code == 409 and "changed since it was registered" in exc.value.message
+    with scene.db.read() as session:
+        assert repo.alias_version(session, "production") == "c"
+        assert [d.reason for d in repo.history(session, "production")][-1] == "promote"
+
+
 def test_a_sweep_points_the_candidate_without_gates_and_again_is_a_no_op(scene: Scene) -> None:
     record_metrics(scene.db, scene.initial, type_metrics(GOOD))
     register(scene, "trial-3", metrics=type_metrics({**GOOD, "Stock": 0.5}))  # would be gated

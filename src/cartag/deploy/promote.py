@@ -114,32 +114,89 @@ def _check_promotable(
 
 
 def rollback(
-    db: Database, settings: Settings, *, by: str, clock: Clock, alias: str = PRODUCTION
+    db: Database,
+    settings: Settings,
+    *,
+    by: str,
+    clock: Clock,
+    alias: str = PRODUCTION,
+    reuse: Classifier | None = None,
 ) -> DeploymentRow:
     """Point an alias back at the version it had before its current one (no gates).
+
+    The version rolled back to is load-checked first, as a promotion's is
+    (:func:`load_registered`): a rollback is what an operator reaches for when the
+    serving model misbehaves, and one onto files damaged since registration would leave
+    every server on the model rolled back from while the registry says otherwise.
+
+    Args:
+        db: The store.
+        settings: The loading settings.
+        by: Who rolls back.
+        clock: Time source.
+        alias: The alias to move.
+        reuse: A loaded model whose backbone the load check may share (a server's).
 
     Returns:
         The new deployment-history row (reason ``rollback``).
 
     Raises:
-        ConflictError: The alias has no earlier version, or that one no longer can serve.
+        ConflictError: The alias has no earlier version, or that one no longer can serve,
+            or the alias kept moving while the rollback load-checked its target.
+        ModelUnloadableError: The earlier version's files no longer load (a
+            :class:`ConflictError`); the alias does not move.
     """
     repo.check_alias(alias)
-    with db.write() as session:
-        repo.lock_alias(session, alias)  # the target is read from the history: hold it still
-        target = repo.rollback_target(history(session, alias))
-        if target is None:
-            raise ConflictError(
-                f"{alias} has no earlier version to roll back to; "
-                "`cartag models history` shows its deployments"
-            )
-        row = repo.get_version(session, target)
-        if row.status != REGISTERED:
-            raise ConflictError(
-                f"the previous {alias} version {target} is {row.status}; promote another "
-                "version instead"
-            )
-        return repo.point_alias(session, alias, target, by=by, reason="rollback", now=clock.now())
+    for _ in range(_ROLLBACK_TRIES):
+        with db.read() as session:
+            row = _rollback_row(session, alias)
+        # Outside any write transaction: loading takes a while and must not hold the lock.
+        try:
+            load_registered(settings, row, reuse=reuse)
+        except ModelError as exc:
+            log.error("rollback of %s to %s refused: %s", alias, row.version, exc.message)
+            raise ModelUnloadableError(
+                f"cannot roll {alias} back to {row.version}: {exc.message}. {alias} is "
+                "unchanged; promote a working version instead (`cartag models list`)"
+            ) from exc
+        with db.write() as session:
+            repo.lock_alias(session, alias)  # the target is read from the history: hold it still
+            # A promotion or rollback committed during the load changes the target: the
+            # one checked is then not the one to return to, so check the new one.
+            current = _rollback_row(session, alias)
+            if current.version == row.version:
+                return repo.point_alias(
+                    session, alias, row.version, by=by, reason="rollback", now=clock.now()
+                )
+    raise ConflictError(
+        f"{alias} changed {_ROLLBACK_TRIES} times while the rollback checked its target; "
+        "see `cartag models history` and roll back again"
+    )
+
+
+# A rollback whose target moves during its load check checks the new one, this many times.
+_ROLLBACK_TRIES = 3
+
+
+def _rollback_row(session: Session, alias: str) -> ModelVersionRow:
+    """The registered version a rollback of ``alias`` returns to.
+
+    Raises:
+        ConflictError: There is none, or it is refused or archived.
+    """
+    target = repo.rollback_target(history(session, alias))
+    if target is None:
+        raise ConflictError(
+            f"{alias} has no earlier version to roll back to; "
+            "`cartag models history` shows its deployments"
+        )
+    row = repo.get_version(session, target)
+    if row.status != REGISTERED:
+        raise ConflictError(
+            f"the previous {alias} version {target} is {row.status}; promote another "
+            "version instead"
+        )
+    return row
 
 
 def point_candidate(db: Database, version: str, *, by: str, reason: str, clock: Clock) -> None:
