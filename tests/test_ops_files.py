@@ -235,3 +235,11 @@ def test_the_checks_catch_a_wrong_metric_label_or_function(exported: dict[str, s
     ):
         with pytest.raises(AssertionError):
             _check_expr(bad, exported)
+
+
+def test_the_fix_rate_alert_counts_fixed_images_as_the_monitor_does() -> None:
+    """cartag_fixes_total counts requests (a mis-click corrected counts twice); the
+    monitor's rate, which the alert copies, counts each image once per advertiser and day."""
+    [rule] = [r for r in _rules() if r.get("alert") == "CartagFixRateJump"]
+    assert "cartag_fixed_images_total" in rule["expr"]
+    assert "cartag_fixes_total" not in rule["expr"]

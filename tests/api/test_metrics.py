@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -9,10 +11,13 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
+from cartag.clock import FakeClock
 from cartag.settings import Settings
 from cartag.store.db import Database
+from cartag.store.monitoring import fixes_between
 from cartag.store.tables import ClassifyDailyRow
 from tests.api.conftest import AppFactory, make_headers
+from tests.support.factories import add_image
 from tests.support.http_server import ImageServer
 from tests.support.images import jpeg_bytes
 
@@ -154,3 +159,42 @@ def test_metrics_can_require_a_key(
     wrong = client.get("/metrics", headers={"Authorization": "Bearer ctg_nope_nope"})
     assert wrong.status_code == 401
     assert _scrape(client, headers=make_headers(sqlite_db, "classifier"))
+
+
+def test_fixed_images_count_as_the_monitor_does_fix_requests_each(
+    make_client: AppFactory, db: Database
+) -> None:
+    """cartag_fixes_total counts requests; cartag_fixed_images_total each image once per
+    advertiser and UTC day, the count of store.monitoring.fixes_between."""
+    clock = FakeClock(dt.datetime(2026, 12, 8, 23, 0, tzinfo=dt.UTC))
+    client = make_client(db, clock=clock)
+    headers = make_headers(db, "fixer")
+    first, second = add_image(db).image_key, add_image(db).image_key
+
+    def fix(key: str, advertiser: str, color: str, scope: str = "advertiser") -> None:
+        body = {"advertiser_id": advertiser, "scope": scope, "color": color}
+        response = client.put(f"/v1/images/{key}/fix", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+
+    fix(first, "dealer-7", "Blue")
+    fix(first, "dealer-7", "Grey")  # a mis-click corrected: the same fixed image
+    fix(first, "dealer-7", "Grey", scope="global")  # staff, in dealer-7's name, same day
+    fix(first, "dealer-8", "Grey")  # another advertiser's
+    fix(second, "dealer-7", "Black")
+    clock.advance(3600)  # the next UTC day
+    fix(first, "dealer-7", "Blue")
+    s = _scrape(client)
+
+    def fixes(advertiser: str, scope: str) -> float:
+        return s[("cartag_fixes_total", (("advertiser", advertiser), ("scope", scope)))]
+
+    assert fixes("dealer-7", "advertiser") == 4 and fixes("dealer-7", "global") == 1
+    assert fixes("dealer-8", "advertiser") == 1
+    fixed = {
+        advertiser: s[("cartag_fixed_images_total", (("advertiser", advertiser),))]
+        for advertiser in ("dealer-7", "dealer-8")
+    }
+    assert fixed == {"dealer-7": 3, "dealer-8": 1}
+    with db.read() as session:
+        rows = list(fixes_between(session, dt.date(2026, 12, 8), dt.date(2026, 12, 9)))
+    assert Counter(advertiser for _, advertiser, _ in rows) == fixed

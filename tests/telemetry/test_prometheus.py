@@ -133,6 +133,7 @@ def test_the_base_telemetry_does_nothing() -> None:
     base.download_failed("timeout", "h")
     base.batch_ran(1, 0.1)
     base.fix_applied("a", "global")
+    base.image_fixed("a")
     base.advertiser_answered("a", 3)
     base.model_loaded("v")
     base.request_finished("GET", "/", 200, 0.1)
@@ -144,3 +145,17 @@ def test_an_unusable_int8_backbone_is_a_series_until_a_model_serves_without_one(
     assert _samples(t)[("cartag_int8_unavailable", (("version", "v1"),))] == 1
     t.model_loaded("v2", "lite0+int8@abcd")
     assert not [key for key in _samples(t) if key[0] == "cartag_int8_unavailable"]
+
+
+def test_fix_requests_and_fixed_images_are_two_counters_on_one_ranking() -> None:
+    t = PrometheusTelemetry(top_advertisers=1)
+    t.advertiser_answered("dealer-1", 10)
+    t.fix_applied("dealer-1", "advertiser")
+    t.fix_applied("dealer-1", "advertiser")
+    t.image_fixed("dealer-1")
+    t.image_fixed("dealer-2")  # not among the most active: its fix rate is "other"'s
+    s = _samples(t)
+    assert s[("cartag_fixes_total", (("advertiser", "dealer-1"), ("scope", "advertiser")))] == 2
+    assert s[("cartag_fixed_images_total", (("advertiser", "dealer-1"),))] == 1
+    assert s[("cartag_fixed_images_total", (("advertiser", OTHER),))] == 1
+    assert s[("cartag_advertiser_images_total", (("advertiser", "dealer-1"),))] == 10

@@ -227,6 +227,30 @@ def first_days(session: Session, versions: Collection[str]) -> dict[str, dt.date
     return {str(version): day for version, day in session.execute(stmt)}
 
 
+def first_fix_of_day(session: Session, audit: FixAuditRow) -> bool:
+    """Whether ``audit`` is the first fix of its image in its advertiser's name on its UTC
+    day: the one fix request of those :func:`fixes_between` counts as a fixed image.
+
+    Fixes of one image are serialised on its row and take their ids in that order
+    (:func:`cartag.pipeline.fixes.apply_fix`), so exactly one entry of each (day,
+    advertiser, image) finds no earlier one, however many servers fix it at once.
+    """
+    day = audit.created_at.astimezone(dt.UTC).date()
+    lo = dt.datetime.combine(day, dt.time(), dt.UTC)
+    earlier = (
+        select(FixAuditRow.id)
+        .where(
+            FixAuditRow.image_key == audit.image_key,
+            FixAuditRow.advertiser_id == audit.advertiser_id,
+            FixAuditRow.id < audit.id,
+            FixAuditRow.created_at >= lo,
+            FixAuditRow.created_at < lo + dt.timedelta(days=1),
+        )
+        .limit(1)
+    )
+    return session.execute(earlier).first() is None
+
+
 def fixes_between(
     session: Session, start: dt.date, until: dt.date
 ) -> Iterator[tuple[dt.date, str, str | None]]:

@@ -57,7 +57,13 @@ class Telemetry:
         """The model ran on a micro-batch of ``size`` images in ``duration_s`` seconds."""
 
     def fix_applied(self, advertiser_id: str, scope: str) -> None:
-        """A person fixed an image for ``advertiser_id`` (``scope``: global or advertiser)."""
+        """A fix request was applied for ``advertiser_id`` (``scope``: global or advertiser):
+        every one counts, a correction of a correction made a minute later too."""
+
+    def image_fixed(self, advertiser_id: str) -> None:
+        """An image got its first fix of the UTC day in ``advertiser_id``'s name: the count
+        the monitor's fix rate divides (:func:`cartag.store.monitoring.fixes_between`), so
+        an image fixed again the same day is not counted again."""
 
     def advertiser_answered(self, advertiser_id: str, answered: int) -> None:
         """One classify call answered ``answered`` images (skipped ones not counted) for

@@ -168,7 +168,7 @@ class PrometheusTelemetry(Telemetry):
     Args:
         top_hosts: Hosts with their own ``host`` label on download failures.
         top_advertisers: Advertisers with their own label on the fix and answer counters
-            (one ranking for both, so that their ratio is a fix rate).
+            (one ranking for all, so that fixed images over answers is a fix rate).
     """
 
     def __init__(self, *, top_hosts: int = 20, top_advertisers: int = 50) -> None:
@@ -206,7 +206,7 @@ class PrometheusTelemetry(Telemetry):
         self.advertiser_images = Counter(
             "cartag_advertiser_images",
             "Answered images (not skipped) by advertiser (the most active; the rest are "
-            "'other'): with cartag_fixes_total, an advertiser's fix rate.",
+            "'other'): with cartag_fixed_images_total, an advertiser's fix rate.",
             ["advertiser"],
             registry=r,
         )
@@ -257,8 +257,18 @@ class PrometheusTelemetry(Telemetry):
         )
         self.fixes = Counter(
             "cartag_fixes",
-            "Manual fixes, by advertiser (the most active; the rest are 'other') and scope.",
+            "Fix requests applied (PUT /v1/images/{key}/fix; each one, a correction of a "
+            "correction too), by advertiser (the most active; the rest are 'other') and "
+            "scope. Not a fix rate's numerator: see cartag_fixed_images_total.",
             ["advertiser", "scope"],
+            registry=r,
+        )
+        self.fixed_images = Counter(
+            "cartag_fixed_images",
+            "Images fixed in an advertiser's name, each counted once per advertiser and UTC "
+            "day however many fix requests it took (the monitor's count), by advertiser (the "
+            "same ranking as cartag_advertiser_images_total): their ratio is its fix rate.",
+            ["advertiser"],
             registry=r,
         )
         self.model_info = Gauge(
@@ -371,6 +381,9 @@ class PrometheusTelemetry(Telemetry):
 
     def fix_applied(self, advertiser_id: str, scope: str) -> None:
         self.fixes.labels(self._advertisers.label(advertiser_id), scope).inc()
+
+    def image_fixed(self, advertiser_id: str) -> None:
+        self.fixed_images.labels(self._advertisers.label(advertiser_id)).inc()
 
     def advertiser_answered(self, advertiser_id: str, answered: int) -> None:
         if answered > 0:
