@@ -80,6 +80,10 @@ def test_one_advertiser_and_limit(env: dict[str, str]) -> None:
         (["--since", "2026-W47-1", "--until", "2026-11-26"], "neither a period nor a date"),
         (["--until", "soon"], "is not a date"),
         (["--since", "2030-01-01", "--until", "2026-11-26"], "after the report's last day"),
+        # An advertiser id no request could carry: an empty report, or for "" an
+        # unrestricted one, used to be printed with exit 0.
+        (["--advertiser", "dealer 42"], "--advertiser 'dealer 42' is not an advertiser id"),
+        (["--advertiser", ""], "--advertiser is empty"),
     ],
 )
 def test_bad_options_exit_2_with_a_message(

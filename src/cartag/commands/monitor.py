@@ -13,6 +13,7 @@ from rich.table import Table
 
 from cartag.commands.common import err, load_settings, open_database
 from cartag.errors import CartagError, InputError
+from cartag.vocab import check_advertiser_id
 
 if TYPE_CHECKING:
     from cartag.deploy.drift import DriftReport
@@ -94,6 +95,10 @@ def report(
 
     settings = load_settings()
     try:
+        if advertiser is not None:
+            # An id no request could carry matches nothing: the report would be empty
+            # (or, for "", unrestricted) without a word.
+            check_advertiser_id(advertiser, "--advertiser")
         now = _parse_until(until)
         db = open_database(settings)
         try:
