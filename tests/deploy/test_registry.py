@@ -17,7 +17,7 @@ from cartag.settings import Settings
 from cartag.store import model_versions as repo
 from cartag.store.db import Database
 from tests.support.models import make_model_dir
-from tests.support.registry import Scene, model_dir, promote, register
+from tests.support.registry import Scene, damage, model_dir, promote, register
 
 BUNDLED_VERSION = str(read_config(BUNDLED_DIR)["version"])
 
@@ -174,3 +174,19 @@ def test_a_head_that_is_not_an_npz_file_is_called_so(scene: Scene) -> None:
     with pytest.raises(ModelError) as refused:
         register(scene, "text", folder=folder)
     assert "is not a NumPy .npz file" in refused.value.message
+
+
+def test_the_production_folder_a_sweep_compares_with_is_checked_against_its_hash(
+    scene: Scene,
+) -> None:
+    # A sweep scored its candidates against production's folder as it was on disk and
+    # recorded the metrics under the registered version; a damaged head stopped it with
+    # "rebuild the head from its training run", naming neither production nor a way out.
+    folder = registry.production_model_dir(scene.db, scene.settings)
+    assert folder == scene.settings.data_dir / "models" / scene.initial
+    damage(scene, scene.initial, "color_head.npz", keep=300)
+    with pytest.raises(ModelError) as exc:
+        registry.production_model_dir(scene.db, scene.settings)
+    message = exc.value.message
+    assert f"cannot compare with the production model {scene.initial}" in message
+    assert "changed since it was registered" in message and "cartag models rollback" in message

@@ -304,10 +304,33 @@ def record_metrics(db: Database, version: str, metrics: dict[str, Any]) -> None:
 
 
 def production_model_dir(db: Database, settings: Settings) -> Path | None:
-    """The folder of the ``production`` model, or None when the alias is not set."""
+    """The folder of the ``production`` model, or None when the alias is not set.
+
+    What a sweep scores candidates against and records production's metrics from, so
+    the folder is checked against the hash registered for the version: metrics of
+    other files would be recorded under its name.
+
+    Raises:
+        ModelError: The folder changed, or cannot be read, since registration, naming
+            the production version and how to get a working one.
+    """
     with db.read() as session:
         row = get_alias(session, PRODUCTION)
-    return None if row is None else version_dir(settings, row)
+    if row is None:
+        return None
+    folder = version_dir(settings, row)
+    try:
+        unchanged = files_digest(folder) == row.files_sha256
+        problem = "" if unchanged else f"its files in {folder} changed since it was registered"
+    except ModelError as exc:
+        problem = exc.message
+    if problem:
+        raise ModelError(
+            f"cannot compare with the production model {row.version}: {problem}. Roll "
+            "production back or promote a working version (`cartag models rollback`, "
+            "`cartag models promote VERSION`), then run this again"
+        )
+    return folder
 
 
 def ensure_initial(
