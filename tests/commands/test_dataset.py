@@ -82,6 +82,12 @@ def test_walkthrough_import_freeze_export_create(
     document = json.loads(manifest.read_text())
     assert document["ref"] == "cars@1" and len(document["items"]) == 12
     assert len(document["manifest_sha256"]) == 64
+    # "-" is standard output: it used to write a file named "-" in the working folder.
+    result = CliRunner().invoke(app, ["dataset", "export", "cars@1", "--out", "-"], env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == document
+    assert "wrote 12 items of cars@1 to standard output" in result.stderr
+    assert not Path("-").exists()
 
     # A fix made through the store on an image served by the local server.
     db = Database(f"sqlite:///{tmp_path / 'data' / 'cartag.db'}")

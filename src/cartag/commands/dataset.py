@@ -566,14 +566,20 @@ def freeze_command(
 @app.command("export")
 def export_command(
     ref: Annotated[str, typer.Argument(help="NAME@N (or NAME: latest).")],
-    out_path: Annotated[Path, typer.Option("--out", help="Manifest JSON file to write.")],
+    out_path: Annotated[
+        Path, typer.Option("--out", help="Manifest JSON file to write (-: standard output).")
+    ],
 ) -> None:
     """Write a version's manifest (items, labels, splits, provenance, hash) as JSON."""
     from cartag.store import datasets as repo
 
     settings = load_settings()
+    # "-" is standard output, as for most tools (it made a file named "-" in the
+    # working folder); the summary line then goes to standard error.
+    to_stdout = str(out_path) == "-"
     try:
-        check_output(out_path, "--out", settings)
+        if not to_stdout:
+            check_output(out_path, "--out", settings)
     except CartagError as exc:
         raise fail(exc) from exc
     db = open_database(settings)
@@ -584,13 +590,19 @@ def export_command(
         raise fail(exc) from exc
     finally:
         db.dispose()
+    text = json.dumps(document, indent=1, sort_keys=True)
+    summary = f"{len(document['items'])} items of {document['ref']}"
+    if to_stdout:
+        typer.echo(text)
+        err.print(f"wrote {summary} to standard output")
+        return
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)  # check_output saw it can be made
-        out_path.write_text(json.dumps(document, indent=1, sort_keys=True), encoding="utf-8")
+        out_path.write_text(text, encoding="utf-8")
     except OSError as exc:
         err.print(f"[red]error:[/red] cannot write --out {out_path}: {exc.strerror or exc}")
         raise typer.Exit(2) from exc
-    out.print(f"wrote {out_path}: {len(document['items'])} items of {document['ref']}")
+    out.print(f"wrote {out_path}: {summary}")
 
 
 @app.command("shared-labels")
