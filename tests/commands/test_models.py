@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from cartag.cli import app
 from cartag.deploy import registry
 from cartag.models.classifier import BUNDLED_DIR, read_config
+from cartag.store import model_versions
 from cartag.store.db import Database
 from tests.support.models import make_model_dir, type_metrics
 
@@ -64,6 +65,44 @@ def test_register_promote_rollback_history(env: dict[str, str], tmp_path: Path) 
     again = runner.invoke(app, ["models", "rollback"], env=env)
     assert again.exit_code == 2 and "no earlier version" in again.output
     db.dispose()
+
+
+def test_registering_the_same_folder_again_records_its_metrics_and_checks_its_dataset(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # A second `models register` of the same files printed "registered ..." and dropped its
+    # --metrics and --dataset without a word; a --dataset that no store could hold was kept.
+    runner = CliRunner()
+    folder = make_model_dir(tmp_path / "m", "cli-3")
+    first = runner.invoke(app, ["models", "register", str(folder), "--dataset", "cars@1"], env=env)
+    assert first.exit_code == 0, first.output
+    assert "note: dataset cars@1 is not in this store" in first.stderr
+    assert "registered cli-3" in first.stderr
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps(type_metrics(GOOD)), encoding="utf-8")
+    again = runner.invoke(
+        app, ["models", "register", str(folder), "--metrics", str(metrics)], env=env
+    )
+    assert again.exit_code == 0, again.output
+    assert "cli-3 is registered already with these files" in again.stderr
+    assert "recorded its metrics on cars@1:test" in again.stderr
+    assert again.stdout.strip() == "cartag models promote cli-3"
+    db = Database(f"sqlite:///{tmp_path / 'data' / 'cartag.db'}")
+    with db.read() as session:
+        row = model_versions.get_version(session, "cli-3")
+        assert row.metrics == type_metrics(GOOD) and row.dataset_ref == "cars@1"
+    db.dispose()
+
+    other = runner.invoke(app, ["models", "register", str(folder), "--dataset", "cars@2"], env=env)
+    assert other.exit_code == 2
+    assert "cli-3 is registered already, trained on cars@1, not cars@2" in other.output
+    for bad, words in (
+        ("cars@", "--dataset: 'cars@' is not a dataset version"),
+        ("cars", "NAME@N"),
+    ):
+        refused = runner.invoke(app, ["models", "register", str(folder), "--dataset", bad], env=env)
+        assert refused.exit_code == 2 and words in refused.output, refused.output
 
 
 def test_bad_input_exits_2(env: dict[str, str], tmp_path: Path) -> None:

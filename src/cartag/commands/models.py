@@ -23,7 +23,7 @@ from rich.table import Table
 
 from cartag.commands import model_build
 from cartag.commands.common import err, fail, load_settings, open_database
-from cartag.errors import CartagError, InputError
+from cartag.errors import CartagError, ConflictError, InputError
 from cartag.gates import check_metrics, is_figure
 from cartag.settings import Settings
 from cartag.vocab import check_advertiser_id
@@ -138,7 +138,7 @@ def register(
 ) -> None:
     """Copy a model into the registry after a load and smoke check (refused if it fails)."""
     from cartag.clock import SystemClock
-    from cartag.deploy.registry import register_model
+    from cartag.deploy.registry import record_metrics, register_model
 
     settings = load_settings()
     try:
@@ -154,19 +154,88 @@ def register(
                 raise InputError(f"{metrics} must hold a JSON object", "metrics")
             check_metrics(recorded, str(metrics))
         db = _registry(settings)
+        dataset_ref, in_store = _dataset_ref(db, dataset)
+        existing = _registered_already(db, path)
         row = register_model(
             db,
             settings,
             path,
             created_by=_user(by),
             clock=SystemClock(),
-            dataset_ref=dataset,
+            dataset_ref=dataset_ref,
             metrics=recorded,
         )
+        if existing is not None:
+            # The same files again: register_model kept the row as it was, so what this
+            # command was given is checked against it, and the metrics recorded now.
+            if dataset_ref is not None and row.dataset_ref != dataset_ref:
+                raise ConflictError(
+                    f"model {row.version} is registered already, trained on "
+                    f"{row.dataset_ref or 'no dataset named'}, not {dataset_ref}; leave "
+                    "--dataset out, or give the new model another version in its config.json"
+                )
+            if recorded:
+                record_metrics(db, row.version, recorded)
     except CartagError as exc:
         raise fail(exc) from exc
-    err.print(f"registered {row.version} ({row.files_sha256[:12]}); promote it with:")
+    if dataset_ref is not None and not in_store:
+        err.print(
+            f"note: dataset {dataset_ref} is not in this store: while {row.version} is "
+            "production, `cartag dataset create --add-fixes-since last-retrain` takes the "
+            "parent's creation as the cutoff"
+        )
+    if existing is None:
+        err.print(f"registered {row.version} ({row.files_sha256[:12]}); promote it with:")
+    else:
+        sets = f"; recorded its metrics on {', '.join(sorted(recorded))}" if recorded else ""
+        err.print(
+            f"{row.version} is registered already with these files "
+            f"({row.files_sha256[:12]}, {row.created_at:%Y-%m-%d %H:%M} UTC){sets}; "
+            "promote it with:"
+        )
     typer.echo(f"cartag models promote {row.version}")
+
+
+def _dataset_ref(db: Database, ref: str | None) -> tuple[str | None, bool]:
+    """``--dataset`` as a version ref (``NAME`` is its latest), and whether it is in the store.
+
+    A model trained on another store's data may name a version this one does not have.
+
+    Raises:
+        InputError: Not ``NAME@N`` nor the name of a dataset of this store.
+    """
+    from cartag.errors import NotFoundError
+    from cartag.store import datasets
+
+    if ref is None:
+        return None, False
+    with db.read() as session:
+        try:
+            return datasets.get_version(session, ref).ref, True
+        except NotFoundError:
+            if "@" not in ref:
+                raise InputError(
+                    f"--dataset {ref!r}: no dataset of that name in this store; give the "
+                    "version the model was trained on, NAME@N (e.g. cars@3)",
+                    "dataset",
+                ) from None
+            return ref.strip(), False
+        except InputError as exc:
+            raise InputError(f"--dataset: {exc.message}", "dataset") from exc
+
+
+def _registered_already(db: Database, folder: Path) -> ModelVersionRow | None:
+    """The registered row of the version ``folder``'s config names, if there is one."""
+    from cartag.models.classifier import read_config
+    from cartag.store import model_versions as repo
+
+    try:
+        version = str(read_config(folder).get("version") or "")
+    except CartagError:
+        return None  # the registration says what is wrong with the folder
+    with db.read() as session:
+        row = repo.find_version(session, version)
+    return row if row is not None and row.status == repo.REGISTERED else None
 
 
 @app.command("promote")
