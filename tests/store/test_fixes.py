@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from cartag.clock import FakeClock, SystemClock
 from cartag.errors import InputError, NotFoundError
@@ -225,3 +226,30 @@ def test_few_fixes_are_read_whole_and_chosen_as_the_queries_would(
     assert 2 <= len(read_whole) < 8  # some chosen, not all
     with db.read() as session:
         assert fix_repo.candidate_fixes(session, ["adv-3"], asked) == []  # a scope with none
+
+
+def test_scopes_holding_fewer_fixes_than_the_images_asked_are_read_in_one_query(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing asks about every image of an advertiser (50,000): IN lists of 250 images'
+    keys and bands were 200 queries, most of a page's time, for a few thousand fixes."""
+    fixed = [add_image(db, phash=f"{n:04x}" * 4) for n in range(1, 7)]
+    for image in fixed:
+        _fix(db, image.image_key, image_type="Dealer")
+    asked = [(image.image_key, image.phash) for image in fixed[:2]]
+    asked += [(f"v1:other-{n}", f"{0x1000 + n:04x}" * 4) for n in range(600)]
+    monkeypatch.setattr(fix_repo, "FEW_FIXES", 2)  # the scopes hold more than "few"
+    statements: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        with db.read() as session:
+            rows = fix_repo.candidate_fixes(session, [""], asked, max_distance=3)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    assert {row.image_key for row in rows} == {image.image_key for image in fixed[:2]}
+    reads = [s for s in statements if "FROM fixes" in s and "count(" not in s]
+    assert len(reads) == 1, statements

@@ -16,21 +16,20 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from cartag.pipeline.adaptation import Adapt, Adapted
-from cartag.pipeline.fixes import FixLabels, find_fixes, resolve
+from cartag.pipeline.fixes import FixLabels, decide, find_fixes, resolve
 from cartag.pipeline.results import ClassifyResult
 from cartag.settings import DEFAULT_LOW_CONFIDENCE_THRESHOLD
 from cartag.store import advertisers as advertiser_repo
-from cartag.store.advertisers import AdvertiserImage
+from cartag.store.advertisers import AdvertiserImage, ImageAnswer
 from cartag.store.db import Database
 from cartag.store.tables import FixRow
+from cartag.vocab import read_stored_color
 
 Order = Literal["confidence", "recent"]
 MAX_LIMIT: Final[int] = 500
-# find_fixes looks fixes up by key and pHash in chunks; this many images per call.
-_FIX_CHUNK: Final[int] = 1000
 
 
 @dataclass(frozen=True)
@@ -138,17 +137,62 @@ def _listed(
     )
 
 
-def _matches(item: Listed, labels: FixLabels | None, f: ImageFilter) -> bool:
-    answer = item.answer
-    if f.low_confidence is not None and answer.low_confidence != f.low_confidence:
+class _Facts(NamedTuple):
+    """What ordering, filtering and counting need of one image's answer (no URLs)."""
+
+    row: ImageAnswer
+    labels: FixLabels | None
+    image_type: str | None
+    color: str | None
+    low_confidence: bool
+    fixed: bool
+
+
+def _facts(
+    row: ImageAnswer,
+    labels: FixLabels | None,
+    adapted: Adapted | None,
+    low_confidence_threshold: float,
+    with_color: bool = True,
+) -> _Facts:
+    """One image's answered type and color, and whether it is unsure, as :func:`resolve`
+    answers them (``tests/pipeline/test_inventory.py`` holds the two to each other).
+
+    ``with_color=False``: the color of an image no fix or adapter touches is left None
+    (no color filter asks for it; reading a stored color is a third of this function).
+    """
+    if labels is None and adapted is None:
+        # Only the model's stored answer: the rule leaves it as it is (a Placeholder has
+        # no color), and the model decided the type. Most images are such: building a
+        # ClassifyResult for each of 50,000 was a fifth of a page's time.
+        stored = read_stored_color(row.color) if with_color else None
+        decided = decide((row.image_type, "cache"), (stored, "cache"), None)
+        unsure = row.confidence is not None and row.confidence < low_confidence_threshold
+        return _Facts(row, None, decided.image_type, decided.color, unsure, False)
+    answer = resolve(
+        row,
+        labels,
+        None,
+        "",
+        fresh=False,
+        low_confidence_threshold=low_confidence_threshold,
+        adapted=adapted,
+    )
+    fixed = labels is not None and (labels.override is not None or labels.global_fix is not None)
+    return _Facts(row, labels, answer.image_type, answer.color, answer.low_confidence, fixed)
+
+
+def _matches(item: _Facts, f: ImageFilter) -> bool:
+    if f.low_confidence is not None and item.low_confidence != f.low_confidence:
         return False
-    if f.image_type is not None and answer.image_type != f.image_type:
+    if f.image_type is not None and item.image_type != f.image_type:
         return False
-    if f.color is not None and answer.color != (None if f.color == "none" else f.color):
+    if f.color is not None and item.color != (None if f.color == "none" else f.color):
         return False
     if f.fixed is not None and item.fixed != f.fixed:
         return False
     if f.fixed_by is not None:
+        labels = item.labels
         authors = (
             {fix.updated_by for fix in (labels.override, labels.global_fix) if fix is not None}
             if labels is not None
@@ -159,12 +203,14 @@ def _matches(item: Listed, labels: FixLabels | None, f: ImageFilter) -> bool:
     return True
 
 
-def _sort_key(item: Listed, order: Order) -> tuple[object, ...]:
+def _sort_key(item: _Facts, order: Order) -> tuple[object, ...]:
+    row = item.row
     if order == "recent":
-        seen = item.image.last_seen_at or item.image.updated_at
-        return (-seen.timestamp(), item.image.image_key)
-    confidence = item.image.confidence if item.image.confidence is not None else 1.0
-    return (not item.answer.low_confidence, item.fixed, confidence, item.image.image_key)
+        seen = row.last_seen_at or row.updated_at
+        assert seen is not None  # read with_times for this order; updated_at is never null
+        return (-seen.timestamp(), row.image_key)
+    confidence = row.confidence if row.confidence is not None else 1.0
+    return (not item.low_confidence, item.fixed, confidence, row.image_key)
 
 
 def list_images(
@@ -179,6 +225,12 @@ def list_images(
     adapt: Adapt | None = None,
 ) -> Listing:
     """One page of an advertiser's images as classify would answer them now.
+
+    The order, the filters and the counts need every image's answer, but only the page's
+    images are read whole and resolved into a :class:`Listed`: every image costs one row
+    of its stored answer and its fixes (one read of the scopes' fixes when they are fewer
+    than the images, see :func:`cartag.store.fixes.candidate_fixes`), and an advertiser
+    whose answers adapt to its fixes also the adapter's pass over its embeddings.
 
     Args:
         db: The store.
@@ -196,42 +248,47 @@ def list_images(
     """
     limit = max(1, min(limit, MAX_LIMIT))
     with db.read() as session:
-        images = advertiser_repo.advertiser_images(session, advertiser_id)
-        labels: dict[str, FixLabels] = {}
-        for start in range(0, len(images), _FIX_CHUNK):
-            chunk = images[start : start + _FIX_CHUNK]
-            labels.update(
-                find_fixes(
-                    session,
-                    advertiser_id,
-                    [(image.image_key, image.phash) for image in chunk],
-                    max_distance=max_distance,
-                )
-            )
-        adapted = adapt(session, advertiser_id, [i.image_key for i in images]) if adapt else {}
-    every = [
-        (
-            _listed(
-                image,
-                labels.get(image.image_key),
-                low_confidence_threshold,
-                adapted.get(image.image_key),
-            ),
-            image.image_key,
+        rows = advertiser_repo.advertiser_answers(
+            session, advertiser_id, with_times=filters.order == "recent"
         )
-        for image in images
-    ]
-    matching = [item for item, key in every if _matches(item, labels.get(key), filters)]
-    matching.sort(key=lambda item: _sort_key(item, filters.order))
-    pages = max(1, -(-len(matching) // limit))
-    page = max(1, min(page, pages))
+        labels = find_fixes(
+            session,
+            advertiser_id,
+            [(row.image_key, row.phash) for row in rows],
+            max_distance=max_distance,
+        )
+        adapted = adapt(session, advertiser_id, [r.image_key for r in rows]) if adapt else {}
+        every = [
+            _facts(
+                row,
+                labels.get(row.image_key),
+                adapted.get(row.image_key),
+                low_confidence_threshold,
+                with_color=filters.color is not None,
+            )
+            for row in rows
+        ]
+        matching = [item for item in every if _matches(item, filters)]
+        matching.sort(key=lambda item: _sort_key(item, filters.order))
+        pages = max(1, -(-len(matching) // limit))
+        page = max(1, min(page, pages))
+        shown = [item.row.image_key for item in matching[(page - 1) * limit : page * limit]]
+        images = {
+            image.image_key: image
+            for image in advertiser_repo.advertiser_images(session, advertiser_id, shown)
+        }
     return Listing(
         advertiser_id=advertiser_id,
         total=len(matching),
         page=page,
         limit=limit,
-        items=matching[(page - 1) * limit : page * limit],
+        # The page's images in the listing's order (the second read is the same rows).
+        items=[
+            _listed(images[key], labels.get(key), low_confidence_threshold, adapted.get(key))
+            for key in shown
+            if key in images
+        ],
         images=len(every),
-        low_confidence=sum(1 for item, _ in every if item.answer.low_confidence),
-        fixed=sum(1 for item, _ in every if item.fixed),
+        low_confidence=sum(1 for item in every if item.low_confidence),
+        fixed=sum(1 for item in every if item.fixed),
     )

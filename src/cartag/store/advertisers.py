@@ -16,7 +16,7 @@ import datetime as dt
 import enum
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, NamedTuple
 
 from sqlalchemy import CompoundSelect, func, select, union
 from sqlalchemy.orm import Session
@@ -227,9 +227,72 @@ def _image_keys_of(advertiser_id: str) -> CompoundSelect[str]:
     )
 
 
-def advertiser_images(session: Session, advertiser_id: str) -> list[AdvertiserImage]:
-    """Every stored image of an advertiser with its model answer, in image-key order."""
+class ImageAnswer(NamedTuple):
+    """What ordering and filtering an advertiser's listing needs of one image: the stored
+    answer without its URLs, and (when asked for) when it was last named.
+
+    A listing reads this for every image of the advertiser, so it is a plain row; the
+    page's images are then read whole (:func:`advertiser_images` with ``keys``).
+    """
+
+    image_key: str
+    phash: str | None
+    image_type: str | None
+    color: str | None
+    confidence: float | None
+    model_version: str | None
+    color_reason: str | None
+    updated_at: dt.datetime | None = None
+    last_seen_at: dt.datetime | None = None
+
+
+def advertiser_answers(
+    session: Session, advertiser_id: str, *, with_times: bool = False
+) -> list[ImageAnswer]:
+    """Every stored image of an advertiser, as :class:`ImageAnswer`, in image-key order.
+
+    Args:
+        session: Any session.
+        advertiser_id: Whose images (see the module doc).
+        with_times: Also read ``updated_at`` and ``last_seen_at`` (the "recent" order);
+            without, they are None: converting two times per image is most of the read.
+    """
     keys = _image_keys_of(advertiser_id).subquery()
+    columns: list[Any] = [
+        ImageRow.image_key,
+        ImageRow.phash,
+        ImageRow.image_type,
+        ImageRow.color,
+        ImageRow.confidence,
+        ImageRow.model_version,
+        ImageRow.color_reason,
+    ]
+    stmt = select(*columns).join(keys, keys.c.image_key == ImageRow.image_key)
+    if with_times:
+        seen = (
+            select(AdvertiserImageRow.image_key, AdvertiserImageRow.last_seen_at)
+            .where(AdvertiserImageRow.advertiser_id == advertiser_id)
+            .subquery()
+        )
+        stmt = stmt.add_columns(ImageRow.updated_at, seen.c.last_seen_at).outerjoin(
+            seen, seen.c.image_key == ImageRow.image_key
+        )
+    return [ImageAnswer(*row) for row in session.execute(stmt.order_by(ImageRow.image_key))]
+
+
+def advertiser_images(
+    session: Session, advertiser_id: str, keys: Collection[str] | None = None
+) -> list[AdvertiserImage]:
+    """Every stored image of an advertiser with its model answer, in image-key order.
+
+    Args:
+        session: Any session.
+        advertiser_id: Whose images (and whose URLs and times of naming them).
+        keys: Only these of its images (a listing's page); None: all.
+    """
+    if keys is not None and not keys:
+        return []
+    mine = _image_keys_of(advertiser_id).subquery()
     seen = (
         select(
             AdvertiserImageRow.image_key, AdvertiserImageRow.last_seen_at, AdvertiserImageRow.url
@@ -252,10 +315,12 @@ def advertiser_images(session: Session, advertiser_id: str) -> list[AdvertiserIm
             seen.c.last_seen_at,
             seen.c.url,
         )
-        .join(keys, keys.c.image_key == ImageRow.image_key)
+        .join(mine, mine.c.image_key == ImageRow.image_key)
         .outerjoin(seen, seen.c.image_key == ImageRow.image_key)
         .order_by(ImageRow.image_key)
     )
+    if keys is not None:
+        stmt = stmt.where(ImageRow.image_key.in_(sorted(keys)))
     return [AdvertiserImage(*row) for row in session.execute(stmt)]
 
 
