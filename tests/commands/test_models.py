@@ -48,9 +48,17 @@ def test_register_promote_rollback_history(env: dict[str, str], tmp_path: Path) 
     assert "promotion gate" in gated.output and "Stock" in gated.output
     assert "--force" in gated.output
 
+    staged = runner.invoke(app, ["models", "promote", "cli-2", "--alias", "candidate"], env=env)
+    assert staged.exit_code == 2 and "promotion gate" in staged.output
+    staged = runner.invoke(
+        app, ["models", "promote", "cli-2", "--alias", "candidate", "--force"], env=env
+    )
+    assert staged.exit_code == 0, staged.output
+    # It said "servers switch within 5 s", which they do for production only.
+    assert "candidate -> cli-2; servers keep serving production" in staged.output
     forced = runner.invoke(app, ["models", "promote", "cli-2", "--force"], env=env)
     assert forced.exit_code == 0, forced.output
-    assert "production -> cli-2" in forced.output
+    assert "production -> cli-2; servers switch within 5 s" in forced.output
     listed = runner.invoke(app, ["models", "list"], env={**env, "COLUMNS": "80"})
     assert "cli-2" in listed.stdout and "data: cars@1" in listed.stdout
     assert "cars@1:test" in listed.stdout and "type  acc" in listed.stdout

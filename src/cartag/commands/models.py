@@ -265,8 +265,15 @@ def promote(
         raise typer.Exit(2) from exc
     except CartagError as exc:
         raise fail(exc) from exc
-    err.print(f"{alias} -> {deployment.version}; servers switch within {settings.model_poll_s:g} s")
+    err.print(f"{alias} -> {deployment.version}; {_who_follows(settings, alias)}")
     _follow_up(settings, db, deployment, reclassify)
+
+
+def _who_follows(settings: Settings, alias: str) -> str:
+    """What a move of ``alias`` changes: servers follow production only."""
+    if alias == "production":
+        return f"servers switch within {settings.model_poll_s:g} s"
+    return "servers keep serving production (they follow that alias only)"
 
 
 @app.command("rollback")
@@ -287,7 +294,7 @@ def rollback(
         )
     except CartagError as exc:
         raise fail(exc) from exc
-    err.print(f"{alias} rolled back to {deployment.version}")
+    err.print(f"{alias} rolled back to {deployment.version}; {_who_follows(settings, alias)}")
     _follow_up(settings, db, deployment, reclassify)
 
 
