@@ -112,3 +112,30 @@ def test_an_advertisers_images_and_who_uses_an_image(db: Database) -> None:
         assert repo.uses_image(session, ["1", "9"], other.image_key)
         assert not repo.uses_image(session, ["42"], other.image_key)
         assert not repo.uses_image(session, ["42"], "v1:unknown")
+
+
+def test_advertiser_ids_are_the_summaries_ids_in_their_order(db: Database) -> None:
+    """The fix index pages through these ids and counts only its page's: the same set and
+    code-point order as the summaries on both databases (PostgreSQL collates otherwise)."""
+    key = add_image(db).image_key
+    with db.write() as session:
+        for advertiser in ("b-2", "B-1", "a/x", "a-x", "ä-1", "Z"):
+            repo.record_advertiser_images(session, advertiser, {key: None}, NOW)
+        repo.set_advertiser(session, "settings-only", reclassify_on_promote=True, now=NOW)
+    with db.write() as session:
+        fix_service.apply_fix(
+            session,
+            image_key=key,
+            advertiser_id="fixed-only",
+            author=Author("rita"),
+            scope="advertiser",
+            image_type="Stock",
+            color=None,
+            comment=None,
+            clock=FakeClock(NOW),
+        )
+    with db.read() as session:
+        summaries = [s.advertiser_id for s in repo.advertiser_summaries(session)]
+        assert repo.advertiser_ids(session) == summaries
+        assert summaries == sorted(summaries) and {"settings-only", "fixed-only"} <= set(summaries)
+        assert repo.advertiser_ids(session, ["b-2", "Z", "unknown"]) == ["Z", "b-2"]

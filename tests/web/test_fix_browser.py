@@ -264,3 +264,41 @@ def test_fix_with_keyboard_tap_and_menu(site: Site) -> None:
         ),
     ]
     assert [(r[0], r[1], r[3]) for r in rows[4:]] == [(k["mid"], "staff", "global")]
+
+
+def test_staff_page_through_and_search_the_advertisers(site: Site) -> None:
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=find_chromium(), headless=True, args=["--no-sandbox"]
+        )
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            _log_in(page, site, site.staff)
+            expect(page).to_have_url(f"{site.url}/fix")
+            # Two advertisers fit a page: the table as it always was, no search, no pager.
+            expect(page.locator("table.advertisers tbody tr")).to_have_count(2)
+            expect(page.locator("form.search")).to_have_count(0)
+            page.goto(f"{site.url}/fix?limit=1")  # one a page: two pages
+            expect(page.locator("table.advertisers code")).to_have_text(["dealer-42"])
+            expect(page.locator(".pager")).to_contain_text("page 1 of 2")
+            page.click("#next-page")
+            expect(page).to_have_url(f"{site.url}/fix?limit=1&page=2")
+            expect(page.locator("table.advertisers code")).to_have_text(["dealer-77"])
+            page.fill("#q", "  42")
+            page.keyboard.press("Enter")
+            expect(page).to_have_url(f"{site.url}/fix?q=++42&limit=1")  # as typed, spaces too
+            expect(page.locator("table.advertisers code")).to_have_text(["dealer-42"])
+            expect(page.locator("#advertiser-count")).to_contain_text("1 of 2 advertisers")
+            page.fill("#q", "<b>nobody</b>")
+            page.keyboard.press("Enter")
+            no_match = page.locator("#no-match")
+            expect(no_match).to_have_text("No advertiser id holds “<b>nobody</b>”.")  # as text
+            page.click("text=all advertisers")
+            expect(page.locator("table.advertisers code")).to_have_text(["dealer-42"])
+            page.click("a.open")
+            expect(page).to_have_url(f"{site.url}/fix/dealer-42")
+            assert errors == []
+        finally:
+            browser.close()

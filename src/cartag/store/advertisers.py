@@ -338,6 +338,28 @@ def uses_image(session: Session, advertiser_ids: Collection[str], image_key: str
     )
 
 
+def advertiser_ids(session: Session, advertiser_ids: Collection[str] | None = None) -> list[str]:
+    """The ids of :func:`advertiser_summaries`, without their counts, in the same order.
+
+    A page of the advertisers (the fix page's index) reads these, and the counts of its
+    own only. Sorted here, not by the database: PostgreSQL's collation would order ids
+    otherwise than SQLite and the summaries do.
+
+    Args:
+        session: Any session.
+        advertiser_ids: Only these (a scoped key's); None: all.
+    """
+    named = select(AdvertiserImageRow.advertiser_id).distinct()
+    fixed = select(FixAuditRow.advertiser_id).distinct()
+    configured = select(AdvertiserSettingRow.advertiser_id)
+    if advertiser_ids is not None:
+        ids = sorted(advertiser_ids)
+        named = named.where(AdvertiserImageRow.advertiser_id.in_(ids))
+        fixed = fixed.where(FixAuditRow.advertiser_id.in_(ids))
+        configured = configured.where(AdvertiserSettingRow.advertiser_id.in_(ids))
+    return sorted(set(session.scalars(union(named, fixed, configured))))
+
+
 def advertiser_summaries(
     session: Session, advertiser_ids: Collection[str] | None = None
 ) -> list[AdvertiserSummary]:

@@ -2,8 +2,8 @@
 
 * ``/fix/login`` — paste an API key with the ``fixer`` role (or ``admin``); opens a login
   session (:mod:`cartag.api.browser`), the browser never holds the key;
-* ``/fix`` — the advertisers the key may see, with counts (a key scoped to one advertiser
-  goes straight to its page);
+* ``/fix`` — the advertisers the key may see, with counts, by id, 100 a page, searched
+  by id with ``q`` (a key scoped to one advertiser goes straight to its page);
 * ``/fix/{advertiser}`` — its images as classify answers them now, unsure ones first, with
   filters and pages; its script (``web/static/fix.js``) sends each fix to
   ``PUT /v1/images/{key}/fix`` and shows an image's history from ``.../history``;
@@ -26,9 +26,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from cartag.api import browser
 from cartag.api.deps import CSRF_HEADER, BrowserPrincipalDep, StateDep
-from cartag.api.routes.advertisers import MAX_PAGE, AdvertiserId, list_images, summaries
+from cartag.api.routes.advertisers import MAX_PAGE, AdvertiserId, list_images, summaries_page
 from cartag.api.routes.review_pages import COLOR_KEYS
 from cartag.api.schemas.advertisers import ColorFilter
+from cartag.api.state import AppState
 from cartag.pipeline import inventory
 from cartag.redaction import redact_url
 from cartag.store.apikeys import Principal
@@ -113,9 +114,55 @@ async def logout(request: Request, state: StateDep) -> Response:
     return await browser.logout_form_submitted(request, state, _LOGIN)
 
 
+# Advertisers per page of the index (a row each: a page of 100 is about 30 KB).
+INDEX_LIMIT: Final[int] = 100
+
+
+def _index(
+    request: Request,
+    state: AppState,
+    principal: Principal,
+    *,
+    q: str = "",
+    page: int = 1,
+    limit: int = INDEX_LIMIT,
+    status_code: int = 200,
+    error: str | None = None,
+) -> HTMLResponse:
+    """The index: a page of the advertisers the key may see, those whose id holds ``q``."""
+    listing = summaries_page(state, principal, search=q, page=page, limit=limit)
+    query = {"q": q, "limit": "" if limit == INDEX_LIMIT else str(limit)}
+
+    def link(**changes: object) -> str:
+        merged = {**query, **{k: str(v) for k, v in changes.items()}}
+        params = urlencode({k: v for k, v in merged.items() if v})
+        return f"/fix?{params}" if params else "/fix"
+
+    return _page(
+        "fix_index.html",
+        status_code,
+        listing=listing,
+        advertisers=listing.advertisers,
+        link=link,
+        index_limit=INDEX_LIMIT,
+        user=principal.name,
+        scope=principal.scope_text() if principal.scoped else "",
+        csrf=browser.session_csrf_token(request),
+        error=error,
+    )
+
+
 @pages.get("", response_model=None)
-def index(request: Request, state: StateDep, principal: BrowserPrincipalDep) -> Response:
-    """The advertisers the key may fix, with their counts."""
+def index(
+    request: Request,
+    state: StateDep,
+    principal: BrowserPrincipalDep,
+    q: str = Query(default="", max_length=128),
+    page: int = Query(default=1, ge=1, le=MAX_PAGE),
+    limit: int = Query(default=INDEX_LIMIT, ge=1, le=inventory.MAX_LIMIT),
+) -> Response:
+    """The advertisers the key may fix, with their counts: by id, a page at a time, and
+    those whose id holds ``q`` (any part of it, ignoring case)."""
     if principal is None:
         return _to_login(request)
     if not _may_fix(principal):
@@ -126,13 +173,7 @@ def index(request: Request, state: StateDep, principal: BrowserPrincipalDep) -> 
     if len(principal.advertisers) == 1:
         [only] = principal.advertisers
         return RedirectResponse(page_path(only), status_code=303, headers=browser.PAGE_HEADERS)
-    return _page(
-        "fix_index.html",
-        advertisers=summaries(state, principal),
-        user=principal.name,
-        scope=principal.scope_text() if principal.scoped else "",
-        csrf=browser.session_csrf_token(request),
-    )
+    return _index(request, state, principal, q=q.strip(), page=page, limit=limit)
 
 
 # The "~" route first: the other would take "~/login" for an id, and refuse it.
@@ -162,13 +203,11 @@ def fix_page(
         )
     csrf = browser.session_csrf_token(request)
     if not principal.may_act_for(advertiser_id):
-        return _page(
-            "fix_index.html",
-            403,
-            advertisers=summaries(state, principal),
-            user=principal.name,
-            scope=principal.scope_text(),
-            csrf=csrf,
+        return _index(
+            request,
+            state,
+            principal,
+            status_code=403,
             error=f"This key ({principal.name}) is scoped to {principal.scope_text()}: it "
             f"cannot see or fix the images of {advertiser_id}.",
         )
