@@ -155,6 +155,15 @@ def _run(db: Database, settings: Settings, ref: str, config: SweepConfig, thread
         f"{result.study}: {result.new_trials} new trial(s), {result.completed} completed, "
         f"{elapsed:.1f} s"
     )
+    if result.running:
+        from cartag.training.sweep.study import GRACE_S
+
+        numbers = ", ".join(str(n) for n in result.running)
+        err.print(
+            f"still running: trial {numbers} (counted in the {config.n_trials}): another "
+            f"process's, or one whose process died, which is failed {GRACE_S} s after its "
+            "last heartbeat; run this command again then and it is replaced"
+        )
     board = load_leaderboard(db, settings, ref, config)
     out.print(rich_table(board))
     path = write_leaderboard(board, settings, now=clock.now())

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 
 from cartag.clock import FakeClock
 from cartag.deploy.sweeps import SweepRegistry
@@ -21,6 +23,7 @@ from cartag.store import model_versions as versions_repo
 from cartag.store.db import Database
 from cartag.store.tables import EmbeddingRow
 from cartag.training.sweep.candidates import TrialParams, fit_heads
+from cartag.training.sweep.study import GRACE_S, close_storage, optuna_storage
 from cartag.training.sweep.sweep import (
     SweepCallbacks,
     SweepResult,
@@ -309,6 +312,66 @@ def test_tiny_sweep_registers_candidates_and_resumes(
     with db.engine.connect() as conn:
         names = [r[0] for r in conn.exec_driver_sql("SELECT study_name FROM studies")]
     assert names == [result.study]
+
+
+def _running_trial(db: Database, name: str) -> int:
+    """A RUNNING trial of study ``name`` with a heartbeat, as a process records it; its id."""
+    import optuna
+
+    storage = optuna_storage(db)
+    try:
+        study = optuna.create_study(
+            study_name=name, storage=storage, direction="maximize", load_if_exists=True
+        )
+        with warnings.catch_warnings():
+            # Optuna warns that heartbeats are meant for optimize(), which this stands for.
+            warnings.simplefilter("ignore", UserWarning)
+            trial = study.ask()
+        storage.record_heartbeat(trial._trial_id)
+        return int(trial._trial_id)
+    finally:
+        close_storage(storage)
+
+
+def _age_heartbeat(db: Database, trial_id: int, seconds: int) -> None:
+    """Move a trial's last heartbeat ``seconds`` back (its process went silent)."""
+    with db.engine.begin() as conn:
+        beat = conn.execute(
+            text("SELECT heartbeat FROM trial_heartbeats WHERE trial_id = :id"), {"id": trial_id}
+        ).scalar_one()
+        if isinstance(beat, str):  # SQLite keeps it as text
+            beat = dt.datetime.fromisoformat(beat)
+        conn.execute(
+            text("UPDATE trial_heartbeats SET heartbeat = :at WHERE trial_id = :id"),
+            {"at": beat - dt.timedelta(seconds=seconds), "id": trial_id},
+        )
+
+
+def test_a_trial_left_running_by_a_dead_process_is_replaced_after_the_grace_period(
+    db: Database,
+    sweep_settings: Settings,
+    classifier: Classifier,
+    tiny_examples: list[Example],
+    precomputed: dict[str, np.ndarray],
+) -> None:
+    # `cartag train` killed during a trial, run again: the dead trial counted as running
+    # in the budget and was failed only when a new trial started, so a sweep whose
+    # remaining budget it filled stopped at 3 of 4 completed on every run, saying nothing.
+    ref, clock = _prepare(db, sweep_settings, classifier, tiny_examples, precomputed)
+    config = parse_sweep(TINY)
+    name = study_name(ref, config)
+    dead = _running_trial(db, name)
+    _age_heartbeat(db, dead, GRACE_S - 60)
+    fresh = _sweep(db, sweep_settings, ref, config, clock)
+    # Its heartbeat is recent: it may be another process's, and counts in the budget.
+    assert (fresh.new_trials, fresh.completed, fresh.running) == (3, 3, [0])
+
+    _age_heartbeat(db, dead, 120)  # now past the grace period
+    live = _running_trial(db, name)  # another process's, working
+    replaced = _sweep(db, sweep_settings, ref, config.with_trials(5), clock)
+    # The dead one is failed and replaced; the live one still counts.
+    assert (replaced.new_trials, replaced.completed, replaced.running) == (1, 4, [4])
+    assert live != dead
 
 
 def test_sweep_computes_missing_embeddings_into_the_cache(

@@ -19,6 +19,7 @@ model is scored on the same sets in the same run. The best trial gets the
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -87,6 +88,9 @@ class SweepResult:
         completed: Completed trials of the study in all.
         best_version: The model version of the best trial (alias ``candidate``).
         production: ``{"version", "registered", "metrics"}`` of the model compared against.
+        running: Trials still running when this run ended: another process's, or one
+            whose process died and whose heartbeat is younger than the grace period
+            (a later run fails and replaces it).
     """
 
     study: str
@@ -94,6 +98,7 @@ class SweepResult:
     completed: int
     best_version: str | None
     production: dict[str, Any] | None = field(default=None)
+    running: list[int] = field(default_factory=list)
 
 
 def covering_params(config: SweepConfig) -> list[dict[str, str]]:
@@ -314,6 +319,11 @@ def _run_sweep(
                 hooks.on_trial_end(trial.number, value, seconds)
             return value
 
+        # A trial whose process died stays RUNNING until it is failed for its stale
+        # heartbeat, which Optuna does only when a trial starts; the budget below counts
+        # running trials, so a sweep whose last trial died never started another and
+        # kept that one running (3 of 4 completed, on every run).
+        _fail_stale_trials(study)
         counted = (TrialState.COMPLETE, TrialState.RUNNING)
         before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         remaining = config.n_trials - len(study.get_trials(deepcopy=False, states=counted))
@@ -329,12 +339,24 @@ def _run_sweep(
             best = max(complete, key=lambda t: (t.value or 0.0, -t.number))
             best_version = str(best.user_attrs["version"])
             registry.point_candidate(best_version, by=CREATED_BY, reason="sweep")
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         return SweepResult(
             study=name,
             new_trials=len(complete) - before,
             completed=len(complete),
             best_version=best_version,
             production=production,
+            running=sorted(t.number for t in running),
         )
     finally:
         close_storage(storage)
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    """Fail the study's running trials whose heartbeat is older than the grace period."""
+    import optuna
+
+    with warnings.catch_warnings():
+        # fail_stale_trials is marked experimental; the warning is not for our users.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
