@@ -11,11 +11,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from rich.console import Console
 from sqlalchemy import inspect, select, text
 
 from cartag.clock import FakeClock
+from cartag.deploy.promote import promote
+from cartag.deploy.registry import register_model
 from cartag.deploy.sweeps import SweepRegistry
 from cartag.errors import ConflictError, InputError
+from cartag.gates import gate_status
 from cartag.imaging.decode import decode_image
 from cartag.models.classifier import Classifier, EmbeddingClassifier
 from cartag.settings import Settings
@@ -23,6 +27,7 @@ from cartag.store import model_versions as versions_repo
 from cartag.store.db import Database
 from cartag.store.tables import EmbeddingRow
 from cartag.training.sweep.candidates import TrialParams, fit_heads
+from cartag.training.sweep.leaderboard import load_leaderboard, rich_table, worst_delta
 from cartag.training.sweep.study import GRACE_S, close_storage, optuna_storage
 from cartag.training.sweep.sweep import (
     SweepCallbacks,
@@ -40,6 +45,7 @@ from cartag.training.sweep.sweep_config import (
 )
 from cartag.training.sweep.sweep_data import DatasetView, Features, RecoloredRows
 from cartag.vocab import COLORS
+from tests.support.models import make_model_dir
 from tests.support.sweep_data import (
     Example,
     cache_embeddings,
@@ -372,6 +378,53 @@ def test_a_trial_left_running_by_a_dead_process_is_replaced_after_the_grace_peri
     # The dead one is failed and replaced; the live one still counts.
     assert (replaced.new_trials, replaced.completed, replaced.running) == (1, 4, [4])
     assert live != dead
+
+
+def test_the_leaderboard_compares_with_the_production_of_now(
+    sqlite_db: Database,
+    sweep_settings: Settings,
+    classifier: Classifier,
+    tiny_examples: list[Example],
+    precomputed: dict[str, np.ndarray],
+    tmp_path: Path,
+) -> None:
+    # After a promotion the leaderboard still showed the sweep's production and judged
+    # the gates against it: "pass" for trials `cartag models promote` then refused.
+    db, settings = sqlite_db, sweep_settings
+    ref, clock = _prepare(db, settings, classifier, tiny_examples, precomputed)
+    config = parse_sweep(TINY)
+    result = _sweep(db, settings, ref, config, clock)
+    assert result.production is not None and result.best_version is not None
+    before = load_leaderboard(db, settings, ref, config)
+    assert before.production is not None and before.note is None
+    assert before.production.version == result.production["version"]
+
+    promote(db, settings, result.best_version, by="t", clock=clock, force=True)
+    board = load_leaderboard(db, settings, ref, config)
+    with db.read() as session:
+        promoted = versions_repo.get_version(session, result.best_version)
+    assert board.production is not None and board.note is None
+    assert (board.production.label, board.production.version) == ("production", promoted.version)
+    assert board.production.metrics == promoted.metrics
+    expected = {
+        e.version: gate_status(e.metrics, promoted.metrics, settings)[0] for e in board.candidates
+    }
+    assert {e.version: e.passes for e in board.candidates} == expected
+    best = next(e for e in board.candidates if e.version == result.best_version)
+    assert best.passes is True and worst_delta(best, board.production, f"{ref}:test") is not None
+
+    # A production never scored on these sets: the sweep's stays, named so, with a note.
+    register_model(
+        db, settings, make_model_dir(tmp_path / "other", "other-1"), created_by="t", clock=clock
+    )
+    promote(db, settings, "other-1", by="t", clock=clock, force=True)
+    board = load_leaderboard(db, settings, ref, config)
+    assert board.production is not None and board.production.label == "production then"
+    assert board.production.version == result.production["version"]
+    assert board.note is not None and "production is now other-1" in board.note
+    console = Console(record=True, width=250)
+    console.print(rich_table(board))
+    assert "production is now other-1" in console.export_text()
 
 
 def test_sweep_computes_missing_embeddings_into_the_cache(

@@ -22,7 +22,8 @@ from cartag.gates import gate_status
 from cartag.settings import Settings
 from cartag.store import datasets
 from cartag.store.db import Database
-from cartag.store.model_versions import CANDIDATE, alias_version
+from cartag.store.model_versions import CANDIDATE, PRODUCTION, alias_version, get_alias
+from cartag.store.tables import ModelVersionRow
 from cartag.training.sweep.study import close_storage, optuna_storage, study_name
 from cartag.training.sweep.sweep_config import SweepConfig, describe
 
@@ -65,6 +66,7 @@ class Leaderboard:
     sets: list[str]
     production: Entry | None
     candidates: list[Entry]
+    note: str | None = None
 
     @property
     def entries(self) -> list[Entry]:
@@ -102,6 +104,7 @@ def load_leaderboard(
     with db.read() as session:
         resolved = datasets.get_version(session, ref).ref
         candidate_version = alias_version(session, CANDIDATE)
+        current = get_alias(session, PRODUCTION)
     storage = optuna_storage(db)
     try:
         name = study_name(resolved, config) if config else _find_study(storage, resolved)
@@ -119,6 +122,7 @@ def load_leaderboard(
     production = None
     if isinstance(prod, dict):
         production = Entry("production", str(prod["version"]), dict(prod["metrics"]))
+    production, note = _current_production(production, current, trials, resolved)
     candidates = []
     for trial in trials:
         attrs = trial.user_attrs
@@ -142,7 +146,37 @@ def load_leaderboard(
         )
     candidates.sort(key=lambda e: (-(e.objective or 0.0), e.trial or 0))
     sets = sorted({s for e in ([production] if production else []) + candidates for s in e.metrics})
-    return Leaderboard(name, resolved, sets, production, candidates)
+    return Leaderboard(name, resolved, sets, production, candidates, note)
+
+
+def _current_production(
+    scored: Entry | None,
+    current: ModelVersionRow | None,
+    trials: list[Any],
+    ref: str,
+) -> tuple[Entry | None, str | None]:
+    """The production entry to compare with: the model production names now.
+
+    The sweep scored the production of its day; once another version is promoted, the
+    gates ``cartag models promote`` runs compare with that one, from its registered
+    metrics, and so must the leaderboard's verdicts (they said ``pass`` to a promotion
+    that was then refused). When it has no metrics on the sweep's test sets, the
+    sweep's production stays, named as such, with a note saying how to score the new one.
+    """
+    if current is None or (scored is not None and current.version == scored.version):
+        return scored, None
+    sets = {s for t in trials for s in (t.user_attrs.get("metrics") or {})}
+    shared = {s: m for s, m in current.metrics.items() if s in sets}
+    if shared:
+        return Entry("production", current.version, shared), None
+    note = (
+        f"production is now {current.version}, not scored on {ref}'s test sets: the gates "
+        f"above are against the production of the sweep; `cartag train --dataset {ref} "
+        "--sweep <its file>` again scores it (no new trial)"
+    )
+    if scored is not None:
+        scored.label = "production then"
+    return scored, note
 
 
 def _metric(entry: Entry, set_name: str, task: str, key: str) -> float | None:
@@ -220,7 +254,12 @@ def summary(lb: Leaderboard) -> list[dict[str, Any]]:
 
 def rich_table(lb: Leaderboard) -> Table:
     """The leaderboard as a Rich table: one row per model, one column per test set."""
-    table = Table(title=f"{lb.study}: production vs candidates", show_lines=False)
+    table = Table(
+        title=f"{lb.study}: production vs candidates",
+        show_lines=False,
+        caption=lb.note,
+        caption_justify="left",
+    )
     table.add_column("model")
     table.add_column("version", overflow="fold")
     table.add_column("configuration", overflow="fold")
