@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,3 +123,59 @@ def test_rollback_reclassifies_the_opted_in_advertisers_as_promote_does(
         assert _answers(db, keys) == after
     finally:
         db.dispose()
+
+
+def test_ctrl_c_during_the_reclassification_of_a_promotion_says_how_to_finish_it(
+    settings: Settings, classifier: Classifier, server: ImageServer, tmp_path: Path
+) -> None:
+    # Ctrl-C while `cartag models promote` re-classified ended it without a word (exit
+    # 130): production had moved, and the images not reached kept the previous answers.
+    env = {"CARTAG_DATA_DIR": str(settings.data_dir), "CARTAG_ENGINE": "torch"}
+    assert CliRunner().invoke(app, ["models", "list"], env=env).exit_code == 0
+    db = Database(settings.resolved_database_url)
+    try:
+        _classify(settings, db, classifier, server)
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM embeddings")  # so the images are downloaded
+    finally:
+        db.dispose()
+    for name, rgb in PHOTOS.items():
+        server.add_slow(f"/{name}.jpg", 30, jpeg_bytes(color=rgb))
+    server.reset_counters()
+    runner = CliRunner()
+    opted = runner.invoke(app, ["advertisers", "set", "A", "--reclassify-on-promote"], env=env)
+    assert opted.exit_code == 0, opted.output
+    folder = make_model_dir(tmp_path / "m", "cli-4", temperature_scale=2.0)
+    assert runner.invoke(app, ["models", "register", str(folder)], env=env).exit_code == 0
+
+    child = subprocess.Popen(
+        [str(Path(sys.executable).with_name("cartag")), "models", "promote", "cli-4", "--force"],
+        env={
+            **os.environ,
+            **env,
+            "CARTAG_PRECISION": "fp32",
+            "CARTAG_ALLOWED_NETWORKS": "127.0.0.0/8",
+            "CARTAG_DOWNLOAD_DEADLINE_S": "120",
+            "CARTAG_READ_TIMEOUT_S": "60",
+            "COLUMNS": "250",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # A shell's background job ignores SIGINT; a terminal's Ctrl-C does not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not server.requests_for("/a1.jpg"):
+            assert child.poll() is None, child.communicate()[0]
+            time.sleep(0.1)
+        child.send_signal(signal.SIGINT)
+        output, _ = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 130, output
+    assert "production -> cli-4" in output
+    assert "interrupted: re-classification for A stopped part-way" in output
+    assert "`cartag models reclassify` finishes it" in output
+    assert "Traceback" not in output

@@ -368,7 +368,8 @@ def _reclassify(
     from cartag.net.fetch import Fetcher
 
     try:
-        if not advertisers_to_run(db, advertiser):
+        advertisers = advertisers_to_run(db, advertiser)
+        if not advertisers:
             if not quiet_if_none:
                 err.print("no advertiser opted in; see `cartag advertisers set --help`")
             return
@@ -389,6 +390,17 @@ def _reclassify(
         report = asyncio.run(main())
     except CartagError as exc:
         raise fail(exc) from exc
+    except KeyboardInterrupt:
+        # Ctrl-C after a promotion used to end the command without a word: the alias had
+        # moved, and part of the images silently kept the previous model's answers.
+        command = "cartag models reclassify" + (f" --advertiser {advertiser}" if advertiser else "")
+        err.print(
+            f"[red]interrupted:[/red] re-classification for {', '.join(advertisers)} stopped "
+            "part-way: the images it had not reached keep the previous model's answers "
+            f"(the production alias stays where it is); `{command}` finishes it (images "
+            "already done are skipped)"
+        )
+        raise typer.Exit(130) from None
     err.print(
         f"re-classified with {report.model_version} for {', '.join(report.advertisers)}: "
         f"{report.images} images, {report.from_cache} from cached embeddings, "
