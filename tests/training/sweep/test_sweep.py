@@ -380,6 +380,46 @@ def test_a_trial_left_running_by_a_dead_process_is_replaced_after_the_grace_peri
     assert live != dead
 
 
+def test_new_trials_counts_only_this_processs_trials(
+    sqlite_db: Database,
+    sweep_settings: Settings,
+    classifier: Classifier,
+    tiny_examples: list[Example],
+    precomputed: dict[str, np.ndarray],
+) -> None:
+    # Two `cartag train` on one sweep: each said "N new trial(s)" counting the other's
+    # completed meanwhile (3 and 4 for a 4-trial sweep they shared 2 + 2).
+    import optuna
+
+    db = sqlite_db
+    ref, clock = _prepare(db, sweep_settings, classifier, tiny_examples, precomputed)
+    config = parse_sweep(TINY)
+    others: list[int] = []
+
+    def another_process_completes_one(number: int, value: float, seconds: float) -> None:
+        if others:
+            return
+        other = _running_trial(db, study_name(ref, config))
+        storage = optuna_storage(db)
+        try:
+            study = optuna.load_study(study_name=study_name(ref, config), storage=storage)
+            [trial] = [t for t in study.get_trials(deepcopy=False) if t._trial_id == other]
+            study.tell(trial.number, 0.1)
+            others.append(trial.number)
+        finally:
+            close_storage(storage)
+
+    result = _sweep(
+        db,
+        sweep_settings,
+        ref,
+        config,
+        clock,
+        callbacks=SweepCallbacks(on_trial_end=another_process_completes_one),
+    )
+    assert (result.new_trials, result.completed, len(others)) == (3, 4, 1)
+
+
 def test_the_leaderboard_compares_with_the_production_of_now(
     sqlite_db: Database,
     sweep_settings: Settings,

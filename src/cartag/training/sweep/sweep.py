@@ -84,7 +84,7 @@ class SweepResult:
 
     Attributes:
         study: The study name.
-        new_trials: Trials completed by this run.
+        new_trials: Trials this process ran to completion (others may share the study).
         completed: Completed trials of the study in all.
         best_version: The model version of the best trial (alias ``candidate``).
         production: ``{"version", "registered", "metrics"}`` of the model compared against.
@@ -258,6 +258,10 @@ def _run_sweep(
         production_spec = backbone_spec(Path(production["model_dir"]))
         cache: dict[tuple[BackboneSpec, bool], Features] = {}
 
+        # The trials this process ran: others sharing the study complete theirs meanwhile,
+        # and counting the study's growth gave each process the other's trials too.
+        ran: list[int] = []
+
         def objective(trial: optuna.Trial) -> float:
             started = time.monotonic()
             params = TrialParams.from_dict(_suggest(trial, config))
@@ -317,6 +321,7 @@ def _run_sweep(
             trial.set_user_attr("seconds", round(seconds, 2))
             if hooks.on_trial_end:
                 hooks.on_trial_end(trial.number, value, seconds)
+            ran.append(trial.number)
             return value
 
         # A trial whose process died stays RUNNING until it is failed for its stale
@@ -325,7 +330,6 @@ def _run_sweep(
         # kept that one running (3 of 4 completed, on every run).
         _fail_stale_trials(study)
         counted = (TrialState.COMPLETE, TrialState.RUNNING)
-        before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         remaining = config.n_trials - len(study.get_trials(deepcopy=False, states=counted))
         if remaining > 0:
             study.optimize(
@@ -342,7 +346,7 @@ def _run_sweep(
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         return SweepResult(
             study=name,
-            new_trials=len(complete) - before,
+            new_trials=len(ran),
             completed=len(complete),
             best_version=best_version,
             production=production,
