@@ -26,6 +26,7 @@ from cartag.pipeline.results import ClassifyResult, Source, overall_source
 from cartag.settings import DEFAULT_LOW_CONFIDENCE_THRESHOLD
 from cartag.store import fixes as fix_repo
 from cartag.store import images as image_repo
+from cartag.store import monitoring as monitoring_repo
 from cartag.store.db import Database
 from cartag.store.tables import FixAuditRow, FixRow
 from cartag.telemetry import Telemetry
@@ -423,7 +424,8 @@ def fix_image(
     low_confidence_threshold: float = DEFAULT_LOW_CONFIDENCE_THRESHOLD,
     adapt: Adapt | None = None,
 ) -> tuple[FixAuditRow, ClassifyResult]:
-    """Apply a fix in its own transaction, count it, and answer as a classify now would.
+    """Apply a fix in its own transaction, count it (the request, and the image once a day
+    in its advertiser's name), and answer as a classify now would.
 
     Returns:
         The audit entry (detached; the store keeps objects loaded on commit) and the
@@ -445,7 +447,11 @@ def fix_image(
             comment=comment,
             clock=clock,
         )
+        # The request is counted; the fixed image only once a day, as the fix rate is.
+        first_today = monitoring_repo.first_fix_of_day(session, audit)
     telemetry.fix_applied(advertiser_id, scope)
+    if first_today:
+        telemetry.image_fixed(advertiser_id)
     answer = current_answer(
         db,
         advertiser_id,

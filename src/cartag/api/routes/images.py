@@ -27,7 +27,6 @@ from cartag.redaction import strip_password
 from cartag.store import advertisers as advertiser_repo
 from cartag.store import fixes as fix_repo
 from cartag.store import images as image_repo
-from cartag.store import monitoring as monitoring_repo
 from cartag.store.apikeys import Principal
 from cartag.store.blobs import BlobStore, derived_path
 from cartag.store.tables import FixAuditRow
@@ -93,10 +92,6 @@ def fix_image(image_key: str, body: FixIn, state: StateDep, principal: FixerDep)
         low_confidence_threshold=state.settings.low_confidence_threshold,
         adapt=state.service.adapted,
     )
-    # cartag_fixes_total counted the request; the fix rate counts the image once a day.
-    with state.db.read() as session:
-        if monitoring_repo.first_fix_of_day(session, audit):
-            state.telemetry.image_fixed(body.advertiser_id)
     return FixOut(audit=_audit_out(audit), result=ResultOut.model_validate(answer.to_dict()))
 
 
