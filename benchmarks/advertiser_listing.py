@@ -1,8 +1,9 @@
 """GET /v1/advertisers/{id}/images: how long one page takes for a large advertiser.
 
-The listing resolves every image of the advertiser (its overrides, the global fixes, near
-duplicates by pHash) before it filters, sorts and pages, so its time grows with the
-advertiser's image count, not with the page size. This builds a throw-away store with
+The listing orders, filters and counts every image of the advertiser from a light row
+(its stored answer and the fixes that apply: overrides, global fixes, near duplicates by
+pHash) and resolves in full only the page's images; the light pass still grows with the
+advertiser's image count. This builds a throw-away store with
 ``--images`` images for one advertiser (a fifth of them unsure, one in ten fixed: half
 overrides, half global), then times the default page, a filtered page and the advertiser
 counts (best of ``--repeats``).
