@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import warnings
 from dataclasses import replace
@@ -21,6 +22,7 @@ from cartag.deploy.sweeps import SweepRegistry
 from cartag.errors import ConflictError, InputError
 from cartag.gates import gate_status
 from cartag.imaging.decode import decode_image
+from cartag.imaging.keys import content_sha256
 from cartag.models.classifier import Classifier, EmbeddingClassifier
 from cartag.settings import Settings
 from cartag.store import model_versions as versions_repo
@@ -565,6 +567,49 @@ def test_sweep_refuses_placeholders_only_in_the_test_split(
             parse_sweep(TINY),
             clock,
         )
+
+
+def test_sweep_refuses_a_dataset_without_color_labels_on_its_photos(
+    sqlite_db: Database, sweep_settings: Settings, tiny_examples: list[Example]
+) -> None:
+    # A type-only folder (type-train's layout): the first trial stopped with a ValueError
+    # traceback from fit_heads, after production had been scored.
+    clock = FakeClock()
+    items = [replace(e, color=None) for e in tiny_examples]
+    ref = make_frozen_dataset(sqlite_db, sweep_settings, clock, items)
+    with pytest.raises(InputError) as info:
+        _sweep(sqlite_db, sweep_settings, ref, parse_sweep(TINY), clock)
+    assert info.value.field == "dataset"
+    assert f"{ref} has no color labels on its train split's photos" in info.value.message
+    with sqlite_db.read() as session:
+        assert versions_repo.list_versions(session) == []
+
+
+def test_sweep_refuses_a_validation_fold_holding_every_color_label(
+    sqlite_db: Database, sweep_settings: Settings, tiny_examples: list[Example]
+) -> None:
+    # One colored photo in the train split, and the validation fold takes its group:
+    # the fit without the fold had no color label (a ValueError traceback).
+    clock = FakeClock()
+    config = parse_sweep({**TINY, "validation_fraction": 0.5})
+
+    def in_fold(example: Example) -> bool:
+        group = f"g-{content_sha256(example.data)[:12]}"  # make_frozen_dataset's groups
+        digest = hashlib.sha256(f"cartag-val-v1:{config.seed}:{group}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < config.validation_fraction
+
+    kept = next(
+        e
+        for e in tiny_examples
+        if e.split == "train" and e.color and e.image_type != "Placeholder" and in_fold(e)
+    )
+    items = [e if e is kept else replace(e, color=None) for e in tiny_examples]
+    ref = make_frozen_dataset(sqlite_db, sweep_settings, clock, items)
+    with pytest.raises(InputError) as info:
+        _sweep(sqlite_db, sweep_settings, ref, config, clock)
+    assert info.value.field == "validation_fraction"
+    assert "holds every color-labelled train image" in info.value.message
+    assert "lower validation_fraction" in info.value.message
 
 
 def test_fit_heads_uses_only_the_recolored_copies_of_its_rows() -> None:

@@ -53,6 +53,7 @@ from cartag.training.sweep.sweep_data import (
     Features,
     FeatureSource,
     Progress,
+    check_training_rows,
     check_type_classes,
     load_view,
 )
@@ -230,6 +231,8 @@ def _run_sweep(
     check_backbones(config)
     view = load_view(db, ref)
     check_type_classes(view)
+    validation = view.validation_mask(config.validation_fraction, config.seed)
+    check_training_rows(view, validation, config.validation_fraction)
     name = study_name(view.ref, config)
     source = FeatureSource(
         db, blob_store(settings), settings, clock, threads=threads, progress=hooks.on_stage
@@ -254,7 +257,6 @@ def _run_sweep(
         production = evaluate_production(db, settings, view, source, registry)
         study.set_user_attr("production", production)
 
-        validation = view.validation_mask(config.validation_fraction, config.seed)
         production_spec = backbone_spec(Path(production["model_dir"]))
         cache: dict[tuple[BackboneSpec, bool], Features] = {}
 

@@ -183,6 +183,47 @@ def check_type_classes(view: DatasetView) -> None:
     )
 
 
+def check_training_rows(view: DatasetView, validation: np.ndarray, fraction: float) -> None:
+    """Refuse a view whose heads cannot be fitted: both need labels in both fits.
+
+    Each trial fits the type head and the color head on the train split minus the
+    validation fold, then on the whole train split (:func:`~cartag.training.sweep.candidates.
+    train_candidate`); a split without color labels on photos (a type-only folder such
+    as type-train) or a fold that takes all of them stopped the first trial with a
+    ValueError traceback.
+
+    Args:
+        view: The dataset.
+        validation: bool (N,) validation fold (train rows only).
+        fraction: The sweep's ``validation_fraction``, for the message.
+
+    Raises:
+        InputError: Naming what is missing and what to do.
+    """
+    train = view.train
+    colored = (view.color_idx >= 0) & (view.type_idx != PLACEHOLDER)
+    if not colored[train].any():
+        raise InputError(
+            f"{view.ref} has no color labels on its train split's photos: every candidate "
+            "has a color head to fit; label colors (a labels CSV with a color column, color "
+            "folder names, fixes, review), then freeze the new version and train on it",
+            "dataset",
+        )
+    inner = train[~validation[train]]
+    for what, rows in (
+        ("image-type", inner[view.type_idx[inner] >= 0]),
+        ("color", inner[colored[inner]]),
+    ):
+        if not len(rows):
+            raise InputError(
+                f"the validation fold (validation_fraction {fraction:g}, whole groups) holds "
+                f"every {what}-labelled train image of {view.ref}, so no head can be fitted "
+                "without it: lower validation_fraction in the sweep file, or add labelled "
+                "images",
+                "validation_fraction",
+            )
+
+
 @dataclass
 class RecoloredRows:
     """Recolored copies of training photos, for colors the train split has no photo of
