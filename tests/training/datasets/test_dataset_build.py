@@ -161,6 +161,30 @@ def test_import_a_folder_of_links_labels_them_by_their_own_paths(
     assert report.stats["import"]["label_rows_without_file"] == 0
 
 
+def test_two_links_to_one_photo_in_two_color_folders_are_a_conflict(
+    sqlite_db: Database, dataset_settings: Settings, tmp_path: Path
+) -> None:
+    # Labels were keyed by the links' target: the last folder's label won for both links
+    # and the photo was trained on as that color, where a copy of it is flagged.
+    photos = _import_folder(tmp_path)
+    root = tmp_path / "selection"
+    for color, names in (("Red", ("p01", "p02")), ("Blue", ("p01", "p04"))):
+        (root / color).mkdir(parents=True)
+        for name in names:
+            (root / color / f"{name}.jpg").symlink_to(photos / "Dealer" / f"{name}.jpg")
+    builder = _builder(dataset_settings, sqlite_db, FakeClock(NOW))
+    report = builder.import_folder(BuildOptions("cars", rank=False), root)
+    items = _items(sqlite_db, report.ref)
+    [twice] = [i for i in items if i.content_sha256 == content_sha256(pattern_jpeg(101))]
+    assert (twice.status, twice.reason) == ("flagged", "conflict")
+    said = {c["path"]: c["labels"] for c in twice.provenance["conflict"]}
+    assert said == {
+        "selection/Red/p01.jpg": [None, "Red"],
+        "selection/Blue/p01.jpg": [None, "Blue"],
+    }
+    assert report.stats["filters"]["conflict"] == 1
+
+
 def test_import_refuses_bad_input(
     sqlite_db: Database, dataset_settings: Settings, tmp_path: Path
 ) -> None:

@@ -227,7 +227,9 @@ class DatasetBuilder:
         files = find_images([folder])
         if not files:
             raise InputError(f"{folder} holds no images", field="folder")
-        labels: dict[Path, list[str | None]] = {f.resolve(): folder_labels(f) for f in files}
+        # Keyed by the path as listed: two links to one photo in two folders are two
+        # imports whose labels may disagree (a conflict to flag, not the last one's label).
+        labels: dict[Path, list[str | None]] = {f: folder_labels(f) for f in files}
         listings: dict[Path, str] = {}
         unmatched = 0
         for csv_path in label_files:
@@ -242,12 +244,12 @@ class DatasetBuilder:
         candidates = []
         self.progress.begin("read", len(files))
         for file in files:
-            image_type, color = labels[file.resolve()]
+            image_type, color = labels[file]
             if image_type == "Placeholder":
                 color = None
             provenance: dict[str, Any] = {"source": "import", "path": relative_path(file, folder)}
-            if file.resolve() in listings:
-                provenance["listing_id"] = listings[file.resolve()]
+            if file in listings:
+                provenance["listing_id"] = listings[file]
             candidates.append(Candidate(file.read_bytes(), image_type, color, provenance))
             self.progress.advance()
         stats: dict[str, Any] = {

@@ -108,8 +108,8 @@ def read_label_csv(
     ``vcr-train/<Color>/<file>``).
 
     Returns:
-        ``{resolved file: (image_type, color, listing_id)}`` and the number of rows
-        naming no imported file.
+        ``{file as listed in files: (image_type, color, listing_id)}`` and the number of
+        rows naming no imported file.
 
     Raises:
         InputError: Unreadable CSV, no path or label column, or a label outside the
@@ -132,10 +132,10 @@ def read_label_csv(
         )
     known: dict[str, Path] = {}
     for file in files:
-        resolved = file.resolve()
         for key in (*_relative_forms(file, folder), file.absolute().as_posix()):
-            known.setdefault(key, resolved)
-        known.setdefault(resolved.as_posix(), resolved)
+            known.setdefault(key, file)
+        # A link's target names the first link to it.
+        known.setdefault(file.resolve().as_posix(), file)
     found: dict[Path, tuple[str | None, str | None, str | None]] = {}
     missing = 0
     for line, row in rows:
