@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from cartag.api.schemas.advertisers import ColorFilter
 from cartag.settings import Settings
 from cartag.store import advertisers as advertiser_repo
+from cartag.store import apikeys
 from cartag.store.db import Database
 from cartag.vocab import COLORS
 from tests.api.conftest import make_headers
@@ -46,7 +47,7 @@ def test_advertisers_with_images_their_listing_and_thumbnails(
         client, classify_headers, "dealer-77", [server.url("/blue.jpg"), server.url("/both.jpg")]
     )
     # Advertisers without settings are listed as soon as they have images.
-    listed = client.get("/v1/advertisers", headers=fixer_headers).json()
+    listed = client.get("/v1/advertisers", headers=fixer_headers).json()["items"]
     assert [(a["advertiser_id"], a["images"], a["overrides"]) for a in listed] == [
         ("dealer-42", 2, 0),
         ("dealer-77", 2, 0),
@@ -175,7 +176,8 @@ def test_the_adaptation_switch_per_advertiser(client: TestClient, db: Database) 
     back = client.put("/v1/advertisers/dealer-9", json={"adapt_answers": None}, headers=admin)
     assert (back.json()["adapt_answers"], back.json()["adapting"]) == (None, default)
     assert back.json()["reclassify_on_promote"] is True
-    listed = {a["advertiser_id"]: a for a in client.get("/v1/advertisers", headers=admin).json()}
+    answer = client.get("/v1/advertisers", headers=admin).json()
+    listed = {a["advertiser_id"]: a for a in answer["items"]}
     assert listed["dealer-9"]["adapt_answers"] is None
     assert listed["dealer-9"]["adapting"] is default
 
@@ -199,7 +201,7 @@ def test_an_advertiser_id_with_a_slash_is_reachable(
         advertiser_repo.record_advertiser_images(
             session, "group/dealer-7", dict.fromkeys([key]), NOW
         )
-    listed = client.get("/v1/advertisers", headers=fixer_headers).json()
+    listed = client.get("/v1/advertisers", headers=fixer_headers).json()["items"]
     assert "group/dealer-7" in [a["advertiser_id"] for a in listed]
     for path in (
         "/v1/advertisers/group%2Fdealer-7/images",
@@ -237,3 +239,87 @@ def test_an_advertiser_id_with_a_slash_is_reachable(
         # The rule in words, not the pattern's regular expression.
         assert "letters, digits or . _ : @ / -" in response.json()["error"]["message"]
         assert "(?:" not in response.json()["error"]["message"]
+
+
+def _seed_advertisers(db: Database, ids: list[str]) -> None:
+    key = add_image(db).image_key
+    with db.write() as session:
+        for advertiser in ids:
+            advertiser_repo.record_advertiser_images(session, advertiser, {key: None}, NOW)
+
+
+def test_the_advertisers_listing_pages_and_searches_by_id(client: TestClient, db: Database) -> None:
+    # It answered every advertiser in one array (20,000: 3.6 MB); it pages as the
+    # images listing does, and searches ids as the fix page's index does.
+    ids = [f"dealer-{n:03d}" for n in range(250)] + ["Group/Dealer-7"]
+    _seed_advertisers(db, ids)
+    admin = make_headers(db, "admin")
+
+    first = client.get("/v1/advertisers", headers=admin).json()
+    assert {k: first[k] for k in ("total", "page", "pages", "limit", "q")} == {
+        "total": 251,
+        "page": 1,
+        "pages": 3,
+        "limit": 100,
+        "q": "",
+    }
+    assert [a["advertiser_id"] for a in first["items"]] == sorted(ids)[:100]
+    assert set(first["items"][0]) >= {"advertiser_id", "images", "overrides", "adapting"}
+
+    walked: list[str] = []
+    for page in (1, 2, 3, 4):  # 4 is past the end: the last page again
+        answer = client.get(f"/v1/advertisers?page={page}&limit=120", headers=admin).json()
+        assert answer["page"] == min(page, 3) and answer["pages"] == 3
+        if page <= 3:
+            walked += [a["advertiser_id"] for a in answer["items"]]
+    assert walked == sorted(ids)
+
+    found = client.get("/v1/advertisers?q=%20DEALER-7%20", headers=admin).json()
+    assert [a["advertiser_id"] for a in found["items"]] == ["Group/Dealer-7"]
+    assert (found["total"], found["pages"], found["q"]) == (1, 1, "DEALER-7")
+    tens = client.get("/v1/advertisers?q=-01&limit=5&page=2", headers=admin).json()
+    assert tens["total"] == 10 and [a["advertiser_id"] for a in tens["items"]] == [
+        f"dealer-01{n}" for n in range(5, 10)
+    ]
+    none = client.get("/v1/advertisers?q=nobody", headers=admin).json()
+    assert (none["total"], none["page"], none["pages"], none["items"]) == (0, 1, 1, [])
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("limit=ten", "limit"),
+        ("page=0", "page"),
+        ("page=1000001", "page"),
+        ("q=" + "x" * 129, "q"),
+        ("search=dealer", "search"),
+        ("offset=100", "offset"),
+    ],
+)
+def test_the_advertisers_listing_refuses_bad_paging_naming_the_parameter(
+    client: TestClient, db: Database, query: str, field: str
+) -> None:
+    _seed_advertisers(db, ["dealer-1"])
+    answer = client.get(f"/v1/advertisers?{query}", headers=make_headers(db, "admin"))
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["field"] == field
+
+
+def test_a_scoped_key_pages_and_searches_only_its_advertisers(
+    client: TestClient, db: Database
+) -> None:
+    _seed_advertisers(db, ["dealer-1", "dealer-2", "dealer-3", "dealer-10"])
+    with db.write() as session:
+        _, key = apikeys.create_key(
+            session, name="team", roles=["fixer"], now=NOW, advertisers=("dealer-1", "dealer-3")
+        )
+    scoped = {"Authorization": f"Bearer {key}"}
+    every = client.get("/v1/advertisers?limit=1", headers=scoped).json()
+    assert (every["total"], every["pages"]) == (2, 2)
+    assert [a["advertiser_id"] for a in every["items"]] == ["dealer-1"]
+    # dealer-10 and dealer-2 hold the search too, but are another advertiser's.
+    searched = client.get("/v1/advertisers?q=dealer-", headers=scoped).json()
+    assert [a["advertiser_id"] for a in searched["items"]] == ["dealer-1", "dealer-3"]
+    assert client.get("/v1/advertisers?q=dealer-2", headers=scoped).json()["total"] == 0

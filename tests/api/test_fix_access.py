@@ -55,7 +55,7 @@ def test_a_scoped_key_fixes_and_sees_its_advertiser_only(
     _, staff = _key(db, "staff", "fixer")
     mine, theirs = images["mine"], images["theirs"]
 
-    listed = client.get("/v1/advertisers", headers=scoped).json()
+    listed = client.get("/v1/advertisers", headers=scoped).json()["items"]
     assert [a["advertiser_id"] for a in listed] == ["dealer-42"]
     other = client.get("/v1/advertisers/dealer-77/images", headers=scoped)
     assert other.status_code == 403 and "scoped to dealer-42" in other.json()["error"]["message"]

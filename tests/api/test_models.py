@@ -192,7 +192,7 @@ def test_promotion_reclassifies_opted_in_advertisers_from_cached_embeddings(
     opt_in = client.put("/v1/advertisers/A", headers=admin, json={"reclassify_on_promote": True})
     assert opt_in.status_code == 200 and opt_in.json()["reclassify_on_promote"] is True
     assert client.put("/v1/advertisers/B", headers=admin, json={}).status_code == 422
-    listed = client.get("/v1/advertisers", headers=admin).json()
+    listed = client.get("/v1/advertisers", headers=admin).json()["items"]
     # Every advertiser with images is listed (B has no settings), with its counts.
     assert [
         (a["advertiser_id"], a["images"], a["overrides"], a["reclassify_on_promote"])

@@ -139,3 +139,26 @@ def test_advertiser_ids_are_the_summaries_ids_in_their_order(db: Database) -> No
         assert repo.advertiser_ids(session) == summaries
         assert summaries == sorted(summaries) and {"settings-only", "fixed-only"} <= set(summaries)
         assert repo.advertiser_ids(session, ["b-2", "Z", "unknown"]) == ["Z", "b-2"]
+
+
+def test_a_summary_page_searches_the_ids_and_counts_only_its_own(db: Database) -> None:
+    a, b = add_image(db).image_key, add_image(db).image_key
+    with db.write() as session:
+        for n in range(7):
+            repo.record_advertiser_images(session, f"Dealer-{n}", {a: None}, NOW)
+        repo.record_advertiser_images(session, "Dealer-5", {b: None}, NOW)
+        repo.set_advertiser(session, "other", reclassify_on_promote=True, now=NOW)
+    with db.read() as session:
+        first = repo.summary_page(session, page=1, limit=3)
+        assert [s.advertiser_id for s in first.summaries] == ["Dealer-0", "Dealer-1", "Dealer-2"]
+        assert (first.total, first.page, first.pages, first.everyone) == (8, 1, 3, 8)
+        last = repo.summary_page(session, page=99, limit=3)  # past the end: the last page
+        assert (last.page, [s.advertiser_id for s in last.summaries]) == (3, ["Dealer-6", "other"])
+        found = repo.summary_page(session, search="dEaLeR-5")
+        assert [(s.advertiser_id, s.images) for s in found.summaries] == [("Dealer-5", 2)]
+        assert (found.total, found.pages, found.everyone, found.search) == (1, 1, 8, "dEaLeR-5")
+        scoped = repo.summary_page(session, ["Dealer-1", "other", "unknown"], search="e")
+        assert [s.advertiser_id for s in scoped.summaries] == ["Dealer-1", "other"]
+        assert (scoped.total, scoped.everyone) == (2, 2)
+        nothing = repo.summary_page(session, search="zz")
+        assert (nothing.summaries, nothing.total, nothing.page, nothing.pages) == ([], 0, 1, 1)

@@ -4,7 +4,7 @@ answers adapted to the advertiser's fixes)."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -13,6 +13,9 @@ from rich.table import Table
 from cartag.commands.common import err, load_settings, open_database
 from cartag.errors import CartagError, InputError
 from cartag.vocab import check_advertiser_id
+
+if TYPE_CHECKING:
+    from cartag.store.advertisers import SummaryPage
 
 app = typer.Typer(help="Per-advertiser settings.", no_args_is_help=True)
 
@@ -91,23 +94,62 @@ def _adapting(own: bool | None, default: bool) -> str:
 
 
 @app.command("list")
-def list_advertisers() -> None:
-    """Advertisers with images or settings, with their image and override counts."""
+def list_advertisers(
+    search: Annotated[
+        str,
+        typer.Option(
+            "--search", help="Only advertisers whose id holds this, ignoring case (any part)."
+        ),
+    ] = "",
+    page: Annotated[
+        int, typer.Option(min=1, help="Which page (1 first; past the end: the last).")
+    ] = 1,
+    limit: Annotated[
+        int | None,
+        typer.Option(min=1, help="Advertisers per page (default 100, at most 500)."),
+    ] = None,
+) -> None:
+    """Advertisers with images or settings, with their image and override counts, by id, a
+    page at a time (as GET /v1/advertisers)."""
     from cartag.store import advertisers as repo
 
     settings = load_settings()
+    if limit is not None and limit > repo.MAX_PAGE_LIMIT:
+        err.print(f"[red]error:[/red] --limit is at most {repo.MAX_PAGE_LIMIT} (not {limit})")
+        raise typer.Exit(2)
     db = open_database(settings)
     table = Table(
         "advertiser", "images", "overrides", "last seen", "reclassify on promote", "adapt answers"
     )
     with db.read() as session:
-        for row in repo.advertiser_summaries(session):
-            table.add_row(
-                row.advertiser_id,
-                str(row.images),
-                str(row.overrides),
-                row.last_seen_at.strftime("%Y-%m-%d %H:%M") if row.last_seen_at else "",
-                "yes" if row.reclassify_on_promote else "no",
-                _adapting(row.adapt_answers, settings.advertiser_adaptation),
-            )
+        found = repo.summary_page(
+            session, search=search.strip(), page=page, limit=limit or repo.PAGE_LIMIT
+        )
+    for row in found.summaries:
+        table.add_row(
+            row.advertiser_id,
+            str(row.images),
+            str(row.overrides),
+            row.last_seen_at.strftime("%Y-%m-%d %H:%M") if row.last_seen_at else "",
+            "yes" if row.reclassify_on_promote else "no",
+            _adapting(row.adapt_answers, settings.advertiser_adaptation),
+        )
     Console().print(table)
+    # On stderr: the table alone stays on stdout for scripts.
+    err.print(_page_line(found), markup=False, highlight=False)
+
+
+def _page_line(found: SummaryPage) -> str:
+    """Where this page lies among the matching advertisers, and how to see the others."""
+    searched = f" whose id holds {found.search!r}" if found.search else ""
+    if not found.total:
+        return f"no advertisers{searched}"
+    first = (found.page - 1) * found.limit + 1
+    last = first + len(found.summaries) - 1
+    line = (
+        f"advertisers {first:,}–{last:,} of {found.total:,}{searched} "
+        f"(page {found.page:,} of {found.pages:,})"
+    )
+    if found.pages > 1:
+        line += "; --page N for another"
+    return line

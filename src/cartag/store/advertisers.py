@@ -7,7 +7,7 @@ run covers (named in classify requests, jobs and fixes).
 *An advertiser's images* (the fix page's listing, a scoped key's reach) are the images
 its classify requests and jobs named (``advertiser_images``) and those fixed in its
 name (``fix_audit``): :func:`advertiser_images`, :func:`uses_image`,
-:func:`advertiser_summaries`.
+:func:`advertiser_summaries`, a page of them with :func:`summary_page`.
 """
 
 from __future__ import annotations
@@ -358,6 +358,70 @@ def advertiser_ids(session: Session, advertiser_ids: Collection[str] | None = No
         fixed = fixed.where(FixAuditRow.advertiser_id.in_(ids))
         configured = configured.where(AdvertiserSettingRow.advertiser_id.in_(ids))
     return sorted(set(session.scalars(union(named, fixed, configured))))
+
+
+# Advertisers per page of a listing (API, command line), by default and at most: a row
+# each, 100 is an answer of about 20 KB.
+PAGE_LIMIT: Final[int] = 100
+MAX_PAGE_LIMIT: Final[int] = 500
+
+
+@dataclass(frozen=True)
+class SummaryPage:
+    """One page of the advertisers whose id holds a search, by id, with their counts.
+
+    Attributes:
+        summaries: This page's advertisers, by id.
+        total: How many advertisers match the search.
+        page: The page number (1-based), clamped to the last page.
+        pages: How many pages the matches fill (at least 1).
+        limit: Advertisers per page.
+        search: What their ids hold ("": any id).
+        everyone: How many advertisers there are (in the scope), whatever the search.
+    """
+
+    summaries: list[AdvertiserSummary]
+    total: int
+    page: int
+    pages: int
+    limit: int
+    search: str
+    everyone: int
+
+
+def summary_page(
+    session: Session,
+    scope: Collection[str] | None = None,
+    *,
+    search: str = "",
+    page: int = 1,
+    limit: int = PAGE_LIMIT,
+) -> SummaryPage:
+    """A page of :func:`advertiser_summaries`: every id is read and searched, the counts
+    only for the page's (20,000 advertisers' counts were a 3.6 MB answer of 0.3 s).
+
+    Args:
+        session: Any session.
+        scope: Only these advertisers (a scoped key's); None: all.
+        search: Only ids that hold this, ignoring case (a prefix or any part of one).
+        page: 1-based; past the end: the last page.
+        limit: Advertisers per page (at least 1).
+    """
+    ids = advertiser_ids(session, scope)
+    folded = search.casefold()
+    matching = [i for i in ids if folded in i.casefold()] if folded else ids
+    pages = max(1, -(-len(matching) // limit))
+    page = max(1, min(page, pages))
+    shown = matching[(page - 1) * limit : page * limit]
+    return SummaryPage(
+        summaries=advertiser_summaries(session, shown) if shown else [],
+        total=len(matching),
+        page=page,
+        pages=pages,
+        limit=limit,
+        search=search,
+        everyone=len(ids),
+    )
 
 
 def advertiser_summaries(

@@ -1,7 +1,7 @@
 """Advertisers: who has images (with counts), their settings, their images as answered now.
 
-* ``GET /v1/advertisers`` — every advertiser with images or settings, with counts (a
-  scoped key: its own);
+* ``GET /v1/advertisers`` — the advertisers with images or settings, with counts (a
+  scoped key: its own), by id, a page at a time, searched by id with ``q``;
 * ``PUT /v1/advertisers/{id}`` — its settings (admin): re-classification after promotions,
   answers adapted to its fixes;
 * ``GET /v1/advertisers/{id}/images`` — its images as a classify would answer them now,
@@ -23,6 +23,7 @@ from cartag.api.schemas.advertisers import (
     AdvertiserImagesOut,
     AdvertiserIn,
     AdvertiserOut,
+    AdvertisersOut,
     ColorFilter,
     ImageCountsOut,
 )
@@ -144,17 +145,6 @@ def list_images(
     )
 
 
-def summaries(state: AppState, principal: Principal) -> list[AdvertiserOut]:
-    """The advertisers a key may see, with their counts."""
-    scope = principal.advertisers if principal.scoped else None
-    default = state.settings.advertiser_adaptation
-    with state.db.read() as session:
-        return [
-            _advertiser_out(r, default)
-            for r in advertiser_repo.advertiser_summaries(session, scope)
-        ]
-
-
 @dataclass(frozen=True)
 class AdvertiserPage:
     """One page of the advertisers a key may see, those whose id holds the search.
@@ -179,10 +169,15 @@ class AdvertiserPage:
 
 
 def summaries_page(
-    state: AppState, principal: Principal, *, search: str = "", page: int = 1, limit: int = 100
+    state: AppState,
+    principal: Principal,
+    *,
+    search: str = "",
+    page: int = 1,
+    limit: int = advertiser_repo.PAGE_LIMIT,
 ) -> AdvertiserPage:
-    """A page of :func:`summaries`: the ids are read and searched, the counts only for the
-    page's (at 20,000 advertisers the whole list was a 4.8 MB page).
+    """A page of the advertisers a key may see (:func:`cartag.store.advertisers.summary_page`:
+    the ids are read and searched, the counts only for the page's).
 
     Args:
         state: The app.
@@ -192,33 +187,46 @@ def summaries_page(
         limit: Advertisers per page.
     """
     scope = principal.advertisers if principal.scoped else None
-    folded = search.casefold()
     with state.db.read() as session:
-        ids = advertiser_repo.advertiser_ids(session, scope)
-        matching = [i for i in ids if folded in i.casefold()] if folded else ids
-        pages = max(1, -(-len(matching) // limit))
-        page = max(1, min(page, pages))
-        shown = matching[(page - 1) * limit : page * limit]
-        rows = advertiser_repo.advertiser_summaries(session, shown) if shown else []
+        found = advertiser_repo.summary_page(session, scope, search=search, page=page, limit=limit)
     default = state.settings.advertiser_adaptation
     return AdvertiserPage(
-        advertisers=[_advertiser_out(row, default) for row in rows],
-        total=len(matching),
-        page=page,
-        pages=pages,
-        limit=limit,
-        search=search,
-        everyone=len(ids),
+        advertisers=[_advertiser_out(row, default) for row in found.summaries],
+        total=found.total,
+        page=found.page,
+        pages=found.pages,
+        limit=found.limit,
+        search=found.search,
+        everyone=found.everyone,
     )
 
 
-@router.get("", response_model=list[AdvertiserOut])
-def list_advertisers(state: StateDep, principal: PrincipalDep) -> list[AdvertiserOut]:
-    """Every advertiser that has images or settings, by id, with counts.
+@router.get("", response_model=AdvertisersOut)
+def list_advertisers(
+    state: StateDep,
+    principal: PrincipalDep,
+    q: str = Query(
+        default="",
+        max_length=ADVERTISER_ID_MAX,
+        description="Only advertisers whose id holds this, ignoring case (any part of it).",
+    ),
+    page: int = Query(default=1, ge=1, le=MAX_PAGE, description="1-based; past the end: the last."),
+    limit: int = Query(default=advertiser_repo.PAGE_LIMIT, ge=1, le=advertiser_repo.MAX_PAGE_LIMIT),
+) -> AdvertisersOut:
+    """The advertisers that have images or settings, by id, with counts, a page at a time.
 
-    A key scoped to advertisers sees only its own.
+    A key scoped to advertisers sees only its own. ``total`` counts those the search
+    keeps, over all pages.
     """
-    return summaries(state, principal)
+    listing = summaries_page(state, principal, search=q.strip(), page=page, limit=limit)
+    return AdvertisersOut(
+        total=listing.total,
+        page=listing.page,
+        pages=listing.pages,
+        limit=listing.limit,
+        q=listing.search,
+        items=listing.advertisers,
+    )
 
 
 @router.put(

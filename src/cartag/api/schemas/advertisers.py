@@ -77,6 +77,15 @@ class AdvertiserOut(BaseModel):
     )
 
 
+class AdvertisersOut(BaseModel):
+    total: int = Field(description="Advertisers whose id holds the search, over all pages.")
+    page: int = Field(description="This page (1-based; a page past the end gives the last).")
+    pages: int = Field(description="Pages the matching advertisers fill (at least 1).")
+    limit: int
+    q: str = Field(description="The search the ids hold (empty: none).")
+    items: list[AdvertiserOut] = Field(description="This page's advertisers, by id.")
+
+
 class AdvertiserImageOut(BaseModel):
     """One image of an advertiser, as a classify would answer it now for that advertiser."""
 
