@@ -16,7 +16,9 @@ from cartag.cli import app
 from cartag.clock import FakeClock
 from cartag.models.classifier import Classifier
 from cartag.settings import Settings
+from cartag.store import datasets
 from cartag.store.db import Database, upgrade
+from tests.support.factories import NOW
 from tests.support.sweep_data import (
     Example,
     cache_embeddings,
@@ -107,6 +109,19 @@ def test_unknown_or_draft_dataset_exits_2(
         app, ["train", "--dataset", "cars@1", "--sweep", str(sweep_file), "--trials", "3"], env=env
     )
     assert result.exit_code == 2 and "--trials must be between 4 and 8" in result.stderr
+
+    # A bare name means the latest version, here a draft over a frozen one: that one is
+    # named too (the message said only to freeze the draft).
+    db, settings = _store(env)
+    try:
+        make_frozen_dataset(db, settings, FakeClock(), tiny[8:16], freeze=False)
+        with db.write() as session:
+            datasets.freeze(session, "cars@1", NOW)
+    finally:
+        db.dispose()
+    result = runner.invoke(app, ["train", "--dataset", "cars", "--sweep", str(sweep_file)], env=env)
+    assert result.exit_code == 2 and "cars@2 is a draft" in result.stderr
+    assert "or train on its latest frozen version (--dataset cars@1)" in result.stderr
 
 
 @pytest.mark.slow

@@ -99,9 +99,21 @@ def _check_frozen(db: Database, ref: str) -> None:
     with db.read() as session:
         version = datasets.get_version(session, ref)
         if version.status != datasets.FROZEN:
+            # A bare NAME means its latest version, a draft while it is being reviewed:
+            # the frozen one before it is what the user may have meant.
+            frozen = [
+                v.ref
+                for v in datasets.list_versions(session, version.name)
+                if v.status == datasets.FROZEN
+            ]
+            other = (
+                f", or train on its latest frozen version (--dataset {frozen[-1]})"
+                if frozen and "@" not in ref
+                else ""
+            )
             raise ConflictError(
                 f"dataset version {version.ref} is a draft; review it and freeze it "
-                f"(cartag dataset freeze {version.ref}) before training on it"
+                f"(cartag dataset freeze {version.ref}) before training on it{other}"
             )
 
 
