@@ -1,26 +1,36 @@
-"""Re-classification after a promotion, for images whose embeddings are not cached."""
+"""Re-classification after a promotion: images whose embeddings are not cached, and runs
+overtaken by another deployment (only the production model's answers are saved)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import httpx
-from sqlalchemy import select
+import pytest
+from PIL import Image
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from cartag.clock import SystemClock
 from cartag.imaging.keys import content_key, content_sha256
-from cartag.jobs.reclassify import ReclassifyReport, reclassify
-from cartag.models.classifier import Classifier
+from cartag.jobs.reclassify import ReclassifyReport, ReclassifySupersededError, reclassify
+from cartag.models.classifier import Classifier, Prediction
 from cartag.net.fetch import Fetcher
 from cartag.net.guard import StaticResolver
 from cartag.settings import Settings
 from cartag.store import advertisers as advertiser_repo
 from cartag.store import images as image_repo
+from cartag.store import model_versions as version_repo
 from cartag.store.cache import InMemoryLookupCache
 from cartag.store.db import Database
 from cartag.store.tables import EmbeddingRow
+from tests.support.db import fresh_database
 from tests.support.factories import NOW, add_image
-from tests.support.fakes import SizeRecorder
+from tests.support.fakes import FixedClassifier, SizeRecorder
 from tests.support.images import jpeg_bytes
 
 HOSTS = StaticResolver({"cdn.example": ["93.184.216.34"]})
@@ -53,6 +63,31 @@ def _run(
     return asyncio.run(go())
 
 
+def _make_production(db: Database, version: str) -> None:
+    """Point production at ``version`` (a registry row without files: nothing loads it)."""
+    with db.write() as session:
+        _point_production(session, version)
+
+
+def _point_production(session: Session, version: str) -> None:
+    if version_repo.find_version(session, version) is None:
+        version_repo.add_version(
+            session,
+            version=version,
+            path=version,
+            files_sha256="0" * 64,
+            status=version_repo.REGISTERED,
+            card={},
+            metrics={},
+            dataset_ref=None,
+            created_by="test",
+            now=NOW,
+        )
+    version_repo.point_alias(
+        session, version_repo.PRODUCTION, version, by="test", reason="promote", now=NOW
+    )
+
+
 def _stored(db: Database, data: bytes, url: str) -> str:
     sha = content_sha256(data)
     image = add_image(
@@ -74,6 +109,7 @@ def test_a_url_now_serving_other_bytes_keeps_its_answer_and_caches_nothing(
         advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)
     # The dealer replaced the photo behind one URL; another URL now answers 404.
     served = {"/same.jpg": same, "/replaced.jpg": jpeg_bytes(color=(250, 250, 250))}
+    _make_production(db, classifier.version)
 
     report = _run(db, settings, classifier, served)
 
@@ -97,9 +133,123 @@ def test_downloaded_images_are_decoded_at_the_models_draft_size(
     with db.write() as session:
         advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)
     classifier = SizeRecorder(draft=150)
+    _make_production(db, classifier.version)
 
     report = _run(db, settings, classifier, {"/big.jpg": photo})
 
     assert report.downloaded == 1
     # As a classify decodes it: libjpeg's 1/8 scale, 150 rows (not 1/4, 300 rows).
     assert classifier.sizes == [(200, 150)]
+
+
+class _RolledBackWhilePredicting(FixedClassifier):
+    """The fixed answer as version new-2; production moves to ``to`` while it predicts
+    (a rollback committed while the run downloads and classifies)."""
+
+    version = "new-2"
+
+    def __init__(self, db: Database, to: str) -> None:
+        self.db, self.to = db, to
+
+    def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        _make_production(self.db, self.to)
+        return super().predict(images)
+
+
+def test_a_run_whose_model_left_production_meanwhile_saves_nothing_and_says_why(
+    db: Database, settings: Settings
+) -> None:
+    # Promote new-2, then roll back to old-1 while new-2's re-classification runs: the
+    # slower run saved new-2's answers over the rollback's (old-1's), and they stayed.
+    photo = jpeg_bytes(320, 240)
+    key = _stored(db, photo, "https://cdn.example/a.jpg")
+    with db.write() as session:
+        advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)
+    _make_production(db, "old-1")
+    _make_production(db, "new-2")
+
+    with pytest.raises(ReclassifySupersededError) as raised:
+        _run(db, settings, _RolledBackWhilePredicting(db, "old-1"), {"/a.jpg": photo})
+
+    assert raised.value.code == "reclassify_superseded"
+    assert "re-classification with new-2 stopped after 0 image(s)" in raised.value.message
+    assert "production is now old-1" in raised.value.message
+    assert "cartag models reclassify" in raised.value.message
+    with db.read() as session:
+        assert image_repo.get_images(session, [key])[key].model_version == "old-1"
+
+
+def test_a_model_that_is_not_production_is_refused_before_any_download(
+    db: Database, settings: Settings
+) -> None:
+    key = _stored(db, jpeg_bytes(), "https://cdn.example/a.jpg")
+    with db.write() as session:
+        advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)
+    _make_production(db, "old-1")
+    classifier = SizeRecorder(draft=150)  # recorder-2: registered nowhere
+
+    with pytest.raises(ReclassifySupersededError, match="production is now old-1"):
+        _run(db, settings, classifier, {"/a.jpg": jpeg_bytes()})
+
+    assert classifier.sizes == []
+    with db.read() as session:
+        assert image_repo.get_images(session, [key])[key].model_version == "old-1"
+
+
+class _Run(threading.Thread):
+    """One re-classification in a thread; keeps its report or error."""
+
+    def __init__(self, db: Database, settings: Settings, served: dict[str, bytes]) -> None:
+        super().__init__(daemon=True)
+        self.args = (db, settings, served)
+        self.result: ReclassifyReport | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        db, settings, served = self.args
+        try:
+            self.result = _run(db, settings, _NewModel(), served)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+
+class _NewModel(FixedClassifier):
+    version = "new-2"
+
+
+@pytest.mark.services
+def test_a_save_waits_for_a_rollback_in_progress_and_then_saves_nothing(
+    tmp_path: Path, settings: Settings
+) -> None:
+    # PostgreSQL interleaves transactions: a check of the alias before the write, or in
+    # another transaction, let a rollback commit in between. The write reads the alias
+    # share-locked in its own transaction, so it waits for the rollback and sees it.
+    with fresh_database("postgresql", tmp_path) as db:
+        photo = jpeg_bytes(320, 240)
+        key = _stored(db, photo, "https://cdn.example/a.jpg")
+        with db.write() as session:
+            advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)
+        _make_production(db, "old-1")
+        _make_production(db, "new-2")
+        run = _Run(db, settings, {"/a.jpg": photo})
+        with db.write() as rollback:
+            _point_production(rollback, "old-1")  # locks the alias until it commits
+            run.start()
+            deadline = time.monotonic() + 60
+            while run.is_alive() and time.monotonic() < deadline:
+                with db.read() as session:
+                    waiting = session.scalar(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                            "current_database() AND wait_event_type = 'Lock'"
+                        )
+                    )
+                if waiting:
+                    break
+                time.sleep(0.02)
+            assert run.is_alive(), f"the save did not wait for the rollback: {run.error!r}"
+        run.join(60)
+        assert isinstance(run.error, ReclassifySupersededError), run.error
+        assert "production is now old-1" in run.error.message
+        with db.read() as session:
+            assert image_repo.get_images(session, [key])[key].model_version == "old-1"

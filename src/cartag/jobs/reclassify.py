@@ -10,6 +10,13 @@ serves the bytes that were classified.
 Only the model's fields of ``images`` rows change (type, scores, confidence, model
 version; the color too when the built-in model names colors). Manual fixes live in
 ``fixes`` and are never touched: they still win when an answer is resolved.
+
+Only the ``production`` model's answers are ever written: each chunk's write reads the
+alias, share-locked, in its own transaction, and a run whose model is no longer
+production (a promotion or rollback came meanwhile, whose own re-classification takes
+over) stops with :class:`ReclassifySupersededError` without writing. Two runs at once —
+an API promotion and a CLI one, a promotion then a quick rollback — used to finish in
+either order, and the slower one left a model no longer in production in the answers.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from cartag.clock import Clock
-from cartag.deploy.followup import advertisers_to_run
+from cartag.deploy.followup import RECLASSIFY_COMMAND, advertisers_to_run
+from cartag.errors import ConflictError
 from cartag.imaging.decode import decode_image
 from cartag.imaging.keys import content_sha256
 from cartag.models.classifier import Classifier, EmbeddingClassifier, Prediction, make_prediction
@@ -34,6 +42,7 @@ from cartag.settings import Settings
 from cartag.store import advertisers as advertiser_repo
 from cartag.store import embeddings as embedding_repo
 from cartag.store import images as image_repo
+from cartag.store import model_versions as version_repo
 from cartag.store.cache import LookupCache, build_lookup_cache
 from cartag.store.db import Database
 from cartag.store.tables import ImageRow
@@ -43,6 +52,30 @@ log = logging.getLogger(__name__)
 
 # Images per store read / model step / store write.
 _CHUNK = 500
+
+
+class ReclassifySupersededError(ConflictError):
+    """The model of a re-classification is no longer production (409); nothing more is saved.
+
+    Attributes:
+        version: The model the run re-classified with.
+        production: The version production names now (None: the alias is not set).
+        saved: Images the run had saved before it stopped (while its model was production).
+    """
+
+    code = "reclassify_superseded"
+
+    def __init__(self, version: str, production: str | None, saved: int) -> None:
+        now = f"production is now {production}" if production else "production is not set"
+        super().__init__(
+            f"re-classification with {version} stopped after {saved} image(s): {now} (a "
+            "promotion or rollback came meanwhile), and only the production model's answers "
+            "are saved; the re-classification that follows that deployment gives the images "
+            f"its answers, or run `{RECLASSIFY_COMMAND}`"
+        )
+        self.version = version
+        self.production = production
+        self.saved = saved
 
 
 @dataclass
@@ -58,6 +91,7 @@ class ReclassifyReport:
         failed: Could not be downloaded or decoded, or their URL now serves other bytes;
             their old answer stays.
         changed: Re-classified images whose type or color changed.
+        saved: Images whose new answer was written.
     """
 
     model_version: str
@@ -68,6 +102,7 @@ class ReclassifyReport:
     downloaded: int = 0
     failed: int = 0
     changed: int = 0
+    saved: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,10 +136,17 @@ async def reclassify(
 
     Raises:
         ConflictError: ``advertiser_id`` has not opted in.
+        ReclassifySupersededError: ``classifier`` is not (or no longer) the production
+            model; the images saved before keep its answers until production's run.
     """
     report = ReclassifyReport(classifier.version)
     report.advertisers = advertisers_to_run(db, advertiser_id)
     keys: set[str] = set()
+    with db.read() as session:
+        production = version_repo.alias_version(session, version_repo.PRODUCTION)
+    if production != classifier.version:
+        # Early, before any download; each write checks again under the lock (_save).
+        raise ReclassifySupersededError(classifier.version, production, 0)
     with db.read() as session:
         for advertiser in report.advertisers:
             keys |= advertiser_repo.advertiser_image_keys(session, advertiser)
@@ -155,7 +197,7 @@ async def _run_chunk(
             report.changed += 1
         values.append({"image_key": key, **new, "updated_at": clock.now()})
     if values:
-        await asyncio.to_thread(_save, db, values)
+        await asyncio.to_thread(_save, db, classifier.version, values, report)
         # Servers answering from the cache must see the new answers at once.
         cache.invalidate(image_keys=[v["image_key"] for v in values])
 
@@ -266,6 +308,20 @@ def _model_fields(settings: Settings, prediction: Prediction, version: str) -> d
     return fields
 
 
-def _save(db: Database, values: list[dict[str, Any]]) -> None:
+def _save(
+    db: Database, version: str, values: list[dict[str, Any]], report: ReclassifyReport
+) -> None:
+    """Write ``version``'s answers if it is still production, in one transaction.
+
+    Raises:
+        ReclassifySupersededError: Production names another version; nothing is written.
+    """
     with db.write() as session:
+        # Read under a share lock in the write's own transaction: a promotion or rollback
+        # committing between a check and the write would let a superseded model's
+        # answers overwrite those of the run that follows it.
+        production = version_repo.alias_version_locked(session, version_repo.PRODUCTION)
+        if production != version:
+            raise ReclassifySupersededError(version, production, report.saved)
         image_repo.update_model_fields(session, values, chunk=_CHUNK)
+    report.saved += len(values)

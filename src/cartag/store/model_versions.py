@@ -169,6 +169,20 @@ def lock_alias(session: Session, alias: str) -> None:
     session.get(ModelAliasRow, alias, with_for_update=True, populate_existing=True)
 
 
+def alias_version_locked(session: Session, alias: str) -> str | None:
+    """The version an alias points to, share-locked for the rest of the transaction.
+
+    A writer that must only write while the alias still names a version (a
+    re-classification saving that version's answers) reads it with this in the same
+    transaction as its write: on PostgreSQL a promotion or rollback (which locks the row
+    for update in :func:`point_alias`) then waits for that write to commit, and the write
+    waits for a move in progress and sees where it landed; writers sharing the lock do
+    not wait for each other. SQLite serializes writers anyway (``BEGIN IMMEDIATE``).
+    """
+    row = session.get(ModelAliasRow, alias, with_for_update={"read": True}, populate_existing=True)
+    return None if row is None else row.version
+
+
 def _lock_or_create_alias(
     session: Session, alias: str, version: str, *, by: str, now: dt.datetime
 ) -> ModelAliasRow | None:

@@ -28,7 +28,7 @@ from cartag.api.schemas.models import (
 )
 from cartag.api.state import AppState
 from cartag.deploy import followup, promote
-from cartag.jobs.reclassify import reclassify
+from cartag.jobs.reclassify import ReclassifySupersededError, reclassify
 from cartag.store import model_versions as repo
 from cartag.store.apikeys import Principal
 from cartag.store.tables import DeploymentRow, ModelVersionRow
@@ -194,6 +194,9 @@ def start_reclassify(state: AppState, advertiser_id: str | None) -> str:
                 advertiser_id=advertiser_id,
                 lookup_cache=state.service.lookup_cache,
             )
+        except ReclassifySupersededError as exc:
+            # Another deployment's re-classification takes over: no failure.
+            log.warning("%s", exc.message)
         except Exception:  # noqa: BLE001 - a background task has nobody else to tell
             log.exception("re-classification failed")
 
