@@ -253,3 +253,15 @@ def test_scopes_holding_fewer_fixes_than_the_images_asked_are_read_in_one_query(
     assert {row.image_key for row in rows} == {image.image_key for image in fixed[:2]}
     reads = [s for s in statements if "FROM fixes" in s and "count(" not in s]
     assert len(reads) == 1, statements
+
+
+def test_phash_values_read_the_bands_as_phash_bands_does() -> None:
+    phashes = ["8f3a5c7e9b1d2f46", "FFFFFFFFFFFFFFFF", "0000000000000001", None, "", "abc"]
+    values, valid = fix_repo.phash_values(phashes)
+    assert valid.tolist() == [True, True, True, False, False, False]
+    assert values.tolist()[:3] == [0x8F3A5C7E9B1D2F46, 2**64 - 1, 1]
+    for n, phash in enumerate(phashes):
+        bands = [int(fix_repo.band_of(values[n : n + 1], i)[0]) for i in range(4)]
+        assert (bands if valid[n] else [None] * 4) == fix_repo.phash_bands(phash)
+    with pytest.raises(ValueError):
+        fix_repo.phash_values(["not-a-hex-phash!"])

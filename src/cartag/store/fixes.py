@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
@@ -32,6 +33,37 @@ def phash_bands(phash: str | None) -> list[int | None]:
     if not phash or len(phash) != 16:
         return [None] * 4
     return [int(phash[i : i + 4], 16) for i in range(0, 16, 4)]
+
+
+def phash_values(phashes: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hex pHashes as integers, for searching many at once.
+
+    Args:
+        phashes: ``n`` hex pHashes; one that is missing or not 16 characters long has no
+            value (as it has no bands, :func:`phash_bands`).
+
+    Returns:
+        ``(values, valid)``: uint64 array of shape ``(n,)`` (0 where not valid) and bool
+        array of shape ``(n,)``. Band ``i`` of a valid hash is
+        ``(value >> (48 - 16 * i)) & 0xFFFF``, as :func:`phash_bands` reads it.
+
+    Raises:
+        ValueError: A 16-character pHash that is not hex.
+    """
+    values = np.fromiter(
+        (int(ph, 16) if ph is not None and len(ph) == 16 else 0 for ph in phashes),
+        np.uint64,
+        len(phashes),
+    )
+    valid = np.fromiter(
+        (ph is not None and len(ph) == 16 for ph in phashes), np.bool_, len(phashes)
+    )
+    return values, valid
+
+
+def band_of(values: np.ndarray, band: int) -> np.ndarray:
+    """Band ``band`` (0-3, the first four hex digits first) of uint64 pHashes, shape kept."""
+    return (values >> np.uint64(48 - 16 * band)) & np.uint64(0xFFFF)
 
 
 def scope_key(scope: str, advertiser_id: str) -> str:
@@ -177,11 +209,11 @@ def _candidates(
     phashes = {ph for _, ph in images if ph}
     if max_distance == 0:
         return [row for row in rows if row.image_key in keys or row.phash in phashes]
-    bands: list[set[int]] = [set(), set(), set(), set()]
-    for ph in phashes:
-        for i, band in enumerate(phash_bands(ph)):
-            if band is not None:
-                bands[i].add(band)
+    # The bands of every pHash at once: per hash in Python, a listing's 50,000 images
+    # spent 0.23 s here.
+    values, valid = phash_values(list(phashes))
+    values = np.unique(values[valid])
+    bands = [set(band_of(values, i).tolist()) for i in range(4)]
     return [
         row
         for row in rows
