@@ -128,6 +128,46 @@ def test_check_metrics_names_the_value_out_of_format(metrics: dict[str, Any], wh
         check_metrics(metrics, "m.json")
 
 
+def _class(**figures: Any) -> dict[str, Any]:
+    return {"s": {"color": {"per_class": {"Red": figures}}}}
+
+
+@pytest.mark.parametrize(
+    ("metrics", "field", "allowed"),
+    [
+        ({"s": {"image_type": {"accuracy": 2}}}, "s.image_type.accuracy", "between 0 and 1"),
+        ({"s": {"color": {"macro_recall": -0.1}}}, "s.color.macro_recall", "between 0 and 1"),
+        ({"s": {"color": {"accuracy": float("inf")}}}, "s.color.accuracy", "between 0 and 1"),
+        (_class(recall=5, support=40), "s.color.per_class.Red.recall", "between 0 and 1"),
+        (_class(recall=1.0001, support=40), "s.color.per_class.Red.recall", "between 0 and 1"),
+        (_class(precision=1.5), "s.color.per_class.Red.precision", "between 0 and 1"),
+        (_class(recall=0.5, support=-1), "s.color.per_class.Red.support", "whole number"),
+        (_class(recall=0.5, support=2.5), "s.color.per_class.Red.support", "whole number"),
+    ],
+)
+def test_check_metrics_refuses_figures_out_of_range(
+    metrics: dict[str, Any], field: str, allowed: str
+) -> None:
+    # An accuracy of 2 or a recall of 5 was stored, and passed every promotion gate.
+    with pytest.raises(InputError) as raised:
+        check_metrics(metrics, "m.json")
+    assert raised.value.field == f"metrics.{field}"
+    assert f"m.json: {field} is " in raised.value.message and allowed in raised.value.message
+
+
+def test_check_metrics_takes_the_bounds_and_whole_float_supports() -> None:
+    check_metrics(_class(recall=0, precision=1, support=12.0), "m.json")
+    check_metrics({"s": {"color": {"accuracy": 1.0, "macro_recall": 0.0}}}, "m.json")
+
+
+def test_an_inflated_recall_stored_before_the_check_fails_its_gate(settings: Settings) -> None:
+    prod = _metrics({"s": {"color": {"Red": (0.9, 50)}}})
+    cand = _metrics({"s": {"color": {"Red": (5.0, 50)}}})
+    failures = check_promotion(cand, prod, settings)
+    assert len(failures) == 1
+    assert "s color recall of Red is 5.0, not a fraction between 0 and 1" in failures[0]
+
+
 def test_check_metrics_takes_the_registry_format() -> None:
     check_metrics(
         {"cars@1:test": {"image_type": {"accuracy": 0.9, "macro_recall": None, "labels": ["a"],

@@ -93,18 +93,38 @@ def is_figure(value: object) -> TypeIs[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# The figures check_metrics reads, per report and per class, and the range of each:
+# a rate is a fraction of examples, a support a count of them.
+_RATES = ("accuracy", "macro_recall")
+_CLASS_RATES = ("precision", "recall")
+_RATE_RANGE = "a fraction between 0 and 1"
+_COUNT_RANGE = "a whole number of examples, 0 or more"
+
+
+def in_range(key: str, value: float) -> bool:
+    """Whether a finite figure is in its range: a count (``support``) is a whole number
+    of at least 0, every other figure a fraction between 0 and 1."""
+    if key == "support":
+        return value >= 0 and float(value).is_integer()
+    return 0.0 <= value <= 1.0
+
+
 def check_metrics(metrics: dict[str, Any], where: str) -> None:
     """Refuse metrics not in the registry's format (module docstring) before storing them.
 
     Only the figures that the registry reads (``accuracy``, ``macro_recall``, each class's
-    ``recall`` and ``support``) must be numbers (or null); other keys are kept as given.
+    ``precision``, ``recall`` and ``support``) are checked: each must be null or a finite
+    number in its range — a rate between 0 and 1, a support a whole number of at least 0 —
+    since a recall of 5 or an accuracy of 2 would pass every promotion gate. Other keys are
+    kept as given.
 
     Args:
         metrics: ``{set name: {task: report}}``.
         where: Where they came from, for the message (a file name).
 
     Raises:
-        InputError: Field ``metrics``, naming the first value out of format.
+        InputError: Naming the first value out of format or range and its allowed range;
+            field ``metrics.<set>.<task>.<figure>`` (``metrics`` for the structure).
     """
     for set_name, tasks in metrics.items():
         if not isinstance(tasks, dict):
@@ -118,7 +138,7 @@ def check_metrics(metrics: dict[str, Any], where: str) -> None:
             here = f"{set_name}.{task}"
             if not isinstance(report, dict):
                 raise InputError(f"{where}: {here} must be an object of figures", "metrics")
-            figures = [(f"{here}.{k}", report.get(k)) for k in ("accuracy", "macro_recall")]
+            figures = [(f"{here}.{k}", k, report.get(k)) for k in _RATES]
             per_class = report.get("per_class")
             if per_class is not None and not isinstance(per_class, dict):
                 raise InputError(f"{where}: {here}.per_class must map labels to figures", "metrics")
@@ -128,14 +148,18 @@ def check_metrics(metrics: dict[str, Any], where: str) -> None:
                         f"{where}: {here}.per_class.{label} must be an object", "metrics"
                     )
                 figures += [
-                    (f"{here}.per_class.{label}.{k}", row.get(k)) for k in ("recall", "support")
+                    (f"{here}.per_class.{label}.{k}", k, row.get(k))
+                    for k in (*_CLASS_RATES, "support")
                 ]
-            for name, value in figures:
-                if value is not None and not is_figure(value):
-                    raise InputError(
-                        f"{where}: {name} is {value!r}; a number (or null) is expected",
-                        "metrics",
-                    )
+            for name, key, value in figures:
+                if value is None or (is_figure(value) and in_range(key, value)):
+                    continue
+                allowed = _COUNT_RANGE if key == "support" else _RATE_RANGE
+                raise InputError(
+                    f"{where}: {name} is {value!r}; it must be {allowed} (or null): record "
+                    "the figures the evaluation printed",
+                    f"metrics.{name}",
+                )
 
 
 def _task_failures(
@@ -159,6 +183,13 @@ def _task_failures(
         if support < max(settings.gate_min_support, 1):
             continue
         before, after = prod.get("recall"), cand.get("recall")
+        if is_figure(after) and not in_range("recall", after):
+            # Stored before register checked ranges: an inflated recall never passes.
+            failures.append(
+                f"{set_name} {task} recall of {label} is {after!r}, not {_RATE_RANGE}; "
+                "record the candidate's metrics again (cartag models register --metrics)"
+            )
+            continue
         if not is_figure(before) or not is_figure(after):
             continue
         if float(before) - float(after) > tolerance + _EPSILON:

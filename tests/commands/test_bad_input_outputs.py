@@ -90,6 +90,12 @@ def test_metrics_out_of_format_are_refused_at_register(env: dict[str, str], tmp_
             "s.image_type.per_class.Dealer.support",
         ),
         ({"s": [1, 2]}, "'s' must map each task"),
+        # Inflated figures were accepted, and passed every promotion gate.
+        ({"s": {"image_type": {"accuracy": 2}}}, "s.image_type.accuracy is 2; it must be a"),
+        (
+            {"s": {"color": {"per_class": {"Red": {"support": 40, "recall": 5}}}}},
+            "s.color.per_class.Red.recall is 5; it must be a fraction between 0 and 1",
+        ),
     ):
         path = tmp_path / "metrics.json"
         path.write_text(json.dumps(document))
