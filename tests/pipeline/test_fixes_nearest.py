@@ -214,7 +214,13 @@ def _ties(session: Session, asked: Sequence[tuple[str, str | None]], max_distanc
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_the_same_fixes_as_the_per_image_search(db: Database, seed: int) -> None:
+@pytest.mark.parametrize("all_pairs", [0, 1 << 30], ids=["band join", "every pair"])
+def test_the_same_fixes_as_the_per_image_search(
+    db: Database, seed: int, all_pairs: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both searches: every (image, fix) pair compared (a classify's few images), or the
+    # join on shared bands.
+    monkeypatch.setattr(fix_service, "_ALL_PAIRS", all_pairs)
     rng = random.Random(seed)
     asked = _inventory(db, rng, 400)
     with db.read() as session:

@@ -253,6 +253,8 @@ _BITS = (
 # Candidate pairs (image, fix) looked at in one go: bounds the memory of a listing whose
 # images share bands with many fixes (a placeholder card fixed again and again).
 _PAIRS = 1 << 20
+# Up to this many (image, fix) pairs every pair is compared, without the band join.
+_ALL_PAIRS = 1 << 12
 
 
 def _nearest(
@@ -312,13 +314,21 @@ def _nearest_in(
     Returns:
         int64 array of shape ``(w,)``: the index in ``rows`` of the winner, or -1.
     """
+    sentinel = np.iinfo(np.int64).max
+    if len(wanted) * len(hashes) <= _ALL_PAIRS:
+        # A classify's few images: every pair at once takes fewer numpy calls than the
+        # join below (whose fixed cost made a one-image classify 0.3 ms slower).
+        xor = wanted[:, None] ^ hashes[None, :]
+        distance = _BITS[xor.view(np.uint16)].reshape(*xor.shape, 4).sum(axis=2, dtype=np.int64)
+        # Nearest first, then the latest: one key to minimise per image.
+        key = np.where(distance <= max_distance, distance * count + (count - 1 - order), sentinel)
+        return _winners(key.min(axis=1), count, sentinel)
     # Of identical fix pHashes only the latest can win (same distance to any image).
     hashes, order = hashes[::-1], order[::-1]
     hashes, first = np.unique(hashes, return_index=True)
     order = order[first]
     # Pigeonhole: a pHash at most d bits away equals this one on at least 4 - d of its
     # four 16-bit bands, so on one of any d + 1 of them: only those are joined.
-    sentinel = np.iinfo(np.int64).max
     best = np.full(len(wanted), sentinel, dtype=np.int64)
     for band in range(max_distance + 1):
         fix_band = fix_repo.band_of(hashes, band)
@@ -346,8 +356,13 @@ def _nearest_in(
             key = distance[close] * count + (count - 1 - order[fix[close]])
             np.minimum.at(best, image[close], key)
             start = stop
+    return _winners(best, count, sentinel)
+
+
+def _winners(best: np.ndarray, count: int, sentinel: int) -> np.ndarray:
+    """Indexes in ``rows`` from the minimised keys, shape ``(w,)`` (-1: none close)."""
     found = best != sentinel
-    winner = np.full(len(wanted), -1, dtype=np.int64)
+    winner = np.full(len(best), -1, dtype=np.int64)
     winner[found] = count - 1 - best[found] % count
     return winner
 
