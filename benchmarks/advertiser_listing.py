@@ -141,7 +141,7 @@ def main() -> None:
                 page=3,
                 max_distance=args.max_distance,
             ),
-            "advertiser counts (GET /v1/advertisers)": lambda: _summaries(db),
+            "every advertiser's counts (advertiser_summaries)": lambda: _summaries(db),
         }
         print(f"{args.images} images of one advertiser, {db.dialect}:")
         for name, run in cases.items():
