@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
+from cartag.api.app import create_app
 from cartag.api.state import AppState
 from cartag.clock import SystemClock
 from cartag.deploy import registry
@@ -18,7 +19,7 @@ from cartag.settings import Settings
 from cartag.store import images as image_repo
 from cartag.store.cache import InMemoryLookupCache
 from cartag.store.db import Database
-from cartag.store.tables import EmbeddingRow
+from cartag.store.tables import EmbeddingRow, ImageRow
 from tests.api.conftest import make_headers
 from tests.support.http_server import ImageServer
 from tests.support.images import jpeg_bytes, real_photos
@@ -275,3 +276,53 @@ def test_a_rollback_reclassifies_the_opted_in_advertisers_as_a_promotion_does(
         rows = image_repo.get_images(session, [a1["image_key"], b1["image_key"]])
     assert rows[a1["image_key"]].model_version == BUNDLED_VERSION  # the restored model's answer
     assert rows[b1["image_key"]].model_version == version  # opted out: untouched
+
+
+def test_a_reclassification_cut_off_by_a_server_stop_is_reported_until_finished(
+    db: Database, settings: Settings, classifier: Classifier, server: ImageServer
+) -> None:
+    # The server stopped while its background re-classification downloaded: nothing
+    # recorded it, so after the restart the images not reached kept the previous model's
+    # answers and nothing said so.
+    slow = settings.model_copy(update={"read_timeout_s": 60.0, "download_deadline_s": 120.0})
+    admin = make_headers(db, "admin")
+    photo = jpeg_bytes(color=(200, 30, 30))
+    server.add_file("/a1.jpg", photo)
+    with TestClient(create_app(slow, db=db, classifier=classifier)) as first:
+        [a1] = _classify(first, admin, "A", [server.url("/a1.jpg")])
+        opted = first.put("/v1/advertisers/A", headers=admin, json={"reclassify_on_promote": True})
+        assert opted.status_code == 200
+        # An answer of an earlier model, and no cached vectors: the run downloads it.
+        with db.write() as session:
+            session.execute(delete(EmbeddingRow))
+            session.execute(
+                update(ImageRow)
+                .where(ImageRow.image_key == a1["image_key"])
+                .values(model_version="earlier-1")
+            )
+        server.add_slow("/a1.jpg", 20, photo)
+        started = first.post("/v1/models/reclassify", headers=admin, json={})
+        assert started.status_code == 202, started.text
+        deadline = time.monotonic() + 30
+        while not server.requests_for("/a1.jpg") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.requests_for("/a1.jpg")
+    # Stopped mid-download (the lifespan cancelled the run). The next start reports it.
+    with TestClient(create_app(slow, db=db, classifier=classifier)) as second:
+        health = second.get("/healthz").json()
+    [pending] = health["reclassify_incomplete"]
+    assert pending["version"] == BUNDLED_VERSION and pending["advertiser_id"] is None
+    assert pending["requested_by"] == "test" and pending["progress_at"] is None
+    with db.read() as session:
+        row = image_repo.get_images(session, [a1["image_key"]])[a1["image_key"]]
+    assert row.model_version == "earlier-1"
+
+    # A run of production over every opted-in advertiser finishes it.
+    server.add_file("/a1.jpg", photo)
+    with TestClient(create_app(slow, db=db, classifier=classifier)) as third:
+        assert third.post("/v1/models/reclassify", headers=admin, json={}).status_code == 202
+        _wait_background(_state(third))
+        assert third.get("/healthz").json()["reclassify_incomplete"] == []
+    with db.read() as session:
+        row = image_repo.get_images(session, [a1["image_key"]])[a1["image_key"]]
+    assert row.model_version == BUNDLED_VERSION

@@ -179,3 +179,17 @@ def test_ctrl_c_during_the_reclassification_of_a_promotion_says_how_to_finish_it
     assert "interrupted: re-classification for A stopped part-way" in output
     assert "`cartag models reclassify` finishes it" in output
     assert "Traceback" not in output
+
+    # The cut-off run stays recorded: `cartag models list` says so until a run finishes it.
+    env = {**env, "CARTAG_PRECISION": "fp32", "CARTAG_ALLOWED_NETWORKS": "127.0.0.0/8"}
+    listed = runner.invoke(app, ["models", "list"], env={**env, "COLUMNS": "250"})
+    assert listed.exit_code == 0, listed.output
+    assert "re-classification incomplete: cli-4 for every opted-in advertiser" in listed.output
+    assert "nothing saved yet" in listed.output
+    for name, rgb in PHOTOS.items():
+        server.add_file(f"/{name}.jpg", jpeg_bytes(color=rgb))
+    finished = runner.invoke(app, ["models", "reclassify"], env=env)
+    assert finished.exit_code == 0, finished.output
+    assert "re-classified with cli-4 for A: 2 images" in finished.output
+    listed = runner.invoke(app, ["models", "list"], env=env)
+    assert listed.exit_code == 0 and "incomplete" not in listed.output

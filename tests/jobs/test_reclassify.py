@@ -25,9 +25,10 @@ from cartag.settings import Settings
 from cartag.store import advertisers as advertiser_repo
 from cartag.store import images as image_repo
 from cartag.store import model_versions as version_repo
+from cartag.store import reclassify_requests as request_repo
 from cartag.store.cache import InMemoryLookupCache
 from cartag.store.db import Database
-from cartag.store.tables import EmbeddingRow
+from cartag.store.tables import EmbeddingRow, ReclassifyRequestRow
 from tests.support.db import fresh_database
 from tests.support.factories import NOW, add_image
 from tests.support.fakes import FixedClassifier, SizeRecorder
@@ -253,3 +254,133 @@ def test_a_save_waits_for_a_rollback_in_progress_and_then_saves_nothing(
         assert "production is now old-1" in run.error.message
         with db.read() as session:
             assert image_repo.get_images(session, [key])[key].model_version == "old-1"
+
+
+def _requests(db: Database) -> list[tuple[str, str | None, str | None, str | None]]:
+    """(version, advertiser, outcome, error) of every request, oldest first."""
+    with db.read() as session:
+        rows = session.scalars(select(ReclassifyRequestRow).order_by(ReclassifyRequestRow.id))
+        return [(r.version, r.advertiser_id, r.outcome, r.error) for r in rows]
+
+
+def test_a_run_cut_off_part_way_stays_open_until_a_run_of_its_model_finishes(
+    db: Database, settings: Settings
+) -> None:
+    # The server stopped while an API-started re-classification downloaded: nothing
+    # recorded it, and the images it had not reached kept the old answers silently.
+    photo = jpeg_bytes(320, 240)
+    key = _stored(db, photo, "https://cdn.example/a.jpg")
+    with db.write() as session:
+        advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)
+    _make_production(db, "new-2")
+    asked = threading.Event()
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        asked.set()
+        await asyncio.Event().wait()  # the download never ends: the server stops first
+        raise AssertionError("unreachable")
+
+    async def cut_off() -> None:
+        transport = httpx.MockTransport(hang)
+        async with Fetcher(settings, transport=transport, resolver=HOSTS) as fetcher:
+            run = asyncio.create_task(
+                reclassify(
+                    db,
+                    settings,
+                    _NewModel(),
+                    fetcher,
+                    SystemClock(),
+                    requested_by="ops",
+                    lookup_cache=InMemoryLookupCache(),
+                )
+            )
+            while not asked.is_set():
+                await asyncio.sleep(0.01)
+            run.cancel()  # as the app's lifespan cancels its background tasks
+            with pytest.raises(asyncio.CancelledError):
+                await run
+
+    asyncio.run(cut_off())
+
+    with db.read() as session:
+        [pending] = request_repo.incomplete(session)
+        assert image_repo.get_images(session, [key])[key].model_version == "old-1"
+    assert (pending.version, pending.advertiser_id, pending.requested_by) == ("new-2", None, "ops")
+    assert pending.progress_at is None and pending.finished_at is None
+
+    # `cartag models reclassify --advertiser A` would not cover a request for every
+    # advertiser; a run for every opted-in advertiser does, and closes it.
+    _run(db, settings, _NewModel(), {"/a.jpg": photo})  # advertiser A only
+    with db.read() as session:
+        assert [r.id for r in request_repo.incomplete(session)] == [pending.id]
+    report = _run_all(db, settings, _NewModel(), {"/a.jpg": photo})
+    assert report.current == 1  # done by the run for A: skipped
+    with db.read() as session:
+        assert request_repo.incomplete(session) == []
+        assert image_repo.get_images(session, [key])[key].model_version == "new-2"
+    assert _requests(db) == [
+        ("new-2", None, "done", None),
+        ("new-2", "A", "done", None),
+        ("new-2", None, "done", None),
+    ]
+
+
+def _run_all(
+    db: Database, settings: Settings, classifier: Classifier, served: dict[str, bytes]
+) -> ReclassifyReport:
+    """One re-classification of every opted-in advertiser's images."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=served[request.url.path])
+
+    async def go() -> ReclassifyReport:
+        transport = httpx.MockTransport(handler)
+        async with Fetcher(settings, transport=transport, resolver=HOSTS) as fetcher:
+            return await reclassify(
+                db, settings, classifier, fetcher, SystemClock(), lookup_cache=InMemoryLookupCache()
+            )
+
+    return asyncio.run(go())
+
+
+class _OutOfMemory(FixedClassifier):
+    version = "new-2"
+
+    def predict(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        raise MemoryError("cannot allocate the batch")
+
+
+def test_a_failed_run_stays_open_with_its_error_and_a_superseded_one_is_closed(
+    db: Database, settings: Settings
+) -> None:
+    photo = jpeg_bytes(320, 240)
+    _stored(db, photo, "https://cdn.example/a.jpg")
+    with db.write() as session:
+        advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)
+    _make_production(db, "old-1")
+    _make_production(db, "new-2")
+
+    with pytest.raises(MemoryError):
+        _run(db, settings, _OutOfMemory(), {"/a.jpg": photo})
+    with db.read() as session:
+        [failed] = request_repo.incomplete(session)
+    assert failed.error == "MemoryError('cannot allocate the batch')"
+
+    # Rolled back while the next run predicts: it stops, and closes its own request as
+    # superseded; the failed one of new-2 is no longer reported either (not production).
+    with pytest.raises(ReclassifySupersededError):
+        _run(db, settings, _RolledBackWhilePredicting(db, "old-1"), {"/a.jpg": photo})
+    with db.read() as session:
+        assert request_repo.incomplete(session) == []
+    assert [(v, outcome) for v, _, outcome, _ in _requests(db)] == [
+        ("new-2", None),
+        ("new-2", "superseded"),
+    ]
+    # A request with old-1 (production now) closes new-2's open one as superseded.
+    with db.write() as session:
+        request_repo.open_request(session, "old-1", None, by="ops", now=NOW)
+    assert [(v, outcome) for v, _, outcome, _ in _requests(db)] == [
+        ("new-2", "superseded"),
+        ("new-2", "superseded"),
+        ("old-1", None),
+    ]

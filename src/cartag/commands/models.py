@@ -31,7 +31,7 @@ from cartag.vocab import check_advertiser_id
 if TYPE_CHECKING:
     from cartag.jobs.reclassify import ReclassifyReport
     from cartag.store.db import Database
-    from cartag.store.tables import DeploymentRow, ModelVersionRow
+    from cartag.store.tables import DeploymentRow, ModelVersionRow, ReclassifyRequestRow
 
 app = typer.Typer(
     help="The model registry: list, register, promote, rollback; build the bundled model.",
@@ -100,6 +100,7 @@ def key_metrics(row: ModelVersionRow) -> str:
 def list_models() -> None:
     """Registered versions, newest first, with their aliases and key metrics."""
     from cartag.store import model_versions as repo
+    from cartag.store import reclassify_requests
 
     settings = load_settings()
     try:
@@ -122,7 +123,32 @@ def list_models() -> None:
                 f"data: {row.dataset_ref or '-'}\n{key_metrics(row)}",
                 end_section=True,
             )
+        pending = reclassify_requests.incomplete(session)
     Console().print(table)
+    for request in pending:
+        err.print(incomplete_note(request))
+
+
+def incomplete_note(request: ReclassifyRequestRow) -> str:
+    """One line on a re-classification with production asked for and not finished."""
+    from cartag.deploy.followup import RECLASSIFY_COMMAND
+
+    whom = request.advertiser_id or "every opted-in advertiser"
+    progress = (
+        f"last progress {request.progress_at:%Y-%m-%d %H:%M:%S} UTC"
+        if request.progress_at
+        else "nothing saved yet"
+    )
+    stopped = f"; it stopped: {request.error}" if request.error else ""
+    command = RECLASSIFY_COMMAND + (
+        f" --advertiser {request.advertiser_id}" if request.advertiser_id else ""
+    )
+    return (
+        f"[yellow]re-classification incomplete:[/yellow] {request.version} for {whom}, asked "
+        f"{request.requested_at:%Y-%m-%d %H:%M:%S} UTC by {request.requested_by} "
+        f"({progress}{stopped}); the images not reached keep an earlier model's answers "
+        f"until it finishes. Unless it is running now, `{command}` finishes it"
+    )
 
 
 @app.command("register")
@@ -266,7 +292,7 @@ def promote(
     except CartagError as exc:
         raise fail(exc) from exc
     err.print(f"{alias} -> {deployment.version}; {_who_follows(settings, alias)}")
-    _follow_up(settings, db, deployment, reclassify)
+    _follow_up(settings, db, deployment, reclassify, _user(by))
 
 
 def _who_follows(settings: Settings, alias: str) -> str:
@@ -295,10 +321,12 @@ def rollback(
     except CartagError as exc:
         raise fail(exc) from exc
     err.print(f"{alias} rolled back to {deployment.version}; {_who_follows(settings, alias)}")
-    _follow_up(settings, db, deployment, reclassify)
+    _follow_up(settings, db, deployment, reclassify, _user(by))
 
 
-def _follow_up(settings: Settings, db: Database, deployment: DeploymentRow, run: bool) -> None:
+def _follow_up(
+    settings: Settings, db: Database, deployment: DeploymentRow, run: bool, by: str
+) -> None:
     """After a promotion or a rollback alike: re-classify the opted-in advertisers' images
     with the version now in production, or say how to."""
     from cartag.deploy import followup
@@ -308,7 +336,7 @@ def _follow_up(settings: Settings, db: Database, deployment: DeploymentRow, run:
     except CartagError as exc:
         raise fail(exc) from exc
     if plan.run:
-        _reclassify(settings, db, None, quiet_if_none=True)
+        _reclassify(settings, db, None, by=by, quiet_if_none=True)
     elif plan.command is not None:
         err.print(
             f"the images of {', '.join(plan.advertisers)} (opted in) keep the answers of the "
@@ -346,8 +374,13 @@ def reclassify(
     advertiser: Annotated[
         str | None, typer.Option(help="Only this advertiser (it must have opted in).")
     ] = None,
+    by: ByOpt = None,
 ) -> None:
-    """Re-classify opted-in advertisers' images with the production model (fixes untouched)."""
+    """Re-classify opted-in advertisers' images with the production model (fixes untouched).
+
+    It also finishes a re-classification of that model cut off part-way (a server
+    stopped: `cartag models list` reports it), skipping the images already done.
+    """
     settings = load_settings()
     try:
         if advertiser is not None:
@@ -355,11 +388,11 @@ def reclassify(
         db = _registry(settings)
     except CartagError as exc:
         raise fail(exc) from exc
-    _reclassify(settings, db, advertiser, quiet_if_none=False)
+    _reclassify(settings, db, advertiser, by=_user(by), quiet_if_none=False)
 
 
 def _reclassify(
-    settings: Settings, db: Database, advertiser: str | None, *, quiet_if_none: bool
+    settings: Settings, db: Database, advertiser: str | None, *, by: str, quiet_if_none: bool
 ) -> None:
     from cartag.clock import SystemClock
     from cartag.deploy.followup import advertisers_to_run
@@ -382,7 +415,13 @@ def _reclassify(
             fetcher = Fetcher(settings)
             try:
                 return await run(
-                    db, settings, model, fetcher, SystemClock(), advertiser_id=advertiser
+                    db,
+                    settings,
+                    model,
+                    fetcher,
+                    SystemClock(),
+                    advertiser_id=advertiser,
+                    requested_by=by,
                 )
             finally:
                 await fetcher.aclose()

@@ -11,6 +11,12 @@ Only the model's fields of ``images`` rows change (type, scores, confidence, mod
 version; the color too when the built-in model names colors). Manual fixes live in
 ``fixes`` and are never touched: they still win when an answer is resolved.
 
+Every run is recorded before it starts (:func:`record_request`, a row of
+:mod:`cartag.store.reclassify_requests`) and closed when it finishes: a run cut off
+part-way — the server stopped, Ctrl-C — stays open, which ``/healthz`` and ``cartag models
+list`` report while its model is production, and the next run over the same advertisers
+(``cartag models reclassify``) closes it; images already re-classified are skipped.
+
 Only the ``production`` model's answers are ever written: each chunk's write reads the
 alias, share-locked, in its own transaction, and a run whose model is no longer
 production (a promotion or rollback came meanwhile, whose own re-classification takes
@@ -31,7 +37,7 @@ import numpy as np
 
 from cartag.clock import Clock
 from cartag.deploy.followup import RECLASSIFY_COMMAND, advertisers_to_run
-from cartag.errors import ConflictError
+from cartag.errors import CartagError, ConflictError
 from cartag.imaging.decode import decode_image
 from cartag.imaging.keys import content_sha256
 from cartag.models.classifier import Classifier, EmbeddingClassifier, Prediction, make_prediction
@@ -43,6 +49,7 @@ from cartag.store import advertisers as advertiser_repo
 from cartag.store import embeddings as embedding_repo
 from cartag.store import images as image_repo
 from cartag.store import model_versions as version_repo
+from cartag.store import reclassify_requests as request_repo
 from cartag.store.cache import LookupCache, build_lookup_cache
 from cartag.store.db import Database
 from cartag.store.tables import ImageRow
@@ -92,6 +99,7 @@ class ReclassifyReport:
             their old answer stays.
         changed: Re-classified images whose type or color changed.
         saved: Images whose new answer was written.
+        request_id: The re-classification request the run carried out.
     """
 
     model_version: str
@@ -103,9 +111,39 @@ class ReclassifyReport:
     failed: int = 0
     changed: int = 0
     saved: int = 0
+    request_id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def record_request(
+    db: Database, version: str, advertiser_id: str | None, *, by: str, clock: Clock
+) -> int:
+    """Record a re-classification with ``version`` as asked for, before it runs.
+
+    Written first, so that a run cut off before it finishes (the process stopped) leaves
+    it open (see the module docstring).
+
+    Args:
+        db: The store.
+        version: The model to re-classify with: it must be production.
+        advertiser_id: One advertiser; None for every one that opted in.
+        by: Who asks (a key's name, a user).
+        clock: Time source.
+
+    Returns:
+        The request's id, for :func:`reclassify`.
+
+    Raises:
+        ReclassifySupersededError: ``version`` is not the production model (nothing is
+            recorded: the open requests of production's model stay).
+    """
+    with db.write() as session:
+        production = version_repo.alias_version_locked(session, version_repo.PRODUCTION)
+        if production != version:
+            raise ReclassifySupersededError(version, production, 0)
+        return request_repo.open_request(session, version, advertiser_id, by=by, now=clock.now()).id
 
 
 async def reclassify(
@@ -117,6 +155,8 @@ async def reclassify(
     *,
     advertiser_id: str | None = None,
     lookup_cache: LookupCache | None = None,
+    request_id: int | None = None,
+    requested_by: str = "cartag",
 ) -> ReclassifyReport:
     """Recompute the model answer of the images of opted-in advertisers with ``classifier``.
 
@@ -130,6 +170,9 @@ async def reclassify(
         advertiser_id: One advertiser (must have opted in); None = all that opted in.
         lookup_cache: Read-through cache of classify lookups to invalidate for every
             updated image; default: the one the settings configure (Redis or none).
+        request_id: The request this run carries out (:func:`record_request`); None:
+            one is recorded here, as asked for by ``requested_by``.
+        requested_by: Who asks, when the request is recorded here.
 
     Returns:
         Counts of what was done.
@@ -141,24 +184,64 @@ async def reclassify(
     """
     report = ReclassifyReport(classifier.version)
     report.advertisers = advertisers_to_run(db, advertiser_id)
+    if request_id is None:
+        # Checks that the model is production too, before any download; each write
+        # checks again under the lock (_save).
+        request_id = await asyncio.to_thread(
+            record_request, db, classifier.version, advertiser_id, by=requested_by, clock=clock
+        )
+    report.request_id = request_id
     keys: set[str] = set()
-    with db.read() as session:
-        production = version_repo.alias_version(session, version_repo.PRODUCTION)
-    if production != classifier.version:
-        # Early, before any download; each write checks again under the lock (_save).
-        raise ReclassifySupersededError(classifier.version, production, 0)
-    with db.read() as session:
-        for advertiser in report.advertisers:
-            keys |= advertiser_repo.advertiser_image_keys(session, advertiser)
     cache = lookup_cache or build_lookup_cache(settings)
     try:
+        with db.read() as session:
+            production = version_repo.alias_version(session, version_repo.PRODUCTION)
+            if production != classifier.version:
+                raise ReclassifySupersededError(classifier.version, production, 0)
+            for advertiser in report.advertisers:
+                keys |= advertiser_repo.advertiser_image_keys(session, advertiser)
         for chunk in chunked(sorted(keys), _CHUNK):
             await _run_chunk(db, settings, classifier, fetcher, clock, chunk, report, cache)
+    except ReclassifySupersededError:
+        await asyncio.to_thread(_close, db, report, request_repo.SUPERSEDED, clock, advertiser_id)
+        raise
+    except Exception as exc:
+        # The request stays open (reported as incomplete), with what stopped it. A
+        # cancellation (the server stopping) is no Exception: it leaves it open as well.
+        await asyncio.to_thread(_note_error, db, request_id, exc)
+        raise
     finally:
         if lookup_cache is None:
             cache.close()
+    await asyncio.to_thread(_close, db, report, request_repo.DONE, clock, advertiser_id)
     log.info("re-classification with %s: %s", classifier.version, report.to_dict())
     return report
+
+
+def _close(
+    db: Database, report: ReclassifyReport, outcome: str, clock: Clock, advertiser_id: str | None
+) -> None:
+    """Close the run's request (``done`` closes those it covers too)."""
+    if report.request_id is None:
+        return
+    with db.write() as session:
+        request_repo.finish(
+            session,
+            report.request_id,
+            outcome,
+            now=clock.now(),
+            version=report.model_version,
+            advertiser_id=advertiser_id,
+        )
+
+
+def _note_error(db: Database, request_id: int, exc: Exception) -> None:
+    problem = exc.message if isinstance(exc, CartagError) else repr(exc)
+    try:
+        with db.write() as session:
+            request_repo.note_error(session, request_id, problem)
+    except Exception:  # noqa: BLE001 - the run's own error is the one raised
+        log.exception("could not record why re-classification request %s stopped", request_id)
 
 
 async def _run_chunk(
@@ -197,7 +280,7 @@ async def _run_chunk(
             report.changed += 1
         values.append({"image_key": key, **new, "updated_at": clock.now()})
     if values:
-        await asyncio.to_thread(_save, db, classifier.version, values, report)
+        await asyncio.to_thread(_save, db, classifier.version, values, report, clock)
         # Servers answering from the cache must see the new answers at once.
         cache.invalidate(image_keys=[v["image_key"] for v in values])
 
@@ -309,7 +392,11 @@ def _model_fields(settings: Settings, prediction: Prediction, version: str) -> d
 
 
 def _save(
-    db: Database, version: str, values: list[dict[str, Any]], report: ReclassifyReport
+    db: Database,
+    version: str,
+    values: list[dict[str, Any]],
+    report: ReclassifyReport,
+    clock: Clock,
 ) -> None:
     """Write ``version``'s answers if it is still production, in one transaction.
 
@@ -324,4 +411,6 @@ def _save(
         if production != version:
             raise ReclassifySupersededError(version, production, report.saved)
         image_repo.update_model_fields(session, values, chunk=_CHUNK)
+        if report.request_id is not None:
+            request_repo.note_progress(session, report.request_id, clock.now())
     report.saved += len(values)

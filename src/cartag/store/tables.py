@@ -413,6 +413,33 @@ class DeploymentRow(Base):
     reason: Mapped[str] = mapped_column(String(32))
 
 
+class ReclassifyRequestRow(Base):
+    """A re-classification asked for, open until a run of its model finishes it (since 0012).
+
+    Written before the run starts (an API promotion, rollback or ``POST
+    /v1/models/reclassify``; a CLI run), so that a run cut off — a server stopped, a
+    Ctrl-C — leaves it open: ``/healthz`` and ``cartag models list`` report it while its
+    model is production, and ``cartag models reclassify`` finishes it.
+    """
+
+    __tablename__ = "reclassify_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # The model whose answers are due (production when it was asked for).
+    version: Mapped[str] = mapped_column(ForeignKey("model_versions.version"), index=True)
+    # One advertiser; None: every advertiser that opted in.
+    advertiser_id: Mapped[str | None] = mapped_column(String(128))
+    requested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    requested_by: Mapped[str] = mapped_column(String(128))
+    # When a run last saved a chunk of its answers (None: none yet).
+    progress_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # Why the last run stopped, when it failed (it stays open).
+    error: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
+    # done | superseded (production moved to another model before it finished)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+
+
 class AdvertiserSettingRow(Base):
     """Per-advertiser switches (re-classification after a promotion is opt-in)."""
 

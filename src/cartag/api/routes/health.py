@@ -6,7 +6,9 @@ store: restarting a server does not free a disk. It reports the store's last kno
 that state is stale, so it never waits on the database. It also says which model serves,
 which one ``production`` names and, when they differ (production cannot load here), why:
 still 200, since the server answers and a broken production folder would otherwise take
-every server out of rotation at once. ``/readyz`` runs the write probe
+every server out of rotation at once. It lists the re-classifications with the production
+model asked for and not finished (``reclassify_incomplete``; see
+:mod:`cartag.store.reclassify_requests`): still 200. ``/readyz`` runs the write probe
 (a committed no-op write to the database and a file written in the data dir) and answers
 503 ``storage_unavailable`` when the store cannot take writes.
 """
@@ -22,8 +24,9 @@ from cartag import __version__
 from cartag.api.deps import StateDep
 from cartag.api.errors import error_response
 from cartag.api.schemas.common import error_responses
-from cartag.api.schemas.health import HealthOut, ReadyOut, StorageOut
+from cartag.api.schemas.health import HealthOut, ReadyOut, ReclassifyPendingOut, StorageOut
 from cartag.errors import StorageError
+from cartag.store import reclassify_requests
 from cartag.store.health import FAILED, ping, storage_problem
 
 router = APIRouter(tags=["health"])
@@ -36,11 +39,16 @@ HEALTHZ_PROBE_AGE_S = 10.0
 def healthz(state: StateDep) -> HealthOut:
     """Liveness: 200 while the process serves; ``status`` says whether the store is usable."""
     storage = state.storage
+    pending: list[ReclassifyPendingOut] = []
     if storage is not None:
         storage.refresh_soon(HEALTHZ_PROBE_AGE_S)
         try:
             with state.db.read() as session:
                 ping(session)
+                pending = [
+                    ReclassifyPendingOut.model_validate(row, from_attributes=True)
+                    for row in reclassify_requests.incomplete(session)
+                ]
         except Exception as exc:  # noqa: BLE001 - reported in the body, never a 500
             storage.failed(storage_problem(exc) or FAILED)
         known = storage.state().to_dict()
@@ -57,6 +65,7 @@ def healthz(state: StateDep) -> HealthOut:
         backbone=state.service.classifier.backbone_id,
         database=state.db.dialect,
         storage=StorageOut.model_validate(known),
+        reclassify_incomplete=pending,
     )
 
 

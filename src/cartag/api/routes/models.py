@@ -28,7 +28,7 @@ from cartag.api.schemas.models import (
 )
 from cartag.api.state import AppState
 from cartag.deploy import followup, promote
-from cartag.jobs.reclassify import ReclassifySupersededError, reclassify
+from cartag.jobs.reclassify import ReclassifySupersededError, reclassify, record_request
 from cartag.store import model_versions as repo
 from cartag.store.apikeys import Principal
 from cartag.store.tables import DeploymentRow, ModelVersionRow
@@ -100,7 +100,7 @@ def get_model(version: str, state: StateDep, _: PrincipalDep) -> VersionOut:
         return _version_out(row, repo.aliases_by_version(session), card=True)
 
 
-async def _deployed(state: AppState, deployment: DeploymentRow) -> DeployOut:
+async def _deployed(state: AppState, deployment: DeploymentRow, by: str) -> DeployOut:
     if deployment.alias == repo.PRODUCTION and state.watcher is not None:
         await state.watcher.check()
     refused = followup.refusal(state.db, deployment, _serving(state))
@@ -108,7 +108,12 @@ async def _deployed(state: AppState, deployment: DeploymentRow) -> DeployOut:
     if refused is None and followup.reclassify_follows(
         deployment, state.settings.reclassify_on_promote
     ):
-        started = start_reclassify(state, None)
+        try:
+            started = await start_reclassify(state, None, by=by)
+        except ReclassifySupersededError as exc:
+            # Another promotion or rollback came first; its re-classification follows it.
+            log.warning("%s", exc.message)
+            started = "superseded"
     return DeployOut(
         deployment=_deployment_out(deployment),
         serving=_serving(state),
@@ -140,7 +145,7 @@ async def promote_model(
         force=body.force,
         reuse=state.service.classifier,
     )
-    return await _deployed(state, deployment)
+    return await _deployed(state, deployment, principal.name)
 
 
 @router.post("/rollback", response_model=DeployOut, responses=error_responses(400, 409, 413))
@@ -157,42 +162,61 @@ async def rollback_model(
         clock=state.clock,
         alias=body.alias,
     )
-    return await _deployed(state, deployment)
+    return await _deployed(state, deployment, principal.name)
 
 
 @router.post(
     "/reclassify", status_code=status.HTTP_202_ACCEPTED, responses=error_responses(400, 409, 413)
 )
 async def reclassify_images(
-    state: StateDep, _: AdminDep, body: ReclassifyIn | None = None
+    state: StateDep, principal: AdminDep, body: ReclassifyIn | None = None
 ) -> dict[str, str]:
-    """Re-classify opted-in advertisers' images with the served model, in the background."""
+    """Re-classify opted-in advertisers' images with the served model, in the background.
+
+    409 ``reclassify_superseded``: the served model is not production (a fallback, or
+    production moved since this server's last poll).
+    """
     body = body or ReclassifyIn()
-    return {"reclassify": start_reclassify(state, body.advertiser_id)}
+    return {"reclassify": await start_reclassify(state, body.advertiser_id, by=principal.name)}
 
 
-def start_reclassify(state: AppState, advertiser_id: str | None) -> str:
-    """Start a background re-classification with the served model.
+async def start_reclassify(state: AppState, advertiser_id: str | None, *, by: str) -> str:
+    """Record, then start, a background re-classification with the served model.
+
+    The request is recorded before the task starts: a server stopped before the run
+    finishes leaves it open, reported by ``/healthz`` and ``cartag models list`` until
+    ``cartag models reclassify`` finishes it.
 
     Returns:
         ``started``, or ``no opted-in advertisers``.
 
     Raises:
         ConflictError: ``advertiser_id`` has not opted in.
+        ReclassifySupersededError: The served model is not production.
     """
     if not followup.advertisers_to_run(state.db, advertiser_id):
         return "no opted-in advertisers"
+    model = state.service.classifier  # the run uses the model its request names
+    request_id = await asyncio.to_thread(
+        record_request,
+        state.db,
+        model.version,
+        advertiser_id,
+        by=by,
+        clock=state.clock,
+    )
 
     async def run() -> None:
         try:
             await reclassify(
                 state.db,
                 state.settings,
-                state.service.classifier,
+                model,
                 state.service.fetcher,
                 state.clock,
                 advertiser_id=advertiser_id,
                 lookup_cache=state.service.lookup_cache,
+                request_id=request_id,
             )
         except ReclassifySupersededError as exc:
             # Another deployment's re-classification takes over: no failure.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from pydantic import BaseModel, Field
 
 
@@ -9,6 +11,19 @@ class StorageOut(BaseModel):
     ok: bool
     problem: str | None = Field(description="What is wrong with the store (None when ok).")
     checked_at: str | None = Field(description="When this was learnt (ISO 8601, UTC).")
+
+
+class ReclassifyPendingOut(BaseModel):
+    version: str = Field(description="The production model whose answers are due.")
+    advertiser_id: str | None = Field(
+        description="The advertiser it covers; null: every advertiser that opted in."
+    )
+    requested_at: dt.datetime
+    requested_by: str
+    progress_at: dt.datetime | None = Field(
+        description="When a run last saved a chunk of its answers (null: none yet)."
+    )
+    error: str | None = Field(description="Why its last run stopped, when it failed.")
 
 
 class HealthOut(BaseModel):
@@ -41,6 +56,13 @@ class HealthOut(BaseModel):
     )
     database: str
     storage: StorageOut
+    reclassify_incomplete: list[ReclassifyPendingOut] = Field(
+        default_factory=list,
+        description="Re-classifications with the production model asked for and not finished "
+        "(running, or cut off: a server stopped mid-way); until one finishes, the images "
+        "it has not reached keep an earlier model's answers. `cartag models reclassify` "
+        "finishes them. Empty when all are done (or the store cannot be read).",
+    )
 
 
 class ReadyOut(BaseModel):

@@ -56,7 +56,10 @@ class RollbackIn(BaseModel):
 class DeployOut(BaseModel):
     deployment: DeploymentOut
     serving: str = Field(description="The version this server answers with after the reload.")
-    reclassify: str = Field(description="started | off | no opted-in advertisers")
+    reclassify: str = Field(
+        description="started | off | no opted-in advertisers | superseded (production moved "
+        "again before it started: that deployment's re-classification follows it)"
+    )
     refused: str | None = Field(
         default=None, description="Why this server could not switch to the version, if so."
     )
