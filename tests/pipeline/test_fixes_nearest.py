@@ -244,12 +244,13 @@ def test_the_same_fixes_as_the_per_image_search(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [3, 4])
-def test_the_same_fixes_when_candidates_are_read_per_chunk(
+def test_the_same_fixes_whether_candidates_are_read_at_once_or_per_chunk(
     db: Database, seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Scopes holding more fixes than the images asked about are read 250 images at a
-    # time: a fix may come once per chunk, and counts as latest where it comes last.
-    monkeypatch.setattr(fix_repo, "FEW_FIXES", 10)
+    # time; a fix matching several chunks comes once, in time order, so the fixes found
+    # are those of one read of the scopes' fixes (the latest of tied fixes wins, not the
+    # one whose chunk came last).
     rng = random.Random(seed)
     asked = _inventory(db, rng, 900)
     some = asked[:400]
@@ -257,9 +258,50 @@ def test_the_same_fixes_when_candidates_are_read_per_chunk(
         held = session.scalar(select(func.count()).where(FixRow.scope_key.in_(["", ADVERTISER])))
         assert held is not None and held > len(some) > 250
         for max_distance in (0, 3):
-            expected = _reference_find_fixes(session, ADVERTISER, some, max_distance=max_distance)
-            found = find_fixes(session, ADVERTISER, some, max_distance=max_distance)
-            assert _ids(found) == _ids(expected) and found
+            monkeypatch.setattr(fix_repo, "FEW_FIXES", 1 << 30)
+            whole = find_fixes(session, ADVERTISER, some, max_distance=max_distance)
+            monkeypatch.setattr(fix_repo, "FEW_FIXES", 10)
+            chunked_ = find_fixes(session, ADVERTISER, some, max_distance=max_distance)
+            assert _ids(chunked_) == _ids(whole) and whole
+
+
+def test_of_two_tied_fixes_the_latest_wins_when_the_older_comes_in_a_later_chunk(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An image 1 bit from two fixed photos: the newer fix must win. The older fix is also
+    # a candidate of the second chunk (its own key is asked there), the newer one only of
+    # the first: read per chunk, the older used to come last and win.
+    monkeypatch.setattr(fix_repo, "FEW_FIXES", 10)
+    q = 0x0123_4567_89AB_CDEF
+    old_photo = new_image(phash=f"{q ^ 1:016x}", image_type="Dealer", color="Red")
+    new_photo = new_image(phash=f"{q ^ 2:016x}", image_type="Dealer", color="Red")
+    others = [new_image(phash=None, image_type="Dealer", color="Red") for _ in range(300)]
+    with db.write() as session:
+        image_repo.save_images(session, [old_photo, new_photo, *others], NOW)
+        stored = image_repo.get_images(
+            session, [i.image_key for i in (old_photo, new_photo, *others)]
+        )
+        for n, (image, label) in enumerate(
+            [(old_photo, "Stock"), (new_photo, "Placeholder")]
+            + [(other, "Stock") for other in others]
+        ):
+            fix_repo.save_fix(
+                session,
+                image=stored[image.image_key],
+                scope=fix_repo.GLOBAL,
+                scope_key="",
+                image_type=label,
+                color=None,
+                user="staff",
+                now=NOW + dt.timedelta(seconds=n),
+            )
+    asked: list[tuple[str, str | None]] = [("v1:new-upload", f"{q:016x}")]
+    asked += [(other.image_key, None) for other in others[:260]]
+    asked += [(old_photo.image_key, None)]  # in the second chunk, by key only
+    with db.read() as session:
+        found = find_fixes(session, ADVERTISER, asked, max_distance=3)
+    fix = found["v1:new-upload"].global_fix
+    assert fix is not None and fix.image_key == new_photo.image_key
 
 
 def test_an_empty_or_unfixed_inventory_finds_nothing(db: Database) -> None:

@@ -154,8 +154,8 @@ def candidate_fixes(
     *,
     max_distance: int = 0,
 ) -> list[FixRow]:
-    """Fixes in these scopes that may apply to ``images``, oldest first (per chunk of 250
-    images when the scopes hold more fixes than :data:`FEW_FIXES` and than the images).
+    """Fixes in these scopes that may apply to ``images``, oldest first (read per chunk of
+    250 images when the scopes hold more fixes than :data:`FEW_FIXES` and than the images).
 
     A row is a candidate when it is recorded on one of the keys, or (``max_distance``
     0) has one of the pHashes, or (``max_distance`` > 0) shares a 16-bit band with one
@@ -182,9 +182,13 @@ def candidate_fixes(
     if held == 0:
         return []
     if held <= whole:
-        rows = session.scalars(select(FixRow).where(in_scope).order_by(FixRow.updated_at))
+        rows = session.scalars(
+            select(FixRow).where(in_scope).order_by(FixRow.updated_at, FixRow.id)
+        )
         return _candidates(list(rows), images, max_distance)
-    found: list[FixRow] = []
+    # A row may match several chunks: kept once, and the whole list put in time order, so
+    # "the latest" among tied fixes is the latest fix, not the one whose chunk came last.
+    found: dict[int, FixRow] = {}
     for chunk in chunked(images, 250):
         keys = [key for key, _ in chunk]
         phashes = [ph for _, ph in chunk if ph]
@@ -196,9 +200,9 @@ def candidate_fixes(
             columns = (FixRow.phash_b0, FixRow.phash_b1, FixRow.phash_b2, FixRow.phash_b3)
             for i, column in enumerate(columns):
                 conditions.append(in_values(session, column, {b[i] for b in bands}))
-        stmt = select(FixRow).where(or_(*conditions), in_scope).order_by(FixRow.updated_at)
-        found.extend(session.scalars(stmt))
-    return found
+        stmt = select(FixRow).where(or_(*conditions), in_scope)
+        found.update((row.id, row) for row in session.scalars(stmt))
+    return sorted(found.values(), key=lambda row: (row.updated_at, row.id))
 
 
 def _candidates(
