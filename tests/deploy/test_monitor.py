@@ -6,12 +6,14 @@ import datetime as dt
 
 import pytest
 
+from cartag.clock import FakeClock
 from cartag.deploy.monitor import Thresholds, build_report, parse_since
 from cartag.errors import InputError
+from cartag.pipeline.fixes import Author, apply_fix
 from cartag.pipeline.rollups import rollup
 from cartag.store.db import Database
 from cartag.store.monitoring import record_counts
-from cartag.store.tables import FixAuditRow
+from cartag.store.tables import FixAuditRow, ImageRow
 from tests.support.factories import add_image
 from tests.support.monitoring import SWITCH, TODAY, answers, seed_monitoring
 
@@ -141,6 +143,51 @@ def test_an_image_fixed_again_the_same_day_counts_once(db: Database) -> None:
     assert dealer.total.fixes == 4 and dealer.total.classified == 6
     today = report.cell("m2", TODAY)
     assert today is not None and today.rate.fixes == 3
+
+
+def test_a_fix_stays_with_the_model_it_corrected_after_a_reclassification(
+    db: Database,
+) -> None:
+    # Two images answered by m1 and fixed; then m2 is promoted and re-classifies them.
+    # m2 made no mistake the staff saw: the fixes are m1's.
+    keys = [add_image(db, model_version="m1").image_key for _ in range(2)]
+    noon = dt.datetime.combine(TODAY, dt.time(12), dt.UTC)
+    with db.write() as session:
+        record_counts(session, TODAY, "dealer-4", rollup(answers(10, "m1")))
+        for key in keys:
+            apply_fix(
+                session,
+                image_key=key,
+                advertiser_id="dealer-4",
+                author=Author("ann"),
+                scope="advertiser",
+                image_type="Stock",
+                color=None,
+                comment=None,
+                clock=FakeClock(noon),
+            )
+    with db.write() as session:
+        for key in keys:
+            image = session.get(ImageRow, key)
+            assert image is not None
+            image.model_version = "m2"
+        # A fix recorded before the model version was kept with it: the image's version.
+        session.add(
+            FixAuditRow(
+                image_key=keys[0],
+                advertiser_id="dealer-5",
+                scope="advertiser",
+                user="bob",
+                changes={"image_type": {"from": "Dealer", "to": "Stock"}},
+                comment=None,
+                created_at=noon,
+            )
+        )
+    with db.read() as session:
+        report = build_report(session, since=TODAY, until=TODAY, thresholds=Thresholds())
+    m1, m2 = report.cell("m1", TODAY), report.cell("m2", TODAY)
+    assert m1 is not None and m1.rate.fixes == 2 and m1.rate.classified == 10
+    assert m2 is not None and m2.rate.fixes == 1  # dealer-5's, recorded without a version
 
 
 def test_thresholds_change_the_verdict(db: Database) -> None:

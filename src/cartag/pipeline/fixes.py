@@ -478,6 +478,7 @@ def apply_fix(
         now=now,
         key_id=author.key_id,
         on_behalf_of=author.on_behalf_of,
+        model_version=image.model_version,
     )
 
 

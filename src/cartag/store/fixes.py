@@ -129,6 +129,7 @@ def add_audit(
     now: dt.datetime,
     key_id: int | None = None,
     on_behalf_of: str | None = None,
+    model_version: str | None = None,
 ) -> FixAuditRow:
     """Add an audit entry (flushed: its id is set)."""
     audit = FixAuditRow(
@@ -141,6 +142,7 @@ def add_audit(
         created_at=now,
         key_id=key_id,
         on_behalf_of=on_behalf_of,
+        model_version=model_version,
     )
     session.add(audit)
     session.flush()

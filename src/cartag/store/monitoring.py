@@ -254,11 +254,14 @@ def first_fix_of_day(session: Session, audit: FixAuditRow) -> bool:
 def fixes_between(
     session: Session, start: dt.date, until: dt.date
 ) -> Iterator[tuple[dt.date, str, str | None]]:
-    """(UTC day, advertiser, model version of the fixed image) of the fixes in [start, until].
+    """(UTC day, advertiser, model version fixed) of the fixes in [start, until].
 
     One row per image an advertiser fixed on a day, however many fix requests it took:
     a fix corrected a minute later (a mis-click) is one fixed image, so a fix rate
     (fixed images ÷ answers) counts mistakes of the model, not edits, and stays ≤ 1.
+    The version is the one whose answer the day's first fix corrected (recorded with
+    the fix since 0013): a re-classification by a later model does not move the fix to
+    it. Fixes recorded before 0013 fall back to the image's current version.
     """
     lo = dt.datetime.combine(start, dt.time(), dt.UTC)
     hi = dt.datetime.combine(until + dt.timedelta(days=1), dt.time(), dt.UTC)
@@ -267,10 +270,12 @@ def fixes_between(
             FixAuditRow.created_at,
             FixAuditRow.advertiser_id,
             FixAuditRow.image_key,
-            ImageRow.model_version,
+            func.coalesce(FixAuditRow.model_version, ImageRow.model_version),
         )
         .join(ImageRow, ImageRow.image_key == FixAuditRow.image_key)
         .where(FixAuditRow.created_at >= lo, FixAuditRow.created_at < hi)
+        # The day's first fix names the version, whatever order the database returns.
+        .order_by(FixAuditRow.id)
     )
     seen: set[tuple[dt.date, str, str]] = set()
     for created_at, advertiser_id, image_key, version in rows:

@@ -157,6 +157,10 @@ class FixAuditRow(Base):
     key_id: Mapped[int | None] = mapped_column(Integer)
     # Free text: the person a panel acted for, as the panel said (not checked by cartag).
     on_behalf_of: Mapped[str | None] = mapped_column(String(128))
+    # The model whose answer the fix corrected, as the image held it then (since 0013;
+    # None before). A re-classification later changes the image's model_version, and a
+    # fix rate must stay with the model that made the mistake.
+    model_version: Mapped[str | None] = mapped_column(String(80))
 
 
 class EmbeddingRow(Base):
