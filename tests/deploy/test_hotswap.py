@@ -7,12 +7,13 @@ import dataclasses
 import shutil
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cartag.deploy import hotswap
+from cartag.deploy import hotswap, loadcheck
 from cartag.deploy.loadcheck import smoke_images
 from cartag.models.batching import MicroBatcher
 from cartag.models.classifier import (
@@ -233,5 +234,97 @@ def test_the_watcher_says_why_production_is_not_served(scene: Scene) -> None:
                 False,
                 None,
             )
+
+    asyncio.run(scenario())
+
+
+def test_a_failure_of_this_host_is_retried_with_backoff_not_refused_for_the_fleet(
+    scene: Scene, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A disk read error on one server marked the version refused for every server: it
+    # could never be promoted again, though its files were fine.
+    async def scenario() -> None:
+        async with serving(scene) as service:
+            watcher = hotswap.ModelWatcher(scene.db, scene.settings, service, clock=scene.clock)
+            watcher.prime()
+            register_and_promote(scene, "flaky")
+            head = scene.settings.data_dir / "models" / "flaky" / "type_head.npz"
+            saved = head.read_bytes()
+            head.unlink()
+            head.symlink_to("/proc/self/mem")  # reads fail: Input/output error (EIO)
+
+            assert await watcher.check() is None
+            assert "flaky" not in watcher.refused and service.classifier.version == scene.initial
+            with scene.db.read() as session:
+                assert repo.get_version(session, "flaky").status == "registered"
+            reason = str(watcher.fallback_reason)
+            assert "Input/output error" in reason and "a failure of this host" in reason
+            assert "could not load on this host (try 1)" in caplog.text
+            assert "trying again in 5 s" in caplog.text
+
+            # Not tried again before the delay; then again, the next delay twice as long.
+            scene.clock.advance(4)
+            assert await watcher.check() is None
+            assert "(try 2)" not in caplog.text
+            scene.clock.advance(1)
+            assert await watcher.check() is None
+            assert "(try 2)" in caplog.text and "trying again in 10 s" in caplog.text
+
+            head.unlink()
+            head.write_bytes(saved)  # the disk is back
+            scene.clock.advance(9)
+            assert await watcher.check() is None
+            scene.clock.advance(1)
+            assert await watcher.check() == "flaky"
+            assert not watcher.fallback and watcher.retry is None
+
+    asyncio.run(scenario())
+
+
+def test_out_of_memory_while_loading_is_this_hosts_failure(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        async with serving(scene) as service:
+            watcher = hotswap.ModelWatcher(scene.db, scene.settings, service, clock=scene.clock)
+            watcher.prime()
+            register_and_promote(scene, "big")
+            real = loadcheck.from_settings
+
+            def oom(*args: object, **kwargs: object) -> Classifier:
+                raise MemoryError
+
+            monkeypatch.setattr(loadcheck, "from_settings", oom)
+            assert await watcher.check() is None
+            assert "big" not in watcher.refused
+            with scene.db.read() as session:
+                assert repo.get_version(session, "big").status == "registered"
+            monkeypatch.setattr(loadcheck, "from_settings", real)
+            scene.clock.advance(5)
+            assert await watcher.check() == "big"
+
+    asyncio.run(scenario())
+
+
+def test_the_watcher_reads_the_registry_off_the_event_loop(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # check() read the promoted version's row on the event loop: a slow database
+    # stalled every request of the server meanwhile.
+    threads: list[int] = []
+    find = repo.find_version
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_ident())
+        return find(*args, **kwargs)
+
+    async def scenario() -> None:
+        async with serving(scene) as service:
+            watcher = hotswap.ModelWatcher(scene.db, scene.settings, service)
+            watcher.prime()
+            register_and_promote(scene, "new")
+            monkeypatch.setattr(repo, "find_version", recorded)
+            assert await watcher.check() == "new"
+            assert threads and threading.get_ident() not in threads
 
     asyncio.run(scenario())

@@ -7,6 +7,9 @@ one) or an earlier production version, and only then the bundled one. :class:`Mo
 polls the alias and swaps a newly promoted model into the running service without dropping
 a request, and reports a server that serves another model than production (logs,
 ``cartag_model_fallback``, and ``/healthz`` through :attr:`ModelWatcher.fallback_reason`).
+A version whose files are bad is marked refused for the whole fleet; one that failed for a
+reason of this host (:func:`local_failure`: an I/O error, memory running out)
+is tried again on this host, with a growing delay, and stays promotable.
 Registration and the load check: :mod:`cartag.deploy.registry` and
 :mod:`cartag.deploy.loadcheck`.
 """
@@ -14,10 +17,12 @@ Registration and the load check: :mod:`cartag.deploy.registry` and
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import socket
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from cartag.clock import Clock, SystemClock
 from cartag.deploy.loadcheck import load_registered, models_root
@@ -58,6 +63,44 @@ def _note_problem(settings: Settings, version: str, problem: str | None) -> None
 def load_problem(settings: Settings, version: str) -> str | None:
     """Why ``version`` last failed to load in this process (None: it did not fail)."""
     return _problems.get((str(models_root(settings)), version))
+
+
+# What a host raises, not the files: a failing disk or network mount, a permission, memory
+# running out. The same files may load on another host, or on this one a minute later.
+_LOCAL_CAUSES: Final[tuple[type[BaseException], ...]] = (OSError, MemoryError)
+
+
+def local_failure(exc: BaseException) -> bool:
+    """Whether a failed load (a :class:`ModelError` of :mod:`~cartag.deploy.loadcheck`) is
+    the host's, not the files'.
+
+    True when an I/O error or a ``MemoryError`` caused it (anywhere in its chain of causes:
+    the load check wraps them): reading or loading the files failed on this host. False
+    when the files themselves are wrong — changed since registration, not a model, another
+    version, failing the smoke check — which every host sharing the data dir finds too.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _LOCAL_CAUSES):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+# The longest wait between two tries of a version that failed for a reason of this host;
+# the first waits CARTAG_MODEL_POLL_S, each next one twice as long.
+RETRY_MAX_S: Final[float] = 300.0
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """A version that failed to load here for a reason of this host, and when to try again."""
+
+    version: str
+    attempts: int
+    at: dt.datetime
 
 
 # How many earlier production versions a server tries when production cannot load:
@@ -204,8 +247,12 @@ class ModelWatcher:
     :meth:`check` reads the alias (one primary-key read); when it points at a version
     this server has not acted on yet, the model is loaded and smoke-checked in a
     worker thread, then swapped into the service: requests never wait on the load.
-    A version that fails is marked refused, logged, and not tried again by this
-    process; the old model keeps serving. While the served model is not the one the
+    A version whose files are bad is marked refused (for every server), logged, and not
+    tried again by this process; one that failed for a reason of this host (an I/O error,
+    memory running out: :func:`local_failure`) is logged and
+    tried again after ``model_poll_s`` seconds, then twice as long each time (at most
+    :data:`RETRY_MAX_S`), and is never refused for it. Either way the old model keeps
+    serving. While the served model is not the one the
     alias names, ``telemetry.model_fallback(wanted, serving)`` says so
     (``cartag_model_fallback``); a model swapped in is recorded as the last that loaded.
 
@@ -240,6 +287,8 @@ class ModelWatcher:
         # production_version.
         self.wanted: str | None = None
         self.refused: set[str] = set()
+        # The version the alias names that failed here for a reason of this host.
+        self.retry: _Retry | None = None
         self.swaps = 0
         self._lock = asyncio.Lock()
 
@@ -277,6 +326,12 @@ class ModelWatcher:
         problem = load_problem(self.settings, str(self.wanted))
         if problem is None:
             problem = "it has not been loaded on this server yet"
+        retry = self.retry
+        if retry is not None and retry.version == self.wanted:
+            problem += (
+                f" (a failure of this host, not of the files: try {retry.attempts + 1} at "
+                f"{retry.at:%H:%M:%S} UTC)"
+            )
         return f"{self.alias} model {self.wanted} cannot serve here: {problem}"
 
     async def check(self) -> str | None:
@@ -293,10 +348,14 @@ class ModelWatcher:
                 return None
             if version == self.serving:
                 self.seen = version
+                self.retry = None
                 self._report(version)
                 return None
-            with self.db.read() as session:
-                row = repo.find_version(session, version)
+            retry = self.retry if self.retry and self.retry.version == version else None
+            if retry is not None and self.clock.now() < retry.at:
+                self._report(version)  # still waiting to try again
+                return None
+            row = await asyncio.to_thread(self._find_version, version)
             try:
                 if row is None:
                     raise ModelError(f"{self.alias} names {version}, which is not registered")
@@ -304,6 +363,11 @@ class ModelWatcher:
                     load_registered, self.settings, row, reuse=self.service.classifier
                 )
             except ModelError as exc:
+                if row is not None and local_failure(exc):
+                    self._retry_later(version, 1 + (retry.attempts if retry else 0), exc)
+                    self._report(version)
+                    return None
+                self.retry = None
                 self.refused.add(version)
                 _note_problem(self.settings, version, exc.message)
                 log.error(
@@ -314,6 +378,7 @@ class ModelWatcher:
                 return None
             old = self.service.swap_classifier(model)
             _note_problem(self.settings, version, None)
+            self.retry = None
             self.seen = version
             self.swaps += 1
             log.info("hot-swapped model %s -> %s", old.version, version)
@@ -325,6 +390,29 @@ class ModelWatcher:
     def _alias_version(self) -> str | None:
         with self.db.read() as session:
             return repo.alias_version(session, self.alias)
+
+    def _find_version(self, version: str) -> ModelVersionRow | None:
+        with self.db.read() as session:
+            return repo.find_version(session, version)
+
+    def _retry_later(self, version: str, attempts: int, exc: ModelError) -> None:
+        """Try ``version`` again later: it failed here for a reason of this host.
+
+        Not refused: a disk read error or memory running out on one host said nothing of
+        the files, and a refusal is for the whole fleet (it can never be promoted again).
+        """
+        delay = min(RETRY_MAX_S, self.settings.model_poll_s * 2 ** (attempts - 1))
+        self.retry = _Retry(version, attempts, self.clock.now() + dt.timedelta(seconds=delay))
+        _note_problem(self.settings, version, exc.message)
+        log.warning(
+            "model %s could not load on this host (try %d), still serving %s: %s; a failure "
+            "of this host, not of the files (not refused): trying again in %.0f s",
+            version,
+            attempts,
+            self.serving,
+            exc.message,
+            delay,
+        )
 
     def _mark_refused(self, version: str, reason: str) -> None:
         try:
