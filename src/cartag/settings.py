@@ -383,7 +383,8 @@ class Settings(BaseSettings):
         le=3600.0,
         description="In-process jobs: a running job whose process wrote no heartbeat for this "
         "long (it was killed, or one of `serve --workers N` died) is queued again by any "
-        "server on the store. Heartbeats come every quarter of it.",
+        "server on the store. Heartbeats come every quarter of it. A re-classification "
+        "after a promotion is taken over the same way by a server of production.",
     )
     redis_cache_url: str | None = Field(
         default=None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,13 +20,15 @@ from cartag.settings import Settings
 from cartag.store import images as image_repo
 from cartag.store.cache import InMemoryLookupCache
 from cartag.store.db import Database
-from cartag.store.tables import EmbeddingRow, ImageRow
+from cartag.store.tables import EmbeddingRow, ImageRow, ReclassifyRequestRow
 from tests.api.conftest import make_headers
 from tests.support.http_server import ImageServer
 from tests.support.images import jpeg_bytes, real_photos
 from tests.support.models import make_model_dir, type_metrics
 
 BUNDLED_VERSION = str(read_config(BUNDLED_DIR)["version"])
+# Longer ago than any job lease.
+LONG_AGO = dt.timedelta(hours=2)
 
 
 def _register(db: Database, settings: Settings, classifier: Classifier, folder: Path) -> str:
@@ -278,13 +281,11 @@ def test_a_rollback_reclassifies_the_opted_in_advertisers_as_a_promotion_does(
     assert rows[b1["image_key"]].model_version == version  # opted out: untouched
 
 
-def test_a_reclassification_cut_off_by_a_server_stop_is_reported_until_finished(
-    db: Database, settings: Settings, classifier: Classifier, server: ImageServer
-) -> None:
-    # The server stopped while its background re-classification downloaded: nothing
-    # recorded it, so after the restart the images not reached kept the previous model's
-    # answers and nothing said so.
-    slow = settings.model_copy(update={"read_timeout_s": 60.0, "download_deadline_s": 120.0})
+def _cut_off_reclassification(
+    db: Database, slow: Settings, classifier: Classifier, server: ImageServer
+) -> str:
+    """A server stopped while its background re-classification of advertiser A's one
+    image downloads it; that image keeps an earlier model's answer. Returns its key."""
     admin = make_headers(db, "admin")
     photo = jpeg_bytes(color=(200, 30, 30))
     server.add_file("/a1.jpg", photo)
@@ -307,6 +308,20 @@ def test_a_reclassification_cut_off_by_a_server_stop_is_reported_until_finished(
         while not server.requests_for("/a1.jpg") and time.monotonic() < deadline:
             time.sleep(0.02)
         assert server.requests_for("/a1.jpg")
+    server.add_file("/a1.jpg", photo)
+    key: str = a1["image_key"]
+    return key
+
+
+def test_a_reclassification_cut_off_by_a_server_stop_is_reported_until_finished(
+    db: Database, settings: Settings, classifier: Classifier, server: ImageServer
+) -> None:
+    # The server stopped while its background re-classification downloaded: nothing
+    # recorded it, so after the restart the images not reached kept the previous model's
+    # answers and nothing said so.
+    slow = settings.model_copy(update={"read_timeout_s": 60.0, "download_deadline_s": 120.0})
+    admin = make_headers(db, "admin")
+    a1 = {"image_key": _cut_off_reclassification(db, slow, classifier, server)}
     # Stopped mid-download (the lifespan cancelled the run). The next start reports it.
     with TestClient(create_app(slow, db=db, classifier=classifier)) as second:
         health = second.get("/healthz").json()
@@ -318,7 +333,6 @@ def test_a_reclassification_cut_off_by_a_server_stop_is_reported_until_finished(
     assert row.model_version == "earlier-1"
 
     # A run of production over every opted-in advertiser finishes it.
-    server.add_file("/a1.jpg", photo)
     with TestClient(create_app(slow, db=db, classifier=classifier)) as third:
         assert third.post("/v1/models/reclassify", headers=admin, json={}).status_code == 202
         _wait_background(_state(third))
@@ -326,3 +340,26 @@ def test_a_reclassification_cut_off_by_a_server_stop_is_reported_until_finished(
     with db.read() as session:
         row = image_repo.get_images(session, [a1["image_key"]])[a1["image_key"]]
     assert row.model_version == BUNDLED_VERSION
+
+
+def test_a_server_finishes_a_reclassification_whose_run_stopped_by_itself(
+    db: Database, settings: Settings, classifier: Classifier, server: ImageServer
+) -> None:
+    # Reported, the cut-off run still waited for someone to run `cartag models
+    # reclassify`: once its lease has passed, a server of production takes it over.
+    slow = settings.model_copy(update={"read_timeout_s": 60.0, "download_deadline_s": 120.0})
+    key = _cut_off_reclassification(db, slow, classifier, server)
+    with db.write() as session:  # the lease passes
+        session.execute(
+            update(ReclassifyRequestRow).values(requested_at=SystemClock().now() - LONG_AGO)
+        )
+    with TestClient(create_app(slow, db=db, classifier=classifier)) as second:
+        deadline = time.monotonic() + 30
+        while second.get("/healthz").json()["reclassify_incomplete"]:
+            assert time.monotonic() < deadline, "the stopped run was not taken over"
+            time.sleep(0.05)
+    with db.read() as session:
+        row = image_repo.get_images(session, [key])[key]
+        [request] = session.scalars(select(ReclassifyRequestRow))
+    assert row.model_version == BUNDLED_VERSION
+    assert (request.outcome, request.requested_by) == ("done", "test")

@@ -4,6 +4,7 @@ overtaken by another deployment (only the production model's answers are saved).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import threading
 import time
 from collections.abc import Sequence
@@ -12,12 +13,18 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from cartag.clock import SystemClock
 from cartag.imaging.keys import content_key, content_sha256
-from cartag.jobs.reclassify import ReclassifyReport, ReclassifySupersededError, reclassify
+from cartag.jobs.reclassify import (
+    ReclassifyReport,
+    ReclassifySupersededError,
+    claim_stale_request,
+    reclassify,
+    resume_stale,
+)
 from cartag.models.classifier import Classifier, Prediction
 from cartag.net.fetch import Fetcher
 from cartag.net.guard import StaticResolver
@@ -35,6 +42,8 @@ from tests.support.fakes import FixedClassifier, SizeRecorder
 from tests.support.images import jpeg_bytes
 
 HOSTS = StaticResolver({"cdn.example": ["93.184.216.34"]})
+# Older than any lease a test sets.
+LEASE_AGO = dt.timedelta(hours=2)
 
 
 def _run(
@@ -384,3 +393,117 @@ def test_a_failed_run_stays_open_with_its_error_and_a_superseded_one_is_closed(
         ("new-2", "superseded"),
         ("old-1", None),
     ]
+
+
+def _resume(
+    db: Database, settings: Settings, classifier: Classifier, served: dict[str, bytes]
+) -> ReclassifyReport | None:
+    """One round of a server's take-over of stopped re-classifications."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=served[request.url.path])
+
+    async def go() -> ReclassifyReport | None:
+        transport = httpx.MockTransport(handler)
+        async with Fetcher(settings, transport=transport, resolver=HOSTS) as fetcher:
+            return await resume_stale(
+                db, settings, classifier, fetcher, SystemClock(), lookup_cache=InMemoryLookupCache()
+            )
+
+    return asyncio.run(go())
+
+
+def test_a_run_that_stopped_is_taken_over_by_one_server_of_production_and_finished(
+    db: Database, settings: Settings
+) -> None:
+    # A request whose run stopped (its server was stopped part-way) waited for someone to
+    # read /healthz; a server serving production's model now finishes it by itself.
+    photo = jpeg_bytes(320, 240)
+    key = _stored(db, photo, "https://cdn.example/a.jpg")
+    with db.write() as session:
+        advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)
+    _make_production(db, "old-1")
+    _make_production(db, "new-2")
+    with db.write() as session:
+        stopped = request_repo.open_request(session, "new-2", None, by="api", now=NOW).id
+    served = {"/a.jpg": photo}
+
+    # A server of another model leaves it alone; so does one while the run is alive.
+    assert _resume(db, settings, FixedClassifier(), served) is None
+    with db.write() as session:
+        request_repo.beat(session, stopped, SystemClock().now())
+    assert _resume(db, settings, _NewModel(), served) is None
+    with db.write() as session:
+        session.execute(
+            update(ReclassifyRequestRow).values(progress_at=SystemClock().now() - LEASE_AGO)
+        )
+
+    report = _resume(db, settings, _NewModel(), served)
+    assert report is not None and report.request_id == stopped and report.saved == 1
+    with db.read() as session:
+        assert request_repo.incomplete(session) == []
+        assert image_repo.get_images(session, [key])[key].model_version == "new-2"
+    assert _requests(db) == [("new-2", None, "done", None)]
+    assert _resume(db, settings, _NewModel(), served) is None
+
+
+def test_of_two_servers_finding_a_stopped_run_one_takes_it_over(
+    db: Database, settings: Settings
+) -> None:
+    _make_production(db, "new-2")
+    with db.write() as session:
+        stopped = request_repo.open_request(session, "new-2", None, by="api", now=NOW).id
+    clock = SystemClock()
+    first = claim_stale_request(db, "new-2", clock, settings.job_lease_s)
+    second = claim_stale_request(db, "new-2", clock, settings.job_lease_s)
+    assert (first, second) == ((stopped, None), None)
+
+
+def test_a_stopped_run_for_an_advertiser_that_left_is_withdrawn(
+    db: Database, settings: Settings
+) -> None:
+    _make_production(db, "new-2")
+    with db.write() as session:
+        advertiser_repo.set_advertiser(session, "B", reclassify_on_promote=True, now=NOW)
+        request_repo.open_request(session, "new-2", "B", by="api", now=NOW)
+        advertiser_repo.set_advertiser(session, "B", reclassify_on_promote=False, now=NOW)
+    assert _resume(db, settings, _NewModel(), {}) is None
+    assert _requests(db) == [("new-2", "B", "withdrawn", None)]
+
+
+@pytest.mark.slow
+def test_a_run_marks_itself_alive_while_a_chunk_takes_longer_than_the_lease(
+    db: Database, settings: Settings
+) -> None:
+    # A chunk's downloads may outlast the lease: without a beat, other servers would
+    # take the request over and run it twice.
+    settings = settings.model_copy(update={"job_lease_s": 4.0})
+    photo = jpeg_bytes(320, 240)
+    _stored(db, photo, "https://cdn.example/a.jpg")
+    with db.write() as session:
+        advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)
+    _make_production(db, "new-2")
+    beats: list[object] = []
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        for _ in range(5):
+            await asyncio.sleep(0.5)
+            with db.read() as session:
+                beats.append(session.scalar(select(ReclassifyRequestRow.progress_at)))
+        return httpx.Response(200, content=photo)
+
+    async def go() -> ReclassifyReport:
+        transport = httpx.MockTransport(slow)
+        async with Fetcher(settings, transport=transport, resolver=HOSTS) as fetcher:
+            return await reclassify(
+                db,
+                settings,
+                _NewModel(),
+                fetcher,
+                SystemClock(),
+                lookup_cache=InMemoryLookupCache(),
+            )
+
+    assert asyncio.run(go()).saved == 1
+    assert beats[0] is None and beats[-1] is not None  # beat before the chunk was saved
+    assert claim_stale_request(db, "new-2", SystemClock(), settings.job_lease_s) is None

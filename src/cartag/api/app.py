@@ -143,8 +143,15 @@ def create_app(
         watcher = runtime.watcher
         app.state.cartag.watcher = watcher
         polling = asyncio.create_task(watcher.run(), name="cartag-model-watcher")
+        tasks = [polling]
         if run_jobs:
             runner.start()
+            tasks.append(
+                asyncio.create_task(
+                    models_routes.resume_reclassifications(app.state.cartag),
+                    name="cartag-reclassify-resume",
+                )
+            )
         if freeze_gc:
             freeze_startup_objects()
         log.info(
@@ -156,8 +163,7 @@ def create_app(
         try:
             yield
         finally:
-            polling.cancel()
-            for task in (polling, *app.state.cartag.background):
+            for task in (*tasks, *app.state.cartag.background):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

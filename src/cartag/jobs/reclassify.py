@@ -28,6 +28,7 @@ either order, and the slower one left a model no longer in production in the ans
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -193,6 +194,11 @@ async def reclassify(
     report.request_id = request_id
     keys: set[str] = set()
     cache = lookup_cache or build_lookup_cache(settings)
+    # A chunk's downloads can outlast the lease: the beat tells other servers the run is
+    # alive, so none takes the request over (resume_stale) while it runs.
+    beating = asyncio.create_task(
+        _beat(db, request_id, clock, settings.job_lease_s / 4), name="cartag-reclassify-beat"
+    )
     try:
         with db.read() as session:
             production = version_repo.alias_version(session, version_repo.PRODUCTION)
@@ -211,6 +217,10 @@ async def reclassify(
         await asyncio.to_thread(_note_error, db, request_id, exc)
         raise
     finally:
+        beating.cancel()
+        # Not `suppress(CancelledError)` around an await: that would also swallow this
+        # run's own cancellation arriving meanwhile.
+        await asyncio.wait([beating])
         if lookup_cache is None:
             cache.close()
     await asyncio.to_thread(_close, db, report, request_repo.DONE, clock, advertiser_id)
@@ -232,6 +242,111 @@ def _close(
             now=clock.now(),
             version=report.model_version,
             advertiser_id=advertiser_id,
+        )
+
+
+async def _beat(db: Database, request_id: int, clock: Clock, interval_s: float) -> None:
+    """Mark the request's run alive every ``interval_s`` seconds until cancelled."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(_touch, db, request_id, clock)
+        except Exception:  # noqa: BLE001 - a missed beat must not stop the run
+            log.warning("could not mark re-classification request %s alive", request_id)
+
+
+def _touch(db: Database, request_id: int, clock: Clock) -> None:
+    with db.write() as session:
+        request_repo.beat(session, request_id, clock.now())
+
+
+def claim_stale_request(
+    db: Database, version: str, clock: Clock, lease_s: float
+) -> tuple[int, str | None] | None:
+    """Take over an open request of production's ``version`` whose run stopped.
+
+    A run stopped when it neither saved a chunk nor beat for ``lease_s`` seconds (its
+    process was stopped or killed part-way); see
+    :func:`cartag.store.reclassify_requests.take_over`.
+
+    Returns:
+        ``(request id, advertiser id or None)`` of the request taken, or None.
+    """
+    now = clock.now()
+    stale_before = now - dt.timedelta(seconds=lease_s)
+    # Read first: every server asks every half lease, and nearly always nothing waits.
+    with db.read() as session:
+        row = request_repo.oldest_stopped(session, version, stale_before)
+        if row is None:
+            return None
+        claimed = (row.id, row.advertiser_id)
+    with db.write() as session:
+        taken = request_repo.take_over(session, claimed[0], now=now, stale_before=stale_before)
+    return claimed if taken else None
+
+
+async def resume_stale(
+    db: Database,
+    settings: Settings,
+    classifier: Classifier,
+    fetcher: Fetcher,
+    clock: Clock,
+    *,
+    lookup_cache: LookupCache | None = None,
+) -> ReclassifyReport | None:
+    """Finish one re-classification of ``classifier``'s model whose run stopped part-way.
+
+    Servers call it now and then (``CARTAG_JOB_LEASE_S``): a request its own run left
+    open — the server that ran it was stopped or killed — is taken over by one server
+    that serves production's model, and run again from where it stopped (images already
+    re-classified are skipped), so no opted-in advertiser keeps the previous model's
+    answers waiting for someone to read ``/healthz``.
+
+    Returns:
+        The run's report, or None when no request waited.
+
+    Raises:
+        ReclassifySupersededError: Production moved on during the run.
+    """
+    claimed = await asyncio.to_thread(
+        claim_stale_request, db, classifier.version, clock, settings.job_lease_s
+    )
+    if claimed is None:
+        return None
+    request_id, advertiser_id = claimed
+    log.warning(
+        "resuming re-classification request %s with %s (%s): its run stopped part-way",
+        request_id,
+        classifier.version,
+        advertiser_id or "every opted-in advertiser",
+    )
+    try:
+        await asyncio.to_thread(advertisers_to_run, db, advertiser_id)
+    except ConflictError:
+        # The advertiser stopped taking re-classifications: nothing is due any more.
+        await asyncio.to_thread(_withdraw, db, request_id, clock)
+        return None
+    return await reclassify(
+        db,
+        settings,
+        classifier,
+        fetcher,
+        clock,
+        advertiser_id=advertiser_id,
+        lookup_cache=lookup_cache,
+        request_id=request_id,
+    )
+
+
+def _withdraw(db: Database, request_id: int, clock: Clock) -> None:
+    with db.write() as session:
+        request_repo.finish(
+            session,
+            request_id,
+            request_repo.WITHDRAWN,
+            now=clock.now(),
+            version="",
+            advertiser_id=None,
         )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Final
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from cartag.store.model_versions import PRODUCTION
@@ -20,6 +20,8 @@ from cartag.store.tables import ModelAliasRow, ReclassifyRequestRow
 
 DONE: Final[str] = "done"
 SUPERSEDED: Final[str] = "superseded"
+# The one advertiser it was asked for no longer takes re-classifications after promotions.
+WITHDRAWN: Final[str] = "withdrawn"
 
 
 def open_request(
@@ -60,6 +62,64 @@ def note_progress(session: Session, request_id: int, now: dt.datetime) -> None:
         .where(ReclassifyRequestRow.id == request_id)
         .values(progress_at=now, error=None)
     )
+
+
+def beat(session: Session, request_id: int, now: dt.datetime) -> None:
+    """A run of the request is alive (between its chunks' saves, which may take minutes)."""
+    session.execute(
+        update(ReclassifyRequestRow)
+        .where(ReclassifyRequestRow.id == request_id, ReclassifyRequestRow.finished_at.is_(None))
+        .values(progress_at=now)
+    )
+
+
+def _alive() -> ColumnElement[dt.datetime]:
+    """A request's last sign of life: its run's last save or beat, else when it was asked."""
+    return func.coalesce(ReclassifyRequestRow.progress_at, ReclassifyRequestRow.requested_at)
+
+
+def oldest_stopped(
+    session: Session, version: str, stale_before: dt.datetime
+) -> ReclassifyRequestRow | None:
+    """The oldest open request of ``version``, the production model, whose run stopped:
+    no save nor beat since ``stale_before`` (no run at all: asked for before it)."""
+    return session.scalars(
+        select(ReclassifyRequestRow)
+        .join(ModelAliasRow, ModelAliasRow.version == ReclassifyRequestRow.version)
+        .where(
+            ModelAliasRow.alias == PRODUCTION,
+            ReclassifyRequestRow.version == version,
+            ReclassifyRequestRow.finished_at.is_(None),
+            _alive() < stale_before,
+        )
+        .order_by(ReclassifyRequestRow.requested_at, ReclassifyRequestRow.id)
+        .limit(1)
+    ).first()
+
+
+def take_over(
+    session: Session, request_id: int, *, now: dt.datetime, stale_before: dt.datetime
+) -> bool:
+    """Take over a request whose run stopped (:func:`oldest_stopped`), if it still is.
+
+    A compare-and-set on its sign of life, so of several servers finding the same
+    request one gets it: its ``progress_at`` becomes ``now``, and the taker's run keeps
+    it fresh (:func:`beat`).
+
+    Returns:
+        Whether this session took it.
+    """
+    taken = session.execute(
+        update(ReclassifyRequestRow)
+        .where(
+            ReclassifyRequestRow.id == request_id,
+            ReclassifyRequestRow.finished_at.is_(None),
+            _alive() < stale_before,
+        )
+        .values(progress_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(taken, "rowcount", 0) or 0) == 1
 
 
 def note_error(session: Session, request_id: int, error: str) -> None:

@@ -435,12 +435,13 @@ class ReclassifyRequestRow(Base):
     advertiser_id: Mapped[str | None] = mapped_column(String(128))
     requested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     requested_by: Mapped[str] = mapped_column(String(128))
-    # When a run last saved a chunk of its answers (None: none yet).
+    # When a run last saved a chunk of its answers or said it was alive (None: none yet).
     progress_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     # Why the last run stopped, when it failed (it stays open).
     error: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
-    # done | superseded (production moved to another model before it finished)
+    # done | superseded (production moved to another model before it finished) | withdrawn
+    # (its one advertiser stopped taking re-classifications before a server resumed it)
     outcome: Mapped[str | None] = mapped_column(String(16))
 
 

@@ -28,7 +28,12 @@ from cartag.api.schemas.models import (
 )
 from cartag.api.state import AppState
 from cartag.deploy import followup, promote
-from cartag.jobs.reclassify import ReclassifySupersededError, reclassify, record_request
+from cartag.jobs.reclassify import (
+    ReclassifySupersededError,
+    reclassify,
+    record_request,
+    resume_stale,
+)
 from cartag.store import model_versions as repo
 from cartag.store.apikeys import Principal
 from cartag.store.tables import DeploymentRow, ModelVersionRow
@@ -228,3 +233,29 @@ async def start_reclassify(state: AppState, advertiser_id: str | None, *, by: st
     state.background.add(task)
     task.add_done_callback(state.background.discard)
     return "started"
+
+
+async def resume_reclassifications(state: AppState) -> None:
+    """Every half ``CARTAG_JOB_LEASE_S``, finish a re-classification whose run stopped.
+
+    A request left open by a server stopped or killed part-way is taken over by one
+    server serving production's model (:func:`cartag.jobs.reclassify.resume_stale`), at
+    start and then while it serves; runs one at a time. Cancelled with the app.
+    """
+    interval = state.settings.job_lease_s / 2
+    while True:
+        try:
+            while await resume_stale(
+                state.db,
+                state.settings,
+                state.service.classifier,
+                state.service.fetcher,
+                state.clock,
+                lookup_cache=state.service.lookup_cache,
+            ):
+                pass  # another may wait
+        except ReclassifySupersededError as exc:
+            log.warning("%s", exc.message)
+        except Exception:  # noqa: BLE001 - the next round tries again
+            log.exception("resuming a stopped re-classification failed")
+        await asyncio.sleep(interval)

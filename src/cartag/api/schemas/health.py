@@ -21,7 +21,8 @@ class ReclassifyPendingOut(BaseModel):
     requested_at: dt.datetime
     requested_by: str
     progress_at: dt.datetime | None = Field(
-        description="When a run last saved a chunk of its answers (null: none yet)."
+        description="When a run last saved a chunk of its answers or said it was alive "
+        "(null: none yet)."
     )
     error: str | None = Field(description="Why its last run stopped, when it failed.")
 
