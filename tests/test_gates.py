@@ -164,8 +164,9 @@ def test_an_inflated_recall_stored_before_the_check_fails_its_gate(settings: Set
     prod = _metrics({"s": {"color": {"Red": (0.9, 50)}}})
     cand = _metrics({"s": {"color": {"Red": (5.0, 50)}}})
     failures = check_promotion(cand, prod, settings)
-    assert len(failures) == 1
-    assert "s color recall of Red is 5.0, not a fraction between 0 and 1" in failures[0]
+    assert len(failures) == 2  # its macro recall (their mean) is 5.0 too
+    assert "s color macro_recall is 5.0, not a fraction between 0 and 1" in failures[0]
+    assert "s color recall of Red is 5.0, not a fraction between 0 and 1" in failures[1]
 
 
 def test_check_metrics_takes_the_registry_format() -> None:
@@ -174,3 +175,34 @@ def test_check_metrics_takes_the_registry_format() -> None:
          "per_class": {"Dealer": {"precision": 0.8, "recall": 0.9, "support": 12}}}}},
         "m.json",
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("accuracy", 2.0), ("macro_recall", 1.5), ("accuracy", float("nan")), ("macro_recall", -1)],
+)
+def test_an_accuracy_or_macro_recall_out_of_range_stored_before_fails_its_gate(
+    settings: Settings, key: str, value: float
+) -> None:
+    # Only an inflated class recall failed: an accuracy of 2 or a NaN macro recall stored
+    # through the registry's functions passed every gate.
+    prod = _metrics({"s": {"color": {"Red": (0.9, 50)}}})
+    cand = _metrics({"s": {"color": {"Red": (0.9, 50)}}})
+    cand["s"]["color"][key] = value
+    failures = check_promotion(cand, prod, settings)
+    assert len(failures) == 1
+    assert failures[0].startswith(f"s color {key} is {value!r}, not a fraction between 0 and 1")
+    assert gate_status(cand, prod, settings)[0] is False
+    # On a set production does not have too: the figure is nonsense wherever it is.
+    elsewhere = {**_metrics({"s": {"color": {"Red": (0.9, 50)}}}), "t": {"color": {key: value}}}
+    assert [f.split(" is ")[0] for f in check_promotion(elsewhere, prod, settings)] == [
+        f"t color {key}"
+    ]
+
+
+def test_a_nan_recall_stored_before_fails_its_gate(settings: Settings) -> None:
+    prod = _metrics({"s": {"color": {"Red": (0.9, 50)}}})
+    cand = _metrics({"s": {"color": {"Red": (float("nan"), 50)}}})
+    cand["s"]["color"]["macro_recall"] = None  # the NaN alone, not its mean too
+    [failure] = check_promotion(cand, prod, settings)
+    assert "s color recall of Red is nan, not a fraction between 0 and 1" in failure

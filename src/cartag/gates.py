@@ -16,7 +16,8 @@ Metrics are the registry's format (written by :mod:`cartag.training.sweep.sweep`
 Set names are ``REF:test`` and ``REF:test:advertiser=ID``. Only sets, tasks and classes
 present in both the candidate's and production's metrics are compared; a class with
 fewer than ``settings.gate_min_support`` examples on a set is not (two examples cannot
-measure a recall drop).
+measure a recall drop). A candidate's figure out of range (an accuracy of 2, a NaN macro
+recall, a recall of 5: stored before the registry checked them) fails on any set.
 """
 
 from __future__ import annotations
@@ -69,9 +70,11 @@ def check_promotion(
 
     Returns:
         One readable message per failing (set, task, class), e.g. ``cars@3:test:advertiser=42
-        image_type recall of Stock drops 0.91 → 0.85 (> 0.02 tolerance)``; empty = passes.
+        image_type recall of Stock drops 0.91 → 0.85 (> 0.02 tolerance)``, and one per
+        candidate's figure out of range (:func:`stored_out_of_range`, on any of its sets);
+        empty = passes.
     """
-    failures: list[str] = []
+    failures = stored_out_of_range(candidate_metrics)
     for set_name in sorted(set(candidate_metrics) & set(production_metrics)):
         cand_set = candidate_metrics[set_name]
         prod_set = production_metrics[set_name]
@@ -86,6 +89,39 @@ def check_promotion(
                 _task_failures(set_name, task, cand_task, prod_task, tolerance, settings)
             )
     return failures
+
+
+def stored_out_of_range(metrics: dict[str, Any]) -> list[str]:
+    """One failure per report whose ``accuracy`` or ``macro_recall`` is a number out of
+    its range (NaN and infinities included), on any set.
+
+    The registry refuses such figures now (:func:`check_metrics`), but rows stored before
+    keep them: an accuracy of 2 ranks a candidate first on the leaderboard and a NaN
+    compares as nothing, so they never pass. Figures that are not numbers at all are left
+    to :func:`check_promotion`'s comparison, which skips them.
+    """
+    failures = []
+    for set_name, tasks in sorted(metrics.items()):
+        if not isinstance(tasks, dict):
+            continue
+        for task, report in sorted(tasks.items()):
+            if not isinstance(report, dict):
+                continue
+            for key in _RATES:
+                value = report.get(key)
+                if _out_of_range(key, value):
+                    failures.append(
+                        f"{set_name} {task} {key} is {value!r}, not {_RATE_RANGE}; record the "
+                        "candidate's metrics again (cartag models register --metrics)"
+                    )
+    return failures
+
+
+def _out_of_range(key: str, value: object) -> bool:
+    """Whether ``value`` is a number (not a bool) that is not finite or not in its range."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return not math.isfinite(value) or not in_range(key, value)
 
 
 def is_figure(value: object) -> TypeIs[int | float]:
@@ -183,8 +219,8 @@ def _task_failures(
         if support < max(settings.gate_min_support, 1):
             continue
         before, after = prod.get("recall"), cand.get("recall")
-        if is_figure(after) and not in_range("recall", after):
-            # Stored before register checked ranges: an inflated recall never passes.
+        if _out_of_range("recall", after):
+            # Stored before register checked ranges: an inflated (or NaN) recall never passes.
             failures.append(
                 f"{set_name} {task} recall of {label} is {after!r}, not {_RATE_RANGE}; "
                 "record the candidate's metrics again (cartag models register --metrics)"

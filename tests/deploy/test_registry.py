@@ -11,12 +11,12 @@ import pytest
 
 from cartag.clock import FakeClock
 from cartag.deploy import registry
-from cartag.errors import ConflictError, ModelError
+from cartag.errors import ConflictError, InputError, ModelError
 from cartag.models.classifier import BUNDLED_DIR, Classifier, read_config
 from cartag.settings import Settings
 from cartag.store import model_versions as repo
 from cartag.store.db import Database
-from tests.support.models import make_model_dir
+from tests.support.models import make_model_dir, type_metrics
 from tests.support.registry import Scene, damage, model_dir, promote, register
 
 BUNDLED_VERSION = str(read_config(BUNDLED_DIR)["version"])
@@ -190,3 +190,36 @@ def test_the_production_folder_a_sweep_compares_with_is_checked_against_its_hash
     message = exc.value.message
     assert f"cannot compare with the production model {scene.initial}" in message
     assert "changed since it was registered" in message and "cartag models rollback" in message
+
+
+@pytest.mark.parametrize(
+    ("figure", "value"),
+    [("accuracy", 2), ("macro_recall", float("nan")), ("per_class.Stock.recall", 5)],
+)
+def test_the_registry_refuses_metrics_out_of_range_whoever_calls_it(
+    scene: Scene, figure: str, value: float
+) -> None:
+    # Only the CLI's --metrics file was checked: a sweep storing its computed figures
+    # through register_model / record_metrics stored an accuracy of 2 or a NaN.
+    bad = type_metrics({"Dealer": 0.9, "Stock": 0.9})
+    report = bad["cars@1:test"]["image_type"]
+    *path, key = figure.split(".")
+    for part in path:
+        report = report[part]
+    report[key] = value
+    field = f"metrics.cars@1:test.image_type.{figure}"
+
+    with pytest.raises(InputError) as refused:
+        register(scene, "bad-metrics", metrics=bad)
+    assert refused.value.field == field and "between 0 and 1" in refused.value.message
+    with scene.db.read() as session:
+        assert repo.find_version(session, "bad-metrics") is None  # nothing stored or copied
+    assert not (scene.settings.data_dir / "models" / "bad-metrics").exists()
+
+    register(scene, "good", metrics=type_metrics({"Dealer": 0.9, "Stock": 0.9}))
+    with pytest.raises(InputError) as refused:
+        registry.record_metrics(scene.db, "good", bad)
+    assert refused.value.field == field and "metrics of good: " in refused.value.message
+    with scene.db.read() as session:
+        stored = repo.get_version(session, "good").metrics["cars@1:test"]["image_type"]
+    assert stored["accuracy"] == 0.9 and stored["per_class"]["Stock"]["recall"] == 0.9

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from cartag.clock import Clock
 from cartag.deploy.loadcheck import files_digest, load_model, models_root, smoke_check, version_dir
 from cartag.errors import ConflictError, InputError, ModelError
+from cartag.gates import check_metrics
 from cartag.models.classifier import BUNDLED_DIR, CONFIG_NAME, Classifier, read_config
 from cartag.models.heads import load_head
 from cartag.settings import Settings
@@ -97,7 +98,8 @@ def register_model(
         created_by: Who registers it.
         clock: Time source.
         dataset_ref: The dataset version it was trained on, if any.
-        metrics: Evaluation results (see :func:`record_metrics`).
+        metrics: Evaluation results (see :func:`record_metrics`), checked as it checks
+            them before anything is copied.
         reuse: A loaded model whose backbone may be shared (saves loading weights).
 
     Returns:
@@ -105,11 +107,15 @@ def register_model(
         files again returns the existing row.
 
     Raises:
+        InputError: ``metrics`` is out of format or holds a figure out of range (see
+            :func:`record_metrics`).
         ModelError: The folder is not a model, fails to load or fails the smoke check
             (a row with status ``refused`` records the attempt and its reason).
         ConflictError: The version is registered already with different files.
     """
     source_dir = Path(source_dir)
+    if metrics is not None:
+        _check_metrics(metrics, f"metrics of the model in {source_dir}")
     config = read_config(source_dir, hint=REGISTER_HINT)
     version = str(config.get("version") or "")
     if not _VERSION_RE.match(version):
@@ -293,14 +299,30 @@ def record_metrics(db: Database, version: str, metrics: dict[str, Any]) -> None:
 
     Raises:
         NotFoundError: Unknown version.
-        InputError: ``metrics`` is not a mapping of set names to mappings.
+        InputError: ``metrics`` is not a mapping of set names to mappings, or a figure
+            the gates read is out of its range (:func:`cartag.gates.check_metrics`: an
+            accuracy of 2, a NaN recall), naming it; nothing is stored.
+    """
+    _check_metrics(metrics, f"metrics of {version}")
+    with db.write() as session:
+        repo.merge_metrics(session, version, metrics)
+
+
+def _check_metrics(metrics: Any, where: str) -> None:
+    """Refuse metrics the registry must not store, whoever calls it.
+
+    The CLI checked its ``--metrics`` file, but a sweep stores the figures it computed
+    through :func:`register_model` and :func:`record_metrics` directly: an accuracy of 2
+    or a NaN got into the registry that way, and the leaderboard and promotion read them.
+
+    Raises:
+        InputError: Naming the figure (field ``metrics.<set>.<task>.…``) and its range.
     """
     if not isinstance(metrics, dict) or not all(
         isinstance(k, str) and isinstance(v, dict) for k, v in metrics.items()
     ):
         raise InputError("metrics must map set names to {task: metrics} objects", "metrics")
-    with db.write() as session:
-        repo.merge_metrics(session, version, metrics)
+    check_metrics(metrics, where)
 
 
 def production_model_dir(db: Database, settings: Settings) -> Path | None:
