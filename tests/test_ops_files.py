@@ -104,6 +104,7 @@ def _scrape(
         # What the app reports on a bad day: a model that cannot serve, a failed write.
         telemetry = client.app.state.cartag.telemetry  # type: ignore[attr-defined]
         telemetry.model_fallback("broken-2", "bundled")
+        telemetry.model_host_failures("broken-2", 3)
         telemetry.model_loaded("bundled", "lite0", int8_problem="this CPU has no VNNI")
         telemetry.storage_failed("request")
         text = client.get("/metrics").text
@@ -189,6 +190,7 @@ def test_the_alert_rules_parse_and_each_alert_has_its_parts() -> None:
         "CartagJobQueueStuck",
         "CartagModelDrift",
         "CartagAdvertiserDrift",
+        "CartagModelHostLoadFailing",
     ):
         assert wanted in names
 

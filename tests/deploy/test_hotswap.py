@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from PIL import Image
 
 from cartag.deploy import hotswap, loadcheck
 from cartag.deploy.loadcheck import smoke_images
+from cartag.errors import ModelError
 from cartag.models.batching import MicroBatcher
 from cartag.models.classifier import (
     BUNDLED_DIR,
@@ -326,5 +328,127 @@ def test_the_watcher_reads_the_registry_off_the_event_loop(
             monkeypatch.setattr(repo, "find_version", recorded)
             assert await watcher.check() == "new"
             assert threads and threading.get_ident() not in threads
+
+    asyncio.run(scenario())
+
+
+def _host_failures(telemetry: PrometheusTelemetry) -> list[str]:
+    text = telemetry.exposition()[0].decode()
+    return [line for line in text.splitlines() if line.startswith("cartag_model_host_load_")]
+
+
+@pytest.mark.parametrize(
+    ("raised", "local"),
+    [
+        (ort_state.RuntimeException, True),
+        (ort_state.Fail, True),
+        (ort_state.InvalidProtobuf, False),
+    ],
+)
+def test_onnx_runtime_running_out_of_memory_is_this_hosts_failure(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch, raised: type[Exception], local: bool
+) -> None:
+    # ONNX Runtime's out-of-memory errors are not MemoryError: a server short of memory
+    # refused the version for the whole fleet.
+    messages = {
+        ort_state.RuntimeException: "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero "
+        "status code returned while running Conv node. Status Message: bfc_arena.cc:376 "
+        "onnxruntime::BFCArena::AllocateRawInternal Failed to allocate memory for "
+        "requested buffer of size 643840",
+        ort_state.Fail: "[ONNXRuntimeError] : 1 : FAIL : bad allocation",
+        ort_state.InvalidProtobuf: "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model "
+        "failed: Protobuf parsing failed.",
+    }
+
+    async def scenario() -> None:
+        telemetry = PrometheusTelemetry()
+        async with serving(scene, telemetry=telemetry) as service:
+            watcher = hotswap.ModelWatcher(scene.db, scene.settings, service, clock=scene.clock)
+            watcher.prime()
+            register_and_promote(scene, "big")
+            real = loadcheck.from_settings
+
+            def failing(*args: object, **kwargs: object) -> Classifier:
+                raise raised(messages[raised])
+
+            monkeypatch.setattr(loadcheck, "from_settings", failing)
+            assert await watcher.check() is None
+            with scene.db.read() as session:
+                status = repo.get_version(session, "big").status
+            if not local:  # the files' problem, as before: refused for every server
+                assert "big" in watcher.refused and status == "refused"
+                assert _host_failures(telemetry) == []
+                return
+            assert "big" not in watcher.refused and status == "registered"
+            assert _host_failures(telemetry) == [
+                'cartag_model_host_load_failures{version="big"} 1.0'
+            ]
+            monkeypatch.setattr(loadcheck, "from_settings", real)
+            scene.clock.advance(5)
+            assert await watcher.check() == "big"
+            assert _host_failures(telemetry) == []
+
+    asyncio.run(scenario())
+
+
+def test_local_failure_reads_only_engine_errors_for_out_of_memory_words() -> None:
+    assert not hotswap.local_failure(ModelError("the model crashed on the smoke-check images"))
+    wrapped = ModelError("cannot load")
+    wrapped.__cause__ = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried")
+    assert hotswap.local_failure(wrapped)
+    quoted = ModelError("cannot load")
+    quoted.__cause__ = ValueError("head says: failed to allocate memory")  # not an engine's
+    assert not hotswap.local_failure(quoted)
+    assert not hotswap.local_failure(ModelError("Failed to allocate memory, says the message"))
+
+
+def test_a_model_folder_missing_on_this_host_is_retried_and_one_replaced_is_refused(
+    scene: Scene, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A folder missing here (a host's lost mount) refused the version for every server,
+    # though the registry holds it, hashed at registration, and other hosts read it.
+    async def scenario() -> None:
+        telemetry = PrometheusTelemetry()
+        async with serving(scene, telemetry=telemetry) as service:
+            watcher = hotswap.ModelWatcher(scene.db, scene.settings, service, clock=scene.clock)
+            watcher.prime()
+            register_and_promote(scene, "mounted")
+            folder = scene.settings.data_dir / "models" / "mounted"
+            away = scene.settings.data_dir / "elsewhere"
+            folder.rename(away)
+
+            assert await watcher.check() is None
+            assert "mounted" not in watcher.refused
+            with scene.db.read() as session:
+                assert repo.get_version(session, "mounted").status == "registered"
+            reason = str(watcher.fallback_reason)
+            assert "is missing on this host" in reason and "a failure of this host" in reason
+            assert "could not load on this host (try 1)" in caplog.text
+            scene.clock.advance(5)
+            assert await watcher.check() is None
+            assert _host_failures(telemetry) == [
+                'cartag_model_host_load_failures{version="mounted"} 2.0'
+            ]
+
+            # A link into the lost mount is missing too.
+            folder.symlink_to(scene.settings.data_dir / "lost-mount" / "mounted")
+            scene.clock.advance(10)
+            assert await watcher.check() is None and "mounted" not in watcher.refused
+            folder.unlink()
+
+            away.rename(folder)  # the mount is back
+            scene.clock.advance(20)
+            assert await watcher.check() == "mounted"
+            assert _host_failures(telemetry) == []
+
+            # Something else in the folder's place is a change to the model's files.
+            register_and_promote(scene, "replaced")
+            replaced = scene.settings.data_dir / "models" / "replaced"
+            shutil.rmtree(replaced)
+            replaced.write_text("not a model")
+            assert await watcher.check() is None
+            assert "replaced" in watcher.refused
+            with scene.db.read() as session:
+                assert repo.get_version(session, "replaced").status == "refused"
 
     asyncio.run(scenario())

@@ -8,8 +8,9 @@ polls the alias and swaps a newly promoted model into the running service withou
 a request, and reports a server that serves another model than production (logs,
 ``cartag_model_fallback``, and ``/healthz`` through :attr:`ModelWatcher.fallback_reason`).
 A version whose files are bad is marked refused for the whole fleet; one that failed for a
-reason of this host (:func:`local_failure`: an I/O error, memory running out)
-is tried again on this host, with a growing delay, and stays promotable.
+reason of this host (:func:`local_failure`: an I/O error, its folder missing here, memory
+running out, an engine's out-of-memory error included) is tried again on this host, with a
+growing delay, and stays promotable (``cartag_model_host_load_failures`` counts the tries).
 Registration and the load check: :mod:`cartag.deploy.registry` and
 :mod:`cartag.deploy.loadcheck`.
 """
@@ -20,6 +21,7 @@ import asyncio
 import datetime as dt
 import logging
 import os
+import re
 import socket
 from dataclasses import dataclass
 from typing import Any, Final
@@ -65,24 +67,53 @@ def load_problem(settings: Settings, version: str) -> str | None:
     return _problems.get((str(models_root(settings)), version))
 
 
-# What a host raises, not the files: a failing disk or network mount, a permission, memory
-# running out. The same files may load on another host, or on this one a minute later.
+# What a host raises, not the files: a failing disk or network mount (a model folder
+# missing here: the load check raises from the OSError), a permission, memory running
+# out. The same files may load on another host, or on this one a minute later.
 _LOCAL_CAUSES: Final[tuple[type[BaseException], ...]] = (OSError, MemoryError)
+
+# Memory running out in a native engine, which raises no MemoryError: ONNX Runtime's
+# RuntimeException / Fail ("... BFCArena::AllocateRawInternal Failed to allocate memory for
+# requested buffer of size N", "bad allocation" from a std::bad_alloc), torch's
+# RuntimeError ("DefaultCPUAllocator: can't allocate memory", "CUDA out of memory").
+_OUT_OF_MEMORY: Final = re.compile(
+    r"failed to allocate memory|bad[_ ]alloc(?:ation)?\b|out of memory|"
+    r"can(?:'|no)t allocate memory|not enough memory",
+    re.IGNORECASE,
+)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an engine's out-of-memory error (not a ``MemoryError``).
+
+    Only ONNX Runtime's exceptions (their module is ``onnxruntime.*``; all derive from
+    ``Exception`` alone) and ``RuntimeError`` (torch's) are read: a message of cartag's
+    own, or any other, that quotes such words is not an allocation that failed.
+    """
+    engine = type(exc).__module__.split(".", 1)[0] == "onnxruntime"
+    if not engine and not isinstance(exc, RuntimeError):
+        return False
+    return _OUT_OF_MEMORY.search(str(exc)) is not None
 
 
 def local_failure(exc: BaseException) -> bool:
     """Whether a failed load (a :class:`ModelError` of :mod:`~cartag.deploy.loadcheck`) is
     the host's, not the files'.
 
-    True when an I/O error or a ``MemoryError`` caused it (anywhere in its chain of causes:
-    the load check wraps them): reading or loading the files failed on this host. False
-    when the files themselves are wrong — changed since registration, not a model, another
-    version, failing the smoke check — which every host sharing the data dir finds too.
+    True when an I/O error, a ``MemoryError`` or an engine's out-of-memory error (ONNX
+    Runtime's and torch's are not ``MemoryError``) caused it, anywhere in its chain of
+    causes (the load check wraps them): reading or loading the files failed on this host.
+    That includes the version's folder missing here (a lost mount) while the registry
+    holds it, hashed at registration (the hash is checked before the files load, so
+    memory running out while loading files that match it says nothing of them). False
+    when the files themselves are wrong — changed since registration, something else in
+    the folder's place, not a model, another version, failing the smoke check — which
+    every host sharing the data dir finds too.
     """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, _LOCAL_CAUSES):
+        if isinstance(current, _LOCAL_CAUSES) or _out_of_memory(current):
             return True
         seen.add(id(current))
         current = current.__cause__ or current.__context__
@@ -254,7 +285,10 @@ class ModelWatcher:
     :data:`RETRY_MAX_S`), and is never refused for it. Either way the old model keeps
     serving. While the served model is not the one the
     alias names, ``telemetry.model_fallback(wanted, serving)`` says so
-    (``cartag_model_fallback``); a model swapped in is recorded as the last that loaded.
+    (``cartag_model_fallback``), and ``telemetry.model_host_failures(version, tries)``
+    while that is a failure of this host being retried
+    (``cartag_model_host_load_failures``); a model swapped in is recorded as the last that
+    loaded.
 
     Args:
         db: The store.
@@ -304,8 +338,12 @@ class ModelWatcher:
         if self.alias != PRODUCTION:
             return
         fallback = wanted is not None and wanted != self.serving
+        retry = self.retry if fallback and self.retry and self.retry.version == wanted else None
         try:
             self.telemetry.model_fallback(wanted if fallback else None, self.serving)
+            self.telemetry.model_host_failures(
+                retry.version if retry else None, retry.attempts if retry else 0
+            )
         except Exception:  # noqa: BLE001 - metrics must never stop the watcher
             log.exception("telemetry failed on a model fallback")
 

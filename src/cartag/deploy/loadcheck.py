@@ -10,6 +10,7 @@ hash, the load and :func:`smoke_check` on :func:`smoke_images`.
 from __future__ import annotations
 
 import hashlib
+import stat
 from pathlib import Path
 from typing import Final
 
@@ -144,6 +145,36 @@ def load_model(settings: Settings, folder: Path, *, reuse: Classifier | None = N
         raise ModelError(f"cannot load the model in {folder}: {exc!r}") from exc
 
 
+def _check_present(row: ModelVersionRow, folder: Path) -> None:
+    """Raise unless the folder of a registered version is there as a folder.
+
+    A folder missing here while the registry holds the version, registered and hashed, is
+    this host's problem (a data dir or network mount lost, a link into one): the error is
+    raised from the ``OSError`` that says so, which
+    :func:`cartag.deploy.hotswap.local_failure` reads as such, so the version is tried
+    again rather than refused for the whole fleet. Something else in its place (a file)
+    is a change to the model's files.
+
+    Raises:
+        ModelError: Missing (caused by the ``OSError``) or not a folder.
+    """
+    try:
+        present = folder.stat()  # follows a link: a link into a lost mount is missing too
+    except OSError as exc:
+        what = "is missing" if isinstance(exc, FileNotFoundError) else "cannot be read"
+        raise ModelError(
+            f"the folder of model {row.version}, {folder}, {what} on this host "
+            f"({exc.strerror or exc.__class__.__name__}); check the data dir's disk or "
+            "mount, restore the folder from a backup, or roll production back "
+            "(cartag models rollback)"
+        ) from exc
+    if not stat.S_ISDIR(present.st_mode):
+        raise ModelError(
+            f"the folder of model {row.version}, {folder}, is not a folder; restore it "
+            "from a backup or roll production back (cartag models rollback)"
+        )
+
+
 def load_registered(
     settings: Settings, row: ModelVersionRow, *, reuse: Classifier | None = None
 ) -> Classifier:
@@ -161,13 +192,9 @@ def load_registered(
             + "; it cannot serve: promote a working version"
         )
     folder = version_dir(settings, row)
-    if not folder.is_dir():
-        what = "is not a folder" if folder.exists() or folder.is_symlink() else "is missing"
-        raise ModelError(
-            f"the folder of model {row.version}, {folder}, {what}; restore it from a backup "
-            "or roll production back (cartag models rollback)"
-        )
+    _check_present(row, folder)
     if files_digest(folder) != row.files_sha256:
+        _check_present(row, folder)  # gone during the read (a mount lost): not a change
         raise ModelError(
             f"the files of model {row.version} in {folder} changed since it was registered; "
             "register the model again under a new version"

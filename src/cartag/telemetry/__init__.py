@@ -79,6 +79,12 @@ class Telemetry:
         """The ``production`` alias names ``wanted`` but it cannot serve here: ``serving``
         answers instead. ``wanted=None``: production is served again (no fallback)."""
 
+    def model_host_failures(self, version: str | None, tries: int = 0) -> None:
+        """The ``production`` alias names ``version``, which failed to load here ``tries``
+        times in a row for a reason of this host (an I/O error, its folder missing, memory
+        running out), not of its files: it is not refused and is tried again.
+        ``version=None``: no such failure is pending (it loaded, or production moved on)."""
+
     def storage_failed(self, operation: str) -> None:
         """A write failed because the store is full, read-only or unreachable.
 

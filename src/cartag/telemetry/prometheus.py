@@ -294,6 +294,15 @@ class PrometheusTelemetry(Telemetry):
             ["wanted", "serving"],
             registry=r,
         )
+        self.model_host_failures_info = Gauge(
+            "cartag_model_host_load_failures",
+            "Tries in a row that the model the production alias names ('version') failed to "
+            "load here for a reason of this host (an I/O error, its folder missing: a lost "
+            "mount, memory running out), not of its files: it is not refused, other hosts "
+            "may serve it, and this one tries again. No series: none pending.",
+            ["version"],
+            registry=r,
+        )
         self.storage_errors = Counter(
             "cartag_storage_errors",
             "Writes that failed because the store is full, read-only or unreachable, by "
@@ -403,6 +412,11 @@ class PrometheusTelemetry(Telemetry):
         self.model_fallback_info.clear()
         if wanted is not None:
             self.model_fallback_info.labels(wanted, serving).set(1)
+
+    def model_host_failures(self, version: str | None, tries: int = 0) -> None:
+        self.model_host_failures_info.clear()
+        if version is not None:
+            self.model_host_failures_info.labels(version).set(tries)
 
     def storage_failed(self, operation: str) -> None:
         self.storage_errors.labels(operation).inc()
