@@ -306,3 +306,35 @@ def test_a_queued_job_can_be_cancelled_by_its_key_and_calls_back(
     (hook,) = server.received("/hook")
     assert hook["job_id"] == job_id and hook["status"] == "failed"
     assert "cancelled" in (hook.get("error") or "")
+
+
+def test_a_cancelled_job_keeps_the_results_stored_before_it_stopped(
+    make_client: AppFactory, db: Database
+) -> None:
+    client = make_client(db, run_jobs=False)
+    admin = make_headers(db, "admin")
+    answered = {
+        "url": "https://cdn.example/1.jpg",
+        "image_key": None,
+        "status": "skipped",
+        **dict.fromkeys(("image_type", "color", "source", "type_source", "color_source")),
+        "confidence": None,
+        "reason": "http_404",
+        "model_version": None,
+    }
+    with db.write() as session:
+        job_id = job_repo.create_job(
+            session,
+            advertiser_id="a",
+            items=[("https://cdn.example/1.jpg", None), ("https://cdn.example/2.jpg", None)],
+            callback_url=None,
+            now=NOW,
+            results={0: answered},  # the first chunk was stored, the second never ran
+        ).id
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=admin).status_code == 200
+    job = client.get(f"/v1/jobs/{job_id}", headers=admin).json()
+    assert job["status"] == "failed" and job["done"] == 1
+    # The README's promise: "the results stored so far stay readable" (they were null).
+    assert [(r["url"], r["reason"]) for r in job["results"]] == [
+        ("https://cdn.example/1.jpg", "http_404")
+    ]

@@ -123,9 +123,11 @@ def _may_read(principal: Principal, job: JobRow) -> bool:
 
 @router.get("/{job_id}", response_model=JobOut, responses=error_responses(404))
 def get_job(job_id: str, state: StateDep, principal: ClassifierDep) -> JobOut:
-    """Progress of a job, and its results in request order once it is done.
+    """Progress of a job, and its results in request order once it has finished.
 
-    Only for the key that submitted it (and admins): to others, it does not exist.
+    A job that failed (a cancelled one included) answers with the results stored before
+    it stopped, items it never reached left out. Only for the key that submitted it (and
+    admins): to others, it does not exist.
     """
     with state.db.read() as session:
         job = job_repo.get_job(session, job_id)
@@ -133,7 +135,9 @@ def get_job(job_id: str, state: StateDep, principal: ClassifierDep) -> JobOut:
             # The same answer as for an unknown id: another key's job ids stay secret.
             raise NotFoundError(f"no job with id {job_id!r}")
         results = None
-        if job.status == job_repo.DONE:
+        # A cancelled or failed job keeps what it classified: those answers were paid for
+        # and are as good as a done job's, so they stay readable.
+        if job.status in (job_repo.DONE, job_repo.FAILED):
             results = [
                 ResultOut.model_validate(r) for r in job_repo.job_results(session, job_id) if r
             ]

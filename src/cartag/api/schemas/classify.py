@@ -197,7 +197,9 @@ class JobOut(BaseModel):
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     results: list[ResultOut] | None = Field(
-        default=None, description="Present once the job is done."
+        default=None,
+        description="Present once the job has finished: every item's result when it is "
+        "done; when it failed (or was cancelled), those stored before it stopped.",
     )
 
 
