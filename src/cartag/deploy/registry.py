@@ -11,19 +11,18 @@ through :mod:`cartag.deploy.hotswap`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy.exc import IntegrityError
 
 from cartag.clock import Clock
+from cartag.deploy import leftovers
 from cartag.deploy.loadcheck import files_digest, load_model, models_root, smoke_check, version_dir
 from cartag.errors import ConflictError, InputError, ModelError
 from cartag.gates import check_metrics
@@ -124,10 +123,11 @@ def register_model(
             f"(at most 80), got {version!r}; set one before registering"
         )
     digest = files_digest(source_dir)
+    _sweep_leftovers(settings)
     # One registration of a version at a time on this data dir: two processes giving
     # the same version different files at once each passed the check below, the second
     # replaced the first's folder under it and overwrote its row, and both succeeded.
-    with _version_lock(settings, version):
+    with leftovers.version_lock(models_root(settings), version):
         return _register_locked(
             db,
             settings,
@@ -164,14 +164,20 @@ def _registered(row: ModelVersionRow | None, version: str, digest: str) -> Model
     return row
 
 
-@contextlib.contextmanager
-def _version_lock(settings: Settings, version: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``<models root>/.lock-<version>`` (waits for the holder)."""
-    root = models_root(settings)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".lock-{version}", "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the file is closed
-        yield
+def _sweep_leftovers(settings: Settings) -> None:
+    """Remove what interrupted registrations left in the model store (best effort: logged).
+
+    A registration killed part-way left its ``.incoming-*`` copy for good, and each
+    version its ``.lock-*`` file; :func:`cartag.deploy.leftovers.sweep` removes the ones
+    no process is using.
+    """
+    try:
+        removed = leftovers.sweep(models_root(settings))
+    except OSError as exc:  # a registration must not fail for its housekeeping
+        log.warning("could not clean the model store %s: %r", models_root(settings), exc)
+        return
+    if removed:
+        log.info("removed %d leftover(s) of earlier registrations: %s", len(removed), removed)
 
 
 def _register_locked(
@@ -248,7 +254,7 @@ def _copy_in(settings: Settings, source_dir: Path, version: str, digest: str) ->
     target = root / version
     if source_dir.resolve() == target.resolve():
         return target
-    incoming = root / f".incoming-{version}-{uuid.uuid4().hex[:8]}"
+    incoming = root / f"{leftovers.INCOMING_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
     try:
         # Dangling links are skipped: the files' hash skips them too.
         shutil.copytree(source_dir, incoming, ignore_dangling_symlinks=True)
@@ -259,6 +265,11 @@ def _copy_in(settings: Settings, source_dir: Path, version: str, digest: str) ->
             f"({_os_problem(exc)}); check that every file in it can be read and that the "
             "data dir has room, then register again"
         ) from exc
+    except BaseException:
+        # Ctrl-C during the copy left the partial copy for good (a kill still may:
+        # leftovers.sweep removes it later).
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise
     # Folders only ever appear here whole (renamed in), so one that is there is complete.
     # The rename is the only test of "is it there": checking first and renaming after
     # let a process remove the folder another had just renamed in and was loading.
@@ -272,7 +283,7 @@ def _copy_in(settings: Settings, source_dir: Path, version: str, digest: str) ->
                 return target
             # Left by a refused or interrupted registration of this version: moved
             # aside in one step (so nobody sees it half removed), then replaced.
-            stale = root / f".stale-{version}-{uuid.uuid4().hex[:8]}"
+            stale = root / f"{leftovers.STALE_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
             with contextlib.suppress(OSError):
                 target.rename(stale)
             shutil.rmtree(stale, ignore_errors=True)
