@@ -16,7 +16,7 @@ from cartag.imaging.decode import decode_image
 from cartag.imaging.keys import content_sha256, phash
 from cartag.pipeline import fixes as fix_service
 from cartag.pipeline.fixes import Author
-from cartag.store import model_versions
+from cartag.store import datasets, model_versions
 from cartag.store.db import Database, upgrade
 from tests.support.candidates import daily, fix_rate_history, stored_image
 from tests.support.factories import NOW, add_image
@@ -272,3 +272,55 @@ def test_shared_labels_never_writes_over_the_database(env: dict[str, str], tmp_p
     out = Path(env["CARTAG_DATA_DIR"]) / "cartag.db"
     code, output = _run(env, "shared-labels", "--data", str(tmp_path), "--out", str(out))
     assert code == 2 and "cartag's database" in output
+
+
+def _stored_version(tmp_path: Path, name: str = "cars") -> str:
+    """A draft dataset version (no items) in the env fixture's store; returns its ref."""
+    (tmp_path / "data").mkdir(exist_ok=True)
+    db = Database(f"sqlite:///{tmp_path / 'data' / 'cartag.db'}")
+    try:
+        upgrade(db)
+        with db.write() as session:
+            return datasets.create_version(session, name, created_by="t", now=NOW).ref
+    finally:
+        db.dispose()
+
+
+def test_export_replaces_its_target_whole_never_in_place(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --out FILE was written in place: an export interrupted part-way left a truncated
+    # manifest where the previous one was, and a reader could see half of one.
+    ref = _stored_version(tmp_path)
+    target = tmp_path / "out" / "manifest.json"
+    target.parent.mkdir()
+    target.write_text('{"previous": true}')
+    reader = tmp_path / "reader.json"
+    reader.hardlink_to(target)  # what a reader that opened the old file still sees
+
+    code, output = _run(env, "export", ref, "--out", str(target))
+    assert code == 0, output
+    assert json.loads(target.read_text())["ref"] == ref
+    assert json.loads(reader.read_text()) == {"previous": True}  # not overwritten in place
+    assert sorted(p.name for p in target.parent.iterdir()) == ["manifest.json"]
+
+    # The rename fails (a full disk, Ctrl-C before it): the old file stays, whole, and no
+    # temporary file is left beside it.
+    target.write_text('{"previous": true}')
+
+    def failing(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.replace", failing)
+    code, output = _run(env, "export", ref, "--out", str(target))
+    assert code == 2 and "cannot write --out" in output and "No space left" in output
+    assert target.read_text() == '{"previous": true}'
+    assert sorted(p.name for p in target.parent.iterdir()) == ["manifest.json"]
+    monkeypatch.undo()
+
+    # A link is followed: its target gets the manifest, the link stays a link.
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    code, output = _run(env, "export", ref, "--out", str(link))
+    assert code == 0, output
+    assert link.is_symlink() and json.loads(target.read_text())["ref"] == ref

@@ -597,12 +597,29 @@ def export_command(
         err.print(f"wrote {summary} to standard output")
         return
     try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)  # check_output saw it can be made
-        out_path.write_text(text, encoding="utf-8")
+        _replace_file(out_path, text)
     except OSError as exc:
         err.print(f"[red]error:[/red] cannot write --out {out_path}: {exc.strerror or exc}")
         raise typer.Exit(2) from exc
     out.print(f"wrote {out_path}: {summary}")
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in its folder, then rename it.
+
+    Written in place, a manifest interrupted part-way (a full disk, Ctrl-C) left a
+    truncated file where the previous export was, and a reader could see half of one;
+    now the file is the old one or the new one, whole. A link is followed: its target
+    is replaced.
+
+    Raises:
+        OSError: The folder or the file cannot be written (the old file is kept).
+    """
+    from cartag.models.engine import write_atomic
+
+    target = path.resolve() if path.is_symlink() else path
+    # check_output saw that the folder can be made; write_atomic makes it.
+    write_atomic(target, text.encode("utf-8"))
 
 
 @app.command("shared-labels")
