@@ -18,9 +18,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cartag.cli import app
+from cartag.models.classifier import BUNDLED_DIR, read_config
 from cartag.store.db import head_revision
 from tests.support.http_server import ImageServer
 from tests.support.images import placeholder_png, real_photos
+from tests.support.models import make_model_dir
 
 
 @pytest.fixture
@@ -307,3 +309,29 @@ def test_classify_files_goes_through_the_pipeline_cache_and_fixes(
     (folder / "2.jpg").unlink()
     none = CliRunner().invoke(app, ["classify-files", str(folder)], env=env)
     assert none.exit_code == 1 and "no file could be classified" in none.output
+
+
+@pytest.mark.slow
+def test_predict_and_evaluate_say_which_model_answers(env: dict[str, str], tmp_path: Path) -> None:
+    # They use the bundled model or CARTAG_MODEL_DIR, never the registry's production, and
+    # their console output named neither: its figures could be taken for production's.
+    photos = tmp_path / "photos"
+    (photos / "Placeholder").mkdir(parents=True)
+    (photos / "Placeholder" / "card.png").write_bytes(placeholder_png())
+    env = {**env, "CARTAG_ENGINE": "torch"}
+    bundled = str(read_config(BUNDLED_DIR)["version"])
+
+    predicted = CliRunner().invoke(app, ["predict", str(photos)], env=env)
+    assert predicted.exit_code == 0, predicted.output
+    assert f"model: {bundled} (the bundled model, {BUNDLED_DIR}; not the registry's production" in (
+        predicted.stderr
+    )
+    assert "model:" not in predicted.stdout  # the table alone
+
+    custom = make_model_dir(tmp_path / "custom", "custom-1")
+    args = ["evaluate", str(photos), "--folders", "--report", str(tmp_path / "r.html")]
+    evaluated = CliRunner().invoke(app, args, env={**env, "CARTAG_MODEL_DIR": str(custom)})
+    assert evaluated.exit_code == 0, evaluated.output
+    assert f"model: custom-1 (CARTAG_MODEL_DIR={custom}; not the registry's production" in (
+        evaluated.stderr
+    )

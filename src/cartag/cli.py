@@ -38,6 +38,7 @@ from cartag.vocab import check_advertiser_id
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from cartag.models.classifier import Classifier
     from cartag.settings import Settings
     from cartag.training.evaluation.evaluate import Evaluation
 
@@ -227,6 +228,7 @@ def predict(
         classifier = load_classifier(settings)
     except CartagError as exc:
         raise fail(exc) from exc
+    _print_model(classifier, settings)
     counts: Counter[str] = Counter()
     skipped: list[tuple[str, str]] = []
     table = Table("path", "type", "color", "confidence")
@@ -262,6 +264,27 @@ def predict(
     if files and len(skipped) == len(files):
         err.print("[red]error:[/red] no file could be classified")
         raise typer.Exit(1)
+
+
+def _print_model(classifier: Classifier, settings: Settings) -> None:
+    """Say on standard error which model answers and where it came from.
+
+    ``predict`` and ``evaluate`` load the bundled model or ``CARTAG_MODEL_DIR``, never the
+    registry's production: a console run named neither, so its figures could be taken
+    for production's.
+    """
+    from cartag.models.classifier import BUNDLED_DIR
+
+    if settings.model_dir is None:
+        origin = f"the bundled model, {BUNDLED_DIR}"
+    else:
+        origin = f"CARTAG_MODEL_DIR={settings.model_dir}"
+    err.print(
+        f"model: {classifier.version} ({origin}; not the registry's production: set "
+        "CARTAG_MODEL_DIR to a model folder to use another)",
+        markup=False,
+        highlight=False,
+    )
 
 
 @app.command("classify-files")
@@ -413,6 +436,7 @@ def evaluate_command(
             truth = labels_from_folders(path).limited(limit)
         truth.require_images()  # before the model takes seconds to load
         classifier = load_classifier(settings)
+        _print_model(classifier, settings)
         with Progress(console=err, transient=True, disable=len(truth.images) < 20) as progress:
             task = progress.add_task("evaluating", total=len(truth.images))
             result = evaluate(
