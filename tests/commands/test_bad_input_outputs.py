@@ -21,6 +21,7 @@ from cartag.store import jobs as job_repo
 from cartag.store.db import Database, upgrade
 from tests.commands.test_bad_input import _refused
 from tests.support.factories import finished_job
+from tests.support.images import jpeg_bytes
 from tests.support.shared_root import make_data_root
 
 
@@ -37,6 +38,22 @@ def test_shared_labels_never_writes_over_its_input(env: dict[str, str], tmp_path
     args = ["dataset", "shared-labels", "--data", str(root), "--out", str(labels)]
     _refused(CliRunner().invoke(app, args, env=env), "--out", "would overwrite an input")
     assert labels.read_bytes() == before
+
+
+def test_a_report_is_never_written_over_a_linked_photo(env: dict[str, str], tmp_path: Path) -> None:
+    # A folder of links to the shared photos: the report path named inside it resolves
+    # to the photo elsewhere, which the resolved-only check let evaluate overwrite.
+    photos = tmp_path / "elsewhere"
+    photos.mkdir()
+    photo = photos / "a.jpg"
+    photo.write_bytes(jpeg_bytes())
+    before = photo.read_bytes()
+    folder = tmp_path / "linked" / "Dealer"
+    folder.mkdir(parents=True)
+    (folder / "a.jpg").symlink_to(photo)
+    args = ["evaluate", str(folder.parent), "--folders", "--report", str(folder / "a.jpg")]
+    _refused(CliRunner().invoke(app, args, env=env), "--report", "would overwrite an input")
+    assert photo.read_bytes() == before
 
 
 def test_model_builds_check_their_output_before_training(

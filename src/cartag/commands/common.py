@@ -6,6 +6,7 @@ exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,14 +123,28 @@ def unusable_database(settings: Settings, exc: BaseException) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _as_named(path: Path) -> Path:
+    # Absolute, ".." folded, links NOT followed: where the path sits in the folders given.
+    return Path(os.path.normpath(path.expanduser().absolute()))
+
+
 def overwritten_input(path: Path, inputs: Sequence[Path]) -> Path | None:
     """The input ``path`` would overwrite: one of ``inputs`` itself, or the folder of one
-    holding an existing file at ``path`` (resolved); None when it overwrites none."""
-    target = path.expanduser().resolve()
-    sources = [source.expanduser().resolve() for source in inputs]
-    for source in sorted(sources, key=lambda s: s != target):  # the file itself first
-        if target == source or (target.exists() and source.is_dir() and source in target.parents):
-            return source
+    holding an existing file at ``path``; None when it overwrites none.
+
+    Compared both resolved and as named: a folder of links to photos elsewhere (how the
+    shared data is usually gathered) holds its files as links, and resolving only the
+    output sent ``photos/Dealer/a.jpg`` out of ``photos/``, so a report replaced the photo
+    the link points at.
+    """
+    for resolve in (lambda p: p.expanduser().resolve(), _as_named):
+        target = resolve(path)
+        sources = [resolve(source) for source in inputs]
+        for source in sorted(sources, key=lambda s: s != target):  # the file itself first
+            if target == source or (
+                target.exists() and source.is_dir() and source in target.parents
+            ):
+                return source
     return None
 
 
