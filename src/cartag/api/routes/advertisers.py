@@ -39,7 +39,7 @@ from cartag.store.apikeys import Principal
 from cartag.vocab import ADVERTISER_ID_MAX, ADVERTISER_ID_PATTERN, ImageType
 
 router = APIRouter(
-    prefix="/v1/advertisers", tags=["advertisers"], responses=error_responses(401, 403, 422)
+    prefix="/v1/advertisers", tags=["advertisers"], responses=error_responses(401, 403, 422, 503)
 )
 
 

@@ -9,7 +9,7 @@ from cartag.api.schemas.common import MAX_ID, error_responses
 from cartag.api.schemas.fixes import ConflictLabelOut, ConflictOut, ConflictsOut
 from cartag.store import fixes as fix_repo
 
-router = APIRouter(prefix="/v1", tags=["fixes"], responses=error_responses(401, 403, 422))
+router = APIRouter(prefix="/v1", tags=["fixes"], responses=error_responses(401, 403, 422, 503))
 
 
 @router.get("/conflicts", response_model=ConflictsOut)

@@ -33,7 +33,7 @@ from cartag.store.tables import FixAuditRow
 from cartag.vocab import ADVERTISER_ID_MAX, ADVERTISER_ID_OR_EMPTY_PATTERN, read_stored_color
 
 router = APIRouter(
-    prefix="/v1/images", tags=["fixes"], responses=error_responses(401, 403, 404, 422)
+    prefix="/v1/images", tags=["fixes"], responses=error_responses(401, 403, 404, 422, 503)
 )
 
 _THUMBNAIL_ANSWERS: Final[dict[int | str, dict[str, Any]]] = {

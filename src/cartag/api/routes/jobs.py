@@ -21,7 +21,7 @@ from cartag.store.apikeys import Principal
 from cartag.store.tables import JobRow
 from cartag.vocab import parse_scrape_color
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 403, 422))
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 403, 422, 503))
 
 # Stored for a scrape color that is no color: job_items.scrape_color holds 16 characters,
 # and the pipeline ignores this one (color_reason scrape_color_unknown) as it would the

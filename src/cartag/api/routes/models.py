@@ -40,7 +40,7 @@ from cartag.store.tables import DeploymentRow, ModelVersionRow
 
 log = logging.getLogger(__name__)
 
-_ERRORS = error_responses(401, 403, 422)
+_ERRORS = error_responses(401, 403, 422, 503)
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=_ERRORS)
 
 AdminDep = Annotated[Principal, Depends(require("admin"))]

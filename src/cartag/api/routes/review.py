@@ -38,7 +38,7 @@ from cartag.store.tables import DatasetItemRow, ReviewDecisionRow
 from cartag.vocab import COLORS, IMAGE_TYPES
 
 router = APIRouter(
-    prefix="/v1/datasets", tags=["review"], responses=error_responses(401, 403, 404, 422)
+    prefix="/v1/datasets", tags=["review"], responses=error_responses(401, 403, 404, 422, 503)
 )
 
 Status = Literal["included", "excluded", "flagged"]
