@@ -7,8 +7,9 @@ import asyncio
 import datetime as dt
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -46,10 +47,26 @@ HOSTS = StaticResolver({"cdn.example": ["93.184.216.34"]})
 LEASE_AGO = dt.timedelta(hours=2)
 
 
-def _run(
-    db: Database, settings: Settings, classifier: Classifier, served: dict[str, bytes]
-) -> ReclassifyReport:
-    """One re-classification of advertiser A's images, the URLs answered from ``served``."""
+T = TypeVar("T")
+
+
+def _fetching(
+    settings: Settings,
+    handler: Callable[[httpx.Request], Any],
+    work: Callable[[Fetcher], Awaitable[T]],
+) -> T:
+    """Run ``work`` with a fetcher whose downloads ``handler`` answers."""
+
+    async def go() -> T:
+        transport = httpx.MockTransport(handler)
+        async with Fetcher(settings, transport=transport, resolver=HOSTS) as fetcher:
+            return await work(fetcher)
+
+    return asyncio.run(go())
+
+
+def _serving(served: dict[str, bytes]) -> Callable[[httpx.Request], httpx.Response]:
+    """A download handler answering the URL paths of ``served`` (404 for others)."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         body = served.get(request.url.path)
@@ -57,20 +74,21 @@ def _run(
             return httpx.Response(404)
         return httpx.Response(200, content=body, headers={"Content-Type": "image/jpeg"})
 
-    async def go() -> ReclassifyReport:
-        transport = httpx.MockTransport(handler)
-        async with Fetcher(settings, transport=transport, resolver=HOSTS) as fetcher:
-            return await reclassify(
-                db,
-                settings,
-                classifier,
-                fetcher,
-                SystemClock(),
-                advertiser_id="A",
-                lookup_cache=InMemoryLookupCache(),
-            )
+    return handler
 
-    return asyncio.run(go())
+
+def _run(
+    db: Database, settings: Settings, classifier: Classifier, served: dict[str, bytes]
+) -> ReclassifyReport:
+    """One re-classification of advertiser A's images, the URLs answered from ``served``."""
+    return _fetching(
+        settings,
+        _serving(served),
+        lambda fetcher: reclassify(
+            db, settings, classifier, fetcher, SystemClock(), advertiser_id="A",
+            lookup_cache=InMemoryLookupCache(),
+        ),
+    )  # fmt: skip
 
 
 def _make_production(db: Database, version: str) -> None:
@@ -96,6 +114,14 @@ def _point_production(session: Session, version: str) -> None:
     version_repo.point_alias(
         session, version_repo.PRODUCTION, version, by="test", reason="promote", now=NOW
     )
+
+
+def _opted_in(db: Database, data: bytes, url: str) -> str:
+    """:func:`_stored`, of advertiser A who takes re-classifications after promotions."""
+    key = _stored(db, data, url)
+    with db.write() as session:
+        advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)
+    return key
 
 
 def _stored(db: Database, data: bytes, url: str) -> str:
@@ -139,9 +165,7 @@ def test_downloaded_images_are_decoded_at_the_models_draft_size(
     db: Database, settings: Settings
 ) -> None:
     photo = jpeg_bytes(1600, 1200)
-    _stored(db, photo, "https://cdn.example/big.jpg")
-    with db.write() as session:
-        advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)
+    _opted_in(db, photo, "https://cdn.example/big.jpg")
     classifier = SizeRecorder(draft=150)
     _make_production(db, classifier.version)
 
@@ -172,9 +196,7 @@ def test_a_run_whose_model_left_production_meanwhile_saves_nothing_and_says_why(
     # Promote new-2, then roll back to old-1 while new-2's re-classification runs: the
     # slower run saved new-2's answers over the rollback's (old-1's), and they stayed.
     photo = jpeg_bytes(320, 240)
-    key = _stored(db, photo, "https://cdn.example/a.jpg")
-    with db.write() as session:
-        advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)
+    key = _opted_in(db, photo, "https://cdn.example/a.jpg")
     _make_production(db, "old-1")
     _make_production(db, "new-2")
 
@@ -192,9 +214,7 @@ def test_a_run_whose_model_left_production_meanwhile_saves_nothing_and_says_why(
 def test_a_model_that_is_not_production_is_refused_before_any_download(
     db: Database, settings: Settings
 ) -> None:
-    key = _stored(db, jpeg_bytes(), "https://cdn.example/a.jpg")
-    with db.write() as session:
-        advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)
+    key = _opted_in(db, jpeg_bytes(), "https://cdn.example/a.jpg")
     _make_production(db, "old-1")
     classifier = SizeRecorder(draft=150)  # recorder-2: registered nowhere
 
@@ -236,9 +256,7 @@ def test_a_save_waits_for_a_rollback_in_progress_and_then_saves_nothing(
     # share-locked in its own transaction, so it waits for the rollback and sees it.
     with fresh_database("postgresql", tmp_path) as db:
         photo = jpeg_bytes(320, 240)
-        key = _stored(db, photo, "https://cdn.example/a.jpg")
-        with db.write() as session:
-            advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)
+        key = _opted_in(db, photo, "https://cdn.example/a.jpg")
         _make_production(db, "old-1")
         _make_production(db, "new-2")
         run = _Run(db, settings, {"/a.jpg": photo})
@@ -278,9 +296,7 @@ def test_a_run_cut_off_part_way_stays_open_until_a_run_of_its_model_finishes(
     # The server stopped while an API-started re-classification downloaded: nothing
     # recorded it, and the images it had not reached kept the old answers silently.
     photo = jpeg_bytes(320, 240)
-    key = _stored(db, photo, "https://cdn.example/a.jpg")
-    with db.write() as session:
-        advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)
+    key = _opted_in(db, photo, "https://cdn.example/a.jpg")
     _make_production(db, "new-2")
     asked = threading.Event()
 
@@ -338,18 +354,13 @@ def _run_all(
     db: Database, settings: Settings, classifier: Classifier, served: dict[str, bytes]
 ) -> ReclassifyReport:
     """One re-classification of every opted-in advertiser's images."""
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=served[request.url.path])
-
-    async def go() -> ReclassifyReport:
-        transport = httpx.MockTransport(handler)
-        async with Fetcher(settings, transport=transport, resolver=HOSTS) as fetcher:
-            return await reclassify(
-                db, settings, classifier, fetcher, SystemClock(), lookup_cache=InMemoryLookupCache()
-            )
-
-    return asyncio.run(go())
+    return _fetching(
+        settings,
+        _serving(served),
+        lambda fetcher: reclassify(
+            db, settings, classifier, fetcher, SystemClock(), lookup_cache=InMemoryLookupCache()
+        ),
+    )
 
 
 class _OutOfMemory(FixedClassifier):
@@ -363,9 +374,7 @@ def test_a_failed_run_stays_open_with_its_error_and_a_superseded_one_is_closed(
     db: Database, settings: Settings
 ) -> None:
     photo = jpeg_bytes(320, 240)
-    _stored(db, photo, "https://cdn.example/a.jpg")
-    with db.write() as session:
-        advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)
+    _opted_in(db, photo, "https://cdn.example/a.jpg")
     _make_production(db, "old-1")
     _make_production(db, "new-2")
 
@@ -399,18 +408,13 @@ def _resume(
     db: Database, settings: Settings, classifier: Classifier, served: dict[str, bytes]
 ) -> ReclassifyReport | None:
     """One round of a server's take-over of stopped re-classifications."""
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=served[request.url.path])
-
-    async def go() -> ReclassifyReport | None:
-        transport = httpx.MockTransport(handler)
-        async with Fetcher(settings, transport=transport, resolver=HOSTS) as fetcher:
-            return await resume_stale(
-                db, settings, classifier, fetcher, SystemClock(), lookup_cache=InMemoryLookupCache()
-            )
-
-    return asyncio.run(go())
+    return _fetching(
+        settings,
+        _serving(served),
+        lambda fetcher: resume_stale(
+            db, settings, classifier, fetcher, SystemClock(), lookup_cache=InMemoryLookupCache()
+        ),
+    )
 
 
 def test_a_run_that_stopped_is_taken_over_by_one_server_of_production_and_finished(
@@ -419,9 +423,7 @@ def test_a_run_that_stopped_is_taken_over_by_one_server_of_production_and_finish
     # A request whose run stopped (its server was stopped part-way) waited for someone to
     # read /healthz; a server serving production's model now finishes it by itself.
     photo = jpeg_bytes(320, 240)
-    key = _stored(db, photo, "https://cdn.example/a.jpg")
-    with db.write() as session:
-        advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)
+    key = _opted_in(db, photo, "https://cdn.example/a.jpg")
     _make_production(db, "old-1")
     _make_production(db, "new-2")
     with db.write() as session:
@@ -479,9 +481,7 @@ def test_a_run_marks_itself_alive_while_a_chunk_takes_longer_than_the_lease(
     # take the request over and run it twice.
     settings = settings.model_copy(update={"job_lease_s": 4.0})
     photo = jpeg_bytes(320, 240)
-    _stored(db, photo, "https://cdn.example/a.jpg")
-    with db.write() as session:
-        advertiser_repo.set_advertiser(session, "A", reclassify_on_promote=True, now=NOW)
+    _opted_in(db, photo, "https://cdn.example/a.jpg")
     _make_production(db, "new-2")
     beats: list[object] = []
 
@@ -492,18 +492,13 @@ def test_a_run_marks_itself_alive_while_a_chunk_takes_longer_than_the_lease(
                 beats.append(session.scalar(select(ReclassifyRequestRow.progress_at)))
         return httpx.Response(200, content=photo)
 
-    async def go() -> ReclassifyReport:
-        transport = httpx.MockTransport(slow)
-        async with Fetcher(settings, transport=transport, resolver=HOSTS) as fetcher:
-            return await reclassify(
-                db,
-                settings,
-                _NewModel(),
-                fetcher,
-                SystemClock(),
-                lookup_cache=InMemoryLookupCache(),
-            )
-
-    assert asyncio.run(go()).saved == 1
+    report = _fetching(
+        settings,
+        slow,
+        lambda fetcher: reclassify(
+            db, settings, _NewModel(), fetcher, SystemClock(), lookup_cache=InMemoryLookupCache()
+        ),
+    )
+    assert report.saved == 1
     assert beats[0] is None and beats[-1] is not None  # beat before the chunk was saved
     assert claim_stale_request(db, "new-2", SystemClock(), settings.job_lease_s) is None
