@@ -35,7 +35,9 @@ from cartag.telemetry.snapshot import read as read_snapshot
 from cartag.vocab import ADVERTISER_ID_MAX, ADVERTISER_ID_OR_EMPTY_PATTERN, check_advertiser_id
 from cartag.web.monitor_page import render_invalid_filter, render_login, render_monitor
 
-router = APIRouter(tags=["operations"])
+# Every route reads the store (the key, the session, the report): a store that fails is
+# the API's 503 storage_unavailable, as on /v1.
+router = APIRouter(tags=["operations"], responses=error_responses(503, html_route=True))
 
 _bearer = HTTPBearer(auto_error=False, description="An API key with the reviewer role.")
 _ROLE = "reviewer"
