@@ -335,3 +335,29 @@ def test_predict_and_evaluate_say_which_model_answers(env: dict[str, str], tmp_p
     assert f"model: custom-1 (CARTAG_MODEL_DIR={custom}; not the registry's production" in (
         evaluated.stderr
     )
+
+
+@pytest.mark.slow
+def test_evaluate_replaces_its_report_and_metrics_whole(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # Both were written in place: an evaluation interrupted while writing (a full disk,
+    # Ctrl-C) left a truncated report or metrics file where the previous ones were.
+    photos = tmp_path / "photos"
+    (photos / "Placeholder").mkdir(parents=True)
+    (photos / "Placeholder" / "card.png").write_bytes(placeholder_png())
+    out = tmp_path / "out"
+    out.mkdir()
+    report, metrics = out / "r.html", out / "m.json"
+    readers = []
+    for path in (report, metrics):
+        path.write_text("previous")
+        reader = tmp_path / f"reader-{path.name}"
+        reader.hardlink_to(path)  # what a reader that opened the old file still sees
+        readers.append(reader)
+    args = ["evaluate", str(photos), "--folders", "--report", str(report), "--json", str(metrics)]
+    evaluated = CliRunner().invoke(app, args, env={**env, "CARTAG_ENGINE": "torch"})
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "<html" in report.read_text().lower() and "tasks" in json.loads(metrics.read_text())
+    assert [reader.read_text() for reader in readers] == ["previous", "previous"]
+    assert sorted(p.name for p in out.iterdir()) == ["m.json", "r.html"]  # no temp file left

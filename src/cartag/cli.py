@@ -23,6 +23,7 @@ from cartag.commands.common import (
     fail,
     load_settings,
     open_database,
+    replace_file,
     unreachable_database,
     unusable_database,
 )
@@ -459,8 +460,7 @@ def evaluate_command(
             max_pixels=settings.max_image_pixels,
         )
         if json_path is not None:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+            replace_file(json_path, json.dumps(result.to_json(), indent=2) + "\n")
     except OSError as exc:
         err.print(f"[red]error:[/red] cannot write {exc.filename}: {exc.strerror}")
         raise typer.Exit(2) from exc

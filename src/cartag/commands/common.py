@@ -186,3 +186,20 @@ def check_output(path: Path, option: str, settings: Settings, inputs: Sequence[P
                     option,
                 )
             break
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in its folder, then rename it.
+
+    Written in place, an output interrupted part-way (a full disk, Ctrl-C) left a
+    truncated file where the previous one was, and a reader could see half of one; now
+    the file is the old one or the new one, whole. A link is followed: its target is
+    replaced, the link kept.
+
+    Raises:
+        OSError: The folder or the file cannot be written (the old file is kept).
+    """
+    from cartag.models.engine import write_atomic
+
+    target = path.resolve() if path.is_symlink() else path
+    write_atomic(target, text.encode("utf-8"))

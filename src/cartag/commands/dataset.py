@@ -17,7 +17,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from cartag.commands.common import check_output, err, fail, load_settings, open_database
+from cartag.commands.common import (
+    check_output,
+    err,
+    fail,
+    load_settings,
+    open_database,
+    replace_file,
+)
 from cartag.errors import CartagError, InputError
 from cartag.settings import Settings
 
@@ -597,29 +604,11 @@ def export_command(
         err.print(f"wrote {summary} to standard output")
         return
     try:
-        _replace_file(out_path, text)
+        replace_file(out_path, text)
     except OSError as exc:
         err.print(f"[red]error:[/red] cannot write --out {out_path}: {exc.strerror or exc}")
         raise typer.Exit(2) from exc
     out.print(f"wrote {out_path}: {summary}")
-
-
-def _replace_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in its folder, then rename it.
-
-    Written in place, a manifest interrupted part-way (a full disk, Ctrl-C) left a
-    truncated file where the previous export was, and a reader could see half of one;
-    now the file is the old one or the new one, whole. A link is followed: its target
-    is replaced.
-
-    Raises:
-        OSError: The folder or the file cannot be written (the old file is kept).
-    """
-    from cartag.models.engine import write_atomic
-
-    target = path.resolve() if path.is_symlink() else path
-    # check_output saw that the folder can be made; write_atomic makes it.
-    write_atomic(target, text.encode("utf-8"))
 
 
 @app.command("shared-labels")

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cartag.errors import CartagError
 from cartag.imaging.decode import decode_image
+from cartag.models.engine import write_atomic
 from cartag.training.evaluation.evaluate import Evaluation, TaskResult
 from cartag.web import environment as web_environment
 
@@ -262,12 +263,14 @@ def write_report(
 ) -> Path:
     """Write :func:`render_report` to ``out`` (parent folders are created).
 
+    Through a temporary file renamed over ``out``: an earlier report stays whole until the
+    new one replaces it (a link is followed: its target is replaced).
+
     Returns:
         ``out``.
     """
     html = render_report(
         evaluation, source=source, max_mistakes=max_mistakes, max_pixels=max_pixels
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html, encoding="utf-8")
+    write_atomic(out.resolve() if out.is_symlink() else out, html.encode("utf-8"))
     return out
