@@ -76,6 +76,7 @@ def test_predict_jsonl_on_a_folder(env: dict[str, str], tmp_path: Path, shared_d
     for name in ("0.jpg", "1.jpg", "2.jpg", "3.jpg", "card.png"):
         r = by_name[name]
         assert set(r) >= {"path", "image_type", "color", "type_scores", "color_scores"}
+        assert r["model_version"] == str(read_config(BUNDLED_DIR)["version"])
         assert abs(sum(r["type_scores"].values()) - 1) < 1e-3
         assert len(r["color_scores"]) == 12
 

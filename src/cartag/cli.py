@@ -247,7 +247,9 @@ def predict(
             if not record["image_type"]:
                 skipped.append((record["path"], str(record.get("error"))))
             if jsonl:
-                sys.stdout.write(json.dumps(record) + "\n")
+                # Each record names its model, as an API answer does: a file of records
+                # outlives the terminal that said which model made them.
+                sys.stdout.write(json.dumps({**record, "model_version": classifier.version}) + "\n")
             else:
                 table.add_row(
                     record["path"],
