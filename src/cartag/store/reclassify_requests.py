@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Final
 
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from cartag.store.model_versions import PRODUCTION
@@ -83,18 +83,10 @@ def oldest_stopped(
 ) -> ReclassifyRequestRow | None:
     """The oldest open request of ``version``, the production model, whose run stopped:
     no save nor beat since ``stale_before`` (no run at all: asked for before it)."""
-    return session.scalars(
-        select(ReclassifyRequestRow)
-        .join(ModelAliasRow, ModelAliasRow.version == ReclassifyRequestRow.version)
-        .where(
-            ModelAliasRow.alias == PRODUCTION,
-            ReclassifyRequestRow.version == version,
-            ReclassifyRequestRow.finished_at.is_(None),
-            _alive() < stale_before,
-        )
-        .order_by(ReclassifyRequestRow.requested_at, ReclassifyRequestRow.id)
-        .limit(1)
-    ).first()
+    stmt = _open_of_production().where(
+        ReclassifyRequestRow.version == version, _alive() < stale_before
+    )
+    return session.scalars(stmt.limit(1)).first()
 
 
 def take_over(
@@ -167,10 +159,14 @@ def incomplete(session: Session) -> list[ReclassifyRequestRow]:
     Those of another model are not incomplete: production moved on, and its answers
     are the only ones a re-classification may save.
     """
-    stmt = (
+    return list(session.scalars(_open_of_production()))
+
+
+def _open_of_production() -> Select[ReclassifyRequestRow]:
+    """The open requests of the model production names now, oldest first."""
+    return (
         select(ReclassifyRequestRow)
         .join(ModelAliasRow, ModelAliasRow.version == ReclassifyRequestRow.version)
         .where(ModelAliasRow.alias == PRODUCTION, ReclassifyRequestRow.finished_at.is_(None))
         .order_by(ReclassifyRequestRow.requested_at, ReclassifyRequestRow.id)
     )
-    return list(session.scalars(stmt))

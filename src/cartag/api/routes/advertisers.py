@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Final
 from urllib.parse import quote
 
@@ -145,29 +144,6 @@ def list_images(
     )
 
 
-@dataclass(frozen=True)
-class AdvertiserPage:
-    """One page of the advertisers a key may see, those whose id holds the search.
-
-    Attributes:
-        advertisers: This page's, by id, with their counts.
-        total: How many advertisers match the search.
-        page: The page number (1-based), clamped to the last page.
-        pages: How many pages the matches fill (at least 1).
-        limit: Advertisers per page.
-        search: What their ids must hold ("" : any id).
-        everyone: How many advertisers the key may see, whatever the search.
-    """
-
-    advertisers: list[AdvertiserOut]
-    total: int
-    page: int
-    pages: int
-    limit: int
-    search: str
-    everyone: int
-
-
 def summaries_page(
     state: AppState,
     principal: Principal,
@@ -175,9 +151,10 @@ def summaries_page(
     search: str = "",
     page: int = 1,
     limit: int = advertiser_repo.PAGE_LIMIT,
-) -> AdvertiserPage:
+) -> tuple[advertiser_repo.SummaryPage, list[AdvertiserOut]]:
     """A page of the advertisers a key may see (:func:`cartag.store.advertisers.summary_page`:
-    the ids are read and searched, the counts only for the page's).
+    the ids are read and searched, the counts only for the page's), and its advertisers
+    as the API answers them.
 
     Args:
         state: The app.
@@ -190,15 +167,7 @@ def summaries_page(
     with state.db.read() as session:
         found = advertiser_repo.summary_page(session, scope, search=search, page=page, limit=limit)
     default = state.settings.advertiser_adaptation
-    return AdvertiserPage(
-        advertisers=[_advertiser_out(row, default) for row in found.summaries],
-        total=found.total,
-        page=found.page,
-        pages=found.pages,
-        limit=found.limit,
-        search=found.search,
-        everyone=found.everyone,
-    )
+    return found, [_advertiser_out(row, default) for row in found.summaries]
 
 
 @router.get("", response_model=AdvertisersOut)
@@ -218,14 +187,14 @@ def list_advertisers(
     A key scoped to advertisers sees only its own. ``total`` counts those the search
     keeps, over all pages.
     """
-    listing = summaries_page(state, principal, search=q.strip(), page=page, limit=limit)
+    listing, items = summaries_page(state, principal, search=q.strip(), page=page, limit=limit)
     return AdvertisersOut(
         total=listing.total,
         page=listing.page,
         pages=listing.pages,
         limit=listing.limit,
         q=listing.search,
-        items=listing.advertisers,
+        items=items,
     )
 
 

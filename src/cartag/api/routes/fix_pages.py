@@ -130,7 +130,7 @@ def _index(
     error: str | None = None,
 ) -> HTMLResponse:
     """The index: a page of the advertisers the key may see, those whose id holds ``q``."""
-    listing = summaries_page(state, principal, search=q, page=page, limit=limit)
+    listing, advertisers = summaries_page(state, principal, search=q, page=page, limit=limit)
     query = {"q": q, "limit": "" if limit == INDEX_LIMIT else str(limit)}
 
     def link(**changes: object) -> str:
@@ -142,7 +142,7 @@ def _index(
         "fix_index.html",
         status_code,
         listing=listing,
-        advertisers=listing.advertisers,
+        advertisers=advertisers,
         link=link,
         index_limit=INDEX_LIMIT,
         user=principal.name,
