@@ -147,7 +147,8 @@ def incomplete_note(request: ReclassifyRequestRow) -> str:
         f"[yellow]re-classification incomplete:[/yellow] {request.version} for {whom}, asked "
         f"{request.requested_at:%Y-%m-%d %H:%M:%S} UTC by {request.requested_by} "
         f"({progress}{stopped}); the images not reached keep an earlier model's answers "
-        f"until it finishes. Unless it is running now, `{command}` finishes it"
+        f"until it finishes. A server serving {request.version} takes it over once its run "
+        f"has been silent for CARTAG_JOB_LEASE_S; `{command}` finishes it now"
     )
 
 

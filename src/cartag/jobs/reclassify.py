@@ -14,8 +14,10 @@ version; the color too when the built-in model names colors). Manual fixes live 
 Every run is recorded before it starts (:func:`record_request`, a row of
 :mod:`cartag.store.reclassify_requests`) and closed when it finishes: a run cut off
 part-way — the server stopped, Ctrl-C — stays open, which ``/healthz`` and ``cartag models
-list`` report while its model is production, and the next run over the same advertisers
-(``cartag models reclassify``) closes it; images already re-classified are skipped.
+list`` report while its model is production. A run beats while it goes; one silent for
+``CARTAG_JOB_LEASE_S`` is taken over by a server of production (:func:`resume_stale`), and
+any run over the same advertisers (``cartag models reclassify``) closes it too; images
+already re-classified are skipped.
 
 Only the ``production`` model's answers are ever written: each chunk's write reads the
 alias, share-locked, in its own transaction, and a run whose model is no longer

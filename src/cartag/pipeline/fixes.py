@@ -268,8 +268,8 @@ def _nearest(
     The rule of the per-image search it replaces, vectorised: among the rows of the
     scope with a 64-bit pHash at most ``max_distance`` bits from the image's (the
     distance of :func:`cartag.imaging.keys.hamming`), the nearest wins, then the latest,
-    i.e. the one last in ``rows`` (a row that :func:`cartag.store.fixes.candidate_fixes`
-    gives more than once counts where it comes last).
+    i.e. the one last in ``rows`` (:func:`cartag.store.fixes.candidate_fixes` gives each
+    row once, in time order).
 
     Args:
         rows: The candidate fixes, ``r`` of them, oldest first.

@@ -2,8 +2,10 @@
 
 A request is written before its run starts and closed when a run of its model finishes
 it or production moves on, so one cut off part-way (a server stopped, a Ctrl-C) stays
-open: :func:`incomplete` is what ``/healthz`` and ``cartag models list`` report, and a
-run of production's model over the same advertisers closes it (:func:`finish`). Running
+open: :func:`incomplete` is what ``/healthz`` and ``cartag models list`` report, a server
+of production takes over one whose run went silent (:func:`oldest_stopped`,
+:func:`take_over`), and a run of production's model over the same advertisers closes it
+(:func:`finish`). Running
 the re-classification is :mod:`cartag.jobs.reclassify`.
 """
 

@@ -423,7 +423,8 @@ class ReclassifyRequestRow(Base):
     Written before the run starts (an API promotion, rollback or ``POST
     /v1/models/reclassify``; a CLI run), so that a run cut off — a server stopped, a
     Ctrl-C — leaves it open: ``/healthz`` and ``cartag models list`` report it while its
-    model is production, and ``cartag models reclassify`` finishes it.
+    model is production, and a server of that model takes it over once its run has been
+    silent for a lease (or ``cartag models reclassify`` finishes it).
     """
 
     __tablename__ = "reclassify_requests"

@@ -189,8 +189,9 @@ async def start_reclassify(state: AppState, advertiser_id: str | None, *, by: st
     """Record, then start, a background re-classification with the served model.
 
     The request is recorded before the task starts: a server stopped before the run
-    finishes leaves it open, reported by ``/healthz`` and ``cartag models list`` until
-    ``cartag models reclassify`` finishes it.
+    finishes leaves it open, reported by ``/healthz`` and ``cartag models list`` until a
+    server of production takes it over (:func:`resume_reclassifications`) or ``cartag
+    models reclassify`` finishes it.
 
     Returns:
         ``started``, or ``no opted-in advertisers``.
