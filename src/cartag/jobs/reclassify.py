@@ -34,6 +34,7 @@ import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ from cartag.deploy.followup import RECLASSIFY_COMMAND, advertisers_to_run
 from cartag.errors import CartagError, ConflictError
 from cartag.imaging.decode import decode_image
 from cartag.imaging.keys import content_sha256
+from cartag.jobs.beats import beating
 from cartag.models.classifier import Classifier, EmbeddingClassifier, Prediction, make_prediction
 from cartag.net.fetch import Fetcher
 from cartag.net.outcomes import Fetched, FetchRequest
@@ -196,20 +198,19 @@ async def reclassify(
     report.request_id = request_id
     keys: set[str] = set()
     cache = lookup_cache or build_lookup_cache(settings)
-    # A chunk's downloads can outlast the lease: the beat tells other servers the run is
+    # A chunk's downloads can outlast the lease: the beats tell other servers the run is
     # alive, so none takes the request over (resume_stale) while it runs.
-    beating = asyncio.create_task(
-        _beat(db, request_id, clock, settings.job_lease_s / 4), name="cartag-reclassify-beat"
-    )
+    beat = partial(_touch, db, request_id, clock)
     try:
-        with db.read() as session:
-            production = version_repo.alias_version(session, version_repo.PRODUCTION)
-            if production != classifier.version:
-                raise ReclassifySupersededError(classifier.version, production, 0)
-            for advertiser in report.advertisers:
-                keys |= advertiser_repo.advertiser_image_keys(session, advertiser)
-        for chunk in chunked(sorted(keys), _CHUNK):
-            await _run_chunk(db, settings, classifier, fetcher, clock, chunk, report, cache)
+        async with beating(beat, settings.job_lease_s / 4, f"re-classification {request_id}"):
+            with db.read() as session:
+                production = version_repo.alias_version(session, version_repo.PRODUCTION)
+                if production != classifier.version:
+                    raise ReclassifySupersededError(classifier.version, production, 0)
+                for advertiser in report.advertisers:
+                    keys |= advertiser_repo.advertiser_image_keys(session, advertiser)
+            for chunk in chunked(sorted(keys), _CHUNK):
+                await _run_chunk(db, settings, classifier, fetcher, clock, chunk, report, cache)
     except ReclassifySupersededError:
         await asyncio.to_thread(_close, db, report, request_repo.SUPERSEDED, clock, advertiser_id)
         raise
@@ -219,10 +220,6 @@ async def reclassify(
         await asyncio.to_thread(_note_error, db, request_id, exc)
         raise
     finally:
-        beating.cancel()
-        # Not `suppress(CancelledError)` around an await: that would also swallow this
-        # run's own cancellation arriving meanwhile.
-        await asyncio.wait([beating])
         if lookup_cache is None:
             cache.close()
     await asyncio.to_thread(_close, db, report, request_repo.DONE, clock, advertiser_id)
@@ -247,19 +244,9 @@ def _close(
         )
 
 
-async def _beat(db: Database, request_id: int, clock: Clock, interval_s: float) -> None:
-    """Mark the request's run alive every ``interval_s`` seconds until cancelled."""
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            await asyncio.to_thread(_touch, db, request_id, clock)
-        except Exception:  # noqa: BLE001 - a missed beat must not stop the run
-            log.warning("could not mark re-classification request %s alive", request_id)
-
-
-def _touch(db: Database, request_id: int, clock: Clock) -> None:
+def _touch(db: Database, request_id: int, clock: Clock) -> bool:
     with db.write() as session:
-        request_repo.beat(session, request_id, clock.now())
+        return request_repo.beat(session, request_id, clock.now())
 
 
 def claim_stale_request(

@@ -29,11 +29,13 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Coroutine
+from functools import partial
 from typing import Any
 
 from cartag.clock import Clock
 from cartag.jobs import delivery, execute
 from cartag.jobs.base import JobDispatcher
+from cartag.jobs.beats import beating
 from cartag.pipeline.classify import ClassifyService
 from cartag.store import jobs as job_repo
 from cartag.store.db import Database
@@ -221,31 +223,16 @@ class JobRunner(JobDispatcher):
         job = await asyncio.to_thread(self._claim)
         if job is None:
             return False
-        heartbeat = asyncio.create_task(self._heartbeat(job.id), name=f"cartag-beat-{job.id}")
-        try:
-            return await self._run_claimed(job)
-        except asyncio.CancelledError:
-            # Stopping: the next start (here or in another process) takes it at once,
-            # rather than after the lease.
-            self._give_back(job.id)
-            raise
-        finally:
-            heartbeat.cancel()
-            # asyncio.wait, not `suppress(CancelledError): await heartbeat`: that would
-            # also swallow this task's own cancellation (stop()) if it came meanwhile.
-            await asyncio.wait({heartbeat})
-
-    async def _heartbeat(self, job_id: str) -> None:
-        """Say the job's process is alive every quarter of the lease, while it runs."""
-        while True:
-            await asyncio.sleep(self.lease_s / 4)
+        # The beats stop once the job no longer runs here: finished, or taken back after
+        # a silence (its items are stored once).
+        async with beating(partial(self._beat, job.id), self.lease_s / 4, f"job {job.id}"):
             try:
-                alive = await asyncio.to_thread(self._beat, job_id)
-            except Exception as exc:  # noqa: BLE001 - the job goes on; the next beat may do
-                log.warning("job %s: heartbeat not written: %r", job_id, getattr(exc, "orig", exc))
-                continue
-            if not alive:
-                return  # finished, or taken back after a silence (its items are stored once)
+                return await self._run_claimed(job)
+            except asyncio.CancelledError:
+                # Stopping: the next start (here or in another process) takes it at once,
+                # rather than after the lease.
+                self._give_back(job.id)
+                raise
 
     def _beat(self, job_id: str) -> bool:
         with self.db.write() as session:

@@ -66,13 +66,15 @@ def note_progress(session: Session, request_id: int, now: dt.datetime) -> None:
     )
 
 
-def beat(session: Session, request_id: int, now: dt.datetime) -> None:
-    """A run of the request is alive (between its chunks' saves, which may take minutes)."""
-    session.execute(
+def beat(session: Session, request_id: int, now: dt.datetime) -> bool:
+    """A run of the request is alive (between its chunks' saves, which may take minutes);
+    False when the request is closed (nothing left to beat on)."""
+    result = session.execute(
         update(ReclassifyRequestRow)
         .where(ReclassifyRequestRow.id == request_id, ReclassifyRequestRow.finished_at.is_(None))
         .values(progress_at=now)
     )
+    return int(getattr(result, "rowcount", 0) or 0) == 1
 
 
 def _alive() -> ColumnElement[dt.datetime]:
