@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -160,6 +161,14 @@ def test_sweep_runs_in_its_own_niced_process_then_leaderboard(
     expected_nice = min(19, os.nice(0) + 10)
     assert f"at nice {expected_nice}" in run.stderr
     assert "4 new trial(s), 4 completed" in run.stderr
+    # The default precision is int8, the engine here torch: int8 heads are made (for
+    # servers on onnx) and each trial says whether they shipped, and that this one
+    # would not serve them.
+    said = re.findall(
+        r"trial \d: (int8 heads within 0\.005 of fp32, not served: engine torch|no int8 heads)",
+        run.stderr,
+    )
+    assert len(said) == 4, run.stderr[-3000:]
     assert "production" in run.stdout and "trial 3" in run.stdout
     report = Path(run.stdout.split("report: ")[1].split()[0])
     assert report.parent == Path(env["CARTAG_DATA_DIR"]) / "reports"

@@ -151,6 +151,16 @@ def _run(db: Database, settings: Settings, ref: str, config: SweepConfig, thread
             )
             progress.advance(trials_bar)
 
+        def on_trial_int8(number: int, record: dict[str, Any]) -> None:
+            if record["shipped"]:
+                serves = (
+                    "served by default" if settings.engine == "onnx" else "not served: engine torch"
+                )
+                line = f"trial {number}: int8 heads within {record['tolerance']} of fp32, {serves}"
+            else:
+                line = f"trial {number}: no int8 heads ({record['why']})"
+            progress.console.print(line)
+
         result = run_sweep(
             db,
             settings,
@@ -159,7 +169,7 @@ def _run(db: Database, settings: Settings, ref: str, config: SweepConfig, thread
             clock=clock,
             registry=SweepRegistry(db, settings, clock),
             threads=threads,
-            callbacks=SweepCallbacks(on_stage, on_trial_start, on_trial_end),
+            callbacks=SweepCallbacks(on_stage, on_trial_start, on_trial_end, on_trial_int8),
         )
         progress.update(trials_bar, completed=result.completed, description="trials")
     elapsed = time.monotonic() - started

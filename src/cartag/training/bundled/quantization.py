@@ -20,35 +20,21 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-import onnxruntime
 
 from cartag.models.backbone import Backbone, network_identity
-from cartag.models.engine import OnnxEngine, smoke_input
 from cartag.models.heads import LinearHead, MLPHead
 from cartag.models.onnx_export import export_onnx
-from cartag.models.pair_bound import PAIR_LIMIT
-from cartag.models.quantization import (
-    QUANTIZATION_NAME,
-    Quantization,
-    QuantOptions,
-    int8_backbone_id,
-    write_quantization,
-)
-from cartag.models.quantize import calibrate, quantize
+from cartag.models.quantization import QUANTIZATION_NAME, Quantization, QuantOptions
 from cartag.training.bundled.corpus import PLACEHOLDER_SOURCE, Corpus, reembed
 from cartag.training.bundled.heads import HeadRecipe, fit_heads, same_hyper_parameters
 from cartag.training.datasets.dataset import file_loader
+from cartag.training.fitting.quantization import (
+    CALIBRATION_BATCH,
+    CALIBRATION_PHOTOS,
+    INT8_HEADS,
+    write_ranges,
+)
 
-# The heads fitted on the int8 embeddings, beside the float ones.
-INT8_HEADS: Final[dict[str, str]] = {"image_type": "type_head_int8", "color": "color_head_int8"}
-CALIBRATION_PHOTOS: Final[int] = 256
-# The stem convolution stays in float: it reads the normalised image, whose three
-# channels (-2.1..2.6 together) one uint8 scale would cover with ~58 levels per unit;
-# keeping it float brought the embeddings closer to fp32 on held-out photos (cosine
-# mean 0.9961 -> 0.9968, min 0.983 -> 0.987) at no measurable speed cost
-# (benchmarks/RESULTS.md, "Int8 backbone (issue 18)").
-FLOAT_NODES: Final[tuple[str, ...]] = ("/_conv_stem/Conv",)
-CALIBRATION_BATCH: Final[int] = 8
 # Salt of the hash order that picks the calibration photos (see calibration_rows).
 _SALT: Final[str] = "cartag-int8-calibration-v1:"
 
@@ -112,14 +98,11 @@ def build_quantization(
     Returns:
         What was written.
     """
-    options = options or QuantOptions(exclude_nodes=FLOAT_NODES, pair_limit=PAIR_LIMIT)
     network = network_identity(backbone.variant, backbone.weights_path, backbone.backbone_id)
     fp32 = export_onnx(backbone.network, backbone.input_size, network)
     rows = calibration_rows(corpus, n)
     files = [Path(str(corpus.files[i])) for i in rows]
-    ranges = calibrate(fp32, _batches(backbone, files), method)
     calibration: dict[str, Any] = {
-        "method": method,
         "photos": len(rows),
         "photos_by_source": {
             s: sum(corpus.sources[i] == s for i in rows)
@@ -133,21 +116,16 @@ def build_quantization(
         "photos_sha256": hashlib.sha256(
             "\n".join(corpus.content[i] for i in rows).encode()
         ).hexdigest(),
-        "onnxruntime": onnxruntime.__version__,
-        "preprocess": "onnxruntime.quantization.quant_pre_process",
-        "format": "QDQ",
     }
-    unreferenced = Quantization(ranges, options, calibration)
-    int8_network = network_identity(
-        backbone.variant,
-        backbone.weights_path,
-        int8_backbone_id(backbone.backbone_id, unreferenced),
+    return write_ranges(
+        backbone,
+        fp32,
+        _batches(backbone, files),
+        calibration,
+        out_dir / QUANTIZATION_NAME,
+        method=method,
+        options=options,
     )
-    int8 = quantize(fp32, unreferenced, int8_network)
-    reference = OnnxEngine(int8, threads=1).embed(smoke_input(backbone.input_size))
-    quantization = Quantization(ranges, options, calibration, reference)
-    write_quantization(out_dir / QUANTIZATION_NAME, quantization)
-    return quantization
 
 
 @dataclass(frozen=True)

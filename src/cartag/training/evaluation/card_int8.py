@@ -12,16 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from cartag.training.evaluation.card_sources import (
     CROSS_SOURCE_INT8_NAME,
     fmt,
     read_cross_source,
 )
-
-# Largest loss of type macro recall or color top-1 that int8 may show on any protocol.
-GATE_TOLERANCE: Final[float] = 0.005
+from cartag.training.fitting.quantization import GATE_TOLERANCE
 
 
 def gate_rows(

@@ -80,6 +80,22 @@ class Heads:
     color: LinearHead
 
 
+@dataclass(frozen=True)
+class Int8Part:
+    """What a candidate folder records of its int8 heads (:mod:`~.int8`).
+
+    Attributes:
+        block: The config's ``int8`` block, or None when the heads failed their gate
+            (the folder is then served fp32).
+        record: ``training.int8``: the gate's rows, whether the heads shipped and why not.
+        digest: Digests of what was written (part of the model version), "" when nothing.
+    """
+
+    block: dict[str, Any] | None
+    record: dict[str, Any]
+    digest: str
+
+
 def task_metrics(y_true: np.ndarray, proba: np.ndarray, labels: tuple[str, ...]) -> dict[str, Any]:
     """The registry's per-task metrics (module :mod:`cartag.gates` format).
 
@@ -302,6 +318,7 @@ def render_candidate_card(config: dict[str, Any], metrics: dict[str, Any]) -> st
                 f"| {set_name} | {task} | {m['n']} | {m['accuracy']:.3f} | "
                 f"{m['macro_recall']:.3f} |"
             )
+    lines += _int8_lines(training.get("int8"))
     lines += [
         "",
         "Per-class precision/recall and confusion matrices: the registry's metrics "
@@ -309,6 +326,39 @@ def render_candidate_card(config: dict[str, Any], metrics: dict[str, Any]) -> st
         "",
     ]
     return "\n".join(lines)
+
+
+def _int8_lines(record: dict[str, Any] | None) -> list[str]:
+    """The card's int8 section: the gate's rows and what a server serves."""
+    if not record:
+        return []
+    verdict = (
+        f"**shipped**: served by default (`CARTAG_PRECISION=int8`), backbone "
+        f"`{record['backbone_id']}`, ranges "
+        + (
+            "of the production model it was trained beside"
+            if record["ranges"] == "production"
+            else "measured on the dataset's train split"
+        )
+        if record["shipped"]
+        else f"**not shipped**: {record.get('why', 'the gate failed')}"
+    )
+    lines = [
+        "",
+        "## Int8 heads",
+        "",
+        "Heads fitted on the int8 backbone's embeddings with the same configuration; they "
+        f"ship only if they lose at most {record['tolerance']} on every row: {verdict}.",
+    ]
+    if not record["gate"]:
+        return lines
+    lines += ["", "| set | figure | n | fp32 | int8 | diff |", "|---|---|---|---|---|---|"]
+    lines += [
+        f"| {r['test_set']} | {r['metric']} | {r['n']} | {r['fp32']:.4f} | {r['int8']:.4f} | "
+        f"{r['diff']:+.4f} |"
+        for r in record["gate"]
+    ]
+    return lines
 
 
 def _recolored_line(recolored: dict[str, Any] | None) -> list[str]:
@@ -320,6 +370,18 @@ def _recolored_line(recolored: dict[str, Any] | None) -> list[str]:
         f"photos (`{recolored['generator']}`, the car body repainted): {counts}. Their "
         "recall on real cars is unmeasured until the dataset has photos of them.",
     ]
+
+
+def head_metadata(backbone: Backbone, view: DatasetView, now: dt.datetime) -> dict[str, Any]:
+    """What every head of a candidate records of its provenance."""
+    return {
+        "backbone_id": backbone.backbone_id,
+        "input_size": backbone.input_size,
+        "preprocess": PREPROCESS_ID,
+        "dataset_ref": view.ref,
+        "manifest_sha256": view.manifest_sha256,
+        "created": now.isoformat(timespec="seconds"),
+    }
 
 
 def write_candidate(
@@ -336,23 +398,20 @@ def write_candidate(
     test_metrics: dict[str, Any],
     now: dt.datetime,
     reference_rows: tuple[np.ndarray, np.ndarray] | None = None,
+    int8: Int8Part | None = None,
 ) -> dict[str, Any]:
     """Write a loadable model folder; returns its config (``version`` is new).
 
     Args:
+        test_metrics: The float heads' metrics on the test sets (the card's table).
         reference_rows: (train, held-out) (N, D) / (M, D) embeddings of the heads'
             backbone: the folder then ships its drift reference
             (:mod:`cartag.models.reference`; centroids of the first, quantiles of the
             second). None or an empty side: no reference.
+        int8: The int8 heads already written into ``out_dir`` (:func:`~.int8.save_int8`),
+            or None when the sweep made none.
     """
-    common = {
-        "backbone_id": backbone.backbone_id,
-        "input_size": backbone.input_size,
-        "preprocess": PREPROCESS_ID,
-        "dataset_ref": view.ref,
-        "manifest_sha256": view.manifest_sha256,
-        "created": now.isoformat(timespec="seconds"),
-    }
+    common = head_metadata(backbone, view, now)
     for task, head in (("image_type", heads.image_type), ("color", heads.color)):
         head.metadata.update(
             {**common, "task": task, "metrics": {"validation": validation_metrics.get(task)}}
@@ -367,6 +426,7 @@ def write_candidate(
             + heads.color.digest()
             + view.manifest_sha256
             + backbone.backbone_id
+            + (int8.digest if int8 is not None else "")
         ).encode()
     ).hexdigest()
     config: dict[str, Any] = {
@@ -375,6 +435,7 @@ def write_candidate(
         "backbone": backbone_config(backbone),
         "heads": {"image_type": "type_head", "color": "color_head"},
         "color_features": FEATURE_ID,
+        **({} if int8 is None or int8.block is None else {"int8": int8.block}),
         "training": {
             "dataset_ref": view.ref,
             "manifest_sha256": view.manifest_sha256,
@@ -389,6 +450,8 @@ def write_candidate(
     }
     if "recolored" in heads.color.metadata:
         config["training"]["recolored"] = heads.color.metadata["recolored"]
+    if int8 is not None:
+        config["training"]["int8"] = int8.record
     if reference_rows is not None and all(len(side) for side in reference_rows):
         train, held_out = reference_rows
         reference = build_reference(train, held_out, embedding_id=backbone.backbone_id)

@@ -43,6 +43,8 @@ class Entry:
         passes: Gate verdict against production (None for production itself).
         failures: Gate failure messages.
         is_candidate: Whether the ``candidate`` alias points at it.
+        precision: What its metrics measure: ``int8`` or ``fp32`` heads, as a server of
+            the sweep's settings answers (None: not known, metrics from the registry).
     """
 
     label: str
@@ -55,6 +57,7 @@ class Entry:
     passes: bool | None = None
     failures: list[str] = field(default_factory=list)
     is_candidate: bool = False
+    precision: str | None = "fp32"
 
 
 @dataclass
@@ -121,7 +124,12 @@ def load_leaderboard(
         close_storage(storage)
     production = None
     if isinstance(prod, dict):
-        production = Entry("production", str(prod["version"]), dict(prod["metrics"]))
+        production = Entry(
+            "production",
+            str(prod["version"]),
+            dict(prod["metrics"]),
+            precision=str(prod.get("precision", "fp32")),
+        )
     production, note = _current_production(production, current, trials, resolved)
     candidates = []
     for trial in trials:
@@ -142,6 +150,7 @@ def load_leaderboard(
                 passes=passes if production else None,
                 failures=failures,
                 is_candidate=attrs.get("version") == candidate_version,
+                precision=str(attrs.get("precision", "fp32")),
             )
         )
     candidates.sort(key=lambda e: (-(e.objective or 0.0), e.trial or 0))
@@ -168,7 +177,7 @@ def _current_production(
     sets = {s for t in trials for s in (t.user_attrs.get("metrics") or {})}
     shared = {s: m for s, m in current.metrics.items() if s in sets}
     if shared:
-        return Entry("production", current.version, shared), None
+        return Entry("production", current.version, shared, precision=None), None
     note = (
         f"production is now {current.version}, not scored on {ref}'s test sets: the gates "
         f"above are against the production of the sweep; `cartag train --dataset {ref} "
@@ -225,7 +234,8 @@ def summary(lb: Leaderboard) -> list[dict[str, Any]]:
 
     Returns:
         One row per model: ``entry``, ``config`` (its configuration in words),
-        ``objective`` (validation macro recall, formatted) and ``cells``, one per test set
+        ``objective`` (validation macro recall, formatted), ``precision`` (the heads
+        the figures are of: ``int8``, ``fp32`` or ``-``) and ``cells``, one per test set
         with ``type_mr``, ``color_acc`` and ``worst`` (the largest per-class recall drop
         against production, ``""`` when none) as display strings.
     """
@@ -246,6 +256,7 @@ def summary(lb: Leaderboard) -> list[dict[str, Any]]:
                 "entry": entry,
                 "config": describe(entry.params) if entry.params else "",
                 "objective": _fmt(entry.objective),
+                "precision": entry.precision or "-",
                 "cells": cells,
             }
         )
@@ -264,6 +275,7 @@ def rich_table(lb: Leaderboard) -> Table:
     table.add_column("version", overflow="fold")
     table.add_column("configuration", overflow="fold")
     table.add_column("val MR", justify="right")
+    table.add_column("heads")
     for set_name in lb.sets:
         table.add_column(f"{short_set_name(lb, set_name)}\ntype MR / color acc / worst Δ")
     table.add_column("gates")
@@ -279,5 +291,7 @@ def rich_table(lb: Leaderboard) -> Table:
             else ("pass" if entry.passes else f"FAIL ({len(entry.failures)})")
         )
         label = entry.label + (" *" if entry.is_candidate else "")
-        table.add_row(label, entry.version, row["config"], row["objective"], *cells, gate)
+        table.add_row(
+            label, entry.version, row["config"], row["objective"], row["precision"], *cells, gate
+        )
     return table

@@ -8,17 +8,22 @@ caller hands :func:`cartag.training.sweep.sweep.run_sweep` a :class:`ModelRegist
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Protocol
 
+from cartag.errors import ModelError
 from cartag.models.backbone import BackboneSpec
 from cartag.models.classifier import BUNDLED_DIR, backbone_spec, read_config
+from cartag.models.folder import precision_blocks
 from cartag.models.heads import LinearHead, load_head
 from cartag.settings import Settings
 from cartag.store.db import Database
 from cartag.store.model_versions import find_version
 from cartag.training.sweep.candidates import Heads, evaluate_heads
 from cartag.training.sweep.sweep_data import DatasetView, FeatureSource
+
+log = logging.getLogger(__name__)
 
 
 class ModelRegistry(Protocol):
@@ -74,22 +79,43 @@ def production_model(
     return path, version, registered
 
 
-def load_heads(model_dir: Path) -> tuple[Heads, BackboneSpec]:
-    """A model folder's heads and the network they run on (which is not loaded here)."""
+def load_heads(
+    model_dir: Path, precision: str = "fp32", engine: str = "onnx"
+) -> tuple[Heads, BackboneSpec, Path | None]:
+    """A model folder's heads as a server with ``precision`` and ``engine`` serves them,
+    the network they run on (not loaded here) and its int8 ranges (None: fp32)."""
     config = read_config(model_dir)
-    heads = config["heads"]
+    heads, _, quantization = precision_blocks(model_dir, config, precision, engine)
     type_head = LinearHead.load(model_dir / str(heads["image_type"]))
     color_head = load_head(model_dir / str(heads["color"]))
-    return Heads(type_head, color_head), backbone_spec(model_dir, config)
+    return Heads(type_head, color_head), backbone_spec(model_dir, config), quantization
 
 
-def evaluate_model_dir(model_dir: Path, view: DatasetView, source: FeatureSource) -> dict[str, Any]:
-    """Metrics of a model folder on every test set of ``view`` (cached embeddings)."""
-    heads, spec = load_heads(model_dir)
-    features = source.features(view, spec)
-    return {
+def evaluate_model_dir(
+    model_dir: Path,
+    view: DatasetView,
+    source: FeatureSource,
+    precision: str = "fp32",
+    engine: str = "onnx",
+) -> tuple[dict[str, Any], str]:
+    """Metrics of a model folder on every test set of ``view`` (cached embeddings), as a
+    server with ``precision`` and ``engine`` answers, and the precision that is.
+
+    A folder whose int8 backbone cannot be made is scored fp32, as a server falls back.
+    """
+    heads, spec, quantization = load_heads(model_dir, precision, engine)
+    if quantization is not None:
+        try:
+            features = source.features(view, spec, quantization=quantization)
+        except ModelError as exc:
+            log.warning("the int8 backbone of %s cannot be used (%s); scoring fp32", model_dir, exc)
+            return evaluate_model_dir(model_dir, view, source)
+    else:
+        features = source.features(view, spec)
+    metrics = {
         name: evaluate_heads(heads, features, view, rows) for name, rows in view.test_sets.items()
     }
+    return metrics, "fp32" if quantization is None else "int8"
 
 
 def evaluate_production(
@@ -99,9 +125,16 @@ def evaluate_production(
     source: FeatureSource,
     registry: ModelRegistry,
 ) -> dict[str, Any]:
-    """Score the production model on the view's test sets and record it in the registry."""
+    """Score the production model on the view's test sets, as this deployment's servers
+    answer (``settings.precision`` and ``engine``), and record it in the registry.
+
+    Returns:
+        ``version``, ``registered``, ``model_dir``, ``metrics`` and ``precision``.
+    """
     model_dir, version, registered = production_model(db, settings, registry)
-    metrics = evaluate_model_dir(model_dir, view, source)
+    metrics, precision = evaluate_model_dir(
+        model_dir, view, source, settings.precision, settings.engine
+    )
     if registered:
         registry.record_metrics(version, metrics)
     return {
@@ -109,4 +142,5 @@ def evaluate_production(
         "registered": registered,
         "model_dir": str(model_dir),
         "metrics": metrics,
+        "precision": precision,
     }

@@ -40,6 +40,7 @@ from cartag.training.sweep.candidates import (
     train_candidate,
     write_candidate,
 )
+from cartag.training.sweep.int8 import Int8Trials
 from cartag.training.sweep.production import ModelRegistry, evaluate_production
 from cartag.training.sweep.study import close_storage, folder_name, optuna_storage, study_name
 from cartag.training.sweep.sweep_config import (
@@ -72,11 +73,14 @@ class SweepCallbacks:
         on_stage: Embedding/feature computation progress ``(stage, done, total)``.
         on_trial_start: ``(trial number, params)``.
         on_trial_end: ``(trial number, validation objective, seconds)``.
+        on_trial_int8: ``(trial number, the folder's training.int8 record)`` when the
+            sweep made int8 heads (``shipped``, and ``why`` when not).
     """
 
     on_stage: Progress | None = None
     on_trial_start: Callable[[int, dict[str, Any]], None] | None = None
     on_trial_end: Callable[[int, float, float], None] | None = None
+    on_trial_int8: Callable[[int, dict[str, Any]], None] | None = None
 
 
 @dataclass
@@ -234,6 +238,7 @@ def _run_sweep(
     validation = view.validation_mask(config.validation_fraction, config.seed)
     check_training_rows(view, validation, config.validation_fraction)
     name = study_name(view.ref, config)
+    out_root = settings.data_dir / "candidates" / folder_name(name)
     source = FeatureSource(
         db, blob_store(settings), settings, clock, threads=threads, progress=hooks.on_stage
     )
@@ -257,8 +262,24 @@ def _run_sweep(
         production = evaluate_production(db, settings, view, source, registry)
         study.set_user_attr("production", production)
 
-        production_spec = backbone_spec(Path(production["model_dir"]))
-        cache: dict[tuple[BackboneSpec, bool], Features] = {}
+        production_dir = Path(production["model_dir"])
+        production_spec = backbone_spec(production_dir)
+        cache: dict[tuple[BackboneSpec, bool, Path | None], Features] = {}
+        int8 = Int8Trials(
+            config, settings, source, view, production_dir, out_root / "int8-ranges", validation
+        )
+
+        def features_of(spec: BackboneSpec, flip: bool, ranges: Path | None = None) -> Features:
+            if (spec, flip, ranges) not in cache:
+                cache[(spec, flip, ranges)] = source.features(
+                    view,
+                    spec,
+                    flipped=flip,
+                    recolored_per_color=config.recolored_per_color,
+                    seed=config.seed,
+                    quantization=ranges,
+                )
+            return cache[(spec, flip, ranges)]
 
         # The trials this process ran: others sharing the study complete theirs meanwhile,
         # and counting the study's growth gave each process the other's trials too.
@@ -275,15 +296,8 @@ def _run_sweep(
                 else BackboneSpec(BACKBONE_VARIANTS[params.backbone])
             )
             flip = params.augmentation == "flip"
-            if (spec, flip) not in cache:
-                cache[(spec, flip)] = source.features(
-                    view,
-                    spec,
-                    flipped=flip,
-                    recolored_per_color=config.recolored_per_color,
-                    seed=config.seed,
-                )
-            features = cache[(spec, flip)]
+            features = features_of(spec, flip)
+            seed = config.seed + trial.number
             heads, val_metrics = train_candidate(
                 features,
                 view,
@@ -291,13 +305,19 @@ def _run_sweep(
                 validation=validation,
                 mlp_epochs=config.mlp_epochs,
                 noise_std=config.noise_std,
-                seed=config.seed + trial.number,
+                seed=seed,
             )
             test_metrics = {
                 set_name: evaluate_heads(heads, features, view, rows)
                 for set_name, rows in view.test_sets.items()
             }
-            out_dir = settings.data_dir / "candidates" / folder_name(name) / str(trial.number)
+            out_dir = out_root / str(trial.number)
+            now = clock.now()
+            served = _Served(val_metrics, test_metrics)
+            made = int8.make(spec, params, seed, test_metrics, out_dir, now, features_of)
+            part = None if made is None else made[0]
+            if made is not None and made[1] is not None and made[1].passed and int8.served:
+                served = _Served(made[1].validation, made[1].test, "int8")
             written = write_candidate(
                 out_dir,
                 heads,
@@ -309,18 +329,24 @@ def _run_sweep(
                 validation_fraction=config.validation_fraction,
                 validation_metrics=val_metrics,
                 test_metrics=test_metrics,
-                now=clock.now(),
+                now=now,
                 reference_rows=(features.emb[view.train], features.emb[view.tested]),
+                int8=part,
             )
             version = str(written["version"])
-            _register(db, registry, out_dir, version, view=view, metrics=test_metrics)
-            value = macro_recall(val_metrics)
+            _register(db, registry, out_dir, version, view=view, metrics=served.test)
+            value = macro_recall(served.validation)
             seconds = time.monotonic() - started
             trial.set_user_attr("version", version)
             trial.set_user_attr("model_dir", str(out_dir))
-            trial.set_user_attr("validation", val_metrics)
-            trial.set_user_attr("metrics", test_metrics)
+            trial.set_user_attr("validation", served.validation)
+            trial.set_user_attr("metrics", served.test)
+            trial.set_user_attr("precision", served.precision)
+            if part is not None:
+                trial.set_user_attr("int8", {k: v for k, v in part.record.items() if k != "gate"})
             trial.set_user_attr("seconds", round(seconds, 2))
+            if hooks.on_trial_int8 and part is not None:
+                hooks.on_trial_int8(trial.number, part.record)
             if hooks.on_trial_end:
                 hooks.on_trial_end(trial.number, value, seconds)
             ran.append(trial.number)
@@ -356,6 +382,16 @@ def _run_sweep(
         )
     finally:
         close_storage(storage)
+
+
+@dataclass(frozen=True)
+class _Served:
+    """The metrics of what a server answers with a trial's folder: its float heads, or
+    its int8 heads when they shipped and the settings serve int8."""
+
+    validation: dict[str, Any]
+    test: dict[str, Any]
+    precision: str = "fp32"
 
 
 def _fail_stale_trials(study: optuna.Study) -> None:

@@ -14,6 +14,8 @@ Example (``examples/sweep.yaml``)::
       augmentation: [none, noise, flip]
       backbone: [production]
     recolored_per_color: 150    # recolored photos per color the train split lacks (0 = none)
+    int8: true                  # also fit heads on the int8 backbone (served by default)
+    int8_tolerance: 0.005       # ...shipped only if no test set loses more than this
 
 A parameter is either a fixed value, a list of choices, or ``{low, high, log}``
 (a range; ``log`` defaults to false). Every mistake raises
@@ -35,6 +37,7 @@ import yaml
 
 from cartag.errors import InputError
 from cartag.models.variants import VARIANTS
+from cartag.training.fitting.quantization import GATE_TOLERANCE
 from cartag.training.heads.recolor import RECOLORED_PER_COLOR
 
 MIN_TRIALS: Final[int] = 4
@@ -72,9 +75,13 @@ _TOP_KEYS: Final[frozenset[str]] = frozenset(
         "mlp_epochs",
         "noise_std",
         "recolored_per_color",
+        "int8",
+        "int8_tolerance",
     }
 )
 MAX_RECOLORED: Final[int] = 1000
+# The loosest int8 gate a sweep may ask for: beyond it int8 heads are another model.
+MAX_INT8_TOLERANCE: Final[float] = 0.1
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,10 @@ class SweepConfig:
         space: Parameter name -> choices or range; every name of CHOICES and RANGES.
         recolored_per_color: Recolored train-split photos per color the train split
             has no photo of (:mod:`cartag.training.heads.recolor`); 0 = none.
+        int8: Also fit each trial's heads on the int8 backbone's embeddings, when the
+            settings serve int8 (:mod:`cartag.training.sweep.int8`).
+        int8_tolerance: The most type macro recall or color top-1 the int8 heads may
+            lose against the float ones on any test set and still ship.
     """
 
     n_trials: int
@@ -111,6 +122,8 @@ class SweepConfig:
     noise_std: float
     space: dict[str, Param]
     recolored_per_color: int = RECOLORED_PER_COLOR
+    int8: bool = True
+    int8_tolerance: float = GATE_TOLERANCE
 
     def digest(self) -> str:
         """SHA-256 of everything that defines the trials except ``n_trials``.
@@ -129,6 +142,12 @@ class SweepConfig:
                 for name, p in sorted(self.space.items())
             },
         }
+        # Only when not the defaults, so that sweeps started before these keys existed
+        # keep their study (and resume).
+        if not self.int8:
+            canonical["int8"] = False
+        if self.int8_tolerance != GATE_TOLERANCE:
+            canonical["int8_tolerance"] = self.int8_tolerance
         return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
     def with_trials(self, n_trials: int) -> SweepConfig:
@@ -141,6 +160,8 @@ class SweepConfig:
             self.noise_std,
             self.space,
             self.recolored_per_color,
+            self.int8,
+            self.int8_tolerance,
         )
 
 
@@ -250,6 +271,15 @@ def parse_sweep(data: object) -> SweepConfig:
             f"recolored_per_color must be a whole number 0-{MAX_RECOLORED}, got {recolored!r}",
             field="recolored_per_color",
         )
+    int8 = data.get("int8", True)
+    if not isinstance(int8, bool):
+        raise InputError(f"int8 must be true or false, got {int8!r}", field="int8")
+    tolerance = _number(data.get("int8_tolerance", GATE_TOLERANCE), "int8_tolerance")
+    if not 0 <= tolerance <= MAX_INT8_TOLERANCE:
+        raise InputError(
+            f"int8_tolerance must be between 0 and {MAX_INT8_TOLERANCE:g}, got {tolerance:g}",
+            field="int8_tolerance",
+        )
     space_doc = data.get("search_space", {})
     if not isinstance(space_doc, dict):
         raise InputError("search_space must be a mapping of parameters", field="search_space")
@@ -265,7 +295,7 @@ def parse_sweep(data: object) -> SweepConfig:
         space[name] = _choices(name, space_doc.get(name, list(CHOICES[name][:1])))
     for name, (default, _, _) in RANGES.items():
         space[name] = _range(name, space_doc[name]) if name in space_doc else Range(*default)
-    return SweepConfig(n_trials, seed, fraction, epochs, noise, space, recolored)
+    return SweepConfig(n_trials, seed, fraction, epochs, noise, space, recolored, int8, tolerance)
 
 
 def load_sweep(path: Path) -> SweepConfig:

@@ -290,22 +290,30 @@ class FeatureSource:
         self.clock = clock
         self.threads = threads
         self.progress = progress
-        self._backbones: dict[BackboneSpec, Backbone] = {}
+        self._backbones: dict[tuple[BackboneSpec, Path | None], Backbone] = {}
         # Recolored copies depend on the view, count and seed, not on the backbone:
         # made and color-featured once, embedded once per backbone.
         self._made: dict[tuple[str, int, int], tuple[np.ndarray, list[Recolored], np.ndarray]] = {}
 
-    def backbone(self, spec: BackboneSpec) -> Backbone:
-        """The loaded backbone of ``spec`` (a variant, fine-tuned or not), loaded once."""
-        if spec not in self._backbones:
-            self._backbones[spec] = Backbone.load(
+    def backbone(self, spec: BackboneSpec, quantization: Path | None = None) -> Backbone:
+        """The loaded backbone of ``spec`` (a variant, fine-tuned or not), loaded once.
+
+        Args:
+            spec: The network.
+            quantization: A ``quantization.json``: the network quantized to int8 with
+                those ranges (on the onnx engine, whatever ``settings.engine`` says).
+        """
+        key = (spec, quantization)
+        if key not in self._backbones:
+            self._backbones[key] = Backbone.load(
                 spec.variant,
                 threads=self.threads,
-                engine=self.settings.engine,
+                engine="onnx" if quantization is not None else self.settings.engine,
                 cache_dir=self.settings.resolved_cache_dir,
                 weights=spec.weights,
+                quantization=quantization,
             )
-        return self._backbones[spec]
+        return self._backbones[key]
 
     def features(
         self,
@@ -315,15 +323,18 @@ class FeatureSource:
         flipped: bool = False,
         recolored_per_color: int = 0,
         seed: int = 0,
+        quantization: Path | None = None,
     ) -> Features:
         """Embeddings (and color features, flipped embeddings) of every row of ``view``.
 
         With ``recolored_per_color``, also that many recolored copies of train-split
         photos for each color of :data:`cartag.training.heads.recolor.TARGETS` that the
         train split has no photo of (made afresh with ``seed``, not cached: a few seconds).
+        With ``quantization``, the embeddings of the int8 backbone of those ranges
+        (cached under its own id, as the service caches what it serves).
         """
-        backbone = self.backbone(spec)
-        variant = spec.variant
+        backbone = self.backbone(spec, quantization)
+        variant = spec.variant if quantization is None else f"{spec.variant} int8"
         # The serving model's decode: these vectors share the service's cache rows.
         draft = draft_size_for(backbone.input_size)
         emb = self._cached(
@@ -358,7 +369,7 @@ class FeatureSource:
             colors = [COLORS[i] for i in view.color_idx[rows]]
             made = synthesize(
                 colors,
-                lambda i: self._image(view.blob_paths[rows[i]]),
+                lambda i: self.image(view.blob_paths[rows[i]]),
                 per_color,
                 seed=seed,
                 targets=missing_targets(colors),
@@ -400,13 +411,13 @@ class FeatureSource:
 
         return cache.get_or_compute(
             view.shas,
-            lambda i: self._image(view.blob_paths[i], draft),
+            lambda i: self.image(view.blob_paths[i], draft),
             compute,
             _BATCH,
             progress=report,
         )
 
-    def _image(self, path: str, draft: int | None = None) -> Image.Image:
+    def image(self, path: str, draft: int | None = None) -> Image.Image:
         """The blob decoded as the service decodes (EXIF, draft-mode shrink, RGB on white).
 
         ``draft``: the JPEG draft size; a backbone's embeddings are keyed like the
