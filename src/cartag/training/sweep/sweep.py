@@ -9,8 +9,11 @@ whose process died is marked failed by its missing heartbeat and replaced.
 Each trial (:mod:`cartag.training.sweep.candidates`) fits heads on cached embeddings
 (:mod:`cartag.training.sweep.sweep_data`), maximises the validation fold's macro recall,
 writes a model folder under ``<data_dir>/candidates/<study>/<trial>/``, scores it on
-every test set of the dataset and registers it with those metrics. The production
-model is scored on the same sets in the same run. The best trial gets the
+every test set of the dataset and registers it with those metrics. When the settings
+serve int8, each trial also fits int8 heads, shipped only within the sweep's tolerance of
+its float ones (:mod:`cartag.training.sweep.int8`); the metrics registered, the objective
+and the leaderboard's are then of what a server answers. The production model is scored
+on the same sets in the same run, at the precision servers answer with. The best trial gets the
 ``candidate`` alias; nothing is ever promoted here (gates:
 :mod:`cartag.gates`, promotion: ``cartag models promote``). The registry is passed in
 (:class:`~cartag.training.sweep.production.ModelRegistry`): training does not import deploy.
