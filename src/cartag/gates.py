@@ -13,6 +13,9 @@ Metrics are the registry's format (written by :mod:`cartag.training.sweep.sweep`
                                    "confusion": [[n, ...], ...]},
                     "color": {...}}}
 
+A report may name the heads it measured (``"heads": "int8"`` or ``"fp32"``); two
+reports naming different ones are not compared, and that is a failure
+(:func:`precision_mismatch`).
 Set names are ``REF:test`` and ``REF:test:advertiser=ID``. Only sets, tasks and classes
 present in both the candidate's and production's metrics are compared; a class with
 fewer than ``settings.gate_min_support`` examples on a set is not (two examples cannot
@@ -84,11 +87,34 @@ def check_promotion(
             cand_task, prod_task = cand_set[task], prod_set[task]
             if not isinstance(cand_task, dict) or not isinstance(prod_task, dict):
                 continue
+            mismatch = precision_mismatch(cand_task, prod_task)
+            if mismatch is not None:
+                failures.append(f"{set_name} {task}: {mismatch}")
+                continue
             tolerance = tolerance_for(task, settings)
             failures.extend(
                 _task_failures(set_name, task, cand_task, prod_task, tolerance, settings)
             )
     return failures
+
+
+def precision_mismatch(candidate: dict[str, Any], production: dict[str, Any]) -> str | None:
+    """Why two reports of one set and task cannot be compared, or None when they can.
+
+    A report may say which heads it measured (``heads``: ``int8`` or ``fp32``, written
+    by ``cartag train``). int8 and fp32 heads of one model differ by up to the
+    int8 gate's tolerance per figure, and a class's recall by more: a candidate scored
+    on its int8 heads against production scored on its fp32 ones (or the reverse) is
+    not like for like. Reports without the key (older ones) are compared as before.
+    """
+    mine, theirs = candidate.get("heads"), production.get("heads")
+    if mine is None or theirs is None or mine == theirs:
+        return None
+    return (
+        f"the candidate was measured on its {mine} heads, production on its {theirs} heads; "
+        "score both as the servers answer (cartag train --dataset <the set's dataset> "
+        "--sweep <its file>, with the servers' CARTAG_PRECISION and CARTAG_ENGINE)"
+    )
 
 
 def stored_out_of_range(metrics: dict[str, Any]) -> list[str]:

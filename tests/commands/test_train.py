@@ -165,7 +165,7 @@ def test_sweep_runs_in_its_own_niced_process_then_leaderboard(
     # servers on onnx) and each trial says whether they shipped, and that this one
     # would not serve them.
     said = re.findall(
-        r"trial \d: (int8 heads within 0\.005 of fp32, not served: engine torch|no int8 heads)",
+        r"trial \d: (int8 heads within 0\.005 of fp32, registered at fp32 here|no int8 heads)",
         run.stderr,
     )
     assert len(said) == 4, run.stderr[-3000:]

@@ -154,7 +154,9 @@ def _run(db: Database, settings: Settings, ref: str, config: SweepConfig, thread
         def on_trial_int8(number: int, record: dict[str, Any]) -> None:
             if record["shipped"]:
                 serves = (
-                    "served by default" if settings.engine == "onnx" else "not served: engine torch"
+                    "served by default"
+                    if settings.engine == "onnx"
+                    else "registered at fp32 here (CARTAG_ENGINE=torch); servers on onnx serve them"
                 )
                 line = f"trial {number}: int8 heads within {record['tolerance']} of fp32, {serves}"
             else:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,7 @@ from cartag.clock import FakeClock
 from cartag.deploy.sweeps import SweepRegistry
 from cartag.errors import InputError
 from cartag.imaging.decode import decode_image
+from cartag.models.backbone import BackboneSpec
 from cartag.models.classifier import BUNDLED_DIR, Classifier, EmbeddingClassifier
 from cartag.models.heads import LinearHead
 from cartag.models.quantization import QUANTIZATION_NAME, read_quantization
@@ -26,6 +29,7 @@ from cartag.training.sweep.int8 import (
     Ranges,
     calibration_rows,
     gate_rows,
+    network_ranges,
     production_ranges,
     save_int8,
 )
@@ -106,6 +110,9 @@ def _int8_heads(passed: bool) -> Int8Heads:
 
 
 def test_heads_that_fail_the_gate_are_not_written_and_the_card_says_why(tmp_path: Path) -> None:
+    # An earlier attempt of the same trial folder shipped int8 heads: they go.
+    save_int8(tmp_path, _int8_heads(True), {"dataset_ref": "d@1"})
+    assert (tmp_path / "type_head_int8.npz").is_file()
     part = save_int8(tmp_path, _int8_heads(False), {"dataset_ref": "d@1"})
     assert part.block is None and part.digest == ""
     assert list(tmp_path.iterdir()) == []
@@ -194,6 +201,34 @@ def test_production_ranges_are_reused_only_for_its_own_network(tmp_path: Path) -
     del config["int8"]
     (plain / "config.json").write_text(json.dumps(config), encoding="utf-8")
     assert production_ranges(plain, own) is None
+
+
+class _Source:
+    """What network_ranges asks of a feature source before it measures anything."""
+
+    def __init__(self, backbone_id: str) -> None:
+        self.loaded = SimpleNamespace(backbone_id=backbone_id)
+
+    def backbone(self, spec: BackboneSpec) -> Any:
+        return self.loaded
+
+
+def test_damaged_production_ranges_fall_back_to_the_dataset_ones(tmp_path: Path) -> None:
+    config = json.loads((BUNDLED_DIR / "config.json").read_text(encoding="utf-8"))
+    own = config["backbone"]["backbone_id"]
+    production = tmp_path / "production"
+    shutil.copytree(BUNDLED_DIR, production)
+    source: Any = _Source(own)
+    view = _view([0, 1], ["train", "test"])
+    spec = BackboneSpec("efficientnet-lite0")
+    assert network_ranges(source, view, spec, production, tmp_path / "kept").origin == "production"
+    (production / QUANTIZATION_NAME).write_text("{not json", encoding="utf-8")
+    # Ranges measured on the dataset by an earlier run are used (nothing is measured).
+    kept = tmp_path / "kept" / own / QUANTIZATION_NAME
+    kept.parent.mkdir(parents=True)
+    shutil.copyfile(BUNDLED_DIR / QUANTIZATION_NAME, kept)
+    ranges = network_ranges(source, view, spec, production, tmp_path / "kept")
+    assert (ranges.origin, ranges.path) == ("dataset", kept)
 
 
 # --- sweep.yaml ----------------------------------------------------------------------------
@@ -331,5 +366,30 @@ def test_a_sweep_serving_int8_ships_int8_heads_and_registers_what_servers_answer
         )
         assert calibration["photos"] == train_photos
 
+    # Every report names the heads it measured; production's too.
+    with db.read() as session:
+        prod_row = versions_repo.find_version(session, result.production["version"])
+    assert prod_row is not None
+    assert {t["heads"] for t in prod_row.metrics[f"{ref}:test"].values()} == {"int8"}
+    for row in rows:
+        shipped = "int8" in json.loads(
+            (served.data_dir / "models" / row.version / "config.json").read_text(encoding="utf-8")
+        )
+        heads = {t["heads"] for sets in row.metrics.values() for t in sets.values()}
+        assert heads == {"int8" if shipped else "fp32"}
+
     board = load_leaderboard(db, served, ref, config)
-    assert board.production is not None
+    assert board.production is not None and board.production.precision == "int8"
+
+    # The same sweep with servers answering fp32 would record production at fp32 and mix
+    # both in one study: refused before anything is scored.
+    fp32 = served.model_copy(update={"precision": "fp32"})
+    with pytest.raises(InputError) as caught:
+        run_sweep(
+            db, fp32, ref, config, clock=clock, registry=SweepRegistry(db, fp32, clock), threads=1
+        )
+    assert caught.value.field == "precision"
+    assert "CARTAG_PRECISION=fp32" in str(caught.value)
+    with db.read() as session:
+        again = versions_repo.find_version(session, result.production["version"])
+    assert again is not None and again.metrics == prod_row.metrics

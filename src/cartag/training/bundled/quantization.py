@@ -92,8 +92,8 @@ def build_quantization(
         out_dir: The model folder.
         method: Calibration method (:func:`cartag.models.quantize.calibrate`).
         n: Calibration photos.
-        options: Quantizer options (default: :class:`QuantOptions` with the stem in
-            float, :data:`FLOAT_NODES`).
+        options: Quantizer options (default:
+            :func:`cartag.training.fitting.quantization.default_options`, the stem in float).
 
     Returns:
         What was written.

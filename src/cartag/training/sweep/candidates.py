@@ -34,10 +34,12 @@ from cartag.models.classifier import (
 )
 from cartag.models.color_features import FEATURE_DIM, FEATURE_ID
 from cartag.models.heads import LinearHead
+from cartag.models.quantization import QUANTIZATION_NAME
 from cartag.models.reference import build_reference, save_reference
 from cartag.training.fitting.calibration import fit_temperature
 from cartag.training.fitting.fit import fit_linear_head
 from cartag.training.fitting.metrics import classification_report
+from cartag.training.fitting.quantization import INT8_HEADS
 from cartag.training.heads.color import MLPConfig, fit_color_head
 from cartag.training.sweep.sweep_data import PLACEHOLDER, DatasetView, Features
 from cartag.vocab import COLORS, IMAGE_TYPES
@@ -116,6 +118,15 @@ def task_metrics(y_true: np.ndarray, proba: np.ndarray, labels: tuple[str, ...])
         "labels": report["confusion"]["labels"],
         "per_class": report["per_class"],
         "confusion": report["confusion"]["rows_true_cols_pred"],
+    }
+
+
+def stamped(metrics: dict[str, Any], heads: str) -> dict[str, Any]:
+    """``metrics`` with every report naming the heads it measured (``int8`` or ``fp32``):
+    the promotion gates compare only reports of the same heads (:mod:`cartag.gates`)."""
+    return {
+        name: {task: {**report, "heads": heads} for task, report in tasks.items()}
+        for name, tasks in metrics.items()
     }
 
 
@@ -304,10 +315,10 @@ def render_candidate_card(config: dict[str, Any], metrics: dict[str, Any]) -> st
         + ".",
         f"- Validation fold ({training['validation_fraction']:.0%} of the train split's "
         f"groups): macro recall {training['validation_objective']:.4f} "
-        "(mean of the two tasks).",
+        "(mean of the two tasks; fp32 heads, the sweep's objective).",
         *_recolored_line(training.get("recolored")),
         "",
-        "## Test sets",
+        "## Test sets" + (" (fp32 heads; the int8 heads' below)" if training.get("int8") else ""),
         "",
         "| set | task | n | accuracy | macro recall |",
         "|---|---|---|---|---|",
@@ -372,6 +383,14 @@ def _recolored_line(recolored: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def remove_int8_files(out_dir: Path) -> None:
+    """Remove the int8 heads and ranges an earlier attempt left in a candidate folder
+    (a folder written again must not keep files its config does not name)."""
+    names = [f"{n}{ext}" for n in INT8_HEADS.values() for ext in (".npz", ".json")]
+    for name in (*names, QUANTIZATION_NAME):
+        (out_dir / name).unlink(missing_ok=True)
+
+
 def head_metadata(backbone: Backbone, view: DatasetView, now: dt.datetime) -> dict[str, Any]:
     """What every head of a candidate records of its provenance."""
     return {
@@ -417,6 +436,8 @@ def write_candidate(
             {**common, "task": task, "metrics": {"validation": validation_metrics.get(task)}}
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    if int8 is None or int8.block is None:
+        remove_int8_files(out_dir)
     heads.image_type.save(out_dir / "type_head")
     heads.color.save(out_dir / "color_head")
     copy_backbone_weights(backbone, out_dir)

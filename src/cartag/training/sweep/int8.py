@@ -52,6 +52,7 @@ from cartag.training.sweep.candidates import (
     TrialParams,
     evaluate_heads,
     head_metadata,
+    remove_int8_files,
     train_candidate,
 )
 from cartag.training.sweep.sweep_config import SweepConfig
@@ -118,6 +119,11 @@ class Int8Heads:
             for r in self.gate
             if not r["within"]
         ]
+
+
+def serves_int8(settings: Settings) -> bool:
+    """Whether servers of ``settings`` answer with a folder's int8 heads when it has them."""
+    return settings.precision == "int8" and settings.engine == "onnx"
 
 
 def gate_rows(
@@ -217,13 +223,16 @@ def network_ranges(
     backbone = source.backbone(spec)
     reused = production_ranges(production_dir, backbone.backbone_id)
     if reused is not None:
-        return Ranges(reused, read_quantization(reused), "production")
+        try:
+            return Ranges(reused, read_quantization(reused), "production")
+        except ModelError as exc:
+            log.warning("production's ranges are unusable (%s); measuring them", exc)
     path = folder / backbone.backbone_id / QUANTIZATION_NAME
     if path.is_file():
         try:
             return Ranges(path, read_quantization(path), "dataset")
         except ModelError:
-            pass  # a damaged file from an earlier run: measured again below
+            path.unlink(missing_ok=True)  # a damaged file from an earlier run: measured again
     rows = calibration_rows(view)
     calibration: dict[str, Any] = {
         "photos": len(rows),
@@ -243,7 +252,13 @@ def network_ranges(
             calibration,
             tmp,
         )
-        os.replace(tmp, path)
+        # The first writer wins: processes sharing the sweep may measure at once (on
+        # other CPUs, other ranges), and a file that changed under a trial's heads would
+        # make another int8 backbone than the one they were fitted on.
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return Ranges(path, read_quantization(path), "dataset")
     finally:
         tmp.unlink(missing_ok=True)
     return Ranges(path, quantization, "dataset")
@@ -288,6 +303,7 @@ def save_int8(out_dir: Path, int8: Int8Heads, metadata: dict[str, Any]) -> Int8P
         "gate": int8.gate,
     }
     if not int8.passed:
+        remove_int8_files(out_dir)
         record["why"] = (
             f"int8 lost more than {int8.tolerance} on "
             + "; ".join(int8.failures())
@@ -398,7 +414,7 @@ class Int8Trials:
         self.enabled = config.int8 and settings.precision == "int8"
         # Whether a server of these settings answers with the int8 heads (the metrics
         # registered are of what it answers).
-        self.served = self.enabled and settings.engine == "onnx"
+        self.served = self.enabled and serves_int8(settings)
         self.config = config
         self.source = source
         self.view = view
@@ -447,9 +463,14 @@ class Int8Trials:
         tolerance = self.config.int8_tolerance
         try:
             ranges = self.ranges(spec)
-            features = features_of(spec, params.augmentation == "flip", ranges.path)
+            try:
+                features = features_of(spec, params.augmentation == "flip", ranges.path)
+            except ModelError as exc:
+                self._ranges[spec] = exc  # the backbone of these ranges: not made again
+                raise
         except ModelError as exc:
             log.warning("no int8 heads for this trial: %s", exc)
+            remove_int8_files(out_dir)
             record: dict[str, Any] = {
                 "shipped": False,
                 "tolerance": tolerance,

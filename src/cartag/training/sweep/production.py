@@ -20,7 +20,7 @@ from cartag.models.heads import LinearHead, load_head
 from cartag.settings import Settings
 from cartag.store.db import Database
 from cartag.store.model_versions import find_version
-from cartag.training.sweep.candidates import Heads, evaluate_heads
+from cartag.training.sweep.candidates import Heads, evaluate_heads, stamped
 from cartag.training.sweep.sweep_data import DatasetView, FeatureSource
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,13 @@ def load_heads(
     """A model folder's heads as a server with ``precision`` and ``engine`` serves them,
     the network they run on (not loaded here) and its int8 ranges (None: fp32)."""
     config = read_config(model_dir)
-    heads, _, quantization = precision_blocks(model_dir, config, precision, engine)
+    try:
+        heads, _, quantization = precision_blocks(model_dir, config, precision, engine)
+    except ModelError as exc:
+        # A server refuses such a folder; production's was checked when it was
+        # registered (perhaps at fp32): score what its fp32 heads answer.
+        log.warning("the int8 block of %s is unusable (%s); scoring fp32", model_dir, exc)
+        heads, _, quantization = precision_blocks(model_dir, config, "fp32", engine)
     type_head = LinearHead.load(model_dir / str(heads["image_type"]))
     color_head = load_head(model_dir / str(heads["color"]))
     return Heads(type_head, color_head), backbone_spec(model_dir, config), quantization
@@ -107,6 +113,9 @@ def evaluate_model_dir(
     if quantization is not None:
         try:
             features = source.features(view, spec, quantization=quantization)
+            wanted = read_config(model_dir)["int8"]["backbone_id"]
+            if features.backbone_id != wanted:
+                raise ModelError(f"its ranges make {features.backbone_id}, not {wanted}")
         except ModelError as exc:
             log.warning("the int8 backbone of %s cannot be used (%s); scoring fp32", model_dir, exc)
             return evaluate_model_dir(model_dir, view, source)
@@ -135,6 +144,7 @@ def evaluate_production(
     metrics, precision = evaluate_model_dir(
         model_dir, view, source, settings.precision, settings.engine
     )
+    metrics = stamped(metrics, precision)
     if registered:
         registry.record_metrics(version, metrics)
     return {

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from cartag.clock import Clock
+from cartag.errors import InputError
 from cartag.models.backbone import BackboneSpec
 from cartag.models.classifier import backbone_spec
 from cartag.settings import Settings
@@ -40,10 +41,11 @@ from cartag.training.sweep.candidates import (
     TrialParams,
     evaluate_heads,
     macro_recall,
+    stamped,
     train_candidate,
     write_candidate,
 )
-from cartag.training.sweep.int8 import Int8Trials
+from cartag.training.sweep.int8 import Int8Trials, serves_int8
 from cartag.training.sweep.production import ModelRegistry, evaluate_production
 from cartag.training.sweep.study import close_storage, folder_name, optuna_storage, study_name
 from cartag.training.sweep.sweep_config import (
@@ -261,6 +263,9 @@ def _run_sweep(
         study.set_user_attr("dataset_ref", view.ref)
         study.set_user_attr("manifest_sha256", view.manifest_sha256)
         study.set_user_attr("sweep_sha256", config.digest())
+        served = "int8" if serves_int8(settings) else "fp32"
+        _check_served(study, served, settings)
+        study.set_user_attr("served", served)
 
         production = evaluate_production(db, settings, view, source, registry)
         study.set_user_attr("production", production)
@@ -337,13 +342,16 @@ def _run_sweep(
                 int8=part,
             )
             version = str(written["version"])
-            _register(db, registry, out_dir, version, view=view, metrics=served.test)
-            value = macro_recall(served.validation)
+            metrics = stamped(served.test, served.precision)
+            _register(db, registry, out_dir, version, view=view, metrics=metrics)
+            # The fp32 heads' validation score, whichever heads ship: the int8 gate reads
+            # the test sets, and they must not choose the configuration.
+            value = macro_recall(val_metrics)
             seconds = time.monotonic() - started
             trial.set_user_attr("version", version)
             trial.set_user_attr("model_dir", str(out_dir))
-            trial.set_user_attr("validation", served.validation)
-            trial.set_user_attr("metrics", served.test)
+            trial.set_user_attr("validation", val_metrics)
+            trial.set_user_attr("metrics", metrics)
             trial.set_user_attr("precision", served.precision)
             if part is not None:
                 trial.set_user_attr("int8", {k: v for k, v in part.record.items() if k != "gate"})
@@ -395,6 +403,28 @@ class _Served:
     validation: dict[str, Any]
     test: dict[str, Any]
     precision: str = "fp32"
+
+
+def _check_served(study: optuna.Study, served: str, settings: Settings) -> None:
+    """Refuse to resume a sweep whose trials were registered for another precision.
+
+    Its production and candidates were scored as servers of ``served`` answer; a run
+    with other settings would record production's figures again in the other precision
+    and mix both in one study.
+
+    Raises:
+        InputError: Naming the settings of the first run.
+    """
+    before = study.user_attrs.get("served")
+    if before is None or before == served:
+        return
+    raise InputError(
+        f"this sweep was run for servers answering with {before} heads; these settings "
+        f"(CARTAG_PRECISION={settings.precision}, CARTAG_ENGINE={settings.engine}) answer "
+        f"with {served} heads. Run it with the settings of its first run; a sweep for "
+        "these servers needs its own sweep file (the file's hash names the study)",
+        "precision",
+    )
 
 
 def _fail_stale_trials(study: optuna.Study) -> None:
