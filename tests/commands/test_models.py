@@ -142,3 +142,17 @@ def test_advertisers_and_reclassify(env: dict[str, str]) -> None:
     ran = runner.invoke(app, ["models", "reclassify"], env=env)
     assert ran.exit_code == 0, ran.output
     assert "for 42: 0 images" in ran.output
+
+
+def test_key_metrics_say_which_heads_were_measured() -> None:
+    from cartag.commands.models import key_metrics
+    from cartag.store.tables import ModelVersionRow
+
+    metrics = type_metrics(GOOD)
+    plain = key_metrics(ModelVersionRow(version="v", metrics=metrics, card={}))
+    assert "(int8)" not in plain and "(fp32)" not in plain
+    for tasks in metrics.values():
+        for report in tasks.values():
+            report["heads"] = "int8"
+    stamped = key_metrics(ModelVersionRow(version="v", metrics=metrics, card={}))
+    assert stamped.splitlines()[1].endswith("(int8)")

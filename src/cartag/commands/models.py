@@ -89,9 +89,11 @@ def key_metrics(row: ModelVersionRow) -> str:
         report = tasks.get(task) or {}
         if isinstance(report, dict) and is_figure(report.get("accuracy")):
             recall = report.get("macro_recall")
+            heads = report.get("heads")
             lines.append(
                 f"{short:<5} acc {report['accuracy']:.3f}"
                 + (f" rec {recall:.3f}" if is_figure(recall) else "")
+                + (f" ({heads})" if heads in ("int8", "fp32") else "")
             )
     return "\n".join([source, *lines]) if lines else "-"
 
