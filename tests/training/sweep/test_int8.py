@@ -41,8 +41,6 @@ from cartag.vocab import COLORS, IMAGE_TYPES
 from tests.support.sweep_data import (
     Example,
     cache_embeddings,
-    embed_examples,
-    examples,
     make_frozen_dataset,
 )
 
@@ -260,16 +258,6 @@ def test_bad_int8_keys_are_named(document: dict[str, Any], field: str) -> None:
 
 
 # --- a real sweep with int8 heads -------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_examples() -> list[Example]:
-    return examples(seed=0)
-
-
-@pytest.fixture(scope="module")
-def precomputed(classifier: Classifier, tiny_examples: list[Example]) -> dict[str, np.ndarray]:
-    return embed_examples(classifier, tiny_examples)
 
 
 @pytest.mark.slow

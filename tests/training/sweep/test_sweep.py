@@ -51,8 +51,6 @@ from tests.support.models import make_model_dir
 from tests.support.sweep_data import (
     Example,
     cache_embeddings,
-    embed_examples,
-    examples,
     make_frozen_dataset,
 )
 
@@ -175,17 +173,6 @@ def _sweep(
         threads=1,
         **kwargs,
     )
-
-
-@pytest.fixture(scope="module")
-def tiny_examples() -> list[Example]:
-    return examples(seed=0)
-
-
-@pytest.fixture(scope="module")
-def precomputed(classifier: Classifier, tiny_examples: list[Example]) -> dict[str, np.ndarray]:
-    """Real lite0 embeddings of the tiny dataset, computed once for the module."""
-    return embed_examples(classifier, tiny_examples)
 
 
 @pytest.fixture

@@ -1,13 +1,10 @@
-"""The bundled model's int8 backbone: activation ranges measured on real training photos.
+"""The bundled model's int8 backbone: which photos calibrate it, and its heads.
 
-The ranges of the quantized backbone (:mod:`cartag.models.quantize`) are measured
-once, here, on :data:`CALIBRATION_PHOTOS` photos of the build's training split,
-drawn deterministically and evenly from every real source (never a held-out photo),
-preprocessed exactly as the service preprocesses them
-(:meth:`cartag.models.backbone.Backbone.preprocess`). They go into the model folder
-as ``quantization.json`` (:mod:`cartag.models.quantization`), with the int8 model's
-output on the smoke input, so that a service that rebuilds the int8 model from the
-ranges can check it made the model the heads were fitted on.
+The ranges are measured on :data:`CALIBRATION_PHOTOS` photos of the build's training
+split, drawn deterministically and evenly from every real source (never a held-out
+photo), by :func:`cartag.training.fitting.quantization.write_ranges`; the corpus is then
+embedded again with the int8 backbone the service makes from them, and its heads are
+fitted with the float heads' recipe.
 """
 
 from __future__ import annotations
