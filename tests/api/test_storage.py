@@ -6,9 +6,14 @@ The disk is "filled" by an injected SQLite error (tests.support.storage), never 
 
 from __future__ import annotations
 
+import threading
+import time
+
+import pytest
 from fastapi.testclient import TestClient
 
 from cartag.clock import FakeClock
+from cartag.store import health as health_module
 from cartag.store.db import Database
 from tests.api.conftest import AppFactory, make_headers
 from tests.support.http_server import ImageServer
@@ -84,6 +89,27 @@ def test_a_full_disk_is_503_storage_unavailable_and_cached_answers_are_still_ser
     metrics = client.get("/metrics").text
     assert 'cartag_storage_errors_total{operation="revalidation"}' in metrics
     assert 'cartag_storage_errors_total{operation="request"}' in metrics
+
+
+def test_a_server_stops_only_after_the_probe_healthz_started(
+    make_client: AppFactory, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # /healthz probes on a thread of its own; were it still writing when the app stopped
+    # and the database was disposed, its connection would stay open (a ResourceWarning
+    # from psycopg, whenever the garbage collector came by).
+    done = threading.Event()
+    probe = health_module.probe_database
+
+    def slow_probe(database: Database) -> None:
+        time.sleep(0.3)
+        probe(database)
+        done.set()
+
+    monkeypatch.setattr(health_module, "probe_database", slow_probe)
+    client = make_client(db)
+    assert client.get("/healthz").status_code == 200
+    client.__exit__(None, None, None)
+    assert done.is_set()
 
 
 def test_every_operation_documents_the_503_of_a_store_that_fails(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from cartag.clock import FakeClock
 from cartag.errors import StorageError
 from cartag.settings import Settings
+from cartag.store import health as health_module
 from cartag.store.db import Database
 from cartag.store.health import (
     FULL,
@@ -70,6 +72,34 @@ def test_storage_health_probes_remembers_failures_and_recovers(
     assert health.check().problem == "seen by a request"
     clock.advance(2)
     assert health.check().ok
+
+
+def test_close_waits_for_the_background_probe_and_starts_no_more(
+    sqlite_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A probe still running when the server stops would use the database after it is
+    # disposed: its connection then stays open until the garbage collector finds it.
+    started, release = threading.Event(), threading.Event()
+    probes: list[Database] = []
+
+    def slow_probe(db: Database) -> None:
+        probes.append(db)
+        started.set()
+        release.wait(10)
+
+    monkeypatch.setattr(health_module, "probe_database", slow_probe)
+    health = StorageHealth(sqlite_db, tmp_path, FakeClock())
+    health.refresh_soon(0)
+    assert started.wait(10)
+    closing = threading.Thread(target=health.close)
+    closing.start()
+    closing.join(0.2)
+    assert closing.is_alive()  # waits for the probe
+    release.set()
+    closing.join(10)
+    assert not closing.is_alive() and health.state().checked_at is not None
+    health.refresh_soon(0)  # stale, but closed: no new probe
+    assert probes == [sqlite_db]
 
 
 def test_a_file_where_the_data_dir_should_be_is_named(tmp_path: Path) -> None:

@@ -127,14 +127,9 @@ def create_app(
         )
         service, clk = runtime.service, runtime.clock
         runner = build_dispatcher(settings, database, service, clk, sender=chunk_sender)
+        storage = StorageHealth(database, settings.data_dir, clk)
         app.state.cartag = AppState(
-            settings,
-            database,
-            clk,
-            service,
-            runner,
-            telemetry=observer,
-            storage=StorageHealth(database, settings.data_dir, clk),
+            settings, database, clk, service, runner, telemetry=observer, storage=storage
         )
         if isinstance(observer, PrometheusTelemetry):
             observer.add_queue_source(lambda: metrics_routes.job_queue_depth(database))
@@ -167,6 +162,9 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            # A /healthz probe may still be writing on its own thread: done before the
+            # database is disposed, or its connection outlives the pool's.
+            await asyncio.to_thread(storage.close)
             await runner.stop()
             await runtime.aclose()
 

@@ -308,6 +308,7 @@ class StorageHealth:
         self._state = StorageState(ok=True, problem=None, checked_at=None)
         self._lock = threading.Lock()
         self._probing = threading.Lock()
+        self._closed = False
 
     def state(self) -> StorageState:
         with self._lock:
@@ -336,6 +337,9 @@ class StorageHealth:
         ``max_age_s`` and none is running; never blocks."""
         if not self._stale(max_age_s) or not self._probing.acquire(blocking=False):
             return
+        if self._closed:
+            self._probing.release()
+            return
 
         def run() -> None:
             try:
@@ -344,6 +348,19 @@ class StorageHealth:
                 self._probing.release()
 
         threading.Thread(target=run, name="cartag-storage-probe", daemon=True).start()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Start no more background probes and wait for the one running, if any.
+
+        Called when the server stops, before its database is disposed: a probe still
+        running then would put its connection back into a pool that nobody closes (or
+        open one in the engine's new pool), left open until the garbage collector finds it.
+        """
+        self._closed = True
+        if self._probing.acquire(timeout=timeout_s):
+            self._probing.release()
+        else:
+            log.warning("storage probe: still running after %.0f s at shutdown", timeout_s)
 
     def _probe(self) -> None:
         problem: str | None = None
