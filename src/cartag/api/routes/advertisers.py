@@ -10,13 +10,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query
 from starlette.convertors import Convertor, register_url_convertor
 
 from cartag.api.deps import PrincipalDep, StateDep, require
+from cartag.api.paging import MAX_PAGE
 from cartag.api.schemas.advertisers import (
     AdvertiserImageOut,
     AdvertiserImagesOut,
@@ -66,8 +67,6 @@ AdminDep = Annotated[Principal, Depends(require("admin"))]
 AdvertiserId = Annotated[
     str, Path(min_length=1, max_length=ADVERTISER_ID_MAX, pattern=ADVERTISER_ID_PATTERN)
 ]
-# A page past this is past the end of any advertiser's images (500 per page).
-MAX_PAGE: Final[int] = 1_000_000
 
 
 def _advertiser_out(row: AdvertiserSummary, default_adaptation: bool) -> AdvertiserOut:

@@ -5,6 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from cartag.api.deps import PrincipalDep, StateDep
+from cartag.api.paging import (
+    MAX_PAGE,
+    OFFSET_DESCRIPTION,
+    PAGE_DESCRIPTION,
+    page_numbers,
+    page_offset,
+)
 from cartag.api.schemas.common import MAX_ID, error_responses
 from cartag.api.schemas.fixes import ConflictLabelOut, ConflictOut, ConflictsOut
 from cartag.store import fixes as fix_repo
@@ -16,17 +23,20 @@ router = APIRouter(prefix="/v1", tags=["fixes"], responses=error_responses(401, 
 def list_conflicts(
     state: StateDep,
     principal: PrincipalDep,
-    limit: int = Query(default=100, ge=1, le=1000),
+    limit: int = Query(default=100, ge=1, le=1000, description="Images a page."),
+    page: int | None = Query(default=None, ge=1, le=MAX_PAGE, description=PAGE_DESCRIPTION),
     # Bounded: past 2**63 - 1 the database driver raises (a 500), so it is a 422 here.
-    offset: int = Query(default=0, ge=0, le=MAX_ID),
+    offset: int | None = Query(default=None, ge=0, le=MAX_ID, description=OFFSET_DESCRIPTION),
 ) -> ConflictsOut:
     """Images with manual labels that disagree, most recently fixed first.
 
-    They name every advertiser's labels, so a key scoped to advertisers gets 403.
+    A page at a time: ``page`` (1-based) or ``offset``, not both (422). They name every
+    advertiser's labels, so a key scoped to advertisers gets 403.
     """
     principal.require_unscoped("the conflicts between advertisers")
+    start = page_offset(page, offset, limit)
     with state.db.read() as session:
-        total, page = fix_repo.conflicts(session, limit=limit, offset=offset)
+        total, found = fix_repo.conflicts(session, limit=limit, offset=start)
         items = [
             ConflictOut(
                 image_key=c.image.image_key,
@@ -44,6 +54,9 @@ def list_conflicts(
                     for f in c.fixes
                 ],
             )
-            for c in page
+            for c in found
         ]
-    return ConflictsOut(total=total, items=items)
+    number, pages = page_numbers(total, limit, start)
+    return ConflictsOut(
+        total=total, limit=limit, offset=start, page=number, pages=pages, items=items
+    )

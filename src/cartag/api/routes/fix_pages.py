@@ -26,7 +26,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from cartag.api import browser
 from cartag.api.deps import CSRF_HEADER, BrowserPrincipalDep, StateDep
-from cartag.api.routes.advertisers import MAX_PAGE, AdvertiserId, list_images, summaries_page
+from cartag.api.paging import MAX_PAGE
+from cartag.api.routes.advertisers import AdvertiserId, list_images, summaries_page
 from cartag.api.routes.review_pages import COLOR_KEYS
 from cartag.api.schemas.advertisers import ColorFilter
 from cartag.api.state import AppState

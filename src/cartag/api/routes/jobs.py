@@ -12,6 +12,13 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response, status
 
 from cartag.api.deps import ClassifierDep, StateDep
+from cartag.api.paging import (
+    MAX_PAGE,
+    OFFSET_DESCRIPTION,
+    PAGE_DESCRIPTION,
+    page_numbers,
+    page_offset,
+)
 from cartag.api.schemas.classify import JobIn, JobListOut, JobOut, ResultOut
 from cartag.api.schemas.common import MAX_ID, error_responses
 from cartag.errors import FetchError, InputError, NotFoundError
@@ -101,17 +108,28 @@ def list_jobs(
         Literal["queued", "running", "done", "failed"] | None,
         Query(alias="status", description="Only jobs in this state."),
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200, description="Jobs a page.")] = 50,
+    page: Annotated[int | None, Query(ge=1, le=MAX_PAGE, description=PAGE_DESCRIPTION)] = None,
+    offset: Annotated[int | None, Query(ge=0, le=MAX_ID, description=OFFSET_DESCRIPTION)] = None,
 ) -> JobListOut:
-    """The caller's jobs, newest first (admin keys: every job), without their results."""
+    """The caller's jobs, newest first (admin keys: every job), without their results.
+
+    A page at a time: ``page`` (1-based) or ``offset``, not both (422).
+    """
+    start = page_offset(page, offset, limit)
     owner = None if "admin" in principal.roles else principal.key_id
     with state.db.read() as session:
         rows, total = job_repo.list_jobs(
-            session, owner_key_id=owner, status=in_state, limit=limit, offset=offset
+            session, owner_key_id=owner, status=in_state, limit=limit, offset=start
         )
+        number, pages = page_numbers(total, limit, start)
         return JobListOut(
-            jobs=[_job_out(row) for row in rows], total=total, limit=limit, offset=offset
+            jobs=[_job_out(row) for row in rows],
+            total=total,
+            limit=limit,
+            offset=start,
+            page=number,
+            pages=pages,
         )
 
 

@@ -14,12 +14,13 @@ The pages (/review) are :mod:`cartag.api.routes.review_pages`.
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
 from sqlalchemy.orm import Session
 
 from cartag.api.deps import ReviewerDep, StateDep
+from cartag.api.paging import MAX_PAGE
 from cartag.api.schemas.common import MAX_ID, error_responses
 from cartag.api.schemas.review import (
     ClaimOut,
@@ -44,9 +45,8 @@ router = APIRouter(
 Status = Literal["included", "excluded", "flagged"]
 Queue = Literal["image_type", "color"]
 # Bounds of the integers a request names: past 2**63 - 1 the database driver raises (a
-# 500), so they are 422s. A page beyond MAX_PAGE (of up to MAX_LIMIT items) is past any
-# dataset's end.
-MAX_PAGE: Final[int] = 1_000_000
+# 500), so they are 422s. A page beyond MAX_PAGE (cartag.api.paging; of up to MAX_LIMIT
+# items) is past any dataset's end.
 ItemId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 

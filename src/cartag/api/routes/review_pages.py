@@ -22,7 +22,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from cartag.api import browser
 from cartag.api.deps import CSRF_HEADER, BrowserPrincipalDep, ReviewerDep, StateDep
-from cartag.api.routes.review import MAX_PAGE, ItemId, Status, listing
+from cartag.api.paging import MAX_PAGE
+from cartag.api.routes.review import ItemId, Status, listing
 from cartag.api.schemas.common import MAX_ID
 from cartag.errors import DecodeError, InputError, NotFoundError
 from cartag.imaging.decode import decode_image

@@ -206,5 +206,7 @@ class JobOut(BaseModel):
 class JobListOut(BaseModel):
     jobs: list[JobOut] = Field(description="Newest first; without their results.")
     total: int = Field(description="Jobs that match, over all pages.")
-    limit: int
-    offset: int
+    limit: int = Field(description="Jobs a page.")
+    offset: int = Field(description="Jobs skipped before this page's first.")
+    page: int = Field(description="The page (1-based) this one's first job is on.")
+    pages: int = Field(description="Pages the matching jobs fill (at least 1).")

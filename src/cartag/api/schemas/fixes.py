@@ -173,5 +173,9 @@ class ConflictOut(BaseModel):
 
 
 class ConflictsOut(BaseModel):
-    total: int
-    items: list[ConflictOut]
+    total: int = Field(description="Images whose fixes disagree, over all pages.")
+    limit: int = Field(description="Images a page.")
+    offset: int = Field(description="Images skipped before this page's first.")
+    page: int = Field(description="The page (1-based) this one's first image is on.")
+    pages: int = Field(description="Pages the conflicting images fill (at least 1).")
+    items: list[ConflictOut] = Field(description="This page's images, most recently fixed first.")
