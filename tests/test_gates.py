@@ -208,18 +208,23 @@ def test_a_nan_recall_stored_before_fails_its_gate(settings: Settings) -> None:
     assert "s color recall of Red is nan, not a fraction between 0 and 1" in failure
 
 
-def test_reports_of_different_heads_are_not_compared(settings: Settings) -> None:
+def test_reports_scored_for_different_servers_are_not_compared(settings: Settings) -> None:
     prod = _metrics({"cars@3:test": {"image_type": {"Dealer": (0.9, 50), "Stock": (0.8, 40)}}})
     cand = _metrics({"cars@3:test": {"image_type": {"Dealer": (0.95, 50), "Stock": (0.8, 40)}}})
-    prod["cars@3:test"]["image_type"]["heads"] = "fp32"
-    cand["cars@3:test"]["image_type"]["heads"] = "int8"
+    prod["cars@3:test"]["image_type"].update(heads="fp32", serving="fp32")
+    cand["cars@3:test"]["image_type"].update(heads="int8", serving="int8")
     (failure,) = check_promotion(cand, prod, settings)
-    assert failure.startswith("cars@3:test image_type: the candidate was measured on its int8")
+    assert failure.startswith(
+        "cars@3:test image_type: the candidate was scored for servers answering with int8"
+    )
     assert "CARTAG_PRECISION" in failure
-    # The same heads, or a report that does not say (recorded before), compare as before.
-    prod["cars@3:test"]["image_type"]["heads"] = "int8"
+    # Scored for the same servers: compared, whichever heads answered (a candidate whose
+    # int8 heads did not ship is served fp32 by int8 servers, against production's int8).
+    prod["cars@3:test"]["image_type"].update(heads="int8", serving="int8")
+    cand["cars@3:test"]["image_type"].update(heads="fp32", serving="int8")
     assert check_promotion(cand, prod, settings) == []
-    del prod["cars@3:test"]["image_type"]["heads"]
+    # A report that does not say (recorded before) compares as before.
+    del prod["cars@3:test"]["image_type"]["serving"]
     assert check_promotion(cand, prod, settings) == []
-    # The registry keeps the key (check_metrics reads figures only).
+    # The registry keeps the keys (check_metrics reads figures only).
     check_metrics(cand, "metrics.json")

@@ -13,9 +13,9 @@ Metrics are the registry's format (written by :mod:`cartag.training.sweep.sweep`
                                    "confusion": [[n, ...], ...]},
                     "color": {...}}}
 
-A report may name the heads it measured (``"heads": "int8"`` or ``"fp32"``); two
-reports naming different ones are not compared, and that is a failure
-(:func:`precision_mismatch`).
+A report may name the heads it measured (``"heads": "int8"`` or ``"fp32"``) and the
+servers it was scored for (``"serving"``); two reports scored for different servers are
+not compared, and that is a failure (:func:`precision_mismatch`).
 Set names are ``REF:test`` and ``REF:test:advertiser=ID``. Only sets, tasks and classes
 present in both the candidate's and production's metrics are compared; a class with
 fewer than ``settings.gate_min_support`` examples on a set is not (two examples cannot
@@ -101,19 +101,23 @@ def check_promotion(
 def precision_mismatch(candidate: dict[str, Any], production: dict[str, Any]) -> str | None:
     """Why two reports of one set and task cannot be compared, or None when they can.
 
-    A report may say which heads it measured (``heads``: ``int8`` or ``fp32``, written
-    by ``cartag train``). int8 and fp32 heads of one model differ by up to the
-    int8 gate's tolerance per figure, and a class's recall by more: a candidate scored
-    on its int8 heads against production scored on its fp32 ones (or the reverse) is
-    not like for like. Reports without the key (older ones) are compared as before.
+    A report may say which servers it was scored for (``serving``: ``int8`` when they
+    answer with a folder's int8 heads, ``fp32`` when with its float ones; written by
+    ``cartag train``). Figures scored for int8 servers and figures scored for fp32
+    servers describe two deployments: a class's recall differs between a model's int8 and
+    fp32 heads by more than any gate's tolerance. A candidate without int8 heads
+    (``heads: fp32``) scored for int8 servers is compared with production's int8 figures:
+    that is what those servers would answer. Reports without the key (older ones) are
+    compared as before.
     """
-    mine, theirs = candidate.get("heads"), production.get("heads")
+    mine, theirs = candidate.get("serving"), production.get("serving")
     if mine is None or theirs is None or mine == theirs:
         return None
     return (
-        f"the candidate was measured on its {mine} heads, production on its {theirs} heads; "
-        "score both as the servers answer (cartag train --dataset <the set's dataset> "
-        "--sweep <its file>, with the servers' CARTAG_PRECISION and CARTAG_ENGINE)"
+        f"the candidate was scored for servers answering with {mine} heads, production for "
+        f"servers answering with {theirs} heads; score both for one deployment: "
+        "cartag train --dataset <the set's dataset> --sweep <its file>, with the servers' "
+        "CARTAG_PRECISION and CARTAG_ENGINE (it scores production again)"
     )
 
 

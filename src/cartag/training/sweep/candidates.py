@@ -121,11 +121,15 @@ def task_metrics(y_true: np.ndarray, proba: np.ndarray, labels: tuple[str, ...])
     }
 
 
-def stamped(metrics: dict[str, Any], heads: str) -> dict[str, Any]:
-    """``metrics`` with every report naming the heads it measured (``int8`` or ``fp32``):
-    the promotion gates compare only reports of the same heads (:mod:`cartag.gates`)."""
+def stamped(metrics: dict[str, Any], heads: str, serving: str) -> dict[str, Any]:
+    """``metrics`` with every report naming the heads it measured (``heads``: ``int8`` or
+    ``fp32``) and the servers it was scored for (``serving``: ``int8`` when they answer
+    with a folder's int8 heads where it has them, else ``fp32``). The promotion gates
+    compare only reports scored for the same servers (:mod:`cartag.gates`)."""
     return {
-        name: {task: {**report, "heads": heads} for task, report in tasks.items()}
+        name: {
+            task: {**report, "heads": heads, "serving": serving} for task, report in tasks.items()
+        }
         for name, tasks in metrics.items()
     }
 
@@ -359,16 +363,23 @@ def _int8_lines(record: dict[str, Any] | None) -> list[str]:
         "## Int8 heads",
         "",
         "Heads fitted on the int8 backbone's embeddings with the same configuration; they "
-        f"ship only if they lose at most {record['tolerance']} on every row: {verdict}.",
+        f"ship only if they lose at most {record['tolerance']} on every row of a test set "
+        f"large enough to measure it (200 images): {verdict}.",
     ]
     if not record["gate"]:
         return lines
     lines += ["", "| set | figure | n | fp32 | int8 | diff |", "|---|---|---|---|---|---|"]
     lines += [
         f"| {r['test_set']} | {r['metric']} | {r['n']} | {r['fp32']:.4f} | {r['int8']:.4f} | "
-        f"{r['diff']:+.4f} |"
+        f"{r['diff']:+.4f}{'' if r.get('judged', True) else ' (not judged: too few images)'} |"
         for r in record["gate"]
     ]
+    if not any(r.get("judged", True) for r in record["gate"]):
+        lines += [
+            "",
+            "No test set was large enough to measure a loss of the tolerance (one image "
+            "must weigh no more than it): the heads ship unjudged.",
+        ]
     return lines
 
 

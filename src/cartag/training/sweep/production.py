@@ -21,6 +21,7 @@ from cartag.settings import Settings
 from cartag.store.db import Database
 from cartag.store.model_versions import find_version
 from cartag.training.sweep.candidates import Heads, evaluate_heads, stamped
+from cartag.training.sweep.int8 import serves_int8
 from cartag.training.sweep.sweep_data import DatasetView, FeatureSource
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def evaluate_production(
     metrics, precision = evaluate_model_dir(
         model_dir, view, source, settings.precision, settings.engine
     )
-    metrics = stamped(metrics, precision)
+    metrics = stamped(metrics, precision, "int8" if serves_int8(settings) else "fp32")
     if registered:
         registry.record_metrics(version, metrics)
     return {

@@ -263,9 +263,9 @@ def _run_sweep(
         study.set_user_attr("dataset_ref", view.ref)
         study.set_user_attr("manifest_sha256", view.manifest_sha256)
         study.set_user_attr("sweep_sha256", config.digest())
-        served = "int8" if serves_int8(settings) else "fp32"
-        _check_served(study, served, settings)
-        study.set_user_attr("served", served)
+        serving = "int8" if serves_int8(settings) else "fp32"
+        _check_served(study, serving, settings)
+        study.set_user_attr("served", serving)
 
         production = evaluate_production(db, settings, view, source, registry)
         study.set_user_attr("production", production)
@@ -274,7 +274,13 @@ def _run_sweep(
         production_spec = backbone_spec(production_dir)
         cache: dict[tuple[BackboneSpec, bool, Path | None], Features] = {}
         int8 = Int8Trials(
-            config, settings, source, view, production_dir, out_root / "int8-ranges", validation
+            config,
+            settings,
+            source,
+            view,
+            production_dir,
+            settings.resolved_cache_dir / "int8-ranges",
+            validation,
         )
 
         def features_of(spec: BackboneSpec, flip: bool, ranges: Path | None = None) -> Features:
@@ -342,7 +348,7 @@ def _run_sweep(
                 int8=part,
             )
             version = str(written["version"])
-            metrics = stamped(served.test, served.precision)
+            metrics = stamped(served.test, served.precision, serving)
             _register(db, registry, out_dir, version, view=view, metrics=metrics)
             # The fp32 heads' validation score, whichever heads ship: the int8 gate reads
             # the test sets, and they must not choose the configuration.
