@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +38,7 @@ from cartag.models.engine import (
     write_atomic,
 )
 from cartag.models.networks import PooledFeatures, TorchEngine, load_network
+from cartag.models.scratch import scratch_dir
 from cartag.models.variants import get_variant
 
 # Exactly the warnings the (deprecated, but dependency-free) TorchScript exporter
@@ -69,7 +69,7 @@ def export_onnx(model: torch.nn.Module, input_size: int, network: str = "") -> b
     module = PooledFeatures(model).eval()
     dummy = torch.zeros(1, 3, input_size, input_size)
     try:
-        with tempfile.TemporaryDirectory(prefix="cartag-onnx-") as tmp:
+        with scratch_dir("cartag-onnx-") as tmp:
             path = Path(tmp) / "backbone.onnx"
             with warnings.catch_warnings():
                 for message, category in _EXPORT_WARNINGS:

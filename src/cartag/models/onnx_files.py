@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Final
 
 from cartag.errors import ModelError
 from cartag.models.engine import Engine, load_cached_onnx, write_atomic
 from cartag.models.quantization import int8_backbone_id, int8_engine, read_quantization
+from cartag.models.scratch import scratch_dir
 from cartag.models.variants import get_variant, packaged_id
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def export_in_child(variant: str, weights: Path | None, network: str) -> bytes:
     Raises:
         ModelError: The child failed (its last error line is in the message) or timed out.
     """
-    with tempfile.TemporaryDirectory(prefix="cartag-onnx-") as tmp:
+    with scratch_dir("cartag-onnx-") as tmp:
         out = Path(tmp) / "backbone.onnx"
         command = [sys.executable, "-m", "cartag.models.onnx_export", "--variant", variant]
         command += ["--network", network, "--out", str(out)]

@@ -24,7 +24,6 @@ import json
 import logging
 import subprocess
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -41,6 +40,7 @@ from cartag.models.engine import (
     smoke_input,
     write_atomic,
 )
+from cartag.models.scratch import scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def quantize_in_child(fp32: bytes | Path, quantization_path: Path, network: str)
     Raises:
         ModelError: The child failed (its last error line is in the message) or timed out.
     """
-    with tempfile.TemporaryDirectory(prefix="cartag-int8-") as tmp:
+    with scratch_dir("cartag-int8-") as tmp:
         model = fp32 if isinstance(fp32, Path) else Path(tmp) / "fp32.onnx"
         if not isinstance(fp32, Path):
             model.write_bytes(fp32)

@@ -25,7 +25,6 @@ import contextlib
 import io
 import logging
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -58,6 +57,7 @@ from cartag.models.quantization import (
     QuantOptions,
     read_quantization,
 )
+from cartag.models.scratch import scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def calibrate(
         raise ModelError(
             f"unknown calibration method {method!r}; use {sorted(CALIBRATION_METHODS)}"
         )
-    with tempfile.TemporaryDirectory(prefix="cartag-calibrate-") as tmp:
+    with scratch_dir("cartag-calibrate-") as tmp:
         prepared = prepare(fp32, Path(tmp))
         calibrator = create_calibrator(
             prepared,
@@ -185,7 +185,7 @@ def quantize(fp32: bytes, quantization: Quantization, network: str = "") -> byte
             measured on another export), or ONNX Runtime failed.
     """
     options = quantization.options
-    with tempfile.TemporaryDirectory(prefix="cartag-quantize-") as tmp:
+    with scratch_dir("cartag-quantize-") as tmp:
         folder = Path(tmp)
         prepared = prepare(fp32, folder)
         prepared_model = onnx.load_model(str(prepared))
