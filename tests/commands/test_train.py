@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +195,56 @@ def test_sweep_runs_in_its_own_niced_process_then_leaderboard(
     )
     assert board.exit_code == 0, board.output
     assert "trial 0" in board.stdout and report.is_file()
+
+
+def test_ctrl_c_during_a_sweep_says_how_to_resume(
+    env: dict[str, str],
+    tmp_path: Path,
+    tiny: list[Example],
+    vectors: dict[str, np.ndarray],
+    classifier: Classifier,
+) -> None:
+    db, settings = _store(env)
+    clock = FakeClock()
+    try:
+        ref = make_frozen_dataset(db, settings, clock, tiny)
+        assert classifier.backbone_id is not None
+        cache_embeddings(db, classifier.backbone_id, vectors, clock)
+    finally:
+        db.dispose()
+    slow = {**SWEEP, "mlp_epochs": 500, "search_space": {"head_type": "mlp"}}
+    sweep = tmp_path / "slow.yaml"
+    sweep.write_text(yaml.safe_dump(slow), encoding="utf-8")
+    child = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("cartag")),
+            "train",
+            "--dataset",
+            ref,
+            "--sweep",
+            str(sweep),
+        ],
+        env={**os.environ, **env, "CARTAG_PRECISION": "fp32", "COLUMNS": "250"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # A shell's background job ignores SIGINT; a terminal's Ctrl-C does not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
+    )
+    try:
+        assert child.stdout is not None
+        seen = ""
+        deadline = time.monotonic() + 120
+        # The first trial has started (its 500 epochs take seconds): interrupt it.
+        while "training on" not in seen and time.monotonic() < deadline:
+            seen += child.stdout.readline()
+        time.sleep(2)
+        child.send_signal(signal.SIGINT)
+        output, _ = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    output = seen + output
+    assert child.returncode == 130, output
+    assert "interrupted: the trial that was running is marked failed" in output
+    assert "Run the same command again to resume the sweep" in output
+    assert "Traceback" not in output

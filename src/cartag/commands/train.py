@@ -88,6 +88,14 @@ def train(
         _run(db, settings, dataset, config, share.threads)
     except CartagError as exc:
         raise fail(exc) from exc
+    except KeyboardInterrupt:
+        # Ctrl-C ended the command without a word (exit 130); the sweep resumes.
+        err.print(
+            "[red]interrupted:[/red] the trial that was running is marked failed and will be "
+            "replaced; completed trials are kept, and so are the embeddings computed so far. "
+            "Run the same command again to resume the sweep"
+        )
+        raise typer.Exit(130) from None
     finally:
         db.dispose()
 
