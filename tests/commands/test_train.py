@@ -75,6 +75,24 @@ def _store(env: dict[str, str]) -> tuple[Database, Settings]:
     return db, settings
 
 
+def _frozen(
+    env: dict[str, str],
+    items: list[Example],
+    vectors: dict[str, np.ndarray],
+    classifier: Classifier,
+) -> str:
+    """A frozen dataset of ``items`` in ``env``'s store, its embeddings cached; its ref."""
+    db, settings = _store(env)
+    clock = FakeClock()
+    try:
+        ref = make_frozen_dataset(db, settings, clock, items)
+        assert classifier.backbone_id is not None
+        cache_embeddings(db, classifier.backbone_id, vectors, clock)
+    finally:
+        db.dispose()
+    return ref
+
+
 def test_missing_options_exit_2(env: dict[str, str], sweep_file: Path) -> None:
     result = CliRunner().invoke(app, ["train", "--sweep", str(sweep_file)], env=env)
     assert result.exit_code == 2
@@ -135,14 +153,7 @@ def test_sweep_runs_in_its_own_niced_process_then_leaderboard(
     vectors: dict[str, np.ndarray],
     classifier: Classifier,
 ) -> None:
-    db, settings = _store(env)
-    clock = FakeClock()
-    try:
-        ref = make_frozen_dataset(db, settings, clock, tiny)
-        assert classifier.backbone_id is not None
-        cache_embeddings(db, classifier.backbone_id, vectors, clock)
-    finally:
-        db.dispose()
+    ref = _frozen(env, tiny, vectors, classifier)
     cartag = Path(sys.executable).with_name("cartag")
     child_env = {
         **os.environ,
@@ -204,14 +215,7 @@ def test_ctrl_c_during_a_sweep_says_how_to_resume(
     vectors: dict[str, np.ndarray],
     classifier: Classifier,
 ) -> None:
-    db, settings = _store(env)
-    clock = FakeClock()
-    try:
-        ref = make_frozen_dataset(db, settings, clock, tiny)
-        assert classifier.backbone_id is not None
-        cache_embeddings(db, classifier.backbone_id, vectors, clock)
-    finally:
-        db.dispose()
+    ref = _frozen(env, tiny, vectors, classifier)
     slow = {**SWEEP, "mlp_epochs": 500, "search_space": {"head_type": "mlp"}}
     sweep = tmp_path / "slow.yaml"
     sweep.write_text(yaml.safe_dump(slow), encoding="utf-8")
