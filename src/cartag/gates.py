@@ -15,7 +15,7 @@ Metrics are the registry's format (written by :mod:`cartag.training.sweep.sweep`
 
 A report may name the heads it measured (``"heads": "int8"`` or ``"fp32"``) and the
 servers it was scored for (``"serving"``); two reports scored for different servers are
-not compared, and that is a failure (:func:`precision_mismatch`).
+not compared, and that is a failure (:func:`serving_mismatch`).
 Set names are ``REF:test`` and ``REF:test:advertiser=ID``. Only sets, tasks and classes
 present in both the candidate's and production's metrics are compared; a class with
 fewer than ``settings.gate_min_support`` examples on a set is not (two examples cannot
@@ -87,7 +87,7 @@ def check_promotion(
             cand_task, prod_task = cand_set[task], prod_set[task]
             if not isinstance(cand_task, dict) or not isinstance(prod_task, dict):
                 continue
-            mismatch = precision_mismatch(cand_task, prod_task)
+            mismatch = serving_mismatch(cand_task, prod_task)
             if mismatch is not None:
                 failures.append(f"{set_name} {task}: {mismatch}")
                 continue
@@ -98,7 +98,7 @@ def check_promotion(
     return failures
 
 
-def precision_mismatch(candidate: dict[str, Any], production: dict[str, Any]) -> str | None:
+def serving_mismatch(candidate: dict[str, Any], production: dict[str, Any]) -> str | None:
     """Why two reports of one set and task cannot be compared, or None when they can.
 
     A report may say which servers it was scored for (``serving``: ``int8`` when they

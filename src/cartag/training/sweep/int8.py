@@ -28,7 +28,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numpy as np
 
@@ -127,9 +127,10 @@ class Int8Heads:
         ]
 
 
-def serves_int8(settings: Settings) -> bool:
-    """Whether servers of ``settings`` answer with a folder's int8 heads when it has them."""
-    return settings.precision == "int8" and settings.engine == "onnx"
+def serving(settings: Settings) -> Literal["int8", "fp32"]:
+    """Which heads servers of ``settings`` answer with where a folder has both: ``int8``
+    (precision int8 on the onnx engine) or ``fp32``."""
+    return "int8" if settings.precision == "int8" and settings.engine == "onnx" else "fp32"
 
 
 def gate_rows(
@@ -432,7 +433,7 @@ class Int8Trials:
         self.enabled = config.int8 and settings.precision == "int8"
         # Whether a server of these settings answers with the int8 heads (the metrics
         # registered are of what it answers).
-        self.served = self.enabled and serves_int8(settings)
+        self.served = self.enabled and serving(settings) == "int8"
         self.config = config
         self.source = source
         self.view = view
@@ -488,7 +489,6 @@ class Int8Trials:
                 raise
         except ModelError as exc:
             log.warning("no int8 heads for this trial: %s", exc)
-            remove_int8_files(out_dir)
             record: dict[str, Any] = {
                 "shipped": False,
                 "tolerance": tolerance,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from cartag.errors import ModelError
 from cartag.models.backbone import BackboneSpec
@@ -21,7 +21,7 @@ from cartag.settings import Settings
 from cartag.store.db import Database
 from cartag.store.model_versions import find_version
 from cartag.training.sweep.candidates import Heads, evaluate_heads, stamped
-from cartag.training.sweep.int8 import serves_int8
+from cartag.training.sweep.int8 import serving
 from cartag.training.sweep.sweep_data import DatasetView, FeatureSource
 
 log = logging.getLogger(__name__)
@@ -80,22 +80,41 @@ def production_model(
     return path, version, registered
 
 
-def load_heads(
-    model_dir: Path, precision: str = "fp32", engine: str = "onnx"
-) -> tuple[Heads, BackboneSpec, Path | None]:
-    """A model folder's heads as a server with ``precision`` and ``engine`` serves them,
-    the network they run on (not loaded here) and its int8 ranges (None: fp32)."""
+class ServedHeads(NamedTuple):
+    """What a server of one precision and engine answers with, from a model folder.
+
+    Attributes:
+        heads: The heads it loads.
+        spec: The network they run on (not loaded here).
+        quantization: The int8 ranges file (None: fp32).
+        backbone_id: The backbone id the folder's config names for those heads.
+    """
+
+    heads: Heads
+    spec: BackboneSpec
+    quantization: Path | None
+    backbone_id: str | None
+
+
+def load_heads(model_dir: Path, precision: str = "fp32", engine: str = "onnx") -> ServedHeads:
+    """A model folder's heads as a server with ``precision`` and ``engine`` serves them."""
     config = read_config(model_dir)
     try:
-        heads, _, quantization = precision_blocks(model_dir, config, precision, engine)
+        heads, wanted, quantization = precision_blocks(model_dir, config, precision, engine)
     except ModelError as exc:
         # A server refuses such a folder; production's was checked when it was
         # registered (perhaps at fp32): score what its fp32 heads answer.
         log.warning("the int8 block of %s is unusable (%s); scoring fp32", model_dir, exc)
-        heads, _, quantization = precision_blocks(model_dir, config, "fp32", engine)
+        heads, wanted, quantization = precision_blocks(model_dir, config, "fp32", engine)
     type_head = LinearHead.load(model_dir / str(heads["image_type"]))
     color_head = load_head(model_dir / str(heads["color"]))
-    return Heads(type_head, color_head), backbone_spec(model_dir, config), quantization
+    backbone_id = wanted.get("backbone_id")
+    return ServedHeads(
+        Heads(type_head, color_head),
+        backbone_spec(model_dir, config),
+        quantization,
+        None if backbone_id is None else str(backbone_id),
+    )
 
 
 def evaluate_model_dir(
@@ -110,22 +129,24 @@ def evaluate_model_dir(
 
     A folder whose int8 backbone cannot be made is scored fp32, as a server falls back.
     """
-    heads, spec, quantization = load_heads(model_dir, precision, engine)
-    if quantization is not None:
+    served = load_heads(model_dir, precision, engine)
+    if served.quantization is not None:
         try:
-            features = source.features(view, spec, quantization=quantization)
-            wanted = read_config(model_dir)["int8"]["backbone_id"]
-            if features.backbone_id != wanted:
-                raise ModelError(f"its ranges make {features.backbone_id}, not {wanted}")
+            features = source.features(view, served.spec, quantization=served.quantization)
+            if features.backbone_id != served.backbone_id:
+                raise ModelError(
+                    f"its ranges make {features.backbone_id}, not {served.backbone_id}"
+                )
         except ModelError as exc:
             log.warning("the int8 backbone of %s cannot be used (%s); scoring fp32", model_dir, exc)
             return evaluate_model_dir(model_dir, view, source)
     else:
-        features = source.features(view, spec)
+        features = source.features(view, served.spec)
     metrics = {
-        name: evaluate_heads(heads, features, view, rows) for name, rows in view.test_sets.items()
+        name: evaluate_heads(served.heads, features, view, rows)
+        for name, rows in view.test_sets.items()
     }
-    return metrics, "fp32" if quantization is None else "int8"
+    return metrics, "fp32" if served.quantization is None else "int8"
 
 
 def evaluate_production(
@@ -145,7 +166,7 @@ def evaluate_production(
     metrics, precision = evaluate_model_dir(
         model_dir, view, source, settings.precision, settings.engine
     )
-    metrics = stamped(metrics, precision, "int8" if serves_int8(settings) else "fp32")
+    metrics = stamped(metrics, precision, serving(settings))
     if registered:
         registry.record_metrics(version, metrics)
     return {

@@ -45,7 +45,7 @@ from cartag.training.sweep.candidates import (
     train_candidate,
     write_candidate,
 )
-from cartag.training.sweep.int8 import Int8Trials, serves_int8
+from cartag.training.sweep.int8 import Int8Trials, serving
 from cartag.training.sweep.production import ModelRegistry, evaluate_production
 from cartag.training.sweep.study import close_storage, folder_name, optuna_storage, study_name
 from cartag.training.sweep.sweep_config import (
@@ -263,9 +263,9 @@ def _run_sweep(
         study.set_user_attr("dataset_ref", view.ref)
         study.set_user_attr("manifest_sha256", view.manifest_sha256)
         study.set_user_attr("sweep_sha256", config.digest())
-        serving = "int8" if serves_int8(settings) else "fp32"
-        _check_served(study, serving, settings)
-        study.set_user_attr("served", serving)
+        serves = serving(settings)
+        _check_served(study, serves, settings)
+        study.set_user_attr("served", serves)
 
         production = evaluate_production(db, settings, view, source, registry)
         study.set_user_attr("production", production)
@@ -348,7 +348,7 @@ def _run_sweep(
                 int8=part,
             )
             version = str(written["version"])
-            metrics = stamped(served.test, served.precision, serving)
+            metrics = stamped(served.test, served.precision, serves)
             _register(db, registry, out_dir, version, view=view, metrics=metrics)
             # The fp32 heads' validation score, whichever heads ship: the int8 gate reads
             # the test sets, and they must not choose the configuration.
