@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Final
 
 from cartag.errors import InputError
+from cartag.store.paging import page_count
 
 # A page past this is past the end of any listing (at most 1,000 items a page).
 MAX_PAGE: Final[int] = 1_000_000
@@ -40,4 +41,4 @@ def page_offset(page: int | None, offset: int | None, limit: int) -> int:
 def page_numbers(total: int, limit: int, offset: int) -> tuple[int, int]:
     """``(page, pages)`` of a listing: the page its first item is on, and how many pages
     ``total`` items fill (at least 1, as GET /v1/advertisers counts them)."""
-    return offset // limit + 1, max(1, -(-total // limit))
+    return offset // limit + 1, page_count(total, limit)

@@ -25,6 +25,7 @@ from cartag.settings import DEFAULT_LOW_CONFIDENCE_THRESHOLD
 from cartag.store import advertisers as advertiser_repo
 from cartag.store.advertisers import AdvertiserImage, ImageAnswer
 from cartag.store.db import Database
+from cartag.store.paging import clamped_page, page_count
 from cartag.store.tables import FixRow
 from cartag.vocab import read_stored_color
 
@@ -104,7 +105,7 @@ class Listing:
 
     @property
     def pages(self) -> int:
-        return max(1, -(-self.total // self.limit))
+        return page_count(self.total, self.limit)
 
 
 def _listed(
@@ -270,8 +271,7 @@ def list_images(
         ]
         matching = [item for item in every if _matches(item, filters)]
         matching.sort(key=lambda item: _sort_key(item, filters.order))
-        pages = max(1, -(-len(matching) // limit))
-        page = max(1, min(page, pages))
+        page, pages = clamped_page(len(matching), page, limit)
         shown = [item.row.image_key for item in matching[(page - 1) * limit : page * limit]]
         images = {
             image.image_key: image

@@ -21,6 +21,7 @@ from typing import Any, Final, NamedTuple
 from sqlalchemy import CompoundSelect, func, select, union
 from sqlalchemy.orm import Session
 
+from cartag.store.paging import clamped_page
 from cartag.store.tables import (
     AdvertiserImageRow,
     AdvertiserSettingRow,
@@ -410,8 +411,7 @@ def summary_page(
     ids = advertiser_ids(session, scope)
     folded = search.casefold()
     matching = [i for i in ids if folded in i.casefold()] if folded else ids
-    pages = max(1, -(-len(matching) // limit))
-    page = max(1, min(page, pages))
+    page, pages = clamped_page(len(matching), page, limit)
     shown = matching[(page - 1) * limit : page * limit]
     return SummaryPage(
         summaries=advertiser_summaries(session, shown) if shown else [],
