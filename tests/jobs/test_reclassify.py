@@ -78,14 +78,19 @@ def _serving(served: dict[str, bytes]) -> Callable[[httpx.Request], httpx.Respon
 
 
 def _run(
-    db: Database, settings: Settings, classifier: Classifier, served: dict[str, bytes]
+    db: Database,
+    settings: Settings,
+    classifier: Classifier,
+    served: dict[str, bytes],
+    advertiser_id: str | None = "A",
 ) -> ReclassifyReport:
-    """One re-classification of advertiser A's images, the URLs answered from ``served``."""
+    """One re-classification of ``advertiser_id``'s images (None: every opted-in
+    advertiser's), the URLs answered from ``served``."""
     return _fetching(
         settings,
         _serving(served),
         lambda fetcher: reclassify(
-            db, settings, classifier, fetcher, SystemClock(), advertiser_id="A",
+            db, settings, classifier, fetcher, SystemClock(), advertiser_id=advertiser_id,
             lookup_cache=InMemoryLookupCache(),
         ),
     )  # fmt: skip
@@ -338,7 +343,7 @@ def test_a_run_cut_off_part_way_stays_open_until_a_run_of_its_model_finishes(
     _run(db, settings, _NewModel(), {"/a.jpg": photo})  # advertiser A only
     with db.read() as session:
         assert [r.id for r in request_repo.incomplete(session)] == [pending.id]
-    report = _run_all(db, settings, _NewModel(), {"/a.jpg": photo})
+    report = _run(db, settings, _NewModel(), {"/a.jpg": photo}, advertiser_id=None)
     assert report.current == 1  # done by the run for A: skipped
     with db.read() as session:
         assert request_repo.incomplete(session) == []
@@ -348,19 +353,6 @@ def test_a_run_cut_off_part_way_stays_open_until_a_run_of_its_model_finishes(
         ("new-2", "A", "done", None),
         ("new-2", None, "done", None),
     ]
-
-
-def _run_all(
-    db: Database, settings: Settings, classifier: Classifier, served: dict[str, bytes]
-) -> ReclassifyReport:
-    """One re-classification of every opted-in advertiser's images."""
-    return _fetching(
-        settings,
-        _serving(served),
-        lambda fetcher: reclassify(
-            db, settings, classifier, fetcher, SystemClock(), lookup_cache=InMemoryLookupCache()
-        ),
-    )
 
 
 class _OutOfMemory(FixedClassifier):
